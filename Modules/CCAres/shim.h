@@ -1,0 +1,5 @@
+#ifndef TERN_CCARES_SHIM_H
+#define TERN_CCARES_SHIM_H
+#include <ares.h>
+#include <arpa/nameser.h>
+#endif

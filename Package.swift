@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+// Tern: an SMTP relay MTA on libuv and c-ares.
+import PackageDescription
+
+let package = Package(
+    name: "Tern",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tern", targets: ["tern"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+    ],
+    targets: [
+        // C libraries from Debian, found with pkg-config.
+        .systemLibrary(name: "CLibUV", path: "Modules/CLibUV", pkgConfig: "libuv",
+                       providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CCAres", path: "Modules/CCAres", pkgConfig: "libcares",
+                       providers: [.apt(["libc-ares-dev"])]),
+
+        // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
+        .target(name: "SMTPProtocol"),
+        // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol"]),
+        // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres"]),
+        // The glue: config, listeners, inbound sessions.
+        .target(name: "Relay", dependencies: [
+            "SMTPProtocol", "MailQueue", "UVRuntime",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "Collections", package: "swift-collections"),
+        ]),
+        .executableTarget(name: "tern", dependencies: [
+            "Relay",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
+        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
+        .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
