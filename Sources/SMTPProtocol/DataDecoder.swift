@@ -1,0 +1,180 @@
+// The DATA reader: a small byte state machine (RFC 5321 §4.1.1.4, §4.5.2).
+//
+// - Only <CR><LF>.<CR><LF> ends the message. A bare CR or a bare LF is never a line end: it is
+//   remembered as a problem and the message is refused when the real end arrives. This closes
+//   SMTP smuggling, where "\n.\n" or "\r.\r" would end DATA for one server and not for another.
+// - A leading dot is removed from every line that has one (dot-unstuffing, §4.5.2).
+// - NUL bytes, text lines longer than the limit (CRLF included, §4.5.3.1.6) and messages larger than
+//   the size limit are problems too. After the first problem nothing more is output, but the input is
+//   still read to its end so that the session stays in step with the client.
+// - In the header section it counts Received fields (loop detection) and drops Bcc fields.
+
+public struct DataDecoder {
+    public enum Problem: Equatable, Sendable {
+        case bareCR, bareLF, nul, lineTooLong, tooBig
+    }
+
+    public struct Limits: Sendable {
+        public var maxLineLength: Int
+        public var maxMessageSize: Int
+        public var keepBcc: Bool
+        public init(maxLineLength: Int = 1000, maxMessageSize: Int = 52_428_800, keepBcc: Bool = false) {
+            self.maxLineLength = maxLineLength
+            self.maxMessageSize = maxMessageSize
+            self.keepBcc = keepBcc
+        }
+    }
+
+    enum State: UInt8 { case lineStart, dotAtLineStart, dotCR, inLine, sawCR }
+
+    public let limits: Limits
+    /// The first problem seen, if any: the message must then be refused.
+    public private(set) var problem: Problem?
+    /// Decoded bytes so far (after unstuffing, before Bcc removal).
+    public private(set) var size = 0
+    /// Received header fields seen in the header section.
+    public private(set) var receivedCount = 0
+    public private(set) var isFinished = false
+
+    var state = State.lineStart
+    var lineLength = 0
+    var inHeaders = true
+    var droppingField = false
+    var headerLine: [UInt8] = []
+
+    public init(limits: Limits) {
+        self.limits = limits
+    }
+
+    /// Reads `input`, appending decoded message bytes to `out`. Returns how many bytes were consumed:
+    /// all of them, or fewer when the end of data was found (the rest belongs to the next command).
+    public mutating func decode(_ input: UnsafeRawBufferPointer, into out: inout [UInt8]) -> Int {
+        guard let base = input.baseAddress?.assumingMemoryBound(to: UInt8.self), !isFinished else { return 0 }
+        let n = input.count
+        var i = 0
+        while i < n {
+            switch state {
+            case .lineStart:
+                if base[i] == UInt8(ascii: ".") {
+                    state = .dotAtLineStart
+                    lineLength = 1
+                    i += 1
+                } else {
+                    state = .inLine
+                }
+            case .dotAtLineStart:
+                if base[i] == 13 {
+                    state = .dotCR
+                    i += 1
+                } else {
+                    state = .inLine  // the stuffed dot is dropped; this byte starts the line's text
+                }
+            case .dotCR:
+                if base[i] == 10 {
+                    i += 1
+                    isFinished = true
+                    flushPartialHeader(into: &out)
+                    return i
+                }
+                note(.bareCR)
+                state = .inLine
+            case .inLine:
+                let start = i
+                while i < n {
+                    let b = base[i]
+                    if b == 13 || b == 10 || b == 0 { break }
+                    i += 1
+                }
+                if i > start {
+                    lineLength += i - start
+                    if lineLength + 2 > limits.maxLineLength { note(.lineTooLong) }
+                    emit(UnsafeBufferPointer(start: base + start, count: i - start), into: &out)
+                }
+                if i == n { break }
+                switch base[i] {
+                case 13: state = .sawCR
+                case 10: note(.bareLF)
+                default: note(.nul)
+                }
+                i += 1
+            case .sawCR:
+                if base[i] == 10 {
+                    endOfLine(into: &out)
+                    state = .lineStart
+                    i += 1
+                } else {
+                    note(.bareCR)
+                    state = .inLine
+                }
+            }
+        }
+        return n
+    }
+
+    mutating func note(_ p: Problem) {
+        if problem == nil { problem = p }
+    }
+
+    static let crlf: [UInt8] = [13, 10]
+
+    mutating func emit(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
+        size += bytes.count
+        if size > limits.maxMessageSize { note(.tooBig) }
+        guard problem == nil else { return }
+        if inHeaders {
+            headerLine.append(contentsOf: bytes)
+        } else {
+            out.append(contentsOf: bytes)
+        }
+    }
+
+    mutating func endOfLine(into out: inout [UInt8]) {
+        DataDecoder.crlf.withUnsafeBufferPointer { emit($0, into: &out) }
+        lineLength = 0
+        guard inHeaders, problem == nil else { return }
+        classifyHeaderLine(into: &out)
+        headerLine.removeAll(keepingCapacity: true)
+    }
+
+    /// Decides what one complete header-section line (CRLF included) is, RFC 5322 §2.2.
+    mutating func classifyHeaderLine(into out: inout [UInt8]) {
+        let line = headerLine
+        if line.count == 2 {  // the empty line that ends the header section
+            inHeaders = false
+            out.append(contentsOf: line)
+            return
+        }
+        if line[0] == UInt8(ascii: " ") || line[0] == 9 {  // folded continuation of the field before
+            if !droppingField { out.append(contentsOf: line) }
+            return
+        }
+        var colon = -1
+        for (index, b) in line.enumerated() {
+            if b == UInt8(ascii: ":") { colon = index; break }
+            if b <= 32 || b >= 127 { break }
+        }
+        guard colon > 0 else {
+            // Not a header field: the body starts here without an empty line.
+            inHeaders = false
+            droppingField = false
+            out.append(contentsOf: line)
+            return
+        }
+        let name = line[0..<colon]
+        if equalsIgnoringCase(name, "received") { receivedCount += 1 }
+        droppingField = !limits.keepBcc && equalsIgnoringCase(name, "bcc")
+        if !droppingField { out.append(contentsOf: line) }
+    }
+
+    mutating func flushPartialHeader(into out: inout [UInt8]) {
+        // Every line before the end ended in CRLF, so nothing is pending; kept for clarity.
+        if inHeaders, problem == nil, !headerLine.isEmpty { out.append(contentsOf: headerLine) }
+        headerLine = []
+    }
+}
+
+func equalsIgnoringCase(_ bytes: ArraySlice<UInt8>, _ lowercase: String) -> Bool {
+    guard bytes.count == lowercase.utf8.count else { return false }
+    for (a, b) in zip(bytes, lowercase.utf8) where (a | 0x20) != b { return false }
+    return true
+}

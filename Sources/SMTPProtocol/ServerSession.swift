@@ -1,0 +1,535 @@
+// The server side of one SMTP session as a state machine: bytes and events in, actions out.
+// No sockets, no files, no clock of its own, so every path is tested byte by byte.
+//
+// Input is framed into command lines that end in CRLF only (RFC 5321 §2.3.8); a bare CR or LF is
+// never a line end. Pipelined commands (RFC 2920) are answered in order however the bytes are split.
+// While a message is being made durable the session reads no further input, so a reply can never
+// overtake the "250 queued" that comes before it.
+//
+// Reply codes (RFC 5321 §4.2, enhanced codes RFC 3463; none on the greeting, HELO and EHLO replies,
+// RFC 2034 §3):
+//   503 5.5.1 out of sequence         500 5.5.2 unknown command, line too long, bare CR/LF
+//   501 5.5.4 bad syntax / parameter  555 5.5.4 unknown MAIL/RCPT parameter
+//   552 5.3.4 message too big         452 4.5.3 too many recipients
+//   554 5.7.1 relay access denied     554 5.4.6 too many Received headers (mail loop)
+//   554 5.6.0 message refused for its content: bare CR or LF, NUL, a line over max_line_length
+//   553 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4)
+//   451 4.3.0 the message could not be stored
+//   421 4.7.0 too many errors / 421 4.4.2 timeout / 421 4.3.2 shutting down, then close
+
+public struct ServerConfiguration: Sendable {
+    public var hostname: String
+    public var maxMessageSize: Int
+    public var maxRecipients: Int
+    public var maxErrors: Int
+    public var maxLineLength: Int
+    public var maxHops: Int
+    public var keepBcc: Bool
+    public var vrfy: Bool
+    public var expn: Bool
+    public var policy: RelayPolicy
+    /// Extra EHLO keywords advertised after the built-in ones (STARTTLS, AUTH … in later versions).
+    public var extraExtensions: [String]
+
+    public init(hostname: String, maxMessageSize: Int = 52_428_800, maxRecipients: Int = 1000, maxErrors: Int = 20,
+                maxLineLength: Int = 1000, maxHops: Int = 50, keepBcc: Bool = false, vrfy: Bool = false,
+                expn: Bool = false, policy: RelayPolicy? = nil, extraExtensions: [String] = []) {
+        self.hostname = hostname
+        self.maxMessageSize = maxMessageSize
+        self.maxRecipients = maxRecipients
+        self.maxErrors = maxErrors
+        self.maxLineLength = maxLineLength
+        self.maxHops = maxHops
+        self.keepBcc = keepBcc
+        self.vrfy = vrfy
+        self.expn = expn
+        self.policy = policy ?? RelayPolicy(hostname: hostname)
+        self.extraExtensions = extraExtensions
+    }
+}
+
+/// What the session knows of its peer.
+public struct ClientInfo: Sendable, Equatable {
+    public var ip: String
+    /// In relay_networks: may relay to any domain.
+    public var trusted: Bool
+    public var reverseName: String?
+    public init(ip: String, trusted: Bool, reverseName: String? = nil) {
+        self.ip = ip
+        self.trusted = trusted
+        self.reverseName = reverseName
+    }
+}
+
+/// The envelope of a message whose data is about to arrive.
+public struct MessageStart: Sendable, Equatable {
+    public var sender: MailPath
+    /// Final recipient addresses, after alias expansion, without duplicates.
+    public var recipients: [String]
+    public var helo: String
+    /// "SMTP", "ESMTP" or "UTF8SMTP", for the Received header.
+    public var protocolName: String
+    public var bodyType: String?
+    public var smtputf8: Bool
+}
+
+public enum ServerAction: Equatable, Sendable {
+    /// Bytes for the client.
+    case reply([UInt8])
+    /// A message begins: open a spool file.
+    case beginMessage(MessageStart)
+    /// Decoded message bytes, in order, to append to the spool file.
+    case messageData([UInt8])
+    /// End of data, accepted: make the message durable, then call `commitFinished`.
+    case commitMessage
+    /// The message was refused: discard what was written.
+    case abortMessage
+    /// Close the connection once the replies before this action are written.
+    case close
+}
+
+public struct ServerSession {
+    public enum Phase: Equatable, Sendable {
+        case connected      // greeting sent, no HELO/EHLO yet
+        case ready          // HELO/EHLO done, no transaction
+        case mail           // MAIL accepted
+        case data           // reading message data
+        case committing     // waiting for the spool
+        case closed
+    }
+
+    public let config: ServerConfiguration
+    public private(set) var client: ClientInfo
+    public private(set) var phase: Phase = .connected
+    public private(set) var helo: String?
+    public private(set) var esmtp = false
+    public private(set) var errorCount = 0
+
+    // The transaction (RFC 5321 §3.3).
+    var sender: MailPath?
+    var recipients: [String] = []
+    var acceptedRcptCommands = 0
+    var rcptCommands = 0
+    var bodyType: String?
+    var smtputf8 = false
+
+    var decoder: DataDecoder?
+    var dataOut: [UInt8] = []
+    /// Input not yet handled: a partial line, or commands pipelined behind a message being committed.
+    var inbox: [UInt8] = []
+    /// Set while an over-long command line is being skipped up to its CRLF.
+    var discardingLongLine = false
+
+    var actions: [ServerAction] = []
+    var replyBytes: [UInt8] = []
+
+    static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
+    static let dataChunk = 128 * 1024
+
+    public init(config: ServerConfiguration, client: ClientInfo) {
+        self.config = config
+        self.client = client
+    }
+
+    /// Whether the caller should keep reading from the socket. False while committing (input waits
+    /// in the kernel, which pushes back on the client) and after close.
+    public var wantsInput: Bool { phase != .committing && phase != .closed }
+
+    public mutating func setReverseName(_ name: String?) { client.reverseName = name }
+
+    // MARK: - Events
+
+    /// The 220 greeting (RFC 5321 §4.3.1).
+    public mutating func greeting() -> [ServerAction] {
+        reply(Reply(220, nil, "\(config.hostname) ESMTP Tern"))
+        return takeActions()
+    }
+
+    /// Bytes from the client.
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer) -> [ServerAction] {
+        guard phase != .closed else { return [] }
+        if inbox.isEmpty {
+            let consumed = process(bytes)
+            if consumed < bytes.count, phase != .closed {
+                inbox.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
+            }
+        } else {
+            inbox.append(contentsOf: bytes)
+            drainInbox()
+        }
+        flushDataOut(force: false)
+        return takeActions()
+    }
+
+    /// Convenience for tests and tools.
+    public mutating func receive(_ bytes: [UInt8]) -> [ServerAction] {
+        bytes.withUnsafeBytes { receive($0) }
+    }
+
+    /// The spool finished (or failed) making the message durable.
+    public mutating func commitFinished(queueID: String?) -> [ServerAction] {
+        guard phase == .committing else { return [] }
+        if let queueID {
+            reply(Reply(250, "2.0.0", "Ok: queued as \(queueID)"))
+        } else {
+            fail(Reply(451, "4.3.0", "Error: queue file write error, try again later"))
+        }
+        resetTransaction()
+        phase = .ready
+        drainInbox()
+        flushDataOut(force: false)
+        return takeActions()
+    }
+
+    /// The idle timer ran out (RFC 5321 §4.5.3.2).
+    public mutating func timedOut() -> [ServerAction] {
+        guard phase != .closed, phase != .committing else { return [] }
+        if phase == .data { actions.append(.abortMessage) }
+        reply(Reply(421, "4.4.2", "\(config.hostname) Error: timeout exceeded"))
+        close()
+        return takeActions()
+    }
+
+    /// The server is stopping: tell the client to come back later.
+    public mutating func shuttingDown() -> [ServerAction] {
+        guard phase != .closed else { return [] }
+        if phase == .data { actions.append(.abortMessage) }
+        reply(Reply(421, "4.3.2", "\(config.hostname) Service shutting down, closing connection"))
+        close()
+        return takeActions()
+    }
+
+    // MARK: - Input
+
+    mutating func drainInbox() {
+        guard !inbox.isEmpty else { return }
+        let consumed = inbox.withUnsafeBytes { process($0) }
+        if phase == .closed {
+            inbox = []
+        } else {
+            inbox.removeFirst(consumed)
+        }
+    }
+
+    /// Handles as much of `buffer` as the current phase allows; returns the bytes consumed.
+    mutating func process(_ buffer: UnsafeRawBufferPointer) -> Int {
+        guard let base = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return 0 }
+        let count = buffer.count
+        var offset = 0
+        while offset < count {
+            switch phase {
+            case .closed, .committing:
+                return offset
+            case .data:
+                offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset...]), into: &dataOut)
+                if decoder!.isFinished { endOfData() }
+                flushDataOut(force: false)
+            case .connected, .ready, .mail:
+                guard let lf = findLF(base, from: offset, to: count) else {
+                    // No complete line yet. Keep at most one command line's worth.
+                    if count - offset >= Self.maxCommandLine {
+                        discardingLongLine = true
+                        // Keep a trailing CR: its LF may arrive in the next read.
+                        return base[count - 1] == 13 ? count - 1 : count
+                    }
+                    return offset
+                }
+                let lineEnd = lf - 1  // index of the CR
+                let start = offset
+                offset = lf + 1
+                if discardingLongLine {
+                    discardingLongLine = false
+                    fail(Reply(500, "5.5.2", "Error: line too long"))
+                } else if lf + 1 - start > Self.maxCommandLine {
+                    fail(Reply(500, "5.5.2", "Error: line too long"))
+                } else {
+                    let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))
+                    handleCommandLine(line)
+                }
+            }
+        }
+        return offset
+    }
+
+    /// The index of the next LF that follows a CR. Bare LFs are skipped: they are not line ends.
+    func findLF(_ base: UnsafePointer<UInt8>, from: Int, to: Int) -> Int? {
+        var i = from
+        while i < to {
+            guard let p = memchrLF(base + i, to - i) else { return nil }
+            let j = p - base
+            if j > from && base[j - 1] == 13 { return j }
+            i = j + 1
+        }
+        return nil
+    }
+
+    // MARK: - Commands
+
+    mutating func handleCommandLine(_ line: [UInt8]) {
+        if line.contains(13) || line.contains(10) {
+            fail(Reply(500, "5.5.2", "Error: bare CR or LF in command; lines must end with CRLF"))
+            return
+        }
+        let command: Command
+        do {
+            command = try CommandParser.parse(line[...])
+        } catch {
+            switch error {
+            case .unknown:
+                fail(Reply(500, "5.5.2", "Error: command not recognized"))
+            case .syntax(let why):
+                fail(Reply(501, "5.5.4", "Syntax error: \(why)"))
+            case .address(let addressError):
+                switch addressError {
+                case .needsSMTPUTF8:
+                    fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+                case .tooLong:
+                    fail(Reply(501, "5.5.4", "Syntax error: address too long"))
+                case .syntax(let why):
+                    fail(Reply(501, "5.5.4", "Syntax error in address: \(why)"))
+                }
+            }
+            return
+        }
+        switch command {
+        case .helo(let domain): hello(domain, extended: false)
+        case .ehlo(let domain): hello(domain, extended: true)
+        case .mail(let path, let params): mail(path, params)
+        case .rcpt(let path, let params): rcpt(path, params)
+        case .data: data()
+        case .rset:
+            resetTransaction()
+            if phase == .mail { phase = .ready }
+            reply(Reply(250, "2.0.0", "Ok"))
+        case .noop:
+            reply(Reply(250, "2.0.0", "Ok"))
+        case .quit:
+            reply(Reply(221, "2.0.0", "Bye"))
+            close()
+        case .help:
+            reply(Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN"))
+        case .vrfy(let arg): vrfy(arg)
+        case .expn(let arg): expn(arg)
+        }
+    }
+
+    mutating func hello(_ domain: String, extended: Bool) {
+        // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
+        resetTransaction()
+        helo = domain
+        esmtp = extended
+        phase = .ready
+        if extended {
+            var lines = [config.hostname, "PIPELINING", "SIZE \(config.maxMessageSize)", "8BITMIME",
+                         "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+            lines += config.extraExtensions
+            lines.append("HELP")
+            reply(Reply(250, nil, lines))
+        } else {
+            reply(Reply(250, nil, config.hostname))
+        }
+    }
+
+    mutating func mail(_ path: MailPath, _ params: [ESMTPParameter]) {
+        guard phase != .connected else { return fail(Reply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: nested MAIL command")) }
+        var body: String?
+        var utf8 = false
+        var seen: Set<String> = []
+        for param in params {
+            guard seen.insert(param.keyword).inserted else {
+                return fail(Reply(501, "5.5.4", "Error: duplicate \(param.keyword) parameter"))
+            }
+            switch param.keyword {
+            case "SIZE":
+                guard let v = param.value, v.utf8.count <= 20, v.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
+                    return fail(Reply(501, "5.5.4", "Error: bad SIZE parameter"))
+                }
+                if v.utf8.count > 18 || Int(v)! > config.maxMessageSize {
+                    return fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"))
+                }
+            case "BODY":
+                guard let v = param.value?.uppercased(), v == "7BIT" || v == "8BITMIME" else {
+                    return fail(Reply(501, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME"))
+                }
+                body = v
+            case "SMTPUTF8":
+                guard param.value == nil else { return fail(Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")) }
+                utf8 = true
+            default:
+                return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
+            }
+        }
+        if !utf8 && !path.isASCII {
+            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+        }
+        sender = path
+        bodyType = body
+        smtputf8 = utf8
+        phase = .mail
+        reply(Reply(250, "2.1.0", "Ok"))
+    }
+
+    mutating func rcpt(_ path: MailPath, _ params: [ESMTPParameter]) {
+        guard phase == .mail else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
+        rcptCommands += 1
+        if let param = params.first {
+            return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
+        }
+        if !smtputf8 && !path.isASCII {
+            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+        }
+        guard acceptedRcptCommands < config.maxRecipients else {
+            return fail(Reply(452, "4.5.3", "Error: too many recipients"))
+        }
+        switch config.policy.checkRecipient(path, trusted: client.trusted) {
+        case .deny(let r):
+            fail(r)
+        case .accept(let addresses):
+            acceptedRcptCommands += 1
+            for a in addresses where !recipients.contains(a) { recipients.append(a) }
+            reply(Reply(250, "2.1.5", "Ok"))
+        }
+    }
+
+    mutating func data() {
+        guard phase == .mail else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
+        guard acceptedRcptCommands > 0 else {
+            if rcptCommands > 0 { return fail(Reply(554, "5.5.1", "Error: no valid recipients")) }
+            return fail(Reply(503, "5.5.1", "Error: need RCPT command"))
+        }
+        let start = MessageStart(
+            sender: sender!, recipients: recipients, helo: helo ?? client.ip,
+            protocolName: smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP"),
+            bodyType: bodyType, smtputf8: smtputf8)
+        decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
+                                            maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
+        dataOut.reserveCapacity(16 * 1024)
+        phase = .data
+        reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
+        actions.append(.beginMessage(start))
+    }
+
+    mutating func endOfData() {
+        let d = decoder!
+        decoder = nil
+        if let problem = d.problem {
+            dataOut = []
+            actions.append(.abortMessage)
+            resetTransaction()
+            phase = .ready
+            switch problem {
+            case .tooBig: fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"))
+            case .bareCR: fail(Reply(554, "5.6.0", "Error: bare CR in message; lines must end with CRLF"))
+            case .bareLF: fail(Reply(554, "5.6.0", "Error: bare LF in message; lines must end with CRLF"))
+            case .nul: fail(Reply(554, "5.6.0", "Error: NUL character in message"))
+            case .lineTooLong:
+                fail(Reply(554, "5.6.0", "Error: line longer than \(config.maxLineLength) octets in message"))
+            }
+            return
+        }
+        if d.receivedCount > config.maxHops {
+            dataOut = []
+            actions.append(.abortMessage)
+            resetTransaction()
+            phase = .ready
+            fail(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"))
+            return
+        }
+        flushDataOut(force: true)
+        actions.append(.commitMessage)
+        phase = .committing
+    }
+
+    mutating func vrfy(_ arg: String) {
+        guard config.vrfy else {
+            return reply(Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"))
+        }
+        let address = stripAngles(arg)
+        if config.policy.isKnown(address) {
+            reply(Reply(250, "2.1.5", "<\(address)>"))
+        } else {
+            fail(Reply(550, "5.1.1", "<\(address)>: Recipient address unknown"))
+        }
+    }
+
+    mutating func expn(_ arg: String) {
+        guard config.expn else { return fail(Reply(502, "5.5.1", "Error: EXPN not available")) }
+        let address = stripAngles(arg)
+        if let members = config.policy.listMembers(address), !members.isEmpty {
+            reply(Reply(250, "2.1.5", members.map { "<\($0)>" }))
+        } else {
+            fail(Reply(550, "5.1.1", "<\(address)>: not a mailing list"))
+        }
+    }
+
+    // MARK: - Helpers
+
+    mutating func resetTransaction() {
+        sender = nil
+        recipients = []
+        acceptedRcptCommands = 0
+        rcptCommands = 0
+        bodyType = nil
+        smtputf8 = false
+    }
+
+    mutating func reply(_ r: Reply) {
+        r.appendWireBytes(to: &replyBytes)
+    }
+
+    /// A refusal; counts towards max_errors.
+    mutating func fail(_ r: Reply) {
+        reply(r)
+        errorCount += 1
+        if errorCount >= config.maxErrors && phase != .closed {
+            if phase == .data { actions.append(.abortMessage) }
+            reply(Reply(421, "4.7.0", "\(config.hostname) Error: too many errors"))
+            close()
+        }
+    }
+
+    mutating func close() {
+        phase = .closed
+        inbox = []
+        flushReplies()
+        actions.append(.close)
+    }
+
+    mutating func flushReplies() {
+        if !replyBytes.isEmpty {
+            actions.append(.reply(replyBytes))
+            replyBytes = []
+        }
+    }
+
+    mutating func flushDataOut(force: Bool) {
+        if !dataOut.isEmpty && (force || dataOut.count >= Self.dataChunk) {
+            actions.append(.messageData(dataOut))
+            dataOut = []
+            dataOut.reserveCapacity(16 * 1024)
+        }
+    }
+
+    mutating func takeActions() -> [ServerAction] {
+        flushReplies()
+        let a = actions
+        actions = []
+        return a
+    }
+}
+
+func stripAngles(_ s: String) -> String {
+    if s.hasPrefix("<") && s.hasSuffix(">") && s.count >= 2 { return String(s.dropFirst().dropLast()) }
+    return s
+}
+
+@inline(__always)
+func memchrLF(_ p: UnsafePointer<UInt8>, _ n: Int) -> UnsafePointer<UInt8>? {
+    var i = 0
+    while i < n {
+        if p[i] == 10 { return p + i }
+        i += 1
+    }
+    return nil
+}

@@ -1,0 +1,81 @@
+@testable import SMTPProtocol
+
+/// Feeds a ServerSession and plays the spool: every commit succeeds with ids Q1, Q2, … unless
+/// `failCommits` is set. Collects what a client and the spool would see.
+struct Driver {
+    var session: ServerSession
+    var replies = ""
+    var messages: [(start: MessageStart, data: [UInt8])] = []
+    var current: (start: MessageStart, data: [UInt8])?
+    var aborted = 0
+    var closed = false
+    var failCommits = false
+    var commits = 0
+
+    init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
+         client: ClientInfo = ClientInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
+        session = ServerSession(config: config, client: client)
+        if greet { apply(session.greeting()) }
+    }
+
+    mutating func apply(_ actions: [ServerAction]) {
+        var pendingCommit = false
+        for action in actions {
+            switch action {
+            case .reply(let bytes): replies += String(decoding: bytes, as: UTF8.self)
+            case .beginMessage(let start):
+                precondition(current == nil, "beginMessage while a message is open")
+                current = (start, [])
+            case .messageData(let bytes): current!.data += bytes
+            case .commitMessage: pendingCommit = true
+            case .abortMessage:
+                if current != nil { aborted += 1 }
+                current = nil
+            case .close: closed = true
+            }
+        }
+        if pendingCommit {
+            commits += 1
+            let id: String?
+            if failCommits {
+                id = nil
+            } else {
+                messages.append(current!)
+                id = "Q\(messages.count)"
+            }
+            current = nil
+            apply(session.commitFinished(queueID: id))
+        }
+    }
+
+    mutating func send(_ text: String) { send(Array(text.utf8)) }
+
+    mutating func send(_ bytes: [UInt8]) { apply(session.receive(bytes)) }
+
+    /// Sends the bytes one at a time.
+    mutating func trickle(_ text: String) {
+        for b in text.utf8 { send([b]) }
+    }
+
+    /// Reply codes in order, e.g. ["220", "250", …], one per reply (multi-line replies count once).
+    var codes: [String] {
+        replies.split(separator: "\r\n", omittingEmptySubsequences: true)
+            .map { Array($0.utf8) }
+            .filter { $0.count >= 4 && $0[3] == UInt8(ascii: " ") }
+            .map { String(decoding: $0.prefix(3), as: UTF8.self) }
+    }
+
+    var lastReply: String {
+        let lines = replies.split(separator: "\r\n")
+        return lines.last.map(String.init) ?? ""
+    }
+
+    mutating func takeReplies() -> String {
+        defer { replies = "" }
+        return replies
+    }
+}
+
+let crlf = "\r\n"
+
+func lines(_ l: String...) -> String { l.map { $0 + crlf }.joined() }
