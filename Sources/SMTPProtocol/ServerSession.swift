@@ -49,7 +49,7 @@ public struct ServerConfiguration: Sendable {
 }
 
 /// What the session knows of its peer.
-public struct ClientInfo: Sendable, Equatable {
+public struct PeerInfo: Sendable, Equatable {
     public var ip: String
     /// In relay_networks: may relay to any domain.
     public var trusted: Bool
@@ -99,7 +99,7 @@ public struct ServerSession {
     }
 
     public let config: ServerConfiguration
-    public private(set) var client: ClientInfo
+    public private(set) var client: PeerInfo
     public private(set) var phase: Phase = .connected
     public private(set) var helo: String?
     public private(set) var esmtp = false
@@ -126,7 +126,7 @@ public struct ServerSession {
     static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
     static let dataChunk = 128 * 1024
 
-    public init(config: ServerConfiguration, client: ClientInfo) {
+    public init(config: ServerConfiguration, client: PeerInfo) {
         self.config = config
         self.client = client
     }

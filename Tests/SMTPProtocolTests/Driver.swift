@@ -13,7 +13,7 @@ struct Driver {
     var commits = 0
 
     init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
-         client: ClientInfo = ClientInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
+         client: PeerInfo = PeerInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
         session = ServerSession(config: config, client: client)
         if greet { apply(session.greeting()) }
     }

@@ -103,7 +103,7 @@ let transaction = lines(
     }
 
     @Test func dataAfterOnlyRefusedRecipientsIs554() {
-        var d = Driver(client: ClientInfo(ip: "192.0.2.9", trusted: false))
+        var d = Driver(client: PeerInfo(ip: "192.0.2.9", trusted: false))
         d.send(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@elsewhere.test>", "DATA"))
         #expect(d.codes.suffix(2) == ["554", "554"])
         #expect(d.lastReply.hasPrefix("554 5.5.1 "))
@@ -243,7 +243,7 @@ let transaction = lines(
     @Test func relayControl() {
         let policy = RelayPolicy(hostname: "relay.test", acceptDomains: ["Local.Test"])
         let config = ServerConfiguration(hostname: "relay.test", policy: policy)
-        var d = Driver(config, client: ClientInfo(ip: "192.0.2.7", trusted: false))
+        var d = Driver(config, client: PeerInfo(ip: "192.0.2.7", trusted: false))
         d.send(lines("EHLO x.test", "MAIL FROM:<>"))
         let cases: [(String, String)] = [
             ("<user@local.test>", "250"), ("<USER@LOCAL.TEST>", "250"), ("<Postmaster>", "250"),
@@ -259,7 +259,7 @@ let transaction = lines(
             if code == "554" { #expect(d.lastReply.hasPrefix("554 5.7.1 ")) }
         }
         // A trusted client may relay anywhere, sender routing included (it is not acted on).
-        var t = Driver(config, client: ClientInfo(ip: "127.0.0.1", trusted: true))
+        var t = Driver(config, client: PeerInfo(ip: "127.0.0.1", trusted: true))
         t.send(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<user@other.test>", "RCPT TO:<u%v@other.test>"))
         #expect(t.codes.suffix(2) == ["250", "250"])
     }
@@ -270,7 +270,7 @@ let transaction = lines(
                                            "all@lists.test": ["team@lists.test", "cid@z.test"],
                                            "postmaster": ["root@admin.test"]])
         var d = Driver(ServerConfiguration(hostname: "relay.test", policy: policy),
-                       client: ClientInfo(ip: "192.0.2.7", trusted: false))
+                       client: PeerInfo(ip: "192.0.2.7", trusted: false))
         d.send(lines("EHLO x.test", "MAIL FROM:<s@a.test>", "RCPT TO:<ALL@lists.test>", "RCPT TO:<Postmaster>",
                      "RCPT TO:<bob@y.test>", "DATA", "x", "."))
         #expect(d.codes.suffix(5) == ["250", "250", "554", "354", "250"])
@@ -371,7 +371,7 @@ let transaction = lines(
 
     @Test func inputWaitsWhileCommitting() {
         var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
-                              client: ClientInfo(ip: "127.0.0.1", trusted: true))
+                              client: PeerInfo(ip: "127.0.0.1", trusted: true))
         _ = s.greeting()
         let actions = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA",
                                             "x", ".", "NOOP", "QUIT").utf8))
@@ -387,7 +387,7 @@ let transaction = lines(
 
     @Test func largeMessageStreamsInChunks() {
         var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
-                              client: ClientInfo(ip: "127.0.0.1", trusted: true))
+                              client: PeerInfo(ip: "127.0.0.1", trusted: true))
         _ = s.greeting()
         _ = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
         let line = Array((String(repeating: "z", count: 998) + "\r\n").utf8)

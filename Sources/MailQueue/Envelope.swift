@@ -1,0 +1,78 @@
+// The envelope: everything about a queued message except its data (RFC 5321 section 2.3.1).
+// Delivery updates the per-recipient state and rewrites the envelope; the data file never changes.
+
+/// Where a recipient stands. `pending` and `deferred` still need delivery; the other two are final.
+public enum RecipientState: String, Sendable, CaseIterable {
+    case pending, deferred, delivered, bounced
+
+    public var isFinal: Bool { self == .delivered || self == .bounced }
+}
+
+public struct Recipient: Sendable, Equatable {
+    /// The forward-path without angle brackets, as the client sent it.
+    public var address: String
+    public var state: RecipientState
+    /// The last reply from a next hop (or our own reason), for logs, `tern queue` and bounces.
+    public var lastReply: String?
+
+    public init(address: String, state: RecipientState = .pending, lastReply: String? = nil) {
+        self.address = address
+        self.state = state
+        self.lastReply = lastReply
+    }
+}
+
+/// Who handed us the message: goes into the Received: header and the logs.
+public struct ClientInfo: Sendable, Equatable {
+    public var ip: String
+    public var helo: String
+    public var reverseName: String?
+    /// "SMTP" or "ESMTP" (RFC 3848 adds "ESMTPS", "ESMTPA", ...).
+    public var protocolName: String
+
+    public init(ip: String, helo: String, reverseName: String? = nil, protocolName: String = "ESMTP") {
+        self.ip = ip
+        self.helo = helo
+        self.reverseName = reverseName
+        self.protocolName = protocolName
+    }
+}
+
+public struct Envelope: Sendable, Equatable {
+    public var id: QueueID
+    /// The reverse-path without angle brackets; "" for the null sender <> (bounces, RFC 5321 4.5.5).
+    public var sender: String
+    public var recipients: [Recipient]
+    /// MT-PRIORITY, -9...9 (RFC 6710); 0 when the client gave none.
+    public var priority: Int
+    /// Seconds since the epoch; stored with microsecond precision.
+    public var arrival: Double
+    public var attempts: Int
+    /// Seconds since the epoch; stored with microsecond precision.
+    public var nextAttempt: Double
+    /// Bytes of the data file.
+    public var size: Int
+    /// BODY= as the client declared it ("7BIT" / "8BITMIME"), nil when absent.
+    public var bodyType: String?
+    public var smtputf8: Bool
+    public var client: ClientInfo
+
+    public init(id: QueueID, sender: String, recipients: [Recipient], priority: Int = 0,
+                arrival: Double, attempts: Int = 0, nextAttempt: Double? = nil, size: Int = 0,
+                bodyType: String? = nil, smtputf8: Bool = false, client: ClientInfo) {
+        self.id = id
+        self.sender = sender
+        self.recipients = recipients
+        self.priority = priority
+        self.arrival = arrival
+        self.attempts = attempts
+        self.nextAttempt = nextAttempt ?? arrival
+        self.size = size
+        self.bodyType = bodyType
+        self.smtputf8 = smtputf8
+        self.client = client
+    }
+
+    /// Recipients still waiting for delivery (pending or deferred).
+    public var hasPendingRecipients: Bool { recipients.contains { !$0.state.isFinal } }
+}

@@ -1,0 +1,345 @@
+// The durable spool: where a message lives from the moment we accept it until every recipient is
+// delivered or bounced.
+//
+// On disk, under the spool directory:
+//
+//     <spool>/lock              flock(LOCK_EX) by the running instance; holds its pid, for operators
+//     <spool>/queue/<id>.msg    the message data exactly as it will be sent (headers and body, CRLF
+//                               line ends, dot-unstuffed); written once while receiving, never changed
+//     <spool>/queue/<id>.env    the envelope record (see EnvelopeRecord.swift); rewritten on every
+//                               delivery attempt
+//     <spool>/queue/<id>.env.tmp  an envelope being written; renamed over <id>.env when complete
+//
+// A message is queued exactly when its .env exists. `commit` makes that true durably, in the order
+// chasquid and Postfix use: fsync the data, write and fsync the envelope under a temporary name, rename
+// it into place (atomic), and fsync the directory so the new names survive a crash. A crash at any earlier
+// point leaves a .msg without .env, or an .env.tmp, which `removeOrphans` deletes at start-up; the client
+// never got its 250, so it still owns the message. `remove` unlinks the .env first for the same reason.
+//
+// Every function here blocks (open, write, fsync, rename) and is meant for libuv's thread pool. The Spool
+// holds no shared mutable state beyond the lock descriptor (behind a mutex), so any number of pool threads
+// may work on different messages at once. Two threads must not work on the same message at once: the
+// queue hands a message to one delivery at a time.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation  // NSLock only
+
+/// A failed file operation: what was tried, on which path, and errno.
+public struct SpoolError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let path: String
+    public let errno: Int32
+    /// A sentence that replaces the strerror text where it would mislead (a held lock, a wrong id).
+    public let detail: String?
+
+    public init(_ operation: String, path: String, errno: Int32, detail: String? = nil) {
+        self.operation = operation
+        self.path = path
+        self.errno = errno
+        self.detail = detail
+    }
+
+    /// The data file already exists: another message has this id (the clock went back). Retry with next().
+    public var isAlreadyExists: Bool { self.errno == EEXIST }
+
+    public var description: String {
+        "spool: \(operation) \(path): \(detail ?? String(cString: strerror(self.errno))) (errno \(self.errno))"
+    }
+}
+
+/// The libc write(2); inside SpoolFile the name `write` means the method.
+private func posixClose(_ fd: Int32) -> Int32 { close(fd) }
+private func posixWrite(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int) -> Int { write(fd, bytes, count) }
+
+/// A message being received: its data file, open for writing. Used by one thread at a time.
+public final class SpoolFile: @unchecked Sendable {
+    public let id: QueueID
+    public let path: String
+    public private(set) var size: Int = 0
+    fileprivate var fd: Int32
+    /// Set once `commit` has returned: the message is queued and `discard` must leave it alone.
+    fileprivate var committed = false
+
+    fileprivate init(id: QueueID, path: String, fd: Int32) {
+        self.id = id
+        self.path = path
+        self.fd = fd
+    }
+
+    deinit { closeDescriptor() }
+
+    /// Appends all of `bytes`, looping on short writes and EINTR.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard fd >= 0 else { throw SpoolError("write", path: path, errno: EBADF, detail: "file is already closed") }
+        guard var next = bytes.baseAddress else { return }
+        var remaining = bytes.count
+        while remaining > 0 {
+            let n = posixWrite(fd, next, remaining)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("write", path: path, errno: errno)
+            }
+            if n == 0 { throw SpoolError("write", path: path, errno: EIO, detail: "write returned 0") }
+            next += n
+            remaining -= n
+            size += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    fileprivate func closeDescriptor() {
+        if fd >= 0 { _ = posixClose(fd); fd = -1 }
+    }
+}
+
+public final class Spool: @unchecked Sendable {
+    /// The spool directory, as given.
+    public let path: String
+    /// `<path>/queue`: data files and envelopes.
+    public let queuePath: String
+    /// The queue directory, kept open for fsync after every rename.
+    private let queueDirectory: Int32
+    private let lockMutex = NSLock()
+    private var lockDescriptor: Int32 = -1
+
+    /// Opens the spool at `path`, creating `<path>/queue` (and its parents) if missing.
+    public init(path: String) throws {
+        let queue = path.hasSuffix("/") ? path + "queue" : path + "/queue"
+        try Spool.makeDirectories(queue)
+        self.path = path
+        self.queuePath = queue
+        self.queueDirectory = try Spool.retrying("open", queue) { open(queue, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    }
+
+    deinit {
+        _ = close(queueDirectory)
+        unlock()
+    }
+
+    // MARK: Instance lock
+
+    /// Takes `<path>/lock` with flock(LOCK_EX|LOCK_NB) so two instances never share a spool.
+    /// Held until `unlock()` or until the Spool (or the process) goes away. Calling it again is a no-op.
+    public func lock() throws {
+        lockMutex.lock()
+        defer { lockMutex.unlock() }
+        guard lockDescriptor < 0 else { return }
+        let lockPath = (path.hasSuffix("/") ? path : path + "/") + "lock"
+        let fd = try Spool.retrying("open", lockPath) { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            if code == EINTR { continue }
+            _ = close(fd)
+            if code == EWOULDBLOCK {
+                throw SpoolError("lock", path: lockPath, errno: code,
+                                 detail: "spool \(path) is in use by another tern instance")
+            }
+            throw SpoolError("lock", path: lockPath, errno: code)
+        }
+        // Best effort: the pid is for people reading the file, the flock is what counts.
+        let pid = Array("\(getpid())\n".utf8)
+        if ftruncate(fd, 0) == 0 { _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
+        lockDescriptor = fd
+    }
+
+    /// Releases the instance lock.
+    public func unlock() {
+        lockMutex.lock()
+        defer { lockMutex.unlock() }
+        if lockDescriptor >= 0 { _ = close(lockDescriptor); lockDescriptor = -1 }
+    }
+
+    // MARK: Receiving
+
+    public func messagePath(_ id: QueueID) -> String { queuePath + "/" + id.rawValue + ".msg" }
+    public func envelopePath(_ id: QueueID) -> String { queuePath + "/" + id.rawValue + ".env" }
+    private func temporaryPath(_ id: QueueID) -> String { queuePath + "/" + id.rawValue + ".env.tmp" }
+
+    /// A message being received: `<id>.msg` opened O_CREAT|O_EXCL|O_WRONLY|O_CLOEXEC.
+    /// Throws with `isAlreadyExists` when the id is taken (clock went back across a restart).
+    public func create(_ id: QueueID) throws -> SpoolFile {
+        let file = messagePath(id)
+        let fd = try Spool.retrying("create", file) { open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
+        return SpoolFile(id: id, path: file, fd: fd)
+    }
+
+    /// Durable commit: fsync the data file, write `<id>.env.tmp`, fsync it, rename it to `<id>.env`, fsync
+    /// the queue directory. Only after this returns is the message queued (and may the client get 250).
+    /// The stored envelope takes its size from the file. On error, call `discard(file)`.
+    @discardableResult
+    public func commit(_ file: SpoolFile, envelope: Envelope) throws -> Envelope {
+        guard envelope.id == file.id else {
+            throw SpoolError("commit", path: file.path, errno: EINVAL,
+                             detail: "envelope id \(envelope.id) does not match the file")
+        }
+        guard file.fd >= 0, !file.committed else {
+            throw SpoolError("commit", path: file.path, errno: EBADF, detail: "file is already closed")
+        }
+        try Spool.retrying("fsync", file.path) { fsync(file.fd) }
+        let fd = file.fd
+        file.fd = -1
+        try Spool.retrying("close", file.path) { close(fd) }
+
+        var stored = envelope
+        stored.size = file.size
+        try writeEnvelope(stored)
+        file.committed = true
+        return stored
+    }
+
+    /// Abandons a message that was not committed (client went away, commit failed): closes the file and
+    /// unlinks whatever of it exists. Never throws. A no-op after a successful commit.
+    public func discard(_ file: SpoolFile) {
+        guard !file.committed else { return }
+        file.closeDescriptor()
+        // The .env first: if commit failed at the directory fsync, it may exist, and a .env is what
+        // makes a message queued.
+        _ = unlink(envelopePath(file.id))
+        _ = unlink(temporaryPath(file.id))
+        _ = unlink(file.path)
+    }
+
+    // MARK: Delivery
+
+    /// Rewrites an envelope durably (temp + fsync + rename + directory fsync): per-recipient state,
+    /// attempts, next attempt. One writer per message at a time.
+    public func update(_ envelope: Envelope) throws {
+        try writeEnvelope(envelope)
+    }
+
+    /// The message is done: unlinks the .env first (so it stops being queued), then the .msg.
+    /// Missing files are not an error. Not followed by a directory fsync: if a crash undoes the unlink,
+    /// the message is delivered again, which SMTP tolerates (RFC 5321 section 6.1).
+    public func remove(_ id: QueueID) throws {
+        for file in [envelopePath(id), messagePath(id)] where unlink(file) != 0 && errno != ENOENT {
+            throw SpoolError("unlink", path: file, errno: errno)
+        }
+    }
+
+    /// Ids of queued messages (those with an .env), oldest first.
+    public func list() throws -> [QueueID] {
+        try entries().compactMap { name in
+            name.hasSuffix(".env") ? QueueID(rawValue: String(name.dropLast(4))) : nil
+        }.sorted()
+    }
+
+    public func load(_ id: QueueID) throws -> Envelope {
+        let file = envelopePath(id)
+        let envelope = try EnvelopeRecord.decode(try Spool.readFile(file))
+        guard envelope.id == id else {
+            throw SpoolError("load", path: file, errno: EINVAL, detail: "record is for id \(envelope.id)")
+        }
+        return envelope
+    }
+
+    // MARK: Start-up
+
+    /// Start-up recovery, before accepting mail: deletes `*.env.tmp`, and `*.msg` files with no `.env`
+    /// (partial messages never count as queued). Returns how many files were removed.
+    /// Must not run while messages are being received: their .msg files have no .env yet.
+    public func removeOrphans() throws -> Int {
+        let names = try entries()
+        let envelopes = Set(names.filter { $0.hasSuffix(".env") }.map { $0.dropLast(4) })
+        var removed = 0
+        for name in names {
+            let orphan = name.hasSuffix(".env.tmp")
+                || (name.hasSuffix(".msg") && !envelopes.contains(name.dropLast(4)))
+            guard orphan else { continue }
+            let file = queuePath + "/" + name
+            if unlink(file) == 0 { removed += 1 } else if errno != ENOENT {
+                throw SpoolError("unlink", path: file, errno: errno)
+            }
+        }
+        return removed
+    }
+
+    // MARK: Helpers
+
+    /// `<id>.env.tmp`, fsync, rename to `<id>.env`, fsync the directory.
+    private func writeEnvelope(_ envelope: Envelope) throws {
+        let temporary = temporaryPath(envelope.id)
+        let final = envelopePath(envelope.id)
+        let record = EnvelopeRecord.encode(envelope)
+        let fd = try Spool.retrying("create", temporary) {
+            open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        }
+        do {
+            let file = SpoolFile(id: envelope.id, path: temporary, fd: fd)  // for its write loop
+            try file.write(record)
+            try Spool.retrying("fsync", temporary) { fsync(fd) }
+            file.fd = -1
+            try Spool.retrying("close", temporary) { close(fd) }
+            try Spool.retrying("rename", temporary) { rename(temporary, final) }
+        } catch {
+            _ = unlink(temporary)
+            throw error
+        }
+        try Spool.retrying("fsync", queuePath) { fsync(queueDirectory) }
+    }
+
+    /// Names in the queue directory (no "." or "..").
+    private func entries() throws -> [String] {
+        guard let dir = opendir(queuePath) else { throw SpoolError("opendir", path: queuePath, errno: errno) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: &entry.pointee.d_name) {
+                String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    static func readFile(_ file: String) throws -> [UInt8] {
+        let fd = try retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
+        defer { _ = close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("read", path: file, errno: errno)
+            }
+            if n == 0 { return bytes }
+            bytes.append(contentsOf: chunk[..<n])
+        }
+    }
+
+    /// mkdir -p, mode 0700 for what it creates.
+    static func makeDirectories(_ directory: String) throws {
+        var prefix = directory.hasPrefix("/") ? "" : "."
+        for component in directory.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw SpoolError("mkdir", path: prefix, errno: errno)
+            }
+        }
+        var info = stat()
+        guard stat(directory, &info) == 0 else { throw SpoolError("stat", path: directory, errno: errno) }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw SpoolError("mkdir", path: directory, errno: ENOTDIR)
+        }
+    }
+
+    /// Runs a call that returns -1 and sets errno on failure, retrying on EINTR.
+    @discardableResult
+    static func retrying(_ operation: String, _ path: String, _ call: () -> Int32) throws -> Int32 {
+        while true {
+            let result = call()
+            if result >= 0 { return result }
+            let code = errno
+            if code != EINTR { throw SpoolError(operation, path: path, errno: code) }
+        }
+    }
+}

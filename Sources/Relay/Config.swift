@@ -1,0 +1,598 @@
+// Config.swift: Tern's typed configuration, read from a TOML file.
+//
+// In the manner of maddy: every key has a default, an unknown key is an error, and a value of the
+// wrong type or out of range is an error that names the key. A typo must never silently fall back
+// to a default on a mail server. etc/tern.toml shows every key; DefaultConfig.text is that file.
+//
+// Adding a table ([dns], [delivery], ...): write a struct conforming to ConfigSection (its defaults
+// and one `read` function), add a property to TernConfig, and one entry to TernConfig.sections.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import TOMLKit
+
+// MARK: - Errors
+
+/// A configuration problem. `key` is the dotted key ("server.max_recipients") when one is at fault;
+/// `line` is the line in the source when known (always for TOML syntax errors, best effort for keys).
+public struct ConfigError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let key: String?
+    public let line: Int?
+    public let message: String
+    /// The file the text came from, when it came from one.
+    public let source: String?
+    /// For "unknown key server.listne" the key is part of the sentence, not a prefix.
+    let keyInMessage: Bool
+
+    public init(key: String? = nil, line: Int? = nil, message: String, source: String? = nil) {
+        self.init(key: key, line: line, message: message, source: source, keyInMessage: false)
+    }
+
+    init(key: String?, line: Int?, message: String, source: String?, keyInMessage: Bool) {
+        self.key = key
+        self.line = line
+        self.message = message
+        self.source = source
+        self.keyInMessage = keyInMessage
+    }
+
+    /// "config: server.max_recipients: expected an integer, got string",
+    /// "config: etc/tern.toml: line 7: unknown key server.listne".
+    public var description: String {
+        var parts = ["config"]
+        if let source, source != TernConfig.unnamedSource { parts.append(source) }
+        if let line { parts.append("line \(line)") }
+        if let key, !keyInMessage { parts.append(key) }
+        parts.append(message)
+        return parts.joined(separator: ": ")
+    }
+}
+
+// MARK: - The configuration
+
+public struct TernConfig: Sendable, Equatable {
+    /// The name in the greeting, EHLO and Received headers. Default: the machine's hostname.
+    public var hostname: String
+    public var server: ServerConfig
+    public var spool: SpoolConfig
+    /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
+    public var aliases: [String: [String]]
+
+    public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
+                spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
+        self.hostname = hostname
+        self.server = server
+        self.spool = spool
+        self.aliases = aliases
+    }
+
+    /// The tables of the file, other than [aliases] whose keys are free-form. One entry per table.
+    static var sections: [AnySection] {
+        [
+            AnySection(\.server),
+            AnySection(\.spool),
+            AnySection(name: "aliases", read: readAliases),
+        ]
+    }
+
+    static let unnamedSource = "<config>"
+
+    /// Reads and parses a file. A file that cannot be read is an error naming the path.
+    public static func load(path: String) throws -> TernConfig {
+        let text = try readFile(path)
+        return try parse(text, source: path)
+    }
+
+    public static func parse(_ text: String, source: String = "<config>") throws -> TernConfig {
+        let document: TOMLTable
+        do {
+            document = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(line: error.source.begin.line, message: error.description, source: source)
+        }
+        var root = TableReader(document, path: [], context: ParseContext(text: text, source: source))
+
+        var config = TernConfig(hostname: "")
+        if let hostname = try root.read("hostname", Decode.string) {
+            try root.check("hostname", isPlausibleDomain(hostname), "\"\(hostname)\" is not a valid domain name")
+            config.hostname = hostname
+        } else {
+            let system = systemHostname()
+            try root.check("hostname", isPlausibleDomain(system),
+                           "not set, and the machine's hostname \"\(system)\" is not a valid domain name")
+            config.hostname = system
+        }
+        for section in sections {
+            guard let table = try root.read(section.name, Decode.table) else { continue }
+            var reader = TableReader(table, path: [section.name], context: root.context)
+            try section.read(&config, &reader)
+            try reader.rejectUnknownKeys()
+        }
+        try root.rejectUnknownKeys()
+        return config
+    }
+
+    /// The built-in configuration: the text of etc/tern.toml.
+    public static var embeddedDefault: TernConfig {
+        get throws { try parse(DefaultConfig.text, source: "<built-in tern.toml>") }
+    }
+
+    /// gethostname(2), or "localhost" if it fails.
+    public static func systemHostname() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(cString: buffer)
+        return name.isEmpty ? "localhost" : name
+    }
+
+    private static func readAliases(_ config: inout TernConfig, _ reader: inout TableReader) throws {
+        for key in reader.table.keys.sorted() {
+            guard let targets = try reader.read(key, Decode.stringOrStrings) else { continue }
+            try reader.check(key, isAliasName(key),
+                             "an alias must be an address (user@domain) or a bare local part like postmaster")
+            try reader.check(key, !targets.isEmpty, "must name at least one address")
+            for target in targets {
+                try reader.check(key, isAliasName(target),
+                                 "\"\(target)\" is not an address (user@domain) or a bare local part")
+            }
+            let name = key.lowercased()
+            try reader.check(key, config.aliases[name] == nil, "duplicate alias (aliases are not case-sensitive)")
+            config.aliases[name] = targets
+        }
+    }
+
+    private static func readFile(_ path: String) throws -> String {
+        guard let file = fopen(path, "rb") else {
+            throw ConfigError(message: String(cString: strerror(errno)), source: path)
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+            if n < chunk.count {
+                if ferror(file) != 0 { throw ConfigError(message: String(cString: strerror(errno)), source: path) }
+                break
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigError(message: "not valid UTF-8", source: path)
+        }
+        return text
+    }
+}
+
+// MARK: - [server]
+
+public struct ServerConfig: Sendable, Equatable, ConfigSection {
+    public var listen: [String] = ["0.0.0.0:25", "[::]:25"]
+    public var relayNetworks: [CIDR] = [CIDR.loopbackV4, CIDR.loopbackV6]
+    public var acceptDomains: [String] = []
+    public var maxMessageSize: Int = 52_428_800
+    public var maxRecipients: Int = 1000
+    public var maxConnections: Int = 20000
+    public var maxConnectionsPerIP: Int = 100
+    public var vrfy = false
+    public var expn = false
+    /// Errors in one session before 421 and close.
+    public var maxErrors = 20
+    /// Longest DATA text line, counting CRLF (RFC 5321 4.5.3.1.6: at least 1000).
+    public var maxLineLength = 1000
+    /// Received headers tolerated before 554 5.4.6.
+    public var maxHops = 50
+    public var keepBcc = false
+    /// Seconds (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    public var commandTimeout: Double = 300
+    public var dataTimeout: Double = 300
+    public var reverseDNS = true
+
+    public init() {}
+
+    static let tableName = "server"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("listen", into: &listen, Decode.list(Decode.listenAddress))
+        try r.check("listen", !listen.isEmpty, "must list at least one address")
+        try r.check("listen", Set(listen.compactMap { try? ListenAddress(parsing: $0) }).count == listen.count,
+                    "lists the same address twice")
+        try r.read("relay_networks", into: &relayNetworks, Decode.list(Decode.cidr))
+        try r.read("accept_domains", into: &acceptDomains, Decode.list(Decode.domain))
+        try r.read("max_message_size", into: &maxMessageSize, Decode.positiveInt)
+        try r.read("max_recipients", into: &maxRecipients, Decode.positiveInt)
+        try r.read("max_connections", into: &maxConnections, Decode.positiveInt)
+        try r.read("max_connections_per_ip", into: &maxConnectionsPerIP, Decode.positiveInt)
+        try r.read("vrfy", into: &vrfy, Decode.bool)
+        try r.read("expn", into: &expn, Decode.bool)
+        try r.read("max_errors", into: &maxErrors, Decode.positiveInt)
+        try r.read("max_line_length", into: &maxLineLength, Decode.int(atLeast: 1000,
+                   why: "RFC 5321 4.5.3.1.6 requires lines of 1000 octets"))
+        try r.read("max_hops", into: &maxHops, Decode.positiveInt)
+        try r.read("keep_bcc", into: &keepBcc, Decode.bool)
+        try r.read("command_timeout", into: &commandTimeout, Decode.duration)
+        try r.read("data_timeout", into: &dataTimeout, Decode.duration)
+        try r.read("reverse_dns", into: &reverseDNS, Decode.bool)
+    }
+}
+
+extension CIDR {
+    // These literals are valid; a failure here is a programming error caught by every test.
+    static let loopbackV4 = try! CIDR(parsing: "127.0.0.0/8")
+    static let loopbackV6 = try! CIDR(parsing: "::1/128")
+}
+
+// MARK: - [spool]
+
+public struct SpoolConfig: Sendable, Equatable, ConfigSection {
+    /// The queue directory; relative paths are from the working directory.
+    public var path: String = "var/spool"
+
+    public init() {}
+
+    static let tableName = "spool"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("path", into: &path, Decode.nonEmptyString)
+    }
+}
+
+// MARK: - Durations
+
+/// "30s", "5m", "2h", "5d", "1500ms", "1h30m", "1.5s" or a bare integer number of seconds.
+/// Returns seconds. Rejects "", unknown units, signs and spaces.
+public func parseDuration(_ text: String) throws -> Double {
+    func bad(_ why: String) -> ConfigError {
+        ConfigError(message: "\"\(text)\" is not a duration (\(why)); write e.g. \"30s\", \"5m\", \"2h\", \"1d\", \"1500ms\"")
+    }
+    let chars = Array(text.utf8)
+    guard !chars.isEmpty else { throw bad("empty") }
+    if chars.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+        guard let seconds = Double(text) else { throw bad("not a number") }
+        return seconds
+    }
+    var total = 0.0
+    var i = 0
+    while i < chars.count {
+        let start = i
+        while i < chars.count, (chars[i] >= 0x30 && chars[i] <= 0x39) || chars[i] == UInt8(ascii: ".") { i += 1 }
+        let number = String(decoding: chars[start..<i], as: UTF8.self)
+        guard !number.isEmpty, number.first != ".", number.last != ".", let value = Double(number) else {
+            throw bad(start < chars.count && chars[start] == UInt8(ascii: "-") ? "negative" : "expected a number")
+        }
+        let unitStart = i
+        while i < chars.count, (chars[i] | 0x20) >= 0x61 && (chars[i] | 0x20) <= 0x7a { i += 1 }
+        let scale: Double
+        switch String(decoding: chars[unitStart..<i], as: UTF8.self) {
+        case "ms": scale = 0.001
+        case "s": scale = 1
+        case "m": scale = 60
+        case "h": scale = 3600
+        case "d": scale = 86400
+        case "": throw bad("missing unit after \(number)")
+        case let unit: throw bad("unknown unit \"\(unit)\"")
+        }
+        total += value * scale
+    }
+    guard total.isFinite else { throw bad("too large") }
+    return total
+}
+
+// MARK: - Names
+
+/// A host or domain name: dot-separated LDH labels of 1-63 characters, 253 in all, one trailing dot
+/// allowed, and not an IPv4 address (whose last label would be all digits).
+func isPlausibleDomain(_ name: String) -> Bool {
+    var name = Substring(name)
+    if name.hasSuffix(".") { name = name.dropLast() }
+    guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+    let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+    for label in labels {
+        let bytes = Array(label.utf8)
+        guard (1...63).contains(bytes.count), bytes.first != UInt8(ascii: "-"), bytes.last != UInt8(ascii: "-"),
+              bytes.allSatisfy({ isASCIIAlnum($0) || $0 == UInt8(ascii: "-") })
+        else { return false }
+    }
+    return !labels.last!.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+}
+
+/// RFC 5322 dot-atom (unquoted local parts only), at most 64 octets (RFC 5321 4.5.3.1.1).
+func isDotAtom(_ text: Substring) -> Bool {
+    let specials = Set("!#$%&'*+-/=?^_`{|}~".utf8)
+    let bytes = Array(text.utf8)
+    guard (1...64).contains(bytes.count), bytes.first != UInt8(ascii: "."), bytes.last != UInt8(ascii: ".")
+    else { return false }
+    var previous: UInt8 = 0
+    for b in bytes {
+        guard isASCIIAlnum(b) || specials.contains(b) || b == UInt8(ascii: ".") else { return false }
+        if b == UInt8(ascii: "."), previous == b { return false }
+        previous = b
+    }
+    return true
+}
+
+/// "user@example.com" or a bare local part like "postmaster".
+func isAliasName(_ text: String) -> Bool {
+    guard let at = text.lastIndex(of: "@") else { return isDotAtom(text[...]) }
+    return isDotAtom(text[..<at]) && isPlausibleDomain(String(text[text.index(after: at)...]))
+}
+
+private func isASCIIAlnum(_ b: UInt8) -> Bool {
+    (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+}
+
+// MARK: - Reading tables
+
+/// One table of the file: its defaults live in the struct, `read` overrides them from the file.
+protocol ConfigSection {
+    static var tableName: String { get }
+    mutating func read(_ reader: inout TableReader) throws
+}
+
+/// A table of the file and how to store it into a TernConfig.
+struct AnySection {
+    let name: String
+    let read: (inout TernConfig, inout TableReader) throws -> Void
+
+    init(name: String, read: @escaping (inout TernConfig, inout TableReader) throws -> Void) {
+        self.name = name
+        self.read = read
+    }
+
+    init<S: ConfigSection>(_ property: WritableKeyPath<TernConfig, S>) {
+        self.name = S.tableName
+        self.read = { config, reader in try config[keyPath: property].read(&reader) }
+    }
+}
+
+struct ParseContext {
+    let text: String
+    let source: String
+}
+
+/// Reads the keys of one table, remembering which were read so that the rest can be reported.
+struct TableReader {
+    let table: TOMLTable
+    let path: [String]
+    let context: ParseContext
+    private var seen: Set<String> = []
+
+    init(_ table: TOMLTable, path: [String], context: ParseContext) {
+        self.table = table
+        self.path = path
+        self.context = context
+    }
+
+    /// The key's value decoded, or nil when the key is absent. A decoding failure names the key.
+    mutating func read<T>(_ key: String, _ decode: (TOMLValueConvertible) throws -> T) throws -> T? {
+        seen.insert(key)
+        guard let value = table[key] else { return nil }
+        do {
+            return try decode(value)
+        } catch let error as ConfigError {
+            throw self.error(key, error.message)
+        }
+    }
+
+    mutating func read<T>(_ key: String, into target: inout T, _ decode: (TOMLValueConvertible) throws -> T) throws {
+        if let value = try read(key, decode) { target = value }
+    }
+
+    func check(_ key: String, _ condition: Bool, _ message: @autoclosure () -> String) throws {
+        if !condition { throw error(key, message()) }
+    }
+
+    func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(key: displayKey(path + [key]), line: KeyLocator.line(of: path + [key], in: context.text),
+                    message: message, source: context.source)
+    }
+
+    /// Throws for the first key (in sorted order) that no `read` asked for.
+    func rejectUnknownKeys() throws {
+        guard let unknown = table.keys.filter({ !seen.contains($0) }).sorted().first else { return }
+        let name = displayKey(path + [unknown])
+        let isTable = table[unknown]?.type == .table
+        throw ConfigError(key: name, line: KeyLocator.line(of: path + [unknown], in: context.text),
+                          message: isTable ? "unknown table [\(name)]" : "unknown key \(name)",
+                          source: context.source, keyInMessage: true)
+    }
+}
+
+/// A dotted key as TOML would accept it: aliases."root@example.com".
+func displayKey(_ path: [String]) -> String {
+    path.map { part in
+        let bare = !part.isEmpty && part.utf8.allSatisfy {
+            isASCIIAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+        }
+        return bare ? part : "\"\(part)\""
+    }.joined(separator: ".")
+}
+
+// MARK: - Value decoders
+
+/// Each decoder turns one TOML value into a Swift value or throws a ConfigError whose message
+/// says what was expected; TableReader adds the key and line.
+enum Decode {
+    static func typeName(_ value: TOMLValueConvertible) -> String {
+        switch value.type {
+        case .table: return "table"
+        case .array: return "array"
+        case .string: return "string"
+        case .int: return "integer"
+        case .double: return "float"
+        case .bool: return "boolean"
+        case .date: return "date"
+        case .time: return "time"
+        case .dateTime: return "date-time"
+        }
+    }
+
+    static func wrongType(_ expected: String, _ value: TOMLValueConvertible) -> ConfigError {
+        ConfigError(message: "expected \(expected), got \(typeName(value))")
+    }
+
+    static func table(_ value: TOMLValueConvertible) throws -> TOMLTable {
+        guard let table = value.table else { throw wrongType("a table", value) }
+        return table
+    }
+
+    static func bool(_ value: TOMLValueConvertible) throws -> Bool {
+        guard let bool = value.bool else { throw wrongType("true or false", value) }
+        return bool
+    }
+
+    static func string(_ value: TOMLValueConvertible) throws -> String {
+        guard let string = value.string else { throw wrongType("a string", value) }
+        return string
+    }
+
+    static func nonEmptyString(_ value: TOMLValueConvertible) throws -> String {
+        let string = try self.string(value)
+        guard !string.isEmpty else { throw ConfigError(message: "must not be empty") }
+        return string
+    }
+
+    static func positiveInt(_ value: TOMLValueConvertible) throws -> Int {
+        try int(atLeast: 1, why: nil)(value)
+    }
+
+    static func int(atLeast minimum: Int, why: String?) -> (TOMLValueConvertible) throws -> Int {
+        return { value in
+            guard let int = value.int else { throw wrongType("an integer", value) }
+            guard int >= minimum else {
+                let what = minimum == 1 ? "a positive integer" : "at least \(minimum)"
+                throw ConfigError(message: "must be \(what), got \(int)" + (why.map { " (\($0))" } ?? ""))
+            }
+            return int
+        }
+    }
+
+    /// A duration string ("5m") or an integer number of seconds; must be greater than zero.
+    static func duration(_ value: TOMLValueConvertible) throws -> Double {
+        let seconds: Double
+        if let int = value.int {
+            seconds = Double(int)
+        } else if let string = value.string {
+            seconds = try parseDuration(string)
+        } else {
+            throw wrongType("a duration like \"5m\" or an integer number of seconds", value)
+        }
+        guard seconds > 0 else { throw ConfigError(message: "must be greater than zero") }
+        return seconds
+    }
+
+    /// An array whose items are strings, each checked by `item`.
+    static func list<T>(_ item: @escaping (String) throws -> T) -> (TOMLValueConvertible) throws -> [T] {
+        return { value in
+            guard let array = value.array else { throw wrongType("an array of strings", value) }
+            return try array.enumerated().map { index, element in
+                guard let string = element.string else {
+                    throw ConfigError(message: "item \(index + 1): expected a string, got \(typeName(element))")
+                }
+                return try item(string)
+            }
+        }
+    }
+
+    /// A string or an array of strings, as an alias target.
+    static func stringOrStrings(_ value: TOMLValueConvertible) throws -> [String] {
+        if let string = value.string { return [string] }
+        guard value.array != nil else { throw wrongType("a string or an array of strings", value) }
+        return try list { $0 }(value)
+    }
+
+    static func listenAddress(_ text: String) throws -> String {
+        _ = try ListenAddress(parsing: text)
+        return text
+    }
+
+    static func cidr(_ text: String) throws -> CIDR {
+        try CIDR(parsing: text)
+    }
+
+    static func domain(_ text: String) throws -> String {
+        guard isPlausibleDomain(text) else { throw ConfigError(message: "\"\(text)\" is not a valid domain name") }
+        var domain = text.lowercased()
+        if domain.hasSuffix(".") { domain.removeLast() }
+        return domain
+    }
+}
+
+// MARK: - Line numbers for keys
+
+/// TOMLKit does not expose where a key was written, so this finds it in the text: tracking
+/// [table] headers, skipping multi-line strings, matching `key =` and `dotted.key =` lines.
+/// Best effort: nil when not found (an inline table, say), never a wrong table's line.
+enum KeyLocator {
+    static func line(of path: [String], in text: String) -> Int? {
+        var header: [String] = []
+        var openString: String?  // inside a multi-line string that began on an earlier line
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if let delimiter = openString {
+                if line.contains(delimiter) { openString = nil }
+                continue
+            }
+            let trimmed = line.drop(while: { $0 == " " || $0 == "\t" })
+            if trimmed.hasPrefix("[") {
+                let isArray = trimmed.hasPrefix("[[")
+                guard let (keys, rest) = parseKey(trimmed.dropFirst(isArray ? 2 : 1)),
+                      rest.drop(while: { $0 == " " || $0 == "\t" }).hasPrefix("]")
+                else { continue }
+                header = keys
+                if header.starts(with: path) { return index + 1 }
+                continue
+            }
+            guard let (keys, rest) = parseKey(trimmed) else { continue }
+            let afterKey = rest.drop(while: { $0 == " " || $0 == "\t" })
+            guard afterKey.hasPrefix("=") else { continue }
+            if (header + keys).starts(with: path) { return index + 1 }
+            let value = afterKey.dropFirst().drop(while: { $0 == " " || $0 == "\t" })
+            for delimiter in ["\"\"\"", "'''"] where value.hasPrefix(delimiter) {
+                if !value.dropFirst(3).contains(delimiter) { openString = delimiter }
+            }
+        }
+        return nil
+    }
+
+    /// A dotted key at the start of `text`: bare, "basic" or 'literal' parts.
+    static func parseKey(_ text: Substring) -> ([String], Substring)? {
+        var keys: [String] = []
+        var rest = text
+        while true {
+            rest = rest.drop(while: { $0 == " " || $0 == "\t" })
+            guard let first = rest.first else { return nil }
+            if first == "\"" || first == "'" {
+                var key = ""
+                var i = rest.index(after: rest.startIndex)
+                var closed = false
+                while i < rest.endIndex {
+                    let c = rest[i]
+                    if c == first { closed = true; break }
+                    if c == "\\" && first == "\"" {
+                        i = rest.index(after: i)
+                        guard i < rest.endIndex else { return nil }
+                    }
+                    key.append(rest[i])
+                    i = rest.index(after: i)
+                }
+                guard closed else { return nil }
+                keys.append(key)
+                rest = rest[rest.index(after: i)...]
+            } else {
+                let bare = rest.prefix(while: {
+                    $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-")
+                })
+                guard !bare.isEmpty else { return nil }
+                keys.append(String(bare))
+                rest = rest[bare.endIndex...]
+            }
+            let afterPart = rest.drop(while: { $0 == " " || $0 == "\t" })
+            guard afterPart.hasPrefix(".") else { return (keys, rest) }
+            rest = afterPart.dropFirst()
+        }
+    }
+}

@@ -1,0 +1,68 @@
+// DefaultConfig.swift: the built-in configuration, byte for byte the text of etc/tern.toml.
+//
+// ConfigTests checks that the two are identical. After editing etc/tern.toml, paste its text
+// between the delimiters below (it is a raw string: backslashes are literal).
+
+enum DefaultConfig {
+    static let text = #"""
+# tern.toml: configuration of Tern, an SMTP relay.
+#
+# Every key is shown with its default. A key left out takes its default; an
+# unknown key, or a value of the wrong type, is an error that names the key.
+# As written, this file runs unprivileged: it listens on 127.0.0.1:2525 and
+# keeps its queue under ./var/spool.
+#
+# Durations are strings like "30s", "5m", "2h", "1d", "1500ms", or an integer
+# number of seconds.
+
+# Name in the greeting, in EHLO and in Received headers.
+# Default: the machine's hostname.
+hostname = "localhost"
+
+[server]
+# Addresses to accept SMTP on, "ip:port" or "[ipv6]:port".
+# The production default is ["0.0.0.0:25", "[::]:25"].
+listen = ["127.0.0.1:2525"]
+# Clients in these networks may relay to any domain (CIDR blocks or plain IPs).
+relay_networks = ["127.0.0.0/8", "::1/128"]
+# Recipient domains accepted from any client; others only from relay_networks.
+accept_domains = []
+# Largest message accepted, in bytes (advertised with SIZE, RFC 1870).
+max_message_size = 52428800
+# Most recipients accepted in one transaction.
+max_recipients = 1000
+# Most client connections open at once.
+max_connections = 20000
+# Most connections open at once from one client IP.
+max_connections_per_ip = 100
+# Allow VRFY to confirm addresses.
+vrfy = false
+# Allow EXPN to show alias expansions.
+expn = false
+# Errors in one session before Tern replies 421 and closes it.
+max_errors = 20
+# Longest DATA text line in bytes, CRLF included (RFC 5321 4.5.3.1.6; minimum 1000).
+max_line_length = 1000
+# Received headers allowed before a message is refused as a loop (554 5.4.6).
+max_hops = 50
+# Keep Bcc headers instead of removing them.
+keep_bcc = false
+# How long to wait for the client's next command (RFC 5321 4.5.3.2.7).
+command_timeout = "5m"
+# How long to wait for the next chunk of message data after DATA.
+data_timeout = "5m"
+# Look up the client's PTR name for the Received header.
+reverse_dns = true
+
+[spool]
+# Directory of the queue; a relative path starts at the working directory.
+path = "var/spool"
+
+[aliases]
+# Rewrites a recipient to one address (a string) or several (an array).
+# A key is a full address (quoted) or a bare local part like postmaster.
+postmaster = ["root@localhost"]
+# "abuse@example.com" = "postmaster@example.com"
+
+"""#
+}

@@ -1,0 +1,254 @@
+import Foundation
+import Testing
+@testable import MailQueue
+
+/// A fresh directory under /tmp, removed afterwards.
+func withTemporaryDirectory(_ body: (String) throws -> Void) throws {
+    var template = Array("\(NSTemporaryDirectory())/tern-mq-XXXXXX".utf8CString)
+    let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+    try #require(made != nil)
+    let path = String(cString: template)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    try body(path)
+}
+
+func filesIn(_ directory: String) throws -> [String] {
+    try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+}
+
+func readBytes(_ path: String) throws -> [UInt8] {
+    Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+}
+
+@Suite struct SpoolTests {
+    @Test func createsTheQueueDirectory() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir + "/a/b/spool")
+            var isDirectory: ObjCBool = false
+            #expect(FileManager.default.fileExists(atPath: dir + "/a/b/spool/queue", isDirectory: &isDirectory))
+            #expect(isDirectory.boolValue)
+            #expect(spool.queuePath == dir + "/a/b/spool/queue")
+            _ = try Spool(path: dir + "/a/b/spool")  // existing directory is fine
+            _ = FileManager.default.createFile(atPath: dir + "/file", contents: Data())
+            #expect(throws: SpoolError.self) { try Spool(path: dir + "/file") }
+        }
+    }
+
+    @Test func commitThenListLoadAndReadBack() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 1_700_000_000_123_456)
+            let file = try spool.create(id)
+            let header = Array("Subject: hi\r\n\r\n".utf8)
+            let body = [UInt8]((0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
+            try file.write(header)
+            try body.withUnsafeBytes { try file.write($0) }
+            #expect(file.size == header.count + body.count)
+
+            var envelope = sampleEnvelope(id: id)
+            envelope.size = 0  // commit fills it in from the file
+            let stored = try spool.commit(file, envelope: envelope)
+            #expect(stored.size == header.count + body.count)
+
+            #expect(try spool.list() == [id])
+            #expect(try spool.load(id) == stored)
+            #expect(try readBytes(spool.messagePath(id)) == header + body)
+            #expect(try filesIn(spool.queuePath) == ["060A2418202240.env", "060A2418202240.msg"])
+            #expect(throws: SpoolError.self) { try file.write([1]) }  // closed by commit
+            #expect(throws: SpoolError.self) { try spool.commit(file, envelope: envelope) }
+        }
+    }
+
+    @Test func listIsSortedAndIgnoresOtherFiles() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            var generator = QueueIDGenerator()
+            var ids: [QueueID] = []
+            for now: UInt64 in [500, 100, 900, 300] {
+                let id = generator.next(nowMicroseconds: now)
+                ids.append(id)
+                try spool.commit(try spool.create(id), envelope: sampleEnvelope(id: id))
+            }
+            _ = try spool.create(generator.next(nowMicroseconds: 2_000))  // receiving, not queued
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/README.env", contents: Data())
+            #expect(try spool.list() == ids.sorted())
+            #expect(try spool.list().count == 4)
+        }
+    }
+
+    @Test func discardLeavesNothing() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let file = try spool.create(QueueID(microseconds: 1))
+            try file.write(Array(repeating: 0x41, count: 10_000))
+            #expect(try filesIn(spool.queuePath) == ["00000000000001.msg"])
+            spool.discard(file)
+            #expect(try filesIn(spool.queuePath) == [])
+            spool.discard(file)  // twice is harmless
+            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try spool.list() == [])
+        }
+    }
+
+    @Test func discardAfterAFailedCommitLeavesNothing() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let file = try spool.create(QueueID(microseconds: 1))
+            #expect(throws: SpoolError.self) {
+                try spool.commit(file, envelope: sampleEnvelope(id: QueueID(microseconds: 2)))
+            }
+            spool.discard(file)
+            #expect(try filesIn(spool.queuePath) == [])
+        }
+    }
+
+    @Test func discardAfterCommitKeepsTheMessage() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 7)
+            let file = try spool.create(id)
+            try spool.commit(file, envelope: sampleEnvelope(id: id))
+            spool.discard(file)
+            #expect(try spool.list() == [id])
+            #expect(FileManager.default.fileExists(atPath: spool.messagePath(id)))
+        }
+    }
+
+    @Test func updateRewritesTheEnvelopeAndRemoveDeletesBothFiles() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 9)
+            let file = try spool.create(id)
+            try file.write(Array("data\r\n".utf8))
+            var envelope = try spool.commit(file, envelope: sampleEnvelope(id: id))
+            envelope.recipients[0].state = .delivered
+            envelope.recipients[0].lastReply = "250 2.0.0 Ok"
+            envelope.recipients[1].state = .bounced
+            envelope.attempts = 2
+            envelope.nextAttempt = 1_700_001_000.25
+            try spool.update(envelope)
+            #expect(try spool.load(id) == envelope)
+            #expect(try spool.load(id).hasPendingRecipients == false)
+            #expect(try filesIn(spool.queuePath) == ["00000000000009.env", "00000000000009.msg"])
+
+            try spool.remove(id)
+            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try spool.list() == [])
+            try spool.remove(id)  // already gone is fine
+            #expect(throws: SpoolError.self) { try spool.load(id) }
+        }
+    }
+
+    @Test func loadRejectsABrokenOrMisnamedEnvelope() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 10)
+            _ = FileManager.default.createFile(atPath: spool.envelopePath(id), contents: Data("garbage\n".utf8))
+            #expect(throws: EnvelopeRecordError.self) { try spool.load(id) }
+            let other = EnvelopeRecord.encode(sampleEnvelope(id: QueueID(microseconds: 11)))
+            _ = FileManager.default.createFile(atPath: spool.envelopePath(id), contents: Data(other))
+            #expect(throws: SpoolError.self) { try spool.load(id) }
+        }
+    }
+
+    @Test func removeOrphansKeepsCommittedMessages() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let kept = QueueID(microseconds: 100)
+            let file = try spool.create(kept)
+            try file.write(Array("kept\r\n".utf8))
+            try spool.commit(file, envelope: sampleEnvelope(id: kept))
+
+            let partial = try spool.create(QueueID(microseconds: 200))  // a crash while receiving
+            try partial.write(Array("half a mess".utf8))
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/00000000000300.env.tmp",
+                                           contents: Data("tern-envelope\t1\nid".utf8))  // a crash in commit
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/00000000000064.env.tmp",
+                                           contents: Data())  // an update of `kept` cut short
+
+            #expect(try spool.removeOrphans() == 3)
+            #expect(try filesIn(spool.queuePath) == ["00000000000064.env", "00000000000064.msg"])
+            #expect(try spool.load(kept).recipients.count == 2)
+            #expect(try readBytes(spool.messagePath(kept)) == Array("kept\r\n".utf8))
+            #expect(try spool.removeOrphans() == 0)
+        }
+    }
+
+    @Test func secondLockOnTheSameSpoolFails() throws {
+        try withTemporaryDirectory { dir in
+            let first = try Spool(path: dir)
+            let second = try Spool(path: dir)
+            try first.lock()
+            try first.lock()  // again on the same instance: still ours
+            let error = try #require(throws: SpoolError.self) { try second.lock() }
+            #expect(error.errno == EWOULDBLOCK)
+            #expect(error.description.contains("in use by another tern instance"))
+            #expect(error.description.contains(dir))
+            first.unlock()
+            try second.lock()
+            #expect(throws: SpoolError.self) { try first.lock() }
+        }
+    }
+
+    @Test func createRefusesAnExistingId() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 1_000)
+            let file = try spool.create(id)
+            try file.write(Array("original".utf8))
+            try spool.commit(file, envelope: sampleEnvelope(id: id))
+
+            // A restart after the clock went back hands out the same id again.
+            var generator = QueueIDGenerator()
+            let again = generator.next(nowMicroseconds: 1_000)
+            #expect(again == id)
+            let error = try #require(throws: SpoolError.self) { try spool.create(again) }
+            #expect(error.isAlreadyExists)
+            #expect(error.path == spool.messagePath(id))
+            #expect(try readBytes(spool.messagePath(id)) == Array("original".utf8))
+
+            let retry = generator.next(nowMicroseconds: 1_000)
+            #expect(retry != id)
+            let fresh = try spool.create(retry)
+            #expect(fresh.id == retry)
+        }
+    }
+
+    @Test func commitsFromEightThreadsAtOnce() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let threads = 8, perThread = 25
+            var generator = QueueIDGenerator()
+            let ids = (0..<threads * perThread).map { _ in generator.next(nowMicroseconds: 1_700_000_000_000_000) }
+            let failures = NSLock()
+            nonisolated(unsafe) var errors: [String] = []
+
+            DispatchQueue.concurrentPerform(iterations: threads) { thread in
+                for i in 0..<perThread {
+                    let id = ids[thread * perThread + i]
+                    do {
+                        let file = try spool.create(id)
+                        try file.write(Array("message \(id) from thread \(thread)\r\n".utf8))
+                        var envelope = sampleEnvelope(id: id)
+                        envelope.sender = "thread\(thread)@example.org"
+                        try spool.commit(file, envelope: envelope)
+                    } catch {
+                        failures.lock(); errors.append("\(id): \(error)"); failures.unlock()
+                    }
+                }
+            }
+
+            #expect(errors == [])
+            #expect(try spool.list() == ids)
+            for (index, id) in ids.enumerated() {
+                let thread = index / perThread
+                let expected = Array("message \(id) from thread \(thread)\r\n".utf8)
+                let envelope = try spool.load(id)
+                #expect(envelope.sender == "thread\(thread)@example.org")
+                #expect(envelope.size == expected.count)
+                #expect(try readBytes(spool.messagePath(id)) == expected)
+            }
+            #expect(try filesIn(spool.queuePath).count == 2 * ids.count)
+        }
+    }
+}
