@@ -60,6 +60,7 @@ public struct TernConfig: Sendable, Equatable {
     public var hostname: String
     public var server: ServerConfig
     public var spool: SpoolConfig
+    public var dns: DNSConfig = DNSConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -76,6 +77,7 @@ public struct TernConfig: Sendable, Equatable {
         [
             AnySection(\.server),
             AnySection(\.spool),
+            AnySection(\.dns),
             AnySection(name: "aliases", read: readAliases),
         ]
     }
@@ -238,6 +240,21 @@ public struct SpoolConfig: Sendable, Equatable, ConfigSection {
 
     mutating func read(_ r: inout TableReader) throws {
         try r.read("path", into: &path, Decode.nonEmptyString)
+    }
+}
+
+// MARK: - [dns]
+
+public struct DNSConfig: Sendable, Equatable, ConfigSection {
+    /// Name servers as "ip:port"; empty means those of /etc/resolv.conf.
+    public var servers: [String] = []
+
+    public init() {}
+
+    static let tableName = "dns"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("servers", into: &servers, Decode.list(Decode.listenAddress))
     }
 }
 

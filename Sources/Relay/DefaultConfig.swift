@@ -58,6 +58,11 @@ reverse_dns = true
 # Directory of the queue; a relative path starts at the working directory.
 path = "var/spool"
 
+[dns]
+# Name servers as "ip:port" (for the client's PTR name now, MX routing later);
+# empty means those of /etc/resolv.conf.
+servers = []
+
 [aliases]
 # Rewrites a recipient to one address (a string) or several (an array).
 # A key is a full address (quoted) or a bare local part like postmaster.

@@ -1,0 +1,184 @@
+// One SMTP client connection: the socket, the idle timer and the spool writer around the pure
+// ServerSession state machine. It carries out the machine's actions and feeds it events.
+
+import Logging
+import MailQueue
+import SMTPProtocol
+import UVRuntime
+
+final class InboundSession {
+    let id: UInt64
+    unowned let server: SMTPServer
+    let connection: TCPConnection
+    let clientIP: String
+    var machine: ServerSession
+    private var timer: Timer?
+    private var writer: MessageWriter?
+    private var closed = false
+    /// Reading paused because the spool is behind on a large message.
+    private var pausedForSpool = false
+
+    /// Buffered message bytes beyond which the session stops reading until the spool catches up.
+    static let maxBufferedData = 4 * 1024 * 1024
+
+    init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
+        self.id = id
+        self.server = server
+        self.connection = connection
+        self.clientIP = clientIP
+        self.machine = machine
+    }
+
+    func start() {
+        connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onEOF = { [unowned self] in self.log("disconnect from \(self.clientIP)") }
+        connection.onClose = { [unowned self] in self.closedByPeerOrUs() }
+        let timer = Timer(loop: server.loop)
+        self.timer = timer
+        if server.config.server.reverseDNS, let resolver = server.resolver {
+            // Greet once the PTR name is known (or not): it goes into the Received header.
+            armTimer()
+            let sessionID = id
+            let server = self.server
+            resolver.lookupPTR(clientIP) { result in
+                guard let session = server.sessions[sessionID] else { return }
+                if case .success(let names) = result, let name = names.first { session.machine.setReverseName(name) }
+                session.greet()
+            }
+        } else {
+            greet()
+        }
+    }
+
+    private func greet() {
+        guard !closed else { return }
+        log("connect from \(machine.client.reverseName ?? "unknown")[\(clientIP)]")
+        perform(machine.greeting())
+        connection.startReading()
+        armTimer()
+    }
+
+    private func received(_ bytes: UnsafeRawBufferPointer) {
+        server.metrics.bytesIn += bytes.count
+        perform(machine.receive(bytes))
+        armTimer()
+    }
+
+    private func armTimer() {
+        guard !closed, let timer else { return }
+        let seconds = machine.phase == .data ? server.config.server.dataTimeout : server.config.server.commandTimeout
+        timer.start(afterMilliseconds: UInt64(seconds * 1000)) { [unowned self] in
+            self.log("timeout after \(self.machine.phase) from \(self.clientIP)")
+            self.perform(self.machine.timedOut())
+        }
+    }
+
+    /// Carries out what the state machine asked for, in order.
+    func perform(_ actions: [ServerAction]) {
+        for action in actions {
+            switch action {
+            case .reply(let bytes):
+                connection.write(bytes)
+            case .beginMessage(let start):
+                beginMessage(start)
+            case .messageData(let bytes):
+                writer?.append(bytes)
+                if let writer, writer.pendingBytes > Self.maxBufferedData, !pausedForSpool {
+                    pausedForSpool = true
+                    connection.stopReading()
+                }
+            case .commitMessage:
+                commitMessage()
+            case .abortMessage:
+                writer?.abort()
+                writer = nil
+            case .close:
+                closed = true
+                timer?.stop()
+                connection.closeAfterWrites()
+            }
+        }
+        if !machine.wantsInput {
+            connection.stopReading()
+        }
+    }
+
+    private func beginMessage(_ start: MessageStart) {
+        let id = server.nextQueueID()
+        let now = server.nowMicroseconds()
+        let received = ReceivedHeader(
+            helo: start.helo, reverseName: machine.client.reverseName, clientIP: clientIP,
+            hostname: server.config.hostname, protocolName: start.protocolName, queueID: id.rawValue,
+            recipients: start.recipients, time: Int(now / 1_000_000))
+        let arrival = Double(now) / 1_000_000
+        let envelope = Envelope(
+            id: id, sender: start.sender.address,
+            recipients: start.recipients.map { Recipient(address: $0) },
+            priority: 0, arrival: arrival, nextAttempt: arrival, bodyType: start.bodyType,
+            smtputf8: start.smtputf8,
+            client: MailQueue.ClientInfo(ip: clientIP, helo: start.helo, reverseName: machine.client.reverseName,
+                                         protocolName: start.protocolName))
+        let writer = MessageWriter(loop: server.loop, spool: server.spool, id: id, envelope: envelope,
+                                   firstBytes: received.bytes)
+        writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
+        self.writer = writer
+    }
+
+    private func spoolCaughtUp() {
+        guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxBufferedData / 2 else { return }
+        pausedForSpool = false
+        if !closed && machine.wantsInput { connection.startReading() }
+    }
+
+    private func commitMessage() {
+        guard let writer else { return }
+        let sessionID = id
+        let server = self.server
+        writer.commit { queueID, error in
+            let env = writer.envelope
+            if let queueID {
+                server.metrics.messagesAccepted += 1
+                server.log.info("\(queueID): from=<\(env.sender)>, size=\(env.size), nrcpt=\(env.recipients.count) (queued)")
+            } else {
+                server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")")
+            }
+            // The session may be gone (client disconnected while we committed): the message is queued
+            // all the same, and the answer goes nowhere.
+            guard let session = server.sessions[sessionID] else { return }
+            session.writer = nil
+            session.perform(session.machine.commitFinished(queueID: queueID?.rawValue))
+            if session.machine.wantsInput && !session.closed && !session.pausedForSpool {
+                session.connection.startReading()
+            }
+            session.armTimer()
+            if server.stopping { session.shutDown(force: true) }
+        }
+    }
+
+    /// The socket is closed (by the client, by an error or by us).
+    private func closedByPeerOrUs() {
+        closed = true
+        timer?.close()
+        timer = nil
+        // A message cut off mid-DATA never reaches the queue. One being committed is left to finish.
+        if machine.phase == .data {
+            writer?.abort()
+        }
+        writer = nil
+        server.sessionClosed(self)
+    }
+
+    /// Shutdown: sessions that are not in the middle of a message are told 421 and closed.
+    func shutDown(force: Bool) {
+        guard !closed else { return }
+        if force || (machine.phase != .data && machine.phase != .committing) {
+            perform(machine.shuttingDown())
+        }
+    }
+
+    var isBusyWithMessage: Bool { machine.phase == .data || machine.phase == .committing }
+
+    private func log(_ message: String) {
+        server.log.debug("\(message)")
+    }
+}

@@ -1,0 +1,165 @@
+// The receiving side of the relay: listeners, connection limits and the sessions they start, all on
+// one libuv loop. Sessions are found by id; anything that answers later (a DNS reply, a finished
+// fsync) looks its session up and does nothing if it is gone.
+
+import Logging
+import MailQueue
+import SMTPProtocol
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct ServerMetrics {
+    public var sessionsOpened = 0
+    public var connectionsRefused = 0
+    public var messagesAccepted = 0
+    public var bytesIn = 0
+}
+
+public final class SMTPServer {
+    public let loop: EventLoop
+    public let config: TernConfig
+    public let spool: Spool
+    public var log: Logger
+    public var metrics = ServerMetrics()
+    let resolver: Resolver?
+
+    var listeners: [TCPListener] = []
+    var sessions: [UInt64: InboundSession] = [:]
+    var connectionsPerIP: [String: Int] = [:]
+    var nextSessionID: UInt64 = 1
+    var idGenerator = QueueIDGenerator()
+    let serverConfiguration: ServerConfiguration
+    var stopping = false
+    var onStopped: (() -> Void)?
+
+    /// Opens the spool (locking it against a second instance) and prepares the listeners; nothing is
+    /// accepted until `start()`.
+    public init(loop: EventLoop, config: TernConfig, log: Logger) throws {
+        self.loop = loop
+        self.config = config
+        self.log = log
+        let spool = try Spool(path: config.spool.path)
+        try spool.lock()
+        let orphans = try spool.removeOrphans()
+        if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
+        self.spool = spool
+        let s = config.server
+        serverConfiguration = ServerConfiguration(
+            hostname: config.hostname, maxMessageSize: s.maxMessageSize, maxRecipients: s.maxRecipients,
+            maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
+            vrfy: s.vrfy, expn: s.expn,
+            policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
+        resolver = s.reverseDNS ? try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000,
+                                               tries: 2) : nil
+        for text in s.listen {
+            let address = try SocketAddress(parsing: text)
+            do {
+                listeners.append(try TCPListener(loop: loop, address: address, backlog: 4096))
+            } catch {
+                throw ServerStartError(message: "cannot listen on \(text): \(error)")
+            }
+        }
+    }
+
+    public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
+
+    public func start() throws {
+        for listener in listeners {
+            try listener.start { [unowned self] connection in self.accepted(connection) }
+            log.info("listening on \(listener.localAddress)")
+        }
+    }
+
+    func accepted(_ connection: TCPConnection) {
+        guard let peer = connection.peerAddress else {
+            connection.close()
+            return
+        }
+        let ip = unmapped(peer.ip)
+        let limits = config.server
+        if stopping || sessions.count >= limits.maxConnections || connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP {
+            metrics.connectionsRefused += 1
+            log.warning("refused connection from [\(ip)]: too many connections")
+            connection.write(Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later").wireBytes)
+            connection.closeAfterWrites()
+            return
+        }
+        connection.setNoDelay(true)
+        let trusted = limits.relayNetworks.contains { $0.contains(ip) }
+        let machine = ServerSession(config: serverConfiguration, client: PeerInfo(ip: ip, trusted: trusted))
+        let id = nextSessionID
+        nextSessionID += 1
+        let session = InboundSession(id: id, server: self, connection: connection, clientIP: ip, machine: machine)
+        sessions[id] = session
+        connectionsPerIP[ip, default: 0] += 1
+        metrics.sessionsOpened += 1
+        session.start()
+    }
+
+    func sessionClosed(_ session: InboundSession) {
+        guard sessions.removeValue(forKey: session.id) != nil else { return }
+        if let n = connectionsPerIP[session.clientIP], n > 1 {
+            connectionsPerIP[session.clientIP] = n - 1
+        } else {
+            connectionsPerIP.removeValue(forKey: session.clientIP)
+        }
+        if stopping && sessions.isEmpty { finishStopping() }
+    }
+
+    func nextQueueID() -> QueueID {
+        idGenerator.next(nowMicroseconds: nowMicroseconds())
+    }
+
+    func nowMicroseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+    }
+
+    /// Graceful stop: no new connections; idle sessions get 421 now; sessions in the middle of a message
+    /// may finish it within `grace` seconds, then they get 421 too. `done` runs when every session is gone.
+    public func stop(grace: Double, _ done: @escaping () -> Void) {
+        guard !stopping else { return }
+        stopping = true
+        onStopped = done
+        for listener in listeners { listener.close() }
+        listeners = []
+        log.notice("stopping: \(sessions.count) sessions open")
+        for session in Array(sessions.values) { session.shutDown(force: false) }
+        if sessions.isEmpty {
+            finishStopping()
+            return
+        }
+        let timer = Timer(loop: loop)
+        timer.start(afterMilliseconds: UInt64(grace * 1000)) { [unowned self] in
+            timer.close()
+            for session in Array(self.sessions.values) { session.shutDown(force: true) }
+        }
+        graceTimer = timer
+    }
+
+    var graceTimer: Timer?
+
+    func finishStopping() {
+        graceTimer?.close()
+        graceTimer = nil
+        resolver?.close()
+        let done = onStopped
+        onStopped = nil
+        done?()
+    }
+}
+
+public struct ServerStartError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// "::ffff:192.0.2.1" → "192.0.2.1", so limits and relay_networks see one form.
+func unmapped(_ ip: String) -> String {
+    if ip.hasPrefix("::ffff:") && ip.contains(".") { return String(ip.dropFirst(7)) }
+    return ip
+}
