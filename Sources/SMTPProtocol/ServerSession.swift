@@ -184,7 +184,7 @@ public struct ServerSession {
     /// The idle timer ran out (RFC 5321 §4.5.3.2).
     public mutating func timedOut() -> [ServerAction] {
         guard phase != .closed, phase != .committing else { return [] }
-        if phase == .data { actions.append(.abortMessage) }
+        if phase == .data { emit(.abortMessage) }
         reply(Reply(421, "4.4.2", "\(config.hostname) Error: timeout exceeded"))
         close()
         return takeActions()
@@ -193,7 +193,7 @@ public struct ServerSession {
     /// The server is stopping: tell the client to come back later.
     public mutating func shuttingDown() -> [ServerAction] {
         guard phase != .closed else { return [] }
-        if phase == .data { actions.append(.abortMessage) }
+        if phase == .data { emit(.abortMessage) }
         reply(Reply(421, "4.3.2", "\(config.hostname) Service shutting down, closing connection"))
         close()
         return takeActions()
@@ -407,7 +407,7 @@ public struct ServerSession {
         dataOut.reserveCapacity(16 * 1024)
         phase = .data
         reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
-        actions.append(.beginMessage(start))
+        emit(.beginMessage(start))
     }
 
     mutating func endOfData() {
@@ -415,7 +415,7 @@ public struct ServerSession {
         decoder = nil
         if let problem = d.problem {
             dataOut = []
-            actions.append(.abortMessage)
+            emit(.abortMessage)
             resetTransaction()
             phase = .ready
             switch problem {
@@ -430,14 +430,14 @@ public struct ServerSession {
         }
         if d.receivedCount > config.maxHops {
             dataOut = []
-            actions.append(.abortMessage)
+            emit(.abortMessage)
             resetTransaction()
             phase = .ready
             fail(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"))
             return
         }
         flushDataOut(force: true)
-        actions.append(.commitMessage)
+        emit(.commitMessage)
         phase = .committing
     }
 
@@ -483,7 +483,7 @@ public struct ServerSession {
         reply(r)
         errorCount += 1
         if errorCount >= config.maxErrors && phase != .closed {
-            if phase == .data { actions.append(.abortMessage) }
+            if phase == .data { emit(.abortMessage) }
             reply(Reply(421, "4.7.0", "\(config.hostname) Error: too many errors"))
             close()
         }
@@ -493,7 +493,13 @@ public struct ServerSession {
         phase = .closed
         inbox = []
         flushReplies()
-        actions.append(.close)
+        emit(.close)
+    }
+
+    /// Actions keep their order relative to replies: replies so far go out first.
+    mutating func emit(_ action: ServerAction) {
+        flushReplies()
+        actions.append(action)
     }
 
     mutating func flushReplies() {
@@ -505,7 +511,7 @@ public struct ServerSession {
 
     mutating func flushDataOut(force: Bool) {
         if !dataOut.isEmpty && (force || dataOut.count >= Self.dataChunk) {
-            actions.append(.messageData(dataOut))
+            emit(.messageData(dataOut))
             dataOut = []
             dataOut.reserveCapacity(16 * 1024)
         }

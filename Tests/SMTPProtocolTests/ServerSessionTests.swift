@@ -377,6 +377,9 @@ let transaction = lines(
                                             "x", ".", "NOOP", "QUIT").utf8))
         #expect(actions.contains(.commitMessage))
         #expect(!s.wantsInput)
+        // Replies stay in order with the other actions: the 354 goes out before the commit is asked for.
+        let lastReply = actions.lastIndex { if case .reply = $0 { return true } else { return false } }
+        #expect(lastReply != nil && lastReply! < actions.firstIndex(of: .commitMessage)!)
         let text = actions.compactMap { if case .reply(let b) = $0 { return String(decoding: b, as: UTF8.self) } else { return nil } }.joined()
         #expect(!text.contains("250 2.0.0 Ok\r\n"))  // NOOP not answered before the message is queued
         let after = s.commitFinished(queueID: "ABC")

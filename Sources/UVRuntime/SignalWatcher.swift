@@ -1,0 +1,39 @@
+// SignalWatcher: a uv_signal_t. The handler runs on the loop thread, not in the signal handler.
+
+import CLibUV
+
+public final class SignalWatcher: UVHandleOwner {
+    private let handle: UnsafeMutablePointer<uv_signal_t>
+    private var handler: (() -> Void)?
+    private var isClosed = false
+
+    public init(loop: EventLoop, signal: Int32, _ handler: @escaping () -> Void) throws {
+        handle = allocateZeroed(uv_signal_t.self)
+        let initResult = uv_signal_init(loop.raw, handle)
+        if initResult < 0 {
+            handle.deallocate()
+            throw UVError(code: initResult)
+        }
+        self.handler = handler
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        loop.register(handle)
+        let result = uv_signal_start(handle, { handle, _ in
+            Unmanaged<SignalWatcher>.fromOpaque(handle!.pointee.data!).takeUnretainedValue().handler?()
+        }, signal)
+        if result < 0 {
+            close()
+            throw UVError(code: result)
+        }
+    }
+
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        uv_close(handle.cast(to: uv_handle_t.self)) { handle in
+            let watcher = Unmanaged<SignalWatcher>.fromOpaque(handle!.pointee.data!).takeRetainedValue()
+            watcher.handler = nil
+            EventLoop.from(handle!.pointee.loop).unregister(handle!)
+            handle!.deallocate()
+        }
+    }
+}

@@ -1,0 +1,380 @@
+// TCPConnection: one uv_tcp_t stream, accepted by a TCPListener or opened with `connect`.
+//
+// Memory: an idle connection is the Swift object plus the uv_tcp_t, nothing else. Reads go into the
+// loop-wide 64 KiB buffer (valid only during `onRead`). A write is first tried directly
+// (uv_try_write); only what the kernel does not take is copied into one allocation holding the
+// uv_write_t and the bytes, freed in its write callback. A Timer exists only while connecting with
+// a timeout or lingering in closeAfterWrites.
+//
+// Lifetime: the object keeps itself alive (Unmanaged.passRetained in handle.data) until the close
+// callback, so dropping it does not close the socket: every connection ends with `close()`,
+// `closeAfterWrites()`, end of file, or an I/O error, and then `onClose` runs exactly once.
+// All callbacks are set to nil after `onClose`, which breaks cycles through their captures.
+
+import CLibUV
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public final class TCPConnection: UVHandleOwner {
+    private enum State: UInt8 {
+        case open
+        case flushing    // closeAfterWrites: uv_shutdown waits for queued writes, then sends FIN
+        case lingering   // FIN sent; reading (and dropping) until the peer's EOF or the linger timer
+        case closing     // uv_close called
+        case closed      // close callback ran
+    }
+
+    let handle: UnsafeMutablePointer<uv_tcp_t>
+    private var state = State.open
+    private var isReading = false
+    private var sawEOF = false
+    private var lingerMilliseconds: UInt32 = 0
+
+    public private(set) var peerAddress: SocketAddress?
+    public private(set) var localAddress: SocketAddress?
+    /// The error that ended the connection (read, write or connect), if it did not end cleanly.
+    public private(set) var lastError: UVError?
+
+    /// Bytes read; the buffer is only valid during the call (it is one loop-wide read buffer, 64 KiB,
+    /// shared by all connections: no per-connection read buffer).
+    public var onRead: ((UnsafeRawBufferPointer) -> Void)?
+    /// Peer closed or read error. Afterwards the connection closes itself: at once, or after
+    /// flushing if writes are still queued. Calling `closeAfterWrites()` or `close()` here is fine.
+    public var onEOF: (() -> Void)?
+    /// After the handle is really closed (close callback). Runs exactly once for every connection
+    /// handed to the caller, whatever ended it.
+    public var onClose: (() -> Void)?
+    /// Bytes handed to write() that the kernel has not taken yet (their write callback has not run).
+    public private(set) var pendingWriteBytes = 0
+    /// Called when pendingWriteBytes returns to 0 (only after it was above 0).
+    public var onWritesDrained: (() -> Void)?
+
+    /// Present only while `connect` is in progress.
+    private var connector: Connector?
+    /// The connect timeout or the linger timeout, only while one runs.
+    private var timer: Timer?
+
+    init(loop: UnsafeMutablePointer<uv_loop_t>) {
+        handle = allocateZeroed(uv_tcp_t.self)
+        let result = uv_tcp_init(loop, handle)  // AF_UNSPEC: no socket yet, cannot fail
+        precondition(result == 0, "uv_tcp_init: \(UVError(code: result))")
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        EventLoop.from(loop).register(handle)
+    }
+
+    @inline(__always) private var stream: UnsafeMutablePointer<uv_stream_t> { handle.cast(to: uv_stream_t.self) }
+
+    @inline(__always)
+    private static func from(_ stream: UnsafeMutablePointer<uv_stream_t>) -> TCPConnection {
+        Unmanaged<TCPConnection>.fromOpaque(stream.pointee.data!).takeUnretainedValue()
+    }
+
+    /// True once close(), closeAfterWrites(), EOF or an error has ended the connection: reads are
+    /// no longer delivered and writes are dropped.
+    public var isClosed: Bool { state != .open }
+
+    func fillAddresses() {
+        peerAddress = SocketAddress.read { uv_tcp_getpeername(handle, $0, $1) }
+        localAddress = SocketAddress.read { uv_tcp_getsockname(handle, $0, $1) }
+    }
+
+    private func startTimer(afterMilliseconds milliseconds: UInt64, _ fire: @escaping (TCPConnection) -> Void) {
+        let timer = Timer(loop: EventLoop.from(handle.pointee.loop))
+        self.timer = timer
+        timer.start(afterMilliseconds: milliseconds) { [weak self] in
+            if let self { fire(self) }
+        }
+    }
+
+    private func closeTimer() {
+        timer?.close()
+        timer = nil
+    }
+
+    // MARK: Connecting
+
+    private final class Connector {
+        let done: (Result<TCPConnection, UVError>) -> Void
+        var error: UVError?
+        init(done: @escaping (Result<TCPConnection, UVError>) -> Void) { self.done = done }
+    }
+
+    /// Opens a connection. `done` runs once on the loop thread, never before connect returns:
+    /// `.success` with a connected connection (not yet reading), or `.failure` after the handle has
+    /// been closed (UV_ETIMEDOUT when `timeoutMs` passed first).
+    public static func connect(loop: EventLoop, to address: SocketAddress, bindTo: SocketAddress? = nil,
+                               timeoutMs: UInt64? = nil,
+                               _ done: @escaping (Result<TCPConnection, UVError>) -> Void) {
+        let connection = TCPConnection(loop: loop.raw)
+        let connector = Connector(done: done)
+        connection.connector = connector
+        // Every failure below closes the handle; the close callback reports it.
+        if let bindTo {
+            let result = bindTo.withSockAddr { uv_tcp_bind(connection.handle, $0, 0) }
+            if result < 0 {
+                connector.error = UVError(code: result)
+                connection.close()
+                return
+            }
+        }
+        let request = allocateZeroed(uv_connect_t.self)
+        let result = address.withSockAddr { sockaddr in
+            uv_tcp_connect(request, connection.handle, sockaddr) { request, status in
+                let stream = request!.pointee.handle!
+                request!.deallocate()
+                TCPConnection.from(stream).connected(status: status)
+            }
+        }
+        if result < 0 {
+            request.deallocate()
+            connector.error = UVError(code: result)
+            connection.close()
+            return
+        }
+        if let timeoutMs {
+            connection.startTimer(afterMilliseconds: timeoutMs) { connection in
+                guard let connector = connection.connector else { return }
+                connector.error = .timedOut
+                connection.close()  // the connect callback then runs with UV_ECANCELED
+            }
+        }
+    }
+
+    private func connected(status: Int32) {
+        guard let connector else { return }
+        if status == 0 && state == .open {
+            self.connector = nil
+            closeTimer()
+            fillAddresses()
+            connector.done(.success(self))
+        } else {
+            if connector.error == nil { connector.error = UVError(code: status) }
+            close()
+        }
+    }
+
+    // MARK: Reading
+
+    /// Starts delivering `onRead`. Call again after `stopReading()` to resume (back-pressure).
+    public func startReading() {
+        guard state == .open else { return }
+        beginReading()
+    }
+
+    public func stopReading() {
+        guard isReading, state == .open else { return }
+        isReading = false
+        uv_read_stop(stream)
+    }
+
+    private func beginReading() {
+        guard !isReading, !sawEOF else { return }
+        let result = uv_read_start(stream, { handle, _, buffer in
+            let loop = EventLoop.from(handle!.pointee.loop)
+            buffer!.pointee = uv_buf_init(loop.readBuffer.assumingMemoryBound(to: CChar.self),
+                                          UInt32(EventLoop.readBufferSize))
+        }, { stream, count, buffer in
+            TCPConnection.from(stream!).didRead(count: count, buffer: buffer!.pointee.base)
+        })
+        if result == 0 {
+            isReading = true
+        } else {
+            lastError = UVError(code: result)
+            close()
+        }
+    }
+
+    private func didRead(count: Int, buffer: UnsafeMutablePointer<CChar>?) {
+        if count > 0 {
+            // While closing gracefully, input is drained and dropped: closing a socket with unread
+            // input makes the kernel send a reset, which can destroy our last reply in flight.
+            if state == .open { onRead?(UnsafeRawBufferPointer(start: buffer, count: count)) }
+            return
+        }
+        if count == 0 { return }  // EAGAIN: nothing read, buffer returned
+        let error = Int32(count)
+        isReading = false
+        let isReset = error != UV_EOF.rawValue
+        if isReset {
+            lastError = UVError(code: error)  // ECONNRESET and friends count as EOF too
+        } else {
+            sawEOF = true
+        }
+        switch state {
+        case .open:
+            onEOF?()
+            guard state == .open else { return }  // onEOF closed it its own way
+            if pendingWriteBytes > 0 && !isReset {
+                closeAfterWrites()  // a half-closed peer still reads: flush, then close
+            } else {
+                close()
+            }
+        case .flushing:
+            if isReset { close() }  // else keep flushing; the shutdown callback closes
+        case .lingering:
+            close()
+        case .closing, .closed:
+            break
+        }
+    }
+
+    // MARK: Writing
+
+    /// Queues `bytes` for the peer; dropped if the connection is closed or closing.
+    public func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { write($0) }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        write(gathering: CollectionOfOne(UnsafeRawBufferPointer(start: base, count: bytes.count)))
+    }
+
+    /// Writes several buffers in order with one system call if the socket takes them, else one
+    /// uv_write of one copy of what is left.
+    public func write<C: Collection>(gathering parts: C) where C.Element == UnsafeRawBufferPointer {
+        guard state == .open else { return }
+        var total = 0
+        for part in parts { total += part.count }
+        guard total > 0 else { return }
+
+        var written = 0
+        if pendingWriteBytes == 0 {
+            // Nothing queued, so order is kept if we try the socket directly.
+            written = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: parts.count) { buffers in
+                var count: UInt32 = 0
+                for part in parts where part.count > 0 {
+                    buffers[Int(count)] = uv_buf_init(
+                        UnsafeMutablePointer(mutating: part.baseAddress!.assumingMemoryBound(to: CChar.self)),
+                        UInt32(part.count))
+                    count += 1
+                }
+                return Int(uv_try_write(stream, buffers.baseAddress!, count))
+            }
+            if written == total { return }
+            if written < 0 {
+                if written != Int(UV_EAGAIN.rawValue) {
+                    lastError = UVError(code: Int32(written))  // EPIPE, ECONNRESET: the peer is gone
+                    close()
+                    return
+                }
+                written = 0
+            }
+        }
+
+        // One allocation: the request, then the bytes not yet written.
+        let remaining = total - written
+        let headerSize = (MemoryLayout<uv_write_t>.size + 15) & ~15
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: headerSize + remaining, alignment: 16)
+        let request = memory.bindMemory(to: uv_write_t.self, capacity: 1)
+        let copy = memory + headerSize
+        var skip = written
+        var offset = 0
+        for part in parts where part.count > 0 {
+            if skip >= part.count { skip -= part.count; continue }
+            let length = part.count - skip
+            (copy + offset).copyMemory(from: part.baseAddress! + skip, byteCount: length)
+            offset += length
+            skip = 0
+        }
+        request.pointee.data = UnsafeMutableRawPointer(bitPattern: remaining)
+        var buffer = uv_buf_init(copy.assumingMemoryBound(to: CChar.self), UInt32(remaining))
+        let result = uv_write(request, stream, &buffer, 1) { request, status in
+            let stream = request!.pointee.handle!
+            let count = Int(bitPattern: request!.pointee.data)
+            UnsafeMutableRawPointer(request!).deallocate()
+            TCPConnection.from(stream).wrote(count: count, status: status)
+        }
+        if result < 0 {
+            memory.deallocate()
+            lastError = UVError(code: result)
+            close()
+            return
+        }
+        pendingWriteBytes += remaining
+    }
+
+    private func wrote(count: Int, status: Int32) {
+        pendingWriteBytes -= count
+        if status < 0 && status != UV_ECANCELED.rawValue {
+            lastError = UVError(code: status)  // EPIPE, ECONNRESET: the peer is gone
+            close()
+        }
+        if pendingWriteBytes == 0 && state == .open {
+            onWritesDrained?()
+        }
+    }
+
+    // MARK: Closing
+
+    /// Closes gracefully, so a final "421 ..." reaches the peer: flushes what is queued, sends FIN
+    /// (uv_shutdown), then reads and drops input until the peer's EOF or `lingerMs` (closing with
+    /// unread input would make the kernel reset the connection and could destroy the reply in flight).
+    /// A peer that never reads keeps the flush waiting: keep a timer that calls `close()`.
+    public func closeAfterWrites(lingerMs: UInt32 = 2000) {
+        guard state == .open else { return }
+        guard connector == nil else { close(); return }
+        state = .flushing
+        lingerMilliseconds = lingerMs
+        beginReading()
+        let request = allocateZeroed(uv_shutdown_t.self)
+        let result = uv_shutdown(request, stream) { request, status in
+            let stream = request!.pointee.handle!
+            request!.deallocate()
+            TCPConnection.from(stream).didShutdown(status: status)
+        }
+        if result < 0 {
+            request.deallocate()
+            close()
+        }
+    }
+
+    private func didShutdown(status: Int32) {
+        guard state == .flushing else { return }  // closed meanwhile (status is UV_ECANCELED)
+        if status < 0 || sawEOF || !isReading || lingerMilliseconds == 0 {
+            close()
+            return
+        }
+        state = .lingering
+        startTimer(afterMilliseconds: UInt64(lingerMilliseconds)) { $0.close() }
+    }
+
+    /// Closes now; queued writes are cancelled. `onClose` follows from the close callback.
+    public func close() {
+        guard state != .closing && state != .closed else { return }
+        state = .closing
+        isReading = false
+        closeTimer()
+        uv_close(handle.cast(to: uv_handle_t.self)) { handle in
+            let connection = Unmanaged<TCPConnection>.fromOpaque(handle!.pointee.data!).takeRetainedValue()
+            EventLoop.from(handle!.pointee.loop).unregister(handle!)
+            handle!.deallocate()
+            connection.didClose()
+        }
+    }
+
+    private func didClose() {
+        state = .closed
+        let onClose = self.onClose
+        onRead = nil
+        onEOF = nil
+        onWritesDrained = nil
+        self.onClose = nil
+        if let connector {
+            self.connector = nil
+            connector.done(.failure(connector.error ?? .canceled))
+        }
+        onClose?()
+    }
+
+    // MARK: Options
+
+    /// TCP_NODELAY: send small writes (replies) without waiting for Nagle's algorithm.
+    public func setNoDelay(_ on: Bool) {
+        guard state == .open else { return }
+        uv_tcp_nodelay(handle, on ? 1 : 0)
+    }
+}
