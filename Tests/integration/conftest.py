@@ -1,0 +1,552 @@
+"""Fixtures and helpers for Tern's integration tests.
+
+Every test runs the real binary (`.build/release/tern serve --config <tmp>/tern.toml`, or $TERN_BIN)
+as a subprocess with its own config, port and spool, and talks SMTP to it over loopback.
+Run with Debian's /usr/bin/python3 (python3-pytest, python3-aiosmtpd); scripts/test.sh runs them
+inside `unshare --net` so every packet stays on a private loopback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TERN_BIN = Path(os.environ.get("TERN_BIN", REPO / ".build" / "release" / "tern"))
+HOSTNAME = "relay.test"
+CLIENT_HELO = "client.test"
+ID_RE = re.compile(r"^[0-9A-F]{14}$")
+QUEUED_RE = re.compile(r"queued as ([0-9A-F]{14})\b")
+STARTUP_TIMEOUT = 20.0
+
+
+# --------------------------------------------------------------------------------------------
+# Small TOML writer (enough for Tern's config: strings, ints, bools, lists, one level of tables)
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else toml_string(key)
+
+
+def toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\u%04X" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return toml_string(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def toml_document(top: dict, tables: dict[str, dict]) -> str:
+    lines = [f"{toml_key(k)} = {toml_value(v)}" for k, v in top.items()]
+    for name, table in tables.items():
+        if table is None:
+            continue
+        lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# A raw SMTP client: byte-exact control over what is sent, replies parsed as RFC 5321 4.2.
+
+
+@dataclass
+class Reply:
+    code: int
+    lines: list[str]  # the text after "250-" / "250 " of each line
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def enhanced(self) -> str | None:
+        """The enhanced status code (RFC 3463) of the first line, if any."""
+        first = self.lines[0] if self.lines else ""
+        m = re.match(r"^(\d\.\d{1,3}\.\d{1,3})(?:\s|$)", first)
+        return m.group(1) if m else None
+
+    def is_(self, code: int, enhanced: str | None = None) -> bool:
+        return self.code == code and (enhanced is None or self.enhanced == enhanced)
+
+    def __str__(self) -> str:
+        if not self.lines:
+            return str(self.code)
+        return "\n".join(
+            f"{self.code}{'-' if i < len(self.lines) - 1 else ' '}{line}" for i, line in enumerate(self.lines)
+        )
+
+
+def assert_reply(reply: Reply, code: int, enhanced: str | None = None, context: str = "") -> Reply:
+    assert reply.is_(code, enhanced), (
+        f"{context + ': ' if context else ''}expected {code} {enhanced or ''}, got:\n{reply}"
+    )
+    return reply
+
+
+class SMTPConn:
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None, timeout: float = 15.0):
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
+        self.buf = b""
+        self.eof = False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SMTPConn":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def read_line(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2 :]
+                return line
+            if not self._fill():
+                raise EOFError(f"connection closed; unparsed bytes: {self.buf!r}")
+
+    def read_reply(self) -> Reply:
+        lines: list[str] = []
+        code = None
+        while True:
+            raw = self.read_line()
+            line = raw.decode("utf-8", "replace")
+            m = re.match(r"^(\d{3})([ -]?)(.*)$", line)
+            assert m, f"malformed reply line {raw!r}"
+            c = int(m.group(1))
+            assert code is None or c == code, f"reply code changed within a multi-line reply: {lines} / {line}"
+            code = c
+            lines.append(m.group(3))
+            if m.group(2) != "-":
+                return Reply(code, lines)
+
+    def cmd(self, line: str | bytes) -> Reply:
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.send(line + b"\r\n")
+        return self.read_reply()
+
+    def greeting(self) -> Reply:
+        return assert_reply(self.read_reply(), 220, context="greeting")
+
+    def ehlo(self, name: str = CLIENT_HELO) -> Reply:
+        return assert_reply(self.cmd(f"EHLO {name}"), 250, context="EHLO")
+
+    def wait_closed(self, timeout: float = 10.0) -> bool:
+        """True once the server has closed the connection (anything it sent first stays in buf)."""
+        deadline = time.monotonic() + timeout
+        while not self.eof and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                self._fill()
+            except socket.timeout:
+                break
+            except OSError:
+                self.eof = True
+        return self.eof
+
+    def data(self, message: bytes) -> Reply:
+        """DATA, the message dot-stuffed, the terminating dot; returns the final reply."""
+        assert_reply(self.cmd("DATA"), 354, context="DATA")
+        self.send(dot_stuff(message) + b".\r\n")
+        return self.read_reply()
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency; the result ends with CRLF so that ".\r\n" can follow."""
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    lines = message.split(b"\r\n")
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in lines)
+
+
+def make_message(
+    subject: str = "test",
+    body: str | bytes = "Hello from the integration tests.\r\n",
+    headers: list[tuple[str, str]] | None = None,
+    msgid: str | None = None,
+    sender: str = "sender@client.test",
+    to: str = "rcpt@x.test",
+) -> bytes:
+    hdrs = [
+        ("From", sender),
+        ("To", to),
+        ("Subject", subject),
+        ("Date", email.utils.formatdate(localtime=False)),
+        ("Message-Id", msgid or email.utils.make_msgid(domain="client.test")),
+    ] + (headers or [])
+    head = b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return head + b"\r\n" + body
+
+
+def send_message(
+    port: int,
+    sender: str,
+    rcpts: list[str],
+    message: bytes,
+    helo: str = CLIENT_HELO,
+    source: str | None = None,
+    mail_params: str = "",
+    use_ehlo: bool = True,
+) -> str:
+    """One full transaction; asserts every step succeeds and returns the queue id."""
+    with SMTPConn(port, source=source) as c:
+        c.greeting()
+        if use_ehlo:
+            c.ehlo(helo)
+        else:
+            assert_reply(c.cmd(f"HELO {helo}"), 250, context="HELO")
+        assert_reply(c.cmd(f"MAIL FROM:<{sender}>{(' ' + mail_params) if mail_params else ''}"), 250, "2.1.0")
+        for r in rcpts:
+            assert_reply(c.cmd(f"RCPT TO:<{r}>"), 250, "2.1.5", context=f"RCPT {r}")
+        reply = assert_reply(c.data(message), 250, "2.0.0", context="end of DATA")
+        queue_id = queue_id_of(reply)
+        assert_reply(c.cmd("QUIT"), 221, "2.0.0")
+        return queue_id
+
+
+def queue_id_of(reply: Reply) -> str:
+    m = re.match(r"^2\.0\.0 Ok: queued as ([0-9A-F]{14})$", reply.lines[-1] if reply.lines else "")
+    assert m, f"250 reply to DATA is not '250 2.0.0 Ok: queued as <ID>': {reply}"
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Spool format: <spool>/queue/<ID>.msg and <ID>.env (see README.md "Spool format").
+
+
+@dataclass
+class Envelope:
+    raw: str
+    fields: dict[str, str] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # keys in file order, rcpt included
+    rcpts: list[tuple[str, str]] = field(default_factory=list)  # (state, address)
+
+    @property
+    def recipients(self) -> list[str]:
+        return [a for _, a in self.rcpts]
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Envelope":
+        text = data.decode("utf-8")  # strict: the record is UTF-8
+        assert text.endswith("\n"), f"envelope does not end with a newline: {text!r}"
+        lines = text[:-1].split("\n")
+        env = cls(raw=text)
+        assert lines[0] == "tern-envelope\t1", f"first line is {lines[0]!r}, not 'tern-envelope\\t1'"
+        assert lines[-1] == "end", f"last line is {lines[-1]!r}, not 'end'"
+        for line in lines[1:-1]:
+            parts = line.split("\t")
+            key = parts[0]
+            env.keys.append(key)
+            if key == "rcpt":
+                assert len(parts) == 3, f"rcpt line must be rcpt<TAB>state<TAB>address: {line!r}"
+                env.rcpts.append((parts[1], parts[2]))
+            else:
+                assert len(parts) == 2, f"line must be key<TAB>value: {line!r}"
+                assert key not in env.fields, f"duplicate key {key!r}"
+                env.fields[key] = parts[1]
+        return env
+
+
+def env_seconds(value: str) -> float:
+    """arrival / next-attempt: Unix seconds, possibly with a fraction."""
+    assert re.fullmatch(r"\d+(\.\d+)?", value), f"not Unix seconds: {value!r}"
+    return float(value)
+
+
+def split_received(msg: bytes) -> tuple[bytes, bytes]:
+    """Splits the spooled message into our (first) Received header, with its CRLF, and the rest."""
+    assert msg.startswith(b"Received: "), f"spooled message does not start with Received: {msg[:200]!r}"
+    pos = msg.index(b"\r\n") + 2
+    while msg[pos : pos + 1] in (b"\t", b" "):
+        pos = msg.index(b"\r\n", pos) + 2
+    return msg[:pos], msg[pos:]
+
+
+RECEIVED_RE = re.compile(
+    r"^Received: from (?P<helo>\S+) \((?P<rdns>\S+) \[(?P<ip>[^\]]+)\]\)"
+    r" by (?P<host>\S+) \(Tern\) with (?P<proto>ESMTP|SMTP|UTF8SMTP) id (?P<id>[0-9A-F]{14})"
+    r"(?: for <(?P<rcpt>[^>]*)>)?; (?P<date>.+)$"
+)
+
+
+def check_received(header: bytes, *, queue_id: str, helo: str = CLIENT_HELO, ip: str = "127.0.0.1",
+                   rcpt: str | None = None, proto: str | tuple = "ESMTP", rdns: str = "unknown") -> dict:
+    assert header.endswith(b"\r\n")
+    assert b"\r\n\tby " in header, f"Received is not folded with CRLF TAB before 'by': {header!r}"
+    for line in header.split(b"\r\n"):
+        assert len(line) <= 998, "Received header line over 998 octets"
+    unfolded = re.sub(r"\s+", " ", header[:-2].decode("utf-8").replace("\r\n", ""))
+    m = RECEIVED_RE.match(unfolded)
+    assert m, f"Received header does not match the expected form: {unfolded!r}"
+    assert m["helo"] == helo, unfolded
+    assert m["rdns"] == rdns, unfolded
+    assert m["ip"] == ip, unfolded
+    assert m["host"] == HOSTNAME, unfolded
+    assert m["proto"] in ((proto,) if isinstance(proto, str) else proto), unfolded
+    assert m["id"] == queue_id, unfolded
+    assert m["rcpt"] == rcpt, f"'for <rcpt>' expected {rcpt!r}: {unfolded!r}"
+    assert re.search(r"\d{2}:\d{2}(:\d{2})? [+-]\d{4}$", m["date"]), f"not an RFC 5322 date-time: {m['date']!r}"
+    date = email.utils.parsedate_to_datetime(m["date"])
+    if date.tzinfo is None:  # "-0000": UTC, local offset unknown
+        date = date.replace(tzinfo=datetime.timezone.utc)
+    assert abs(date.timestamp() - time.time()) < 300, f"Received date {m['date']!r} is not now"
+    return m.groupdict()
+
+
+# --------------------------------------------------------------------------------------------
+# The server under test
+
+
+class Tern:
+    """One `tern serve` process with its own directory, config, port and spool."""
+
+    def __init__(self, workdir: Path, *, server: dict | None = None, top: dict | None = None,
+                 aliases: dict | None = None, spool: dict | None = None, extra_tables: dict | None = None,
+                 port: int | None = None):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.spool = self.dir / "spool"
+        self.config_path = self.dir / "tern.toml"
+        self.stderr_path = self.dir / "stderr.log"
+        self.stdout_path = self.dir / "stdout.log"
+        srv = {
+            "listen": [f"127.0.0.1:{self.port}"],
+            "relay_networks": ["127.0.0.0/8", "::1/128"],
+            "reverse_dns": False,
+        }
+        srv.update(server or {})
+        sp = {"path": str(self.spool)}
+        sp.update(spool or {})
+        self.spool = Path(sp["path"])
+        t = {"hostname": HOSTNAME}
+        t.update(top or {})
+        tables = {"server": srv, "spool": sp}
+        if aliases:
+            tables["aliases"] = aliases
+        tables.update(extra_tables or {})
+        self.config_path.write_text(toml_document(t, tables))
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    # process control
+
+    def start(self) -> "Tern":
+        if not TERN_BIN.exists():
+            pytest.fail(f"tern binary not found at {TERN_BIN}: run `swift build -c release` (or set TERN_BIN)")
+        self.runs += 1
+        out = open(self.stdout_path, "ab")
+        err = open(self.stderr_path, "ab")
+        if self.runs > 1:
+            err.write(f"\n----- restart #{self.runs - 1} -----\n".encode())
+            err.flush()
+        self.proc = subprocess.Popen(
+            [str(TERN_BIN), "serve", "--config", str(self.config_path)],
+            cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+        )
+        out.close()
+        err.close()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Waits until the port greets; the probe session is QUIT and closed before returning so it
+        does not count against connection limits."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tern exited with {self.proc.returncode} during start-up:\n{self.stderr()}")
+            try:
+                with SMTPConn(self.port, timeout=5) as c:
+                    c.greeting()
+                    c.cmd("QUIT")
+                    c.wait_closed(5)
+                time.sleep(0.05)
+                return
+            except (OSError, EOFError, AssertionError) as e:
+                last = e
+                time.sleep(0.05)
+        pytest.fail(f"tern did not accept on 127.0.0.1:{self.port} within {STARTUP_TIMEOUT}s ({last!r}):\n"
+                    f"{self.stderr()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # clients
+
+    def connect(self, source: str | None = None, timeout: float = 15.0) -> SMTPConn:
+        return SMTPConn(self.port, source=source, timeout=timeout)
+
+    def send(self, sender: str, rcpts: list[str], message: bytes, **kw) -> str:
+        return send_message(self.port, sender, rcpts, message, **kw)
+
+    # spool
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.spool / "queue"
+
+    def queue_files(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.queue_dir.iterdir())
+        except FileNotFoundError:
+            return []
+
+    def queued(self) -> list[str]:
+        """Ids with both .msg and .env."""
+        names = set(self.queue_files())
+        return sorted(n[:-4] for n in names if n.endswith(".msg") and n[:-4] + ".env" in names)
+
+    def msg(self, queue_id: str) -> bytes:
+        return (self.queue_dir / f"{queue_id}.msg").read_bytes()
+
+    def env(self, queue_id: str) -> Envelope:
+        return Envelope.parse((self.queue_dir / f"{queue_id}.env").read_bytes())
+
+    def assert_queued(self, queue_id: str, message: bytes, *, sender: str, rcpts: list[str],
+                      helo: str = CLIENT_HELO, ip: str = "127.0.0.1", proto: str | tuple = "ESMTP") -> Envelope:
+        """The .msg is our Received header + the message as sent; the .env names sender and recipients."""
+        assert ID_RE.match(queue_id), queue_id
+        files = self.queue_files()
+        assert f"{queue_id}.msg" in files and f"{queue_id}.env" in files, (
+            f"{queue_id} acknowledged with 250 but not in the spool; queue has {files}")
+        header, rest = split_received(self.msg(queue_id))
+        check_received(header, queue_id=queue_id, helo=helo, ip=ip, proto=proto,
+                       rcpt=rcpts[0] if len(rcpts) == 1 else None)
+        assert rest == message, "spooled bytes after the Received header differ from what was sent"
+        env = self.env(queue_id)
+        assert env.fields.get("id") == queue_id
+        assert env.fields.get("sender") == sender
+        assert env.recipients == rcpts, f"envelope recipients {env.recipients} != {rcpts}"
+        assert env.fields.get("client") == ip
+        assert env.fields.get("helo") == helo
+        assert env.fields.get("protocol") in ((proto,) if isinstance(proto, str) else proto), env.raw
+        return env
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach each tern's stderr to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for i, t in enumerate(getattr(item, "_tern_instances", [])):
+            rep.sections.append((f"tern #{i} stderr ({t.stderr_path})", t.stderr()[-20000:] or "(empty)"))
+
+
+@pytest.fixture
+def start_tern(tmp_path, request):
+    """start_tern(server={...}, aliases={...}, top={...}) -> a running Tern; stopped at teardown."""
+    instances: list[Tern] = []
+    request.node._tern_instances = instances
+
+    def start(**kw) -> Tern:
+        t = Tern(tmp_path / f"tern{len(instances)}", **kw)
+        instances.append(t)
+        return t.start()
+
+    yield start
+    for t in instances:
+        t.stop()
+
+
+@pytest.fixture
+def tern(start_tern) -> Tern:
+    """A tern with the default test config: trusts 127.0.0.0/8, hostname relay.test."""
+    return start_tern()
