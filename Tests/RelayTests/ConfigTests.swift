@@ -163,7 +163,7 @@ private let repositoryRoot: String = {
         ("hostnme = \"x\"", "hostnme", "unknown key hostnme", 1),
         ("[server]\nlistne = []", "server.listne", "unknown key server.listne", 2),
         ("[spool]\npth = \"x\"", "spool.pth", "unknown key spool.pth", 2),
-        ("[server]\n[dns]\nservers = []", "dns", "unknown table [dns]", 2),
+        ("[server]\n[delivery]\nport = 25", "delivery", "unknown table [delivery]", 2),
         ("[server.tls]\ncert = \"x\"", "server.tls", "unknown table [server.tls]", 1),
         ("delivery.retry = 5", "delivery", "unknown table [delivery]", 1),
     ])
@@ -429,5 +429,19 @@ private let repositoryRoot: String = {
         } throws: { error in
             (error as? ConfigError)?.message.contains("\"5x\"") == true
         }
+    }
+}
+
+@Suite struct DNSConfigTests {
+    @Test func serversParseAndDefaultToEmpty() throws {
+        #expect(try TernConfig.parse("hostname = \"a.test\"").dns.servers == [])
+        let c = try TernConfig.parse("hostname = \"a.test\"\n[dns]\nservers = [\"127.0.0.1:5353\", \"[::1]:53\"]")
+        #expect(c.dns.servers == ["127.0.0.1:5353", "[::1]:53"])
+    }
+
+    @Test func badServerNamesTheKey() {
+        #expect {
+            try TernConfig.parse("hostname = \"a.test\"\n[dns]\nservers = [\"resolver.example\"]")
+        } throws: { ($0 as? ConfigError)?.key == "dns.servers" }
     }
 }
