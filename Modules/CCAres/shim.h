@@ -48,17 +48,24 @@ static inline int tern_ares_library_init(void) {
 }
 
 /* A channel whose sockets are reported through sock_state_cb (the caller polls them) and whose
- * per-try timeout is timeout_ms (c-ares doubles it on each further round over the servers). */
+ * per-try timeout is timeout_ms (c-ares doubles it on each further round over the servers).
+ *
+ * ARES_FLAG_NOCHECKRESP: without it c-ares 1.18 drops a SERVFAIL or REFUSED answer, tries the next
+ * server, and at the end reports ARES_ECONNREFUSED, so neither rcode could ever be told apart from
+ * an unreachable server. With it ares_query reports ARES_ESERVFAIL / ARES_EREFUSED; the price is no
+ * failover to the next server on those two rcodes (timeouts and unreachable servers still fail over). */
 static inline int tern_ares_init(ares_channel *channel, int timeout_ms, int tries,
                                  ares_sock_state_cb sock_state_cb, void *sock_state_data) {
     struct ares_options options;
     memset(&options, 0, sizeof options);
+    options.flags = ARES_FLAG_NOCHECKRESP;
     options.timeout = timeout_ms;
     options.tries = tries;
     options.sock_state_cb = sock_state_cb;
     options.sock_state_cb_data = sock_state_data;
     return ares_init_options(channel, &options,
-                             ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_SOCK_STATE_CB);
+                             ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
+                                 ARES_OPT_SOCK_STATE_CB);
 }
 
 /* "ip:port,[ip6]:port,..." */

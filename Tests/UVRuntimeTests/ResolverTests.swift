@@ -196,6 +196,8 @@ private func withDNSMasq(timeoutMilliseconds: Int = 2000, maxInFlight: Int = 256
 
 // MARK: - Tests against dnsmasq
 
+// Closures are kept out of #expect/#require arguments: Swift 6.3 gave a closure inside #require the
+// same symbol as a later closure outside it, so the later call ran the earlier closure's code.
 @Suite(.serialized)
 struct ResolverTests {
     @Test func mxWithTwoPreferences() throws {
@@ -215,7 +217,8 @@ struct ResolverTests {
 
     @Test func mxThroughCNAMETakesTheSmallestTTL() throws {
         try withDNSMasq { resolver, loop, _ in
-            let answer = try #require(loop.wait { resolver.lookupMX("alias.test", $0) }).get()
+            let answerResult = loop.wait { resolver.lookupMX("alias.test", $0) }
+            let answer = try #require(answerResult).get()
             #expect(answer.records.map(\.host) == ["mx1.mx.test", "mx2.mx.test"])
             #expect(answer.canonicalName == "mx.test")
             #expect(answer.ttl == 60)
@@ -224,16 +227,19 @@ struct ResolverTests {
 
     @Test func addressesAAndAAAA() throws {
         try withDNSMasq { resolver, loop, _ in
-            let both = try #require(loop.wait { resolver.lookupAddresses("mx2.mx.test", $0) }).get()
+            let bothResult = loop.wait { resolver.lookupAddresses("mx2.mx.test", $0) }
+            let both = try #require(bothResult).get()
             #expect(both.records == ["127.0.0.3", "::1"])
             #expect(both.ttl == 300)
             #expect(both.canonicalName == nil)
 
             // AAAA is empty here: still a success with the A record alone.
-            let v4 = try #require(loop.wait { resolver.lookupAddresses("mx1.mx.test", $0) }).get()
+            let v4Result = loop.wait { resolver.lookupAddresses("mx1.mx.test", $0) }
+            let v4 = try #require(v4Result).get()
             #expect(v4.records == ["127.0.0.2"])
 
-            let alias = try #require(loop.wait { resolver.lookupAddresses("alias2.test", $0) }).get()
+            let aliasResult = loop.wait { resolver.lookupAddresses("alias2.test", $0) }
+            let alias = try #require(aliasResult).get()
             #expect(alias.records == ["127.0.0.3", "::1"])
             #expect(alias.canonicalName == "mx2.mx.test")
             #expect(alias.ttl == 30)
@@ -259,7 +265,8 @@ struct ResolverTests {
 
     @Test func cname() throws {
         try withDNSMasq { resolver, loop, _ in
-            let answer = try #require(loop.wait { resolver.lookupCNAME("alias.test", $0) }).get()
+            let answerResult = loop.wait { resolver.lookupCNAME("alias.test", $0) }
+            let answer = try #require(answerResult).get()
             #expect(answer.records == "mx.test")
             #expect(answer.canonicalName == "mx.test")
             #expect(answer.ttl == 60)
@@ -285,7 +292,8 @@ struct ResolverTests {
 
     @Test func nullMX() throws {
         try withDNSMasq { resolver, loop, _ in
-            let answer = try #require(loop.wait { resolver.lookupMX("null.test", $0) }).get()
+            let answerResult = loop.wait { resolver.lookupMX("null.test", $0) }
+            let answer = try #require(answerResult).get()
             #expect(answer.records == [MXRecord(preference: 0, host: "")])
             #expect(answer.records.first?.isNullMX == true)
         }
@@ -301,6 +309,15 @@ struct ResolverTests {
         let records = try #require(answer).get().records
         #expect(records.count == 2)
         resolver.close()
+        #expect(loop.close() == 0)
+    }
+
+    @Test func resolvConfChannelOpensAndCloses() throws {
+        // No lookup: the machine's resolver is never asked anything.
+        let loop = ResolverTestLoop()
+        let resolver = try Resolver(loop: loop.loop, servers: [])
+        resolver.close()
+        #expect(resolver.core.closed)
         #expect(loop.close() == 0)
     }
 
@@ -357,8 +374,10 @@ struct ResolverTests {
             loop.run(seconds: 20) { mx.count + addresses.count == 500 }
             #expect(mx.count == 250)
             #expect(addresses.count == 250)
-            #expect(mx.allSatisfy { (try? $0.get().records.count) == 2 })
-            #expect(addresses.allSatisfy { (try? $0.get().records) == ["127.0.0.3", "::1"] })
+            let mxGood = mx.allSatisfy { (try? $0.get().records.count) == 2 }
+            #expect(mxGood)
+            let addressesGood = addresses.allSatisfy { (try? $0.get().records) == ["127.0.0.3", "::1"] }
+            #expect(addressesGood)
             #expect(resolver.core.peakInFlight == 16)
             #expect(resolver.core.inFlight == 0)
             #expect(resolver.core.queuedCount == 0)
@@ -383,7 +402,8 @@ struct ResolverTests {
         resolver.close()
         loop.run(seconds: 1) { results.count == 20 }
         #expect(results.count == 20)
-        #expect(results.allSatisfy { resolverError($0) == .cancelled })
+        let allCancelled = results.allSatisfy { resolverError($0) == .cancelled }
+        #expect(allCancelled)
 
         var late: Result<DNSAnswer<[String]>, DNSError>?
         resolver.lookupAddresses("mx.test") { late = $0 }
@@ -403,7 +423,8 @@ struct ResolverTests {
             loop.run(seconds: 5) { results.count == 10 }
             #expect(results.count == 10)
             #expect((try? results.first?.get())?.records.count == 2)
-            #expect(results.dropFirst().allSatisfy { resolverError($0) == .cancelled })
+            let restCancelled = results.dropFirst().allSatisfy { resolverError($0) == .cancelled }
+            #expect(restCancelled)
             #expect(resolver.core.closed)
         }
     }
