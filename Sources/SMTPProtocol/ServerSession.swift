@@ -71,6 +71,8 @@ public struct MessageStart: Sendable, Equatable {
     public var protocolName: String
     public var bodyType: String?
     public var smtputf8: Bool
+    /// MT-PRIORITY (RFC 6710, -9...9) as given by a trusted client; nil when absent or not honoured.
+    public var priority: Int?
 }
 
 public enum ServerAction: Equatable, Sendable {
@@ -112,6 +114,7 @@ public struct ServerSession {
     var rcptCommands = 0
     var bodyType: String?
     var smtputf8 = false
+    var priority: Int?
 
     var decoder: DataDecoder?
     var dataOut: [UInt8] = []
@@ -321,7 +324,7 @@ public struct ServerSession {
         phase = .ready
         if extended {
             var lines = [config.hostname, "PIPELINING", "SIZE \(config.maxMessageSize)", "8BITMIME",
-                         "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+                         "ENHANCEDSTATUSCODES", "SMTPUTF8", "MT-PRIORITY"]
             lines += config.extraExtensions
             lines.append("HELP")
             reply(Reply(250, nil, lines))
@@ -335,6 +338,7 @@ public struct ServerSession {
         guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: nested MAIL command")) }
         var body: String?
         var utf8 = false
+        var mtPriority: Int?
         var seen: Set<String> = []
         for param in params {
             guard seen.insert(param.keyword).inserted else {
@@ -353,6 +357,12 @@ public struct ServerSession {
                     return fail(Reply(501, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME"))
                 }
                 body = v
+            case "MT-PRIORITY":
+                // RFC 6710 §3: an integer -9...9. Honoured only from trusted clients; from others it is
+                // accepted and ignored (§5: a server may lower what it does not trust).
+                guard let v = param.value, v.utf8.count <= 2, let level = Int(v), (-9...9).contains(level)
+                else { return fail(Reply(501, "5.5.4", "Error: MT-PRIORITY must be an integer from -9 to 9")) }
+                mtPriority = client.trusted ? level : nil
             case "SMTPUTF8":
                 guard param.value == nil else { return fail(Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")) }
                 utf8 = true
@@ -366,6 +376,7 @@ public struct ServerSession {
         sender = path
         bodyType = body
         smtputf8 = utf8
+        priority = mtPriority
         phase = .mail
         reply(Reply(250, "2.1.0", "Ok"))
     }
@@ -401,7 +412,7 @@ public struct ServerSession {
         let start = MessageStart(
             sender: sender!, recipients: recipients, helo: helo ?? client.ip,
             protocolName: smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP"),
-            bodyType: bodyType, smtputf8: smtputf8)
+            bodyType: bodyType, smtputf8: smtputf8, priority: priority)
         decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut.reserveCapacity(16 * 1024)
@@ -472,6 +483,7 @@ public struct ServerSession {
         rcptCommands = 0
         bodyType = nil
         smtputf8 = false
+        priority = nil
     }
 
     mutating func reply(_ r: Reply) {

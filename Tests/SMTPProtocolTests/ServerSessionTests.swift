@@ -405,6 +405,25 @@ let transaction = lines(
         #expect(s.dataOut.capacity < 512 * 1024)
     }
 
+    @Test func mtPriorityFromTrustedClientsOnly() {
+        var d = Driver()
+        d.send(lines("EHLO x.test"))
+        #expect(d.replies.contains("250-MT-PRIORITY\r\n"))
+        d.send(lines("MAIL FROM:<a@b.test> MT-PRIORITY=5", "RCPT TO:<c@d.test>", "DATA", "x", "."))
+        d.send(lines("MAIL FROM:<a@b.test> MT-PRIORITY=-9", "RCPT TO:<c@d.test>", "DATA", "x", "."))
+        d.send(lines("MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA", "x", "."))
+        #expect(d.messages.map(\.start.priority) == [5, -9, nil])
+        for bad in ["10", "-10", "x", "1.5", ""] {
+            d.send(lines("MAIL FROM:<a@b.test> MT-PRIORITY=\(bad)"))
+            #expect(d.lastReply.hasPrefix("501 5.5.4 ") || bad.isEmpty && d.lastReply.hasPrefix("501 "), "\(bad)")
+        }
+        let policy = RelayPolicy(hostname: "relay.test", acceptDomains: ["d.test"])
+        var u = Driver(ServerConfiguration(hostname: "relay.test", policy: policy),
+                       client: PeerInfo(ip: "192.0.2.1", trusted: false))
+        u.send(lines("EHLO x.test", "MAIL FROM:<a@b.test> MT-PRIORITY=9", "RCPT TO:<c@d.test>", "DATA", "x", "."))
+        #expect(u.messages.first?.start.priority == nil)
+    }
+
     @Test func shuttingDownSays421() {
         var d = Driver()
         d.apply(d.session.shuttingDown())
