@@ -1,0 +1,535 @@
+// The client side of one outbound SMTP connection as a state machine: reply bytes and events in,
+// actions out. No sockets and no clock, like ServerSession, so every path is tested byte by byte.
+//
+// One connection carries one or more transactions (connection reuse):
+//
+//   greeting 220 ─▶ EHLO ─(5xx)─▶ HELO ─▶ .ready ─▶ [RSET] MAIL RCPT… DATA ─▶ message ─▶ .ready … QUIT
+//
+// - EHLO first; a 5xx to it (500/502/504/550) falls back to HELO without extensions (RFC 5321 §4.1.4).
+// - With PIPELINING (RFC 2920) RSET, MAIL, every RCPT and DATA go out in one write, DATA last in the
+//   group (§3.1); the replies come back in order and are matched to the commands in a FIFO. Without
+//   it, one command at a time, each after the reply to the one before.
+// - SIZE (RFC 1870): SIZE= is sent when the next hop advertised SIZE; a message larger than its limit
+//   is refused here without sending MAIL. SMTPUTF8 (RFC 6531) is never downgraded: a transaction that
+//   needs it fails permanently if the next hop lacks it. BODY=8BITMIME only when the next hop offers
+//   8BITMIME (RFC 6152).
+// - Refusals before anything is sent are synthetic replies, shaped like a server's so that the
+//   caller's bounce/defer logic needs no special case:
+//     552 5.3.4 message larger than the next hop's SIZE     553 5.6.7 SMTPUTF8 needed, not offered
+//     553 5.1.3 control character in an envelope address   554 5.5.1 no recipients
+// - The whole connection is given up (sessionFailed) on: a greeting other than 220, EHLO and HELO
+//   both refused, 421 at any time (§3.8: the server is closing, no QUIT needed), a non-2xx to RSET,
+//   a line that is not a reply, a code that makes no sense for the command (e.g. 354 to RCPT), a
+//   reply when no command is outstanding, or a timeout. The caller may then try the next MX host.
+//   QUIT is sent on the way out only when the server refused us politely and no command is in
+//   flight: after a pipelined DATA, "QUIT" could be read as message text.
+// - Phases drive the caller's timers (RFC 5321 §4.5.3.2): greeting 5 min, MAIL 5, RCPT 5, DATA 2,
+//   data block 3, end of data 10.
+
+/// What the next hop said it can do in its EHLO reply (all false after HELO).
+public struct NextHopCapabilities: Equatable, Sendable {
+    /// EHLO was accepted (false after the HELO fallback).
+    public var esmtp: Bool
+    public var pipelining: Bool
+    public var eightBitMIME: Bool
+    public var smtputf8: Bool
+    public var enhancedStatusCodes: Bool
+    public var startTLS: Bool
+    /// nil: SIZE not advertised. 0: SIZE advertised without a number, or with 0, which means no fixed
+    /// limit (RFC 1870 §4). Otherwise the largest message the next hop takes, in bytes.
+    public var size: Int?
+    /// SASL mechanisms, upper case, in the order advertised ("AUTH PLAIN LOGIN", or old "AUTH=…").
+    public var auth: [String]
+
+    public init(esmtp: Bool = false, pipelining: Bool = false, eightBitMIME: Bool = false,
+                smtputf8: Bool = false, enhancedStatusCodes: Bool = false, startTLS: Bool = false,
+                size: Int? = nil, auth: [String] = []) {
+        self.esmtp = esmtp
+        self.pipelining = pipelining
+        self.eightBitMIME = eightBitMIME
+        self.smtputf8 = smtputf8
+        self.enhancedStatusCodes = enhancedStatusCodes
+        self.startTLS = startTLS
+        self.size = size
+        self.auth = auth
+    }
+
+    /// Reads the EHLO reply: the first line is the server's name, every other line one keyword with
+    /// its parameters (RFC 5321 §4.1.1.1). Keywords are case-insensitive; unknown ones are ignored.
+    public init(ehloReply: Reply) {
+        self.init(esmtp: true)
+        for line in ehloReply.lines.dropFirst() {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let first = words.first else { continue }
+            var keyword = first.uppercased()
+            var params = words.dropFirst().map { String($0) }
+            if keyword.hasPrefix("AUTH=") {  // pre-RFC 4954 form some servers still send
+                params.insert(String(keyword.dropFirst(5)), at: 0)
+                keyword = "AUTH"
+            }
+            switch keyword {
+            case "PIPELINING": pipelining = true
+            case "8BITMIME": eightBitMIME = true
+            case "SMTPUTF8": smtputf8 = true
+            case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
+            case "STARTTLS": startTLS = true
+            case "SIZE":
+                // A number too large for Int, or no number at all, is no practical limit.
+                if let p = params.first, let n = Int(p), n >= 0 { size = n } else { size = 0 }
+            case "AUTH":
+                for p in params {
+                    let mech = p.uppercased()
+                    if !mech.isEmpty && !auth.contains(mech) { auth.append(mech) }
+                }
+            default: break
+            }
+        }
+    }
+}
+
+/// One message for one next hop: the envelope, and what the MAIL parameters need.
+public struct OutboundTransaction: Equatable, Sendable {
+    /// "" is the null sender <> (bounces).
+    public var sender: String
+    public var recipients: [String]
+    /// Bytes of the message, for SIZE= and the next hop's limit.
+    public var size: Int
+    /// "8BITMIME" gives BODY=8BITMIME when the next hop offers it.
+    public var bodyType: String?
+    /// Sends SMTPUTF8; if the next hop lacks it the transaction fails permanently: 553 5.6.7 (no downgrade).
+    public var smtputf8: Bool
+
+    public init(sender: String, recipients: [String], size: Int, bodyType: String? = nil, smtputf8: Bool = false) {
+        self.sender = sender
+        self.recipients = recipients
+        self.size = size
+        self.bodyType = bodyType
+        self.smtputf8 = smtputf8
+    }
+}
+
+/// What the next hop said to one transaction.
+public struct TransactionOutcome: Equatable, Sendable {
+    public var mailReply: Reply
+    /// One per recipient, nil if never sent (or, with pipelining, sent after a refused MAIL).
+    public var recipientReplies: [Reply?]
+    /// The reply to DATA if it was not 354, else the reply to the end of data; nil if DATA was not
+    /// reached (MAIL refused, or no recipient accepted).
+    public var dataReply: Reply?
+
+    public init(mailReply: Reply, recipientReplies: [Reply?], dataReply: Reply?) {
+        self.mailReply = mailReply
+        self.recipientReplies = recipientReplies
+        self.dataReply = dataReply
+    }
+
+    /// The final word for recipient i: its RCPT reply if that failed, else the DATA/end-of-data reply,
+    /// else the MAIL reply.
+    public func result(forRecipient i: Int) -> Reply {
+        if let r = recipientReplies[i], !r.isPositive { return r }
+        if let d = dataReply { return d }
+        return mailReply
+    }
+}
+
+public enum ClientAction: Equatable, Sendable {
+    /// Bytes for the next hop.
+    case send([UInt8])
+    /// Greeting and EHLO (or HELO) done: give the session a transaction, or quit.
+    case ready(NextHopCapabilities)
+    /// A transaction is over; the session is ready again (another transaction may follow).
+    case transactionFinished(TransactionOutcome)
+    /// The connection is unusable for this attempt; the caller may try the next MX host. The reply is
+    /// the server's if there was one. A `.close` follows (a polite QUIT, if any, comes just before).
+    case sessionFailed(Reply?, String)
+    /// Close the connection once the bytes before this action are written.
+    case close
+}
+
+public struct ClientSession {
+    public enum Phase: Equatable, Sendable {
+        case greeting   // waiting for the 220
+        case hello      // EHLO or HELO sent
+        case ready      // no transaction: send one or quit
+        case mail       // RSET or MAIL sent, reply not yet in
+        case rcpt       // waiting for RCPT replies
+        case data       // waiting for the reply to DATA
+        case dataEnd    // message sent, waiting for the final reply
+        case quitting   // QUIT sent and the connection closing; nothing more is read
+        case closed
+    }
+
+    /// The command a reply still to come answers, in the order sent.
+    enum Expected: Equatable {
+        case greeting, ehlo, helo, rset, mail, rcpt(Int), data, dataEnd
+        /// The reply to the lone "." sent after a 354 we did not want (RFC 2920 §3.1).
+        case dotAfterRefusal
+    }
+
+    struct Transaction {
+        var envelope: OutboundTransaction
+        var message: [UInt8]
+        var pipelined: Bool
+        var mailReply: Reply?
+        var recipientReplies: [Reply?]
+        var dataReply: Reply?
+        var mailAccepted: Bool { mailReply.map { $0.code < 300 } ?? false }
+        var recipientAccepted: Bool { recipientReplies.contains { $0.map { $0.code < 300 } ?? false } }
+    }
+
+    /// Our name in EHLO/HELO.
+    public let hostname: String
+    public private(set) var phase: Phase = .greeting
+    /// Set once EHLO (or HELO) has been accepted.
+    public private(set) var capabilities: NextHopCapabilities?
+    /// Transactions that reached the next hop (MAIL sent). From the second on, RSET goes first.
+    public private(set) var transactionsStarted = 0
+
+    var parser: ReplyParser
+    var expected: [Expected] = [.greeting]
+    var expectedHead = 0
+    var current: Transaction?
+    var actions: [ClientAction] = []
+    var output: [UInt8] = []
+
+    public init(hostname: String, maxReplyLineLength: Int = 4096, maxReplyLines: Int = 100) {
+        self.hostname = hostname
+        parser = ReplyParser(maxLineLength: maxReplyLineLength, maxLines: maxReplyLines)
+    }
+
+    // MARK: - Events
+
+    /// Bytes from the next hop. Each reply is handled as soon as it is complete, so the actions do not
+    /// depend on how the bytes were split.
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer) -> [ClientAction] {
+        guard phase != .closed && phase != .quitting else { return [] }
+        parser.append(bytes)
+        while phase != .closed && phase != .quitting {
+            let reply: Reply?
+            do {
+                reply = try parser.next()
+            } catch {
+                failSession(nil, "the next hop sent something that is not an SMTP reply: \(error)")
+                break
+            }
+            guard let reply else { break }
+            handle(reply)
+        }
+        return takeActions()
+    }
+
+    /// Convenience for tests and tools.
+    public mutating func receive(_ bytes: [UInt8]) -> [ClientAction] {
+        bytes.withUnsafeBytes { receive($0) }
+    }
+
+    /// Starts a transaction; ignored unless the session is `.ready`. The message bytes are what the
+    /// spool holds: CRLF lines, not dot-stuffed, no final ".".
+    public mutating func send(_ t: OutboundTransaction, message: [UInt8]) -> [ClientAction] {
+        guard phase == .ready, current == nil, let caps = capabilities else { return [] }
+        if let refusal = Self.refusalBeforeMail(t, caps) {
+            emit(.transactionFinished(TransactionOutcome(
+                mailReply: refusal, recipientReplies: Array(repeating: nil, count: t.recipients.count),
+                dataReply: nil)))
+            return takeActions()
+        }
+        current = Transaction(envelope: t, message: message, pipelined: caps.pipelining, mailReply: nil,
+                              recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
+        let reusing = transactionsStarted > 0
+        transactionsStarted += 1
+        if reusing {
+            command("RSET")
+            expect(.rset)
+        }
+        if caps.pipelining {
+            // RFC 2920 §3.1: the whole group in one write, DATA last.
+            sendMail()
+            for i in t.recipients.indices { sendRecipient(i) }
+            command("DATA")
+            expect(.data)
+        } else if !reusing {
+            sendMail()
+        }
+        updatePhase()
+        return takeActions()
+    }
+
+    /// Ends the connection: QUIT if nothing is in flight, then close. Does not wait for the 221
+    /// (nothing depends on it; Postfix's smtp_skip_quit_response does the same).
+    public mutating func quit() -> [ClientAction] {
+        switch phase {
+        case .closed, .quitting:
+            return []
+        case .ready, .hello:
+            command("QUIT")
+            phase = .quitting
+        case .greeting, .mail, .rcpt, .data, .dataEnd:
+            // Before the greeting QUIT is out of turn; after a pipelined DATA it could be message text.
+            phase = .closed
+        }
+        discardState()
+        emit(.close)
+        return takeActions()
+    }
+
+    /// The caller's timer for the current phase ran out.
+    public mutating func timedOut() -> [ClientAction] {
+        guard phase != .closed && phase != .quitting else { return [] }
+        let why: String
+        switch currentExpected {
+        case nil: why = "timed out while idle"
+        case .greeting: why = "timed out waiting for the greeting"
+        case let e: why = "timed out waiting for the reply to \(describe(e))"
+        }
+        failSession(nil, why)
+        return takeActions()
+    }
+
+    // MARK: - Replies
+
+    mutating func handle(_ r: Reply) {
+        // RFC 5321 §3.8: 421 may come at any time; the server closes, no QUIT.
+        if r.code == 421 {
+            return failSession(r, "the next hop is closing the connection (421)")
+        }
+        guard expectedHead < expected.count else {
+            return failSession(r, "reply \(r.code) while no command was outstanding")
+        }
+        let what = expected[expectedHead]
+        expectedHead += 1
+        if expectedHead == expected.count {
+            expected.removeAll(keepingCapacity: true)
+            expectedHead = 0
+        }
+        let positive = r.code < 300
+        let negative = r.code >= 400
+
+        switch what {
+        case .greeting:
+            if r.code == 220 {
+                command("EHLO \(hostname)")
+                expect(.ehlo)
+            } else if negative {
+                return failSession(r, "the next hop refused the connection (\(r.code))", quit: true)
+            } else {
+                return unexpected(r, what)
+            }
+
+        case .ehlo:
+            if positive {
+                becomeReady(NextHopCapabilities(ehloReply: r))
+            } else if r.code >= 500 {
+                command("HELO \(hostname)")
+                expect(.helo)
+            } else if negative {
+                return failSession(r, "the next hop refused EHLO (\(r.code))", quit: true)
+            } else {
+                return unexpected(r, what)
+            }
+
+        case .helo:
+            if positive {
+                becomeReady(NextHopCapabilities())
+            } else if negative {
+                return failSession(r, "the next hop refused EHLO and HELO (\(r.code))", quit: true)
+            } else {
+                return unexpected(r, what)
+            }
+
+        case .rset:
+            guard positive else {
+                return failSession(r, "the next hop refused RSET (\(r.code))")
+            }
+            if !current!.pipelined { sendMail() }
+
+        case .mail:
+            guard positive || negative else { return unexpected(r, what) }
+            current!.mailReply = r
+            if !current!.pipelined {
+                if positive { sendRecipient(0) } else { return finishTransaction() }
+            }
+
+        case .rcpt(let i):
+            guard positive || negative else { return unexpected(r, what) }
+            // After a refused MAIL (pipelined), the RCPT replies mean nothing: "503 need MAIL".
+            if current!.mailAccepted { current!.recipientReplies[i] = r }
+            if !current!.pipelined {
+                if i + 1 < current!.envelope.recipients.count {
+                    sendRecipient(i + 1)
+                } else if current!.recipientAccepted {
+                    command("DATA")
+                    expect(.data)
+                } else {
+                    return finishTransaction()
+                }
+            }
+
+        case .data:
+            let wanted = current!.mailAccepted && current!.recipientAccepted
+            if r.code == 354 {
+                if wanted {
+                    output += encodeOutboundData(current!.message)
+                    current!.message = []
+                    expect(.dataEnd)
+                } else {
+                    // RFC 2920 §3.1: a pipelined DATA may get 354 with no valid recipient. Send an
+                    // empty message, whose reply we ignore; nothing is delivered by it.
+                    output += [UInt8(ascii: "."), 13, 10]
+                    expect(.dotAfterRefusal)
+                }
+            } else if negative {
+                if wanted { current!.dataReply = r }
+                return finishTransaction()
+            } else {
+                return unexpected(r, what)
+            }
+
+        case .dataEnd:
+            guard positive || negative else { return unexpected(r, what) }
+            current!.dataReply = r
+            return finishTransaction()
+
+        case .dotAfterRefusal:
+            return finishTransaction()
+        }
+        updatePhase()
+    }
+
+    mutating func becomeReady(_ caps: NextHopCapabilities) {
+        capabilities = caps
+        phase = .ready
+        emit(.ready(caps))
+    }
+
+    mutating func finishTransaction() {
+        let t = current!
+        current = nil
+        let outcome = TransactionOutcome(
+            mailReply: t.mailReply!,
+            recipientReplies: t.mailAccepted ? t.recipientReplies : Array(repeating: nil, count: t.recipientReplies.count),
+            dataReply: t.dataReply)
+        phase = .ready
+        emit(.transactionFinished(outcome))
+    }
+
+    mutating func unexpected(_ r: Reply, _ what: Expected) {
+        failSession(r, "unexpected reply \(r.code) to \(describe(what))")
+    }
+
+    /// Gives up the connection. QUIT only when the server refused us and nothing is in flight; it goes
+    /// before .sessionFailed so that a caller who stops reading actions there has already written it.
+    mutating func failSession(_ r: Reply?, _ why: String, quit: Bool = false) {
+        if quit { command("QUIT") }
+        emit(.sessionFailed(r, why))
+        phase = .closed
+        discardState()
+        emit(.close)
+    }
+
+    mutating func discardState() {
+        current = nil
+        expected = []
+        expectedHead = 0
+    }
+
+    // MARK: - Commands
+
+    /// A synthetic refusal for a transaction that must not reach the next hop, or nil.
+    static func refusalBeforeMail(_ t: OutboundTransaction, _ caps: NextHopCapabilities) -> Reply? {
+        if t.recipients.isEmpty {
+            return Reply(554, "5.5.1", "No recipients in the transaction")
+        }
+        // A CR or LF in an address would let the spool inject commands; no valid address has one.
+        let hasControl = { (s: String) in s.utf8.contains { $0 < 0x20 || $0 == 0x7F } }
+        if hasControl(t.sender) || t.recipients.contains(where: hasControl) {
+            return Reply(553, "5.1.3", "Control character in an envelope address")
+        }
+        // RFC 6531 §3.2: no downgrade; the sender gets a permanent failure.
+        if t.smtputf8 && !caps.smtputf8 {
+            return Reply(553, "5.6.7", "The next hop does not support SMTPUTF8, which this message requires")
+        }
+        // RFC 1870 §6: a client should not send a message larger than the advertised limit.
+        if let limit = caps.size, limit > 0, t.size > limit {
+            return Reply(552, "5.3.4", "Message size \(t.size) exceeds the next hop's limit of \(limit) bytes")
+        }
+        return nil
+    }
+
+    mutating func sendMail() {
+        let t = current!.envelope
+        let caps = capabilities!
+        var line = "MAIL FROM:<\(t.sender)>"
+        if caps.size != nil { line += " SIZE=\(t.size)" }
+        if caps.eightBitMIME, t.bodyType?.uppercased() == "8BITMIME" { line += " BODY=8BITMIME" }
+        if t.smtputf8 { line += " SMTPUTF8" }  // only reached when the next hop offers it
+        command(line)
+        expect(.mail)
+    }
+
+    mutating func sendRecipient(_ i: Int) {
+        command("RCPT TO:<\(current!.envelope.recipients[i])>")
+        expect(.rcpt(i))
+    }
+
+    mutating func command(_ line: String) {
+        output += line.utf8
+        output += [13, 10]
+    }
+
+    mutating func expect(_ e: Expected) {
+        expected.append(e)
+    }
+
+    var currentExpected: Expected? {
+        expectedHead < expected.count ? expected[expectedHead] : nil
+    }
+
+    mutating func updatePhase() {
+        guard phase != .closed && phase != .quitting else { return }
+        switch currentExpected {
+        case nil: phase = capabilities == nil ? .greeting : .ready
+        case .greeting: phase = .greeting
+        case .ehlo, .helo: phase = .hello
+        case .rset, .mail: phase = .mail
+        case .rcpt: phase = .rcpt
+        case .data: phase = .data
+        case .dataEnd, .dotAfterRefusal: phase = .dataEnd
+        }
+    }
+
+    func describe(_ e: Expected?) -> String {
+        switch e {
+        case nil: return "nothing"
+        case .greeting: return "the greeting"
+        case .ehlo: return "EHLO"
+        case .helo: return "HELO"
+        case .rset: return "RSET"
+        case .mail: return "MAIL"
+        case .rcpt(let i): return "RCPT \(i + 1)"
+        case .data: return "DATA"
+        case .dataEnd, .dotAfterRefusal: return "the end of data"
+        }
+    }
+
+    // MARK: - Actions
+
+    /// Actions keep their order relative to bytes: bytes so far go out first.
+    mutating func emit(_ action: ClientAction) {
+        flushOutput()
+        actions.append(action)
+    }
+
+    mutating func flushOutput() {
+        if !output.isEmpty {
+            actions.append(.send(output))
+            output = []
+        }
+    }
+
+    mutating func takeActions() -> [ClientAction] {
+        flushOutput()
+        let a = actions
+        actions = []
+        return a
+    }
+}
