@@ -232,6 +232,11 @@ public final class Spool: @unchecked Sendable {
         }.sorted()
     }
 
+    /// The message bytes as stored (Received header first). Blocking: call from the thread pool.
+    public func readMessage(_ id: QueueID) throws -> [UInt8] {
+        try Spool.readFile(messagePath(id))
+    }
+
     public func load(_ id: QueueID) throws -> Envelope {
         let file = envelopePath(id)
         let envelope = try EnvelopeRecord.decode(try Spool.readFile(file))

@@ -61,6 +61,9 @@ public struct TernConfig: Sendable, Equatable {
     public var server: ServerConfig
     public var spool: SpoolConfig
     public var dns: DNSConfig = DNSConfig()
+    public var delivery: DeliveryConfig = DeliveryConfig()
+    public var routes: RouteConfig = RouteConfig()
+    public var priority: PriorityConfig = PriorityConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -78,6 +81,9 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.server),
             AnySection(\.spool),
             AnySection(\.dns),
+            AnySection(\.delivery),
+            AnySection(\.routes),
+            AnySection(\.priority),
             AnySection(name: "aliases", read: readAliases),
         ]
     }
@@ -255,6 +261,117 @@ public struct DNSConfig: Sendable, Equatable, ConfigSection {
 
     mutating func read(_ r: inout TableReader) throws {
         try r.read("servers", into: &servers, Decode.list(Decode.listenAddress))
+    }
+}
+
+// MARK: - [delivery]
+
+/// Outbound delivery: where remote MX hosts listen, how many connections, the retry schedule and
+/// the SMTP client's timeouts (RFC 5321 4.5.3.2). Durations are in seconds.
+public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
+    /// Deliver queued mail; false keeps everything queued (maintenance, spool tests).
+    public var enabled = true
+    /// Port of remote MX hosts (tests point it elsewhere).
+    public var port: UInt16 = 25
+    /// Outbound connections open at once, in total.
+    public var maxConnections: Int = 1000
+    /// Outbound connections open at once to one destination.
+    public var maxConnectionsPerDestination: Int = 20
+    /// Waits between attempts; after the last one, its value repeats. Never empty.
+    public var retrySchedule: [Double] = [60, 300, 900, 1800, 3600, 7200, 14400]
+    /// A message still undelivered after this long bounces.
+    public var maxQueueLifetime: Double = 432_000
+    /// Warn the sender once a message has waited this long; 0 = never (Postfix's delay_warning_time).
+    public var delayWarningTime: Double = 0
+    public var connectTimeout: Double = 30
+    /// RFC 5321 4.5.3.2.1: 5 minutes for the 220 greeting.
+    public var greetingTimeout: Double = 300
+    /// RFC 5321 4.5.3.2.2-4: 5 minutes for the reply to MAIL, RCPT and other commands.
+    public var commandTimeout: Double = 300
+    /// RFC 5321 4.5.3.2.5-6: per data block sent and for the reply to the final dot.
+    public var dataTimeout: Double = 600
+
+    public init() {}
+
+    static let tableName = "delivery"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("enabled", into: &enabled, Decode.bool)
+        try r.read("port", into: &port, Decode.port)
+        try r.read("max_connections", into: &maxConnections, Decode.positiveInt)
+        try r.read("max_connections_per_destination", into: &maxConnectionsPerDestination, Decode.positiveInt)
+        try r.read("retry_schedule", into: &retrySchedule, Decode.durations)
+        try r.check("retry_schedule", !retrySchedule.isEmpty, "must list at least one duration")
+        try r.read("max_queue_lifetime", into: &maxQueueLifetime, Decode.duration)
+        try r.read("delay_warning_time", into: &delayWarningTime, Decode.durationOrZero)
+        try r.read("connect_timeout", into: &connectTimeout, Decode.duration)
+        try r.read("greeting_timeout", into: &greetingTimeout, Decode.duration)
+        try r.read("command_timeout", into: &commandTimeout, Decode.duration)
+        try r.read("data_timeout", into: &dataTimeout, Decode.duration)
+    }
+}
+
+// MARK: - [routes]
+
+/// Next hops chosen by the administrator instead of the recipient domain's MX.
+public struct RouteConfig: Sendable, Equatable, ConfigSection {
+    /// Keys: lowercased domains without a trailing dot, or "*" for every other domain.
+    public var routes: [String: NextHopSpec] = [:]
+
+    public init(routes: [String: NextHopSpec] = [:]) {
+        self.routes = routes
+    }
+
+    static let tableName = "routes"
+
+    mutating func read(_ r: inout TableReader) throws {
+        for key in r.table.keys.sorted() {
+            guard let text = try r.read(key, Decode.routeValue) else { continue }
+            let name = key == "*" ? key : normalizedDomain(key)
+            try r.check(key, key == "*" || isPlausibleDomain(key), "\"\(key)\" is not a domain name or \"*\"")
+            try r.check(key, routes[name] == nil, "duplicate route (domains are not case-sensitive)")
+            do {
+                routes[name] = try NextHopSpec(parsing: text)
+            } catch let error as ConfigError {
+                throw r.error(key, error.message)
+            }
+        }
+    }
+}
+
+// MARK: - [priority]
+
+/// RFC 6710 priority levels (-9 lowest to 9 highest) given to messages by envelope domain.
+public struct PriorityConfig: Sendable, Equatable, ConfigSection {
+    /// Keys: lowercased domains of the envelope sender.
+    public var senderDomains: [String: Int] = [:]
+    /// Keys: lowercased domains of a recipient.
+    public var recipientDomains: [String: Int] = [:]
+
+    public init(senderDomains: [String: Int] = [:], recipientDomains: [String: Int] = [:]) {
+        self.senderDomains = senderDomains
+        self.recipientDomains = recipientDomains
+    }
+
+    static let tableName = "priority"
+    static let levels = -9...9
+
+    mutating func read(_ r: inout TableReader) throws {
+        try Self.readLevels("sender_domains", into: &senderDomains, &r)
+        try Self.readLevels("recipient_domains", into: &recipientDomains, &r)
+    }
+
+    private static func readLevels(_ key: String, into levels: inout [String: Int], _ r: inout TableReader) throws {
+        guard let table = try r.read(key, Decode.table) else { return }
+        var inner = TableReader(table, path: r.path + [key], context: r.context)
+        for domain in table.keys.sorted() {
+            guard let level = try inner.read(domain, Decode.priorityLevel) else { continue }
+            try inner.check(domain, isPlausibleDomain(domain), "\"\(domain)\" is not a domain name")
+            let name = normalizedDomain(domain)
+            try inner.check(domain, levels[name] == nil, "duplicate domain (domains are not case-sensitive)")
+            levels[name] = level
+        }
+        try inner.rejectUnknownKeys()
     }
 }
 
@@ -500,6 +617,51 @@ enum Decode {
         }
         guard seconds > 0 else { throw ConfigError(message: "must be greater than zero") }
         return seconds
+    }
+
+    /// Like `duration`, but 0 is allowed (it means "off").
+    static func durationOrZero(_ value: TOMLValueConvertible) throws -> Double {
+        if value.int == 0 { return 0 }
+        if let string = value.string, let seconds = try? parseDuration(string), seconds == 0 { return 0 }
+        return try duration(value)
+    }
+
+    /// An array of durations (strings or integers of seconds), each greater than zero.
+    static func durations(_ value: TOMLValueConvertible) throws -> [Double] {
+        guard let array = value.array else { throw wrongType("an array of durations like [\"1m\", \"5m\"]", value) }
+        return try array.enumerated().map { index, element in
+            do {
+                return try duration(element)
+            } catch let error as ConfigError {
+                throw ConfigError(message: "item \(index + 1): \(error.message)")
+            }
+        }
+    }
+
+    /// A TCP port to connect to: 1 to 65535.
+    static func port(_ value: TOMLValueConvertible) throws -> UInt16 {
+        guard let int = value.int else { throw wrongType("an integer", value) }
+        guard (1...65535).contains(int) else { throw ConfigError(message: "must be 1 to 65535, got \(int)") }
+        return UInt16(int)
+    }
+
+    /// An RFC 6710 priority level.
+    static func priorityLevel(_ value: TOMLValueConvertible) throws -> Int {
+        guard let int = value.int else { throw wrongType("an integer from -9 to 9", value) }
+        guard PriorityConfig.levels.contains(int) else {
+            throw ConfigError(message: "must be -9..9 (RFC 6710 priority levels), got \(int)")
+        }
+        return int
+    }
+
+    /// A next hop string; a table here is almost always an unquoted domain with dots.
+    static func routeValue(_ value: TOMLValueConvertible) throws -> String {
+        if value.type == .table {
+            throw ConfigError(message: "expected a string like \"[10.0.0.5]:25\", got table "
+                              + "(quote a domain that has dots: \"corp.example\" = ...)")
+        }
+        guard let string = value.string else { throw wrongType("a string like \"[10.0.0.5]:25\"", value) }
+        return string
     }
 
     /// An array whose items are strings, each checked by `item`.

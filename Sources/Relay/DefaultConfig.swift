@@ -63,6 +63,47 @@ path = "var/spool"
 # empty means those of /etc/resolv.conf.
 servers = []
 
+[delivery]
+# Deliver queued mail; false keeps every message queued (maintenance, tests).
+enabled = true
+# Port of the remote MX hosts mail is delivered to.
+port = 25
+# Most outbound connections open at once, in total.
+max_connections = 1000
+# Most outbound connections open at once to one destination.
+max_connections_per_destination = 20
+# Waits between delivery attempts of a deferred message; the last one repeats.
+retry_schedule = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+# A message still undelivered after this long is bounced to its sender.
+max_queue_lifetime = "5d"
+# Warn the sender once a message has waited this long; "0s" turns warnings off.
+delay_warning_time = "0s"
+# How long to wait for a TCP connection to a next hop.
+connect_timeout = "30s"
+# How long to wait for the next hop's 220 greeting (RFC 5321 4.5.3.2.1).
+greeting_timeout = "5m"
+# How long to wait for the reply to a command (RFC 5321 4.5.3.2.2-4).
+command_timeout = "5m"
+# How long to wait to send each data block and for the reply to the final dot.
+data_timeout = "10m"
+
+[routes]
+# Next hops that replace a recipient domain's MX: the exact domain first, then
+# "*" for every other domain. Quote keys. Default: none, MX lookups for all.
+# "[host]:port" (brackets) delivers to that host's addresses without an MX
+# lookup, like Postfix's relayhost; "host:port" delivers to host's MX hosts.
+# The port is optional and defaults to delivery.port.
+# "corp.example" = "[10.0.0.5]:25"
+# "*" = "[smtp.upstream.example]:587"
+
+[priority]
+# RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
+# domain; a message with none listed has priority 0.
+sender_domains = {}
+# Priority levels by recipient domain.
+recipient_domains = {}
+# Example: sender_domains = { "alerts.example.com" = 5 }
+
 [aliases]
 # Rewrites a recipient to one address (a string) or several (an array).
 # A key is a full address (quoted) or a bare local part like postmaster.

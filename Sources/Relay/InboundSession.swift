@@ -35,7 +35,8 @@ final class InboundSession {
         connection.onClose = { [unowned self] in self.closedByPeerOrUs() }
         let timer = Timer(loop: server.loop)
         self.timer = timer
-        if server.config.server.reverseDNS, let resolver = server.resolver {
+        if server.config.server.reverseDNS {
+            let resolver = server.resolver
             // Greet once the PTR name is known (or not): it goes into the Received header.
             armTimer()
             let sessionID = id
@@ -114,7 +115,7 @@ final class InboundSession {
         let envelope = Envelope(
             id: id, sender: start.sender.address,
             recipients: start.recipients.map { Recipient(address: $0) },
-            priority: 0, arrival: arrival, nextAttempt: arrival, bodyType: start.bodyType,
+            priority: server.priority(of: start), arrival: arrival, nextAttempt: arrival, bodyType: start.bodyType,
             smtputf8: start.smtputf8,
             client: MailQueue.ClientInfo(ip: clientIP, helo: start.helo, reverseName: machine.client.reverseName,
                                          protocolName: start.protocolName))
@@ -139,6 +140,7 @@ final class InboundSession {
             if let queueID {
                 server.metrics.messagesAccepted += 1
                 server.log.info("\(queueID): from=<\(env.sender)>, size=\(env.size), nrcpt=\(env.recipients.count) (queued)")
+                server.delivery?.enqueue(env, due: env.arrival)
             } else {
                 server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")")
             }

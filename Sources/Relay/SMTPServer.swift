@@ -24,7 +24,9 @@ public final class SMTPServer {
     public let spool: Spool
     public var log: Logger
     public var metrics = ServerMetrics()
-    let resolver: Resolver?
+    let resolver: Resolver
+    /// The sending side; nil when `delivery.enabled` is false (mail stays queued).
+    public private(set) var delivery: DeliveryManager?
 
     var listeners: [TCPListener] = []
     var sessions: [UInt64: InboundSession] = [:]
@@ -52,8 +54,7 @@ public final class SMTPServer {
             maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
             vrfy: s.vrfy, expn: s.expn,
             policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
-        resolver = s.reverseDNS ? try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000,
-                                               tries: 2) : nil
+        resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         for text in s.listen {
             let address = try SocketAddress(parsing: text)
             do {
@@ -62,11 +63,19 @@ public final class SMTPServer {
                 throw ServerStartError(message: "cannot listen on \(text): \(error)")
             }
         }
+        if config.delivery.enabled {
+            let own = listeners.map(\.localAddress.ip)
+            delivery = DeliveryManager(loop: loop, spool: spool, config: config, log: log, resolver: resolver,
+                                       ownAddresses: own, newQueueID: { [unowned self] in self.nextQueueID() })
+        }
     }
 
     public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
 
     public func start() throws {
+        delivery?.loadSpool { [log] count in
+            if count > 0 { log.notice("queue: \(count) messages resumed from the spool") }
+        }
         for listener in listeners {
             try listener.start { [unowned self] connection in self.accepted(connection) }
             log.info("listening on \(listener.localAddress)")
@@ -127,6 +136,7 @@ public final class SMTPServer {
         onStopped = done
         for listener in listeners { listener.close() }
         listeners = []
+        delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }
         if sessions.isEmpty {
@@ -141,12 +151,23 @@ public final class SMTPServer {
         graceTimer = timer
     }
 
+    /// MT-PRIORITY from a trusted client, else the [priority] rules (sender domain, then the highest
+    /// of the recipient domains), else 0.
+    func priority(of start: MessageStart) -> Int {
+        if let p = start.priority { return p }
+        let rules = config.priority
+        if let p = rules.senderDomains[DeliveryManager.domain(of: start.sender.address)] { return p }
+        let byRecipient = start.recipients.compactMap { rules.recipientDomains[DeliveryManager.domain(of: $0)] }
+        return byRecipient.max() ?? 0
+    }
+
     var graceTimer: Timer?
 
     func finishStopping() {
         graceTimer?.close()
         graceTimer = nil
-        resolver?.close()
+        delivery?.stop()
+        resolver.close()
         let done = onStopped
         onStopped = nil
         done?()

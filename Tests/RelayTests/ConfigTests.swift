@@ -163,9 +163,10 @@ private let repositoryRoot: String = {
         ("hostnme = \"x\"", "hostnme", "unknown key hostnme", 1),
         ("[server]\nlistne = []", "server.listne", "unknown key server.listne", 2),
         ("[spool]\npth = \"x\"", "spool.pth", "unknown key spool.pth", 2),
-        ("[server]\n[delivery]\nport = 25", "delivery", "unknown table [delivery]", 2),
+        ("[server]\n[deliveries]\nport = 25", "deliveries", "unknown table [deliveries]", 2),
         ("[server.tls]\ncert = \"x\"", "server.tls", "unknown table [server.tls]", 1),
-        ("delivery.retry = 5", "delivery", "unknown table [delivery]", 1),
+        ("delivery.retry = 5", "delivery.retry", "unknown key delivery.retry", 1),
+        ("[priority]\nsenders = 5", "priority.senders", "unknown key priority.senders", 2),
     ])
     func unknownKeysAreErrorsNamingTheKey(text: String, key: String, message: String, line: Int) {
         guard let error = configError(text) else { return }
@@ -443,5 +444,197 @@ private let repositoryRoot: String = {
         #expect {
             try TernConfig.parse("hostname = \"a.test\"\n[dns]\nservers = [\"resolver.example\"]")
         } throws: { ($0 as? ConfigError)?.key == "dns.servers" }
+    }
+}
+
+// MARK: - [delivery], [routes], [priority]
+
+/// The error of parsing `text` (after a valid hostname line), or nil with a recorded issue.
+private func sectionError(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) -> ConfigError? {
+    configError("hostname = \"a.test\"\n" + text, sourceLocation: sourceLocation)
+}
+
+@Suite struct DeliveryConfigTests {
+    @Test func defaults() throws {
+        let d = try TernConfig.parse("hostname = \"a.test\"").delivery
+        #expect(d.enabled == true)
+        #expect(d.port == 25)
+        #expect(d.maxConnections == 1000)
+        #expect(d.maxConnectionsPerDestination == 20)
+        #expect(d.retrySchedule == [60, 300, 900, 1800, 3600, 7200, 14400])
+        #expect(d.maxQueueLifetime == 5 * 86400)
+        #expect(d.delayWarningTime == 0)
+        #expect(d.connectTimeout == 30)
+        #expect(d.greetingTimeout == 300)
+        #expect(d.commandTimeout == 300)
+        #expect(d.dataTimeout == 600)
+        #expect(d == DeliveryConfig())
+    }
+
+    @Test func everyKeyParses() throws {
+        let d = try TernConfig.parse("""
+            hostname = "a.test"
+            [delivery]
+            enabled = false
+            port = 2525
+            max_connections = 50
+            max_connections_per_destination = 3
+            retry_schedule = ["10s", 30, "1h30m"]
+            max_queue_lifetime = "2d"
+            delay_warning_time = "4h"
+            connect_timeout = "5s"
+            greeting_timeout = 120
+            command_timeout = "1m"
+            data_timeout = "15m"
+            """).delivery
+        #expect(d.enabled == false)
+        #expect(d.port == 2525)
+        #expect(d.maxConnections == 50)
+        #expect(d.maxConnectionsPerDestination == 3)
+        #expect(d.retrySchedule == [10, 30, 5400])
+        #expect(d.maxQueueLifetime == 172_800)
+        #expect(d.delayWarningTime == 14_400)
+        #expect(d.connectTimeout == 5)
+        #expect(d.greetingTimeout == 120)
+        #expect(d.commandTimeout == 60)
+        #expect(d.dataTimeout == 900)
+    }
+
+    @Test(arguments: ["\"0s\"", "0", "\"0m\""])
+    func delayWarningZeroMeansOff(value: String) throws {
+        let d = try TernConfig.parse("hostname = \"a.test\"\n[delivery]\ndelay_warning_time = \(value)").delivery
+        #expect(d.delayWarningTime == 0)
+    }
+
+    @Test(arguments: [
+        ("port = 0", "delivery.port", "must be 1 to 65535, got 0"),
+        ("port = 65536", "delivery.port", "must be 1 to 65535, got 65536"),
+        ("port = \"25\"", "delivery.port", "expected an integer, got string"),
+        ("enabled = \"no\"", "delivery.enabled", "expected true or false, got string"),
+        ("max_connections = 0", "delivery.max_connections", "must be a positive integer, got 0"),
+        ("max_connections_per_destination = -1", "delivery.max_connections_per_destination",
+         "must be a positive integer, got -1"),
+        ("retry_schedule = []", "delivery.retry_schedule", "must list at least one duration"),
+        ("retry_schedule = [\"1m\", \"0s\"]", "delivery.retry_schedule", "item 2: must be greater than zero"),
+        ("retry_schedule = [\"1m\", \"5x\"]", "delivery.retry_schedule", "item 2: \"5x\" is not a duration"),
+        ("retry_schedule = [\"1m\", true]", "delivery.retry_schedule", "item 2: expected a duration"),
+        ("retry_schedule = \"1m\"", "delivery.retry_schedule", "expected an array of durations"),
+        ("max_queue_lifetime = \"0s\"", "delivery.max_queue_lifetime", "must be greater than zero"),
+        ("delay_warning_time = \"-1s\"", "delivery.delay_warning_time", "is not a duration"),
+        ("delay_warning_time = -1", "delivery.delay_warning_time", "must be greater than zero"),
+        ("connect_timeout = 0", "delivery.connect_timeout", "must be greater than zero"),
+        ("greeting_timeout = true", "delivery.greeting_timeout", "expected a duration"),
+        ("command_timeout = \"5q\"", "delivery.command_timeout", "unknown unit \"q\""),
+        ("data_timeout = \"\"", "delivery.data_timeout", "empty"),
+    ])
+    func badValuesNameTheKey(line: String, key: String, fragment: String) {
+        guard let error = sectionError("[delivery]\n" + line) else { return }
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "message: \(error.message)")
+        #expect(error.line == 3)
+        #expect(error.description.hasPrefix("config: line 3: \(key): "), "\(error)")
+    }
+
+    @Test func unknownKeyIsAnError() {
+        guard let error = sectionError("[delivery]\nretry = [\"1m\"]") else { return }
+        #expect(error.key == "delivery.retry")
+        #expect(error.message == "unknown key delivery.retry")
+    }
+}
+
+@Suite struct RouteConfigTests {
+    @Test func routesParse() throws {
+        let routes = try TernConfig.parse("""
+            hostname = "a.test"
+            [routes]
+            "Corp.Example." = "[10.0.0.5]:25"
+            "*" = "[smtp.upstream.example]:587"
+            "lookup.example" = "Relay.Example"
+            "v6.example" = "[::1]:2525"
+            """).routes.routes
+        #expect(routes == [
+            "corp.example": NextHopSpec(host: "10.0.0.5", port: 25, lookupMX: false),
+            "*": NextHopSpec(host: "smtp.upstream.example", port: 587, lookupMX: false),
+            "lookup.example": NextHopSpec(host: "relay.example", port: nil, lookupMX: true),
+            "v6.example": NextHopSpec(host: "::1", port: 2525, lookupMX: false),
+        ])
+    }
+
+    @Test func noRoutesByDefault() throws {
+        #expect(try TernConfig.parse("hostname = \"a.test\"").routes.routes.isEmpty)
+        #expect(try TernConfig.embeddedDefault.routes.routes.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("\"corp.example\" = \"[10.0.0.5\"", "routes.\"corp.example\"", "missing \"]\""),
+        ("\"corp.example\" = \"10.0.0.5:25\"", "routes.\"corp.example\"", "write it in brackets"),
+        ("\"corp.example\" = \"[10.0.0.5]:0\"", "routes.\"corp.example\"", "port must be 1 to 65535"),
+        ("\"corp.example\" = \"relay.example:99999\"", "routes.\"corp.example\"", "port must be 1 to 65535"),
+        ("\"corp.example\" = \"\"", "routes.\"corp.example\"", "no host"),
+        ("\"corp.example\" = \"bad_host.example\"", "routes.\"corp.example\"", "is not a host name"),
+        ("\"corp.example\" = 25", "routes.\"corp.example\"", "expected a string like"),
+        ("corp.example = \"[10.0.0.5]\"", "routes.corp", "quote a domain that has dots"),
+        ("\"bad domain\" = \"[10.0.0.5]\"", "routes.\"bad domain\"", "is not a domain name or \"*\""),
+        ("\"10.0.0.1\" = \"[10.0.0.5]\"", "routes.\"10.0.0.1\"", "is not a domain name or \"*\""),
+    ])
+    func badRoutesNameTheKey(line: String, key: String, fragment: String) {
+        guard let error = sectionError("[routes]\n" + line) else { return }
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "message: \(error.message)")
+        #expect(error.line == 3, "\(error)")
+    }
+
+    @Test func duplicateRouteIgnoringCase() {
+        guard let error = sectionError("[routes]\n\"A.example\" = \"x.test\"\n\"a.example\" = \"y.test\"") else { return }
+        #expect(error.key == "routes.\"a.example\"")
+        #expect(error.message.contains("duplicate route"))
+    }
+}
+
+@Suite struct PriorityConfigTests {
+    @Test func levelsParseInlineAndAsTables() throws {
+        let inline = try TernConfig.parse("""
+            hostname = "a.test"
+            [priority]
+            sender_domains = { "Alerts.Example.com" = 5, "bulk.example" = -9 }
+            recipient_domains = { "vip.example" = 9 }
+            """).priority
+        #expect(inline.senderDomains == ["alerts.example.com": 5, "bulk.example": -9])
+        #expect(inline.recipientDomains == ["vip.example": 9])
+
+        let tables = try TernConfig.parse("""
+            hostname = "a.test"
+            [priority.sender_domains]
+            "alerts.example.com" = 3
+            [priority.recipient_domains]
+            "vip.example" = -2
+            """).priority
+        #expect(tables == PriorityConfig(senderDomains: ["alerts.example.com": 3], recipientDomains: ["vip.example": -2]))
+    }
+
+    @Test func emptyByDefault() throws {
+        #expect(try TernConfig.parse("hostname = \"a.test\"").priority == PriorityConfig())
+        #expect(try TernConfig.embeddedDefault.priority == PriorityConfig())
+    }
+
+    @Test(arguments: [
+        ("sender_domains = { \"x\" = 12 }", "priority.sender_domains.x", "must be -9..9"),
+        ("recipient_domains = { \"vip.example\" = -10 }", "priority.recipient_domains.\"vip.example\"", "must be -9..9"),
+        ("sender_domains = { \"x\" = \"high\" }", "priority.sender_domains.x", "expected an integer from -9 to 9, got string"),
+        ("sender_domains = { \"bad domain\" = 1 }", "priority.sender_domains.\"bad domain\"", "is not a domain name"),
+        ("sender_domains = { \"X\" = 1, \"x\" = 2 }", "priority.sender_domains.x", "duplicate domain"),
+        ("sender_domains = 5", "priority.sender_domains", "expected a table, got integer"),
+    ])
+    func badLevelsNameTheKey(line: String, key: String, fragment: String) {
+        guard let error = sectionError("[priority]\n" + line) else { return }
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "message: \(error.message)")
+        #expect(error.description.contains("\(key): "), "\(error)")
+    }
+
+    @Test func levelErrorInATableHasItsLine() {
+        guard let error = sectionError("[priority.sender_domains]\n\"ok.example\" = 1\n\"x.example\" = 10") else { return }
+        #expect(error.key == "priority.sender_domains.\"x.example\"")
+        #expect(error.line == 4)
     }
 }

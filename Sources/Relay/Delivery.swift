@@ -1,0 +1,374 @@
+// The sending side: the scheduler hands out due jobs (one message's recipients at one domain), the
+// router says where they go, and an OutboundConnection carries them, falling back through the MX
+// hosts in order. Results come back here per recipient: delivered and bounced recipients are final,
+// deferred ones are queued again on the retry schedule, and failures are reported to the sender in one
+// bounce per message per round. Every change of state reaches the spool (on the thread pool) before
+// the message leaves it; a crash may deliver a message twice, never lose it.
+
+import Logging
+import MailQueue
+import SMTPProtocol
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What one attempt concluded for one recipient.
+enum RecipientOutcome {
+    case delivered(reply: String)
+    case deferred(reply: String)
+    case bounced(status: String, reply: String)
+}
+
+/// A message with at least one job in flight, held in memory so that concurrent jobs for different
+/// domains update one envelope, and the spool writes for it happen one at a time.
+final class ActiveMessage {
+    var envelope: Envelope
+    var message: [UInt8]
+    var jobsInFlight = 0
+    /// Recipients that failed since the last bounce: one bounce covers them all.
+    var failures: [FailedRecipient] = []
+    var writing = false
+    var needsWrite = false
+
+    init(envelope: Envelope, message: [UInt8]) {
+        self.envelope = envelope
+        self.message = message
+    }
+}
+
+public final class DeliveryManager {
+    let loop: EventLoop
+    let spool: Spool
+    let config: TernConfig
+    var log: Logger
+    let router: Router
+    let retry: RetryPolicy
+    var scheduler: Scheduler
+    let newQueueID: () -> QueueID
+    var active: [QueueID: ActiveMessage] = [:]
+    /// Messages whose envelope and data are being read from the spool, with the jobs waiting for them.
+    var loading: [QueueID: [(ActiveMessage?) -> Void]] = [:]
+    var connections: [ObjectIdentifier: OutboundConnection] = [:]
+    let timer: Timer
+    var timerDue: Double?
+    var stopped = false
+    /// While the start-up scan runs, ids queued by new arrivals, so the scan does not queue them twice.
+    var arrivedDuringScan: Set<QueueID>?
+    public private(set) var delivered = 0
+    public private(set) var bounced = 0
+    public private(set) var deferred = 0
+
+    init(loop: EventLoop, spool: Spool, config: TernConfig, log: Logger, resolver: Resolver,
+         ownAddresses: [String], newQueueID: @escaping () -> QueueID) {
+        self.loop = loop
+        self.spool = spool
+        self.config = config
+        self.log = log
+        self.newQueueID = newQueueID
+        router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses)
+        retry = RetryPolicy(schedule: config.delivery.retrySchedule, maxLifetime: config.delivery.maxQueueLifetime)
+        scheduler = Scheduler(maxConnections: config.delivery.maxConnections,
+                              maxConnectionsPerDestination: config.delivery.maxConnectionsPerDestination)
+        timer = Timer(loop: loop)
+    }
+
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    var now: Double { Self.wallClock() }
+
+    // MARK: - Feeding the scheduler
+
+    /// Start-up: every queued message resumes with its per-recipient state.
+    func loadSpool(_ done: @escaping (Int) -> Void) {
+        let spool = self.spool
+        var envelopes: [Envelope] = []
+        var problems: [String] = []
+        arrivedDuringScan = []
+        loop.queueWork({
+            do {
+                for id in try spool.list() {
+                    do { envelopes.append(try spool.load(id)) } catch { problems.append("\(id): \(error)") }
+                }
+            } catch {
+                problems.append("\(error)")
+            }
+        }, done: { [self] in
+            for p in problems { log.error("spool: cannot load \(p)") }
+            let fresh = arrivedDuringScan ?? []
+            arrivedDuringScan = nil
+            let resumed = envelopes.filter { !fresh.contains($0.id) }
+            for e in resumed { enqueue(e, due: e.nextAttempt) }
+            done(resumed.count)
+            pump()
+        })
+    }
+
+    /// A message is in the queue: one job per recipient domain, due at `due`.
+    func enqueue(_ envelope: Envelope, due: Double? = nil) {
+        arrivedDuringScan?.insert(envelope.id)
+        var byDomain: [String: [Int]] = [:]
+        for (i, r) in envelope.recipients.enumerated() where !r.state.isFinal {
+            byDomain[Self.domain(of: r.address), default: []].append(i)
+        }
+        for (domain, indexes) in byDomain {
+            scheduler.add(DeliveryJob(id: envelope.id, destination: domain, recipients: indexes,
+                                      priority: envelope.priority, arrival: envelope.arrival),
+                          due: due ?? envelope.nextAttempt)
+        }
+        pump()
+    }
+
+    static func domain(of address: String) -> String {
+        guard let at = address.lastIndex(of: "@") else { return "" }
+        return address[address.index(after: at)...].lowercased()
+    }
+
+    /// Starts what is due, and sets the timer for what is next.
+    func pump() {
+        guard !stopped else { return }
+        let t = now
+        for job in scheduler.dispatch(now: t) {
+            let connection = OutboundConnection(manager: self, destination: job.destination)
+            connections[ObjectIdentifier(connection)] = connection
+            start(job, on: connection, routeFirst: true)
+        }
+        armTimer()
+    }
+
+    func armTimer() {
+        guard let due = scheduler.nextDueTime else {
+            timer.stop()
+            timerDue = nil
+            return
+        }
+        if let current = timerDue, current <= due, timer.isActive { return }
+        timerDue = due
+        let delay = max(0, due - now)
+        timer.start(afterMilliseconds: UInt64(delay * 1000) + 1) { [unowned self] in
+            self.timerDue = nil
+            self.pump()
+        }
+    }
+
+    /// Loads the message of `job` (from memory if another job has it open) and hands it to the connection.
+    func start(_ job: DeliveryJob, on connection: OutboundConnection, routeFirst: Bool) {
+        withActiveMessage(job.id) { [self] message in
+            guard let message else {
+                // The message is gone (removed by hand) or unreadable: nothing to do for this job.
+                connectionIdle(connection)
+                return
+            }
+            message.jobsInFlight += 1
+            if routeFirst {
+                router.route(domain: job.destination) { plan in
+                    connection.run(job, message: message, plan: plan)
+                }
+            } else {
+                connection.runOnOpenSession(job, message: message)
+            }
+        }
+    }
+
+    func withActiveMessage(_ id: QueueID, _ body: @escaping (ActiveMessage?) -> Void) {
+        if let m = active[id] {
+            body(m)
+            return
+        }
+        if loading[id] != nil {
+            loading[id]!.append(body)
+            return
+        }
+        loading[id] = [body]
+        let spool = self.spool
+        var loaded: ActiveMessage?
+        var failure: Error?
+        loop.queueWork({
+            do {
+                let envelope = try spool.load(id)
+                loaded = ActiveMessage(envelope: envelope, message: try spool.readMessage(id))
+            } catch {
+                failure = error
+            }
+        }, done: { [self] in
+            if let failure { log.error("\(id): cannot read from the spool: \(failure)") }
+            if let loaded { active[id] = loaded }
+            let waiting = loading.removeValue(forKey: id) ?? []
+            for body in waiting { body(loaded) }
+        })
+    }
+
+    // MARK: - Results
+
+    /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.
+    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String) {
+        let t = now
+        var envelope = message.envelope
+        var deferredIndexes: [Int] = []
+        let delay = Self.seconds(t - envelope.arrival)
+        for index in job.recipients {
+            guard let outcome = outcomes[index] else { continue }
+            let address = envelope.recipients[index].address
+            switch outcome {
+            case .delivered(let reply):
+                envelope.recipients[index].state = .delivered
+                envelope.recipients[index].lastReply = reply
+                delivered += 1
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
+            case .deferred(let reply):
+                envelope.recipients[index].state = .deferred
+                envelope.recipients[index].lastReply = reply
+                deferredIndexes.append(index)
+            case .bounced(let status, let reply):
+                bounce(&envelope, index, status: status, reply: reply, relay: relay, message: message)
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
+            }
+        }
+        if !deferredIndexes.isEmpty {
+            envelope.attempts += 1
+            if let next = retry.nextAttempt(after: envelope.attempts, arrival: envelope.arrival, now: t,
+                                            random: Double.random(in: 0..<1)) {
+                envelope.nextAttempt = next
+                for index in deferredIndexes {
+                    let r = envelope.recipients[index]
+                    deferred += 1
+                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
+                }
+                scheduler.add(DeliveryJob(id: envelope.id, destination: job.destination, recipients: deferredIndexes,
+                                          priority: envelope.priority, arrival: envelope.arrival), due: next)
+            } else {
+                // Too long in the queue: the deferred recipients bounce with their last error.
+                for index in deferredIndexes {
+                    let reply = envelope.recipients[index].lastReply ?? "delivery temporarily suspended"
+                    bounce(&envelope, index, status: "4.4.7", reply: "message expired: \(reply)", relay: relay,
+                           message: message)
+                    log.info("\(envelope.id): to=<\(envelope.recipients[index].address)>, relay=\(relay), delay=\(delay), dsn=4.4.7, status=expired, returned to sender (\(reply))")
+                }
+            }
+        }
+        message.envelope = envelope
+        message.jobsInFlight -= 1
+        persist(message)
+        armTimer()
+    }
+
+    func bounce(_ envelope: inout Envelope, _ index: Int, status: String, reply: String, relay: String,
+                message: ActiveMessage) {
+        envelope.recipients[index].state = .bounced
+        envelope.recipients[index].lastReply = reply
+        bounced += 1
+        message.failures.append(FailedRecipient(address: envelope.recipients[index].address, status: status,
+                                                diagnostic: "smtp; \(reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
+    }
+
+    /// "1.25" for the log's delay= field (no Foundation formatter on this path).
+    static func seconds(_ x: Double) -> String {
+        let hundredths = Int((max(0, x) * 100).rounded())
+        let frac = hundredths % 100
+        return "\(hundredths / 100).\(frac < 10 ? "0" : "")\(frac)"
+    }
+
+    /// "250 2.0.0 Ok" → "2.0.0"; the enhanced code of a reply line, else `default`.
+    static func status(of reply: String, default fallback: String) -> String {
+        let parts = reply.split(separator: " ", maxSplits: 2)
+        if parts.count >= 2, parts[1].split(separator: ".").count == 3, parts[1].first?.isNumber == true {
+            return String(parts[1])
+        }
+        return fallback
+    }
+
+    /// Writes the envelope's new state; when no job is in flight, sends the bounce for what failed and
+    /// removes a finished message. One write per message at a time.
+    func persist(_ message: ActiveMessage) {
+        message.needsWrite = true
+        guard !message.writing else { return }
+        message.writing = true
+        message.needsWrite = false
+        let envelope = message.envelope
+        let idle = message.jobsInFlight == 0
+        let finished = idle && !envelope.hasPendingRecipients
+        var bounceEnvelope: Envelope?
+        var bounceBytes: [UInt8]?
+        if idle, !message.failures.isEmpty {
+            let bounceID = newQueueID()
+            bounceBytes = DSN.bounce(for: envelope, failed: message.failures,
+                                     originalHeaders: DSN.headerSection(of: message.message),
+                                     reportingMTA: config.hostname, now: Int(now), boundary: "\(bounceID.rawValue)/\(config.hostname)")
+            message.failures = []
+            if bounceBytes != nil {
+                let t = now
+                bounceEnvelope = Envelope(id: bounceID, sender: "", recipients: [Recipient(address: envelope.sender)],
+                                          priority: envelope.priority, arrival: t, nextAttempt: t,
+                                          client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: config.hostname,
+                                                                        protocolName: "local"))
+            }
+        }
+        let spool = self.spool
+        var failure: Error?
+        loop.queueWork({
+            do {
+                // The bounce is durable before the original leaves the spool.
+                if var b = bounceEnvelope, let bytes = bounceBytes {
+                    let file = try spool.create(b.id)
+                    do {
+                        try file.write(bytes)
+                        b = try spool.commit(file, envelope: b)
+                        bounceEnvelope = b
+                    } catch {
+                        spool.discard(file)
+                        throw error
+                    }
+                }
+                if finished { try spool.remove(envelope.id) } else { try spool.update(envelope) }
+            } catch {
+                failure = error
+            }
+        }, done: { [self] in
+            message.writing = false
+            if let failure { log.error("\(envelope.id): spool update failed: \(failure)") }
+            if let b = bounceEnvelope, failure == nil {
+                log.info("\(envelope.id): sender non-delivery notification: \(b.id)")
+                enqueue(b, due: b.arrival)
+            }
+            if finished && failure == nil { log.info("\(envelope.id): removed") }
+            if message.needsWrite {
+                persist(message)
+            } else if message.jobsInFlight == 0 && loading[envelope.id] == nil {
+                active.removeValue(forKey: envelope.id)  // nothing in flight: free the memory
+            }
+        })
+    }
+
+    // MARK: - Connections
+
+    /// The connection finished a job and its session can take another for the same destination.
+    func connectionReady(_ connection: OutboundConnection) {
+        guard !stopped, let job = scheduler.next(for: connection.destination, now: now) else {
+            connection.finish()
+            return
+        }
+        start(job, on: connection, routeFirst: false)
+    }
+
+    /// Nothing more for this connection: close it and give its slot back.
+    func connectionIdle(_ connection: OutboundConnection) {
+        connection.finish()
+    }
+
+    func connectionClosed(_ connection: OutboundConnection) {
+        guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        scheduler.release(destination: connection.destination)
+        pump()
+    }
+
+    func stop() {
+        stopped = true
+        timer.close()
+        for c in Array(connections.values) { c.abandon() }
+    }
+}

@@ -1,0 +1,293 @@
+// One outbound SMTP connection for one destination: it walks the route's addresses in MX order
+// until a host takes the transaction (RFC 5321 §5.1 fallback), then may carry more jobs for the same
+// destination on the same session.
+//
+// Fallback rules: connection refused or timed out, a greeting other than 220, a 421, or a 4xx for
+// the whole transaction (MAIL, end of data, or every recipient) → the next address, in the same
+// attempt. A 5xx for a recipient is final for it and no other host is asked about it.
+
+import MailQueue
+import SMTPProtocol
+import UVRuntime
+
+final class OutboundConnection {
+    unowned let manager: DeliveryManager
+    let destination: String
+
+    private var targets: [DeliveryTarget] = []
+    private var targetIndex = 0
+    private var current: DeliveryTarget?
+    private var tcp: TCPConnection?
+    private var session: ClientSession?
+    private var timer: Timer?
+
+    private var job: DeliveryJob?
+    private var message: ActiveMessage?
+    /// Outcomes so far in this attempt, by recipient index; a 5xx stays final across hosts.
+    private var outcomes: [Int: RecipientOutcome] = [:]
+    private var lastError = "no route"
+    private var finished = false
+
+    init(manager: DeliveryManager, destination: String) {
+        self.manager = manager
+        self.destination = destination
+    }
+
+    var relayName: String {
+        guard let t = current else { return "none" }
+        return "\(t.host)[\(t.address)]:\(t.port)"
+    }
+
+    // MARK: - A job on a new connection
+
+    func run(_ job: DeliveryJob, message: ActiveMessage, plan: RoutePlan) {
+        self.job = job
+        self.message = message
+        outcomes = [:]
+        switch plan {
+        case .bounce(let status, let reason):
+            for i in job.recipients { outcomes[i] = .bounced(status: status, reply: reason) }
+            endJob(thenReuse: false)
+        case .retry(let reason):
+            lastError = reason
+            for i in job.recipients { outcomes[i] = .deferred(reply: reason) }
+            endJob(thenReuse: false)
+        case .deliver(let list):
+            targets = list
+            targetIndex = 0
+            tryNextTarget()
+        }
+    }
+
+    /// The same session, another job (connection reuse).
+    func runOnOpenSession(_ job: DeliveryJob, message: ActiveMessage) {
+        self.job = job
+        self.message = message
+        outcomes = [:]
+        guard let session, session.phase == .ready, tcp?.isClosed == false else {
+            // The session went away while the message loaded: start over on a new connection.
+            targetIndex = 0
+            tryNextTarget()
+            return
+        }
+        sendTransaction()
+    }
+
+    private func tryNextTarget() {
+        dropConnection()
+        guard targetIndex < targets.count else {
+            // Every host failed: what is not final yet waits for the next attempt.
+            for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = .deferred(reply: lastError) }
+            endJob(thenReuse: false)
+            return
+        }
+        let target = targets[targetIndex]
+        targetIndex += 1
+        current = target
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(ip: target.address, port: target.port)
+        } catch {
+            lastError = "bad address \(target.address)"
+            tryNextTarget()
+            return
+        }
+        let d = manager.config.delivery
+        TCPConnection.connect(loop: manager.loop, to: address, timeoutMs: UInt64(d.connectTimeout * 1000)) { [self] result in
+            switch result {
+            case .failure(let error):
+                lastError = "connect to \(relayName): \(error)"
+                manager.log.debug("\(lastError)")
+                tryNextTarget()
+            case .success(let connection):
+                opened(connection)
+            }
+        }
+    }
+
+    private func opened(_ connection: TCPConnection) {
+        tcp = connection
+        session = ClientSession(hostname: manager.config.hostname)
+        connection.setNoDelay(true)
+        connection.onRead = { [unowned self] bytes in
+            guard var s = self.session else { return }
+            let actions = s.receive(bytes)
+            self.session = s
+            self.perform(actions)
+        }
+        connection.onClose = { [unowned self] in self.closed(connection) }
+        connection.startReading()
+        armTimer()
+    }
+
+    private func sendTransaction() {
+        guard let job, let message, var s = session else { return }
+        let env = message.envelope
+        let pending = job.recipients.filter { outcomes[$0] == nil }
+        let t = OutboundTransaction(sender: env.sender, recipients: pending.map { env.recipients[$0].address },
+                                    size: message.message.count, bodyType: env.bodyType, smtputf8: env.smtputf8)
+        let actions = s.send(t, message: message.message)
+        session = s
+        perform(actions)
+    }
+
+    private func perform(_ actions: [ClientAction]) {
+        for action in actions {
+            switch action {
+            case .send(let bytes):
+                tcp?.write(bytes)
+            case .ready:
+                if job != nil && message != nil { sendTransaction() }
+            case .transactionFinished(let outcome):
+                handle(outcome)
+            case .sessionFailed(let reply, let why):
+                lastError = reply.map { Self.text(of: $0) } ?? why
+                manager.log.debug("\(relayName): \(lastError)")
+                if job != nil {
+                    tryNextTarget()
+                } else {
+                    finish()
+                }
+                return
+            case .close:
+                tcp?.closeAfterWrites()
+            }
+        }
+        armTimer()
+    }
+
+    /// Reply as one log/envelope line: "550 5.1.1 no such user".
+    static func text(of reply: Reply) -> String {
+        var s = "\(reply.code)"
+        if let e = reply.enhanced { s += " " + e }
+        let t = reply.lines.joined(separator: " ")
+        if !t.isEmpty { s += " " + t }
+        return s
+    }
+
+    private func handle(_ outcome: TransactionOutcome) {
+        guard let job else { return }
+        let pending = job.recipients.filter { outcomes[$0] == nil }
+        var temporary: [Int] = []
+        for (k, index) in pending.enumerated() {
+            let reply = outcome.result(forRecipient: k)
+            let text = Self.text(of: reply)
+            if reply.code < 400 {
+                outcomes[index] = .delivered(reply: text)
+            } else if reply.code >= 500 {
+                outcomes[index] = .bounced(status: reply.enhanced ?? "5.0.0", reply: text)
+            } else {
+                temporary.append(index)
+                lastError = text
+            }
+        }
+        let mailFailed = outcome.mailReply.code >= 400 && outcome.mailReply.code < 500
+        let dataFailed = (outcome.dataReply?.code ?? 0) >= 400 && (outcome.dataReply?.code ?? 0) < 500
+        let noneAccepted = !pending.isEmpty && temporary.count == pending.count
+        if !temporary.isEmpty && (mailFailed || dataFailed || noneAccepted) {
+            // A 4xx for the whole transaction: the next host may take it, in this same attempt.
+            if var s = session {
+                let actions = s.quit()
+                session = s
+                for case .send(let b) in actions { tcp?.write(b) }
+            }
+            tryNextTarget()
+            return
+        }
+        for index in temporary { outcomes[index] = .deferred(reply: lastError) }
+        endJob(thenReuse: true)
+    }
+
+    private func endJob(thenReuse: Bool) {
+        guard let job, let message else { return }
+        let results = outcomes
+        self.job = nil
+        self.message = nil
+        outcomes = [:]
+        manager.jobFinished(job, message: message, outcomes: results, relay: relayName)
+        if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
+            manager.connectionReady(self)
+        } else {
+            finish()
+        }
+    }
+
+    // MARK: - Timers and closing
+
+    private func armTimer() {
+        guard let session, tcp != nil else {
+            timer?.stop()
+            return
+        }
+        let d = manager.config.delivery
+        let seconds: Double
+        switch session.phase {
+        case .greeting: seconds = d.greetingTimeout
+        case .data, .dataEnd: seconds = d.dataTimeout
+        case .ready: seconds = job == nil ? 300 : d.commandTimeout
+        default: seconds = d.commandTimeout
+        }
+        if timer == nil { timer = Timer(loop: manager.loop) }
+        timer!.start(afterMilliseconds: UInt64(seconds * 1000)) { [unowned self] in
+            guard var s = self.session else { return }
+            self.lastError = "timeout in \(s.phase) with \(self.relayName)"
+            let actions = s.timedOut()
+            self.session = s
+            self.perform(actions)
+        }
+    }
+
+    private func closed(_ connection: TCPConnection) {
+        guard tcp === connection else { return }
+        tcp = nil
+        let wasBusy = job != nil && session?.phase != .ready
+        session = nil
+        timer?.stop()
+        if wasBusy {
+            lastError = "lost connection with \(relayName)"
+            tryNextTarget()
+        } else if job == nil && !finished && message == nil {
+            // Idle between jobs and the peer went away.
+            finish()
+        }
+    }
+
+    private func dropConnection() {
+        if let c = tcp {
+            tcp = nil
+            c.onRead = nil
+            c.onClose = nil
+            c.close()
+        }
+        session = nil
+        timer?.stop()
+    }
+
+    /// Done with this connection: QUIT politely, close, give the slot back.
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        if var s = session, let c = tcp {
+            let actions = s.quit()
+            session = s
+            for case .send(let b) in actions { c.write(b) }
+            c.onRead = nil
+            c.onClose = nil
+            c.closeAfterWrites()
+            tcp = nil
+        } else {
+            dropConnection()
+        }
+        session = nil
+        timer?.close()
+        timer = nil
+        manager.connectionClosed(self)
+    }
+
+    /// Shutdown: drop everything; jobs in flight stay queued on disk and resume at the next start.
+    func abandon() {
+        dropConnection()
+        timer?.close()
+        timer = nil
+    }
+}
