@@ -313,7 +313,8 @@ class Envelope:
             key = parts[0]
             env.keys.append(key)
             if key == "rcpt":
-                assert len(parts) == 3, f"rcpt line must be rcpt<TAB>state<TAB>address: {line!r}"
+                # rcpt<TAB>state<TAB>address[<TAB>last reply]
+                assert len(parts) in (3, 4), f"rcpt line must be rcpt<TAB>state<TAB>address[<TAB>reply]: {line!r}"
                 env.rcpts.append((parts[1], parts[2]))
             else:
                 assert len(parts) == 2, f"line must be key<TAB>value: {line!r}"
@@ -377,7 +378,7 @@ class Tern:
 
     def __init__(self, workdir: Path, *, server: dict | None = None, top: dict | None = None,
                  aliases: dict | None = None, spool: dict | None = None, extra_tables: dict | None = None,
-                 port: int | None = None):
+                 port: int | None = None, delivery: dict | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -396,7 +397,10 @@ class Tern:
         self.spool = Path(sp["path"])
         t = {"hostname": HOSTNAME}
         t.update(top or {})
-        tables = {"server": srv, "spool": sp}
+        # Delivery is off unless the caller asks for it, so mail stays queued for the spool tests.
+        dl = {"enabled": False}
+        dl.update(delivery or {})
+        tables = {"server": srv, "spool": sp, "delivery": dl}
         if aliases:
             tables["aliases"] = aliases
         tables.update(extra_tables or {})

@@ -1,0 +1,488 @@
+"""Helpers for the delivery tests (test_delivery.py): a dnsmasq name server, next-hop SMTP servers
+(aiosmtpd) that record what they receive and can be told to fail, a minimal DNS client to check the
+name server's answers, tern's delivery log lines, and DSN (RFC 3464) parsing.
+
+Everything runs on loopback: next hops listen on 127.0.0.2 and up (127.0.0.1 is tern's own listen
+address, which tern would take for itself in an MX list). Inside `unshare --net` all of 127/8 is
+local, so any 127.0.0.x address can be bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.message
+import email.policy
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+POLL = 0.05  # seconds between polls in every wait below
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting
+
+
+def wait_until(predicate, timeout: float, what: str, on_timeout=None):
+    """Polls predicate every POLL seconds until it returns a true value (returned), at most timeout
+    seconds; then fails with `what` and, if given, on_timeout()'s text (e.g. tern's stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = ""
+            if on_timeout is not None:
+                try:
+                    extra = "\n" + str(on_timeout())
+                except Exception as e:  # noqa: BLE001 - diagnostics only
+                    extra = f"\n(diagnostics failed: {e!r})"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(POLL)
+
+
+def port_free_on(port: int, host: str, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_on(hosts: list[str], kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on every one of hosts (TCP, or UDP and TCP for kind=SOCK_DGRAM)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if all(port_free_on(port, h, socket.SOCK_STREAM) for h in hosts) and (
+                kind == socket.SOCK_STREAM or all(port_free_on(port, h, socket.SOCK_DGRAM) for h in hosts)):
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+# --------------------------------------------------------------------------------------------
+# A minimal DNS client (UDP, one question), to check the name server says what the tests assume.
+
+QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
+QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\0"
+
+
+def _decode_name(msg: bytes, pos: int) -> tuple[str, int]:
+    labels: list[str] = []
+    end = None
+    for _ in range(128):
+        length = msg[pos]
+        if length & 0xC0 == 0xC0:
+            if end is None:
+                end = pos + 2
+            pos = ((length & 0x3F) << 8) | msg[pos + 1]
+            continue
+        if length == 0:
+            pos += 1
+            break
+        labels.append(msg[pos + 1: pos + 1 + length].decode("ascii", "replace"))
+        pos += 1 + length
+    return ".".join(labels), (end if end is not None else pos)
+
+
+@dataclass
+class DNSAnswer:
+    rcode: str
+    records: list[tuple[str, str, object]]  # (owner, type, data): A "1.2.3.4", MX (pref, host), CNAME host
+
+    def of_type(self, rtype: str) -> list:
+        return [data for _, t, data in self.records if t == rtype]
+
+
+def dns_query(port: int, name: str, qtype: str, server: str = "127.0.0.1", timeout: float = 2.0) -> DNSAnswer:
+    qid = random.randrange(65536)
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + _encode_name(name) + struct.pack(">HH", QTYPES[qtype], 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(query, (server, port))
+        while True:
+            msg, _ = s.recvfrom(65535)
+            if len(msg) >= 12 and struct.unpack(">H", msg[:2])[0] == qid:
+                break
+    _, flags, qd, an, _, _ = struct.unpack(">HHHHHH", msg[:12])
+    pos = 12
+    for _ in range(qd):
+        _, pos = _decode_name(msg, pos)
+        pos += 4
+    records = []
+    for _ in range(an):
+        owner, pos = _decode_name(msg, pos)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", msg[pos: pos + 10])
+        pos += 10
+        rdata_pos = pos
+        tname = QTYPE_NAMES.get(rtype, str(rtype))
+        if rtype == 1:
+            data = socket.inet_ntoa(msg[pos: pos + 4])
+        elif rtype == 15:
+            pref = struct.unpack(">H", msg[pos: pos + 2])[0]
+            data = (pref, _decode_name(msg, pos + 2)[0])
+        elif rtype == 5:
+            data = _decode_name(msg, pos)[0]
+        else:
+            data = msg[pos: pos + rdlen]
+        records.append((owner, tname, data))
+        pos = rdata_pos + rdlen
+    return DNSAnswer(RCODES.get(flags & 0xF, str(flags & 0xF)), records)
+
+
+# --------------------------------------------------------------------------------------------
+# dnsmasq as the test zone's name server
+
+
+class DnsServer:
+    """dnsmasq answering for *.test from its command line only (no resolv.conf, no hosts file);
+    names under .test that are not configured answer NXDOMAIN."""
+
+    def __init__(self, records: list[str], workdir: Path, port: int | None = None):
+        self.records = records
+        self.port = port or free_port_on(["127.0.0.1"], socket.SOCK_DGRAM)
+        self.log_path = workdir / "dnsmasq.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DnsServer":
+        args = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                "--pid-file=", f"--port={self.port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                "--local=/test/", "--local-ttl=1", "--log-facility=-"] + self.records
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                dns_query(self.port, "probe.test", "A", timeout=0.2)
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dnsmasq does not answer on 127.0.0.1:{self.port}:\n{self.log()}")
+                time.sleep(POLL)
+
+    def query(self, name: str, qtype: str) -> DNSAnswer:
+        return dns_query(self.port, name, qtype)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        # SIGKILL: dnsmasq may have SIGTERM blocked in this environment.
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Next hops
+
+
+@dataclass
+class Transaction:
+    mail_from: str            # "" for the null sender
+    rcpts: list[str]
+    content: bytes            # exactly as received, after dot-unstuffing, without the final ".CRLF"
+    connection: int           # 1, 2, ... in order of connections that got as far as MAIL
+    mail_options: list[str] = field(default_factory=list)
+    at: float = 0.0           # time.monotonic() when the DATA reply was sent
+
+    def header(self, name: str) -> str | None:
+        m = re.search(rb"(?im)^" + re.escape(name.encode()) + rb":[ \t]*(.*?)\r?$", self.content.split(b"\r\n\r\n", 1)[0])
+        return m.group(1).decode("utf-8", "replace") if m else None
+
+    @property
+    def subject(self) -> str | None:
+        return self.header("Subject")
+
+
+class _Handler:
+    def __init__(self, hop: "NextHop"):
+        self.hop = hop
+
+    def _connection(self, session) -> int:
+        conn = getattr(session, "tern_test_connection", None)
+        if conn is None:
+            with self.hop.lock:
+                self.hop.sessions.append(session)  # kept alive: no reuse of ids
+                conn = len(self.hop.sessions)
+            session.tern_test_connection = conn
+        return conn
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        with self.hop.lock:
+            self.hop.ehlos.append(hostname)
+        return responses
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        session.host_name = hostname
+        with self.hop.lock:
+            self.hop.ehlos.append(hostname)
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self._connection(session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.hop.rcpt_replies.get(address.lower())
+        with self.hop.lock:
+            self.hop.rcpt_attempts.append(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.hop.held is not None:
+            deadline = time.monotonic() + 25
+            while not self.hop.held.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        if self.hop.delay:
+            await asyncio.sleep(self.hop.delay)
+        mail_from = envelope.mail_from or ""
+        if mail_from == "<>":
+            mail_from = ""
+        t = Transaction(mail_from=mail_from, rcpts=list(envelope.rcpt_tos), content=bytes(envelope.content),
+                        connection=self._connection(session), mail_options=list(envelope.mail_options),
+                        at=time.monotonic())
+        with self.hop.lock:
+            n = len(self.hop.attempts)
+            self.hop.attempts.append(t)
+            if n < self.hop.fail_first:
+                return self.hop.fail_reply
+            self.hop.transactions.append(t)
+        return "250 2.0.0 Ok: delivered"
+
+
+class _CountingController(Controller):
+    def __init__(self, hop: "NextHop", **kw):
+        super().__init__(_Handler(hop), **kw)
+        self.hop = hop
+
+
+class NextHop:
+    """An SMTP server on host:port (aiosmtpd) that records every accepted transaction.
+
+    rcpt_replies: {address: "550 5.1.1 ..."} answers RCPT for that recipient (any code);
+    fail_first: the first N transactions get fail_reply at the end of DATA, later ones 250;
+    delay: seconds to sleep before answering the end of DATA (a slow destination);
+    hold: answer no end of DATA until release() is called (at most 25 s), so mail piles up in tern."""
+
+    def __init__(self, host: str, port: int, *, rcpt_replies: dict[str, str] | None = None, fail_first: int = 0,
+                 fail_reply: str = "451 4.3.0 Try again later", delay: float = 0.0, hold: bool = False):
+        self.host = host
+        self.port = port
+        self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
+        self.fail_first = fail_first
+        self.fail_reply = fail_reply
+        self.delay = delay
+        self.held = threading.Event() if hold else None
+        self.lock = threading.Lock()
+        self.transactions: list[Transaction] = []  # accepted (250 at end of DATA)
+        self.attempts: list[Transaction] = []      # every end of DATA, accepted or not
+        self.rcpt_attempts: list[str] = []
+        self.sessions: list = []                   # connections that sent MAIL
+        self.ehlos: list[str] = []
+        self.controller: Controller | None = None
+
+    def start(self) -> "NextHop":
+        self.controller = _CountingController(self, hostname=self.host, port=self.port,
+                                              server_hostname=f"hop-{self.host}.test", ready_timeout=10,
+                                              enable_SMTPUTF8=True)
+        self.controller.start()
+        return self
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.set()
+
+    def stop(self) -> None:
+        self.release()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def connections(self) -> int:
+        with self.lock:
+            return len(self.sessions)
+
+    def received(self) -> list[Transaction]:
+        with self.lock:
+            return list(self.transactions)
+
+    def delivered_rcpts(self) -> list[str]:
+        return [r for t in self.received() for r in t.rcpts]
+
+    def wait_for(self, n: int, timeout: float = 30.0, on_timeout=None) -> list[Transaction]:
+        """Waits until at least n transactions were accepted; returns them all."""
+        wait_until(lambda: len(self.transactions) >= n, timeout,
+                   f"{n} transaction(s) at {self.host}:{self.port} (have {len(self.transactions)})", on_timeout)
+        return self.received()
+
+    def __repr__(self) -> str:
+        return f"NextHop({self.host}:{self.port}, {len(self.transactions)} accepted, {self.connections} conns)"
+
+
+class GreetingRefuser:
+    """A server that answers every connection with "421 ..." at the greeting and closes it."""
+
+    def __init__(self, host: str, port: int, reply: bytes = b"421 4.3.2 Service not available, closing channel\r\n"):
+        self.host = host
+        self.port = port
+        self.reply = reply
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+
+    def start(self) -> "GreetingRefuser":
+        self.sock.bind((self.host, self.port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                conn.sendall(self.reply)
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(1024)  # the client's QUIT, if any
+                except OSError:
+                    pass
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.thread:
+            self.thread.join(timeout=5)
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# tern's delivery log: "ID: to=<rcpt>, relay=host[ip]:port, delay=0.05, dsn=2.0.0, status=sent (250 ...)"
+
+LOG_RE = re.compile(
+    r"(?P<id>[0-9A-F]{14}): to=<(?P<rcpt>[^>]*)>, relay=(?P<relay>[^,]*), delay=(?P<delay>[0-9.]+),"
+    r" dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>\w+)(?: \((?P<reply>.*)\))?"
+)
+
+
+def log_entries(stderr: str, queue_id: str | None = None, status: str | None = None,
+                rcpt: str | None = None) -> list[dict]:
+    out = []
+    for line in stderr.splitlines():
+        m = LOG_RE.search(line)
+        if not m:
+            continue
+        d = m.groupdict()
+        if queue_id and d["id"] != queue_id:
+            continue
+        if status and d["status"] != status:
+            continue
+        if rcpt and d["rcpt"].lower() != rcpt.lower():
+            continue
+        out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# DSNs (RFC 3464 in an RFC 6522 multipart/report)
+
+
+@dataclass
+class DSN:
+    message: email.message.Message
+    per_message: dict[str, str]
+    recipients: list[dict[str, str]]  # one dict per per-recipient block, keys lowercased
+
+    def final_recipients(self) -> list[str]:
+        out = []
+        for r in self.recipients:
+            value = r.get("final-recipient", "")
+            out.append(value.split(";", 1)[1].strip() if ";" in value else value.strip())
+        return out
+
+
+def _fields(block: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if line[0] in " \t" and current:
+            fields[current] += " " + line.strip()
+            continue
+        if ":" in line:
+            k, v = line.split(":", 1)
+            current = k.strip().lower()
+            fields[current] = v.strip()
+    return fields
+
+
+def parse_dsn(content: bytes) -> DSN:
+    """Parses a bounce; asserts it is multipart/report; report-type=delivery-status with a
+    message/delivery-status part."""
+    msg = email.message_from_bytes(content, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", f"bounce is {msg.get_content_type()}, not multipart/report"
+    assert (msg.get_param("report-type") or "").lower() == "delivery-status", (
+        f"report-type is {msg.get_param('report-type')!r}, not delivery-status")
+    status_parts = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+    assert len(status_parts) == 1, f"expected one message/delivery-status part, found {len(status_parts)}"
+    part = status_parts[0]
+    # Work from the part's raw text: split the body into blank-line separated groups.
+    raw = part.as_bytes().decode("utf-8", "replace").replace("\r\n", "\n")
+    body = raw.split("\n\n", 1)[1] if "\n\n" in raw else ""
+    groups = [g for g in re.split(r"\n[ \t]*\n", body) if g.strip()]
+    assert groups, f"empty delivery-status part: {raw!r}"
+    blocks = [_fields(g) for g in groups]
+    recipients = [b for b in blocks if "final-recipient" in b]
+    per_message = {k: v for b in blocks if "final-recipient" not in b for k, v in b.items()}
+    return DSN(msg, per_message, recipients)
