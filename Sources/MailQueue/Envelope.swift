@@ -56,6 +56,8 @@ public struct Envelope: Sendable, Equatable {
     public var bodyType: String?
     public var smtputf8: Bool
     public var client: ClientInfo
+    /// A delay warning was sent to the sender (sent once per message).
+    public var delayWarned = false
 
     public init(id: QueueID, sender: String, recipients: [Recipient], priority: Int = 0,
                 arrival: Double, attempts: Int = 0, nextAttempt: Double? = nil, size: Int = 0,

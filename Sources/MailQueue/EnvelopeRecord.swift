@@ -16,6 +16,7 @@
 //     protocol	ESMTP
 //     attempts	0
 //     next-attempt	1700000000.123456
+//     warned	1                             only once a delay warning went to the sender
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
 //     end
@@ -65,6 +66,7 @@ public enum EnvelopeRecord {
         field(&out, "protocol\t") { appendText(&$0, e.client.protocolName) }
         field(&out, "attempts\t") { appendInt(&$0, e.attempts) }
         field(&out, "next-attempt\t") { appendSeconds(&$0, e.nextAttempt) }
+        if e.delayWarned { field(&out, "warned\t") { $0.append(0x31) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -149,7 +151,7 @@ public enum EnvelopeRecord {
 
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, arrival: Double?, nextAttempt: Double?
-        var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?
+        var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -186,6 +188,9 @@ public enum EnvelopeRecord {
             case "protocol": try set(&protocolName, try text(value, key), key)
             case "attempts": try set(&attempts, try count(value, key), key)
             case "next-attempt": try set(&nextAttempt, try seconds(value, key), key)
+            case "warned":
+                guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
+                try set(&warned, true, key)
             case "rcpt": recipients.append(try recipient(value))
             default: throw EnvelopeRecordError(field: key, reason: "unknown field")
             }
@@ -196,7 +201,7 @@ public enum EnvelopeRecord {
             guard let value else { throw missing(key) }
             return value
         }
-        return Envelope(
+        var envelope = Envelope(
             id: try required(id, "id"),
             sender: try required(sender, "sender"),
             recipients: recipients,
@@ -209,6 +214,8 @@ public enum EnvelopeRecord {
             smtputf8: try required(smtputf8, "smtputf8"),
             client: ClientInfo(ip: try required(client, "client"), helo: try required(helo, "helo"),
                                reverseName: rdns, protocolName: try required(protocolName, "protocol")))
+        envelope.delayWarned = warned ?? false
+        return envelope
     }
 
     /// `<state>\t<address>[\t<last reply>]`

@@ -29,6 +29,8 @@ final class ActiveMessage {
     var jobsInFlight = 0
     /// Recipients that failed since the last bounce: one bounce covers them all.
     var failures: [FailedRecipient] = []
+    /// Recipients still deferred past delay_warning_time: the sender hears once that mail is late.
+    var delayed: [FailedRecipient] = []
     var writing = false
     var needsWrite = false
 
@@ -241,6 +243,15 @@ public final class DeliveryManager {
                 }
                 scheduler.add(DeliveryJob(id: envelope.id, destination: job.destination, recipients: deferredIndexes,
                                           priority: envelope.priority, arrival: envelope.arrival), due: next)
+                let warnAfter = config.delivery.delayWarningTime
+                if warnAfter > 0, !envelope.delayWarned, !envelope.sender.isEmpty, t - envelope.arrival >= warnAfter {
+                    envelope.delayWarned = true
+                    for index in deferredIndexes {
+                        let r = envelope.recipients[index]
+                        message.delayed.append(FailedRecipient(address: r.address, status: Self.status(of: r.lastReply ?? "", default: "4.0.0"),
+                                                               diagnostic: "smtp; \(r.lastReply ?? "")", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
+                    }
+                }
             } else {
                 // Too long in the queue: the deferred recipients bounce with their last error.
                 for index in deferredIndexes {
@@ -292,33 +303,43 @@ public final class DeliveryManager {
         let envelope = message.envelope
         let idle = message.jobsInFlight == 0
         let finished = idle && !envelope.hasPendingRecipients
-        var bounceEnvelope: Envelope?
-        var bounceBytes: [UInt8]?
-        if idle, !message.failures.isEmpty {
-            let bounceID = newQueueID()
-            bounceBytes = DSN.bounce(for: envelope, failed: message.failures,
-                                     originalHeaders: DSN.headerSection(of: message.message),
-                                     reportingMTA: config.hostname, now: Int(now), boundary: "\(bounceID.rawValue)/\(config.hostname)")
-            message.failures = []
-            if bounceBytes != nil {
-                let t = now
-                bounceEnvelope = Envelope(id: bounceID, sender: "", recipients: [Recipient(address: envelope.sender)],
-                                          priority: envelope.priority, arrival: t, nextAttempt: t,
-                                          client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: config.hostname,
-                                                                        protocolName: "local"))
+        // Notices to the sender (a bounce, a delay warning), made once no job of the message is in flight.
+        var notices: [(Envelope, [UInt8])] = []
+        if idle {
+            let headers = DSN.headerSection(of: message.message)
+            let t = now
+            func notice(_ make: (String) -> [UInt8]?) {
+                let id = newQueueID()
+                guard let bytes = make("\(id.rawValue)/\(config.hostname)") else { return }
+                let e = Envelope(id: id, sender: "", recipients: [Recipient(address: envelope.sender)],
+                                 priority: envelope.priority, arrival: t, nextAttempt: t,
+                                 client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: config.hostname, protocolName: "local"))
+                notices.append((e, bytes))
             }
+            if !message.failures.isEmpty {
+                let failed = message.failures
+                notice { DSN.bounce(for: envelope, failed: failed, originalHeaders: headers,
+                                    reportingMTA: config.hostname, now: Int(t), boundary: $0) }
+            }
+            if !message.delayed.isEmpty {
+                let delayed = message.delayed
+                notice { DSN.delayWarning(for: envelope, delayed: delayed, originalHeaders: headers,
+                                          reportingMTA: config.hostname, now: Int(t), boundary: $0) }
+            }
+            message.failures = []
+            message.delayed = []
         }
         let spool = self.spool
         var failure: Error?
+        var committed: [Envelope] = []
         loop.queueWork({
             do {
-                // The bounce is durable before the original leaves the spool.
-                if var b = bounceEnvelope, let bytes = bounceBytes {
-                    let file = try spool.create(b.id)
+                // Notices are durable before the original leaves the spool.
+                for (e, bytes) in notices {
+                    let file = try spool.create(e.id)
                     do {
                         try file.write(bytes)
-                        b = try spool.commit(file, envelope: b)
-                        bounceEnvelope = b
+                        committed.append(try spool.commit(file, envelope: e))
                     } catch {
                         spool.discard(file)
                         throw error
@@ -331,8 +352,8 @@ public final class DeliveryManager {
         }, done: { [self] in
             message.writing = false
             if let failure { log.error("\(envelope.id): spool update failed: \(failure)") }
-            if let b = bounceEnvelope, failure == nil {
-                log.info("\(envelope.id): sender non-delivery notification: \(b.id)")
+            for b in committed {
+                log.info("\(envelope.id): sender notification (non-delivery or delay): \(b.id)")
                 enqueue(b, due: b.arrival)
             }
             if finished && failure == nil { log.info("\(envelope.id): removed") }
