@@ -510,3 +510,34 @@ def test_connection_reuse(relay, hops):
     got = sorted(t.subject for t in hop.received())
     assert got == sorted(f"reuse {i}" for i in range(10)), got
     assert hop.connections < 10, f"10 messages to one destination took {hop.connections} connections (no reuse)"
+
+
+def test_delay_warning_once_then_delivery(relay, hops):
+    """delay_warning_time: the sender hears once (Action: delayed) that mail is late; the mail still goes."""
+    sink = hops(SINK_IP)
+    tern = relay(delivery={"retry_schedule": ["1s"], "delay_warning_time": "1s"})
+    qid, msg = send(tern, ["user@alldown.test"], subject="late")
+    # Several deferrals, but exactly one warning.
+    wait_until(lambda: len(log_entries(tern.stderr(), qid, "deferred")) >= 3, WAIT,
+               "three deferred attempts", lambda: diagnostics(tern, sink))
+    (warning,) = sink.wait_for(1, on_timeout=lambda: diagnostics(tern, sink))
+    assert warning.mail_from == "" and warning.rcpts == [SENDER], (warning.mail_from, warning.rcpts)
+    text = warning.content.decode("utf-8", "replace")
+    assert "report-type=delivery-status" in text and re.search(r"(?mi)^Action: delayed\r?$", text), text[:2000]
+    assert re.search(r"(?mi)^Final-Recipient: rfc822; ?user@alldown\.test\r?$", text), text[:2000]
+    time.sleep(1.5)
+    assert len(sink.received()) == 1, "the delay warning must be sent only once"
+    assert re.search(r"(?m)^warned\t1$", env_text(tern, qid)), env_text(tern, qid)
+    back = hops("127.0.0.7")
+    (t,) = back.wait_for(1, on_timeout=lambda: diagnostics(tern, back))
+    assert original_of(t.content) == msg
+    wait_gone(tern, qid, back)
+
+
+def test_off_by_default_no_delay_warning(relay, hops):
+    sink = hops(SINK_IP)
+    tern = relay(delivery={"retry_schedule": ["1s"]})
+    qid, _ = send(tern, ["user@alldown.test"], subject="late, no warning")
+    wait_until(lambda: len(log_entries(tern.stderr(), qid, "deferred")) >= 3, WAIT,
+               "three deferred attempts", lambda: diagnostics(tern, sink))
+    assert sink.received() == [], "no delay warning unless delay_warning_time is set"
