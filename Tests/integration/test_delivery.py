@@ -541,3 +541,39 @@ def test_off_by_default_no_delay_warning(relay, hops):
     wait_until(lambda: len(log_entries(tern.stderr(), qid, "deferred")) >= 3, WAIT,
                "three deferred attempts", lambda: diagnostics(tern, sink))
     assert sink.received() == [], "no delay warning unless delay_warning_time is set"
+
+
+def test_priority_rules_by_sender_and_recipient_domain(relay, hops):
+    """[priority] rules set the queue priority when the client gave no MT-PRIORITY."""
+    # The next hop is not up yet, so the envelopes stay in the spool to be read.
+    tern = relay(priority={"sender_domains": {"sender.test": 4}, "recipient_domains": {"mx.test": -3}})
+    qid, _ = send(tern, ["user@mx.test"], subject="by sender domain")
+    qid2, _ = send(tern, ["user@mx.test"], subject="by recipient domain", sender="other@elsewhere.test")
+    with tern.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<sender@sender.test> MT-PRIORITY=-7"), 250)
+        assert_reply(c.cmd("RCPT TO:<user@mx.test>"), 250)
+        qid3 = queue_id_of(assert_reply(c.data(make_message(subject="explicit")), 250))
+    expected = {qid: "4", qid2: "-3", qid3: "-7"}
+    for q, want in expected.items():
+        m = re.search(r"(?m)^priority\t(-?\d+)$", env_text(tern, q))
+        assert m and m.group(1) == want, (q, env_text(tern, q))
+    hop = hops("127.0.0.9")  # mx1.mx.test, the MX of mx.test, comes up: all three go out
+    hop.wait_for(3, on_timeout=lambda: diagnostics(tern, hop))
+    wait_gone(tern, list(expected), hop)
+
+
+def test_message_expires_after_max_queue_lifetime(relay, hops):
+    """Deferred past max_queue_lifetime: the recipient bounces (4.4.7) to the sender and the message leaves."""
+    sink = hops(SINK_IP)
+    tern = relay(delivery={"retry_schedule": ["1s"], "max_queue_lifetime": "2s"})
+    qid, _ = send(tern, ["user@alldown.test"], subject="expires")
+    (bounce,) = sink.wait_for(1, on_timeout=lambda: diagnostics(tern, sink))
+    dsn = parse_dsn(bounce.content)
+    assert [r.lower() for r in dsn.final_recipients()] == ["user@alldown.test"]
+    assert bounce.mail_from == "" and bounce.rcpts == [SENDER]
+    assert any(b.get("status", "").startswith("4.4.7") or b.get("status", "").startswith("5.4.7")
+               for b in dsn.recipients), dsn.recipients
+    wait_gone(tern, qid, sink)
+    assert log_entries(tern.stderr(), qid, "deferred"), "it was retried before it expired"
