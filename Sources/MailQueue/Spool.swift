@@ -110,6 +110,13 @@ public final class Spool: @unchecked Sendable {
     private let queueDirectory: Int32
     private let lockMutex = NSLock()
     private var lockDescriptor: Int32 = -1
+    // Group commit of the directory fsync (see syncDirectory): renames are numbered as they finish.
+    private let directorySync = NSCondition()
+    private var renamesDone: UInt64 = 0
+    private var renamesDurable: UInt64 = 0
+    private var directorySyncRunning = false
+    /// Directory fsyncs done, for tests and the curious.
+    private(set) var directorySyncCount = 0
 
     /// Opens the spool at `path`, creating `<path>/queue` (and its parents) if missing.
     public init(path: String) throws {
@@ -288,7 +295,39 @@ public final class Spool: @unchecked Sendable {
             _ = unlink(temporary)
             throw error
         }
-        try Spool.retrying("fsync", queuePath) { fsync(queueDirectory) }
+        try syncDirectory()
+    }
+
+    /// Makes the caller's finished rename durable with an fsync of the queue directory, shared between
+    /// threads: an fsync that began after a rename covers it, so callers that arrive while one runs wait
+    /// for it and then share the next one. Under load many commits ride on one directory fsync instead of
+    /// queueing one each; no caller returns before an fsync that began after its own rename succeeded.
+    private func syncDirectory() throws {
+        directorySync.lock()
+        defer { directorySync.unlock() }
+        renamesDone += 1
+        let mine = renamesDone
+        while renamesDurable < mine {
+            if directorySyncRunning {
+                directorySync.wait()
+                continue
+            }
+            directorySyncRunning = true
+            let covered = renamesDone
+            directorySync.unlock()
+            var failure: Error?
+            do {
+                try Spool.retrying("fsync", queuePath) { fsync(queueDirectory) }
+            } catch {
+                failure = error
+            }
+            directorySync.lock()
+            directorySyncRunning = false
+            directorySyncCount += 1
+            if failure == nil { renamesDurable = max(renamesDurable, covered) }
+            directorySync.broadcast()
+            if let failure { throw failure }
+        }
     }
 
     /// Names in the queue directory (no "." or "..").

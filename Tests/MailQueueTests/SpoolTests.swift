@@ -214,6 +214,42 @@ func readBytes(_ path: String) throws -> [UInt8] {
         }
     }
 
+    /// 32 threads commit at once: every message is queued and loadable, and the directory fsyncs are
+    /// shared (group commit) rather than one per commit.
+    @Test func directoryFsyncIsSharedUnderLoad() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let threads = 32, perThread = 10
+            var generator = QueueIDGenerator()
+            let ids = (0..<threads * perThread).map { _ in generator.next(nowMicroseconds: 1_700_000_000_000_000) }
+            let lock = NSLock()
+            nonisolated(unsafe) var errors: [String] = []
+            let group = DispatchGroup()
+            for t in 0..<threads {
+                group.enter()
+                Thread {
+                    for i in 0..<perThread {
+                        let id = ids[t * perThread + i]
+                        do {
+                            let file = try spool.create(id)
+                            try file.write(Array("m \(id)\r\n".utf8))
+                            try spool.commit(file, envelope: sampleEnvelope(id: id))
+                        } catch {
+                            lock.lock(); errors.append("\(id): \(error)"); lock.unlock()
+                        }
+                    }
+                    group.leave()
+                }.start()
+            }
+            #expect(group.wait(timeout: .now() + 120) == .success, "commits did not finish: deadlock?")
+            #expect(errors == [])
+            #expect(try spool.list() == ids)
+            for id in ids { #expect(try spool.load(id).id == id) }
+            #expect(spool.directorySyncCount <= ids.count)
+            #expect(spool.directorySyncCount >= 1)
+        }
+    }
+
     @Test func commitsFromEightThreadsAtOnce() throws {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
