@@ -41,7 +41,8 @@ struct Serve: ParsableCommand {
         ignoreSIGPIPE()
         let files = raiseFileLimit()
         // fsyncs of many sessions overlap on the pool; 4 threads (libuv's default) would serialise them.
-        setThreadPoolSize(64)
+        // UV_THREADPOOL_SIZE in the environment wins, so an operator can tune it.
+        if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(64) }
         let level: Logger.Level = verbose ? .debug : .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
