@@ -163,7 +163,7 @@ public final class DeliveryManager {
         withActiveMessage(job.id) { [self] message in
             guard let message else {
                 // The message is gone (removed by hand) or unreadable: nothing to do for this job.
-                connectionIdle(connection)
+                connection.finish()
                 return
             }
             message.jobsInFlight += 1
@@ -374,11 +374,6 @@ public final class DeliveryManager {
             return
         }
         start(job, on: connection, routeFirst: false)
-    }
-
-    /// Nothing more for this connection: close it and give its slot back.
-    func connectionIdle(_ connection: OutboundConnection) {
-        connection.finish()
     }
 
     func connectionClosed(_ connection: OutboundConnection) {

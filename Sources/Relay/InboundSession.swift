@@ -178,8 +178,6 @@ final class InboundSession {
         }
     }
 
-    var isBusyWithMessage: Bool { machine.phase == .data || machine.phase == .committing }
-
     private func log(_ message: String) {
         server.log.debug("\(message)")
     }

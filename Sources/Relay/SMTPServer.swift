@@ -166,7 +166,6 @@ public final class SMTPServer {
     func finishStopping() {
         graceTimer?.close()
         graceTimer = nil
-        delivery?.stop()
         resolver.close()
         let done = onStopped
         onStopped = nil

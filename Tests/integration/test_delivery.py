@@ -27,7 +27,8 @@ import time
 
 import pytest
 
-from conftest import CLIENT_HELO, SMTPConn, assert_reply, check_received, make_message, queue_id_of, split_received
+from conftest import (CLIENT_HELO, SMTPConn, assert_reply, check_received, make_message, queue_id_of, send_message,
+                      split_received)
 from delivery_helpers import (DnsServer, GreetingRefuser, NextHop, free_port_on, log_entries, parse_dsn,
                               wait_until)
 
@@ -577,3 +578,16 @@ def test_message_expires_after_max_queue_lifetime(relay, hops):
                for b in dsn.recipients), dsn.recipients
     wait_gone(tern, qid, sink)
     assert log_entries(tern.stderr(), qid, "deferred"), "it was retried before it expired"
+
+
+def test_received_names_the_client_by_its_ptr(relay, hops):
+    """reverse_dns: the PTR name of the client (dnsmasq: 127.0.0.8 -> implicit.test) is in the Received
+    header the next hop gets."""
+    hop = hops("127.0.0.9")  # mx1.mx.test
+    tern = relay(server={"reverse_dns": True})
+    msg = make_message(subject="ptr", to="user@mx.test")
+    qid = send_message(tern.port, SENDER, ["user@mx.test"], msg, source="127.0.0.8")
+    (t,) = hop.wait_for(1, on_timeout=lambda: diagnostics(tern, hop))
+    received = split_received(t.content)[0].decode()
+    assert received.startswith(f"Received: from {CLIENT_HELO} (implicit.test [127.0.0.8])"), received
+    assert f"id {qid}" in received
