@@ -313,13 +313,14 @@ public final class TCPConnection: UVHandleOwner {
     /// Closes gracefully, so a final "421 ..." reaches the peer: flushes what is queued, sends FIN
     /// (uv_shutdown), then reads and drops input until the peer's EOF or `lingerMs` (closing with
     /// unread input would make the kernel reset the connection and could destroy the reply in flight).
-    /// A peer that never reads keeps the flush waiting: keep a timer that calls `close()`.
+    /// A peer that never reads cannot hold the connection: the flush gets `flushLimitMs`, then it closes.
     public func closeAfterWrites(lingerMs: UInt32 = 2000) {
         guard state == .open else { return }
         guard connector == nil else { close(); return }
         state = .flushing
         lingerMilliseconds = lingerMs
         beginReading()
+        startTimer(afterMilliseconds: TCPConnection.flushLimitMs) { $0.close() }
         let request = allocateZeroed(uv_shutdown_t.self)
         let result = uv_shutdown(request, stream) { request, status in
             let stream = request!.pointee.handle!
@@ -339,8 +340,12 @@ public final class TCPConnection: UVHandleOwner {
             return
         }
         state = .lingering
+        closeTimer()
         startTimer(afterMilliseconds: UInt64(lingerMilliseconds)) { $0.close() }
     }
+
+    /// How long queued bytes may take to drain after `closeAfterWrites` (a peer that stopped reading).
+    static let flushLimitMs: UInt64 = 30_000
 
     /// Closes now; queued writes are cancelled. `onClose` follows from the close callback.
     public func close() {
