@@ -217,11 +217,19 @@ final class AnswerCache<T> {
         return min(seconds, policy.maxSeconds)
     }
 
-    /// Drops expired entries once the table has doubled since the last sweep.
+    /// Most names kept: a sender who picks many domains under a wildcard MX must not grow the cache
+    /// without bound. Past it, the answers closest to expiring go first.
+    static var maxEntries: Int { 100_000 }
+
+    /// Drops expired entries once the table has doubled since the last sweep, and holds it to maxEntries.
     private func sweepIfLarge() {
         guard entries.count >= sweepAt else { return }
         let time = now()
         entries = entries.filter { $0.value.expires > time }
-        sweepAt = max(1024, entries.count * 2)
+        if entries.count > Self.maxEntries {
+            let keep = entries.sorted { $0.value.expires > $1.value.expires }.prefix(Self.maxEntries / 2)
+            entries = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
+        }
+        sweepAt = min(max(1024, entries.count * 2), Self.maxEntries + 1)
     }
 }
