@@ -11,11 +11,15 @@
 # procmon (CPU from an accounting cgroup, RSS/PSS from /proc).
 #
 # 1. intake: smtp-source -c -s CONC -m N -l SIZE into each peer of INTAKE_PEERS
-#    (relay-bench.sh, fsync on everywhere):
+#    (relay-bench.sh, fsync on everywhere), for each case of CASES (N:SIZE:CONC):
 #      postfix         the harness's stock Postfix relay (receives and delivers to smtp-sink)
 #      postfix-intake  the same Postfix, every message held in its queue (no delivery)
 #      tern            bench/peers/tern: `tern serve` with [delivery] enabled = false (receive + spool)
-#      tern-relay      bench/peers/tern-relay: `tern serve` delivering everything to smtp-sink
+#      tern-relay      bench/peers/tern-relay: `tern serve` delivering everything to smtp-sink;
+#                      its log's delay= of every delivery (from DATA to 250 from the sink) gives
+#                      the p50/p99 time to delivery (delays-<case>.txt in each repetition)
+#      exim4, opensmtpd-bl  the harness's Exim and OpenSMTPD relays (PEERS_MORE; slow: Exim
+#                      takes minutes per 20,000 messages; OpenSMTPD stops at its bound)
 #    plus the harness's sink scenario (smtp-source straight into smtp-sink) as
 #    the load generator's ceiling for the same case.
 # 2. concurrency: idle sessions (banner + EHLO, then idle) with the harness's
@@ -29,7 +33,9 @@
 #
 # Environment (defaults):
 #   RUNS=3  N=20000  SIZE=4096  CONC=100  SOURCE_TIMEOUT=300
-#   INTAKE_PEERS="postfix postfix-intake tern tern-relay"   CONC_PEERS="postfix tern"
+#   CASES="$N:$SIZE:$CONC 2000:102400:20" (the issues' two end-to-end cases)
+#   INTAKE_PEERS="postfix postfix-intake tern tern-relay $PEERS_MORE"   PEERS_MORE="exim4 opensmtpd-bl"
+#   CONC_PEERS="postfix tern"
 #   CONC_TERN="1000 15000"  CONC_POSTFIX="1000"  ESTABLISH_TIMEOUT=120
 #   SCENARIOS="sink relay concurrency"   SKIP_BUILD=0   SKIP_SETUP=0
 #   STEP_TIMEOUT=1800 (bound on each harness call, s)   RESULTS_DIR=bench/results/<date-time>
@@ -41,7 +47,8 @@ REPO=$(cd "$BENCH/.." && pwd)
 cd "$REPO"
 : "${BENCH_HARNESS:=$REPO/../shared/bench}"
 : "${RUNS:=3}" "${N:=20000}" "${SIZE:=4096}" "${CONC:=100}" "${SOURCE_TIMEOUT:=300}"
-: "${INTAKE_PEERS:=postfix postfix-intake tern tern-relay}" "${CONC_PEERS:=postfix tern}"
+: "${CASES:=$N:$SIZE:$CONC 2000:102400:20}" "${PEERS_MORE=exim4 opensmtpd-bl}"
+: "${INTAKE_PEERS:=postfix postfix-intake tern tern-relay $PEERS_MORE}" "${CONC_PEERS:=postfix tern}"
 : "${CONC_TERN:=1000 15000}" "${CONC_POSTFIX:=1000}" "${ESTABLISH_TIMEOUT:=120}"
 : "${SCENARIOS:=sink relay concurrency}" "${SKIP_BUILD:=0}" "${SKIP_SETUP:=0}"
 : "${STEP_TIMEOUT:=1800}" "${COOLDOWN:=60}" "${BENCH_ROOT:=/tmp/mtabench}"
@@ -90,7 +97,7 @@ log "results: $RESULTS_DIR"
   echo "host: $(uname -srm), $(nproc) cpus, $(free -g | awk '/Mem:/{print $2}') GiB"
   echo "postfix: $(postconf -d -h mail_version 2>/dev/null)"
   echo "tern: $(git rev-parse --short HEAD 2>/dev/null) + $(git status --porcelain -- Sources Package.swift 2>/dev/null | wc -l) changed/untracked paths under Sources/ at build time; binary built $(date -r "$TERN_BIN" -Is)"
-  echo "intake case: N=$N SIZE=$SIZE CONC=$CONC  runs=$RUNS (interleaved)"
+  echo "intake cases (N:SIZE:CONC): $CASES  runs=$RUNS (interleaved)"
   echo "intake peers: $INTAKE_PEERS"
   echo "concurrency: tern at $CONC_TERN, postfix at $CONC_POSTFIX"
   echo "loadavg at start: $(cat /proc/loadavg)"
@@ -115,6 +122,10 @@ step() {
 # in a run that followed the deletion of 40,000 spool files (see README).
 cooldown() {
   local d="$BENCH_ROOT/run/relay-$(basename "$1")"
+  # Tern's delivery log: delay= of each status=sent line after the harness's 50 warm-up messages
+  if [ -n "${2:-}" ] && [ -f "$d/peer.log" ] && grep -q 'status=sent' "$d/peer.log"; then
+    grep -o 'delay=[0-9.]*, dsn=[^,]*, status=sent' "$d/peer.log" | tail -n +51 | cut -d= -f2 | cut -d, -f1 > "$2"
+  fi
   case $d in /*/run/relay-*) rm -rf -- "$d" ;; esac
   [ "$COOLDOWN" -gt 0 ] && { log "cooldown ${COOLDOWN}s"; sleep "$COOLDOWN"; }
   return 0
@@ -130,14 +141,16 @@ for rep in $(seq 1 "$RUNS"); do
     case $sc in
       sink)
         step "rep $rep: sink (load-generator ceiling)" \
-          env RUNS=1 SINK_CASES="$N:$SIZE:$CONC" RESULTS_DIR="$R" "$BENCH_HARNESS/sink-bench.sh" ;;
+          env RUNS=1 SINK_CASES="$CASES" RESULTS_DIR="$R" "$BENCH_HARNESS/sink-bench.sh" ;;
       relay)
-        for p in $INTAKE_PEERS; do
-          # PEER_WARMUP: intake-only peers warm up in their start script (see bench/lib/peer-warmup.sh)
-          step "rep $rep: intake $p" \
-            env RUNS=1 CASES="$N:$SIZE:$CONC" PEER_WARMUP=50 PEER_WARMUP_SIZE="$SIZE" \
-              RESULTS_DIR="$R" "$BENCH_HARNESS/relay-bench.sh" "$(peer_arg "$p")"
-          cooldown "$p"
+        for c in $CASES; do
+          for p in $INTAKE_PEERS; do
+            # PEER_WARMUP: intake-only peers warm up in their start script (see bench/lib/peer-warmup.sh)
+            step "rep $rep: intake $p $c" \
+              env RUNS=1 CASES="$c" PEER_WARMUP=50 PEER_WARMUP_SIZE="$(echo "$c" | cut -d: -f2)" \
+                RESULTS_DIR="$R" "$BENCH_HARNESS/relay-bench.sh" "$(peer_arg "$p")"
+            cooldown "$p" "$R/delays-$(basename "$p")-$(echo "$c" | awk -F: '{printf "%sx%sBx%sc", $1, $2, $3}').txt"
+          done
         done ;;
       concurrency)
         for p in $CONC_PEERS; do

@@ -6,6 +6,7 @@ merged over repetitions by merge.py) and RESULTS_DIR/env.txt.  Reports only;
 nothing here passes or fails on a figure.
 """
 import csv
+import glob
 import math
 import os
 import statistics
@@ -17,13 +18,17 @@ WHAT = {
     "postfix-intake": "same Postfix, every message held in the queue (no delivery)",
     "tern": "`tern serve`, delivery disabled: receives and spools",
     "tern-relay": "`tern serve`, delivery on, every domain routed to smtp-sink",
+    "exim4": "the harness's Exim relay (queues, delivers to smtp-sink)",
+    "opensmtpd-bl": "the harness's OpenSMTPD relay (queues, delivers to smtp-sink)",
 }
-DELIVERS = ("postfix", "tern-relay")
+DELIVERS = ("postfix", "tern-relay", "exim4", "opensmtpd-bl")
 # (numerator, denominator, label) for the ratio table
 PAIRS = [
     ("tern", "postfix", "Tern intake-only / stock Postfix relay (the issue's comparison)"),
     ("tern", "postfix-intake", "Tern intake-only / Postfix intake-only (like for like)"),
     ("tern-relay", "postfix", "Tern relay / stock Postfix relay (like for like, with delivery)"),
+    ("tern-relay", "exim4", "Tern relay / Exim relay"),
+    ("tern-relay", "opensmtpd-bl", "Tern relay / OpenSMTPD relay"),
 ]
 
 
@@ -83,13 +88,46 @@ def per_rep_ratios(rows_a, rows_b, key):
     return out
 
 
+def percentile(values, p):
+    """Nearest-rank percentile of a sorted list."""
+    if not values:
+        return float("nan")
+    k = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
+    return values[k]
+
+
+def delivery_latency(d, case, lines):
+    """p50/p99/max of Tern's delay= (DATA to the next hop's 250) per repetition, from delays-*.txt."""
+    rows = []
+    for rep_dir in sorted(glob.glob(os.path.join(d, "runs", "rep*"))):
+        for path in sorted(glob.glob(os.path.join(rep_dir, f"delays-*-{case}.txt"))):
+            peer = os.path.basename(path)[len("delays-"):-len(f"-{case}.txt")]
+            v = sorted(num(x) for x in open(path).read().split() if not math.isnan(num(x)))
+            if v:
+                rows.append((peer, os.path.basename(rep_dir), len(v), percentile(v, 50), percentile(v, 99), v[-1]))
+    if not rows:
+        return
+    lines += [f"Time from DATA to delivery (Tern's `delay=` per delivered message, warm-up excluded; it includes "
+              f"the spool commit before the 250, so it bounds the time from 250 to delivery from above):", "",
+              "| peer | repetition | deliveries | p50 s | p99 s | max s |", "|---|---|---|---|---|---|"]
+    for peer, rep, n, p50, p99, mx in rows:
+        lines.append(f"| {peer} | {rep} | {n:,} | {p50:.3f} | {p99:.3f} | {mx:.3f} |")
+    for peer in OrderedDict((r[0], None) for r in rows):
+        mine = [r for r in rows if r[0] == peer]
+        lines.append(f"| {peer} | median | – | {statistics.median(r[3] for r in mine):.3f} "
+                     f"| {statistics.median(r[4] for r in mine):.3f} | {statistics.median(r[5] for r in mine):.3f} |")
+    lines.append("")
+
+
 def intake(d, lines):
     relay = load(os.path.join(d, "relay.tsv"))
     sink = load(os.path.join(d, "sink.tsv"))
-    if not relay:
-        return
+    for (case,), rows in group(relay, "case").items():
+        intake_case(d, case, rows, [r for r in sink if r.get("case") == case], lines)
+
+
+def intake_case(d, case, relay, sink, lines):
     by_peer = group(relay, "peer")
-    case = relay[0]["case"]
     lines += [f"### 1. Intake: smtp-source → peer ({case}: N × size × sessions, one message "
               "per session, fsync on)", "",
               "| peer | what | runs | accepted msg/s (min–max) | CPU s | CPU ms/msg (min–max) "
@@ -136,6 +174,7 @@ def intake(d, lines):
                           f"{ratio(s, med(pf, 'inject_mps'), 1)} Postfix's median, "
                           f"so an intake ratio above that cannot be observed with this client on this machine.",
                           ""]
+    delivery_latency(d, case, lines)
 
 
 def concurrency(d, lines):
