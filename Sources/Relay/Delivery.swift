@@ -5,6 +5,7 @@
 // bounce per message per round. Every change of state reaches the spool (on the thread pool) before
 // the message leaves it; a crash may deliver a message twice, never lose it.
 
+import Collections
 import Logging
 import MailQueue
 import SMTPProtocol
@@ -58,6 +59,12 @@ public final class DeliveryManager {
     var stopped = false
     /// While the start-up scan runs, ids queued by new arrivals, so the scan does not queue them twice.
     var arrivedDuringScan: Set<QueueID>?
+    /// Messages just received, with their bytes still in memory: the first delivery starts from here
+    /// instead of reading the spool back. Bounded; the oldest are forgotten (and read from disk later).
+    var justArrived: [QueueID: (envelope: Envelope, message: [UInt8])] = [:]
+    var justArrivedOrder: Deque<QueueID> = []
+    var justArrivedBytes = 0
+    static let justArrivedLimit = 32 * 1024 * 1024
     public private(set) var delivered = 0
     public private(set) var bounced = 0
     public private(set) var deferred = 0
@@ -111,9 +118,11 @@ public final class DeliveryManager {
         })
     }
 
-    /// A message is in the queue: one job per recipient domain, due at `due`.
-    func enqueue(_ envelope: Envelope, due: Double? = nil) {
+    /// A message is in the queue: one job per recipient domain, due at `due`. `message` is its bytes when
+    /// the caller has them in memory (a message just received).
+    func enqueue(_ envelope: Envelope, due: Double? = nil, message: [UInt8]? = nil) {
         arrivedDuringScan?.insert(envelope.id)
+        if let message, message.count <= Self.justArrivedLimit / 8 { remember(envelope, message) }
         var byDomain: [String: [Int]] = [:]
         for (i, r) in envelope.recipients.enumerated() where !r.state.isFinal {
             byDomain[Self.domain(of: r.address), default: []].append(i)
@@ -177,8 +186,28 @@ public final class DeliveryManager {
         }
     }
 
+    private func remember(_ envelope: Envelope, _ message: [UInt8]) {
+        justArrived[envelope.id] = (envelope, message)
+        justArrivedOrder.append(envelope.id)
+        justArrivedBytes += message.count
+        while justArrivedBytes > Self.justArrivedLimit, let oldest = justArrivedOrder.popFirst() {
+            if let gone = justArrived.removeValue(forKey: oldest) { justArrivedBytes -= gone.message.count }
+        }
+        // Ids taken out by a delivery stay in the order list until they reach its head; keep it bounded.
+        if justArrivedOrder.count > 4 * max(justArrived.count, 1024) {
+            justArrivedOrder = Deque(justArrivedOrder.filter { justArrived[$0] != nil })
+        }
+    }
+
     func withActiveMessage(_ id: QueueID, _ body: @escaping (ActiveMessage?) -> Void) {
         if let m = active[id] {
+            body(m)
+            return
+        }
+        if loading[id] == nil, let fresh = justArrived.removeValue(forKey: id) {
+            justArrivedBytes -= fresh.message.count
+            let m = ActiveMessage(envelope: fresh.envelope, message: fresh.message)
+            active[id] = m
             body(m)
             return
         }

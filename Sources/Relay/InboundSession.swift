@@ -140,7 +140,7 @@ final class InboundSession {
             if let queueID {
                 server.metrics.messagesAccepted += 1
                 server.log.info("\(queueID): from=<\(env.sender)>, size=\(env.size), nrcpt=\(env.recipients.count) (queued)")
-                server.delivery?.enqueue(env, due: env.arrival)
+                server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes)
             } else {
                 server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")")
             }

@@ -22,6 +22,11 @@ final class MessageWriter {
     private var failure: Error?
     private var commitDone: ((QueueID?, Error?) -> Void)?
     private var aborted = false
+    /// Set once bytes went to disk before the end of DATA: the message is no longer all in memory.
+    private var spilled = false
+    /// After a commit of a message that never spilled: its bytes, for the delivery side to start from
+    /// without reading the file back.
+    private(set) var committedBytes: [UInt8]?
     /// Called on the loop when a write finished and fewer bytes wait: the session may read again.
     var onDrained: (() -> Void)?
 
@@ -78,12 +83,22 @@ final class MessageWriter {
         var envelope = self.envelope
         var file = self.file
         var failure = self.failure
+        let whole = committing && !spilled
+        if !committing { spilled = true }
+        var bytes: [UInt8] = []
         loop.queueWork({
             // On a pool thread: only the captured values are touched here.
             guard failure == nil else { return }
             do {
                 if file == nil { file = try spool.create(id) }
-                for chunk in chunks { try file!.write(chunk) }
+                if whole {
+                    // The whole message: one write, and the bytes stay for delivery.
+                    bytes.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
+                    for chunk in chunks { bytes.append(contentsOf: chunk) }
+                    try file!.write(bytes)
+                } else {
+                    for chunk in chunks { try file!.write(chunk) }
+                }
                 if committing {
                     envelope = try spool.commit(file!, envelope: envelope)
                 }
@@ -98,6 +113,7 @@ final class MessageWriter {
             if committing {
                 let done = commitDone!
                 commitDone = nil
+                if whole && failure == nil { committedBytes = bytes }
                 if failure != nil, let file {
                     self.file = nil
                     loop.queueWork({ spool.discard(file) }, done: {})

@@ -40,9 +40,10 @@ struct Serve: ParsableCommand {
         }
         ignoreSIGPIPE()
         let files = raiseFileLimit()
-        // fsyncs of many sessions overlap on the pool; 4 threads (libuv's default) would serialise them.
-        // UV_THREADPOOL_SIZE in the environment wins, so an operator can tune it.
-        if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(64) }
+        // fsyncs of many sessions overlap on the pool; 4 threads (libuv's default) would serialise them,
+        // and far more than 16 made the kernel's own contention (and context switches) cost more CPU per
+        // message than the overlap gained (bench/README.md). UV_THREADPOOL_SIZE in the environment wins.
+        if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(16) }
         let level: Logger.Level = verbose ? .debug : .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
