@@ -16,6 +16,11 @@ func filesIn(_ directory: String) throws -> [String] {
     try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
 }
 
+/// Every file in the spool's sixteen queue directories, by name.
+func queueFiles(_ spool: Spool) throws -> [String] {
+    try Spool.hashNames.flatMap { try filesIn(spool.queuePath + "/" + $0) }.sorted()
+}
+
 func readBytes(_ path: String) throws -> [UInt8] {
     Array(try Data(contentsOf: URL(fileURLWithPath: path)))
 }
@@ -31,6 +36,40 @@ func readBytes(_ path: String) throws -> [UInt8] {
             _ = try Spool(path: dir + "/a/b/spool")  // existing directory is fine
             _ = FileManager.default.createFile(atPath: dir + "/file", contents: Data())
             #expect(throws: SpoolError.self) { try Spool(path: dir + "/file") }
+        }
+    }
+
+    @Test func filesGoToTheDirectoryOfTheLastHexDigit() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            #expect(try filesIn(spool.queuePath) == Spool.hashNames.sorted())
+            for (n, name) in [(0x0A, "A"), (0x1F, "F"), (0x30, "0"), (0x29, "9")] {
+                let id = QueueID(microseconds: UInt64(n))
+                try spool.commit(try spool.create(id), envelope: sampleEnvelope(id: id))
+                #expect(try filesIn(spool.queuePath + "/" + name) == [id.rawValue + ".env", id.rawValue + ".msg"])
+                #expect(spool.messagePath(id) == spool.queuePath + "/" + name + "/" + id.rawValue + ".msg")
+            }
+            #expect(try spool.list().count == 4)
+            #expect(spool.directorySyncCount >= 4)  // each commit waited for its own directory's fsync
+        }
+    }
+
+    @Test func filesOfTheUnhashedLayoutAreMovedAtStartUp() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            // As a version before the hashing left them: directly in queue/.
+            let id = QueueID(microseconds: 0x2B)
+            try spool.commit(try spool.create(id), envelope: sampleEnvelope(id: id))
+            for ext in [".env", ".msg"] {
+                #expect(rename(spool.queuePath + "/B/" + id.rawValue + ext, spool.queuePath + "/" + id.rawValue + ext) == 0)
+            }
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/00000000000051.msg", contents: Data("x".utf8))
+            #expect(try spool.list() == [])
+            #expect(try spool.removeOrphans() == 1)  // the .msg without .env, once moved
+            #expect(try spool.list() == [id])
+            #expect(try queueFiles(spool) == [id.rawValue + ".env", id.rawValue + ".msg"])
+            #expect(try filesIn(spool.queuePath) == Spool.hashNames.sorted())
+            #expect(try spool.load(id).id == id)
         }
     }
 
@@ -53,7 +92,7 @@ func readBytes(_ path: String) throws -> [UInt8] {
             #expect(try spool.list() == [id])
             #expect(try spool.load(id) == stored)
             #expect(try readBytes(spool.messagePath(id)) == header + body)
-            #expect(try filesIn(spool.queuePath) == ["060A2418202240.env", "060A2418202240.msg"])
+            #expect(try queueFiles(spool) == ["060A2418202240.env", "060A2418202240.msg"])
             #expect(throws: SpoolError.self) { try file.write([1]) }  // closed by commit
             #expect(throws: SpoolError.self) { try spool.commit(file, envelope: envelope) }
         }
@@ -70,7 +109,7 @@ func readBytes(_ path: String) throws -> [UInt8] {
                 try spool.commit(try spool.create(id), envelope: sampleEnvelope(id: id))
             }
             _ = try spool.create(generator.next(nowMicroseconds: 2_000))  // receiving, not queued
-            _ = FileManager.default.createFile(atPath: spool.queuePath + "/README.env", contents: Data())
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/0/README.env", contents: Data())
             #expect(try spool.list() == ids.sorted())
             #expect(try spool.list().count == 4)
         }
@@ -81,11 +120,11 @@ func readBytes(_ path: String) throws -> [UInt8] {
             let spool = try Spool(path: dir)
             let file = try spool.create(QueueID(microseconds: 1))
             try file.write(Array(repeating: 0x41, count: 10_000))
-            #expect(try filesIn(spool.queuePath) == ["00000000000001.msg"])
+            #expect(try queueFiles(spool) == ["00000000000001.msg"])
             spool.discard(file)
-            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try queueFiles(spool) == [])
             spool.discard(file)  // twice is harmless
-            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try queueFiles(spool) == [])
             #expect(try spool.list() == [])
         }
     }
@@ -98,7 +137,7 @@ func readBytes(_ path: String) throws -> [UInt8] {
                 try spool.commit(file, envelope: sampleEnvelope(id: QueueID(microseconds: 2)))
             }
             spool.discard(file)
-            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try queueFiles(spool) == [])
         }
     }
 
@@ -129,10 +168,10 @@ func readBytes(_ path: String) throws -> [UInt8] {
             try spool.update(envelope)
             #expect(try spool.load(id) == envelope)
             #expect(try spool.load(id).hasPendingRecipients == false)
-            #expect(try filesIn(spool.queuePath) == ["00000000000009.env", "00000000000009.msg"])
+            #expect(try queueFiles(spool) == ["00000000000009.env", "00000000000009.msg"])
 
             try spool.remove(id)
-            #expect(try filesIn(spool.queuePath) == [])
+            #expect(try queueFiles(spool) == [])
             #expect(try spool.list() == [])
             try spool.remove(id)  // already gone is fine
             #expect(throws: SpoolError.self) { try spool.load(id) }
@@ -161,13 +200,13 @@ func readBytes(_ path: String) throws -> [UInt8] {
 
             let partial = try spool.create(QueueID(microseconds: 200))  // a crash while receiving
             try partial.write(Array("half a mess".utf8))
-            _ = FileManager.default.createFile(atPath: spool.queuePath + "/00000000000300.env.tmp",
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/C/00000000000300.env.tmp",
                                            contents: Data("tern-envelope\t1\nid".utf8))  // a crash in commit
-            _ = FileManager.default.createFile(atPath: spool.queuePath + "/00000000000064.env.tmp",
+            _ = FileManager.default.createFile(atPath: spool.queuePath + "/4/00000000000064.env.tmp",
                                            contents: Data())  // an update of `kept` cut short
 
             #expect(try spool.removeOrphans() == 3)
-            #expect(try filesIn(spool.queuePath) == ["00000000000064.env", "00000000000064.msg"])
+            #expect(try queueFiles(spool) == ["00000000000064.env", "00000000000064.msg"])
             #expect(try spool.load(kept).recipients.count == 2)
             #expect(try readBytes(spool.messagePath(kept)) == Array("kept\r\n".utf8))
             #expect(try spool.removeOrphans() == 0)
@@ -284,7 +323,7 @@ func readBytes(_ path: String) throws -> [UInt8] {
                 #expect(envelope.size == expected.count)
                 #expect(try readBytes(spool.messagePath(id)) == expected)
             }
-            #expect(try filesIn(spool.queuePath).count == 2 * ids.count)
+            #expect(try queueFiles(spool).count == 2 * ids.count)
         }
     }
 }

@@ -288,7 +288,7 @@ def queue_id_of(reply: Reply) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Spool format: <spool>/queue/<ID>.msg and <ID>.env (see README.md "Spool format").
+# Spool format: <spool>/queue/<last digit of ID>/<ID>.msg and <ID>.env (see README.md "Spool format").
 
 
 @dataclass
@@ -489,10 +489,18 @@ class Tern:
         return self.spool / "queue"
 
     def queue_files(self) -> list[str]:
-        try:
-            return sorted(p.name for p in self.queue_dir.iterdir())
-        except FileNotFoundError:
-            return []
+        """Names of the files in the sixteen hashed queue directories (<spool>/queue/<last hex digit>/)."""
+        names = []
+        for d in "0123456789ABCDEF":
+            try:
+                names += [p.name for p in (self.queue_dir / d).iterdir()]
+            except FileNotFoundError:
+                pass
+        return sorted(names)
+
+    def queue_path(self, name: str) -> Path:
+        """Where a spool file (<ID>.msg, <ID>.env, ...) lives: the directory of the id's last digit."""
+        return self.queue_dir / name.split(".")[0][-1] / name
 
     def queued(self) -> list[str]:
         """Ids with both .msg and .env."""
@@ -500,10 +508,10 @@ class Tern:
         return sorted(n[:-4] for n in names if n.endswith(".msg") and n[:-4] + ".env" in names)
 
     def msg(self, queue_id: str) -> bytes:
-        return (self.queue_dir / f"{queue_id}.msg").read_bytes()
+        return self.queue_path(f"{queue_id}.msg").read_bytes()
 
     def env(self, queue_id: str) -> Envelope:
-        return Envelope.parse((self.queue_dir / f"{queue_id}.env").read_bytes())
+        return Envelope.parse(self.queue_path(f"{queue_id}.env").read_bytes())
 
     def assert_queued(self, queue_id: str, message: bytes, *, sender: str, rcpts: list[str],
                       helo: str = CLIENT_HELO, ip: str = "127.0.0.1", proto: str | tuple = "ESMTP") -> Envelope:

@@ -100,7 +100,7 @@ def test_default_config_without_flag(tmp_path):
             if r.code == 250:
                 msg = make_message(subject="default config")
                 qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
-                assert (tmp_path / "var" / "spool" / "queue" / f"{qid}.msg").exists(), \
+                assert (tmp_path / "var" / "spool" / "queue" / qid[-1] / f"{qid}.msg").exists(), \
                     "message not in ./var/spool/queue"
             assert_reply(c.cmd("QUIT"), 221)
         assert (tmp_path / "var" / "spool").is_dir(), "embedded default spool ./var/spool not created"

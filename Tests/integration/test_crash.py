@@ -76,7 +76,7 @@ def test_sigkill_loses_no_acknowledged_message(start_tern):
     print(f"SIGKILL with {alive_at_kill} clients mid-transaction, {len(acked)} of {len(sent)} acknowledged")
 
     # What a crash in the middle of a commit would leave: a message file with no envelope.
-    orphan = t.queue_dir / "0000000000ABCD.msg"
+    orphan = t.queue_path("0000000000ABCD.msg")
     orphan.write_bytes(b"Subject: half written\r\n\r\ntrunc")
 
     t.start()
