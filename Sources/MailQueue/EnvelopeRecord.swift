@@ -1,4 +1,4 @@
-// The envelope record: the text stored in <spool>/queue/<id>.env.
+// The envelope record: the text stored in <spool>/queue/<h>/<id>.env.
 //
 // UTF-8, one field per line, `key<TAB>value`, every line ending in "\n", written in this order:
 //
