@@ -64,6 +64,7 @@ public struct TernConfig: Sendable, Equatable {
     public var delivery: DeliveryConfig = DeliveryConfig()
     public var routes: RouteConfig = RouteConfig()
     public var priority: PriorityConfig = PriorityConfig()
+    public var log: LogConfig = LogConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -84,6 +85,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.delivery),
             AnySection(\.routes),
             AnySection(\.priority),
+            AnySection(\.log),
             AnySection(name: "aliases", read: readAliases),
         ]
     }

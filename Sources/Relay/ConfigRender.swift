@@ -63,6 +63,9 @@ extension TernConfig {
             out.raw("\(name) = {" + (items.isEmpty ? "" : " " + items.joined(separator: ", ") + " ") + "}")
         }
 
+        out.table("log")
+        out.key("format", string: log.format.rawValue)
+
         out.table("aliases")
         for name in aliases.keys.sorted() {
             let targets = aliases[name]!

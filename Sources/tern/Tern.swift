@@ -27,6 +27,9 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, help: "Log every session event.")
     var verbose = false
 
+    @Option(name: .long, help: "Log lines as \"plain\" text or \"json\" (default: [log] format, else plain).")
+    var logFormat: LogFormat?
+
     @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT.")
     var grace: Double = 30
 
@@ -44,11 +47,8 @@ struct Serve: ParsableCommand {
         // UV_THREADPOOL_SIZE in the environment wins, so an operator can tune it.
         if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(64) }
         let level: Logger.Level = verbose ? .debug : .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = logFormat ?? settings.log.format
+        LoggingSystem.bootstrap { _ in TernLogHandler(format: format, level: level) }
         let log = Logger(label: "tern")
 
         let loop = try EventLoop()
@@ -78,3 +78,5 @@ struct Serve: ParsableCommand {
         int.close()
     }
 }
+
+extension LogFormat: ExpressibleByArgument {}

@@ -50,6 +50,7 @@ import Testing
         c.priority.recipientDomains = ["vip.example": 9]
         c.aliases = ["postmaster": ["root@example.org"], "list@example.org": ["a@x.example", "b@y.example"],
                      "o'brien@example.org": ["ob@example.org"]]
+        c.log.format = .json
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")
