@@ -73,9 +73,11 @@ struct Serve: ParsableCommand {
         }
         let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
         let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
         loop.run()
         term.close()
         int.close()
+        hup.close()
     }
 }
 
