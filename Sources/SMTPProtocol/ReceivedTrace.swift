@@ -83,8 +83,8 @@ public struct ReceivedTrace: Sendable, Equatable {
     public var findings: [TraceFinding]
 
     /// - Parameters:
-    ///   - headerSection: the message, or at least its header section (reading stops at the first
-    ///     empty line). CRLF or bare LF line ends.
+    ///   - message: the message, or at least its header section (reading stops at the first empty
+    ///     line). CRLF or bare LF line ends.
     ///   - now: seconds since the epoch, for dates in the future.
     ///   - allowedSkew: seconds a clock may be off before a date counts as backwards or in the future.
     public init(message: [UInt8], now: Int, allowedSkew: Int = 0) {
@@ -108,7 +108,7 @@ public struct ReceivedTrace: Sendable, Equatable {
             let previous = hops[index - 1]
             // A hop without a from clause (Gmail's internal "Received: by 2002:..." hops) names no
             // client, so there is nothing to compare.
-            if let by = previous.by, hop.from != nil, !hop.receivedFrom(by: by, previous: previous) {
+            if let by = previous.by, hop.from != nil, !hop.receivedFrom(by: by) {
                 let comments = hop.fromComments.map { " (\($0))" }.joined()
                 findings.append(TraceFinding(hop: number, kind: .brokenChain,
                                              message: "from \"\(hop.from!)\"\(comments) does not match by \"\(by)\" of hop \(index)"))
@@ -130,7 +130,7 @@ public struct ReceivedTrace: Sendable, Equatable {
 extension ReceivedHop {
     /// Whether this hop's client is the host named `by` in the hop before it. A hand-over on the same
     /// machine over loopback (a content filter re-injecting mail) also counts.
-    func receivedFrom(by: String, previous: ReceivedHop) -> Bool {
+    func receivedFrom(by: String) -> Bool {
         let name = normalizedHost(by)
         if fromIdentities.contains(name) { return true }
         if let ip = fromIP, isLoopback(ip), let mine = self.by, normalizedHost(mine) == name { return true }
@@ -418,7 +418,8 @@ public func parseRFC5322Date(_ text: String) -> Result<Int, DateError> {
     let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
     guard let day = Int(words[0]), words[0].count <= 2 else { return fail("bad day \"\(words[0])\"") }
     guard let monthIndex = months.firstIndex(of: words[1].lowercased()) else { return fail("bad month \"\(words[1])\"") }
-    guard var year = Int(words[2]), words[2].allSatisfy({ $0.isNumber }), words[2].count >= 2 else {
+    // Two or three digits are RFC 5322's obsolete years; more than four is nobody's (and would overflow).
+    guard var year = Int(words[2]), words[2].allSatisfy({ $0.isASCII && $0.isNumber }), (2...4).contains(words[2].count) else {
         return fail("bad year \"\(words[2])\"")
     }
     if words[2].count == 2 { year += year < 50 ? 2000 : 1900 } else if words[2].count == 3 { year += 1900 }
