@@ -70,3 +70,32 @@ import Testing
         #expect(TOMLWriter.key("*") == "\"*\"")
     }
 }
+
+/// check-config's errors name the line even inside an inline table.
+@Suite struct ConfigErrorLineTests {
+    @Test func keyInsideAnInlineTable() {
+        let text = "hostname = \"relay.test\"\n\n[priority]\nsender_domains = { \"alerts.example\" = 50 }\n"
+        do {
+            _ = try TernConfig.parse(text)
+            Issue.record("parsed")
+        } catch let error as ConfigError {
+            #expect(error.line == 4)
+            #expect(error.key == "priority.sender_domains.\"alerts.example\"")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test func unknownKeyBesideAnInlineTable() {
+        let text = "[server]\nvrfy = true\n\n[priority]\n\nrecipient_domains = { \"a.example\" = 1 }\nbogus = { x = 1 }\n"
+        do {
+            _ = try TernConfig.parse(text)
+            Issue.record("parsed")
+        } catch let error as ConfigError {
+            #expect(error.line == 7)
+            #expect(error.key == "priority.bogus")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+}
