@@ -129,6 +129,27 @@ import Testing
         #expect(trace.findings.map(\.kind) == [kind])
     }
 
+    @Test func sendmailAndLocalSubmission() {
+        // Sendmail's local submission (no from clause, a comment first), its own relay over
+        // loopback, then Postfix's pickup form on the next machine and a Postfix relay hop.
+        let fields = [
+            "Received: from mx.example.org (mx.example.org [192.0.2.25]) by relay.test (Postfix) with ESMTP id 9F; Thu, 26 Nov 2026 16:46:18 +0000",
+            "Received: from host.example (host.example [192.0.2.7])\r\n\tby mx.example.org (8.15.2/8.15.2) with ESMTP id 0AQGk2xx\r\n\tfor <bob@relay.test>; Thu, 26 Nov 2026 16:46:16 +0000",
+            "Received: from host.example (localhost [127.0.0.1])\r\n\tby host.example (8.15.2/8.15.2) with ESMTP id 0AQGk1yy; Thu, 26 Nov 2026 16:46:15 +0000",
+            "Received: (from alice@localhost)\r\n\tby host.example (8.15.2/8.15.2/Submit) id 0AQGk1xx; Thu, 26 Nov 2026 16:46:14 +0000",
+        ]
+        let trace = ReceivedTrace(message: Self.message(fields), now: Self.later)
+        #expect(trace.findings == [])
+        #expect(trace.hops[0].from == nil)
+        #expect(trace.hops[0].by == "host.example")
+        #expect(trace.hops[0].id == "0AQGk1xx")
+        #expect(trace.hops[1].fromIP == "127.0.0.1")
+        #expect(trace.hops[2].byComments == ["8.15.2/8.15.2"])
+        #expect(trace.hops[2].recipient == "<bob@relay.test>")
+        #expect(trace.hops[3].with == "ESMTP")
+        #expect((1...3).map { trace.delay(ofHop: $0) } == [1, 1, 2])
+    }
+
     @Test func gmailAndExchangeForms() {
         let fields = [
             "Received: by 2002:a05:6a10:c5d0:b0:4d1:9f35:13a2 with SMTP id z16csp123456pxb;\r\n        Thu, 26 Nov 2026 08:46:16 -0800 (PST)",
