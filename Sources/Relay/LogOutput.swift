@@ -103,8 +103,8 @@ public struct TernLogHandler: LogHandler {
         case .plain:
             var line = "\(ts) \(level) "
             if let qid, prefixed != qid { line += "\(qid): " }
-            line += text
-            for key in fields.keys.sorted() { line += " \(key)=\(fields[key]!)" }
+            line += oneLine(text)
+            for key in fields.keys.sorted() { line += " \(key)=\(oneLine(fields[key]!.description))" }
             return line + "\n"
         case .json:
             if let qid, prefixed == qid { text = String(text.dropFirst(qid.count + 2)) }
@@ -116,6 +116,12 @@ public struct TernLogHandler: LogHandler {
             }
             return line + "}\n"
         }
+    }
+
+    /// Control characters (a reply text quoted in an error, say) as "?", so that one event stays one line.
+    static func oneLine(_ text: String) -> String {
+        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
     }
 
     /// "0661312EF1B4A7" when the message starts with "0661312EF1B4A7: ".

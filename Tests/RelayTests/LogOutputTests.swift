@@ -18,6 +18,12 @@ import Testing
         #expect(line == "2026-11-26T16:46:14.007Z warning 0661312EF1B4A7: hello\n")
     }
 
+    @Test func plainKeepsOneEventOnOneLine() {
+        let line = TernLogHandler.render(format: .plain, time: Self.time, level: .error, message: "bad\r\nreply\u{1}",
+                                         metadata: ["why": "a\nb"])
+        #expect(line == "2026-11-26T16:46:14.007Z error bad??reply? why=a?b\n")
+    }
+
     @Test func jsonTakesTheQueueIDFromThePrefix() {
         // Lines written as "ID: ..." without metadata (the delivery lines) get their qid all the same.
         let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,
