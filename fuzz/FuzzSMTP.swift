@@ -1,4 +1,5 @@
-// libFuzzer entry point for the line framer, the DATA decoder and the server state machine.
+// libFuzzer entry point for the line framer, the DATA decoder, the server state machine and the
+// Received-chain parser of `tern trace`.
 // Built by fuzz/run.sh together with Sources/SMTPProtocol (not part of the package build).
 //
 // Each input is fed to a fresh ServerSession twice: whole, and split at points chosen by the input's
@@ -26,6 +27,10 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var out: [UInt8] = []
     for b in bytes where !decoder.isFinished { _ = [b].withUnsafeBytes { decoder.decode($0, into: &out) } }
     if out.count > 1002 { fatalError("decoder output beyond the size limit") }
+
+    // `tern trace` reads headers written by anyone.
+    let trace = ReceivedTrace(message: bytes, now: 1_800_000_000, allowedSkew: Int(bytes.first ?? 0))
+    if trace.findings.contains(where: { $0.hop < 1 || $0.hop > trace.hops.count }) { fatalError("finding for no hop") }
     return 0
 }
 

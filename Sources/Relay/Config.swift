@@ -64,6 +64,7 @@ public struct TernConfig: Sendable, Equatable {
     public var delivery: DeliveryConfig = DeliveryConfig()
     public var routes: RouteConfig = RouteConfig()
     public var priority: PriorityConfig = PriorityConfig()
+    public var log: LogConfig = LogConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -84,6 +85,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.delivery),
             AnySection(\.routes),
             AnySection(\.priority),
+            AnySection(\.log),
             AnySection(name: "aliases", read: readAliases),
         ]
     }
@@ -521,8 +523,14 @@ struct TableReader {
     }
 
     func error(_ key: String, _ message: String) -> ConfigError {
-        ConfigError(key: displayKey(path + [key]), line: KeyLocator.line(of: path + [key], in: context.text),
-                    message: message, source: context.source)
+        ConfigError(key: displayKey(path + [key]), line: line(of: key), message: message, source: context.source)
+    }
+
+    /// The key's line; for a key inside an inline table (`sender_domains = { "a.example" = 50 }`),
+    /// which KeyLocator cannot see into, the line of the inline table's own key.
+    func line(of key: String) -> Int? {
+        if let line = KeyLocator.line(of: path + [key], in: context.text) { return line }
+        return path.count >= 2 ? KeyLocator.line(of: path, in: context.text) : nil
     }
 
     /// Throws for the first key (in sorted order) that no `read` asked for.
@@ -530,7 +538,7 @@ struct TableReader {
         guard let unknown = table.keys.filter({ !seen.contains($0) }).sorted().first else { return }
         let name = displayKey(path + [unknown])
         let isTable = table[unknown]?.type == .table
-        throw ConfigError(key: name, line: KeyLocator.line(of: path + [unknown], in: context.text),
+        throw ConfigError(key: name, line: line(of: unknown),
                           message: isTable ? "unknown table [\(name)]" : "unknown key \(name)",
                           source: context.source, keyInMessage: true)
     }

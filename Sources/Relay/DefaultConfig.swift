@@ -110,5 +110,10 @@ recipient_domains = {}
 postmaster = ["root@localhost"]
 # "abuse@example.com" = "postmaster@example.com"
 
+[log]
+# How log lines on stderr look: "plain" (text) or "json" (one JSON object per
+# line). `tern serve --log-format` overrides it.
+format = "plain"
+
 """#
 }

@@ -17,6 +17,9 @@ final class InboundSession {
     private var closed = false
     /// Reading paused because the spool is behind on a large message.
     private var pausedForSpool = false
+    /// The HELO name last logged, so a new HELO/EHLO gets its own line.
+    private var loggedHelo: String?
+    private var messagesQueued = 0
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
     static let maxBufferedData = 4 * 1024 * 1024
@@ -31,7 +34,7 @@ final class InboundSession {
 
     func start() {
         connection.onRead = { [unowned self] bytes in self.received(bytes) }
-        connection.onEOF = { [unowned self] in self.log("disconnect from \(self.clientIP)") }
+        connection.onEOF = { [unowned self] in self.log("end of input from \(self.clientIP)") }
         connection.onClose = { [unowned self] in self.closedByPeerOrUs() }
         let timer = Timer(loop: server.loop)
         self.timer = timer
@@ -53,7 +56,7 @@ final class InboundSession {
 
     private func greet() {
         guard !closed else { return }
-        log("connect from \(machine.client.reverseName ?? "unknown")[\(clientIP)]")
+        info("connect from \(clientName)")
         perform(machine.greeting())
         connection.startReading()
         armTimer()
@@ -76,6 +79,10 @@ final class InboundSession {
 
     /// Carries out what the state machine asked for, in order.
     func perform(_ actions: [ServerAction]) {
+        if let helo = machine.helo, helo != loggedHelo {
+            loggedHelo = helo
+            info("helo=<\(helo)>")
+        }
         for action in actions {
             switch action {
             case .reply(let bytes):
@@ -119,6 +126,11 @@ final class InboundSession {
             smtputf8: start.smtputf8,
             client: MailQueue.ClientInfo(ip: clientIP, helo: start.helo, reverseName: machine.client.reverseName,
                                          protocolName: start.protocolName))
+        // The queue id exists from DATA on: these lines tie it to the session (connect, helo) and
+        // name what the client asked for, so `grep ID` shows the message from arrival to delivery.
+        info("\(id): client=\(clientName), helo=<\(start.helo)>", qid: id)
+        info("\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)", qid: id)
+        for recipient in start.recipients { info("\(id): to=<\(recipient)>", qid: id) }
         let writer = MessageWriter(loop: server.loop, spool: server.spool, id: id, envelope: envelope,
                                    firstBytes: received.bytes)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
@@ -139,10 +151,13 @@ final class InboundSession {
             let env = writer.envelope
             if let queueID {
                 server.metrics.messagesAccepted += 1
-                server.log.info("\(queueID): from=<\(env.sender)>, size=\(env.size), nrcpt=\(env.recipients.count) (queued)")
+                server.log.info("\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)",
+                                metadata: ["qid": "\(queueID)", "session": "\(sessionID)"])
+                server.sessions[sessionID]?.messagesQueued += 1
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes)
             } else {
-                server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")")
+                server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
+                                 metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
             }
             // The session may be gone (client disconnected while we committed): the message is queued
             // all the same, and the answer goes nowhere.
@@ -159,6 +174,7 @@ final class InboundSession {
 
     /// The socket is closed (by the client, by an error or by us).
     private func closedByPeerOrUs() {
+        info("disconnect from \(clientName), \(messagesQueued) queued")
         closed = true
         timer?.close()
         timer = nil
@@ -179,6 +195,16 @@ final class InboundSession {
     }
 
     private func log(_ message: String) {
-        server.log.debug("\(message)")
+        server.log.debug("\(message)", metadata: ["session": "\(id)"])
+    }
+
+    /// "name[192.0.2.1]" as Postfix writes a client, "unknown" without reverse DNS.
+    private var clientName: String { "\(machine.client.reverseName ?? "unknown")[\(clientIP)]" }
+
+    /// A session event at info level, with the session id and, once there is one, the queue id.
+    private func info(_ message: String, qid: QueueID? = nil) {
+        var metadata: Logger.Metadata = ["session": "\(id)"]
+        if let qid { metadata["qid"] = "\(qid)" }
+        server.log.info("\(message)", metadata: metadata)
     }
 }

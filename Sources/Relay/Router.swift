@@ -42,7 +42,7 @@ public final class Router {
     }
 
     private let resolver: Resolver
-    private let routes: [String: NextHopSpec]
+    private var routes: [String: NextHopSpec]
     private let defaultPort: UInt16
     private var random = SystemRandomNumberGenerator()
     private let mx: AnswerCache<[MXRecord]>
@@ -66,6 +66,11 @@ public final class Router {
         addresses = AnswerCache(now: now, policy: cachePolicy) { [resolver] name, done in
             resolver.lookupAddresses(name, done)
         }
+    }
+
+    /// New [routes] (a config reload): later `route` calls follow them; DNS answers stay cached.
+    public func replaceRoutes(_ routes: [String: NextHopSpec]) {
+        self.routes = routes
     }
 
     /// Where mail for `domain` goes now. Follows [routes] (exact domain, then "*"), else the

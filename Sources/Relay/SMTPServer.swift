@@ -20,7 +20,8 @@ public struct ServerMetrics {
 
 public final class SMTPServer {
     public let loop: EventLoop
-    public let config: TernConfig
+    /// Replaced by `reload` (SIGHUP); sessions read it when they need a limit.
+    public internal(set) var config: TernConfig
     public let spool: Spool
     public var log: Logger
     public var metrics = ServerMetrics()
@@ -33,7 +34,7 @@ public final class SMTPServer {
     var connectionsPerIP: [String: Int] = [:]
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
-    let serverConfiguration: ServerConfiguration
+    var serverConfiguration: ServerConfiguration
     var stopping = false
     var onStopped: (() -> Void)?
 
@@ -49,11 +50,7 @@ public final class SMTPServer {
         if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
         self.spool = spool
         let s = config.server
-        serverConfiguration = ServerConfiguration(
-            hostname: config.hostname, maxMessageSize: s.maxMessageSize, maxRecipients: s.maxRecipients,
-            maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
-            vrfy: s.vrfy, expn: s.expn,
-            policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
+        serverConfiguration = Self.sessionConfiguration(config)
         resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         for text in s.listen {
             let address = try SocketAddress(parsing: text)

@@ -14,7 +14,7 @@ struct Tern: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, Trace.self, CheckConfig.self])
 }
 
 struct Serve: ParsableCommand {
@@ -26,6 +26,9 @@ struct Serve: ParsableCommand {
 
     @Flag(name: .long, help: "Log every session event.")
     var verbose = false
+
+    @Option(name: .long, help: "Log lines as \"plain\" text or \"json\" (default: [log] format, else plain).")
+    var logFormat: LogFormat?
 
     @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT.")
     var grace: Double = 30
@@ -45,11 +48,8 @@ struct Serve: ParsableCommand {
         // message than the overlap gained (bench/README.md). UV_THREADPOOL_SIZE in the environment wins.
         if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(16) }
         let level: Logger.Level = verbose ? .debug : .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = logFormat ?? settings.log.format
+        LoggingSystem.bootstrap { _ in TernLogHandler(format: format, level: level) }
         let log = Logger(label: "tern")
 
         let loop = try EventLoop()
@@ -74,8 +74,12 @@ struct Serve: ParsableCommand {
         }
         let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
         let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
         loop.run()
         term.close()
         int.close()
+        hup.close()
     }
 }
+
+extension LogFormat: ExpressibleByArgument {}

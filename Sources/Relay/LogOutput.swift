@@ -1,0 +1,191 @@
+// LogOutput.swift: Tern's log lines, one per event, on stderr: plain text (the default) or JSON lines.
+//
+//   plain: 2026-11-26T16:46:14.123Z info 0661312EF1B4A7: to=<bob@example.net>, ... session=12
+//   json:  {"ts":"2026-11-26T16:46:14.123Z","level":"info","qid":"0661312EF1B4A7","msg":"to=<bob@...>, ...","session":"12"}
+//
+// The queue id is metadata "qid" when the caller gave it; otherwise the Postfix convention of
+// starting a message with "<QUEUEID>: " is recognised, so every line about a message (session,
+// delivery, bounce) carries the same id in both formats and one grep shows its whole life. A session
+// id ("session") ties a message to its connection's connect and helo lines.
+//
+// One write(2) per line, so lines from different threads never interleave mid-line. No Foundation.
+
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum LogFormat: String, Sendable, CaseIterable {
+    case plain
+    case json
+}
+
+/// [log]: how log lines look.
+public struct LogConfig: Sendable, Equatable, ConfigSection {
+    public var format: LogFormat = .plain
+
+    public init() {}
+
+    static let tableName = "log"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("format", into: &format) { value in
+            guard let text = value.string else { throw Decode.wrongType("\"plain\" or \"json\"", value) }
+            guard let format = LogFormat(rawValue: text) else {
+                throw ConfigError(message: "must be \"plain\" or \"json\", got \"\(text)\"")
+            }
+            return format
+        }
+    }
+}
+
+public struct TernLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    let format: LogFormat
+    let fd: Int32
+    /// Called with each finished line instead of writing it (tests).
+    let sink: (@Sendable (String) -> Void)?
+
+    public init(format: LogFormat, level: Logger.Level = .info, fd: Int32 = 2) {
+        self.format = format
+        self.logLevel = level
+        self.fd = fd
+        self.sink = nil
+    }
+
+    init(format: LogFormat, level: Logger.Level = .info, sink: @escaping @Sendable (String) -> Void) {
+        self.format = format
+        self.logLevel = level
+        self.fd = -1
+        self.sink = sink
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields = metadata
+        if let extra = event.metadata { fields.merge(extra) { _, new in new } }
+        let line = Self.render(format: format, time: Self.now(), level: event.level, message: event.message.description,
+                               metadata: fields)
+        if let sink {
+            sink(line)
+        } else {
+            line.utf8CString.withUnsafeBufferPointer { buffer in
+                // The terminating NUL is not written; a short write to a pipe or file is retried.
+                var offset = 0
+                let count = buffer.count - 1
+                while offset < count {
+                    let n = write(fd, buffer.baseAddress! + offset, count - offset)
+                    if n < 0 { if errno == EINTR { continue } else { return } }
+                    offset += n
+                }
+            }
+        }
+    }
+
+    /// One line, newline included.
+    static func render(format: LogFormat, time: (seconds: Int, millis: Int), level: Logger.Level, message: String,
+                       metadata: Logger.Metadata) -> String {
+        var fields = metadata
+        var text = message
+        var qid: String?
+        if case .string(let id)? = fields.removeValue(forKey: "qid") { qid = id }
+        else if let id = fields.removeValue(forKey: "qid") { qid = id.description }
+        let prefixed = leadingQueueID(message)
+        if qid == nil { qid = prefixed }
+        let ts = timestamp(time)
+        switch format {
+        case .plain:
+            var line = "\(ts) \(level) "
+            if let qid, prefixed != qid { line += "\(qid): " }
+            line += oneLine(text)
+            for key in fields.keys.sorted() { line += " \(key)=\(oneLine(fields[key]!.description))" }
+            return line + "\n"
+        case .json:
+            if let qid, prefixed == qid { text = String(text.dropFirst(qid.count + 2)) }
+            var line = "{\"ts\":\"\(ts)\",\"level\":\"\(level)\""
+            if let qid { line += ",\"qid\":" + jsonString(qid) }
+            line += ",\"msg\":" + jsonString(text)
+            for key in fields.keys.sorted() where !["ts", "level", "qid", "msg"].contains(key) {
+                line += "," + jsonString(key) + ":" + jsonValue(fields[key]!)
+            }
+            return line + "}\n"
+        }
+    }
+
+    /// Control characters (a reply text quoted in an error, say) as "?", so that one event stays one line.
+    static func oneLine(_ text: String) -> String {
+        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+    }
+
+    /// "0661312EF1B4A7" when the message starts with "0661312EF1B4A7: ".
+    static func leadingQueueID(_ message: String) -> String? {
+        let bytes = message.utf8
+        guard bytes.count >= 16 else { return nil }
+        var i = bytes.startIndex
+        for _ in 0..<14 {
+            let b = bytes[i]
+            guard (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x46) else { return nil }
+            i = bytes.index(after: i)
+        }
+        guard bytes[i] == UInt8(ascii: ":"), bytes[bytes.index(after: i)] == UInt8(ascii: " ") else { return nil }
+        return String(message.prefix(14))
+    }
+
+    static func now() -> (seconds: Int, millis: Int) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return (Int(ts.tv_sec), Int(ts.tv_nsec) / 1_000_000)
+    }
+
+    /// RFC 3339 in UTC with milliseconds: "2026-11-26T16:46:14.123Z".
+    static func timestamp(_ time: (seconds: Int, millis: Int)) -> String {
+        var t = time_t(time.seconds)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func pad(_ v: Int32, _ width: Int) -> String {
+            let s = String(v)
+            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(time.millis), 3))Z"
+    }
+
+    static func jsonValue(_ value: Logger.Metadata.Value) -> String {
+        switch value {
+        case .string(let s): return jsonString(s)
+        case .stringConvertible(let c): return jsonString(c.description)
+        case .array(let items): return "[" + items.map(jsonValue).joined(separator: ",") + "]"
+        case .dictionary(let d):
+            return "{" + d.keys.sorted().map { jsonString($0) + ":" + jsonValue(d[$0]!) }.joined(separator: ",") + "}"
+        }
+    }
+
+    /// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped.
+    static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,63 @@
+// Reload.swift: a new configuration for a running server (SIGHUP), without dropping a session or a
+// message.
+//
+// What changes at once: the limits and switches of [server] (new sessions take the new ones; a
+// session already open keeps the rules it greeted with, so a transaction never changes under a
+// client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
+// [priority], and [routes] (jobs routed after the reload; a connection already open finishes its
+// work). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
+// spool, dns, delivery and log.
+
+import Logging
+import SMTPProtocol
+
+public struct ReloadOutcome: Equatable, Sendable {
+    /// Dotted names of the tables and keys whose new values are in force.
+    public var applied: [String] = []
+    /// Dotted names of changed keys that only a restart applies; their old values stay.
+    public var needRestart: [String] = []
+}
+
+extension SMTPServer {
+    /// The session rules a configuration implies.
+    static func sessionConfiguration(_ config: TernConfig) -> ServerConfiguration {
+        let s = config.server
+        return ServerConfiguration(
+            hostname: config.hostname, maxMessageSize: s.maxMessageSize, maxRecipients: s.maxRecipients,
+            maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
+            vrfy: s.vrfy, expn: s.expn,
+            policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
+    }
+
+    /// Puts `new` in force, except for the parts that need a restart (see the file's header).
+    @discardableResult
+    public func reload(_ new: TernConfig) -> ReloadOutcome {
+        let old = config
+        var next = new
+        var outcome = ReloadOutcome()
+
+        // Kept as they are until a restart.
+        if next.hostname != old.hostname { outcome.needRestart.append("hostname") }
+        next.hostname = old.hostname
+        if next.server.listen != old.server.listen { outcome.needRestart.append("server.listen") }
+        next.server.listen = old.server.listen
+        if next.spool != old.spool { outcome.needRestart.append("spool") }
+        next.spool = old.spool
+        if next.dns != old.dns { outcome.needRestart.append("dns") }
+        next.dns = old.dns
+        if next.delivery != old.delivery { outcome.needRestart.append("delivery") }
+        next.delivery = old.delivery
+        if next.log != old.log { outcome.needRestart.append("log") }
+        next.log = old.log
+
+        if next.server != old.server { outcome.applied.append("server") }
+        if next.aliases != old.aliases { outcome.applied.append("aliases") }
+        if next.priority != old.priority { outcome.applied.append("priority") }
+        if next.routes != old.routes { outcome.applied.append("routes") }
+
+        config = next
+        serverConfiguration = Self.sessionConfiguration(next)
+        delivery?.router.replaceRoutes(next.routes.routes)
+        return outcome
+    }
+}

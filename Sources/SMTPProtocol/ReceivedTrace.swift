@@ -1,0 +1,487 @@
+// ReceivedTrace.swift: reads the Received chain of a stored message and checks that it hangs together.
+//
+// Each MTA prepends one trace field (RFC 5321 §4.4, RFC 5322 §3.6.7):
+//
+//   Received: from HELO (RDNS [IP]) by HOST (software) with PROTOCOL id QUEUEID for <rcpt>; DATE
+//
+// The newest hop is on top. Reading the chain from the bottom up, each hop received the message from
+// the one below it, so the `from` of a hop should name (by HELO, reverse DNS or address) the `by` of
+// the hop before it, and dates should not go backwards. This is how a postmaster spots a forged
+// header: a spammer can write any lines below his own hop, but not above it.
+//
+// The clause grammar is lenient on purpose, to read what Postfix, Exim, Sendmail, Gmail, Exchange
+// and Tern write: a clause's value is one word, words that follow it until the next keyword belong to
+// it (Exchange writes "with Microsoft SMTP Server"), and comments (nested parentheses) attach to the
+// clause they follow. The date is whatever follows the last ";" outside comments. Pure: no I/O, `now`
+// is a parameter.
+
+/// One Received field, parsed.
+public struct ReceivedHop: Sendable, Equatable {
+    /// The unfolded field value (after "Received:").
+    public var raw: String
+    /// The from-domain as written: the client's HELO name or an address literal.
+    public var from: String?
+    /// The comments after the from-domain, e.g. "localhost [127.0.0.1]" or "helo=client.example".
+    public var fromComments: [String] = []
+    /// The client's address, from an address literal in the from clause.
+    public var fromIP: String?
+    public var by: String?
+    /// The comments after the by-domain, usually the software ("Postfix", "Exim 4.96").
+    public var byComments: [String] = []
+    public var via: String?
+    /// The protocol (RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPSA, UTF8SMTP, LMTP, ...), with any
+    /// words that follow it.
+    public var with: String?
+    public var id: String?
+    public var recipient: String?
+    public var dateText: String?
+    /// Seconds since the Unix epoch, when the date could be read.
+    public var date: Int?
+    /// What could not be read in this field.
+    public var problems: [String] = []
+
+    /// Names the sending host goes by in this hop's from clause: the HELO name, names in the comment
+    /// (reverse DNS, Exim's helo=), and the address. Lowercased, without a trailing dot or brackets.
+    public var fromIdentities: Set<String> {
+        var names = Set<String>()
+        if let from { names.insert(normalizedHost(from)) }
+        if let fromIP { names.insert(normalizedHost(fromIP)) }
+        for comment in fromComments {
+            for word in commentWords(comment) {
+                let lower = word.lowercased()
+                if lower.hasPrefix("helo=") {
+                    names.insert(normalizedHost(String(word.dropFirst(5))))
+                } else if looksLikeHost(word) {
+                    names.insert(normalizedHost(word))
+                }
+            }
+        }
+        names.remove("")
+        return names
+    }
+}
+
+/// Something in the chain that looks forged or broken. `hop` counts from 1 at the oldest (bottom) field.
+public struct TraceFinding: Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case unparsable        // a field, or part of it, could not be read
+        case brokenChain       // from does not match the by of the hop before
+        case dateBackwards     // older than the hop before it
+        case dateInFuture
+        case notedByMTA        // the receiving MTA said so itself ("may be forged")
+    }
+    public var hop: Int
+    public var kind: Kind
+    public var message: String
+
+    public var description: String { "hop \(hop): \(message)" }
+}
+
+public struct ReceivedTrace: Sendable, Equatable {
+    /// Oldest first: hops[0] is the bottom Received field, the first MTA the message passed through.
+    public var hops: [ReceivedHop]
+    public var findings: [TraceFinding]
+
+    /// - Parameters:
+    ///   - message: the message, or at least its header section (reading stops at the first empty
+    ///     line). CRLF or bare LF line ends.
+    ///   - now: seconds since the epoch, for dates in the future.
+    ///   - allowedSkew: seconds a clock may be off before a date counts as backwards or in the future.
+    public init(message: [UInt8], now: Int, allowedSkew: Int = 0) {
+        let fields = receivedFields(of: message)
+        hops = fields.reversed().map(parseReceived)
+        findings = []
+        for (index, hop) in hops.enumerated() {
+            let number = index + 1
+            for problem in hop.problems {
+                findings.append(TraceFinding(hop: number, kind: .unparsable, message: problem))
+            }
+            if hop.fromComments.contains(where: { $0.lowercased().contains("may be forged") }) {
+                findings.append(TraceFinding(hop: number, kind: .notedByMTA,
+                                             message: "\(hop.by ?? "the receiving MTA") noted the client name may be forged"))
+            }
+            if let date = hop.date, date > now + allowedSkew {
+                findings.append(TraceFinding(hop: number, kind: .dateInFuture,
+                                             message: "date \(hop.dateText ?? "") is \(formatDelay(date - now)) in the future"))
+            }
+            guard index > 0 else { continue }
+            let previous = hops[index - 1]
+            // A hop without a from clause (Gmail's internal "Received: by 2002:..." hops) names no
+            // client, so there is nothing to compare.
+            if let by = previous.by, hop.from != nil, !hop.receivedFrom(by: by) {
+                let comments = hop.fromComments.map { " (\($0))" }.joined()
+                findings.append(TraceFinding(hop: number, kind: .brokenChain,
+                                             message: "from \"\(hop.from!)\"\(comments) does not match by \"\(by)\" of hop \(index)"))
+            }
+            if let date = hop.date, let before = previous.date, date < before - allowedSkew {
+                findings.append(TraceFinding(hop: number, kind: .dateBackwards,
+                                             message: "date goes backwards: \(formatDelay(before - date)) before hop \(index)"))
+            }
+        }
+    }
+
+    /// Seconds between hop `index` (0-based) and the one before it, when both dates are known.
+    public func delay(ofHop index: Int) -> Int? {
+        guard index > 0, let date = hops[index].date, let before = hops[index - 1].date else { return nil }
+        return date - before
+    }
+}
+
+extension ReceivedHop {
+    /// Whether this hop's client is the host named `by` in the hop before it. A hand-over on the same
+    /// machine over loopback (a content filter re-injecting mail) also counts.
+    func receivedFrom(by: String) -> Bool {
+        let name = normalizedHost(by)
+        if fromIdentities.contains(name) { return true }
+        if let ip = fromIP, isLoopback(ip), let mine = self.by, normalizedHost(mine) == name { return true }
+        return false
+    }
+}
+
+// MARK: - Finding the fields
+
+/// The unfolded values of the Received fields, top first.
+func receivedFields(of message: [UInt8]) -> [String] {
+    var fields: [String] = []
+    var current: [UInt8]?  // the Received field being unfolded
+    var lineStart = 0
+    var i = 0
+    func finish() {
+        if let c = current { fields.append(String(decoding: c, as: UTF8.self)) }
+        current = nil
+    }
+    while lineStart < message.count {
+        i = lineStart
+        while i < message.count && message[i] != 0x0A { i += 1 }
+        var end = i
+        if end > lineStart && message[end - 1] == 0x0D { end -= 1 }
+        let line = message[lineStart..<end]
+        lineStart = i + 1
+        if line.isEmpty { break }  // end of the header section
+        if line.first == 0x20 || line.first == 0x09 {
+            current?.append(0x20)
+            current?.append(contentsOf: line.drop(while: { $0 == 0x20 || $0 == 0x09 }))
+            continue
+        }
+        finish()
+        let name = Array("received:".utf8)
+        if line.count >= name.count,
+           zip(line.prefix(name.count), name).allSatisfy({ ($0 | 0x20) == $1 || $0 == $1 }) {
+            current = Array(line.dropFirst(name.count).drop(while: { $0 == 0x20 || $0 == 0x09 }))
+        }
+    }
+    finish()
+    return fields
+}
+
+// MARK: - Parsing one field
+
+enum TraceToken: Equatable {
+    case word(String)
+    case comment(String)
+    case semicolon
+}
+
+/// Words, comments (nested, with backslash escapes) and semicolons. Quoted strings and [literals] stay
+/// inside one word. Returns nil when a parenthesis or quote is left open.
+func traceTokens(_ text: String) -> [TraceToken]? {
+    var tokens: [TraceToken] = []
+    let chars = Array(text)
+    var i = 0
+    while i < chars.count {
+        let c = chars[i]
+        if c == " " || c == "\t" { i += 1; continue }
+        if c == ";" { tokens.append(.semicolon); i += 1; continue }
+        if c == "(" {
+            var depth = 1
+            var body = ""
+            i += 1
+            while i < chars.count && depth > 0 {
+                let d = chars[i]
+                if d == "\\" && i + 1 < chars.count { body.append(chars[i + 1]); i += 2; continue }
+                if d == "(" { depth += 1 } else if d == ")" { depth -= 1; if depth == 0 { break } }
+                body.append(d)
+                i += 1
+            }
+            guard depth == 0 else { return nil }
+            i += 1
+            tokens.append(.comment(body))
+            continue
+        }
+        if c == ")" { return nil }
+        var word = ""
+        while i < chars.count {
+            let d = chars[i]
+            if d == " " || d == "\t" || d == "(" || d == ")" || d == ";" { break }
+            if d == "\"" {
+                word.append(d)
+                i += 1
+                while i < chars.count && chars[i] != "\"" {
+                    if chars[i] == "\\" && i + 1 < chars.count { word.append(chars[i]); i += 1 }
+                    word.append(chars[i])
+                    i += 1
+                }
+                guard i < chars.count else { return nil }
+            }
+            word.append(chars[i])
+            i += 1
+        }
+        tokens.append(.word(word))
+    }
+    return tokens
+}
+
+func parseReceived(_ raw: String) -> ReceivedHop {
+    var hop = ReceivedHop(raw: raw)
+    guard let tokens = traceTokens(raw) else {
+        hop.problems.append("cannot parse (unbalanced parentheses or quotes): \(abbreviated(raw))")
+        return hop
+    }
+    // The date follows the last ";" outside comments.
+    var clauseTokens = tokens
+    if let semicolon = tokens.lastIndex(of: .semicolon) {
+        clauseTokens = Array(tokens[..<semicolon])
+        let dateWords = tokens[(semicolon + 1)...].compactMap { token -> String? in
+            if case .word(let w) = token { return w }
+            return nil
+        }
+        let text = dateWords.joined(separator: " ")
+        hop.dateText = text
+        switch parseRFC5322Date(text) {
+        case .success(let seconds): hop.date = seconds
+        case .failure(let why): hop.problems.append("cannot read the date \"\(text)\": \(why.reason)")
+        }
+    } else {
+        hop.problems.append("no date (no \";\" in the field)")
+    }
+
+    var clause: String?  // the keyword whose value and comments are being read
+    var valueSeen = false
+    var stray: [String] = []
+    for token in clauseTokens {
+        switch token {
+        case .semicolon:
+            stray.append(";")
+        case .comment(let text):
+            switch clause {
+            case "from": hop.fromComments.append(text)
+            case "by": hop.byComments.append(text)
+            default: break
+            }
+        case .word(let word):
+            let keyword = word.lowercased()
+            if ["from", "by", "via", "with", "id", "for"].contains(keyword) && (valueSeen || clause == nil) {
+                clause = keyword
+                valueSeen = false
+                continue
+            }
+            guard let current = clause else {
+                stray.append(word)
+                continue
+            }
+            if !valueSeen {
+                valueSeen = true
+                switch current {
+                case "from": hop.from = word
+                case "by": hop.by = word
+                case "via": hop.via = word
+                case "with": hop.with = word
+                case "id": hop.id = word
+                default: hop.recipient = word
+                }
+            } else if current == "with" {
+                hop.with! += " " + word
+            }
+            // Other extra words (Exim's "tls CIPHER" after a comment, say) are tolerated: no MTA
+            // depends on them and they name nothing we check.
+        }
+    }
+    if let from = hop.from {
+        hop.fromIP = addressIn(from) ?? hop.fromComments.lazy.compactMap(addressInComment).first
+    }
+    if hop.from == nil && hop.by == nil && hop.with == nil {
+        // Nothing of a trace field: one finding says so, rather than one per missing part.
+        hop.problems = ["cannot parse \"\(abbreviated(raw))\": no from, by or with clause"]
+        return hop
+    }
+    if !stray.isEmpty {
+        hop.problems.append("cannot parse \"\(abbreviated(stray.joined(separator: " ")))\" before the first clause")
+    }
+    if hop.by == nil { hop.problems.append("no by clause") }
+    return hop
+}
+
+private func abbreviated(_ s: String) -> String {
+    s.count <= 80 ? s : String(s.prefix(77)) + "..."
+}
+
+// MARK: - Names and addresses
+
+/// "Mail.Example.", "[192.0.2.1]", "[IPv6:2001:db8::1]" → "mail.example", "192.0.2.1", "2001:db8::1".
+func normalizedHost(_ text: String) -> String {
+    var s = Substring(text)
+    if s.hasPrefix("[") {
+        s = s.dropFirst()
+        if let close = s.firstIndex(of: "]") { s = s[..<close] }
+        if s.lowercased().hasPrefix("ipv6:") { s = s.dropFirst(5) }
+    }
+    if s.hasSuffix(".") { s = s.dropLast() }
+    return s.lowercased()
+}
+
+/// The address in a literal "[192.0.2.1]", "[IPv6:...]" or "[192.0.2.1]:port", or a bare address.
+func addressIn(_ word: String) -> String? {
+    var s = Substring(word)
+    if s.hasPrefix("[") {
+        guard let close = s.firstIndex(of: "]") else { return nil }
+        s = s[s.index(after: s.startIndex)..<close]
+        if s.lowercased().hasPrefix("ipv6:") { s = s.dropFirst(5) }
+    }
+    let text = String(s)
+    return isIPv4(text) || isIPv6(text) ? text : nil
+}
+
+/// The first address in a comment: "localhost [127.0.0.1]", "[192.0.2.1]:4321 helo=x", "2603:10b6::14".
+func addressInComment(_ comment: String) -> String? {
+    commentWords(comment).lazy.compactMap(addressIn).first
+}
+
+func commentWords(_ comment: String) -> [String] {
+    comment.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," || $0 == "(" || $0 == ")" }).map(String.init)
+}
+
+/// A host name worth comparing: has a dot or is "localhost"; not a bare keyword or "unknown".
+func looksLikeHost(_ word: String) -> Bool {
+    let w = normalizedHost(word)
+    if w == "localhost" { return true }
+    guard w.contains("."), !w.contains("@"), !w.contains("=") else { return false }
+    return w.allSatisfy { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_" || $0 == ":" }
+}
+
+func isIPv4(_ s: String) -> Bool {
+    let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+    return parts.count == 4 && parts.allSatisfy { p in
+        (1...3).contains(p.count) && p.allSatisfy { $0.isASCII && $0.isNumber } && Int(p)! <= 255
+    }
+}
+
+func isIPv6(_ s: String) -> Bool {
+    let chars = Array(s)
+    guard chars.count >= 2, chars.count <= 45, chars.contains(":") else { return false }
+    var compressions = 0
+    for i in 1..<chars.count where chars[i] == ":" && chars[i - 1] == ":" { compressions += 1 }
+    guard compressions <= 1, !s.contains(":::") else { return false }
+    var groups = s.split(separator: ":", omittingEmptySubsequences: true)
+    var needed = 8
+    if let last = groups.last, last.contains(".") {
+        guard isIPv4(String(last)) else { return false }
+        groups.removeLast()
+        needed = 6
+    }
+    guard groups.allSatisfy({ $0.count <= 4 && $0.allSatisfy(\.isHexDigit) }) else { return false }
+    if s.hasPrefix(":") && !s.hasPrefix("::") { return false }
+    if s.hasSuffix(":") && !s.hasSuffix("::") { return false }
+    return compressions == 1 ? groups.count < needed : groups.count == needed
+}
+
+func isLoopback(_ ip: String) -> Bool {
+    ip.hasPrefix("127.") || ip == "::1"
+}
+
+// MARK: - Dates (RFC 5322 §3.3, with the obsolete forms of §4.3)
+
+public struct DateError: Error, Equatable, Sendable {
+    public var reason: String
+}
+
+/// "Thu, 26 Nov 2026 16:46:14 +0000", "26 Nov 26 16:46 GMT", "Thu, 26 Nov 2026 08:00:00 -0800 (PST)"
+/// → seconds since the epoch. The day of the week, when given, must be the right one.
+public func parseRFC5322Date(_ text: String) -> Result<Int, DateError> {
+    func fail(_ why: String) -> Result<Int, DateError> { .failure(DateError(reason: why)) }
+    // Comments ("(PST)") carry nothing we need.
+    var plain = ""
+    var depth = 0
+    for c in text {
+        if c == "(" { depth += 1; continue }
+        if c == ")" { depth = max(0, depth - 1); continue }
+        if depth == 0 { plain.append(c) }
+    }
+    var words = plain.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," }).map(String.init)
+    guard !words.isEmpty else { return fail("empty") }
+    let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    var weekday: Int?
+    if let w = weekdays.firstIndex(where: { $0.lowercased() == words[0].lowercased() }) {
+        weekday = w
+        words.removeFirst()
+    }
+    guard words.count >= 4 else { return fail("expected day month year time zone") }
+    let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+    guard let day = Int(words[0]), words[0].count <= 2 else { return fail("bad day \"\(words[0])\"") }
+    guard let monthIndex = months.firstIndex(of: words[1].lowercased()) else { return fail("bad month \"\(words[1])\"") }
+    // Two or three digits are RFC 5322's obsolete years; more than four is nobody's (and would overflow).
+    guard var year = Int(words[2]), words[2].allSatisfy({ $0.isASCII && $0.isNumber }), (2...4).contains(words[2].count) else {
+        return fail("bad year \"\(words[2])\"")
+    }
+    if words[2].count == 2 { year += year < 50 ? 2000 : 1900 } else if words[2].count == 3 { year += 1900 }
+    let timeParts = words[3].split(separator: ":", omittingEmptySubsequences: false)
+    guard (2...3).contains(timeParts.count), timeParts.allSatisfy({ $0.count == 2 && $0.allSatisfy(\.isNumber) }),
+          let hour = Int(timeParts[0]), let minute = Int(timeParts[1]) else {
+        return fail("bad time \"\(words[3])\"")
+    }
+    let second = timeParts.count == 3 ? Int(timeParts[2])! : 0
+    guard hour < 24, minute < 60, second <= 60 else { return fail("bad time \"\(words[3])\"") }
+    let month = monthIndex + 1
+    guard day >= 1, day <= daysInMonth(month, year) else { return fail("no day \(day) in \(words[1]) \(year)") }
+    guard words.count >= 5 else { return fail("no time zone") }
+    guard let offset = zoneOffset(words[4]) else { return fail("bad time zone \"\(words[4])\"") }
+    guard words.count == 5 else { return fail("unexpected \"\(words[5...].joined(separator: " "))\" after the zone") }
+    let days = daysFromCivil(year, month, day)
+    if let weekday, ((days % 7) + 11) % 7 != weekday {
+        return fail("\(words[0]) \(words[1]) \(year) is not a \(weekdays[weekday])")
+    }
+    return .success(days * 86400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// "+0100" → 3600; the obsolete names of RFC 5322 §4.3. Military letters count as +0000, as the RFC says.
+func zoneOffset(_ zone: String) -> Int? {
+    if zone.count == 5, let sign = zone.first, sign == "+" || sign == "-",
+       zone.dropFirst().allSatisfy({ $0.isASCII && $0.isNumber }) {
+        let hh = Int(zone.dropFirst().prefix(2))!, mm = Int(zone.suffix(2))!
+        guard hh < 24, mm < 60 else { return nil }
+        return (sign == "-" ? -1 : 1) * (hh * 3600 + mm * 60)
+    }
+    let named = ["ut": 0, "utc": 0, "gmt": 0, "z": 0, "est": -5, "edt": -4, "cst": -6, "cdt": -5,
+                 "mst": -7, "mdt": -6, "pst": -8, "pdt": -7]
+    if let hours = named[zone.lowercased()] { return hours * 3600 }
+    if zone.count == 1, zone.first!.isLetter, zone.first!.isASCII { return 0 }
+    return nil
+}
+
+func daysInMonth(_ month: Int, _ year: Int) -> Int {
+    switch month {
+    case 2: return (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28
+    case 4, 6, 9, 11: return 30
+    default: return 31
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
+    let y = m <= 2 ? y0 - 1 : y0
+    let era = (y >= 0 ? y : y - 399) / 400
+    let yoe = y - era * 400
+    let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+    return era * 146_097 + doe - 719_468
+}
+
+/// 0 → "0s", 75 → "1m15s", 7260 → "2h01m", 90000 → "1d01h".
+public func formatDelay(_ seconds: Int) -> String {
+    let s = abs(seconds)
+    let sign = seconds < 0 ? "-" : ""
+    func two(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    if s < 60 { return "\(sign)\(s)s" }
+    if s < 3600 { return "\(sign)\(s / 60)m\(two(s % 60))s" }
+    if s < 86400 { return "\(sign)\(s / 3600)h\(two(s / 60 % 60))m" }
+    return "\(sign)\(s / 86400)d\(two(s / 3600 % 24))h"
+}

@@ -1,0 +1,44 @@
+// `tern check-config PATH`: loads a config as `tern serve` would and prints the effective
+// configuration, every default filled in, as TOML that loads back to the same thing. A bad config is
+// reported with its key and line, exit status 78 (EX_CONFIG, as `tern serve` uses).
+
+import ArgumentParser
+import Relay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a config file and print the effective configuration with defaults filled in.")
+
+    @Argument(help: "The TOML config file.")
+    var path: String
+
+    @Flag(name: .shortAndLong, help: "Print nothing when the config is valid; only the exit status says.")
+    var quiet = false
+
+    func run() throws {
+        let config: TernConfig
+        do {
+            config = try TernConfig.load(path: path)
+        } catch {
+            fputs("tern check-config: \(error)\n", stderr)
+            throw ExitCode(78)
+        }
+        let (text, reloaded) = config.renderedAndReloaded
+        switch reloaded {
+        case .success(let again) where again == config:
+            break
+        case .success:
+            fputs("tern check-config: internal error: the printed configuration does not load back the same\n", stderr)
+            throw ExitCode(70)
+        case .failure(let error):
+            fputs("tern check-config: internal error: the printed configuration does not load: \(error)\n", stderr)
+            throw ExitCode(70)
+        }
+        if !quiet { print(text, terminator: "") }
+    }
+}

@@ -1,0 +1,41 @@
+// SIGHUP: read the config file again and put it in force without dropping a session or a message.
+// The file is read and parsed on the thread pool; a file that does not load is refused with a log
+// line naming the key and line, and the running configuration stays.
+
+import Logging
+import Relay
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Logger) throws -> SignalWatcher {
+    var reloading = false
+    return try SignalWatcher(loop: loop, signal: SIGHUP) {
+        guard let path else {
+            log.notice("SIGHUP: running on the built-in configuration (no --config); nothing to reload")
+            return
+        }
+        guard !reloading else { return }
+        reloading = true
+        var loaded: Result<TernConfig, Error>?
+        loop.queueWork({
+            loaded = Result { try TernConfig.load(path: path) }
+        }, done: {
+            reloading = false
+            switch loaded! {
+            case .failure(let error):
+                log.error("reload refused, the running configuration stays: \(error)")
+            case .success(let new):
+                let outcome = server.reload(new)
+                var line = "reloaded \(path)"
+                line += outcome.applied.isEmpty ? ": no change in force" : ": changed \(outcome.applied.joined(separator: ", "))"
+                if !outcome.needRestart.isEmpty {
+                    line += "; not applied until a restart: \(outcome.needRestart.joined(separator: ", "))"
+                }
+                log.notice("\(line)")
+            }
+        })
+    }
+}

@@ -1,0 +1,101 @@
+import Testing
+@testable import Relay
+
+/// `tern check-config` prints TernConfig.tomlText: it must load back to the same configuration.
+@Suite struct ConfigRenderTests {
+    @Test func defaultsRoundTrip() throws {
+        let config = try TernConfig.parse("hostname = \"relay.test\"\n")
+        let again = try TernConfig.parse(config.tomlText)
+        #expect(again == config)
+        #expect(config.tomlText.contains("max_connections = 20000"))
+        #expect(config.tomlText.contains("listen = [\"0.0.0.0:25\", \"[::]:25\"]"))
+    }
+
+    @Test func everyKeyChangedRoundTrips() throws {
+        var c = try TernConfig.parse("hostname = \"relay.test\"\n")
+        c.hostname = "mx.example.org"
+        c.server.listen = ["127.0.0.1:2600", "[::1]:2600"]
+        c.server.relayNetworks = [try CIDR(parsing: "10.0.0.0/8"), try CIDR(parsing: "2001:db8::/32")]
+        c.server.acceptDomains = ["example.org", "example.net"]
+        c.server.maxMessageSize = 1234
+        c.server.maxRecipients = 5
+        c.server.maxConnections = 6
+        c.server.maxConnectionsPerIP = 7
+        c.server.vrfy = true
+        c.server.expn = true
+        c.server.maxErrors = 8
+        c.server.maxLineLength = 2000
+        c.server.maxHops = 9
+        c.server.keepBcc = true
+        c.server.commandTimeout = 1.5
+        c.server.dataTimeout = 90
+        c.server.reverseDNS = false
+        c.spool.path = "/var/spool/tern \"quoted\""
+        c.dns.servers = ["127.0.0.1:5353"]
+        c.delivery.enabled = false
+        c.delivery.port = 2525
+        c.delivery.maxConnections = 11
+        c.delivery.maxConnectionsPerDestination = 3
+        c.delivery.retrySchedule = [1, 61, 7200, 0.25]
+        c.delivery.maxQueueLifetime = 86400 * 3
+        c.delivery.delayWarningTime = 14400
+        c.delivery.connectTimeout = 12
+        c.delivery.greetingTimeout = 13
+        c.delivery.commandTimeout = 14
+        c.delivery.dataTimeout = 15
+        c.routes.routes = ["corp.example": try NextHopSpec(parsing: "[10.0.0.5]:25"),
+                           "*": try NextHopSpec(parsing: "smtp.upstream.example:587"),
+                           "v6.example": try NextHopSpec(parsing: "[::1]:2526")]
+        c.priority.senderDomains = ["alerts.example": 5, "bulk.example": -9]
+        c.priority.recipientDomains = ["vip.example": 9]
+        c.aliases = ["postmaster": ["root@example.org"], "list@example.org": ["a@x.example", "b@y.example"],
+                     "o'brien@example.org": ["ob@example.org"]]
+        c.log.format = .json
+        let text = c.tomlText
+        let again = try TernConfig.parse(text)
+        #expect(again == c, "rendered:\n\(text)")
+    }
+
+    @Test(arguments: [(0.0, "0s"), (1, "1s"), (90, "90s"), (300, "5m"), (7200, "2h"), (432_000, "5d"),
+                      (1.5, "1500ms"), (0.25, "250ms"), (3660, "61m")])
+    func durations(_ seconds: Double, _ text: String) throws {
+        #expect(formatDuration(seconds) == text)
+        #expect(try parseDuration(text) == seconds)
+    }
+
+    @Test func quoting() {
+        #expect(TOMLWriter.quoted("a\"b\\c\nd\u{1}") == "\"a\\\"b\\\\c\\nd\\u0001\"")
+        #expect(TOMLWriter.key("bare_key-1") == "bare_key-1")
+        #expect(TOMLWriter.key("a.b") == "\"a.b\"")
+        #expect(TOMLWriter.key("*") == "\"*\"")
+    }
+}
+
+/// check-config's errors name the line even inside an inline table.
+@Suite struct ConfigErrorLineTests {
+    @Test func keyInsideAnInlineTable() {
+        let text = "hostname = \"relay.test\"\n\n[priority]\nsender_domains = { \"alerts.example\" = 50 }\n"
+        do {
+            _ = try TernConfig.parse(text)
+            Issue.record("parsed")
+        } catch let error as ConfigError {
+            #expect(error.line == 4)
+            #expect(error.key == "priority.sender_domains.\"alerts.example\"")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test func unknownKeyBesideAnInlineTable() {
+        let text = "[server]\nvrfy = true\n\n[priority]\n\nrecipient_domains = { \"a.example\" = 1 }\nbogus = { x = 1 }\n"
+        do {
+            _ = try TernConfig.parse(text)
+            Issue.record("parsed")
+        } catch let error as ConfigError {
+            #expect(error.line == 7)
+            #expect(error.key == "priority.bogus")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+}

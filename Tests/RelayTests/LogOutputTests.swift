@@ -1,0 +1,63 @@
+import Logging
+import Testing
+@testable import Relay
+
+@Suite struct LogOutputTests {
+    static let time = (seconds: 1_795_711_574, millis: 7)
+
+    @Test func plainKeepsTheMessageAndAppendsMetadata() {
+        let line = TernLogHandler.render(format: .plain, time: Self.time, level: .info,
+                                         message: "0661312EF1B4A7: to=<b@x.test>, status=sent",
+                                         metadata: ["qid": "0661312EF1B4A7", "session": "12"])
+        #expect(line == "2026-11-26T16:46:14.007Z info 0661312EF1B4A7: to=<b@x.test>, status=sent session=12\n")
+    }
+
+    @Test func plainAddsTheQueueIDWhenTheMessageLacksIt() {
+        let line = TernLogHandler.render(format: .plain, time: Self.time, level: .warning, message: "hello",
+                                         metadata: ["qid": "0661312EF1B4A7"])
+        #expect(line == "2026-11-26T16:46:14.007Z warning 0661312EF1B4A7: hello\n")
+    }
+
+    @Test func plainKeepsOneEventOnOneLine() {
+        let line = TernLogHandler.render(format: .plain, time: Self.time, level: .error, message: "bad\r\nreply\u{1}",
+                                         metadata: ["why": "a\nb"])
+        #expect(line == "2026-11-26T16:46:14.007Z error bad??reply? why=a?b\n")
+    }
+
+    @Test func jsonTakesTheQueueIDFromThePrefix() {
+        // Lines written as "ID: ..." without metadata (the delivery lines) get their qid all the same.
+        let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,
+                                         message: "0661312EF1B4A7: removed", metadata: [:])
+        #expect(line == "{\"ts\":\"2026-11-26T16:46:14.007Z\",\"level\":\"info\",\"qid\":\"0661312EF1B4A7\",\"msg\":\"removed\"}\n")
+    }
+
+    @Test func jsonEscapesAndNests() {
+        let line = TernLogHandler.render(format: .json, time: Self.time, level: .error,
+                                         message: "say \"hi\"\\\n\u{1}", metadata: ["list": .array(["a", "b"]),
+                                                                                  "session": "3"])
+        #expect(line == "{\"ts\":\"2026-11-26T16:46:14.007Z\",\"level\":\"error\",\"msg\":\"say \\\"hi\\\"\\\\\\n\\u0001\","
+                + "\"list\":[\"a\",\"b\"],\"session\":\"3\"}\n")
+    }
+
+    @Test(arguments: [("0661312EF1B4A7: x", "0661312EF1B4A7"), ("0661312EF1B4A7:x", nil), ("0661312ef1b4a7: x", nil),
+                      ("connect from x", nil), ("0661312EF1B4A: x", nil)])
+    func queueIDPrefix(_ message: String, _ id: String?) {
+        #expect(TernLogHandler.leadingQueueID(message) == id)
+    }
+
+    @Test func loggerFiltersByLevelAndMergesMetadata() {
+        let lines = LockedLines()
+        var logger = Logger(label: "t") { _ in TernLogHandler(format: .json, level: .info, sink: { lines.append($0) }) }
+        logger[metadataKey: "instance"] = "a"
+        logger.debug("hidden")
+        logger.info("shown", metadata: ["session": "9"])
+        #expect(lines.all.count == 1)
+        #expect(lines.all.first?.hasSuffix(",\"msg\":\"shown\",\"instance\":\"a\",\"session\":\"9\"}\n") == true)
+    }
+}
+
+final class LockedLines: @unchecked Sendable {
+    private var lines: [String] = []
+    func append(_ line: String) { lines.append(line) }
+    var all: [String] { lines }
+}

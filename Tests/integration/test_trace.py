@@ -1,0 +1,108 @@
+"""`tern trace`: the Received chain of a message that went through two real Terns reads clean;
+hand-made chains (a forged hop, dates out of order, an unparsable field) are flagged with exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import CLIENT_HELO, TERN_BIN, make_message, send_message
+from delivery_helpers import wait_until
+
+
+def trace(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    if not TERN_BIN.exists():
+        pytest.fail(f"tern binary not found at {TERN_BIN}")
+    return subprocess.run([str(TERN_BIN), "trace", *args], input=stdin, capture_output=True, timeout=30)
+
+
+def test_message_relayed_through_two_terns_traces_clean(start_tern):
+    # B keeps what it receives; A delivers everything to B. B's copy then carries two Received
+    # fields: A's (from the client) and B's (from A, which says EHLO with its hostname).
+    b = start_tern(top={"hostname": "relay-b.test"})
+    a = start_tern(top={"hostname": "relay-a.test"},
+                   delivery={"enabled": True, "retry_schedule": ["1s"], "connect_timeout": "2s"},
+                   extra_tables={"routes": {"*": f"[127.0.0.1]:{b.port}"}})
+    send_message(a.port, "alice@example.test", ["bob@example.test"], make_message(subject="trace me"))
+    wait_until(lambda: b.queued(), 30, "the message to reach B's spool")
+    [queue_id] = b.queued()
+    path = b.queue_dir / f"{queue_id}.msg"
+
+    p = trace(str(path))
+    out = p.stdout.decode()
+    assert p.returncode == 0, out + p.stderr.decode()
+    assert "2 hops, nothing flagged" in out, out
+    hop1, hop2 = out.split("hop 2")[0], out.split("hop 2")[1]
+    assert f"from {CLIENT_HELO} (unknown [127.0.0.1])" in hop1 and "by    relay-a.test (Tern)" in hop1, out
+    assert "from relay-a.test (unknown [127.0.0.1])" in hop2 and "by    relay-b.test (Tern)" in hop2, out
+    assert f"id    {queue_id}" in hop2, out
+    assert "(delay " in hop2, out
+
+    # The same from stdin, with "-" and with no argument.
+    data = path.read_bytes()
+    assert trace("-", stdin=data).stdout == p.stdout
+    assert trace(stdin=data).returncode == 0
+
+
+CLEAN = [
+    "Received: from mx.example.org (mx.example.org [192.0.2.25])",
+    "\tby relay.test (Tern) with ESMTP id 0661312EF1B4A7",
+    "\tfor <bob@relay.test>; Thu, 26 Nov 2026 16:46:20 +0000",
+    "Received: from [198.51.100.7] (helo=laptop.example.com)",
+    "\tby mx.example.org with esmtpsa (TLS1.3) (Exim 4.96)",
+    "\t(envelope-from <alice@example.com>) id 1kABCD-0001Ab-Cd; Thu, 26 Nov 2026 16:46:14 +0000",
+]
+
+
+def message(lines: list[str]) -> bytes:
+    return ("\r\n".join(lines + ["Subject: test", "", "body", ""])).encode()
+
+
+def test_hand_made_clean_chain(tmp_path: Path):
+    f = tmp_path / "clean.eml"
+    f.write_bytes(message(CLEAN))
+    p = trace(str(f))
+    assert p.returncode == 0, p.stdout.decode()
+    assert "2 hops, nothing flagged" in p.stdout.decode()
+    assert "(delay 6s)" in p.stdout.decode()
+
+
+@pytest.mark.parametrize("lines,expect", [
+    # A forged line below the spammer's own hop: mx.example.org says it got the message from
+    # a dial-up address calling itself bank.example, but the line below claims mail.bank.example.
+    ([
+        "Received: from bank.example (dsl-66.isp.example [203.0.113.66])",
+        "\tby mx.example.org (Postfix) with ESMTP id 7AB; Thu, 26 Nov 2026 16:46:20 +0000",
+        "Received: from workstation (internal [10.0.0.5])",
+        "\tby mail.bank.example (Postfix) with ESMTP id 11A; Thu, 26 Nov 2026 16:46:10 +0000",
+    ], 'does not match by "mail.bank.example" of hop 1'),
+    ([
+        "Received: from b.example (b.example [192.0.2.2]) by c.example (Postfix) with ESMTP id 3;",
+        "\tThu, 26 Nov 2026 16:40:00 +0000",
+        "Received: from a.example (a.example [192.0.2.1]) by b.example (Postfix) with ESMTP id 2;",
+        "\tThu, 26 Nov 2026 16:46:14 +0000",
+    ], "date goes backwards: 6m14s before hop 1"),
+    ([
+        "Received: from a.example (a.example [192.0.2.1]) by b.example with SMTP id 2;",
+        "\tFri, 1 Jan 2100 00:00:00 +0000",
+    ], "in the future"),
+    (["Received: this is not a trace field"], "cannot parse"),
+    (["Received: from a.example by b.example with SMTP; 31 Feb 2026 10:00:00 +0000"],
+     'cannot read the date "31 Feb 2026 10:00:00 +0000"'),
+])
+def test_hand_made_chains_are_flagged(tmp_path: Path, lines, expect):
+    f = tmp_path / "m.eml"
+    f.write_bytes(message(lines))
+    p = trace(str(f))
+    out = p.stdout.decode()
+    assert p.returncode == 1, out
+    assert expect in out, out
+    assert "flagged" in out.splitlines()[-1]
+
+
+def test_unreadable_file(tmp_path: Path):
+    p = trace(str(tmp_path / "missing.eml"))
+    assert p.returncode == 2
+    assert "missing.eml" in p.stderr.decode()
