@@ -152,8 +152,11 @@ public struct SinkConfig: Sendable {
         if let value = try r.read("fault", { $0 }) {
             guard let array = value.array else { throw r.error("fault", "expected [[sink.fault]] tables") }
             for (index, element) in array.enumerated() {
+                // "sink.fault[2].reply": which of the [[sink.fault]] tables, counting from 1.
                 let key = "fault[\(index + 1)]"
-                guard let table = element.table else { throw r.error(key, "expected a table") }
+                let source = r.context.source
+                let error = { (k: String, message: String) in ConfigError(key: "sink.\(key).\(k)", message: message, source: source) }
+                guard let table = element.table else { throw ConfigError(key: "sink.\(key)", message: "expected a table", source: source) }
                 var fields: [String: FieldValue] = [:]
                 for k in table.keys {
                     let v = table[k]!
@@ -161,9 +164,9 @@ public struct SinkConfig: Sendable {
                     else if let i = v.int { fields[k] = .number(Double(i)) }
                     else if let d = v.double { fields[k] = .number(d) }
                     else if let b = v.bool { fields[k] = .bool(b) }
-                    else { throw r.error("\(key).\(k)", "expected a string, number or boolean") }
+                    else { throw error(k, "expected a string, number or boolean") }
                 }
-                faults.append(try FaultRule.make(fields) { k, message in r.error("\(key).\(k)", message) })
+                faults.append(try FaultRule.make(fields, error: error))
             }
         }
         try validate(error: { key, message in r.error(key, message) })
