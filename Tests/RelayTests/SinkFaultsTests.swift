@@ -192,6 +192,19 @@ final class FaultLog {
 }
 
 @Suite struct SinkConfigTests {
+    /// etc/sink.toml documents every key with its default: parsed, it is the default configuration.
+    @Test func shippedFileIsTheDefaults() throws {
+        let path = String(#filePath.dropLast("Tests/RelayTests/SinkFaultsTests.swift".count)) + "etc/sink.toml"
+        #expect(try SinkConfig.load(path: path) == SinkConfig())
+        let text = try TernConfig.readFile(path)
+        for key in ["listen", "hostname", "mode", "keep_path", "keep_format", "metrics_listen", "seed", "magic_recipients",
+                    "max_message_size", "max_recipients", "max_line_length", "max_connections", "command_timeout",
+                    "banner_delay", "tarpit", "[sink.advertise]", "[[sink.fault]]"]
+            + SinkConfig.extensionNames.map(\.0) {
+            #expect(text.contains(key), "etc/sink.toml does not mention \(key)")
+        }
+    }
+
     @Test func parsesTable() throws {
         let c = try SinkConfig.parse("""
             [sink]

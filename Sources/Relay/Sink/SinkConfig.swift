@@ -21,7 +21,7 @@
 import SMTPProtocol
 import TOMLKit
 
-public struct SinkConfig: Sendable {
+public struct SinkConfig: Sendable, Equatable {
     public enum Mode: String, Sendable, CaseIterable {
         /// Accept and forget (the data is still read and checked).
         case discard
@@ -134,11 +134,14 @@ public struct SinkConfig: Sendable {
         try r.read("max_line_length", into: &maxLineLength, Decode.int(atLeast: 1000,
                    why: "RFC 5321 4.5.3.1.6 requires lines of 1000 octets"))
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
-        if let text = try r.read("banner_delay", Decode.string) {
-            faults.append(try r.read("banner_delay", { _ in try SinkConfig.bannerDelay(text) })!)
+        // "0s" (the default) adds no rule.
+        if let text = try r.read("banner_delay", Decode.string),
+           let rule = try r.read("banner_delay", { _ in try SinkConfig.bannerDelay(text) }), rule.delay!.high > 0 {
+            faults.append(rule)
         }
-        if let text = try r.read("tarpit", Decode.string) {
-            faults.append(try r.read("tarpit", { _ in try SinkConfig.tarpit(text) })!)
+        if let text = try r.read("tarpit", Decode.string),
+           let rule = try r.read("tarpit", { _ in try SinkConfig.tarpit(text) }), rule.delay!.high > 0 {
+            faults.append(rule)
         }
         if let table = try r.read("advertise", Decode.table) {
             var a = TableReader(table, path: ["sink", "advertise"], context: r.context)
