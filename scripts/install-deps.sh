@@ -9,7 +9,7 @@ set -euo pipefail
 PACKAGES=(
     libuv1-dev libc-ares-dev libssl-dev pkg-config
     swaks dnsmasq-base postfix
-    python3 python3-pytest python3-aiosmtpd
+    python3 python3-pytest python3-aiosmtpd python3-prometheus-client
     iproute2 util-linux
 )
 

@@ -156,7 +156,7 @@ public struct TernConfig: Sendable, Equatable {
         }
     }
 
-    private static func readFile(_ path: String) throws -> String {
+    static func readFile(_ path: String) throws -> String {
         guard let file = fopen(path, "rb") else {
             throw ConfigError(message: String(cString: strerror(errno)), source: path)
         }

@@ -104,6 +104,8 @@ final class InboundSession {
                 closed = true
                 timer?.stop()
                 connection.closeAfterWrites()
+            case .delay, .drop:
+                break  // only with hooks, which the relay never sets
             }
         }
         if !machine.wantsInput {

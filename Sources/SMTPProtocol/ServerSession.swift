@@ -30,6 +30,8 @@ public struct ServerConfiguration: Sendable {
     public var policy: RelayPolicy
     /// Extra EHLO keywords advertised after the built-in ones (STARTTLS, AUTH … in later versions).
     public var extraExtensions: [String]
+    /// Keywords advertised in the EHLO reply (all by default; `tern sink` can switch them off).
+    public var extensions: AdvertisedExtensions = .all
 
     public init(hostname: String, maxMessageSize: Int = 52_428_800, maxRecipients: Int = 1000, maxErrors: Int = 20,
                 maxLineLength: Int = 1000, maxHops: Int = 50, keepBcc: Bool = false, vrfy: Bool = false,
@@ -88,6 +90,10 @@ public enum ServerAction: Equatable, Sendable {
     case abortMessage
     /// Close the connection once the replies before this action are written.
     case close
+    /// Hold the actions that follow this long (only with hooks: a delayed reply, a tarpit).
+    case delay(milliseconds: Int)
+    /// Close the connection at once, without a reply (only with hooks: a connection dropped mid-DATA).
+    case drop
 }
 
 public struct ServerSession {
@@ -126,6 +132,13 @@ public struct ServerSession {
     var actions: [ServerAction] = []
     var replyBytes: [UInt8] = []
 
+    /// Fault injection for `tern sink`; nil in the relay.
+    public var hooks: (any SessionHooks)?
+    /// The greeting was a refusal: every command but QUIT gets 503 (RFC 5321 §3.1).
+    var refusedAtGreeting = false
+    /// A hook asked to drop the connection once message data arrives.
+    var dropInData = false
+
     static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
     static let dataChunk = 128 * 1024
 
@@ -144,7 +157,13 @@ public struct ServerSession {
 
     /// The 220 greeting (RFC 5321 §4.3.1).
     public mutating func greeting() -> [ServerAction] {
-        reply(Reply(220, nil, "\(config.hostname) ESMTP Tern"))
+        let verdict = consult(.greeting, recipients: [])
+        if let refusal = verdict.reply {
+            answerFault(refusal)
+            if phase != .closed { refusedAtGreeting = true }
+        } else {
+            reply(Reply(220, nil, "\(config.hostname) ESMTP Tern"))
+        }
         return takeActions()
     }
 
@@ -224,6 +243,10 @@ public struct ServerSession {
             case .closed, .committing:
                 return offset
             case .data:
+                if dropInData {
+                    dropConnection()
+                    return count
+                }
                 offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset...]), into: &dataOut)
                 if decoder!.isFinished { endOfData() }
                 flushDataOut(force: false)
@@ -294,6 +317,9 @@ public struct ServerSession {
             }
             return
         }
+        if refusedAtGreeting, command != .quit {
+            return fail(Reply(503, "5.5.1", "Error: no SMTP service here; send QUIT"))
+        }
         switch command {
         case .helo(let domain): hello(domain, extended: false)
         case .ehlo(let domain): hello(domain, extended: true)
@@ -323,8 +349,19 @@ public struct ServerSession {
         esmtp = extended
         phase = .ready
         if extended {
-            var lines = [config.hostname, "PIPELINING", "SIZE \(config.maxMessageSize)", "8BITMIME",
-                         "ENHANCEDSTATUSCODES", "SMTPUTF8", "MT-PRIORITY"]
+            var lines = [config.hostname]
+            let on = config.extensions
+            if on == .all {
+                lines += ["PIPELINING", "SIZE \(config.maxMessageSize)", "8BITMIME", "ENHANCEDSTATUSCODES",
+                          "SMTPUTF8", "MT-PRIORITY"]
+            } else {
+                if on.contains(.pipelining) { lines.append("PIPELINING") }
+                if on.contains(.size) { lines.append("SIZE \(config.maxMessageSize)") }
+                if on.contains(.eightBitMIME) { lines.append("8BITMIME") }
+                if on.contains(.enhancedStatusCodes) { lines.append("ENHANCEDSTATUSCODES") }
+                if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
+                if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
+            }
             lines += config.extraExtensions
             lines.append("HELP")
             reply(Reply(250, nil, lines))
@@ -343,6 +380,10 @@ public struct ServerSession {
         for param in params {
             guard seen.insert(param.keyword).inserted else {
                 return fail(Reply(501, "5.5.4", "Error: duplicate \(param.keyword) parameter"))
+            }
+            if config.extensions != .all, let needs = Self.extensionOfParameter[param.keyword],
+               !config.extensions.contains(needs) {
+                return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
             }
             switch param.keyword {
             case "SIZE":
@@ -373,6 +414,11 @@ public struct ServerSession {
         if !utf8 && !path.isASCII {
             return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
         }
+        if hooks != nil {
+            hooks!.transactionStarted()
+            let verdict = consult(.mail, sender: path, recipients: [])
+            if let refusal = verdict.reply { return answerFault(refusal) }
+        }
         sender = path
         bodyType = body
         smtputf8 = utf8
@@ -397,9 +443,17 @@ public struct ServerSession {
         case .deny(let r):
             fail(r)
         case .accept(let addresses):
+            var answer = Reply(250, "2.1.5", "Ok")
+            if hooks != nil {
+                let verdict = consult(.rcpt, recipients: addresses)
+                if let other = verdict.reply {
+                    guard other.code < 400 else { return answerFault(other) }
+                    answer = other
+                }
+            }
             acceptedRcptCommands += 1
             for a in addresses where !recipients.contains(a) { recipients.append(a) }
-            reply(Reply(250, "2.1.5", "Ok"))
+            reply(answer)
         }
     }
 
@@ -409,6 +463,12 @@ public struct ServerSession {
             if rcptCommands > 0 { return fail(Reply(554, "5.5.1", "Error: no valid recipients")) }
             return fail(Reply(503, "5.5.1", "Error: need RCPT command"))
         }
+        var drop = false
+        if hooks != nil {
+            let verdict = consult(.data, recipients: recipients)
+            if let refusal = verdict.reply { return answerFault(refusal) }
+            drop = verdict.dropInData
+        }
         let start = MessageStart(
             sender: sender!, recipients: recipients, helo: helo ?? client.ip,
             protocolName: smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP"),
@@ -417,6 +477,7 @@ public struct ServerSession {
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut.reserveCapacity(16 * 1024)
         phase = .data
+        dropInData = drop
         reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
         emit(.beginMessage(start))
     }
@@ -445,6 +506,14 @@ public struct ServerSession {
             resetTransaction()
             phase = .ready
             fail(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"))
+            return
+        }
+        if hooks != nil, let refusal = consult(.dot, recipients: recipients).reply, refusal.code >= 400 {
+            dataOut = []
+            emit(.abortMessage)
+            resetTransaction()
+            phase = .ready
+            answerFault(refusal)
             return
         }
         flushDataOut(force: true)
@@ -487,8 +556,44 @@ public struct ServerSession {
     }
 
     mutating func reply(_ r: Reply) {
+        if hooks != nil {
+            let hold = hooks!.replyDelay()
+            if hold > 0 { emit(.delay(milliseconds: hold)) }
+        }
+        if r.enhanced != nil && !config.extensions.contains(.enhancedStatusCodes) {
+            return Reply(r.code, nil, r.lines).appendWireBytes(to: &replyBytes)
+        }
         r.appendWireBytes(to: &replyBytes)
     }
+
+    /// Asks the hooks about a stage; a delay they want goes out as an action before the reply.
+    mutating func consult(_ stage: SessionStage, sender: MailPath? = nil, recipients: [String]) -> StageVerdict {
+        guard hooks != nil else { return .none }
+        let verdict = hooks!.verdict(at: stage, sender: sender ?? self.sender, recipients: recipients)
+        if verdict.delayMilliseconds > 0 { emit(.delay(milliseconds: verdict.delayMilliseconds)) }
+        return verdict
+    }
+
+    /// An injected refusal. Unlike `fail` it does not count towards max_errors (the client did nothing
+    /// wrong); a 421 closes the connection, as it announces (RFC 5321 §3.8).
+    mutating func answerFault(_ r: Reply) {
+        reply(r)
+        if r.code == 421 { close() }
+    }
+
+    /// The hooks asked for a connection dropped mid-DATA: no reply, the message is forgotten.
+    mutating func dropConnection() {
+        emit(.abortMessage)
+        decoder = nil
+        dataOut = []
+        phase = .closed
+        inbox = []
+        emit(.drop)
+    }
+
+    static let extensionOfParameter: [String: AdvertisedExtensions] = [
+        "SIZE": .size, "BODY": .eightBitMIME, "SMTPUTF8": .smtputf8, "MT-PRIORITY": .mtPriority,
+    ]
 
     /// A refusal; counts towards max_errors.
     mutating func fail(_ r: Reply) {

@@ -11,6 +11,8 @@ struct Driver {
     var closed = false
     var failCommits = false
     var commits = 0
+    var delays: [Int] = []
+    var dropped = false
 
     init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
          client: PeerInfo = PeerInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
@@ -32,6 +34,8 @@ struct Driver {
                 if current != nil { aborted += 1 }
                 current = nil
             case .close: closed = true
+            case .delay(let ms): delays.append(ms)
+            case .drop: closed = true; dropped = true
             }
         }
         if pendingCommit {

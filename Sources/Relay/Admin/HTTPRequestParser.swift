@@ -1,0 +1,226 @@
+// A small HTTP/1.1 request parser (RFC 9112) for Tern's own endpoints: `/metrics` of `tern sink`
+// now, the relay's admin endpoint later. Pure: bytes in, requests out, so it is tested byte by byte.
+//
+// Deliberately narrow: a request line, header fields, and a body only by Content-Length. Anything
+// else gets the status code that says why, and the connection is closed after it:
+//   400 malformed request line or header field, bare CR or LF, obs-fold, Content-Length wrong
+//   411 a body without Content-Length (POST with neither), 413 body over the limit,
+//   431 request head over the limit, 501 Transfer-Encoding (no chunked bodies), 505 not HTTP/1.x.
+
+public struct HTTPHeader: Equatable, Sendable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
+public struct HTTPRequest: Equatable, Sendable {
+    public var method: String
+    /// The request target as sent ("/metrics?x=1").
+    public var target: String
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    public var minorVersion: Int
+    public var headers: [HTTPHeader]
+    public var body: [UInt8]
+
+    /// The target without its query.
+    public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
+
+    /// The first field of that name (case-insensitive).
+    public func header(_ name: String) -> String? {
+        let lowered = name.lowercased()
+        return headers.first { $0.name.lowercased() == lowered }?.value
+    }
+
+    /// HTTP/1.1 keeps the connection unless "Connection: close"; HTTP/1.0 only with "keep-alive".
+    public var keepAlive: Bool {
+        let tokens = (header("Connection") ?? "").lowercased().split(separator: ",").map { $0.trimmingSpaces }
+        return minorVersion >= 1 ? !tokens.contains("close") : tokens.contains("keep-alive")
+    }
+}
+
+public struct HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var reason: String
+    public var description: String { "\(status) \(reason)" }
+}
+
+public struct HTTPRequestParser: Sendable {
+    public let maxHeadBytes: Int
+    public let maxBodyBytes: Int
+    private var buffer: [UInt8] = []
+    /// Set after an error: the connection is beyond repair and must be closed.
+    public private(set) var failed = false
+
+    public init(maxHeadBytes: Int = 8192, maxBodyBytes: Int = 1 << 20) {
+        self.maxHeadBytes = maxHeadBytes
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
+        guard !failed else { return }
+        buffer.append(contentsOf: bytes)
+    }
+
+    public mutating func feed(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { feed($0) }
+    }
+
+    /// The next complete request, nil when more bytes are needed. After a throw, stop feeding.
+    public mutating func next() throws -> HTTPRequest? {
+        guard !failed else { return nil }
+        do {
+            return try parse()
+        } catch let error as HTTPParseError {
+            failed = true
+            buffer = []
+            throw error
+        }
+    }
+
+    private mutating func parse() throws -> HTTPRequest? {
+        // RFC 9112 §2.2: ignore at least one empty line before a request line.
+        while buffer.count >= 2 && buffer[0] == 13 && buffer[1] == 10 { buffer.removeFirst(2) }
+        guard let headEnd = findHeadEnd() else {
+            if buffer.count > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
+            if let bad = buffer.firstIndex(where: { $0 == 10 }), bad == 0 || buffer[bad - 1] != 13 {
+                throw HTTPParseError(status: 400, reason: "Bad Request: bare LF")
+            }
+            return nil
+        }
+        if headEnd > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
+        let lines = splitLines(buffer[0..<headEnd])
+        var request = try parseRequestLine(lines[0])
+        for line in lines.dropFirst() {
+            request.headers.append(try parseField(line))
+        }
+        if request.header("Transfer-Encoding") != nil {
+            throw HTTPParseError(status: 501, reason: "Not Implemented: Transfer-Encoding")
+        }
+        var bodyLength = 0
+        let lengths = request.headers.filter { $0.name.lowercased() == "content-length" }
+        if let first = lengths.first {
+            guard lengths.allSatisfy({ $0.value == first.value }), !first.value.isEmpty, first.value.utf8.count <= 18,
+                  first.value.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let n = Int(first.value)
+            else { throw HTTPParseError(status: 400, reason: "Bad Request: Content-Length") }
+            guard n <= maxBodyBytes else { throw HTTPParseError(status: 413, reason: "Content Too Large") }
+            bodyLength = n
+        } else if request.method == "POST" || request.method == "PUT" {
+            throw HTTPParseError(status: 411, reason: "Length Required")
+        }
+        let total = headEnd + 4 + bodyLength
+        guard buffer.count >= total else { return nil }
+        request.body = Array(buffer[(headEnd + 4)..<total])
+        buffer.removeFirst(total)
+        return request
+    }
+
+    /// Index of the CR of the first CRLFCRLF.
+    private func findHeadEnd() -> Int? {
+        guard buffer.count >= 4 else { return nil }
+        var i = 0
+        while i + 3 < buffer.count {
+            if buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    private func splitLines(_ head: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
+        var lines: [ArraySlice<UInt8>] = []
+        var start = head.startIndex
+        var i = head.startIndex
+        while i < head.endIndex {
+            if head[i] == 13 && i + 1 < head.endIndex && head[i + 1] == 10 {
+                lines.append(head[start..<i])
+                i += 2
+                start = i
+            } else {
+                i += 1
+            }
+        }
+        lines.append(head[start..<head.endIndex])
+        return lines
+    }
+
+    private func parseRequestLine(_ line: ArraySlice<UInt8>) throws -> HTTPRequest {
+        try rejectControls(line)
+        let parts = line.split(separator: 32, omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty,
+              parts[0].allSatisfy(isTokenChar)
+        else { throw HTTPParseError(status: 400, reason: "Bad Request: request line") }
+        let version = String(decoding: parts[2], as: UTF8.self)
+        let minor: Int
+        switch version {
+        case "HTTP/1.1": minor = 1
+        case "HTTP/1.0": minor = 0
+        default:
+            guard version.hasPrefix("HTTP/"), version.count == 8 else {
+                throw HTTPParseError(status: 400, reason: "Bad Request: request line")
+            }
+            throw HTTPParseError(status: 505, reason: "HTTP Version Not Supported")
+        }
+        return HTTPRequest(method: String(decoding: parts[0], as: UTF8.self),
+                           target: String(decoding: parts[1], as: UTF8.self), minorVersion: minor, headers: [], body: [])
+    }
+
+    private func parseField(_ line: ArraySlice<UInt8>) throws -> HTTPHeader {
+        try rejectControls(line)
+        // RFC 9112 §5.2: obs-fold is rejected; §5.1: no space before the colon.
+        guard let first = line.first, first != 32, first != 9, let colon = line.firstIndex(of: UInt8(ascii: ":")),
+              colon > line.startIndex, line[line.startIndex..<colon].allSatisfy(isTokenChar)
+        else { throw HTTPParseError(status: 400, reason: "Bad Request: header field") }
+        var value = line[(colon + 1)...]
+        while let b = value.first, b == 32 || b == 9 { value = value.dropFirst() }
+        while let b = value.last, b == 32 || b == 9 { value = value.dropLast() }
+        return HTTPHeader(String(decoding: line[line.startIndex..<colon], as: UTF8.self),
+                          String(decoding: value, as: UTF8.self))
+    }
+
+    private func rejectControls(_ line: ArraySlice<UInt8>) throws {
+        if line.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) {
+            throw HTTPParseError(status: 400, reason: "Bad Request: bare CR, LF or NUL")
+        }
+    }
+}
+
+/// tchar of RFC 9110 §5.6.2.
+func isTokenChar(_ b: UInt8) -> Bool {
+    switch b {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        return true
+    default:
+        return "!#$%&'*+-.^_`|~".utf8.contains(b)
+    }
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var reason: String
+    public var headers: [HTTPHeader]
+    public var body: [UInt8]
+
+    public init(status: Int, reason: String, headers: [HTTPHeader] = [], body: [UInt8] = []) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+    }
+
+    public static func text(_ status: Int, _ reason: String, _ body: String) -> HTTPResponse {
+        HTTPResponse(status: status, reason: reason, headers: [HTTPHeader("Content-Type", "text/plain; charset=utf-8")],
+                     body: Array(body.utf8))
+    }
+
+    /// The wire form; Content-Length always, and "Connection: close" when the connection ends after it.
+    public func serialized(close: Bool, headOnly: Bool = false) -> [UInt8] {
+        var head = "HTTP/1.1 \(status) \(reason)\r\n"
+        for h in headers { head += "\(h.name): \(h.value)\r\n" }
+        head += "Content-Length: \(body.count)\r\n"
+        if close { head += "Connection: close\r\n" }
+        head += "\r\n"
+        return Array(head.utf8) + (headOnly ? [] : body)
+    }
+}

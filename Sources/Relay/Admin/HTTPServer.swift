@@ -1,0 +1,108 @@
+// A small HTTP/1.1 server on the SMTP loop, for Tern's own endpoints (`tern sink`'s /metrics; the
+// relay's [admin] listener later). One handler turns a request into a response on the loop thread,
+// so it may read loop-owned state without locks. Keep-alive and pipelined requests are answered in
+// order; a bad request gets its status code and the connection closes. Bounded: a few connections,
+// a small request head, an idle timeout.
+
+import UVRuntime
+
+public final class HTTPServer {
+    public typealias Handler = (HTTPRequest) -> HTTPResponse
+
+    let loop: EventLoop
+    let listener: TCPListener
+    let handler: Handler
+    private var connections: [ObjectIdentifier: HTTPConnection] = [:]
+    public let maxConnections: Int
+    public let idleTimeoutMs: UInt64
+
+    public init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
+                handler: @escaping Handler) throws {
+        self.loop = loop
+        self.handler = handler
+        self.maxConnections = maxConnections
+        self.idleTimeoutMs = idleTimeoutMs
+        listener = try TCPListener(loop: loop, address: address, backlog: 128)
+    }
+
+    public var localAddress: SocketAddress { listener.localAddress }
+
+    public func start() throws {
+        try listener.start { [unowned self] connection in self.accepted(connection) }
+    }
+
+    /// Stops listening and closes every connection.
+    public func close() {
+        listener.close()
+        for c in Array(connections.values) { c.connection.close() }
+    }
+
+    private func accepted(_ connection: TCPConnection) {
+        guard connections.count < maxConnections else {
+            connection.write(HTTPResponse.text(503, "Service Unavailable", "too many connections\n").serialized(close: true))
+            connection.closeAfterWrites()
+            return
+        }
+        let c = HTTPConnection(server: self, connection: connection)
+        connections[ObjectIdentifier(c)] = c
+        c.start()
+    }
+
+    fileprivate func closed(_ c: HTTPConnection) {
+        connections.removeValue(forKey: ObjectIdentifier(c))
+    }
+}
+
+private final class HTTPConnection {
+    unowned let server: HTTPServer
+    let connection: TCPConnection
+    var parser = HTTPRequestParser()
+    var timer: Timer?
+
+    init(server: HTTPServer, connection: TCPConnection) {
+        self.server = server
+        self.connection = connection
+    }
+
+    func start() {
+        connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onClose = { [unowned self] in
+            self.timer?.close()
+            self.timer = nil
+            self.server.closed(self)
+        }
+        timer = Timer(loop: server.loop)
+        armTimer()
+        connection.startReading()
+    }
+
+    func armTimer() {
+        timer?.start(afterMilliseconds: server.idleTimeoutMs) { [unowned self] in self.connection.close() }
+    }
+
+    func received(_ bytes: UnsafeRawBufferPointer) {
+        parser.feed(bytes)
+        armTimer()
+        while !connection.isClosed {
+            let request: HTTPRequest
+            do {
+                guard let r = try parser.next() else { return }
+                request = r
+            } catch let error as HTTPParseError {
+                connection.write(HTTPResponse.text(error.status, error.reason, error.reason + "\n").serialized(close: true))
+                connection.closeAfterWrites()
+                return
+            } catch {
+                connection.close()
+                return
+            }
+            let response = server.handler(request)
+            let close = !request.keepAlive
+            connection.write(response.serialized(close: close, headOnly: request.method == "HEAD"))
+            if close {
+                connection.closeAfterWrites()
+                return
+            }
+        }
+    }
+}

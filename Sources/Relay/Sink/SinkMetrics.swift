@@ -1,0 +1,95 @@
+// The sink's counters: plain integers on the loop thread (for the summary at stop) mirrored into
+// swift-metrics counters backed by a Prometheus registry of its own (for GET /metrics). Counting a
+// message is a handful of integer and atomic adds.
+
+import CoreMetrics
+import Prometheus
+import SMTPProtocol
+
+public struct SinkTally: Sendable, Equatable {
+    public var sessions = 0
+    public var sessionsRefused = 0
+    public var messages = 0
+    public var recipients = 0
+    public var bytes = 0
+    public var faults = 0
+}
+
+public final class SinkMetrics {
+    public private(set) var tally = SinkTally()
+    public let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+    private let sessions: CoreMetrics.Counter
+    private let sessionsRefused: CoreMetrics.Counter
+    private let messages: CoreMetrics.Counter
+    private let recipients: CoreMetrics.Counter
+    private let bytes: CoreMetrics.Counter
+    private let active: CoreMetrics.Gauge
+    private var faults: [String: CoreMetrics.Counter] = [:]
+    private var activeSessions = 0
+
+    public init() {
+        factory = PrometheusMetricsFactory(registry: registry)
+        sessions = Counter(label: "tern_sink_sessions_total", factory: factory)
+        sessionsRefused = Counter(label: "tern_sink_sessions_refused_total", factory: factory)
+        messages = Counter(label: "tern_sink_messages_total", factory: factory)
+        recipients = Counter(label: "tern_sink_recipients_total", factory: factory)
+        bytes = Counter(label: "tern_sink_message_bytes_total", factory: factory)
+        active = Gauge(label: "tern_sink_sessions_active", factory: factory)
+        active.record(0)
+        // Every stage and kind shows from the start, at 0, so a scraper sees a steady set of series.
+        // Only the pairs that can happen: replies at a stage, delays anywhere ("all": the tarpit),
+        // drops in DATA.
+        for stage in SessionStage.allCases.map(\.rawValue) {
+            _ = faultCounter(stage, .reply)
+            _ = faultCounter(stage, .delay)
+        }
+        _ = faultCounter("all", .delay)
+        _ = faultCounter(SessionStage.data.rawValue, .drop)
+    }
+
+    func sessionOpened() {
+        tally.sessions += 1
+        sessions.increment()
+        activeSessions += 1
+        active.record(activeSessions)
+    }
+
+    func sessionClosed() {
+        activeSessions -= 1
+        active.record(activeSessions)
+    }
+
+    func sessionRefused() {
+        tally.sessionsRefused += 1
+        sessionsRefused.increment()
+    }
+
+    func messageAccepted(recipients n: Int, bytes size: Int) {
+        tally.messages += 1
+        tally.recipients += n
+        tally.bytes += size
+        messages.increment()
+        recipients.increment(by: n)
+        bytes.increment(by: size)
+    }
+
+    func fault(_ stage: SessionStage?, _ kind: FaultKind) {
+        tally.faults += 1
+        faultCounter(stage?.rawValue ?? "all", kind).increment()
+    }
+
+    private func faultCounter(_ stage: String, _ kind: FaultKind) -> CoreMetrics.Counter {
+        let key = stage + "/" + kind.rawValue
+        if let c = faults[key] { return c }
+        let c = Counter(label: "tern_sink_faults_total", dimensions: [("stage", stage), ("kind", kind.rawValue)],
+                        factory: factory)
+        faults[key] = c
+        return c
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    public func exposition() -> [UInt8] {
+        registry.emitToBuffer()
+    }
+}

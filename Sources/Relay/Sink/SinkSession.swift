@@ -1,0 +1,159 @@
+// One client of `tern sink`: the socket and one timer around the ServerSession machine. Unlike the
+// relay's InboundSession there is no spool; a message is counted, or handed to the SinkStore.
+//
+// Delays: a `.delay` action holds every action after it (replies, a close) until its timer fires,
+// and reading stops meanwhile, so replies stay in order and a pipelining client cannot pile up
+// input. The same timer is the idle timeout while nothing is held.
+
+import Logging
+import SMTPProtocol
+import UVRuntime
+
+final class SinkSession {
+    let id: UInt64
+    unowned let server: SinkServer
+    let connection: TCPConnection
+    var machine: ServerSession
+    private let timer: Timer
+    private var closed = false
+    /// Actions waiting for a delay to pass; nil when nothing is held.
+    private var held: [ServerAction]?
+    /// The message in progress: its envelope, size so far, and (keep mode) its bytes.
+    private var message: MessageStart?
+    private var size = 0
+    private var chunks: [[UInt8]] = []
+    private var committing = false
+
+    init(id: UInt64, server: SinkServer, connection: TCPConnection, machine: ServerSession) {
+        self.id = id
+        self.server = server
+        self.connection = connection
+        self.machine = machine
+        timer = Timer(loop: server.loop)
+    }
+
+    func start() {
+        connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onClose = { [unowned self] in self.didClose() }
+        connection.setNoDelay(true)
+        perform(machine.greeting())
+        resumeReading()
+    }
+
+    private func received(_ bytes: UnsafeRawBufferPointer) {
+        perform(machine.receive(bytes))
+        resumeReading()
+    }
+
+    /// Reads (and arms the idle timer) unless something is held or the machine waits.
+    private func resumeReading() {
+        guard !closed, held == nil else { return }
+        if machine.wantsInput && !committing {
+            connection.startReading()
+        } else {
+            connection.stopReading()
+        }
+        timer.start(afterMilliseconds: UInt64(server.config.commandTimeout * 1000)) { [unowned self] in
+            self.perform(self.machine.timedOut())
+        }
+    }
+
+    func perform(_ actions: [ServerAction]) {
+        if held != nil {
+            held! += actions
+            return
+        }
+        var commit = false
+        for (index, action) in actions.enumerated() {
+            switch action {
+            case .reply(let bytes):
+                connection.write(bytes)
+            case .beginMessage(let start):
+                message = start
+                size = 0
+                chunks = []
+            case .messageData(let bytes):
+                size += bytes.count
+                if server.store != nil { chunks.append(bytes) }
+            case .commitMessage:
+                commit = true
+            case .abortMessage:
+                message = nil
+                chunks = []
+            case .close:
+                closed = true
+                timer.stop()
+                connection.closeAfterWrites()
+            case .drop:
+                closed = true
+                connection.close()
+            case .delay(let milliseconds):
+                held = Array(actions[(index + 1)...])
+                connection.stopReading()
+                timer.start(afterMilliseconds: UInt64(milliseconds)) { [unowned self] in self.release() }
+                if commit { held!.insert(.commitMessage, at: 0) }
+                return
+            }
+        }
+        if commit { commitMessage() }
+    }
+
+    private func release() {
+        guard let actions = held else { return }
+        held = nil
+        perform(actions)
+        resumeReading()
+    }
+
+    private func commitMessage() {
+        guard let start = message else { return }
+        message = nil
+        let id = server.nextQueueID()
+        let size = self.size
+        guard let store = server.store else {
+            accepted(start, size: size, id: id)
+            perform(machine.commitFinished(queueID: id))
+            return
+        }
+        committing = true
+        let chunks = self.chunks
+        self.chunks = []
+        let sessionID = self.id
+        let server = self.server
+        store.save(id: id, chunks: chunks) { failure in
+            if let failure {
+                server.log.error("\(id): cannot keep the message: \(failure)")
+            } else {
+                // A client gone before its 250 never saw the message accepted: not counted.
+                server.sessions[sessionID]?.accepted(start, size: size, id: id)
+            }
+            guard let session = server.sessions[sessionID] else { return }
+            session.committing = false
+            session.perform(session.machine.commitFinished(queueID: failure == nil ? id : nil))
+            session.resumeReading()
+        }
+    }
+
+    private func accepted(_ start: MessageStart, size: Int, id: String) {
+        server.metrics.messageAccepted(recipients: start.recipients.count, bytes: size)
+        if server.config.mode != .count && server.log.logLevel <= .debug {
+            server.log.debug("\(id): from=<\(start.sender.address)>, size=\(size), nrcpt=\(start.recipients.count) (\(server.config.mode.rawValue))")
+        }
+    }
+
+    /// The sink is stopping: 421 now, whatever the phase.
+    func shutDown() {
+        guard !closed else { return }
+        if held != nil {
+            held = nil
+        }
+        perform(machine.shuttingDown())
+    }
+
+    private func didClose() {
+        closed = true
+        held = nil
+        timer.close()
+        server.sessionClosed(self)
+    }
+}

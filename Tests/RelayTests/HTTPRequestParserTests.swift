@@ -1,0 +1,131 @@
+import Testing
+@testable import Relay
+
+/// Feeds `text` in pieces of `step` bytes; returns the requests and the error, if any.
+private func parse(_ text: String, step: Int = .max, parser: HTTPRequestParser = HTTPRequestParser())
+    -> (requests: [HTTPRequest], error: HTTPParseError?) {
+    var p = parser
+    let bytes = Array(text.utf8)
+    var out: [HTTPRequest] = []
+    var i = 0
+    while i < bytes.count {
+        let end = min(bytes.count, i + max(1, min(step, bytes.count)))
+        p.feed(Array(bytes[i..<end]))
+        i = end
+        do {
+            while let r = try p.next() { out.append(r) }
+        } catch let e as HTTPParseError {
+            return (out, e)
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+    return (out, nil)
+}
+
+@Suite struct HTTPRequestParserTests {
+    let get = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:8026\r\nAccept: text/plain\r\n\r\n"
+
+    @Test func simpleGetWholeAndByteByByte() {
+        for step in [Int.max, 1, 2, 3, 7] {
+            let (reqs, err) = parse(get, step: step)
+            #expect(err == nil)
+            #expect(reqs.count == 1)
+            let r = reqs[0]
+            #expect(r.method == "GET" && r.target == "/metrics" && r.path == "/metrics" && r.minorVersion == 1)
+            #expect(r.header("host") == "127.0.0.1:8026")
+            #expect(r.headers == [HTTPHeader("Host", "127.0.0.1:8026"), HTTPHeader("Accept", "text/plain")])
+            #expect(r.keepAlive)
+        }
+    }
+
+    @Test func incompleteHeadWaits() {
+        var p = HTTPRequestParser()
+        p.feed(Array("GET / HTTP/1.1\r\nHost: x\r\n\r".utf8))
+        #expect((try? p.next()) == .some(nil))
+        p.feed(Array("\n".utf8))
+        #expect((try? p.next())??.target == "/")
+    }
+
+    @Test func pipelinedRequestsInOrder() {
+        let text = get + "GET /other?x=1 HTTP/1.0\r\n\r\n" + "HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"
+        for step in [Int.max, 1, 5] {
+            let (reqs, err) = parse(text, step: step)
+            #expect(err == nil)
+            #expect(reqs.map(\.target) == ["/metrics", "/other?x=1", "/metrics"])
+            #expect(reqs[1].path == "/other" && reqs[1].minorVersion == 0 && !reqs[1].keepAlive)
+            #expect(reqs[2].method == "HEAD" && !reqs[2].keepAlive)
+        }
+    }
+
+    @Test func bodyByContentLength() {
+        let text = "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n"
+        for step in [Int.max, 1] {
+            let (reqs, err) = parse(text, step: step)
+            #expect(err == nil)
+            #expect(reqs.count == 2)
+            #expect(reqs[0].body == Array("hello".utf8))
+            #expect(reqs[1].target == "/")
+        }
+    }
+
+    @Test func leadingEmptyLinesIgnored() {
+        let (reqs, err) = parse("\r\n\r\n" + get)
+        #expect(err == nil && reqs.count == 1)
+    }
+
+    @Test func keepAliveRules() {
+        #expect(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").requests[0].keepAlive)
+        #expect(!parse("GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n").requests[0].keepAlive)
+    }
+
+    @Test func errors() {
+        let cases: [(String, Int)] = [
+            ("GET /metrics\r\n\r\n", 400),
+            ("GET  /metrics HTTP/1.1\r\n\r\n", 400),
+            ("G(T / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\n\r\n", 505),
+            ("GET / HTTX/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400),
+            ("GET / HTTP/1.1\nHost: x\n\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\n\r\n", 411),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        ]
+        for (text, status) in cases {
+            for step in [Int.max, 1] {
+                let (reqs, err) = parse(text, step: step)
+                #expect(reqs.isEmpty, "\(text.debugDescription)")
+                #expect(err?.status == status, "\(text.debugDescription) step \(step): \(String(describing: err))")
+            }
+        }
+    }
+
+    @Test func headTooLarge() {
+        let big = "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 9000)
+        #expect(parse(big).error?.status == 431)
+        #expect(parse(big + "\r\n\r\n", step: 100).error?.status == 431)
+    }
+
+    @Test func afterAnErrorNothingMore() throws {
+        var p = HTTPRequestParser()
+        p.feed(Array("BAD\r\n\r\n".utf8))
+        #expect(throws: HTTPParseError.self) { try p.next() }
+        p.feed(Array(get.utf8))
+        #expect(try p.next() == nil)
+        #expect(p.failed)
+    }
+
+    @Test func responseWireForm() {
+        let r = HTTPResponse.text(200, "OK", "hi\n")
+        #expect(String(decoding: r.serialized(close: false), as: UTF8.self)
+                == "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\nhi\n")
+        #expect(String(decoding: r.serialized(close: true, headOnly: true), as: UTF8.self)
+                == "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+    }
+}
