@@ -137,7 +137,8 @@ for rep in $(seq 1 "$RUNS"); do
   sleep 3
   est=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1])).get("established","?"))' "$R/sessions/ready.json" 2>/dev/null || echo "?")
   active=$(tern_metric tern_sink_sessions_active)
-  rss=$(awk '/^VmRSS/{print $2}' "/proc/$TERN_PID/status")
+  tern=$(pgrep -P "$TERN_PID" | head -1)  # TERN_PID is the `timeout` wrapper
+  rss=$(awk '/^VmRSS/{print $2}' "/proc/${tern:-$TERN_PID}/status")
   kill -USR1 "$clients" 2>/dev/null; wait "$clients" 2>/dev/null
   stop_tern
   printf '%s\t%s\t%s\t%s\t%s\n' "$rep" "$SESSIONS" "$est" "$active" "$rss" >> "$RESULTS_DIR/sessions.tsv"
