@@ -66,7 +66,7 @@ mkdir -p "$RESULTS_DIR/runs"
   echo "busiest processes at start (%cpu since start, command):"
   ps -eo pcpu=,args= --sort=-pcpu | head -5 | cut -c1-110 | sed 's/^/  /'
 } > "$RESULTS_DIR/env.txt"
-printf 'rep\ttarget\tn\taccepted\treceived\tseconds\tmsgs_per_s\tloadavg\n' > "$RESULTS_DIR/rate.tsv"
+printf 'rep\ttarget\tn\taccepted\treceived\tseconds\tmsgs_per_s\treceiver_cpu_s\tsource_cpu_s\tloadavg\n' > "$RESULTS_DIR/rate.tsv"
 printf 'rep\twanted\testablished\tsessions_active\trss_kib\n' > "$RESULTS_DIR/sessions.tsv"
 
 start_tern() {  # DIR
@@ -90,38 +90,48 @@ cleanup() { stop_tern; stop_sink; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-source_into() {  # DIR PORT: smtp-source run, prints "accepted seconds"
+proc_cpu() {  # PID: user+system CPU seconds so far
+  awk -v t="$(getconf CLK_TCK)" '{sub(/^.*\) /,""); print ($12+$13)/t}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+source_into() {  # DIR PORT: smtp-source run, prints "accepted seconds source-cpu"
   local t0 t1
   t0=$(now)
-  timeout "$SOURCE_TIMEOUT" smtp-source -c -s "$CONC" -m "$N" -l "$SIZE" -f from@example.com -t to@example.net \
+  /usr/bin/time -f "%U %S" -o "$1/source.time" timeout "$SOURCE_TIMEOUT" smtp-source -c -s "$CONC" -m "$N" -l "$SIZE" -f from@example.com -t to@example.net \
     "127.0.0.1:$2" > "$1/source.out" 2>&1
   t1=$(now)
   local accepted; accepted=$(tr '\r' '\n' < "$1/source.out" | grep -E '^[0-9]+$' | tail -1)
-  echo "${accepted:-0} $(echo "$t1 $t0" | awk '{printf "%.3f", $1-$2}')"
+  echo "${accepted:-0} $(echo "$t1 $t0" | awk '{printf "%.3f", $1-$2}') $(awk 'END{print $1+$2}' "$1/source.time")"
 }
 
-row() {  # REP TARGET ACCEPTED RECEIVED SECONDS
+row() {  # REP TARGET ACCEPTED RECEIVED SECONDS RECEIVER-CPU SOURCE-CPU
   local rate; rate=$(echo "$3 $5" | awk '{printf "%.0f", ($2 > 0 ? $1/$2 : 0)}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$N" "$3" "$4" "$5" "$rate" "$(cut -d' ' -f1 /proc/loadavg)" \
-    >> "$RESULTS_DIR/rate.tsv"
-  log "rep $1 $2: $3 accepted in $5 s = $rate msgs/s (receiver counted $4)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$N" "$3" "$4" "$5" "$rate" "$6" "$7" \
+    "$(cut -d' ' -f1 /proc/loadavg)" >> "$RESULTS_DIR/rate.tsv"
+  log "rep $1 $2: $3 accepted in $5 s = $rate msgs/s (receiver counted $4; CPU s: receiver $6, smtp-source $7)"
 }
 
 for rep in $(seq 1 "$RUNS"); do
   R="$RESULTS_DIR/runs/rep$rep"; mkdir -p "$R/smtp-sink" "$R/tern" "$R/sessions"
   # smtp-sink, started as the harness starts it
   start_sink "$R/smtp-sink"
-  read -r acc secs < <(source_into "$R/smtp-sink" "$SINK_PORT")
+  sinkp=$(pgrep -P "$SINK_PID" | head -1)  # SINK_PID is the `timeout` wrapper
+  c0=$(proc_cpu "$sinkp")
+  read -r acc secs scpu < <(source_into "$R/smtp-sink" "$SINK_PORT")
+  c1=$(proc_cpu "$sinkp")
   got=$($PY "$BENCH_DIR/lib/waitsink.py" --file "$R/smtp-sink/sink.out" --target "$acc" --timeout 10 | awk '{print $2}')
   stop_sink
-  row "$rep" smtp-sink "$acc" "${got:-?}" "$secs"
+  row "$rep" smtp-sink "$acc" "${got:-?}" "$secs" "$(echo "$c1 $c0" | awk '{print $1-$2}')" "$scpu"
   sleep 2
   # tern sink
   start_tern "$R/tern"
-  read -r acc secs < <(source_into "$R/tern" "$TERN_PORT")
+  tern=$(pgrep -P "$TERN_PID" | head -1)
+  c0=$(proc_cpu "$tern")
+  read -r acc secs scpu < <(source_into "$R/tern" "$TERN_PORT")
+  c1=$(proc_cpu "$tern")
   got=$(tern_metric tern_sink_messages_total)
   stop_tern
-  row "$rep" tern-sink "$acc" "$got" "$secs"
+  row "$rep" tern-sink "$acc" "$got" "$secs" "$(echo "$c1 $c0" | awk '{print $1-$2}')" "$scpu"
   sleep 2
   # concurrent sessions held by tern sink
   start_tern "$R/sessions"
@@ -151,13 +161,23 @@ import csv, statistics, sys
 d = sys.argv[1]
 rows = list(csv.DictReader(open(f"{d}/rate.tsv"), delimiter="\t"))
 med = {}
-print("| target | runs | median msgs/s | runs (msgs/s) |\n|---|---|---|---|")
+print("| target | runs | median msgs/s | runs (msgs/s) | median receiver CPU µs/msg | median smtp-source CPU µs/msg |")
+print("|---|---|---|---|---|---|")
 for t in ("smtp-sink", "tern-sink"):
-    rates = [float(r["msgs_per_s"]) for r in rows if r["target"] == t]
+    mine = [r for r in rows if r["target"] == t]
+    rates = [float(r["msgs_per_s"]) for r in mine]
     med[t] = statistics.median(rates) if rates else 0
-    print(f"| {t} | {len(rates)} | {med[t]:.0f} | {', '.join(f'{x:.0f}' for x in rates)} |")
+    per = lambda key: statistics.median([float(r[key]) * 1e6 / max(1, int(r["accepted"] or 0)) for r in mine]) if mine else 0
+    print(f"| {t} | {len(rates)} | {med[t]:.0f} | {', '.join(f'{x:.0f}' for x in rates)} | "
+          f"{per('receiver_cpu_s'):.0f} | {per('source_cpu_s'):.0f} |")
 if med["smtp-sink"]:
-    print(f"\ntern sink / smtp-sink: {med['tern-sink'] / med['smtp-sink']:.2f}x (goal: at least 1.5x)")
+    print(f"\ntern sink / smtp-sink, ratio of the medians: {med['tern-sink'] / med['smtp-sink']:.2f}x (goal: at least 1.5x)")
+    paired = [float(b["msgs_per_s"]) / float(a["msgs_per_s"])
+              for a in rows if a["target"] == "smtp-sink"
+              for b in rows if b["target"] == "tern-sink" and b["rep"] == a["rep"] and float(a["msgs_per_s"]) > 0]
+    if paired:
+        print(f"per repetition (each pair run back to back): {', '.join(f'{x:.2f}x' for x in paired)}; "
+              f"median {statistics.median(paired):.2f}x")
 s = list(csv.DictReader(open(f"{d}/sessions.tsv"), delimiter="\t"))
 print("\n| rep | sessions wanted | established | tern_sink_sessions_active | tern RSS MiB |\n|---|---|---|---|---|")
 for r in s:
