@@ -16,6 +16,9 @@
 //   553 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4)
 //   451 4.3.0 the message could not be stored
 //   421 4.7.0 too many errors / 421 4.4.2 timeout / 421 4.3.2 shutting down, then close
+//
+// Hooks (SessionHooks.swift, set only by `tern sink`) may delay or replace the positive replies at
+// the greeting, MAIL, RCPT, DATA and the end of DATA, or drop the connection mid-DATA.
 
 public struct ServerConfiguration: Sendable {
     public var hostname: String
