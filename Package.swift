@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C libraries from Debian, found with pkg-config.
@@ -34,8 +35,13 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
             .product(name: "Collections", package: "swift-collections"),
         ]),
+        // `tern blast`: the load generator (SMTPProtocol's client session on UVRuntime's loop).
+        .target(name: "Blast", dependencies: [
+            "SMTPProtocol", "UVRuntime",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
         .executableTarget(name: "tern", dependencies: [
-            "Relay",
+            "Relay", "Blast",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -43,6 +49,7 @@ let package = Package(
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+        .testTarget(name: "BlastTests", dependencies: ["Blast"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -184,6 +184,9 @@ public struct ClientSession {
     public private(set) var capabilities: NextHopCapabilities?
     /// Transactions that reached the next hop (MAIL sent). From the second on, RSET goes first.
     public private(set) var transactionsStarted = 0
+    /// Pipeline when the next hop offers PIPELINING; false sends one command at a time regardless
+    /// (a load generator measuring unpipelined clients).
+    public var usePipelining = true
 
     var parser: ReplyParser
     var expected: [Expected] = [.greeting]
@@ -233,7 +236,8 @@ public struct ClientSession {
                 dataReply: nil)))
             return takeActions()
         }
-        current = Transaction(envelope: t, message: message, pipelined: caps.pipelining, mailReply: nil,
+        let pipelined = caps.pipelining && usePipelining
+        current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
@@ -241,7 +245,7 @@ public struct ClientSession {
             command("RSET")
             expect(.rset)
         }
-        if caps.pipelining {
+        if pipelined {
             // RFC 2920 §3.1: the whole group in one write, DATA last.
             sendMail()
             for i in t.recipients.indices { sendRecipient(i) }

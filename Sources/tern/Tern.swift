@@ -14,7 +14,7 @@ struct Tern: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, BlastCommand.self])
 }
 
 struct Serve: ParsableCommand {
