@@ -18,6 +18,19 @@ public struct BlastReport: Codable, Equatable {
             case concurrency, messages, size, recipients, pipelining, rate
             case durationSeconds = "duration_s", messagesPerConnection = "messages_per_connection"
         }
+
+        /// Absent values are written as null, so the keys are the same in every report.
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(concurrency, forKey: .concurrency)
+            try c.encode(messages, forKey: .messages)
+            try c.encode(durationSeconds, forKey: .durationSeconds)
+            try c.encode(size, forKey: .size)
+            try c.encode(recipients, forKey: .recipients)
+            try c.encode(messagesPerConnection, forKey: .messagesPerConnection)
+            try c.encode(pipelining, forKey: .pipelining)
+            try c.encode(rate, forKey: .rate)
+        }
     }
     public struct Messages: Codable, Equatable {
         public var attempted, accepted, tempFailed, permFailed, failed: Int

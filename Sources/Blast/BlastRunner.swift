@@ -1,10 +1,11 @@
 // `tern blast` on the loop: `concurrency` slots, each a chain of connections to the server, each
 // connection driven by SMTPProtocol's ClientSession (the same client state machine delivery uses).
 //
-// Budget: with --messages N the run claims message numbers 1…N. A connection reserves one message
-// before it connects, so no more connections open than there are messages left; a connection that
-// fails before its first transaction is charged one message (counted as lost), which bounds the
-// run even when nothing answers. With --duration no transaction starts after the deadline; those in
+// Budget: with --messages N the run claims message numbers 1…N. A connection reserves the messages
+// it will carry (--messages-per-connection of them, or one when there is no limit) before it
+// connects, so no more connections open than the messages left need, and N messages at M per
+// connection take exactly ⌈N/M⌉ connections. A connection that fails before its first transaction is
+// charged one message (counted as lost), which bounds the run even when nothing answers. With --duration no transaction starts after the deadline; those in
 // flight finish. Every wait on the server is bounded by --timeout (one sweep timer checks them all).
 //
 // Nothing could connect: when the first connection of every slot failed and none ever succeeded,
@@ -100,40 +101,53 @@ public final class BlastRunner {
 
     // MARK: Budget
 
-    func mayOpenConnection() -> Bool {
+    /// Reserves messages for a new connection of `slot`; false when the run needs no more connections.
+    func reserve(for slot: BlastSlot) -> Bool {
         guard !stopping else { return false }
+        var count = 1
+        if let n = settings.messages {
+            let available = n - claimed - reserved
+            guard available > 0 else { return false }
+            if settings.messagesPerConnection > 0 { count = min(settings.messagesPerConnection, available) }
+        }
+        slot.reservation = count
+        reserved += count
+        return true
+    }
+
+    /// Whether `slot` would get another message now.
+    func hasMessage(for slot: BlastSlot) -> Bool {
+        guard !stopping else { return false }
+        if slot.reservation > 0 { return true }
         if let n = settings.messages { return claimed + reserved < n }
         return true
     }
 
     /// The next message number for this slot, or nil when the run has no more.
     func claim(_ slot: BlastSlot) -> Int? {
-        if slot.holdsReservation {
-            slot.holdsReservation = false
+        guard hasMessage(for: slot) else { return nil }
+        if slot.reservation > 0 {
+            slot.reservation -= 1
             reserved -= 1
-            if stopping { return nil }
-        } else {
-            guard !stopping else { return nil }
-            if let n = settings.messages, claimed + reserved >= n { return nil }
         }
         claimed += 1
         return claimed
     }
 
-    /// A connection that ended before its first transaction pays for it, so a run that cannot get
-    /// through still ends.
+    /// A connection that ended before its first transaction pays for one message, so a run that
+    /// cannot get through still ends; the rest of its reservation goes back.
     func charge(_ slot: BlastSlot) {
-        guard slot.holdsReservation else { return }
-        slot.holdsReservation = false
+        guard slot.reservation > 0, slot.messagesOnConnection == 0 else { return release(slot) }
+        slot.reservation -= 1
         reserved -= 1
         claimed += 1
         stats.messagesFailed += 1
+        release(slot)
     }
 
     func release(_ slot: BlastSlot) {
-        guard slot.holdsReservation else { return }
-        slot.holdsReservation = false
-        reserved -= 1
+        reserved -= slot.reservation
+        slot.reservation = 0
     }
 
     func nextBind() -> SocketAddress? {
@@ -198,7 +212,8 @@ final class BlastSlot {
     let index: Int
     var tcp: TCPConnection?
     var session = ClientSession(hostname: "")
-    var holdsReservation = false
+    /// Messages reserved for this connection and not yet started.
+    var reservation = 0
     var connectionNumber = 0
     var messagesOnConnection = 0
     var inTransaction = false
@@ -222,9 +237,7 @@ final class BlastSlot {
     // MARK: Connections
 
     func openConnection() {
-        guard runner.mayOpenConnection() else { return finish() }
-        holdsReservation = true
-        runner.reserved += 1
+        guard runner.reserve(for: self) else { return finish() }
         runner.connectionsStarted += 1
         connectionNumber = runner.connectionsStarted
         messagesOnConnection = 0
@@ -353,7 +366,7 @@ final class BlastSlot {
         let now = monotonicNanoseconds()
         let after = session.phase
         if before == .greeting && after != .greeting {
-            greeted = true
+            greeted = after != .closed  // closed: the greeting itself was the refusal
             runner.stats.record(.greeting, microseconds: (now - stageStart) / 1000)
             stageStart = now
         }
@@ -450,9 +463,7 @@ final class BlastSlot {
         }
         if runner.limiter != nil {
             // Only a slot that will get a message waits for a permit.
-            if runner.stopping || (settings.messages.map { runner.claimed + runner.reserved - (holdsReservation ? 1 : 0) >= $0 } ?? false) {
-                return quit()
-            }
+            guard runner.hasMessage(for: self) else { return quit() }
             let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
             if wait >= 1_000_000 {
                 waitingSince = nil
