@@ -36,6 +36,8 @@ public final class BlastRunner {
     var limiter: RateLimiter?
 
     var slots: [BlastSlot] = []
+    /// Connections that sent QUIT, waiting for the server to close them (and when QUIT went).
+    var lingering: [ObjectIdentifier: (TCPConnection, UInt64)] = [:]
     var slotsDone = 0
     /// Message numbers handed out (transactions started, plus connections charged for failing).
     var claimed = 0
@@ -189,6 +191,10 @@ public final class BlastRunner {
     func sweep() {
         let now = monotonicNanoseconds()
         for slot in slots { slot.checkTimeout(now: now, limit: timeoutNs) }
+        let lingerLimit = min(timeoutNs, 2_000_000_000)
+        for (connection, since) in lingering.values where now - since > lingerLimit {
+            connection.closeAfterWrites(lingerMs: 0)
+        }
     }
 
     func showProgress() {
@@ -291,8 +297,18 @@ final class BlastSlot {
         waitingSince = nil
         pauseTimer?.stop()
         connection.onRead = nil
-        connection.onClose = nil
-        connection.closeAfterWrites()
+        if session.phase == .quitting {
+            // After QUIT the server closes first, so the TIME_WAIT state stays on its side and this
+            // side's ports are free again at once (50,000 connections a minute need that). A server
+            // that does not close is closed on by the sweep.
+            runner.lingering[ObjectIdentifier(connection)] = (connection, monotonicNanoseconds())
+            connection.onClose = { [unowned runner = self.runner, unowned connection] in
+                runner.lingering[ObjectIdentifier(connection)] = nil
+            }
+        } else {
+            connection.onClose = nil
+            connection.closeAfterWrites()
+        }
         release()
         if thenReconnect { openConnection() }
     }
