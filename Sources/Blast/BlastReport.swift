@@ -172,6 +172,10 @@ public struct BlastReport: Codable, Equatable {
                 out += Self.row([stage.name, Self.grouped(l.count), Self.ms(l.p50), Self.ms(l.p90), Self.ms(l.p99), Self.ms(l.max)], widths: lw)
             }
         }
+        if settings.pipelining {
+            out += "(MAIL, RCPT and DATA go out in one write when the server offers PIPELINING: MAIL shows the\n"
+                + " round trip, RCPT and DATA only the extra wait for their replies)\n"
+        }
         if !errors.isEmpty {
             out += "\nfirst errors:\n"
             for e in errors { out += "  \(e)\n" }

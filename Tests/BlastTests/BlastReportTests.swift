@@ -89,6 +89,18 @@ import UVRuntime
         #expect(replies["greeting"] == ["2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0])
     }
 
+    @Test func absentSettingsAreNullNotMissing() throws {
+        var s = try Self.settings()
+        s.messages = nil
+        s.duration = 30
+        let text = BlastReport(stats: BlastStats(), settings: s, elapsedSeconds: 30).json()
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+        let settings = object["settings"] as! [String: Any]
+        #expect(settings["messages"] is NSNull)
+        #expect(settings["rate"] is NSNull)
+        #expect(settings["duration_s"] as? Double == 30)
+    }
+
     @Test func tableShowsRatesRepliesAndPercentiles() throws {
         var st = BlastStats()
         for _ in 0..<1234 { st.account(Self.outcome(), size: 4096) }
