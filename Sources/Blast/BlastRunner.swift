@@ -509,7 +509,7 @@ final class BlastSlot {
         stageStart = now
         waitingSince = now
         let actions = session.send(OutboundTransaction(sender: sender, recipients: recipients, size: size),
-                                   message: runner.factory.message(size: size))
+                                   wireData: runner.factory.wireData(size: size))
         perform(actions, now: now)
     }
 

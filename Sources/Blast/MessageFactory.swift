@@ -3,8 +3,9 @@
 // One template of the largest size: a few header lines, a blank line, then 78-byte body lines (76
 // printable characters and CRLF). A message of size S is the template's first S-2 bytes and a CRLF.
 // Every line ends in CRLF and none starts with ".", so the message needs no dot-stuffing and no line
-// end is ever repaired on the way out: what the sink receives is exactly S bytes. When the size
-// distribution has only a few sizes, each message is built once and shared (arrays are copy-on-write).
+// end is ever repaired on the way out: what the sink receives is exactly S bytes, and the wire form
+// is the message and ".\r\n", handed to ClientSession already encoded. When the size distribution has
+// only a few sizes, each is built once and shared (arrays are copy-on-write).
 
 public struct MessageFactory {
     let template: [UInt8]
@@ -13,15 +14,18 @@ public struct MessageFactory {
     public init(sizes: SizeDistribution) {
         template = Self.makeTemplate(size: sizes.largest)
         if let distinct = sizes.distinctSizes {
-            for s in distinct { cache[s] = Self.cut(template, to: s) }
+            for s in distinct { cache[s] = Self.cut(template, to: s) + Self.terminator }
         }
     }
 
-    /// The message of exactly `size` bytes (size ≥ 2 and ≤ the distribution's largest).
-    public func message(size: Int) -> [UInt8] {
+    /// The message of exactly `size` bytes in wire form: followed by ".\r\n" (nothing needs stuffing),
+    /// for ClientSession.send(_:wireData:). `size` is from 2 to the distribution's largest.
+    public func wireData(size: Int) -> [UInt8] {
         if let m = cache[size] { return m }
-        return Self.cut(template, to: size)
+        return Self.cut(template, to: size) + Self.terminator
     }
+
+    static let terminator: [UInt8] = Array(".\r\n".utf8)
 
     static let header = Array("From: <blast@tern.test>\r\nTo: <sink@tern.test>\r\nSubject: tern blast\r\n\r\n".utf8)
 

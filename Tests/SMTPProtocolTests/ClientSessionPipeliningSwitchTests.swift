@@ -41,3 +41,26 @@ import Testing
                 == "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n")
     }
 }
+
+/// `send(_:wireData:)`: a message already in wire form goes out as is after the 354.
+@Suite struct ClientSessionWireDataTests {
+    @Test func wireDataIsSentUnchanged() {
+        for pipelining in [true, false] {
+            var s = ClientSessionPipeliningSwitchTests().ready(pipelining: pipelining)
+            let wire = Array("Subject: x\r\n\r\n..dot\r\n.\r\n".utf8)
+            let t = OutboundTransaction(sender: "a@x", recipients: ["b@y"], size: 20)
+            var sent = ClientSessionPipeliningSwitchTests.sent(s.send(t, wireData: wire))
+            if !pipelining {
+                sent += ClientSessionPipeliningSwitchTests.sent(s.receive(Array("250 ok\r\n".utf8)))
+                sent += ClientSessionPipeliningSwitchTests.sent(s.receive(Array("250 ok\r\n".utf8)))
+            }
+            #expect(sent == "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+            let afterData = pipelining
+                ? ClientSessionPipeliningSwitchTests.sent(s.receive(Array("250 ok\r\n250 ok\r\n354 go\r\n".utf8)))
+                : ClientSessionPipeliningSwitchTests.sent(s.receive(Array("354 go\r\n".utf8)))
+            #expect(afterData == "Subject: x\r\n\r\n..dot\r\n.\r\n")
+            let end = s.receive(Array("250 queued\r\n".utf8))
+            #expect(end.contains { if case .transactionFinished(let o) = $0 { o.dataReply?.code == 250 } else { false } })
+        }
+    }
+}
