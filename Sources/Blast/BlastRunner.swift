@@ -223,8 +223,8 @@ final class BlastSlot {
     var connectionNumber = 0
     var messagesOnConnection = 0
     var inTransaction = false
-    /// The greeting has come (a failure now is EHLO's).
-    var greeted = false
+    /// The session's phase before the bytes or timeout being handled: a failure is counted there.
+    var phaseBefore = ClientSession.Phase.greeting
     var size = 0
     /// Since when we wait for the server (nil: not waiting, e.g. held back by the rate cap).
     var waitingSince: UInt64?
@@ -281,7 +281,6 @@ final class BlastSlot {
         session = ClientSession(hostname: settings.helo)
         session.usePipelining = settings.pipelining
         inTransaction = false
-        greeted = false
         stageStart = now
         waitingSince = now
         connection.setNoDelay(true)
@@ -369,6 +368,7 @@ final class BlastSlot {
     func checkTimeout(now: UInt64, limit: UInt64) {
         guard tcp != nil, let since = waitingSince, now > since, now - since > limit else { return }
         let phase = session.phase
+        phaseBefore = phase
         let actions = session.timedOut()
         runner.stats.noteError("timed out in phase \(phase) after \(settings.timeout) s")
         perform(actions, now: now)
@@ -378,11 +378,11 @@ final class BlastSlot {
 
     func received(_ bytes: UnsafeRawBufferPointer) {
         let before = session.phase
+        phaseBefore = before
         let actions = session.receive(bytes)
         let now = monotonicNanoseconds()
         let after = session.phase
         if before == .greeting && after != .greeting {
-            greeted = after != .closed  // closed: the greeting itself was the refusal
             runner.stats.record(.greeting, microseconds: (now - stageStart) / 1000)
             stageStart = now
         }
@@ -400,6 +400,18 @@ final class BlastSlot {
     }
 
     static let transactionStages: [Stage] = [.mail, .rcpt, .data, .dataEnd]
+
+    /// Where a reply that ended the session is counted (421 at MAIL is MAIL's 4xx).
+    static func replyStage(_ phase: ClientSession.Phase) -> ReplyStage? {
+        switch phase {
+        case .greeting: return .greeting
+        case .hello: return .ehlo
+        case .mail: return .mail
+        case .rcpt: return .rcpt
+        case .data, .dataEnd: return .data
+        case .ready, .quitting, .closed: return nil
+        }
+    }
 
     static func ordinal(_ phase: ClientSession.Phase) -> Int? {
         switch phase {
@@ -451,13 +463,12 @@ final class BlastSlot {
                 if inTransaction {
                     inTransaction = false
                     runner.stats.messagesFailed += 1
-                    if let reply { runner.stats.count(.data, code: reply.code) }
                     completed()
                 } else {
                     runner.stats.sessionFailures += 1
-                    if let reply { runner.stats.count(greeted ? .ehlo : .greeting, code: reply.code) }
                     runner.charge(self)
                 }
+                if let reply, let stage = Self.replyStage(phaseBefore) { runner.stats.count(stage, code: reply.code) }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
                 detach()

@@ -112,11 +112,12 @@ def sink(tmp_path):
 
 
 class Recorder:
-    """rcpt_reply(address) and data_reply(mail_from) return a reply line to refuse, or None."""
+    """mail_reply, rcpt_reply(address) and data_reply(mail_from) return a reply line to refuse, or None."""
 
-    def __init__(self, host: str = "127.0.0.1", rcpt_reply=None, data_reply=None):
+    def __init__(self, host: str = "127.0.0.1", rcpt_reply=None, data_reply=None, mail_reply=None):
         self.host = host
         self.port = free_port(host)
+        self.mail_reply = mail_reply or (lambda a: None)
         self.rcpt_reply = rcpt_reply or (lambda a: None)
         self.data_reply = data_reply or (lambda f: None)
         self.lock = threading.Lock()
@@ -138,6 +139,14 @@ class Recorder:
         with self.lock:
             self.peers.append(session.peer[0])
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        reply = self.mail_reply(address)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_reply(address)
@@ -262,6 +271,17 @@ def test_refusals_are_counted_and_the_run_still_succeeds(recorder):
     assert report["recipients"]["accepted"] == 30
     assert report["replies"]["rcpt"] == {"2xx": 40, "3xx": 0, "4xx": 0, "5xx": 40}
     assert report["replies"]["data"]["4xx"] == 10
+
+
+def test_421_at_mail_loses_that_message_and_counts_as_mail_4xx(recorder):
+    rec = recorder(mail_reply=lambda a: "421 4.3.2 going away" if int(a[1:].split("@")[0]) % 5 == 0 else None)
+    report = blast_json("--server", f"127.0.0.1:{rec.port}", "--messages", "50", "--concurrency", "5",
+                        "--messages-per-connection", "2", "--from", "b{n}@s.test")
+    m = report["messages"]
+    assert m["attempted"] == 50
+    assert m["failed"] == 10  # the connection is given up after a 421 (RFC 5321 3.8)
+    assert m["accepted"] == 40 == len(rec.accepted)
+    assert report["replies"]["mail"] == {"2xx": 40, "3xx": 0, "4xx": 10, "5xx": 0}
 
 
 def test_bind_round_robin(recorder):
