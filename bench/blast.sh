@@ -19,7 +19,7 @@
 # 4,226 bytes, and BLAST_SIZE defaults to SIZE+130 so both send the same bytes per message.
 # Both open one connection per message (smtp-source's default; blast's --messages-per-connection 1).
 # smtp-source never pipelines; blast pipelines MAIL/RCPT/DATA when the sink offers it (it does):
-# BLAST_OPTS=--no-pipelining gives the like-for-like dialogue.
+# GENERATORS="source blast blast-nopipe" adds blast with --no-pipelining, the like-for-like dialogue.
 #
 # msg/s = messages smtp-sink counted / the generator's wall time (process start to exit).
 # CPU ms/msg = the generator's user+system CPU (from /usr/bin/time) / messages.
@@ -83,8 +83,10 @@ run_one() {  # GENERATOR REP
   case $gen in
     source) cmd=(smtp-source -c -s "$CONC" -m "$N" -l "$SIZE" -f from@example.com -t to@example.net
                  "$SINK_ADDR:$SINK_PORT") ;;
-    blast) cmd=("$TERN_BIN" blast --server "$SINK_ADDR:$SINK_PORT" --messages "$N" --concurrency "$CONC"
-                --size "$BLAST_SIZE" --from from@example.com --to to@example.net $BLAST_OPTS --json --quiet) ;;
+    blast|blast-nopipe)
+      cmd=("$TERN_BIN" blast --server "$SINK_ADDR:$SINK_PORT" --messages "$N" --concurrency "$CONC"
+           --size "$BLAST_SIZE" --from from@example.com --to to@example.net $BLAST_OPTS --json --quiet)
+      [ "$gen" = blast-nopipe ] && cmd+=(--no-pipelining) ;;
     *) die "unknown generator $gen" ;;
   esac
   start_sink "$d"

@@ -115,7 +115,10 @@ struct BlastCommand: ParsableCommand {
     func run() throws {
         let s = try settings()
         ignoreSIGPIPE()
-        _ = raiseFileLimit()
+        let files = raiseFileLimit()
+        if s.concurrency + 32 > files {
+            throw ValidationError("--concurrency: \(s.concurrency) connections need more file descriptors than the limit of \(files)")
+        }
         let loop = try EventLoop()
         let runner = BlastRunner(loop: loop, settings: s, progressToTerminal: isatty(STDERR_FILENO) != 0)
         var report: BlastReport?

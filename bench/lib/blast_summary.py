@@ -25,18 +25,21 @@ for gen, rs in by.items():
     wall = [float(r["wall_s"]) for r in rs]
     med[gen] = (statistics.median(mps), statistics.median(cpu))
     counted = ", ".join(r["sink_messages"] for r in rs)
-    name = {"source": "smtp-source", "blast": "tern blast"}.get(gen, gen)
+    name = {"source": "smtp-source", "blast": "tern blast", "blast-nopipe": "tern blast --no-pipelining"}.get(gen, gen)
     print(f"| {name} | {len(rs)} | {med[gen][0]:,.0f} ({min(mps):,.0f}–{max(mps):,.0f}) | "
           f"{med[gen][1]:.3f} | {statistics.median(wall):.2f} | {counted} |")
-if "source" in med and "blast" in med:
+for gen in ("blast", "blast-nopipe"):
+    if "source" not in med or gen not in med:
+        continue
     reps = sorted({r["rep"] for r in rows}, key=int)
     per = []
     for rep in reps:
         s = [float(r["msg_per_s"]) for r in by["source"] if r["rep"] == rep]
-        b = [float(r["msg_per_s"]) for r in by["blast"] if r["rep"] == rep]
+        b = [float(r["msg_per_s"]) for r in by[gen] if r["rep"] == rep]
         if s and b and s[0] > 0:
             per.append(b[0] / s[0])
+    label = "tern blast" if gen == "blast" else "tern blast --no-pipelining"
     print()
-    print(f"Ratio of medians, tern blast / smtp-source: **{med['blast'][0] / med['source'][0]:.2f}×** msg/s, "
-          f"{med['blast'][1] / med['source'][1]:.2f}× CPU per message.")
-    print("Per repetition (msg/s): " + ", ".join(f"{x:.2f}×" for x in per))
+    print(f"Ratio of medians, {label} / smtp-source: **{med[gen][0] / med['source'][0]:.2f}×** msg/s, "
+          f"{med[gen][1] / med['source'][1]:.2f}× CPU per message. "
+          "Per repetition (msg/s): " + ", ".join(f"{x:.2f}×" for x in per))
