@@ -430,3 +430,36 @@ def test_progress_lines_when_not_a_terminal_and_table_at_the_end(sink):
     assert out.startswith(f"tern blast: 127.0.0.1:{sink.port}, 2 connections")
     for label in ("messages", "recipients", "bytes", "latency ms", "connect", "greeting", "DATA end"):
         assert re.search(rf"^{label}\b", out, re.M), label
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten(sink):
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(TERN_BIN), "blast", "--server", f"127.0.0.1:{sink.port}", "--duration", "1s",
+                                 "--rate", "100", "--concurrency", "2", "--progress", "200ms", "--json"],
+                                stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        slave = -1
+        out, _ = proc.communicate(timeout=60)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO once the terminal's other end is closed and drained
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    err = b"".join(chunks).decode()
+    assert proc.returncode == 0, err
+    assert err.count("\r\x1b[K") >= 3, repr(err)  # each update rewrites the line
+    assert "\n" not in err.replace("\r\n", "").replace("\r\x1b[K", ""), repr(err)  # no new lines
+    assert err.endswith("\r\x1b[K"), repr(err[-80:])  # cleared before the report
+    assert json.loads(out)["messages"]["accepted"] > 0
