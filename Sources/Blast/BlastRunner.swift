@@ -231,6 +231,8 @@ final class BlastSlot {
     var stageStart: UInt64 = 0
     var transactionStart: UInt64 = 0
     var pauseTimer: Timer?
+    /// The rate cap's permit for the next transaction was taken already (before connecting).
+    var permitHeld = false
     var finished = false
 
     init(runner: BlastRunner, index: Int) {
@@ -244,6 +246,22 @@ final class BlastSlot {
 
     func openConnection() {
         guard runner.reserve(for: self) else { return finish() }
+        permitHeld = false
+        if runner.limiter != nil {
+            // Under a rate cap the first transaction's permit is taken before connecting, so a capped
+            // run opens connections at the rate too instead of holding idle sessions at the server.
+            let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
+            permitHeld = true
+            if wait >= 1_000_000 {
+                if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
+                pauseTimer!.start(afterMilliseconds: wait / 1_000_000) { [unowned self] in self.connect() }
+                return
+            }
+        }
+        connect()
+    }
+
+    func connect() {
         runner.connectionsStarted += 1
         connectionNumber = runner.connectionsStarted
         messagesOnConnection = 0
@@ -347,7 +365,12 @@ final class BlastSlot {
         if !hard {
             // Between transactions (held by the rate cap): quit now; otherwise the transaction ends first.
             if tcp != nil && !inTransaction && session.phase == .ready { quit() }
-            if tcp == nil && pauseTimer?.isActive == true { pauseTimer?.stop(); finish() }
+            if tcp == nil && pauseTimer?.isActive == true {
+                // Waiting to reconnect, or for the permit to connect.
+                pauseTimer?.stop()
+                release()
+                finish()
+            }
             return
         }
         if let connection = tcp {
@@ -488,7 +511,9 @@ final class BlastSlot {
         if settings.messagesPerConnection > 0 && messagesOnConnection >= settings.messagesPerConnection {
             return quit()
         }
-        if runner.limiter != nil {
+        if permitHeld {
+            permitHeld = false
+        } else if runner.limiter != nil {
             // Only a slot that will get a message waits for a permit.
             guard runner.hasMessage(for: self) else { return quit() }
             let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
