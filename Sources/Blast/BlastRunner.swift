@@ -252,9 +252,8 @@ final class BlastSlot {
             // run opens connections at the rate too instead of holding idle sessions at the server.
             let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
             permitHeld = true
-            if wait >= 1_000_000 {
-                if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
-                pauseTimer!.start(afterMilliseconds: wait / 1_000_000) { [unowned self] in self.connect() }
+            if wait > 0 {
+                waitForPermit(wait) { $0.connect() }
                 return
             }
         }
@@ -517,14 +516,26 @@ final class BlastSlot {
             // Only a slot that will get a message waits for a permit.
             guard runner.hasMessage(for: self) else { return quit() }
             let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
-            if wait >= 1_000_000 {
+            if wait > 0 {
                 waitingSince = nil
-                if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
-                pauseTimer!.start(afterMilliseconds: wait / 1_000_000) { [unowned self] in self.beginTransaction() }
+                waitForPermit(wait) { $0.beginTransaction() }
                 return
             }
         }
         beginTransaction()
+    }
+
+    /// Runs `then` once the permit is due, never early, so the cap holds: libuv's timers count whole
+    /// milliseconds of a coarse clock and may fire a little before the due time, which is then
+    /// checked against the precise clock.
+    func waitForPermit(_ nanoseconds: UInt64, then: @escaping (BlastSlot) -> Void) {
+        let due = monotonicNanoseconds() + nanoseconds
+        if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
+        runner.loop.updateTime()
+        pauseTimer!.start(afterMilliseconds: (nanoseconds + 999_999) / 1_000_000) { [unowned self] in
+            let now = monotonicNanoseconds()
+            if now < due { self.waitForPermit(due - now, then: then) } else { then(self) }
+        }
     }
 
     func beginTransaction() {
