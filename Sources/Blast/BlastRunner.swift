@@ -5,8 +5,12 @@
 // it will carry (--messages-per-connection of them, or one when there is no limit) before it
 // connects, so no more connections open than the messages left need, and N messages at M per
 // connection take exactly ⌈N/M⌉ connections. A connection that fails before its first transaction is
-// charged one message (counted as lost), which bounds the run even when nothing answers. With --duration no transaction starts after the deadline; those in
-// flight finish. Every wait on the server is bounded by --timeout (one sweep timer checks them all).
+// charged one message (counted as lost), which bounds the run even when nothing answers. With
+// --duration no transaction starts after the deadline; those in flight finish. Every wait on the
+// server is bounded by --timeout (one sweep timer checks them all).
+//
+// Times: the report's elapsed time runs from the start to the end of the last transaction (the
+// QUITs after it are not counted). Stage latencies are taken on CLOCK_MONOTONIC in nanoseconds.
 //
 // Nothing could connect: when the first connection of every slot failed and none ever succeeded,
 // the run stops at once and says why (the command exits non-zero).
@@ -41,7 +45,7 @@ public final class BlastRunner {
     var slotsDone = 0
     /// Message numbers handed out (transactions started, plus connections charged for failing).
     var claimed = 0
-    /// Connections opened (or opening) that have not claimed their first message yet.
+    /// Messages reserved by connections (opening or open) and not started yet.
     var reserved = 0
     var connectionsStarted = 0
     var bindIndex = 0
