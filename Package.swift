@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C libraries from Debian, found with pkg-config.
@@ -38,8 +39,13 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
+        // `tern blast`: the load generator (SMTPProtocol's client session on UVRuntime's loop).
+        .target(name: "Blast", dependencies: [
+            "SMTPProtocol", "UVRuntime",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
         .executableTarget(name: "tern", dependencies: [
-            "Relay",
+            "Relay", "Blast",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -47,6 +53,7 @@ let package = Package(
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+        .testTarget(name: "BlastTests", dependencies: ["Blast"]),
     ],
     swiftLanguageModes: [.v5]
 )

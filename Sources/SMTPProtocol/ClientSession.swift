@@ -170,6 +170,8 @@ public struct ClientSession {
         var envelope: OutboundTransaction
         var message: [UInt8]
         var pipelined: Bool
+        /// `message` is already in wire form (see `send(_:wireData:)`).
+        var encoded = false
         var mailReply: Reply?
         var recipientReplies: [Reply?]
         var dataReply: Reply?
@@ -184,6 +186,9 @@ public struct ClientSession {
     public private(set) var capabilities: NextHopCapabilities?
     /// Transactions that reached the next hop (MAIL sent). From the second on, RSET goes first.
     public private(set) var transactionsStarted = 0
+    /// Pipeline when the next hop offers PIPELINING; false sends one command at a time regardless
+    /// (a load generator measuring unpipelined clients).
+    public var usePipelining = true
 
     var parser: ReplyParser
     var expected: [Expected] = [.greeting]
@@ -226,6 +231,16 @@ public struct ClientSession {
     /// Starts a transaction; ignored unless the session is `.ready`. The message bytes are what the
     /// spool holds: CRLF lines, not dot-stuffed, no final ".".
     public mutating func send(_ t: OutboundTransaction, message: [UInt8]) -> [ClientAction] {
+        start(t, message: message, encoded: false)
+    }
+
+    /// Like `send(_:message:)` with the message already as `encodeOutboundData` makes it (CRLF lines,
+    /// dot-stuffed, ending in ".\r\n"), so a sender of many copies of one message encodes it once.
+    public mutating func send(_ t: OutboundTransaction, wireData: [UInt8]) -> [ClientAction] {
+        start(t, message: wireData, encoded: true)
+    }
+
+    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
         if let refusal = Self.refusalBeforeMail(t, caps) {
             emit(.transactionFinished(TransactionOutcome(
@@ -233,15 +248,17 @@ public struct ClientSession {
                 dataReply: nil)))
             return takeActions()
         }
-        current = Transaction(envelope: t, message: message, pipelined: caps.pipelining, mailReply: nil,
+        let pipelined = caps.pipelining && usePipelining
+        current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
+        current!.encoded = encoded
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
         if reusing {
             command("RSET")
             expect(.rset)
         }
-        if caps.pipelining {
+        if pipelined {
             // RFC 2920 §3.1: the whole group in one write, DATA last.
             sendMail()
             for i in t.recipients.indices { sendRecipient(i) }
@@ -368,7 +385,7 @@ public struct ClientSession {
             let wanted = current!.mailAccepted && current!.recipientAccepted
             if r.code == 354 {
                 if wanted {
-                    output += encodeOutboundData(current!.message)
+                    output += current!.encoded ? current!.message : encodeOutboundData(current!.message)
                     current!.message = []
                     expect(.dataEnd)
                 } else {
