@@ -64,6 +64,8 @@ public struct TernConfig: Sendable, Equatable {
     public var delivery: DeliveryConfig = DeliveryConfig()
     public var routes: RouteConfig = RouteConfig()
     public var priority: PriorityConfig = PriorityConfig()
+    public var tls: TLSConfig = TLSConfig()
+    public var auth: AuthConfig = AuthConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -84,6 +86,8 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.delivery),
             AnySection(\.routes),
             AnySection(\.priority),
+            AnySection(\.tls),
+            AnySection(\.auth),
             AnySection(name: "aliases", read: readAliases),
         ]
     }
@@ -122,6 +126,7 @@ public struct TernConfig: Sendable, Equatable {
             try reader.rejectUnknownKeys()
         }
         try root.rejectUnknownKeys()
+        try config.checkSecurity(source: source)
         return config
     }
 
@@ -199,6 +204,10 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     public var commandTimeout: Double = 300
     public var dataTimeout: Double = 300
     public var reverseDNS = true
+    /// Submission listeners (RFC 6409, port 587): STARTTLS, AUTH required before MAIL.
+    public var submission: [String] = []
+    /// Implicit-TLS submission listeners (RFC 8314, port 465): AUTH required before MAIL.
+    public var submissions: [String] = []
 
     public init() {}
 
@@ -225,6 +234,8 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
         try r.read("reverse_dns", into: &reverseDNS, Decode.bool)
+        try r.read("submission", into: &submission, Decode.list(Decode.listenAddress))
+        try r.read("submissions", into: &submissions, Decode.list(Decode.listenAddress))
     }
 }
 
@@ -290,6 +301,8 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     public var commandTimeout: Double = 300
     /// RFC 5321 4.5.3.2.5-6: per data block sent and for the reply to the final dot.
     public var dataTimeout: Double = 600
+    /// TLS with next hops when the route says nothing else.
+    public var tls: OutboundTLSPolicy = .opportunistic
 
     public init() {}
 
@@ -308,6 +321,7 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("greeting_timeout", into: &greetingTimeout, Decode.duration)
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
+        try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
     }
 }
 

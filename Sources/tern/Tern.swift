@@ -14,7 +14,7 @@ struct Tern: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, Passwd.self])
 }
 
 struct Serve: ParsableCommand {
@@ -73,8 +73,13 @@ struct Serve: ParsableCommand {
         }
         let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
         let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        // SIGHUP: the TLS certificate and key and the AUTH users file are read again.
+        let hup = try SignalWatcher(loop: loop, signal: SIGHUP) {
+            do { try server.reload() } catch { log.error("reload failed, keeping the old files: \(error)") }
+        }
         loop.run()
         term.close()
         int.close()
+        hup.close()
     }
 }

@@ -11,6 +11,10 @@ struct Driver {
     var closed = false
     var failCommits = false
     var commits = 0
+    /// STARTTLS accepted: the caller would start the handshake now.
+    var tlsStarts = 0
+    /// Credentials the session asked to check, in order.
+    var authRequests: [(user: String, password: String)] = []
 
     init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
          client: PeerInfo = PeerInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
@@ -32,6 +36,8 @@ struct Driver {
                 if current != nil { aborted += 1 }
                 current = nil
             case .close: closed = true
+            case .startTLS: tlsStarts += 1
+            case .authenticate(let user, let password): authRequests.append((user, password))
             }
         }
         if pendingCommit {
