@@ -8,7 +8,7 @@ set -euo pipefail
 
 PACKAGES=(
     libuv1-dev libc-ares-dev libssl-dev pkg-config
-    swaks dnsmasq-base postfix
+    swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd
     iproute2 util-linux
 )
