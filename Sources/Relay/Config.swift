@@ -331,6 +331,8 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
 public struct RouteConfig: Sendable, Equatable, ConfigSection {
     /// Keys: lowercased domains without a trailing dot, or "*" for every other domain.
     public var routes: [String: NextHopSpec] = [:]
+    /// TLS policy and credentials of routes written as tables (SecurityConfig.swift), same keys.
+    public var security: [String: RouteSecurity] = [:]
 
     public init(routes: [String: NextHopSpec] = [:]) {
         self.routes = routes
@@ -340,6 +342,10 @@ public struct RouteConfig: Sendable, Equatable, ConfigSection {
 
     mutating func read(_ r: inout TableReader) throws {
         for key in r.table.keys.sorted() {
+            if r.table[key]?.type == .table, r.table[key]?.table?["next_hop"] != nil {
+                try readTableRoute(key, &r)
+                continue
+            }
             guard let text = try r.read(key, Decode.routeValue) else { continue }
             let name = key == "*" ? key : normalizedDomain(key)
             try r.check(key, key == "*" || isPlausibleDomain(key), "\"\(key)\" is not a domain name or \"*\"")

@@ -108,6 +108,12 @@ tls = "opportunistic"
 # The port is optional and defaults to delivery.port.
 # "corp.example" = "[10.0.0.5]:25"
 # "*" = "[smtp.upstream.example]:587"
+# A route may also be a table: next_hop as above, tls (as delivery.tls), and
+# credentials for a smart host that wants AUTH: auth_user with exactly one of
+# auth_password, auth_password_file (its first line) or auth_password_env (an
+# environment variable). Credentials are sent only over TLS (AUTH PLAIN, else
+# LOGIN); refused credentials defer the mail.
+# "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay", auth_password_file = "/etc/tern/upstream.pw" }
 
 [tls]
 # PEM certificate chain and private key for STARTTLS (RFC 3207) and the

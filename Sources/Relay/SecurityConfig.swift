@@ -2,7 +2,11 @@
 // other table: unknown keys and wrong types are errors naming the key. Files are opened at start-up
 // (SMTPServer), so a missing certificate stops `tern serve` with the path in the message.
 
+import SMTPProtocol
 import TOMLKit
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - [tls]
 
@@ -108,5 +112,72 @@ extension TernConfig {
         if Set(parsed).count != parsed.count {
             throw error("server.submission", "an address is listed twice among listen, submission and submissions")
         }
+    }
+}
+
+// MARK: - Routes as tables
+
+/// What a route in table form adds to its next hop:
+///   "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay",
+///           auth_password_file = "/etc/tern/upstream.pw" }
+/// The password comes from exactly one of auth_password, auth_password_file (first line) or
+/// auth_password_env (an environment variable); it is read at start-up.
+public struct RouteSecurity: Sendable, Equatable {
+    /// nil: delivery.tls.
+    public var tls: OutboundTLSPolicy?
+    public var credentials: ClientCredentials?
+
+    public init(tls: OutboundTLSPolicy? = nil, credentials: ClientCredentials? = nil) {
+        self.tls = tls
+        self.credentials = credentials
+    }
+}
+
+extension RouteConfig {
+    mutating func readTableRoute(_ key: String, _ r: inout TableReader) throws {
+        let table = try r.read(key, Decode.table)!
+        var inner = TableReader(table, path: r.path + [key], context: r.context)
+        let name = key == "*" ? key : normalizedDomain(key)
+        try r.check(key, key == "*" || isPlausibleDomain(key), "\"\(key)\" is not a domain name or \"*\"")
+        try r.check(key, routes[name] == nil, "duplicate route (domains are not case-sensitive)")
+        let text = try inner.read("next_hop", Decode.string)!
+        do {
+            routes[name] = try NextHopSpec(parsing: text)
+        } catch let error as ConfigError {
+            throw inner.error("next_hop", error.message)
+        }
+        var security = RouteSecurity()
+        security.tls = try inner.read("tls", OutboundTLSPolicy.decode)
+        let user = try inner.read("auth_user", Decode.nonEmptyString)
+        let literal = try inner.read("auth_password", Decode.string)
+        let file = try inner.read("auth_password_file", Decode.nonEmptyString)
+        let env = try inner.read("auth_password_env", Decode.nonEmptyString)
+        let given = [literal != nil, file != nil, env != nil].filter { $0 }.count
+        if let user {
+            try inner.check("auth_user", given == 1,
+                            "needs exactly one of auth_password, auth_password_file, auth_password_env")
+            var password = literal ?? ""
+            if let file {
+                do {
+                    password = String(try readTextFile(file).split(separator: "\n", maxSplits: 1,
+                                                                  omittingEmptySubsequences: false).first ?? "")
+                    if password.hasSuffix("\r") { password.removeLast() }
+                } catch let error as ConfigError {
+                    throw inner.error("auth_password_file", "\(file): \(error.message)")
+                }
+            }
+            if let env {
+                guard let value = getenv(env) else {
+                    throw inner.error("auth_password_env", "the environment variable \(env) is not set")
+                }
+                password = String(cString: value)
+            }
+            try inner.check("auth_user", !password.isEmpty, "the password is empty")
+            security.credentials = ClientCredentials(user: user, password: password)
+        } else if given > 0 {
+            throw inner.error("auth_user", "must be set with a password")
+        }
+        self.security[name] = security
+        try inner.rejectUnknownKeys()
     }
 }

@@ -50,3 +50,20 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def issue_cert(certs: dict[str, Path], stem: str, sans: list[str], *, self_signed: bool = False) -> tuple[Path, Path]:
+    """A certificate for `sans` (DNS names), signed by the test CA of make_certs (or self-signed)."""
+    d = certs["ca"].parent
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    san = "subjectAltName=" + ",".join(f"DNS:{n}" for n in sans)
+    cert, key = d / f"{stem}.pem", d / f"{stem}-key.pem"
+    if self_signed:
+        _run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", f"/CN={sans[0]}", "-addext", san,
+              "-keyout", key.name, "-out", cert.name], d)
+    else:
+        _run(["openssl", "req", *ec, "-subj", f"/CN={sans[0]}", "-keyout", key.name, "-out", f"{stem}.req"], d)
+        (d / f"{stem}.cnf").write_text(san + "\n")
+        _run(["openssl", "x509", "-req", "-in", f"{stem}.req", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+              "-CAcreateserial", "-days", "2", "-extfile", f"{stem}.cnf", "-out", cert.name], d)
+    return cert, key
