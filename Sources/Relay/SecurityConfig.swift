@@ -159,9 +159,9 @@ extension RouteConfig {
             var password = literal ?? ""
             if let file {
                 do {
-                    password = String(try readTextFile(file).split(separator: "\n", maxSplits: 1,
-                                                                  omittingEmptySubsequences: false).first ?? "")
-                    if password.hasSuffix("\r") { password.removeLast() }
+                    let text = try readTextFile(file)
+                    password = String(text.split(maxSplits: 1, omittingEmptySubsequences: false,
+                                                 whereSeparator: { $0 == "\n" || $0 == "\r\n" }).first ?? "")
                 } catch let error as ConfigError {
                     throw inner.error("auth_password_file", "\(file): \(error.message)")
                 }

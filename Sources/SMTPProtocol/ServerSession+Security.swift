@@ -30,6 +30,14 @@ extension ServerSession {
 
     var offersAuth: Bool { config.authEnabled && (tlsActive || client.cleartextAuthAllowed) }
 
+    /// 512 octets for commands (RFC 5321 §4.5.3.1.4), but 12288 where AUTH lines may come (RFC 4954 §4).
+    var commandLineLimit: Int {
+        phase == .authChallenge || (phase == .ready && offersAuth && authenticatedUser == nil)
+            ? Self.maxAuthLine : Self.maxCommandLine
+    }
+
+    static let maxAuthLine = 12288
+
     /// "ESMTP" plus S under TLS and A when authenticated (RFC 3848); UTF8SMTP likewise (RFC 6531).
     var protocolName: String {
         guard esmtp else { return "SMTP" }

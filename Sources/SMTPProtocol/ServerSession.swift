@@ -269,7 +269,7 @@ public struct ServerSession {
             case .connected, .ready, .mail, .authChallenge:
                 guard let lf = findLF(base, from: offset, to: count) else {
                     // No complete line yet. Keep at most one command line's worth.
-                    if count - offset >= Self.maxCommandLine {
+                    if count - offset >= commandLineLimit {
                         discardingLongLine = true
                         // Keep a trailing CR: its LF may arrive in the next read.
                         return base[count - 1] == 13 ? count - 1 : count
@@ -282,7 +282,7 @@ public struct ServerSession {
                 if discardingLongLine {
                     discardingLongLine = false
                     fail(Reply(500, "5.5.2", "Error: line too long"))
-                } else if lf + 1 - start > Self.maxCommandLine {
+                } else if lf + 1 - start > commandLineLimit {
                     fail(Reply(500, "5.5.2", "Error: line too long"))
                 } else {
                     let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))

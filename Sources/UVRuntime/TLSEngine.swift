@@ -10,6 +10,15 @@
 // done, so the caller decides: opportunistic delivery goes on, `verify` delivery gives up.
 
 import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// "192.0.2.1" or "2001:db8::1" (not a host name).
+func isNumericIP(_ text: String) -> Bool {
+    var storage = in6_addr()
+    return inet_pton(AF_INET, text, &storage) == 1 || inet_pton(AF_INET6, text, &storage) == 1
+}
 
 public struct TLSError: Error, CustomStringConvertible, Sendable {
     public let message: String
@@ -115,11 +124,13 @@ public final class TLSEngine {
         } else {
             SSL_set_connect_state(ssl)
             if let serverName, !serverName.isEmpty {
-                // SNI only for names, not address literals (RFC 6066 §3).
-                if !serverName.allSatisfy({ $0.isNumber || $0 == "." || $0 == ":" }) {
+                if isNumericIP(serverName) {
+                    // An address: no SNI (RFC 6066 §3); the certificate must name it as an IP SAN.
+                    _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), serverName)
+                } else {
                     _ = tern_SSL_set_tlsext_host_name(ssl, serverName)
+                    _ = SSL_set1_host(ssl, serverName)
                 }
-                _ = SSL_set1_host(ssl, serverName)
             }
         }
     }
@@ -261,20 +272,22 @@ public final class TLSEngine {
     }
 
     private func readAvailable(into plaintext: inout [UInt8]) throws {
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress, Int32($0.count)) }
-            if n > 0 {
-                plaintext.append(contentsOf: chunk[0..<Int(n)])
-                continue
+        // A TLS record holds at most 16 KiB of plaintext.
+        try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 16) { buffer in
+            while true {
+                let n = SSL_read(ssl, buffer.baseAddress, Int32(buffer.count))
+                if n > 0 {
+                    plaintext.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<Int(n)]))
+                    continue
+                }
+                let e = SSL_get_error(ssl, n)
+                if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { return }
+                if e == SSL_ERROR_ZERO_RETURN {
+                    peerClosed = true
+                    return
+                }
+                throw fail(error(n, "TLS read failed"))
             }
-            let e = SSL_get_error(ssl, n)
-            if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { return }
-            if e == SSL_ERROR_ZERO_RETURN {
-                peerClosed = true
-                return
-            }
-            throw fail(error(n, "TLS read failed"))
         }
     }
 

@@ -204,6 +204,25 @@ extension Driver {
         #expect(d.lastReply == "250 2.0.0 Ok")
     }
 
+    @Test func longAuthLinesUpTo12288() {
+        var d = tlsDriver()
+        let password = String(repeating: "p", count: 3000)
+        d.send("AUTH PLAIN \(b64("\0alice\0" + password))\r\n")
+        #expect(d.authRequests.last?.password == password)
+        d.apply(d.session.authFinished(.failure))
+        d.send("AUTH LOGIN\r\n\(b64("alice"))\r\n\(b64(password))\r\n")
+        #expect(d.authRequests.count == 2)
+        d.apply(d.session.authFinished(.failure))
+        // Beyond 12288 octets: refused as too long, and the session goes on.
+        d.send("AUTH PLAIN \(String(repeating: "A", count: 13000))\r\n")
+        #expect(d.lastReply == "500 5.5.2 Error: line too long")
+        #expect(d.authRequests.count == 2)
+        // Outside AUTH the 512 limit stands.
+        var plain = Driver(ServerConfiguration(hostname: "relay.test"))
+        plain.send("NOOP \(String(repeating: "x", count: 600))\r\n")
+        #expect(plain.lastReply == "500 5.5.2 Error: line too long")
+    }
+
     @Test func commandsPipelinedBehindAuthWaitForTheAnswer() {
         var d = tlsDriver()
         d.send(lines("AUTH PLAIN \(b64("\0alice\0pw"))", "MAIL FROM:<alice@example.org>", "RCPT TO:<x@far.test>"))

@@ -24,7 +24,7 @@ final class TestCertificates {
               -keyout ca-key.pem -out ca.pem 2>/dev/null && \
             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=mx.test \
               -keyout key.pem -out req.pem 2>/dev/null && \
-            printf 'subjectAltName=DNS:mx.test\\n' > ext.cnf && \
+            printf 'subjectAltName=DNS:mx.test,IP:127.0.0.1\\n' > ext.cnf && \
             openssl x509 -req -in req.pem -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
               -extfile ext.cnf -out cert.pem 2>/dev/null && \
             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=mx.test \
@@ -114,6 +114,18 @@ func pump(_ client: TLSEngine, _ server: TLSEngine, chunk: Int = .max) throws ->
         try pump(client, server)
         #expect(client.handshakeComplete)
         #expect(!client.peerVerified)
+    }
+
+    @Test(arguments: [("127.0.0.1", true), ("127.0.0.2", false), ("::1", false)])
+    func addressLiteralIsCheckedAgainstIPSubjectAltNames(address: String, verified: Bool) throws {
+        // The CA-signed certificate names DNS:mx.test and IP:127.0.0.1.
+        let server = try TLSEngine(context: serverContext())
+        let client = try TLSEngine(context: .client(caFile: Self.certs.caCert), serverName: address)
+        try client.start()
+        try pump(client, server)
+        #expect(client.handshakeComplete)
+        #expect(client.peerVerified == verified)
+        #expect(isNumericIP(address) && !isNumericIP("mx.test") && !isNumericIP("1.2.3"))
     }
 
     @Test func tls12IsAcceptedAndOlderIsNot() throws {
