@@ -97,7 +97,8 @@ data_timeout = "10m"
 # "opportunistic" (STARTTLS when offered, any certificate), "require" (STARTTLS
 # or try later, any certificate), "verify" (STARTTLS with a certificate that
 # chains to the system CA store and names the host, or try later). A failed
-# "require"/"verify" host is a temporary failure: the next MX is tried.
+# "require"/"verify" host is a temporary failure: the next MX is tried. After a
+# failed "opportunistic" handshake the same host is tried once in the clear.
 tls = "opportunistic"
 
 [routes]

@@ -39,6 +39,11 @@ final class OutboundConnection {
     private var tls: TLSEngine?
     /// The TLS outcome for the log line, "TLSv1.3 TLS_AES_256_GCM_SHA384 verified".
     private var tlsOutcome: String?
+    /// Opportunistic TLS failed with the current host: the next connection to it goes in the clear
+    /// (as Postfix does at security level "may"), so a broken TLS stack cannot hold mail forever.
+    private var clearRetry = false
+    /// The current connection is that retry.
+    private var inClear = false
 
     init(manager: DeliveryManager, destination: String) {
         self.manager = manager
@@ -93,6 +98,12 @@ final class OutboundConnection {
 
     private func tryNextTarget() {
         dropConnection()
+        inClear = false
+        if clearRetry && targetIndex > 0 {
+            clearRetry = false
+            inClear = true
+            targetIndex -= 1  // the same host again, without STARTTLS
+        }
         guard targetIndex < targets.count else {
             // Every host failed: what is not final yet waits for the next attempt.
             for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = .deferred(reply: lastError) }
@@ -127,11 +138,15 @@ final class OutboundConnection {
         tcp = connection
         tls = nil
         tlsOutcome = nil
-        let mode: ClientTLSMode
+        var mode: ClientTLSMode
         switch tlsPolicy {
         case .none: mode = .none
         case .opportunistic: mode = .opportunistic
         case .require, .verify: mode = .required
+        }
+        if inClear {
+            mode = .none
+            tlsOutcome = "none (retried in the clear after a TLS failure)"
         }
         session = ClientSession(hostname: manager.config.hostname, tls: mode, credentials: credentials)
         connection.setNoDelay(true)
@@ -279,6 +294,12 @@ final class OutboundConnection {
         timer?.stop()
         if wasBusy {
             lastError = "lost connection with \(relayName)"
+            if let engine = tls, !engine.handshakeComplete {
+                // Closed in the middle of the handshake: a TLS failure like any other.
+                lastError = "TLS handshake with \(relayName) failed: connection closed"
+                manager.log.info("\(lastError)")
+                if tlsPolicy == .opportunistic && credentials == nil { clearRetry = true }
+            }
             tryNextTarget()
         } else if job == nil && !finished && message == nil {
             // Idle between jobs and the peer went away.
@@ -403,6 +424,10 @@ extension OutboundConnection {
     fileprivate func tlsFailed(_ why: String) {
         lastError = why
         manager.log.info("\(why)")
+        // Opportunistic: once more with this host, in the clear. Not after a failure in the clear.
+        if tlsPolicy == .opportunistic && tls != nil && credentials == nil {
+            clearRetry = true
+        }
         if job != nil {
             tryNextTarget()
         } else {

@@ -40,9 +40,10 @@ class _TLSHandler(_Handler):
 class TLSNextHop(NextHop):
     """A NextHop that offers STARTTLS with `cert` and, with `users`, requires AUTH (over TLS)."""
 
-    def __init__(self, host, port, *, cert=None, users: dict[str, str] | None = None, **kw):
+    def __init__(self, host, port, *, cert=None, users: dict[str, str] | None = None, context=None, **kw):
         super().__init__(host, port, **kw)
         self.cert = cert
+        self.context = context
         self.users = users
         self.tls_flags: list[bool] = []
         self.auth_users: list = []
@@ -61,7 +62,7 @@ class TLSNextHop(NextHop):
         kw = dict(hostname=self.host, port=self.port, server_hostname=f"hop-{self.host}.test", ready_timeout=10,
                   enable_SMTPUTF8=True)
         if self.cert:
-            kw["tls_context"] = server_context(*self.cert)
+            kw["tls_context"] = self.context or server_context(*self.cert)
         if self.users is not None:
             kw.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=True)
         self.controller = _CountingController(self, **kw)
@@ -179,3 +180,32 @@ def test_upstream_auth_never_in_the_clear(relay, hops, hop_port):
     assert wait_log(tern, qid, "deferred", "someone@anywhere.test", hop)
     assert hop.received() == []
     assert "only over TLS" in tern.stderr()
+
+
+def broken_tls_context(cert) -> ssl.SSLContext:
+    """Offers STARTTLS but cannot finish a handshake: TLS 1.2 with only an RSA key-exchange cipher,
+    and an ECDSA certificate."""
+    ctx = server_context(*cert)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("AES128-SHA")
+    return ctx
+
+
+def test_opportunistic_retries_in_the_clear_after_failed_handshake(relay, hops, certs):
+    hop = hops("127.0.0.9", cls=TLSNextHop, cert=certs["good"], context=broken_tls_context(certs["good"]))
+    tern = relay()
+    qid, _ = send(tern, ["user@mx.test"], subject="broken tls")
+    hop.wait_for(1, on_timeout=lambda: diagnostics(tern, hop))
+    assert hop.tls_flags == [False]
+    assert len(hop.ehlos) >= 2, "no STARTTLS attempt before the clear retry"
+    line = next(l for l in wait_log_lines(tern, qid) if "status=sent" in l)
+    assert "retried in the clear" in line, line
+    assert "TLS handshake with" in tern.stderr()
+
+
+def test_require_does_not_fall_back_to_the_clear(relay, hops, certs):
+    hop = hops("127.0.0.9", cls=TLSNextHop, cert=certs["good"], context=broken_tls_context(certs["good"]))
+    tern = relay(delivery={"tls": "require"})
+    qid, _ = send(tern, ["user@mx.test"], subject="broken tls, required")
+    assert wait_log(tern, qid, "deferred", "user@mx.test", hop)
+    assert hop.received() == []
