@@ -51,7 +51,7 @@ extension SMTPServer {
         let checked = hash ?? Self.dummyHash
         final class Box: @unchecked Sendable { var ok = false }
         let box = Box()
-        loop.queueWork({ box.ok = PasswordHash.verify(password, against: checked) }) { [weak self] in
+        runPasswordCheck({ box.ok = PasswordHash.verify(password, against: checked) }) { [weak self] in
             guard let self else { return }
             if box.ok && hash != nil {
                 self.authThrottle.succeeded(ip)
@@ -68,6 +68,24 @@ extension SMTPServer {
             }
         }
     }
+
+    /// At most `maxConcurrentPasswordChecks` scrypt runs at once (each holds 32 MiB), so a flood of
+    /// AUTH attempts queues instead of taking the machine's memory; the rest wait in order.
+    func runPasswordCheck(_ work: @escaping () -> Void, done: @escaping () -> Void) {
+        guard authChecksRunning < Self.maxConcurrentPasswordChecks else {
+            authChecksWaiting.append { [weak self] in self?.runPasswordCheck(work, done: done) }
+            return
+        }
+        authChecksRunning += 1
+        loop.queueWork(work) { [weak self] in
+            guard let self else { return }
+            self.authChecksRunning -= 1
+            if !self.authChecksWaiting.isEmpty { self.authChecksWaiting.removeFirst()() }
+            done()
+        }
+    }
+
+    static let maxConcurrentPasswordChecks = 8
 
     /// A valid hash of a random password, checked for unknown users.
     static let dummyHash: String = (try? PasswordHash.make(Base64.encode(secureRandomBytes(12)))) ?? ""

@@ -36,6 +36,9 @@ public final class SMTPServer {
     /// AUTH users; replaced by `reload()`.
     var users: UsersFile?
     var authThrottle: AuthThrottle
+    /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).
+    var authChecksRunning = 0
+    var authChecksWaiting: [() -> Void] = []
     var sessions: [UInt64: InboundSession] = [:]
     var connectionsPerIP: [String: Int] = [:]
     var nextSessionID: UInt64 = 1

@@ -247,3 +247,19 @@ def test_open_relay_battery(start_tern, certs, users_file, sender):
                 assert 500 <= r.code < 600, f"RCPT TO:<{rcpt}> accepted (tls={use_tls}): {r}"
             assert_reply(c.cmd("DATA"), 554, None, "no recipient was accepted")
     assert t.queued() == []
+
+
+def test_many_concurrent_auths_are_all_answered(auth_tern, certs):
+    """More AUTH attempts at once than password checks run at once (8): the rest wait their turn."""
+    import concurrent.futures
+
+    sessions = [tls_session(auth_tern, certs, source="127.0.0.1") for _ in range(20)]
+    try:
+        for c in sessions:
+            c.send("AUTH PLAIN " + plain("alice", PASSWORD) + "\r\n")
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            replies = list(pool.map(lambda c: c.read_reply(), sessions))
+        assert [r.code for r in replies] == [235] * 20, [str(r) for r in replies]
+    finally:
+        for c in sessions:
+            c.close()
