@@ -40,7 +40,7 @@ fi
 mkdir -p "$OUT"
 W=$(mktemp -d /tmp/tern-tls-bench.XXXXXX)
 chmod 755 "$W"  # Postfix daemons run as postfix and must reach their queue below it
-trap 'for f in "$W"/*.stop; do [ -f "$f" ] && sh "$f"; done; umount "$W/sink-spool" 2>/dev/null; rm -rf "$W"; true' EXIT
+trap 'for f in "$W"/*.stop; do [ -f "$f" ] && sh "$f"; done; mountpoint -q "$W/sink-spool" && umount "$W/sink-spool"; rm -rf "$W"' EXIT
 # Postfix insists that inet_interfaces is an address of an interface: 127.0.0.1 for both, two ports.
 RELAY_ADDR=127.0.0.1 RELAY_PORT=2525 SINK_ADDR=127.0.0.1 SINK_PORT=2526
 
@@ -143,9 +143,11 @@ for rep in $(seq 1 "$RUNS"); do
         python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n 50 --procs 2 --pid "$PEER_PID" >/dev/null  # warm-up
         hs=$(python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n "$N_HS" --procs "$PROCS" --pid "$PEER_PID" | tail -1)
         rl=$(python3 "$REPO/bench/tls/load.py" relay --host $RELAY_ADDR --port $RELAY_PORT --n "$N_MSG" --procs "$PROCS" --per-conn "$PER_CONN" \
-             --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" | tail -1)
+             --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" --max-seconds 120 | tail -1)
         echo "{\"rep\": $rep, \"peer\": \"$peer\", \"handshake\": $hs, \"relay\": $rl}" | tee -a "$OUT/results.jsonl"
         sh "$W/peer.stop"; rm -f "$W/peer.stop"
+        [ -f "$W/postfix/w/log/maillog" ] && tail -200 "$W/postfix/w/log/maillog" > "$OUT/postfix-rep$rep.maillog"
+        tail -200 "$W/sink.log" > "$OUT/sink-$peer-rep$rep.log"
         stop_sink
         rm -rf "$W/tern" "$W/postfix"
     done
