@@ -7,7 +7,7 @@
 set -euo pipefail
 
 PACKAGES=(
-    libuv1-dev libc-ares-dev libssl-dev pkg-config
+    libuv1-dev libc-ares-dev libssl-dev openssl ca-certificates pkg-config
     swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd
     iproute2 util-linux
