@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import CLIENT_HELO, assert_reply, free_port, make_message, queue_id_of, split_received
+from conftest import CLIENT_HELO, TERN_BIN, assert_reply, free_port, make_message, queue_id_of, split_received
 from tls_helpers import client_context, make_certs, tern_passwd
 from test_tls import TLSConn, queue_id_of_text
 
@@ -81,6 +81,12 @@ def test_passwd_writes_salted_scrypt_hashes(tmp_path):
     # Bad input.
     assert tern_passwd(path, "with:colon", "x").returncode != 0
     assert tern_passwd(path, "dave", "").returncode != 0
+    # --delete removes a user; deleting an unknown one fails.
+    r = subprocess.run([str(TERN_BIN), "passwd", "--file", str(path), "--delete", "bob"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert [l.split(":")[0] for l in path.read_text().splitlines()] == ["alice"]
+    r = subprocess.run([str(TERN_BIN), "passwd", "--file", str(path), "--delete", "bob"], capture_output=True, timeout=30)
+    assert r.returncode != 0
     path.write_text("eve:plaintext\n")
     r = tern_passwd(path, "dave", "x")
     assert r.returncode != 0 and b"line 1" in r.stderr
@@ -177,7 +183,9 @@ def test_submissions_implicit_tls_with_swaks(start_tern, certs, users_file):
     assert "TLS started" in out
     assert "STARTTLS" not in [l.strip() for l in re.findall(r"<-  250[- ](.*)", out)]
     qid = queue_id_of_text(out)
-    assert b"with ESMTPSA id " + qid.encode() in t.msg(qid)
+    header, _ = split_received(t.msg(qid))
+    assert b"with ESMTPSA id " + qid.encode() in header
+    assert re.search(rb"\(using TLSv1\.[23] with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\)", header), header
     # Without AUTH: 530.
     r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--tls-on-connect", "--helo", CLIENT_HELO,
                         "--from", "alice@client.test", "--to", "z@far.test"], capture_output=True, timeout=60)
