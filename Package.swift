@@ -23,13 +23,15 @@ let package = Package(
                        providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CCAres", path: "Modules/CCAres", pkgConfig: "libcares",
                        providers: [.apt(["libc-ares-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Modules/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
 
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
         .target(name: "MailQueue", dependencies: ["SMTPProtocol"]),
         // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
-        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres"]),
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
             "SMTPProtocol", "MailQueue", "UVRuntime",

@@ -431,7 +431,7 @@ final class BlastSlot {
     static func replyStage(_ phase: ClientSession.Phase) -> ReplyStage? {
         switch phase {
         case .greeting: return .greeting
-        case .hello: return .ehlo
+        case .hello, .startingTLS: return .ehlo
         case .mail: return .mail
         case .rcpt: return .rcpt
         case .data, .dataEnd: return .data
@@ -497,6 +497,10 @@ final class BlastSlot {
                 if let reply, let stage = Self.replyStage(phaseBefore) { runner.stats.count(stage, code: reply.code) }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
+                detach()
+                return
+            case .startTLS:
+                // Blast never asks for STARTTLS yet (--starttls is refused at start), so this is not reached.
                 detach()
                 return
             }

@@ -68,6 +68,8 @@ public final class DeliveryManager {
     public private(set) var delivered = 0
     public private(set) var bounced = 0
     public private(set) var deferred = 0
+    /// For STARTTLS to next hops; made on first use (OutboundConnection.swift).
+    var tlsClientContext: TLSContext?
 
     init(loop: EventLoop, spool: Spool, config: TernConfig, log: Logger, resolver: Resolver,
          ownAddresses: [String], newQueueID: @escaping () -> QueueID) {
@@ -237,8 +239,11 @@ public final class DeliveryManager {
     // MARK: - Results
 
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.
-    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String) {
+    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String,
+                     tls: String? = nil) {
         let t = now
+        // "relay=mx[ip]:25, tls=TLSv1.3 TLS_AES_256_GCM_SHA384 verified" when the session used TLS.
+        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
         var envelope = message.envelope
         var deferredIndexes: [Int] = []
         let delay = Self.seconds(t - envelope.arrival)
@@ -250,14 +255,14 @@ public final class DeliveryManager {
                 envelope.recipients[index].state = .delivered
                 envelope.recipients[index].lastReply = reply
                 delivered += 1
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
             case .deferred(let reply):
                 envelope.recipients[index].state = .deferred
                 envelope.recipients[index].lastReply = reply
                 deferredIndexes.append(index)
             case .bounced(let status, let reply):
                 bounce(&envelope, index, status: status, reply: reply, relay: relay, message: message)
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
             }
         }
         if !deferredIndexes.isEmpty {
@@ -268,7 +273,7 @@ public final class DeliveryManager {
                 for index in deferredIndexes {
                     let r = envelope.recipients[index]
                     deferred += 1
-                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
+                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
                 }
                 scheduler.add(DeliveryJob(id: envelope.id, destination: job.destination, recipients: deferredIndexes,
                                           priority: envelope.priority, arrival: envelope.arrival), due: next)

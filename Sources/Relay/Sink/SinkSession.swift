@@ -87,6 +87,10 @@ final class SinkSession {
             case .drop:
                 closed = true
                 connection.close()
+            case .startTLS, .authenticate:
+                // The sink offers neither STARTTLS nor AUTH yet, so its sessions never ask for them.
+                closed = true
+                connection.close()
             case .delay(let milliseconds):
                 held = Array(actions[(index + 1)...])
                 connection.stopReading()
