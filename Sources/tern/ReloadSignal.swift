@@ -36,7 +36,7 @@ func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Log
                 }
                 log.notice("\(line)")
                 // The certificate, key and users file are read again, changed or not (renewed in place).
-                do { try server.reload() } catch { log.error("reload of TLS/AUTH files failed, keeping the old ones: \(error)") }
+                do { try server.reload() } catch { log.error("reload failed for the TLS/AUTH files, keeping the old ones: \(error)") }
             }
         })
     }
