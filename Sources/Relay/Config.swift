@@ -65,6 +65,7 @@ public struct TernConfig: Sendable, Equatable {
     public var routes: RouteConfig = RouteConfig()
     public var priority: PriorityConfig = PriorityConfig()
     public var log: LogConfig = LogConfig()
+    public var admin: AdminConfig = AdminConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -86,6 +87,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.routes),
             AnySection(\.priority),
             AnySection(\.log),
+            AnySection(\.admin),
             AnySection(name: "aliases", read: readAliases),
         ]
     }

@@ -66,6 +66,9 @@ extension TernConfig {
         out.table("log")
         out.key("format", string: log.format.rawValue)
 
+        out.table("admin")
+        out.key("listen", string: admin.listen)
+
         out.table("aliases")
         for name in aliases.keys.sorted() {
             let targets = aliases[name]!

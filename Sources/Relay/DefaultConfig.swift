@@ -115,5 +115,11 @@ postmaster = ["root@localhost"]
 # line). `tern serve --log-format` overrides it.
 format = "plain"
 
+[admin]
+# The admin endpoint: GET /metrics (Prometheus) and the /queue API that
+# `tern queue` talks to. "ip:port"; keep it on loopback unless a firewall
+# guards it (the queue API can delete mail). "" switches it off.
+listen = "127.0.0.1:8025"
+
 """#
 }

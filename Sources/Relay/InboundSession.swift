@@ -45,6 +45,7 @@ final class InboundSession {
             let sessionID = id
             let server = self.server
             resolver.lookupPTR(clientIP) { result in
+                server.relayMetrics.dnsLookup(.ptr, failed: { if case .failure = result { return true }; return false }())
                 guard let session = server.sessions[sessionID] else { return }
                 if case .success(let names) = result, let name = names.first { session.machine.setReverseName(name) }
                 session.greet()
@@ -86,6 +87,7 @@ final class InboundSession {
         for action in actions {
             switch action {
             case .reply(let bytes):
+                server.relayMetrics.replied(bytes)
                 connection.write(bytes)
             case .beginMessage(let start):
                 beginMessage(start)
@@ -153,6 +155,7 @@ final class InboundSession {
             let env = writer.envelope
             if let queueID {
                 server.metrics.messagesAccepted += 1
+                server.relayMetrics.messageReceived(recipients: env.recipients.count, bytes: env.size)
                 server.log.info("\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)",
                                 metadata: ["qid": "\(queueID)", "session": "\(sessionID)"])
                 server.sessions[sessionID]?.messagesQueued += 1

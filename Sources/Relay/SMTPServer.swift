@@ -25,9 +25,13 @@ public final class SMTPServer {
     public let spool: Spool
     public var log: Logger
     public var metrics = ServerMetrics()
+    /// The numbers behind the admin endpoint's GET /metrics.
+    public let relayMetrics = RelayMetrics()
     let resolver: Resolver
     /// The sending side; nil when `delivery.enabled` is false (mail stays queued).
     public private(set) var delivery: DeliveryManager?
+    /// GET /metrics and the /queue API ([admin] listen); nil when switched off.
+    public internal(set) var admin: AdminEndpoint?
 
     var listeners: [TCPListener] = []
     var sessions: [UInt64: InboundSession] = [:]
@@ -63,8 +67,10 @@ public final class SMTPServer {
         if config.delivery.enabled {
             let own = listeners.map(\.localAddress.ip)
             delivery = DeliveryManager(loop: loop, spool: spool, config: config, log: log, resolver: resolver,
-                                       ownAddresses: own, newQueueID: { [unowned self] in self.nextQueueID() })
+                                       ownAddresses: own, metrics: relayMetrics,
+                                       newQueueID: { [unowned self] in self.nextQueueID() })
         }
+        try openAdminEndpoint()
     }
 
     public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
@@ -77,6 +83,10 @@ public final class SMTPServer {
             try listener.start { [unowned self] connection in self.accepted(connection) }
             log.info("listening on \(listener.localAddress)")
         }
+        if let admin {
+            try admin.start()
+            log.info("admin endpoint on \(admin.localAddress)")
+        }
     }
 
     func accepted(_ connection: TCPConnection) {
@@ -88,6 +98,7 @@ public final class SMTPServer {
         let limits = config.server
         if stopping || sessions.count >= limits.maxConnections || connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP {
             metrics.connectionsRefused += 1
+            relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
             log.warning("refused connection from [\(ip)]: too many connections")
             connection.write(Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later").wireBytes)
             connection.closeAfterWrites()
@@ -102,11 +113,13 @@ public final class SMTPServer {
         sessions[id] = session
         connectionsPerIP[ip, default: 0] += 1
         metrics.sessionsOpened += 1
+        relayMetrics.sessionOpened()
         session.start()
     }
 
     func sessionClosed(_ session: InboundSession) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
+        relayMetrics.sessionClosed()
         if let n = connectionsPerIP[session.clientIP], n > 1 {
             connectionsPerIP[session.clientIP] = n - 1
         } else {
@@ -133,6 +146,8 @@ public final class SMTPServer {
         onStopped = done
         for listener in listeners { listener.close() }
         listeners = []
+        admin?.close()
+        admin = nil
         delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }
