@@ -321,7 +321,8 @@ public final class DeliveryManager {
         message.jobsInFlight -= 1
         if message.jobsInFlight == 0, let action = message.pendingAction {
             message.pendingAction = nil
-            apply(action, to: message)
+            // Delivered to everyone meanwhile: nothing left to hold, delete or bounce.
+            if envelope.hasPendingRecipients { apply(action, to: message) }
         }
         persist(message)
         armTimer()
