@@ -85,7 +85,7 @@ public final class SMTPServer {
         }
         if let admin {
             try admin.start()
-            log.info("admin endpoint on \(admin.localAddress)")
+            log.info("admin endpoint on \(admin.listenDescription)")
         }
     }
 

@@ -17,7 +17,7 @@ struct Queue: ParsableCommand {
 }
 
 struct AdminOptions: ParsableArguments {
-    @Option(name: .long, help: "The admin endpoint, HOST:PORT (default: [admin] listen of --config).")
+    @Option(name: .long, help: "The admin endpoint, HOST:PORT or a unix socket's path (default: [admin] listen of --config).")
     var admin: String?
 
     @Option(name: .long, help: "The config of the running relay, to find its [admin] listen.")
@@ -25,12 +25,12 @@ struct AdminOptions: ParsableArguments {
 
     func client() throws -> AdminClient {
         do {
-            if let admin { return AdminClient(address: try AdminClient.address(forListen: admin)) }
+            if let admin { return try AdminClient.forListen(admin) }
             let settings = try config.map { try TernConfig.load(path: $0) } ?? TernConfig.embeddedDefault
             guard !settings.admin.listen.isEmpty else {
                 fail("the admin endpoint is switched off ([admin] listen = \"\")", status: 78)
             }
-            return AdminClient(address: try AdminClient.address(forListen: settings.admin.listen))
+            return try AdminClient.forListen(settings.admin.listen)
         } catch let error as ConfigError {
             fail("\(error)", status: 78)
         }

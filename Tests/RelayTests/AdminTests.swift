@@ -304,8 +304,19 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(try !TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"0.0.0.0:8025\"").admin.isLoopback)
     }
 
+    @Test func unixSocketPath() throws {
+        let config = try TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"/run/tern/admin.sock\"")
+        #expect(config.admin.unixPath == "/run/tern/admin.sock")
+        #expect(config.admin.isLoopback)
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n").admin.unixPath == nil)
+        #expect(try TernConfig.parse(config.tomlText) == config)
+        #expect(try AdminClient.forListen("/run/tern/admin.sock").unixPath == "/run/tern/admin.sock")
+        #expect(try AdminClient.forListen("127.0.0.1:8025").unixPath == nil)
+    }
+
     @Test func badValuesNameTheKey() {
-        for bad in ["listen = \"8025\"", "listen = 8025", "listen = \"localhost:8025\"", "port = 1"] {
+        for bad in ["listen = \"8025\"", "listen = 8025", "listen = \"localhost:8025\"", "port = 1",
+                    "listen = \"run/admin.sock\"", "listen = \"/" + String(repeating: "x", count: 120) + "\""] {
             do {
                 _ = try TernConfig.parse("hostname = \"relay.test\"\n[admin]\n" + bad)
                 Issue.record("accepted \(bad)")

@@ -365,3 +365,42 @@ def test_endpoint_refuses_what_it_does_not_serve(tern):
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == status, (method, path)
         assert "error" in json.loads(e.value.read())
+
+
+def test_admin_on_a_unix_socket(start_tern, tmp_path):
+    sock = tmp_path / "admin.sock"
+    tern = start_tern(extra_tables={"admin": {"listen": str(sock)}})
+    assert sock.is_socket()
+    assert "Mail queue is empty" in queue(tern, "list").stdout
+    qid = send(tern, ["x@nowhere.test"], "queued")  # delivery is off: it stays queued
+    out = subprocess.run([str(TERN_BIN), "queue", "show", qid, "--admin", str(sock)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and "State        queued" in out.stdout, out
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert samples["tern_messages_received_total"] == 1
+
+    # Killed, the socket file stays; the next start replaces it.
+    tern.kill()
+    assert sock.exists()
+    tern.start()
+    assert qid in queue(tern, "list").stdout
+    # A second relay configured with the same live socket does not steal it.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    conf = other_dir / "tern.toml"
+    conf.write_text(tern.config_path.read_text().replace(str(tern.spool), str(other_dir / "spool"))
+                    .replace(f"127.0.0.1:{tern.port}", f"127.0.0.1:{free_port()}"))
+    p = subprocess.run([str(TERN_BIN), "serve", "--config", str(conf)], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "admin.listen" in p.stderr, p
+    assert qid in queue(tern, "list").stdout, "the first relay still answers on its socket"
+    tern.stop()
+    assert not sock.exists(), "a clean stop removes the socket file"

@@ -21,12 +21,30 @@ public struct AdminResponse: Equatable, Sendable {
 }
 
 public struct AdminClient {
+    /// The TCP address, unless `unixPath` is set.
     public let address: ListenAddress
+    /// A unix-domain socket to connect to instead.
+    public let unixPath: String?
     public var timeoutSeconds = 60
 
     public init(address: ListenAddress) {
         self.address = address
+        unixPath = nil
     }
+
+    public init(unixPath: String) {
+        self.unixPath = unixPath
+        address = try! ListenAddress(parsing: "127.0.0.1:0")
+    }
+
+    /// The client for an [admin] listen value (or --admin): "ip:port" or a socket's absolute path.
+    public static func forListen(_ listen: String) throws -> AdminClient {
+        if listen.hasPrefix("/") { return AdminClient(unixPath: listen) }
+        return AdminClient(address: try address(forListen: listen))
+    }
+
+    /// What the messages call the endpoint.
+    var endpointName: String { unixPath ?? address.description }
 
     /// Where to reach the endpoint of a config's [admin] listen: a wildcard address is reached on
     /// loopback.
@@ -42,7 +60,7 @@ public struct AdminClient {
     public func request(_ method: String, _ target: String) throws -> AdminResponse {
         let fd = try connect()
         defer { close(fd) }
-        let host = address.family == .ipv6 ? "[\(address.host)]:\(address.port)" : "\(address.host):\(address.port)"
+        let host = unixPath != nil ? "localhost" : address.description
         var head = "\(method) \(target) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"
         if method == "POST" { head += "Content-Length: 0\r\n" }
         head += "\r\n"
@@ -52,7 +70,7 @@ public struct AdminClient {
             let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw AdminClientError(message: "sending to the admin endpoint at \(host): \(Self.errorText(errno))", unreachable: false)
+                throw AdminClientError(message: "sending to the admin endpoint at \(endpointName): \(Self.errorText(errno))", unreachable: false)
             }
             sent += n
         }
@@ -62,14 +80,14 @@ public struct AdminClient {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw AdminClientError(message: "reading from the admin endpoint at \(host): \(Self.errorText(errno))", unreachable: false)
+                throw AdminClientError(message: "reading from the admin endpoint at \(endpointName): \(Self.errorText(errno))", unreachable: false)
             }
             if n == 0 { break }
             answer.append(contentsOf: buffer[0..<n])
             if let parsed = try Self.parse(answer, complete: false) { return parsed }
         }
         guard let parsed = try Self.parse(answer, complete: true) else {
-            throw AdminClientError(message: "the admin endpoint at \(host) closed the connection without an answer", unreachable: false)
+            throw AdminClientError(message: "the admin endpoint at \(endpointName) closed the connection without an answer", unreachable: false)
         }
         return parsed
     }
@@ -106,14 +124,26 @@ public struct AdminClient {
     }
 
     private func connect() throws -> Int32 {
-        let family = address.family == .ipv6 ? AF_INET6 : AF_INET
+        let family = unixPath != nil ? AF_UNIX : address.family == .ipv6 ? AF_INET6 : AF_INET
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw AdminClientError(message: "socket: \(Self.errorText(errno))", unreachable: false) }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var result: Int32
-        if address.family == .ipv6 {
+        if let unixPath {
+            var sa = sockaddr_un()
+            sa.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(unixPath.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: sa.sun_path) else {
+                close(fd)
+                throw AdminClientError(message: "socket path too long: \(unixPath)", unreachable: false)
+            }
+            withUnsafeMutableBytes(of: &sa.sun_path) { $0.copyBytes(from: bytes) }
+            result = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        } else if address.family == .ipv6 {
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = address.port.bigEndian
@@ -135,7 +165,7 @@ public struct AdminClient {
             close(fd)
             let unreachable = e == ECONNREFUSED || e == ENOENT || e == ENETUNREACH || e == EHOSTUNREACH
             throw AdminClientError(
-                message: "cannot reach the admin endpoint at \(address): \(Self.errorText(e))"
+                message: "cannot reach the admin endpoint at \(endpointName): \(Self.errorText(e))"
                     + (unreachable ? "; is `tern serve` running, with this [admin] listen?" : ""),
                 unreachable: unreachable)
         }

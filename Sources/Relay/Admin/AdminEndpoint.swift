@@ -11,16 +11,21 @@ public final class AdminEndpoint {
     unowned let server: SMTPServer
     let http: HTTPServer
 
-    init(server: SMTPServer, address: SocketAddress) throws {
+    /// On TCP at `address`, or on the unix socket at `unixPath` when given.
+    init(server: SMTPServer, address: SocketAddress?, unixPath: String?) throws {
         self.server = server
         var handle: HTTPServer.AsyncHandler = { _, answer in answer(HTTPResponse.text(503, "Service Unavailable", "starting\n")) }
-        http = try HTTPServer(loop: server.loop, address: address, maxConnections: 16) { request, answer in
-            handle(request, answer)
+        let forward: HTTPServer.AsyncHandler = { request, answer in handle(request, answer) }
+        if let unixPath {
+            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16, asyncHandler: forward)
+        } else {
+            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16, asyncHandler: forward)
         }
         handle = { [unowned self] request, answer in self.handle(request, answer) }
     }
 
     public var localAddress: SocketAddress { http.localAddress }
+    public var listenDescription: String { http.listenDescription }
 
     func start() throws { try http.start() }
 
@@ -141,7 +146,11 @@ extension SMTPServer {
         let text = config.admin.listen
         guard !text.isEmpty else { return }
         do {
-            admin = try AdminEndpoint(server: self, address: try SocketAddress(parsing: text))
+            if let path = config.admin.unixPath {
+                admin = try AdminEndpoint(server: self, address: nil, unixPath: path)
+            } else {
+                admin = try AdminEndpoint(server: self, address: try SocketAddress(parsing: text), unixPath: nil)
+            }
         } catch {
             throw ServerStartError(message: "cannot listen on admin.listen \(text): \(error)")
         }

@@ -13,7 +13,9 @@ public final class HTTPServer {
     public typealias AsyncHandler = (HTTPRequest, @escaping (HTTPResponse) -> Void) -> Void
 
     let loop: EventLoop
-    let listener: TCPListener
+    let listener: TCPListener?
+    /// A unix-domain socket instead of TCP (the relay's admin endpoint may use one).
+    let pipeListener: PipeListener?
     let handler: AsyncHandler
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
@@ -32,17 +34,36 @@ public final class HTTPServer {
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
         listener = try TCPListener(loop: loop, address: address, backlog: 128)
+        pipeListener = nil
     }
 
-    public var localAddress: SocketAddress { listener.localAddress }
+    /// Listens on a unix-domain socket at `path` (a stale socket file there is replaced).
+    public init(loop: EventLoop, unixPath path: String, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
+                asyncHandler: @escaping AsyncHandler) throws {
+        self.loop = loop
+        self.handler = asyncHandler
+        self.maxConnections = maxConnections
+        self.idleTimeoutMs = idleTimeoutMs
+        listener = nil
+        pipeListener = try PipeListener(loop: loop, path: path)
+    }
+
+    /// The TCP address (a unix socket has none: 0.0.0.0:0).
+    public var localAddress: SocketAddress { listener?.localAddress ?? (try! SocketAddress(parsing: "0.0.0.0:0")) }
+
+    /// "127.0.0.1:8025" or the socket's path, for log lines.
+    public var listenDescription: String { pipeListener?.path ?? "\(localAddress)" }
 
     public func start() throws {
-        try listener.start { [unowned self] connection in self.accepted(connection) }
+        let accept: (TCPConnection) -> Void = { [unowned self] connection in self.accepted(connection) }
+        if let listener { try listener.start(onConnection: accept) }
+        if let pipeListener { try pipeListener.start(onConnection: accept) }
     }
 
     /// Stops listening and closes every connection.
     public func close() {
-        listener.close()
+        listener?.close()
+        pipeListener?.close()
         for c in Array(connections.values) { c.connection.close() }
     }
 
