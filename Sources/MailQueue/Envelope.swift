@@ -58,6 +58,8 @@ public struct Envelope: Sendable, Equatable {
     public var client: ClientInfo
     /// A delay warning was sent to the sender (sent once per message).
     public var delayWarned = false
+    /// Put on hold by the postmaster (`tern queue hold`): kept, never tried, until released.
+    public var held = false
 
     public init(id: QueueID, sender: String, recipients: [Recipient], priority: Int = 0,
                 arrival: Double, attempts: Int = 0, nextAttempt: Double? = nil, size: Int = 0,

@@ -17,6 +17,7 @@
 //     attempts	0
 //     next-attempt	1700000000.123456
 //     warned	1                             only once a delay warning went to the sender
+//     held	1                               only while the postmaster holds the message
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
 //     end
@@ -67,6 +68,7 @@ public enum EnvelopeRecord {
         field(&out, "attempts\t") { appendInt(&$0, e.attempts) }
         field(&out, "next-attempt\t") { appendSeconds(&$0, e.nextAttempt) }
         if e.delayWarned { field(&out, "warned\t") { $0.append(0x31) } }
+        if e.held { field(&out, "held\t") { $0.append(0x31) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -151,7 +153,7 @@ public enum EnvelopeRecord {
 
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, arrival: Double?, nextAttempt: Double?
-        var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?
+        var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -191,6 +193,9 @@ public enum EnvelopeRecord {
             case "warned":
                 guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
                 try set(&warned, true, key)
+            case "held":
+                guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
+                try set(&held, true, key)
             case "rcpt": recipients.append(try recipient(value))
             default: throw EnvelopeRecordError(field: key, reason: "unknown field")
             }
@@ -215,6 +220,7 @@ public enum EnvelopeRecord {
             client: ClientInfo(ip: try required(client, "client"), helo: try required(helo, "helo"),
                                reverseName: rdns, protocolName: try required(protocolName, "protocol")))
         envelope.delayWarned = warned ?? false
+        envelope.held = held ?? false
         return envelope
     }
 

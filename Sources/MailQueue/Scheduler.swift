@@ -38,13 +38,17 @@ public struct DeliveryJob: Equatable, Sendable {
     public let priority: Int
     /// The message's arrival, seconds since the epoch.
     public let arrival: Double
+    /// The job was tried before and deferred (what `tern queue` and the metrics call "deferred").
+    public let retry: Bool
 
-    public init(id: QueueID, destination: String, recipients: [Int], priority: Int = 0, arrival: Double) {
+    public init(id: QueueID, destination: String, recipients: [Int], priority: Int = 0, arrival: Double,
+                retry: Bool = false) {
         self.id = id
         self.destination = Scheduler.canonical(destination)
         self.recipients = recipients
         self.priority = min(max(priority, -9), 9)
         self.arrival = arrival
+        self.retry = retry
     }
 }
 
@@ -101,6 +105,7 @@ public struct Scheduler: Sendable {
         nextSequence += 1
         var record = JobRecord(id: job.id, arrival: job.arrival, sequence: sequence, recipients: job.recipients,
                                destination: destination, priority: Int8(job.priority))
+        record.retry = job.retry
         record.nextOfMessage = firstJobOfMessage[job.id] ?? -1
         let slot: Int32
         if let reused = freeJobs.popLast() {
@@ -186,6 +191,56 @@ public struct Scheduler: Sendable {
         }
         for d in affected { settle(d) }
     }
+
+    // MARK: The postmaster's view (`tern queue`): O(jobs of the message), or O(all jobs) for a scan
+
+    /// The queued (not in-flight) jobs of a message.
+    public func queuedJobs(of id: QueueID) -> [DeliveryJob] {
+        var out: [DeliveryJob] = []
+        var slot = firstJobOfMessage[id] ?? -1
+        while slot >= 0 {
+            let record = jobs[Int(slot)]
+            out.append(DeliveryJob(record: record, destination: destinations[Int(record.destination)].name))
+            slot = record.nextOfMessage
+        }
+        return out
+    }
+
+    /// The queued jobs for a destination (a scan of every job).
+    public func queuedJobs(destination: String) -> [DeliveryJob] {
+        guard let d = destinationSlots[Scheduler.canonical(destination)] else { return [] }
+        let name = destinations[Int(d)].name
+        return jobs.filter { $0.state != .free && $0.destination == d }.map { DeliveryJob(record: $0, destination: name) }
+    }
+
+    /// Every queued job (a scan).
+    public func allQueuedJobs() -> [DeliveryJob] {
+        jobs.filter { $0.state != .free }.map { DeliveryJob(record: $0, destination: destinations[Int($0.destination)].name) }
+    }
+
+    /// Makes queued jobs due at `due` (a flush: "retry now"), keeping their order of priority and
+    /// arrival. Jobs in flight are not touched. Returns how many jobs were moved.
+    @discardableResult
+    public mutating func reschedule(_ queued: [DeliveryJob], due: Double) -> Int {
+        for job in queued { add(job, due: due) }
+        return queued.count
+    }
+
+    /// Each queued message once, with its priority and whether any of its jobs was tried before.
+    public func forEachQueuedMessage(_ body: (QueueID, Int, Bool) -> Void) {
+        for (id, first) in firstJobOfMessage {
+            var retry = false
+            var slot = first
+            while slot >= 0 {
+                retry = retry || jobs[Int(slot)].retry
+                slot = jobs[Int(slot)].nextOfMessage
+            }
+            body(id, Int(jobs[Int(first)].priority), retry)
+        }
+    }
+
+    /// Whether a message has a queued job.
+    public func isQueued(_ id: QueueID) -> Bool { firstJobOfMessage[id] != nil }
 
     // MARK: Moving jobs along
 
@@ -352,7 +407,7 @@ public struct Scheduler: Sendable {
 
 private enum JobState: UInt8 { case free, waiting, ready }
 
-/// 64 bytes. Recipients are a run `recipientStart ..< recipientStart + recipientCount` when they are one
+/// 64 bytes (63 used). Recipients are a run `recipientStart ..< recipientStart + recipientCount` when they are one
 /// (no allocation), else `recipientList` with `recipientCount == -1`.
 private struct JobRecord {
     var id: QueueID
@@ -366,6 +421,7 @@ private struct JobRecord {
     var nextOfMessage: Int32 = -1
     var priority: Int8
     var state: JobState
+    var retry = false
 
     init(id: QueueID, arrival: Double, sequence: UInt64, recipients: [Int], destination: Int32, priority: Int8) {
         self.id = id
@@ -410,6 +466,7 @@ extension DeliveryJob {
         self.recipients = record.recipients
         self.priority = Int(record.priority)
         self.arrival = record.arrival
+        self.retry = record.retry
     }
 }
 

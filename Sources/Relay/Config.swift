@@ -67,6 +67,7 @@ public struct TernConfig: Sendable, Equatable {
     public var log: LogConfig = LogConfig()
     public var tls: TLSConfig = TLSConfig()
     public var auth: AuthConfig = AuthConfig()
+    public var admin: AdminConfig = AdminConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
 
@@ -90,6 +91,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.log),
             AnySection(\.tls),
             AnySection(\.auth),
+            AnySection(\.admin),
             AnySection(name: "aliases", read: readAliases),
         ]
     }

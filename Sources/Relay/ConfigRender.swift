@@ -29,6 +29,8 @@ extension TernConfig {
         out.key("command_timeout", duration: s.commandTimeout)
         out.key("data_timeout", duration: s.dataTimeout)
         out.key("reverse_dns", s.reverseDNS)
+        out.key("submission", strings: s.submission)
+        out.key("submissions", strings: s.submissions)
 
         out.table("spool")
         out.key("path", string: spool.path)
@@ -50,10 +52,23 @@ extension TernConfig {
         out.key("greeting_timeout", duration: d.greetingTimeout)
         out.key("command_timeout", duration: d.commandTimeout)
         out.key("data_timeout", duration: d.dataTimeout)
+        out.key("tls", string: d.tls.rawValue)
 
         out.table("routes")
         for domain in routes.routes.keys.sorted() {
-            out.raw("\(TOMLWriter.key(domain)) = \(TOMLWriter.quoted(routes.routes[domain]!.description))")
+            let hop = TOMLWriter.quoted(routes.routes[domain]!.description)
+            guard let security = routes.security[domain] else {
+                out.raw("\(TOMLWriter.key(domain)) = \(hop)")
+                continue
+            }
+            var items = ["next_hop = \(hop)"]
+            if let tls = security.tls { items.append("tls = \(TOMLWriter.quoted(tls.rawValue))") }
+            if let c = security.credentials {
+                // The password itself is never printed (see `hidingSecrets`).
+                items.append("auth_user = \(TOMLWriter.quoted(c.user))")
+                items.append("auth_password = \(TOMLWriter.quoted(Self.hiddenPassword))")
+            }
+            out.raw("\(TOMLWriter.key(domain)) = { " + items.joined(separator: ", ") + " }")
         }
 
         out.table("priority")
@@ -63,8 +78,25 @@ extension TernConfig {
             out.raw("\(name) = {" + (items.isEmpty ? "" : " " + items.joined(separator: ", ") + " ") + "}")
         }
 
+        out.table("tls")
+        out.key("certificate", string: tls.certificate)
+        out.key("key", string: tls.key)
+
+        out.table("auth")
+        out.key("users_file", string: auth.usersFile)
+        out.key("max_failures", auth.maxFailures)
+        out.key("lockout_time", duration: auth.lockoutTime)
+        out.key("cleartext_from_loopback", auth.cleartextFromLoopback)
+        let senders = auth.senders.keys.sorted().map { user in
+            "\(TOMLWriter.key(user)) = [" + auth.senders[user]!.map(TOMLWriter.quoted).joined(separator: ", ") + "]"
+        }
+        out.raw("senders = {" + (senders.isEmpty ? "" : " " + senders.joined(separator: ", ") + " ") + "}")
+
         out.table("log")
         out.key("format", string: log.format.rawValue)
+
+        out.table("admin")
+        out.key("listen", string: admin.listen)
 
         out.table("aliases")
         for name in aliases.keys.sorted() {
@@ -74,8 +106,20 @@ extension TernConfig {
         return out.text
     }
 
+    /// What upstream passwords are printed as.
+    static let hiddenPassword = "(hidden)"
+
+    /// The same configuration with every upstream password replaced as `tomlText` prints it.
+    public var hidingSecrets: TernConfig {
+        var c = self
+        for (domain, security) in c.routes.security where security.credentials != nil {
+            c.routes.security[domain]!.credentials!.password = Self.hiddenPassword
+        }
+        return c
+    }
+
     /// The rendered text and what it loads back as; check-config refuses to print a text that does not
-    /// load back to the same configuration.
+    /// load back to the same configuration (`hidingSecrets` of it: passwords are not printed).
     public var renderedAndReloaded: (text: String, reloaded: Result<TernConfig, Error>) {
         let text = tomlText
         return (text, Result { try TernConfig.parse(text, source: "<rendered>") })

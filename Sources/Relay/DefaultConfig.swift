@@ -159,5 +159,12 @@ postmaster = ["root@localhost"]
 # line). `tern serve --log-format` overrides it.
 format = "plain"
 
+[admin]
+# The admin endpoint: GET /metrics (Prometheus) and the /queue API that
+# `tern queue` talks to. "ip:port"; keep it on loopback unless a firewall
+# guards it (the queue API can delete mail). An absolute path listens on a
+# unix socket instead ("/run/tern/admin.sock"). "" switches it off.
+listen = "127.0.0.1:8025"
+
 """#
 }

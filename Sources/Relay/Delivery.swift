@@ -34,6 +34,14 @@ final class ActiveMessage {
     var delayed: [FailedRecipient] = []
     var writing = false
     var needsWrite = false
+    /// What the postmaster asked for while a job was in flight: done when the attempt ends.
+    var pendingAction: QueueAction?
+    /// Deleted by the postmaster: removed without a bounce at the next write.
+    var deleted = false
+    /// Gone from the spool (counted once in the metrics).
+    var removed = false
+    /// Run when the next spool write of this message is done (the postmaster's answer waits for it).
+    var afterWrite: [(Error?) -> Void] = []
 
     init(envelope: Envelope, message: [UInt8]) {
         self.envelope = envelope
@@ -70,15 +78,20 @@ public final class DeliveryManager {
     public private(set) var deferred = 0
     /// For STARTTLS to next hops; made on first use (OutboundConnection.swift).
     var tlsClientContext: TLSContext?
+    let metrics: RelayMetrics
+    /// Messages on hold (`tern queue hold`), with their priority: in the spool, never scheduled.
+    var held: [QueueID: Int] = [:]
 
     init(loop: EventLoop, spool: Spool, config: TernConfig, log: Logger, resolver: Resolver,
-         ownAddresses: [String], newQueueID: @escaping () -> QueueID) {
+         ownAddresses: [String], metrics: RelayMetrics = RelayMetrics(), newQueueID: @escaping () -> QueueID) {
         self.loop = loop
         self.spool = spool
         self.config = config
         self.log = log
         self.newQueueID = newQueueID
+        self.metrics = metrics
         router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses)
+        router.countLookups(in: metrics)
         retry = RetryPolicy(schedule: config.delivery.retrySchedule, maxLifetime: config.delivery.maxQueueLifetime)
         scheduler = Scheduler(maxConnections: config.delivery.maxConnections,
                               maxConnectionsPerDestination: config.delivery.maxConnectionsPerDestination)
@@ -114,7 +127,9 @@ public final class DeliveryManager {
             let fresh = arrivedDuringScan ?? []
             arrivedDuringScan = nil
             let resumed = envelopes.filter { !fresh.contains($0.id) }
-            for e in resumed { enqueue(e, due: e.nextAttempt) }
+            for e in resumed {
+                if e.held { held[e.id] = e.priority } else { enqueue(e, due: e.nextAttempt) }
+            }
             done(resumed.count)
             pump()
         })
@@ -131,7 +146,8 @@ public final class DeliveryManager {
         }
         for (domain, indexes) in byDomain {
             scheduler.add(DeliveryJob(id: envelope.id, destination: domain, recipients: indexes,
-                                      priority: envelope.priority, arrival: envelope.arrival),
+                                      priority: envelope.priority, arrival: envelope.arrival,
+                                      retry: envelope.attempts > 0),
                           due: due ?? envelope.nextAttempt)
         }
         pump()
@@ -246,6 +262,7 @@ public final class DeliveryManager {
         let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
         var envelope = message.envelope
         var deferredIndexes: [Int] = []
+        var deliveredAny = false
         let delay = Self.seconds(t - envelope.arrival)
         for index in job.recipients {
             guard let outcome = outcomes[index] else { continue }
@@ -255,6 +272,8 @@ public final class DeliveryManager {
                 envelope.recipients[index].state = .delivered
                 envelope.recipients[index].lastReply = reply
                 delivered += 1
+                deliveredAny = true
+                metrics.recipientDelivered(delay: t - envelope.arrival)
                 log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
             case .deferred(let reply):
                 envelope.recipients[index].state = .deferred
@@ -265,7 +284,9 @@ public final class DeliveryManager {
                 log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
             }
         }
+        if deliveredAny { metrics.bytesDelivered(message.message.count) }
         if !deferredIndexes.isEmpty {
+            metrics.messageDeferred()
             envelope.attempts += 1
             if let next = retry.nextAttempt(after: envelope.attempts, arrival: envelope.arrival, now: t,
                                             random: Double.random(in: 0..<1)) {
@@ -273,10 +294,15 @@ public final class DeliveryManager {
                 for index in deferredIndexes {
                     let r = envelope.recipients[index]
                     deferred += 1
+                    metrics.recipientDeferred()
                     log.info("\(envelope.id): to=<\(r.address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
                 }
-                scheduler.add(DeliveryJob(id: envelope.id, destination: job.destination, recipients: deferredIndexes,
-                                          priority: envelope.priority, arrival: envelope.arrival), due: next)
+                // On hold, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
+                if message.pendingAction == nil {
+                    scheduler.add(DeliveryJob(id: envelope.id, destination: job.destination, recipients: deferredIndexes,
+                                              priority: envelope.priority, arrival: envelope.arrival, retry: true),
+                                  due: next)
+                }
                 let warnAfter = config.delivery.delayWarningTime
                 if warnAfter > 0, !envelope.delayWarned, !envelope.sender.isEmpty, t - envelope.arrival >= warnAfter {
                     envelope.delayWarned = true
@@ -298,6 +324,11 @@ public final class DeliveryManager {
         }
         message.envelope = envelope
         message.jobsInFlight -= 1
+        if message.jobsInFlight == 0, let action = message.pendingAction {
+            message.pendingAction = nil
+            // Delivered to everyone meanwhile: nothing left to hold, delete or bounce.
+            if envelope.hasPendingRecipients { apply(action, to: message) }
+        }
         persist(message)
         armTimer()
     }
@@ -307,6 +338,7 @@ public final class DeliveryManager {
         envelope.recipients[index].state = .bounced
         envelope.recipients[index].lastReply = reply
         bounced += 1
+        metrics.recipientBounced()
         message.failures.append(FailedRecipient(address: envelope.recipients[index].address, status: status,
                                                 diagnostic: "smtp; \(reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
     }
@@ -334,9 +366,11 @@ public final class DeliveryManager {
         guard !message.writing else { return }
         message.writing = true
         message.needsWrite = false
+        let writeDone = message.afterWrite
+        message.afterWrite = []
         let envelope = message.envelope
         let idle = message.jobsInFlight == 0
-        let finished = idle && !envelope.hasPendingRecipients
+        let finished = idle && (message.deleted || !envelope.hasPendingRecipients)
         // Notices to the sender (a bounce, a delay warning), made once no job of the message is in flight.
         var notices: [(Envelope, [UInt8])] = []
         if idle {
@@ -386,11 +420,19 @@ public final class DeliveryManager {
         }, done: { [self] in
             message.writing = false
             if let failure { log.error("\(envelope.id): spool update failed: \(failure)") }
+            for body in writeDone { body(failure) }
             for b in committed {
                 log.info("\(envelope.id): sender notification (non-delivery or delay): \(b.id)")
                 enqueue(b, due: b.arrival)
             }
-            if finished && failure == nil { log.info("\(envelope.id): removed") }
+            if finished && failure == nil && !message.removed {
+                message.removed = true
+                log.info("\(envelope.id): removed")
+                let recipients = envelope.recipients
+                metrics.messageLeftQueue(delivered: recipients.contains { $0.state == .delivered },
+                                         bounced: recipients.contains { $0.state == .bounced },
+                                         deleted: message.deleted, residence: now - envelope.arrival)
+            }
             if message.needsWrite {
                 persist(message)
             } else if message.jobsInFlight == 0 && loading[envelope.id] == nil {

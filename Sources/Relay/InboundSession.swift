@@ -49,6 +49,7 @@ final class InboundSession {
             let sessionID = id
             let server = self.server
             resolver.lookupPTR(clientIP) { result in
+                server.relayMetrics.dnsLookup(.ptr, failed: { if case .failure = result { return true }; return false }())
                 guard let session = server.sessions[sessionID] else { return }
                 if case .success(let names) = result, let name = names.first { session.machine.setReverseName(name) }
                 session.greet()
@@ -138,6 +139,7 @@ final class InboundSession {
         for action in actions {
             switch action {
             case .reply(let bytes):
+                server.relayMetrics.replied(bytes)
                 send(bytes)
             case .beginMessage(let start):
                 beginMessage(start)
@@ -228,6 +230,7 @@ final class InboundSession {
             let env = writer.envelope
             if let queueID {
                 server.metrics.messagesAccepted += 1
+                server.relayMetrics.messageReceived(recipients: env.recipients.count, bytes: env.size)
                 server.log.info("\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)",
                                 metadata: ["qid": "\(queueID)", "session": "\(sessionID)"])
                 server.sessions[sessionID]?.messagesQueued += 1

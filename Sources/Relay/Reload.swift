@@ -6,7 +6,7 @@
 // client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
 // [priority], and [routes] (jobs routed after the reload; a connection already open finishes its
 // work). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
-// spool, dns, delivery and log.
+// spool, dns, delivery, log and admin.
 
 import Logging
 import SMTPProtocol
@@ -63,6 +63,8 @@ extension SMTPServer {
         next.delivery = old.delivery
         if next.log != old.log { outcome.needRestart.append("log") }
         next.log = old.log
+        if next.admin != old.admin { outcome.needRestart.append("admin") }
+        next.admin = old.admin
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }

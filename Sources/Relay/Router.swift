@@ -101,6 +101,12 @@ public final class Router {
         resolveMX(name, port: defaultPort, done)
     }
 
+    /// Counts every query asked of the resolver (not cache hits) and its failures, by kind.
+    func countLookups(in metrics: RelayMetrics) {
+        mx.observe = { metrics.dnsLookup(.mx, failed: $0) }
+        addresses.observe = { metrics.dnsLookup(.address, failed: $0) }
+    }
+
     /// Forgets every cached answer (running lookups still finish and are cached).
     public func flushCache() {
         mx.flush()
@@ -172,6 +178,8 @@ final class AnswerCache<T> {
     private var entries: [String: Entry] = [:]
     private var waiting: [String: [(Result<T, DNSError>) -> Void]] = [:]
     private(set) var started = 0
+    /// Told of each answer to a query asked (true: an error answer, NXDOMAIN and timeouts included).
+    var observe: ((Bool) -> Void)?
     private var sweepAt = 1024
 
     init(now: @escaping () -> Double, policy: Router.CachePolicy, query: @escaping Query) {
@@ -198,6 +206,9 @@ final class AnswerCache<T> {
         // The resolver may answer inside this call (when closed): `waiting` is already set.
         query(name) { [self] answer in
             let result = answer.map(\.records)
+            if let observe {
+                if case .failure(let error) = answer { if error != .cancelled { observe(true) } } else { observe(false) }
+            }
             let lifetime = self.lifetime(of: answer)
             if lifetime > 0 {
                 entries[name] = Entry(result: result, expires: now() + lifetime)

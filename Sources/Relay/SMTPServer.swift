@@ -25,9 +25,13 @@ public final class SMTPServer {
     public let spool: Spool
     public var log: Logger
     public var metrics = ServerMetrics()
+    /// The numbers behind the admin endpoint's GET /metrics.
+    public let relayMetrics = RelayMetrics()
     let resolver: Resolver
     /// The sending side; nil when `delivery.enabled` is false (mail stays queued).
     public private(set) var delivery: DeliveryManager?
+    /// GET /metrics and the /queue API ([admin] listen); nil when switched off.
+    public internal(set) var admin: AdminEndpoint?
 
     var listeners: [TCPListener] = []
     /// The role of each listener, in the same order.
@@ -82,8 +86,10 @@ public final class SMTPServer {
         if config.delivery.enabled {
             let own = listeners.map(\.localAddress.ip)
             delivery = DeliveryManager(loop: loop, spool: spool, config: config, log: log, resolver: resolver,
-                                       ownAddresses: own, newQueueID: { [unowned self] in self.nextQueueID() })
+                                       ownAddresses: own, metrics: relayMetrics,
+                                       newQueueID: { [unowned self] in self.nextQueueID() })
         }
+        try openAdminEndpoint()
     }
 
     public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
@@ -96,6 +102,10 @@ public final class SMTPServer {
             try listener.start { [unowned self] connection in self.accepted(connection, role: role) }
             log.info("listening on \(listener.localAddress)\(role == .relay ? "" : " (\(role))")")
         }
+        if let admin {
+            try admin.start()
+            log.info("admin endpoint on \(admin.listenDescription)")
+        }
     }
 
     func accepted(_ connection: TCPConnection, role: ListenerRole = .relay) {
@@ -107,6 +117,7 @@ public final class SMTPServer {
         let limits = config.server
         if stopping || sessions.count >= limits.maxConnections || connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP {
             metrics.connectionsRefused += 1
+            relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
             log.warning("refused connection from [\(ip)]: too many connections")
             connection.write(Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later").wireBytes)
             connection.closeAfterWrites()
@@ -131,11 +142,13 @@ public final class SMTPServer {
         sessions[id] = session
         connectionsPerIP[ip, default: 0] += 1
         metrics.sessionsOpened += 1
+        relayMetrics.sessionOpened()
         session.start()
     }
 
     func sessionClosed(_ session: InboundSession) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
+        relayMetrics.sessionClosed()
         if let n = connectionsPerIP[session.clientIP], n > 1 {
             connectionsPerIP[session.clientIP] = n - 1
         } else {
@@ -162,6 +175,8 @@ public final class SMTPServer {
         onStopped = done
         for listener in listeners { listener.close() }
         listeners = []
+        admin?.close()
+        admin = nil
         delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }

@@ -65,6 +65,20 @@ public final class TCPConnection: UVHandleOwner {
         EventLoop.from(loop).register(handle)
     }
 
+    /// A connection on a unix-domain socket (accepted by a PipeListener): the same stream calls, in a
+    /// uv_pipe_t (larger than uv_tcp_t, so the memory is sized for it). TCP-only calls (addresses,
+    /// nodelay, connect) are not made on it.
+    init(pipeOn loop: UnsafeMutablePointer<uv_loop_t>) {
+        let size = max(MemoryLayout<uv_pipe_t>.size, MemoryLayout<uv_tcp_t>.size)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: MemoryLayout<uv_pipe_t>.alignment)
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        handle = raw.bindMemory(to: uv_tcp_t.self, capacity: 1)
+        let result = uv_pipe_init(loop, raw.assumingMemoryBound(to: uv_pipe_t.self), 0)
+        precondition(result == 0, "uv_pipe_init: \(UVError(code: result))")
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        EventLoop.from(loop).register(handle)
+    }
+
     @inline(__always) private var stream: UnsafeMutablePointer<uv_stream_t> { handle.cast(to: uv_stream_t.self) }
 
     @inline(__always)

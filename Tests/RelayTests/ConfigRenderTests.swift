@@ -1,3 +1,4 @@
+import SMTPProtocol
 import Testing
 @testable import Relay
 
@@ -51,9 +52,31 @@ import Testing
         c.aliases = ["postmaster": ["root@example.org"], "list@example.org": ["a@x.example", "b@y.example"],
                      "o'brien@example.org": ["ob@example.org"]]
         c.log.format = .json
+        c.server.submission = ["127.0.0.1:2587"]
+        c.server.submissions = ["127.0.0.1:2465"]
+        c.delivery.tls = .verify
+        c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
+        c.tls.certificate = "/etc/tern/cert.pem"
+        c.tls.key = "/etc/tern/key.pem"
+        c.auth.usersFile = "/etc/tern/users"
+        c.auth.maxFailures = 3
+        c.auth.lockoutTime = 600
+        c.auth.cleartextFromLoopback = true
+        c.auth.senders = ["alice": ["alice@example.org", "@example.net"]]
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")
+    }
+
+    @Test func upstreamPasswordsAreNotPrinted() throws {
+        var c = try TernConfig.parse("hostname = \"relay.test\"\n")
+        c.routes.routes = ["*": try NextHopSpec(parsing: "[smtp.upstream.example]:587")]
+        c.routes.security = ["*": RouteSecurity(tls: .verify, credentials: ClientCredentials(user: "relay", password: "s3cret"))]
+        let text = c.tomlText
+        #expect(!text.contains("s3cret"))
+        #expect(text.contains("auth_user = \"relay\""))
+        #expect(try TernConfig.parse(text) == c.hidingSecrets)
+        #expect(c.hidingSecrets != c)
     }
 
     @Test(arguments: [(0.0, "0s"), (1, "1s"), (90, "90s"), (300, "5m"), (7200, "2h"), (432_000, "5d"),

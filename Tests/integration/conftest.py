@@ -402,7 +402,9 @@ class Tern:
         # Delivery is off unless the caller asks for it, so mail stays queued for the spool tests.
         dl = {"enabled": False}
         dl.update(delivery or {})
-        tables = {"server": srv, "spool": sp, "delivery": dl}
+        # Each instance its own admin endpoint port, so instances (and other tests) never share 8025.
+        self.admin_port = free_port()
+        tables = {"server": srv, "spool": sp, "delivery": dl, "admin": {"listen": f"127.0.0.1:{self.admin_port}"}}
         if aliases:
             tables["aliases"] = aliases
         tables.update(extra_tables or {})

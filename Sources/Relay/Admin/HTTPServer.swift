@@ -1,39 +1,69 @@
 // A small HTTP/1.1 server on the SMTP loop, for Tern's own endpoints (`tern sink`'s /metrics; the
 // relay's [admin] listener later). One handler turns a request into a response on the loop thread,
-// so it may read loop-owned state without locks. Keep-alive and pipelined requests are answered in
-// order; a bad request gets its status code and the connection closes. Bounded: a few connections,
+// so it may read loop-owned state without locks; an asynchronous handler answers later (after work on
+// the thread pool), and the connection reads no further request until it has. Keep-alive and
+// pipelined requests are answered in order; a bad request gets its status code and the connection closes. Bounded: a few connections,
 // a small request head, an idle timeout.
 
 import UVRuntime
 
 public final class HTTPServer {
     public typealias Handler = (HTTPRequest) -> HTTPResponse
+    /// Answers by calling the second argument exactly once, on the loop thread, now or later.
+    public typealias AsyncHandler = (HTTPRequest, @escaping (HTTPResponse) -> Void) -> Void
 
     let loop: EventLoop
-    let listener: TCPListener
-    let handler: Handler
+    let listener: TCPListener?
+    /// A unix-domain socket instead of TCP (the relay's admin endpoint may use one).
+    let pipeListener: PipeListener?
+    let handler: AsyncHandler
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
     public let idleTimeoutMs: UInt64
 
-    public init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
+    public convenience init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
                 handler: @escaping Handler) throws {
+        try self.init(loop: loop, address: address, maxConnections: maxConnections, idleTimeoutMs: idleTimeoutMs,
+                      asyncHandler: { request, answer in answer(handler(request)) })
+    }
+
+    public init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
+                asyncHandler: @escaping AsyncHandler) throws {
         self.loop = loop
-        self.handler = handler
+        self.handler = asyncHandler
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
         listener = try TCPListener(loop: loop, address: address, backlog: 128)
+        pipeListener = nil
     }
 
-    public var localAddress: SocketAddress { listener.localAddress }
+    /// Listens on a unix-domain socket at `path` (a stale socket file there is replaced).
+    public init(loop: EventLoop, unixPath path: String, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
+                asyncHandler: @escaping AsyncHandler) throws {
+        self.loop = loop
+        self.handler = asyncHandler
+        self.maxConnections = maxConnections
+        self.idleTimeoutMs = idleTimeoutMs
+        listener = nil
+        pipeListener = try PipeListener(loop: loop, path: path)
+    }
+
+    /// The TCP address (a unix socket has none: 0.0.0.0:0).
+    public var localAddress: SocketAddress { listener?.localAddress ?? (try! SocketAddress(parsing: "0.0.0.0:0")) }
+
+    /// "127.0.0.1:8025" or the socket's path, for log lines.
+    public var listenDescription: String { pipeListener?.path ?? "\(localAddress)" }
 
     public func start() throws {
-        try listener.start { [unowned self] connection in self.accepted(connection) }
+        let accept: (TCPConnection) -> Void = { [unowned self] connection in self.accepted(connection) }
+        if let listener { try listener.start(onConnection: accept) }
+        if let pipeListener { try pipeListener.start(onConnection: accept) }
     }
 
     /// Stops listening and closes every connection.
     public func close() {
-        listener.close()
+        listener?.close()
+        pipeListener?.close()
         for c in Array(connections.values) { c.connection.close() }
     }
 
@@ -58,6 +88,10 @@ private final class HTTPConnection {
     let connection: TCPConnection
     var parser = HTTPRequestParser()
     var timer: Timer?
+    /// A request is being answered: the next ones wait in the parser.
+    var answering = false
+    /// The last response said "Connection: close".
+    var closing = false
 
     init(server: HTTPServer, connection: TCPConnection) {
         self.server = server
@@ -83,7 +117,11 @@ private final class HTTPConnection {
     func received(_ bytes: UnsafeRawBufferPointer) {
         parser.feed(bytes)
         armTimer()
-        while !connection.isClosed {
+        answerNext()
+    }
+
+    func answerNext() {
+        while !connection.isClosed && !answering && !closing {
             let request: HTTPRequest
             do {
                 guard let r = try parser.next() else { return }
@@ -96,13 +134,27 @@ private final class HTTPConnection {
                 connection.close()
                 return
             }
-            let response = server.handler(request)
-            let close = !request.keepAlive
-            connection.write(response.serialized(close: close, headOnly: request.method == "HEAD"))
-            if close {
-                connection.closeAfterWrites()
-                return
+            answering = true
+            var inline = true
+            server.handler(request) { [self] response in
+                guard answering else { return }  // a second answer to one request is ignored
+                answering = false
+                send(response, for: request)
+                if !inline { answerNext() }  // answered later: go on with requests that waited
             }
+            inline = false
+        }
+    }
+
+    private func send(_ response: HTTPResponse, for request: HTTPRequest) {
+        guard !connection.isClosed, !closing else { return }
+        let close = !request.keepAlive
+        connection.write(response.serialized(close: close, headOnly: request.method == "HEAD"))
+        if close {
+            closing = true
+            connection.closeAfterWrites()
+        } else {
+            armTimer()
         }
     }
 }

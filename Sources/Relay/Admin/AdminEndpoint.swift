@@ -1,0 +1,161 @@
+// The relay's admin endpoint ([admin] listen): the HTTP server of Admin/HTTPServer.swift on the
+// relay's own loop, answering the routes of AdminRoutes.swift. Metrics and actions are answered on
+// the loop from memory; listing and showing read envelopes from the spool on the thread pool (the
+// spool is the truth; memory adds what is in flight or held), so the loop never blocks on a big queue.
+
+import Foundation
+import MailQueue
+import UVRuntime
+
+public final class AdminEndpoint {
+    unowned let server: SMTPServer
+    let http: HTTPServer
+
+    /// On TCP at `address`, or on the unix socket at `unixPath` when given.
+    init(server: SMTPServer, address: SocketAddress?, unixPath: String?) throws {
+        self.server = server
+        var handle: HTTPServer.AsyncHandler = { _, answer in answer(HTTPResponse.text(503, "Service Unavailable", "starting\n")) }
+        let forward: HTTPServer.AsyncHandler = { request, answer in handle(request, answer) }
+        if let unixPath {
+            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16, asyncHandler: forward)
+        } else {
+            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16, asyncHandler: forward)
+        }
+        handle = { [unowned self] request, answer in self.handle(request, answer) }
+    }
+
+    public var localAddress: SocketAddress { http.localAddress }
+    public var listenDescription: String { http.listenDescription }
+
+    func start() throws { try http.start() }
+
+    func close() { http.close() }
+
+    func handle(_ request: HTTPRequest, _ answer: @escaping (HTTPResponse) -> Void) {
+        let route: AdminRoute
+        do {
+            route = try AdminRoute.parse(method: request.method, target: request.target)
+        } catch let error as AdminError {
+            answer(Self.json(error))
+            return
+        } catch {
+            answer(Self.json(AdminError(500, "\(error)")))
+            return
+        }
+        switch route {
+        case .metrics:
+            if let delivery = server.delivery { server.relayMetrics.updateQueueGauges(delivery.queueCounts()) }
+            answer(HTTPResponse(status: 200, reason: "OK",
+                                headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                body: server.relayMetrics.exposition()))
+        case .list(let filter):
+            list(filter, answer)
+        case .show(let id):
+            show(id, answer)
+        case .flush(let domain):
+            guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
+            answer(Self.json(delivery.flush(domain: domain)))
+        case .act(let action, let id):
+            guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
+            delivery.control(action, id: id) { result in
+                switch result {
+                case .success(let reply): answer(Self.json(reply, status: reply.pending ? 202 : 200))
+                case .failure(let error): answer(Self.json(error))
+                }
+            }
+        }
+    }
+
+    static let deliveryOff = AdminError(409, "delivery is switched off ([delivery] enabled = false): nothing to act on")
+
+    // MARK: Reading the queue
+
+    /// Every envelope in the spool, read on the thread pool; then their states from memory.
+    private func list(_ filter: QueueFilter, _ answer: @escaping (HTTPResponse) -> Void) {
+        let spool = server.spool
+        var envelopes: [Envelope] = []
+        var failure: Error?
+        server.loop.queueWork({
+            do {
+                for id in try spool.list() {
+                    // A message may leave the queue between the listing and the read: skip it.
+                    if let e = try? spool.load(id) { envelopes.append(e) }
+                }
+            } catch {
+                failure = error
+            }
+        }, done: { [self] in
+            if let failure { return answer(Self.json(AdminError(500, "cannot read the spool: \(failure)"))) }
+            let now = DeliveryManager.wallClock()
+            let entries = envelopes.map(entry).filter { filter.matches($0, now: now) }
+            answer(Self.json(QueueListing(count: entries.count, messages: entries)))
+        })
+    }
+
+    private func show(_ id: QueueID, _ answer: @escaping (HTTPResponse) -> Void) {
+        if let e = server.delivery?.envelopeInMemory(id) { return answer(Self.json(entry(e))) }
+        let spool = server.spool
+        var envelope: Envelope?
+        server.loop.queueWork({
+            envelope = try? spool.load(id)
+        }, done: { [self] in
+            guard let envelope else { return answer(Self.json(AdminError(404, "\(id): no such message in the queue"))) }
+            answer(Self.json(entry(server.delivery?.envelopeInMemory(id) ?? envelope)))
+        })
+    }
+
+    private func entry(_ spooled: Envelope) -> QueueEntry {
+        guard let delivery = server.delivery else {
+            return QueueEntry(spooled, state: QueueEntry.state(of: spooled, inFlight: false, held: false))
+        }
+        let e = delivery.envelopeInMemory(spooled.id) ?? spooled
+        return QueueEntry(e, state: delivery.state(of: e))
+    }
+
+    // MARK: JSON
+
+    static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let body = (try? encoder.encode(value)).map { Array($0) + [10] } ?? Array("{}\n".utf8)
+        return HTTPResponse(status: status, reason: reason(status),
+                            headers: [HTTPHeader("Content-Type", "application/json")], body: body)
+    }
+
+    static func json(_ error: AdminError) -> HTTPResponse {
+        json(["error": error.message], status: error.status)
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: return "OK"
+        case 202: return "Accepted"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 409: return "Conflict"
+        case 503: return "Service Unavailable"
+        default: return status >= 500 ? "Internal Server Error" : "Error"
+        }
+    }
+}
+
+extension SMTPServer {
+    /// Binds [admin] listen (nothing when it is ""); a failure to bind is a start-up error that names it.
+    func openAdminEndpoint() throws {
+        let text = config.admin.listen
+        guard !text.isEmpty else { return }
+        do {
+            if let path = config.admin.unixPath {
+                admin = try AdminEndpoint(server: self, address: nil, unixPath: path)
+            } else {
+                admin = try AdminEndpoint(server: self, address: try SocketAddress(parsing: text), unixPath: nil)
+            }
+        } catch {
+            throw ServerStartError(message: "cannot listen on admin.listen \(text): \(error)")
+        }
+        if !config.admin.isLoopback {
+            log.warning("admin endpoint on \(text), not loopback: whoever reaches it can delete mail")
+        }
+    }
+}

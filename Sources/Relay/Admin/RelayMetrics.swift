@@ -1,0 +1,274 @@
+// The relay's numbers for GET /metrics: swift-metrics handles backed by a Prometheus registry of the
+// relay's own (not the process-wide MetricsSystem, so `tern sink` and tests keep theirs apart).
+//
+// Cost per event: every counter is made once, here, and kept; an event is one atomic add on a handle
+// already in hand, with no label building and no allocation. Labelled families (refusals by reason,
+// DNS by kind) are small fixed tables made up front. Queue length by priority and state is not
+// counted per event at all: the admin endpoint counts the in-memory queue when it is scraped
+// (`updateQueueGauges`), so the delivery path pays nothing for it.
+
+import CoreMetrics
+import Prometheus
+import UVRuntime
+
+public final class RelayMetrics {
+    public let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+
+    // Inbound sessions and what they hand to the queue.
+    private let sessionsOpen: CoreMetrics.Gauge
+    private let sessionsTotal: CoreMetrics.Counter
+    private var openSessions = 0
+    private let messagesReceived: CoreMetrics.Counter
+    private let recipientsReceived: CoreMetrics.Counter
+    private let bytesIn: CoreMetrics.Counter
+
+    // Delivery results.
+    private let messagesDelivered: CoreMetrics.Counter
+    private let messagesDeferred: CoreMetrics.Counter
+    private let messagesBounced: CoreMetrics.Counter
+    private let messagesDeleted: CoreMetrics.Counter
+    private let recipientsDelivered: CoreMetrics.Counter
+    private let recipientsDeferred: CoreMetrics.Counter
+    private let recipientsBounced: CoreMetrics.Counter
+    private let bytesOut: CoreMetrics.Counter
+    private let deliveryDelay: CoreMetrics.Recorder
+    private let queueResidence: CoreMetrics.Recorder
+
+    // DNS, by kind of lookup.
+    private let dnsLookups: [CoreMetrics.Counter]
+    private let dnsFailures: [CoreMetrics.Counter]
+
+    // TLS sessions.
+    private let tlsInbound: CoreMetrics.Counter
+    private let tlsOutbound: CoreMetrics.Counter
+
+    // Refusals.
+    private let connectionsRefused: [CoreMetrics.Counter]
+    /// Commands refused, by the enhanced status code of the reply (packed, see `statusKey`).
+    private var commandsRefused: [Int: CoreMetrics.Counter] = [:]
+    private let commandsRefusedOther: CoreMetrics.Counter
+
+    // Queue gauges: by state (all four always), by priority (a level appears once it was seen).
+    private var queueByState: [CoreMetrics.Gauge] = []
+    private var queueByPriority: [CoreMetrics.Gauge?] = Array(repeating: nil, count: 19)
+
+    /// Seconds: from a minute-fast relay to mail that waited days on retries.
+    static let delayBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400,
+                                         86_400, 432_000]
+
+    public enum DNSKind: Int, CaseIterable, Sendable {
+        case mx, address, ptr
+        var label: String { ["mx", "address", "ptr"][rawValue] }
+    }
+
+    public enum ConnectionRefusal: Int, CaseIterable, Sendable {
+        /// server.max_connections or server.max_connections_per_ip reached.
+        case tooManyConnections
+        /// Accepted while stopping.
+        case shuttingDown
+        var label: String { ["too_many_connections", "shutting_down"][rawValue] }
+    }
+
+    /// Reasons for refused commands, by the enhanced status code the session replies with
+    /// (RFC 3463; the codes ServerSession and RelayPolicy use).
+    static let refusalReasons: [(status: String, reason: String)] = [
+        ("5.7.1", "relay_denied"),
+        ("5.1.1", "unknown_recipient"),
+        ("5.5.2", "unrecognized_command"),
+        ("5.5.4", "syntax_error"),
+        ("5.5.1", "bad_sequence"),
+        ("5.3.4", "message_too_big"),
+        ("4.5.3", "too_many_recipients"),
+        ("5.6.7", "smtputf8_required"),
+        ("5.6.0", "bad_message_data"),
+        ("5.4.6", "too_many_hops"),
+        ("4.4.2", "timeout"),
+        ("4.3.2", "shutting_down"),
+        ("4.7.0", "too_many_errors"),
+        ("4.3.0", "queue_write_error"),
+    ]
+
+    public static let queueStates = ["active", "queued", "deferred", "held"]
+
+    public init() {
+        var f = PrometheusMetricsFactory(registry: registry)
+        for name in ["tern_delivery_delay_seconds", "tern_queue_residence_seconds"] {
+            f.valueHistogramBuckets[name] = Self.delayBuckets
+        }
+        factory = f
+        func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
+            Counter(label: name, dimensions: dimensions, factory: f)
+        }
+        sessionsOpen = Gauge(label: "tern_sessions_open", factory: f)
+        sessionsOpen.record(0)
+        sessionsTotal = counter("tern_sessions_total")
+        messagesReceived = counter("tern_messages_received_total")
+        recipientsReceived = counter("tern_recipients_received_total")
+        bytesIn = counter("tern_message_bytes_in_total")
+        messagesDelivered = counter("tern_messages_delivered_total")
+        messagesDeferred = counter("tern_messages_deferred_total")
+        messagesBounced = counter("tern_messages_bounced_total")
+        messagesDeleted = counter("tern_messages_deleted_total")
+        recipientsDelivered = counter("tern_recipients_delivered_total")
+        recipientsDeferred = counter("tern_recipients_deferred_total")
+        recipientsBounced = counter("tern_recipients_bounced_total")
+        bytesOut = counter("tern_message_bytes_out_total")
+        deliveryDelay = Recorder(label: "tern_delivery_delay_seconds", factory: f)
+        queueResidence = Recorder(label: "tern_queue_residence_seconds", factory: f)
+        dnsLookups = DNSKind.allCases.map { counter("tern_dns_lookups_total", [("kind", $0.label)]) }
+        dnsFailures = DNSKind.allCases.map { counter("tern_dns_failures_total", [("kind", $0.label)]) }
+        tlsInbound = counter("tern_tls_sessions_total", [("direction", "in")])
+        tlsOutbound = counter("tern_tls_sessions_total", [("direction", "out")])
+        connectionsRefused = ConnectionRefusal.allCases.map {
+            counter("tern_connections_refused_total", [("reason", $0.label)])
+        }
+        for (status, reason) in Self.refusalReasons {
+            let key = Self.statusKey(Array(status.utf8)[...])!
+            commandsRefused[key] = counter("tern_commands_refused_total", [("reason", reason)])
+        }
+        commandsRefusedOther = counter("tern_commands_refused_total", [("reason", "other")])
+        queueByState = Self.queueStates.map { Gauge(label: "tern_queue_messages", dimensions: [("state", $0)], factory: f) }
+        updateQueueGauges(QueueCounts())
+    }
+
+    // MARK: Inbound
+
+    func sessionOpened() {
+        sessionsTotal.increment()
+        openSessions += 1
+        sessionsOpen.record(openSessions)
+    }
+
+    func sessionClosed() {
+        openSessions -= 1
+        sessionsOpen.record(openSessions)
+    }
+
+    func connectionRefused(_ reason: ConnectionRefusal) {
+        connectionsRefused[reason.rawValue].increment()
+    }
+
+    /// A message is safely queued: its recipients and its size (the bytes of the spooled data file).
+    func messageReceived(recipients: Int, bytes: Int) {
+        messagesReceived.increment()
+        recipientsReceived.increment(by: recipients)
+        bytesIn.increment(by: bytes)
+    }
+
+    /// Called for every reply the session sends: a 4xx or 5xx counts as a refused command, by its
+    /// enhanced status code. A 2xx/3xx costs one byte compare.
+    @inline(__always)
+    func replied(_ reply: [UInt8]) {
+        guard let first = reply.first, first == UInt8(ascii: "4") || first == UInt8(ascii: "5") else { return }
+        commandRefused(reply)
+    }
+
+    private func commandRefused(_ reply: [UInt8]) {
+        // "554 5.7.1 text": the status starts at offset 4.
+        if reply.count > 9, let key = Self.statusKey(reply[4...]), let c = commandsRefused[key] {
+            c.increment()
+        } else {
+            commandsRefusedOther.increment()
+        }
+    }
+
+    /// "5.7.1..." → 5_007_001; nil when the bytes do not start with class.subject.detail.
+    static func statusKey(_ bytes: ArraySlice<UInt8>) -> Int? {
+        var parts = [0, 0, 0]
+        var part = 0
+        var digits = 0
+        for b in bytes {
+            if b >= 0x30 && b <= 0x39 {
+                parts[part] = parts[part] * 10 + Int(b - 0x30)
+                digits += 1
+                if digits > 3 { return nil }
+            } else if b == UInt8(ascii: ".") && part < 2 && digits > 0 {
+                part += 1
+                digits = 0
+            } else {
+                break
+            }
+        }
+        guard part == 2, digits > 0 else { return nil }
+        return parts[0] * 1_000_000 + parts[1] * 1000 + parts[2]
+    }
+
+    // MARK: TLS
+
+    /// A STARTTLS handshake with a client completed. Increment point for the TLS work: call from
+    /// InboundSession where the server-side handshake finishes.
+    public func tlsSessionInbound() { tlsInbound.increment() }
+
+    /// A STARTTLS handshake with a next hop completed: call from OutboundConnection when the client-side
+    /// handshake finishes.
+    public func tlsSessionOutbound() { tlsOutbound.increment() }
+
+    // MARK: DNS
+
+    func dnsLookup(_ kind: DNSKind, failed: Bool) {
+        dnsLookups[kind.rawValue].increment()
+        if failed { dnsFailures[kind.rawValue].increment() }
+    }
+
+    // MARK: Delivery
+
+    func recipientDelivered(delay: Double) {
+        recipientsDelivered.increment()
+        deliveryDelay.record(max(0, delay))
+    }
+
+    func recipientDeferred() { recipientsDeferred.increment() }
+    func recipientBounced() { recipientsBounced.increment() }
+    /// A delivery attempt of a message left recipients deferred.
+    func messageDeferred() { messagesDeferred.increment() }
+    func bytesDelivered(_ n: Int) { bytesOut.increment(by: n) }
+
+    /// A message left the queue: how it ended and how long it was queued.
+    func messageLeftQueue(delivered: Bool, bounced: Bool, deleted: Bool, residence: Double) {
+        if deleted {
+            messagesDeleted.increment()
+        } else if bounced {
+            messagesBounced.increment()
+        } else if delivered {
+            messagesDelivered.increment()
+        }
+        queueResidence.record(max(0, residence))
+    }
+
+    // MARK: Queue
+
+    /// Messages in the queue by state and priority, counted when the endpoint is scraped.
+    public struct QueueCounts: Equatable, Sendable {
+        /// [state index in `queueStates`][priority + 9]
+        public var counts: [[Int]] = Array(repeating: Array(repeating: 0, count: 19), count: 4)
+        public init() {}
+
+        public mutating func add(state: String, priority: Int) {
+            guard let s = RelayMetrics.queueStates.firstIndex(of: state) else { return }
+            counts[s][min(max(priority, -9), 9) + 9] += 1
+        }
+
+        public func count(state: String) -> Int {
+            guard let s = RelayMetrics.queueStates.firstIndex(of: state) else { return 0 }
+            return counts[s].reduce(0, +)
+        }
+    }
+
+    func updateQueueGauges(_ q: QueueCounts) {
+        for s in queueByState.indices { queueByState[s].record(q.counts[s].reduce(0, +)) }
+        for p in 0..<19 {
+            let n = q.counts.reduce(0) { $0 + $1[p] }
+            if queueByPriority[p] == nil && n > 0 {
+                queueByPriority[p] = Gauge(label: "tern_queue_messages_by_priority", dimensions: [("priority", "\(p - 9)")],
+                                           factory: factory)
+            }
+            queueByPriority[p]?.record(n)
+        }
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    public func exposition() -> [UInt8] {
+        registry.emitToBuffer()
+    }
+}

@@ -1,0 +1,338 @@
+import Foundation
+import MailQueue
+import Testing
+@testable import Relay
+
+private let id1 = QueueID(microseconds: 1_700_000_000_000_001)
+
+private func entry(id: QueueID = id1, sender: String = "alice@example.org", arrival: Double = 1000,
+                   state: String = "deferred", priority: Int = 0,
+                   recipients: [(String, RecipientState)] = [("bob@example.net", .deferred)]) -> QueueEntry {
+    var e = Envelope(id: id, sender: sender,
+                     recipients: recipients.map { Recipient(address: $0.0, state: $0.1, lastReply: $0.1 == .deferred ? "451 4.3.0 later" : nil) },
+                     priority: priority, arrival: arrival, attempts: state == "deferred" ? 1 : 0, size: 2048,
+                     client: ClientInfo(ip: "192.0.2.7", helo: "mail.example.org"))
+    e.held = state == "held"
+    return QueueEntry(e, state: state)
+}
+
+@Suite struct AdminRouteTests {
+    @Test func everyRoute() throws {
+        #expect(try AdminRoute.parse(method: "GET", target: "/metrics") == .metrics)
+        #expect(try AdminRoute.parse(method: "HEAD", target: "/metrics") == .metrics)
+        #expect(try AdminRoute.parse(method: "GET", target: "/queue") == .list(QueueFilter()))
+        #expect(try AdminRoute.parse(method: "GET", target: "/queue/") == .list(QueueFilter()))
+        #expect(try AdminRoute.parse(method: "GET", target: "/queue/\(id1)") == .show(id1))
+        #expect(try AdminRoute.parse(method: "GET", target: "/queue/\(id1.rawValue.lowercased())") == .show(id1))
+        for action in QueueAction.allCases {
+            #expect(try AdminRoute.parse(method: "POST", target: "/queue/\(id1)/\(action.rawValue)") == .act(action, id1))
+        }
+        #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush") == .flush(domain: nil))
+        #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush?domain=Example.NET.") == .flush(domain: "example.net"))
+    }
+
+    @Test func filtersFromTheQuery() throws {
+        guard case .list(let f) = try AdminRoute.parse(
+            method: "GET", target: "/queue?domain=Example.net&sender=%40Example.org&state=held&priority=-3&min_age=5m&max_age=2d")
+        else { Issue.record("not a list"); return }
+        #expect(f.domain == "example.net")
+        #expect(f.sender == "@example.org")
+        #expect(f.state == "held")
+        #expect(f.priority == -3)
+        #expect(f.minAge == 300)
+        #expect(f.maxAge == 172_800)
+    }
+
+    @Test func refusalsSayWhy() {
+        let cases: [(String, String, Int)] = [
+            ("POST", "/metrics", 405),
+            ("GET", "/metrics?x=1", 400),
+            ("DELETE", "/queue", 405),
+            ("GET", "/queue/\(id1)/delete", 405),  // actions only by POST
+            ("POST", "/queue/\(id1)/explode", 404),
+            ("GET", "/queue/not-an-id", 400),
+            ("GET", "/queue/../etc/passwd", 404),
+            ("GET", "/", 404),
+            ("GET", "/queue?state=stuck", 400),
+            ("GET", "/queue?priority=12", 400),
+            ("GET", "/queue?min_age=soon", 400),
+            ("GET", "/queue?colour=blue", 400),
+            ("GET", "/queue?domain=%zz", 400),
+            ("POST", "/queue/flush?sender=x", 400),
+        ]
+        for (method, target, status) in cases {
+            do {
+                _ = try AdminRoute.parse(method: method, target: target)
+                Issue.record("\(method) \(target) was accepted")
+            } catch let error as AdminError {
+                #expect(error.status == status, "\(method) \(target): \(error.message)")
+                #expect(!error.message.isEmpty)
+            } catch {
+                Issue.record("\(error)")
+            }
+        }
+    }
+}
+
+@Suite struct QueueViewTests {
+    @Test func filterMatches() throws {
+        let now = 10_000.0
+        let e = entry(arrival: 9_000, recipients: [("bob@Example.NET", .deferred), ("carol@done.example", .delivered)])
+        func f(_ q: String) throws -> QueueFilter { try QueueFilter(query: q) }
+        #expect(try f("").matches(e, now: now))
+        #expect(try f("domain=example.net").matches(e, now: now))
+        #expect(try !f("domain=done.example").matches(e, now: now), "delivered recipients do not count")
+        #expect(try f("sender=ALICE%40example.org").matches(e, now: now))
+        #expect(try f("sender=%40example.org").matches(e, now: now))
+        #expect(try !f("sender=%40ample.org").matches(e, now: now), "a domain matches whole, after the @")
+        #expect(try !f("sender=bob%40example.org").matches(e, now: now))
+        #expect(try f("state=deferred").matches(e, now: now))
+        #expect(try !f("state=held").matches(e, now: now))
+        #expect(try f("min_age=900&max_age=1100").matches(e, now: now))
+        #expect(try !f("min_age=20m").matches(e, now: now))
+        #expect(try !f("max_age=10m").matches(e, now: now))
+        #expect(try !f("priority=1").matches(e, now: now))
+        let bounce = entry(sender: "")
+        #expect(try f("sender=%3C%3E").matches(bounce, now: now))
+        #expect(try !f("sender=%3C%3E").matches(e, now: now))
+    }
+
+    @Test func stateOfAMessage() {
+        var e = Envelope(id: id1, sender: "a@b", recipients: [Recipient(address: "c@d")], arrival: 1,
+                         client: ClientInfo(ip: "192.0.2.1", helo: "x"))
+        #expect(QueueEntry.state(of: e, inFlight: false, held: false) == "queued")
+        e.attempts = 2
+        #expect(QueueEntry.state(of: e, inFlight: false, held: false) == "deferred")
+        #expect(QueueEntry.state(of: e, inFlight: true, held: false) == "active")
+        #expect(QueueEntry.state(of: e, inFlight: false, held: true) == "held")
+        e.held = true
+        #expect(QueueEntry.state(of: e, inFlight: false, held: false) == "held")
+    }
+
+    @Test func jsonHasTheDocumentedKeysAndRoundTrips() throws {
+        let e = entry()
+        let data = try JSONEncoder().encode(e)
+        let object = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        #expect(Set(object.keys) == ["id", "sender", "arrival", "size", "priority", "state", "attempts",
+                                     "next_attempt", "client_ip", "helo", "recipients"])
+        let r = (object["recipients"] as! [[String: Any]])[0]
+        #expect(r["address"] as? String == "bob@example.net")
+        #expect(r["state"] as? String == "deferred")
+        #expect(r["last_reply"] as? String == "451 4.3.0 later")
+        #expect(try JSONDecoder().decode(QueueEntry.self, from: data) == e)
+        let reply = AdminEndpoint.json(AdminError(404, "gone"))
+        #expect(reply.status == 404)
+        #expect(String(decoding: reply.body, as: UTF8.self) == "{\"error\":\"gone\"}\n")
+    }
+
+    @Test func qshapeBuckets() {
+        #expect(QueueShape.bucket(ageSeconds: 0) == 0)
+        #expect(QueueShape.bucket(ageSeconds: 299) == 0)
+        #expect(QueueShape.bucket(ageSeconds: 300) == 1)
+        #expect(QueueShape.bucket(ageSeconds: 19 * 60) == 2)
+        #expect(QueueShape.bucket(ageSeconds: 1279 * 60) == 8)
+        #expect(QueueShape.bucket(ageSeconds: 1280 * 60) == 9)
+        #expect(QueueShape.bucket(ageSeconds: 1e9) == 9)
+        #expect(QueueShape.bucket(ageSeconds: -5) == 0, "a clock step back counts as new")
+    }
+
+    @Test func qshapeCountsMessagesPerDomainAndAge() {
+        let now = 100_000.0
+        let entries = [
+            entry(id: QueueID(microseconds: 1), arrival: now - 60, recipients: [("a@x.example", .pending), ("b@x.example", .deferred)]),
+            entry(id: QueueID(microseconds: 2), arrival: now - 3600, recipients: [("a@x.example", .deferred), ("c@y.example", .deferred)]),
+            entry(id: QueueID(microseconds: 3), arrival: now - 90_000, recipients: [("c@y.example", .deferred)]),
+            entry(id: QueueID(microseconds: 4), arrival: now, recipients: [("d@z.example", .delivered)]),
+        ]
+        let shape = QueueShape(entries, now: now)
+        #expect(shape.total.total == 3, "a message with nothing left to deliver is not counted")
+        #expect(shape.total.buckets == [1, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+        #expect(shape.rows.map(\.domain) == ["x.example", "y.example"])
+        #expect(shape.rows[0].buckets == [1, 0, 0, 0, 1, 0, 0, 0, 0, 0], "one message counts once per domain")
+        #expect(shape.rows[1].buckets == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+        let lines = shape.text.split(separator: "\n")
+        #expect(lines.count == 4)
+        #expect(lines[0].split(separator: " ") == ["T", "5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"])
+        #expect(lines[1].split(separator: " ") == ["TOTAL", "3", "1", "0", "0", "0", "1", "0", "0", "0", "0", "1"])
+    }
+
+    @Test func mailqTable() {
+        let utc = TimeZone(identifier: "UTC")!
+        #expect(MailqFormat.table([], timeZone: utc) == "Mail queue is empty\n")
+        var held = entry(id: QueueID(microseconds: 2), sender: "", arrival: 0, state: "held",
+                         recipients: [("x@a.example", .pending), ("y@a.example", .delivered)])
+        held.size = 100
+        let text = MailqFormat.table([entry(), held], timeZone: utc)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines[1] == "\(id1)      2048 Thu Jan 01 00:16:40  alice@example.org")
+        #expect(lines[2].trimmingCharacters(in: .whitespaces) == "(451 4.3.0 later)")
+        #expect(lines[3].trimmingCharacters(in: .whitespaces) == "bob@example.net")
+        #expect(lines[5].hasPrefix("00000000000002!"))
+        #expect(lines[5].hasSuffix("MAILER-DAEMON"))
+        #expect(!text.contains("y@a.example"), "delivered recipients are not listed")
+        #expect(text.hasSuffix("-- 3 Kbytes in 2 Requests.\n"))
+    }
+}
+
+@Suite struct RelayMetricsTests {
+    @Test func statusKeys() {
+        func key(_ s: String) -> Int? { RelayMetrics.statusKey(Array(s.utf8)[...]) }
+        #expect(key("5.7.1 Relay access denied") == 5_007_001)
+        #expect(key("4.5.3 Error") == 4_005_003)
+        #expect(key("5.7.1") == 5_007_001)
+        #expect(key("5.10.100 x") == 5_010_100)
+        #expect(key("Error: x") == nil)
+        #expect(key("5.7 x") == nil)
+        #expect(key("5..1 x") == nil)
+        #expect(key("5.7.1234 x") == nil)
+        for (status, _) in RelayMetrics.refusalReasons { #expect(key(status) != nil, "\(status)") }
+    }
+
+    /// Sample lines of the exposition as name{labels} → value.
+    private func samples(_ m: RelayMetrics) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for line in String(decoding: m.exposition(), as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+            let parts = line.split(separator: " ")
+            out[String(parts[0])] = Double(parts[1])
+        }
+        return out
+    }
+
+    @Test func countsWhatHappened() {
+        let m = RelayMetrics()
+        m.sessionOpened()
+        m.sessionOpened()
+        m.sessionClosed()
+        m.messageReceived(recipients: 3, bytes: 1000)
+        m.replied(Array("250 2.0.0 Ok\r\n".utf8))
+        m.replied(Array("554 5.7.1 <x@y>: Relay access denied\r\n".utf8))
+        m.replied(Array("554 5.7.1 <z@y>: Relay access denied\r\n".utf8))
+        m.replied(Array("452 4.5.3 Error: too many recipients\r\n".utf8))
+        m.replied(Array("550 no code\r\n".utf8))
+        m.connectionRefused(.tooManyConnections)
+        m.dnsLookup(.mx, failed: false)
+        m.dnsLookup(.mx, failed: true)
+        m.dnsLookup(.address, failed: false)
+        m.recipientDelivered(delay: 0.3)
+        m.recipientDeferred()
+        m.recipientBounced()
+        m.bytesDelivered(1000)
+        m.messageLeftQueue(delivered: true, bounced: false, deleted: false, residence: 2)
+        m.tlsSessionInbound()
+        var q = RelayMetrics.QueueCounts()
+        q.add(state: "deferred", priority: 0)
+        q.add(state: "held", priority: 5)
+        q.add(state: "held", priority: 12)  // clamped to 9
+        m.updateQueueGauges(q)
+        let s = samples(m)
+        #expect(s["tern_sessions_total"] == 2)
+        #expect(s["tern_sessions_open"] == 1)
+        #expect(s["tern_messages_received_total"] == 1)
+        #expect(s["tern_recipients_received_total"] == 3)
+        #expect(s["tern_message_bytes_in_total"] == 1000)
+        #expect(s["tern_commands_refused_total{reason=\"relay_denied\"}"] == 2)
+        #expect(s["tern_commands_refused_total{reason=\"too_many_recipients\"}"] == 1)
+        #expect(s["tern_commands_refused_total{reason=\"other\"}"] == 1)
+        #expect(s["tern_commands_refused_total{reason=\"syntax_error\"}"] == 0, "every reason shows from the start")
+        #expect(s["tern_connections_refused_total{reason=\"too_many_connections\"}"] == 1)
+        #expect(s["tern_dns_lookups_total{kind=\"mx\"}"] == 2)
+        #expect(s["tern_dns_failures_total{kind=\"mx\"}"] == 1)
+        #expect(s["tern_dns_lookups_total{kind=\"address\"}"] == 1)
+        #expect(s["tern_dns_failures_total{kind=\"address\"}"] == 0)
+        #expect(s["tern_recipients_delivered_total"] == 1)
+        #expect(s["tern_recipients_deferred_total"] == 1)
+        #expect(s["tern_recipients_bounced_total"] == 1)
+        #expect(s["tern_messages_delivered_total"] == 1)
+        #expect(s["tern_message_bytes_out_total"] == 1000)
+        #expect(s["tern_delivery_delay_seconds_count"] == 1)
+        #expect(s["tern_delivery_delay_seconds_bucket{le=\"0.25\"}"] == 0)
+        #expect(s["tern_delivery_delay_seconds_bucket{le=\"0.5\"}"] == 1)
+        #expect(s["tern_queue_residence_seconds_count"] == 1)
+        #expect(s["tern_tls_sessions_total{direction=\"in\"}"] == 1)
+        #expect(s["tern_tls_sessions_total{direction=\"out\"}"] == 0)
+        #expect(s["tern_queue_messages{state=\"held\"}"] == 2)
+        #expect(s["tern_queue_messages{state=\"deferred\"}"] == 1)
+        #expect(s["tern_queue_messages{state=\"active\"}"] == 0)
+        #expect(s["tern_queue_messages_by_priority{priority=\"0\"}"] == 1)
+        #expect(s["tern_queue_messages_by_priority{priority=\"9\"}"] == 1)
+        #expect(s["tern_queue_messages_by_priority{priority=\"1\"}"] == nil, "a level shows once it was seen")
+    }
+}
+
+@Suite struct AdminClientTests {
+    @Test func parsesResponsesWholeOrByContentLength() throws {
+        let text = "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"error\":\"gone\"}"
+        let bytes = Array(text.utf8)
+        for cut in 0..<bytes.count {
+            #expect(try AdminClient.parse(Array(bytes[0..<cut]), complete: false) == nil, "cut at \(cut)")
+        }
+        let r = try #require(try AdminClient.parse(bytes, complete: false))
+        #expect(r.status == 404)
+        #expect(r.text == "{\"error\":\"gone\"}")
+        // Without Content-Length the body runs to EOF.
+        let eof = try AdminClient.parse(Array("HTTP/1.0 200 OK\r\n\r\nabc".utf8), complete: true)
+        #expect(eof == AdminResponse(status: 200, body: Array("abc".utf8)))
+        #expect(throws: AdminClientError.self) { try AdminClient.parse(Array("SMTP 220 hi\r\n\r\n".utf8), complete: true) }
+        #expect(throws: AdminClientError.self) { try AdminClient.parse(Array("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab".utf8), complete: true) }
+    }
+
+    @Test func wildcardListenIsReachedOnLoopback() throws {
+        #expect(try AdminClient.address(forListen: "0.0.0.0:8025").description == "127.0.0.1:8025")
+        #expect(try AdminClient.address(forListen: "[::]:8025").description == "[::1]:8025")
+        #expect(try AdminClient.address(forListen: "127.0.0.2:9").description == "127.0.0.2:9")
+    }
+
+    @Test func unreachableEndpointSaysSo() throws {
+        // Port 1 on loopback: nothing listens there in the test environment.
+        let client = AdminClient(address: try ListenAddress(parsing: "127.0.0.1:1"))
+        do {
+            _ = try client.request("GET", "/queue")
+            Issue.record("connected to port 1")
+        } catch let error as AdminClientError {
+            #expect(error.unreachable)
+            #expect(error.message.contains("is `tern serve` running"))
+        }
+    }
+}
+
+@Suite struct AdminConfigTests {
+    @Test func defaultAndOverrides() throws {
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n").admin.listen == "127.0.0.1:8025")
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"[::1]:9000\"").admin.listen == "[::1]:9000")
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"\"").admin.listen == "")
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n").admin.isLoopback)
+        #expect(try !TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"0.0.0.0:8025\"").admin.isLoopback)
+    }
+
+    @Test func unixSocketPath() throws {
+        let config = try TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"/run/tern/admin.sock\"")
+        #expect(config.admin.unixPath == "/run/tern/admin.sock")
+        #expect(config.admin.isLoopback)
+        #expect(try TernConfig.parse("hostname = \"relay.test\"\n").admin.unixPath == nil)
+        #expect(try TernConfig.parse(config.tomlText) == config)
+        #expect(try AdminClient.forListen("/run/tern/admin.sock").unixPath == "/run/tern/admin.sock")
+        #expect(try AdminClient.forListen("127.0.0.1:8025").unixPath == nil)
+    }
+
+    @Test func badValuesNameTheKey() {
+        for bad in ["listen = \"8025\"", "listen = 8025", "listen = \"localhost:8025\"", "port = 1",
+                    "listen = \"run/admin.sock\"", "listen = \"/" + String(repeating: "x", count: 120) + "\""] {
+            do {
+                _ = try TernConfig.parse("hostname = \"relay.test\"\n[admin]\n" + bad)
+                Issue.record("accepted \(bad)")
+            } catch let error as ConfigError {
+                #expect(error.description.contains("admin."), "\(error)")
+            } catch {
+                Issue.record("\(error)")
+            }
+        }
+    }
+
+    @Test func renderedAndReloaded() throws {
+        var config = try TernConfig.parse("hostname = \"relay.test\"\n[admin]\nlisten = \"127.0.0.3:18025\"")
+        #expect(config.tomlText.contains("\n[admin]\nlisten = \"127.0.0.3:18025\"\n"))
+        #expect(try TernConfig.parse(config.tomlText) == config)
+        config.admin.listen = ""
+        #expect(try TernConfig.parse(config.tomlText) == config)
+    }
+}
