@@ -355,6 +355,23 @@ def test_no_daemon_is_a_clear_error(tmp_path):
     assert p.returncode == 78 and "not-an-address" in p.stderr, p
 
 
+def test_web_pages_cannot_use_the_endpoint(deferring):
+    tern, _, _ = deferring
+    qid = send(tern, ["kept@defer.test"], "csrf")
+    wait_state(tern, qid, "deferred")
+    base = f"http://127.0.0.1:{tern.admin_port}"
+    # A cross-site form post from a page, and a page's own name rebound to 127.0.0.1.
+    for headers in [{"Origin": "https://evil.example"}, {"Host": f"rebound.evil.example:{tern.admin_port}"}]:
+        req = urllib.request.Request(f"{base}/queue/{qid}/delete", method="POST", data=b"", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403, headers
+    assert entry(tern, qid)["state"] == "deferred", "the message is still there"
+    req = urllib.request.Request(f"http://localhost:{tern.admin_port}/queue/{qid}", headers={"Host": "localhost"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["id"] == qid
+
+
 def test_endpoint_refuses_what_it_does_not_serve(tern):
     base = f"http://127.0.0.1:{tern.admin_port}"
     for method, path, status in [("GET", "/nothing", 404), ("POST", "/metrics", 405),

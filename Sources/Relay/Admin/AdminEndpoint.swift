@@ -32,6 +32,12 @@ public final class AdminEndpoint {
     func close() { http.close() }
 
     func handle(_ request: HTTPRequest, _ answer: @escaping (HTTPResponse) -> Void) {
+        // A browser cannot reach a unix socket: the Host check is for TCP on loopback.
+        let admin = server.config.admin
+        if let refused = Self.refusedAsFromABrowser(request, loopback: admin.unixPath == nil && admin.isLoopback) {
+            answer(Self.json(refused))
+            return
+        }
         let route: AdminRoute
         do {
             route = try AdminRoute.parse(method: request.method, target: request.target)
@@ -64,6 +70,26 @@ public final class AdminEndpoint {
                 }
             }
         }
+    }
+
+    /// A web page must not reach the endpoint through the postmaster's browser: a cross-site POST needs
+    /// no permission to be sent (CSRF: a page could delete mail), and a name rebound to 127.0.0.1 would
+    /// let a page read the queue. Browsers send Origin on such requests and the page's name as Host;
+    /// `tern queue`, curl and Prometheus send no Origin, and on loopback they name the address itself.
+    static func refusedAsFromABrowser(_ request: HTTPRequest, loopback: Bool) -> AdminError? {
+        if request.header("Origin") != nil {
+            return AdminError(403, "requests from web pages (with an Origin header) are refused")
+        }
+        guard loopback, let host = request.header("Host") else { return nil }
+        var name = Substring(host)
+        if name.hasPrefix("[") {
+            name = name.dropFirst().prefix { $0 != "]" }
+        } else if let colon = name.lastIndex(of: ":") {
+            name = name[..<colon]
+        }
+        let lowered = name.lowercased()
+        if lowered == "localhost" || IPAddress.parseRaw(lowered) != nil { return nil }
+        return AdminError(403, "Host \"\(host)\" is not this machine's address: use 127.0.0.1 or localhost")
     }
 
     static let deliveryOff = AdminError(409, "delivery is switched off ([delivery] enabled = false): nothing to act on")
@@ -132,6 +158,7 @@ public final class AdminEndpoint {
         case 202: return "Accepted"
         case 400: return "Bad Request"
         case 404: return "Not Found"
+        case 403: return "Forbidden"
         case 405: return "Method Not Allowed"
         case 409: return "Conflict"
         case 503: return "Service Unavailable"
