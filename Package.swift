@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C libraries from Debian, found with pkg-config.
@@ -22,13 +23,15 @@ let package = Package(
                        providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CCAres", path: "Modules/CCAres", pkgConfig: "libcares",
                        providers: [.apt(["libc-ares-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Modules/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
 
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
         .target(name: "MailQueue", dependencies: ["SMTPProtocol"]),
         // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
-        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres"]),
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
             "SMTPProtocol", "MailQueue", "UVRuntime",
@@ -38,8 +41,13 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
+        // `tern blast`: the load generator (SMTPProtocol's client session on UVRuntime's loop).
+        .target(name: "Blast", dependencies: [
+            "SMTPProtocol", "UVRuntime",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
         .executableTarget(name: "tern", dependencies: [
-            "Relay",
+            "Relay", "Blast",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -47,6 +55,7 @@ let package = Package(
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+        .testTarget(name: "BlastTests", dependencies: ["Blast"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -11,8 +11,13 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     let policy = RelayPolicy(hostname: "relay.test", acceptDomains: ["local.test"],
                              aliases: ["list@local.test": ["a@x.test", "b@y.test"]])
-    let config = ServerConfiguration(hostname: "relay.test", maxMessageSize: 4096, maxRecipients: 5, maxErrors: 50,
+    var config = ServerConfiguration(hostname: "relay.test", maxMessageSize: 4096, maxRecipients: 5, maxErrors: 50,
                                      maxLineLength: 200, maxHops: 3, vrfy: true, expn: true, policy: policy)
+    // STARTTLS and AUTH on for odd second bytes; AUTH in the clear allowed so it is reachable.
+    let secure = bytes.count > 1 && bytes[1] & 1 == 1
+    config.startTLS = secure
+    config.authEnabled = secure
+    config.requireAuth = secure && bytes[1] & 2 == 2
     let trusted = bytes.first.map { $0 & 1 == 0 } ?? true
     let whole = run(config, trusted, [bytes])
     var pieces: [[UInt8]] = []
@@ -35,9 +40,13 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 }
 
 func run(_ config: ServerConfiguration, _ trusted: Bool, _ pieces: [[UInt8]]) -> [UInt8] {
-    var s = ServerSession(config: config, client: PeerInfo(ip: "192.0.2.1", trusted: trusted))
+    var s = ServerSession(config: config, client: PeerInfo(ip: "192.0.2.1", trusted: trusted,
+                                                          cleartextAuthAllowed: true))
     var replies: [UInt8] = []
     var queued = 0
+    // After STARTTLS the rest of the input is cleartext the session must drop: stop feeding it, so
+    // that whole and split runs stay comparable.
+    var startedTLS = false
     func apply(_ actions: [ServerAction]) {
         for a in actions {
             switch a {
@@ -45,11 +54,16 @@ func run(_ config: ServerConfiguration, _ trusted: Bool, _ pieces: [[UInt8]]) ->
             case .commitMessage:
                 queued += 1
                 apply(s.commitFinished(queueID: "Q\(queued)"))
+            case .startTLS:
+                startedTLS = true
+                apply(s.tlsEstablished("TLSv1.3 with cipher TEST"))
+            case .authenticate(let user, let password):
+                apply(s.authFinished(user == "u" && password == "p" ? .success(allowedSenders: ["u@local.test"]) : .failure))
             default: break
             }
         }
     }
     apply(s.greeting())
-    for p in pieces { apply(s.receive(p)) }
+    for p in pieces where !startedTLS { apply(s.receive(p)) }
     return replies
 }

@@ -16,11 +16,15 @@
 // sixteen under load; bench/README.md). Files left directly in <spool>/queue by a version before the
 // hashing are moved into place at start-up (`removeOrphans`).
 //
-// A message is queued exactly when its .env exists. `commit` makes that true durably, in the order
-// chasquid and Postfix use: fsync the data, write and fsync the envelope under a temporary name, rename
-// it into place (atomic), and fsync the directory so the new names survive a crash. A crash at any earlier
-// point leaves a .msg without .env, or an .env.tmp, which `removeOrphans` deletes at start-up; the client
-// never got its 250, so it still owns the message. `remove` unlinks the .env first for the same reason.
+// A message is queued exactly when its .env exists. `commit` makes that true durably: fsync the data,
+// create the envelope under its final name (O_EXCL), write and fsync it, and fsync the directory so the
+// new names survive a crash. A crash at any earlier point leaves a .msg without .env, which
+// `removeOrphans` deletes at start-up, or an .env cut short: the record's last line is `end`, so `load`
+// knows an .env without it for a commit that never finished and removes that message (the client never
+// got its 250, so it still owns the message). No temporary name and rename for this first write: the
+// rename was about a tenth of the CPU of receiving a message. Later rewrites (`update`) replace a
+// complete record, so they go through `<id>.env.tmp` and an atomic rename. `remove` unlinks the .env
+// first for the same reason.
 //
 // Every function here blocks (open, write, fsync, rename) and is meant for libuv's thread pool. The Spool
 // holds no shared mutable state beyond the lock descriptor (behind a mutex), so any number of pool threads
@@ -212,8 +216,8 @@ public final class Spool: @unchecked Sendable {
         return SpoolFile(id: id, path: file, fd: fd)
     }
 
-    /// Durable commit: fsync the data file, write `<id>.env.tmp`, fsync it, rename it to `<id>.env`, fsync
-    /// the queue directory. Only after this returns is the message queued (and may the client get 250).
+    /// Durable commit: fsync the data file, create and write `<id>.env`, fsync it, fsync the queue
+    /// directory. Only after this returns is the message queued (and may the client get 250).
     /// The stored envelope takes its size from the file. On error, call `discard(file)`.
     @discardableResult
     public func commit(_ file: SpoolFile, envelope: Envelope) throws -> Envelope {
@@ -231,7 +235,7 @@ public final class Spool: @unchecked Sendable {
 
         var stored = envelope
         stored.size = file.size
-        try writeEnvelope(stored)
+        try writeEnvelope(stored, firstTime: true)
         file.committed = true
         return stored
     }
@@ -283,7 +287,20 @@ public final class Spool: @unchecked Sendable {
 
     public func load(_ id: QueueID) throws -> Envelope {
         let file = envelopePath(id)
-        let envelope = try EnvelopeRecord.decode(try Spool.readFile(file))
+        let bytes = try Spool.readFile(file)
+        let envelope: Envelope
+        do {
+            envelope = try EnvelopeRecord.decode(bytes)
+        } catch {
+            // The first write of this record never finished (see the top of this file), so the message was
+            // never acknowledged. It goes, as a .msg without .env would have. (`removeOrphans` does the same
+            // at start-up; this catches what it could not see.)
+            guard Spool.isTorn(bytes) else { throw error }
+            _ = unlink(file)
+            _ = unlink(messagePath(id))
+            throw SpoolError("load", path: file, errno: EINVAL,
+                             detail: "envelope cut short by a crash during its commit, before the 250; removed")
+        }
         guard envelope.id == id else {
             throw SpoolError("load", path: file, errno: EINVAL, detail: "record is for id \(envelope.id)")
         }
@@ -292,15 +309,30 @@ public final class Spool: @unchecked Sendable {
 
     // MARK: Start-up
 
+    /// An envelope record as a crash during its first write leaves it: nothing, zeros, or the start of a
+    /// record without its `end` line. Anything else that fails to decode is kept for a person to look at.
+    static func isTorn(_ bytes: [UInt8]) -> Bool {
+        bytes.allSatisfy { $0 == 0 }
+            || (bytes.starts(with: Array("tern-envelope\t".utf8)) && !bytes.ends(with: Array("\nend\n".utf8)))
+    }
+
     /// Start-up recovery, before accepting mail: moves files of the unhashed layout into their
-    /// directories, then deletes `*.env.tmp`, and `*.msg` files with no `.env` (partial messages never
-    /// count as queued). Returns how many files were removed.
+    /// directories, then deletes `*.env.tmp`, `*.msg` files with no `.env`, and messages whose `.env` is
+    /// torn (`isTorn`): partial messages never count as queued. Returns how many files were removed.
     /// Must not run while messages are being received: their .msg files have no .env yet.
     public func removeOrphans() throws -> Int {
         try moveUnhashed()
         var removed = 0
         for d in directories {
-            let names = try Spool.entries(d.path)
+            var names = try Spool.entries(d.path)
+            for name in names where name.hasSuffix(".env") {
+                let file = d.path + "/" + name
+                guard let bytes = try? Spool.readFile(file), Spool.isTorn(bytes) else { continue }
+                if unlink(file) == 0 { removed += 1 } else if errno != ENOENT {
+                    throw SpoolError("unlink", path: file, errno: errno)
+                }
+            }
+            if removed > 0 { names = try Spool.entries(d.path) }
             let envelopes = Set(names.filter { $0.hasSuffix(".env") }.map { $0.dropLast(4) })
             for name in names {
                 let orphan = name.hasSuffix(".env.tmp")
@@ -336,12 +368,12 @@ public final class Spool: @unchecked Sendable {
     // MARK: Helpers
 
     /// `<id>.env.tmp`, fsync, rename to `<id>.env`, fsync the directory.
-    private func writeEnvelope(_ envelope: Envelope) throws {
-        let temporary = temporaryPath(envelope.id)
+    private func writeEnvelope(_ envelope: Envelope, firstTime: Bool = false) throws {
         let final = envelopePath(envelope.id)
+        let temporary = firstTime ? final : temporaryPath(envelope.id)
         let record = EnvelopeRecord.encode(envelope)
         let fd = try Spool.retrying("create", temporary) {
-            open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+            open(temporary, firstTime ? O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC : O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
         }
         do {
             let file = SpoolFile(id: envelope.id, path: temporary, fd: fd)  // for its write loop
@@ -349,7 +381,7 @@ public final class Spool: @unchecked Sendable {
             try Spool.retrying("fsync", temporary) { fsync(fd) }
             file.fd = -1
             try Spool.retrying("close", temporary) { close(fd) }
-            try Spool.retrying("rename", temporary) { rename(temporary, final) }
+            if !firstTime { try Spool.retrying("rename", temporary) { rename(temporary, final) } }
         } catch {
             _ = unlink(temporary)
             throw error
@@ -461,5 +493,11 @@ final class HashedDirectory: @unchecked Sendable {
             condition.broadcast()
             if let failure { throw failure }
         }
+    }
+}
+
+extension Array where Element == UInt8 {
+    func ends(with suffix: [UInt8]) -> Bool {
+        count >= suffix.count && self[(count - suffix.count)...].elementsEqual(suffix)
     }
 }

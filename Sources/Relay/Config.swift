@@ -65,6 +65,8 @@ public struct TernConfig: Sendable, Equatable {
     public var routes: RouteConfig = RouteConfig()
     public var priority: PriorityConfig = PriorityConfig()
     public var log: LogConfig = LogConfig()
+    public var tls: TLSConfig = TLSConfig()
+    public var auth: AuthConfig = AuthConfig()
     public var admin: AdminConfig = AdminConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
@@ -87,6 +89,8 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.routes),
             AnySection(\.priority),
             AnySection(\.log),
+            AnySection(\.tls),
+            AnySection(\.auth),
             AnySection(\.admin),
             AnySection(name: "aliases", read: readAliases),
         ]
@@ -126,6 +130,7 @@ public struct TernConfig: Sendable, Equatable {
             try reader.rejectUnknownKeys()
         }
         try root.rejectUnknownKeys()
+        try config.checkSecurity(source: source)
         return config
     }
 
@@ -203,6 +208,10 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     public var commandTimeout: Double = 300
     public var dataTimeout: Double = 300
     public var reverseDNS = true
+    /// Submission listeners (RFC 6409, port 587): STARTTLS, AUTH required before MAIL.
+    public var submission: [String] = []
+    /// Implicit-TLS submission listeners (RFC 8314, port 465): AUTH required before MAIL.
+    public var submissions: [String] = []
 
     public init() {}
 
@@ -229,6 +238,8 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
         try r.read("reverse_dns", into: &reverseDNS, Decode.bool)
+        try r.read("submission", into: &submission, Decode.list(Decode.listenAddress))
+        try r.read("submissions", into: &submissions, Decode.list(Decode.listenAddress))
     }
 }
 
@@ -294,6 +305,8 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     public var commandTimeout: Double = 300
     /// RFC 5321 4.5.3.2.5-6: per data block sent and for the reply to the final dot.
     public var dataTimeout: Double = 600
+    /// TLS with next hops when the route says nothing else.
+    public var tls: OutboundTLSPolicy = .opportunistic
 
     public init() {}
 
@@ -312,6 +325,7 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("greeting_timeout", into: &greetingTimeout, Decode.duration)
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
+        try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
     }
 }
 
@@ -321,6 +335,8 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
 public struct RouteConfig: Sendable, Equatable, ConfigSection {
     /// Keys: lowercased domains without a trailing dot, or "*" for every other domain.
     public var routes: [String: NextHopSpec] = [:]
+    /// TLS policy and credentials of routes written as tables (SecurityConfig.swift), same keys.
+    public var security: [String: RouteSecurity] = [:]
 
     public init(routes: [String: NextHopSpec] = [:]) {
         self.routes = routes
@@ -330,6 +346,10 @@ public struct RouteConfig: Sendable, Equatable, ConfigSection {
 
     mutating func read(_ r: inout TableReader) throws {
         for key in r.table.keys.sorted() {
+            if r.table[key]?.type == .table, r.table[key]?.table?["next_hop"] != nil {
+                try readTableRoute(key, &r)
+                continue
+            }
             guard let text = try r.read(key, Decode.routeValue) else { continue }
             let name = key == "*" ? key : normalizedDomain(key)
             try r.check(key, key == "*" || isPlausibleDomain(key), "\"\(key)\" is not a domain name or \"*\"")

@@ -53,6 +53,13 @@ command_timeout = "5m"
 data_timeout = "5m"
 # Look up the client's PTR name for the Received header.
 reverse_dns = true
+# Submission listeners (RFC 6409, e.g. "0.0.0.0:587"): STARTTLS is offered and
+# AUTH is required before MAIL (530 5.7.0); an authenticated user may relay to
+# any domain. Needs auth.users_file.
+submission = []
+# Implicit-TLS submission listeners (RFC 8314, e.g. "0.0.0.0:465"): TLS from the
+# first byte, AUTH required before MAIL. Needs tls.certificate and auth.users_file.
+submissions = []
 
 [spool]
 # Directory of the queue; a relative path starts at the working directory.
@@ -86,6 +93,13 @@ greeting_timeout = "5m"
 command_timeout = "5m"
 # How long to wait to send each data block and for the reply to the final dot.
 data_timeout = "10m"
+# TLS with next hops unless a route says otherwise: "none" (never STARTTLS),
+# "opportunistic" (STARTTLS when offered, any certificate), "require" (STARTTLS
+# or try later, any certificate), "verify" (STARTTLS with a certificate that
+# chains to the system CA store and names the host, or try later). A failed
+# "require"/"verify" host is a temporary failure: the next MX is tried. After a
+# failed "opportunistic" handshake the same host is tried once in the clear.
+tls = "opportunistic"
 
 [routes]
 # Next hops that replace a recipient domain's MX: the exact domain first, then
@@ -95,6 +109,36 @@ data_timeout = "10m"
 # The port is optional and defaults to delivery.port.
 # "corp.example" = "[10.0.0.5]:25"
 # "*" = "[smtp.upstream.example]:587"
+# A route may also be a table: next_hop as above, tls (as delivery.tls), and
+# credentials for a smart host that wants AUTH: auth_user with exactly one of
+# auth_password, auth_password_file (its first line) or auth_password_env (an
+# environment variable). Credentials are sent only over TLS (AUTH PLAIN, else
+# LOGIN); refused credentials defer the mail.
+# "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay", auth_password_file = "/etc/tern/upstream.pw" }
+
+[tls]
+# PEM certificate chain and private key for STARTTLS (RFC 3207) and the
+# submissions listeners; TLS 1.2 and 1.3 only. Empty: TLS is not offered.
+# SIGHUP reloads both. Example: "/etc/tern/tls/cert.pem", "/etc/tern/tls/key.pem".
+certificate = ""
+key = ""
+
+[auth]
+# File of users and scrypt password hashes, one "user:$scrypt$..." line each,
+# written by `tern passwd --file FILE USER`. Empty: AUTH is not offered.
+# AUTH PLAIN and LOGIN (RFC 4954) are offered only under TLS.
+users_file = ""
+# Failed AUTH attempts from one client IP before it is locked out (454 4.7.0);
+# each failure is answered 535 5.7.8 after a delay that doubles (0.5s, 1s, 2s...).
+max_failures = 5
+# How long a locked-out client IP stays locked out.
+lockout_time = "15m"
+# Offer AUTH without TLS to clients on 127.0.0.0/8 and ::1 (webmail on this host).
+cleartext_from_loopback = false
+# Per user, the only MAIL FROM addresses ("user@domain" or "@domain") the user
+# may send as (553 5.7.1 otherwise); users not listed may use any sender.
+# Example: senders = { alice = ["alice@example.com", "@alice.example"] }
+senders = {}
 
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender

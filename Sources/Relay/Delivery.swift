@@ -79,6 +79,8 @@ public final class DeliveryManager {
     let metrics: RelayMetrics
     /// Messages on hold (`tern queue hold`), with their priority: in the spool, never scheduled.
     var held: [QueueID: Int] = [:]
+    /// For STARTTLS to next hops; made on first use (OutboundConnection.swift).
+    var tlsClientContext: TLSContext?
 
     init(loop: EventLoop, spool: Spool, config: TernConfig, log: Logger, resolver: Resolver,
          ownAddresses: [String], metrics: RelayMetrics = RelayMetrics(), newQueueID: @escaping () -> QueueID) {
@@ -253,8 +255,11 @@ public final class DeliveryManager {
     // MARK: - Results
 
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.
-    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String) {
+    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String,
+                     tls: String? = nil) {
         let t = now
+        // "relay=mx[ip]:25, tls=TLSv1.3 TLS_AES_256_GCM_SHA384 verified" when the session used TLS.
+        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
         var envelope = message.envelope
         var deferredIndexes: [Int] = []
         var deliveredAny = false
@@ -269,14 +274,14 @@ public final class DeliveryManager {
                 delivered += 1
                 deliveredAny = true
                 metrics.recipientDelivered(delay: t - envelope.arrival)
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
             case .deferred(let reply):
                 envelope.recipients[index].state = .deferred
                 envelope.recipients[index].lastReply = reply
                 deferredIndexes.append(index)
             case .bounced(let status, let reply):
                 bounce(&envelope, index, status: status, reply: reply, relay: relay, message: message)
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relay), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
+                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
             }
         }
         if deliveredAny { metrics.bytesDelivered(message.message.count) }
@@ -290,7 +295,7 @@ public final class DeliveryManager {
                     let r = envelope.recipients[index]
                     deferred += 1
                     metrics.recipientDeferred()
-                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relay), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
+                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
                 }
                 // On hold, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
                 if message.pendingAction == nil {

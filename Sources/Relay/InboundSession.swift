@@ -1,5 +1,7 @@
 // One SMTP client connection: the socket, the idle timer and the spool writer around the pure
 // ServerSession state machine. It carries out the machine's actions and feeds it events.
+// Under TLS (after STARTTLS, or from the start on a submissions listener) every byte passes through
+// the session's TLSEngine: ciphertext from the socket in, plaintext to the machine, and back.
 
 import Logging
 import MailQueue
@@ -20,6 +22,8 @@ final class InboundSession {
     /// The HELO name last logged, so a new HELO/EHLO gets its own line.
     private var loggedHelo: String?
     private var messagesQueued = 0
+    /// Present once TLS has begun (STARTTLS accepted, or an implicit-TLS listener).
+    var tls: TLSEngine?
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
     static let maxBufferedData = 4 * 1024 * 1024
@@ -65,8 +69,56 @@ final class InboundSession {
 
     private func received(_ bytes: UnsafeRawBufferPointer) {
         server.metrics.bytesIn += bytes.count
-        perform(machine.receive(bytes))
+        guard let tls else {
+            perform(machine.receive(bytes))
+            armTimer()
+            return
+        }
+        let handshakeWasDone = tls.handshakeComplete
+        let plaintext: [UInt8]
+        do {
+            plaintext = try tls.receive(bytes)
+        } catch {
+            server.log.info("TLS from [\(clientIP)] failed: \(error)")
+            flushTLS()  // the alert, if any
+            closed = true
+            timer?.stop()
+            connection.closeAfterWrites()
+            return
+        }
+        if !handshakeWasDone && tls.handshakeComplete {
+            log("TLS from [\(clientIP)]: \(tls.summary)")
+            perform(machine.tlsEstablished(tls.summary))
+        }
+        if !plaintext.isEmpty { plaintext.withUnsafeBytes { perform(machine.receive($0)) } }
+        flushTLS()
+        if tls.peerClosed && !closed {
+            closed = true
+            timer?.stop()
+            connection.closeAfterWrites()
+        }
         armTimer()
+    }
+
+    /// Writes what the TLS engine has for the socket (handshake records, encrypted replies).
+    private func flushTLS() {
+        guard let tls, tls.hasOutput else { return }
+        connection.write(tls.takeOutput())
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        guard let tls else {
+            connection.write(bytes)
+            return
+        }
+        do {
+            try tls.send(bytes)
+        } catch {
+            server.log.info("TLS to [\(clientIP)] failed: \(error)")
+            connection.close()
+            return
+        }
+        flushTLS()
     }
 
     private func armTimer() {
@@ -88,7 +140,7 @@ final class InboundSession {
             switch action {
             case .reply(let bytes):
                 server.relayMetrics.replied(bytes)
-                connection.write(bytes)
+                send(bytes)
             case .beginMessage(let start):
                 beginMessage(start)
             case .messageData(let bytes):
@@ -105,13 +157,36 @@ final class InboundSession {
             case .close:
                 closed = true
                 timer?.stop()
+                tls?.shutdown()
+                flushTLS()
                 connection.closeAfterWrites()
             case .delay, .drop:
                 break  // only with hooks, which the relay never sets
+            case .startTLS:
+                // The 220 went out in the clear just before this; the handshake comes next.
+                guard let context = server.tlsContext, let engine = try? TLSEngine(context: context) else {
+                    closed = true
+                    connection.close()
+                    return
+                }
+                tls = engine
+            case .authenticate(let user, let password):
+                authenticate(user: user, password: password)
             }
         }
         if !machine.wantsInput {
             connection.stopReading()
+        }
+    }
+
+    private func authenticate(user: String, password: String) {
+        let sessionID = id
+        let server = self.server
+        server.authenticate(ip: clientIP, user: user, password: password) { result in
+            guard let session = server.sessions[sessionID], !session.closed else { return }
+            session.perform(session.machine.authFinished(result))
+            if session.machine.wantsInput && !session.pausedForSpool { session.connection.startReading() }
+            session.armTimer()
         }
     }
 
@@ -121,7 +196,7 @@ final class InboundSession {
         let received = ReceivedHeader(
             helo: start.helo, reverseName: machine.client.reverseName, clientIP: clientIP,
             hostname: server.config.hostname, protocolName: start.protocolName, queueID: id.rawValue,
-            recipients: start.recipients, time: Int(now / 1_000_000))
+            recipients: start.recipients, time: Int(now / 1_000_000), tls: start.tls)
         let arrival = Double(now) / 1_000_000
         let envelope = Envelope(
             id: id, sender: start.sender.address,

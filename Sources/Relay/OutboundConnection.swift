@@ -5,6 +5,11 @@
 // Fallback rules: connection refused or timed out, a greeting other than 220, a 421, or a 4xx for
 // the whole transaction (MAIL, end of data, or every recipient) → the next address, in the same
 // attempt. A 5xx for a recipient is final for it and no other host is asked about it.
+//
+// TLS (issue 4): the route's `tls` policy (else delivery.tls) decides whether the ClientSession sends
+// STARTTLS and whether it must succeed; this class runs the handshake over memory BIOs and, for
+// `verify`, gives up a host whose certificate does not chain to the CA store or name the host.
+// Either failure is a temporary one for that host: the next MX is tried.
 
 import MailQueue
 import SMTPProtocol
@@ -28,9 +33,27 @@ final class OutboundConnection {
     private var lastError = "no route"
     private var finished = false
 
+    private let tlsPolicy: OutboundTLSPolicy
+    private let credentials: ClientCredentials?
+    /// Present once STARTTLS was accepted on the current connection.
+    private var tls: TLSEngine?
+    /// The TLS outcome for the log line, "TLSv1.3 TLS_AES_256_GCM_SHA384 verified".
+    private var tlsOutcome: String?
+    /// Opportunistic TLS failed with the current host: the next connection to it goes in the clear
+    /// (as Postfix does at security level "may"), so a broken TLS stack cannot hold mail forever.
+    private var clearRetry = false
+    /// The current connection is that retry.
+    private var inClear = false
+
     init(manager: DeliveryManager, destination: String) {
         self.manager = manager
         self.destination = destination
+        let routes = manager.config.routes
+        let name = normalizedDomain(destination)
+        let key = routes.routes[name] != nil ? name : (routes.routes["*"] != nil ? "*" : nil)
+        let security = key.flatMap { routes.security[$0] }
+        tlsPolicy = security?.tls ?? manager.config.delivery.tls
+        credentials = security?.credentials
     }
 
     var relayName: String {
@@ -75,6 +98,12 @@ final class OutboundConnection {
 
     private func tryNextTarget() {
         dropConnection()
+        inClear = false
+        if clearRetry && targetIndex > 0 {
+            clearRetry = false
+            inClear = true
+            targetIndex -= 1  // the same host again, without STARTTLS
+        }
         guard targetIndex < targets.count else {
             // Every host failed: what is not final yet waits for the next attempt.
             for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = .deferred(reply: lastError) }
@@ -107,9 +136,25 @@ final class OutboundConnection {
 
     private func opened(_ connection: TCPConnection) {
         tcp = connection
-        session = ClientSession(hostname: manager.config.hostname)
+        tls = nil
+        tlsOutcome = nil
+        var mode: ClientTLSMode
+        switch tlsPolicy {
+        case .none: mode = .none
+        case .opportunistic: mode = .opportunistic
+        case .require, .verify: mode = .required
+        }
+        if inClear {
+            mode = .none
+            tlsOutcome = "none (retried in the clear after a TLS failure)"
+        }
+        session = ClientSession(hostname: manager.config.hostname, tls: mode, credentials: credentials)
         connection.setNoDelay(true)
         connection.onRead = { [unowned self] bytes in
+            if self.tls != nil {
+                self.receivedTLS(bytes)
+                return
+            }
             guard var s = self.session else { return }
             let actions = s.receive(bytes)
             self.session = s
@@ -135,7 +180,9 @@ final class OutboundConnection {
         for action in actions {
             switch action {
             case .send(let bytes):
-                tcp?.write(bytes)
+                write(bytes)
+            case .startTLS:
+                guard startTLS() else { return }
             case .ready:
                 if job != nil && message != nil { sendTransaction() }
             case .transactionFinished(let outcome):
@@ -150,6 +197,8 @@ final class OutboundConnection {
                 }
                 return
             case .close:
+                tls?.shutdown()
+                flushTLS()
                 tcp?.closeAfterWrites()
             }
         }
@@ -189,7 +238,7 @@ final class OutboundConnection {
             if var s = session {
                 let actions = s.quit()
                 session = s
-                for case .send(let b) in actions { tcp?.write(b) }
+                for case .send(let b) in actions { write(b) }
             }
             tryNextTarget()
             return
@@ -204,7 +253,7 @@ final class OutboundConnection {
         self.job = nil
         self.message = nil
         outcomes = [:]
-        manager.jobFinished(job, message: message, outcomes: results, relay: relayName)
+        manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome)
         if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
             manager.connectionReady(self)
         } else {
@@ -245,6 +294,12 @@ final class OutboundConnection {
         timer?.stop()
         if wasBusy {
             lastError = "lost connection with \(relayName)"
+            if let engine = tls, !engine.handshakeComplete {
+                // Closed in the middle of the handshake: a TLS failure like any other.
+                lastError = "TLS handshake with \(relayName) failed: connection closed"
+                manager.log.info("\(lastError)")
+                if tlsPolicy == .opportunistic && credentials == nil { clearRetry = true }
+            }
             tryNextTarget()
         } else if job == nil && !finished && message == nil {
             // Idle between jobs and the peer went away.
@@ -253,6 +308,7 @@ final class OutboundConnection {
     }
 
     private func dropConnection() {
+        tls = nil
         if let c = tcp {
             tcp = nil
             c.onRead = nil
@@ -270,7 +326,9 @@ final class OutboundConnection {
         if var s = session, let c = tcp {
             let actions = s.quit()
             session = s
-            for case .send(let b) in actions { c.write(b) }
+            for case .send(let b) in actions { write(b) }
+            tls?.shutdown()
+            flushTLS()
             c.onRead = nil
             c.onClose = nil
             c.closeAfterWrites()
@@ -289,5 +347,102 @@ final class OutboundConnection {
         dropConnection()
         timer?.close()
         timer = nil
+    }
+}
+
+// MARK: - TLS
+
+extension OutboundConnection {
+    /// Bytes for the next hop, through TLS once it is up.
+    fileprivate func write(_ bytes: [UInt8]) {
+        guard let tls else {
+            tcp?.write(bytes)
+            return
+        }
+        do {
+            try tls.send(bytes)
+        } catch {
+            tlsFailed("TLS write to \(relayName) failed: \(error)")
+            return
+        }
+        flushTLS()
+    }
+
+    fileprivate func flushTLS() {
+        guard let tls, tls.hasOutput else { return }
+        tcp?.write(tls.takeOutput())
+    }
+
+    /// The next hop said 220 to STARTTLS: begin the handshake. False if the host was given up.
+    fileprivate func startTLS() -> Bool {
+        guard let target = current else { return false }
+        do {
+            let engine = try TLSEngine(context: manager.clientTLSContext(), serverName: target.host)
+            tls = engine
+            try engine.start()
+        } catch {
+            tlsFailed("TLS with \(relayName) failed: \(error)")
+            return false
+        }
+        flushTLS()
+        return true
+    }
+
+    fileprivate func receivedTLS(_ bytes: UnsafeRawBufferPointer) {
+        guard let tls else { return }
+        let wasDone = tls.handshakeComplete
+        let plaintext: [UInt8]
+        do {
+            plaintext = try tls.receive(bytes)
+        } catch {
+            flushTLS()
+            tlsFailed("TLS handshake with \(relayName) failed: \(error)")
+            return
+        }
+        flushTLS()
+        if !wasDone && tls.handshakeComplete {
+            let verified = tls.peerVerified
+            tlsOutcome = "\(tls.version) \(tls.cipher) \(verified ? "verified" : "unverified")"
+            manager.log.debug("\(relayName): TLS \(tls.summary), certificate \(verified ? "verified" : "not verified: \(tls.verifyError ?? "?")")")
+            if tlsPolicy == .verify && !verified {
+                tlsFailed("certificate of \(relayName) not verified: \(tls.verifyError ?? "unknown")")
+                return
+            }
+            guard var s = session else { return }
+            let actions = s.tlsEstablished()
+            session = s
+            perform(actions)
+        }
+        if !plaintext.isEmpty, var s = session {
+            let actions = plaintext.withUnsafeBytes { s.receive($0) }
+            session = s
+            perform(actions)
+        }
+    }
+
+    /// A TLS failure is a temporary failure of this host: the next one is tried.
+    fileprivate func tlsFailed(_ why: String) {
+        lastError = why
+        manager.log.info("\(why)")
+        // Opportunistic: once more with this host, in the clear. Not after a failure in the clear.
+        if tlsPolicy == .opportunistic && tls != nil && credentials == nil {
+            clearRetry = true
+        }
+        if job != nil {
+            tryNextTarget()
+        } else {
+            finish()
+        }
+    }
+}
+
+extension DeliveryManager {
+    /// One client context for every outbound connection: the system CA store (SSL_CERT_FILE and
+    /// SSL_CERT_DIR override it, as for openssl).
+    func clientTLSContext() throws -> TLSContext {
+        if let context = tlsClientContext { return context }
+        let context = try TLSContext.client()
+        tlsClientContext = context
+        return context
     }
 }

@@ -22,11 +22,21 @@ extension SMTPServer {
     /// The session rules a configuration implies.
     static func sessionConfiguration(_ config: TernConfig) -> ServerConfiguration {
         let s = config.server
-        return ServerConfiguration(
+        var c = ServerConfiguration(
             hostname: config.hostname, maxMessageSize: s.maxMessageSize, maxRecipients: s.maxRecipients,
             maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
             vrfy: s.vrfy, expn: s.expn,
             policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
+        c.startTLS = config.tls.enabled
+        c.authEnabled = config.auth.enabled
+        return c
+    }
+
+    /// The same for submission listeners (RFC 6409): AUTH before MAIL.
+    static func submissionConfiguration(_ config: TernConfig) -> ServerConfiguration {
+        var c = sessionConfiguration(config)
+        c.requireAuth = true
+        return c
     }
 
     /// Puts `new` in force, except for the parts that need a restart (see the file's header).
@@ -41,6 +51,10 @@ extension SMTPServer {
         next.hostname = old.hostname
         if next.server.listen != old.server.listen { outcome.needRestart.append("server.listen") }
         next.server.listen = old.server.listen
+        if next.server.submission != old.server.submission { outcome.needRestart.append("server.submission") }
+        next.server.submission = old.server.submission
+        if next.server.submissions != old.server.submissions { outcome.needRestart.append("server.submissions") }
+        next.server.submissions = old.server.submissions
         if next.spool != old.spool { outcome.needRestart.append("spool") }
         next.spool = old.spool
         if next.dns != old.dns { outcome.needRestart.append("dns") }
@@ -57,8 +71,16 @@ extension SMTPServer {
         if next.priority != old.priority { outcome.applied.append("priority") }
         if next.routes != old.routes { outcome.applied.append("routes") }
 
+        if next.tls != old.tls { outcome.applied.append("tls") }
+        if next.auth != old.auth { outcome.applied.append("auth") }
+        // The failure counting keeps its limits until a restart (its state would be lost otherwise).
+        if next.auth.maxFailures != old.auth.maxFailures || next.auth.lockoutTime != old.auth.lockoutTime {
+            outcome.needRestart.append("auth.max_failures/lockout_time")
+        }
+
         config = next
         serverConfiguration = Self.sessionConfiguration(next)
+        submissionConfiguration = Self.submissionConfiguration(next)
         delivery?.router.replaceRoutes(next.routes.routes)
         return outcome
     }

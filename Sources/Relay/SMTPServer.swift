@@ -34,11 +34,22 @@ public final class SMTPServer {
     public internal(set) var admin: AdminEndpoint?
 
     var listeners: [TCPListener] = []
+    /// The role of each listener, in the same order.
+    var listenerRoles: [ListenerRole] = []
+    /// The certificate for STARTTLS and implicit TLS; replaced by `reload()`.
+    public internal(set) var tlsContext: TLSContext?
+    /// AUTH users; replaced by `reload()`.
+    var users: UsersFile?
+    var authThrottle: AuthThrottle
+    /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).
+    var authChecksRunning = 0
+    var authChecksWaiting: [() -> Void] = []
     var sessions: [UInt64: InboundSession] = [:]
     var connectionsPerIP: [String: Int] = [:]
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
     var serverConfiguration: ServerConfiguration
+    var submissionConfiguration: ServerConfiguration
     var stopping = false
     var onStopped: (() -> Void)?
 
@@ -55,13 +66,21 @@ public final class SMTPServer {
         self.spool = spool
         let s = config.server
         serverConfiguration = Self.sessionConfiguration(config)
+        submissionConfiguration = Self.submissionConfiguration(config)
+        authThrottle = AuthThrottle(maxFailures: config.auth.maxFailures, lockoutTime: config.auth.lockoutTime)
+        (tlsContext, users) = try Self.loadSecurityFiles(config)
         resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
-        for text in s.listen {
-            let address = try SocketAddress(parsing: text)
-            do {
-                listeners.append(try TCPListener(loop: loop, address: address, backlog: 4096))
-            } catch {
-                throw ServerStartError(message: "cannot listen on \(text): \(error)")
+        let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
+                                                 (.submissions, s.submissions)]
+        for (role, texts) in roles {
+            for text in texts {
+                let address = try SocketAddress(parsing: text)
+                do {
+                    listeners.append(try TCPListener(loop: loop, address: address, backlog: 4096))
+                    listenerRoles.append(role)
+                } catch {
+                    throw ServerStartError(message: "cannot listen on \(text): \(error)")
+                }
             }
         }
         if config.delivery.enabled {
@@ -79,9 +98,9 @@ public final class SMTPServer {
         delivery?.loadSpool { [log] count in
             if count > 0 { log.notice("queue: \(count) messages resumed from the spool") }
         }
-        for listener in listeners {
-            try listener.start { [unowned self] connection in self.accepted(connection) }
-            log.info("listening on \(listener.localAddress)")
+        for (listener, role) in zip(listeners, listenerRoles) {
+            try listener.start { [unowned self] connection in self.accepted(connection, role: role) }
+            log.info("listening on \(listener.localAddress)\(role == .relay ? "" : " (\(role))")")
         }
         if let admin {
             try admin.start()
@@ -89,7 +108,7 @@ public final class SMTPServer {
         }
     }
 
-    func accepted(_ connection: TCPConnection) {
+    func accepted(_ connection: TCPConnection, role: ListenerRole = .relay) {
         guard let peer = connection.peerAddress else {
             connection.close()
             return
@@ -106,10 +125,20 @@ public final class SMTPServer {
         }
         connection.setNoDelay(true)
         let trusted = limits.relayNetworks.contains { $0.contains(ip) }
-        let machine = ServerSession(config: serverConfiguration, client: PeerInfo(ip: ip, trusted: trusted))
+        let loopback = CIDR.loopbackV4.contains(ip) || CIDR.loopbackV6.contains(ip)
+        let info = PeerInfo(ip: ip, trusted: trusted, cleartextAuthAllowed: config.auth.cleartextFromLoopback && loopback)
+        let machine = ServerSession(config: role == .relay ? serverConfiguration : submissionConfiguration,
+                                    client: info, implicitTLS: role == .submissions)
         let id = nextSessionID
         nextSessionID += 1
         let session = InboundSession(id: id, server: self, connection: connection, clientIP: ip, machine: machine)
+        if role == .submissions {
+            guard let context = tlsContext, let engine = try? TLSEngine(context: context) else {
+                connection.close()
+                return
+            }
+            session.tls = engine
+        }
         sessions[id] = session
         connectionsPerIP[ip, default: 0] += 1
         metrics.sessionsOpened += 1

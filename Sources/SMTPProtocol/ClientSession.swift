@@ -25,6 +25,9 @@
 //   flight: after a pipelined DATA, "QUIT" could be read as message text.
 // - Phases drive the caller's timers (RFC 5321 §4.5.3.2): greeting 5 min, MAIL 5, RCPT 5, DATA 2,
 //   data block 3, end of data 10.
+// - STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ClientSession+Security.swift: after EHLO the
+//   session may upgrade to TLS (EHLO again, the first answer forgotten) and authenticate before
+//   it becomes ready.
 
 /// What the next hop said it can do in its EHLO reply (all false after HELO).
 public struct NextHopCapabilities: Equatable, Sendable {
@@ -144,6 +147,9 @@ public enum ClientAction: Equatable, Sendable {
     case sessionFailed(Reply?, String)
     /// Close the connection once the bytes before this action are written.
     case close
+    /// The next hop said 220 to STARTTLS: begin the TLS handshake (client side) once the bytes before
+    /// this action are written, then call `tlsEstablished`.
+    case startTLS
 }
 
 public struct ClientSession {
@@ -156,12 +162,14 @@ public struct ClientSession {
         case data       // waiting for the reply to DATA
         case dataEnd    // message sent, waiting for the final reply
         case quitting   // QUIT sent and the connection closing; nothing more is read
+        case startingTLS // 220 to STARTTLS received; waiting for the handshake
         case closed
     }
 
     /// The command a reply still to come answers, in the order sent.
     enum Expected: Equatable {
         case greeting, ehlo, helo, rset, mail, rcpt(Int), data, dataEnd
+        case startTLS, auth, authLoginUser, authLoginPassword
         /// The reply to the lone "." sent after a 354 we did not want (RFC 2920 §3.1).
         case dotAfterRefusal
     }
@@ -170,6 +178,8 @@ public struct ClientSession {
         var envelope: OutboundTransaction
         var message: [UInt8]
         var pipelined: Bool
+        /// `message` is already in wire form (see `send(_:wireData:)`).
+        var encoded = false
         var mailReply: Reply?
         var recipientReplies: [Reply?]
         var dataReply: Reply?
@@ -179,22 +189,37 @@ public struct ClientSession {
 
     /// Our name in EHLO/HELO.
     public let hostname: String
-    public private(set) var phase: Phase = .greeting
+    public internal(set) var phase: Phase = .greeting
     /// Set once EHLO (or HELO) has been accepted.
-    public private(set) var capabilities: NextHopCapabilities?
+    public internal(set) var capabilities: NextHopCapabilities?
     /// Transactions that reached the next hop (MAIL sent). From the second on, RSET goes first.
     public private(set) var transactionsStarted = 0
+    /// Pipeline when the next hop offers PIPELINING; false sends one command at a time regardless
+    /// (a load generator measuring unpipelined clients).
+    public var usePipelining = true
 
     var parser: ReplyParser
+    /// STARTTLS and AUTH settings and progress (ClientSession+Security.swift).
+    public let tlsMode: ClientTLSMode
+    let credentials: ClientCredentials?
+    /// Under TLS (STARTTLS succeeded and `tlsEstablished` was called).
+    public internal(set) var tlsActive = false
+    /// AUTH succeeded.
+    public internal(set) var authenticated = false
+    /// What the EHLO reply offered, kept while STARTTLS or AUTH run before the session is ready.
+    var offered: NextHopCapabilities?
     var expected: [Expected] = [.greeting]
     var expectedHead = 0
     var current: Transaction?
     var actions: [ClientAction] = []
     var output: [UInt8] = []
 
-    public init(hostname: String, maxReplyLineLength: Int = 4096, maxReplyLines: Int = 100) {
+    public init(hostname: String, maxReplyLineLength: Int = 4096, maxReplyLines: Int = 100,
+                tls: ClientTLSMode = .none, credentials: ClientCredentials? = nil) {
         self.hostname = hostname
         parser = ReplyParser(maxLineLength: maxReplyLineLength, maxLines: maxReplyLines)
+        tlsMode = tls
+        self.credentials = credentials
     }
 
     // MARK: - Events
@@ -202,9 +227,9 @@ public struct ClientSession {
     /// Bytes from the next hop. Each reply is handled as soon as it is complete, so the actions do not
     /// depend on how the bytes were split.
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) -> [ClientAction] {
-        guard phase != .closed && phase != .quitting else { return [] }
+        guard phase != .closed && phase != .quitting && phase != .startingTLS else { return [] }
         parser.append(bytes)
-        while phase != .closed && phase != .quitting {
+        while phase != .closed && phase != .quitting && phase != .startingTLS {
             let reply: Reply?
             do {
                 reply = try parser.next()
@@ -226,6 +251,16 @@ public struct ClientSession {
     /// Starts a transaction; ignored unless the session is `.ready`. The message bytes are what the
     /// spool holds: CRLF lines, not dot-stuffed, no final ".".
     public mutating func send(_ t: OutboundTransaction, message: [UInt8]) -> [ClientAction] {
+        start(t, message: message, encoded: false)
+    }
+
+    /// Like `send(_:message:)` with the message already as `encodeOutboundData` makes it (CRLF lines,
+    /// dot-stuffed, ending in ".\r\n"), so a sender of many copies of one message encodes it once.
+    public mutating func send(_ t: OutboundTransaction, wireData: [UInt8]) -> [ClientAction] {
+        start(t, message: wireData, encoded: true)
+    }
+
+    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
         if let refusal = Self.refusalBeforeMail(t, caps) {
             emit(.transactionFinished(TransactionOutcome(
@@ -233,15 +268,17 @@ public struct ClientSession {
                 dataReply: nil)))
             return takeActions()
         }
-        current = Transaction(envelope: t, message: message, pipelined: caps.pipelining, mailReply: nil,
+        let pipelined = caps.pipelining && usePipelining
+        current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
+        current!.encoded = encoded
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
         if reusing {
             command("RSET")
             expect(.rset)
         }
-        if caps.pipelining {
+        if pipelined {
             // RFC 2920 §3.1: the whole group in one write, DATA last.
             sendMail()
             for i in t.recipients.indices { sendRecipient(i) }
@@ -263,7 +300,7 @@ public struct ClientSession {
         case .ready, .hello:
             command("QUIT")
             phase = .quitting
-        case .greeting, .mail, .rcpt, .data, .dataEnd:
+        case .greeting, .mail, .rcpt, .data, .dataEnd, .startingTLS:
             // Before the greeting QUIT is out of turn; after a pipelined DATA it could be message text.
             phase = .closed
         }
@@ -317,8 +354,8 @@ public struct ClientSession {
 
         case .ehlo:
             if positive {
-                becomeReady(NextHopCapabilities(ehloReply: r))
-            } else if r.code >= 500 {
+                afterHello(NextHopCapabilities(ehloReply: r))
+            } else if r.code >= 500 && !tlsActive {
                 command("HELO \(hostname)")
                 expect(.helo)
             } else if negative {
@@ -329,7 +366,7 @@ public struct ClientSession {
 
         case .helo:
             if positive {
-                becomeReady(NextHopCapabilities())
+                afterHello(NextHopCapabilities())
             } else if negative {
                 return failSession(r, "the next hop refused EHLO and HELO (\(r.code))", quit: true)
             } else {
@@ -368,7 +405,7 @@ public struct ClientSession {
             let wanted = current!.mailAccepted && current!.recipientAccepted
             if r.code == 354 {
                 if wanted {
-                    output += encodeOutboundData(current!.message)
+                    output += current!.encoded ? current!.message : encodeOutboundData(current!.message)
                     current!.message = []
                     expect(.dataEnd)
                 } else {
@@ -391,6 +428,9 @@ public struct ClientSession {
 
         case .dotAfterRefusal:
             return finishTransaction()
+
+        case .startTLS, .auth, .authLoginUser, .authLoginPassword:
+            handleSecurityReply(r, what)
         }
         updatePhase()
     }
@@ -485,11 +525,11 @@ public struct ClientSession {
     }
 
     mutating func updatePhase() {
-        guard phase != .closed && phase != .quitting else { return }
+        guard phase != .closed && phase != .quitting && phase != .startingTLS else { return }
         switch currentExpected {
         case nil: phase = capabilities == nil ? .greeting : .ready
         case .greeting: phase = .greeting
-        case .ehlo, .helo: phase = .hello
+        case .ehlo, .helo, .startTLS, .auth, .authLoginUser, .authLoginPassword: phase = .hello
         case .rset, .mail: phase = .mail
         case .rcpt: phase = .rcpt
         case .data: phase = .data
@@ -508,6 +548,8 @@ public struct ClientSession {
         case .rcpt(let i): return "RCPT \(i + 1)"
         case .data: return "DATA"
         case .dataEnd, .dotAfterRefusal: return "the end of data"
+        case .startTLS: return "STARTTLS"
+        case .auth, .authLoginUser, .authLoginPassword: return "AUTH"
         }
     }
 

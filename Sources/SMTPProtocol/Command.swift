@@ -23,6 +23,10 @@ public enum Command: Equatable, Sendable {
     case help(String)
     case vrfy(String)
     case expn(String)
+    /// RFC 3207.
+    case startTLS
+    /// RFC 4954: mechanism (upper case) and the optional initial response, still base64.
+    case auth(String, String?)
 }
 
 public enum CommandError: Error, Equatable, Sendable {
@@ -57,6 +61,13 @@ public enum CommandParser {
         case "DATA", "RSET", "QUIT":
             guard trimmed(arg).isEmpty else { throw .syntax("\(verb) takes no argument") }
             return verb == "DATA" ? .data : verb == "RSET" ? .rset : .quit
+        case "STARTTLS":
+            guard trimmed(arg).isEmpty else { throw .syntax("STARTTLS takes no argument") }
+            return .startTLS
+        case "AUTH":
+            let words = trimmed(arg).split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
+            guard (1...2).contains(words.count) else { throw .syntax("AUTH needs a mechanism and at most one initial response") }
+            return .auth(asciiUppercased(words[0]), words.count == 2 ? String(decoding: words[1], as: UTF8.self) : nil)
         case "NOOP":
             return .noop  // NOOP may carry a string, which is ignored (§4.1.1.9)
         case "HELP":

@@ -4,6 +4,9 @@
 //   	by HOSTNAME (Tern) with ESMTP id QUEUEID
 //   	for <rcpt>; Thu, 26 Nov 2026 16:46:14 +0000
 //
+// Under TLS a comment line "(using TLSv1.3 with cipher … (256/256 bits))" follows the "from" part,
+// as Postfix writes it.
+//
 // "for" appears only with exactly one recipient, so that a message to many people does not
 // disclose the others' addresses to each of them.
 
@@ -18,9 +21,11 @@ public struct ReceivedHeader: Sendable {
     public var recipients: [String]
     /// Seconds since the Unix epoch.
     public var time: Int
+    /// The TLS session ("TLSv1.3 with cipher …"), nil in the clear.
+    public var tls: String?
 
     public init(helo: String, reverseName: String?, clientIP: String, hostname: String, protocolName: String,
-                queueID: String, recipients: [String], time: Int) {
+                queueID: String, recipients: [String], time: Int, tls: String? = nil) {
         self.helo = helo
         self.reverseName = reverseName
         self.clientIP = clientIP
@@ -29,6 +34,7 @@ public struct ReceivedHeader: Sendable {
         self.queueID = queueID
         self.recipients = recipients
         self.time = time
+        self.tls = tls
     }
 
     /// The address literal for the client: "[192.0.2.1]" or "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3).
@@ -39,6 +45,7 @@ public struct ReceivedHeader: Sendable {
     public var bytes: [UInt8] {
         var s = "Received: from \(sanitized(helo)) (\(reverseName.map(sanitized) ?? "unknown") "
         s += ReceivedHeader.addressLiteral(clientIP) + ")\r\n"
+        if let tls { s += "\t(using \(sanitized(tls)))\r\n" }
         s += "\tby \(hostname) (Tern) with \(protocolName) id \(queueID)"
         if recipients.count == 1 {
             s += "\r\n\tfor <\(sanitized(recipients[0]))>; "

@@ -16,6 +16,10 @@
 //   553 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4)
 //   451 4.3.0 the message could not be stored
 //   421 4.7.0 too many errors / 421 4.4.2 timeout / 421 4.3.2 shutting down, then close
+//
+// Hooks (SessionHooks.swift, set only by `tern sink`) may delay or replace the positive replies at
+// the greeting, MAIL, RCPT, DATA and the end of DATA, or drop the connection mid-DATA.
+// STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ServerSession+Security.swift.
 
 public struct ServerConfiguration: Sendable {
     public var hostname: String
@@ -28,10 +32,17 @@ public struct ServerConfiguration: Sendable {
     public var vrfy: Bool
     public var expn: Bool
     public var policy: RelayPolicy
-    /// Extra EHLO keywords advertised after the built-in ones (STARTTLS, AUTH … in later versions).
+    /// Extra EHLO keywords advertised after the built-in ones.
     public var extraExtensions: [String]
     /// Keywords advertised in the EHLO reply (all by default; `tern sink` can switch them off).
     public var extensions: AdvertisedExtensions = .all
+    /// A certificate is loaded: offer STARTTLS (RFC 3207) until the session is under TLS.
+    public var startTLS = false
+    /// A users file is loaded: AUTH PLAIN and LOGIN are offered under TLS (or in the clear to a client
+    /// whose PeerInfo allows it).
+    public var authEnabled = false
+    /// A submission listener (RFC 6409): AUTH before MAIL, 530 5.7.0 otherwise.
+    public var requireAuth = false
 
     public init(hostname: String, maxMessageSize: Int = 52_428_800, maxRecipients: Int = 1000, maxErrors: Int = 20,
                 maxLineLength: Int = 1000, maxHops: Int = 50, keepBcc: Bool = false, vrfy: Bool = false,
@@ -56,10 +67,13 @@ public struct PeerInfo: Sendable, Equatable {
     /// In relay_networks: may relay to any domain.
     public var trusted: Bool
     public var reverseName: String?
-    public init(ip: String, trusted: Bool, reverseName: String? = nil) {
+    /// AUTH may be offered without TLS (a loopback client, when the config allows it).
+    public var cleartextAuthAllowed: Bool
+    public init(ip: String, trusted: Bool, reverseName: String? = nil, cleartextAuthAllowed: Bool = false) {
         self.ip = ip
         self.trusted = trusted
         self.reverseName = reverseName
+        self.cleartextAuthAllowed = cleartextAuthAllowed
     }
 }
 
@@ -75,6 +89,10 @@ public struct MessageStart: Sendable, Equatable {
     public var smtputf8: Bool
     /// MT-PRIORITY (RFC 6710, -9...9) as given by a trusted client; nil when absent or not honoured.
     public var priority: Int?
+    /// The TLS session, "TLSv1.3 with cipher … (256/256 bits)", for the Received header.
+    public var tls: String? = nil
+    /// The user the client authenticated as (RFC 4954).
+    public var authenticatedUser: String? = nil
 }
 
 public enum ServerAction: Equatable, Sendable {
@@ -94,6 +112,11 @@ public enum ServerAction: Equatable, Sendable {
     case delay(milliseconds: Int)
     /// Close the connection at once, without a reply (only with hooks: a connection dropped mid-DATA).
     case drop
+    /// Begin the TLS handshake once the replies before this action are written; then call
+    /// `tlsEstablished`. Nothing read in the clear after the STARTTLS line reaches the session.
+    case startTLS
+    /// Check these credentials (off the loop thread), then call `authFinished`.
+    case authenticate(user: String, password: String)
 }
 
 public struct ServerSession {
@@ -103,15 +126,28 @@ public struct ServerSession {
         case mail           // MAIL accepted
         case data           // reading message data
         case committing     // waiting for the spool
+        case startingTLS    // 220 to STARTTLS sent; waiting for the handshake
+        case authChallenge  // 334 sent; the next line is a SASL response
+        case authenticating // waiting for the credentials check
         case closed
     }
 
     public let config: ServerConfiguration
     public private(set) var client: PeerInfo
-    public private(set) var phase: Phase = .connected
-    public private(set) var helo: String?
-    public private(set) var esmtp = false
+    public internal(set) var phase: Phase = .connected
+    public internal(set) var helo: String?
+    public internal(set) var esmtp = false
     public private(set) var errorCount = 0
+    /// Under TLS (after STARTTLS, or on an implicit-TLS listener).
+    public internal(set) var tlsActive = false
+    /// The negotiated TLS session, once known.
+    public internal(set) var tlsSummary: String?
+    public internal(set) var authenticatedUser: String?
+    /// MAIL FROM addresses the authenticated user may use; nil means any.
+    public internal(set) var allowedSenders: [String]?
+    var sasl: SASLExchange?
+    /// The user whose credentials are being checked.
+    var pendingUser: String?
 
     // The transaction (RFC 5321 §3.3).
     var sender: MailPath?
@@ -142,14 +178,16 @@ public struct ServerSession {
     static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
     static let dataChunk = 128 * 1024
 
-    public init(config: ServerConfiguration, client: PeerInfo) {
+    /// `implicitTLS`: the connection is under TLS from its start (RFC 8314 submissions).
+    public init(config: ServerConfiguration, client: PeerInfo, implicitTLS: Bool = false) {
         self.config = config
         self.client = client
+        self.tlsActive = implicitTLS
     }
 
     /// Whether the caller should keep reading from the socket. False while committing (input waits
     /// in the kernel, which pushes back on the client) and after close.
-    public var wantsInput: Bool { phase != .committing && phase != .closed }
+    public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
     public mutating func setReverseName(_ name: String?) { client.reverseName = name }
 
@@ -240,8 +278,11 @@ public struct ServerSession {
         var offset = 0
         while offset < count {
             switch phase {
-            case .closed, .committing:
+            case .closed, .committing, .authenticating:
                 return offset
+            case .startingTLS:
+                // RFC 3207 §4.2 and CVE-2011-0411: what follows STARTTLS in the clear is dropped.
+                return count
             case .data:
                 if dropInData {
                     dropConnection()
@@ -250,10 +291,10 @@ public struct ServerSession {
                 offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset...]), into: &dataOut)
                 if decoder!.isFinished { endOfData() }
                 flushDataOut(force: false)
-            case .connected, .ready, .mail:
+            case .connected, .ready, .mail, .authChallenge:
                 guard let lf = findLF(base, from: offset, to: count) else {
                     // No complete line yet. Keep at most one command line's worth.
-                    if count - offset >= Self.maxCommandLine {
+                    if count - offset >= commandLineLimit {
                         discardingLongLine = true
                         // Keep a trailing CR: its LF may arrive in the next read.
                         return base[count - 1] == 13 ? count - 1 : count
@@ -266,11 +307,15 @@ public struct ServerSession {
                 if discardingLongLine {
                     discardingLongLine = false
                     fail(Reply(500, "5.5.2", "Error: line too long"))
-                } else if lf + 1 - start > Self.maxCommandLine {
+                } else if lf + 1 - start > commandLineLimit {
                     fail(Reply(500, "5.5.2", "Error: line too long"))
                 } else {
                     let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))
-                    handleCommandLine(line)
+                    if phase == .authChallenge {
+                        handleSASLResponse(line)
+                    } else {
+                        handleCommandLine(line)
+                    }
                 }
             }
         }
@@ -339,6 +384,8 @@ public struct ServerSession {
             reply(Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN"))
         case .vrfy(let arg): vrfy(arg)
         case .expn(let arg): expn(arg)
+        case .startTLS: startTLS()
+        case .auth(let mechanism, let initial): auth(mechanism, initial)
         }
     }
 
@@ -362,6 +409,8 @@ public struct ServerSession {
                 if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
                 if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
             }
+            if offersStartTLS { lines.append("STARTTLS") }
+            if offersAuth { lines.append("AUTH PLAIN LOGIN") }
             lines += config.extraExtensions
             lines.append("HELP")
             reply(Reply(250, nil, lines))
@@ -414,6 +463,7 @@ public struct ServerSession {
         if !utf8 && !path.isASCII {
             return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
         }
+        if let refusal = senderRefusal(path) { return fail(refusal) }
         if hooks != nil {
             hooks!.transactionStarted()
             let verdict = consult(.mail, sender: path, recipients: [])
@@ -439,7 +489,8 @@ public struct ServerSession {
         guard acceptedRcptCommands < config.maxRecipients else {
             return fail(Reply(452, "4.5.3", "Error: too many recipients"))
         }
-        switch config.policy.checkRecipient(path, trusted: client.trusted) {
+        // An authenticated user may relay to any domain (RFC 6409 §5).
+        switch config.policy.checkRecipient(path, trusted: client.trusted || authenticatedUser != nil) {
         case .deny(let r):
             fail(r)
         case .accept(let addresses):
@@ -471,8 +522,9 @@ public struct ServerSession {
         }
         let start = MessageStart(
             sender: sender!, recipients: recipients, helo: helo ?? client.ip,
-            protocolName: smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP"),
-            bodyType: bodyType, smtputf8: smtputf8, priority: priority)
+            protocolName: protocolName,
+            bodyType: bodyType, smtputf8: smtputf8, priority: priority, tls: tlsSummary,
+            authenticatedUser: authenticatedUser)
         decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut.reserveCapacity(16 * 1024)

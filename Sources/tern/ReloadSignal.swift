@@ -35,6 +35,8 @@ func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Log
                     line += "; not applied until a restart: \(outcome.needRestart.joined(separator: ", "))"
                 }
                 log.notice("\(line)")
+                // The certificate, key and users file are read again, changed or not (renewed in place).
+                do { try server.reload() } catch { log.error("reload failed for the TLS/AUTH files, keeping the old ones: \(error)") }
             }
         })
     }

@@ -73,6 +73,45 @@ func readBytes(_ path: String) throws -> [UInt8] {
         }
     }
 
+    @Test func anEnvelopeCutShortByACrashIsRemovedWithItsMessage() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let kept = QueueID(microseconds: 0x11)
+            try spool.commit(try spool.create(kept), envelope: sampleEnvelope(id: kept))
+            // What a crash in the middle of a first commit can leave: the .env without its end line, or empty.
+            for (n, record) in [(0x21, Array(EnvelopeRecord.encode(sampleEnvelope(id: QueueID(microseconds: 0x21))).dropLast(4))),
+                                (0x31, [UInt8]()), (0x51, [UInt8](repeating: 0, count: 200))] {
+                let id = QueueID(microseconds: UInt64(n))
+                let file = try spool.create(id)
+                try file.write(Array("data\r\n".utf8))
+                spool.discard(file)
+                _ = FileManager.default.createFile(atPath: spool.messagePath(id), contents: Data("data\r\n".utf8))
+                _ = FileManager.default.createFile(atPath: spool.envelopePath(id), contents: Data(record))
+                #expect(try spool.list().contains(id))
+                #expect(throws: SpoolError.self) { try spool.load(id) }
+                #expect(!FileManager.default.fileExists(atPath: spool.envelopePath(id)))
+                #expect(!FileManager.default.fileExists(atPath: spool.messagePath(id)))
+            }
+            #expect(try spool.list() == [kept])
+            // At start-up, before anything lists the queue, the same cases go with their data files.
+            for n in [0x61, 0x71] {
+                let id = QueueID(microseconds: UInt64(n))
+                _ = FileManager.default.createFile(atPath: spool.messagePath(id), contents: Data("data\r\n".utf8))
+                _ = FileManager.default.createFile(atPath: spool.envelopePath(id), contents: Data(n == 0x61 ? [] : Array("tern-envelope\t1\nid\t".utf8)))
+            }
+            #expect(try spool.list().count == 3)
+            #expect(try spool.removeOrphans() == 4)
+            #expect(try spool.list() == [kept])
+            #expect(try queueFiles(spool) == [kept.rawValue + ".env", kept.rawValue + ".msg"])
+            // A complete record that does not decode is not a torn write: it stays for a person to look at.
+            let odd = QueueID(microseconds: 0x41)
+            try spool.commit(try spool.create(odd), envelope: sampleEnvelope(id: odd))
+            _ = FileManager.default.createFile(atPath: spool.envelopePath(odd), contents: Data("tern-envelope\t9\nend\n".utf8))
+            #expect(throws: EnvelopeRecordError.self) { try spool.load(odd) }
+            #expect(FileManager.default.fileExists(atPath: spool.envelopePath(odd)))
+        }
+    }
+
     @Test func commitThenListLoadAndReadBack() throws {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)

@@ -68,6 +68,7 @@ import SMTPProtocol
         #expect(r.recipient == "*@slow.test")
         #expect(r.delay == DelaySpec(low: 10, high: 20))
         #expect(r.per == .transaction)
+        #expect(try FaultRule.parse(flag: "stage=mail,delay=2").delay == DelaySpec(low: 2000, high: 2000))
     }
 
     @Test func rejectsNonsenseNamingTheKey() {

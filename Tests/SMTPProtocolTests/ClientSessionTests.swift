@@ -45,7 +45,7 @@ struct ClientDriver {
                 } else if quitWhenDone {
                     pending += session.quit()
                 }
-            case .sessionFailed, .close:
+            case .sessionFailed, .close, .startTLS:
                 run.events.append(a)
             }
         }

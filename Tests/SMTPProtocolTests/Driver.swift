@@ -13,6 +13,10 @@ struct Driver {
     var commits = 0
     var delays: [Int] = []
     var dropped = false
+    /// STARTTLS accepted: the caller would start the handshake now.
+    var tlsStarts = 0
+    /// Credentials the session asked to check, in order.
+    var authRequests: [(user: String, password: String)] = []
 
     init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
          client: PeerInfo = PeerInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
@@ -36,6 +40,8 @@ struct Driver {
             case .close: closed = true
             case .delay(let ms): delays.append(ms)
             case .drop: closed = true; dropped = true
+            case .startTLS: tlsStarts += 1
+            case .authenticate(let user, let password): authRequests.append((user, password))
             }
         }
         if pendingCommit {

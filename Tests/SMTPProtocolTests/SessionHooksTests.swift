@@ -27,6 +27,8 @@ func transcript(_ actions: [ServerAction]) -> String {
         case .commitMessage: return "<commit>"
         case .abortMessage: return "<abort>"
         case .beginMessage, .messageData: return ""
+        case .startTLS: return "<starttls>"
+        case .authenticate(let user, _): return "<auth \(user)>"
         }
     }.joined()
 }

@@ -407,10 +407,12 @@ class GreetingRefuser:
 
 
 # --------------------------------------------------------------------------------------------
-# tern's delivery log: "ID: to=<rcpt>, relay=host[ip]:port, delay=0.05, dsn=2.0.0, status=sent (250 ...)"
+# tern's delivery log: "ID: to=<rcpt>, relay=host[ip]:port, delay=0.05, dsn=2.0.0, status=sent (250 ...)",
+# with ", tls=TLSv1.3 CIPHER verified|unverified" after the relay when the session used TLS.
 
 LOG_RE = re.compile(
-    r"(?P<id>[0-9A-F]{14}): to=<(?P<rcpt>[^>]*)>, relay=(?P<relay>[^,]*), delay=(?P<delay>[0-9.]+),"
+    r"(?P<id>[0-9A-F]{14}): to=<(?P<rcpt>[^>]*)>, relay=(?P<relay>[^,]*)(?:, tls=(?P<tls>[^,]*))?,"
+    r" delay=(?P<delay>[0-9.]+),"
     r" dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>\w+)(?: \((?P<reply>.*)\))?"
 )
 

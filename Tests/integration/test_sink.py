@@ -229,6 +229,24 @@ def test_keep_maildir(start_sink, tmp_path):
     assert kept == sorted(msgs)
 
 
+def test_keep_with_pipelined_transactions(start_sink, tmp_path):
+    """Commands pipelined behind a message wait until its file is written; replies stay in order."""
+    keep = tmp_path / "kept"
+    sink = start_sink(["--keep-path", str(keep)])
+    bodies = [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
+    with sink.connect() as c:
+        c.greeting()
+        c.ehlo()
+        c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n")
+        codes = [c.read_reply().code for _ in range(3)]
+        for i, body in enumerate(bodies):
+            tail = b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n" if i < 2 else b"QUIT\r\n"
+            c.send(body + b".\r\n" + tail)
+            codes += [c.read_reply().code for _ in range(4 if i < 2 else 2)]
+        assert codes == [250, 250, 354] + [250, 250, 250, 354] * 2 + [250, 221]
+    assert sorted(p.read_bytes() for p in keep.iterdir()) == sorted(bodies)
+
+
 def test_content_checks_still_apply(start_sink):
     sink = start_sink()
     with sink.connect() as c:

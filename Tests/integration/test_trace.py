@@ -28,7 +28,7 @@ def test_message_relayed_through_two_terns_traces_clean(start_tern):
     send_message(a.port, "alice@example.test", ["bob@example.test"], make_message(subject="trace me"))
     wait_until(lambda: b.queued(), 30, "the message to reach B's spool")
     [queue_id] = b.queued()
-    path = b.queue_dir / f"{queue_id}.msg"
+    path = b.queue_path(f"{queue_id}.msg")
 
     p = trace(str(path))
     out = p.stdout.decode()

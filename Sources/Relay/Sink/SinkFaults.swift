@@ -91,9 +91,13 @@ public struct FaultRule: Sendable, Equatable {
             throw error(unknown, "unknown fault key \(unknown) (known: \(known.joined(separator: ", ")))")
         }
         func string(_ key: String) throws -> String? {
-            guard let value = fields[key] else { return nil }
-            guard case .string(let s) = value else { throw error(key, "expected a string") }
-            return s
+            switch fields[key] {
+            case nil: return nil
+            case .string(let s): return s
+            // `delay = 2` and `--fault delay=2`: whole seconds, as durations elsewhere.
+            case .number(let n) where n >= 0 && n == n.rounded() && n < 1e9: return String(Int(n))
+            default: throw error(key, "expected a string")
+            }
         }
         guard let stageName = try string("stage") else {
             throw error("stage", "missing; one of \(Stage.allCases.map(\.rawValue).joined(separator: ", "))")

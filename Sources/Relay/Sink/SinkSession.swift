@@ -87,10 +87,17 @@ final class SinkSession {
             case .drop:
                 closed = true
                 connection.close()
+            case .startTLS, .authenticate:
+                // The sink offers neither STARTTLS nor AUTH yet, so its sessions never ask for them.
+                closed = true
+                connection.close()
             case .delay(let milliseconds):
                 held = Array(actions[(index + 1)...])
                 connection.stopReading()
-                timer.start(afterMilliseconds: UInt64(milliseconds)) { [unowned self] in self.release() }
+                // libuv counts from the time cached at the start of this loop iteration, in whole
+                // milliseconds rounded down: refresh it and add one, so a delay is never shorter than asked.
+                server.loop.updateTime()
+                timer.start(afterMilliseconds: UInt64(milliseconds) + 1) { [unowned self] in self.release() }
                 if commit { held!.insert(.commitMessage, at: 0) }
                 return
             }

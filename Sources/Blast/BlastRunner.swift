@@ -1,0 +1,579 @@
+// `tern blast` on the loop: `concurrency` slots, each a chain of connections to the server, each
+// connection driven by SMTPProtocol's ClientSession (the same client state machine delivery uses).
+//
+// Budget: with --messages N the run claims message numbers 1…N. A connection reserves the messages
+// it will carry (--messages-per-connection of them, or one when there is no limit) before it
+// connects, so no more connections open than the messages left need, and N messages at M per
+// connection take exactly ⌈N/M⌉ connections. A connection that fails before its first transaction is
+// charged one message (counted as lost), which bounds the run even when nothing answers. With
+// --duration no transaction starts after the deadline; those in flight finish. Every wait on the
+// server is bounded by --timeout (one sweep timer checks them all).
+//
+// Times: the report's elapsed time runs from the start to the end of the last transaction (the
+// QUITs after it are not counted). Stage latencies are taken on CLOCK_MONOTONIC in nanoseconds.
+//
+// Nothing could connect: when the first connection of every slot failed and none ever succeeded,
+// the run stops at once and says why (the command exits non-zero).
+
+import SMTPProtocol
+import UVRuntime
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Nanoseconds on the monotonic clock (uv_now has only milliseconds; loopback replies take microseconds).
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+public final class BlastRunner {
+    let loop: EventLoop
+    let settings: BlastSettings
+    public internal(set) var stats = BlastStats()
+    let factory: MessageFactory
+    var rng: SplitMix64
+    var limiter: RateLimiter?
+
+    var slots: [BlastSlot] = []
+    /// Connections that sent QUIT, waiting for the server to close them (and when QUIT went).
+    var lingering: [ObjectIdentifier: (TCPConnection, UInt64)] = [:]
+    var slotsDone = 0
+    /// Message numbers handed out (transactions started, plus connections charged for failing).
+    var claimed = 0
+    /// Messages reserved by connections (opening or open) and not started yet.
+    var reserved = 0
+    var connectionsStarted = 0
+    var bindIndex = 0
+    var stopping = false
+    var finished = false
+    /// Why nothing could connect, if so.
+    public private(set) var unreachable: String?
+
+    var startTime: UInt64 = 0
+    var lastCompletion: UInt64 = 0
+    let timeoutNs: UInt64
+    var deadlineTimer: Timer?
+    var sweepTimer: Timer?
+    var progressTimer: Timer?
+    var progress = ProgressLine()
+    let progressToTerminal: Bool
+    var done: ((BlastReport) -> Void)?
+
+    public init(loop: EventLoop, settings: BlastSettings, progressToTerminal: Bool) {
+        self.loop = loop
+        self.settings = settings
+        self.progressToTerminal = progressToTerminal
+        factory = MessageFactory(sizes: settings.sizes)
+        rng = SplitMix64(seed: settings.seed)
+        limiter = settings.rate.map { RateLimiter(perSecond: $0) }
+        timeoutNs = UInt64(settings.timeout * 1e9)
+    }
+
+    /// Starts the run; `done` gets the report once every slot has finished (or after `stop(hard:)`).
+    public func start(done: @escaping (BlastReport) -> Void) {
+        self.done = done
+        startTime = monotonicNanoseconds()
+        lastCompletion = startTime
+        if let d = settings.duration {
+            deadlineTimer = Timer(loop: loop)
+            deadlineTimer!.start(afterMilliseconds: UInt64(d * 1000)) { [unowned self] in self.stop(hard: false) }
+        }
+        let sweepMs = UInt64(max(10, min(1000, settings.timeout * 250)))
+        sweepTimer = Timer(loop: loop)
+        sweepTimer!.start(afterMilliseconds: sweepMs, repeatMilliseconds: sweepMs) { [unowned self] in self.sweep() }
+        if let every = settings.progressInterval {
+            let ms = UInt64(max(50, every * 1000))
+            progressTimer = Timer(loop: loop)
+            progressTimer!.start(afterMilliseconds: ms, repeatMilliseconds: ms) { [unowned self] in self.showProgress() }
+        }
+        slots = (0..<settings.concurrency).map { BlastSlot(runner: self, index: $0) }
+        for slot in slots { slot.openConnection() }
+    }
+
+    /// Graceful: no new transactions, those in flight finish. Hard: every connection is dropped now.
+    public func stop(hard: Bool) {
+        stopping = true
+        for slot in slots { slot.stopRequested(hard: hard) }
+    }
+
+    var elapsedSeconds: Double {
+        Double(lastCompletion &- startTime) / 1e9
+    }
+
+    // MARK: Budget
+
+    /// Reserves messages for a new connection of `slot`; false when the run needs no more connections.
+    func reserve(for slot: BlastSlot) -> Bool {
+        guard !stopping else { return false }
+        var count = 1
+        if let n = settings.messages {
+            let available = n - claimed - reserved
+            guard available > 0 else { return false }
+            if settings.messagesPerConnection > 0 { count = min(settings.messagesPerConnection, available) }
+        }
+        slot.reservation = count
+        reserved += count
+        return true
+    }
+
+    /// Whether `slot` would get another message now.
+    func hasMessage(for slot: BlastSlot) -> Bool {
+        guard !stopping else { return false }
+        if slot.reservation > 0 { return true }
+        if let n = settings.messages { return claimed + reserved < n }
+        return true
+    }
+
+    /// The next message number for this slot, or nil when the run has no more.
+    func claim(_ slot: BlastSlot) -> Int? {
+        guard hasMessage(for: slot) else { return nil }
+        if slot.reservation > 0 {
+            slot.reservation -= 1
+            reserved -= 1
+        }
+        claimed += 1
+        return claimed
+    }
+
+    /// A connection that ended before its first transaction pays for one message, so a run that
+    /// cannot get through still ends; the rest of its reservation goes back.
+    func charge(_ slot: BlastSlot) {
+        guard slot.reservation > 0, slot.messagesOnConnection == 0 else { return release(slot) }
+        slot.reservation -= 1
+        reserved -= 1
+        claimed += 1
+        stats.messagesFailed += 1
+        release(slot)
+    }
+
+    func release(_ slot: BlastSlot) {
+        reserved -= slot.reservation
+        slot.reservation = 0
+    }
+
+    func nextBind() -> SocketAddress? {
+        guard !settings.bind.isEmpty else { return nil }
+        defer { bindIndex += 1 }
+        return settings.bind[bindIndex % settings.bind.count]
+    }
+
+    func connectFailed(_ error: String) {
+        stats.connectFailures += 1
+        stats.noteError("connect to \(settings.server): \(error)")
+        let firstAttempts = min(slots.count, settings.messages ?? Int.max)
+        if stats.connectionsOpened == 0 && stats.connectFailures >= firstAttempts && unreachable == nil {
+            unreachable = "could not connect to \(settings.server): \(error)"
+            stop(hard: true)
+        }
+    }
+
+    func slotFinished() {
+        slotsDone += 1
+        if slotsDone == slots.count { finish() }
+    }
+
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        if lastCompletion == startTime { lastCompletion = monotonicNanoseconds() }
+        deadlineTimer?.close()
+        sweepTimer?.close()
+        progressTimer?.close()
+        if progressToTerminal && settings.progressInterval != nil { fputs("\r\u{1B}[K", stderr) }
+        let report = BlastReport(stats: stats, settings: settings, elapsedSeconds: elapsedSeconds)
+        done?(report)
+        done = nil
+    }
+
+    // MARK: Timers
+
+    func sweep() {
+        let now = monotonicNanoseconds()
+        for slot in slots { slot.checkTimeout(now: now, limit: timeoutNs) }
+        let lingerLimit = min(timeoutNs, 2_000_000_000)
+        for (connection, since) in lingering.values where now - since > lingerLimit {
+            connection.closeAfterWrites(lingerMs: 0)
+        }
+    }
+
+    func showProgress() {
+        let now = monotonicNanoseconds()
+        let open = slots.reduce(0) { $0 + ($1.tcp == nil ? 0 : 1) }
+        let line = progress.line(elapsed: Double(now - startTime) / 1e9, stats: stats, openConnections: open,
+                                 target: settings.messages)
+        if progressToTerminal {
+            fputs("\r\u{1B}[K" + line, stderr)
+        } else {
+            fputs(line + "\n", stderr)
+        }
+        fflush(stderr)
+    }
+}
+
+/// One of the `concurrency` connections in flight: opens a connection, runs transactions on it, quits,
+/// and opens the next, until the run has no more messages for it.
+final class BlastSlot {
+    unowned let runner: BlastRunner
+    let index: Int
+    var tcp: TCPConnection?
+    var session = ClientSession(hostname: "")
+    /// Messages reserved for this connection and not yet started.
+    var reservation = 0
+    var connectionNumber = 0
+    var messagesOnConnection = 0
+    var inTransaction = false
+    /// The session's phase before the bytes or timeout being handled: a failure is counted there.
+    var phaseBefore = ClientSession.Phase.greeting
+    var size = 0
+    /// Since when we wait for the server (nil: not waiting, e.g. held back by the rate cap).
+    var waitingSince: UInt64?
+    var stageStart: UInt64 = 0
+    var transactionStart: UInt64 = 0
+    var pauseTimer: Timer?
+    /// The rate cap's permit for the next transaction was taken already (before connecting).
+    var permitHeld = false
+    var finished = false
+
+    init(runner: BlastRunner, index: Int) {
+        self.runner = runner
+        self.index = index
+    }
+
+    var settings: BlastSettings { runner.settings }
+
+    // MARK: Connections
+
+    func openConnection() {
+        guard runner.reserve(for: self) else { return finish() }
+        permitHeld = false
+        if runner.limiter != nil {
+            // Under a rate cap the first transaction's permit is taken before connecting, so a capped
+            // run opens connections at the rate too instead of holding idle sessions at the server.
+            let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
+            permitHeld = true
+            if wait > 0 {
+                waitForPermit(wait) { $0.connect() }
+                return
+            }
+        }
+        connect()
+    }
+
+    func connect() {
+        runner.connectionsStarted += 1
+        connectionNumber = runner.connectionsStarted
+        messagesOnConnection = 0
+        let started = monotonicNanoseconds()
+        TCPConnection.connect(loop: runner.loop, to: settings.server, bindTo: runner.nextBind(),
+                              timeoutMs: UInt64(settings.timeout * 1000)) { [unowned self] result in
+            switch result {
+            case .success(let connection):
+                self.connected(connection, started: started)
+            case .failure(let error):
+                self.runner.charge(self)
+                self.runner.connectFailed("\(error)")
+                self.pauseThenReconnect()
+            }
+        }
+    }
+
+    /// After a failed connect, wait a little: a refused port answers at once, and a slot must not spin.
+    func pauseThenReconnect() {
+        guard !runner.stopping else { return finish() }
+        if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
+        pauseTimer!.start(afterMilliseconds: 100) { [unowned self] in self.openConnection() }
+    }
+
+    func connected(_ connection: TCPConnection, started: UInt64) {
+        let now = monotonicNanoseconds()
+        runner.stats.connectionsOpened += 1
+        runner.stats.record(.connect, microseconds: (now - started) / 1000)
+        if runner.finished || runner.unreachable != nil {
+            connection.close()
+            release()
+            return finish()
+        }
+        tcp = connection
+        session = ClientSession(hostname: settings.helo)
+        session.usePipelining = settings.pipelining
+        inTransaction = false
+        stageStart = now
+        waitingSince = now
+        connection.setNoDelay(true)
+        connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onClose = { [unowned self, unowned connection] in self.closed(connection) }
+        connection.startReading()
+    }
+
+    /// Drops the connection from this slot (it goes on closing by itself) and moves on.
+    func detach(thenReconnect: Bool = true) {
+        guard let connection = tcp else { return }
+        tcp = nil
+        waitingSince = nil
+        pauseTimer?.stop()
+        connection.onRead = nil
+        if session.phase == .quitting {
+            // After QUIT the server closes first, so the TIME_WAIT state stays on its side and this
+            // side's ports are free again at once (50,000 connections a minute need that). A server
+            // that does not close is closed on by the sweep.
+            runner.lingering[ObjectIdentifier(connection)] = (connection, monotonicNanoseconds())
+            connection.onClose = { [unowned runner = self.runner, unowned connection] in
+                runner.lingering[ObjectIdentifier(connection)] = nil
+            }
+        } else {
+            connection.onClose = nil
+            connection.closeAfterWrites()
+        }
+        release()
+        if thenReconnect { openConnection() }
+    }
+
+    func release() { runner.release(self) }
+
+    /// The server closed or reset the connection while it was ours.
+    func closed(_ connection: TCPConnection) {
+        guard tcp === connection else { return }
+        tcp = nil
+        waitingSince = nil
+        pauseTimer?.stop()
+        let why = connection.lastError.map { "\($0)" } ?? "closed by the server"
+        if inTransaction {
+            inTransaction = false
+            runner.stats.messagesFailed += 1
+            completed()
+            runner.stats.noteError("connection lost during a transaction: \(why)")
+        } else if session.capabilities == nil {
+            runner.stats.sessionFailures += 1
+            runner.charge(self)
+            runner.stats.noteError("connection lost before EHLO completed: \(why)")
+        }
+        release()
+        openConnection()
+    }
+
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        pauseTimer?.close()
+        pauseTimer = nil
+        runner.slotFinished()
+    }
+
+    func stopRequested(hard: Bool) {
+        if !hard {
+            // Between transactions (held by the rate cap): quit now; otherwise the transaction ends first.
+            if tcp != nil && !inTransaction && session.phase == .ready { quit() }
+            if tcp == nil && pauseTimer?.isActive == true {
+                // Waiting to reconnect, or for the permit to connect.
+                pauseTimer?.stop()
+                release()
+                finish()
+            }
+            return
+        }
+        if let connection = tcp {
+            tcp = nil
+            connection.onRead = nil
+            connection.onClose = nil
+            connection.close()
+            if inTransaction {
+                inTransaction = false
+                runner.stats.messagesFailed += 1
+            }
+        }
+        release()
+        pauseTimer?.stop()
+        finish()
+    }
+
+    func checkTimeout(now: UInt64, limit: UInt64) {
+        guard tcp != nil, let since = waitingSince, now > since, now - since > limit else { return }
+        let phase = session.phase
+        phaseBefore = phase
+        let actions = session.timedOut()
+        runner.stats.noteError("timed out in phase \(phase) after \(settings.timeout) s")
+        perform(actions, now: now)
+    }
+
+    // MARK: Replies
+
+    func received(_ bytes: UnsafeRawBufferPointer) {
+        let before = session.phase
+        phaseBefore = before
+        let actions = session.receive(bytes)
+        let now = monotonicNanoseconds()
+        let after = session.phase
+        if before == .greeting && after != .greeting {
+            runner.stats.record(.greeting, microseconds: (now - stageStart) / 1000)
+            stageStart = now
+        }
+        if inTransaction, let from = Self.ordinal(before) {
+            var finishedOutcome: TransactionOutcome?
+            for case .transactionFinished(let o) in actions { finishedOutcome = o }
+            if let o = finishedOutcome {
+                recordStages(from: from, through: Self.lastStage(o, from: from), now: now)
+            } else if let to = Self.ordinal(after), to > from {
+                recordStages(from: from, through: to - 1, now: now)
+            }
+        }
+        if !actions.isEmpty || before != after { waitingSince = now }
+        perform(actions, now: now)
+    }
+
+    static let transactionStages: [Stage] = [.mail, .rcpt, .data, .dataEnd]
+
+    /// Where a reply that ended the session is counted (421 at MAIL is MAIL's 4xx).
+    static func replyStage(_ phase: ClientSession.Phase) -> ReplyStage? {
+        switch phase {
+        case .greeting: return .greeting
+        case .hello, .startingTLS: return .ehlo
+        case .mail: return .mail
+        case .rcpt: return .rcpt
+        case .data, .dataEnd: return .data
+        case .ready, .quitting, .closed: return nil
+        }
+    }
+
+    static func ordinal(_ phase: ClientSession.Phase) -> Int? {
+        switch phase {
+        case .mail: return 0
+        case .rcpt: return 1
+        case .data: return 2
+        case .dataEnd: return 3
+        default: return nil
+        }
+    }
+
+    /// The last stage a finished transaction reached (so refused ones record no stage they never had).
+    static func lastStage(_ o: TransactionOutcome, from: Int) -> Int {
+        if o.mailReply.code >= 300 { return 0 }
+        if !o.recipientReplies.contains(where: { $0.map { $0.code < 300 } ?? false }) { return max(from, 1) }
+        if let d = o.dataReply, d.code < 300 { return 3 }
+        return max(from, 2)  // refused at DATA or at the end of data
+    }
+
+    func recordStages(from: Int, through: Int, now: UInt64) {
+        guard from <= through else { return }
+        for i in from...through {
+            runner.stats.record(Self.transactionStages[i], microseconds: (now - stageStart) / 1000)
+            stageStart = now
+        }
+    }
+
+    func perform(_ actions: [ClientAction], now: UInt64) {
+        guard let connection = tcp else { return }
+        for action in actions {
+            // An action may end this connection and start the next; the rest belong to the old one.
+            guard tcp === connection else { return }
+            switch action {
+            case .send(let bytes):
+                connection.write(bytes)
+            case .ready:
+                runner.stats.count(.greeting, code: 220)
+                runner.stats.count(.ehlo, code: 250)
+                runner.stats.record(.ehlo, microseconds: (now - stageStart) / 1000)
+                nextTransaction()
+            case .transactionFinished(let outcome):
+                inTransaction = false
+                messagesOnConnection += 1
+                runner.stats.record(.transaction, microseconds: (now - transactionStart) / 1000)
+                runner.stats.account(outcome, size: size)
+                completed()
+                nextTransaction()
+            case .sessionFailed(let reply, let why):
+                if inTransaction {
+                    inTransaction = false
+                    runner.stats.messagesFailed += 1
+                    completed()
+                } else {
+                    runner.stats.sessionFailures += 1
+                    runner.charge(self)
+                }
+                if let reply, let stage = Self.replyStage(phaseBefore) { runner.stats.count(stage, code: reply.code) }
+                runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
+            case .close:
+                detach()
+                return
+            case .startTLS:
+                // Blast never asks for STARTTLS yet (--starttls is refused at start), so this is not reached.
+                detach()
+                return
+            }
+        }
+    }
+
+    func completed() {
+        runner.lastCompletion = monotonicNanoseconds()
+    }
+
+    // MARK: Transactions
+
+    func nextTransaction() {
+        guard tcp != nil else { return }
+        if settings.messagesPerConnection > 0 && messagesOnConnection >= settings.messagesPerConnection {
+            return quit()
+        }
+        if permitHeld {
+            permitHeld = false
+        } else if runner.limiter != nil {
+            // Only a slot that will get a message waits for a permit.
+            guard runner.hasMessage(for: self) else { return quit() }
+            let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
+            if wait > 0 {
+                waitingSince = nil
+                waitForPermit(wait) { $0.beginTransaction() }
+                return
+            }
+        }
+        beginTransaction()
+    }
+
+    /// Runs `then` once the permit is due, never early, so the cap holds: libuv's timers count whole
+    /// milliseconds of a coarse clock and may fire a little before the due time, which is then
+    /// checked against the precise clock.
+    func waitForPermit(_ nanoseconds: UInt64, then: @escaping (BlastSlot) -> Void) {
+        let due = monotonicNanoseconds() + nanoseconds
+        if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
+        runner.loop.updateTime()
+        pauseTimer!.start(afterMilliseconds: (nanoseconds + 999_999) / 1_000_000) { [unowned self] in
+            let now = monotonicNanoseconds()
+            if now < due { self.waitForPermit(due - now, then: then) } else { then(self) }
+        }
+    }
+
+    func beginTransaction() {
+        guard tcp != nil, session.phase == .ready else { return }
+        guard let n = runner.claim(self) else { return quit() }
+        size = settings.sizes.sample(using: &runner.rng)
+        let count = settings.recipients.count == 1
+            ? settings.recipients.lowerBound : Int.random(in: settings.recipients, using: &runner.rng)
+        let sender = settings.sender.render(message: n, connection: connectionNumber)
+        var recipients: [String] = []
+        recipients.reserveCapacity(count)
+        for r in 1...count {
+            recipients.append(settings.recipient.render(message: n, connection: connectionNumber, recipient: r))
+        }
+        let now = monotonicNanoseconds()
+        inTransaction = true
+        transactionStart = now
+        stageStart = now
+        waitingSince = now
+        let actions = session.send(OutboundTransaction(sender: sender, recipients: recipients, size: size),
+                                   wireData: runner.factory.wireData(size: size))
+        perform(actions, now: now)
+    }
+
+    func quit() {
+        guard tcp != nil else { return }
+        release()
+        let actions = session.quit()
+        if actions.isEmpty { return detach() }
+        perform(actions, now: monotonicNanoseconds())
+        if tcp != nil { detach() }  // quit always ends in .close; this is only a guard
+    }
+}

@@ -1,0 +1,141 @@
+// What one `tern blast` run does, validated. The command line (Sources/tern) fills it; everything
+// here is checked before a socket is opened, and each error names its option.
+
+import UVRuntime
+
+public struct BlastSettings {
+    public var server: SocketAddress
+    /// Stop after this many messages (nil: only the duration ends the run).
+    public var messages: Int?
+    /// Stop starting transactions after this many seconds (nil: only the count ends the run).
+    public var duration: Double?
+    /// Connections open at once.
+    public var concurrency: Int
+    public var sizes: SizeDistribution
+    /// Recipients per message: one number, or a range drawn uniformly for each message.
+    public var recipients: ClosedRange<Int>
+    /// Transactions on one connection before QUIT (0: as many as the run has).
+    public var messagesPerConnection: Int
+    /// Pipeline MAIL/RCPT/DATA when the server offers PIPELINING.
+    public var pipelining: Bool
+    /// Transactions started per second, at most (nil: as fast as the server answers).
+    public var rate: Double?
+    public var sender: AddressPattern
+    public var recipient: AddressPattern
+    /// Local addresses to connect from, one connection after the other (empty: the kernel chooses).
+    public var bind: [SocketAddress]
+    /// Our name in EHLO.
+    public var helo: String
+    /// Seconds to wait for the connection and for each reply.
+    public var timeout: Double
+    public var seed: UInt64
+    /// Seconds between progress lines on stderr (nil: none).
+    public var progressInterval: Double?
+
+    public init(server: SocketAddress, messages: Int? = nil, duration: Double? = nil, concurrency: Int = 10,
+                sizes: SizeDistribution = .fixed(4096), recipients: ClosedRange<Int> = 1...1,
+                messagesPerConnection: Int = 1, pipelining: Bool = true, rate: Double? = nil,
+                sender: AddressPattern, recipient: AddressPattern, bind: [SocketAddress] = [],
+                helo: String = "blast.tern.test", timeout: Double = 60, seed: UInt64 = 1,
+                progressInterval: Double? = nil) {
+        self.server = server
+        self.messages = messages
+        self.duration = duration
+        self.concurrency = concurrency
+        self.sizes = sizes
+        self.recipients = recipients
+        self.messagesPerConnection = messagesPerConnection
+        self.pipelining = pipelining
+        self.rate = rate
+        self.sender = sender
+        self.recipient = recipient
+        self.bind = bind
+        self.helo = helo
+        self.timeout = timeout
+        self.seed = seed
+        self.progressInterval = progressInterval
+    }
+
+    // MARK: Parsing pieces of the command line
+
+    /// "HOST:PORT" with a numeric IPv4 address, or "[IPv6]:PORT"; without a port, 25.
+    public static func parseServer(_ text: String) throws(BlastOptionError) -> SocketAddress {
+        var t = text.trimmingSpaces
+        if t == "localhost" || t.hasPrefix("localhost:") { t = "127.0.0.1" + t.dropFirst("localhost".count) }
+        let colons = t.filter { $0 == ":" }.count
+        if t.hasPrefix("[") {
+            if !t.contains("]:") { t += ":25" }
+        } else if colons == 0 {
+            t += ":25"
+        } else if colons > 1 {
+            t = "[\(t)]:25"  // a bare IPv6 address
+        }
+        do {
+            return try SocketAddress(parsing: t)
+        } catch {
+            throw BlastOptionError("--server: \"\(text)\" is not ADDRESS:PORT with a numeric address (127.0.0.1:25, [::1]:25)")
+        }
+    }
+
+    /// Local addresses, comma-separated or given several times: "127.0.0.2,127.0.0.3".
+    public static func parseBind(_ texts: [String]) throws(BlastOptionError) -> [SocketAddress] {
+        var out: [SocketAddress] = []
+        for text in texts {
+            for part in text.split(separator: ",") {
+                let ip = String(part).trimmingSpaces
+                do {
+                    out.append(try SocketAddress(ip: ip, port: 0))
+                } catch {
+                    throw BlastOptionError("--bind: \"\(ip)\" is not a numeric IP address")
+                }
+            }
+        }
+        return out
+    }
+
+    /// "30s", "1500ms", "2m", "1h", or a plain number of seconds.
+    public static func parseDuration(_ text: String, option: String) throws(BlastOptionError) -> Double {
+        let t = text.trimmingSpaces.lowercased()
+        var number = Substring(t)
+        var unit = 1.0
+        for (suffix, seconds) in [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)] where t.hasSuffix(suffix) {
+            number = t.dropLast(suffix.count)
+            unit = seconds
+            break
+        }
+        guard let n = Double(number), n.isFinite, n > 0, n * unit <= 7 * 86400 else {
+            throw BlastOptionError("\(option): \"\(text)\" is not a duration (30s, 1500ms, 2m, 1h)")
+        }
+        return n * unit
+    }
+
+    /// "3" or "1-5".
+    public static func parseRecipients(_ text: String) throws(BlastOptionError) -> ClosedRange<Int> {
+        let t = text.trimmingSpaces
+        let bad = BlastOptionError("--recipients: \"\(text)\" is not a count from 1 to 1000 or a range like 1-5")
+        let pieces = t.split(separator: "-", omittingEmptySubsequences: false)
+        guard pieces.count == 1 || pieces.count == 2 else { throw bad }
+        guard let lo = Int(pieces[0]), let hi = Int(pieces[pieces.count - 1]),
+              lo >= 1, hi <= 1000, lo <= hi else { throw bad }
+        return lo...hi
+    }
+
+    /// Checks the combination; each error names an option.
+    public func validate() throws(BlastOptionError) {
+        if let m = messages, m < 1 { throw BlastOptionError("--messages: must be at least 1") }
+        guard concurrency >= 1 && concurrency <= 100_000 else {
+            throw BlastOptionError("--concurrency: must be from 1 to 100000")
+        }
+        guard messagesPerConnection >= 0 else {
+            throw BlastOptionError("--messages-per-connection: must be 0 (no limit) or more")
+        }
+        if let r = rate, !(r > 0 && r.isFinite) { throw BlastOptionError("--rate: must be a positive number of messages per second") }
+        guard timeout > 0 else { throw BlastOptionError("--timeout: must be positive") }
+        guard !helo.isEmpty, helo.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw BlastOptionError("--helo: \"\(helo)\" is not a host name")
+        }
+        if let b = bind.first(where: { $0.isIPv6 != server.isIPv6 }) {
+            throw BlastOptionError("--bind: \(b.ip) is not of the same address family as --server \(server)")
+        }
+    }
+}

@@ -1,0 +1,139 @@
+// What a `tern blast` run counted and timed: per-stage latency histograms (HdrHistogram, in
+// microseconds) and counters. Pure: the runner records into it; BlastReport reads it.
+//
+// Stage latencies are the time a stage added: from the moment the previous stage was done (or the
+// commands were written) until its reply arrived. Without pipelining that is one round trip per
+// command; with pipelining MAIL, RCPT and DATA go out together, so MAIL measures the first round
+// trip and RCPT and DATA only the extra wait for their replies. "DATA end" runs from the 354 (when
+// the message is written) to the final reply. "transaction" is the whole MAIL … final reply.
+
+import Histogram
+import SMTPProtocol
+
+public enum Stage: Int, CaseIterable, Sendable {
+    case connect, greeting, ehlo, mail, rcpt, data, dataEnd, transaction
+
+    public var name: String {
+        switch self {
+        case .connect: return "connect"
+        case .greeting: return "greeting"
+        case .ehlo: return "EHLO"
+        case .mail: return "MAIL"
+        case .rcpt: return "RCPT"
+        case .data: return "DATA"
+        case .dataEnd: return "DATA end"
+        case .transaction: return "transaction"
+        }
+    }
+
+    /// The key in --json output.
+    public var key: String {
+        switch self {
+        case .dataEnd: return "data_end"
+        default: return name.lowercased()
+        }
+    }
+}
+
+/// Where replies are counted by class: the commands a load test cares about.
+public enum ReplyStage: Int, CaseIterable, Sendable {
+    case greeting, ehlo, mail, rcpt, data
+
+    public var key: String {
+        switch self {
+        case .greeting: return "greeting"
+        case .ehlo: return "ehlo"
+        case .mail: return "mail"
+        case .rcpt: return "rcpt"
+        case .data: return "data"
+        }
+    }
+}
+
+public struct BlastStats {
+    /// Largest latency recorded: one hour in microseconds (longer ones are clamped to it).
+    static let highest: UInt64 = 3_600_000_000
+
+    public var latency: [Histogram<UInt64>]
+    /// replies[stage][class]: class 2, 3, 4 or 5 at index 0…3.
+    public var replies: [[Int]]
+
+    /// Transactions whose end of data got a 2xx, and their accepted recipients and bytes.
+    public var messagesAccepted = 0
+    public var recipientsAccepted = 0
+    public var bytesAccepted = 0
+    /// Transactions refused with a 4xx or a 5xx (at MAIL, every RCPT, DATA or the end of data).
+    public var messagesTempFailed = 0
+    public var messagesPermFailed = 0
+    /// Transactions lost to a broken connection, a timeout or a reply that is not SMTP.
+    public var messagesFailed = 0
+    /// Recipients refused (the RCPT reply), by class 4 and 5.
+    public var recipientsTempFailed = 0
+    public var recipientsPermFailed = 0
+
+    public var connectionsOpened = 0
+    /// Connections that could not be made (refused, timed out, no route, bind failed).
+    public var connectFailures = 0
+    /// Sessions given up before a transaction could start (greeting or EHLO refused, dropped, timed out).
+    public var sessionFailures = 0
+    /// The first error of each kind seen, for the report ("connect: connection refused").
+    public var firstErrors: [String] = []
+
+    public init() {
+        latency = Stage.allCases.map { _ in
+            Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: Self.highest,
+                              numberOfSignificantValueDigits: .three)
+        }
+        replies = ReplyStage.allCases.map { _ in [0, 0, 0, 0] }
+    }
+
+    public var messagesAttempted: Int { messagesAccepted + messagesTempFailed + messagesPermFailed + messagesFailed }
+
+    public mutating func record(_ stage: Stage, microseconds: UInt64) {
+        latency[stage.rawValue].record(Swift.min(microseconds, Self.highest))
+    }
+
+    public mutating func count(_ stage: ReplyStage, code: Int) {
+        let c = code / 100
+        guard (2...5).contains(c) else { return }
+        replies[stage.rawValue][c - 2] += 1
+    }
+
+    public mutating func noteError(_ text: String) {
+        if firstErrors.count < 5 && !firstErrors.contains(text) { firstErrors.append(text) }
+    }
+
+    /// Counts one finished transaction: its replies by class, and the message as accepted (2xx at the
+    /// end of data), temporarily or permanently refused. `size` is the message's size in bytes.
+    public mutating func account(_ o: TransactionOutcome, size: Int) {
+        count(.mail, code: o.mailReply.code)
+        var accepted = 0
+        var temporary = false
+        for case let r? in o.recipientReplies {
+            count(.rcpt, code: r.code)
+            if r.code < 300 {
+                accepted += 1
+            } else if r.code < 500 {
+                recipientsTempFailed += 1
+                temporary = true
+            } else {
+                recipientsPermFailed += 1
+            }
+        }
+        if let d = o.dataReply { count(.data, code: d.code) }
+        let refusal: Int
+        if o.mailReply.code >= 300 {
+            refusal = o.mailReply.code
+        } else if accepted == 0 {
+            refusal = temporary ? 450 : 550  // a 4xx among the refusals: worth trying again
+        } else if let d = o.dataReply, d.code < 300 {
+            messagesAccepted += 1
+            recipientsAccepted += accepted
+            bytesAccepted += size
+            return
+        } else {
+            refusal = o.dataReply?.code ?? 451
+        }
+        if refusal < 500 { messagesTempFailed += 1 } else { messagesPermFailed += 1 }
+    }
+}

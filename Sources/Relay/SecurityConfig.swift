@@ -1,0 +1,183 @@
+// [tls] and [auth]: the server's certificate and the SMTP AUTH users (issue 4). Checked like every
+// other table: unknown keys and wrong types are errors naming the key. Files are opened at start-up
+// (SMTPServer), so a missing certificate stops `tern serve` with the path in the message.
+
+import SMTPProtocol
+import TOMLKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: - [tls]
+
+public struct TLSConfig: Sendable, Equatable, ConfigSection {
+    /// PEM certificate chain (leaf first); "" = no TLS offered.
+    public var certificate = ""
+    /// PEM private key of the certificate.
+    public var key = ""
+
+    public init() {}
+
+    public var enabled: Bool { !certificate.isEmpty }
+
+    static let tableName = "tls"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("certificate", into: &certificate, Decode.string)
+        try r.read("key", into: &key, Decode.string)
+        try r.check("key", certificate.isEmpty == key.isEmpty,
+                    certificate.isEmpty ? "is set but tls.certificate is not" : "must be set with tls.certificate")
+    }
+}
+
+// MARK: - [auth]
+
+public struct AuthConfig: Sendable, Equatable, ConfigSection {
+    /// The users file written by `tern passwd`; "" = no AUTH offered.
+    public var usersFile = ""
+    /// Failed authentications from one client IP before it is locked out.
+    public var maxFailures = 5
+    /// How long a locked-out IP stays locked out (seconds).
+    public var lockoutTime: Double = 900
+    /// Offer AUTH without TLS to clients on loopback addresses (webmail on the same host).
+    public var cleartextFromLoopback = false
+    /// Per user: the only MAIL FROM addresses (or "@domain") the user may send as. Users not listed
+    /// may use any sender.
+    public var senders: [String: [String]] = [:]
+
+    public init() {}
+
+    public var enabled: Bool { !usersFile.isEmpty }
+
+    static let tableName = "auth"
+
+    mutating func read(_ r: inout TableReader) throws {
+        try r.read("users_file", into: &usersFile, Decode.string)
+        try r.read("max_failures", into: &maxFailures, Decode.positiveInt)
+        try r.read("lockout_time", into: &lockoutTime, Decode.duration)
+        try r.read("cleartext_from_loopback", into: &cleartextFromLoopback, Decode.bool)
+        guard let table = try r.read("senders", Decode.table) else { return }
+        var inner = TableReader(table, path: r.path + ["senders"], context: r.context)
+        for user in table.keys.sorted() {
+            guard let list = try inner.read(user, Decode.list({ text -> String in
+                let domainOnly = text.hasPrefix("@") && isPlausibleDomain(String(text.dropFirst()))
+                guard domainOnly || isAliasName(text), text.contains("@") else {
+                    throw ConfigError(message: "\"\(text)\" is not an address (user@domain) or \"@domain\"")
+                }
+                return text.lowercased()
+            })) else { continue }
+            senders[user] = list
+        }
+        try inner.rejectUnknownKeys()
+    }
+}
+
+// MARK: - Outbound TLS policy
+
+/// How delivery uses TLS with a next hop.
+public enum OutboundTLSPolicy: String, Sendable, Equatable, CaseIterable {
+    /// Never STARTTLS.
+    case none
+    /// STARTTLS when offered; any certificate; in the clear otherwise.
+    case opportunistic
+    /// STARTTLS or fail (temporarily); any certificate.
+    case require
+    /// STARTTLS with a certificate that chains to the system CA store and names the host, or fail.
+    case verify
+
+    static func decode(_ value: TOMLValueConvertible) throws -> OutboundTLSPolicy {
+        guard let text = value.string else { throw Decode.wrongType("a string", value) }
+        guard let policy = OutboundTLSPolicy(rawValue: text) else {
+            throw ConfigError(message: "must be \"none\", \"opportunistic\", \"require\" or \"verify\", got \"\(text)\"")
+        }
+        return policy
+    }
+}
+
+extension TernConfig {
+    /// Rules that span tables: a submission listener needs AUTH, an implicit-TLS one a certificate.
+    func checkSecurity(source: String) throws {
+        func error(_ key: String, _ message: String) -> ConfigError {
+            ConfigError(key: key, line: nil, message: message, source: source)
+        }
+        if !server.submission.isEmpty || !server.submissions.isEmpty {
+            let key = server.submission.isEmpty ? "server.submissions" : "server.submission"
+            guard auth.enabled else { throw error(key, "needs auth.users_file: AUTH is required before MAIL there") }
+        }
+        if !server.submissions.isEmpty && !tls.enabled {
+            throw error("server.submissions", "needs tls.certificate and tls.key (implicit TLS)")
+        }
+        let all = server.listen + server.submission + server.submissions
+        let parsed = all.compactMap { try? ListenAddress(parsing: $0) }
+        if Set(parsed).count != parsed.count {
+            throw error("server.submission", "an address is listed twice among listen, submission and submissions")
+        }
+    }
+}
+
+// MARK: - Routes as tables
+
+/// What a route in table form adds to its next hop:
+///   "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay",
+///           auth_password_file = "/etc/tern/upstream.pw" }
+/// The password comes from exactly one of auth_password, auth_password_file (first line) or
+/// auth_password_env (an environment variable); it is read at start-up.
+public struct RouteSecurity: Sendable, Equatable {
+    /// nil: delivery.tls.
+    public var tls: OutboundTLSPolicy?
+    public var credentials: ClientCredentials?
+
+    public init(tls: OutboundTLSPolicy? = nil, credentials: ClientCredentials? = nil) {
+        self.tls = tls
+        self.credentials = credentials
+    }
+}
+
+extension RouteConfig {
+    mutating func readTableRoute(_ key: String, _ r: inout TableReader) throws {
+        let table = try r.read(key, Decode.table)!
+        var inner = TableReader(table, path: r.path + [key], context: r.context)
+        let name = key == "*" ? key : normalizedDomain(key)
+        try r.check(key, key == "*" || isPlausibleDomain(key), "\"\(key)\" is not a domain name or \"*\"")
+        try r.check(key, routes[name] == nil, "duplicate route (domains are not case-sensitive)")
+        let text = try inner.read("next_hop", Decode.string)!
+        do {
+            routes[name] = try NextHopSpec(parsing: text)
+        } catch let error as ConfigError {
+            throw inner.error("next_hop", error.message)
+        }
+        var security = RouteSecurity()
+        security.tls = try inner.read("tls", OutboundTLSPolicy.decode)
+        let user = try inner.read("auth_user", Decode.nonEmptyString)
+        let literal = try inner.read("auth_password", Decode.string)
+        let file = try inner.read("auth_password_file", Decode.nonEmptyString)
+        let env = try inner.read("auth_password_env", Decode.nonEmptyString)
+        let given = [literal != nil, file != nil, env != nil].filter { $0 }.count
+        if let user {
+            try inner.check("auth_user", given == 1,
+                            "needs exactly one of auth_password, auth_password_file, auth_password_env")
+            var password = literal ?? ""
+            if let file {
+                do {
+                    let text = try readTextFile(file)
+                    password = String(text.split(maxSplits: 1, omittingEmptySubsequences: false,
+                                                 whereSeparator: { $0 == "\n" || $0 == "\r\n" }).first ?? "")
+                } catch let error as ConfigError {
+                    throw inner.error("auth_password_file", "\(file): \(error.message)")
+                }
+            }
+            if let env {
+                guard let value = getenv(env) else {
+                    throw inner.error("auth_password_env", "the environment variable \(env) is not set")
+                }
+                password = String(cString: value)
+            }
+            try inner.check("auth_user", !password.isEmpty, "the password is empty")
+            security.credentials = ClientCredentials(user: user, password: password)
+        } else if given > 0 {
+            throw inner.error("auth_user", "must be set with a password")
+        }
+        self.security[name] = security
+        try inner.rejectUnknownKeys()
+    }
+}

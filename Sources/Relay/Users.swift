@@ -1,0 +1,144 @@
+// The SMTP AUTH users file and the per-IP failure count.
+//
+// Users file, one user a line, written by `tern passwd`:
+//
+//   # comment
+//   alice:$scrypt$ln=15,r=8,p=1$<salt hex>$<key hex>
+//
+// A user name is 1-256 printable characters without ':' or spaces. Never plain text: a line whose
+// hash is not in that form stops start-up (or a reload) with the line number.
+
+import UVRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct UsersFile: Sendable, Equatable {
+    public var hashes: [String: String] = [:]
+    /// Lines in the file's order, so that `tern passwd` rewrites the file without reordering it.
+    public var order: [String] = []
+
+    public init() {}
+
+    public static func isValidUserName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 256
+            && name.unicodeScalars.allSatisfy { $0.value > 32 && $0.value != 127 && $0 != ":" }
+    }
+
+    public init(text: String, source: String) throws {
+        // "\r\n" is one Character in Swift: split on both.
+        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        for (index, line) in lines.enumerated() {
+            let trimmed = line.drop(while: { $0 == " " || $0 == "\t" })
+            if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
+            guard let colon = line.firstIndex(of: ":") else {
+                throw ConfigError(line: index + 1, message: "expected user:hash", source: source)
+            }
+            let user = String(line[..<colon])
+            let hash = String(line[line.index(after: colon)...])
+            guard Self.isValidUserName(user) else {
+                throw ConfigError(line: index + 1, message: "bad user name \"\(user)\"", source: source)
+            }
+            guard PasswordHash.isWellFormed(hash) else {
+                throw ConfigError(line: index + 1, message: "the hash of \(user) is not a $scrypt$ hash made by tern passwd",
+                                  source: source)
+            }
+            guard hashes[user] == nil else {
+                throw ConfigError(line: index + 1, message: "user \(user) is listed twice", source: source)
+            }
+            hashes[user] = hash
+            order.append(user)
+        }
+    }
+
+    public static func load(path: String) throws -> UsersFile {
+        try UsersFile(text: try readTextFile(path), source: path)
+    }
+
+    public mutating func set(user: String, hash: String) {
+        if hashes[user] == nil { order.append(user) }
+        hashes[user] = hash
+    }
+
+    public var text: String {
+        order.map { "\($0):\(hashes[$0]!)\n" }.joined()
+    }
+}
+
+/// Failed AUTH attempts per client IP: a delay before each 535 that doubles with every failure, and
+/// a lockout after `maxFailures` for `lockoutTime`. Times are seconds on any monotonic clock.
+/// Entries expire `lockoutTime` after the last failure; the table is bounded.
+struct AuthThrottle {
+    struct Entry {
+        var failures: Int
+        var lastFailure: Double
+        var lockedUntil: Double?
+    }
+
+    let maxFailures: Int
+    let lockoutTime: Double
+    var entries: [String: Entry] = [:]
+    static let maxEntries = 100_000
+    static let baseDelay = 0.5
+    static let maxDelay = 8.0
+
+    init(maxFailures: Int, lockoutTime: Double) {
+        self.maxFailures = maxFailures
+        self.lockoutTime = lockoutTime
+    }
+
+    func isLockedOut(_ ip: String, now: Double) -> Bool {
+        guard let until = entries[ip]?.lockedUntil else { return false }
+        return now < until
+    }
+
+    /// Records a failure; returns how long to wait before answering, and whether the IP is now locked out.
+    mutating func failed(_ ip: String, now: Double) -> (delay: Double, lockedOut: Bool) {
+        if entries.count >= Self.maxEntries { prune(now: now) }
+        var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
+        if now - e.lastFailure > lockoutTime || (e.lockedUntil.map { now >= $0 } ?? false) {
+            e = Entry(failures: 0, lastFailure: now, lockedUntil: nil)
+        }
+        e.failures += 1
+        e.lastFailure = now
+        if e.failures >= maxFailures { e.lockedUntil = now + lockoutTime }
+        entries[ip] = e
+        let delay = min(Self.baseDelay * Double(1 << min(e.failures - 1, 10)), Self.maxDelay)
+        return (delay, e.lockedUntil != nil)
+    }
+
+    mutating func succeeded(_ ip: String) {
+        entries.removeValue(forKey: ip)
+    }
+
+    mutating func prune(now: Double) {
+        entries = entries.filter { _, e in
+            if let until = e.lockedUntil { return now < until }
+            return now - e.lastFailure <= lockoutTime
+        }
+        // Still full (an attack from very many addresses): forget the oldest half.
+        if entries.count >= Self.maxEntries {
+            let keep = entries.sorted { $0.value.lastFailure > $1.value.lastFailure }.prefix(Self.maxEntries / 2)
+            entries = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
+        }
+    }
+}
+
+/// A whole small text file, read synchronously (start-up and reload only).
+func readTextFile(_ path: String) throws -> String {
+    guard let file = fopen(path, "rb") else {
+        throw ConfigError(message: String(cString: strerror(errno)), source: path)
+    }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, file)
+        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+        if n < chunk.count { break }
+    }
+    guard let text = String(validating: bytes, as: UTF8.self) else {
+        throw ConfigError(message: "not valid UTF-8", source: path)
+    }
+    return text
+}

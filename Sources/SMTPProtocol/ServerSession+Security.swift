@@ -1,0 +1,214 @@
+// STARTTLS (RFC 3207) and SMTP AUTH (RFC 4954, mechanisms PLAIN RFC 4616 and LOGIN) on the server
+// side. Like the rest of ServerSession, no I/O: the TLS handshake and the password check are actions
+// for the caller, which answers with `tlsEstablished` and `authFinished`.
+//
+//   454 4.7.0 TLS not available                    503 5.5.1 already under TLS / in a transaction
+//   538 5.7.11 AUTH before STARTTLS                 503 5.5.1 AUTH not enabled / already authenticated
+//   504 5.5.4 unknown mechanism                     501 5.5.2 response not base64; 501 5.0.0 aborted (*)
+//   535 5.7.8 wrong credentials                     454 4.7.0 too many failures from this address
+//   530 5.7.0 submission: AUTH (or STARTTLS) first  553 5.7.1 sender not owned by the authenticated user
+
+/// The outcome of a credentials check.
+public enum AuthResult: Equatable, Sendable {
+    /// `allowedSenders`: the MAIL FROM addresses (or "@domain" entries) the user may use; nil: any.
+    case success(allowedSenders: [String]?)
+    case failure
+    /// Too many failures from this client: a temporary refusal that does not say whether the
+    /// credentials were right.
+    case lockedOut
+}
+
+/// Where a SASL exchange stands between 334 challenges.
+enum SASLExchange: Equatable {
+    case plain
+    case loginUser
+    case loginPassword(user: String)
+}
+
+extension ServerSession {
+    var offersStartTLS: Bool { config.startTLS && !tlsActive }
+
+    var offersAuth: Bool { config.authEnabled && (tlsActive || client.cleartextAuthAllowed) }
+
+    /// 512 octets for commands (RFC 5321 §4.5.3.1.4), but 12288 where AUTH lines may come (RFC 4954 §4).
+    var commandLineLimit: Int {
+        phase == .authChallenge || (phase == .ready && offersAuth && authenticatedUser == nil)
+            ? Self.maxAuthLine : Self.maxCommandLine
+    }
+
+    static let maxAuthLine = 12288
+
+    /// "ESMTP" plus S under TLS and A when authenticated (RFC 3848); UTF8SMTP likewise (RFC 6531).
+    var protocolName: String {
+        guard esmtp else { return "SMTP" }
+        var name = smtputf8 ? "UTF8SMTP" : "ESMTP"
+        if tlsActive { name += "S" }
+        if authenticatedUser != nil { name += "A" }
+        return name
+    }
+
+    // MARK: STARTTLS
+
+    mutating func startTLS() {
+        guard config.startTLS else { return fail(Reply(454, "4.7.0", "TLS not available")) }
+        guard !tlsActive else { return fail(Reply(503, "5.5.1", "Error: TLS already active")) }
+        guard phase == .connected || phase == .ready else {
+            return fail(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
+        }
+        reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        phase = .startingTLS
+        emit(.startTLS)
+    }
+
+    /// The TLS handshake finished. After STARTTLS the session starts over (RFC 3207 §4.2): no HELO,
+    /// no transaction, no authentication carried over from the clear.
+    public mutating func tlsEstablished(_ summary: String) -> [ServerAction] {
+        guard phase != .closed else { return [] }
+        tlsActive = true
+        tlsSummary = summary
+        if phase == .startingTLS {
+            resetTransaction()
+            helo = nil
+            esmtp = false
+            authenticatedUser = nil
+            allowedSenders = nil
+            sasl = nil
+            inbox = []
+            phase = .connected
+        }
+        return takeActions()
+    }
+
+    // MARK: AUTH
+
+    mutating func auth(_ mechanism: String, _ initial: String?) {
+        guard config.authEnabled else { return fail(Reply(503, "5.5.1", "Error: authentication not enabled")) }
+        guard offersAuth else {
+            return fail(Reply(538, "5.7.11", "Encryption required for requested authentication mechanism"))
+        }
+        guard phase != .connected else { return fail(Reply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        guard authenticatedUser == nil else { return fail(Reply(503, "5.5.1", "Error: already authenticated")) }
+        guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: MAIL transaction in progress")) }
+        switch mechanism {
+        case "PLAIN":
+            sasl = .plain
+            if let initial {
+                saslStep(Array(initial.utf8))
+            } else {
+                phase = .authChallenge
+                reply(Reply(334, nil, ""))
+            }
+        case "LOGIN":
+            sasl = .loginUser
+            if let initial {
+                saslStep(Array(initial.utf8))
+            } else {
+                phase = .authChallenge
+                reply(Reply(334, nil, Base64.encode("Username:")))
+            }
+        default:
+            fail(Reply(504, "5.5.4", "Error: unsupported authentication mechanism"))
+        }
+    }
+
+    /// A line while a 334 is outstanding: base64, or "*" to cancel (RFC 4954 §4).
+    mutating func handleSASLResponse(_ line: [UInt8]) {
+        if line == [UInt8(ascii: "*")] {
+            sasl = nil
+            phase = .ready
+            return fail(Reply(501, "5.0.0", "Authentication aborted"))
+        }
+        saslStep(line)
+    }
+
+    mutating func saslStep(_ encoded: [UInt8]) {
+        // "=" is an empty initial response (RFC 4954 §4).
+        let decoded = encoded == [UInt8(ascii: "=")] ? [] : Base64.decode(encoded)
+        guard let decoded, let exchange = sasl else {
+            sasl = nil
+            phase = .ready
+            return fail(Reply(501, "5.5.2", "Error: cannot decode response"))
+        }
+        switch exchange {
+        case .plain:
+            // authzid NUL authcid NUL passwd (RFC 4616 §2); an authzid other than the user is not allowed.
+            let parts = decoded.split(separator: 0, maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3, let authz = String(validating: parts[0], as: UTF8.self),
+                  let user = String(validating: parts[1], as: UTF8.self),
+                  let password = String(validating: parts[2], as: UTF8.self), !user.isEmpty,
+                  authz.isEmpty || authz == user
+            else {
+                sasl = nil
+                phase = .ready
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+            }
+            checkCredentials(user: user, password: password)
+        case .loginUser:
+            guard let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
+                sasl = nil
+                phase = .ready
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+            }
+            sasl = .loginPassword(user: user)
+            phase = .authChallenge
+            reply(Reply(334, nil, Base64.encode("Password:")))
+        case .loginPassword(let user):
+            guard let password = String(validating: decoded, as: UTF8.self) else {
+                sasl = nil
+                phase = .ready
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+            }
+            checkCredentials(user: user, password: password)
+        }
+    }
+
+    mutating func checkCredentials(user: String, password: String) {
+        sasl = nil
+        phase = .authenticating
+        pendingUser = user
+        emit(.authenticate(user: user, password: password))
+    }
+
+    /// The answer to `.authenticate`. Input read meanwhile waits in the inbox and is handled now.
+    public mutating func authFinished(_ result: AuthResult) -> [ServerAction] {
+        guard phase == .authenticating else { return [] }
+        phase = .ready
+        let user = pendingUser
+        pendingUser = nil
+        switch result {
+        case .success(let senders):
+            authenticatedUser = user
+            allowedSenders = senders
+            reply(Reply(235, "2.7.0", "Authentication successful"))
+        case .failure:
+            fail(Reply(535, "5.7.8", "Error: authentication failed"))
+        case .lockedOut:
+            fail(Reply(454, "4.7.0", "Error: too many failed authentications, try again later"))
+        }
+        drainInbox()
+        flushDataOut(force: false)
+        return takeActions()
+    }
+
+    // MARK: MAIL FROM on submission
+
+    /// Why MAIL FROM is refused before the transaction starts, or nil.
+    func senderRefusal(_ path: MailPath) -> Reply? {
+        if config.requireAuth && authenticatedUser == nil {
+            if offersStartTLS && !offersAuth { return Reply(530, "5.7.0", "Must issue a STARTTLS command first") }
+            return Reply(530, "5.7.0", "Authentication required")
+        }
+        if let allowed = allowedSenders, authenticatedUser != nil {
+            let address = path.address.lowercased()
+            let domain = address.lastIndex(of: "@").map { String(address[$0...]) }
+            let owned = allowed.contains { entry in
+                let e = entry.lowercased()
+                return e == address || (e.hasPrefix("@") && e == domain)
+            }
+            if !owned {
+                return Reply(553, "5.7.1", "<\(path.address)>: Sender address rejected: not owned by user \(authenticatedUser!)")
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,116 @@
+// `tern passwd --file F USER`: adds a user to the AUTH users file, or changes the user's password.
+// The password comes from standard input (first line) or, on a terminal, from a prompt without echo.
+// The file is rewritten through a temporary file and rename, mode 0600.
+
+import ArgumentParser
+import Relay
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Passwd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Add a user to the AUTH users file, or change the user's password.",
+        discussion: """
+            The file holds one "user:$scrypt$ln=15,r=8,p=1$SALT$KEY" line per user (scrypt, RFC 7914; \
+            salt and key in hex). Point [auth] users_file at it.
+            """)
+
+    @Option(name: .long, help: "The users file (created if missing).")
+    var file: String
+
+    @Flag(name: .long, help: "Remove the user instead.")
+    var delete = false
+
+    @Argument(help: "The user name (any printable characters but ':' and spaces).")
+    var user: String
+
+    func run() throws {
+        guard UsersFile.isValidUserName(user) else {
+            fputs("tern passwd: bad user name \"\(user)\"\n", stderr)
+            throw ExitCode(64)
+        }
+        var users = UsersFile()
+        if access(file, F_OK) == 0 {
+            do {
+                users = try UsersFile.load(path: file)
+            } catch {
+                fputs("tern passwd: \(error)\n", stderr)
+                throw ExitCode(65)
+            }
+        }
+        if delete {
+            guard users.hashes.removeValue(forKey: user) != nil else {
+                fputs("tern passwd: no user \(user) in \(file)\n", stderr)
+                throw ExitCode(67)
+            }
+            users.order.removeAll { $0 == user }
+        } else {
+            guard let password = readPassword(), !password.isEmpty else {
+                fputs("tern passwd: empty password\n", stderr)
+                throw ExitCode(65)
+            }
+            users.set(user: user, hash: try PasswordHash.make(password))
+        }
+        try write(users.text, to: file)
+    }
+
+    func readPassword() -> String? {
+        if isatty(0) != 0 {
+            guard let first = prompt("Password for \(user): ") else { return nil }
+            guard let again = prompt("Again: ") else { return nil }
+            guard first == again else {
+                fputs("tern passwd: the passwords differ\n", stderr)
+                return nil
+            }
+            return first
+        }
+        guard let line = readLine(strippingNewline: true) else { return nil }
+        return line.hasSuffix("\r") ? String(line.dropLast()) : line
+    }
+
+    /// Reads a line from the terminal with echo off.
+    func prompt(_ text: String) -> String? {
+        fputs(text, stderr)
+        var old = termios()
+        tcgetattr(0, &old)
+        var quiet = old
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(0, TCSAFLUSH, &quiet)
+        defer {
+            tcsetattr(0, TCSAFLUSH, &old)
+            fputs("\n", stderr)
+        }
+        return readLine(strippingNewline: true)
+    }
+
+    func write(_ text: String, to path: String) throws {
+        let temporary = path + ".tmp.\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else {
+            fputs("tern passwd: \(temporary): \(String(cString: strerror(errno)))\n", stderr)
+            throw ExitCode(73)
+        }
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 {
+                close(fd)
+                unlink(temporary)
+                fputs("tern passwd: \(temporary): \(String(cString: strerror(errno)))\n", stderr)
+                throw ExitCode(74)
+            }
+            offset += n
+        }
+        fsync(fd)
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            fputs("tern passwd: \(path): \(String(cString: strerror(errno)))\n", stderr)
+            throw ExitCode(73)
+        }
+    }
+}

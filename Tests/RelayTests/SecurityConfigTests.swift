@@ -1,0 +1,152 @@
+// [tls], [auth], route tables and delivery.tls; the users file and the AUTH failure throttle.
+
+import Testing
+@testable import Relay
+import SMTPProtocol
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private func parseError(_ text: String) -> ConfigError? {
+    do {
+        _ = try TernConfig.parse("hostname = \"relay.test\"\n" + text)
+        return nil
+    } catch {
+        return error as? ConfigError
+    }
+}
+
+@Suite struct SecurityConfigTests {
+    @Test func defaultsOfferNoTLSAndNoAuth() throws {
+        let c = try TernConfig.embeddedDefault
+        #expect(!c.tls.enabled && !c.auth.enabled)
+        #expect(c.server.submission.isEmpty && c.server.submissions.isEmpty)
+        #expect(c.auth.maxFailures == 5 && c.auth.lockoutTime == 900 && !c.auth.cleartextFromLoopback)
+        #expect(c.delivery.tls == .opportunistic)
+    }
+
+    @Test func fullSecuritySection() throws {
+        let c = try TernConfig.parse("""
+            hostname = "relay.test"
+            [server]
+            submission = ["127.0.0.1:587"]
+            submissions = ["127.0.0.1:465"]
+            [tls]
+            certificate = "/c.pem"
+            key = "/k.pem"
+            [auth]
+            users_file = "/users"
+            max_failures = 3
+            lockout_time = "1h"
+            cleartext_from_loopback = true
+            senders = { alice = ["Alice@Example.com", "@alice.test"] }
+            [delivery]
+            tls = "verify"
+            """)
+        #expect(c.tls.certificate == "/c.pem" && c.tls.key == "/k.pem")
+        #expect(c.auth.usersFile == "/users" && c.auth.maxFailures == 3 && c.auth.lockoutTime == 3600)
+        #expect(c.auth.senders["alice"] == ["alice@example.com", "@alice.test"])
+        #expect(c.delivery.tls == .verify)
+        #expect(c.server.submission == ["127.0.0.1:587"] && c.server.submissions == ["127.0.0.1:465"])
+    }
+
+    @Test(arguments: [
+        ("[tls]\nkey = \"/k\"", "tls.key"),
+        ("[tls]\ncertificate = \"/c\"", "tls.key"),
+        ("[tls]\ncertificate = 1\nkey = \"/k\"", "tls.certificate"),
+        ("[tls]\nciphers = \"x\"", "tls.ciphers"),
+        ("[auth]\nmax_failures = 0", "auth.max_failures"),
+        ("[auth]\nlockout_time = \"soon\"", "auth.lockout_time"),
+        ("[auth]\nsenders = { alice = [\"not an address\"] }", "auth.senders.alice"),
+        ("[auth]\nsenders = { alice = \"a@b.test\" }", "auth.senders.alice"),
+        ("[delivery]\ntls = \"always\"", "delivery.tls"),
+        ("[server]\nsubmission = [\"127.0.0.1:587\"]", "server.submission"),
+        ("[server]\nsubmissions = [\"127.0.0.1:465\"]\n[auth]\nusers_file = \"/u\"", "server.submissions"),
+        ("[server]\nlisten = [\"127.0.0.1:25\"]\nsubmission = [\"127.0.0.1:25\"]\n[auth]\nusers_file = \"/u\"", "server.submission"),
+    ])
+    func errorsNameTheKey(text: String, key: String) {
+        let error = parseError(text)
+        #expect(error?.description.contains(key) == true, "\(error.map { "\($0)" } ?? "no error")")
+    }
+
+    @Test func routeTables() throws {
+        setenv("TERN_TEST_ROUTE_PW", "from env", 1)
+        let c = try TernConfig.parse("""
+            hostname = "relay.test"
+            [routes]
+            "corp.example" = "[10.0.0.5]:25"
+            "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay", auth_password_env = "TERN_TEST_ROUTE_PW" }
+            "plain.example" = { next_hop = "mx.plain.example", tls = "none" }
+            """)
+        #expect(c.routes.routes["*"] == NextHopSpec(host: "smtp.upstream.example", port: 587, lookupMX: false))
+        #expect(c.routes.security["*"] == RouteSecurity(tls: .verify, credentials: ClientCredentials(user: "relay", password: "from env")))
+        #expect(c.routes.security["plain.example"]?.tls == OutboundTLSPolicy.none)
+        #expect(c.routes.security["corp.example"] == nil)
+        #expect(c.routes.routes["corp.example"] != nil)
+    }
+
+    @Test(arguments: [
+        ("\"*\" = { next_hop = \"[a.example]:25\", auth_user = \"u\" }", "routes.\"*\".auth_user"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", auth_password = \"p\" }", "routes.\"*\".auth_user"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", auth_user = \"u\", auth_password = \"p\", auth_password_env = \"X\" }", "routes.\"*\".auth_user"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", auth_user = \"u\", auth_password_env = \"TERN_TEST_UNSET_VARIABLE\" }", "routes.\"*\".auth_password_env"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", auth_user = \"u\", auth_password_file = \"/nonexistent/pw\" }", "/nonexistent/pw"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", tls = \"maybe\" }", "routes.\"*\".tls"),
+        ("\"*\" = { next_hop = \"[a.example\" }", "routes.\"*\".next_hop"),
+        ("\"*\" = { next_hop = \"[a.example]:25\", port = 25 }", "routes.\"*\".port"),
+        // An unquoted dotted domain is a table without next_hop: the old hint still applies.
+        ("corp.example = \"[10.0.0.5]:25\"", "quote a domain"),
+    ])
+    func routeTableErrors(text: String, expected: String) {
+        unsetenv("TERN_TEST_UNSET_VARIABLE")
+        let error = parseError("[routes]\n" + text)
+        #expect(error?.description.contains(expected) == true, "\(error.map { "\($0)" } ?? "no error")")
+    }
+
+    @Test func usersFile() throws {
+        let hash = try PasswordHash.make("pw", logN: 10)
+        let users = try UsersFile(text: "# comment\n\nalice:\(hash)\nbob:\(hash)\r\n", source: "users")
+        #expect(users.order == ["alice", "bob"] && users.hashes["bob"] == hash)
+        var changed = users
+        changed.set(user: "carol", hash: hash)
+        changed.set(user: "alice", hash: hash)
+        #expect(changed.order == ["alice", "bob", "carol"])
+        #expect(try UsersFile(text: changed.text, source: "x") == changed)
+        for (bad, line) in [("alice:secret\n", 1), ("\nnocolon\n", 2), ("alice:\(hash)\nalice:\(hash)\n", 2),
+                            ("a b:\(hash)\n", 1)] {
+            #expect { try UsersFile(text: bad, source: "users") } throws: { ($0 as? ConfigError)?.line == line }
+        }
+    }
+
+    @Test func throttleDelaysGrowThenLocksOutPerIP() {
+        var t = AuthThrottle(maxFailures: 3, lockoutTime: 60)
+        let a = t.failed("192.0.2.1", now: 0)
+        let b = t.failed("192.0.2.1", now: 1)
+        #expect(a.delay < b.delay && !a.lockedOut && !b.lockedOut)
+        #expect(!t.isLockedOut("192.0.2.1", now: 2))
+        let c = t.failed("192.0.2.1", now: 2)
+        #expect(c.lockedOut && t.isLockedOut("192.0.2.1", now: 30))
+        #expect(!t.isLockedOut("192.0.2.2", now: 30))
+        #expect(!t.isLockedOut("192.0.2.1", now: 63))
+        // After the lockout the count starts over.
+        #expect(t.failed("192.0.2.1", now: 70).delay == a.delay)
+        // A success forgets the failures.
+        t.succeeded("192.0.2.1")
+        #expect(t.entries["192.0.2.1"] == nil)
+        // Delays are capped.
+        var u = AuthThrottle(maxFailures: 100, lockoutTime: 60)
+        var last = 0.0
+        for i in 0..<50 { last = u.failed("192.0.2.9", now: Double(i) / 10).delay }
+        #expect(last == AuthThrottle.maxDelay)
+    }
+
+    @Test func throttleTableIsBounded() {
+        var t = AuthThrottle(maxFailures: 5, lockoutTime: 60)
+        for i in 0..<(AuthThrottle.maxEntries + 10) {
+            _ = t.failed("ip\(i)", now: 0)
+        }
+        #expect(t.entries.count <= AuthThrottle.maxEntries)
+    }
+}

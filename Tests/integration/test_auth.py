@@ -1,0 +1,273 @@
+"""SMTP AUTH (RFC 4954), the users file written by `tern passwd`, submission listeners, and an
+open-relay battery against `tern serve`, with smtplib, swaks and a raw client."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import smtplib
+import stat
+import subprocess
+
+import pytest
+
+from conftest import CLIENT_HELO, TERN_BIN, assert_reply, free_port, make_message, queue_id_of, split_received
+from tls_helpers import client_context, make_certs, tern_passwd
+from test_tls import TLSConn, queue_id_of_text
+
+OUTSIDER = "127.0.0.2"  # outside relay_networks = ["127.0.0.1/32"]
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("users") / "users"
+    for user, pw in [("alice", PASSWORD), ("bob", "bobs password"), ("carol", "carol pw")]:
+        r = tern_passwd(path, user, pw)
+        assert r.returncode == 0, r.stderr
+    return path
+
+
+def secure_tables(certs, users_file, auth=None, server=None):
+    a = {"users_file": str(users_file)}
+    a.update(auth or {})
+    srv = {"relay_networks": ["127.0.0.1/32"]}
+    srv.update(server or {})
+    return dict(server=srv, extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])},
+                                          "auth": a})
+
+
+@pytest.fixture
+def auth_tern(start_tern, certs, users_file):
+    return start_tern(**secure_tables(certs, users_file))
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def tls_session(t, certs, source=OUTSIDER, port=None) -> TLSConn:
+    c = TLSConn(port or t.port, source=source)
+    c.greeting()
+    c.ehlo()
+    assert_reply(c.cmd("STARTTLS"), 220)
+    c.starttls(client_context(certs["ca"]))
+    c.ehlo()
+    return c
+
+
+def test_passwd_writes_salted_scrypt_hashes(tmp_path):
+    path = tmp_path / "users"
+    assert tern_passwd(path, "alice", "pw one").returncode == 0
+    assert tern_passwd(path, "bob", "pw one").returncode == 0
+    text = path.read_text()
+    assert "pw one" not in text
+    lines = dict(line.split(":", 1) for line in text.splitlines())
+    assert set(lines) == {"alice", "bob"}
+    for h in lines.values():
+        assert re.fullmatch(r"\$scrypt\$ln=15,r=8,p=1\$[0-9a-f]{32}\$[0-9a-f]{64}", h), h
+    assert lines["alice"] != lines["bob"], "same password, same hash: no salt"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    # Changing a password replaces the line, keeps the order.
+    assert tern_passwd(path, "alice", "pw two").returncode == 0
+    again = dict(line.split(":", 1) for line in path.read_text().splitlines())
+    assert list(again) == ["alice", "bob"] and again["alice"] != lines["alice"] and again["bob"] == lines["bob"]
+    # Bad input.
+    assert tern_passwd(path, "with:colon", "x").returncode != 0
+    assert tern_passwd(path, "dave", "").returncode != 0
+    # --delete removes a user; deleting an unknown one fails.
+    r = subprocess.run([str(TERN_BIN), "passwd", "--file", str(path), "--delete", "bob"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert [l.split(":")[0] for l in path.read_text().splitlines()] == ["alice"]
+    r = subprocess.run([str(TERN_BIN), "passwd", "--file", str(path), "--delete", "bob"], capture_output=True, timeout=30)
+    assert r.returncode != 0
+    path.write_text("eve:plaintext\n")
+    r = tern_passwd(path, "dave", "x")
+    assert r.returncode != 0 and b"line 1" in r.stderr
+
+
+def test_auth_not_offered_before_starttls(auth_tern):
+    with auth_tern.connect(source=OUTSIDER) as c:
+        c.greeting()
+        ehlo = assert_reply(c.ehlo(), 250)
+        assert "STARTTLS" in ehlo.lines
+        assert not any(l.startswith("AUTH") for l in ehlo.lines)
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 538, "5.7.11")
+        # and the outsider cannot relay
+        assert_reply(c.cmd("MAIL FROM:<alice@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<x@far.test>"), 554, "5.7.1")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_smtplib_login_relays_for_outsider(auth_tern, certs, mechanism):
+    t = auth_tern
+    msg = make_message(subject=f"auth {mechanism}")
+    with smtplib.SMTP("127.0.0.1", t.port, local_hostname=CLIENT_HELO, source_address=(OUTSIDER, 0), timeout=30) as s:
+        s.starttls(context=client_context(certs["ca"]))
+        s.ehlo()
+        assert "PLAIN" in s.esmtp_features["auth"] and "LOGIN" in s.esmtp_features["auth"]
+        s.user, s.password = "alice", PASSWORD
+        code, text = s.auth(mechanism, getattr(s, "auth_" + mechanism.lower()), initial_response_ok=mechanism == "PLAIN")
+        assert code == 235, text
+        assert s.sendmail("alice@client.test", ["friend@far.test"], msg) == {}
+    qid = t.queued()[-1]
+    header, rest = split_received(t.msg(qid))
+    assert rest == msg
+    assert f"with ESMTPSA id {qid}".encode() in header, header
+    assert t.env(qid).fields["protocol"] == "ESMTPSA"
+    assert "AUTH user=alice" in t.stderr()
+
+
+def test_wrong_password_and_unknown_user(auth_tern, certs):
+    with tls_session(auth_tern, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("nobody", PASSWORD)), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 235, "2.7.0")
+    assert PASSWORD not in auth_tern.stderr()
+
+
+def test_lockout_after_max_failures(start_tern, certs, users_file):
+    t = start_tern(**secure_tables(certs, users_file, auth={"max_failures": 2, "lockout_time": "1h"}))
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong1")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong2")), 535, "5.7.8")
+        # Locked out now, even with the right password, and on a new connection too.
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
+    # Another client address is not locked out.
+    with tls_session(t, certs, source="127.0.0.3") as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 235, "2.7.0")
+
+
+def test_submission_requires_auth(start_tern, certs, users_file):
+    sub = free_port()
+    t = start_tern(**secure_tables(certs, users_file, server={"submission": [f"127.0.0.1:{sub}"]}))
+    # Even a client in relay_networks must authenticate on submission.
+    with TLSConn(sub, source="127.0.0.1") as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<alice@client.test>"), 530, "5.7.0")
+        assert_reply(c.cmd("STARTTLS"), 220)
+        c.starttls(client_context(certs["ca"]))
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<alice@client.test>"), 530, "5.7.0")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("bob", "bobs password")), 235)
+        assert_reply(c.cmd("MAIL FROM:<bob@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<x@far.test>"), 250)
+        queue_id_of(assert_reply(c.data(make_message()), 250))
+    # swaks --tls --auth on the submission port.
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{sub}", "--tls", "--auth", "LOGIN", "--auth-user", "carol",
+                        "--auth-password", "carol pw", "--helo", CLIENT_HELO, "--from", "carol@client.test",
+                        "--to", "y@far.test"], capture_output=True, timeout=60)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, out
+    qid = queue_id_of_text(out)
+    assert b"with ESMTPSA id " + qid.encode() in t.msg(qid)
+
+
+def test_submissions_implicit_tls_with_swaks(start_tern, certs, users_file):
+    port = free_port()
+    t = start_tern(**secure_tables(certs, users_file, server={"submissions": [f"127.0.0.1:{port}"]}))
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--tls-on-connect", "--auth", "PLAIN",
+                        "--auth-user", "alice", "--auth-password", PASSWORD, "--helo", CLIENT_HELO,
+                        "--from", "alice@client.test", "--to", "z@far.test"], capture_output=True, timeout=60)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, out
+    assert "TLS started" in out
+    assert "STARTTLS" not in [l.strip() for l in re.findall(r"<-  250[- ](.*)", out)]
+    qid = queue_id_of_text(out)
+    header, _ = split_received(t.msg(qid))
+    assert b"with ESMTPSA id " + qid.encode() in header
+    assert re.search(rb"\(using TLSv1\.[23] with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\)", header), header
+    # Without AUTH: 530.
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--tls-on-connect", "--helo", CLIENT_HELO,
+                        "--from", "alice@client.test", "--to", "z@far.test"], capture_output=True, timeout=60)
+    assert r.returncode != 0
+    assert "530 5.7.0" in r.stdout.decode(errors="replace")
+    # Wrong password over swaks: 535.
+    r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--tls-on-connect", "--auth", "LOGIN",
+                        "--auth-user", "alice", "--auth-password", "nope", "--helo", CLIENT_HELO,
+                        "--from", "alice@client.test", "--to", "z@far.test"], capture_output=True, timeout=60)
+    assert r.returncode != 0
+    assert "535 5.7.8" in r.stdout.decode(errors="replace")
+
+
+def test_allowed_senders(start_tern, certs, users_file):
+    t = start_tern(**secure_tables(certs, users_file, auth={"senders": {"alice": ["alice@client.test", "@alice.test"]}}))
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 235)
+        assert_reply(c.cmd("MAIL FROM:<ceo@client.test>"), 553, "5.7.1")
+        assert_reply(c.cmd("MAIL FROM:<anything@alice.test>"), 250)
+        assert_reply(c.cmd("RSET"), 250)
+        assert_reply(c.cmd("MAIL FROM:<alice@client.test>"), 250)
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("bob", "bobs password")), 235)
+        assert_reply(c.cmd("MAIL FROM:<ceo@client.test>"), 250, None, "users not listed may use any sender")
+
+
+def test_cleartext_auth_from_loopback_only_when_allowed(start_tern, certs, users_file):
+    t = start_tern(**secure_tables(certs, users_file, auth={"cleartext_from_loopback": True}))
+    with t.connect(source=OUTSIDER) as c:
+        c.greeting()
+        ehlo = c.ehlo()
+        assert "AUTH PLAIN LOGIN" in ehlo.lines
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 235)
+
+
+# An open-relay battery (issue 4): from outside relay_networks, not authenticated, recipients that
+# try to route through the relay to another domain are all refused.
+BATTERY = [
+    "user%other.test@relay.test",
+    '"user@other.test"@relay.test',
+    "@relay.test:user@other.test",
+    "other.test!user@relay.test",
+    "other.test!user",
+    "user@other.test@[127.0.0.1]",
+    "user%other.test@[127.0.0.1]",
+    "user@other.test",
+    "USER@OTHER.TEST",
+    "user@other.test.",
+    "user%other.test@RELAY.TEST",
+    "user%other.test@relay.test.",
+    "@RELAY.TEST:user@other.test",
+]
+
+
+@pytest.mark.parametrize("sender", ["<someone@outside.test>", "<>"], ids=["sender", "null-sender"])
+def test_open_relay_battery(start_tern, certs, users_file, sender):
+    t = start_tern(**secure_tables(certs, users_file))
+    for use_tls in (False, True):
+        c = tls_session(t, certs) if use_tls else t.connect(source=OUTSIDER)
+        with c:
+            if not use_tls:
+                c.greeting()
+                c.ehlo()
+            assert_reply(c.cmd(f"MAIL FROM:{sender}"), 250)
+            for rcpt in BATTERY:
+                r = c.cmd(f"RCPT TO:<{rcpt}>")
+                assert 500 <= r.code < 600, f"RCPT TO:<{rcpt}> accepted (tls={use_tls}): {r}"
+            assert_reply(c.cmd("DATA"), 554, None, "no recipient was accepted")
+    assert t.queued() == []
+
+
+def test_many_concurrent_auths_are_all_answered(auth_tern, certs):
+    """More AUTH attempts at once than password checks run at once (8): the rest wait their turn."""
+    import concurrent.futures
+
+    sessions = [tls_session(auth_tern, certs, source="127.0.0.1") for _ in range(20)]
+    try:
+        for c in sessions:
+            c.send("AUTH PLAIN " + plain("alice", PASSWORD) + "\r\n")
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            replies = list(pool.map(lambda c: c.read_reply(), sessions))
+        assert [r.code for r in replies] == [235] * 20, [str(r) for r in replies]
+    finally:
+        for c in sessions:
+            c.close()
