@@ -421,3 +421,30 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
     assert qid in queue(tern, "list").stdout, "the first relay still answers on its socket"
     tern.stop()
     assert not sock.exists(), "a clean stop removes the socket file"
+
+
+def test_tls_sessions_counted_in_and_out(start_tern, tmp_path):
+    from tls_helpers import client_context, make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = {"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}}
+    # B keeps what it gets and offers STARTTLS; A delivers to B with opportunistic TLS.
+    b = start_tern(extra_tables=dict(tls))
+    a = start_tern(delivery={"enabled": True, "retry_schedule": ["1h"], "tls": "opportunistic"},
+                   extra_tables={"routes": {"*": f"[127.0.0.1]:{b.port}"}})
+    before_a, before_b = metrics(a), metrics(b)
+    # One STARTTLS session straight to B.
+    with smtplib.SMTP("127.0.0.1", b.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        assert s.starttls(context=client_context(certs["ca"]))[0] == 220
+        s.ehlo()
+        s.noop()
+    # One message through A, which reaches B over STARTTLS.
+    send(a, ["bob@far.test"], "over tls")
+    wait_until(lambda: len(b.queued()) == 1 and not a.queued(), 20, "the message at B",
+               lambda: a.stderr()[-3000:])
+    after_a, after_b = metrics(a), metrics(b)
+    assert delta(after_b, before_b, "tern_tls_sessions_total{direction=in}") == 2
+    assert delta(after_b, before_b, "tern_tls_sessions_total{direction=out}") == 0
+    assert delta(after_a, before_a, "tern_tls_sessions_total{direction=out}") == 1
+    assert delta(after_a, before_a, "tern_tls_sessions_total{direction=in}") == 0
