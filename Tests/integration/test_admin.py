@@ -448,3 +448,14 @@ def test_tls_sessions_counted_in_and_out(start_tern, tmp_path):
     assert delta(after_b, before_b, "tern_tls_sessions_total{direction=out}") == 0
     assert delta(after_a, before_a, "tern_tls_sessions_total{direction=out}") == 1
     assert delta(after_a, before_a, "tern_tls_sessions_total{direction=in}") == 0
+
+
+def test_queue_gauges_with_delivery_off(tern):
+    # The default test tern keeps everything queued: the gauges come from the spool.
+    for i in range(3):
+        send(tern, [f"r{i}@far.test"], f"kept {i}")
+    m = metrics(tern)
+    assert m["tern_queue_messages{state=queued}"] == 3
+    assert m["tern_queue_messages_by_priority{priority=0}"] == 3
+    assert m["tern_queue_messages{state=deferred}"] == 0
+    assert len(listing(tern, "--state", "queued")) == 3

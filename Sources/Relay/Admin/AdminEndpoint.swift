@@ -50,10 +50,29 @@ public final class AdminEndpoint {
         }
         switch route {
         case .metrics:
-            if let delivery = server.delivery { server.relayMetrics.updateQueueGauges(delivery.queueCounts()) }
-            answer(HTTPResponse(status: 200, reason: "OK",
-                                headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                                body: server.relayMetrics.exposition()))
+            let metrics = server.relayMetrics
+            let reply = {
+                answer(HTTPResponse(status: 200, reason: "OK",
+                                    headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                    body: metrics.exposition()))
+            }
+            if let delivery = server.delivery {
+                metrics.updateQueueGauges(delivery.queueCounts())
+                reply()
+            } else {
+                // Delivery off (maintenance): nothing in memory knows the queue, the spool does.
+                let spool = server.spool
+                var counts = RelayMetrics.QueueCounts()
+                server.loop.queueWork({
+                    for id in (try? spool.list()) ?? [] {
+                        guard let e = try? spool.load(id) else { continue }
+                        counts.add(state: QueueEntry.state(of: e, inFlight: false, held: false), priority: e.priority)
+                    }
+                }, done: {
+                    metrics.updateQueueGauges(counts)
+                    reply()
+                })
+            }
         case .list(let filter):
             list(filter, answer)
         case .show(let id):
