@@ -87,6 +87,7 @@ final class InboundSession {
             return
         }
         if !handshakeWasDone && tls.handshakeComplete {
+            server.relayMetrics.tlsSessionInbound()
             log("TLS from [\(clientIP)]: \(tls.summary)")
             perform(machine.tlsEstablished(tls.summary))
         }

@@ -401,6 +401,7 @@ extension OutboundConnection {
         }
         flushTLS()
         if !wasDone && tls.handshakeComplete {
+            manager.metrics.tlsSessionOutbound()
             let verified = tls.peerVerified
             tlsOutcome = "\(tls.version) \(tls.cipher) \(verified ? "verified" : "unverified")"
             manager.log.debug("\(relayName): TLS \(tls.summary), certificate \(verified ? "verified" : "not verified: \(tls.verifyError ?? "?")")")

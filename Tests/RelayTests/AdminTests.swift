@@ -74,6 +74,30 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
     }
 }
 
+@Suite struct AdminBrowserTests {
+    func request(_ headers: [(String, String)]) -> HTTPRequest {
+        HTTPRequest(method: "POST", target: "/queue/flush", minorVersion: 1,
+                    headers: headers.map { HTTPHeader($0.0, $0.1) }, body: [])
+    }
+
+    @Test func webPagesAreRefused() {
+        #expect(AdminEndpoint.refusedAsFromABrowser(request([("Host", "127.0.0.1:8025"), ("Origin", "https://evil.example")]),
+                                                    loopback: true)?.status == 403)
+        #expect(AdminEndpoint.refusedAsFromABrowser(request([("Origin", "null")]), loopback: false)?.status == 403)
+        // DNS rebinding: a page's own name pointed at 127.0.0.1.
+        #expect(AdminEndpoint.refusedAsFromABrowser(request([("Host", "rebind.evil.example:8025")]), loopback: true)?.status == 403)
+        #expect(AdminEndpoint.refusedAsFromABrowser(request([("Host", "mx1.example.org:8025")]), loopback: false) == nil,
+                "a public endpoint is scraped by name")
+    }
+
+    @Test func toolsAreServed() {
+        for host in ["127.0.0.1:8025", "127.0.0.1", "localhost:8025", "LOCALHOST", "[::1]:8025", "[::1]", "192.0.2.1:80"] {
+            #expect(AdminEndpoint.refusedAsFromABrowser(request([("Host", host)]), loopback: true) == nil, "\(host)")
+        }
+        #expect(AdminEndpoint.refusedAsFromABrowser(request([]), loopback: true) == nil, "HTTP/1.0 without Host")
+    }
+}
+
 @Suite struct QueueViewTests {
     @Test func filterMatches() throws {
         let now = 10_000.0

@@ -355,6 +355,23 @@ def test_no_daemon_is_a_clear_error(tmp_path):
     assert p.returncode == 78 and "not-an-address" in p.stderr, p
 
 
+def test_web_pages_cannot_use_the_endpoint(deferring):
+    tern, _, _ = deferring
+    qid = send(tern, ["kept@defer.test"], "csrf")
+    wait_state(tern, qid, "deferred")
+    base = f"http://127.0.0.1:{tern.admin_port}"
+    # A cross-site form post from a page, and a page's own name rebound to 127.0.0.1.
+    for headers in [{"Origin": "https://evil.example"}, {"Host": f"rebound.evil.example:{tern.admin_port}"}]:
+        req = urllib.request.Request(f"{base}/queue/{qid}/delete", method="POST", data=b"", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403, headers
+    assert entry(tern, qid)["state"] == "deferred", "the message is still there"
+    req = urllib.request.Request(f"http://localhost:{tern.admin_port}/queue/{qid}", headers={"Host": "localhost"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["id"] == qid
+
+
 def test_endpoint_refuses_what_it_does_not_serve(tern):
     base = f"http://127.0.0.1:{tern.admin_port}"
     for method, path, status in [("GET", "/nothing", 404), ("POST", "/metrics", 405),
@@ -404,3 +421,41 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
     assert qid in queue(tern, "list").stdout, "the first relay still answers on its socket"
     tern.stop()
     assert not sock.exists(), "a clean stop removes the socket file"
+
+
+def test_tls_sessions_counted_in_and_out(start_tern, tmp_path):
+    from tls_helpers import client_context, make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = {"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}}
+    # B keeps what it gets and offers STARTTLS; A delivers to B with opportunistic TLS.
+    b = start_tern(extra_tables=dict(tls))
+    a = start_tern(delivery={"enabled": True, "retry_schedule": ["1h"], "tls": "opportunistic"},
+                   extra_tables={"routes": {"*": f"[127.0.0.1]:{b.port}"}})
+    before_a, before_b = metrics(a), metrics(b)
+    # One STARTTLS session straight to B.
+    with smtplib.SMTP("127.0.0.1", b.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        assert s.starttls(context=client_context(certs["ca"]))[0] == 220
+        s.ehlo()
+        s.noop()
+    # One message through A, which reaches B over STARTTLS.
+    send(a, ["bob@far.test"], "over tls")
+    wait_until(lambda: len(b.queued()) == 1 and not a.queued(), 20, "the message at B",
+               lambda: a.stderr()[-3000:])
+    after_a, after_b = metrics(a), metrics(b)
+    assert delta(after_b, before_b, "tern_tls_sessions_total{direction=in}") == 2
+    assert delta(after_b, before_b, "tern_tls_sessions_total{direction=out}") == 0
+    assert delta(after_a, before_a, "tern_tls_sessions_total{direction=out}") == 1
+    assert delta(after_a, before_a, "tern_tls_sessions_total{direction=in}") == 0
+
+
+def test_queue_gauges_with_delivery_off(tern):
+    # The default test tern keeps everything queued: the gauges come from the spool.
+    for i in range(3):
+        send(tern, [f"r{i}@far.test"], f"kept {i}")
+    m = metrics(tern)
+    assert m["tern_queue_messages{state=queued}"] == 3
+    assert m["tern_queue_messages_by_priority{priority=0}"] == 3
+    assert m["tern_queue_messages{state=deferred}"] == 0
+    assert len(listing(tern, "--state", "queued")) == 3

@@ -32,6 +32,12 @@ public final class AdminEndpoint {
     func close() { http.close() }
 
     func handle(_ request: HTTPRequest, _ answer: @escaping (HTTPResponse) -> Void) {
+        // A browser cannot reach a unix socket: the Host check is for TCP on loopback.
+        let admin = server.config.admin
+        if let refused = Self.refusedAsFromABrowser(request, loopback: admin.unixPath == nil && admin.isLoopback) {
+            answer(Self.json(refused))
+            return
+        }
         let route: AdminRoute
         do {
             route = try AdminRoute.parse(method: request.method, target: request.target)
@@ -44,10 +50,29 @@ public final class AdminEndpoint {
         }
         switch route {
         case .metrics:
-            if let delivery = server.delivery { server.relayMetrics.updateQueueGauges(delivery.queueCounts()) }
-            answer(HTTPResponse(status: 200, reason: "OK",
-                                headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                                body: server.relayMetrics.exposition()))
+            let metrics = server.relayMetrics
+            let reply = {
+                answer(HTTPResponse(status: 200, reason: "OK",
+                                    headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                    body: metrics.exposition()))
+            }
+            if let delivery = server.delivery {
+                metrics.updateQueueGauges(delivery.queueCounts())
+                reply()
+            } else {
+                // Delivery off (maintenance): nothing in memory knows the queue, the spool does.
+                let spool = server.spool
+                var counts = RelayMetrics.QueueCounts()
+                server.loop.queueWork({
+                    for id in (try? spool.list()) ?? [] {
+                        guard let e = try? spool.load(id) else { continue }
+                        counts.add(state: QueueEntry.state(of: e, inFlight: false, held: false), priority: e.priority)
+                    }
+                }, done: {
+                    metrics.updateQueueGauges(counts)
+                    reply()
+                })
+            }
         case .list(let filter):
             list(filter, answer)
         case .show(let id):
@@ -64,6 +89,26 @@ public final class AdminEndpoint {
                 }
             }
         }
+    }
+
+    /// A web page must not reach the endpoint through the postmaster's browser: a cross-site POST needs
+    /// no permission to be sent (CSRF: a page could delete mail), and a name rebound to 127.0.0.1 would
+    /// let a page read the queue. Browsers send Origin on such requests and the page's name as Host;
+    /// `tern queue`, curl and Prometheus send no Origin, and on loopback they name the address itself.
+    static func refusedAsFromABrowser(_ request: HTTPRequest, loopback: Bool) -> AdminError? {
+        if request.header("Origin") != nil {
+            return AdminError(403, "requests from web pages (with an Origin header) are refused")
+        }
+        guard loopback, let host = request.header("Host") else { return nil }
+        var name = Substring(host)
+        if name.hasPrefix("[") {
+            name = name.dropFirst().prefix { $0 != "]" }
+        } else if let colon = name.lastIndex(of: ":") {
+            name = name[..<colon]
+        }
+        let lowered = name.lowercased()
+        if lowered == "localhost" || IPAddress.parseRaw(lowered) != nil { return nil }
+        return AdminError(403, "Host \"\(host)\" is not this machine's address: use 127.0.0.1 or localhost")
     }
 
     static let deliveryOff = AdminError(409, "delivery is switched off ([delivery] enabled = false): nothing to act on")
@@ -132,6 +177,7 @@ public final class AdminEndpoint {
         case 202: return "Accepted"
         case 400: return "Bad Request"
         case 404: return "Not Found"
+        case 403: return "Forbidden"
         case 405: return "Method Not Allowed"
         case 409: return "Conflict"
         case 503: return "Service Unavailable"

@@ -196,12 +196,10 @@ public final class RelayMetrics {
 
     // MARK: TLS
 
-    /// A STARTTLS handshake with a client completed. Increment point for the TLS work: call from
-    /// InboundSession where the server-side handshake finishes.
+    /// A TLS handshake with a client completed (STARTTLS or implicit TLS; InboundSession).
     public func tlsSessionInbound() { tlsInbound.increment() }
 
-    /// A STARTTLS handshake with a next hop completed: call from OutboundConnection when the client-side
-    /// handshake finishes.
+    /// A TLS handshake with a next hop completed (OutboundConnection), verified or not.
     public func tlsSessionOutbound() { tlsOutbound.increment() }
 
     // MARK: DNS
