@@ -67,8 +67,14 @@ for c in $CONC_TERN $CONC_POSTFIX; do
 done
 
 # --- setup (once per machine) ------------------------------------------------
-if [ "$SKIP_SETUP" != 1 ] && ! { command -v smtp-source && command -v smtp-sink && command -v postfix; } >/dev/null; then
-  log "Postfix tools missing: running $BENCH_HARNESS/setup.sh"
+needs_setup() {
+  { command -v smtp-source && command -v smtp-sink && command -v postfix; } >/dev/null || return 0
+  case " $INTAKE_PEERS " in *" exim4 "*) getent passwd Debian-exim >/dev/null && [ -x /opt/bench-mta/exim4/usr/sbin/exim4 ] || return 0 ;; esac
+  case " $INTAKE_PEERS " in *" opensmtpd"*) [ -f /opt/bench-mta/lib/listen_backlog.so ] || return 0 ;; esac
+  return 1
+}
+if [ "$SKIP_SETUP" != 1 ] && needs_setup; then
+  log "Postfix tools or the Exim/OpenSMTPD peers missing: running $BENCH_HARNESS/setup.sh"
   "$BENCH_HARNESS/setup.sh" || die "setup.sh failed"
 fi
 
