@@ -1,0 +1,48 @@
+"""`tern blast` against `tern sink` (issue "sink and blast"): the counts on both sides agree, with and
+without injected faults. The sink's side is read from its /metrics (prometheus_client's parser) and
+from the summary it prints when it stops; blast's side from its --json report."""
+from __future__ import annotations
+
+from test_blast import blast_json
+from test_sink import start_sink  # noqa: F401  (the fixture)
+
+
+def test_counts_agree_messages_recipients_bytes(start_sink):
+    sink = start_sink(["--seed", "7"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "400", "--concurrency", "16",
+                        "--recipients", "3", "--size", "2k-6k", "--messages-per-connection", "5")
+    m = report["messages"]
+    assert m["attempted"] == 400 and m["accepted"] == 400 and m["failed"] == 0, m
+    assert report["recipients"]["accepted"] == 1200
+    assert sink.counter("tern_sink_messages_total") == 400
+    assert sink.counter("tern_sink_recipients_total") == 1200
+    assert sink.counter("tern_sink_message_bytes_total") == report["bytes_accepted"]
+    # 5 messages per connection: 80 sessions on both sides.
+    assert report["connections"]["opened"] == 80
+    assert sink.counter("tern_sink_sessions_total") == 80
+    summary = sink.stop()
+    assert f"80 sessions (0 refused), 400 messages, 1200 recipients, {report['bytes_accepted']} bytes" in summary
+
+
+def test_injected_rcpt_faults_are_what_blast_counts(start_sink):
+    sink = start_sink(["--seed", "11", "--fault", "stage=rcpt,fraction=0.25,reply=451"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "300", "--concurrency", "10",
+                        "--recipients", "2")
+    faults = sink.faults("rcpt", "reply")
+    rcpt = report["replies"]["rcpt"]
+    assert 0 < faults < 600, faults  # a quarter of 600 RCPTs, give or take the dice
+    assert rcpt["4xx"] == faults, (rcpt, faults)
+    assert rcpt["2xx"] == 600 - faults
+    assert rcpt["5xx"] == 0
+    # A message is accepted when at least one recipient was: what the sink counted as messages.
+    assert sink.counter("tern_sink_messages_total") == report["messages"]["accepted"]
+    assert sink.counter("tern_sink_recipients_total") == rcpt["2xx"]
+
+
+def test_magic_data_code_is_counted_at_data_end(start_sink):
+    sink = start_sink(["--seed", "3"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "50", "--concurrency", "5",
+                        "--to", "data-554@sink.test")
+    assert report["messages"]["accepted"] == 0
+    assert report["messages"]["perm_failed"] == 50, report["messages"]
+    assert sink.counter("tern_sink_messages_total") == 0
