@@ -8,6 +8,8 @@
 // A size is the whole message as handed to DATA (header and body, CRLF lines, before dot-stuffing
 // and without the final "."), so a sink's byte counters match it.
 
+import SMTPProtocol
+
 public struct SizeDistribution: Equatable, Sendable, CustomStringConvertible {
     public struct Entry: Equatable, Sendable {
         public var sizes: ClosedRange<Int>
@@ -132,18 +134,6 @@ public struct BlastOptionError: Error, Equatable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// SplitMix64: a small, fast, seedable generator, so a run can be repeated (`--seed`).
-public struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 extension String {
     var trimmingSpaces: String {

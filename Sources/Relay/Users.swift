@@ -126,19 +126,5 @@ struct AuthThrottle {
 
 /// A whole small text file, read synchronously (start-up and reload only).
 func readTextFile(_ path: String) throws -> String {
-    guard let file = fopen(path, "rb") else {
-        throw ConfigError(message: String(cString: strerror(errno)), source: path)
-    }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-        if n < chunk.count { break }
-    }
-    guard let text = String(validating: bytes, as: UTF8.self) else {
-        throw ConfigError(message: "not valid UTF-8", source: path)
-    }
-    return text
+    try TernConfig.readFile(path)
 }

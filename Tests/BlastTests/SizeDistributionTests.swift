@@ -1,3 +1,4 @@
+import SMTPProtocol
 import Testing
 @testable import Blast
 
