@@ -54,8 +54,14 @@ struct Sink: ParsableCommand {
     @Option(name: .long, help: "Hold every reply this long (\"1s\", or a range).")
     var tarpit: String?
 
-    @Option(name: .long, help: "Advertise no such EHLO keyword (repeatable): pipelining, size, 8bitmime, enhancedstatuscodes, smtputf8, mt-priority.")
+    @Option(name: .long, help: "Advertise no such EHLO keyword (repeatable): pipelining, size, 8bitmime, enhancedstatuscodes, smtputf8, mt-priority, starttls.")
     var disable: [String] = []
+
+    @Option(name: .long, help: "PEM certificate: offer STARTTLS (with --tls-key).")
+    var tlsCertificate: String?
+
+    @Option(name: .long, help: "PEM private key of --tls-certificate.")
+    var tlsKey: String?
 
     @Flag(name: .long, help: "Treat rcpt-NNN, data-NNN, delay-MS and drop as ordinary recipients.")
     var noMagic = false
@@ -99,9 +105,15 @@ struct Sink: ParsableCommand {
         for f in fault { c.faults.append(try FaultRule.parse(flag: f)) }
         if let bannerDelay { c.faults.append(try SinkConfig.bannerDelay(bannerDelay)) }
         if let tarpit { c.faults.append(try SinkConfig.tarpit(tarpit)) }
+        if let tlsCertificate { c.tlsCertificate = tlsCertificate }
+        if let tlsKey { c.tlsKey = tlsKey }
         for name in disable {
+            if name.lowercased() == "starttls" {
+                c.offerStartTLS = false
+                continue
+            }
             guard let bit = SinkConfig.extensionNames.first(where: { $0.0 == name.lowercased() })?.1 else {
-                throw flagError("disable", "\"\(name)\" is not one of \(SinkConfig.extensionNames.map(\.0).joined(separator: ", "))")
+                throw flagError("disable", "\"\(name)\" is not one of \(SinkConfig.extensionNames.map(\.0).joined(separator: ", ")), starttls")
             }
             c.advertise.remove(bit)
         }

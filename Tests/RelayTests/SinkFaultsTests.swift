@@ -200,7 +200,8 @@ final class FaultLog {
         let text = try TernConfig.readFile(path)
         for key in ["listen", "hostname", "mode", "keep_path", "keep_format", "metrics_listen", "seed", "magic_recipients",
                     "max_message_size", "max_recipients", "max_line_length", "max_connections", "command_timeout",
-                    "banner_delay", "tarpit", "[sink.advertise]", "[[sink.fault]]"]
+                    "banner_delay", "tarpit", "[sink.advertise]", "[[sink.fault]]", "tls_certificate", "tls_key",
+                    "starttls"]
             + SinkConfig.extensionNames.map(\.0) {
             #expect(text.contains(key), "etc/sink.toml does not mention \(key)")
         }

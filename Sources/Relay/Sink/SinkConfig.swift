@@ -48,6 +48,11 @@ public struct SinkConfig: Sendable, Equatable {
     public var maxConnections = 20_000
     public var commandTimeout: Double = 300
     public var advertise: AdvertisedExtensions = .all
+    /// PEM certificate and key: STARTTLS is offered when both are set (and `offerStartTLS`).
+    public var tlsCertificate: String?
+    public var tlsKey: String?
+    /// `advertise.starttls` / `--disable starttls`: keep the certificate but do not offer STARTTLS.
+    public var offerStartTLS = true
     /// Fault rules, banner delay and tarpit included (as greeting and all-stage delay rules).
     public var faults: [FaultRule] = []
 
@@ -134,6 +139,8 @@ public struct SinkConfig: Sendable, Equatable {
         try r.read("max_line_length", into: &maxLineLength, Decode.int(atLeast: 1000,
                    why: "RFC 5321 4.5.3.1.6 requires lines of 1000 octets"))
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
+        tlsCertificate = try r.read("tls_certificate", Decode.nonEmptyString)
+        tlsKey = try r.read("tls_key", Decode.nonEmptyString)
         // "0s" (the default) adds no rule.
         if let text = try r.read("banner_delay", Decode.string),
            let rule = try r.read("banner_delay", { _ in try SinkConfig.bannerDelay(text) }), rule.delay!.high > 0 {
@@ -150,6 +157,7 @@ public struct SinkConfig: Sendable, Equatable {
                     if on { advertise.insert(bit) } else { advertise.remove(bit) }
                 }
             }
+            try a.read("starttls", into: &offerStartTLS, Decode.bool)
             try a.rejectUnknownKeys()
         }
         if let value = try r.read("fault", { $0 }) {
@@ -178,6 +186,9 @@ public struct SinkConfig: Sendable, Equatable {
     /// Checks that hold whichever way the values came (file or flags).
     public func validate(error: (String, String) -> ConfigError) throws {
         if mode == .keep && keepPath == nil { throw error("keep_path", "mode = \"keep\" needs keep_path") }
+        if (tlsCertificate == nil) != (tlsKey == nil) {
+            throw error(tlsKey == nil ? "tls_key" : "tls_certificate", "tls_certificate and tls_key go together")
+        }
         for rule in faults {
             if let l = rule.listen, !listen.contains(where: { rule.applies(toListener: $0) }) {
                 throw error("fault", "listen = \"\(l)\" is not one of the sink's listen addresses")

@@ -13,6 +13,7 @@ public struct SinkTally: Sendable, Equatable {
     public var recipients = 0
     public var bytes = 0
     public var faults = 0
+    public var tlsSessions = 0
 }
 
 public final class SinkMetrics {
@@ -25,6 +26,7 @@ public final class SinkMetrics {
     private let recipients: CoreMetrics.Counter
     private let bytes: CoreMetrics.Counter
     private let active: CoreMetrics.Gauge
+    private let tlsSessions: CoreMetrics.Counter
     private var faults: [String: CoreMetrics.Counter] = [:]
     private var activeSessions = 0
 
@@ -36,6 +38,7 @@ public final class SinkMetrics {
         recipients = Counter(label: "tern_sink_recipients_total", factory: factory)
         bytes = Counter(label: "tern_sink_message_bytes_total", factory: factory)
         active = Gauge(label: "tern_sink_sessions_active", factory: factory)
+        tlsSessions = Counter(label: "tern_sink_tls_sessions_total", factory: factory)
         active.record(0)
         // Every stage and kind shows from the start, at 0, so a scraper sees a steady set of series.
         // Only the pairs that can happen: replies at a stage, delays anywhere ("all": the tarpit),
@@ -53,6 +56,12 @@ public final class SinkMetrics {
         sessions.increment()
         activeSessions += 1
         active.record(activeSessions)
+    }
+
+    /// A STARTTLS handshake completed.
+    func tlsSessionStarted() {
+        tally.tlsSessions += 1
+        tlsSessions.increment()
     }
 
     func sessionClosed() {

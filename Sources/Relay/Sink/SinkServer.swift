@@ -30,6 +30,8 @@ public final class SinkServer {
     var idGenerator = QueueIDGenerator()
     let store: SinkStore?
     var http: HTTPServer?
+    /// The certificate and key, when STARTTLS is offered.
+    var tlsContext: TLSContext?
     var stopping = false
     var onStopped: (() -> Void)?
     var stopTimer: Timer?
@@ -50,8 +52,14 @@ public final class SinkServer {
             // Every recipient at every domain is accepted: a sink is nobody's open relay.
             policy: RelayPolicy(hostname: config.hostname))
         base.extensions = config.advertise
-        // STARTTLS hook: when TLS lands (issue 7), a sink with a certificate appends "STARTTLS" to
-        // base.extraExtensions here, and SinkSession.perform handles the machine's start-TLS action.
+        if let certificate = config.tlsCertificate, let key = config.tlsKey {
+            do {
+                tlsContext = try TLSContext.server(certificatePath: certificate, keyPath: key)
+            } catch {
+                throw ConfigError(key: "tls_certificate", message: "\(error)")
+            }
+            base.startTLS = config.offerStartTLS
+        }
         for text in config.listen {
             let address = try SocketAddress(parsing: text)
             let tcp: TCPListener

@@ -23,6 +23,8 @@ final class SinkSession {
     private var size = 0
     private var chunks: [[UInt8]] = []
     private var committing = false
+    /// Present once STARTTLS was accepted: every byte in and out goes through it.
+    private var tls: TLSEngine?
 
     init(id: UInt64, server: SinkServer, connection: TCPConnection, machine: ServerSession) {
         self.id = id
@@ -41,8 +43,56 @@ final class SinkSession {
     }
 
     private func received(_ bytes: UnsafeRawBufferPointer) {
-        perform(machine.receive(bytes))
+        guard let tls else {
+            perform(machine.receive(bytes))
+            resumeReading()
+            return
+        }
+        let handshakeWasDone = tls.handshakeComplete
+        let plaintext: [UInt8]
+        do {
+            plaintext = try tls.receive(bytes)
+        } catch {
+            flushTLS()  // the alert, if any
+            closed = true
+            timer.stop()
+            connection.closeAfterWrites()
+            return
+        }
+        if !handshakeWasDone && tls.handshakeComplete {
+            server.metrics.tlsSessionStarted()
+            perform(machine.tlsEstablished(tls.summary))
+        }
+        if !plaintext.isEmpty { plaintext.withUnsafeBytes { perform(machine.receive($0)) } }
+        flushTLS()
+        if tls.peerClosed && !closed {
+            closed = true
+            timer.stop()
+            connection.closeAfterWrites()
+            return
+        }
         resumeReading()
+    }
+
+    /// Writes what the TLS engine has for the socket (handshake records, encrypted replies).
+    private func flushTLS() {
+        guard let tls, tls.hasOutput else { return }
+        connection.write(tls.takeOutput())
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        guard let tls else {
+            connection.write(bytes)
+            return
+        }
+        do {
+            try tls.send(bytes)
+        } catch {
+            closed = true
+            connection.close()
+            return
+        }
+        flushTLS()
     }
 
     /// Reads (and arms the idle timer) unless something is held or the machine waits.
@@ -67,7 +117,7 @@ final class SinkSession {
         for (index, action) in actions.enumerated() {
             switch action {
             case .reply(let bytes):
-                connection.write(bytes)
+                send(bytes)
             case .beginMessage(let start):
                 message = start
                 size = 0
@@ -83,12 +133,22 @@ final class SinkSession {
             case .close:
                 closed = true
                 timer.stop()
+                tls?.shutdown()
+                flushTLS()
                 connection.closeAfterWrites()
             case .drop:
                 closed = true
                 connection.close()
-            case .startTLS, .authenticate:
-                // The sink offers neither STARTTLS nor AUTH yet, so its sessions never ask for them.
+            case .startTLS:
+                // The 220 went out in the clear just before this; the handshake comes next.
+                guard let context = server.tlsContext, let engine = try? TLSEngine(context: context) else {
+                    closed = true
+                    connection.close()
+                    return
+                }
+                tls = engine
+            case .authenticate:
+                // The sink never offers AUTH, so its sessions never ask for it.
                 closed = true
                 connection.close()
             case .delay(let milliseconds):
