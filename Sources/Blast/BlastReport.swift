@@ -14,8 +14,10 @@ public struct BlastReport: Codable, Equatable {
         public var messagesPerConnection: Int
         public var pipelining: Bool
         public var rate: Double?
+        public var startTLS = false
         enum CodingKeys: String, CodingKey {
             case concurrency, messages, size, recipients, pipelining, rate
+            case startTLS = "starttls"
             case durationSeconds = "duration_s", messagesPerConnection = "messages_per_connection"
         }
 
@@ -30,6 +32,7 @@ public struct BlastReport: Codable, Equatable {
             try c.encode(messagesPerConnection, forKey: .messagesPerConnection)
             try c.encode(pipelining, forKey: .pipelining)
             try c.encode(rate, forKey: .rate)
+            try c.encode(startTLS, forKey: .startTLS)
         }
     }
     public struct Messages: Codable, Equatable {
@@ -87,7 +90,8 @@ public struct BlastReport: Codable, Equatable {
         settings = Settings(concurrency: s.concurrency, messages: s.messages, durationSeconds: s.duration,
                             size: s.sizes.spec,
                             recipients: r.count == 1 ? String(r.lowerBound) : "\(r.lowerBound)-\(r.upperBound)",
-                            messagesPerConnection: s.messagesPerConnection, pipelining: s.pipelining, rate: s.rate)
+                            messagesPerConnection: s.messagesPerConnection, pipelining: s.pipelining, rate: s.rate,
+                            startTLS: s.startTLS)
         self.elapsedSeconds = elapsedSeconds
         messages = Messages(attempted: stats.messagesAttempted, accepted: stats.messagesAccepted,
                             tempFailed: stats.messagesTempFailed, permFailed: stats.messagesPermFailed,
@@ -166,6 +170,7 @@ public struct BlastReport: Codable, Equatable {
         out += Self.row(["latency ms", "count", "p50", "p90", "p99", "max"], widths: lw)
         for stage in Stage.allCases {
             let l = latencyMs[stage.key]!
+            if stage == .tls && l.count == 0 && !settings.startTLS { continue }
             if l.count == 0 {
                 out += Self.row([stage.name, "0", "-", "-", "-", "-"], widths: lw)
             } else {

@@ -53,6 +53,15 @@ public final class BlastRunner {
     var finished = false
     /// Why nothing could connect, if so.
     public private(set) var unreachable: String?
+    /// Made on the first STARTTLS, shared by every connection.
+    var tlsContext: TLSContext?
+
+    func clientTLSContext() throws -> TLSContext {
+        if let tlsContext { return tlsContext }
+        let context = try TLSContext.client()
+        tlsContext = context
+        return context
+    }
 
     var startTime: UInt64 = 0
     var lastCompletion: UInt64 = 0
@@ -238,6 +247,9 @@ final class BlastSlot {
     /// The rate cap's permit for the next transaction was taken already (before connecting).
     var permitHeld = false
     var finished = false
+    /// Present once the server said 220 to STARTTLS: every byte goes through it from then on.
+    var tls: TLSEngine?
+    var tlsStart: UInt64 = 0
 
     init(runner: BlastRunner, index: Int) {
         self.runner = runner
@@ -299,8 +311,9 @@ final class BlastSlot {
             return finish()
         }
         tcp = connection
-        session = ClientSession(hostname: settings.helo)
+        session = ClientSession(hostname: settings.helo, tls: settings.startTLS ? .required : .none)
         session.usePipelining = settings.pipelining
+        tls = nil
         inTransaction = false
         stageStart = now
         waitingSince = now
@@ -403,6 +416,42 @@ final class BlastSlot {
     // MARK: Replies
 
     func received(_ bytes: UnsafeRawBufferPointer) {
+        guard let engine = tls else { return receivedPlain(bytes) }
+        let wasDone = engine.handshakeComplete
+        let plaintext: [UInt8]
+        do {
+            plaintext = try engine.receive(bytes)
+        } catch {
+            flushTLS()
+            return perform([.sessionFailed(nil, "TLS handshake failed: \(error)"), .close], now: monotonicNanoseconds())
+        }
+        flushTLS()
+        if !wasDone && engine.handshakeComplete {
+            let now = monotonicNanoseconds()
+            runner.stats.record(.tls, microseconds: (now - tlsStart) / 1000)
+            stageStart = now
+            perform(session.tlsEstablished(), now: now)
+        }
+        if !plaintext.isEmpty, tls === engine { plaintext.withUnsafeBytes { receivedPlain($0) } }
+    }
+
+    /// Bytes for the server, through TLS once it is up.
+    func write(_ bytes: [UInt8], on connection: TCPConnection) {
+        guard let engine = tls else { return connection.write(bytes) }
+        do {
+            try engine.send(bytes)
+        } catch {
+            return perform([.sessionFailed(nil, "TLS write failed: \(error)"), .close], now: monotonicNanoseconds())
+        }
+        flushTLS()
+    }
+
+    func flushTLS() {
+        guard let engine = tls, engine.hasOutput else { return }
+        tcp?.write(engine.takeOutput())
+    }
+
+    func receivedPlain(_ bytes: UnsafeRawBufferPointer) {
         let before = session.phase
         phaseBefore = before
         let actions = session.receive(bytes)
@@ -472,7 +521,7 @@ final class BlastSlot {
             guard tcp === connection else { return }
             switch action {
             case .send(let bytes):
-                connection.write(bytes)
+                write(bytes, on: connection)
             case .ready:
                 runner.stats.count(.greeting, code: 220)
                 runner.stats.count(.ehlo, code: 250)
@@ -497,12 +546,21 @@ final class BlastSlot {
                 if let reply, let stage = Self.replyStage(phaseBefore) { runner.stats.count(stage, code: reply.code) }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
+                tls?.shutdown()
+                flushTLS()
                 detach()
                 return
             case .startTLS:
-                // Blast never asks for STARTTLS yet (--starttls is refused at start), so this is not reached.
-                detach()
-                return
+                // The server said 220 to STARTTLS: the handshake starts now.
+                do {
+                    let engine = try TLSEngine(context: try runner.clientTLSContext(), serverName: nil)
+                    tls = engine
+                    tlsStart = now
+                    try engine.start()
+                } catch {
+                    return perform([.sessionFailed(nil, "TLS failed: \(error)"), .close], now: now)
+                }
+                flushTLS()
             }
         }
     }

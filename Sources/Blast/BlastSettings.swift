@@ -18,6 +18,8 @@ public struct BlastSettings {
     public var messagesPerConnection: Int
     /// Pipeline MAIL/RCPT/DATA when the server offers PIPELINING.
     public var pipelining: Bool
+    /// STARTTLS on every connection (the server's certificate is not checked: this is load, not mail).
+    public var startTLS = false
     /// Transactions started per second, at most (nil: as fast as the server answers).
     public var rate: Double?
     public var sender: AddressPattern

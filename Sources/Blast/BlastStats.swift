@@ -11,13 +11,14 @@ import Histogram
 import SMTPProtocol
 
 public enum Stage: Int, CaseIterable, Sendable {
-    case connect, greeting, ehlo, mail, rcpt, data, dataEnd, transaction
+    case connect, greeting, ehlo, tls, mail, rcpt, data, dataEnd, transaction
 
     public var name: String {
         switch self {
         case .connect: return "connect"
         case .greeting: return "greeting"
         case .ehlo: return "EHLO"
+        case .tls: return "TLS"
         case .mail: return "MAIL"
         case .rcpt: return "RCPT"
         case .data: return "DATA"

@@ -69,7 +69,7 @@ struct BlastCommand: ParsableCommand {
     @Option(name: .long, help: "Seed for sizes and recipient counts drawn at random.")
     var seed: UInt64 = 1
 
-    @Flag(name: .long, help: "Use STARTTLS (not available yet).")
+    @Flag(name: .long, help: "STARTTLS on every connection; a server that does not offer it counts as a failed session. The certificate is not checked.")
     var starttls = false
 
     @Flag(name: .long, help: "Print the report as JSON.")
@@ -83,9 +83,6 @@ struct BlastCommand: ParsableCommand {
 
     func settings() throws -> BlastSettings {
         do {
-            if starttls {
-                throw BlastOptionError("--starttls: not available yet (TLS support is being added to Tern)")
-            }
             var s = BlastSettings(server: try BlastSettings.parseServer(server),
                                   sender: try AddressPattern(parsing: from, option: "--from"),
                                   recipient: try AddressPattern(parsing: to, option: "--to"))
@@ -96,6 +93,7 @@ struct BlastCommand: ParsableCommand {
             s.recipients = try BlastSettings.parseRecipients(recipients)
             s.messagesPerConnection = messagesPerConnection
             s.pipelining = pipelining
+            s.startTLS = starttls
             s.rate = rate
             s.bind = try BlastSettings.parseBind(bind)
             s.helo = helo

@@ -83,7 +83,7 @@ import UVRuntime
         let messages = object["messages"] as! [String: Int]
         #expect(messages == ["attempted": 1, "accepted": 1, "temp_failed": 0, "perm_failed": 0, "failed": 0])
         let latency = object["latency_ms"] as! [String: [String: Any]]
-        #expect(Set(latency.keys) == ["connect", "greeting", "ehlo", "mail", "rcpt", "data", "data_end", "transaction"])
+        #expect(Set(latency.keys) == ["connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "data_end", "transaction"])
         #expect(latency["data_end"]!["p99"] as? Double == 1.234)
         let replies = object["replies"] as! [String: [String: Int]]
         #expect(replies["greeting"] == ["2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0])

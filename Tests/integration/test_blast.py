@@ -342,7 +342,6 @@ def test_refused_connection_exits_69_with_a_clear_message():
     (["--duration", "soon"], "--duration"),
     (["--recipients", "0"], "--recipients"),
     (["--bind", "host.example"], "--bind"),
-    (["--starttls"], "not available yet"),
     (["--concurrency", "100000"], "file descriptors"),
 ])
 def test_bad_arguments_exit_64_naming_the_option(args, needle):
@@ -464,3 +463,35 @@ def test_progress_on_a_terminal_is_one_line_rewritten(sink):
     assert "\n" not in err.replace("\r\n", "").replace("\r\x1b[K", ""), repr(err)  # no new lines
     assert err.endswith("\r\x1b[K"), repr(err[-80:])  # cleared before the report
     assert json.loads(out)["messages"]["accepted"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# --starttls
+
+@pytest.fixture(scope="module")
+def blast_certs(tmp_path_factory):
+    from tls_helpers import make_certs
+    return make_certs(tmp_path_factory.mktemp("blast-certs"))
+
+
+def test_starttls_into_tern_serve_every_message_queued_over_tls(start_tern, blast_certs):
+    tern = start_tern(extra_tables={"tls": {"certificate": str(blast_certs["cert"]), "key": str(blast_certs["key"])}})
+    report = blast_json("--server", f"127.0.0.1:{tern.port}", "--messages", "60", "--concurrency", "6",
+                        "--messages-per-connection", "3", "--starttls")
+    assert report["settings"]["starttls"] is True
+    assert report["messages"]["accepted"] == 60, report
+    assert report["latency_ms"]["tls"]["count"] == 20  # one handshake per connection
+    queued = tern.queued()
+    assert len(queued) == 60
+    received = tern.msg(queued[0]).split(b"\r\n\r\n", 1)[0]
+    assert b"with ESMTPS" in received and b"TLSv1." in received, received
+
+
+def test_starttls_refused_when_not_offered_counts_failed_sessions(tern):
+    report = blast_json("--server", f"127.0.0.1:{tern.port}", "--messages", "5", "--concurrency", "1",
+                        "--starttls", "--timeout", "10s")
+    assert report["messages"]["accepted"] == 0
+    assert report["connections"]["session_failed"] >= 1
+    assert report["latency_ms"]["tls"]["count"] == 0
+    assert tern.queued() == []
+    assert any("STARTTLS" in e for e in report["errors"]), report["errors"]

@@ -46,3 +46,16 @@ def test_magic_data_code_is_counted_at_data_end(start_sink):
     assert report["messages"]["accepted"] == 0
     assert report["messages"]["perm_failed"] == 50, report["messages"]
     assert sink.counter("tern_sink_messages_total") == 0
+
+
+def test_starttls_counts_agree(start_sink, tmp_path):
+    from tls_helpers import make_certs
+    certs = make_certs(tmp_path / "certs")
+    sink = start_sink(["--tls-certificate", str(certs["cert"]), "--tls-key", str(certs["key"])])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "120", "--concurrency", "8",
+                        "--messages-per-connection", "4", "--starttls")
+    assert report["messages"]["accepted"] == 120, report
+    assert sink.counter("tern_sink_messages_total") == 120
+    assert sink.counter("tern_sink_message_bytes_total") == report["bytes_accepted"]
+    assert sink.counter("tern_sink_tls_sessions_total") == report["connections"]["opened"] == 30
+    assert report["latency_ms"]["tls"]["count"] == 30
