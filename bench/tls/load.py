@@ -117,10 +117,28 @@ def worker(args, counter, deadline) -> None:
 
 
 def count_queue(d: str) -> int:
-    try:
-        return sum(1 for n in os.listdir(d) if n.endswith(".env"))
-    except FileNotFoundError:
+    """Messages in a tern spool's queue: <queue>/<hex digit>/<ID>.env."""
+    total = 0
+    for sub in "0123456789ABCDEF":
+        try:
+            total += sum(1 for n in os.listdir(os.path.join(d, sub)) if n.endswith(".env"))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def run_blast(args) -> int:
+    """relay with `tern blast --starttls` as the client: one libuv process instead of Python workers."""
+    import subprocess
+    cmd = [args.tern, "blast", "--server", f"{args.host}:{args.port}", "--messages", str(args.n),
+           "--concurrency", str(args.procs), "--messages-per-connection", str(args.per_conn),
+           "--size", str(args.size), "--from", "load@load.test", "--to", "sink@sink.test",
+           "--starttls", "--json", "--quiet", "--timeout", "30s"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.max_seconds + 30)
+    if p.returncode != 0:
+        print(json.dumps({"error": p.stderr.strip()}), flush=True)
         return 0
+    return json.loads(p.stdout)["messages"]["accepted"]
 
 
 def main() -> None:
@@ -135,20 +153,27 @@ def main() -> None:
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--sink-queue", default=None)
     ap.add_argument("--max-seconds", type=float, default=300)
+    ap.add_argument("--client", choices=["python", "blast"], default="python",
+                    help="relay mode: Python workers, or `tern blast --starttls` (--tern PATH)")
+    ap.add_argument("--tern", default="tern")
     args = ap.parse_args()
 
     counter = mp.Value("i", 0)
     cpu0 = tree_cpu(args.pid)
     t0 = time.monotonic()
     deadline = t0 + args.max_seconds
-    procs = [mp.Process(target=worker, args=(args, counter, deadline)) for _ in range(args.procs)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    if args.mode == "relay" and args.client == "blast":
+        done = run_blast(args)
+    else:
+        procs = [mp.Process(target=worker, args=(args, counter, deadline)) for _ in range(args.procs)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        done = counter.value
     t1 = time.monotonic()
-    done = counter.value
-    result = {"mode": args.mode, "count": done, "client_seconds": round(t1 - t0, 3)}
+    result = {"mode": args.mode, "client": args.client if args.mode == "relay" else "python", "count": done,
+              "client_seconds": round(t1 - t0, 3)}
     if args.mode == "relay" and args.sink_queue:
         # End to end: until the sink holds every message (bounded by the deadline).
         while count_queue(args.sink_queue) < done and time.monotonic() < deadline:

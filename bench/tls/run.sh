@@ -23,6 +23,7 @@ PROCS=${PROCS:-8}
 PER_CONN=${PER_CONN:-10}
 SIZE=${SIZE:-4096}
 PEERS=${PEERS:-"tern postfix"}
+RELAY_CLIENT=${RELAY_CLIENT:-blast}   # relay load: blast (tern blast --starttls, 4x PROCS connections) or python
 TERN_BIN=${TERN_BIN:-$REPO/.build-bench/release/tern}
 OUT=${OUT:-${RESULTS_DIR:-$REPO/bench/results/tls-$(date -u +%Y%m%d-%H%M%S)}}
 SHARED=${BENCH_DIR:-$REPO/../shared/bench}
@@ -133,7 +134,7 @@ CF
 {
     echo "date: $(date -u)"; echo "commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)"
     echo "cores: $(nproc)"; echo "load: $(cat /proc/loadavg)"; echo "postfix: $(postconf -d mail_version 2>/dev/null)"
-    echo "openssl: $(openssl version)"; echo "N_HS=$N_HS N_MSG=$N_MSG PROCS=$PROCS PER_CONN=$PER_CONN SIZE=$SIZE"
+    echo "openssl: $(openssl version)"; echo "N_HS=$N_HS N_MSG=$N_MSG PROCS=$PROCS PER_CONN=$PER_CONN SIZE=$SIZE RELAY_CLIENT=$RELAY_CLIENT"
 } > "$OUT/env.txt"
 
 for rep in $(seq 1 "$RUNS"); do
@@ -142,8 +143,10 @@ for rep in $(seq 1 "$RUNS"); do
         "start_$peer"
         python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n 50 --procs 2 --pid "$PEER_PID" >/dev/null  # warm-up
         hs=$(python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n "$N_HS" --procs "$PROCS" --pid "$PEER_PID" | tail -1)
-        rl=$(python3 "$REPO/bench/tls/load.py" relay --host $RELAY_ADDR --port $RELAY_PORT --n "$N_MSG" --procs "$PROCS" --per-conn "$PER_CONN" \
-             --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" --max-seconds 120 | tail -1)
+        if [ "$RELAY_CLIENT" = blast ]; then relay_procs=$((PROCS * 4)); else relay_procs=$PROCS; fi
+        rl=$(python3 "$REPO/bench/tls/load.py" relay --host $RELAY_ADDR --port $RELAY_PORT --n "$N_MSG" --procs "$relay_procs" --per-conn "$PER_CONN" \
+             --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" --max-seconds 120 \
+             --client "$RELAY_CLIENT" --tern "$TERN_BIN" | tail -1)
         echo "{\"rep\": $rep, \"peer\": \"$peer\", \"handshake\": $hs, \"relay\": $rl}" | tee -a "$OUT/results.jsonl"
         sh "$W/peer.stop"; rm -f "$W/peer.stop"
         [ -f "$W/postfix/w/log/maillog" ] && tail -200 "$W/postfix/w/log/maillog" > "$OUT/postfix-rep$rep.maillog"
