@@ -69,6 +69,8 @@ reverse_dns = false
 path = "$W/sink-spool"
 [delivery]
 enabled = false
+[admin]
+listen = ""
 [tls]
 certificate = "$W/cert.pem"
 key = "$W/key.pem"
@@ -98,6 +100,8 @@ path = "$W/tern/spool"
 tls = "opportunistic"
 [routes]
 "*" = "[$SINK_ADDR]:$SINK_PORT"
+[admin]
+listen = "127.0.0.1:8125"
 [tls]
 certificate = "$W/cert.pem"
 key = "$W/key.pem"
