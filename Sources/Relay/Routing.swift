@@ -315,6 +315,6 @@ func dnsErrorText(_ error: DNSError) -> String {
     case .timeout: return "timed out"
     case .badResponse: return "bad response"
     case .cancelled: return "lookup cancelled"
-    case .other(let status): return "resolver error \(status)"
+    case .other(let status): return "resolver error \(status): \(DNSError.text(ofStatus: status))"
     }
 }

@@ -30,6 +30,12 @@ public enum DNSError: Error, Equatable {
     case nxdomain, noData, serverFailure, refused, timeout, badResponse, cancelled
     /// Any other c-ares status (ARES_ECONNREFUSED, ARES_EBADNAME, ...).
     case other(Int32)
+
+    /// c-ares's own words for a status ("Could not contact DNS servers").
+    public static func text(ofStatus status: Int32) -> String {
+        guard let text = ares_strerror(status) else { return "status \(status)" }
+        return String(cString: text)
+    }
 }
 
 public struct MXRecord: Equatable {

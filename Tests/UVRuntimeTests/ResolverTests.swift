@@ -522,3 +522,11 @@ private let nullMXThroughCNAME: [UInt8] = {
         #expect(DNSError(aresStatus: TERN_ARES_ECONNREFUSED) == .other(TERN_ARES_ECONNREFUSED))
     }
 }
+
+@Suite struct DNSErrorTextTests {
+    @Test func cAresSaysWhatAStatusMeans() {
+        // ARES_ECONNREFUSED is 11 in every c-ares release: what an unreachable resolver gives.
+        #expect(DNSError.text(ofStatus: 11) == "Could not contact DNS servers")
+        #expect(!DNSError.text(ofStatus: 4).isEmpty)  // ARES_ENOTFOUND
+    }
+}
