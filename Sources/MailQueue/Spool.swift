@@ -19,9 +19,10 @@
 // A message is queued exactly when its .env exists. `commit` makes that true durably: fsync the data,
 // create the envelope under its final name (O_EXCL), write and fsync it, and fsync the directory so the
 // new names survive a crash. A crash at any earlier point leaves a .msg without .env, which
-// `removeOrphans` deletes at start-up, or an .env cut short: the record's last line is `end`, so `load`
-// knows an .env without it for a commit that never finished and removes that message (the client never
-// got its 250, so it still owns the message). No temporary name and rename for this first write: the
+// `removeOrphans` deletes at start-up, or an .env cut short: the record's last line is `end`, so
+// `removeOrphans` knows an .env without it for a commit that never finished and removes that message
+// (the client never got its 250, so it still owns the message); `load` only reports it, since at run
+// time the same bytes are a commit still being written. No temporary name and rename for this first write: the
 // rename was about a tenth of the CPU of receiving a message. Later rewrites (`update`) replace a
 // complete record, so they go through `<id>.env.tmp` and an atomic rename. `remove` unlinks the .env
 // first for the same reason.
@@ -292,14 +293,12 @@ public final class Spool: @unchecked Sendable {
         do {
             envelope = try EnvelopeRecord.decode(bytes)
         } catch {
-            // The first write of this record never finished (see the top of this file), so the message was
-            // never acknowledged. It goes, as a .msg without .env would have. (`removeOrphans` does the same
-            // at start-up; this catches what it could not see.)
+            // Never repaired here: a first commit may be writing this very record right now (the
+            // admin endpoint lists the queue while mail arrives). `removeOrphans` clears torn records
+            // at start-up, when nothing is being received.
             guard Spool.isTorn(bytes) else { throw error }
-            _ = unlink(file)
-            _ = unlink(messagePath(id))
             throw SpoolError("load", path: file, errno: EINVAL,
-                             detail: "envelope cut short by a crash during its commit, before the 250; removed")
+                             detail: "envelope incomplete: being written, or cut short by a crash before its 250")
         }
         guard envelope.id == id else {
             throw SpoolError("load", path: file, errno: EINVAL, detail: "record is for id \(envelope.id)")
