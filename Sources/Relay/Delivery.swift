@@ -188,8 +188,10 @@ public final class DeliveryManager {
     /// Loads the message of `job` (from memory if another job has it open) and hands it to the connection.
     func start(_ job: DeliveryJob, on connection: OutboundConnection, routeFirst: Bool) {
         withActiveMessage(job.id) { [self] message in
-            guard let message else {
-                // The message is gone (removed by hand) or unreadable: nothing to do for this job.
+            // Gone (removed by hand, or unreadable), or the postmaster acted on it while it was being
+            // read from the spool (deleted, held, an action waiting): nothing to send for this job.
+            guard let message, !message.deleted, !message.removed, !message.envelope.held,
+                  message.pendingAction == nil else {
                 connection.finish()
                 return
             }
@@ -362,6 +364,13 @@ public final class DeliveryManager {
     /// Writes the envelope's new state; when no job is in flight, sends the bounce for what failed and
     /// removes a finished message. One write per message at a time.
     func persist(_ message: ActiveMessage) {
+        // Once its files are gone, a late write would bring back an .env without its .msg.
+        guard !message.removed else {
+            let waiting = message.afterWrite
+            message.afterWrite = []
+            for answer in waiting { answer(nil) }
+            return
+        }
         message.needsWrite = true
         guard !message.writing else { return }
         message.writing = true
