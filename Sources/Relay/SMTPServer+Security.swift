@@ -29,7 +29,18 @@ extension SMTPServer {
     /// Reads the certificate, key and users file again (SIGHUP). New sessions use the new ones;
     /// open sessions keep theirs. On an error the old ones stay in force and the error is thrown.
     public func reload() throws {
-        let (context, users) = try Self.loadSecurityFiles(config)
+        install(try Self.loadSecurityFiles(config))
+    }
+
+    /// The certificate, key and users file of `config`, read and parsed: blocking, for the thread pool.
+    public typealias SecurityFiles = (TLSContext?, UsersFile?)
+    public static func readSecurityFiles(_ config: TernConfig) throws -> SecurityFiles {
+        try loadSecurityFiles(config)
+    }
+
+    /// Puts files read by `readSecurityFiles` in force (on the loop). New sessions use them.
+    public func install(_ files: SecurityFiles) {
+        let (context, users) = files
         tlsContext = context
         self.users = users
         let what = (context == nil ? "no certificate" : "certificate \(config.tls.certificate)")

@@ -20,8 +20,11 @@ func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Log
         guard !reloading else { return }
         reloading = true
         var loaded: Result<TernConfig, Error>?
+        var security: Result<SMTPServer.SecurityFiles, Error>?
         loop.queueWork({
+            // Reading and parsing files (config, certificate, key, users) stays off the loop thread.
             loaded = Result { try TernConfig.load(path: path) }
+            if case .success(let new) = loaded { security = Result { try SMTPServer.readSecurityFiles(new) } }
         }, done: {
             reloading = false
             switch loaded! {
@@ -35,8 +38,11 @@ func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Log
                     line += "; not applied until a restart: \(outcome.needRestart.joined(separator: ", "))"
                 }
                 log.notice("\(line)")
-                // The certificate, key and users file are read again, changed or not (renewed in place).
-                do { try server.reload() } catch { log.error("reload failed for the TLS/AUTH files, keeping the old ones: \(error)") }
+                // The certificate, key and users file were read again, changed or not (renewed in place).
+                switch security! {
+                case .success(let files): server.install(files)
+                case .failure(let error): log.error("reload failed for the TLS/AUTH files, keeping the old ones: \(error)")
+                }
             }
         })
     }
