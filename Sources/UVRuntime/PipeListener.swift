@@ -36,6 +36,10 @@ public final class PipeListener: UVHandleOwner {
 
         var result = uv_pipe_bind(handle, path)
         if result == 0 {
+            // Whoever can connect can act on the queue: the owner only, whatever the umask.
+            if chmod(path, 0o600) != 0 { result = -errno }
+        }
+        if result == 0 {
             result = uv_listen(handle.cast(to: uv_stream_t.self), backlog) { server, status in
                 Unmanaged<PipeListener>.fromOpaque(server!.pointee.data!).takeUnretainedValue()
                     .connectionArrived(status: status)

@@ -388,6 +388,7 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
     sock = tmp_path / "admin.sock"
     tern = start_tern(extra_tables={"admin": {"listen": str(sock)}})
     assert sock.is_socket()
+    assert (sock.stat().st_mode & 0o777) == 0o600, oct(sock.stat().st_mode)  # the owner only, whatever the umask
     assert "Mail queue is empty" in queue(tern, "list").stdout
     qid = send(tern, ["x@nowhere.test"], "queued")  # delivery is off: it stays queued
     out = subprocess.run([str(TERN_BIN), "queue", "show", qid, "--admin", str(sock)], capture_output=True,
