@@ -167,25 +167,7 @@ public struct TernLogHandler: LogHandler {
         }
     }
 
-    /// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped.
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string (RFC 8259 §7). TOML's basic-string escapes are valid JSON escapes (control
+    /// characters as \uXXXX, plus DEL, which JSON allows either way), so the config writer's does both.
+    static func jsonString(_ s: String) -> String { TOMLWriter.quoted(s) }
 }
