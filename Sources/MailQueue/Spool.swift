@@ -9,6 +9,9 @@
 //     <spool>/queue/<h>/<id>.env  the envelope record (see EnvelopeRecord.swift); rewritten on every
 //                               delivery attempt
 //     <spool>/queue/<h>/<id>.env.tmp  an envelope being written; renamed over <id>.env when complete
+//     <spool>/journal/<n>.jnl     the intake journal (Journal.swift): messages received whole in memory
+//                               are made durable there, many per fdatasync, and get files of their
+//                               own only if they stay queued past their first delivery attempt
 //
 // <h> is the last hex digit of the id (0-9, A-F): sixteen directories, so that concurrent creates,
 // renames and unlinks do not all wait on one directory's lock, and a directory fsync covers a sixteenth
@@ -121,14 +124,17 @@ public final class Spool: @unchecked Sendable {
     public static let hashNames = (0..<16).map { String($0, radix: 16, uppercase: true) }
     /// One per hashed directory, each kept open for fsync after renames in it.
     private let directories: [HashedDirectory]
+    /// `<path>/journal`: where most messages are committed first.
+    let journal: Journal
     private let lockMutex = NSLock()
     private var lockDescriptor: Int32 = -1
 
     /// Directory fsyncs done, for tests and the curious.
     var directorySyncCount: Int { directories.reduce(0) { $0 + $1.syncCount } }
 
-    /// Opens the spool at `path`, creating `<path>/queue/{0..F}` (and parents) if missing.
-    public init(path: String) throws {
+    /// Opens the spool at `path`, creating `<path>/queue/{0..F}` and `<path>/journal` (and parents) if
+    /// missing. `journalSegmentLimit`: bytes after which the journal starts a new segment.
+    public init(path: String, journalSegmentLimit: Int64 = 32 << 20) throws {
         let queue = path.hasSuffix("/") ? path + "queue" : path + "/queue"
         try Spool.makeDirectories(queue)
         var created = false
@@ -150,6 +156,8 @@ public final class Spool: @unchecked Sendable {
         self.path = path
         self.queuePath = queue
         self.directories = directories
+        self.journal = try Journal(path: path.hasSuffix("/") ? path + "journal" : path + "/journal",
+                                   segmentLimit: journalSegmentLimit)
     }
 
     deinit {
@@ -241,6 +249,17 @@ public final class Spool: @unchecked Sendable {
         return stored
     }
 
+    /// Durable commit of messages received whole in memory, many at once: they are appended to the
+    /// journal with one write and one fdatasync. The stored envelopes (size set) come back in order.
+    /// Throws, and none of them is queued, if the write or the sync fails or an id is taken.
+    public func commit(journaling messages: [(Envelope, [UInt8])]) throws -> [Envelope] {
+        for (envelope, _) in messages where access(envelopePath(envelope.id), F_OK) == 0 {
+            throw SpoolError("commit", path: envelopePath(envelope.id), errno: EEXIST,
+                             detail: "queue id \(envelope.id) is taken (the clock went back?)")
+        }
+        return try journal.append(messages)
+    }
+
     /// Abandons a message that was not committed (client went away, commit failed): closes the file and
     /// unlinks whatever of it exists. Never throws. A no-op after a successful commit.
     public func discard(_ file: SpoolFile) {
@@ -257,25 +276,61 @@ public final class Spool: @unchecked Sendable {
 
     /// Rewrites an envelope durably (temp + fsync + rename + directory fsync): per-recipient state,
     /// attempts, next attempt. One writer per message at a time.
+    /// A message still in the journal moves to its own files with the new envelope.
     public func update(_ envelope: Envelope) throws {
+        if try moveOut(envelope.id, envelope: envelope) { return }
         try writeEnvelope(envelope)
+    }
+
+    /// Moves a journaled message to its own `.msg` and `.env` (with `envelope`, or the journal's own
+    /// when nil), durably, then drops it from the journal. False if it was not in the journal.
+    private func moveOut(_ id: QueueID, envelope: Envelope?) throws -> Bool {
+        guard let (record, data) = try journal.beginMove(id) else { return false }
+        var moved = false
+        defer { journal.endMove(id, moved: moved) }
+        let e = try envelope ?? EnvelopeRecord.decode(record)
+        // Nothing of this id should exist; a leftover would make the O_EXCL creates fail.
+        _ = unlink(envelopePath(id))
+        _ = unlink(messagePath(id))
+        let file = try create(id)
+        do {
+            try file.write(data)
+            try commit(file, envelope: e)
+        } catch {
+            discard(file)
+            throw error
+        }
+        moved = true
+        return true
+    }
+
+    /// Moves the live messages out of the journal's oldest segment once few are left in it (at most
+    /// `limit` per call), so that it can be deleted. Returns how many moved. For a periodic timer.
+    public func compactJournal(limit: Int = 256) throws -> Int {
+        var moved = 0
+        for id in journal.compactionCandidates(limit: limit) {
+            if try moveOut(id, envelope: nil) { moved += 1 }
+        }
+        return moved
     }
 
     /// The message is done: unlinks the .env first (so it stops being queued), then the .msg.
     /// Missing files are not an error. Not followed by a directory fsync: if a crash undoes the unlink,
     /// the message is delivered again, which SMTP tolerates (RFC 5321 section 6.1).
     public func remove(_ id: QueueID) throws {
+        if try journal.markDone(id) { return }
         for file in [envelopePath(id), messagePath(id)] where unlink(file) != 0 && errno != ENOENT {
             throw SpoolError("unlink", path: file, errno: errno)
         }
     }
 
-    /// Ids of queued messages (those with an .env), oldest first.
+    /// Ids of queued messages (those with an .env, and those in the journal), oldest first.
     public func list() throws -> [QueueID] {
-        var ids: [QueueID] = []
+        var ids: [QueueID] = journal.ids()
+        let inJournal = Set(ids)
         for d in directories {
             for name in try Spool.entries(d.path) where name.hasSuffix(".env") {
-                if let id = QueueID(rawValue: String(name.dropLast(4))) { ids.append(id) }
+                if let id = QueueID(rawValue: String(name.dropLast(4))), !inJournal.contains(id) { ids.append(id) }
             }
         }
         return ids.sorted()
@@ -283,10 +338,12 @@ public final class Spool: @unchecked Sendable {
 
     /// The message bytes as stored (Received header first). Blocking: call from the thread pool.
     public func readMessage(_ id: QueueID) throws -> [UInt8] {
-        try Spool.readFile(messagePath(id))
+        if let (_, data) = try journal.read(id) { return data }
+        return try Spool.readFile(messagePath(id))
     }
 
     public func load(_ id: QueueID) throws -> Envelope {
+        if let (record, _) = try journal.read(id, data: false) { return try EnvelopeRecord.decode(record) }
         let file = envelopePath(id)
         let bytes = try Spool.readFile(file)
         let envelope: Envelope
@@ -313,6 +370,15 @@ public final class Spool: @unchecked Sendable {
     static func isTorn(_ bytes: [UInt8]) -> Bool {
         bytes.allSatisfy { $0 == 0 }
             || (bytes.starts(with: Array("tern-envelope\t".utf8)) && !bytes.ends(with: Array("\nend\n".utf8)))
+    }
+
+    /// Start-up, before accepting mail: `removeOrphans`, then the journal's messages that were neither
+    /// done nor moved to their own files are read back into its index. Returns the files removed and
+    /// the messages found in the journal.
+    public func recover() throws -> (removed: Int, journaled: Int) {
+        let removed = try removeOrphans()
+        let journaled = try journal.recover { access(envelopePath($0), F_OK) == 0 }
+        return (removed, journaled)
     }
 
     /// Start-up recovery, before accepting mail: moves files of the unhashed layout into their

@@ -211,7 +211,7 @@ final class InboundSession {
         info("\(id): client=\(clientName), helo=<\(start.helo)>", qid: id)
         info("\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)", qid: id)
         for recipient in start.recipients { info("\(id): to=<\(recipient)>", qid: id) }
-        let writer = MessageWriter(loop: server.loop, spool: server.spool, id: id, envelope: envelope,
+        let writer = MessageWriter(loop: server.loop, spool: server.spool, journal: server.journal, id: id, envelope: envelope,
                                    firstBytes: received.bytes)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
         self.writer = writer

@@ -3,14 +3,18 @@
 // The session hands over chunks as DATA arrives; they are written by work items on libuv's thread
 // pool, one at a time per message so the file stays in order. A small message (the common case) is
 // written, fsynced and committed by a single work item at the end of DATA. Many sessions commit at
-// once, so their fsyncs overlap on the pool instead of queueing behind each other.
+// once, so their commits go to the spool's journal in batches (JournalCommitter, below): one write and
+// one fdatasync for all the messages that finished DATA while the previous batch was on disk. A large
+// message, already partly written to its own file while it arrived, is committed there instead.
 
+import Logging
 import MailQueue
 import UVRuntime
 
 final class MessageWriter {
     let loop: EventLoop
     let spool: Spool
+    let journal: JournalCommitter?
     let id: QueueID
     var envelope: Envelope
 
@@ -33,9 +37,11 @@ final class MessageWriter {
     /// Write in pieces this large while DATA is still arriving; smaller messages wait for the end.
     static let writeThreshold = 256 * 1024
 
-    init(loop: EventLoop, spool: Spool, id: QueueID, envelope: Envelope, firstBytes: [UInt8]) {
+    init(loop: EventLoop, spool: Spool, journal: JournalCommitter?, id: QueueID, envelope: Envelope,
+         firstBytes: [UInt8]) {
         self.loop = loop
         self.spool = spool
+        self.journal = journal
         self.id = id
         self.envelope = envelope
         append(firstBytes)
@@ -84,6 +90,22 @@ final class MessageWriter {
         var file = self.file
         var failure = self.failure
         let whole = committing && !spilled
+        if whole, file == nil, failure == nil, let journal {
+            busy = true
+            journal.commit(envelope, chunks: chunks) { [self] stored, bytes, error in
+                busy = false
+                let done = commitDone!
+                commitDone = nil
+                if let stored {
+                    self.envelope = stored
+                    committedBytes = bytes
+                } else {
+                    self.failure = error
+                }
+                done(stored == nil ? nil : id, error)
+            }
+            return
+        }
         if !committing { spilled = true }
         var bytes: [UInt8] = []
         loop.queueWork({
@@ -124,5 +146,98 @@ final class MessageWriter {
                 kick()
             }
         })
+    }
+}
+
+/// The loop's side of the spool journal (Spool.commit(journaling:)): batches the commits of every
+/// session into one pool work item at a time, so many messages share one write and one fdatasync.
+/// Messages that finish DATA while a batch is on disk form the next batch; under load the batches grow
+/// by themselves, and a lone message waits for nothing but its own fdatasync.
+final class JournalCommitter {
+    typealias Done = (Envelope?, [UInt8], Error?) -> Void
+    let loop: EventLoop
+    let spool: Spool
+    private var waiting: [(envelope: Envelope, chunks: [[UInt8]], done: Done)] = []
+    private var busy = false
+    private var compactionTimer: Timer?
+    private var compacting = false
+
+    /// Bytes per batch at most: a burst of large messages is written in several batches.
+    static let maxBatchBytes = 8 << 20
+
+    init(loop: EventLoop, spool: Spool, log: Logger) {
+        self.loop = loop
+        self.spool = spool
+        // Every 10 s: move out the few messages that keep the oldest journal segment on disk.
+        let timer = Timer(loop: loop)
+        timer.start(afterMilliseconds: 10_000, repeatMilliseconds: 10_000) { [unowned self] in
+            guard !compacting else { return }
+            compacting = true
+            var moved = 0
+            var failure: Error?
+            loop.queueWork({
+                do { moved = try spool.compactJournal() } catch { failure = error }
+            }, done: { [unowned self] in
+                compacting = false
+                if let failure { log.error("spool: journal compaction failed: \(failure)") }
+                if moved > 0 { log.info("spool: moved \(moved) messages out of the oldest journal segment") }
+            })
+        }
+        compactionTimer = timer
+    }
+
+    /// Queues a message for the next batch; `done` runs on the loop with the stored envelope and the
+    /// message bytes, or nil and the error.
+    func commit(_ envelope: Envelope, chunks: [[UInt8]], done: @escaping Done) {
+        waiting.append((envelope, chunks, done))
+        kick()
+    }
+
+    private func kick() {
+        guard !busy, !waiting.isEmpty else { return }
+        var bytes = 0
+        var take = 0
+        while take < waiting.count && (take == 0 || bytes < Self.maxBatchBytes) {
+            bytes += waiting[take].chunks.reduce(0) { $0 + $1.count }
+            take += 1
+        }
+        let batch = Array(waiting[..<take])
+        waiting.removeFirst(take)
+        busy = true
+        let spool = self.spool
+        let envelopes = batch.map(\.envelope)
+        let chunkLists = batch.map(\.chunks)
+        var messages: [[UInt8]] = []
+        var stored: [Envelope] = []
+        var failure: Error?
+        loop.queueWork({
+            // On a pool thread: only the captured values are touched here.
+            messages = chunkLists.map { chunks in
+                var bytes: [UInt8] = []
+                bytes.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
+                for chunk in chunks { bytes.append(contentsOf: chunk) }
+                return bytes
+            }
+            do {
+                stored = try spool.commit(journaling: Array(zip(envelopes, messages)))
+            } catch {
+                failure = error
+            }
+        }, done: { [self] in
+            busy = false
+            for (i, item) in batch.enumerated() {
+                if let failure {
+                    item.done(nil, [], failure)
+                } else {
+                    item.done(stored[i], messages[i], nil)
+                }
+            }
+            kick()
+        })
+    }
+
+    func close() {
+        compactionTimer?.close()
+        compactionTimer = nil
     }
 }

@@ -23,6 +23,8 @@ public final class SMTPServer {
     /// Replaced by `reload` (SIGHUP); sessions read it when they need a limit.
     public internal(set) var config: TernConfig
     public let spool: Spool
+    /// Batches messages into the spool's journal.
+    let journal: JournalCommitter
     public var log: Logger
     public var metrics = ServerMetrics()
     /// The numbers behind the admin endpoint's GET /metrics.
@@ -61,9 +63,11 @@ public final class SMTPServer {
         self.log = log
         let spool = try Spool(path: config.spool.path)
         try spool.lock()
-        let orphans = try spool.removeOrphans()
+        let (orphans, journaled) = try spool.recover()
         if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
+        if journaled > 0 { log.info("spool: \(journaled) queued messages found in the journal") }
         self.spool = spool
+        journal = JournalCommitter(loop: loop, spool: spool, log: log)
         let s = config.server
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
@@ -207,6 +211,7 @@ public final class SMTPServer {
     func finishStopping() {
         graceTimer?.close()
         graceTimer = nil
+        journal.close()
         resolver.close()
         let done = onStopped
         onStopped = nil

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -288,7 +289,62 @@ def queue_id_of(reply: Reply) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Spool format: <spool>/queue/<last digit of ID>/<ID>.msg and <ID>.env (see README.md "Spool format").
+# Spool format: <spool>/queue/<last digit of ID>/<ID>.msg and <ID>.env, and the journal
+# <spool>/journal/<N>.jnl (see README.md "Spool format"). Read here independently of Tern's code.
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as the journal's records carry it."""
+    crc = 0xFFFFFFFF
+    table = _CRC32C
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def read_journal(spool: Path) -> dict[str, tuple[bytes, bytes]]:
+    """Live messages of the journal: id -> (envelope record, message bytes). A segment is read up to its
+    first damaged record; a done record cancels its message; an id with an .env file was moved out."""
+    live: dict[str, tuple[bytes, bytes]] = {}
+    segments = sorted((spool / "journal").glob("*.jnl")) if (spool / "journal").is_dir() else []
+    for segment in segments:
+        data = segment.read_bytes()
+        at = 0
+        while at + 16 <= len(data):
+            magic = data[at:at + 4]
+            first, second, crc = struct.unpack_from("<III", data, at + 4)
+            if magic == b"TJM1":
+                end = at + 16 + first + second
+                if end > len(data) or crc32c(data[at + 16:end]) != crc:
+                    break
+                envelope = data[at + 16:at + 16 + first]
+                qid = re.search(rb"^id\t([0-9A-F]{14})$", envelope, re.M).group(1).decode()
+                live[qid] = (envelope, data[at + 16 + first:end])
+            elif magic == b"TJD1":
+                end = at + 16 + first
+                if end > len(data) or crc32c(data[at + 16:end]) != crc:
+                    break
+                live.pop(data[at + 16:end].decode(), None)
+            else:
+                break
+            at = end
+    for qid in list(live):
+        if (spool / "queue" / qid[-1] / f"{qid}.env").exists():
+            del live[qid]
+    return live
 
 
 @dataclass
@@ -491,8 +547,9 @@ class Tern:
         return self.spool / "queue"
 
     def queue_files(self) -> list[str]:
-        """Names of the files in the sixteen hashed queue directories (<spool>/queue/<last hex digit>/)."""
-        names = []
+        """Names of the files in the sixteen hashed queue directories (<spool>/queue/<last hex digit>/),
+        and <ID>.msg and <ID>.env for each message that is queued in the journal."""
+        names = [f"{qid}.{ext}" for qid in read_journal(self.spool) for ext in ("msg", "env")]
         for d in "0123456789ABCDEF":
             try:
                 names += [p.name for p in (self.queue_dir / d).iterdir()]
@@ -510,10 +567,15 @@ class Tern:
         return sorted(n[:-4] for n in names if n.endswith(".msg") and n[:-4] + ".env" in names)
 
     def msg(self, queue_id: str) -> bytes:
-        return self.queue_path(f"{queue_id}.msg").read_bytes()
+        journaled = read_journal(self.spool).get(queue_id)
+        return journaled[1] if journaled else self.queue_path(f"{queue_id}.msg").read_bytes()
+
+    def env_bytes(self, queue_id: str) -> bytes:
+        journaled = read_journal(self.spool).get(queue_id)
+        return journaled[0] if journaled else self.queue_path(f"{queue_id}.env").read_bytes()
 
     def env(self, queue_id: str) -> Envelope:
-        return Envelope.parse(self.queue_path(f"{queue_id}.env").read_bytes())
+        return Envelope.parse(self.env_bytes(queue_id))
 
     def assert_queued(self, queue_id: str, message: bytes, *, sender: str, rcpts: list[str],
                       helo: str = CLIENT_HELO, ip: str = "127.0.0.1", proto: str | tuple = "ESMTP") -> Envelope:

@@ -135,7 +135,7 @@ def diagnostics(tern, *hops) -> str:
 def env_text(tern, qid: str) -> str:
     """The raw envelope record (not conftest's Envelope.parse: delivery adds fields to rcpt lines)."""
     try:
-        return tern.queue_path(f"{qid}.env").read_text(errors="replace")
+        return tern.env_bytes(qid).decode(errors="replace")
     except FileNotFoundError:
         return "(gone)"
 

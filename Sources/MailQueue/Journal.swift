@@ -1,0 +1,518 @@
+// The intake journal: where a message just received becomes durable for a fraction of the cost of its
+// own files.
+//
+// A message received whole in memory (all but the largest) is appended, with its envelope, to the
+// current segment `<spool>/journal/<N>.jnl`. The caller batches the messages of many sessions, so one
+// write and one fdatasync make a whole batch durable, where a message in its own files costs two file
+// creations, two fsyncs and a directory fsync. The first delivery attempt usually ends a message's life
+// here: it is done, and a done record says so; no file was ever created for it.
+//
+// Records, integers little-endian:
+//
+//     message  "TJM1" u32 envelope-length u32 data-length u32 crc32c(envelope + data) envelope data
+//     done     "TJD1" u32 id-length u32 crc32c(id) id
+//
+// The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
+//
+// A message leaves the journal when it is done (delivered, bounced, deleted: `markDone`) or when its
+// envelope must change (deferred, held): then `Spool` moves it to its own `.msg` and `.env` first
+// (`beginMove`, `endMove`). Done records are not fsynced: if a crash loses one, the message is delivered
+// again, which SMTP tolerates (RFC 5321 section 6.1); a message is never lost.
+//
+// Segments are deleted oldest first and only once every message in them is done, so a done record
+// always outlives the message record it cancels. A message that lingers (a destination with a long
+// backlog) would keep every later segment on disk, so once the oldest segment's live messages are down
+// to a quarter of its bytes they are moved out (`compactionCandidates`).
+//
+// Recovery reads the segments in order and stops a segment at the first record that is cut short or
+// fails its checksum: a batch that a crash interrupted, none of which was acknowledged. A message whose
+// `.env` exists was moved out; its journal record is stale.
+//
+// Thread safety: every method may be called from any pool thread. One mutex guards the index and the
+// segments; fdatasync runs outside it. Appends are serialised among themselves.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation  // NSCondition, NSLock only
+
+final class Journal: @unchecked Sendable {
+    /// Where a journaled message's record is.
+    struct Location {
+        let segment: UInt64
+        /// Offset of the envelope bytes (just after the record header).
+        let offset: Int64
+        let envelopeLength: Int
+        let dataLength: Int
+        var recordLength: Int64 { Int64(Journal.headerLength + envelopeLength + dataLength) }
+    }
+
+    final class Segment {
+        let number: UInt64
+        let path: String
+        var fd: Int32
+        var size: Int64
+        /// Messages in this segment not yet done or moved out, and their bytes.
+        var live: Set<QueueID> = []
+        var liveBytes: Int64 = 0
+
+        init(number: UInt64, path: String, fd: Int32, size: Int64) {
+            self.number = number
+            self.path = path
+            self.fd = fd
+            self.size = size
+        }
+    }
+
+    static let messageMagic: [UInt8] = Array("TJM1".utf8)
+    static let doneMagic: [UInt8] = Array("TJD1".utf8)
+    static let headerLength = 16
+
+    let path: String
+    /// A new segment is started once the current one is this large.
+    let segmentLimit: Int64
+    private let directoryFD: Int32
+
+    private let state = NSCondition()
+    private var index: [QueueID: Location] = [:]
+    /// Oldest first; the last is the one appends go to.
+    private var segments: [Segment] = []
+    /// Messages being moved to their own files; `markDone` and other moves wait for them.
+    private var moving: Set<QueueID> = []
+    /// Set when the current segment's tail is in doubt (a failed write or fdatasync): appends go to a new one.
+    private var mustRotate = false
+    private let appendLock = NSLock()
+    /// Held while deleting segments, so that they go in order even from different threads.
+    private let deletionLock = NSLock()
+
+    init(path: String, segmentLimit: Int64 = 32 << 20) throws {
+        try Spool.makeDirectories(path)
+        self.path = path
+        self.segmentLimit = segmentLimit
+        self.directoryFD = try Spool.retrying("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    }
+
+    deinit {
+        for s in segments where s.fd >= 0 { _ = close(s.fd) }
+        _ = close(directoryFD)
+    }
+
+    private func segmentPath(_ number: UInt64) -> String {
+        let hex = String(number, radix: 16, uppercase: true)
+        return path + "/" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex + ".jnl"
+    }
+
+    // MARK: Start-up
+
+    /// Reads every segment, rebuilds the index of live messages (those with no done record and, by
+    /// `movedOut`, no files of their own), deletes segments with nothing live from the oldest on, and
+    /// starts a new segment. Returns the number of live messages. Run once, before anything else.
+    func recover(movedOut: (QueueID) -> Bool) throws -> Int {
+        state.lock()
+        defer { state.unlock() }
+        var numbers: [UInt64] = []
+        for name in try Spool.entries(path) where name.hasSuffix(".jnl") {
+            if let n = UInt64(name.dropLast(4), radix: 16) { numbers.append(n) }
+        }
+        numbers.sort()
+        var bySegment: [UInt64: Segment] = [:]
+        for number in numbers {
+            let file = segmentPath(number)
+            let bytes = try Spool.readFile(file)
+            let fd = try Spool.retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
+            let segment = Segment(number: number, path: file, fd: fd, size: Int64(bytes.count))
+            segments.append(segment)
+            bySegment[number] = segment
+            Journal.parse(bytes) { record in
+                switch record {
+                case .message(let id, let offset, let envelopeLength, let dataLength):
+                    index[id] = Location(segment: number, offset: offset, envelopeLength: envelopeLength,
+                                         dataLength: dataLength)
+                case .done(let id):
+                    index[id] = nil
+                }
+            }
+        }
+        for (id, location) in index {
+            if movedOut(id) { index[id] = nil; continue }
+            let s = bySegment[location.segment]!
+            s.live.insert(id)
+            s.liveBytes += location.recordLength
+        }
+        // Recovery has nothing to append to: every old segment is closed for writing.
+        var dead: [Segment] = []
+        while let first = segments.first, first.live.isEmpty {
+            dead.append(segments.removeFirst())
+        }
+        if !dead.isEmpty { deletionLock.lock() }
+        try deleteInOrder(dead)
+        try startSegment(number: (numbers.last ?? 0) + 1)
+        return index.count
+    }
+
+    enum Record {
+        case message(QueueID, offset: Int64, envelopeLength: Int, dataLength: Int)
+        case done(QueueID)
+    }
+
+    /// Calls `body` for each whole record in order; stops at the end or at the first damaged record.
+    static func parse(_ bytes: [UInt8], _ body: (Record) -> Void) {
+        var at = 0
+        while at + headerLength <= bytes.count {
+            let magic = Array(bytes[at..<at + 4])
+            let first = Int(readUInt32(bytes, at + 4))
+            if magic == messageMagic {
+                let second = Int(readUInt32(bytes, at + 8))
+                let end = at + headerLength + first + second
+                guard end <= bytes.count,
+                      CRC32C.checksum(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
+                      let envelope = try? EnvelopeRecord.decode(Array(bytes[(at + headerLength)..<(at + headerLength + first)]))
+                else { return }
+                body(.message(envelope.id, offset: Int64(at + headerLength), envelopeLength: first, dataLength: second))
+                at = end
+            } else if magic == doneMagic {
+                let end = at + headerLength + first
+                guard end <= bytes.count,
+                      CRC32C.checksum(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
+                      let text = String(bytes: bytes[(at + headerLength)..<end], encoding: .utf8),
+                      let id = QueueID(rawValue: text)
+                else { return }
+                body(.done(id))
+                at = end
+            } else {
+                return
+            }
+        }
+    }
+
+    private static func readUInt32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+    }
+
+    private static func appendUInt32(_ out: inout [UInt8], _ value: UInt32) {
+        out.append(UInt8(value & 0xFF))
+        out.append(UInt8(value >> 8 & 0xFF))
+        out.append(UInt8(value >> 16 & 0xFF))
+        out.append(UInt8(value >> 24))
+    }
+
+    static func messageRecord(envelope: [UInt8], data: [UInt8]) -> [UInt8] {
+        var crc = CRC32C()
+        crc.update(envelope[...])
+        crc.update(data[...])
+        var out = messageMagic
+        out.reserveCapacity(headerLength + envelope.count + data.count)
+        appendUInt32(&out, UInt32(envelope.count))
+        appendUInt32(&out, UInt32(data.count))
+        appendUInt32(&out, crc.value)
+        out += envelope
+        out += data
+        return out
+    }
+
+    static func doneRecord(_ id: QueueID) -> [UInt8] {
+        let text = Array(id.rawValue.utf8)
+        var out = doneMagic
+        appendUInt32(&out, UInt32(text.count))
+        appendUInt32(&out, 0)
+        appendUInt32(&out, CRC32C.checksum(text[...]))
+        return out + text
+    }
+
+    // MARK: Appending
+
+    /// Makes the messages durable in the current segment: one write, one fdatasync. Each envelope's
+    /// size is set from its data; the stored envelopes are returned in order. Throws (and the messages
+    /// are not queued) if any step fails.
+    func append(_ messages: [(Envelope, [UInt8])]) throws -> [Envelope] {
+        appendLock.lock()
+        defer { appendLock.unlock() }
+        var stored: [Envelope] = []
+        var batch: [UInt8] = []
+        var placed: [(QueueID, Int64, Int, Int)] = []  // id, offset in batch, envelope length, data length
+        for (envelope, data) in messages {
+            var e = envelope
+            e.size = data.count
+            let record = EnvelopeRecord.encode(e)
+            placed.append((e.id, Int64(batch.count + Journal.headerLength), record.count, data.count))
+            batch += Journal.messageRecord(envelope: record, data: data)
+            stored.append(e)
+        }
+
+        state.lock()
+        let segment: Segment
+        let base: Int64
+        do {
+            for (id, _, _, _) in placed where index[id] != nil {
+                throw SpoolError("append", path: path, errno: EEXIST, detail: "queue id \(id) is already in the journal")
+            }
+            if mustRotate || segments.last!.size >= segmentLimit {
+                try startSegment(number: segments.last!.number + 1)
+                mustRotate = false
+            }
+            segment = segments.last!
+            base = segment.size
+            try Journal.writeAll(segment, batch, at: base)
+            segment.size = base + Int64(batch.count)
+        } catch {
+            state.unlock()
+            throw error
+        }
+        state.unlock()
+
+        do {
+            try Spool.retrying("fdatasync", segment.path) { fdatasync(segment.fd) }
+        } catch {
+            // Whether any of it reached the disk is unknown. Cancel the records in case they did (the
+            // clients hear 451 and send again), and start afresh in a new segment.
+            state.lock()
+            for (id, _, _, _) in placed { try? appendDone(id) }
+            mustRotate = true
+            state.unlock()
+            throw error
+        }
+
+        state.lock()
+        for (id, offset, envelopeLength, dataLength) in placed {
+            let location = Location(segment: segment.number, offset: base + offset, envelopeLength: envelopeLength,
+                                    dataLength: dataLength)
+            index[id] = location
+            segment.live.insert(id)
+            segment.liveBytes += location.recordLength
+        }
+        state.unlock()
+        return stored
+    }
+
+    /// pwrite of all of `bytes` at `offset`; on failure the segment is cut back to `offset` (or, if even
+    /// that fails, marked for rotation) so that no partial record sits before later ones.
+    private static func writeAll(_ segment: Segment, _ bytes: [UInt8], at offset: Int64) throws {
+        var done = 0
+        let failure: SpoolError? = bytes.withUnsafeBytes { buffer in
+            while done < buffer.count {
+                let n = pwrite(segment.fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return SpoolError("write", path: segment.path, errno: errno)
+                }
+                if n == 0 { return SpoolError("write", path: segment.path, errno: EIO, detail: "write returned 0") }
+                done += n
+            }
+            return nil
+        }
+        if let failure {
+            if done > 0 && ftruncate(segment.fd, off_t(offset)) != 0 {
+                throw SpoolError("write", path: segment.path, errno: failure.errno,
+                                 detail: "\(failure); and the segment could not be cut back")
+            }
+            throw failure
+        }
+    }
+
+    /// Creates segment `number` and makes its name durable. Caller holds `state`.
+    private func startSegment(number: UInt64) throws {
+        let file = segmentPath(number)
+        let fd = try Spool.retrying("create", file) { open(file, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600) }
+        do {
+            try Spool.retrying("fsync", path) { fsync(directoryFD) }
+        } catch {
+            _ = close(fd)
+            _ = unlink(file)
+            throw error
+        }
+        segments.append(Segment(number: number, path: file, fd: fd, size: 0))
+    }
+
+    /// A done record at the end of the current segment, not synced. Caller holds `state`.
+    private func appendDone(_ id: QueueID) throws {
+        guard let segment = segments.last else { return }
+        let record = Journal.doneRecord(id)
+        do {
+            try Journal.writeAll(segment, record, at: segment.size)
+            segment.size += Int64(record.count)
+        } catch {
+            mustRotate = true
+            throw error
+        }
+    }
+
+    // MARK: Reading
+
+    var count: Int {
+        state.lock()
+        defer { state.unlock() }
+        return index.count
+    }
+
+    func contains(_ id: QueueID) -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        return index[id] != nil
+    }
+
+    func ids() -> [QueueID] {
+        state.lock()
+        defer { state.unlock() }
+        return Array(index.keys)
+    }
+
+    /// The envelope record and data of a journaled message, or nil if it is not in the journal.
+    func read(_ id: QueueID, data wantData: Bool = true) throws -> (envelope: [UInt8], data: [UInt8])? {
+        state.lock()
+        defer { state.unlock() }  // the segment cannot be deleted while it is read
+        guard let location = index[id], let segment = segments.first(where: { $0.number == location.segment }) else {
+            return nil
+        }
+        let length = location.envelopeLength + (wantData ? location.dataLength : 0)
+        var bytes = [UInt8](repeating: 0, count: length)
+        var done = 0
+        try bytes.withUnsafeMutableBytes { buffer in
+            while done < length {
+                let n = pread(segment.fd, buffer.baseAddress! + done, length - done, off_t(location.offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw SpoolError("read", path: segment.path, errno: errno)
+                }
+                if n == 0 { throw SpoolError("read", path: segment.path, errno: EIO, detail: "segment ends inside a record") }
+                done += n
+            }
+        }
+        return (Array(bytes[..<location.envelopeLength]), Array(bytes[location.envelopeLength...]))
+    }
+
+    // MARK: Leaving the journal
+
+    /// The message is done: a done record, and it leaves the index. Returns false if it was not in the
+    /// journal (moved out, or never there). Waits for a move of the same message to finish.
+    func markDone(_ id: QueueID) throws -> Bool {
+        state.lock()
+        while moving.contains(id) { state.wait() }
+        guard let location = index[id] else {
+            state.unlock()
+            return false
+        }
+        do {
+            try appendDone(id)
+        } catch {
+            state.unlock()
+            throw error
+        }
+        index[id] = nil
+        let dead = forget(id, location)
+        state.unlock()
+        try deleteInOrder(dead)
+        return true
+    }
+
+    /// Claims a journaled message for moving out and returns its envelope record and data; nil if it is
+    /// not in the journal (then the caller deals with its files). Every claim is ended by `endMove`.
+    func beginMove(_ id: QueueID) throws -> (envelope: [UInt8], data: [UInt8])? {
+        state.lock()
+        while moving.contains(id) { state.wait() }
+        guard index[id] != nil else {
+            state.unlock()
+            return nil
+        }
+        moving.insert(id)
+        state.unlock()
+        do {
+            guard let bytes = try read(id) else {
+                endMove(id, moved: false)
+                return nil
+            }
+            return bytes
+        } catch {
+            endMove(id, moved: false)
+            throw error
+        }
+    }
+
+    /// Ends a claim. `moved`: the message's own files are durable, so its journal record is dropped.
+    func endMove(_ id: QueueID, moved: Bool) {
+        state.lock()
+        moving.remove(id)
+        var dead: [Segment] = []
+        if moved, let location = index[id] {
+            // Not fatal if this fails: the files win over the journal record at recovery.
+            try? appendDone(id)
+            index[id] = nil
+            dead = forget(id, location)
+        }
+        state.broadcast()
+        state.unlock()
+        try? deleteInOrder(dead)
+    }
+
+    /// Live messages of the oldest segment once they are down to a quarter of its bytes (and it is not
+    /// the segment appends go to): these should move to their own files so the segment can go.
+    func compactionCandidates(limit: Int) -> [QueueID] {
+        state.lock()
+        defer { state.unlock() }
+        guard segments.count > 1, let oldest = segments.first, oldest.liveBytes * 4 <= oldest.size else { return [] }
+        return Array(oldest.live.subtracting(moving).sorted().prefix(limit))
+    }
+
+    /// Drops `id` from its segment's live set and takes the dead segments off the front. Caller holds
+    /// `state`; the returned segments are for `deleteInOrder` once `state` is released.
+    private func forget(_ id: QueueID, _ location: Location) -> [Segment] {
+        if let s = segments.first(where: { $0.number == location.segment }) {
+            s.live.remove(id)
+            s.liveBytes -= location.recordLength
+        }
+        var dead: [Segment] = []
+        while segments.count > 1, let first = segments.first, first.live.isEmpty {
+            dead.append(segments.removeFirst())
+        }
+        if !dead.isEmpty { deletionLock.lock() }  // taken before `state` is released: deletions keep their order
+        return dead
+    }
+
+    /// Closes and unlinks segments oldest first, then makes that durable, so that a crash never keeps
+    /// an older segment whose done records were in a newer one that is gone. Releases `deletionLock`
+    /// taken by `forget`.
+    private func deleteInOrder(_ dead: [Segment]) throws {
+        guard !dead.isEmpty else { return }
+        defer { deletionLock.unlock() }
+        for s in dead {
+            if s.fd >= 0 { _ = close(s.fd); s.fd = -1 }
+            if unlink(s.path) != 0 && errno != ENOENT { throw SpoolError("unlink", path: s.path, errno: errno) }
+        }
+        try Spool.retrying("fsync", path) { fsync(directoryFD) }
+    }
+
+    /// Segment files present, for tests.
+    var segmentNumbers: [UInt64] {
+        state.lock()
+        defer { state.unlock() }
+        return segments.map(\.number)
+    }
+}
+
+/// CRC-32C (Castagnoli), reflected, as in iSCSI and ext4: catches a record cut short or half-written.
+struct CRC32C {
+    private static let table: [UInt32] = (0..<256).map { n in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+        return c
+    }
+
+    private var crc: UInt32 = 0xFFFF_FFFF
+
+    mutating func update(_ bytes: ArraySlice<UInt8>) {
+        var c = crc
+        Self.table.withUnsafeBufferPointer { t in
+            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        }
+        crc = c
+    }
+
+    var value: UInt32 { crc ^ 0xFFFF_FFFF }
+
+    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        var c = CRC32C()
+        c.update(bytes)
+        return c.value
+    }
+}
