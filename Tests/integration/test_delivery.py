@@ -401,6 +401,28 @@ def test_no_bounce_for_null_sender(relay, hops):
 # Restart
 
 
+def test_sigkill_with_messages_in_the_journal_then_all_delivered_once(relay, hops):
+    # Delivery off: every accepted message stays in the spool's journal (no files of its own).
+    tern = relay(delivery={"enabled": False})
+    ids = [send(tern, [f"user{i}@restart.test"], subject=f"journal {i}")[0] for i in range(30)]
+    assert tern.queue_files() and not any(list((tern.queue_dir / d).iterdir()) for d in "0123456789ABCDEF"), \
+        "messages received whole should be in the journal, not in files of their own"
+    tern.kill()
+    assert sorted(tern.queued()) == sorted(ids), f"queued mail lost at SIGKILL: {tern.queue_files()}"
+    text = tern.config_path.read_text()
+    assert "enabled = false" in text
+    tern.config_path.write_text(text.replace("enabled = false", "enabled = true"))
+    hop = hops("127.0.0.13")
+    tern.start()
+    hop.wait_for(30, on_timeout=lambda: diagnostics(tern, hop))
+    wait_spool_empty(tern, hop)
+    time.sleep(1.0)
+    got = sorted(t.subject for t in hop.received())
+    assert got == sorted(f"journal {i}" for i in range(30)), f"after restart the hop received {got}"
+    # The old segment held only delivered messages: it is gone; the one appends go to stays.
+    assert len(list((tern.spool / "journal").glob("*.jnl"))) == 1
+
+
 def test_restart_with_messages_queued(relay, hops):
     tern = relay(delivery={"retry_schedule": ["1s"]})
     ids = [send(tern, [f"user{i}@restart.test"], subject=f"restart {i}")[0] for i in range(2)]
