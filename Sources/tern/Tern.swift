@@ -75,7 +75,12 @@ struct Serve: ParsableCommand {
         let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
         let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
         let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
+        // Log lines go out once per loop iteration, not with a write each.
+        LogBuffer.shared.start(fd: 2)
+        let flushLog = Prepare(loop: loop) { LogBuffer.shared.flush() }
+        defer { LogBuffer.shared.stop() }
         loop.run()
+        flushLog.close()
         term.close()
         int.close()
         hup.close()

@@ -136,3 +136,21 @@ import Glibc
         #expect(limit.rlim_cur == limit.rlim_max)
     }
 }
+
+@Suite struct PrepareTests {
+    @Test func runsOncePerIterationUntilClosedAndDoesNotKeepTheLoopAlive() throws {
+        let loop = try EventLoop()
+        defer { loop.close() }
+        var runs = 0
+        let prepare = Prepare(loop: loop) { runs += 1 }
+        // Alone it is no reason to run: the loop returns at once.
+        loop.run()
+        #expect(runs == 0)
+        run(loop, forMilliseconds: 50)  // a 5 ms tick: several iterations
+        #expect(runs >= 3)
+        prepare.close()
+        let before = runs
+        run(loop, forMilliseconds: 30)
+        #expect(runs == before)
+    }
+}
