@@ -248,8 +248,11 @@ final class Journal: @unchecked Sendable {
             for (id, _, _, _) in placed where index[id] != nil {
                 throw SpoolError("append", path: path, errno: EEXIST, detail: "queue id \(id) is already in the journal")
             }
-            if mustRotate || segments.last!.size >= segmentLimit {
-                try startSegment(number: segments.last!.number + 1)
+            guard let last = segments.last else {
+                throw SpoolError("append", path: path, errno: EINVAL, detail: "the journal was not recovered at start-up")
+            }
+            if mustRotate || last.size >= segmentLimit {
+                try startSegment(number: last.number + 1)
                 mustRotate = false
             }
             segment = segments.last!

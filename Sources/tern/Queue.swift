@@ -125,8 +125,15 @@ struct QueueShow: ParsableCommand {
     @OptionGroup var endpoint: AdminOptions
     @Argument(help: "The queue id.") var id: String
     @Flag(help: "Print the endpoint's JSON.") var json = false
+    @Flag(help: "Print the stored message itself (Received header first), e.g. for `tern trace -`.")
+    var message = false
 
     func run() throws {
+        if message {
+            let response = try endpoint.call("GET", "/queue/" + queryEscaped(id) + "/message")
+            FileHandle.standardOutput.write(Data(response.body))
+            return
+        }
         let response = try endpoint.call("GET", "/queue/" + queryEscaped(id))
         if json {
             print(response.text, terminator: "")

@@ -24,6 +24,7 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(try AdminRoute.parse(method: "GET", target: "/queue/") == .list(QueueFilter()))
         #expect(try AdminRoute.parse(method: "GET", target: "/queue/\(id1)") == .show(id1))
         #expect(try AdminRoute.parse(method: "GET", target: "/queue/\(id1.rawValue.lowercased())") == .show(id1))
+        #expect(try AdminRoute.parse(method: "GET", target: "/queue/\(id1)/message") == .message(id1))
         for action in QueueAction.allCases {
             #expect(try AdminRoute.parse(method: "POST", target: "/queue/\(id1)/\(action.rawValue)") == .act(action, id1))
         }
@@ -49,6 +50,8 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
             ("GET", "/metrics?x=1", 400),
             ("DELETE", "/queue", 405),
             ("GET", "/queue/\(id1)/delete", 405),  // actions only by POST
+            ("POST", "/queue/\(id1)/message", 405),
+            ("GET", "/queue/\(id1)/message?x=1", 400),
             ("POST", "/queue/\(id1)/explode", 404),
             ("GET", "/queue/not-an-id", 400),
             ("GET", "/queue/../etc/passwd", 404),

@@ -460,3 +460,18 @@ def test_queue_gauges_with_delivery_off(tern):
     assert m["tern_queue_messages_by_priority{priority=0}"] == 3
     assert m["tern_queue_messages{state=deferred}"] == 0
     assert len(listing(tern, "--state", "queued")) == 3
+
+
+def test_show_message_prints_the_stored_bytes(tern):
+    # Delivery off: the message is in the journal, not a file; the endpoint reads it from there.
+    qid = send(tern, ["r@far.test"], "show me the bytes")
+    p = subprocess.run([str(TERN_BIN), "queue", "show", qid, "--message", "--config", str(tern.config_path)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == tern.msg(qid)
+    assert p.stdout.startswith(b"Received: from client.test") and b"Subject: show me the bytes" in p.stdout
+    # The same bytes through `tern trace -`: one hop, ours.
+    t = subprocess.run([str(TERN_BIN), "trace", "-"], input=p.stdout, capture_output=True, timeout=60)
+    assert t.returncode == 0 and b"1 hop" in t.stdout, t.stdout + t.stderr
+    missing = queue(tern, "show", "0000000000ABCD", "--message", expect=1)
+    assert "no such message" in missing.stderr

@@ -77,6 +77,14 @@ public final class AdminEndpoint {
             list(filter, answer)
         case .show(let id):
             show(id, answer)
+        case .message(let id):
+            let spool = server.spool
+            var bytes: [UInt8]?
+            server.loop.queueWork({ bytes = try? spool.readMessage(id) }, done: {
+                guard let bytes else { return answer(Self.json(AdminError(404, "\(id): no such message in the queue"))) }
+                answer(HTTPResponse(status: 200, reason: "OK", headers: [HTTPHeader("Content-Type", "message/rfc822")],
+                                    body: bytes))
+            })
         case .flush(let domain):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.flush(domain: domain)))

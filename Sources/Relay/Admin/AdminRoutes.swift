@@ -4,6 +4,7 @@
 //   GET  /metrics                      Prometheus text format
 //   GET  /queue?domain=&sender=&state=&priority=&min_age=&max_age=     the queue, as JSON
 //   GET  /queue/ID                     one message: envelope, per-recipient state and last reply
+//   GET  /queue/ID/message             its stored bytes (Received header first), as message/rfc822
 //   POST /queue/ID/flush|hold|release|delete|bounce
 //   POST /queue/flush[?domain=D]       retry now every queued job (for one domain)
 //
@@ -15,6 +16,7 @@ public enum AdminRoute: Equatable, Sendable {
     case metrics
     case list(QueueFilter)
     case show(QueueID)
+    case message(QueueID)
     case act(QueueAction, QueueID)
     case flush(domain: String?)
 
@@ -58,6 +60,8 @@ public enum AdminRoute: Equatable, Sendable {
             }
         case 2 where segments[0] == "queue":
             return try only("GET") { try noQuery(); return .show(try queueID(segments[1])) }
+        case 3 where segments[0] == "queue" && segments[2] == "message":
+            return try only("GET") { try noQuery(); return .message(try queueID(segments[1])) }
         case 3 where segments[0] == "queue":
             guard let action = QueueAction(rawValue: segments[2]) else {
                 throw AdminError(404, "no action \"\(segments[2])\" (flush, hold, release, delete, bounce)")
