@@ -84,7 +84,7 @@ key = "$W/key.pem"
 TOML
     "$TERN_BIN" serve --config "$W/sink.toml" 2>"$W/sink.log" &
     echo "kill $! 2>/dev/null; sleep 0.5" > "$W/sink.stop"
-    wait_port "$SINK_ADDR" "$SINK_PORT"
+    wait_port "$SINK_ADDR" "$SINK_PORT" || { tail -20 "$W/sink.log" >&2; return 1; }
 }
 
 stop_sink() {
