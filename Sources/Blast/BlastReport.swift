@@ -6,8 +6,11 @@ import Histogram
 
 public struct BlastReport: Codable, Equatable {
     public struct Settings: Codable, Equatable {
+        /// "mail" or "handshake" (--handshake-only: no transaction, the unit is the handshake).
+        public var mode: BlastMode = .mail
         public var concurrency: Int
         public var messages: Int?
+        public var handshakes: Int?
         public var durationSeconds: Double?
         public var size: String
         public var recipients: String
@@ -16,7 +19,7 @@ public struct BlastReport: Codable, Equatable {
         public var rate: Double?
         public var startTLS = false
         enum CodingKeys: String, CodingKey {
-            case concurrency, messages, size, recipients, pipelining, rate
+            case mode, concurrency, messages, handshakes, size, recipients, pipelining, rate
             case startTLS = "starttls"
             case durationSeconds = "duration_s", messagesPerConnection = "messages_per_connection"
         }
@@ -24,8 +27,10 @@ public struct BlastReport: Codable, Equatable {
         /// Absent values are written as null, so the keys are the same in every report.
         public func encode(to encoder: Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(mode, forKey: .mode)
             try c.encode(concurrency, forKey: .concurrency)
             try c.encode(messages, forKey: .messages)
+            try c.encode(handshakes, forKey: .handshakes)
             try c.encode(durationSeconds, forKey: .durationSeconds)
             try c.encode(size, forKey: .size)
             try c.encode(recipients, forKey: .recipients)
@@ -40,6 +45,13 @@ public struct BlastReport: Codable, Equatable {
         enum CodingKeys: String, CodingKey {
             case attempted, accepted, failed, tempFailed = "temp_failed", permFailed = "perm_failed"
         }
+    }
+    /// Handshake mode only (null in a mail run, whose TLS sessions show in the "tls" latency count).
+    public struct Handshakes: Codable, Equatable {
+        public var attempted, completed, failed: Int
+        /// Completed handshakes per second of elapsed time.
+        public var perSecond: Double
+        enum CodingKeys: String, CodingKey { case attempted, completed, failed, perSecond = "per_s" }
     }
     public struct Recipients: Codable, Equatable {
         public var accepted, tempFailed, permFailed: Int
@@ -69,25 +81,44 @@ public struct BlastReport: Codable, Equatable {
     public var settings: Settings
     public var elapsedSeconds: Double
     public var messages: Messages
+    public var handshakes: Handshakes?
     public var recipients: Recipients
     public var bytesAccepted: Int
     public var rates: Rates
     public var connections: Connections
-    /// By stage key: greeting, ehlo, mail, rcpt, data (data: the final reply of DATA).
+    /// By stage key: greeting, ehlo, starttls, mail, rcpt, data (data: the final reply of DATA).
     public var replies: [String: ReplyClasses]
-    /// By stage key: connect, greeting, ehlo, mail, rcpt, data, data_end, transaction.
+    /// By stage key: connect, greeting, ehlo, tls, mail, rcpt, data, data_end, transaction, handshake.
     public var latencyMs: [String: Latency]
     public var errors: [String]
 
     enum CodingKeys: String, CodingKey {
-        case server, settings, messages, recipients, rates, connections, replies, errors
+        case server, settings, messages, handshakes, recipients, rates, connections, replies, errors
         case elapsedSeconds = "elapsed_s", bytesAccepted = "bytes_accepted", latencyMs = "latency_ms"
+    }
+
+    /// Every key in every report; "handshakes" is null in a mail run.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(server, forKey: .server)
+        try c.encode(settings, forKey: .settings)
+        try c.encode(elapsedSeconds, forKey: .elapsedSeconds)
+        try c.encode(messages, forKey: .messages)
+        try c.encode(handshakes, forKey: .handshakes)
+        try c.encode(recipients, forKey: .recipients)
+        try c.encode(bytesAccepted, forKey: .bytesAccepted)
+        try c.encode(rates, forKey: .rates)
+        try c.encode(connections, forKey: .connections)
+        try c.encode(replies, forKey: .replies)
+        try c.encode(latencyMs, forKey: .latencyMs)
+        try c.encode(errors, forKey: .errors)
     }
 
     public init(stats: BlastStats, settings s: BlastSettings, elapsedSeconds: Double) {
         server = s.server.description
         let r = s.recipients
-        settings = Settings(concurrency: s.concurrency, messages: s.messages, durationSeconds: s.duration,
+        settings = Settings(mode: s.mode, concurrency: s.concurrency, messages: s.messages, handshakes: s.handshakes,
+                            durationSeconds: s.duration,
                             size: s.sizes.spec,
                             recipients: r.count == 1 ? String(r.lowerBound) : "\(r.lowerBound)-\(r.upperBound)",
                             messagesPerConnection: s.messagesPerConnection, pipelining: s.pipelining, rate: s.rate,
@@ -96,6 +127,11 @@ public struct BlastReport: Codable, Equatable {
         messages = Messages(attempted: stats.messagesAttempted, accepted: stats.messagesAccepted,
                             tempFailed: stats.messagesTempFailed, permFailed: stats.messagesPermFailed,
                             failed: stats.messagesFailed)
+        handshakes = s.mode == .handshake
+            ? Handshakes(attempted: stats.handshakesAttempted, completed: stats.handshakesCompleted,
+                         failed: stats.handshakesFailed,
+                         perSecond: Double(stats.handshakesCompleted) / (elapsedSeconds > 0 ? elapsedSeconds : 1))
+            : nil
         recipients = Recipients(accepted: stats.recipientsAccepted, tempFailed: stats.recipientsTempFailed,
                                 permFailed: stats.recipientsPermFailed)
         bytesAccepted = stats.bytesAccepted
@@ -139,28 +175,44 @@ public struct BlastReport: Codable, Equatable {
     /// The table for a terminal.
     public func table() -> String {
         var out = ""
-        let r = settings.recipients == "1" ? "1 recipient" : "\(settings.recipients) recipients"
-        let per = settings.messagesPerConnection == 0 ? "all" : String(settings.messagesPerConnection)
-        out += "tern blast: \(server), \(settings.concurrency) connections, size \(settings.size), \(r), "
-            + "\(per) per connection, pipelining \(settings.pipelining ? "on" : "off")"
-            + (settings.rate.map { ", rate cap \(Self.plain($0))/s" } ?? "") + "\n"
-        out += "elapsed \(String(format: "%.3f", elapsedSeconds)) s\n\n"
+        let handshakeMode = settings.mode == .handshake
+        if let h = handshakes, handshakeMode {
+            out += "tern blast: \(server), \(settings.concurrency) connections, handshakes only "
+                + "(EHLO, STARTTLS, TLS, EHLO, QUIT)" + (settings.rate.map { ", rate cap \(Self.plain($0))/s" } ?? "") + "\n"
+            out += "elapsed \(String(format: "%.3f", elapsedSeconds)) s\n\n"
+            out += Self.row(["", "total", "per second"], widths: [12, 14, 14])
+            out += Self.row(["handshakes", Self.grouped(h.completed), Self.rate(h.perSecond)], widths: [12, 14, 14])
+            out += "\n"
+            out += "handshakes: \(Self.grouped(h.attempted)) attempted, \(Self.grouped(h.completed)) completed, "
+                + "\(Self.grouped(h.failed)) failed\n"
+            out += "connections: \(Self.grouped(connections.opened)) opened, \(Self.grouped(connections.connectFailed)) "
+                + "could not connect, \(Self.grouped(connections.sessionFailed)) failed before the handshake completed\n\n"
+        } else {
+            let r = settings.recipients == "1" ? "1 recipient" : "\(settings.recipients) recipients"
+            let per = settings.messagesPerConnection == 0 ? "all" : String(settings.messagesPerConnection)
+            out += "tern blast: \(server), \(settings.concurrency) connections, size \(settings.size), \(r), "
+                + "\(per) per connection, pipelining \(settings.pipelining ? "on" : "off")"
+                + (settings.rate.map { ", rate cap \(Self.plain($0))/s" } ?? "") + "\n"
+            out += "elapsed \(String(format: "%.3f", elapsedSeconds)) s\n\n"
 
-        out += Self.row(["", "total", "per second"], widths: [12, 14, 14])
-        out += Self.row(["messages", Self.grouped(messages.accepted), Self.rate(rates.messagesPerSecond)], widths: [12, 14, 14])
-        out += Self.row(["recipients", Self.grouped(recipients.accepted), Self.rate(rates.recipientsPerSecond)], widths: [12, 14, 14])
-        out += Self.row(["bytes", Self.grouped(bytesAccepted), Self.rate(rates.bytesPerSecond)], widths: [12, 14, 14])
-        out += "\n"
-        out += "messages: \(Self.grouped(messages.attempted)) attempted, \(Self.grouped(messages.accepted)) accepted, "
-            + "\(Self.grouped(messages.tempFailed)) 4xx, \(Self.grouped(messages.permFailed)) 5xx, "
-            + "\(Self.grouped(messages.failed)) lost to connection errors\n"
-        out += "connections: \(Self.grouped(connections.opened)) opened, \(Self.grouped(connections.connectFailed)) "
-            + "could not connect, \(Self.grouped(connections.sessionFailed)) failed before a transaction\n\n"
+            out += Self.row(["", "total", "per second"], widths: [12, 14, 14])
+            out += Self.row(["messages", Self.grouped(messages.accepted), Self.rate(rates.messagesPerSecond)], widths: [12, 14, 14])
+            out += Self.row(["recipients", Self.grouped(recipients.accepted), Self.rate(rates.recipientsPerSecond)], widths: [12, 14, 14])
+            out += Self.row(["bytes", Self.grouped(bytesAccepted), Self.rate(rates.bytesPerSecond)], widths: [12, 14, 14])
+            out += "\n"
+            out += "messages: \(Self.grouped(messages.attempted)) attempted, \(Self.grouped(messages.accepted)) accepted, "
+                + "\(Self.grouped(messages.tempFailed)) 4xx, \(Self.grouped(messages.permFailed)) 5xx, "
+                + "\(Self.grouped(messages.failed)) lost to connection errors\n"
+            out += "connections: \(Self.grouped(connections.opened)) opened, \(Self.grouped(connections.connectFailed)) "
+                + "could not connect, \(Self.grouped(connections.sessionFailed)) failed before a transaction\n\n"
+        }
 
         let w = [12, 10, 10, 10, 10]
         out += Self.row(["replies", "2xx", "3xx", "4xx", "5xx"], widths: w)
         for stage in ReplyStage.allCases {
             let c = replies[stage.key]!
+            if stage == .starttls && !settings.startTLS && c == ReplyClasses(c2xx: 0, c3xx: 0, c4xx: 0, c5xx: 0) { continue }
+            if handshakeMode && [.mail, .rcpt, .data].contains(stage) { continue }
             let label = stage == .greeting ? "greeting" : stage.key.uppercased()
             out += Self.row([label, Self.grouped(c.c2xx), Self.grouped(c.c3xx), Self.grouped(c.c4xx), Self.grouped(c.c5xx)], widths: w)
         }
@@ -171,13 +223,18 @@ public struct BlastReport: Codable, Equatable {
         for stage in Stage.allCases {
             let l = latencyMs[stage.key]!
             if stage == .tls && l.count == 0 && !settings.startTLS { continue }
+            if stage == .handshake && !handshakeMode { continue }
+            if handshakeMode && [.mail, .rcpt, .data, .dataEnd, .transaction].contains(stage) { continue }
             if l.count == 0 {
                 out += Self.row([stage.name, "0", "-", "-", "-", "-"], widths: lw)
             } else {
                 out += Self.row([stage.name, Self.grouped(l.count), Self.ms(l.p50), Self.ms(l.p90), Self.ms(l.p99), Self.ms(l.max)], widths: lw)
             }
         }
-        if settings.pipelining {
+        if handshakeMode {
+            out += "(EHLO: the EHLO under TLS; TLS: from the 220 to STARTTLS to the end of the handshake;\n"
+                + " handshake: the whole session from the connect to that EHLO's reply)\n"
+        } else if settings.pipelining {
             out += "(MAIL, RCPT and DATA go out in one write when the server offers PIPELINING: MAIL shows the\n"
                 + " round trip, RCPT and DATA only the extra wait for their replies)\n"
         }
@@ -229,15 +286,22 @@ public struct ProgressLine {
 
     public init() {}
 
-    public mutating func line(elapsed: Double, stats: BlastStats, openConnections: Int, target: Int?) -> String {
+    /// `target`: the run's count in its unit (messages, or handshakes in handshake mode).
+    public mutating func line(elapsed: Double, stats: BlastStats, openConnections: Int, target: Int?,
+                              mode: BlastMode = .mail) -> String {
+        let handshakes = mode == .handshake
+        let succeeded = handshakes ? stats.handshakesCompleted : stats.messagesAccepted
+        let attempted = handshakes ? stats.handshakesAttempted : stats.messagesAttempted
+        let failed = handshakes ? stats.handshakesFailed
+            : stats.messagesTempFailed + stats.messagesPermFailed + stats.messagesFailed
         let dt = elapsed - lastTime
-        let rate = dt > 0 ? Double(stats.messagesAccepted - lastAccepted) / dt : 0
-        lastAccepted = stats.messagesAccepted
+        let rate = dt > 0 ? Double(succeeded - lastAccepted) / dt : 0
+        lastAccepted = succeeded
         lastTime = elapsed
-        let done = target.map { "\(BlastReport.grouped(stats.messagesAttempted))/\(BlastReport.grouped($0))" }
-            ?? BlastReport.grouped(stats.messagesAttempted)
-        let failed = stats.messagesTempFailed + stats.messagesPermFailed + stats.messagesFailed
-        return String(format: "%6.1fs  ", elapsed) + "\(done) messages  \(BlastReport.grouped(Int(rate.rounded())))/s  "
+        let done = target.map { "\(BlastReport.grouped(attempted))/\(BlastReport.grouped($0))" }
+            ?? BlastReport.grouped(attempted)
+        return String(format: "%6.1fs  ", elapsed) + "\(done) \(handshakes ? "handshakes" : "messages")  "
+            + "\(BlastReport.grouped(Int(rate.rounded())))/s  "
             + "\(BlastReport.grouped(failed)) failed  \(openConnections) connections"
             + (stats.connectFailures > 0 ? "  \(BlastReport.grouped(stats.connectFailures)) could not connect" : "")
     }

@@ -9,8 +9,16 @@
 // --duration no transaction starts after the deadline; those in flight finish. Every wait on the
 // server is bounded by --timeout (one sweep timer checks them all).
 //
-// Times: the report's elapsed time runs from the start to the end of the last transaction (the
-// QUITs after it are not counted). Stage latencies are taken on CLOCK_MONOTONIC in nanoseconds.
+// Handshake mode (--handshake-only): the unit is the handshake, not the message. Each connection
+// reserves one, runs greeting, EHLO, STARTTLS, the TLS handshake and EHLO under TLS, counts the
+// handshake as completed, and quits; no transaction starts. A connection that fails on the way
+// (connect, STARTTLS refused or not offered, the handshake, a drop, a timeout) is charged its
+// handshake as failed, so with --handshakes N exactly N attempts are made and each ends as one or
+// the other. A graceful stop lets handshakes in flight finish, and they count.
+//
+// Times: the report's elapsed time runs from the start to the end of the last transaction, or of
+// the last handshake attempt (the QUITs after it are not counted). Stage latencies are taken on
+// CLOCK_MONOTONIC in nanoseconds.
 //
 // Nothing could connect: when the first connection of every slot failed and none ever succeeded,
 // the run stops at once and says why (the command exits non-zero).
@@ -53,12 +61,13 @@ public final class BlastRunner {
     var finished = false
     /// Why nothing could connect, if so.
     public private(set) var unreachable: String?
-    /// Made on the first STARTTLS, shared by every connection.
+    /// Made on the first STARTTLS, shared by every connection. It loads no CA store: the server's
+    /// certificate is not checked, and the store would cost a directory read per handshake.
     var tlsContext: TLSContext?
 
     func clientTLSContext() throws -> TLSContext {
         if let tlsContext { return tlsContext }
-        let context = try TLSContext.client()
+        let context = try TLSContext.unverifiedClient()
         tlsContext = context
         return context
     }
@@ -120,10 +129,12 @@ public final class BlastRunner {
     func reserve(for slot: BlastSlot) -> Bool {
         guard !stopping else { return false }
         var count = 1
-        if let n = settings.messages {
+        if let n = settings.limit {
             let available = n - claimed - reserved
             guard available > 0 else { return false }
-            if settings.messagesPerConnection > 0 { count = min(settings.messagesPerConnection, available) }
+            if settings.mode == .mail && settings.messagesPerConnection > 0 {
+                count = min(settings.messagesPerConnection, available)
+            }
         }
         slot.reservation = count
         reserved += count
@@ -134,7 +145,7 @@ public final class BlastRunner {
     func hasMessage(for slot: BlastSlot) -> Bool {
         guard !stopping else { return false }
         if slot.reservation > 0 { return true }
-        if let n = settings.messages { return claimed + reserved < n }
+        if let n = settings.limit { return claimed + reserved < n }
         return true
     }
 
@@ -149,15 +160,32 @@ public final class BlastRunner {
         return claimed
     }
 
-    /// A connection that ended before its first transaction pays for one message, so a run that
-    /// cannot get through still ends; the rest of its reservation goes back.
+    /// A connection that ended before its first transaction pays for one message (in handshake mode:
+    /// its handshake, failed), so a run that cannot get through still ends; the rest of its
+    /// reservation goes back.
     func charge(_ slot: BlastSlot) {
         guard slot.reservation > 0, slot.messagesOnConnection == 0 else { return release(slot) }
         slot.reservation -= 1
         reserved -= 1
         claimed += 1
-        stats.messagesFailed += 1
+        if settings.mode == .handshake {
+            stats.handshakesFailed += 1
+            lastCompletion = monotonicNanoseconds()
+        } else {
+            stats.messagesFailed += 1
+        }
         release(slot)
+    }
+
+    /// Handshake mode: the connection's handshake got through. It is claimed now, from the slot's
+    /// reservation, not when it starts, so a graceful stop does not drop handshakes in flight.
+    func handshakeCompleted(_ slot: BlastSlot, now: UInt64) {
+        guard slot.reservation > 0 else { return }  // charged or released already: never counted twice
+        slot.reservation -= 1
+        reserved -= 1
+        claimed += 1
+        stats.handshakesCompleted += 1
+        lastCompletion = now
     }
 
     func release(_ slot: BlastSlot) {
@@ -174,7 +202,7 @@ public final class BlastRunner {
     func connectFailed(_ error: String) {
         stats.connectFailures += 1
         stats.noteError("connect to \(settings.server): \(error)")
-        let firstAttempts = min(slots.count, settings.messages ?? Int.max)
+        let firstAttempts = min(slots.count, settings.limit ?? Int.max)
         if stats.connectionsOpened == 0 && stats.connectFailures >= firstAttempts && unreachable == nil {
             unreachable = "could not connect to \(settings.server): \(error)"
             stop(hard: true)
@@ -214,7 +242,7 @@ public final class BlastRunner {
         let now = monotonicNanoseconds()
         let open = slots.reduce(0) { $0 + ($1.tcp == nil ? 0 : 1) }
         let line = progress.line(elapsed: Double(now - startTime) / 1e9, stats: stats, openConnections: open,
-                                 target: settings.messages)
+                                 target: settings.limit, mode: settings.mode)
         if progressToTerminal {
             fputs("\r\u{1B}[K" + line, stderr)
         } else {
@@ -238,6 +266,10 @@ final class BlastSlot {
     var inTransaction = false
     /// The session's phase before the bytes or timeout being handled: a failure is counted there.
     var phaseBefore = ClientSession.Phase.greeting
+    /// The reply due before those bytes was STARTTLS's (the phase says only "hello").
+    var startTLSBefore = false
+    /// When this connection's connect began (handshake mode times the whole session from there).
+    var connectStart: UInt64 = 0
     var size = 0
     /// Since when we wait for the server (nil: not waiting, e.g. held back by the rate cap).
     var waitingSince: UInt64?
@@ -281,6 +313,7 @@ final class BlastSlot {
         connectionNumber = runner.connectionsStarted
         messagesOnConnection = 0
         let started = monotonicNanoseconds()
+        connectStart = started
         TCPConnection.connect(loop: runner.loop, to: settings.server, bindTo: runner.nextBind(),
                               timeoutMs: UInt64(settings.timeout * 1000)) { [unowned self] result in
             switch result {
@@ -363,7 +396,9 @@ final class BlastSlot {
         } else if session.capabilities == nil {
             runner.stats.sessionFailures += 1
             runner.charge(self)
-            runner.stats.noteError("connection lost before EHLO completed: \(why)")
+            let when = tls.map { $0.handshakeComplete ? "before EHLO completed under TLS" : "during the TLS handshake" }
+                ?? "before EHLO completed"
+            runner.stats.noteError("connection lost \(when): \(why)")
         }
         release()
         openConnection()
@@ -408,6 +443,7 @@ final class BlastSlot {
         guard tcp != nil, let since = waitingSince, now > since, now - since > limit else { return }
         let phase = session.phase
         phaseBefore = phase
+        startTLSBefore = session.awaitingStartTLSReply
         let actions = session.timedOut()
         runner.stats.noteError("timed out in phase \(phase) after \(settings.timeout) s")
         perform(actions, now: now)
@@ -454,6 +490,7 @@ final class BlastSlot {
     func receivedPlain(_ bytes: UnsafeRawBufferPointer) {
         let before = session.phase
         phaseBefore = before
+        startTLSBefore = session.awaitingStartTLSReply
         let actions = session.receive(bytes)
         let now = monotonicNanoseconds()
         let after = session.phase
@@ -526,6 +563,7 @@ final class BlastSlot {
                 runner.stats.count(.greeting, code: 220)
                 runner.stats.count(.ehlo, code: 250)
                 runner.stats.record(.ehlo, microseconds: (now - stageStart) / 1000)
+                if settings.mode == .handshake { return handshakeDone(now: now) }
                 nextTransaction()
             case .transactionFinished(let outcome):
                 inTransaction = false
@@ -543,7 +581,9 @@ final class BlastSlot {
                     runner.stats.sessionFailures += 1
                     runner.charge(self)
                 }
-                if let reply, let stage = Self.replyStage(phaseBefore) { runner.stats.count(stage, code: reply.code) }
+                if let reply, let stage = startTLSBefore ? .starttls : Self.replyStage(phaseBefore) {
+                    runner.stats.count(stage, code: reply.code)
+                }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
                 tls?.shutdown()
@@ -552,6 +592,7 @@ final class BlastSlot {
                 return
             case .startTLS:
                 // The server said 220 to STARTTLS: the handshake starts now.
+                runner.stats.count(.starttls, code: 220)
                 do {
                     let engine = try TLSEngine(context: try runner.clientTLSContext(), serverName: nil)
                     tls = engine
@@ -567,6 +608,17 @@ final class BlastSlot {
 
     func completed() {
         runner.lastCompletion = monotonicNanoseconds()
+    }
+
+    // MARK: Handshake mode
+
+    /// EHLO under TLS was answered: one handshake done; QUIT, and the slot opens its next connection.
+    /// (ClientSession in `.required` mode is ready only under TLS.)
+    func handshakeDone(now: UInt64) {
+        runner.stats.record(.handshake, microseconds: (now - connectStart) / 1000)
+        runner.handshakeCompleted(self, now: now)
+        permitHeld = false  // the rate cap's permit paid for this connection
+        quit()
     }
 
     // MARK: Transactions

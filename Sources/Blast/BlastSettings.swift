@@ -3,8 +3,19 @@
 
 import UVRuntime
 
+/// What one session of the run is for.
+public enum BlastMode: String, Sendable, Codable {
+    /// Transactions: MAIL, RCPT, DATA; the unit counted is the message.
+    case mail
+    /// Greeting, EHLO, STARTTLS, the TLS handshake, EHLO again, QUIT; the unit counted is the handshake.
+    case handshake
+}
+
 public struct BlastSettings {
     public var server: SocketAddress
+    public var mode: BlastMode = .mail
+    /// Handshake mode: stop after this many handshakes (nil: only the duration ends the run).
+    public var handshakes: Int?
     /// Stop after this many messages (nil: only the duration ends the run).
     public var messages: Int?
     /// Stop starting transactions after this many seconds (nil: only the count ends the run).
@@ -57,6 +68,9 @@ public struct BlastSettings {
         self.seed = seed
         self.progressInterval = progressInterval
     }
+
+    /// What bounds the run in its own unit: messages, or handshakes in handshake mode.
+    public var limit: Int? { mode == .handshake ? handshakes : messages }
 
     // MARK: Parsing pieces of the command line
 
@@ -122,9 +136,31 @@ public struct BlastSettings {
         return lo...hi
     }
 
+    /// Options that shape messages: with --handshake-only no message is sent, so giving one is a
+    /// mistake worth saying (the run would not measure what was asked for).
+    public static let messageOptions = ["--messages", "--messages-per-connection", "--size", "--recipients",
+                                        "--from", "--to", "--pipelining", "--no-pipelining"]
+
+    /// `given`: the options the command line carried. Refuses any message option in handshake mode.
+    public static func checkHandshakeOnly(given: [String]) throws(BlastOptionError) {
+        guard let option = given.first(where: { messageOptions.contains($0) }) else { return }
+        if option == "--messages" {
+            throw BlastOptionError("--messages: --handshake-only counts handshakes, not messages; use --handshakes N")
+        }
+        throw BlastOptionError("\(option): --handshake-only sends no message, so this option has no meaning")
+    }
+
     /// Checks the combination; each error names an option.
     public func validate() throws(BlastOptionError) {
         if let m = messages, m < 1 { throw BlastOptionError("--messages: must be at least 1") }
+        if let h = handshakes, h < 1 { throw BlastOptionError("--handshakes: must be at least 1") }
+        if mode == .handshake {
+            // The command line implies --starttls; a caller that builds settings by hand must too.
+            guard startTLS else { throw BlastOptionError("--handshake-only: needs --starttls (the handshake is STARTTLS's)") }
+            if messages != nil { throw BlastOptionError("--messages: --handshake-only counts handshakes, not messages; use --handshakes N") }
+        } else if handshakes != nil {
+            throw BlastOptionError("--handshakes: only with --handshake-only")
+        }
         guard concurrency >= 1 && concurrency <= 100_000 else {
             throw BlastOptionError("--concurrency: must be from 1 to 100000")
         }

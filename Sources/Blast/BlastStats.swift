@@ -6,12 +6,14 @@
 // command; with pipelining MAIL, RCPT and DATA go out together, so MAIL measures the first round
 // trip and RCPT and DATA only the extra wait for their replies. "DATA end" runs from the 354 (when
 // the message is written) to the final reply. "transaction" is the whole MAIL … final reply.
+// "TLS" runs from the 220 to STARTTLS to the end of the handshake; "handshake" (handshake mode) is
+// a whole handshake session, from the start of the connect to the reply to EHLO under TLS.
 
 import Histogram
 import SMTPProtocol
 
 public enum Stage: Int, CaseIterable, Sendable {
-    case connect, greeting, ehlo, tls, mail, rcpt, data, dataEnd, transaction
+    case connect, greeting, ehlo, tls, mail, rcpt, data, dataEnd, transaction, handshake
 
     public var name: String {
         switch self {
@@ -24,6 +26,7 @@ public enum Stage: Int, CaseIterable, Sendable {
         case .data: return "DATA"
         case .dataEnd: return "DATA end"
         case .transaction: return "transaction"
+        case .handshake: return "handshake"
         }
     }
 
@@ -38,12 +41,13 @@ public enum Stage: Int, CaseIterable, Sendable {
 
 /// Where replies are counted by class: the commands a load test cares about.
 public enum ReplyStage: Int, CaseIterable, Sendable {
-    case greeting, ehlo, mail, rcpt, data
+    case greeting, ehlo, starttls, mail, rcpt, data
 
     public var key: String {
         switch self {
         case .greeting: return "greeting"
         case .ehlo: return "ehlo"
+        case .starttls: return "starttls"
         case .mail: return "mail"
         case .rcpt: return "rcpt"
         case .data: return "data"
@@ -77,6 +81,11 @@ public struct BlastStats {
     public var connectFailures = 0
     /// Sessions given up before a transaction could start (greeting or EHLO refused, dropped, timed out).
     public var sessionFailures = 0
+    /// Handshake mode: sessions that got through STARTTLS, the TLS handshake and EHLO under TLS, and
+    /// attempts that did not (could not connect, STARTTLS refused or not offered, handshake failed,
+    /// dropped, timed out). Every handshake the run claims ends as one or the other.
+    public var handshakesCompleted = 0
+    public var handshakesFailed = 0
     /// The first error of each kind seen, for the report ("connect: connection refused").
     public var firstErrors: [String] = []
 
@@ -89,6 +98,7 @@ public struct BlastStats {
     }
 
     public var messagesAttempted: Int { messagesAccepted + messagesTempFailed + messagesPermFailed + messagesFailed }
+    public var handshakesAttempted: Int { handshakesCompleted + handshakesFailed }
 
     public mutating func record(_ stage: Stage, microseconds: UInt64) {
         latency[stage.rawValue].record(Swift.min(microseconds, Self.highest))

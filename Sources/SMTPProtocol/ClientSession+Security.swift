@@ -105,6 +105,11 @@ extension ClientSession {
         }
     }
 
+    /// STARTTLS was sent and its reply is the next one due (so a caller can say where a refusal came).
+    public var awaitingStartTLSReply: Bool {
+        expectedHead < expected.count && expected[expectedHead] == .startTLS
+    }
+
     /// The TLS handshake after STARTTLS finished: EHLO again, under TLS.
     public mutating func tlsEstablished() -> [ClientAction] {
         guard phase == .startingTLS else { return [] }

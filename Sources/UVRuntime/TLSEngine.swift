@@ -88,6 +88,16 @@ public final class TLSContext: @unchecked Sendable {
         SSL_CTX_set_verify(context.raw, SSL_VERIFY_NONE, nil)
         return context
     }
+
+    /// A client context that trusts no CA store at all: for a load generator, which checks nothing.
+    /// OpenSSL still builds the peer's chain under SSL_VERIFY_NONE, and with the default paths that
+    /// reads the system certificate directory on every handshake (several getdents64 and failed
+    /// stats each); with an empty store the chain build ends at once.
+    public static func unverifiedClient() throws -> TLSContext {
+        let context = try TLSContext(server: false)
+        SSL_CTX_set_verify(context.raw, SSL_VERIFY_NONE, nil)
+        return context
+    }
 }
 
 public final class TLSEngine {

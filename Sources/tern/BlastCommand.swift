@@ -18,6 +18,9 @@ struct BlastCommand: ParsableCommand {
         discussion: """
             Sizes: 4096, 4k, 1m; a range 1k-100k (uniform); or a weighted list 1k:70,10k:25,1m:5 (an entry \
             may be a range). A size is the whole message (header and body) as given to DATA.
+            --handshake-only (or --handshakes N): each connection reads the greeting, sends EHLO and STARTTLS, \
+            completes the TLS handshake, sends EHLO again and QUIT; no mail. It implies --starttls and counts \
+            handshakes (1000 unless --duration is given); the options that shape messages are refused.
             Address patterns: {n} message number, {c} connection number, {r} recipient number within the \
             message, {n%K} modulo K. An empty --from sends the null sender <>.
             Exit status: 0 when the run happened (4xx and 5xx replies are counted, not fatal), 64 for a bad \
@@ -36,26 +39,28 @@ struct BlastCommand: ParsableCommand {
     @Option(name: .long, help: "Connections at once.")
     var concurrency: Int = 10
 
-    @Option(name: .long, help: "Message size: 4k, 1k-100k, or 1k:70,10k:25,1m:5.")
-    var size: String = "4k"
+    // The options that shape messages have no default here, so that --handshake-only can tell
+    // whether one was given (and refuse it); the defaults are applied in settings().
+    @Option(name: .long, help: "Message size: 4k, 1k-100k, or 1k:70,10k:25,1m:5 (default 4k).")
+    var size: String?
 
-    @Option(name: .long, help: "Recipients per message: N or a range A-B.")
-    var recipients: String = "1"
+    @Option(name: .long, help: "Recipients per message: N or a range A-B (default 1).")
+    var recipients: String?
 
-    @Option(name: .long, help: "Messages per connection before QUIT (0: no limit).")
-    var messagesPerConnection: Int = 1
+    @Option(name: .long, help: "Messages per connection before QUIT (0: no limit; default 1).")
+    var messagesPerConnection: Int?
 
-    @Flag(name: .long, inversion: .prefixedNo, help: "Pipeline MAIL, RCPT and DATA when the server offers PIPELINING.")
-    var pipelining = true
+    @Flag(name: .long, inversion: .prefixedNo, help: "Pipeline MAIL, RCPT and DATA when the server offers PIPELINING (default on).")
+    var pipelining: Bool?
 
-    @Option(name: .long, help: "At most this many messages per second (default: no cap).")
+    @Option(name: .long, help: "At most this many messages (handshakes with --handshake-only) per second (default: no cap).")
     var rate: Double?
 
-    @Option(name: .long, help: "Sender pattern.")
-    var from: String = "blast@example.test"
+    @Option(name: .long, help: "Sender pattern (default blast@example.test).")
+    var from: String?
 
-    @Option(name: .long, help: "Recipient pattern.")
-    var to: String = "rcpt{n}-{r}@example.test"
+    @Option(name: .long, help: "Recipient pattern (default rcpt{n}-{r}@example.test).")
+    var to: String?
 
     @Option(name: .long, help: "Local address to connect from; repeat or comma-separate for round-robin.")
     var bind: [String] = []
@@ -72,6 +77,12 @@ struct BlastCommand: ParsableCommand {
     @Flag(name: .long, help: "STARTTLS on every connection; a server that does not offer it counts as a failed session. The certificate is not checked.")
     var starttls = false
 
+    @Flag(name: .long, help: "No mail: each connection does greeting, EHLO, STARTTLS, the TLS handshake, EHLO, QUIT and counts one handshake. Implies --starttls.")
+    var handshakeOnly = false
+
+    @Option(name: .long, help: "Handshakes to complete or fail (implies --handshake-only; default 1000 unless --duration is given).")
+    var handshakes: Int?
+
     @Flag(name: .long, help: "Print the report as JSON.")
     var json = false
 
@@ -83,17 +94,31 @@ struct BlastCommand: ParsableCommand {
 
     func settings() throws -> BlastSettings {
         do {
+            let handshakeMode = handshakeOnly || handshakes != nil
+            if handshakeMode {
+                let given: [(String, Bool)] = [
+                    ("--messages", messages != nil), ("--messages-per-connection", messagesPerConnection != nil),
+                    ("--size", size != nil), ("--recipients", recipients != nil), ("--from", from != nil),
+                    ("--to", to != nil), (pipelining == false ? "--no-pipelining" : "--pipelining", pipelining != nil)]
+                try BlastSettings.checkHandshakeOnly(given: given.filter(\.1).map(\.0))
+            }
             var s = BlastSettings(server: try BlastSettings.parseServer(server),
-                                  sender: try AddressPattern(parsing: from, option: "--from"),
-                                  recipient: try AddressPattern(parsing: to, option: "--to"))
+                                  sender: try AddressPattern(parsing: from ?? "blast@example.test", option: "--from"),
+                                  recipient: try AddressPattern(parsing: to ?? "rcpt{n}-{r}@example.test", option: "--to"))
             s.duration = try duration.map { try BlastSettings.parseDuration($0, option: "--duration") }
-            s.messages = messages ?? (s.duration == nil ? 1000 : nil)
+            if handshakeMode {
+                s.mode = .handshake
+                s.handshakes = handshakes ?? (s.duration == nil ? 1000 : nil)
+                s.startTLS = true  // implied: the handshake measured is STARTTLS's
+            } else {
+                s.messages = messages ?? (s.duration == nil ? 1000 : nil)
+                s.startTLS = starttls
+            }
             s.concurrency = concurrency
-            s.sizes = try SizeDistribution(parsing: size)
-            s.recipients = try BlastSettings.parseRecipients(recipients)
-            s.messagesPerConnection = messagesPerConnection
-            s.pipelining = pipelining
-            s.startTLS = starttls
+            s.sizes = try SizeDistribution(parsing: size ?? "4k")
+            s.recipients = try BlastSettings.parseRecipients(recipients ?? "1")
+            s.messagesPerConnection = messagesPerConnection ?? 1
+            s.pipelining = pipelining ?? true
             s.rate = rate
             s.bind = try BlastSettings.parseBind(bind)
             s.helo = helo

@@ -78,12 +78,13 @@ import UVRuntime
         let back = try JSONDecoder().decode(BlastReport.self, from: Data(text.utf8))
         #expect(back == r)
         let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
-        #expect(Set(object.keys) == ["server", "settings", "elapsed_s", "messages", "recipients", "bytes_accepted",
-                                     "rates", "connections", "replies", "latency_ms", "errors"])
+        #expect(Set(object.keys) == ["server", "settings", "elapsed_s", "messages", "handshakes", "recipients",
+                                     "bytes_accepted", "rates", "connections", "replies", "latency_ms", "errors"])
         let messages = object["messages"] as! [String: Int]
         #expect(messages == ["attempted": 1, "accepted": 1, "temp_failed": 0, "perm_failed": 0, "failed": 0])
         let latency = object["latency_ms"] as! [String: [String: Any]]
-        #expect(Set(latency.keys) == ["connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "data_end", "transaction"])
+        #expect(Set(latency.keys) == ["connect", "greeting", "ehlo", "tls", "mail", "rcpt", "data", "data_end", "transaction",
+                                      "handshake"])
         #expect(latency["data_end"]!["p99"] as? Double == 1.234)
         let replies = object["replies"] as! [String: [String: Int]]
         #expect(replies["greeting"] == ["2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0])

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """TLS load for bench/tls/run.sh: STARTTLS handshakes, or messages relayed over STARTTLS.
 
-  load.py handshake --port P --n N --procs K --pid PEERPID
-  load.py relay --port P --n N --procs K --per-conn M --pid PEERPID --sink-queue DIR
+  load.py handshake --port P --n N --procs K --pid PEERPID [--client blast --tern BIN]
+  load.py relay --port P --n N --procs K --per-conn M --pid PEERPID --sink-queue DIR [--client blast --tern BIN]
 
-Each of K processes runs sessions one after another until N in all are done or --max-seconds
-pass (every loop is bounded). Prints one JSON line: count, seconds, rate, and the peer's CPU
-seconds (its process tree: utime+stime of live processes plus what reaped children used) over the
-run, so CPU per handshake or message can be compared between peers that share the client's cores.
+The client is `tern blast` (--client blast: one libuv process, K connections; handshake mode is
+`tern blast --handshakes N`) or Python (K processes running sessions one after another until N in
+all are done or --max-seconds pass; every loop is bounded). Prints one JSON line: count, failures,
+seconds, rate; the peer's CPU seconds over the run (its process tree: utime+stime of live processes
+plus what reaped children used), so CPU per handshake or message can be compared between peers that
+share the client's cores; the client's own CPU (to see whether the client is the ceiling: tern blast
+is one thread, so a client near 1.0 core is the limit); and how busy the whole machine was.
 """
 
 from __future__ import annotations
@@ -16,11 +19,27 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import socket
 import ssl
 import time
 
 CLK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])       # without guest time, which is already in user
+    return total - idle, total
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its reaped children (the Python workers, or tern blast)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def tree_cpu(root: int) -> float:
@@ -87,7 +106,7 @@ def context() -> ssl.SSLContext:
     return ctx
 
 
-def worker(args, counter, deadline) -> None:
+def worker(args, counter, deadline, failures) -> None:
     ctx = context()
     body = (b"Subject: tls bench\r\n\r\n" + b"x" * 76 + b"\r\n") * max(1, args.size // 80) + b".\r\n"
     errors = 0
@@ -111,6 +130,8 @@ def worker(args, counter, deadline) -> None:
         except Exception as e:  # noqa: BLE001 - counted as an error, the run goes on
             with counter.get_lock():
                 counter.value -= take
+            with failures.get_lock():
+                failures.value += 1
             errors += 1
             print(json.dumps({"error": str(e)}), flush=True)
             time.sleep(0.05)
@@ -127,18 +148,53 @@ def count_queue(d: str) -> int:
     return total
 
 
-def run_blast(args) -> int:
-    """relay with `tern blast --starttls` as the client: one libuv process instead of Python workers."""
+def run_blast(args) -> tuple[int, int, dict]:
+    """`tern blast` as the client: --blast-procs libuv processes (each one thread) instead of Python
+    workers, sharing N and the connections. Handshake mode: `--handshakes N` (greeting, EHLO,
+    STARTTLS, TLS, EHLO, QUIT; no mail). Relay: `--starttls`. Returns (done, failed, extra figures
+    from their reports)."""
     import subprocess
-    cmd = [args.tern, "blast", "--server", f"{args.host}:{args.port}", "--messages", str(args.n),
-           "--concurrency", str(args.procs), "--messages-per-connection", str(args.per_conn),
-           "--size", str(args.size), "--from", "load@load.test", "--to", "sink@sink.test",
-           "--starttls", "--json", "--quiet", "--timeout", "30s"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.max_seconds + 30)
-    if p.returncode != 0:
-        print(json.dumps({"error": p.stderr.strip()}), flush=True)
-        return 0
-    return json.loads(p.stdout)["messages"]["accepted"]
+    k = max(1, min(args.blast_procs, args.n, args.procs))
+    runs = []
+    for i in range(k):
+        n = args.n // k + (1 if i < args.n % k else 0)
+        conc = args.procs // k + (1 if i < args.procs % k else 0)
+        cmd = [args.tern, "blast", "--server", f"{args.host}:{args.port}", "--concurrency", str(conc),
+               "--json", "--quiet", "--timeout", "30s"]
+        if args.mode == "handshake":
+            cmd += ["--handshakes", str(n)]
+        else:
+            cmd += ["--messages", str(n), "--messages-per-connection", str(args.per_conn), "--size", str(args.size),
+                    "--from", "load@load.test", "--to", "sink@sink.test", "--starttls"]
+        runs.append((n, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    done = failed = 0
+    extra: dict = {"blast_procs": k, "blast_elapsed_s": [], "errors": [], "handshake_ms_p50": [], "handshake_ms_p99": []}
+    for n, p in runs:
+        try:
+            out, err = p.communicate(timeout=args.max_seconds + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        if p.returncode != 0:
+            print(json.dumps({"error": err.strip()}), flush=True)
+            failed += n
+            continue
+        report = json.loads(out)
+        extra["blast_elapsed_s"].append(report["elapsed_s"])
+        extra["errors"] += report["errors"][:3]
+        if args.mode == "handshake":
+            h = report["handshakes"]
+            done += h["completed"]
+            failed += h["failed"]
+            extra["handshake_ms_p50"].append(report["latency_ms"]["handshake"]["p50"])
+            extra["handshake_ms_p99"].append(report["latency_ms"]["handshake"]["p99"])
+        else:
+            m = report["messages"]
+            done += m["accepted"]
+            failed += m["attempted"] - m["accepted"]
+    if args.mode != "handshake":
+        del extra["handshake_ms_p50"], extra["handshake_ms_p99"]
+    return done, failed, extra
 
 
 def main() -> None:
@@ -154,26 +210,38 @@ def main() -> None:
     ap.add_argument("--sink-queue", default=None)
     ap.add_argument("--max-seconds", type=float, default=300)
     ap.add_argument("--client", choices=["python", "blast"], default="python",
-                    help="relay mode: Python workers, or `tern blast --starttls` (--tern PATH)")
+                    help="Python workers, or `tern blast` (--tern PATH): --handshakes N, or --starttls for relay")
     ap.add_argument("--tern", default="tern")
+    ap.add_argument("--blast-procs", type=int, default=1,
+                    help="tern blast processes sharing --n and --procs (each is one thread)")
     args = ap.parse_args()
 
     counter = mp.Value("i", 0)
+    errors = mp.Value("i", 0)
     cpu0 = tree_cpu(args.pid)
+    client0 = own_cpu()
+    busy0, total0 = machine_ticks()
     t0 = time.monotonic()
     deadline = t0 + args.max_seconds
-    if args.mode == "relay" and args.client == "blast":
-        done = run_blast(args)
+    extra: dict = {}
+    if args.client == "blast":
+        done, failed, extra = run_blast(args)
     else:
-        procs = [mp.Process(target=worker, args=(args, counter, deadline)) for _ in range(args.procs)]
+        procs = [mp.Process(target=worker, args=(args, counter, deadline, errors)) for _ in range(args.procs)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
-        done = counter.value
+        done, failed = counter.value, errors.value
     t1 = time.monotonic()
-    result = {"mode": args.mode, "client": args.client if args.mode == "relay" else "python", "count": done,
-              "client_seconds": round(t1 - t0, 3)}
+    client_cpu = own_cpu() - client0
+    busy1, total1 = machine_ticks()
+    result = {"mode": args.mode, "client": args.client, "count": done, "failed": failed,
+              "client_seconds": round(t1 - t0, 3), "client_cpu_s": round(client_cpu, 3),
+              "client_cores": round(client_cpu / max(t1 - t0, 1e-9), 2),
+              "client_cpu_ms_per_item": round(1000 * client_cpu / max(done, 1), 3),
+              # of all cores, while the client ran (the other engineers' work included)
+              "machine_busy": round((busy1 - busy0) / max(total1 - total0, 1), 2), **extra}
     if args.mode == "relay" and args.sink_queue:
         # End to end: until the sink holds every message (bounded by the deadline).
         while count_queue(args.sink_queue) < done and time.monotonic() < deadline:

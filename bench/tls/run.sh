@@ -3,27 +3,34 @@
 # STARTTLS on both hops, Tern beside Postfix, same machine, same run. Reports figures; never
 # passes or fails. As root, from the repository:
 #
-#   bench/tls/run.sh                    # RUNS=3, N_HS=2000 handshakes, N_MSG=4000 messages
+#   bench/tls/run.sh                    # RUNS=3, N_HS=5000 handshakes, N_MSG=4000 messages
 #   RUNS=1 N_HS=500 N_MSG=1000 bench/tls/run.sh
 #
-# Everything runs in a private network namespace (loopback only). Client: bench/tls/load.py
-# (Python ssl, PROCS processes). Next hop (sink) for both peers: a second `tern serve` with TLS and
-# delivery off, its spool on a private tmpfs. Both peers use opportunistic TLS outbound. The
-# certificate is an ECDSA P-256 one made by openssl for the run. The client shares the cores with
-# the peers, so the rates are bounded by it; the peer's CPU per handshake or message (its process
-# tree) is the fairer comparison. Results: bench/results/tls-<date>/results.jsonl and summary.md.
+# Everything runs in a private network namespace (loopback only). Client, through bench/tls/load.py
+# (which measures the peer's and the client's CPU): `tern blast --handshakes N_HS` for the
+# handshakes (greeting, EHLO, STARTTLS, TLS, EHLO, QUIT), HS_BLAST_PROCS processes sharing HS_CONC
+# connections (HS_CLIENT=python for the old Python ssl client); `tern blast --starttls` for the
+# relay phase. Next hop (sink) for both
+# peers: a second `tern serve` with TLS and delivery off, its spool on a private tmpfs. Both peers
+# use opportunistic TLS outbound. The certificate is an ECDSA P-256 one made by openssl for the run.
+# The client shares the 2 cores with the peer: the summary shows how much CPU it took, and the
+# peer's CPU per handshake or message (its process tree) beside the rates.
+# Results: bench/results/tls-<date>/results.jsonl and summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 
 RUNS=${RUNS:-3}
-N_HS=${N_HS:-2000}
+N_HS=${N_HS:-5000}
 N_MSG=${N_MSG:-4000}
 PROCS=${PROCS:-8}
 PER_CONN=${PER_CONN:-10}
 SIZE=${SIZE:-4096}
 PEERS=${PEERS:-"tern postfix"}
 RELAY_CLIENT=${RELAY_CLIENT:-blast}   # relay load: blast (tern blast --starttls, 4x PROCS connections) or python
+HS_CLIENT=${HS_CLIENT:-blast}         # handshake load: blast (tern blast --handshakes) or python (PROCS processes)
+HS_CONC=${HS_CONC:-32}                # connections in the handshake phase (tern blast), shared by
+HS_BLAST_PROCS=${HS_BLAST_PROCS:-2}   # this many tern blast processes (each is one thread)
 TERN_BIN=${TERN_BIN:-$REPO/.build-bench/release/tern}
 OUT=${OUT:-${RESULTS_DIR:-$REPO/bench/results/tls-$(date -u +%Y%m%d-%H%M%S)}}
 SHARED=${BENCH_DIR:-$REPO/../shared/bench}
@@ -77,7 +84,7 @@ key = "$W/key.pem"
 TOML
     "$TERN_BIN" serve --config "$W/sink.toml" 2>"$W/sink.log" &
     echo "kill $! 2>/dev/null; sleep 0.5" > "$W/sink.stop"
-    wait_port "$SINK_ADDR" "$SINK_PORT"
+    wait_port "$SINK_ADDR" "$SINK_PORT" || { tail -20 "$W/sink.log" >&2; return 1; }
 }
 
 stop_sink() {
@@ -138,15 +145,18 @@ CF
 {
     echo "date: $(date -u)"; echo "commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)"
     echo "cores: $(nproc)"; echo "load: $(cat /proc/loadavg)"; echo "postfix: $(postconf -d mail_version 2>/dev/null)"
-    echo "openssl: $(openssl version)"; echo "N_HS=$N_HS N_MSG=$N_MSG PROCS=$PROCS PER_CONN=$PER_CONN SIZE=$SIZE RELAY_CLIENT=$RELAY_CLIENT"
+    echo "openssl: $(openssl version)"; echo "N_HS=$N_HS N_MSG=$N_MSG PROCS=$PROCS PER_CONN=$PER_CONN SIZE=$SIZE RELAY_CLIENT=$RELAY_CLIENT HS_CLIENT=$HS_CLIENT HS_CONC=$HS_CONC HS_BLAST_PROCS=$HS_BLAST_PROCS"
 } > "$OUT/env.txt"
 
 for rep in $(seq 1 "$RUNS"); do
     for peer in $PEERS; do
         start_sink
         "start_$peer"
-        python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n 50 --procs 2 --pid "$PEER_PID" >/dev/null  # warm-up
-        hs=$(python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n "$N_HS" --procs "$PROCS" --pid "$PEER_PID" | tail -1)
+        if [ "$HS_CLIENT" = blast ]; then hs_procs=$HS_CONC; else hs_procs=$PROCS; fi
+        python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n 200 --procs "$hs_procs" \
+            --pid "$PEER_PID" --client "$HS_CLIENT" --tern "$TERN_BIN" --blast-procs "$HS_BLAST_PROCS" >/dev/null  # warm-up (Postfix forks its smtpd processes)
+        hs=$(python3 "$REPO/bench/tls/load.py" handshake --host $RELAY_ADDR --port $RELAY_PORT --n "$N_HS" --procs "$hs_procs" \
+             --pid "$PEER_PID" --client "$HS_CLIENT" --tern "$TERN_BIN" --blast-procs "$HS_BLAST_PROCS" | tail -1)
         if [ "$RELAY_CLIENT" = blast ]; then relay_procs=$((PROCS * 4)); else relay_procs=$PROCS; fi
         rl=$(python3 "$REPO/bench/tls/load.py" relay --host $RELAY_ADDR --port $RELAY_PORT --n "$N_MSG" --procs "$relay_procs" --per-conn "$PER_CONN" \
              --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" --max-seconds 120 \
@@ -167,10 +177,16 @@ peers = sorted({r["peer"] for r in rows}, key=lambda p: p != "tern")
 def med(peer, kind, key):
     vals = [r[kind][key] for r in rows if r["peer"] == peer]
     return statistics.median(vals) if vals else float("nan")
-print("| peer | handshakes/s | peer CPU ms/handshake | relay msg/s (end to end) | peer CPU ms/msg |")
-print("|---|---|---|---|---|")
+def cores(peer, kind):
+    vals = [r[kind]["peer_cpu_s"] / r[kind]["seconds"] for r in rows if r["peer"] == peer]
+    return statistics.median(vals) if vals else float("nan")
+print("| peer | handshakes/s | peer CPU ms/handshake | peer cores | client cores | client CPU ms/handshake "
+      "| machine busy | relay msg/s (end to end) | peer CPU ms/msg |")
+print("|---|---|---|---|---|---|---|---|---|")
 for p in peers:
     print(f"| {p} | {med(p,'handshake','rate'):.0f} | {med(p,'handshake','peer_cpu_ms_per_item'):.3f} "
+          f"| {cores(p,'handshake'):.2f} | {med(p,'handshake','client_cores'):.2f} "
+          f"| {med(p,'handshake','client_cpu_ms_per_item'):.3f} | {med(p,'handshake','machine_busy'):.2f} "
           f"| {med(p,'relay','rate'):.0f} | {med(p,'relay','peer_cpu_ms_per_item'):.3f} |")
 if "tern" in peers and "postfix" in peers:
     r = lambda k, key: med("tern", k, key) / med("postfix", k, key)
