@@ -25,11 +25,13 @@ let package = Package(
                        providers: [.apt(["libc-ares-dev"])]),
         .systemLibrary(name: "COpenSSL", path: "Modules/COpenSSL", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Modules/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
 
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
-        .target(name: "MailQueue", dependencies: ["SMTPProtocol"]),
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CZlib"]),
         // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.

@@ -9,8 +9,10 @@
 //
 // Records, integers little-endian:
 //
-//     message  "TJM1" u32 envelope-length u32 data-length u32 crc32c(envelope + data) envelope data
-//     done     "TJD1" u32 id-length u32 crc32c(id) id
+//     message  "TJM1" u32 envelope-length u32 data-length u32 crc32(envelope + data) envelope data
+//     done     "TJD1" u32 id-length u32 0 u32 crc32(id) id
+//
+// crc32 is zlib's CRC-32 (the one of gzip and PNG).
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -36,6 +38,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CZlib
 import Foundation  // NSCondition, NSLock only
 
 final class Journal: @unchecked Sendable {
@@ -167,7 +170,7 @@ final class Journal: @unchecked Sendable {
                 let second = Int(readUInt32(bytes, at + 8))
                 let end = at + headerLength + first + second
                 guard end <= bytes.count,
-                      CRC32C.checksum(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
+                      crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
                       let envelope = try? EnvelopeRecord.decode(Array(bytes[(at + headerLength)..<(at + headerLength + first)]))
                 else { return }
                 body(.message(envelope.id, offset: Int64(at + headerLength), envelopeLength: first, dataLength: second))
@@ -175,7 +178,7 @@ final class Journal: @unchecked Sendable {
             } else if magic == doneMagic {
                 let end = at + headerLength + first
                 guard end <= bytes.count,
-                      CRC32C.checksum(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
+                      crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
                       let text = String(bytes: bytes[(at + headerLength)..<end], encoding: .utf8),
                       let id = QueueID(rawValue: text)
                 else { return }
@@ -199,14 +202,11 @@ final class Journal: @unchecked Sendable {
     }
 
     static func messageRecord(envelope: [UInt8], data: [UInt8]) -> [UInt8] {
-        var crc = CRC32C()
-        crc.update(envelope[...])
-        crc.update(data[...])
         var out = messageMagic
         out.reserveCapacity(headerLength + envelope.count + data.count)
         appendUInt32(&out, UInt32(envelope.count))
         appendUInt32(&out, UInt32(data.count))
-        appendUInt32(&out, crc.value)
+        appendUInt32(&out, crc32(data[...], following: crc32(envelope[...])))
         out += envelope
         out += data
         return out
@@ -217,7 +217,7 @@ final class Journal: @unchecked Sendable {
         var out = doneMagic
         appendUInt32(&out, UInt32(text.count))
         appendUInt32(&out, 0)
-        appendUInt32(&out, CRC32C.checksum(text[...]))
+        appendUInt32(&out, crc32(text[...]))
         return out + text
     }
 
@@ -493,29 +493,10 @@ final class Journal: @unchecked Sendable {
     }
 }
 
-/// CRC-32C (Castagnoli), reflected, as in iSCSI and ext4: catches a record cut short or half-written.
-struct CRC32C {
-    private static let table: [UInt32] = (0..<256).map { n in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
-    private var crc: UInt32 = 0xFFFF_FFFF
-
-    mutating func update(_ bytes: ArraySlice<UInt8>) {
-        var c = crc
-        Self.table.withUnsafeBufferPointer { t in
-            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
-        }
-        crc = c
-    }
-
-    var value: UInt32 { crc ^ 0xFFFF_FFFF }
-
-    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt32 {
-        var c = CRC32C()
-        c.update(bytes)
-        return c.value
+/// zlib's CRC-32 of `bytes`, continuing from `previous` (the CRC of the bytes before them): catches a
+/// record cut short or half-written by a crash.
+func crc32(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBufferPointer { buffer in
+        UInt32(truncatingIfNeeded: CZlib.crc32_z(UInt(previous), buffer.baseAddress, buffer.count))
     }
 }

@@ -7,30 +7,43 @@
 
 /// Makes message bytes safe for the wire: every line ends in CRLF (a bare LF or bare CR becomes CRLF),
 /// leading dots doubled (§4.5.2), a final CRLF added if missing, then ".\r\n". Never emits a bare CR or LF.
+///
+/// Spooled messages are almost all well-formed CRLF lines, so the bytes are copied in runs: only a line
+/// that starts with "." or a line end that is not CRLF interrupts a run (a byte-by-byte copy was a tenth
+/// of a relay's CPU on 100 KiB messages).
 public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
     var out: [UInt8] = []
     // Stuffed dots and repaired line ends are rare: a little headroom avoids most regrowth.
     out.reserveCapacity(message.count + message.count / 64 + 8)
     message.withUnsafeBufferPointer { m in
         let n = m.count
-        var lineStart = true
-        var i = 0
+        var runStart = 0  // first byte not yet copied
+        var i = 0  // start of the current line
+        var endsWithLineEnd = true
         while i < n {
-            let b = m[i]
-            if b == 13 || b == 10 {
-                // CRLF, a bare CR or a bare LF: each is one line end.
-                if b == 13 && i + 1 < n && m[i + 1] == 10 { i += 1 }
+            if m[i] == UInt8(ascii: ".") {
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: m[runStart..<i]))
+                out.append(UInt8(ascii: "."))
+                runStart = i  // the line's own dot goes out with the run
+            }
+            let j = nextLineEnd(m, from: i)
+            if j == n {
+                endsWithLineEnd = false
+                break
+            }
+            if m[j] == 13 && j + 1 < n && m[j + 1] == 10 {
+                i = j + 2  // CRLF: stays in the run
+            } else {
+                // A bare CR or LF: the run stops before it and CRLF goes out instead.
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: m[runStart..<j]))
                 out.append(13)
                 out.append(10)
-                lineStart = true
-            } else {
-                if lineStart && b == UInt8(ascii: ".") { out.append(b) }
-                out.append(b)
-                lineStart = false
+                i = j + 1
+                runStart = i
             }
-            i += 1
         }
-        if !lineStart {
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: m[runStart..<n]))
+        if !endsWithLineEnd {
             out.append(13)
             out.append(10)
         }
@@ -39,4 +52,27 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
     out.append(13)
     out.append(10)
     return out
+}
+
+/// Index of the first CR or LF at or after `from`, or the count if none. Eight bytes at a time: a word
+/// has a byte equal to b exactly when (w ^ b*0x01..01) has a zero byte, which the classic
+/// (x - 0x01..01) & ~x & 0x80..80 test finds.
+@inline(__always)
+private func nextLineEnd(_ m: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+    let ones: UInt64 = 0x0101_0101_0101_0101
+    let highs: UInt64 = 0x8080_8080_8080_8080
+    let crs = ones &* 13
+    let lfs = ones &* 10
+    var j = start
+    if let base = m.baseAddress {
+        while j + 8 <= m.count {
+            let w = UnsafeRawPointer(base + j).loadUnaligned(as: UInt64.self)
+            let a = w ^ crs
+            let b = w ^ lfs
+            if ((a &- ones) & ~a & highs) | ((b &- ones) & ~b & highs) != 0 { break }
+            j += 8
+        }
+    }
+    while j < m.count && m[j] != 13 && m[j] != 10 { j += 1 }
+    return j
 }

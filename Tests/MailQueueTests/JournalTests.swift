@@ -21,8 +21,11 @@ private func segmentFiles(_ dir: String) throws -> [String] {
 }
 
 @Suite struct JournalTests {
-    @Test func crc32cMatchesTheStandardCheckValue() {
-        #expect(CRC32C.checksum(Array("123456789".utf8)[...]) == 0xE306_9283)
+    @Test func crc32MatchesTheStandardCheckValueAndContinues() {
+        let check = Array("123456789".utf8)
+        #expect(crc32(check[...]) == 0xCBF4_3926)
+        #expect(crc32(check[4...], following: crc32(check[..<4])) == 0xCBF4_3926)
+        #expect(crc32([][...]) == 0)
     }
 
     @Test func journaledMessagesAreQueuedWithoutFilesOfTheirOwn() throws {

@@ -14,7 +14,54 @@ func clientEncode(_ s: String) -> String {
     String(decoding: encodeOutboundData(Array(s.utf8)), as: UTF8.self)
 }
 
+/// The encoder's contract byte by byte, as a reference for the run-copying one.
+func referenceEncode(_ m: [UInt8]) -> [UInt8] {
+    var out: [UInt8] = []
+    var lineStart = true
+    var i = 0
+    while i < m.count {
+        let b = m[i]
+        if b == 13 || b == 10 {
+            if b == 13 && i + 1 < m.count && m[i + 1] == 10 { i += 1 }
+            out += [13, 10]
+            lineStart = true
+        } else {
+            if lineStart && b == UInt8(ascii: ".") { out.append(b) }
+            out.append(b)
+            lineStart = false
+        }
+        i += 1
+    }
+    if !lineStart { out += [13, 10] }
+    return out + Array(".\r\n".utf8)
+}
+
 @Suite struct ClientOutboundDataTests {
+    /// Longer messages than the exhaustive test reaches, so that the eight-bytes-at-a-time scan meets
+    /// line ends and dots at every offset within a word: same bytes as the reference.
+    @Test func runCopyingMatchesTheByteByByteReference() {
+        var rng = SplitMix64(seed: 42)
+        let alphabet: [UInt8] = [13, 10, UInt8(ascii: "."), UInt8(ascii: "a"), UInt8(ascii: "b"), 0, 0xC3, 0x8D]
+        for round in 0..<3000 {
+            let length = Int(rng.next() % 300)
+            // Some rounds mostly ordinary bytes (long runs), some dense with CR, LF and dots.
+            let dense = round % 3 == 0
+            let m: [UInt8] = (0..<length).map { _ in
+                let r = rng.next()
+                if !dense && r % 16 != 0 { return UInt8(ascii: "x") }
+                return alphabet[Int((r >> 8) % UInt64(alphabet.count))]
+            }
+            let got = encodeOutboundData(m)
+            let want = referenceEncode(m)
+            #expect(got == want, "message \(m)")
+            if got != want { return }
+        }
+        // A large, well-formed message: one run with stuffed dots.
+        var big: [UInt8] = []
+        for n in 0..<5000 { big += Array((n % 7 == 0 ? ".line \(n)\r\n" : "line \(n) text text\r\n").utf8) }
+        #expect(encodeOutboundData(big) == referenceEncode(big))
+    }
+
     @Test func dotStuffing() {
         #expect(clientEncode(".hidden\r\n..two\r\n.\r\nmid.dle\r\n") == "..hidden\r\n...two\r\n..\r\nmid.dle\r\n.\r\n")
     }

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,28 +294,6 @@ def queue_id_of(reply: Reply) -> str:
 # <spool>/journal/<N>.jnl (see README.md "Spool format"). Read here independently of Tern's code.
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as the journal's records carry it."""
-    crc = 0xFFFFFFFF
-    table = _CRC32C
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
 def read_journal(spool: Path) -> dict[str, tuple[bytes, bytes]]:
     """Live messages of the journal: id -> (envelope record, message bytes). A segment is read up to its
     first damaged record; a done record cancels its message; an id with an .env file was moved out."""
@@ -328,14 +307,14 @@ def read_journal(spool: Path) -> dict[str, tuple[bytes, bytes]]:
             first, second, crc = struct.unpack_from("<III", data, at + 4)
             if magic == b"TJM1":
                 end = at + 16 + first + second
-                if end > len(data) or crc32c(data[at + 16:end]) != crc:
+                if end > len(data) or zlib.crc32(data[at + 16:end]) != crc:
                     break
                 envelope = data[at + 16:at + 16 + first]
                 qid = re.search(rb"^id\t([0-9A-F]{14})$", envelope, re.M).group(1).decode()
                 live[qid] = (envelope, data[at + 16 + first:end])
             elif magic == b"TJD1":
                 end = at + 16 + first
-                if end > len(data) or crc32c(data[at + 16:end]) != crc:
+                if end > len(data) or zlib.crc32(data[at + 16:end]) != crc:
                     break
                 live.pop(data[at + 16:end].decode(), None)
             else:
