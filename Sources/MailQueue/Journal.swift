@@ -201,15 +201,14 @@ final class Journal: @unchecked Sendable {
         out.append(UInt8(value >> 24))
     }
 
-    static func messageRecord(envelope: [UInt8], data: [UInt8]) -> [UInt8] {
-        var out = messageMagic
-        out.reserveCapacity(headerLength + envelope.count + data.count)
+    /// Appends a message record to `out` (the batch being built: no record of its own to copy again).
+    static func appendMessageRecord(to out: inout [UInt8], envelope: [UInt8], data: [UInt8]) {
+        out += messageMagic
         appendUInt32(&out, UInt32(envelope.count))
         appendUInt32(&out, UInt32(data.count))
         appendUInt32(&out, crc32(data[...], following: crc32(envelope[...])))
         out += envelope
         out += data
-        return out
     }
 
     static func doneRecord(_ id: QueueID) -> [UInt8] {
@@ -231,13 +230,14 @@ final class Journal: @unchecked Sendable {
         defer { appendLock.unlock() }
         var stored: [Envelope] = []
         var batch: [UInt8] = []
+        batch.reserveCapacity(messages.reduce(0) { $0 + $1.1.count + 512 })
         var placed: [(QueueID, Int64, Int, Int)] = []  // id, offset in batch, envelope length, data length
         for (envelope, data) in messages {
             var e = envelope
             e.size = data.count
             let record = EnvelopeRecord.encode(e)
             placed.append((e.id, Int64(batch.count + Journal.headerLength), record.count, data.count))
-            batch += Journal.messageRecord(envelope: record, data: data)
+            Journal.appendMessageRecord(to: &batch, envelope: record, data: data)
             stored.append(e)
         }
 

@@ -80,11 +80,7 @@ public struct DataDecoder {
                 state = .inLine
             case .inLine:
                 let start = i
-                while i < n {
-                    let b = base[i]
-                    if b == 13 || b == 10 || b == 0 { break }
-                    i += 1
-                }
+                i = scanForLineEnd(base, from: i, count: n, stopAtNUL: true)
                 if i > start {
                     lineLength += i - start
                     if lineLength + 2 > limits.maxLineLength { note(.lineTooLong) }

@@ -54,25 +54,37 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
     return out
 }
 
-/// Index of the first CR or LF at or after `from`, or the count if none. Eight bytes at a time: a word
-/// has a byte equal to b exactly when (w ^ b*0x01..01) has a zero byte, which the classic
-/// (x - 0x01..01) & ~x & 0x80..80 test finds.
+/// Index of the first CR or LF at or after `from`, or the count if none.
 @inline(__always)
 private func nextLineEnd(_ m: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+    guard let base = m.baseAddress else { return start }
+    return scanForLineEnd(base, from: start, count: m.count, stopAtNUL: false)
+}
+
+/// Index of the first CR or LF (and NUL, if `stopAtNUL`) in `base[start..<count]`, or `count` if none.
+/// Eight bytes at a time: a word has a byte equal to b exactly when (w ^ b*0x01..01) has a zero byte,
+/// which the classic (x - 0x01..01) & ~x & 0x80..80 test finds. Message lines are long runs of
+/// ordinary bytes, so this is where receiving and sending data spend their time.
+@inline(__always)
+func scanForLineEnd(_ base: UnsafePointer<UInt8>, from start: Int, count: Int, stopAtNUL: Bool) -> Int {
     let ones: UInt64 = 0x0101_0101_0101_0101
     let highs: UInt64 = 0x8080_8080_8080_8080
     let crs = ones &* 13
     let lfs = ones &* 10
     var j = start
-    if let base = m.baseAddress {
-        while j + 8 <= m.count {
-            let w = UnsafeRawPointer(base + j).loadUnaligned(as: UInt64.self)
-            let a = w ^ crs
-            let b = w ^ lfs
-            if ((a &- ones) & ~a & highs) | ((b &- ones) & ~b & highs) != 0 { break }
-            j += 8
-        }
+    while j + 8 <= count {
+        let w = UnsafeRawPointer(base + j).loadUnaligned(as: UInt64.self)
+        let a = w ^ crs
+        let b = w ^ lfs
+        var hits = ((a &- ones) & ~a & highs) | ((b &- ones) & ~b & highs)
+        if stopAtNUL { hits |= (w &- ones) & ~w & highs }
+        if hits != 0 { break }
+        j += 8
     }
-    while j < m.count && m[j] != 13 && m[j] != 10 { j += 1 }
+    while j < count {
+        let c = base[j]
+        if c == 13 || c == 10 || (stopAtNUL && c == 0) { break }
+        j += 1
+    }
     return j
 }

@@ -1,0 +1,72 @@
+import Testing
+@testable import SMTPProtocol
+
+/// What a decoder made of `input` fed in pieces of `piece` bytes (0: all at once).
+private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits) -> (out: [UInt8], used: Int, problem: DataDecoder.Problem?, size: Int, received: Int, finished: Bool) {
+    var d = DataDecoder(limits: limits)
+    var out: [UInt8] = []
+    var used = 0
+    let step = piece == 0 ? max(input.count, 1) : piece
+    var at = 0
+    while at < input.count && !d.isFinished {
+        let end = min(at + step, input.count)
+        let n = input[at..<end].withUnsafeBytes { d.decode($0, into: &out) }
+        used += n
+        at = end
+    }
+    return (out, used, d.problem, d.size, d.receivedCount, d.isFinished)
+}
+
+@Suite struct DataDecoderSplitTests {
+    /// The line scan takes eight bytes at a time when it can: fed whole or one byte at a time (which
+    /// never gives it eight), the decoder must make the same message, problems and end of data.
+    @Test func eightBytesAtATimeAgreesWithOneByteAtATime() {
+        var rng = SplitMix64(seed: 7)
+        let alphabet: [UInt8] = [13, 10, 0, UInt8(ascii: "."), UInt8(ascii: ":"), UInt8(ascii: " "), 0xC3]
+        let limits = DataDecoder.Limits(maxLineLength: 60, maxMessageSize: 4000)
+        var clean = 0
+        for round in 0..<2000 {
+            var input: [UInt8] = Array((round % 2 == 0 ? "Subject: x\r\nBcc: a@b\r\n\r\n" : "").utf8)
+            // Well-formed CRLF lines (some starting with a dot, some near the length limit) ...
+            for _ in 0..<Int(rng.next() % 12) {
+                let r = rng.next()
+                if r % 5 == 0 { input.append(UInt8(ascii: ".")) }
+                for k in 0..<Int((r >> 8) % 57) { input.append(k % 9 == 8 ? UInt8(ascii: " ") : UInt8(ascii: "a") + UInt8(k % 26)) }
+                input += [13, 10]
+            }
+            // ... and in every fourth round, stray CR, LF, NUL and dots anywhere.
+            if round % 4 == 0 {
+                for _ in 0..<Int(rng.next() % 6) {
+                    let r = rng.next()
+                    input.insert(alphabet[Int(r % UInt64(alphabet.count))], at: Int((r >> 16) % UInt64(input.count + 1)))
+                }
+            }
+            if round % 3 != 0 { input += Array("\r\n.\r\nNOOP\r\n".utf8) }
+            let whole = decode(input, piece: 0, limits: limits)
+            let bytewise = decode(input, piece: 1, limits: limits)
+            let odd = decode(input, piece: 13, limits: limits)
+            // With a problem the message is refused, and how much of it was collected first is moot.
+            if whole.problem == nil {
+                clean += 1
+                #expect(whole.out == bytewise.out && whole.out == odd.out, "round \(round)")
+            }
+            #expect(whole.problem == bytewise.problem && whole.problem == odd.problem, "round \(round)")
+            #expect(whole.used == bytewise.used && whole.used == odd.used, "round \(round)")
+            #expect(whole.size == bytewise.size && whole.finished == bytewise.finished, "round \(round)")
+            #expect(whole.received == bytewise.received, "round \(round)")
+            if (whole.problem == nil && whole.out != bytewise.out) || whole.problem != bytewise.problem { return }
+        }
+        #expect(clean > 1000, "most rounds should be messages the decoder accepts")
+    }
+
+    @Test func aNULInsideAWordIsFound() {
+        for offset in 0..<16 {
+            var input = Array(repeating: UInt8(ascii: "a"), count: 16)
+            input[offset] = 0
+            input = Array("\r\n".utf8) + input + Array("\r\n.\r\n".utf8)
+            let whole = decode(input, piece: 0, limits: .init())
+            #expect(whole.problem == .nul, "NUL at \(offset)")
+            #expect(whole.finished)
+        }
+    }
+}
