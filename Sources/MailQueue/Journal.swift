@@ -60,6 +60,8 @@ final class Journal: @unchecked Sendable {
         /// Messages in this segment not yet done or moved out, and their bytes.
         var live: Set<QueueID> = []
         var liveBytes: Int64 = 0
+        /// When appends moved on to a newer segment (monotonic seconds); nil while current.
+        var closedAt: Double?
 
         init(number: UInt64, path: String, fd: Int32, size: Int64) {
             self.number = number
@@ -111,8 +113,10 @@ final class Journal: @unchecked Sendable {
 
     /// Reads every segment, rebuilds the index of live messages (those with no done record and, by
     /// `movedOut`, no files of their own), deletes segments with nothing live from the oldest on, and
-    /// starts a new segment. Returns the number of live messages. Run once, before anything else.
-    func recover(movedOut: (QueueID) -> Bool) throws -> Int {
+    /// starts a new segment. Returns the number of live messages and a line for each damaged place
+    /// (for the log). Run once, before anything else.
+    func recover(movedOut: (QueueID) -> Bool) throws -> (count: Int, problems: [String]) {
+        var problems: [String] = []
         state.lock()
         defer { state.unlock() }
         var numbers: [UInt64] = []
@@ -126,6 +130,7 @@ final class Journal: @unchecked Sendable {
             let bytes = try Spool.readFile(file)
             let fd = try Spool.retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
             let segment = Segment(number: number, path: file, fd: fd, size: Int64(bytes.count))
+            segment.closedAt = Journal.now()
             segments.append(segment)
             bySegment[number] = segment
             Journal.parse(bytes) { record in
@@ -135,6 +140,11 @@ final class Journal: @unchecked Sendable {
                                          dataLength: dataLength)
                 case .done(let id):
                     index[id] = nil
+                case .undecodable(let offset, let length):
+                    problems.append("\(file): offset \(offset): a record of \(length) bytes whose checksum is right but whose envelope cannot be read; skipped, left in place")
+                case .stopped(let offset):
+                    // The tail of the segment a crash interrupted, normally: a batch never acknowledged.
+                    problems.append("\(file): offset \(offset): \(bytes.count - offset) bytes after the last whole record (cut short by a crash, or damaged); not read")
                 }
             }
         }
@@ -152,37 +162,44 @@ final class Journal: @unchecked Sendable {
         if !dead.isEmpty { deletionLock.lock() }
         try deleteInOrder(dead)
         try startSegment(number: (numbers.last ?? 0) + 1)
-        return index.count
+        return (index.count, problems)
     }
 
     enum Record {
         case message(QueueID, offset: Int64, envelopeLength: Int, dataLength: Int)
         case done(QueueID)
+        /// A whole record (its checksum holds) that this version cannot read: skipped, not fatal.
+        case undecodable(offset: Int, length: Int)
+        /// Parsing stopped here, before the end of the bytes: a record cut short or damaged.
+        case stopped(offset: Int)
     }
 
-    /// Calls `body` for each whole record in order; stops at the end or at the first damaged record.
+    /// Calls `body` for each whole record in order; stops at the end or at the first record that is cut
+    /// short or fails its checksum (reported as `.stopped` unless it is the very end).
     static func parse(_ bytes: [UInt8], _ body: (Record) -> Void) {
         var at = 0
+        defer { if at < bytes.count { body(.stopped(offset: at)) } }
         while at + headerLength <= bytes.count {
             let magic = Array(bytes[at..<at + 4])
             let first = Int(readUInt32(bytes, at + 4))
             if magic == messageMagic {
                 let second = Int(readUInt32(bytes, at + 8))
                 let end = at + headerLength + first + second
-                guard end <= bytes.count,
-                      crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
-                      let envelope = try? EnvelopeRecord.decode(Array(bytes[(at + headerLength)..<(at + headerLength + first)]))
-                else { return }
-                body(.message(envelope.id, offset: Int64(at + headerLength), envelopeLength: first, dataLength: second))
+                guard end <= bytes.count, crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12) else { return }
+                if let envelope = try? EnvelopeRecord.decode(Array(bytes[(at + headerLength)..<(at + headerLength + first)])) {
+                    body(.message(envelope.id, offset: Int64(at + headerLength), envelopeLength: first, dataLength: second))
+                } else {
+                    body(.undecodable(offset: at, length: end - at))
+                }
                 at = end
             } else if magic == doneMagic {
                 let end = at + headerLength + first
-                guard end <= bytes.count,
-                      crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12),
-                      let text = String(bytes: bytes[(at + headerLength)..<end], encoding: .utf8),
-                      let id = QueueID(rawValue: text)
-                else { return }
-                body(.done(id))
+                guard end <= bytes.count, crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12) else { return }
+                if let text = String(bytes: bytes[(at + headerLength)..<end], encoding: .utf8), let id = QueueID(rawValue: text) {
+                    body(.done(id))
+                } else {
+                    body(.undecodable(offset: at, length: end - at))
+                }
                 at = end
             } else {
                 return
@@ -257,7 +274,14 @@ final class Journal: @unchecked Sendable {
             }
             segment = segments.last!
             base = segment.size
-            try Journal.writeAll(segment, batch, at: base)
+            do {
+                try Journal.writeAll(segment, batch, at: base)
+            } catch {
+                // Whatever part of the batch reached the file must never be read as records that
+                // were acknowledged: the next batch goes to a new segment.
+                mustRotate = true
+                throw error
+            }
             segment.size = base + Int64(batch.count)
         } catch {
             state.unlock()
@@ -325,7 +349,15 @@ final class Journal: @unchecked Sendable {
             _ = unlink(file)
             throw error
         }
+        segments.last?.closedAt = Journal.now()
         segments.append(Segment(number: number, path: file, fd: fd, size: 0))
+    }
+
+    /// Monotonic seconds, for the age of closed segments.
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// A done record at the end of the current segment, not synced. Caller holds `state`.
@@ -388,7 +420,10 @@ final class Journal: @unchecked Sendable {
     // MARK: Leaving the journal
 
     /// The message is done: a done record, and it leaves the index. Returns false if it was not in the
-    /// journal (moved out, or never there). Waits for a move of the same message to finish.
+    /// journal (moved out, or never there). Waits for a move of the same message to finish. The done
+    /// record is best effort: on a full disk the message leaves the index all the same, so that its
+    /// segment can still be deleted and free space (if the segment outlives a crash, the message is
+    /// delivered again; never lost).
     func markDone(_ id: QueueID) throws -> Bool {
         state.lock()
         while moving.contains(id) { state.wait() }
@@ -396,12 +431,7 @@ final class Journal: @unchecked Sendable {
             state.unlock()
             return false
         }
-        do {
-            try appendDone(id)
-        } catch {
-            state.unlock()
-            throw error
-        }
+        try? appendDone(id)
         index[id] = nil
         let dead = forget(id, location)
         state.unlock()
@@ -448,12 +478,17 @@ final class Journal: @unchecked Sendable {
         try? deleteInOrder(dead)
     }
 
-    /// Live messages of the oldest segment once they are down to a quarter of its bytes (and it is not
-    /// the segment appends go to): these should move to their own files so the segment can go.
-    func compactionCandidates(limit: Int) -> [QueueID] {
+    /// Live messages of the oldest segment (never the one appends go to) that should move to files of
+    /// their own so that it, and the newer segments it keeps, can be deleted: once they are down to a
+    /// quarter of its bytes, or once it has been closed for `maxAge` seconds, or once more than
+    /// `maxSegments` segments are on disk (a slow destination's backlog must not pin the journal).
+    func compactionCandidates(limit: Int, maxAge: Double = 600, maxSegments: Int = 8) -> [QueueID] {
         state.lock()
         defer { state.unlock() }
-        guard segments.count > 1, let oldest = segments.first, oldest.liveBytes * 4 <= oldest.size else { return [] }
+        guard segments.count > 1, let oldest = segments.first else { return [] }
+        let mostlyDone = oldest.liveBytes * 4 <= oldest.size
+        let old = oldest.closedAt.map { Journal.now() - $0 >= maxAge } ?? false
+        guard mostlyDone || old || segments.count > maxSegments else { return [] }
         return Array(oldest.live.subtracting(moving).sorted().prefix(limit))
     }
 

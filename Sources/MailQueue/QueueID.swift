@@ -61,4 +61,10 @@ public struct QueueIDGenerator: Sendable {
         last = value
         return QueueID(microseconds: value)
     }
+
+    /// Never hands out `id` or anything before it: at start-up, past the newest id in the spool, so a
+    /// clock set back across a restart cannot reuse the id of a message still queued.
+    public mutating func advance(past id: QueueID) {
+        if let value = UInt64(id.rawValue, radix: 16) { last = max(last, value) }
+    }
 }

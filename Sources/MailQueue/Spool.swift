@@ -220,6 +220,15 @@ public final class Spool: @unchecked Sendable {
     /// A message being received: `<id>.msg` opened O_CREAT|O_EXCL|O_WRONLY|O_CLOEXEC.
     /// Throws with `isAlreadyExists` when the id is taken (clock went back across a restart).
     public func create(_ id: QueueID) throws -> SpoolFile {
+        if journal.contains(id) {
+            throw SpoolError("create", path: messagePath(id), errno: EEXIST,
+                             detail: "queue id \(id) is in the journal (the clock went back?)")
+        }
+        return try openMessageFile(id)
+    }
+
+    /// `<id>.msg`, created exclusively; `create` without the journal check (moving a message out).
+    private func openMessageFile(_ id: QueueID) throws -> SpoolFile {
         let file = messagePath(id)
         let fd = try Spool.retrying("create", file) { open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
         return SpoolFile(id: id, path: file, fd: fd)
@@ -292,7 +301,7 @@ public final class Spool: @unchecked Sendable {
         // Nothing of this id should exist; a leftover would make the O_EXCL creates fail.
         _ = unlink(envelopePath(id))
         _ = unlink(messagePath(id))
-        let file = try create(id)
+        let file = try openMessageFile(id)
         do {
             try file.write(data)
             try commit(file, envelope: e)
@@ -306,9 +315,9 @@ public final class Spool: @unchecked Sendable {
 
     /// Moves the live messages out of the journal's oldest segment once few are left in it (at most
     /// `limit` per call), so that it can be deleted. Returns how many moved. For a periodic timer.
-    public func compactJournal(limit: Int = 256) throws -> Int {
+    public func compactJournal(limit: Int = 1000, maxAge: Double = 600, maxSegments: Int = 8) throws -> Int {
         var moved = 0
-        for id in journal.compactionCandidates(limit: limit) {
+        for id in journal.compactionCandidates(limit: limit, maxAge: maxAge, maxSegments: maxSegments) {
             if try moveOut(id, envelope: nil) { moved += 1 }
         }
         return moved
@@ -373,9 +382,9 @@ public final class Spool: @unchecked Sendable {
     }
 
     /// Start-up, before accepting mail: `removeOrphans`, then the journal's messages that were neither
-    /// done nor moved to their own files are read back into its index. Returns the files removed and
-    /// the messages found in the journal.
-    public func recover() throws -> (removed: Int, journaled: Int) {
+    /// done nor moved to their own files are read back into its index. Returns the files removed, the
+    /// messages found in the journal, and what recovery found damaged in it (for the log).
+    public func recover() throws -> (removed: Int, journaled: (count: Int, problems: [String])) {
         let removed = try removeOrphans()
         let journaled = try journal.recover { access(envelopePath($0), F_OK) == 0 }
         return (removed, journaled)

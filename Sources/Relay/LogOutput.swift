@@ -199,8 +199,8 @@ public final class LogBuffer: @unchecked Sendable {
 
     /// Flushes and goes back to a write per line.
     public func stop() {
-        flush()
         pthread_mutex_lock(&mutex)
+        writeGathered()
         fd = -1
         pthread_mutex_unlock(&mutex)
     }
@@ -221,7 +221,12 @@ public final class LogBuffer: @unchecked Sendable {
 
     public func flush() {
         pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        writeGathered()
+        pthread_mutex_unlock(&mutex)
+    }
+
+    /// Caller holds the mutex.
+    private func writeGathered() {
         guard fd >= 0, !bytes.isEmpty else { return }
         bytes.withUnsafeBytes { buffer in
             var offset = 0

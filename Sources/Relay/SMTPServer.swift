@@ -65,7 +65,9 @@ public final class SMTPServer {
         try spool.lock()
         let (orphans, journaled) = try spool.recover()
         if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
-        if journaled > 0 { log.info("spool: \(journaled) queued messages found in the journal") }
+        if journaled.count > 0 { log.info("spool: \(journaled.count) queued messages found in the journal") }
+        for problem in journaled.problems { log.warning("spool: journal: \(problem)") }
+        if let newest = try spool.list().last { idGenerator.advance(past: newest) }
         self.spool = spool
         journal = JournalCommitter(loop: loop, spool: spool, log: log)
         let s = config.server
