@@ -436,14 +436,3 @@ extension OutboundConnection {
         }
     }
 }
-
-extension DeliveryManager {
-    /// One client context for every outbound connection: the system CA store (SSL_CERT_FILE and
-    /// SSL_CERT_DIR override it, as for openssl).
-    func clientTLSContext() throws -> TLSContext {
-        if let context = tlsClientContext { return context }
-        let context = try TLSContext.client()
-        tlsClientContext = context
-        return context
-    }
-}
