@@ -33,7 +33,14 @@ static inline size_t tern_BIO_pending(BIO *bio) {
 static inline long tern_BIO_set_mem_eof_return(BIO *bio, int value) {
     return BIO_set_mem_eof_return(bio, value);
 }
+static inline int tern_X509_LOOKUP_load_file(X509_LOOKUP *lookup, const char *file) {
+    return X509_LOOKUP_load_file(lookup, file, X509_FILETYPE_PEM);
+}
+static inline int tern_X509_LOOKUP_add_dir(X509_LOOKUP *lookup, const char *dir) {
+    return X509_LOOKUP_add_dir(lookup, dir, X509_FILETYPE_PEM);
+}
 static inline int tern_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
+static inline long tern_SSL_MODE_NO_AUTO_CHAIN(void) { return SSL_MODE_NO_AUTO_CHAIN; }
 static inline long tern_SSL_MODE_ENABLE_PARTIAL_WRITE(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE; }
 static inline long tern_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void) { return SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; }
 static inline long tern_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }

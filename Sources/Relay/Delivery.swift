@@ -76,8 +76,10 @@ public final class DeliveryManager {
     public private(set) var delivered = 0
     public private(set) var bounced = 0
     public private(set) var deferred = 0
-    /// For STARTTLS to next hops; made on first use (OutboundConnection.swift).
+    /// For STARTTLS to next hops: read at start-up and on SIGHUP, off the loop (DeliveryTLS.swift).
     var tlsClientContext: TLSContext?
+    /// Counts CA store reads started, so an older read finishing late does not replace a newer one.
+    var tlsClientContextGeneration = 0
     let metrics: RelayMetrics
     /// Messages on hold (`tern queue hold`), with their priority: in the spool, never scheduled.
     var held: [QueueID: Int] = [:]

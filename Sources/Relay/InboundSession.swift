@@ -24,6 +24,12 @@ final class InboundSession {
     private var messagesQueued = 0
     /// Present once TLS has begun (STARTTLS accepted, or an implicit-TLS listener).
     var tls: TLSEngine?
+    /// Replies not written yet: what one batch of input (or one event) makes goes out in one write,
+    /// under TLS in one record with whatever the handshake has to send (the session ticket with the
+    /// reply to EHLO, the 221 with close_notify).
+    private var unsent: [UInt8] = []
+    /// Inside `received`, which writes once at its end.
+    private var receiving = false
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
     static let maxBufferedData = 4 * 1024 * 1024
@@ -69,6 +75,11 @@ final class InboundSession {
 
     private func received(_ bytes: UnsafeRawBufferPointer) {
         server.metrics.bytesIn += bytes.count
+        receiving = true
+        defer {
+            receiving = false
+            flush()
+        }
         guard let tls else {
             perform(machine.receive(bytes))
             armTimer()
@@ -80,7 +91,7 @@ final class InboundSession {
             plaintext = try tls.receive(bytes)
         } catch {
             server.log.info("TLS from [\(clientIP)] failed: \(error)")
-            flushTLS()  // the alert, if any
+            flush()  // the alert, if any
             closed = true
             timer?.stop()
             connection.closeAfterWrites()
@@ -88,38 +99,50 @@ final class InboundSession {
         }
         if !handshakeWasDone && tls.handshakeComplete {
             server.relayMetrics.tlsSessionInbound()
-            log("TLS from [\(clientIP)]: \(tls.summary)")
-            perform(machine.tlsEstablished(tls.summary))
+            let summary = tls.summary
+            log("TLS from [\(clientIP)]: \(summary)\(tls.sessionReused ? ", session resumed" : "")")
+            perform(machine.tlsEstablished(summary))
         }
         if !plaintext.isEmpty { plaintext.withUnsafeBytes { perform(machine.receive($0)) } }
-        flushTLS()
         if tls.peerClosed && !closed {
             closed = true
             timer?.stop()
+            flush()
             connection.closeAfterWrites()
         }
         armTimer()
     }
 
-    /// Writes what the TLS engine has for the socket (handshake records, encrypted replies).
-    private func flushTLS() {
-        guard let tls, tls.hasOutput else { return }
-        connection.write(tls.takeOutput())
+    /// Writes the unsent replies and what the TLS engine has for the socket (handshake records,
+    /// encrypted replies, alerts), together.
+    private func flush() {
+        guard encryptUnsent() else { return }
+        writeTLSOutput()
     }
 
-    private func send(_ bytes: [UInt8]) {
+    /// Under TLS, hands the unsent replies to the engine (one record); in the clear, writes them.
+    /// False if the engine failed and the connection was closed.
+    private func encryptUnsent() -> Bool {
+        guard !unsent.isEmpty else { return true }
+        let bytes = unsent
+        unsent = []
         guard let tls else {
             connection.write(bytes)
-            return
+            return true
         }
         do {
             try tls.send(bytes)
         } catch {
             server.log.info("TLS to [\(clientIP)] failed: \(error)")
             connection.close()
-            return
+            return false
         }
-        flushTLS()
+        return true
+    }
+
+    private func writeTLSOutput() {
+        guard let tls, tls.hasOutput else { return }
+        connection.write(tls.takeOutput())
     }
 
     private func armTimer() {
@@ -141,7 +164,7 @@ final class InboundSession {
             switch action {
             case .reply(let bytes):
                 server.relayMetrics.replied(bytes)
-                send(bytes)
+                unsent.append(contentsOf: bytes)
             case .beginMessage(let start):
                 beginMessage(start)
             case .messageData(let bytes):
@@ -158,13 +181,17 @@ final class InboundSession {
             case .close:
                 closed = true
                 timer?.stop()
-                tls?.shutdown()
-                flushTLS()
+                // The last reply and close_notify in one write.
+                if encryptUnsent() {
+                    tls?.shutdown()
+                    writeTLSOutput()
+                }
                 connection.closeAfterWrites()
             case .delay, .drop:
                 break  // only with hooks, which the relay never sets
             case .startTLS:
-                // The 220 went out in the clear just before this; the handshake comes next.
+                // The 220 goes out in the clear now; the handshake comes next.
+                flush()
                 guard let context = server.tlsContext, let engine = try? TLSEngine(context: context) else {
                     closed = true
                     connection.close()
@@ -175,6 +202,7 @@ final class InboundSession {
                 authenticate(user: user, password: password)
             }
         }
+        if !receiving { flush() }
         if !machine.wantsInput {
             connection.stopReading()
         }
@@ -275,8 +303,9 @@ final class InboundSession {
         }
     }
 
-    private func log(_ message: String) {
-        server.log.debug("\(message)", metadata: ["session": "\(id)"])
+    /// A debug line; the message is only made when debug lines are written.
+    private func log(_ message: @autoclosure () -> String) {
+        server.log.debug("\(message())", metadata: ["session": "\(id)"])
     }
 
     /// "name[192.0.2.1]" as Postfix writes a client, "unknown" without reverse DNS.

@@ -326,7 +326,7 @@ final class OutboundConnection {
         if var s = session, let c = tcp {
             let actions = s.quit()
             session = s
-            for case .send(let b) in actions { write(b) }
+            for case .send(let b) in actions { write(b, flush: false) }
             tls?.shutdown()
             flushTLS()
             c.onRead = nil
@@ -353,8 +353,9 @@ final class OutboundConnection {
 // MARK: - TLS
 
 extension OutboundConnection {
-    /// Bytes for the next hop, through TLS once it is up.
-    fileprivate func write(_ bytes: [UInt8]) {
+    /// Bytes for the next hop, through TLS once it is up. `flush: false` leaves the record in the
+    /// engine for the next flushTLS (QUIT goes out with close_notify, in one write).
+    fileprivate func write(_ bytes: [UInt8], flush: Bool = true) {
         guard let tls else {
             tcp?.write(bytes)
             return
@@ -365,7 +366,7 @@ extension OutboundConnection {
             tlsFailed("TLS write to \(relayName) failed: \(error)")
             return
         }
-        flushTLS()
+        if flush { flushTLS() }
     }
 
     fileprivate func flushTLS() {
@@ -434,16 +435,5 @@ extension OutboundConnection {
         } else {
             finish()
         }
-    }
-}
-
-extension DeliveryManager {
-    /// One client context for every outbound connection: the system CA store (SSL_CERT_FILE and
-    /// SSL_CERT_DIR override it, as for openssl).
-    func clientTLSContext() throws -> TLSContext {
-        if let context = tlsClientContext { return context }
-        let context = try TLSContext.client()
-        tlsClientContext = context
-        return context
     }
 }

@@ -43,6 +43,7 @@ extension SMTPServer {
         let (context, users) = files
         tlsContext = context
         self.users = users
+        delivery?.reloadClientTLSContext()  // the CA store, read again on the thread pool
         let what = (context == nil ? "no certificate" : "certificate \(config.tls.certificate)")
             + (users.map { ", \($0.hashes.count) users" } ?? "")
         log.notice("reloaded: \(what)")

@@ -104,6 +104,7 @@ public final class SMTPServer {
         delivery?.loadSpool { [log] count in
             if count > 0 { log.notice("queue: \(count) messages resumed from the spool") }
         }
+        if let delivery, delivery.mayUseTLS { delivery.loadClientTLSContext() }
         for (listener, role) in zip(listeners, listenerRoles) {
             try listener.start { [unowned self] connection in self.accepted(connection, role: role) }
             log.info("listening on \(listener.localAddress)\(role == .relay ? "" : " (\(role))")")

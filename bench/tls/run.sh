@@ -51,6 +51,7 @@ chmod 755 "$W"  # Postfix daemons run as postfix and must reach their queue belo
 trap 'for f in "$W"/*.stop; do [ -f "$f" ] && sh "$f"; done; mountpoint -q "$W/sink-spool" && umount "$W/sink-spool"; rm -rf "$W"' EXIT
 # Postfix insists that inet_interfaces is an address of an interface: 127.0.0.1 for both, two ports.
 RELAY_ADDR=127.0.0.1 RELAY_PORT=2525 SINK_ADDR=127.0.0.1 SINK_PORT=2526
+SINK_ADMIN_PORT=8126  # the sink's /metrics: its received-messages counter is the end-to-end count
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=relay.test \
     -addext subjectAltName=DNS:relay.test -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
@@ -77,7 +78,7 @@ path = "$W/sink-spool"
 [delivery]
 enabled = false
 [admin]
-listen = ""
+listen = "$SINK_ADDR:$SINK_ADMIN_PORT"
 [tls]
 certificate = "$W/cert.pem"
 key = "$W/key.pem"
@@ -159,7 +160,7 @@ for rep in $(seq 1 "$RUNS"); do
              --pid "$PEER_PID" --client "$HS_CLIENT" --tern "$TERN_BIN" --blast-procs "$HS_BLAST_PROCS" | tail -1)
         if [ "$RELAY_CLIENT" = blast ]; then relay_procs=$((PROCS * 4)); else relay_procs=$PROCS; fi
         rl=$(python3 "$REPO/bench/tls/load.py" relay --host $RELAY_ADDR --port $RELAY_PORT --n "$N_MSG" --procs "$relay_procs" --per-conn "$PER_CONN" \
-             --size "$SIZE" --pid "$PEER_PID" --sink-queue "$W/sink-spool/queue" --max-seconds 120 \
+             --size "$SIZE" --pid "$PEER_PID" --sink-metrics "http://$SINK_ADDR:$SINK_ADMIN_PORT/metrics" --max-seconds 120 \
              --client "$RELAY_CLIENT" --tern "$TERN_BIN" | tail -1)
         echo "{\"rep\": $rep, \"peer\": \"$peer\", \"handshake\": $hs, \"relay\": $rl}" | tee -a "$OUT/results.jsonl"
         sh "$W/peer.stop"; rm -f "$W/peer.stop"
