@@ -80,6 +80,8 @@ public final class DeliveryManager {
     var tlsClientContext: TLSContext?
     /// Counts CA store reads started, so an older read finishing late does not replace a newer one.
     var tlsClientContextGeneration = 0
+    /// A read of the CA store is under way.
+    var tlsClientContextLoading = false
     let metrics: RelayMetrics
     /// Messages on hold (`tern queue hold`), with their priority: in the spool, never scheduled.
     var held: [QueueID: Int] = [:]
@@ -162,7 +164,7 @@ public final class DeliveryManager {
 
     /// Starts what is due, and sets the timer for what is next.
     func pump() {
-        guard !stopped else { return }
+        guard !stopped, !waitingForClientTLSContext else { return }
         let t = now
         for job in scheduler.dispatch(now: t) {
             let connection = OutboundConnection(manager: self, destination: job.destination)

@@ -18,14 +18,17 @@ extension DeliveryManager {
     func loadClientTLSContext() {
         tlsClientContextGeneration += 1
         let generation = tlsClientContextGeneration
+        tlsClientContextLoading = true
         final class Box: @unchecked Sendable { var result: Result<TLSContext, Error>? }
         let box = Box()
         loop.queueWork({ box.result = Result { try TLSContext.client() } }, done: { [weak self] in
             guard let self, generation == self.tlsClientContextGeneration else { return }
+            self.tlsClientContextLoading = false
             switch box.result! {
             case .success(let context): self.tlsClientContext = context
             case .failure(let error): self.log.error("delivery TLS: cannot make a client context: \(error)")
             }
+            self.pump()  // held back while there was no context yet
         })
     }
 
@@ -34,12 +37,16 @@ extension DeliveryManager {
         if mayUseTLS || tlsClientContext != nil { loadClientTLSContext() }
     }
 
-    /// The context for a new outbound handshake. Should the first STARTTLS come before the start-up
-    /// read is done, the store is read here, on the loop, once.
+    /// No delivery starts while the first read of the CA store is under way (`pump` waits for it), so
+    /// a handshake never has to read the store on the loop.
+    var waitingForClientTLSContext: Bool { tlsClientContext == nil && tlsClientContextLoading }
+
+    /// The context for a new outbound handshake. Nil only if the CA store could not be read (logged
+    /// then): the handshake fails, which opportunistic TLS answers by trying in the clear.
     func clientTLSContext() throws -> TLSContext {
-        if let context = tlsClientContext { return context }
-        let context = try TLSContext.client()
-        tlsClientContext = context
+        guard let context = tlsClientContext else {
+            throw TLSError("no client TLS context: the CA store could not be read (see the log at start-up or SIGHUP)")
+        }
         return context
     }
 }
