@@ -400,12 +400,20 @@ final class Journal: @unchecked Sendable {
         guard let location = index[id], let segment = segments.first(where: { $0.number == location.segment }) else {
             return nil
         }
-        let length = location.envelopeLength + (wantData ? location.dataLength : 0)
-        var bytes = [UInt8](repeating: 0, count: length)
+        let envelope = try Journal.read(segment, at: location.offset, count: location.envelopeLength)
+        let data = wantData
+            ? try Journal.read(segment, at: location.offset + Int64(location.envelopeLength), count: location.dataLength)
+            : []
+        return (envelope, data)
+    }
+
+    /// pread of exactly `count` bytes.
+    private static func read(_ segment: Segment, at offset: Int64, count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         try bytes.withUnsafeMutableBytes { buffer in
-            while done < length {
-                let n = pread(segment.fd, buffer.baseAddress! + done, length - done, off_t(location.offset) + off_t(done))
+            while done < count {
+                let n = pread(segment.fd, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))
                 if n < 0 {
                     if errno == EINTR { continue }
                     throw SpoolError("read", path: segment.path, errno: errno)
@@ -414,7 +422,7 @@ final class Journal: @unchecked Sendable {
                 done += n
             }
         }
-        return (Array(bytes[..<location.envelopeLength]), Array(bytes[location.envelopeLength...]))
+        return bytes
     }
 
     // MARK: Leaving the journal
