@@ -148,8 +148,8 @@ def intake_case(d, case, relay, sink, lines):
             f"| {e2e} | {f(med(rs, 'queue_left'))} | {f(med(rs, 'other_cpu_s'), 1)} |")
     if sink:
         lines.append(f"| (smtp-sink) | load-generator ceiling: smtp-source → smtp-sink, same case "
-                     f"| {len(sink)} | {f(med(sink, 'inject_mps'))}{rng(sink, 'inject_mps')} | – | – | – | – | – | – "
-                     f"| – | – |")
+                     f"| {len(sink)} | {f(med(sink, 'inject_mps'))}{rng(sink, 'inject_mps')} | – | – | – | – | – "
+                     f"| {f(med(sink, 'e2e_s'), 1)}{rng(sink, 'e2e_s', 1)} | – | – |")
     lines.append("")
     pairs = [(a, b, label) for a, b, label in PAIRS if (a,) in by_peer and (b,) in by_peer]
     if pairs:
@@ -174,6 +174,14 @@ def intake_case(d, case, relay, sink, lines):
                           f"{ratio(s, med(pf, 'inject_mps'), 1)} Postfix's median, "
                           f"so an intake ratio above that cannot be observed with this client on this machine.",
                           ""]
+                if pf[0].get("e2e_s") and all(r.get("e2e_ok") == "1" for r in pf):
+                    # smtp-sink is one process that parses every line: its own CPU bounds any relay's
+                    # end-to-end time from below, whatever the relay does.
+                    se = med(sink, "e2e_s")
+                    lines += [f"smtp-source straight into smtp-sink took {f(se, 2)} s end to end (smtp-sink alone "
+                              f"used {f(med(sink, 'sink_cpu_s'), 2)} s of CPU, smtp-source {f(med(sink, 'source_cpu_s'), 2)} s), "
+                              f"so no relay between them can finish this case faster: the largest end-to-end "
+                              f"ratio to Postfix observable here is {ratio(med(pf, 'e2e_s'), se, 2)}.", ""]
     delivery_latency(d, case, lines)
 
 
