@@ -371,8 +371,17 @@ private struct ModelScheduler {
     /// `indexFootprint` adds up the capacities of the index's arrays and dictionaries (exact for Swift's
     /// layouts, without malloc's per-block overhead, which is negligible for a few large blocks). The RSS
     /// delta is the process's view; other tests running in parallel add noise, so it gets a loose bound.
+    /// bench/queue-scale.sh runs it in a release build at several sizes (TERN_SCHEDULER_SCALE, a list of
+    /// message counts) to show how the cost of a pick grows with the queue.
     @Test func memoryAndPickCostAtAMillionMessages() throws {
-        let count = 1_000_000
+        let counts = (getenv("TERN_SCHEDULER_SCALE").map { String(cString: $0) } ?? "")
+            .split(separator: " ").compactMap { Int($0) }.filter { $0 >= 20_000 }
+        for count in counts.isEmpty ? [1_000_000] : counts {
+            try measureScale(count: count)
+        }
+    }
+
+    func measureScale(count: Int) throws {
         let destinations = (0..<1000).map { "dest\($0).example.net" }
         let rssBefore = residentBytes()
         var s = Scheduler(maxConnections: 1000, maxConnectionsPerDestination: 1)
@@ -384,7 +393,7 @@ private struct ModelScheduler {
         }
         let addTime = ContinuousClock.now - clock
         clock = ContinuousClock.now
-        let first = s.dispatch(now: 1)  // promotes 500,000 jobs, starts 1000
+        let first = s.dispatch(now: 1)  // promotes half the jobs, starts 1000
         let dispatchTime = ContinuousClock.now - clock
         let rssAfter = residentBytes()
         #expect(first.count == 1000)
@@ -395,22 +404,23 @@ private struct ModelScheduler {
 
         // Pick cost: connections take the next job of their destination, 200,000 times.
         clock = ContinuousClock.now
+        let picks = min(200_000, count / 5)
         var picked = 0
         var progress = true
-        while picked < 200_000 && progress {  // a broken scheduler must not hang the test
+        while picked < picks && progress {  // a broken scheduler must not hang the test
             progress = false
-            for d in destinations where picked < 200_000 {
+            for d in destinations where picked < picks {
                 if s.next(for: d, now: 1) != nil { picked += 1; progress = true }
             }
         }
-        #expect(picked == 200_000)
+        #expect(picked == picks)
         let pickTime = ContinuousClock.now - clock
         func ns(_ d: Duration, _ n: Int) -> Int {
             Int((Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(n))
         }
         print("scheduler at \(count) messages: index \(Int(footprint)) bytes/message (record stride "
             + "\(Scheduler.jobRecordStride)), RSS delta \(Int(rss)) bytes/message; add \(ns(addTime, count)) ns/job, "
-            + "dispatch (promote 500k + start 1000) \(ns(dispatchTime, count / 2)) ns/job, next(for:) \(ns(pickTime, picked)) ns/pick")
+            + "dispatch (promote \(count / 2) + start 1000) \(ns(dispatchTime, count / 2)) ns/job, next(for:) \(ns(pickTime, picked)) ns/pick")
         #expect(footprint < 300)
         #expect(footprint > Double(Scheduler.jobRecordStride), "the accounting must at least count the records")
         #expect(rss < 1000)
