@@ -2,8 +2,9 @@ import Testing
 @testable import SMTPProtocol
 
 /// What a decoder made of `input` fed in pieces of `piece` bytes (0: all at once).
-private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits) -> (out: [UInt8], used: Int, problem: DataDecoder.Problem?, size: Int, received: Int, finished: Bool) {
+private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bodyRuns: Bool = true) -> (out: [UInt8], used: Int, problem: DataDecoder.Problem?, size: Int, received: Int, finished: Bool) {
     var d = DataDecoder(limits: limits)
+    d.copiesBodyRuns = bodyRuns
     var out: [UInt8] = []
     var used = 0
     let step = piece == 0 ? max(input.count, 1) : piece
@@ -57,6 +58,44 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits) ->
             if (whole.problem == nil && whole.out != bytewise.out) || whole.problem != bytewise.problem { return }
         }
         #expect(clean > 1000, "most rounds should be messages the decoder accepts")
+    }
+
+    /// The body is copied a run of lines at a time; line by line (the header section's way, and the
+    /// decoder's before runs) is the reference: same message, same first problem, same size, same end,
+    /// fed whole, a byte at a time and in odd pieces.
+    @Test func bodyRunsAgreeWithLineByLine() {
+        var rng = SplitMix64(seed: 11)
+        let alphabet: [UInt8] = [13, 10, 0, UInt8(ascii: "."), UInt8(ascii: "a")]
+        let limits = DataDecoder.Limits(maxLineLength: 80, maxMessageSize: 6000)
+        var clean = 0, refused = 0
+        for round in 0..<3000 {
+            var input: [UInt8] = Array("Subject: runs\r\n\r\n".utf8)
+            for _ in 0..<Int(rng.next() % 60) {
+                let r = rng.next()
+                if r % 7 == 0 { input.append(UInt8(ascii: ".")) }
+                if r % 11 == 0 { input += Array(".\r\n".utf8); continue }  // a line of one stuffed dot
+                for k in 0..<Int((r >> 8) % 90) { input.append(UInt8(ascii: "a") + UInt8(k % 26)) }
+                input += [13, 10]
+            }
+            if round % 3 == 0 {
+                for _ in 0..<Int(rng.next() % 4) {
+                    let r = rng.next()
+                    input.insert(alphabet[Int(r % UInt64(alphabet.count))], at: Int((r >> 16) % UInt64(input.count + 1)))
+                }
+            }
+            if round % 5 != 0 { input += Array("\r\n.\r\nQUIT\r\n".utf8) }
+            let reference = decode(input, piece: 0, limits: limits, bodyRuns: false)
+            if reference.problem == nil { clean += 1 } else { refused += 1 }
+            for piece in [0, 1, 7, 64] {
+                let runs = decode(input, piece: piece, limits: limits)
+                #expect(runs.problem == reference.problem, "round \(round) piece \(piece)")
+                if reference.problem == nil { #expect(runs.out == reference.out, "round \(round) piece \(piece)") }
+                #expect(runs.used == reference.used && runs.size == reference.size, "round \(round) piece \(piece)")
+                #expect(runs.finished == reference.finished, "round \(round) piece \(piece)")
+                if runs.problem != reference.problem || (reference.problem == nil && runs.out != reference.out) { return }
+            }
+        }
+        #expect(clean > 1000 && refused > 200, "both accepted and refused messages must be exercised")
     }
 
     @Test func aNULInsideAWordIsFound() {
