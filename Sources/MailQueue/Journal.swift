@@ -295,7 +295,7 @@ final class Journal: @unchecked Sendable {
             // Whether any of it reached the disk is unknown. Cancel the records in case they did (the
             // clients hear 451 and send again), and start afresh in a new segment.
             state.lock()
-            for (id, _, _, _) in placed { try? appendDone(id) }
+            try? appendDone(placed.map(\.0))
             mustRotate = true
             state.unlock()
             throw error
@@ -360,13 +360,16 @@ final class Journal: @unchecked Sendable {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// A done record at the end of the current segment, not synced. Caller holds `state`.
-    private func appendDone(_ id: QueueID) throws {
-        guard let segment = segments.last else { return }
-        let record = Journal.doneRecord(id)
+    /// Done records for `ids` at the end of the current segment, in one write, not synced. Caller holds
+    /// `state`.
+    private func appendDone(_ ids: [QueueID]) throws {
+        guard let segment = segments.last, !ids.isEmpty else { return }
+        var records: [UInt8] = []
+        records.reserveCapacity(ids.count * (Journal.headerLength + 32))
+        for id in ids { records += Journal.doneRecord(id) }
         do {
-            try Journal.writeAll(segment, record, at: segment.size)
-            segment.size += Int64(record.count)
+            try Journal.writeAll(segment, records, at: segment.size)
+            segment.size += Int64(records.count)
         } catch {
             mustRotate = true
             throw error
@@ -433,18 +436,30 @@ final class Journal: @unchecked Sendable {
     /// segment can still be deleted and free space (if the segment outlives a crash, the message is
     /// delivered again; never lost).
     func markDone(_ id: QueueID) throws -> Bool {
+        let (journaled, failure) = markDone([id])
+        if let failure { throw failure }
+        return journaled.contains(id)
+    }
+
+    /// `markDone` for many messages at once (the delivery side gathers those that finished meanwhile):
+    /// one lock round, one write of all their done records, one deletion of the segments they free.
+    /// Returns the ids that were in the journal (the others were moved out, or never there) and the
+    /// error of deleting freed segments, if any; those messages are done all the same.
+    func markDone(_ ids: [QueueID]) -> (journaled: Set<QueueID>, failure: Error?) {
         state.lock()
-        while moving.contains(id) { state.wait() }
-        guard let location = index[id] else {
-            state.unlock()
-            return false
+        while ids.contains(where: { moving.contains($0) }) { state.wait() }
+        var done: [(QueueID, Location)] = []
+        for id in ids {
+            // removeValue: an id given twice is done once.
+            if let location = index.removeValue(forKey: id) { done.append((id, location)) }
         }
-        try? appendDone(id)
-        index[id] = nil
-        let dead = forget(id, location)
+        try? appendDone(done.map(\.0))
+        for (id, location) in done { dropLive(id, location) }
+        let dead = takeDeadSegments()
         state.unlock()
-        try deleteInOrder(dead)
-        return true
+        var failure: Error?
+        do { try deleteInOrder(dead) } catch { failure = error }
+        return (Set(done.map(\.0)), failure)
     }
 
     /// Claims a journaled message for moving out and returns its envelope record and data; nil if it is
@@ -477,9 +492,10 @@ final class Journal: @unchecked Sendable {
         var dead: [Segment] = []
         if moved, let location = index[id] {
             // Not fatal if this fails: the files win over the journal record at recovery.
-            try? appendDone(id)
+            try? appendDone([id])
             index[id] = nil
-            dead = forget(id, location)
+            dropLive(id, location)
+            dead = takeDeadSegments()
         }
         state.broadcast()
         state.unlock()
@@ -500,13 +516,17 @@ final class Journal: @unchecked Sendable {
         return Array(oldest.live.subtracting(moving).sorted().prefix(limit))
     }
 
-    /// Drops `id` from its segment's live set and takes the dead segments off the front. Caller holds
-    /// `state`; the returned segments are for `deleteInOrder` once `state` is released.
-    private func forget(_ id: QueueID, _ location: Location) -> [Segment] {
+    /// Drops `id` from its segment's live set. Caller holds `state`.
+    private func dropLive(_ id: QueueID, _ location: Location) {
         if let s = segments.first(where: { $0.number == location.segment }) {
             s.live.remove(id)
             s.liveBytes -= location.recordLength
         }
+    }
+
+    /// Takes the segments with nothing live off the front (never the one appends go to). Caller holds
+    /// `state`; the returned segments are for `deleteInOrder` once `state` is released.
+    private func takeDeadSegments() -> [Segment] {
         var dead: [Segment] = []
         while segments.count > 1, let first = segments.first, first.live.isEmpty {
             dead.append(segments.removeFirst())
@@ -517,7 +537,7 @@ final class Journal: @unchecked Sendable {
 
     /// Closes and unlinks segments oldest first, then makes that durable, so that a crash never keeps
     /// an older segment whose done records were in a newer one that is gone. Releases `deletionLock`
-    /// taken by `forget`.
+    /// taken by `takeDeadSegments`.
     private func deleteInOrder(_ dead: [Segment]) throws {
         guard !dead.isEmpty else { return }
         defer { deletionLock.unlock() }

@@ -328,6 +328,29 @@ public final class Spool: @unchecked Sendable {
     /// the message is delivered again, which SMTP tolerates (RFC 5321 section 6.1).
     public func remove(_ id: QueueID) throws {
         if try journal.markDone(id) { return }
+        try unlinkFiles(id)
+    }
+
+    /// `remove` for many messages at once, for the delivery side's batches: the journaled ones share one
+    /// write of done records and one deletion of the segments they free, the others lose their files.
+    /// Returns what failed, by id; an id not in the spool is not a failure. If deleting a freed journal
+    /// segment fails, every journaled id of the batch carries that error (as `remove` would throw it),
+    /// though they are done.
+    public func remove(_ ids: [QueueID]) -> [QueueID: Error] {
+        let (journaled, segmentFailure) = journal.markDone(ids)
+        var failures: [QueueID: Error] = [:]
+        for id in ids {
+            if journaled.contains(id) {
+                if let segmentFailure { failures[id] = segmentFailure }
+                continue
+            }
+            do { try unlinkFiles(id) } catch { failures[id] = error }
+        }
+        return failures
+    }
+
+    /// The .env first, so that the message stops being queued before its data goes.
+    private func unlinkFiles(_ id: QueueID) throws {
         for file in [envelopePath(id), messagePath(id)] where unlink(file) != 0 && errno != ENOENT {
             throw SpoolError("unlink", path: file, errno: errno)
         }

@@ -40,6 +40,8 @@ final class ActiveMessage {
     var deleted = false
     /// Gone from the spool (counted once in the metrics).
     var removed = false
+    /// Finished and waiting in the SpoolRemover's batch: no longer part of the queue for `tern queue`.
+    var leaving = false
     /// Run when the next spool write of this message is done (the postmaster's answer waits for it).
     var afterWrite: [(Error?) -> Void] = []
 
@@ -62,6 +64,8 @@ public final class DeliveryManager {
     /// Messages whose envelope and data are being read from the spool, with the jobs waiting for them.
     var loading: [QueueID: [(ActiveMessage?) -> Void]] = [:]
     var connections: [ObjectIdentifier: OutboundConnection] = [:]
+    /// Finished messages leave the spool through it, many per pool work item.
+    let remover: SpoolRemover
     let timer: Timer
     var timerDue: Double?
     var stopped = false
@@ -100,6 +104,7 @@ public final class DeliveryManager {
         scheduler = Scheduler(maxConnections: config.delivery.maxConnections,
                               maxConnectionsPerDestination: config.delivery.maxConnectionsPerDestination)
         timer = Timer(loop: loop)
+        remover = SpoolRemover(loop: loop, spool: spool)
     }
 
     static func wallClock() -> Double {
@@ -410,6 +415,37 @@ public final class DeliveryManager {
             message.failures = []
             message.delayed = []
         }
+        // After the spool work, on the loop: answers, notices queued, the message forgotten once gone.
+        func written(_ failure: Error?, committed: [Envelope]) {
+            message.writing = false
+            message.leaving = false
+            if let failure { log.error("\(envelope.id): spool update failed: \(failure)") }
+            for body in writeDone { body(failure) }
+            for b in committed {
+                log.info("\(envelope.id): sender notification (non-delivery or delay): \(b.id)")
+                enqueue(b, due: b.arrival)
+            }
+            if finished && failure == nil && !message.removed {
+                message.removed = true
+                log.info("\(envelope.id): removed")
+                let recipients = envelope.recipients
+                metrics.messageLeftQueue(delivered: recipients.contains { $0.state == .delivered },
+                                         bounced: recipients.contains { $0.state == .bounced },
+                                         deleted: message.deleted, residence: now - envelope.arrival)
+            }
+            if message.needsWrite {
+                persist(message)
+            } else if message.jobsInFlight == 0 && loading[envelope.id] == nil {
+                active.removeValue(forKey: envelope.id)  // nothing in flight: free the memory
+            }
+        }
+        // Finished with nothing else to write: gone in the remover's next batch, with the others
+        // that finish meanwhile, instead of a pool round trip of its own.
+        if finished && notices.isEmpty && message.pendingAction == nil {
+            message.leaving = true
+            remover.remove(envelope.id) { failure in written(failure, committed: []) }
+            return
+        }
         let spool = self.spool
         var failure: Error?
         var committed: [Envelope] = []
@@ -430,28 +466,7 @@ public final class DeliveryManager {
             } catch {
                 failure = error
             }
-        }, done: { [self] in
-            message.writing = false
-            if let failure { log.error("\(envelope.id): spool update failed: \(failure)") }
-            for body in writeDone { body(failure) }
-            for b in committed {
-                log.info("\(envelope.id): sender notification (non-delivery or delay): \(b.id)")
-                enqueue(b, due: b.arrival)
-            }
-            if finished && failure == nil && !message.removed {
-                message.removed = true
-                log.info("\(envelope.id): removed")
-                let recipients = envelope.recipients
-                metrics.messageLeftQueue(delivered: recipients.contains { $0.state == .delivered },
-                                         bounced: recipients.contains { $0.state == .bounced },
-                                         deleted: message.deleted, residence: now - envelope.arrival)
-            }
-            if message.needsWrite {
-                persist(message)
-            } else if message.jobsInFlight == 0 && loading[envelope.id] == nil {
-                active.removeValue(forKey: envelope.id)  // nothing in flight: free the memory
-            }
-        })
+        }, done: { written(failure, committed: committed) })
     }
 
     // MARK: - Connections
@@ -474,6 +489,7 @@ public final class DeliveryManager {
     func stop() {
         stopped = true
         timer.close()
+        remover.close()
         for c in Array(connections.values) { c.abandon() }
     }
 }

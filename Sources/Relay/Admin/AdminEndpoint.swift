@@ -140,19 +140,22 @@ public final class AdminEndpoint {
         }, done: { [self] in
             if let failure { return answer(Self.json(AdminError(500, "cannot read the spool: \(failure)"))) }
             let now = DeliveryManager.wallClock()
-            let entries = envelopes.map(entry).filter { filter.matches($0, now: now) }
+            let entries = envelopes.filter { server.delivery?.isLeaving($0.id) != true }
+                .map(entry).filter { filter.matches($0, now: now) }
             answer(Self.json(QueueListing(count: entries.count, messages: entries)))
         })
     }
 
     private func show(_ id: QueueID, _ answer: @escaping (HTTPResponse) -> Void) {
+        let notQueued = Self.json(AdminError(404, "\(id): no such message in the queue"))
+        if server.delivery?.isLeaving(id) == true { return answer(notQueued) }
         if let e = server.delivery?.envelopeInMemory(id) { return answer(Self.json(entry(e))) }
         let spool = server.spool
         var envelope: Envelope?
         server.loop.queueWork({
             envelope = try? spool.load(id)
         }, done: { [self] in
-            guard let envelope else { return answer(Self.json(AdminError(404, "\(id): no such message in the queue"))) }
+            guard let envelope, server.delivery?.isLeaving(id) != true else { return answer(notQueued) }
             answer(Self.json(entry(server.delivery?.envelopeInMemory(id) ?? envelope)))
         })
     }

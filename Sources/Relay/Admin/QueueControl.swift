@@ -52,6 +52,9 @@ extension DeliveryManager {
 
     func isHeld(_ id: QueueID) -> Bool { held[id] != nil }
 
+    /// Finished, and its removal from the spool is waiting for the next batch: not listed any more.
+    func isLeaving(_ id: QueueID) -> Bool { active[id]?.leaving ?? false }
+
     private func isKnown(_ id: QueueID) -> Bool {
         held[id] != nil || scheduler.isQueued(id) || loading[id] != nil || justArrived[id] != nil
             || (active[id].map { !$0.deleted && !$0.removed && $0.envelope.hasPendingRecipients } ?? false)
