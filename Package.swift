@@ -54,7 +54,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
-        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
+        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "CZlib"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay"]),
         .testTarget(name: "BlastTests", dependencies: ["Blast"]),
