@@ -12,7 +12,7 @@
 //     message  "TJM1" u32 envelope-length u32 data-length u32 crc32(envelope + data) envelope data
 //     done     "TJD1" u32 id-length u32 0 u32 crc32(id) id
 //
-// crc32 is zlib's CRC-32 (the one of gzip and PNG).
+// crc32 is zlib's CRC-32 (the one of gzip and PNG), computed with ISA-L.
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -38,7 +38,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CZlib
+import CISAL
 import Foundation  // NSCondition, NSLock only
 
 final class Journal: @unchecked Sendable {
@@ -602,9 +602,12 @@ final class Journal: @unchecked Sendable {
 }
 
 /// zlib's CRC-32 of `bytes`, continuing from `previous` (the CRC of the bytes before them): catches a
-/// record cut short or half-written by a crash.
+/// record cut short or half-written by a crash. ISA-L's crc32_gzip_refl computes the same function as
+/// zlib's crc32 (checked against it in JournalPiecesTests), with carry-less multiplication: about ten times
+/// zlib's speed on 100 KiB messages.
 func crc32(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0) -> UInt32 {
     bytes.withUnsafeBufferPointer { buffer in
-        UInt32(truncatingIfNeeded: CZlib.crc32_z(UInt(previous), buffer.baseAddress, buffer.count))
+        guard let base = buffer.baseAddress, !buffer.isEmpty else { return previous }
+        return CISAL.crc32_gzip_refl(previous, base, UInt64(buffer.count))
     }
 }

@@ -1,5 +1,5 @@
 // The journal writes each record from its pieces (header, envelope, the message's own array) with
-// pwritev: the file must be byte for byte what the format says, as zlib's
+// pwritev, and checksums with ISA-L: the file must be byte for byte what the format says, as zlib's
 // CRC-32 and an independent assembly of the records compute it.
 
 import CZlib
@@ -43,6 +43,27 @@ private func envelope(_ n: Int) -> Envelope {
 }
 
 @Suite struct JournalPiecesTests {
+    @Test func isalCRC32IsZlibsOverRandomLengthsAndOddSplits() {
+        var dice = Dice(state: 42)
+        let buffer = dice.bytes(300 * 1024 + 7)
+        for _ in 0..<300 {
+            let length = dice.below(300 * 1024 + 1)
+            let start = dice.below(8)  // unaligned starts too
+            let bytes = buffer[start..<(start + length)]
+            let whole = zlibCRC(bytes)
+            #expect(crc32(bytes) == whole)
+            // Continued over three pieces cut at random places, in both directions between the two.
+            let a = start + (length == 0 ? 0 : dice.below(length + 1))
+            let b = a + (start + length - a == 0 ? 0 : dice.below(start + length - a + 1))
+            let first = buffer[start..<a], second = buffer[a..<b], third = buffer[b..<(start + length)]
+            #expect(crc32(third, following: crc32(second, following: crc32(first))) == whole)
+            #expect(crc32(third, following: zlibCRC(second, following: crc32(first))) == whole)
+            #expect(zlibCRC(third, following: crc32(second, following: zlibCRC(first))) == whole)
+        }
+        #expect(crc32(Array("123456789".utf8)[...]) == 0xCBF4_3926)
+        #expect(crc32([][...], following: 0x1234_5678) == 0x1234_5678)
+    }
+
     @Test func aBatchOfManySmallAndAFewLargeMessagesIsWrittenAsTheFormatSays() throws {
         try withTemporaryDirectory { dir in
             var dice = Dice(state: 7)
