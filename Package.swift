@@ -27,11 +27,13 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", path: "Modules/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CISAL", path: "Modules/CISAL", pkgConfig: "libisal",
+                       providers: [.apt(["libisal-dev"])]),
 
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
-        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CZlib"]),
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CISAL"]),
         // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.
@@ -54,7 +56,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
-        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue"]),
+        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "CZlib"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay"]),
         .testTarget(name: "BlastTests", dependencies: ["Blast"]),

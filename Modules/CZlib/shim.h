@@ -1,5 +1,6 @@
 #ifndef TERN_CZLIB_SHIM_H
 #define TERN_CZLIB_SHIM_H
-/* zlib, for its CRC-32 only: the spool journal's record checksum (Sources/MailQueue/Journal.swift). */
+/* zlib, for its CRC-32 only: the journal's record checksum is zlib's CRC-32 (Sources/MailQueue/Journal.swift),
+ * computed with ISA-L (Modules/CISAL); MailQueueTests check ISA-L's against this one. */
 #include <zlib.h>
 #endif

@@ -12,7 +12,7 @@
 //     message  "TJM1" u32 envelope-length u32 data-length u32 crc32(envelope + data) envelope data
 //     done     "TJD1" u32 id-length u32 0 u32 crc32(id) id
 //
-// crc32 is zlib's CRC-32 (the one of gzip and PNG).
+// crc32 is zlib's CRC-32 (the one of gzip and PNG), computed with ISA-L.
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -38,7 +38,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CZlib
+import CISAL
 import Foundation  // NSCondition, NSLock only
 
 final class Journal: @unchecked Sendable {
@@ -218,14 +218,13 @@ final class Journal: @unchecked Sendable {
         out.append(UInt8(value >> 24))
     }
 
-    /// Appends a message record to `out` (the batch being built: no record of its own to copy again).
-    static func appendMessageRecord(to out: inout [UInt8], envelope: [UInt8], data: [UInt8]) {
+    /// Appends the 16-byte header of a message record to `out`; the envelope and the data follow it in
+    /// the file, written from their own arrays (no copy of the message to build the record).
+    static func appendMessageHeader(to out: inout [UInt8], envelope: [UInt8], data: [UInt8]) {
         out += messageMagic
         appendUInt32(&out, UInt32(envelope.count))
         appendUInt32(&out, UInt32(data.count))
         appendUInt32(&out, crc32(data[...], following: crc32(envelope[...])))
-        out += envelope
-        out += data
     }
 
     static func doneRecord(_ id: QueueID) -> [UInt8] {
@@ -239,23 +238,37 @@ final class Journal: @unchecked Sendable {
 
     // MARK: Appending
 
-    /// Makes the messages durable in the current segment: one write, one fdatasync. Each envelope's
-    /// size is set from its data; the stored envelopes are returned in order. Throws (and the messages
-    /// are not queued) if any step fails.
+    /// Makes the messages durable in the current segment: one pwritev (per IOV_MAX / 3 messages), one
+    /// fdatasync. Each envelope's size is set from its data; the stored envelopes are returned in order.
+    /// Throws (and the messages are not queued) if any step fails.
     func append(_ messages: [(Envelope, [UInt8])]) throws -> [Envelope] {
         appendLock.lock()
         defer { appendLock.unlock() }
         var stored: [Envelope] = []
-        var batch: [UInt8] = []
-        batch.reserveCapacity(messages.reduce(0) { $0 + $1.1.count + 512 })
+        var records: [[UInt8]] = []
+        records.reserveCapacity(messages.count)
+        var headers: [UInt8] = []
+        headers.reserveCapacity(messages.count * Journal.headerLength)
+        var length: Int64 = 0
         var placed: [(QueueID, Int64, Int, Int)] = []  // id, offset in batch, envelope length, data length
         for (envelope, data) in messages {
             var e = envelope
             e.size = data.count
             let record = EnvelopeRecord.encode(e)
-            placed.append((e.id, Int64(batch.count + Journal.headerLength), record.count, data.count))
-            Journal.appendMessageRecord(to: &batch, envelope: record, data: data)
+            placed.append((e.id, length + Int64(Journal.headerLength), record.count, data.count))
+            Journal.appendMessageHeader(to: &headers, envelope: record, data: data)
+            records.append(record)
+            length += Int64(Journal.headerLength + record.count + data.count)
             stored.append(e)
+        }
+        // Each record goes out as three pieces, its header, its envelope and the message's own array:
+        // the message is not copied into a batch buffer first.
+        var pieces: [ArraySlice<UInt8>] = []
+        pieces.reserveCapacity(messages.count * 3)
+        for (i, message) in messages.enumerated() {
+            pieces.append(headers[(i * Journal.headerLength)..<((i + 1) * Journal.headerLength)])
+            pieces.append(records[i][...])
+            pieces.append(message.1[...])
         }
 
         state.lock()
@@ -275,14 +288,14 @@ final class Journal: @unchecked Sendable {
             segment = segments.last!
             base = segment.size
             do {
-                try Journal.writeAll(segment, batch, at: base)
+                try Journal.writeAll(segment, pieces, at: base)
             } catch {
                 // Whatever part of the batch reached the file must never be read as records that
                 // were acknowledged: the next batch goes to a new segment.
                 mustRotate = true
                 throw error
             }
-            segment.size = base + Int64(batch.count)
+            segment.size = base + length
         } catch {
             state.unlock()
             throw error
@@ -313,29 +326,81 @@ final class Journal: @unchecked Sendable {
         return stored
     }
 
-    /// pwrite of all of `bytes` at `offset`; on failure the segment is cut back to `offset` (or, if even
-    /// that fails, marked for rotation) so that no partial record sits before later ones.
-    private static func writeAll(_ segment: Segment, _ bytes: [UInt8], at offset: Int64) throws {
-        var done = 0
-        let failure: SpoolError? = bytes.withUnsafeBytes { buffer in
-            while done < buffer.count {
-                let n = pwrite(segment.fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return SpoolError("write", path: segment.path, errno: errno)
-                }
-                if n == 0 { return SpoolError("write", path: segment.path, errno: EIO, detail: "write returned 0") }
-                done += n
+    /// Pieces per pwritev: IOV_MAX (1024 on Linux), and at least POSIX's minimum of 16.
+    static let maxIovecs: Int = {
+        let limit = sysconf(Int32(_SC_IOV_MAX))
+        return limit > 0 ? min(Int(limit), 1024) : 16
+    }()
+
+    /// pwritev(2)'s shape; tests pass one that writes short or fails.
+    typealias VectorWrite = (Int32, UnsafePointer<iovec>, Int32, off_t) -> Int
+
+    /// Writes `pieces`, in order and back to back, at `offset`: pwritev of up to `maxIovecs` pieces at a
+    /// time, resumed after short writes. On failure the segment is cut back to `offset` (or, if even that
+    /// fails, the error says so and the caller rotates) so that no partial record sits before later ones.
+    static func writeAll(_ segment: Segment, _ pieces: [ArraySlice<UInt8>], at offset: Int64,
+                         using write: VectorWrite = { pwritev($0, $1, $2, $3) }) throws {
+        var written = 0
+        var failure: SpoolError?
+        var start = 0
+        while start < pieces.count && failure == nil {
+            let end = min(pieces.count, start + maxIovecs)
+            var iovecs: [iovec] = []
+            iovecs.reserveCapacity(end - start)
+            failure = withIovecs(pieces[start..<end], &iovecs) { iovecs in
+                writeVectors(segment, &iovecs, at: offset, written: &written, using: write)
             }
-            return nil
+            start = end
         }
         if let failure {
-            if done > 0 && ftruncate(segment.fd, off_t(offset)) != 0 {
+            if written > 0 && ftruncate(segment.fd, off_t(offset)) != 0 {
                 throw SpoolError("write", path: segment.path, errno: failure.errno,
                                  detail: "\(failure); and the segment could not be cut back")
             }
             throw failure
         }
+    }
+
+    /// Calls `body` with an iovec for each non-empty piece, each array held in place meanwhile (one
+    /// nested `withUnsafeBytes` per piece: at most `maxIovecs` deep).
+    private static func withIovecs<R>(_ pieces: ArraySlice<ArraySlice<UInt8>>, _ iovecs: inout [iovec],
+                                      _ body: (inout [iovec]) -> R) -> R {
+        guard let first = pieces.first else { return body(&iovecs) }
+        return first.withUnsafeBytes { bytes in
+            if let base = bytes.baseAddress, bytes.count > 0 {
+                iovecs.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: bytes.count))
+            }
+            return withIovecs(pieces.dropFirst(), &iovecs, body)
+        }
+    }
+
+    /// pwritev of everything `iovecs` points at, to `offset + written` on, until done or an error.
+    /// `written` counts the bytes that reached the file.
+    private static func writeVectors(_ segment: Segment, _ iovecs: inout [iovec], at offset: Int64,
+                                     written: inout Int, using write: VectorWrite) -> SpoolError? {
+        var first = 0
+        while first < iovecs.count {
+            let n = iovecs.withUnsafeBufferPointer { v in
+                write(segment.fd, v.baseAddress! + first, Int32(v.count - first), off_t(offset) + off_t(written))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return SpoolError("write", path: segment.path, errno: errno)
+            }
+            if n == 0 { return SpoolError("write", path: segment.path, errno: EIO, detail: "write returned 0") }
+            written += n
+            // A short write: skip the pieces that went whole, and the part of the next that went.
+            var left = n
+            while first < iovecs.count && left >= iovecs[first].iov_len {
+                left -= iovecs[first].iov_len
+                first += 1
+            }
+            if left > 0 {
+                iovecs[first].iov_base = iovecs[first].iov_base! + left
+                iovecs[first].iov_len -= left
+            }
+        }
+        return nil
     }
 
     /// Creates segment `number` and makes its name durable. Caller holds `state`.
@@ -368,7 +433,7 @@ final class Journal: @unchecked Sendable {
         records.reserveCapacity(ids.count * (Journal.headerLength + 32))
         for id in ids { records += Journal.doneRecord(id) }
         do {
-            try Journal.writeAll(segment, records, at: segment.size)
+            try Journal.writeAll(segment, [records[...]], at: segment.size)
             segment.size += Int64(records.count)
         } catch {
             mustRotate = true
@@ -557,9 +622,12 @@ final class Journal: @unchecked Sendable {
 }
 
 /// zlib's CRC-32 of `bytes`, continuing from `previous` (the CRC of the bytes before them): catches a
-/// record cut short or half-written by a crash.
+/// record cut short or half-written by a crash. ISA-L's crc32_gzip_refl computes the same function as
+/// zlib's crc32 (checked against it in JournalPiecesTests), with carry-less multiplication: about ten times
+/// zlib's speed on 100 KiB messages.
 func crc32(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0) -> UInt32 {
     bytes.withUnsafeBufferPointer { buffer in
-        UInt32(truncatingIfNeeded: CZlib.crc32_z(UInt(previous), buffer.baseAddress, buffer.count))
+        guard let base = buffer.baseAddress, !buffer.isEmpty else { return previous }
+        return CISAL.crc32_gzip_refl(previous, base, UInt64(buffer.count))
     }
 }

@@ -218,9 +218,9 @@ public final class DeliveryManager {
     private func remember(_ envelope: Envelope, _ message: [UInt8]) {
         justArrived[envelope.id] = (envelope, message)
         justArrivedOrder.append(envelope.id)
-        justArrivedBytes += message.count
+        justArrivedBytes += message.capacity  // the buffer, not the bytes: the session's is handed on uncopied
         while justArrivedBytes > Self.justArrivedLimit, let oldest = justArrivedOrder.popFirst() {
-            if let gone = justArrived.removeValue(forKey: oldest) { justArrivedBytes -= gone.message.count }
+            if let gone = justArrived.removeValue(forKey: oldest) { justArrivedBytes -= gone.message.capacity }
         }
         // Ids taken out by a delivery stay in the order list until they reach its head; keep it bounded.
         if justArrivedOrder.count > 4 * max(justArrived.count, 1024) {
@@ -234,7 +234,7 @@ public final class DeliveryManager {
             return
         }
         if loading[id] == nil, let fresh = justArrived.removeValue(forKey: id) {
-            justArrivedBytes -= fresh.message.count
+            justArrivedBytes -= fresh.message.capacity
             let m = ActiveMessage(envelope: fresh.envelope, message: fresh.message)
             active[id] = m
             body(m)

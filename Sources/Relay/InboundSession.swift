@@ -239,8 +239,12 @@ final class InboundSession {
         info("\(id): client=\(clientName), helo=<\(start.helo)>", qid: id)
         info("\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)", qid: id)
         for recipient in start.recipients { info("\(id): to=<\(recipient)>", qid: id) }
+        // The Received header goes in front of the data in the session's own buffer, so that most
+        // messages reach the writer as one array (no join before the journal write and delivery).
+        let header = received.bytes
+        let inBuffer = machine.prefixMessageData(header)
         let writer = MessageWriter(loop: server.loop, spool: server.spool, journal: server.journal, id: id, envelope: envelope,
-                                   firstBytes: received.bytes)
+                                   firstBytes: inBuffer ? [] : header)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
         self.writer = writer
     }

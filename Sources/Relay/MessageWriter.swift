@@ -68,6 +68,16 @@ final class MessageWriter {
         kick()
     }
 
+    /// The message in one array: the only chunk as it is (the common case, see
+    /// ServerSession.dataChunk), or the chunks copied together.
+    static func joined(_ chunks: [[UInt8]]) -> [UInt8] {
+        if chunks.count == 1 { return chunks[0] }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
+        for chunk in chunks { bytes.append(contentsOf: chunk) }
+        return bytes
+    }
+
     private func kick() {
         guard !busy else { return }
         if aborted {
@@ -115,8 +125,7 @@ final class MessageWriter {
                 if file == nil { file = try spool.create(id) }
                 if whole {
                     // The whole message: one write, and the bytes stay for delivery.
-                    bytes.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
-                    for chunk in chunks { bytes.append(contentsOf: chunk) }
+                    bytes = MessageWriter.joined(chunks)
                     try file!.write(bytes)
                 } else {
                     for chunk in chunks { try file!.write(chunk) }
@@ -212,12 +221,7 @@ final class JournalCommitter {
         var failure: Error?
         loop.queueWork({
             // On a pool thread: only the captured values are touched here.
-            messages = chunkLists.map { chunks in
-                var bytes: [UInt8] = []
-                bytes.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
-                for chunk in chunks { bytes.append(contentsOf: chunk) }
-                return bytes
-            }
+            messages = chunkLists.map(MessageWriter.joined)
             do {
                 stored = try spool.commit(journaling: Array(zip(envelopes, messages)))
             } catch {

@@ -160,6 +160,8 @@ public struct ServerSession {
 
     var decoder: DataDecoder?
     var dataOut: [UInt8] = []
+    /// Some of this message's data was handed on already (`.messageData`).
+    var messageDataEmitted = false
     /// Input not yet handled: a partial line, or commands pipelined behind a message being committed.
     var inbox: [UInt8] = []
     /// Set while an over-long command line is being skipped up to its CRLF.
@@ -176,7 +178,14 @@ public struct ServerSession {
     var dropInData = false
 
     static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
-    static let dataChunk = 128 * 1024
+    /// Decoded data is handed on in chunks of up to `dataChunk` bytes: a message that fits (nearly all)
+    /// arrives whole, one array that the journal writes and delivery sends without joining pieces. The
+    /// buffer doubles from `dataReserve` to `dataBuffer`; the chunk is a little smaller, so the few bytes
+    /// the decoder holds back (a CR, a header line) never make it double again.
+    static let dataBuffer = 256 * 1024
+    static let dataChunk = dataBuffer - 4096
+    /// Reserved when DATA starts, not before: sessions outside DATA hold no buffer.
+    static let dataReserve = 64 * 1024
 
     /// `implicitTLS`: the connection is under TLS from its start (RFC 8314 submissions).
     public init(config: ServerConfiguration, client: PeerInfo, implicitTLS: Bool = false) {
@@ -288,7 +297,9 @@ public struct ServerSession {
                     dropConnection()
                     return count
                 }
-                offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset...]), into: &dataOut)
+                // No more input than the chunk has room for: it is handed on before it outgrows its buffer.
+                let end = min(count, offset + max(Self.dataChunk - dataOut.count, 1))
+                offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]), into: &dataOut)
                 if decoder!.isFinished { endOfData() }
                 flushDataOut(force: false)
             case .connected, .ready, .mail, .authChallenge:
@@ -527,7 +538,9 @@ public struct ServerSession {
             authenticatedUser: authenticatedUser)
         decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
-        dataOut.reserveCapacity(16 * 1024)
+        dataOut = []
+        dataOut.reserveCapacity(Self.dataReserve)
+        messageDataEmitted = false
         phase = .data
         dropInData = drop
         reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
@@ -681,9 +694,21 @@ public struct ServerSession {
     mutating func flushDataOut(force: Bool) {
         if !dataOut.isEmpty && (force || dataOut.count >= Self.dataChunk) {
             emit(.messageData(dataOut))
+            messageDataEmitted = true
             dataOut = []
-            dataOut.reserveCapacity(16 * 1024)
+            // A message larger than a chunk: the next is likely full too. At the end, no buffer is kept.
+            if !force { dataOut.reserveCapacity(Self.dataBuffer) }
         }
+    }
+
+    /// Puts `bytes` (the relay's Received header) in front of the message's data, so that a message of
+    /// up to a chunk still arrives as one array. False once some data was handed on (a client that
+    /// sent its message without waiting for the 354) or the message ended: the caller then keeps the
+    /// bytes itself, in front of the first `.messageData`.
+    public mutating func prefixMessageData(_ bytes: [UInt8]) -> Bool {
+        guard phase == .data, !messageDataEmitted else { return false }
+        dataOut.insert(contentsOf: bytes, at: 0)
+        return true
     }
 
     mutating func takeActions() -> [ServerAction] {

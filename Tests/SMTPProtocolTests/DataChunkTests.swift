@@ -1,0 +1,122 @@
+// How DATA's decoded bytes are handed on: a message of up to a chunk as one array (with the relay's
+// Received header in front when it asks in time), larger ones in chunks that never outgrow their
+// buffer, and no buffer held outside DATA.
+
+import Testing
+@testable import SMTPProtocol
+
+private func session() -> ServerSession {
+    var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
+                          client: PeerInfo(ip: "127.0.0.1", trusted: true))
+    _ = s.greeting()
+    return s
+}
+
+private func chunks(_ actions: [ServerAction]) -> [[UInt8]] {
+    actions.compactMap { if case .messageData(let b) = $0 { return b } else { return nil } }
+}
+
+/// A message of `size` bytes in 78-octet lines.
+private func message(_ size: Int) -> [UInt8] {
+    var out = Array("Subject: chunks\r\n\r\n".utf8)
+    let line = Array((String(repeating: "y", count: 76) + "\r\n").utf8)
+    while out.count + line.count <= size { out += line }
+    return out
+}
+
+@Suite struct DataChunkTests {
+    @Test func aMessageUnderAChunkArrivesAsOneArrayWithThePrefixInFront() {
+        for size in [100, 100 * 1024, ServerSession.dataChunk - 1024] {
+            var s = session()
+            let begin = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+            #expect(begin.contains { if case .beginMessage = $0 { return true } else { return false } })
+            let received = Array("Received: from x.test\r\n\tby relay.test; now\r\n".utf8)
+            let prefixed1 = s.prefixMessageData(received)
+            #expect(prefixed1)
+            #expect(s.dataOut.capacity >= ServerSession.dataReserve)
+            let body = message(size)
+            var got: [[UInt8]] = []
+            var at = 0
+            while at < body.count {  // reads of up to 64 KiB, as from the socket
+                let end = min(body.count, at + 65536)
+                got += chunks(s.receive(Array(body[at..<end])))
+                at = end
+            }
+            let last = s.receive(Array(".\r\n".utf8))
+            got += chunks(last)
+            #expect(last.contains(.commitMessage))
+            #expect(got.count == 1)
+            #expect(got.first == received + body)
+            // Nothing is kept for the next message.
+            #expect(s.dataOut.capacity == 0)
+        }
+    }
+
+    @Test func largerMessagesComeInChunksThatNeverOutgrowTheirBuffer() {
+        var s = session()
+        _ = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+        let prefixed2 = s.prefixMessageData(Array("Received: x\r\n".utf8))
+        #expect(prefixed2)
+        let body = message(1_000_000)
+        var got: [[UInt8]] = []
+        var at = 0
+        var largestBuffer = 0
+        var pieces = SplitSizes()
+        while at < body.count {
+            let end = min(body.count, at + pieces.next())
+            got += chunks(s.receive(Array(body[at..<end])))
+            largestBuffer = max(largestBuffer, s.dataOut.capacity)
+            at = end
+        }
+        got += chunks(s.receive(Array(".\r\n".utf8)))
+        #expect(Array(got.joined()) == Array("Received: x\r\n".utf8) + body)
+        #expect(got.count == 4)
+        #expect(got.dropLast().allSatisfy { $0.count >= ServerSession.dataChunk && $0.count <= ServerSession.dataBuffer })
+        #expect(largestBuffer < 2 * ServerSession.dataBuffer)
+    }
+
+    @Test func thePrefixIsRefusedOnceDataWasHandedOnOrTheMessageEnded() {
+        // The whole message in the same read as DATA (no wait for the 354): it is over before the
+        // relay could ask, and the prefix stays with the caller.
+        var s = session()
+        let actions = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA",
+                                            "Subject: early", "", "body", ".").utf8))
+        #expect(actions.contains(.commitMessage))
+        let prefixed3 = s.prefixMessageData(Array("Received: x\r\n".utf8))
+        #expect(!prefixed3)
+        #expect(chunks(actions) == [Array("Subject: early\r\n\r\nbody\r\n".utf8)])
+
+        // More than a chunk already handed on.
+        var t = session()
+        _ = t.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+        let early = chunks(t.receive(message(ServerSession.dataChunk + 5000)))
+        #expect(early.count == 1)
+        let prefixed4 = t.prefixMessageData(Array("Received: x\r\n".utf8))
+        #expect(!prefixed4)
+
+        // Some data early, none handed on yet: the prefix goes in front of it.
+        var u = session()
+        _ = u.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA", "Subject: s").utf8))
+        let prefixed5 = u.prefixMessageData(Array("Received: x\r\n".utf8))
+        #expect(prefixed5)
+        let rest = u.receive(Array(lines("", "body", ".").utf8))
+        #expect(chunks(rest) == [Array("Received: x\r\nSubject: s\r\n\r\nbody\r\n".utf8)])
+
+        // Outside DATA there is nothing to put it in front of.
+        var v = session()
+        _ = v.receive(Array(lines("EHLO x.test").utf8))
+        let prefixed6 = v.prefixMessageData(Array("Received: x\r\n".utf8))
+        #expect(!prefixed6)
+        #expect(v.dataOut.capacity == 0)
+    }
+}
+
+/// Read sizes that vary (1 byte to 64 KiB), so chunk boundaries land anywhere, CR-LF pairs included.
+private struct SplitSizes {
+    var state: UInt64 = 1
+    mutating func next() -> Int {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        let r = Int(state >> 33)
+        return r % 7 == 0 ? 1 + r % 3 : 1 + r % 65536
+    }
+}
