@@ -559,6 +559,9 @@ final class BlastSlot {
             switch action {
             case .send(let bytes):
                 write(bytes, on: connection)
+            case .sendMessage(let message):
+                // Not reached: blast hands ClientSession wire data, which comes back as .send.
+                write(message + ClientAction.endOfData, on: connection)
             case .ready:
                 runner.stats.count(.greeting, code: 220)
                 runner.stats.count(.ehlo, code: 250)

@@ -177,10 +177,25 @@ final class OutboundConnection {
     }
 
     private func perform(_ actions: [ClientAction]) {
+        // Bytes of consecutive sends go out together (a message between the commands before it and
+        // its ".\r\n"); anything else waits until they are written, so the order holds.
+        var pieces: [[UInt8]] = []
         for action in actions {
             switch action {
             case .send(let bytes):
-                write(bytes)
+                pieces.append(bytes)
+                continue
+            case .sendMessage(let message):
+                pieces.append(message)
+                pieces.append(ClientAction.endOfData)
+                continue
+            default:
+                write(pieces)
+                pieces = []
+            }
+            switch action {
+            case .send, .sendMessage:
+                break  // gathered above
             case .startTLS:
                 guard startTLS() else { return }
             case .ready:
@@ -202,6 +217,7 @@ final class OutboundConnection {
                 tcp?.closeAfterWrites()
             }
         }
+        write(pieces)
         armTimer()
     }
 
@@ -238,7 +254,7 @@ final class OutboundConnection {
             if var s = session {
                 let actions = s.quit()
                 session = s
-                for case .send(let b) in actions { write(b) }
+                write(actions.flatMap(\.wirePieces))
             }
             tryNextTarget()
             return
@@ -326,7 +342,7 @@ final class OutboundConnection {
         if var s = session, let c = tcp {
             let actions = s.quit()
             session = s
-            for case .send(let b) in actions { write(b, flush: false) }
+            write(actions.flatMap(\.wirePieces), flush: false)
             tls?.shutdown()
             flushTLS()
             c.onRead = nil
@@ -355,13 +371,18 @@ final class OutboundConnection {
 extension OutboundConnection {
     /// Bytes for the next hop, through TLS once it is up. `flush: false` leaves the record in the
     /// engine for the next flushTLS (QUIT goes out with close_notify, in one write).
-    fileprivate func write(_ bytes: [UInt8], flush: Bool = true) {
+    ///
+    /// The pieces go out in order: over plain TCP in one gathering write, so nothing is copied unless
+    /// the socket is full; under TLS one after the other into the engine, which encrypts them into
+    /// records (a copy it makes anyway), then one flush.
+    fileprivate func write(_ pieces: [[UInt8]], flush: Bool = true) {
+        guard !pieces.isEmpty else { return }
         guard let tls else {
-            tcp?.write(bytes)
+            tcp?.write(pieces: pieces)
             return
         }
         do {
-            try tls.send(bytes)
+            for piece in pieces { try tls.send(piece) }
         } catch {
             tlsFailed("TLS write to \(relayName) failed: \(error)")
             return

@@ -138,6 +138,10 @@ public struct TransactionOutcome: Equatable, Sendable {
 public enum ClientAction: Equatable, Sendable {
     /// Bytes for the next hop.
     case send([UInt8])
+    /// The message for the next hop exactly as given, then `endOfData` (".\r\n"). It needed no
+    /// dot-stuffing and no line end repair (`isWireReady`), so it is the caller's own array, not a
+    /// copy: write it as its own piece, together with the bytes of any `.send` just before it.
+    case sendMessage([UInt8])
     /// Greeting and EHLO (or HELO) done: give the session a transaction, or quit.
     case ready(NextHopCapabilities)
     /// A transaction is over; the session is ready again (another transaction may follow).
@@ -150,6 +154,21 @@ public enum ClientAction: Equatable, Sendable {
     /// The next hop said 220 to STARTTLS: begin the TLS handshake (client side) once the bytes before
     /// this action are written, then call `tlsEstablished`.
     case startTLS
+}
+
+extension ClientAction {
+    /// What follows a `.sendMessage` on the wire.
+    public static let endOfData: [UInt8] = [UInt8(ascii: "."), 13, 10]
+
+    /// The bytes this action puts on the wire, in order, as the arrays the session holds (no copy):
+    /// one piece for `.send`, the message and `endOfData` for `.sendMessage`, none for the others.
+    public var wirePieces: [[UInt8]] {
+        switch self {
+        case .send(let bytes): return [bytes]
+        case .sendMessage(let message): return [message, Self.endOfData]
+        case .ready, .transactionFinished, .sessionFailed, .close, .startTLS: return []
+        }
+    }
 }
 
 public struct ClientSession {
@@ -249,7 +268,8 @@ public struct ClientSession {
     }
 
     /// Starts a transaction; ignored unless the session is `.ready`. The message bytes are what the
-    /// spool holds: CRLF lines, not dot-stuffed, no final ".".
+    /// spool holds: CRLF lines, not dot-stuffed, no final ".". After the 354 they go out as
+    /// `.sendMessage(message)` when they need no encoding, else encoded, as `.send`.
     public mutating func send(_ t: OutboundTransaction, message: [UInt8]) -> [ClientAction] {
         start(t, message: message, encoded: false)
     }
@@ -405,8 +425,17 @@ public struct ClientSession {
             let wanted = current!.mailAccepted && current!.recipientAccepted
             if r.code == 354 {
                 if wanted {
-                    output += current!.encoded ? current!.message : encodeOutboundData(current!.message)
+                    // The message goes out as its own piece after the commands so far, never appended
+                    // to `output`: that would copy it once more.
+                    let message = current!.message
                     current!.message = []
+                    if current!.encoded {
+                        emit(.send(message))
+                    } else if isWireReady(message) {
+                        emit(.sendMessage(message))  // the usual case: no copy at all
+                    } else {
+                        emit(.send(encodeOutboundData(message)))
+                    }
                     expect(.dataEnd)
                 } else {
                     // RFC 2920 §3.1: a pipelined DATA may get 354 with no valid recipient. Send an

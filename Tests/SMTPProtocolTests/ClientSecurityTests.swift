@@ -19,7 +19,9 @@ struct SecureClient {
 
     mutating func take(_ actions: [ClientAction]) {
         for a in actions {
-            if case .send(let b) = a { sent += String(decoding: b, as: UTF8.self) } else { events.append(a) }
+            let pieces = a.wirePieces
+            if pieces.isEmpty { events.append(a) }
+            for b in pieces { sent += String(decoding: b, as: UTF8.self) }
         }
     }
 

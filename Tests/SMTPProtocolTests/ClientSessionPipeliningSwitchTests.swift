@@ -18,7 +18,7 @@ import Testing
     }
 
     static func sent(_ actions: [ClientAction]) -> String {
-        actions.map { if case .send(let b) = $0 { String(decoding: b, as: UTF8.self) } else { "" } }.joined()
+        actions.flatMap(\.wirePieces).map { String(decoding: $0, as: UTF8.self) }.joined()
     }
 
     @Test func offSendsOneCommandPerReply() {

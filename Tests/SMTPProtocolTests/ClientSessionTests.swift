@@ -9,7 +9,7 @@ import Testing
 struct ClientRun: Equatable {
     /// What the client sent after each server turn (index 0: after the first turn).
     var sent: [String] = []
-    /// Every action but .send, in order.
+    /// Every action but .send and .sendMessage, in order.
     var events: [ClientAction] = []
     /// The phase after each turn.
     var phases: [ClientSession.Phase] = []
@@ -34,9 +34,10 @@ struct ClientDriver {
         var pending = actions[...]
         while let a = pending.popFirst() {
             switch a {
-            case .send(let bytes):
+            case .send, .sendMessage:
+                // Both paths put bytes on the wire; what counts is the bytes, in order.
                 if run.sent.isEmpty { run.sent.append("") }
-                run.sent[run.sent.count - 1] += String(decoding: bytes, as: UTF8.self)
+                for piece in a.wirePieces { run.sent[run.sent.count - 1] += String(decoding: piece, as: UTF8.self) }
             case .ready, .transactionFinished:
                 run.events.append(a)
                 if !queue.isEmpty {
