@@ -109,3 +109,31 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
         }
     }
 }
+
+@Suite struct LineEndScanTests {
+    /// The scan takes sixteen bytes, then eight, then one at a time: a CR, LF or NUL at any offset from
+    /// any start, and none at all, must give what a byte-by-byte search gives.
+    @Test func agreesWithAByteByByteSearch() {
+        for length in 0..<70 {
+            for hit in [-1] + Array(0..<length) {
+                for value: UInt8 in [13, 10, 0] {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "x"), count: length)
+                    if hit >= 0 { bytes[hit] = value }
+                    for start in [0, 1, 7, 15, 17] where start <= length {
+                        for stopAtNUL in [false, true] {
+                            let expected = (start..<length).first {
+                                bytes[$0] == 13 || bytes[$0] == 10 || (stopAtNUL && bytes[$0] == 0)
+                            } ?? length
+                            let got = bytes.withUnsafeBufferPointer {
+                                scanForLineEnd($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, from: start,
+                                               count: length, stopAtNUL: stopAtNUL)
+                            }
+                            #expect(got == expected, "length \(length) hit \(hit) value \(value) start \(start)")
+                            if got != expected { return }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
