@@ -198,6 +198,13 @@ public struct ServerSession {
     /// in the kernel, which pushes back on the client) and after close.
     public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
+    /// While a message commits, the socket may stay open for reading: what a pipelining client sends
+    /// meanwhile waits in the inbox, up to `busyInboxLimit` bytes. Stopping and restarting the read
+    /// around every commit costs the event loop two or three epoll_ctl calls per message, for input
+    /// that rarely comes (clients wait for the 250).
+    public var mayReadWhileBusy: Bool { phase == .committing && inbox.count < Self.busyInboxLimit }
+    static let busyInboxLimit = 16 * 1024
+
     public mutating func setReverseName(_ name: String?) { client.reverseName = name }
 
     // MARK: - Events
