@@ -396,4 +396,21 @@ public final class TCPConnection: UVHandleOwner {
         guard state == .open else { return }
         uv_tcp_nodelay(handle, on ? 1 : 0)
     }
+
+    /// SO_SNDBUF (the kernel doubles it, and stops autotuning this socket's buffer). A socket starts
+    /// with 16 KiB on Linux: a larger first write goes partly to the kernel and partly into a pending
+    /// copy, with an EPOLLOUT round trip (two epoll_ctl calls) to finish it.
+    public func setSendBufferSize(_ bytes: Int) {
+        guard state == .open else { return }
+        var value = Int32(clamping: bytes)
+        _ = handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_send_buffer_size($0, &value) }
+    }
+
+    /// SO_SNDBUF as the kernel reports it (0 when closed).
+    public var sendBufferSize: Int {
+        guard state == .open else { return 0 }
+        var value: Int32 = 0  // 0 asks libuv to read the option
+        let result = handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_send_buffer_size($0, &value) }
+        return result == 0 ? Int(value) : 0
+    }
 }

@@ -38,4 +38,25 @@ import Testing
         #expect(received.count == expected.count)
         #expect(firstDifference(received, expected) == nil)
     }
+
+    /// A larger send buffer lets a whole 100 KiB message go to the kernel in one write: nothing is
+    /// left pending, where a new socket's default (16 KiB, growing) leaves most of it queued.
+    @Test func aLargerSendBufferTakesAWholeMessage() throws {
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        var received = 0
+        try listener.start { connection in
+            connection.onRead = { received += $0.count }
+            connection.startReading()
+        }
+        let client = try #require(try connect(loop, to: listener.localAddress)?.get())
+        let before = client.sendBufferSize
+        #expect(before > 0)
+        client.setSendBufferSize(256 * 1024)
+        #expect(client.sendBufferSize >= 256 * 1024)  // Linux reports twice what was asked
+        client.write(pieces: [pattern(count: 100 * 1024, seed: 5)])
+        #expect(client.pendingWriteBytes == 0)
+        #expect(run(loop, timeoutMs: 20_000) { received == 100 * 1024 })
+    }
 }
