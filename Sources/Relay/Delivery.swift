@@ -27,6 +27,8 @@ enum RecipientOutcome {
 final class ActiveMessage {
     var envelope: Envelope
     var message: [UInt8]
+    /// The receiving side saw no line that needs dot-stuffing: sent without checking again.
+    var wireReady: Bool
     var jobsInFlight = 0
     /// Recipients that failed since the last bounce: one bounce covers them all.
     var failures: [FailedRecipient] = []
@@ -45,9 +47,10 @@ final class ActiveMessage {
     /// Run when the next spool write of this message is done (the postmaster's answer waits for it).
     var afterWrite: [(Error?) -> Void] = []
 
-    init(envelope: Envelope, message: [UInt8]) {
+    init(envelope: Envelope, message: [UInt8], wireReady: Bool = false) {
         self.envelope = envelope
         self.message = message
+        self.wireReady = wireReady
     }
 }
 
@@ -73,7 +76,7 @@ public final class DeliveryManager {
     var arrivedDuringScan: Set<QueueID>?
     /// Messages just received, with their bytes still in memory: the first delivery starts from here
     /// instead of reading the spool back. Bounded; the oldest are forgotten (and read from disk later).
-    var justArrived: [QueueID: (envelope: Envelope, message: [UInt8])] = [:]
+    var justArrived: [QueueID: (envelope: Envelope, message: [UInt8], wireReady: Bool)] = [:]
     var justArrivedOrder: Deque<QueueID> = []
     var justArrivedBytes = 0
     static let justArrivedLimit = 32 * 1024 * 1024
@@ -146,9 +149,9 @@ public final class DeliveryManager {
 
     /// A message is in the queue: one job per recipient domain, due at `due`. `message` is its bytes when
     /// the caller has them in memory (a message just received).
-    func enqueue(_ envelope: Envelope, due: Double? = nil, message: [UInt8]? = nil) {
+    func enqueue(_ envelope: Envelope, due: Double? = nil, message: [UInt8]? = nil, wireReady: Bool = false) {
         arrivedDuringScan?.insert(envelope.id)
-        if let message, message.count <= Self.justArrivedLimit / 8 { remember(envelope, message) }
+        if let message, message.count <= Self.justArrivedLimit / 8 { remember(envelope, message, wireReady: wireReady) }
         var byDomain: [String: [Int]] = [:]
         for (i, r) in envelope.recipients.enumerated() where !r.state.isFinal {
             byDomain[Self.domain(of: r.address), default: []].append(i)
@@ -215,8 +218,8 @@ public final class DeliveryManager {
         }
     }
 
-    private func remember(_ envelope: Envelope, _ message: [UInt8]) {
-        justArrived[envelope.id] = (envelope, message)
+    private func remember(_ envelope: Envelope, _ message: [UInt8], wireReady: Bool) {
+        justArrived[envelope.id] = (envelope, message, wireReady)
         justArrivedOrder.append(envelope.id)
         justArrivedBytes += message.capacity  // the buffer, not the bytes: the session's is handed on uncopied
         while justArrivedBytes > Self.justArrivedLimit, let oldest = justArrivedOrder.popFirst() {
@@ -235,7 +238,7 @@ public final class DeliveryManager {
         }
         if loading[id] == nil, let fresh = justArrived.removeValue(forKey: id) {
             justArrivedBytes -= fresh.message.capacity
-            let m = ActiveMessage(envelope: fresh.envelope, message: fresh.message)
+            let m = ActiveMessage(envelope: fresh.envelope, message: fresh.message, wireReady: fresh.wireReady)
             active[id] = m
             body(m)
             return

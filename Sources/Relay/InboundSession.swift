@@ -259,6 +259,7 @@ final class InboundSession {
         guard let writer else { return }
         let sessionID = id
         let server = self.server
+        let wireReady = machine.lastMessageIsWireReady
         writer.commit { queueID, error in
             let env = writer.envelope
             if let queueID {
@@ -267,7 +268,7 @@ final class InboundSession {
                 server.log.info("\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)",
                                 metadata: ["qid": "\(queueID)", "session": "\(sessionID)"])
                 server.sessions[sessionID]?.messagesQueued += 1
-                server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes)
+                server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes, wireReady: wireReady)
             } else {
                 server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
                                  metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])

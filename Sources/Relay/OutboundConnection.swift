@@ -174,7 +174,7 @@ final class OutboundConnection {
         let pending = job.recipients.filter { outcomes[$0] == nil }
         let t = OutboundTransaction(sender: env.sender, recipients: pending.map { env.recipients[$0].address },
                                     size: message.message.count, bodyType: env.bodyType, smtputf8: env.smtputf8)
-        let actions = s.send(t, message: message.message)
+        let actions = s.send(t, message: message.message, wireReady: message.wireReady)
         session = s
         perform(actions)
     }

@@ -199,6 +199,8 @@ public struct ClientSession {
         var pipelined: Bool
         /// `message` is already in wire form (see `send(_:wireData:)`).
         var encoded = false
+        /// Known to need no encoding (the caller checked): sent as it is without looking again.
+        var wireReady = false
         var mailReply: Reply?
         var recipientReplies: [Reply?]
         var dataReply: Reply?
@@ -270,8 +272,13 @@ public struct ClientSession {
     /// Starts a transaction; ignored unless the session is `.ready`. The message bytes are what the
     /// spool holds: CRLF lines, not dot-stuffed, no final ".". After the 354 they go out as
     /// `.sendMessage(message)` when they need no encoding, else encoded, as `.send`.
-    public mutating func send(_ t: OutboundTransaction, message: [UInt8]) -> [ClientAction] {
-        start(t, message: message, encoded: false)
+    /// `wireReady`: the caller knows `isWireReady(message)` (the receiving side saw every line), so it
+    /// is not checked again.
+    public mutating func send(_ t: OutboundTransaction, message: [UInt8], wireReady: Bool = false) -> [ClientAction] {
+        assert(!wireReady || isWireReady(message), "a message said to be wire-ready is not")
+        let actions = start(t, message: message, encoded: false)
+        if wireReady, current != nil { current!.wireReady = true }
+        return actions
     }
 
     /// Like `send(_:message:)` with the message already as `encodeOutboundData` makes it (CRLF lines,
@@ -431,7 +438,7 @@ public struct ClientSession {
                     current!.message = []
                     if current!.encoded {
                         emit(.send(message))
-                    } else if isWireReady(message) {
+                    } else if current!.wireReady || isWireReady(message) {
                         emit(.sendMessage(message))  // the usual case: no copy at all
                     } else {
                         emit(.send(encodeOutboundData(message)))

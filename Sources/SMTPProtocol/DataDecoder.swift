@@ -35,6 +35,9 @@ public struct DataDecoder {
     /// Received header fields seen in the header section.
     public private(set) var receivedCount = 0
     public private(set) var isFinished = false
+    /// Lines that came with a leading dot (removed). With none, the decoded message has no line that
+    /// starts with a dot, so it can go to the next hop as it is (isWireReady) without being checked.
+    public private(set) var unstuffedLines = 0
 
     var state = State.lineStart
     var lineLength = 0
@@ -70,6 +73,7 @@ public struct DataDecoder {
                     i += 1
                 } else {
                     state = .inLine  // the stuffed dot is dropped; this byte starts the line's text
+                    unstuffedLines += 1
                 }
             case .dotCR:
                 if base[i] == 10 {

@@ -196,6 +196,10 @@ public struct ServerSession {
 
     /// Whether the caller should keep reading from the socket. False while committing (input waits
     /// in the kernel, which pushes back on the client) and after close.
+    /// For the message being committed: it needs no dot-stuffing or line end repair to be sent on
+    /// (no line of it started with a dot; bare CR and LF were refused), so delivery can skip the check.
+    public private(set) var lastMessageIsWireReady = false
+
     public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
     /// While a message commits, the socket may stay open for reading: what a pipelining client sends
@@ -589,6 +593,7 @@ public struct ServerSession {
             return
         }
         flushDataOut(force: true)
+        lastMessageIsWireReady = d.unstuffedLines == 0
         emit(.commitMessage)
         phase = .committing
     }

@@ -16,9 +16,9 @@ import Testing
     }
 
     /// Sends `message` on a pipelining session and returns the actions that answer the 354.
-    func actionsAfter354(_ message: [UInt8]) -> [ClientAction] {
+    func actionsAfter354(_ message: [UInt8], wireReady: Bool = false) -> [ClientAction] {
         var s = ready()
-        _ = s.send(Self.one, message: message)
+        _ = s.send(Self.one, message: message, wireReady: wireReady)
         let actions = s.receive(Array("250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n".utf8))
         #expect(s.phase == .dataEnd)
         let end = s.receive(Array("250 2.0.0 queued\r\n".utf8))
@@ -44,6 +44,15 @@ import Testing
         guard case .sendMessage(let sent)? = actions.first else { return }
         #expect(Self.storage(sent) == Self.storage(m), "the message was copied")
         #expect(actions.flatMap(\.wirePieces).joined().elementsEqual(referenceEncode(m)))
+    }
+
+    /// Said wire-ready by the receiving side: the same action and bytes as when checked here.
+    @Test func aMessageKnownToBeWireReadyGoesOutTheSame() {
+        let m = Self.bigCleanMessage()
+        let known = actionsAfter354(m, wireReady: true)
+        #expect(known == actionsAfter354(m))
+        guard case .sendMessage(let sent)? = known.first else { return }
+        #expect(Self.storage(sent) == Self.storage(m), "the message was copied")
     }
 
     @Test func messageNeedingEncodingGoesOutEncoded() {

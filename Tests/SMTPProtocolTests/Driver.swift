@@ -6,6 +6,8 @@ struct Driver {
     var session: ServerSession
     var replies = ""
     var messages: [(start: MessageStart, data: [UInt8])] = []
+    /// The session's lastMessageIsWireReady at each commit, in order.
+    var wireReady: [Bool] = []
     var current: (start: MessageStart, data: [UInt8])?
     var aborted = 0
     var closed = false
@@ -46,6 +48,7 @@ struct Driver {
         }
         if pendingCommit {
             commits += 1
+            wireReady.append(session.lastMessageIsWireReady)
             let id: String?
             if failCommits {
                 id = nil

@@ -411,6 +411,36 @@ let transaction = lines(
         #expect(s.wantsInput && !s.mayReadWhileBusy)
     }
 
+    /// The session says a message is wire-ready exactly when no line of it came dot-stuffed; when it
+    /// says so, the stored bytes must need no encoding (delivery sends them without looking again).
+    @Test func wireReadyFollowsTheDotStuffedLines() {
+        var rng = SplitMix64(seed: 5)
+        var ready = 0, notReady = 0
+        for round in 0..<400 {
+            var body = ""
+            var stuffed = false
+            for _ in 0..<Int(rng.next() % 20) {
+                let r = rng.next()
+                switch r % 9 {
+                case 0: body += "..leading dot\r\n"; stuffed = true
+                case 1: body += "..\r\n"; stuffed = true
+                case 2: body += "\r\n"
+                case 3: body += "mid.dot. and .\r\n"
+                default: body += String(repeating: "w", count: Int(r % 70)) + "\r\n"
+                }
+            }
+            var d = Driver()
+            let header = round % 2 == 0 ? "Subject: r\(round)\r\n\r\n" : ""
+            d.send(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA") + header + body + ".\r\n")
+            #expect(d.wireReady.count == 1 && d.messages.count == 1, "round \(round)")
+            guard let flag = d.wireReady.first, let data = d.messages.first?.data else { return }
+            #expect(flag == !stuffed, "round \(round)")
+            if flag { #expect(isWireReady(data), "round \(round)") } else { #expect(!isWireReady(data), "round \(round)") }
+            if flag { ready += 1 } else { notReady += 1 }
+        }
+        #expect(ready > 50 && notReady > 50)
+    }
+
     @Test func largeMessageStreamsInChunks() {
         var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
                               client: PeerInfo(ip: "127.0.0.1", trusted: true))
