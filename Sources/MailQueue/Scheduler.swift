@@ -172,6 +172,27 @@ public struct Scheduler: Sendable {
         settle(d)
     }
 
+    // MARK: Idle connections (the delivery side's connection cache)
+
+    /// Makes the jobs due at `now` ready and returns the destinations that got one while holding a
+    /// connection slot: the caller hands those jobs to its idle connections with `next(for:)` before
+    /// `dispatch` opens new ones. Costs only the promotion (nothing when no job became due).
+    public mutating func promoteReadyForConnections(now: Double) -> [String] {
+        var touched: Set<Int32>? = []
+        promoteDue(now: now, touched: &touched)
+        return touched!.map { destinations[Int($0)].name }
+    }
+
+    /// Every connection slot is taken and a ready job waits for a new connection (its destination is
+    /// under its own limit): the caller may close an idle connection to make room for it.
+    public mutating func hasJobWaitingForSlot() -> Bool {
+        guard activeConnections >= maxConnections else { return false }
+        while let top = candidates.top, destinations[Int(top.slot)].candidateSequence != top.sequence {
+            candidates.pop()  // stale
+        }
+        return candidates.top != nil
+    }
+
     /// Earliest time a not-yet-due job becomes due (for the caller's timer), or nil. May be in the past
     /// when jobs were added with a due time before the last `dispatch`/`next`.
     public var nextDueTime: Double? { waiting.top?.due }
@@ -246,6 +267,12 @@ public struct Scheduler: Sendable {
 
     /// Moves every job due at `now` from the waiting heap to its destination's ready heap.
     private mutating func promoteDue(now: Double) {
+        var touched: Set<Int32>?
+        promoteDue(now: now, touched: &touched)
+    }
+
+    /// `touched`, when not nil, collects the destinations holding a connection slot that got a ready job.
+    private mutating func promoteDue(now: Double, touched: inout Set<Int32>?) {
         while let entry = waiting.top, entry.due <= now {
             waiting.pop()
             let slot = Int(entry.slot)
@@ -257,6 +284,7 @@ public struct Scheduler: Sendable {
             destinations[Int(d)].readyCount += 1
             destinations[Int(d)].ready.push(ReadyEntry(arrival: record.arrival, sequence: record.sequence,
                                                        slot: entry.slot, priority: record.priority))
+            if touched != nil && destinations[Int(d)].active > 0 { touched!.insert(d) }
             refreshCandidate(d)
         }
         cleanWaitingTop()  // a removed job's entry may be next, and `nextDueTime` reads the top

@@ -305,6 +305,9 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     public var commandTimeout: Double = 300
     /// RFC 5321 4.5.3.2.5-6: per data block sent and for the reply to the final dot.
     public var dataTimeout: Double = 600
+    /// An idle connection waits this long for the next message to its destination before it QUITs;
+    /// 0 = QUIT at once (Postfix's smtp_connection_cache_time_limit).
+    public var connectionCacheTime: Double = 2
     /// TLS with next hops when the route says nothing else.
     public var tls: OutboundTLSPolicy = .opportunistic
 
@@ -325,6 +328,7 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("greeting_timeout", into: &greetingTimeout, Decode.duration)
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
+        try r.read("connection_cache_time", into: &connectionCacheTime, Decode.durationOrZero)
         try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
     }
 }

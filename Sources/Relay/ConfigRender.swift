@@ -52,6 +52,7 @@ extension TernConfig {
         out.key("greeting_timeout", duration: d.greetingTimeout)
         out.key("command_timeout", duration: d.commandTimeout)
         out.key("data_timeout", duration: d.dataTimeout)
+        out.key("connection_cache_time", duration: d.connectionCacheTime)
         out.key("tls", string: d.tls.rawValue)
 
         out.table("routes")

@@ -93,6 +93,8 @@ greeting_timeout = "5m"
 command_timeout = "5m"
 # How long to wait to send each data block and for the reply to the final dot.
 data_timeout = "10m"
+# How long an idle connection waits for the next message to its next hop before QUIT; "0" closes at once.
+connection_cache_time = "2s"
 # TLS with next hops unless a route says otherwise: "none" (never STARTTLS),
 # "opportunistic" (STARTTLS when offered, any certificate), "require" (STARTTLS
 # or try later, any certificate), "verify" (STARTTLS with a certificate that

@@ -67,6 +67,11 @@ public final class DeliveryManager {
     /// Messages whose envelope and data are being read from the spool, with the jobs waiting for them.
     var loading: [QueueID: [(ActiveMessage?) -> Void]] = [:]
     var connections: [ObjectIdentifier: OutboundConnection] = [:]
+    /// Connections kept open for the next message to their destination (ConnectionCache.swift).
+    var idleConnections = ConnectionCache()
+    /// `pump` is running; a nested call (a connection closing meanwhile) makes it go round again.
+    var pumping = false
+    var pumpAgain = false
     /// Finished messages leave the spool through it, many per pool work item.
     let remover: SpoolRemover
     let timer: Timer
@@ -173,12 +178,24 @@ public final class DeliveryManager {
     /// Starts what is due, and sets the timer for what is next.
     func pump() {
         guard !stopped, !waitingForClientTLSContext else { return }
-        let t = now
-        for job in scheduler.dispatch(now: t) {
-            let connection = OutboundConnection(manager: self, destination: job.destination)
-            connections[ObjectIdentifier(connection)] = connection
-            start(job, on: connection, routeFirst: true)
+        guard !pumping else {
+            pumpAgain = true
+            return
         }
+        pumping = true
+        defer { pumping = false }
+        repeat {
+            pumpAgain = false
+            let t = now
+            // Idle connections first: a job for their destination needs no new connection.
+            if !idleConnections.isEmpty { feedIdleConnections(now: t) }
+            for job in scheduler.dispatch(now: t) {
+                let connection = OutboundConnection(manager: self, destination: job.destination)
+                connections[ObjectIdentifier(connection)] = connection
+                start(job, on: connection, routeFirst: true)
+            }
+            if !idleConnections.isEmpty { closeIdleConnectionsForWaitingJobs() }
+        } while pumpAgain && !stopped
         armTimer()
     }
 
@@ -476,14 +493,19 @@ public final class DeliveryManager {
 
     /// The connection finished a job and its session can take another for the same destination.
     func connectionReady(_ connection: OutboundConnection) {
-        guard !stopped, let job = scheduler.next(for: connection.destination, now: now) else {
+        guard !stopped else {
             connection.finish()
+            return
+        }
+        guard let job = scheduler.next(for: connection.destination, now: now) else {
+            parkOrFinish(connection)
             return
         }
         start(job, on: connection, routeFirst: false)
     }
 
     func connectionClosed(_ connection: OutboundConnection) {
+        idleConnections.remove(connection)
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
         scheduler.release(destination: connection.destination)
         pump()
@@ -493,6 +515,7 @@ public final class DeliveryManager {
         stopped = true
         timer.close()
         remover.close()
+        for c in idleConnections.takeAll() { c.finish() }  // QUIT: nothing in flight on them
         for c in Array(connections.values) { c.abandon() }
     }
 }

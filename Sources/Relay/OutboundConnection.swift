@@ -33,6 +33,8 @@ final class OutboundConnection {
     private var outcomes: [Int: RecipientOutcome] = [:]
     private var lastError = "no route"
     private var finished = false
+    /// Set while the connection waits in the connection cache (ConnectionCache.swift).
+    var idleTicket: UInt64?
 
     private let tlsPolicy: OutboundTLSPolicy
     private let credentials: ClientCredentials?
@@ -292,11 +294,17 @@ final class OutboundConnection {
         switch session.phase {
         case .greeting: seconds = d.greetingTimeout
         case .data, .dataEnd: seconds = d.dataTimeout
+        case .ready where idleTicket != nil: seconds = d.connectionCacheTime
         case .ready: seconds = job == nil ? 300 : d.commandTimeout
         default: seconds = d.commandTimeout
         }
         if timer == nil { timer = Timer(loop: manager.loop) }
         timer!.start(afterMilliseconds: UInt64(seconds * 1000)) { [unowned self] in
+            if self.idleTicket != nil {
+                // No message for this destination within connection_cache_time: QUIT, slot back.
+                self.finish()
+                return
+            }
             guard var s = self.session else { return }
             self.lastError = "timeout in \(s.phase) with \(self.relayName)"
             let actions = s.timedOut()
@@ -336,6 +344,16 @@ final class OutboundConnection {
         }
         session = nil
         timer?.stop()
+    }
+
+    /// Parked in the connection cache: the idle timer now runs for connection_cache_time.
+    func wentIdle() {
+        armTimer()
+    }
+
+    /// Taken from the cache for a job: the usual timers again (the job may first be read from the spool).
+    func leftIdle() {
+        armTimer()
     }
 
     /// Done with this connection: QUIT politely, close, give the slot back.

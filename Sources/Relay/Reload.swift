@@ -82,6 +82,7 @@ extension SMTPServer {
         serverConfiguration = Self.sessionConfiguration(next)
         submissionConfiguration = Self.submissionConfiguration(next)
         delivery?.router.replaceRoutes(next.routes.routes)
+        delivery?.closeIdleConnections()  // the next message opens a connection under the new routes and TLS
         return outcome
     }
 }
