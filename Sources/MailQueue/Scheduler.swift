@@ -59,6 +59,9 @@ public struct Scheduler: Sendable {
     /// Jobs waiting or ready (not in flight).
     public private(set) var queuedJobs = 0
     /// Connection slots taken, all destinations.
+    /// Destinations holding a connection slot that got a ready job by promotion since the last
+    /// `promoteReadyForConnections` (at most one entry per destination).
+    private var promotedWithSlot: Set<Int32> = []
     public private(set) var activeConnections = 0
 
     // Job records, addressed by slot; free slots are reused.
@@ -178,9 +181,12 @@ public struct Scheduler: Sendable {
     /// connection slot: the caller hands those jobs to its idle connections with `next(for:)` before
     /// `dispatch` opens new ones. Costs only the promotion (nothing when no job became due).
     public mutating func promoteReadyForConnections(now: Double) -> [String] {
-        var touched: Set<Int32>? = []
-        promoteDue(now: now, touched: &touched)
-        return touched!.map { destinations[Int($0)].name }
+        promoteDue(now: now)
+        // Also those promoted by an earlier `next(for:)` or `dispatch` (another destination's
+        // connection asking): they were not handed to their own destination's connections then.
+        let names = promotedWithSlot.map { destinations[Int($0)].name }
+        promotedWithSlot.removeAll(keepingCapacity: true)
+        return names
     }
 
     /// Every connection slot is taken and a ready job waits for a new connection (its destination is
@@ -266,13 +272,9 @@ public struct Scheduler: Sendable {
     // MARK: Moving jobs along
 
     /// Moves every job due at `now` from the waiting heap to its destination's ready heap.
+    /// Promotes due jobs; destinations holding a connection slot that got a ready job are remembered in
+    /// `promotedWithSlot` until `promoteReadyForConnections` hands them out.
     private mutating func promoteDue(now: Double) {
-        var touched: Set<Int32>?
-        promoteDue(now: now, touched: &touched)
-    }
-
-    /// `touched`, when not nil, collects the destinations holding a connection slot that got a ready job.
-    private mutating func promoteDue(now: Double, touched: inout Set<Int32>?) {
         while let entry = waiting.top, entry.due <= now {
             waiting.pop()
             let slot = Int(entry.slot)
@@ -284,7 +286,7 @@ public struct Scheduler: Sendable {
             destinations[Int(d)].readyCount += 1
             destinations[Int(d)].ready.push(ReadyEntry(arrival: record.arrival, sequence: record.sequence,
                                                        slot: entry.slot, priority: record.priority))
-            if touched != nil && destinations[Int(d)].active > 0 { touched!.insert(d) }
+            if destinations[Int(d)].active > 0 { promotedWithSlot.insert(d) }
             refreshCandidate(d)
         }
         cleanWaitingTop()  // a removed job's entry may be next, and `nextDueTime` reads the top

@@ -229,6 +229,12 @@ public final class DeliveryManager {
                 router.route(domain: job.destination) { plan in
                     connection.run(job, message: message, plan: plan)
                 }
+            } else if connection.isFinished {
+                // The next hop closed the connection while the message was read from the spool: its
+                // slot is already given back, so the job waits for the next connection instead.
+                message.jobsInFlight -= 1
+                scheduler.add(job, due: now)
+                pump()
             } else {
                 connection.runOnOpenSession(job, message: message)
             }

@@ -203,7 +203,7 @@ final class InboundSession {
             }
         }
         if !receiving { flush() }
-        if !machine.wantsInput && !machine.mayReadWhileBusy {
+        if !machine.wantsInput {
             connection.stopReading()
         }
     }

@@ -59,6 +59,9 @@ final class OutboundConnection {
         credentials = security?.credentials
     }
 
+    /// QUIT sent or the connection dropped, and its slot given back: it takes no more jobs.
+    var isFinished: Bool { finished }
+
     var relayName: String {
         guard let t = current else { return "none" }
         return "\(t.host)[\(t.address)]:\(t.port)"

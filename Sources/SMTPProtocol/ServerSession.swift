@@ -202,13 +202,6 @@ public struct ServerSession {
 
     public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
-    /// While a message commits, the socket may stay open for reading: what a pipelining client sends
-    /// meanwhile waits in the inbox, up to `busyInboxLimit` bytes. Stopping and restarting the read
-    /// around every commit costs the event loop two or three epoll_ctl calls per message, for input
-    /// that rarely comes (clients wait for the 250).
-    public var mayReadWhileBusy: Bool { phase == .committing && inbox.count < Self.busyInboxLimit }
-    static let busyInboxLimit = 16 * 1024
-
     public mutating func setReverseName(_ name: String?) { client.reverseName = name }
 
     // MARK: - Events
@@ -705,7 +698,14 @@ public struct ServerSession {
 
     mutating func flushDataOut(force: Bool) {
         if !dataOut.isEmpty && (force || dataOut.count >= Self.dataChunk) {
-            emit(.messageData(dataOut))
+            if force && dataOut.capacity > 2 * dataOut.count + 4096 {
+                // A small message in the DATA buffer: hand on an array of its own size, since it stays
+                // in memory (journal batch, delivery's cache) long after the session; copying a few KiB
+                // is cheaper than holding 64 KiB for each.
+                emit(.messageData(dataOut.withUnsafeBufferPointer { Array($0) }))
+            } else {
+                emit(.messageData(dataOut))
+            }
             messageDataEmitted = true
             dataOut = []
             // A message larger than a chunk: the next is likely full too. At the end, no buffer is kept.

@@ -38,6 +38,23 @@ private func qid(_ n: Int) -> QueueID { QueueID(microseconds: 1_700_000_000_000_
         #expect(s.nextDueTime == 50)
     }
 
+    /// A job promoted while another destination's connection asked for work (next(for:)) is still
+    /// reported for its own destination's idle connection at the next promoteReadyForConnections.
+    @Test func promotionByAnotherDestinationsRequestIsReportedLater() {
+        var s = Scheduler(maxConnections: 10, maxConnectionsPerDestination: 1)
+        s.add(DeliveryJob(id: qid(1), destination: "x.example", recipients: [0], arrival: 1), due: 1)
+        s.add(DeliveryJob(id: qid(2), destination: "y.example", recipients: [0], arrival: 2), due: 1)
+        let started = s.dispatch(now: 1)
+        #expect(started.count == 2, "both destinations hold a slot (their connections idle after)")
+        s.add(DeliveryJob(id: qid(3), destination: "y.example", recipients: [0], arrival: 3), due: 5)
+        let forX = s.next(for: "x.example", now: 6)  // promotes y's job on the way
+        #expect(forX == nil)
+        let reported = s.promoteReadyForConnections(now: 6)
+        #expect(reported == ["y.example"])
+        let forY = s.next(for: "y.example", now: 6)
+        #expect(forY?.id == qid(3))
+    }
+
     @Test func jobWaitingForSlotOnlyWhenEverySlotIsTaken() {
         var s = Scheduler(maxConnections: 2, maxConnectionsPerDestination: 1)
         let r10 = s.hasJobWaitingForSlot()

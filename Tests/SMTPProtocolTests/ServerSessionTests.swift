@@ -388,29 +388,6 @@ let transaction = lines(
         #expect(after.last == .close)
     }
 
-    /// While committing, input that arrives is kept in the inbox (the socket stays open for reading),
-    /// up to a bound; past it the caller must stop reading. Kept input is answered after the commit.
-    @Test func inputArrivingWhileCommittingIsKeptUpToABound() {
-        var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
-                              client: PeerInfo(ip: "127.0.0.1", trusted: true))
-        _ = s.greeting()
-        #expect(!s.mayReadWhileBusy)  // not committing: the question does not arise
-        let actions = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA",
-                                            "x", ".").utf8))
-        #expect(actions.contains(.commitMessage))
-        #expect(!s.wantsInput && s.mayReadWhileBusy)
-        var noops = 0
-        while s.mayReadWhileBusy && noops < 10_000 {  // bounded even if the bound were missing
-            #expect(s.receive(Array("NOOP\r\n".utf8)).isEmpty)  // nothing answered before the commit
-            noops += 1
-        }
-        #expect(noops == ServerSession.busyInboxLimit / 6 + (ServerSession.busyInboxLimit % 6 == 0 ? 0 : 1))
-        let after = s.commitFinished(queueID: "ABC")
-        let afterText = after.compactMap { if case .reply(let b) = $0 { return String(decoding: b, as: UTF8.self) } else { return nil } }.joined()
-        #expect(afterText == "250 2.0.0 Ok: queued as ABC\r\n" + String(repeating: "250 2.0.0 Ok\r\n", count: noops))
-        #expect(s.wantsInput && !s.mayReadWhileBusy)
-    }
-
     /// The session says a message is wire-ready exactly when no line of it came dot-stuffed; when it
     /// says so, the stored bytes must need no encoding (delivery sends them without looking again).
     @Test func wireReadyFollowsTheDotStuffedLines() {
