@@ -218,7 +218,8 @@ public final class SMTPServer {
         resolver.close()
         let done = onStopped
         onStopped = nil
-        done?()
+        guard let delivery else { done?(); return }
+        delivery.remover.whenIdle { done?() }
     }
 }
 

@@ -22,6 +22,7 @@ final class SpoolRemover {
     let spool: Spool
     private var waiting: [(id: QueueID, done: Done)] = []
     private var busy = false
+    private var idleWaiters: [() -> Void] = []
     /// Fires when the next batch may start; nil once closed.
     private var timer: Timer?
     /// Loop time (ms) when the last batch started.
@@ -42,6 +43,14 @@ final class SpoolRemover {
     func close() {
         timer?.close()
         timer = nil
+        schedule()
+    }
+
+    /// Runs `body` once no removal waits or runs (at once if none does): the server stops only then,
+    /// or the messages of the last batch would be delivered again after the restart.
+    func whenIdle(_ body: @escaping () -> Void) {
+        if !busy && waiting.isEmpty { return body() }
+        idleWaiters.append(body)
         schedule()
     }
 
@@ -84,6 +93,11 @@ final class SpoolRemover {
             for item in batch { item.done(failures[item.id]) }
             busy = false
             schedule()
+            if !busy && waiting.isEmpty && !idleWaiters.isEmpty {
+                let waiters = idleWaiters
+                idleWaiters = []
+                for body in waiters { body() }
+            }
         })
     }
 }
