@@ -2,13 +2,15 @@ import Foundation
 import Testing
 @testable import MailQueue
 
-private func message(_ n: Int, size: Int = 300) -> [UInt8] {
+/// A message's bytes for journal tests (also SpoolBatchRemoveTests).
+func journaledMessage(_ n: Int, size: Int = 300) -> [UInt8] {
     var bytes = Array("Received: test \(n)\r\nSubject: \(n)\r\n\r\n".utf8)
     while bytes.count < size { bytes += Array("line \(n) \(bytes.count)\r\n".utf8) }
     return bytes
 }
 
-private func envelope(_ n: Int) -> Envelope {
+/// An envelope with nothing delivered yet, id `n` (also SpoolBatchRemoveTests).
+func journaledEnvelope(_ n: Int) -> Envelope {
     var e = sampleEnvelope(id: QueueID(microseconds: 1_700_000_000_000_000 + UInt64(n)))
     e.recipients = e.recipients.map { Recipient(address: $0.address) }
     e.attempts = 0
@@ -32,14 +34,14 @@ private func segmentFiles(_ dir: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let stored = try spool.commit(journaling: (0..<3).map { (envelope($0), message($0)) })
-            #expect(stored.map(\.size) == (0..<3).map { message($0).count })
+            let stored = try spool.commit(journaling: (0..<3).map { (journaledEnvelope($0), journaledMessage($0)) })
+            #expect(stored.map(\.size) == (0..<3).map { journaledMessage($0).count })
             #expect(try queueFiles(spool) == [])
             #expect(try segmentFiles(dir).count == 1)
             #expect(try spool.list() == stored.map(\.id))
             for (n, e) in stored.enumerated() {
                 #expect(try spool.load(e.id) == e)
-                #expect(try spool.readMessage(e.id) == message(n))
+                #expect(try spool.readMessage(e.id) == journaledMessage(n))
             }
         }
     }
@@ -50,8 +52,8 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                stored = try spool.commit(journaling: (0..<4).map { (envelope($0), message($0)) })
-                stored += try spool.commit(journaling: [(envelope(9), message(9))])
+                stored = try spool.commit(journaling: (0..<4).map { (journaledEnvelope($0), journaledMessage($0)) })
+                stored += try spool.commit(journaling: [(journaledEnvelope(9), journaledMessage(9))])
                 try spool.remove(stored[1].id)
                 try spool.remove(stored[4].id)
             }
@@ -61,7 +63,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             #expect(journaled.problems == [])
             #expect(try spool.list() == [stored[0].id, stored[2].id, stored[3].id])
             #expect(try spool.load(stored[2].id) == stored[2])
-            #expect(try spool.readMessage(stored[3].id) == message(3))
+            #expect(try spool.readMessage(stored[3].id) == journaledMessage(3))
             // Appends after a restart go to a new segment; the old one is still needed.
             #expect(try segmentFiles(dir).count == 2)
         }
@@ -73,8 +75,8 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                stored = try spool.commit(journaling: [(envelope(0), message(0))])
-                stored += try spool.commit(journaling: [(envelope(1), message(1))])
+                stored = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0))])
+                stored += try spool.commit(journaling: [(journaledEnvelope(1), journaledMessage(1))])
             }
             let segment = dir + "/journal/" + (try segmentFiles(dir))[0]
             var bytes = try readBytes(segment)
@@ -103,14 +105,14 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                let stored = try spool.commit(journaling: [(envelope(0), message(0)), (envelope(1), message(1))])
+                let stored = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0)), (journaledEnvelope(1), journaledMessage(1))])
                 changed = stored[0]
                 changed.recipients[0].state = .deferred
                 changed.attempts = 1
                 try spool.update(changed)
                 #expect(!spool.journal.contains(changed.id))
                 #expect(try queueFiles(spool) == [changed.id.rawValue + ".env", changed.id.rawValue + ".msg"])
-                #expect(try readBytes(spool.messagePath(changed.id)) == message(0))
+                #expect(try readBytes(spool.messagePath(changed.id)) == journaledMessage(0))
                 #expect(try spool.load(changed.id) == changed)
                 #expect(try spool.list() == stored.map(\.id))
                 // A second update rewrites the file.
@@ -136,7 +138,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                changed = try spool.commit(journaling: [(envelope(0), message(0))])[0]
+                changed = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0))])[0]
                 segment = dir + "/journal/" + (try segmentFiles(dir))[0]
                 before = try readBytes(segment)
                 changed.attempts = 3
@@ -158,7 +160,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             // Four batches of two 600-byte messages, each past the limit: a segment each.
             var batches: [[Envelope]] = []
             for b in 0..<4 {
-                batches.append(try spool.commit(journaling: (0..<2).map { (envelope(b * 2 + $0), message(b * 2 + $0, size: 600)) }))
+                batches.append(try spool.commit(journaling: (0..<2).map { (journaledEnvelope(b * 2 + $0), journaledMessage(b * 2 + $0, size: 600)) }))
             }
             let segments = spool.journal.segmentNumbers
             #expect(segments.count == 4)
@@ -178,8 +180,8 @@ private func segmentFiles(_ dir: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir, journalSegmentLimit: 4000)
             _ = try spool.recover()
-            let first = try spool.commit(journaling: (0..<8).map { (envelope($0), message($0, size: 500)) })
-            let second = try spool.commit(journaling: [(envelope(20), message(20))])
+            let first = try spool.commit(journaling: (0..<8).map { (journaledEnvelope($0), journaledMessage($0, size: 500)) })
+            let second = try spool.commit(journaling: [(journaledEnvelope(20), journaledMessage(20))])
             #expect(spool.journal.segmentNumbers.count == 2)
             // Three of eight left: more than a quarter of the bytes, nothing to do yet.
             for e in first[..<5] { try spool.remove(e.id) }
@@ -191,7 +193,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             #expect(try queueFiles(spool) == [first[7].id.rawValue + ".env", first[7].id.rawValue + ".msg"])
             #expect(try spool.list() == [first[7].id, second[0].id])
             #expect(try spool.load(first[7].id) == first[7])
-            #expect(try spool.readMessage(first[7].id) == message(7, size: 500))
+            #expect(try spool.readMessage(first[7].id) == journaledMessage(7, size: 500))
         }
     }
 
@@ -201,8 +203,8 @@ private func segmentFiles(_ dir: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let stored = try spool.commit(journaling: [(envelope(1), message(1))])
-            #expect(throws: SpoolError.self) { try spool.commit(journaling: [(stored[0], message(1))]) }
+            let stored = try spool.commit(journaling: [(journaledEnvelope(1), journaledMessage(1))])
+            #expect(throws: SpoolError.self) { try spool.commit(journaling: [(stored[0], journaledMessage(1))]) }
         }
     }
 
@@ -216,7 +218,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
                 DispatchQueue.concurrentPerform(iterations: 8) { worker in
                     for round in 0..<25 {
                         let n = worker * 1000 + round
-                        guard let e = try? spool.commit(journaling: [(envelope(n), message(n))])[0] else {
+                        guard let e = try? spool.commit(journaling: [(journaledEnvelope(n), journaledMessage(n))])[0] else {
                             Issue.record("commit \(n) failed")
                             continue
                         }
@@ -245,7 +247,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             #expect(Set(try spool.list()) == Set(expected.keys))
             for (id, n) in expected {
                 #expect(try spool.load(id).attempts == (n % 1000 % 3 == 1 ? 1 : 0))
-                #expect(try spool.readMessage(id) == message(n))
+                #expect(try spool.readMessage(id) == journaledMessage(n))
             }
         }
     }
@@ -256,7 +258,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                for n in 0..<3 { stored += try spool.commit(journaling: [(envelope(n), message(n))]) }
+                for n in 0..<3 { stored += try spool.commit(journaling: [(journaledEnvelope(n), journaledMessage(n))]) }
             }
             let segment = dir + "/journal/" + (try segmentFiles(dir))[0]
             var bytes = try readBytes(segment)
@@ -285,10 +287,10 @@ private func segmentFiles(_ dir: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let stored = try spool.commit(journaling: [(envelope(0), message(0))])
+            let stored = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0))])
             #expect(throws: SpoolError.self) { _ = try spool.create(stored[0].id) }
             #expect(try queueFiles(spool) == [])
-            #expect(try spool.readMessage(stored[0].id) == message(0))
+            #expect(try spool.readMessage(stored[0].id) == journaledMessage(0))
         }
     }
 
@@ -297,7 +299,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             let spool = try Spool(path: dir, journalSegmentLimit: 500)
             _ = try spool.recover()
             var all: [Envelope] = []
-            for n in 0..<5 { all += try spool.commit(journaling: [(envelope(n), message(n, size: 600))]) }
+            for n in 0..<5 { all += try spool.commit(journaling: [(journaledEnvelope(n), journaledMessage(n, size: 600))]) }
             #expect(spool.journal.segmentNumbers.count == 5)
             // All live, not old: nothing to do under the default limits.
             #expect(try spool.compactJournal() == 0)
@@ -308,8 +310,8 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             #expect(try spool.compactJournal(maxAge: 0) == 1)
             #expect(spool.journal.segmentNumbers.count == 3)
             #expect(try spool.list() == all.map(\.id))
-            #expect(try spool.readMessage(all[0].id) == message(0, size: 600))
-            #expect(try spool.readMessage(all[1].id) == message(1, size: 600))
+            #expect(try spool.readMessage(all[0].id) == journaledMessage(0, size: 600))
+            #expect(try spool.readMessage(all[1].id) == journaledMessage(1, size: 600))
         }
     }
 

@@ -2,24 +2,12 @@ import Foundation
 import Testing
 @testable import MailQueue
 
-private func message(_ n: Int, size: Int = 300) -> [UInt8] {
-    var bytes = Array("Received: test \(n)\r\nSubject: \(n)\r\n\r\n".utf8)
-    while bytes.count < size { bytes += Array("line \(n) \(bytes.count)\r\n".utf8) }
-    return bytes
-}
-
-private func envelope(_ n: Int) -> Envelope {
-    var e = sampleEnvelope(id: QueueID(microseconds: 1_700_000_000_000_000 + UInt64(n)))
-    e.recipients = e.recipients.map { Recipient(address: $0.address) }
-    e.attempts = 0
-    return e
-}
 
 /// A message in files of its own (the way large messages are committed).
 private func commitToFiles(_ spool: Spool, _ n: Int) throws -> Envelope {
-    let file = try spool.create(envelope(n).id)
-    try file.write(message(n))
-    return try spool.commit(file, envelope: envelope(n))
+    let file = try spool.create(journaledEnvelope(n).id)
+    try file.write(journaledMessage(n))
+    return try spool.commit(file, envelope: journaledEnvelope(n))
 }
 
 private func segmentPaths(_ dir: String) throws -> [String] {
@@ -44,7 +32,7 @@ private func records(_ path: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let journaled = try spool.commit(journaling: (0..<4).map { (envelope($0), message($0)) })
+            let journaled = try spool.commit(journaling: (0..<4).map { (journaledEnvelope($0), journaledMessage($0)) })
             let files = [try commitToFiles(spool, 10), try commitToFiles(spool, 11)]
             // Journaled first, then moved to files of its own by an update (deferred once).
             var movedOut = journaled[3]
@@ -52,7 +40,7 @@ private func records(_ path: String) throws -> [String] {
             try spool.update(movedOut)
             let segment = try #require(try segmentPaths(dir).first)
             let before = try records(segment)
-            let absent = envelope(99).id
+            let absent = journaledEnvelope(99).id
 
             let failures = spool.remove([journaled[0].id, files[0].id, absent, journaled[2].id, movedOut.id,
                                          journaled[0].id])
@@ -63,8 +51,8 @@ private func records(_ path: String) throws -> [String] {
             #expect(spool.journal.contains(journaled[1].id))
             // One done record for each journaled id, in the order given, and nothing for the others.
             #expect(try records(segment) == before + ["done \(journaled[0].id)", "done \(journaled[2].id)"])
-            #expect(try spool.readMessage(journaled[1].id) == message(1))
-            #expect(try spool.readMessage(files[1].id) == message(11))
+            #expect(try spool.readMessage(journaled[1].id) == journaledMessage(1))
+            #expect(try spool.readMessage(files[1].id) == journaledMessage(11))
         }
     }
 
@@ -72,11 +60,11 @@ private func records(_ path: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let stored = try spool.commit(journaling: [(envelope(0), message(0))])
+            let stored = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0))])
             let segment = try #require(try segmentPaths(dir).first)
             let size = try readBytes(segment).count
             #expect(spool.remove([]).isEmpty)
-            #expect(spool.remove([envelope(5).id, envelope(6).id]).isEmpty)
+            #expect(spool.remove([journaledEnvelope(5).id, journaledEnvelope(6).id]).isEmpty)
             #expect(try readBytes(segment).count == size)
             #expect(try spool.list() == stored.map(\.id))
         }
@@ -88,8 +76,8 @@ private func records(_ path: String) throws -> [String] {
             do {
                 let spool = try Spool(path: dir)
                 _ = try spool.recover()
-                let first = try spool.commit(journaling: (0..<5).map { (envelope($0), message($0)) })
-                let second = try spool.commit(journaling: (5..<8).map { (envelope($0), message($0)) })
+                let first = try spool.commit(journaling: (0..<5).map { (journaledEnvelope($0), journaledMessage($0)) })
+                let second = try spool.commit(journaling: (5..<8).map { (journaledEnvelope($0), journaledMessage($0)) })
                 let file = try commitToFiles(spool, 20)
                 #expect(spool.remove([first[0].id, first[3].id, second[1].id, file.id]).isEmpty)
                 kept = [first[1].id, first[2].id, first[4].id, second[0].id, second[2].id]
@@ -100,7 +88,7 @@ private func records(_ path: String) throws -> [String] {
             #expect(journaled.count == kept.count)
             #expect(journaled.problems == [])
             #expect(try spool.list() == kept)
-            #expect(try spool.readMessage(kept[2]) == message(4))
+            #expect(try spool.readMessage(kept[2]) == journaledMessage(4))
             #expect(try queueFiles(spool) == [])
         }
     }
@@ -112,7 +100,7 @@ private func records(_ path: String) throws -> [String] {
             // Three batches of two 600-byte messages, each past the limit: a segment each.
             var batches: [[Envelope]] = []
             for b in 0..<3 {
-                batches.append(try spool.commit(journaling: (0..<2).map { (envelope(b * 2 + $0), message(b * 2 + $0, size: 600)) }))
+                batches.append(try spool.commit(journaling: (0..<2).map { (journaledEnvelope(b * 2 + $0), journaledMessage(b * 2 + $0, size: 600)) }))
             }
             let segments = spool.journal.segmentNumbers
             #expect(segments.count == 3)
@@ -135,7 +123,7 @@ private func records(_ path: String) throws -> [String] {
         try withTemporaryDirectory { dir in
             let spool = try Spool(path: dir)
             _ = try spool.recover()
-            let journaled = try spool.commit(journaling: [(envelope(0), message(0))])[0]
+            let journaled = try spool.commit(journaling: [(journaledEnvelope(0), journaledMessage(0))])[0]
             let good = try commitToFiles(spool, 10)
             let bad = try commitToFiles(spool, 11)
             // unlink(2) of a directory fails (EISDIR), even for root: the .env of `bad` cannot go.
