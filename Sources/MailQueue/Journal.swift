@@ -291,8 +291,14 @@ final class Journal: @unchecked Sendable {
                 try Journal.writeAll(segment, pieces, at: base)
             } catch {
                 // Whatever part of the batch reached the file must never be read as records that
-                // were acknowledged: the next batch goes to a new segment.
+                // were acknowledged: the next batch goes to a new segment. If the file could not be
+                // cut back, earlier pwritev calls may have left whole records in it: done records for
+                // the batch, at the start of that new segment, cancel them (recovery reads in order).
                 mustRotate = true
+                if (try? startSegment(number: segment.number + 1)) != nil {
+                    mustRotate = false
+                    try? appendDone(placed.map(\.0))
+                }
                 throw error
             }
             segment.size = base + length

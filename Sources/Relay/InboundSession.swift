@@ -242,7 +242,7 @@ final class InboundSession {
         // The Received header goes in front of the data in the session's own buffer, so that most
         // messages reach the writer as one array (no join before the journal write and delivery).
         let header = received.bytes
-        let inBuffer = machine.prefixMessageData(header)
+        let inBuffer = machine.prefixMessageData(header, for: start)
         let writer = MessageWriter(loop: server.loop, spool: server.spool, journal: server.journal, id: id, envelope: envelope,
                                    firstBytes: inBuffer ? [] : header)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }

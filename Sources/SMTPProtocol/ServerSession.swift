@@ -93,6 +93,9 @@ public struct MessageStart: Sendable, Equatable {
     public var tls: String? = nil
     /// The user the client authenticated as (RFC 4954).
     public var authenticatedUser: String? = nil
+    /// Which message of the session this is (1, 2, …): `prefixMessageData` checks it, since the
+    /// caller may act on this start after the session has moved on to a later message.
+    public var serial = 0
 }
 
 public enum ServerAction: Equatable, Sendable {
@@ -162,6 +165,8 @@ public struct ServerSession {
     var dataOut: [UInt8] = []
     /// Some of this message's data was handed on already (`.messageData`).
     var messageDataEmitted = false
+    /// Messages begun in this session (DATA accepted): the serial of the latest MessageStart.
+    var messagesBegun = 0
     /// Input not yet handled: a partial line, or commands pipelined behind a message being committed.
     var inbox: [UInt8] = []
     /// Set while an over-long command line is being skipped up to its CRLF.
@@ -539,7 +544,8 @@ public struct ServerSession {
             sender: sender!, recipients: recipients, helo: helo ?? client.ip,
             protocolName: protocolName,
             bodyType: bodyType, smtputf8: smtputf8, priority: priority, tls: tlsSummary,
-            authenticatedUser: authenticatedUser)
+            authenticatedUser: authenticatedUser, serial: messagesBegun + 1)
+        messagesBegun += 1
         decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut = []
@@ -717,8 +723,10 @@ public struct ServerSession {
     /// up to a chunk still arrives as one array. False once some data was handed on (a client that
     /// sent its message without waiting for the 354) or the message ended: the caller then keeps the
     /// bytes itself, in front of the first `.messageData`.
-    public mutating func prefixMessageData(_ bytes: [UInt8]) -> Bool {
-        guard phase == .data, !messageDataEmitted else { return false }
+    /// `start` is the message the bytes belong to: a client that did not wait for the 354 can have the
+    /// session in a later message (after this one was refused) by the time the caller asks.
+    public mutating func prefixMessageData(_ bytes: [UInt8], for start: MessageStart) -> Bool {
+        guard phase == .data, !messageDataEmitted, start.serial == messagesBegun else { return false }
         dataOut.insert(contentsOf: bytes, at: 0)
         return true
     }

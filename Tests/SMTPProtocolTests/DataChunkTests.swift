@@ -12,6 +12,10 @@ private func session() -> ServerSession {
     return s
 }
 
+private func starts(_ actions: [ServerAction]) -> [MessageStart] {
+    actions.compactMap { if case .beginMessage(let start) = $0 { return start } else { return nil } }
+}
+
 private func chunks(_ actions: [ServerAction]) -> [[UInt8]] {
     actions.compactMap { if case .messageData(let b) = $0 { return b } else { return nil } }
 }
@@ -25,13 +29,13 @@ private func message(_ size: Int) -> [UInt8] {
 }
 
 @Suite struct DataChunkTests {
-    @Test func aMessageUnderAChunkArrivesAsOneArrayWithThePrefixInFront() {
+    @Test func aMessageUnderAChunkArrivesAsOneArrayWithThePrefixInFront() throws {
         for size in [100, 100 * 1024, ServerSession.dataChunk - 1024] {
             var s = session()
             let begin = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
-            #expect(begin.contains { if case .beginMessage = $0 { return true } else { return false } })
+            let start = try #require(starts(begin).first)
             let received = Array("Received: from x.test\r\n\tby relay.test; now\r\n".utf8)
-            let prefixed1 = s.prefixMessageData(received)
+            let prefixed1 = s.prefixMessageData(received, for: start)
             #expect(prefixed1)
             #expect(s.dataOut.capacity >= ServerSession.dataReserve)
             let body = message(size)
@@ -55,10 +59,10 @@ private func message(_ size: Int) -> [UInt8] {
         }
     }
 
-    @Test func largerMessagesComeInChunksThatNeverOutgrowTheirBuffer() {
+    @Test func largerMessagesComeInChunksThatNeverOutgrowTheirBuffer() throws {
         var s = session()
-        _ = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
-        let prefixed2 = s.prefixMessageData(Array("Received: x\r\n".utf8))
+        let begin = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+        let prefixed2 = s.prefixMessageData(Array("Received: x\r\n".utf8), for: try #require(starts(begin).first))
         #expect(prefixed2)
         let body = message(1_000_000)
         var got: [[UInt8]] = []
@@ -78,29 +82,30 @@ private func message(_ size: Int) -> [UInt8] {
         #expect(largestBuffer < 2 * ServerSession.dataBuffer)
     }
 
-    @Test func thePrefixIsRefusedOnceDataWasHandedOnOrTheMessageEnded() {
+    @Test func thePrefixIsRefusedOnceDataWasHandedOnOrTheMessageEnded() throws {
         // The whole message in the same read as DATA (no wait for the 354): it is over before the
         // relay could ask, and the prefix stays with the caller.
         var s = session()
         let actions = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA",
                                             "Subject: early", "", "body", ".").utf8))
         #expect(actions.contains(.commitMessage))
-        let prefixed3 = s.prefixMessageData(Array("Received: x\r\n".utf8))
+        let prefixed3 = s.prefixMessageData(Array("Received: x\r\n".utf8), for: try #require(starts(actions).first))
         #expect(!prefixed3)
         #expect(chunks(actions) == [Array("Subject: early\r\n\r\nbody\r\n".utf8)])
 
         // More than a chunk already handed on.
         var t = session()
-        _ = t.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+        let tBegin = t.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
         let early = chunks(t.receive(message(ServerSession.dataChunk + 5000)))
         #expect(early.count == 1)
-        let prefixed4 = t.prefixMessageData(Array("Received: x\r\n".utf8))
+        let prefixed4 = t.prefixMessageData(Array("Received: x\r\n".utf8), for: try #require(starts(tBegin).first))
         #expect(!prefixed4)
 
         // Some data early, none handed on yet: the prefix goes in front of it.
         var u = session()
-        _ = u.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA", "Subject: s").utf8))
-        let prefixed5 = u.prefixMessageData(Array("Received: x\r\n".utf8))
+        let uBegin = u.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA", "Subject: s").utf8))
+        let uStart = try #require(starts(uBegin).first)
+        let prefixed5 = u.prefixMessageData(Array("Received: x\r\n".utf8), for: uStart)
         #expect(prefixed5)
         let rest = u.receive(Array(lines("", "body", ".").utf8))
         #expect(chunks(rest) == [Array("Received: x\r\nSubject: s\r\n\r\nbody\r\n".utf8)])
@@ -108,9 +113,28 @@ private func message(_ size: Int) -> [UInt8] {
         // Outside DATA there is nothing to put it in front of.
         var v = session()
         _ = v.receive(Array(lines("EHLO x.test").utf8))
-        let prefixed6 = v.prefixMessageData(Array("Received: x\r\n".utf8))
+        let prefixed6 = v.prefixMessageData(Array("Received: x\r\n".utf8), for: uStart)
         #expect(!prefixed6)
         #expect(v.dataOut.capacity == 0)
+    }
+
+    /// A client that does not wait for the 354: message 1 refused (bare LF), then message 2 begun,
+    /// all in one read. The relay acts on message 1's start after the session is in message 2: its
+    /// header must not land in front of message 2's data.
+    @Test func aLaterMessagesBufferRefusesAnEarlierMessagesPrefix() throws {
+        var s = session()
+        let actions = s.receive(Array(("EHLO x.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+            + "bare\nLF\r\n.\r\n"
+            + "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nSubject: two\r\n").utf8))
+        let begun = starts(actions)
+        #expect(begun.count == 2 && actions.contains(.abortMessage))
+        guard begun.count == 2 else { return }
+        let first = s.prefixMessageData(Array("Received: one\r\n".utf8), for: begun[0])
+        #expect(!first)
+        let second = s.prefixMessageData(Array("Received: two\r\n".utf8), for: begun[1])
+        #expect(second)
+        let rest = s.receive(Array("\r\nbody\r\n.\r\n".utf8))
+        #expect(chunks(rest) == [Array("Received: two\r\nSubject: two\r\n\r\nbody\r\n".utf8)])
     }
 }
 
