@@ -276,9 +276,7 @@ public struct ClientSession {
     /// is not checked again.
     public mutating func send(_ t: OutboundTransaction, message: [UInt8], wireReady: Bool = false) -> [ClientAction] {
         assert(!wireReady || isWireReady(message), "a message said to be wire-ready is not")
-        let actions = start(t, message: message, encoded: false)
-        if wireReady, current != nil { current!.wireReady = true }
-        return actions
+        return start(t, message: message, encoded: false, wireReady: wireReady)
     }
 
     /// Like `send(_:message:)` with the message already as `encodeOutboundData` makes it (CRLF lines,
@@ -287,7 +285,7 @@ public struct ClientSession {
         start(t, message: wireData, encoded: true)
     }
 
-    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool) -> [ClientAction] {
+    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool, wireReady: Bool = false) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
         if let refusal = Self.refusalBeforeMail(t, caps) {
             emit(.transactionFinished(TransactionOutcome(
@@ -299,6 +297,7 @@ public struct ClientSession {
         current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
         current!.encoded = encoded
+        current!.wireReady = wireReady
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
         if reusing {
