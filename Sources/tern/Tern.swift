@@ -47,6 +47,7 @@ struct Serve: ParsableCommand {
         // and far more than 16 made the kernel's own contention (and context switches) cost more CPU per
         // message than the overlap gained (bench/README.md). UV_THREADPOOL_SIZE in the environment wins.
         if getenv("UV_THREADPOOL_SIZE") == nil { setThreadPoolSize(16) }
+        tuneMallocForMessageBuffers()
         let level: Logger.Level = verbose ? .debug : .info
         let format = logFormat ?? settings.log.format
         LoggingSystem.bootstrap { _ in TernLogHandler(format: format, level: level) }
