@@ -9,10 +9,15 @@
 //
 // Records, integers little-endian:
 //
-//     message  "TJM1" u32 envelope-length u32 data-length u32 crc32(envelope + data) envelope data
-//     done     "TJD1" u32 id-length u32 0 u32 crc32(id) id
+//     message  "TJM2" u32 segment u32 envelope-length u32 data-length u32 crc32(segment + envelope + data)
+//              envelope data
+//     done     "TJD2" u32 segment u32 id-length u32 0 u32 crc32(segment + id) id
 //
-// crc32 is zlib's CRC-32 (the one of gzip and PNG), computed with ISA-L.
+// `segment` is the low 32 bits of the number of the segment the record was written in (its file name),
+// as 4 bytes that the crc covers too. crc32 is zlib's CRC-32 (the one of gzip and PNG), computed with
+// ISA-L. The previous version wrote v1 records, "TJM1"/"TJD1" with a 16-byte header and no segment
+// field (crc32 of the payload only); they are still read, so that its spool recovers, but never after
+// a v2 record in the same file.
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -29,6 +34,32 @@
 // Recovery reads the segments in order and stops a segment at the first record that is cut short or
 // fails its checksum: a batch that a crash interrupted, none of which was acknowledged. A message whose
 // `.env` exists was moved out; its journal record is stale.
+//
+// Recycling. A dead segment is not unlinked but renamed to a spare, `<number>.free` (at most
+// `maxSpares`; more are unlinked), and the next new segment is a spare renamed to `<new number>.jnl` and
+// overwritten from offset 0: overwriting blocks a file already has costs ext4 no block allocation and
+// no metadata write at each fdatasync, appending to a fresh file does (PostgreSQL recycles its WAL
+// segments the same way). The old records stay behind the new ones until overwritten; the segment
+// field tells them apart: parsing a file stops quietly at the first record that is not of the file's
+// own number (its previous life), and reports only damage to a record of its own (`parse`).
+//
+// Why nothing acknowledged is lost and nothing stale is replayed, step by step:
+// - Dead segment -> `.free`: a rename instead of an unlink, oldest first, then the directory fsync, as
+//   before; `.free` files are never read as journal, so for recovery it is the same as the unlink.
+// - `.free` -> `<n>.jnl`: the rename is made durable (directory fsync) before the first record is
+//   written, as a created file's name is now; a crash before any write leaves a `.jnl` whose first
+//   record carries the old number: recovery reads nothing from it, and the segment is dead.
+// - Writes go from offset 0 over the old bytes; fdatasync makes the overwritten blocks durable (and the
+//   size, where the file grew) before any client hears 250, as for a fresh file. A batch torn by a
+//   crash is a mix of new and old blocks: a new record with old bytes in it fails its checksum (the
+//   crc covers the segment field too), a whole old record has the old number: parsing stops there;
+//   none of that batch was acknowledged, and every acknowledged record lies before it.
+// - A stale record would need the file's new number in its segment field: numbers only grow and a
+//   spare is reused within a few segments, so the low 32 bits never come round again in that time.
+// - Only a file whose records are all v2 from offset 0 becomes a spare: a v1 record, which has no
+//   segment field, can never sit at offset 0 of a recycled file and be taken for a new one.
+// - A new segment's number is past every `.jnl` and `.free` name at start-up, so no rename ever
+//   replaces a file (checked all the same).
 //
 // Thread safety: every method may be called from any pool thread. One mutex guards the index and the
 // segments; fdatasync runs outside it. Appends are serialised among themselves.
@@ -47,16 +78,35 @@ final class Journal: @unchecked Sendable {
         let segment: UInt64
         /// Offset of the envelope bytes (just after the record header).
         let offset: Int64
-        let envelopeLength: Int
-        let dataLength: Int
-        var recordLength: Int64 { Int64(Journal.headerLength + envelopeLength + dataLength) }
+        // 32-bit lengths, as in the record header: the index entry stays 32 bytes with the header length.
+        private let envelopeBytes: UInt32
+        private let dataBytes: UInt32
+        /// 20 for a v2 record, 16 for a v1 record recovered from the previous version's spool.
+        private let headerBytes: UInt8
+
+        init(segment: UInt64, offset: Int64, envelopeLength: Int, dataLength: Int,
+             headerLength: Int = Journal.headerLength) {
+            self.segment = segment
+            self.offset = offset
+            self.envelopeBytes = UInt32(envelopeLength)
+            self.dataBytes = UInt32(dataLength)
+            self.headerBytes = UInt8(headerLength)
+        }
+
+        var envelopeLength: Int { Int(envelopeBytes) }
+        var dataLength: Int { Int(dataBytes) }
+        var recordLength: Int64 { Int64(Int(headerBytes) + envelopeLength + dataLength) }
     }
 
     final class Segment {
         let number: UInt64
         let path: String
         var fd: Int32
+        /// Where the next record goes: the end of the last record, not the file's size (a recycled file
+        /// holds its previous life's records after it).
         var size: Int64
+        /// All its records are v2 from offset 0 (written by this version): it may become a spare.
+        var recyclable = true
         /// Messages in this segment not yet done or moved out, and their bytes.
         var live: Set<QueueID> = []
         var liveBytes: Int64 = 0
@@ -71,9 +121,15 @@ final class Journal: @unchecked Sendable {
         }
     }
 
-    static let messageMagic: [UInt8] = Array("TJM1".utf8)
-    static let doneMagic: [UInt8] = Array("TJD1".utf8)
-    static let headerLength = 16
+    static let messageMagic: [UInt8] = Array("TJM2".utf8)
+    static let doneMagic: [UInt8] = Array("TJD2".utf8)
+    static let headerLength = 20
+    /// The previous version's records: no segment field, read at recovery only.
+    static let messageMagicV1: [UInt8] = Array("TJM1".utf8)
+    static let doneMagicV1: [UInt8] = Array("TJD1".utf8)
+    static let headerLengthV1 = 16
+    /// Dead segments kept as `.free` files for reuse; more are unlinked.
+    static let maxSpares = 2
 
     let path: String
     /// A new segment is started once the current one is this large.
@@ -91,6 +147,11 @@ final class Journal: @unchecked Sendable {
     private let appendLock = NSLock()
     /// Held while deleting segments, so that they go in order even from different threads.
     private let deletionLock = NSLock()
+    /// Names of spare files (`.free`, durable) ready for `startSegment`, and renames to spares in flight.
+    /// Under `spareLock`, taken inside `state` or alone: `deleteInOrder` runs with and without `state`.
+    private let spareLock = NSLock()
+    private var spares: [String] = []
+    private var sparesPending = 0
 
     init(path: String, segmentLimit: Int64 = 32 << 20) throws {
         try Spool.makeDirectories(path)
@@ -104,40 +165,54 @@ final class Journal: @unchecked Sendable {
         _ = close(directoryFD)
     }
 
-    private func segmentPath(_ number: UInt64) -> String {
+    private func segmentPath(_ number: UInt64) -> String { path + "/" + Journal.fileName(number, ".jnl") }
+
+    /// `<16 hex digits><suffix>`: a segment (`.jnl`) or a spare (`.free`), relative to the directory.
+    static func fileName(_ number: UInt64, _ suffix: String) -> String {
         let hex = String(number, radix: 16, uppercase: true)
-        return path + "/" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex + ".jnl"
+        return String(repeating: "0", count: max(0, 16 - hex.count)) + hex + suffix
     }
 
     // MARK: Start-up
 
     /// Reads every segment, rebuilds the index of live messages (those with no done record and, by
-    /// `movedOut`, no files of their own), deletes segments with nothing live from the oldest on, and
-    /// starts a new segment. Returns the number of live messages and a line for each damaged place
-    /// (for the log). Run once, before anything else.
+    /// `movedOut`, no files of their own), recycles or deletes segments with nothing live from the oldest
+    /// on, and starts a new segment. Spare files found are kept (up to `maxSpares`). Returns the number
+    /// of live messages and a line for each damaged place (for the log). Run once, before anything else.
     func recover(movedOut: (QueueID) -> Bool) throws -> (count: Int, problems: [String]) {
         var problems: [String] = []
         state.lock()
         defer { state.unlock() }
         var numbers: [UInt64] = []
-        for name in try Spool.entries(path) where name.hasSuffix(".jnl") {
-            if let n = UInt64(name.dropLast(4), radix: 16) { numbers.append(n) }
+        var spareNumbers: [UInt64] = []
+        for name in try Spool.entries(path) {
+            if name.hasSuffix(".jnl"), let n = UInt64(name.dropLast(4), radix: 16) { numbers.append(n) }
+            if name.hasSuffix(".free"), let n = UInt64(name.dropLast(5), radix: 16) { spareNumbers.append(n) }
         }
         numbers.sort()
+        spareNumbers.sort()
+        spareLock.lock()
+        for (i, n) in spareNumbers.enumerated() {
+            let name = Journal.fileName(n, ".free")
+            // An extra is unlinked (no fsync needed: if it comes back after a crash, so does this).
+            if i < Journal.maxSpares { spares.append(name) } else { _ = unlinkat(directoryFD, name, 0) }
+        }
+        spareLock.unlock()
         var bySegment: [UInt64: Segment] = [:]
         for number in numbers {
             let file = segmentPath(number)
             let bytes = try Spool.readFile(file)
             let fd = try Spool.retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
-            let segment = Segment(number: number, path: file, fd: fd, size: Int64(bytes.count))
+            let segment = Segment(number: number, path: file, fd: fd, size: 0)
             segment.closedAt = Journal.now()
+            segment.recyclable = !bytes.starts(with: Journal.messageMagicV1) && !bytes.starts(with: Journal.doneMagicV1)
             segments.append(segment)
             bySegment[number] = segment
-            Journal.parse(bytes) { record in
+            let end = Journal.parse(bytes, segment: number) { record in
                 switch record {
-                case .message(let id, let offset, let envelopeLength, let dataLength):
+                case .message(let id, let offset, let envelopeLength, let dataLength, let headerLength):
                     index[id] = Location(segment: number, offset: offset, envelopeLength: envelopeLength,
-                                         dataLength: dataLength)
+                                         dataLength: dataLength, headerLength: headerLength)
                 case .done(let id):
                     index[id] = nil
                 case .undecodable(let offset, let length):
@@ -147,6 +222,7 @@ final class Journal: @unchecked Sendable {
                     problems.append("\(file): offset \(offset): \(bytes.count - offset) bytes after the last whole record (cut short by a crash, or damaged); not read")
                 }
             }
+            segment.size = Int64(end)
         }
         for (id, location) in index {
             if movedOut(id) { index[id] = nil; continue }
@@ -161,50 +237,119 @@ final class Journal: @unchecked Sendable {
         }
         if !dead.isEmpty { deletionLock.lock() }
         try deleteInOrder(dead)
-        try startSegment(number: (numbers.last ?? 0) + 1)
+        // Past every name in the directory, spares included: no rename may ever replace a file.
+        try startSegment(number: max(numbers.last ?? 0, spareNumbers.last ?? 0) + 1)
         return (index.count, problems)
     }
 
     enum Record {
-        case message(QueueID, offset: Int64, envelopeLength: Int, dataLength: Int)
+        case message(QueueID, offset: Int64, envelopeLength: Int, dataLength: Int, headerLength: Int)
         case done(QueueID)
         /// A whole record (its checksum holds) that this version cannot read: skipped, not fatal.
         case undecodable(offset: Int, length: Int)
-        /// Parsing stopped here, before the end of the bytes: a record cut short or damaged.
+        /// Parsing stopped here at damage: a record of this segment cut short or failing its checksum,
+        /// or anything else followed further on by a whole record of this segment.
         case stopped(offset: Int)
     }
 
-    /// Calls `body` for each whole record in order; stops at the end or at the first record that is cut
-    /// short or fails its checksum (reported as `.stopped` unless it is the very end).
-    static func parse(_ bytes: [UInt8], _ body: (Record) -> Void) {
+    /// Calls `body` for each whole record of segment `segment` in order, and returns the offset where
+    /// the records end (where the next would be written). Stops at the end of the bytes or at the first
+    /// place that is not a whole record of this segment: a record cut short or failing its checksum, a
+    /// v2 record with another segment's number (a recycled file's previous life), bytes that are no
+    /// record. The stop is reported as `.stopped` only where it is damage: at a v2 header carrying this
+    /// segment's number or a v1 header (a record cut short or failing its checksum), anywhere in a file
+    /// of the previous version (v1 records only, as it was reported before), or when a whole record of
+    /// this segment follows somewhere later. Otherwise it is the quiet end of the file's current life.
+    @discardableResult
+    static func parse(_ bytes: [UInt8], segment: UInt64, _ body: (Record) -> Void) -> Int {
+        let mine = UInt32(truncatingIfNeeded: segment)
         var at = 0
-        defer { if at < bytes.count { body(.stopped(offset: at)) } }
-        while at + headerLength <= bytes.count {
-            let magic = Array(bytes[at..<at + 4])
-            let first = Int(readUInt32(bytes, at + 4))
-            if magic == messageMagic {
-                let second = Int(readUInt32(bytes, at + 8))
-                let end = at + headerLength + first + second
-                guard end <= bytes.count, crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12) else { return }
-                if let envelope = try? EnvelopeRecord.decode(Array(bytes[(at + headerLength)..<(at + headerLength + first)])) {
-                    body(.message(envelope.id, offset: Int64(at + headerLength), envelopeLength: first, dataLength: second))
-                } else {
-                    body(.undecodable(offset: at, length: end - at))
-                }
-                at = end
-            } else if magic == doneMagic {
-                let end = at + headerLength + first
-                guard end <= bytes.count, crc32(bytes[(at + headerLength)..<end]) == readUInt32(bytes, at + 12) else { return }
-                if let text = String(bytes: bytes[(at + headerLength)..<end], encoding: .utf8), let id = QueueID(rawValue: text) {
+        var v2 = false  // a v2 record was read: v1 ones after it are stale
+        var v1 = false  // a v1 record was read: the previous version's file, where any stop is reported
+        while at < bytes.count {
+            switch wholeRecord(bytes, at: at, segment: mine, v1Allowed: !v2) {
+            case .record(let end, let length, let isMessage):
+                let payload = (at + length)..<end
+                if isMessage {
+                    // The envelope length: after the segment field in v2, right after the magic in v1.
+                    let first = Int(readUInt32(bytes, at + (length == headerLength ? 8 : 4)))
+                    if let envelope = try? EnvelopeRecord.decode(Array(bytes[payload.lowerBound..<(payload.lowerBound + first)])) {
+                        body(.message(envelope.id, offset: Int64(payload.lowerBound), envelopeLength: first,
+                                      dataLength: payload.count - first, headerLength: length))
+                    } else {
+                        body(.undecodable(offset: at, length: end - at))
+                    }
+                } else if let text = String(bytes: bytes[payload], encoding: .utf8), let id = QueueID(rawValue: text) {
                     body(.done(id))
                 } else {
                     body(.undecodable(offset: at, length: end - at))
                 }
+                if length == headerLength { v2 = true } else { v1 = true }
                 at = end
-            } else {
-                return
+            case .damaged:
+                body(.stopped(offset: at))
+                return at
+            case .other:
+                if (v1 && !v2) || laterRecord(bytes, after: at, segment: mine) { body(.stopped(offset: at)) }
+                return at
             }
         }
+        return at
+    }
+
+    private enum Scan {
+        /// A whole record, checksum right, ending at `end`.
+        case record(end: Int, headerLength: Int, isMessage: Bool)
+        /// A record of this segment (or a v1 record) cut short or failing its checksum.
+        case damaged
+        /// Not a record of this segment: another's, or no record at all.
+        case other
+    }
+
+    private static func hasMagic(_ bytes: [UInt8], _ at: Int, _ magic: [UInt8]) -> Bool {
+        at + 4 <= bytes.count && bytes[at] == magic[0] && bytes[at + 1] == magic[1] && bytes[at + 2] == magic[2]
+            && bytes[at + 3] == magic[3]
+    }
+
+    private static func wholeRecord(_ bytes: [UInt8], at: Int, segment mine: UInt32, v1Allowed: Bool) -> Scan {
+        let message = hasMagic(bytes, at, messageMagic)
+        if message || hasMagic(bytes, at, doneMagic) {
+            guard at + headerLength <= bytes.count else { return .damaged }  // a header cut short
+            guard readUInt32(bytes, at + 4) == mine else { return .other }
+            let first = Int(readUInt32(bytes, at + 8))
+            let second = message ? Int(readUInt32(bytes, at + 12)) : 0
+            let end = at + headerLength + first + second
+            guard end <= bytes.count,
+                  crc32(bytes[(at + headerLength)..<end], following: crc32(bytes[(at + 4)..<(at + 8)])) == readUInt32(bytes, at + 16)
+            else { return .damaged }
+            return .record(end: end, headerLength: headerLength, isMessage: message)
+        }
+        let messageV1 = hasMagic(bytes, at, messageMagicV1)
+        if v1Allowed && (messageV1 || hasMagic(bytes, at, doneMagicV1)) {
+            guard at + headerLengthV1 <= bytes.count else { return .damaged }
+            let first = Int(readUInt32(bytes, at + 4))
+            let end = at + headerLengthV1 + first + (messageV1 ? Int(readUInt32(bytes, at + 8)) : 0)
+            guard end <= bytes.count, crc32(bytes[(at + headerLengthV1)..<end]) == readUInt32(bytes, at + 12) else {
+                return .damaged
+            }
+            return .record(end: end, headerLength: headerLengthV1, isMessage: messageV1)
+        }
+        return .other
+    }
+
+    /// Whether a whole v2 record of this segment starts anywhere after `at`: then the stop at `at` is
+    /// damage in the middle, not the end of the segment's life. One pass over the rest, at start-up.
+    private static func laterRecord(_ bytes: [UInt8], after at: Int, segment mine: UInt32) -> Bool {
+        var p = at + 1
+        while p + headerLength <= bytes.count {
+            if bytes[p] == 0x54, bytes[p + 1] == 0x4A, bytes[p + 3] == 0x32,  // "TJ?2"
+               bytes[p + 2] == 0x4D || bytes[p + 2] == 0x44, readUInt32(bytes, p + 4) == mine,
+               case .record = wholeRecord(bytes, at: p, segment: mine, v1Allowed: false) {
+                return true
+            }
+            p += 1
+        }
+        return false
     }
 
     private static func readUInt32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
@@ -218,21 +363,33 @@ final class Journal: @unchecked Sendable {
         out.append(UInt8(value >> 24))
     }
 
-    /// Appends the 16-byte header of a message record to `out`; the envelope and the data follow it in
-    /// the file, written from their own arrays (no copy of the message to build the record).
-    static func appendMessageHeader(to out: inout [UInt8], envelope: [UInt8], data: [UInt8]) {
-        out += messageMagic
-        appendUInt32(&out, UInt32(envelope.count))
-        appendUInt32(&out, UInt32(data.count))
-        appendUInt32(&out, crc32(data[...], following: crc32(envelope[...])))
+    /// The segment field: the low 32 bits of the segment's number.
+    private static func segmentField(_ segment: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        appendUInt32(&out, UInt32(truncatingIfNeeded: segment))
+        return out
     }
 
-    static func doneRecord(_ id: QueueID) -> [UInt8] {
+    /// Appends the 20-byte header of a message record for segment `segment` to `out`; the envelope and
+    /// the data follow it in the file, written from their own arrays (no copy of the message to build
+    /// the record).
+    static func appendMessageHeader(to out: inout [UInt8], segment: UInt64, envelope: [UInt8], data: [UInt8]) {
+        let field = segmentField(segment)
+        out += messageMagic
+        out += field
+        appendUInt32(&out, UInt32(envelope.count))
+        appendUInt32(&out, UInt32(data.count))
+        appendUInt32(&out, crc32(data[...], following: crc32(envelope[...], following: crc32(field[...]))))
+    }
+
+    static func doneRecord(_ id: QueueID, segment: UInt64) -> [UInt8] {
         let text = Array(id.rawValue.utf8)
+        let field = segmentField(segment)
         var out = doneMagic
+        out += field
         appendUInt32(&out, UInt32(text.count))
         appendUInt32(&out, 0)
-        appendUInt32(&out, crc32(text[...]))
+        appendUInt32(&out, crc32(text[...], following: crc32(field[...])))
         return out + text
     }
 
@@ -247,8 +404,6 @@ final class Journal: @unchecked Sendable {
         var stored: [Envelope] = []
         var records: [[UInt8]] = []
         records.reserveCapacity(messages.count)
-        var headers: [UInt8] = []
-        headers.reserveCapacity(messages.count * Journal.headerLength)
         var length: Int64 = 0
         var placed: [(QueueID, Int64, Int, Int)] = []  // id, offset in batch, envelope length, data length
         for (envelope, data) in messages {
@@ -256,20 +411,25 @@ final class Journal: @unchecked Sendable {
             e.size = data.count
             let record = EnvelopeRecord.encode(e)
             placed.append((e.id, length + Int64(Journal.headerLength), record.count, data.count))
-            Journal.appendMessageHeader(to: &headers, envelope: record, data: data)
             records.append(record)
             length += Int64(Journal.headerLength + record.count + data.count)
             stored.append(e)
         }
-        // Each record goes out as three pieces, its header, its envelope and the message's own array:
-        // the message is not copied into a batch buffer first.
-        var pieces: [ArraySlice<UInt8>] = []
-        pieces.reserveCapacity(messages.count * 3)
-        for (i, message) in messages.enumerated() {
-            pieces.append(headers[(i * Journal.headerLength)..<((i + 1) * Journal.headerLength)])
-            pieces.append(records[i][...])
-            pieces.append(message.1[...])
+        // The headers carry the segment's number, known for sure only under `state`; the checksums are
+        // computed outside it for the segment this batch will most likely go to, and again in the rare
+        // case that it went elsewhere (a done record or a failure made the journal rotate meanwhile).
+        func headers(_ number: UInt64) -> [UInt8] {
+            var out: [UInt8] = []
+            out.reserveCapacity(messages.count * Journal.headerLength)
+            for (i, message) in messages.enumerated() {
+                Journal.appendMessageHeader(to: &out, segment: number, envelope: records[i], data: message.1)
+            }
+            return out
         }
+        state.lock()
+        let expected = segments.last.map { mustRotate || $0.size >= segmentLimit ? $0.number + 1 : $0.number }
+        state.unlock()
+        var header = headers(expected ?? 0)
 
         state.lock()
         let segment: Segment
@@ -287,6 +447,16 @@ final class Journal: @unchecked Sendable {
             }
             segment = segments.last!
             base = segment.size
+            if segment.number != expected { header = headers(segment.number) }
+            // Each record goes out as three pieces, its header, its envelope and the message's own
+            // array: the message is not copied into a batch buffer first.
+            var pieces: [ArraySlice<UInt8>] = []
+            pieces.reserveCapacity(messages.count * 3)
+            for (i, message) in messages.enumerated() {
+                pieces.append(header[(i * Journal.headerLength)..<((i + 1) * Journal.headerLength)])
+                pieces.append(records[i][...])
+                pieces.append(message.1[...])
+            }
             do {
                 try Journal.writeAll(segment, pieces, at: base)
             } catch {
@@ -409,10 +579,40 @@ final class Journal: @unchecked Sendable {
         return nil
     }
 
-    /// Creates segment `number` and makes its name durable. Caller holds `state`.
+    /// Starts segment `number`: a spare renamed to it if there is one (written over from offset 0),
+    /// else a new file; either way its name is durable before anything is written to it. Caller holds
+    /// `state`.
     private func startSegment(number: UInt64) throws {
-        let file = segmentPath(number)
-        let fd = try Spool.retrying("create", file) { open(file, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600) }
+        let name = Journal.fileName(number, ".jnl")
+        let file = path + "/" + name
+        var fd: Int32 = -1
+        spareLock.lock()
+        let spare = spares.popLast()
+        spareLock.unlock()
+        if let spare {
+            var info = stat()
+            // renameat would replace a file of that name; nothing may have it (the numbers are past
+            // every name), checked all the same.
+            if fstatat(directoryFD, name, &info, 0) == 0 {
+                spareLock.lock()
+                spares.append(spare)
+                spareLock.unlock()
+                throw SpoolError("rename", path: file, errno: EEXIST, detail: "segment \(file) exists already")
+            }
+            if renameat(directoryFD, spare, directoryFD, name) == 0 {
+                fd = open(file, O_RDWR | O_CLOEXEC)  // no O_TRUNC: its blocks are what we came for
+                if fd < 0 {
+                    let code = errno
+                    _ = unlink(file)
+                    throw SpoolError("open", path: file, errno: code)
+                }
+            } else {
+                _ = unlinkat(directoryFD, spare, 0)  // unusable: do without it
+            }
+        }
+        if fd < 0 {
+            fd = try Spool.retrying("create", file) { open(file, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600) }
+        }
         do {
             try Spool.retrying("fsync", path) { fsync(directoryFD) }
         } catch {
@@ -437,7 +637,7 @@ final class Journal: @unchecked Sendable {
         guard let segment = segments.last, !ids.isEmpty else { return }
         var records: [UInt8] = []
         records.reserveCapacity(ids.count * (Journal.headerLength + 32))
-        for id in ids { records += Journal.doneRecord(id) }
+        for id in ids { records += Journal.doneRecord(id, segment: segment.number) }
         do {
             try Journal.writeAll(segment, [records[...]], at: segment.size)
             segment.size += Int64(records.count)
@@ -606,17 +806,44 @@ final class Journal: @unchecked Sendable {
         return dead
     }
 
-    /// Closes and unlinks segments oldest first, then makes that durable, so that a crash never keeps
-    /// an older segment whose done records were in a newer one that is gone. Releases `deletionLock`
-    /// taken by `takeDeadSegments`.
+    /// Closes segments and renames them to spares (up to `maxSpares` in all, only those written by this
+    /// version) or unlinks them, oldest first, then makes that durable, so that a crash never keeps an
+    /// older segment whose done records were in a newer one that is gone. Releases `deletionLock` taken
+    /// by `takeDeadSegments`. The spares become usable once the directory fsync is done.
     private func deleteInOrder(_ dead: [Segment]) throws {
         guard !dead.isEmpty else { return }
         defer { deletionLock.unlock() }
+        var renamed: [String] = []
+        var reserved = 0
+        defer {
+            spareLock.lock()
+            spares += renamed
+            sparesPending -= reserved
+            spareLock.unlock()
+        }
         for s in dead {
             if s.fd >= 0 { _ = close(s.fd); s.fd = -1 }
+            if s.recyclable {
+                spareLock.lock()
+                let room = spares.count + sparesPending < Journal.maxSpares
+                if room { sparesPending += 1; reserved += 1 }
+                spareLock.unlock()
+                let spare = Journal.fileName(s.number, ".free")
+                if room && renameat(directoryFD, Journal.fileName(s.number, ".jnl"), directoryFD, spare) == 0 {
+                    renamed.append(spare)
+                    continue
+                }
+            }
             if unlink(s.path) != 0 && errno != ENOENT { throw SpoolError("unlink", path: s.path, errno: errno) }
         }
         try Spool.retrying("fsync", path) { fsync(directoryFD) }
+    }
+
+    /// Names of the spare files ready for reuse, for tests.
+    var spareFiles: [String] {
+        spareLock.lock()
+        defer { spareLock.unlock() }
+        return spares
     }
 
     /// Segment files present, for tests.

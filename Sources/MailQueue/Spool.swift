@@ -12,6 +12,7 @@
 //     <spool>/journal/<n>.jnl     the intake journal (Journal.swift): messages received whole in memory
 //                               are made durable there, many per fdatasync, and get files of their
 //                               own only if they stay queued past their first delivery attempt
+//     <spool>/journal/<n>.free    a retired segment kept for reuse as a later one (at most two)
 //
 // <h> is the last hex digit of the id (0-9, A-F): sixteen directories, so that concurrent creates,
 // renames and unlinks do not all wait on one directory's lock, and a directory fsync covers a sixteenth

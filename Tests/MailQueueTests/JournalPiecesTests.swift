@@ -25,11 +25,13 @@ private func zlibCRC(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0)
     bytes.withUnsafeBufferPointer { UInt32(truncatingIfNeeded: crc32_z(UInt(previous), $0.baseAddress, $0.count)) }
 }
 
-/// A message record as the format describes it, assembled here without the journal's code.
-private func expectedRecord(_ envelope: Envelope, _ data: [UInt8]) -> [UInt8] {
+/// A message record of segment `segment` as the format describes it, assembled here without the
+/// journal's code.
+private func expectedRecord(_ envelope: Envelope, _ data: [UInt8], segment: UInt64) -> [UInt8] {
     let record = EnvelopeRecord.encode(envelope)
-    var out = Array("TJM1".utf8)
-    for value in [UInt32(record.count), UInt32(data.count), zlibCRC((record + data)[...])] {
+    let field = (0..<4).map { UInt8(truncatingIfNeeded: segment >> (8 * UInt64($0))) }
+    var out = Array("TJM2".utf8) + field
+    for value in [UInt32(record.count), UInt32(data.count), zlibCRC((field + record + data)[...])] {
         out += (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
     }
     return out + record + data
@@ -87,7 +89,8 @@ private func envelope(_ n: Int) -> Envelope {
                 #expect(segments.count == 1)
                 let file = try readBytes(dir + "/journal/" + segments[0])
                 var expected: [UInt8] = []
-                for (e, (_, data)) in zip(stored, messages + later) { expected += expectedRecord(e, data) }
+                let number = UInt64(segments[0].dropLast(4), radix: 16)!
+                for (e, (_, data)) in zip(stored, messages + later) { expected += expectedRecord(e, data, segment: number) }
                 #expect(file.count == expected.count)
                 #expect(file == expected)
                 for (e, (_, data)) in zip(stored, messages + later) where data.count > 4000 || e.id == stored.last!.id {

@@ -262,16 +262,16 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             }
             let segment = dir + "/journal/" + (try segmentFiles(dir))[0]
             var bytes = try readBytes(segment)
-            // The first record's envelope made unreadable (its checksum fixed up to match), and a
-            // torn tail after the last record.
+            // The first record's envelope made unreadable (its checksum, over the segment field and
+            // the payload, fixed up to match), and a torn tail after the last record.
             let first = Array(EnvelopeRecord.encode(stored[0]))
-            let at = 16 + first.firstIndex(of: UInt8(ascii: "\n"))!
+            let at = 20 + first.firstIndex(of: UInt8(ascii: "\n"))!
             bytes[at] = UInt8(ascii: "?")
-            let envelopeLength = Int(bytes[4]) | Int(bytes[5]) << 8
-            let dataLength = Int(bytes[8]) | Int(bytes[9]) << 8
-            let crc = crc32(bytes[16..<(16 + envelopeLength + dataLength)])
-            for k in 0..<4 { bytes[12 + k] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(k))) }
-            bytes += Array("TJM1".utf8) + [1, 2]
+            let envelopeLength = Int(bytes[8]) | Int(bytes[9]) << 8
+            let dataLength = Int(bytes[12]) | Int(bytes[13]) << 8
+            let crc = crc32(bytes[20..<(20 + envelopeLength + dataLength)], following: crc32(bytes[4..<8]))
+            for k in 0..<4 { bytes[16 + k] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(k))) }
+            bytes += Array("TJM2".utf8) + [1, 2]
             try Data(bytes).write(to: URL(fileURLWithPath: segment))
             let spool = try Spool(path: dir)
             let (_, journaled) = try spool.recover()

@@ -17,9 +17,10 @@ private func segmentPaths(_ dir: String) throws -> [String] {
 /// The records of a segment file, as recovery reads them.
 private func records(_ path: String) throws -> [String] {
     var out: [String] = []
-    Journal.parse(try readBytes(path)) { record in
+    let number = UInt64(path.split(separator: "/").last!.dropLast(4), radix: 16)!
+    Journal.parse(try readBytes(path), segment: number) { record in
         switch record {
-        case .message(let id, _, _, _): out.append("message \(id)")
+        case .message(let id, _, _, _, _): out.append("message \(id)")
         case .done(let id): out.append("done \(id)")
         case .undecodable, .stopped: out.append("damaged")
         }

@@ -296,29 +296,42 @@ def queue_id_of(reply: Reply) -> str:
 
 def read_journal(spool: Path) -> dict[str, tuple[bytes, bytes]]:
     """Live messages of the journal: id -> (envelope record, message bytes). A segment is read up to its
-    first damaged record; a done record cancels its message; an id with an .env file was moved out."""
+    first record that is damaged or not of its own life: v2 records (TJM2/TJD2) carry the low 32 bits of
+    the segment number of the file they were written in, and one with another number is what a recycled
+    file kept of its previous life; v1 records (TJM1/TJD1, the previous version's) are read only before
+    any v2 record. A done record cancels its message; an id with an .env file was moved out."""
     live: dict[str, tuple[bytes, bytes]] = {}
     segments = sorted((spool / "journal").glob("*.jnl")) if (spool / "journal").is_dir() else []
     for segment in segments:
         data = segment.read_bytes()
+        number = int(segment.name[:-4], 16) & 0xFFFFFFFF
         at = 0
-        while at + 16 <= len(data):
+        v2 = False
+        while at + 4 <= len(data):
             magic = data[at:at + 4]
-            first, second, crc = struct.unpack_from("<III", data, at + 4)
-            if magic == b"TJM1":
-                end = at + 16 + first + second
-                if end > len(data) or zlib.crc32(data[at + 16:end]) != crc:
-                    break
-                envelope = data[at + 16:at + 16 + first]
-                qid = re.search(rb"^id\t([0-9A-F]{14})$", envelope, re.M).group(1).decode()
-                live[qid] = (envelope, data[at + 16 + first:end])
-            elif magic == b"TJD1":
-                end = at + 16 + first
-                if end > len(data) or zlib.crc32(data[at + 16:end]) != crc:
-                    break
-                live.pop(data[at + 16:end].decode(), None)
+            if magic in (b"TJM2", b"TJD2") and at + 20 <= len(data):
+                seg, first, second, crc = struct.unpack_from("<IIII", data, at + 4)
+                if seg != number:
+                    break  # the stale tail of a recycled segment
+                head, covered = 20, data[at + 4:at + 8]
+                v2 = True
+            elif magic in (b"TJM1", b"TJD1") and not v2 and at + 16 <= len(data):
+                first, second, crc = struct.unpack_from("<III", data, at + 4)
+                head, covered = 16, b""
             else:
                 break
+            if magic[2:3] == b"M":
+                end = at + head + first + second
+                if end > len(data) or zlib.crc32(data[at + head:end], zlib.crc32(covered)) != crc:
+                    break
+                envelope = data[at + head:at + head + first]
+                qid = re.search(rb"^id\t([0-9A-F]{14})$", envelope, re.M).group(1).decode()
+                live[qid] = (envelope, data[at + head + first:end])
+            else:
+                end = at + head + first
+                if end > len(data) or zlib.crc32(data[at + head:end], zlib.crc32(covered)) != crc:
+                    break
+                live.pop(data[at + head:end].decode(), None)
             at = end
     for qid in list(live):
         if (spool / "queue" / qid[-1] / f"{qid}.env").exists():
