@@ -132,4 +132,21 @@ import Testing
         #expect(String(decoding: bytes, as: UTF8.self)
                 == "earlier line\n2026-11-26T16:46:14.007Z info 0661312EF1B4A7: removed session=4\n")
     }
+
+    /// InboundSession's lines: "session" set once on its logger and no "qid" for a message that starts
+    /// with "<qid>: " give the line the old renderer made from both as event metadata.
+    @Test(arguments: LogFormat.allCases)
+    func sessionLinesNeedNeitherDictionary(_ format: LogFormat) {
+        let id = "0661312EF1B4A7"
+        for message in ["\(id): client=unknown[127.0.0.1], helo=<x>", "\(id): to=<b@x.test>", "\(id): queued as \(id), size=9, nrcpt=1",
+                        "\(id): \u{301}combining", "\(id): "] {
+            let before = StringLogRenderer.render(format: format, time: (1_795_711_574, 7), level: .info, message: message,
+                                                  metadata: ["session": "12", "qid": .string(id)])
+            var clock = LogClock()
+            var after: [UInt8] = []
+            TernLogHandler.appendLine(to: &after, clock: &clock, format: format, time: (1_795_711_574, 7), level: .info,
+                                      message: message, metadata: ["session": "12"], extra: nil)
+            #expect(String(decoding: after, as: UTF8.self) == before)
+        }
+    }
 }
