@@ -329,7 +329,7 @@ final class InboundSession {
     /// A message that starts with "<qid>: " needs no "qid" metadata: TernLogHandler takes the queue id
     /// from that prefix, and the line comes out the same, one dictionary cheaper.
     private static func info(_ log: Logger, _ message: String, qid: QueueID?) {
-        if let qid, TernLogHandler.leadingQueueID(message) != qid.rawValue {
+        if let qid, !TernLogHandler.startsWithQueueID(message, qid.rawValue) {
             log.info(Logger.Message(stringLiteral: message), metadata: ["qid": .string(qid.rawValue)])
         } else {
             log.info(Logger.Message(stringLiteral: message))

@@ -242,6 +242,16 @@ extension TernLogHandler {
         return text[14] == UInt8(ascii: ":") && text[15] == UInt8(ascii: " ")
     }
 
+    /// The message starts with "<id>: " and the handler will take `id` from there (false is always safe:
+    /// the caller passes "qid" metadata then). Bytes only, no String made.
+    static func startsWithQueueID(_ message: String, _ id: String) -> Bool {
+        guard id.utf8.count == 14 else { return false }
+        var message = message, id = id
+        return message.withUTF8 { text in
+            hasLeadingQueueID(text) && id.withUTF8 { $0.elementsEqual(UnsafeBufferPointer(rebasing: text[0..<14])) }
+        }
+    }
+
     /// The message without its "<qid>: " prefix, cut after that many Characters: at byte 16 unless
     /// what follows joins the space into one grapheme (a combining mark), which the cut takes along.
     static func afterQueueID(_ text: UnsafeBufferPointer<UInt8>, qid: String, sameBytes: Bool) -> UnsafeBufferPointer<UInt8> {

@@ -149,4 +149,14 @@ import Testing
             #expect(String(decoding: after, as: UTF8.self) == before)
         }
     }
+
+    @Test(arguments: [("0661312EF1B4A7: x", "0661312EF1B4A7", true), ("0661312EF1B4A7: ", "0661312EF1B4A7", true),
+                      ("0661312EF1B4A7: x", "0661312EF1B4A8", false), ("0661312EF1B4A7:x", "0661312EF1B4A7", false),
+                      ("0661312EF1B4A70: x", "0661312EF1B4A70", false), ("0661312ef1b4a7: x", "0661312ef1b4a7", false),
+                      ("connect from x", "0661312EF1B4A7", false)])
+    func startsWithQueueID(_ message: String, _ id: String, _ starts: Bool) {
+        #expect(TernLogHandler.startsWithQueueID(message, id) == starts)
+        // True only where the handler finds that same id in the prefix.
+        if starts { #expect(TernLogHandler.leadingQueueID(message) == id) }
+    }
 }
