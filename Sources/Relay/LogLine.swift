@@ -95,7 +95,8 @@ extension TernLogHandler {
         var message = message
         message.withUTF8 { text in
             if fields.overflow {
-                // Three or more fields: sort the lot, as the merged dictionary always was.
+                // More than two fields besides qid, or several keys on both sides: the merged
+                // dictionary, its keys sorted, as every line used to be.
                 var merged = metadata
                 if let extra { merged.merge(extra) { _, new in new } }
                 let qid = merged.removeValue(forKey: "qid")
