@@ -71,60 +71,40 @@ public struct TernLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var fields = metadata
-        if let extra = event.metadata { fields.merge(extra) { _, new in new } }
-        let line = Self.render(format: format, time: Self.now(), level: event.level, message: event.message.description,
-                               metadata: fields)
+        let time = Self.now()
+        let message = event.message.description
+        if sink == nil, LogBuffer.shared.append(fd: fd, { out, clock in
+            Self.appendLine(to: &out, clock: &clock, format: format, time: time, level: event.level, message: message,
+                            metadata: metadata, extra: event.metadata)
+        }) { return }
+        var clock = LogClock()
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        Self.appendLine(to: &line, clock: &clock, format: format, time: time, level: event.level, message: message,
+                        metadata: metadata, extra: event.metadata)
         if let sink {
-            sink(line)
-        } else if !LogBuffer.shared.append(line, fd: fd) {
-            line.utf8CString.withUnsafeBufferPointer { buffer in
-                // The terminating NUL is not written; a short write to a pipe or file is retried.
-                var offset = 0
-                let count = buffer.count - 1
-                while offset < count {
-                    let n = write(fd, buffer.baseAddress! + offset, count - offset)
-                    if n < 0 { if errno == EINTR { continue } else { return } }
-                    offset += n
-                }
+            sink(String(decoding: line, as: UTF8.self))
+            return
+        }
+        line.withUnsafeBytes { buffer in
+            // A short write to a pipe or file is retried.
+            var offset = 0
+            while offset < buffer.count {
+                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 { if errno == EINTR { continue } else { return } }
+                offset += n
             }
         }
     }
 
-    /// One line, newline included.
+    /// One line, newline included (tests; the handler appends bytes with appendLine).
     static func render(format: LogFormat, time: (seconds: Int, millis: Int), level: Logger.Level, message: String,
                        metadata: Logger.Metadata) -> String {
-        var fields = metadata
-        var text = message
-        var qid: String?
-        if case .string(let id)? = fields.removeValue(forKey: "qid") { qid = id }
-        else if let id = fields.removeValue(forKey: "qid") { qid = id.description }
-        let prefixed = leadingQueueID(message)
-        if qid == nil { qid = prefixed }
-        let ts = timestamp(time)
-        switch format {
-        case .plain:
-            var line = "\(ts) \(level) "
-            if let qid, prefixed != qid { line += "\(qid): " }
-            line += oneLine(text)
-            for key in fields.keys.sorted() { line += " \(key)=\(oneLine(fields[key]!.description))" }
-            return line + "\n"
-        case .json:
-            if let qid, prefixed == qid { text = String(text.dropFirst(qid.count + 2)) }
-            var line = "{\"ts\":\"\(ts)\",\"level\":\"\(level)\""
-            if let qid { line += ",\"qid\":" + jsonString(qid) }
-            line += ",\"msg\":" + jsonString(text)
-            for key in fields.keys.sorted() where !["ts", "level", "qid", "msg"].contains(key) {
-                line += "," + jsonString(key) + ":" + jsonValue(fields[key]!)
-            }
-            return line + "}\n"
-        }
-    }
-
-    /// Control characters (a reply text quoted in an error, say) as "?", so that one event stays one line.
-    static func oneLine(_ text: String) -> String {
-        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
-        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+        var clock = LogClock()
+        var line: [UInt8] = []
+        appendLine(to: &line, clock: &clock, format: format, time: time, level: level, message: message,
+                   metadata: metadata, extra: nil)
+        return String(decoding: line, as: UTF8.self)
     }
 
     /// "0661312EF1B4A7" when the message starts with "0661312EF1B4A7: ".
@@ -146,33 +126,6 @@ public struct TernLogHandler: LogHandler {
         clock_gettime(CLOCK_REALTIME, &ts)
         return (Int(ts.tv_sec), Int(ts.tv_nsec) / 1_000_000)
     }
-
-    /// RFC 3339 in UTC with milliseconds: "2026-11-26T16:46:14.123Z".
-    static func timestamp(_ time: (seconds: Int, millis: Int)) -> String {
-        var t = time_t(time.seconds)
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        func pad(_ v: Int32, _ width: Int) -> String {
-            let s = String(v)
-            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-        }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(time.millis), 3))Z"
-    }
-
-    static func jsonValue(_ value: Logger.Metadata.Value) -> String {
-        switch value {
-        case .string(let s): return jsonString(s)
-        case .stringConvertible(let c): return jsonString(c.description)
-        case .array(let items): return "[" + items.map(jsonValue).joined(separator: ",") + "]"
-        case .dictionary(let d):
-            return "{" + d.keys.sorted().map { jsonString($0) + ":" + jsonValue(d[$0]!) }.joined(separator: ",") + "}"
-        }
-    }
-
-    /// A JSON string (RFC 8259 §7). TOML's basic-string escapes are valid JSON escapes (control
-    /// characters as \uXXXX, plus DEL, which JSON allows either way), so the config writer's does both.
-    static func jsonString(_ s: String) -> String { TOMLWriter.quoted(s) }
 }
 
 
@@ -183,6 +136,7 @@ public final class LogBuffer: @unchecked Sendable {
     public static let shared = LogBuffer()
     private var mutex = pthread_mutex_t()
     private var bytes: [UInt8] = []
+    private var clock = LogClock()
     private var fd: Int32 = -1
     /// Written at once past this size, without waiting for the iteration to end.
     static let limit = 64 * 1024
@@ -205,14 +159,15 @@ public final class LogBuffer: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    /// False when not gathering lines for `fd`: the caller writes the line itself.
-    func append(_ line: String, fd: Int32) -> Bool {
+    /// Has `render` append a line to the gathered bytes, with the buffer's clock (a timestamp prefix
+    /// reused within the second). False when not gathering lines for `fd`: the caller writes the line itself.
+    func append(fd: Int32, _ render: (inout [UInt8], inout LogClock) -> Void) -> Bool {
         pthread_mutex_lock(&mutex)
         guard fd == self.fd else {
             pthread_mutex_unlock(&mutex)
             return false
         }
-        bytes.append(contentsOf: line.utf8)
+        render(&bytes, &clock)
         let full = bytes.count >= Self.limit
         pthread_mutex_unlock(&mutex)
         if full { flush() }
