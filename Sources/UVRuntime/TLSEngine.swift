@@ -140,9 +140,9 @@ public final class TLSContext: @unchecked Sendable {
     /// OpenSSL still builds the peer's chain under SSL_VERIFY_NONE, and with the default paths that
     /// reads the system certificate directory on every handshake (several getdents64 and failed
     /// stats each); with an empty store the chain build ends at once.
-    /// It builds no chain at all either: the peer's certificate is parsed and its key checks the
-    /// handshake's signature, but the chain check, which the caller would ignore, is not made
-    /// (`peerVerified` is false, `verifyError` "application verification failure").
+    /// Nor is the chain built at all: the peer's certificate is parsed and its key checks the
+    /// handshake's signature, but the chain check, whose result the caller would ignore, is not
+    /// made (`peerVerified` is false, `verifyError` "application verification failure").
     public static func unverifiedClient() throws -> TLSContext {
         let context = try TLSContext(server: false)
         SSL_CTX_set_verify(context.raw, SSL_VERIFY_NONE, nil)
