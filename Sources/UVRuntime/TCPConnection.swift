@@ -112,18 +112,23 @@ public final class TCPConnection: UVHandleOwner {
 
     private final class Connector {
         let done: (Result<TCPConnection, UVError>) -> Void
+        let readsAddresses: Bool
         var error: UVError?
-        init(done: @escaping (Result<TCPConnection, UVError>) -> Void) { self.done = done }
+        init(readsAddresses: Bool, done: @escaping (Result<TCPConnection, UVError>) -> Void) {
+            self.readsAddresses = readsAddresses
+            self.done = done
+        }
     }
 
     /// Opens a connection. `done` runs once on the loop thread, never before connect returns:
     /// `.success` with a connected connection (not yet reading), or `.failure` after the handle has
-    /// been closed (UV_ETIMEDOUT when `timeoutMs` passed first).
+    /// been closed (UV_ETIMEDOUT when `timeoutMs` passed first). `readAddresses: false` leaves
+    /// `peerAddress` and `localAddress` nil and saves two system calls (a load generator's connections).
     public static func connect(loop: EventLoop, to address: SocketAddress, bindTo: SocketAddress? = nil,
-                               timeoutMs: UInt64? = nil,
+                               timeoutMs: UInt64? = nil, readAddresses: Bool = true,
                                _ done: @escaping (Result<TCPConnection, UVError>) -> Void) {
         let connection = TCPConnection(loop: loop.raw)
-        let connector = Connector(done: done)
+        let connector = Connector(readsAddresses: readAddresses, done: done)
         connection.connector = connector
         // Every failure below closes the handle; the close callback reports it.
         if let bindTo {
@@ -162,7 +167,7 @@ public final class TCPConnection: UVHandleOwner {
         if status == 0 && state == .open {
             self.connector = nil
             closeTimer()
-            fillAddresses()
+            if connector.readsAddresses { fillAddresses() }
             connector.done(.success(self))
         } else {
             if connector.error == nil { connector.error = UVError(code: status) }

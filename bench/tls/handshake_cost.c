@@ -5,12 +5,16 @@
 // CPU per handshake from the kernel's and Tern's own (bench/tls/README.md).
 //
 //   cc -O2 -o /tmp/handshake_cost bench/tls/handshake_cost.c -lssl -lcrypto
-//   /tmp/handshake_cost CERT KEY [N] [TICKETS] [STORE]
+//   /tmp/handshake_cost CERT KEY [N] [TICKETS] [STORE] [KEYS]
 //
 // TICKETS: TLS 1.3 session tickets per handshake (Tern sends 1; OpenSSL's default is 2).
 // STORE, the client's CA store: none (tern blast), default (SSL_CTX_set_default_verify_paths), or
 // bundle+dir (the default bundle read once and the hashed directory: what delivery uses).
+// KEYS, how the client decodes the server certificate's EC key: provider (OpenSSL 3.0's decoders,
+// the default) or builtin (the built-in EC code through a pkey-method engine, as tern blast does;
+// see Modules/COpenSSL/shim.h); builtin also skips the chain check as tern blast's context does.
 
+#include <openssl/engine.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -41,14 +45,37 @@ static SSL *new_ssl(SSL_CTX *ctx, int server) {
     return ssl;
 }
 
+static int builtin_ec(ENGINE *e, EVP_PKEY_METHOD **pmeth, const int **nids, int nid) {
+    static const int ec[] = { EVP_PKEY_EC };
+    (void)e;
+    if (pmeth == NULL) { *nids = ec; return 1; }
+    *pmeth = nid == EVP_PKEY_EC ? (EVP_PKEY_METHOD *)EVP_PKEY_meth_find(EVP_PKEY_EC) : NULL;
+    return *pmeth != NULL;
+}
+
+static int no_chain_check(X509_STORE_CTX *store, void *arg) {
+    (void)arg;
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s CERT KEY [N] [TICKETS] [none|default|bundle+dir]\n", argv[0]);
+        fprintf(stderr, "usage: %s CERT KEY [N] [TICKETS] [none|default|bundle+dir] [provider|builtin]\n", argv[0]);
         return 64;
     }
     int n = argc > 3 ? atoi(argv[3]) : 2000;
     int tickets = argc > 4 ? atoi(argv[4]) : 1;
     const char *store = argc > 5 ? argv[5] : "none";
+    int builtin = argc > 6 && strcmp(argv[6], "builtin") == 0;
+    if (builtin) {
+        ENGINE *e = ENGINE_new();
+        if (!e || !ENGINE_set_id(e, "builtin-ec") || !ENGINE_set_name(e, "builtin-ec")
+            || !ENGINE_set_pkey_meths(e, builtin_ec) || !ENGINE_register_pkey_meths(e)) {
+            fprintf(stderr, "cannot register the built-in EC engine\n");
+            return 1;
+        }
+    }
 
     SSL_CTX *sctx = SSL_CTX_new(TLS_method());
     SSL_CTX_set_min_proto_version(sctx, TLS1_2_VERSION);
@@ -64,6 +91,7 @@ int main(int argc, char **argv) {
     SSL_CTX *cctx = SSL_CTX_new(TLS_method());
     SSL_CTX_set_min_proto_version(cctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    if (builtin) SSL_CTX_set_cert_verify_callback(cctx, no_chain_check, NULL);
     if (strcmp(store, "default") == 0) {
         SSL_CTX_set_default_verify_paths(cctx);
     } else if (strcmp(store, "bundle+dir") == 0) {
@@ -101,7 +129,8 @@ int main(int argc, char **argv) {
         t = cpu_now(); SSL_read(c, buf, sizeof buf); SSL_free(c); client += cpu_now() - t;
         t = cpu_now(); SSL_free(s); server += cpu_now() - t;
     }
-    printf("%s: %d handshakes, %d ticket(s), client store %s: server %.1f us, client %.1f us of CPU per handshake\n",
-           OpenSSL_version(OPENSSL_VERSION), n, tickets, store, server / n * 1e6, client / n * 1e6);
+    printf("%s: %d handshakes, %d ticket(s), client store %s, %s EC keys: server %.1f us, client %.1f us of CPU per handshake\n",
+           OpenSSL_version(OPENSSL_VERSION), n, tickets, store, builtin ? "builtin" : "provider",
+           server / n * 1e6, client / n * 1e6);
     return 0;
 }
