@@ -47,12 +47,14 @@ static inline long tern_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE
 static inline long tern_SSL_OP_NO_RENEGOTIATION(void) { return (long)SSL_OP_NO_RENEGOTIATION; }
 static inline long tern_SSL_OP_NO_COMPRESSION(void) { return (long)SSL_OP_NO_COMPRESSION; }
 static inline long tern_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return (long)SSL_OP_CIPHER_SERVER_PREFERENCE; }
-// tern blast's client (see TLSContext.decodeECKeysTheLegacyWay): OpenSSL 3.0 decodes the public key of
+// tern blast's client (see TLSContext.decodeECKeysWithBuiltInCode): OpenSSL 3.0 decodes the public key of
 // every certificate it parses through its provider decoders, and setting those up (a search of every
 // decoder and key manager, for each key) costs about 110 us per certificate, more than checking the
 // server's signature. A pkey-method engine for EC makes d2i_X509 use the built-in EC key decoding
 // instead (about 20 us): the same point checks, and the signature is checked by the same EC code.
-// Process-wide, and only for EC keys. Returns 0 where OpenSSL has no engines (nothing changes then).
+// Process-wide and for every operation on EC keys, not only decoding: P-256/P-384 key exchange and
+// ECDSA signatures go through the same built-in EC code too (X25519 is not an EC key here). Only
+// `tern blast` calls it; never `tern serve`. Returns 0 where OpenSSL has no engines (nothing changes).
 #if !defined(OPENSSL_NO_ENGINE) && !defined(OPENSSL_NO_DEPRECATED_3_0)
 #include <openssl/engine.h>
 static inline int tern_legacy_ec_pkey_meths(ENGINE *e, EVP_PKEY_METHOD **pmeth, const int **nids, int nid) {

@@ -62,14 +62,13 @@ public final class BlastRunner {
     /// Why nothing could connect, if so.
     public private(set) var unreachable: String?
     /// Made on the first STARTTLS, shared by every connection. It loads no CA store: the server's
-    /// certificate is not checked, and the store would cost a directory read per handshake. The
-    /// certificate's EC key is decoded by OpenSSL's built-in code (a sixth of blast's CPU per
-    /// handshake otherwise): the client's cost is part of every handshake rate it measures.
+    /// certificate is not checked, and the store would cost a directory read per handshake. (`tern
+    /// blast` also has the certificate's EC key decoded by OpenSSL's built-in code, a sixth of its CPU
+    /// per handshake otherwise: see BlastCommand.)
     var tlsContext: TLSContext?
 
     func clientTLSContext() throws -> TLSContext {
         if let tlsContext { return tlsContext }
-        TLSContext.decodeECKeysWithBuiltInCode()
         let context = try TLSContext.unverifiedClient()
         tlsContext = context
         return context

@@ -56,8 +56,9 @@
 //   none of that batch was acknowledged, and every acknowledged record lies before it.
 // - A stale record would need the file's new number in its segment field: numbers only grow and a
 //   spare is reused within a few segments, so the low 32 bits never come round again in that time.
-// - Only a file whose records are all v2 from offset 0 becomes a spare: a v1 record, which has no
-//   segment field, can never sit at offset 0 of a recycled file and be taken for a new one.
+// - Only a file that does not start with a v1 record becomes a spare, and v1 records are read only in
+//   an unbroken run from offset 0: a v1 record, which has no segment field, is never read back from a
+//   recycled file (one after a v2 record is stale by definition).
 // - A new segment's number is past every `.jnl` and `.free` name at start-up, so no rename ever
 //   replaces a file (checked all the same).
 //
@@ -815,9 +816,12 @@ final class Journal: @unchecked Sendable {
         defer { deletionLock.unlock() }
         var renamed: [String] = []
         var reserved = 0
+        var durable = false
         defer {
+            // Offered for reuse only once their names are durable; after a failure they stay on disk
+            // for the next start-up to find.
             spareLock.lock()
-            spares += renamed
+            if durable { spares += renamed }
             sparesPending -= reserved
             spareLock.unlock()
         }
@@ -837,6 +841,7 @@ final class Journal: @unchecked Sendable {
             if unlink(s.path) != 0 && errno != ENOENT { throw SpoolError("unlink", path: s.path, errno: errno) }
         }
         try Spool.retrying("fsync", path) { fsync(directoryFD) }
+        durable = true
     }
 
     /// Names of the spare files ready for reuse, for tests.

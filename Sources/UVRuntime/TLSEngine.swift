@@ -157,7 +157,9 @@ public final class TLSContext: @unchecked Sendable {
     /// EC public keys are decoded by OpenSSL's built-in EC code instead of its provider decoders,
     /// whose set-up alone costs OpenSSL 3.0 about 110 µs per certificate parsed (more than the
     /// signature check; measured with bench/tls). Same checks of the point and of the signature.
-    /// Process-wide and for good: never in `tern serve`. False where OpenSSL has no engines.
+    /// Process-wide and for good, and for every operation on EC keys (P-256/P-384 key exchange and
+    /// ECDSA too): never in `tern serve`, nor in the test process but in a child of its own. False
+    /// where OpenSSL has no engines.
     @discardableResult
     public static func decodeECKeysWithBuiltInCode() -> Bool {
         legacyECDecoding

@@ -142,6 +142,9 @@ struct BlastCommand: ParsableCommand {
         if s.concurrency + 32 > files {
             throw ValidationError("--concurrency: \(s.concurrency) connections need more file descriptors than the limit of \(files)")
         }
+        // The server certificate's EC key decoded by OpenSSL's built-in code (process-wide, so here in
+        // the command and not in BlastRunner, which the test process shares with every other suite).
+        if s.startTLS { TLSContext.decodeECKeysWithBuiltInCode() }
         let loop = try EventLoop()
         let runner = BlastRunner(loop: loop, settings: s, progressToTerminal: isatty(STDERR_FILENO) != 0)
         var report: BlastReport?

@@ -12,7 +12,7 @@ import Testing
     static let certs = try! ChainCertificates()
 
     /// A full handshake of `client` with a server using the chain file (or `certificate`/`key`).
-    func handshake(_ client: TLSContext, certificate: String? = nil, key: String? = nil) throws -> TLSEngine {
+    static func handshake(_ client: TLSContext, certificate: String? = nil, key: String? = nil) throws -> TLSEngine {
         let server = try TLSEngine(context: .server(certificatePath: certificate ?? Self.certs.leafAndIntermediate,
                                                     keyPath: key ?? Self.certs.key))
         let engine = try TLSEngine(context: client, serverName: "chain.test")
@@ -20,12 +20,12 @@ import Testing
         try engine.send(Array("EHLO blast.test\r\n".utf8))
         try server.send(Array("250 chain.test\r\n".utf8))
         let got = try pump(engine, server)
-        #expect(String(decoding: got.client, as: UTF8.self) == "250 chain.test\r\n")
-        #expect(engine.handshakeComplete && !engine.sessionReused && !server.sessionReused)
+        try #require(String(decoding: got.client, as: UTF8.self) == "250 chain.test\r\n")
+        try #require(engine.handshakeComplete && !engine.sessionReused && !server.sessionReused)
         return engine
     }
 
-    func peerKey(_ engine: TLSEngine) -> OpaquePointer? {
+    static func peerKey(_ engine: TLSEngine) -> OpaquePointer? {
         guard let cert = SSL_get0_peer_certificate(engine.ssl) else { return nil }
         return X509_get0_pubkey(cert)
     }
@@ -41,29 +41,45 @@ import Testing
     @Test func unverifiedClientChecksNoChainEvenWithATrustedRoot() throws {
         // A store that holds the root: a client that checks the chain verifies the server...
         let checking = try TLSContext.client(bundle: Self.certs.root, directory: nil)
-        #expect(try handshake(checking).peerVerified)
+        #expect(try Self.handshake(checking).peerVerified)
         // ...the load generator's context, given the same root, does not build the chain at all,
         // and says so instead of claiming a verified peer.
         let blast = try TLSContext.unverifiedClient()
         #expect(X509_STORE_load_file(SSL_CTX_get_cert_store(blast.raw), Self.certs.root) == 1)
-        let engine = try handshake(blast)
+        let engine = try Self.handshake(blast)
         #expect(!engine.peerVerified)
         #expect(engine.verifyError == "application verification failure", "\(engine.verifyError ?? "")")
     }
 
     // MARK: Built-in EC key decoding
+    //
+    // Registering the engine changes EC keys for the whole process, and every suite shares this one:
+    // each of these tests runs in a child process of its own (an exit test).
 
-    @Test func builtInECDecodingDecodesTheServersKeyAndChecksWithIt() throws {
-        #expect(TLSContext.decodeECKeysWithBuiltInCode())  // Debian's OpenSSL 3 has engines
+    @Test func builtInECDecodingDecodesTheServersKeyAndChecksWithIt() async {
+        await #expect(processExitsWith: .success) { try LoadClientTLSTests.decodesTheServersKeyAndChecksWithIt() }
+    }
+
+    @Test func builtInECDecodingRefusesAPointOffTheCurve() async {
+        await #expect(processExitsWith: .success) { try LoadClientTLSTests.refusesAPointOffTheCurve() }
+    }
+
+    @Test func otherKeysAreDecodedAsBefore() async {
+        await #expect(processExitsWith: .success) { try LoadClientTLSTests.decodesOtherKeysAsBefore() }
+    }
+
+    // In a child process an expectation that fails must end it with a failure: #require throughout.
+    static func decodesTheServersKeyAndChecksWithIt() throws {
+        try #require(TLSContext.decodeECKeysWithBuiltInCode())  // Debian's OpenSSL 3 has engines
         let engine = try handshake(try TLSContext.unverifiedClient())
         let key = try #require(peerKey(engine))
         // Decoded by the built-in EC code: a key no provider holds (a provider-decoded one names its
         // provider), and the same key as in the server's certificate.
-        #expect(EVP_PKEY_get0_provider(key) == nil)
-        #expect(String(cString: EVP_PKEY_get0_type_name(key)) == "EC")
+        try #require(EVP_PKEY_get0_provider(key) == nil)
+        try #require(String(cString: EVP_PKEY_get0_type_name(key)) == "EC")
         let leaf = try #require(Self.certificate(Self.certs.leafOnly))
         defer { X509_free(leaf) }
-        #expect(EVP_PKEY_eq(key, X509_get0_pubkey(leaf)) == 1)
+        try #require(EVP_PKEY_eq(key, X509_get0_pubkey(leaf)) == 1)
 
         // It checks signatures: one the server's private key made over these bytes, not others.
         let keyBIO = try #require(BIO_new_file(Self.certs.key, "r"))
@@ -75,21 +91,21 @@ import Testing
         var length = signature.count
         let signing = EVP_MD_CTX_new()
         defer { EVP_MD_CTX_free(signing) }
-        #expect(EVP_DigestSignInit(signing, nil, EVP_sha256(), nil, privateKey) == 1)
-        #expect(EVP_DigestSign(signing, &signature, &length, message, message.count) == 1)
+        try #require(EVP_DigestSignInit(signing, nil, EVP_sha256(), nil, privateKey) == 1)
+        try #require(EVP_DigestSign(signing, &signature, &length, message, message.count) == 1)
         func verifies(_ data: [UInt8]) -> Bool {
             let verifying = EVP_MD_CTX_new()
             defer { EVP_MD_CTX_free(verifying) }
             guard EVP_DigestVerifyInit(verifying, nil, EVP_sha256(), nil, key) == 1 else { return false }
             return EVP_DigestVerify(verifying, signature, length, data, data.count) == 1
         }
-        #expect(verifies(message))
-        #expect(!verifies(Array("TLS 1.3, server CertificateVerify!".utf8)))
+        try #require(verifies(message))
+        try #require(!verifies(Array("TLS 1.3, server CertificateVerify!".utf8)))
         ERR_clear_error()
     }
 
-    @Test func builtInECDecodingRefusesAPointOffTheCurve() throws {
-        #expect(TLSContext.decodeECKeysWithBuiltInCode())
+    static func refusesAPointOffTheCurve() throws {
+        try #require(TLSContext.decodeECKeysWithBuiltInCode())
         let leaf = try #require(Self.certificate(Self.certs.leafOnly))
         defer { X509_free(leaf) }
         var der: UnsafeMutablePointer<UInt8>?
@@ -104,17 +120,17 @@ import Testing
                 return X509_get0_pubkey(cert) != nil
             }
         }
-        #expect(parsedKey(bytes))
+        try #require(parsedKey(bytes))
         // The key is a BIT STRING of 66 bytes: no unused bits, 04 (uncompressed), x, y.
         let start = try #require((0..<(bytes.count - 4)).first { bytes[$0..<($0 + 4)] == [0x03, 0x42, 0x00, 0x04] })
         var bad = bytes
         bad[start + 4 + 10] ^= 0x01  // a bit of x: (x, y) is no longer on P-256
-        #expect(!parsedKey(bad))
+        try #require(!parsedKey(bad))
         ERR_clear_error()
     }
 
-    @Test func otherKeysAreDecodedAsBefore() throws {
-        TLSContext.decodeECKeysWithBuiltInCode()
+    static func decodesOtherKeysAsBefore() throws {
+        try #require(TLSContext.decodeECKeysWithBuiltInCode())
         let d = Self.certs.directory
         try TestCertificates.shell("""
             cd \(d) && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=chain.test \
@@ -122,8 +138,8 @@ import Testing
             """)
         let engine = try handshake(try TLSContext.unverifiedClient(), certificate: d + "/rsa.pem", key: d + "/rsa-key.pem")
         let key = try #require(peerKey(engine))
-        #expect(String(cString: EVP_PKEY_get0_type_name(key)) == "RSA")
-        #expect(EVP_PKEY_get0_provider(key) != nil)  // the provider decoders, as everywhere else
+        try #require(String(cString: EVP_PKEY_get0_type_name(key)) == "RSA")
+        try #require(EVP_PKEY_get0_provider(key) != nil)  // the provider decoders, as everywhere else
     }
 
     // MARK: Connections without their addresses
