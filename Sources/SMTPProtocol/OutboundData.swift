@@ -108,7 +108,12 @@ func scanForLineEnd(_ base: UnsafePointer<UInt8>, from start: Int, count: Int, s
         let v = UnsafeRawPointer(base + j).loadUnaligned(as: SIMD16<UInt8>.self)
         var found = (v .== crs16) .| (v .== lfs16)
         if stopAtNUL { found = found .| (v .== SIMD16<UInt8>()) }
-        if any(found) { break }
+        if any(found) {
+            // The first lane that matched, from the mask as two little-endian words (0xFF per lane):
+            // no second pass over the block to find it.
+            let lanes = unsafeBitCast(SIMD16<UInt8>().replacing(with: 0xFF, where: found), to: SIMD2<UInt64>.self)
+            return j + (lanes[0] != 0 ? lanes[0].trailingZeroBitCount : 64 + lanes[1].trailingZeroBitCount) / 8
+        }
         j += 16
     }
     let ones: UInt64 = 0x0101_0101_0101_0101

@@ -189,8 +189,10 @@ public struct ServerSession {
     /// the decoder holds back (a CR, a header line) never make it double again.
     static let dataBuffer = 256 * 1024
     static let dataChunk = dataBuffer - 4096
-    /// Reserved when DATA starts, not before: sessions outside DATA hold no buffer.
-    static let dataReserve = 64 * 1024
+    /// Reserved when DATA starts, not before: sessions outside DATA hold no buffer. 128 KiB, so that a
+    /// message up to that size never grows it (a doubling copies what came so far); a smaller message
+    /// leaves in an array of its own size at the end of DATA, so this is held only while DATA lasts.
+    static let dataReserve = 128 * 1024
 
     /// `implicitTLS`: the connection is under TLS from its start (RFC 8314 submissions).
     public init(config: ServerConfiguration, client: PeerInfo, implicitTLS: Bool = false) {

@@ -136,4 +136,35 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
             }
         }
     }
+
+    /// Several line ends in one sixteen-byte block (the first matching lane is taken from the mask):
+    /// random bytes drawn mostly from CR, LF, NUL and letters, every start.
+    @Test func theFirstOfSeveralInABlockIsFound() {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        let alphabet: [UInt8] = [13, 10, 0, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77]
+        for round in 0..<300 {
+            let length = Int(next() % 80)
+            let bytes = (0..<length).map { _ in alphabet[Int(next() % UInt64(round % 2 == 0 ? 16 : 5))] }
+            for start in 0...length {
+                for stopAtNUL in [false, true] {
+                    let expected = (start..<length).first {
+                        bytes[$0] == 13 || bytes[$0] == 10 || (stopAtNUL && bytes[$0] == 0)
+                    } ?? length
+                    let got = bytes.withUnsafeBufferPointer {
+                        scanForLineEnd($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, from: start,
+                                       count: length, stopAtNUL: stopAtNUL)
+                    }
+                    #expect(got == expected, "round \(round) start \(start)")
+                    if got != expected { return }
+                }
+            }
+        }
+    }
 }
