@@ -150,13 +150,39 @@ final class InboundSession {
         connection.write(tls.takeOutput())
     }
 
+    /// The idle timeout moves with every read, and reads come many times a message: only the deadline
+    /// moves (loop milliseconds); the timer, once started, fires at or before it and is started again
+    /// for what is left, instead of a stop and start of the uv timer (and a new closure) per read.
+    private var idleDeadline: UInt64 = 0
+    /// When the running timer fires (loop milliseconds).
+    private var timerDue: UInt64 = 0
+
     private func armTimer() {
         guard !closed, let timer else { return }
         let seconds = machine.phase == .data ? server.config.server.dataTimeout : server.config.server.commandTimeout
-        timer.start(afterMilliseconds: UInt64(seconds * 1000)) { [unowned self] in
-            self.log("timeout after \(self.machine.phase) from \(self.clientIP)")
-            self.perform(self.machine.timedOut())
+        let now = server.loop.nowMilliseconds
+        idleDeadline = now + UInt64(seconds * 1000)
+        // A timer that fires later than the new deadline (a shorter timeout now) is started again.
+        if timer.isActive && timerDue <= idleDeadline { return }
+        startTimer(now: now)
+    }
+
+    private func startTimer(now: UInt64) {
+        guard let timer else { return }
+        timerDue = idleDeadline
+        timer.start(afterMilliseconds: idleDeadline > now ? idleDeadline - now : 0) { [unowned self] in
+            self.timerFired()
         }
+    }
+
+    private func timerFired() {
+        let now = server.loop.nowMilliseconds
+        if now < idleDeadline {
+            startTimer(now: now)  // there was activity since it was started
+            return
+        }
+        log("timeout after \(machine.phase) from \(clientIP)")
+        perform(machine.timedOut())
     }
 
     /// Carries out what the state machine asked for, in order.
