@@ -302,7 +302,23 @@ final class OutboundConnection {
         default: seconds = d.commandTimeout
         }
         if timer == nil { timer = Timer(loop: manager.loop) }
-        timer!.start(afterMilliseconds: UInt64(seconds * 1000)) { [unowned self] in
+        // As InboundSession's: only the deadline moves per reply and write; the timer is started
+        // again only when it must fire sooner, or when it fires before the deadline.
+        let now = manager.loop.nowMilliseconds
+        deadline = now + UInt64(seconds * 1000)
+        if timer!.isActive && timerDue <= deadline { return }
+        startTimer(now: now)
+    }
+
+    /// When the phase's timeout runs out (loop milliseconds), and when the running timer fires.
+    private var deadline: UInt64 = 0
+    private var timerDue: UInt64 = 0
+
+    private func startTimer(now: UInt64) {
+        timerDue = deadline
+        timer?.start(afterMilliseconds: deadline > now ? deadline - now : 0) { [unowned self] in
+            let now = self.manager.loop.nowMilliseconds
+            if now < self.deadline { return self.startTimer(now: now) }
             if self.idleTicket != nil {
                 // No message for this destination within connection_cache_time: QUIT, slot back.
                 self.finish()
