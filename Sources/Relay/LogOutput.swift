@@ -86,15 +86,7 @@ public struct TernLogHandler: LogHandler {
             sink(String(decoding: line, as: UTF8.self))
             return
         }
-        line.withUnsafeBytes { buffer in
-            // A short write to a pipe or file is retried.
-            var offset = 0
-            while offset < buffer.count {
-                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if n < 0 { if errno == EINTR { continue } else { return } }
-                offset += n
-            }
-        }
+        writeFully(fd, line)
     }
 
     /// One line, newline included (tests; the handler appends bytes with appendLine).
@@ -183,14 +175,20 @@ public final class LogBuffer: @unchecked Sendable {
     /// Caller holds the mutex.
     private func writeGathered() {
         guard fd >= 0, !bytes.isEmpty else { return }
-        bytes.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if n < 0 { if errno == EINTR { continue } else { break } }
-                offset += n
-            }
-        }
+        writeFully(fd, bytes)
         bytes.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Writes all of `bytes` to `fd`, retrying short writes and EINTR; gives up on any other error (a log
+/// line that cannot be written is dropped, never retried for ever).
+func writeFully(_ fd: Int32, _ bytes: [UInt8]) {
+    bytes.withUnsafeBytes { buffer in
+        var offset = 0
+        while offset < buffer.count {
+            let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if n < 0 { if errno == EINTR { continue } else { return } }
+            offset += n
+        }
     }
 }

@@ -111,6 +111,18 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
 }
 
 @Suite struct LineEndScanTests {
+    /// scanForLineEnd's answer and a byte-by-byte search's, from `start`.
+    static func scan(_ bytes: [UInt8], from start: Int, stopAtNUL: Bool) -> (got: Int, expected: Int) {
+        let expected = (start..<bytes.count).first {
+            bytes[$0] == 13 || bytes[$0] == 10 || (stopAtNUL && bytes[$0] == 0)
+        } ?? bytes.count
+        let got = bytes.withUnsafeBufferPointer {
+            scanForLineEnd($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, from: start, count: bytes.count,
+                           stopAtNUL: stopAtNUL)
+        }
+        return (got, expected)
+    }
+
     /// The scan takes sixteen bytes, then eight, then one at a time: a CR, LF or NUL at any offset from
     /// any start, and none at all, must give what a byte-by-byte search gives.
     @Test func agreesWithAByteByByteSearch() {
@@ -121,13 +133,7 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
                     if hit >= 0 { bytes[hit] = value }
                     for start in [0, 1, 7, 15, 17] where start <= length {
                         for stopAtNUL in [false, true] {
-                            let expected = (start..<length).first {
-                                bytes[$0] == 13 || bytes[$0] == 10 || (stopAtNUL && bytes[$0] == 0)
-                            } ?? length
-                            let got = bytes.withUnsafeBufferPointer {
-                                scanForLineEnd($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, from: start,
-                                               count: length, stopAtNUL: stopAtNUL)
-                            }
+                            let (got, expected) = Self.scan(bytes, from: start, stopAtNUL: stopAtNUL)
                             #expect(got == expected, "length \(length) hit \(hit) value \(value) start \(start)")
                             if got != expected { return }
                         }
@@ -154,13 +160,7 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
             let bytes = (0..<length).map { _ in alphabet[Int(next() % UInt64(round % 2 == 0 ? 16 : 5))] }
             for start in 0...length {
                 for stopAtNUL in [false, true] {
-                    let expected = (start..<length).first {
-                        bytes[$0] == 13 || bytes[$0] == 10 || (stopAtNUL && bytes[$0] == 0)
-                    } ?? length
-                    let got = bytes.withUnsafeBufferPointer {
-                        scanForLineEnd($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, from: start,
-                                       count: length, stopAtNUL: stopAtNUL)
-                    }
+                    let (got, expected) = Self.scan(bytes, from: start, stopAtNUL: stopAtNUL)
                     #expect(got == expected, "round \(round) start \(start)")
                     if got != expected { return }
                 }

@@ -187,33 +187,32 @@ def test_activity_resets_idle_timeout(start_tern):
 
 def test_timeouts_follow_the_phase(start_tern):
     # The timer keeps running between reads and is moved only when it must fire sooner: DATA's
-    # shorter timeout (here) takes effect at once, and the command timeout again after the message.
+    # shorter timeout (first case) takes effect at once, and the command timeout again after the
+    # message (second case).
+    def into_data(t, then: bytes = b""):
+        c = t.connect(timeout=20)
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@relay.test>"), 250)
+        assert_reply(c.cmd("DATA"), 354)
+        if then:
+            c.send(then)
+            assert_reply(c.read_reply(), 250)
+        return c
+
+    def assert_times_out(c, what: str):
+        with c:
+            started = time.monotonic()
+            r = c.read_reply()
+            waited = time.monotonic() - started
+            assert_reply(r, 421, "4.4.2")
+            assert 1.5 <= waited <= 8, f"timed out after {waited:.1f}s {what}"
+
     t = start_tern(server={"command_timeout": "30s", "data_timeout": "2s"})
-    with t.connect(timeout=20) as c:
-        c.greeting()
-        c.ehlo()
-        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
-        assert_reply(c.cmd("RCPT TO:<b@relay.test>"), 250)
-        assert_reply(c.cmd("DATA"), 354)
-        started = time.monotonic()
-        r = c.read_reply()
-        waited = time.monotonic() - started
-        assert_reply(r, 421, "4.4.2")
-        assert 1.5 <= waited <= 8, f"timed out after {waited:.1f}s in DATA with data_timeout 2s"
+    assert_times_out(into_data(t), "in DATA with data_timeout 2s")
     t2 = start_tern(server={"command_timeout": "2s", "data_timeout": "30s"})
-    with t2.connect(timeout=20) as c:
-        c.greeting()
-        c.ehlo()
-        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
-        assert_reply(c.cmd("RCPT TO:<b@relay.test>"), 250)
-        assert_reply(c.cmd("DATA"), 354)
-        c.send(b"Subject: t\r\n\r\nbody\r\n.\r\n")
-        assert_reply(c.read_reply(), 250)
-        started = time.monotonic()
-        r = c.read_reply()
-        waited = time.monotonic() - started
-        assert_reply(r, 421, "4.4.2")
-        assert 1.5 <= waited <= 8, f"timed out after {waited:.1f}s after DATA with command_timeout 2s"
+    assert_times_out(into_data(t2, b"Subject: t\r\n\r\nbody\r\n.\r\n"), "after DATA with command_timeout 2s")
 
 
 def test_vrfy_expn_disabled(start_tern):
