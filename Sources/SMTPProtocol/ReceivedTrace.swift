@@ -9,6 +9,15 @@
 // the hop before it, and dates should not go backwards. This is how a postmaster spots a forged
 // header: a spammer can write any lines below his own hop, but not above it.
 //
+// Trust, as a postmaster reads a header: only the hops written by MTAs he trusts (his own, and the
+// hosts he names) are facts. Walking down from the top, a trusted MTA's hop names its client; when
+// that client is trusted too (named, or on loopback: the same machine), the hop below is also a fact.
+// The first hop whose client is not trusted is the boundary: there the trusted MTA recorded the
+// client's address and reverse DNS name, and the client's HELO name is only a claim. A HELO that
+// disagrees with what the MTA recorded is flagged, naming the real sender; every hop below the
+// boundary was written by that sender and is reported as unverified (it may be consistent and true,
+// but nothing proves it).
+//
 // The clause grammar is lenient on purpose, to read what Postfix, Exim, Sendmail, Gmail, Exchange
 // and Tern write: a clause's value is one word, words that follow it until the next keyword belong to
 // it (Exchange writes "with Microsoft SMTP Server"), and comments (nested parentheses) attach to the
@@ -59,6 +68,76 @@ public struct ReceivedHop: Sendable, Equatable {
         names.remove("")
         return names
     }
+
+    /// The name the client gave in HELO/EHLO, as this hop recorded it: Exim's "helo=NAME" and
+    /// qmail's "(HELO NAME)" in the comment (where the from-domain is the reverse DNS name), else the
+    /// from-domain itself (Postfix, Sendmail, Tern: "from HELO (RDNS [IP])").
+    public var heloName: String? {
+        for comment in fromComments {
+            let words = commentWords(comment)
+            for (i, word) in words.enumerated() {
+                if word.lowercased().hasPrefix("helo=") { return String(word.dropFirst(5)) }
+                if word.uppercased() == "HELO", i + 1 < words.count { return words[i + 1] }
+            }
+        }
+        return from
+    }
+
+    /// The client's reverse DNS name as the receiving MTA looked it up: the host name beside the
+    /// address in the from comment ("(turmeric.com [104.128.23.115])"), or Exim's and qmail's
+    /// from-domain when the HELO name is in the comment. Nil when the MTA found none ("unknown").
+    public var reverseName: String? {
+        let heloInComment = fromComments.contains { comment in
+            let words = commentWords(comment)
+            return words.contains { $0.lowercased().hasPrefix("helo=") || $0.uppercased() == "HELO" }
+        }
+        if heloInComment {
+            guard let from, addressIn(from) == nil, looksLikeHost(from) else { return nil }
+            return from
+        }
+        // Only the comment that holds the address: another comment may carry words with dots
+        // ("using TLSv1.3 with cipher ...").
+        guard let comment = fromComments.first(where: { addressInComment($0) != nil }) else { return nil }
+        return commentWords(comment).first { word in
+            addressIn(word) == nil && !word.hasPrefix("[") && looksLikeHost(word)
+        }
+    }
+
+    /// The client as the receiving MTA recorded it: "turmeric.com [104.128.23.115]", the address
+    /// alone, or the HELO name when nothing else was recorded.
+    public var clientAsRecorded: String? {
+        switch (reverseName, fromIP) {
+        case let (name?, ip?): return "\(name) [\(ip)]"
+        case let (name?, nil): return name
+        case let (nil, ip?): return heloName.map { "[\(ip)] (HELO \($0))" } ?? "[\(ip)]"
+        case (nil, nil): return heloName
+        }
+    }
+
+    /// The HELO name contradicts what the receiving MTA recorded: an address literal that is not
+    /// the client's address, or a name that is not the client's reverse DNS name. Without a reverse
+    /// name a HELO name cannot be checked and is not held against the client.
+    var heloDisagrees: Bool {
+        guard let helo = heloName.map(normalizedHost), !helo.isEmpty else { return false }
+        if addressIn(heloName!) != nil {
+            guard let ip = fromIP else { return false }
+            return helo != normalizedHost(ip)
+        }
+        guard let reverse = reverseName else { return false }
+        return helo != normalizedHost(reverse)
+    }
+
+    /// The client is one of `trusted` (by its reverse name or address, never by its HELO name, which
+    /// it chose), on loopback (the same machine), or not a network client at all (no from clause:
+    /// a local hand-over).
+    func clientIsTrusted(_ trusted: Set<String>) -> Bool {
+        if from == nil { return true }
+        if let ip = fromIP {
+            if isLoopback(ip) || trusted.contains(normalizedHost(ip)) { return true }
+        }
+        if let name = reverseName, trusted.contains(normalizedHost(name)) { return true }
+        return false
+    }
 }
 
 /// Something in the chain that looks forged or broken. `hop` counts from 1 at the oldest (bottom) field.
@@ -69,6 +148,7 @@ public struct TraceFinding: Sendable, Equatable, CustomStringConvertible {
         case dateBackwards     // older than the hop before it
         case dateInFuture
         case notedByMTA        // the receiving MTA said so itself ("may be forged")
+        case forgedHelo        // at the first untrusted hop: HELO disagrees with what the trusted MTA recorded
     }
     public var hop: Int
     public var kind: Kind
@@ -81,16 +161,32 @@ public struct ReceivedTrace: Sendable, Equatable {
     /// Oldest first: hops[0] is the bottom Received field, the first MTA the message passed through.
     public var hops: [ReceivedHop]
     public var findings: [TraceFinding]
+    /// The first untrusted hop (0-based): the topmost hop whose writer is trusted and whose client
+    /// is not. Nil when every hop's client is trusted, or there are no hops.
+    public var boundary: Int?
+    /// The client of the boundary hop as the trusted MTA recorded it: who sent the message, and so
+    /// who wrote every hop below.
+    public var sender: String?
 
     /// - Parameters:
     ///   - message: the message, or at least its header section (reading stops at the first empty
     ///     line). CRLF or bare LF line ends.
     ///   - now: seconds since the epoch, for dates in the future.
     ///   - allowedSkew: seconds a clock may be off before a date counts as backwards or in the future.
-    public init(message: [UInt8], now: Int, allowedSkew: Int = 0) {
+    ///   - trusted: hosts (names or addresses) whose hops are facts, besides the top hop's writer,
+    ///     which is always trusted (the MTA that stored the message).
+    public init(message: [UInt8], now: Int, allowedSkew: Int = 0, trusted: Set<String> = []) {
         let fields = receivedFields(of: message)
         hops = fields.reversed().map(parseReceived)
         findings = []
+        let trustedNames = Set(trusted.map(normalizedHost))
+        // Down from the top while each trusted writer's client is trusted too.
+        var top = hops.count - 1
+        while top >= 0 && hops[top].clientIsTrusted(trustedNames) { top -= 1 }
+        if top >= 0 {
+            boundary = top
+            sender = hops[top].clientAsRecorded
+        }
         for (index, hop) in hops.enumerated() {
             let number = index + 1
             for problem in hop.problems {
@@ -103,6 +199,11 @@ public struct ReceivedTrace: Sendable, Equatable {
             if let date = hop.date, date > now + allowedSkew {
                 findings.append(TraceFinding(hop: number, kind: .dateInFuture,
                                              message: "date \(hop.dateText ?? "") is \(formatDelay(date - now)) in the future"))
+            }
+            if index == boundary, hop.heloDisagrees, let sender {
+                findings.append(TraceFinding(hop: number, kind: .forgedHelo, message:
+                    "HELO \(hop.heloName!), but \(hop.by ?? "the trusted MTA") recorded the client as \(sender): "
+                    + "the message came from \(sender)"))
             }
             guard index > 0 else { continue }
             let previous = hops[index - 1]
@@ -118,6 +219,11 @@ public struct ReceivedTrace: Sendable, Equatable {
                                              message: "date goes backwards: \(formatDelay(before - date)) before hop \(index)"))
             }
         }
+    }
+
+    /// Hop `index` (0-based) lies below the first untrusted hop: written by the sender, unverified.
+    public func isUnverified(_ index: Int) -> Bool {
+        boundary.map { index < $0 } ?? false
     }
 
     /// Seconds between hop `index` (0-based) and the one before it, when both dates are known.
@@ -297,7 +403,9 @@ func parseReceived(_ raw: String) -> ReceivedHop {
         }
     }
     if let from = hop.from {
-        hop.fromIP = addressIn(from) ?? hop.fromComments.lazy.compactMap(addressInComment).first
+        // The address the receiving MTA recorded (in the comment) before an address literal in the
+        // from-domain, which is the client's HELO in most MTAs' form, its claim.
+        hop.fromIP = hop.fromComments.lazy.compactMap(addressInComment).first ?? addressIn(from)
     }
     if hop.from == nil && hop.by == nil && hop.with == nil {
         // Nothing of a trace field: one finding says so, rather than one per missing part.
@@ -473,6 +581,22 @@ func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
     let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
     return era * 146_097 + doe - 719_468
+}
+
+/// Text from a message made safe for a terminal: control characters (C0, DEL and C1, which a
+/// terminal may act on) written as \u{1B}; everything else as it is.
+public func terminalSafe(_ text: String) -> String {
+    var out = ""
+    out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+    for scalar in text.unicodeScalars {
+        let v = scalar.value
+        if v < 0x20 || (0x7F...0x9F).contains(v) {
+            out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
 }
 
 /// 0 → "0s", 75 → "1m15s", 7260 → "2h01m", 90000 → "1d01h".

@@ -16,7 +16,14 @@ struct Trace: ParsableCommand {
             Reads a stored message (a spool .msg file, an .eml, a mailbox export of one message) or stdin \
             with "-" or no FILE. Flags: a hop whose from (HELO name, reverse DNS name or address) does not \
             match the by of the hop before it; dates that go backwards or lie in the future; fields it \
-            cannot parse. Exits 0 when nothing is flagged, 1 when something is.
+            cannot parse.
+            Trust: the top hop (written by the MTA that stored the message), this machine's hostname and \
+            each --trust host are trusted. Walking down, a hop is a fact while the hop above it received the \
+            message from a trusted client (by its reverse DNS name or address, or over loopback). At the \
+            first untrusted client the HELO name must agree with the reverse name or address the trusted \
+            MTA recorded, or it is flagged, naming the real sender; every hop below it was written by that \
+            sender and is shown as unverified.
+            Exits 0 when nothing is flagged, 1 when something is.
             """)
 
     @Argument(help: "The message file; \"-\" or nothing for stdin.")
@@ -25,14 +32,22 @@ struct Trace: ParsableCommand {
     @Option(name: .long, help: "Seconds of clock skew between hosts to tolerate before flagging a date.")
     var allowSkew: Int = 0
 
+    @Option(name: .long, help: ArgumentHelp("A host (name or address) whose Received hops are trusted; repeat or comma-separate.",
+                                             valueName: "host"))
+    var trust: [String] = []
+
     func run() throws {
         let path = file ?? "-"
         guard let bytes = readHeaderSection(path) else {
             fputs("tern trace: \(path): \(String(cString: strerror(errno)))\n", stderr)
             throw ExitCode(2)
         }
-        let trace = ReceivedTrace(message: bytes, now: time(nil), allowedSkew: max(0, allowSkew))
-        print(render(trace), terminator: "")
+        var trusted = Set(trust.flatMap { $0.split(separator: ",").map { String($0) } })
+        if let mine = hostName() { trusted.insert(mine) }
+        let trace = ReceivedTrace(message: bytes, now: time(nil), allowedSkew: max(0, allowSkew), trusted: trusted)
+        // Header text may hold control characters: nothing reaches the terminal unescaped.
+        print(render(trace).split(separator: "\n", omittingEmptySubsequences: false)
+            .map { terminalSafe(String($0)) }.joined(separator: "\n"), terminator: "")
         if !trace.findings.isEmpty { throw ExitCode(1) }
     }
 
@@ -54,15 +69,34 @@ struct Trace: ParsableCommand {
             var date = hop.dateText ?? "-"
             if let seconds = trace.delay(ofHop: index) { date += "  (delay \(formatDelay(seconds)))" }
             out += pad + "date  \(date)\n"
+            if trace.isUnverified(index) {
+                out += pad + "trust unverified: written by the sender, \(trace.sender ?? "unknown")\n"
+            } else if index == trace.boundary {
+                out += pad + "trust trusted; its client is the sender, \(trace.sender ?? "unknown")\n"
+            } else {
+                out += pad + "trust trusted\n"
+            }
             for finding in trace.findings where finding.hop == index + 1 {
                 out += pad + "!     \(finding.message)\n"
             }
         }
         let n = trace.findings.count
         out += "\(trace.hops.count) hop\(trace.hops.count == 1 ? "" : "s"), "
-            + (n == 0 ? "nothing flagged\n" : "\(n) flagged\n")
-        return out
+            + (n == 0 ? "nothing flagged" : "\(n) flagged")
+        if let boundary = trace.boundary, boundary > 0 {
+            let hops = boundary == 1 ? "hop 1" : "hops 1-\(boundary)"
+            out += "; \(hops) unverified (written by the sender, \(trace.sender ?? "unknown"))"
+        }
+        return out + "\n"
     }
+}
+
+/// This machine's host name (trusted: a hop it wrote is ours).
+private func hostName() -> String? {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
+    let name = String(cString: buffer)
+    return name.isEmpty ? nil : name
 }
 
 /// The file's bytes up to the end of its header section (the body can be large and is not needed).

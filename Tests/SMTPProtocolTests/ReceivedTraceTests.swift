@@ -61,11 +61,86 @@ import Testing
             "Received: from bank.example (dsl-66.isp.example [203.0.113.66])\r\n\tby mx.example.org (Postfix) with ESMTP id 7AB; Thu, 26 Nov 2026 16:46:20 +0000",
             "Received: from workstation (internal [10.0.0.5])\r\n\tby mail.bank.example (Postfix) with ESMTP id 11A; Thu, 26 Nov 2026 16:46:10 +0000",
         ]
+        // The top hop is also the first untrusted one, and its client said HELO bank.example from an
+        // address whose reverse name is dsl-66.isp.example: that is flagged too.
         let trace = ReceivedTrace(message: Self.message(fields), now: Self.later)
-        #expect(trace.findings.count == 1)
-        #expect(trace.findings.first?.kind == .brokenChain)
-        #expect(trace.findings.first?.hop == 2)
-        #expect(trace.findings.first?.message.contains("mail.bank.example") == true)
+        #expect(trace.findings.map(\.kind) == [.forgedHelo, .brokenChain])
+        #expect(trace.findings.map(\.hop) == [2, 2])
+        #expect(trace.findings[0].message.contains("dsl-66.isp.example [203.0.113.66]"))
+        #expect(trace.findings[1].message.contains("mail.bank.example"))
+        #expect(trace.boundary == 1)
+        #expect(trace.isUnverified(0) && !trace.isUnverified(1))
+    }
+
+    // The classic forged chain: the receiving site's MTA (top) recorded that the client said HELO
+    // galangal.org from an address that resolves to turmeric.com. The two hops below were written
+    // by turmeric.com itself; each names the hop below it, so the chain alone looks whole.
+    static let classic = [
+        "Received: from galangal.org (turmeric.com [104.128.23.115]) by mail.bieberdorf.edu (8.8.8.5); Thu, 26 Nov 2026 16:46:20 +0000",
+        "Received: from lemongrass.org by galangal.org (8.7.3); Thu, 26 Nov 2026 16:46:17 +0000",
+        "Received: from graprao.com by lemongrass.org (8.6.4); Thu, 26 Nov 2026 16:46:14 +0000",
+    ]
+
+    @Test func classicForgedChain() {
+        let trace = ReceivedTrace(message: Self.message(Self.classic), now: Self.later)
+        #expect(trace.hops.count == 3)
+        #expect(trace.findings.map(\.kind) == [.forgedHelo])
+        #expect(trace.findings.first?.hop == 3)
+        #expect(trace.findings.first?.message
+            == "HELO galangal.org, but mail.bieberdorf.edu recorded the client as turmeric.com [104.128.23.115]: the message came from turmeric.com [104.128.23.115]")
+        #expect(trace.boundary == 2)
+        #expect(trace.sender == "turmeric.com [104.128.23.115]")
+        #expect(trace.isUnverified(0) && trace.isUnverified(1) && !trace.isUnverified(2))
+    }
+
+    @Test func consistentClassicChainPassesButBelowIsUnverified() {
+        var fields = Self.classic
+        fields[0] = fields[0].replacingOccurrences("(turmeric.com", "(galangal.org")
+        let trace = ReceivedTrace(message: Self.message(fields), now: Self.later)
+        #expect(trace.findings == [])
+        #expect(trace.boundary == 2)
+        #expect(trace.sender == "galangal.org [104.128.23.115]")
+        #expect(trace.isUnverified(1) && !trace.isUnverified(2))
+    }
+
+    @Test func trustedHostsMoveTheBoundaryDown() {
+        // Trusting turmeric.com (by name or address, never by HELO) makes its hop a fact: the
+        // boundary moves to the hop it wrote, whose client named itself only by HELO.
+        for host in ["turmeric.com", "104.128.23.115", "TURMERIC.COM."] {
+            let trace = ReceivedTrace(message: Self.message(Self.classic), now: Self.later, trusted: [host])
+            #expect(trace.findings == [], "\(host)")
+            #expect(trace.boundary == 1, "\(host)")
+            #expect(trace.sender == "lemongrass.org", "\(host)")
+        }
+        // The HELO name the client chose earns it nothing.
+        let trace = ReceivedTrace(message: Self.message(Self.classic), now: Self.later, trusted: ["galangal.org"])
+        #expect(trace.boundary == 2)
+        #expect(trace.findings.map(\.kind) == [.forgedHelo])
+    }
+
+    @Test(arguments: [
+        // Exim: the reverse name first, the HELO in the comment (written only when they differ).
+        ("Received: from turmeric.com ([104.128.23.115] helo=galangal.org) by mx.test with esmtp id 1; Thu, 26 Nov 2026 16:46:20 +0000", true),
+        ("Received: from turmeric.com ([104.128.23.115]) by mx.test with esmtp id 1; Thu, 26 Nov 2026 16:46:20 +0000", false),
+        ("Received: from [104.128.23.115] (helo=galangal.org) by mx.test with esmtp id 1; Thu, 26 Nov 2026 16:46:20 +0000", false),
+        // qmail: reverse name "unknown", so the HELO cannot be checked.
+        ("Received: from unknown (HELO galangal.org) (104.128.23.115) by mx.test with SMTP; Thu, 26 Nov 2026 16:46:20 +0000", false),
+        ("Received: from turmeric.com (HELO galangal.org) (104.128.23.115) by mx.test with SMTP; Thu, 26 Nov 2026 16:46:20 +0000", true),
+        // Postfix: no reverse name; a HELO literal must be the client's address.
+        ("Received: from galangal.org (unknown [104.128.23.115]) by mx.test (Postfix) with ESMTP id 1; Thu, 26 Nov 2026 16:46:20 +0000", false),
+        ("Received: from [104.128.23.115] (unknown [104.128.23.115]) by mx.test (Postfix) with ESMTP id 1; Thu, 26 Nov 2026 16:46:20 +0000", false),
+        ("Received: from [192.0.2.1] (unknown [104.128.23.115]) by mx.test (Postfix) with ESMTP id 1; Thu, 26 Nov 2026 16:46:20 +0000", true),
+        ("Received: from GALANGAL.org. (galangal.org [104.128.23.115])\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n\tby mx.test (Tern) with ESMTPS id 1; Thu, 26 Nov 2026 16:46:20 +0000", false),
+    ])
+    func heloCheckedAgainstWhatTheMTARecorded(_ field: String, _ flagged: Bool) {
+        let trace = ReceivedTrace(message: Self.message([field]), now: Self.later)
+        #expect(trace.findings.map(\.kind) == (flagged ? [.forgedHelo] : []))
+        #expect(trace.boundary == 0)
+    }
+
+    @Test func terminalSafeEscapesControlCharacters() {
+        #expect(terminalSafe("a\u{1B}[31mb\u{7}c\u{9B}d\té") == "a\\u{1B}[31mb\\u{7}c\\u{9B}d\\u{9}é")
+        #expect(terminalSafe("plain text, ünïcode") == "plain text, ünïcode")
     }
 
     @Test func matchingByAddressOrReverseName() {
@@ -79,7 +154,11 @@ import Testing
             "Received: from helo-says-this (a.example. [192.0.2.10]) by b.example with SMTP id 2; Thu, 26 Nov 2026 16:46:20 +0000",
             "Received: from c.example (c.example [192.0.2.9]) by A.Example with SMTP id 1; Thu, 26 Nov 2026 16:46:19 +0000",
         ]
-        #expect(ReceivedTrace(message: Self.message(byName), now: Self.later).findings == [])
+        // The chain holds by the reverse name; but at the first untrusted hop (the top) the HELO
+        // disagrees with that name, which a trusted MTA recorded: flagged since issue 13.
+        #expect(ReceivedTrace(message: Self.message(byName), now: Self.later).findings.map(\.kind) == [.forgedHelo])
+        // Trusting a.example makes its hop a fact: then the chain and its HELO pass.
+        #expect(ReceivedTrace(message: Self.message(byName), now: Self.later, trusted: ["a.example"]).findings == [])
     }
 
     @Test func contentFilterOnLoopback() {
@@ -121,7 +200,8 @@ import Testing
         ("Received: from a.example by b.example; Thu, 26 Nov 2026 16:46 +2500", .unparsable),
         ("Received: garbage from a.example by b.example; Thu, 26 Nov 2026 16:46:14 +0000", .unparsable),
         ("Received: from a.example with SMTP; Thu, 26 Nov 2026 16:46:14 +0000", .unparsable),  // no by
-        ("Received: from client (host.example [192.0.2.1] (may be forged)) by b.example (8.15.2/8.15.2) with ESMTP id x; Thu, 26 Nov 2026 16:46:14 +0000", .notedByMTA),
+        // (HELO host.example: a HELO that disagreed with the reverse name would be flagged as well.)
+        ("Received: from host.example (host.example [192.0.2.1] (may be forged)) by b.example (8.15.2/8.15.2) with ESMTP id x; Thu, 26 Nov 2026 16:46:14 +0000", .notedByMTA),
     ])
     func unparsable(_ field: String, _ kind: TraceFinding.Kind) {
         let trace = ReceivedTrace(message: Self.message([field]), now: Self.later)

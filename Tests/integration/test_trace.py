@@ -107,3 +107,60 @@ def test_unreadable_file(tmp_path: Path):
     p = trace(str(tmp_path / "missing.eml"))
     assert p.returncode == 2
     assert "missing.eml" in p.stderr.decode()
+
+
+# The classic forged chain (issue 13): mail.bieberdorf.edu, the receiving site's own MTA, recorded a
+# client that said HELO galangal.org from an address whose reverse name is turmeric.com. The two
+# hops below it were written by turmeric.com and name each other, so a chain check alone passes.
+CLASSIC = [
+    "Received: from galangal.org (turmeric.com [104.128.23.115])",
+    "\tby mail.bieberdorf.edu (8.8.8.5); Thu, 26 Nov 2026 16:46:20 +0000",
+    "Received: from lemongrass.org by galangal.org (8.7.3); Thu, 26 Nov 2026 16:46:17 +0000",
+    "Received: from graprao.com by lemongrass.org (8.6.4); Thu, 26 Nov 2026 16:46:14 +0000",
+]
+
+
+def test_classic_forged_chain_is_flagged_naming_the_real_sender(tmp_path: Path):
+    f = tmp_path / "forged.eml"
+    f.write_bytes(message(CLASSIC))
+    p = trace(str(f))
+    out = p.stdout.decode()
+    assert p.returncode == 1, out
+    assert ("HELO galangal.org, but mail.bieberdorf.edu recorded the client as turmeric.com [104.128.23.115]: "
+            "the message came from turmeric.com [104.128.23.115]") in out, out
+    hop1, rest = out.split("hop 2", 1)
+    hop2, hop3 = rest.split("hop 3", 1)
+    for hop in (hop1, hop2):
+        assert "trust unverified: written by the sender, turmeric.com [104.128.23.115]" in hop, out
+    assert "trust trusted; its client is the sender, turmeric.com [104.128.23.115]" in hop3, out
+    assert out.splitlines()[-1] == ("3 hops, 1 flagged; hops 1-2 unverified "
+                                    "(written by the sender, turmeric.com [104.128.23.115])"), out
+
+
+def test_consistent_classic_chain_passes(tmp_path: Path):
+    f = tmp_path / "consistent.eml"
+    f.write_bytes(message([CLASSIC[0].replace("(turmeric.com", "(galangal.org")] + CLASSIC[1:]))
+    p = trace(str(f))
+    out = p.stdout.decode()
+    assert p.returncode == 0, out
+    assert out.splitlines()[-1] == ("3 hops, nothing flagged; hops 1-2 unverified "
+                                    "(written by the sender, galangal.org [104.128.23.115])"), out
+
+
+def test_trusting_the_sender_moves_the_boundary(tmp_path: Path):
+    f = tmp_path / "forged.eml"
+    f.write_bytes(message(CLASSIC))
+    p = trace("--trust", "mx.other.test,104.128.23.115", str(f))
+    out = p.stdout.decode()
+    assert p.returncode == 0, out
+    assert out.splitlines()[-1] == "3 hops, nothing flagged; hop 1 unverified (written by the sender, lemongrass.org)"
+
+
+def test_control_characters_in_a_header_are_escaped(tmp_path: Path):
+    f = tmp_path / "escape.eml"
+    f.write_bytes(message(["Received: from a.example (a.example [192.0.2.1]) by b.example (\x1b[2J\x07evil\r) "
+                           "with SMTP; Thu, 26 Nov 2026 16:46:14 +0000"]))
+    p = trace(str(f))
+    out = p.stdout.decode()
+    assert b"\x1b" not in p.stdout and b"\x07" not in p.stdout and b"\r" not in p.stdout, out
+    assert "by    b.example (\\u{1B}[2J\\u{7}evil\\u{D})" in out, out
