@@ -86,7 +86,8 @@ public struct BlastReport: Codable, Equatable {
     public var bytesAccepted: Int
     public var rates: Rates
     public var connections: Connections
-    /// By stage key: greeting, ehlo, starttls, mail, rcpt, data (data: the final reply of DATA).
+    /// By stage key: greeting, ehlo, starttls, mail, rcpt, data (the reply to DATA: 354 or a
+    /// refusal), data_end (the reply after the final ".").
     public var replies: [String: ReplyClasses]
     /// By stage key: connect, greeting, ehlo, tls, mail, rcpt, data, data_end, transaction, handshake.
     public var latencyMs: [String: Latency]
@@ -212,9 +213,8 @@ public struct BlastReport: Codable, Equatable {
         for stage in ReplyStage.allCases {
             let c = replies[stage.key]!
             if stage == .starttls && !settings.startTLS && c == ReplyClasses(c2xx: 0, c3xx: 0, c4xx: 0, c5xx: 0) { continue }
-            if handshakeMode && [.mail, .rcpt, .data].contains(stage) { continue }
-            let label = stage == .greeting ? "greeting" : stage.key.uppercased()
-            out += Self.row([label, Self.grouped(c.c2xx), Self.grouped(c.c3xx), Self.grouped(c.c4xx), Self.grouped(c.c5xx)], widths: w)
+            if handshakeMode && [.mail, .rcpt, .data, .dataEnd].contains(stage) { continue }
+            out += Self.row([stage.name, Self.grouped(c.c2xx), Self.grouped(c.c3xx), Self.grouped(c.c4xx), Self.grouped(c.c5xx)], widths: w)
         }
         out += "\n"
 

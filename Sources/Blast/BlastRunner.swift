@@ -266,10 +266,6 @@ final class BlastSlot {
     var connectionNumber = 0
     var messagesOnConnection = 0
     var inTransaction = false
-    /// The session's phase before the bytes or timeout being handled: a failure is counted there.
-    var phaseBefore = ClientSession.Phase.greeting
-    /// The reply due before those bytes was STARTTLS's (the phase says only "hello").
-    var startTLSBefore = false
     /// When this connection's connect began (handshake mode times the whole session from there).
     var connectStart: UInt64 = 0
     var size = 0
@@ -348,6 +344,7 @@ final class BlastSlot {
         tcp = connection
         session = ClientSession(hostname: settings.helo, tls: settings.startTLS ? .required : .none)
         session.usePipelining = settings.pipelining
+        session.repliesSeen = []
         tls = nil
         inTransaction = false
         stageStart = now
@@ -444,8 +441,6 @@ final class BlastSlot {
     func checkTimeout(now: UInt64, limit: UInt64) {
         guard tcp != nil, let since = waitingSince, now > since, now - since > limit else { return }
         let phase = session.phase
-        phaseBefore = phase
-        startTLSBefore = session.awaitingStartTLSReply
         let actions = session.timedOut()
         runner.stats.noteError("timed out in phase \(phase) after \(settings.timeout) s")
         perform(actions, now: now)
@@ -491,9 +486,8 @@ final class BlastSlot {
 
     func receivedPlain(_ bytes: UnsafeRawBufferPointer) {
         let before = session.phase
-        phaseBefore = before
-        startTLSBefore = session.awaitingStartTLSReply
         let actions = session.receive(bytes)
+        countReplies()
         let now = monotonicNanoseconds()
         let after = session.phase
         if before == .greeting && after != .greeting {
@@ -515,16 +509,12 @@ final class BlastSlot {
 
     static let transactionStages: [Stage] = [.mail, .rcpt, .data, .dataEnd]
 
-    /// Where a reply that ended the session is counted (421 at MAIL is MAIL's 4xx).
-    static func replyStage(_ phase: ClientSession.Phase) -> ReplyStage? {
-        switch phase {
-        case .greeting: return .greeting
-        case .hello, .startingTLS: return .ehlo
-        case .mail: return .mail
-        case .rcpt: return .rcpt
-        case .data, .dataEnd: return .data
-        case .ready, .quitting, .closed: return nil
-        }
+    /// Every reply the session took in, counted now: what becomes of the transaction or the
+    /// connection later does not uncount it.
+    func countReplies() {
+        guard let seen = session.repliesSeen, !seen.isEmpty else { return }
+        runner.stats.count(seen)
+        session.repliesSeen!.removeAll(keepingCapacity: true)
     }
 
     static func ordinal(_ phase: ClientSession.Phase) -> Int? {
@@ -565,8 +555,6 @@ final class BlastSlot {
                 // Not reached: blast hands ClientSession wire data, which comes back as .send.
                 write(message + ClientAction.endOfData, on: connection)
             case .ready:
-                runner.stats.count(.greeting, code: 220)
-                runner.stats.count(.ehlo, code: 250)
                 runner.stats.record(.ehlo, microseconds: (now - stageStart) / 1000)
                 if settings.mode == .handshake { return handshakeDone(now: now) }
                 nextTransaction()
@@ -586,9 +574,6 @@ final class BlastSlot {
                     runner.stats.sessionFailures += 1
                     runner.charge(self)
                 }
-                if let reply, let stage = startTLSBefore ? .starttls : Self.replyStage(phaseBefore) {
-                    runner.stats.count(stage, code: reply.code)
-                }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
                 tls?.shutdown()
@@ -597,7 +582,6 @@ final class BlastSlot {
                 return
             case .startTLS:
                 // The server said 220 to STARTTLS: the handshake starts now.
-                runner.stats.count(.starttls, code: 220)
                 do {
                     let engine = try TLSEngine(context: try runner.clientTLSContext(), serverName: nil)
                     tls = engine

@@ -6,6 +6,9 @@
 // command; with pipelining MAIL, RCPT and DATA go out together, so MAIL measures the first round
 // trip and RCPT and DATA only the extra wait for their replies. "DATA end" runs from the 354 (when
 // the message is written) to the final reply. "transaction" is the whole MAIL … final reply.
+// Replies are counted as they arrive (ClientSession.repliesSeen), each where its command is: the
+// 354 under DATA, the reply after the final "." under DATA end, and a reply on a session dropped
+// later counts all the same.
 // "TLS" runs from the 220 to STARTTLS to the end of the handshake; "handshake" (handshake mode) is
 // a whole handshake session, from the start of the connect to the reply to EHLO under TLS.
 
@@ -41,7 +44,7 @@ public enum Stage: Int, CaseIterable, Sendable {
 
 /// Where replies are counted by class: the commands a load test cares about.
 public enum ReplyStage: Int, CaseIterable, Sendable {
-    case greeting, ehlo, starttls, mail, rcpt, data
+    case greeting, ehlo, starttls, mail, rcpt, data, dataEnd
 
     public var key: String {
         switch self {
@@ -51,6 +54,30 @@ public enum ReplyStage: Int, CaseIterable, Sendable {
         case .mail: return "mail"
         case .rcpt: return "rcpt"
         case .data: return "data"
+        case .dataEnd: return "data_end"
+        }
+    }
+
+    /// The row in the table, the same words as the latency rows.
+    public var name: String {
+        switch self {
+        case .greeting: return "greeting"
+        case .dataEnd: return "DATA end"
+        default: return key.uppercased()
+        }
+    }
+
+    /// Where a reply to `command` is counted; RSET and AUTH are not.
+    public init?(_ command: RepliedCommand.Command) {
+        switch command {
+        case .greeting: self = .greeting
+        case .ehlo, .helo: self = .ehlo
+        case .startTLS: self = .starttls
+        case .mail: self = .mail
+        case .rcpt: self = .rcpt
+        case .data: self = .data
+        case .dataEnd: self = .dataEnd
+        case .rset, .auth: return nil
         }
     }
 }
@@ -110,18 +137,24 @@ public struct BlastStats {
         replies[stage.rawValue][c - 2] += 1
     }
 
+    /// Counts replies as ClientSession saw them arrive.
+    public mutating func count(_ seen: [RepliedCommand]) {
+        for r in seen {
+            if let stage = ReplyStage(r.command) { count(stage, code: r.code) }
+        }
+    }
+
     public mutating func noteError(_ text: String) {
         if firstErrors.count < 5 && !firstErrors.contains(text) { firstErrors.append(text) }
     }
 
-    /// Counts one finished transaction: its replies by class, and the message as accepted (2xx at the
-    /// end of data), temporarily or permanently refused. `size` is the message's size in bytes.
+    /// Counts one finished transaction: the message as accepted (2xx at the end of data), temporarily
+    /// or permanently refused, and its recipients. `size` is the message's size in bytes. (Its
+    /// replies were counted as they came.)
     public mutating func account(_ o: TransactionOutcome, size: Int) {
-        count(.mail, code: o.mailReply.code)
         var accepted = 0
         var temporary = false
         for case let r? in o.recipientReplies {
-            count(.rcpt, code: r.code)
             if r.code < 300 {
                 accepted += 1
             } else if r.code < 500 {
@@ -131,7 +164,6 @@ public struct BlastStats {
                 recipientsPermFailed += 1
             }
         }
-        if let d = o.dataReply { count(.data, code: d.code) }
         let refusal: Int
         if o.mailReply.code >= 300 {
             refusal = o.mailReply.code

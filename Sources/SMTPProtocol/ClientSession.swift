@@ -171,6 +171,39 @@ extension ClientAction {
     }
 }
 
+/// A reply and the command it answered, for a caller that counts replies (`repliesSeen`).
+public struct RepliedCommand: Equatable, Sendable {
+    public enum Command: Equatable, Sendable {
+        case greeting, ehlo, helo, startTLS, auth, rset, mail, rcpt, data
+        /// The reply after the final "." (also the one after the lone "." sent following an
+        /// unwanted 354, RFC 2920 §3.1).
+        case dataEnd
+    }
+    public var command: Command
+    public var code: Int
+
+    init(_ expected: ClientSession.Expected, code: Int) {
+        switch expected {
+        case .greeting: command = .greeting
+        case .ehlo: command = .ehlo
+        case .helo: command = .helo
+        case .rset: command = .rset
+        case .mail: command = .mail
+        case .rcpt: command = .rcpt
+        case .data: command = .data
+        case .dataEnd, .dotAfterRefusal: command = .dataEnd
+        case .startTLS: command = .startTLS
+        case .auth, .authLoginUser, .authLoginPassword: command = .auth
+        }
+        self.code = code
+    }
+
+    public init(_ command: Command, _ code: Int) {
+        self.command = command
+        self.code = code
+    }
+}
+
 public struct ClientSession {
     public enum Phase: Equatable, Sendable {
         case greeting   // waiting for the 220
@@ -218,6 +251,10 @@ public struct ClientSession {
     /// Pipeline when the next hop offers PIPELINING; false sends one command at a time regardless
     /// (a load generator measuring unpipelined clients).
     public var usePipelining = true
+    /// When not nil, every reply is appended as it arrives, with the command it answers, whatever
+    /// becomes of the transaction or the session afterwards (tern blast counts them; the caller
+    /// empties it). Nil, the default, costs delivery one check per reply.
+    public var repliesSeen: [RepliedCommand]?
 
     var parser: ReplyParser
     /// STARTTLS and AUTH settings and progress (ClientSession+Security.swift).
@@ -351,6 +388,9 @@ public struct ClientSession {
     // MARK: - Replies
 
     mutating func handle(_ r: Reply) {
+        if repliesSeen != nil, expectedHead < expected.count {
+            repliesSeen!.append(RepliedCommand(expected[expectedHead], code: r.code))
+        }
         // RFC 5321 §3.8: 421 may come at any time; the server closes, no QUIT.
         if r.code == 421 {
             return failSession(r, "the next hop is closing the connection (421)")

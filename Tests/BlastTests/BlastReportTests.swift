@@ -38,9 +38,24 @@ import UVRuntime
         #expect(st.messagesAttempted == 7)
         #expect(st.recipientsPermFailed == 3)
         #expect(st.recipientsTempFailed == 2)
-        #expect(st.replies[ReplyStage.mail.rawValue] == [5, 0, 1, 1])
-        #expect(st.replies[ReplyStage.rcpt.rawValue] == [3, 0, 2, 3])
-        #expect(st.replies[ReplyStage.data.rawValue] == [2, 0, 1, 1])
+        // Replies are counted as they arrive (countedAsTheyArrive), not from the outcome.
+        #expect(st.replies.allSatisfy { $0 == [0, 0, 0, 0] })
+    }
+
+    @Test func repliesAreCountedWhereTheirCommandIs() {
+        var st = BlastStats()
+        st.count([RepliedCommand(.greeting, 220), RepliedCommand(.ehlo, 250), RepliedCommand(.startTLS, 220),
+                  RepliedCommand(.ehlo, 250), RepliedCommand(.mail, 250), RepliedCommand(.rcpt, 250),
+                  RepliedCommand(.rcpt, 550), RepliedCommand(.data, 354), RepliedCommand(.dataEnd, 250),
+                  RepliedCommand(.rset, 250), RepliedCommand(.mail, 451), RepliedCommand(.data, 554),
+                  RepliedCommand(.helo, 250), RepliedCommand(.auth, 235), RepliedCommand(.dataEnd, 999)])
+        #expect(st.replies[ReplyStage.greeting.rawValue] == [1, 0, 0, 0])
+        #expect(st.replies[ReplyStage.ehlo.rawValue] == [3, 0, 0, 0])
+        #expect(st.replies[ReplyStage.starttls.rawValue] == [1, 0, 0, 0])
+        #expect(st.replies[ReplyStage.mail.rawValue] == [1, 0, 1, 0])
+        #expect(st.replies[ReplyStage.rcpt.rawValue] == [1, 0, 0, 1])
+        #expect(st.replies[ReplyStage.data.rawValue] == [0, 1, 0, 1])
+        #expect(st.replies[ReplyStage.dataEnd.rawValue] == [1, 0, 0, 0])
     }
 
     @Test func reportRatesAndPercentiles() throws {
@@ -72,6 +87,8 @@ import UVRuntime
         st.account(Self.outcome(), size: 4096)
         st.record(.dataEnd, microseconds: 1234)
         st.count(.greeting, code: 220)
+        st.count(.data, code: 354)
+        st.count(.dataEnd, code: 250)
         st.noteError("connect to 127.0.0.1:2526: ECONNREFUSED")
         let r = BlastReport(stats: st, settings: try Self.settings(), elapsedSeconds: 0.5)
         let text = r.json()
@@ -88,6 +105,9 @@ import UVRuntime
         #expect(latency["data_end"]!["p99"] as? Double == 1.234)
         let replies = object["replies"] as! [String: [String: Int]]
         #expect(replies["greeting"] == ["2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0])
+        #expect(Set(replies.keys) == ["greeting", "ehlo", "starttls", "mail", "rcpt", "data", "data_end"])
+        #expect(replies["data"] == ["2xx": 0, "3xx": 1, "4xx": 0, "5xx": 0])
+        #expect(replies["data_end"] == ["2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0])
     }
 
     @Test func absentSettingsAreNullNotMissing() throws {
@@ -106,9 +126,17 @@ import UVRuntime
         var st = BlastStats()
         for _ in 0..<1234 { st.account(Self.outcome(), size: 4096) }
         st.account(Self.outcome(mail: 451, rcpts: [nil], data: nil), size: 4096)
+        for _ in 0..<1234 { st.count([RepliedCommand(.mail, 250), RepliedCommand(.data, 354), RepliedCommand(.dataEnd, 250)]) }
+        st.count(.mail, code: 451)
         st.record(.connect, microseconds: 250)
+        st.record(.data, microseconds: 100)
+        st.record(.dataEnd, microseconds: 100)
         let table = BlastReport(stats: st, settings: try Self.settings(), elapsedSeconds: 1).table()
         let lines = table.split(separator: "\n").map(String.init)
+        // The reply rows are the latency rows: DATA (its 354) and DATA end (after the final ".").
+        #expect(lines.contains { $0.hasPrefix("DATA    ") && $0.hasSuffix("0     1,234         0         0") })
+        #expect(lines.contains { $0.hasPrefix("DATA end") && $0.hasSuffix("1,234         0         0         0") })
+        #expect(lines.contains { $0.hasPrefix("DATA end") && $0.contains("0.100") })
         #expect(lines.contains { $0.hasPrefix("messages") && $0.contains("1,234") })
         #expect(lines.contains { $0.hasPrefix("MAIL") && $0.hasSuffix("1,234         0         1         0") })
         #expect(lines.contains { $0.hasPrefix("connect") && $0.contains("0.250") })

@@ -193,10 +193,12 @@ def test_into_smtp_sink_counts_agree(sink):
     assert report["recipients"]["accepted"] == 500
     assert report["connections"] == {"opened": 500, "connect_failed": 0, "session_failed": 0}
     assert report["bytes_accepted"] == 500 * 4096
-    for stage in ("mail", "rcpt", "data"):
+    for stage in ("greeting", "ehlo", "mail", "rcpt", "data_end"):
         assert report["replies"][stage] == {"2xx": 500, "3xx": 0, "4xx": 0, "5xx": 0}, stage
+    # DATA's own reply is the 354; the reply after the final dot is DATA end's.
+    assert report["replies"]["data"] == {"2xx": 0, "3xx": 500, "4xx": 0, "5xx": 0}
     lat = report["latency_ms"]
-    for stage in ("connect", "greeting", "ehlo", "mail", "data_end", "transaction"):
+    for stage in ("connect", "greeting", "ehlo", "mail", "data", "data_end", "transaction"):
         assert lat[stage]["count"] == 500, stage
         assert 0 <= lat[stage]["p50"] <= lat[stage]["p90"] <= lat[stage]["p99"] <= lat[stage]["max"], stage
     assert report["elapsed_s"] > 0
@@ -348,12 +350,16 @@ def test_bad_arguments_exit_64_naming_the_option(args, needle):
     r = blast("--server", "127.0.0.1:25", "--messages", "1", *args, timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr)
     assert needle in r.stderr
+    # blast's usage, not tern's list of subcommands.
+    assert "Usage: tern blast --server" in r.stderr, r.stderr
+    assert "<subcommand>" not in r.stderr, r.stderr
 
 
 def test_bad_server_exits_64():
     r = blast("--server", "mail.example.com:25", timeout=30)
     assert r.returncode == 64
     assert "--server" in r.stderr
+    assert "Usage: tern blast --server" in r.stderr, r.stderr
 
 
 class Listener:

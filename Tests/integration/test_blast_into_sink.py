@@ -48,6 +48,27 @@ def test_magic_data_code_is_counted_at_data_end(start_sink):
     assert sink.counter("tern_sink_messages_total") == 0
 
 
+def test_replies_on_dropped_sessions_are_counted(start_sink):
+    # The sink answers MAIL, RCPT and DATA (354), then closes the connection when the message comes:
+    # every transaction is lost, but each of those replies was received and counts, as the
+    # latencies taken at the same replies do.
+    sink = start_sink(["--seed", "5"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "30", "--concurrency", "3",
+                        "--to", "drop@sink.test")
+    assert report["messages"]["failed"] == 30, report["messages"]
+    r = report["replies"]
+    assert r["greeting"]["2xx"] == r["ehlo"]["2xx"] == 30, r
+    assert r["mail"] == {"2xx": 30, "3xx": 0, "4xx": 0, "5xx": 0}, r
+    assert r["rcpt"] == {"2xx": 30, "3xx": 0, "4xx": 0, "5xx": 0}, r
+    assert r["data"] == {"2xx": 0, "3xx": 30, "4xx": 0, "5xx": 0}, r
+    assert r["data_end"] == {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}, r
+    lat = report["latency_ms"]
+    assert lat["mail"]["count"] == r["mail"]["2xx"]
+    assert lat["data"]["count"] == r["data"]["3xx"]
+    assert lat["data_end"]["count"] == 0
+    assert sink.faults("data", "drop") == 30
+
+
 def test_starttls_counts_agree(start_sink, tmp_path):
     from tls_helpers import make_certs
     certs = make_certs(tmp_path / "certs")
