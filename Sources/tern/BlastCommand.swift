@@ -138,17 +138,19 @@ struct BlastCommand: ParsableCommand {
     /// Checked while parsing, so that a bad option is reported with blast's usage, not tern's (an
     /// error thrown from run() is reported against the root command).
     func validate() throws {
-        _ = try settings()
+        let s = try settings()
+        // Raised to the hard limit here already (run does it again, to no effect): the check is an
+        // option error too.
+        let files = raiseFileLimit()
+        if s.concurrency + 32 > files {
+            throw ValidationError("--concurrency: \(s.concurrency) connections need more file descriptors than the limit of \(files)")
+        }
     }
 
     func run() throws {
         let s = try settings()
         ignoreSIGPIPE()
-        let files = raiseFileLimit()
-        if s.concurrency + 32 > files {
-            Self.exit(withError: ValidationError(
-                "--concurrency: \(s.concurrency) connections need more file descriptors than the limit of \(files)"))
-        }
+        _ = raiseFileLimit()
         // The server certificate's EC key decoded by OpenSSL's built-in code (process-wide, so here in
         // the command and not in BlastRunner, which the test process shares with every other suite).
         if s.startTLS { TLSContext.decodeECKeysWithBuiltInCode() }

@@ -273,7 +273,9 @@ def test_refusals_are_counted_and_the_run_still_succeeds(recorder):
     assert report["recipients"]["perm_failed"] == 40
     assert report["recipients"]["accepted"] == 30
     assert report["replies"]["rcpt"] == {"2xx": 40, "3xx": 0, "4xx": 0, "5xx": 40}
-    assert report["replies"]["data"]["4xx"] == 10
+    # Every message reached DATA (354); the end of data was refused for 10 of them.
+    assert report["replies"]["data"] == {"2xx": 0, "3xx": 40, "4xx": 0, "5xx": 0}
+    assert report["replies"]["data_end"] == {"2xx": 30, "3xx": 0, "4xx": 10, "5xx": 0}
 
 
 def test_421_at_mail_loses_that_message_and_counts_as_mail_4xx(recorder):
@@ -351,7 +353,7 @@ def test_bad_arguments_exit_64_naming_the_option(args, needle):
     assert r.returncode == 64, (r.returncode, r.stderr)
     assert needle in r.stderr
     # blast's usage, not tern's list of subcommands.
-    assert "Usage: tern blast --server" in r.stderr, r.stderr
+    assert "Usage: tern blast [<options>] --server" in r.stderr, r.stderr
     assert "<subcommand>" not in r.stderr, r.stderr
 
 
@@ -359,7 +361,7 @@ def test_bad_server_exits_64():
     r = blast("--server", "mail.example.com:25", timeout=30)
     assert r.returncode == 64
     assert "--server" in r.stderr
-    assert "Usage: tern blast --server" in r.stderr, r.stderr
+    assert "Usage: tern blast [<options>] --server" in r.stderr, r.stderr
 
 
 class Listener:
