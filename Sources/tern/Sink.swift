@@ -13,9 +13,10 @@ struct Sink: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run an SMTP sink: accept mail and discard, count or keep it, injecting faults on request.",
         discussion: """
-            Magic recipients (any domain): rcpt-NNN is answered NNN at RCPT, data-NNN makes the end of \
-            DATA answer NNN, delay-MS holds the RCPT reply MS milliseconds, drop closes the connection \
-            in the middle of DATA.
+            Magic recipients (any domain): rcpt-NNN is answered NNN at RCPT (250, 251 or 400-599), \
+            data-NNN makes the end of DATA answer NNN (250 or 400-599), delay-MS holds the RCPT reply MS \
+            milliseconds (at most 600000), drop closes the connection in the middle of DATA. One out of \
+            range (rcpt-999, delay-99999999) is refused at RCPT with 553 5.1.3.
             A --fault is key=value pairs: stage=greeting|mail|rcpt|data|dot|all, fraction=0..1, \
             per=command|transaction|session, reply=CODE, delay=250ms or 100ms..2s, drop=true (data), \
             recipient=GLOB, listen=ADDR. Example: --fault stage=rcpt,fraction=0.1,reply=451
@@ -74,6 +75,9 @@ struct Sink: ParsableCommand {
 
     @Flag(name: .long, help: "Log every message (discard and keep modes).")
     var verbose = false
+
+    @Option(name: .long, help: "Log lines as \"plain\" text or \"json\", as tern serve writes them (default plain).")
+    var logFormat: LogFormat?
 
     func makeConfig() throws -> SinkConfig {
         var c = try config.map { try SinkConfig.load(path: $0) } ?? SinkConfig()
@@ -141,11 +145,9 @@ struct Sink: ParsableCommand {
         ignoreSIGPIPE()
         let files = raiseFileLimit()
         let level: Logger.Level = verbose ? .debug : .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        // The same lines as serve's (LogOutput.swift): one grep or log shipper reads both.
+        let format = logFormat ?? .plain
+        LoggingSystem.bootstrap { _ in TernLogHandler(format: format, level: level) }
         let log = Logger(label: "tern-sink")
         let loop = try EventLoop()
         let sink: SinkServer
@@ -172,7 +174,12 @@ struct Sink: ParsableCommand {
         }
         let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
         let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        // Log lines go out once per loop iteration, as serve's do.
+        LogBuffer.shared.start(fd: 2)
+        let flushLog = Prepare(loop: loop) { LogBuffer.shared.flush() }
+        defer { LogBuffer.shared.stop() }
         loop.run()
+        flushLog.close()
         term.close()
         int.close()
     }

@@ -13,11 +13,35 @@ import SMTPProtocol
     }
 
     @Test func ordinaryAddressesAreNotMagic() {
-        for a in ["bob@x.test", "rcpt-@x.test", "rcpt-45@x.test", "rcpt-354@x.test", "rcpt-600@x.test",
-                  "rcpt-4510@x.test", "rcpt-45a@x.test", "data-+12@x.test", "delay-600001@x.test",
-                  "delay-@x.test", "dropped@x.test", "x-drop@x.test", "delay-99999999999999999999@x.test"] {
+        for a in ["bob@x.test", "rcpt-@x.test", "rcpt-45a@x.test", "data-+12@x.test", "delay-@x.test",
+                  "dropped@x.test", "x-drop@x.test", "rcpt-two@x.test", "my-rcpt-451@x.test"] {
             #expect(MagicRecipient(address: a) == nil, "\(a)")
+            #expect(MagicRecipient.refusal(address: a) == nil, "\(a)")
         }
+    }
+
+    /// A magic-looking recipient that asks for what cannot be done is refused at RCPT with 553 5.1.3
+    /// and the range, rather than taken silently as an ordinary recipient (issue 13).
+    @Test func outOfRangeIsRefusedNamingTheRange() {
+        let cases: [(String, String)] = [
+            ("rcpt-999@x.test", "250, 251 or 400 to 599"), ("rcpt-200@x.test", "250, 251 or 400 to 599"),
+            ("rcpt-45@x.test", "250, 251 or 400 to 599"), ("rcpt-354@x.test", "250, 251 or 400 to 599"),
+            ("rcpt-600@x.test", "250, 251 or 400 to 599"), ("rcpt-4510@x.test", "250, 251 or 400 to 599"),
+            ("data-99@x.test", "250 or 400 to 599"), ("data-220@x.test", "250 or 400 to 599"),
+            ("delay-600001@x.test", "0 to 600000 milliseconds"), ("delay-99999999@x.test", "0 to 600000 milliseconds"),
+            ("DELAY-99999999999999999999@x.test", "0 to 600000 milliseconds"),
+        ]
+        for (address, range) in cases {
+            #expect(MagicRecipient(address: address) == nil, "\(address)")
+            let reply = MagicRecipient.refusal(address: address)
+            #expect(reply?.code == 553, "\(address)")
+            #expect(reply?.enhanced == "5.1.3", "\(address)")
+            #expect(reply?.lines.first?.contains(range) == true, "\(address): \(String(describing: reply))")
+        }
+        #expect(MagicRecipient(address: "rcpt-250@x.test") == .rcpt(250))
+        #expect(MagicRecipient(address: "data-250@x.test") == .data(250))
+        #expect(MagicRecipient(address: "delay-600000@x.test") == .delay(600_000))
+        #expect(MagicRecipient(address: "delay-0@x.test") == .delay(0))
     }
 }
 
@@ -137,6 +161,16 @@ final class FaultLog {
     @Test func magicOff() throws {
         var h = try hooks([], magic: false)
         #expect(h.verdict(at: .rcpt, sender: nil, recipients: ["rcpt-451@x.test"]) == .none)
+        #expect(h.verdict(at: .rcpt, sender: nil, recipients: ["rcpt-999@x.test"]) == .none)
+    }
+
+    @Test func outOfRangeMagicIsRefusedNotCountedAsAFault() throws {
+        let log = FaultLog()
+        var h = try hooks(["stage=rcpt,delay=10ms"], log: log)
+        let v = h.verdict(at: .rcpt, sender: nil, recipients: ["delay-99999999@x.test"])
+        #expect(v.reply?.code == 553 && v.reply?.enhanced == "5.1.3")
+        #expect(v.delayMilliseconds == 0)
+        #expect(log.entries == [])
     }
 
     @Test func recipientPattern() throws {
@@ -189,6 +223,51 @@ final class FaultLog {
         #expect(h.verdict(at: .greeting, sender: nil, recipients: []) == StageVerdict(delayMilliseconds: 2000))
         #expect(h.verdict(at: .mail, sender: nil, recipients: []) == .none)
         #expect(log.entries == ["all/delay", "greeting/delay"])
+    }
+}
+
+@Suite struct SinkSummaryTests {
+    @Test func busyTimeCountsOnlyWhileASessionIsOpen() {
+        var b = BusyTime()
+        #expect(b.busy(at: 100) == 0)
+        b.opened(at: 1_000)
+        b.opened(at: 1_500)   // overlapping sessions count once
+        b.closed(at: 2_000)
+        b.closed(at: 3_000)   // busy 1000..3000
+        #expect(b.busy(at: 10_000) == 2_000)
+        b.opened(at: 20_000)
+        #expect(b.busy(at: 20_500) == 2_500)  // a session still open counts up to now
+        b.closed(at: 21_000)
+        b.closed(at: 22_000)  // an extra close changes nothing
+        #expect(b.busy(at: 99_000) == 3_000)
+        #expect(b.open == 0)
+    }
+
+    @Test func faultsAndDelaysAreCountedApart() {
+        let m = SinkMetrics()
+        m.fault(.rcpt, .reply)
+        m.fault(.data, .drop)
+        m.fault(.rcpt, .delay)
+        m.fault(nil, .delay)
+        m.fault(nil, .delay)
+        #expect(m.tally.faults == 2)
+        #expect(m.tally.delays == 3)
+    }
+
+    @Test func rateIsOverTheBusyTime() {
+        var t = SinkTally()
+        t.sessions = 5
+        t.messages = 100
+        t.faults = 2
+        t.delays = 7
+        // Up an hour, busy 2 s: 50 messages/s, not 0.03.
+        let line = SinkServer.summary(t, up: 3_600_000_000_000, busy: 2_000_000_000, seed: 9)
+        #expect(line.contains("100 messages"))
+        #expect(line.contains("2 faults injected, 7 replies delayed"))
+        #expect(line.contains("up 3600.0 s, busy 2.0 s with sessions open, 50.0 messages/s while busy"))
+        #expect(line.hasSuffix("seed 9"))
+        #expect(SinkServer.formatted(0.0004) == "0.000" && SinkServer.formatted(0.25) == "0.250")
+        #expect(SinkServer.formatted(0.9996) == "1.0" && SinkServer.formatted(12.34) == "12.3")
     }
 }
 

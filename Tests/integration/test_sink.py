@@ -324,6 +324,75 @@ def test_magic_delay_keeps_pipelined_replies_in_order(start_sink):
         assert codes == [250, 250, 550, 250, 250]
 
 
+@pytest.mark.parametrize("rcpt,range_text", [
+    ("rcpt-999", "250, 251 or 400 to 599"),
+    ("rcpt-200", "250, 251 or 400 to 599"),  # not a reply RCPT can have: not a silent 250 either
+    ("data-99", "250 or 400 to 599"),
+    ("delay-99999999", "0 to 600000 milliseconds"),
+])
+def test_magic_recipient_out_of_range_is_refused_with_553(start_sink, rcpt, range_text):
+    sink = start_sink()
+    with sink.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        r = c.cmd(f"RCPT TO:<{rcpt}@any.test>")
+        assert_reply(r, 553, "5.1.3")
+        assert rcpt in r.text and range_text in r.text, r.text
+        # The session goes on: an ordinary recipient after it is accepted.
+        assert_reply(c.cmd("RCPT TO:<b@any.test>"), 250)
+    # Bad input, not a fault injected.
+    assert all(v == 0 for (name, _), v in sink.metrics().items() if name == "tern_sink_faults_total")
+
+
+def test_log_lines_are_serves(start_sink):
+    # The same format as tern serve's log (LogOutput.swift): RFC 3339 time with milliseconds, the
+    # level, the message; no logger label, no "[tern]".
+    import re
+    sink = start_sink(["--verbose"])
+    s = sink.smtp()
+    assert s.sendmail("a@client.test", ["b@example.test"], b"Subject: x\r\n\r\nhi\r\n") == {}
+    s.quit()
+    sink.stop()
+    lines = sink.stderr().splitlines()
+    assert lines, sink.stderr()
+    line_re = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (info|debug|notice|warning|error) \S")
+    for line in lines:
+        assert line_re.match(line), line
+        assert "[tern]" not in line and "tern-sink" not in line, line
+    assert any("tern sink ready" in line for line in lines)
+    assert any(re.search(r" debug [0-9A-F]{14}: from=<a@client.test>, size=\d+, nrcpt=1", line) for line in lines), lines
+
+
+def test_log_format_json(start_sink):
+    import json
+    sink = start_sink(["--log-format", "json"])
+    sink.stop()
+    records = [json.loads(line) for line in sink.stderr().splitlines()]
+    assert any(r["msg"].startswith("tern sink ready") for r in records), records
+    assert all(set(r) >= {"ts", "level", "msg"} for r in records)
+
+
+def test_summary_counts_delays_apart_and_rates_over_the_busy_time(start_sink):
+    import re
+    sink = start_sink(["--tarpit", "20ms"])
+    time.sleep(1.5)  # idle before the load: not part of the rate
+    s = sink.smtp()
+    for i in range(4):
+        assert s.sendmail("a@client.test", ["b@example.test"], b"Subject: x\r\n\r\nhi\r\n") == {}
+    s.quit()
+    time.sleep(1.0)  # and idle after it
+    summary = sink.stop()
+    assert "4 messages" in summary and ", 0 faults injected, " in summary, summary
+    delays = sink_delays = re.search(r", (\d+) replies delayed;", summary)
+    assert delays and int(sink_delays.group(1)) > 10, summary  # every reply of the session was held
+    m = re.search(r"up ([\d.]+) s, busy ([\d.]+) s with sessions open, ([\d.]+) messages/s while busy", summary)
+    assert m, summary
+    up, busy, rate = (float(x) for x in m.groups())
+    assert up >= 2.5 and 0 < busy < up - 2.0, summary
+    assert rate > 4 / up, summary  # over the lifetime it would be 4/up or less
+
+
 def test_magic_drop_mid_data(start_sink):
     sink = start_sink()
     s = sink.smtp()

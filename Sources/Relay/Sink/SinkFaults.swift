@@ -216,26 +216,53 @@ public enum MagicRecipient: Equatable, Sendable {
     /// drop: the connection is closed in the middle of DATA.
     case drop
 
-    /// Longest delay a magic recipient may ask for (10 minutes).
+    /// Longest delay a magic recipient may ask for (10 minutes, twice RFC 5321's 5-minute RCPT
+    /// timeout: enough to make any client time out).
     static let maxDelay = 600_000
 
+    /// A magic recipient, or nil for an ordinary one (including one that only looks magic but asks
+    /// for something out of range: see `refusal(address:)`).
     public init?(address: String) {
-        let local = address.split(separator: "@", maxSplits: 1).first.map { $0.lowercased() } ?? ""
-        if local == "drop" { self = .drop; return }
-        func number(after prefix: String) -> Int? {
-            guard local.hasPrefix(prefix) else { return nil }
-            let digits = local.dropFirst(prefix.count)
-            guard !digits.isEmpty, digits.count <= 6, digits.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
-            return Int(digits)
-        }
-        if let code = number(after: "rcpt-"), Self.isReplyCode(code, allow2xx: true) { self = .rcpt(code); return }
-        if let code = number(after: "data-"), Self.isReplyCode(code, allow2xx: true) { self = .data(code); return }
-        if let ms = number(after: "delay-"), ms <= Self.maxDelay { self = .delay(ms); return }
-        return nil
+        guard case .magic(let m)? = Self.read(address) else { return nil }
+        self = m
     }
 
-    static func isReplyCode(_ code: Int, allow2xx: Bool) -> Bool {
-        (allow2xx && (200...299).contains(code)) || (400...599).contains(code)
+    /// The RCPT reply for a recipient that looks magic (rcpt-, data- or delay- and digits) but asks
+    /// for something out of range, such as rcpt-999, rcpt-200 or delay-99999999: 553 5.1.3, the
+    /// mailbox name is not allowed (RFC 5321 §4.2.2; RFC 3463 X.1.3, bad destination mailbox
+    /// address syntax), saying what the range is. Nil for any other recipient.
+    public static func refusal(address: String) -> Reply? {
+        guard case .outOfRange(let why)? = read(address) else { return nil }
+        return Reply(553, "5.1.3", why)
+    }
+
+    enum Reading {
+        case magic(MagicRecipient)
+        case outOfRange(String)
+    }
+
+    /// nil: an ordinary recipient.
+    static func read(_ address: String) -> Reading? {
+        let local = address.split(separator: "@", maxSplits: 1).first.map { $0.lowercased() } ?? ""
+        if local == "drop" { return .magic(.drop) }
+        for prefix in ["rcpt-", "data-", "delay-"] where local.hasPrefix(prefix) {
+            let digits = local.dropFirst(prefix.count)
+            guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+            // Too many digits for an Int is out of range as well.
+            let n = digits.count <= 9 ? Int(digits)! : Int.max
+            switch prefix {
+            case "rcpt-":
+                if n == 250 || n == 251 || (400...599).contains(n) { return .magic(.rcpt(n)) }
+                return .outOfRange("\(local): a magic rcpt- code is 250, 251 or 400 to 599")
+            case "data-":
+                if n == 250 || (400...599).contains(n) { return .magic(.data(n)) }
+                return .outOfRange("\(local): a magic data- code is 250 or 400 to 599")
+            default:
+                if n <= maxDelay { return .magic(.delay(n)) }
+                return .outOfRange("\(local): a magic delay- is 0 to \(maxDelay) milliseconds")
+            }
+        }
+        return nil
     }
 }
 
@@ -314,6 +341,11 @@ public struct SinkFaultHooks: SessionHooks {
 
     public mutating func verdict(at stage: SessionStage, sender: MailPath?, recipients: [String]) -> StageVerdict {
         var verdict = StageVerdict()
+        // A recipient that asks for what the sink cannot do is refused, not taken as ordinary: the
+        // test that sent it would pass for the wrong reason. Bad input, not a fault: not counted.
+        if magic && stage == .rcpt, let refusal = recipients.lazy.compactMap(MagicRecipient.refusal).first {
+            return StageVerdict(reply: refusal)
+        }
         if magic && stage != .greeting && stage != .mail {
             for address in recipients {
                 guard let m = MagicRecipient(address: address) else { continue }

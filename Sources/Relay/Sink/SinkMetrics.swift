@@ -12,8 +12,39 @@ public struct SinkTally: Sendable, Equatable {
     public var messages = 0
     public var recipients = 0
     public var bytes = 0
+    /// Injected replies and dropped connections.
     public var faults = 0
+    /// Replies held back (delay rules, delay- recipients, the tarpit, the banner delay): apart
+    /// from faults, since a delayed reply is still the right one.
+    public var delays = 0
     public var tlsSessions = 0
+}
+
+/// The time with at least one session open: the sink's rate is over the time it was busy, not over
+/// its lifetime, so a sink started long before the load test reports the load test's rate.
+/// Nanoseconds on a monotonic clock the caller reads.
+public struct BusyTime: Sendable, Equatable {
+    public private(set) var open = 0
+    var since: UInt64 = 0
+    var total: UInt64 = 0
+
+    public init() {}
+
+    public mutating func opened(at now: UInt64) {
+        if open == 0 { since = now }
+        open += 1
+    }
+
+    public mutating func closed(at now: UInt64) {
+        guard open > 0 else { return }
+        open -= 1
+        if open == 0 { total += now &- since }
+    }
+
+    /// Busy nanoseconds until `now` (a session still open counts up to now).
+    public func busy(at now: UInt64) -> UInt64 {
+        open > 0 ? total + (now &- since) : total
+    }
 }
 
 public final class SinkMetrics {
@@ -84,7 +115,7 @@ public final class SinkMetrics {
     }
 
     func fault(_ stage: SessionStage?, _ kind: FaultKind) {
-        tally.faults += 1
+        if kind == .delay { tally.delays += 1 } else { tally.faults += 1 }
         faultCounter(stage?.rawValue ?? "all", kind).increment()
     }
 

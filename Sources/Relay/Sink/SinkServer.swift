@@ -35,14 +35,16 @@ public final class SinkServer {
     var stopping = false
     var onStopped: (() -> Void)?
     var stopTimer: Timer?
+    /// Monotonic nanoseconds at start, and the time with a session open since.
     let startedAt: UInt64
+    var busy = BusyTime()
 
     public init(loop: EventLoop, config: SinkConfig, log: Logger) throws {
         self.loop = loop
         self.config = config
         self.log = log
         seed = config.seed ?? UInt64.random(in: 1...UInt64(UInt32.max))
-        startedAt = loop.nowMilliseconds
+        startedAt = monotonicNow()
         store = config.mode == .keep
             ? try SinkStore(loop: loop, directory: config.keepPath!, format: config.keepFormat, hostname: config.hostname)
             : nil
@@ -115,12 +117,14 @@ public final class SinkServer {
         let session = SinkSession(id: id, server: self, connection: connection, machine: machine)
         sessions[id] = session
         metrics.sessionOpened()
+        busy.opened(at: monotonicNow())
         session.start()
     }
 
     func sessionClosed(_ session: SinkSession) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
         metrics.sessionClosed()
+        busy.closed(at: monotonicNow())
         if stopping && sessions.isEmpty { finishStopping() }
     }
 
@@ -175,20 +179,39 @@ public final class SinkServer {
         done?()
     }
 
-    /// One line for the operator at stop.
+    /// One line for the operator at stop. The rate is over the busy time (at least one session
+    /// open), not the lifetime: a sink left waiting before and after a run reports the run's rate.
     public var summary: String {
-        let t = metrics.tally
-        let seconds = Double(loop.nowMilliseconds - startedAt) / 1000
-        let rate = seconds > 0 ? Double(t.messages) / seconds : 0
-        return "tern sink: \(t.sessions) sessions (\(t.sessionsRefused) refused), \(t.messages) messages, "
-            + "\(t.recipients) recipients, \(t.bytes) bytes, \(t.faults) faults injected in "
-            + "\(formatted(seconds)) s (\(formatted(rate)) messages/s), seed \(seed)"
+        let now = monotonicNow()
+        return Self.summary(metrics.tally, up: now &- startedAt, busy: busy.busy(at: now), seed: seed)
     }
 
-    private func formatted(_ x: Double) -> String {
+    static func summary(_ t: SinkTally, up: UInt64, busy: UInt64, seed: UInt64) -> String {
+        let busySeconds = Double(busy) / 1e9
+        let rate = busySeconds > 0 ? Double(t.messages) / busySeconds : 0
+        return "tern sink: \(t.sessions) sessions (\(t.sessionsRefused) refused), \(t.messages) messages, "
+            + "\(t.recipients) recipients, \(t.bytes) bytes, \(t.faults) faults injected, \(t.delays) replies delayed; "
+            + "up \(formatted(Double(up) / 1e9)) s, busy \(formatted(busySeconds)) s with sessions open, "
+            + "\(formatted(rate)) messages/s while busy; seed \(seed)"
+    }
+
+    /// One decimal: 0.04 → "0.0", 2.25 → "2.3"; small nonzero rates and times get three.
+    static func formatted(_ x: Double) -> String {
+        let thousandths = Int((x * 1000).rounded())
+        if x > 0 && thousandths < 1000 {
+            let digits = String(thousandths)
+            return "0." + String(repeating: "0", count: 3 - digits.count) + digits
+        }
         let tenths = Int((x * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"
     }
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC (the loop's time has only milliseconds, and is cached).
+func monotonicNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension ServerSession {
