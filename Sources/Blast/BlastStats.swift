@@ -145,6 +145,8 @@ public struct BlastStats {
     }
 
     public mutating func noteError(_ text: String) {
+        // A server's reply text goes to the terminal: its control characters escaped.
+        let text = terminalSafe(text)
         if firstErrors.count < 5 && !firstErrors.contains(text) { firstErrors.append(text) }
     }
 

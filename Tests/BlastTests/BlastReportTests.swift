@@ -144,6 +144,14 @@ import UVRuntime
         #expect(table.contains("1,235 attempted, 1,234 accepted, 1 4xx, 0 5xx"))
     }
 
+    @Test func serverTextInErrorsIsEscaped() throws {
+        var st = BlastStats()
+        st.noteError("554 go away\u{1B}]0;pwned\u{7}: the next hop refused the connection (554)")
+        #expect(st.firstErrors == ["554 go away\\u{1B}]0;pwned\\u{7}: the next hop refused the connection (554)"])
+        let table = BlastReport(stats: st, settings: try Self.settings(), elapsedSeconds: 1).table()
+        #expect(!table.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 })
+    }
+
     @Test func groupedNumbers() {
         #expect(BlastReport.grouped(0) == "0")
         #expect(BlastReport.grouped(999) == "999")
