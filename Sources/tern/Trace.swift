@@ -3,6 +3,7 @@
 // cannot be read (ArgumentParser's usual 64 for bad arguments).
 
 import ArgumentParser
+import Relay
 import SMTPProtocol
 
 #if canImport(Glibc)
@@ -17,8 +18,8 @@ struct Trace: ParsableCommand {
             with "-" or no FILE. Flags: a hop whose from (HELO name, reverse DNS name or address) does not \
             match the by of the hop before it; dates that go backwards or lie in the future; fields it \
             cannot parse.
-            Trust: the top hop (written by the MTA that stored the message), this machine's hostname and \
-            each --trust host are trusted. Walking down, a hop is a fact while the hop above it received the \
+            Trust: the top hop (written by the MTA that stored the message), this machine's hostname, the \
+            hostname of --config and each --trust host are trusted. Walking down, a hop is a fact while the hop above it received the \
             message from a trusted client (by its reverse DNS name or address, or over loopback). At the \
             first untrusted client the HELO name must agree with the reverse name or address the trusted \
             MTA recorded, or it is flagged, naming the real sender; every hop below it was written by that \
@@ -36,6 +37,9 @@ struct Trace: ParsableCommand {
                                              valueName: "host"))
     var trust: [String] = []
 
+    @Option(name: .long, help: "A Tern config whose hostname is trusted too (the name its Received hops carry).")
+    var config: String?
+
     func run() throws {
         let path = file ?? "-"
         guard let bytes = readHeaderSection(path) else {
@@ -44,6 +48,14 @@ struct Trace: ParsableCommand {
         }
         var trusted = Set(trust.flatMap { $0.split(separator: ",").map { String($0) } })
         if let mine = hostName() { trusted.insert(mine) }
+        if let config {
+            do {
+                trusted.insert(try TernConfig.load(path: config).hostname)
+            } catch {
+                fputs("tern trace: \(error)\n", stderr)
+                throw ExitCode(78)  // EX_CONFIG, as serve
+            }
+        }
         let trace = ReceivedTrace(message: bytes, now: time(nil), allowedSkew: max(0, allowSkew), trusted: trusted)
         // Header text may hold control characters: nothing reaches the terminal unescaped.
         print(render(trace).split(separator: "\n", omittingEmptySubsequences: false)

@@ -164,3 +164,17 @@ def test_control_characters_in_a_header_are_escaped(tmp_path: Path):
     out = p.stdout.decode()
     assert b"\x1b" not in p.stdout and b"\x07" not in p.stdout and b"\r" not in p.stdout, out
     assert "by    b.example (\\u{1B}[2J\\u{7}evil\\u{D})" in out, out
+
+
+def test_the_hostname_of_a_tern_config_is_trusted(tmp_path: Path):
+    # A mailbox server above our relay: the top hop's client is turmeric.com, which is our Tern.
+    cfg = tmp_path / "tern.toml"
+    cfg.write_text('hostname = "turmeric.com"\n')
+    f = tmp_path / "forged.eml"
+    f.write_bytes(message(CLASSIC))
+    p = trace("--config", str(cfg), str(f))
+    out = p.stdout.decode()
+    assert p.returncode == 0, out + p.stderr.decode()
+    assert out.splitlines()[-1] == "3 hops, nothing flagged; hop 1 unverified (written by the sender, lemongrass.org)"
+    bad = trace("--config", str(tmp_path / "missing.toml"), str(f))
+    assert bad.returncode == 78 and "missing.toml" in bad.stderr.decode(), bad.stderr
