@@ -101,6 +101,7 @@ import SMTPProtocol
             ("stage=helo,reply=451", "--fault stage"),
             ("stage=rcpt", "--fault stage"),                     // nothing to do
             ("stage=mail,reply=250", "--fault reply"),           // 2xx only at RCPT
+            ("stage=rcpt,reply=200", "--fault reply"),           // and there 250 or 251, as rcpt-NNN
             ("stage=rcpt,reply=354", "--fault reply"),
             ("stage=mail,drop=true", "--fault drop"),            // drop only in DATA
             ("stage=all,reply=451", "--fault reply"),

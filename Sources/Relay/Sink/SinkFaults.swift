@@ -105,9 +105,10 @@ public struct FaultRule: Sendable, Equatable {
             guard let n = value.number, n == n.rounded(), let code = Int(exactly: n) else {
                 throw error("reply", "expected a reply code such as 451 or 550")
             }
-            let allowed = stage == .rcpt ? (200...599) : (400...599)
-            guard allowed.contains(code), !(300...399).contains(code) else {
-                throw error("reply", "\(code) is not a \(stage == .rcpt ? "2xx, 4xx or 5xx" : "4xx or 5xx") reply code")
+            // At RCPT also the positive replies RFC 5321 §4.3.2 gives it (as the magic rcpt-NNN).
+            let positive = stage == .rcpt && (code == 250 || code == 251)
+            guard positive || (400...599).contains(code) else {
+                throw error("reply", "\(code) is not a \(stage == .rcpt ? "250, 251, 4xx or 5xx" : "4xx or 5xx") reply code")
             }
             rule.reply = code
         }
