@@ -78,14 +78,15 @@ struct Passwd: ParsableCommand {
         return line.hasSuffix("\r") ? String(line.dropLast()) : line
     }
 
-    /// Reads a line from the terminal with echo off.
+    /// Reads a line from the terminal with echo off. The prompt is shown once echo is off (TCSAFLUSH
+    /// drops what was typed before it), so what is typed after the prompt is read.
     func prompt(_ text: String) -> String? {
-        fputs(text, stderr)
         var old = termios()
         tcgetattr(0, &old)
         var quiet = old
         quiet.c_lflag &= ~tcflag_t(ECHO)
         tcsetattr(0, TCSAFLUSH, &quiet)
+        fputs(text, stderr)
         defer {
             tcsetattr(0, TCSAFLUSH, &old)
             fputs("\n", stderr)

@@ -96,9 +96,6 @@ struct QueueFilterOptions: ParsableArguments {
                 throw ValidationError("\(option): \((error as? ConfigError)?.message ?? "\(error)")")
             }
         }
-        if let state, !QueueFilter.states.contains(state) {
-            throw ValidationError("--state must be one of \(QueueFilter.states.joined(separator: ", ")), got \"\(state)\"")
-        }
     }
 
     var query: String {
