@@ -106,6 +106,27 @@ def test_every_error_is_json(tern, raw, status):
     assert isinstance(error, str) and error, body
 
 
+def test_too_many_connections_is_json(tern):
+    """The endpoint serves 16 connections at once; the next one is refused in JSON like any error."""
+    held = [socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) for _ in range(16)]
+    try:
+        for c in held:  # each is being served: one answer each, the connection kept
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        # Refused at once, before any request: read the answer without sending one.
+        with socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) as extra:
+            data = b""
+            while chunk := extra.recv(4096):
+                data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503") and b"Content-Type: application/json" in head, data
+        assert json.loads(body) == {"error": "too many connections"}
+    finally:
+        for c in held:
+            c.close()
+    wait_until(lambda: get(tern.admin_port, "/health")[0] == 200, 10, "served again once they closed")
+
+
 def test_health_and_ready(tern):
     assert get(tern.admin_port, "/health") == (200, {"status": "ok"})
     status, ready = get(tern.admin_port, "/ready")
