@@ -251,6 +251,22 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(!text.contains("due now"))
     }
 
+    /// /ready is 503 with every reason while any check fails; the integration test can make the spool
+    /// disk full, not the start-up load slow, so the load is checked here.
+    @Test func readiness() throws {
+        let ready = AdminEndpoint.readiness(listening: true, loadingSpool: false, spoolFailure: nil)
+        #expect(ready.status == "ready" && ready.error == nil)
+        let loading = AdminEndpoint.readiness(listening: true, loadingSpool: true, spoolFailure: nil)
+        #expect(loading.status == "not ready" && !loading.recoveryDone && loading.spoolWritable)
+        #expect(loading.error == "still loading the queue from the spool")
+        let all = AdminEndpoint.readiness(listening: false, loadingSpool: true, spoolFailure: "ENOSPC")
+        #expect(all.error == "not listening for mail (starting or stopping); still loading the queue from the spool; the spool is not writable: ENOSPC")
+        let body = AdminEndpoint.json(loading, status: 503)
+        #expect(body.status == 503)
+        let object = try JSONSerialization.jsonObject(with: Data(body.body)) as! [String: Any]
+        #expect(Set(object.keys) == ["status", "listening", "recovery_done", "spool_writable", "error"])
+    }
+
     @Test func bulkReplyCounts() {
         let results = ["done", "done", "pending", "gone", "failed"].map {
             QueueActionReply(action: .delete, id: "x", result: $0, message: $0)

@@ -139,20 +139,25 @@ public final class AdminEndpoint {
         let spool = server.spool
         var failure: SpoolError?
         server.loop.queueWork({ failure = spool.probeWritable() }, done: { [self] in
-            var status = ReadyStatus(listening: server.isListening, recoveryDone: server.delivery?.isLoadingSpool != true,
-                                     spoolWritable: failure == nil)
-            var reasons: [String] = []
-            if !status.listening { reasons.append("not listening for mail (starting or stopping)") }
-            if !status.recoveryDone { reasons.append("still loading the queue from the spool") }
-            if let failure { reasons.append("the spool is not writable: \(failure)") }
-            status.error = reasons.isEmpty ? nil : reasons.joined(separator: "; ")
-            status.status = reasons.isEmpty ? "ready" : "not ready"
-            answer(Self.json(status, status: reasons.isEmpty ? 200 : 503))
+            let status = Self.readiness(listening: server.isListening, loadingSpool: server.delivery?.isLoadingSpool == true,
+                                        spoolFailure: failure.map { "\($0)" })
+            answer(Self.json(status, status: status.error == nil ? 200 : 503))
         })
     }
 
-    struct ReadyStatus: Encodable {
-        var status = ""
+    /// What /ready answers from what is known: ready, or not ready with every reason.
+    static func readiness(listening: Bool, loadingSpool: Bool, spoolFailure: String?) -> ReadyStatus {
+        var reasons: [String] = []
+        if !listening { reasons.append("not listening for mail (starting or stopping)") }
+        if loadingSpool { reasons.append("still loading the queue from the spool") }
+        if let spoolFailure { reasons.append("the spool is not writable: \(spoolFailure)") }
+        return ReadyStatus(status: reasons.isEmpty ? "ready" : "not ready", listening: listening,
+                           recoveryDone: !loadingSpool, spoolWritable: spoolFailure == nil,
+                           error: reasons.isEmpty ? nil : reasons.joined(separator: "; "))
+    }
+
+    struct ReadyStatus: Encodable, Equatable {
+        var status: String
         var listening: Bool
         var recoveryDone: Bool
         var spoolWritable: Bool
@@ -266,7 +271,7 @@ public final class AdminEndpoint {
 
     static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let body = (try? encoder.encode(value)).map { Array($0) + [10] } ?? Array("{}\n".utf8)
         return HTTPResponse(status: status, reason: reason(status),
                             headers: [HTTPHeader("Content-Type", "application/json")], body: body)
