@@ -133,6 +133,16 @@ def test_health_and_ready(tern):
     assert status == 200, ready
     assert ready == {"status": "ready", "listening": True, "recovery_done": True, "spool_writable": True}
     assert not list(tern.queue_dir.glob(".write-probe*")), "the probe leaves nothing behind"
+    # Several at once share one probe: each gets the answer.
+    conns = [socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) for _ in range(6)]
+    for c in conns:
+        c.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    for c in conns:
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+        c.close()
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'"status":"ready"}\n'), data
     p = health("--config", str(tern.config_path))
     assert p.returncode == 0 and json.loads(p.stdout) == {"status": "ok"}, p
     p = health("--ready", "--admin", f"127.0.0.1:{tern.admin_port}")

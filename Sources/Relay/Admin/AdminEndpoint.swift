@@ -135,15 +135,24 @@ public final class AdminEndpoint {
     /// GET /ready: 200 when the listeners accept, the spool takes a new file and the queue found in
     /// the spool at start-up is loaded; else 503 saying which is not. The spool is tried on the thread
     /// pool (a write that blocks on a sick disk must not stop the loop, which is what /health tells).
+    /// One probe at a time: requests that come while it runs get its answer (a disk that hangs holds
+    /// one pool thread, not one per probe).
     private func ready(_ answer: @escaping (HTTPResponse) -> Void) {
+        readyWaiting.append(answer)
+        guard readyWaiting.count == 1 else { return }
         let spool = server.spool
         var failure: SpoolError?
         server.loop.queueWork({ failure = spool.probeWritable() }, done: { [self] in
             let status = Self.readiness(listening: server.isListening, loadingSpool: server.delivery?.isLoadingSpool == true,
                                         spoolFailure: failure.map { "\($0)" })
-            answer(Self.json(status, status: status.error == nil ? 200 : 503))
+            let response = Self.json(status, status: status.error == nil ? 200 : 503)
+            let waiting = readyWaiting
+            readyWaiting = []
+            for answer in waiting { answer(response) }
         })
     }
+
+    private var readyWaiting: [(HTTPResponse) -> Void] = []
 
     /// What /ready answers from what is known: ready, or not ready with every reason.
     static func readiness(listening: Bool, loadingSpool: Bool, spoolFailure: String?) -> ReadyStatus {
