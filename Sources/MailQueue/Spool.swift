@@ -218,6 +218,23 @@ public final class Spool: @unchecked Sendable {
     public func envelopePath(_ id: QueueID) -> String { directory(id).path + "/" + id.rawValue + ".env" }
     private func temporaryPath(_ id: QueueID) -> String { directory(id).path + "/" + id.rawValue + ".env.tmp" }
 
+    /// Whether a new file can be written in the spool now, as a message would be: creates
+    /// `<queue>/.write-probe`, writes a block (a full disk refuses it; an empty file would still fit),
+    /// removes it. For the readiness probe, on the thread pool. nil when it can; else what failed.
+    public func probeWritable() -> SpoolError? {
+        let file = queuePath + "/.write-probe"
+        let fd = open(file, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return SpoolError("create", path: file, errno: errno) }
+        defer { _ = unlink(file) }
+        let block = [UInt8](repeating: 0, count: 4096)
+        let n = block.withUnsafeBytes { posixWrite(fd, $0.baseAddress!, $0.count) }
+        let code = errno
+        _ = close(fd)
+        if n < 0 { return SpoolError("write", path: file, errno: code) }
+        if n < block.count { return SpoolError("write", path: file, errno: ENOSPC, detail: "short write: the disk is full") }
+        return nil
+    }
+
     /// A message being received: `<id>.msg` opened O_CREAT|O_EXCL|O_WRONLY|O_CLOEXEC.
     /// Throws with `isAlreadyExists` when the id is taken (clock went back across a restart).
     public func create(_ id: QueueID) throws -> SpoolFile {

@@ -53,6 +53,8 @@ public final class SMTPServer {
     var serverConfiguration: ServerConfiguration
     var submissionConfiguration: ServerConfiguration
     var stopping = false
+    /// Every listener accepts (between `start()` and `stop()`): part of the admin endpoint's /ready.
+    public private(set) var isListening = false
     var onStopped: (() -> Void)?
 
     /// Opens the spool (locking it against a second instance) and prepares the listeners; nothing is
@@ -109,6 +111,7 @@ public final class SMTPServer {
             try listener.start { [unowned self] connection in self.accepted(connection, role: role) }
             log.info("listening on \(listener.localAddress)\(role == .relay ? "" : " (\(role))")")
         }
+        isListening = true
         if let admin {
             try admin.start()
             log.info("admin endpoint on \(admin.listenDescription)")
@@ -179,6 +182,7 @@ public final class SMTPServer {
     public func stop(grace: Double, _ done: @escaping () -> Void) {
         guard !stopping else { return }
         stopping = true
+        isListening = false
         onStopped = done
         for listener in listeners { listener.close() }
         listeners = []

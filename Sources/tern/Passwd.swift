@@ -48,7 +48,8 @@ struct Passwd: ParsableCommand {
             }
             users.order.removeAll { $0 == user }
         } else {
-            guard let password = readPassword(), !password.isEmpty else {
+            let password = try readPassword()
+            guard !password.isEmpty else {
                 fputs("tern passwd: empty password\n", stderr)
                 throw ExitCode(65)
             }
@@ -57,28 +58,35 @@ struct Passwd: ParsableCommand {
         try write(users.text, to: file)
     }
 
-    func readPassword() -> String? {
+    /// The password, or an exit with the one message that says why there is none (each failure says
+    /// its own thing: a mismatch is not an empty password).
+    func readPassword() throws -> String {
+        func noPassword() -> ExitCode {
+            fputs("tern passwd: no password given (end of input)\n", stderr)
+            return ExitCode(65)
+        }
         if isatty(0) != 0 {
-            guard let first = prompt("Password for \(user): ") else { return nil }
-            guard let again = prompt("Again: ") else { return nil }
+            guard let first = prompt("Password for \(user): ") else { throw noPassword() }
+            guard let again = prompt("Again: ") else { throw noPassword() }
             guard first == again else {
-                fputs("tern passwd: the passwords differ\n", stderr)
-                return nil
+                fputs("tern passwd: the passwords differ; nothing changed\n", stderr)
+                throw ExitCode(65)
             }
             return first
         }
-        guard let line = readLine(strippingNewline: true) else { return nil }
+        guard let line = readLine(strippingNewline: true) else { throw noPassword() }
         return line.hasSuffix("\r") ? String(line.dropLast()) : line
     }
 
-    /// Reads a line from the terminal with echo off.
+    /// Reads a line from the terminal with echo off. The prompt is shown once echo is off (TCSAFLUSH
+    /// drops what was typed before it), so what is typed after the prompt is read.
     func prompt(_ text: String) -> String? {
-        fputs(text, stderr)
         var old = termios()
         tcgetattr(0, &old)
         var quiet = old
         quiet.c_lflag &= ~tcflag_t(ECHO)
         tcsetattr(0, TCSAFLUSH, &quiet)
+        fputs(text, stderr)
         defer {
             tcsetattr(0, TCSAFLUSH, &old)
             fputs("\n", stderr)

@@ -30,6 +30,24 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         }
         #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush") == .flush(domain: nil))
         #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush?domain=Example.NET.") == .flush(domain: "example.net"))
+        #expect(try AdminRoute.parse(method: "GET", target: "/health") == .health)
+        #expect(try AdminRoute.parse(method: "HEAD", target: "/health") == .health)
+        #expect(try AdminRoute.parse(method: "GET", target: "/ready") == .ready)
+    }
+
+    /// POST /queue/ACTION acts on a selection: all=1, or GET /queue's filters; never on a bare POST.
+    @Test func selections() throws {
+        for action in QueueAction.allCases where action != .flush {
+            #expect(try AdminRoute.parse(method: "POST", target: "/queue/\(action.rawValue)?all=1") == .bulk(action, QueueFilter()))
+        }
+        var held = QueueFilter()
+        held.state = "held"
+        held.domain = "example.net"
+        #expect(try AdminRoute.parse(method: "POST", target: "/queue/delete?state=held&domain=Example.net") == .bulk(.delete, held))
+        var sender = QueueFilter()
+        sender.sender = "@example.org"
+        #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush?sender=%40example.org") == .bulk(.flush, sender))
+        #expect(try AdminRoute.parse(method: "POST", target: "/queue/flush?all=1") == .bulk(.flush, QueueFilter()))
     }
 
     @Test func filtersFromTheQuery() throws {
@@ -61,7 +79,17 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
             ("GET", "/queue?min_age=soon", 400),
             ("GET", "/queue?colour=blue", 400),
             ("GET", "/queue?domain=%zz", 400),
-            ("POST", "/queue/flush?sender=x", 400),
+            ("POST", "/queue/flush?colour=x", 400),
+            ("POST", "/queue/flush?domain=", 400),
+            ("POST", "/queue/delete", 400),  // a selection says so: all=1 or filters
+            ("POST", "/queue/delete?all=2", 400),
+            ("POST", "/queue/release?state=stuck", 400),
+            ("GET", "/queue/hold", 405),
+            ("GET", "/queue?min_age=5x", 400),  // an unknown unit, as the config refuses it
+            ("GET", "/queue?max_age=-5m", 400),
+            ("POST", "/health", 405),
+            ("GET", "/health?verbose=1", 400),
+            ("POST", "/ready", 405),
         ]
         for (method, target, status) in cases {
             do {
@@ -198,6 +226,54 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(lines[5].hasSuffix("MAILER-DAEMON"))
         #expect(!text.contains("y@a.example"), "delivered recipients are not listed")
         #expect(text.hasSuffix("-- 3 Kbytes in 2 Requests.\n"))
+    }
+
+    @Test func qshapeAsJSON() throws {
+        let now = 100_000.0
+        let shape = QueueShape([entry(arrival: now - 600, recipients: [("a@x.example", .deferred)])], now: now)
+        let object = try JSONSerialization.jsonObject(with: Data(shape.json(deliveryEnabled: false).utf8)) as! [String: Any]
+        #expect(object["bucket_minutes"] as? [Int] == [5, 10, 20, 40, 80, 160, 320, 640, 1280])
+        #expect(object["delivery_enabled"] as? Bool == false)
+        let total = object["total"] as! [String: Any]
+        #expect(total["total"] as? Int == 1 && total["buckets"] as? [Int] == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        let domains = object["domains"] as! [[String: Any]]
+        #expect(domains.map { $0["domain"] as? String } == ["x.example"])
+    }
+
+    @Test func showSaysDeliveryDisabled() {
+        let utc = TimeZone(identifier: "UTC")!
+        var e = entry(state: "queued", recipients: [("a@x.example", .pending)])
+        #expect(!MailqFormat.details(e, now: 2000, timeZone: utc).contains("disabled"))
+        e.deliveryEnabled = false
+        let text = MailqFormat.details(e, now: 2000, timeZone: utc)
+        #expect(text.contains("State        queued (delivery disabled: [delivery] enabled = false)"), "\(text)")
+        #expect(text.contains("Next attempt none: delivery disabled"), "\(text)")
+        #expect(!text.contains("due now"))
+    }
+
+    /// /ready is 503 with every reason while any check fails; the integration test can make the spool
+    /// disk full, not the start-up load slow, so the load is checked here.
+    @Test func readiness() throws {
+        let ready = AdminEndpoint.readiness(listening: true, loadingSpool: false, spoolFailure: nil)
+        #expect(ready.status == "ready" && ready.error == nil)
+        let loading = AdminEndpoint.readiness(listening: true, loadingSpool: true, spoolFailure: nil)
+        #expect(loading.status == "not ready" && !loading.recoveryDone && loading.spoolWritable)
+        #expect(loading.error == "still loading the queue from the spool")
+        let all = AdminEndpoint.readiness(listening: false, loadingSpool: true, spoolFailure: "ENOSPC")
+        #expect(all.error == "not listening for mail (starting or stopping); still loading the queue from the spool; the spool is not writable: ENOSPC")
+        let body = AdminEndpoint.json(loading, status: 503)
+        #expect(body.status == 503)
+        let object = try JSONSerialization.jsonObject(with: Data(body.body)) as! [String: Any]
+        #expect(Set(object.keys) == ["status", "listening", "recovery_done", "spool_writable", "error"])
+    }
+
+    @Test func bulkReplyCounts() {
+        let results = ["done", "done", "pending", "gone", "failed"].map {
+            QueueActionReply(action: .delete, id: "x", result: $0, message: $0)
+        }
+        let reply = QueueBulkReply(action: .delete, results: results)
+        let counts: [Int] = [reply.selected, reply.done, reply.pending, reply.gone, reply.failed]
+        #expect(counts == [5, 2, 1, 1, 1])
     }
 }
 

@@ -69,6 +69,18 @@ private func parse(_ text: String, step: Int = .max, parser: HTTPRequestParser =
         }
     }
 
+    /// RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding is a zero-length body (`curl -X POST`);
+    /// the next request on the connection follows at once.
+    @Test func postWithoutContentLengthHasNoBody() {
+        let text = "POST /queue/0123456789ABCD/flush HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"
+        for step in [Int.max, 1] {
+            let (reqs, err) = parse(text, step: step)
+            #expect(err == nil)
+            #expect(reqs.map(\.method) == ["POST", "GET"])
+            #expect(reqs.first?.body == [])
+        }
+    }
+
     @Test func leadingEmptyLinesIgnored() {
         let (reqs, err) = parse("\r\n\r\n" + get)
         #expect(err == nil && reqs.count == 1)
@@ -91,7 +103,6 @@ private func parse(_ text: String, step: Int = .max, parser: HTTPRequestParser =
             ("GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400),
             ("GET / HTTP/1.1\nHost: x\n\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", 400),
-            ("POST / HTTP/1.1\r\n\r\n", 411),
             ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
             ("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),

@@ -14,13 +14,15 @@ public final class AdminEndpoint {
     /// On TCP at `address`, or on the unix socket at `unixPath` when given.
     init(server: SMTPServer, address: SocketAddress?, unixPath: String?) throws {
         self.server = server
-        var handle: HTTPServer.AsyncHandler = { _, answer in answer(HTTPResponse.text(503, "Service Unavailable", "starting\n")) }
+        var handle: HTTPServer.AsyncHandler = { _, answer in answer(Self.json(AdminError(503, "starting"))) }
         let forward: HTTPServer.AsyncHandler = { request, answer in handle(request, answer) }
         if let unixPath {
             http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16, asyncHandler: forward)
         } else {
             http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16, asyncHandler: forward)
         }
+        // Malformed requests too are answered in JSON, as every other error of the endpoint.
+        http.errorResponse = { status, _, message in Self.json(AdminError(status, message)) }
         handle = { [unowned self] request, answer in self.handle(request, answer) }
     }
 
@@ -49,6 +51,10 @@ public final class AdminEndpoint {
             return
         }
         switch route {
+        case .health:
+            answer(Self.json(["status": "ok"]))
+        case .ready:
+            ready(answer)
         case .metrics:
             let metrics = server.relayMetrics
             let reply = {
@@ -88,6 +94,9 @@ public final class AdminEndpoint {
         case .flush(let domain):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.flush(domain: domain)))
+        case .bulk(let action, let filter):
+            guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
+            bulk(action, filter, delivery, answer)
         case .act(let action, let id):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             delivery.control(action, id: id) { result in
@@ -121,10 +130,60 @@ public final class AdminEndpoint {
 
     static let deliveryOff = AdminError(409, "delivery is switched off ([delivery] enabled = false): nothing to act on")
 
+    // MARK: Health and readiness
+
+    /// GET /ready: 200 when the listeners accept, the spool takes a new file and the queue found in
+    /// the spool at start-up is loaded; else 503 saying which is not. The spool is tried on the thread
+    /// pool (a write that blocks on a sick disk must not stop the loop, which is what /health tells).
+    /// One probe at a time: requests that come while it runs get its answer (a disk that hangs holds
+    /// one pool thread, not one per probe).
+    private func ready(_ answer: @escaping (HTTPResponse) -> Void) {
+        readyWaiting.append(answer)
+        guard readyWaiting.count == 1 else { return }
+        let spool = server.spool
+        var failure: SpoolError?
+        server.loop.queueWork({ failure = spool.probeWritable() }, done: { [self] in
+            let status = Self.readiness(listening: server.isListening, loadingSpool: server.delivery?.isLoadingSpool == true,
+                                        spoolFailure: failure.map { "\($0)" })
+            let response = Self.json(status, status: status.error == nil ? 200 : 503)
+            let waiting = readyWaiting
+            readyWaiting = []
+            for answer in waiting { answer(response) }
+        })
+    }
+
+    private var readyWaiting: [(HTTPResponse) -> Void] = []
+
+    /// What /ready answers from what is known: ready, or not ready with every reason.
+    static func readiness(listening: Bool, loadingSpool: Bool, spoolFailure: String?) -> ReadyStatus {
+        var reasons: [String] = []
+        if !listening { reasons.append("not listening for mail (starting or stopping)") }
+        if loadingSpool { reasons.append("still loading the queue from the spool") }
+        if let spoolFailure { reasons.append("the spool is not writable: \(spoolFailure)") }
+        return ReadyStatus(status: reasons.isEmpty ? "ready" : "not ready", listening: listening,
+                           recoveryDone: !loadingSpool, spoolWritable: spoolFailure == nil,
+                           error: reasons.isEmpty ? nil : reasons.joined(separator: "; "))
+    }
+
+    struct ReadyStatus: Encodable, Equatable {
+        var status: String
+        var listening: Bool
+        var recoveryDone: Bool
+        var spoolWritable: Bool
+        var error: String?
+
+        enum CodingKeys: String, CodingKey {
+            case status, listening, error
+            case recoveryDone = "recovery_done"
+            case spoolWritable = "spool_writable"
+        }
+    }
+
     // MARK: Reading the queue
 
-    /// Every envelope in the spool, read on the thread pool; then their states from memory.
-    private func list(_ filter: QueueFilter, _ answer: @escaping (HTTPResponse) -> Void) {
+    /// Every envelope in the spool, read on the thread pool; then, on the loop, the entries that
+    /// `filter` selects, with their states from memory.
+    private func select(_ filter: QueueFilter, _ done: @escaping (Result<[QueueEntry], AdminError>) -> Void) {
         let spool = server.spool
         var envelopes: [Envelope] = []
         var failure: Error?
@@ -138,12 +197,59 @@ public final class AdminEndpoint {
                 failure = error
             }
         }, done: { [self] in
-            if let failure { return answer(Self.json(AdminError(500, "cannot read the spool: \(failure)"))) }
+            if let failure { return done(.failure(AdminError(500, "cannot read the spool: \(failure)"))) }
             let now = DeliveryManager.wallClock()
-            let entries = envelopes.filter { server.delivery?.isLeaving($0.id) != true }
-                .map(entry).filter { filter.matches($0, now: now) }
-            answer(Self.json(QueueListing(count: entries.count, messages: entries)))
+            done(.success(envelopes.filter { server.delivery?.isLeaving($0.id) != true }
+                .map(entry).filter { filter.matches($0, now: now) }))
         })
+    }
+
+    private func list(_ filter: QueueFilter, _ answer: @escaping (HTTPResponse) -> Void) {
+        select(filter) { [self] result in
+            switch result {
+            case .failure(let error): answer(Self.json(error))
+            case .success(let entries):
+                answer(Self.json(QueueListing(count: entries.count, messages: entries,
+                                              deliveryEnabled: server.delivery != nil)))
+            }
+        }
+    }
+
+    /// The action on every message selected by `filter` as the queue is now (as postsuper does with
+    /// ALL): the selection is read once, then each message is acted on; messages that arrive meanwhile
+    /// are not in it. Release takes only held messages and flush none (a flush does not release).
+    private func bulk(_ action: QueueAction, _ filter: QueueFilter, _ delivery: DeliveryManager,
+                      _ answer: @escaping (HTTPResponse) -> Void) {
+        select(filter) { result in
+            let entries: [QueueEntry]
+            switch result {
+            case .failure(let error): return answer(Self.json(error))
+            case .success(let selected): entries = selected
+            }
+            let ids = entries.filter { e in
+                switch action {
+                case .release: return e.state == "held"
+                case .flush: return e.state != "held"
+                case .hold, .delete, .bounce: return true
+                }
+            }.compactMap { QueueID(rawValue: $0.id) }
+            var results = [QueueActionReply?](repeating: nil, count: ids.count)
+            var waiting = ids.count
+            guard waiting > 0 else { return answer(Self.json(QueueBulkReply(action: action, results: []))) }
+            for (i, id) in ids.enumerated() {
+                delivery.control(action, id: id) { outcome in
+                    switch outcome {
+                    case .success(let reply):
+                        results[i] = reply
+                    case .failure(let error):
+                        results[i] = QueueActionReply(action: action, id: id.rawValue, result: error.status == 404 ? "gone" : "failed",
+                                                      message: error.message)
+                    }
+                    waiting -= 1
+                    if waiting == 0 { answer(Self.json(QueueBulkReply(action: action, results: results.compactMap { $0 }))) }
+                }
+            }
+        }
     }
 
     private func show(_ id: QueueID, _ answer: @escaping (HTTPResponse) -> Void) {
@@ -156,7 +262,9 @@ public final class AdminEndpoint {
             envelope = try? spool.load(id)
         }, done: { [self] in
             guard let envelope, server.delivery?.isLeaving(id) != true else { return answer(notQueued) }
-            answer(Self.json(entry(server.delivery?.envelopeInMemory(id) ?? envelope)))
+            var shown = entry(server.delivery?.envelopeInMemory(id) ?? envelope)
+            if server.delivery == nil { shown.deliveryEnabled = false }
+            answer(Self.json(shown))
         })
     }
 
@@ -172,7 +280,7 @@ public final class AdminEndpoint {
 
     static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let body = (try? encoder.encode(value)).map { Array($0) + [10] } ?? Array("{}\n".utf8)
         return HTTPResponse(status: status, reason: reason(status),
                             headers: [HTTPHeader("Content-Type", "application/json")], body: body)
@@ -191,6 +299,10 @@ public final class AdminEndpoint {
         case 403: return "Forbidden"
         case 405: return "Method Not Allowed"
         case 409: return "Conflict"
+        case 413: return "Content Too Large"
+        case 431: return "Request Header Fields Too Large"
+        case 501: return "Not Implemented"
+        case 505: return "HTTP Version Not Supported"
         case 503: return "Service Unavailable"
         default: return status >= 500 ? "Internal Server Error" : "Error"
         }

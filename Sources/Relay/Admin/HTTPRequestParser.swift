@@ -1,11 +1,12 @@
 // A small HTTP/1.1 request parser (RFC 9112) for Tern's own endpoints: `/metrics` of `tern sink`
 // now, the relay's admin endpoint later. Pure: bytes in, requests out, so it is tested byte by byte.
 //
-// Deliberately narrow: a request line, header fields, and a body only by Content-Length. Anything
-// else gets the status code that says why, and the connection is closed after it:
+// Deliberately narrow: a request line, header fields, and a body only by Content-Length (a request
+// with neither Content-Length nor Transfer-Encoding has none, RFC 9112 §6.3: `curl -X POST` sends
+// that). Anything else gets the status code that says why, and the connection is closed after it:
 //   400 malformed request line or header field, bare CR or LF, obs-fold, Content-Length wrong
-//   411 a body without Content-Length (POST with neither), 413 body over the limit,
-//   431 request head over the limit, 501 Transfer-Encoding (no chunked bodies), 505 not HTTP/1.x.
+//   413 body over the limit, 431 request head over the limit,
+//   501 Transfer-Encoding (no chunked bodies), 505 not HTTP/1.x.
 
 public struct HTTPHeader: Equatable, Sendable {
     public var name: String
@@ -107,8 +108,6 @@ public struct HTTPRequestParser: Sendable {
             else { throw HTTPParseError(status: 400, reason: "Bad Request: Content-Length") }
             guard n <= maxBodyBytes else { throw HTTPParseError(status: 413, reason: "Content Too Large") }
             bodyLength = n
-        } else if request.method == "POST" || request.method == "PUT" {
-            throw HTTPParseError(status: 411, reason: "Length Required")
         }
         let total = headEnd + 4 + bodyLength
         guard buffer.count >= total else { return nil }

@@ -20,6 +20,12 @@ public final class HTTPServer {
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
     public let idleTimeoutMs: UInt64
+    /// The answer to a request the server refuses itself (malformed, too many connections): status,
+    /// reason phrase and a line saying why. Plain text unless the owner answers its errors in another
+    /// shape (the admin endpoint: JSON).
+    public var errorResponse: @Sendable (_ status: Int, _ reason: String, _ message: String) -> HTTPResponse = {
+        HTTPResponse.text($0, $1, $2 + "\n")
+    }
 
     public convenience init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
                 handler: @escaping Handler) throws {
@@ -69,7 +75,7 @@ public final class HTTPServer {
 
     private func accepted(_ connection: TCPConnection) {
         guard connections.count < maxConnections else {
-            connection.write(HTTPResponse.text(503, "Service Unavailable", "too many connections\n").serialized(close: true))
+            connection.write(errorResponse(503, "Service Unavailable", "too many connections").serialized(close: true))
             connection.closeAfterWrites()
             return
         }
@@ -127,7 +133,7 @@ private final class HTTPConnection {
                 guard let r = try parser.next() else { return }
                 request = r
             } catch let error as HTTPParseError {
-                connection.write(HTTPResponse.text(error.status, error.reason, error.reason + "\n").serialized(close: true))
+                connection.write(server.errorResponse(error.status, error.reason, error.reason).serialized(close: true))
                 connection.closeAfterWrites()
                 return
             } catch {

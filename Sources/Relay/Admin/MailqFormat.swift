@@ -21,6 +21,9 @@ public enum MailqFormat {
         }
     }
 
+    /// The first line of `tern queue list` and `summary` when the relay does not deliver.
+    public static let deliveryDisabled = "Delivery disabled ([delivery] enabled = false): nothing is tried, mail stays queued."
+
     public static func table(_ entries: [QueueEntry], timeZone: TimeZone) -> String {
         guard !entries.isEmpty else { return "Mail queue is empty\n" }
         let dates = formatter(timeZone)
@@ -51,9 +54,10 @@ public enum MailqFormat {
     public static func details(_ e: QueueEntry, now: Double, timeZone: TimeZone) -> String {
         let dates = formatter(timeZone)
         func date(_ t: Double) -> String { dates.string(from: Date(timeIntervalSince1970: t)) }
+        let off = e.deliveryEnabled == false
         var lines = [
             ("Queue ID", e.id),
-            ("State", e.state),
+            ("State", off ? "\(e.state) (delivery disabled: [delivery] enabled = false)" : e.state),
             ("Sender", "<\(e.sender)>"),
             ("Arrival", "\(date(e.arrival)) (\(age(now - e.arrival)) ago)"),
             ("Size", "\(e.size) bytes"),
@@ -61,7 +65,9 @@ public enum MailqFormat {
             ("Attempts", "\(e.attempts)"),
             ("Client", "[\(e.clientIP)] helo=\(e.helo)"),
         ]
-        if e.state == "queued" || e.state == "deferred" {
+        if off {
+            lines.insert(("Next attempt", "none: delivery disabled"), at: 7)
+        } else if e.state == "queued" || e.state == "deferred" {
             lines.insert(("Next attempt", e.nextAttempt <= now ? "due now" : "\(date(e.nextAttempt)) (in \(age(e.nextAttempt - now)))"), at: 7)
         }
         var out = lines.map { $0.0.padding(toLength: 13, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n") + "\n"

@@ -44,7 +44,33 @@ public struct QueueActionReply: Codable, Equatable, Sendable {
     public var pending: Bool { result == "pending" }
 }
 
+/// The answer to an action on a selection (POST /queue/ACTION?...): one reply per message selected,
+/// whose `result` is "done", "pending", "gone" (it left the queue between the selection and the action:
+/// delivered, expired) or "failed" (its message says why).
+public struct QueueBulkReply: Codable, Equatable, Sendable {
+    public var action: String
+    public var selected: Int
+    public var done: Int
+    public var pending: Int
+    public var gone: Int
+    public var failed: Int
+    public var results: [QueueActionReply]
+
+    public init(action: QueueAction, results: [QueueActionReply]) {
+        self.action = action.rawValue
+        self.results = results
+        selected = results.count
+        done = results.count { $0.result == "done" }
+        pending = results.count { $0.result == "pending" }
+        gone = results.count { $0.result == "gone" }
+        failed = results.count { $0.result == "failed" }
+    }
+}
+
 extension DeliveryManager {
+    /// The queue is still being read from the spool at start-up: mail already there is not scheduled yet.
+    var isLoadingSpool: Bool { arrivedDuringScan != nil }
+
     /// A delivery attempt of the message is running (or its data is being read for one).
     func isInFlight(_ id: QueueID) -> Bool {
         (active[id]?.jobsInFlight ?? 0) > 0 || loading[id] != nil

@@ -34,11 +34,15 @@ public struct QueueEntry: Codable, Equatable, Sendable {
     public var clientIP: String
     public var helo: String
     public var recipients: [RecipientEntry]
+    /// false when the relay does not deliver ([delivery] enabled = false): nothing is tried. Only in
+    /// GET /queue/ID (the listing says it once).
+    public var deliveryEnabled: Bool?
 
     enum CodingKeys: String, CodingKey {
         case id, sender, arrival, size, priority, state, attempts, recipients, helo
         case nextAttempt = "next_attempt"
         case clientIP = "client_ip"
+        case deliveryEnabled = "delivery_enabled"
     }
 
     public init(_ e: Envelope, state: String) {
@@ -74,11 +78,18 @@ public struct QueueEntry: Codable, Equatable, Sendable {
 public struct QueueListing: Codable, Equatable, Sendable {
     public var count: Int
     public var messages: [QueueEntry]
+    /// false when the relay does not deliver ([delivery] enabled = false).
+    public var deliveryEnabled: Bool? = nil
+
+    enum CodingKeys: String, CodingKey {
+        case count, messages
+        case deliveryEnabled = "delivery_enabled"
+    }
 }
 
 /// The filters of GET /queue, from its query string: domain (a recipient still to deliver is at this
 /// domain), sender (the address, or "@domain" for any sender there; "<>" or "" for the null sender),
-/// state, priority, min_age and max_age (seconds, or a duration like "90s", "5m", "2h", "1d").
+/// state, priority, min_age and max_age (seconds, or a duration as in the config: "90s", "5m", "1h30m").
 public struct QueueFilter: Equatable, Sendable {
     public var domain: String?
     public var sender: String?
@@ -93,7 +104,11 @@ public struct QueueFilter: Equatable, Sendable {
 
     /// Parses "domain=example.org&state=deferred"; an unknown key or a bad value is an error naming it.
     public init(query: String) throws {
-        for (key, value) in try AdminQuery.pairs(query) {
+        try self.init(pairs: try AdminQuery.pairs(query))
+    }
+
+    init(pairs: [(String, String)]) throws {
+        for (key, value) in pairs {
             switch key {
             case "domain":
                 domain = value.lowercased().trimmingTrailingDot
@@ -110,7 +125,7 @@ public struct QueueFilter: Equatable, Sendable {
                 }
                 priority = p
             case "min_age", "max_age":
-                guard let seconds = Self.seconds(value) else {
+                guard let seconds = try? parseDuration(value) else {
                     throw AdminError(400, "\(key) must be seconds or a duration like 30m, 2h, 1d; got \"\(value)\"")
                 }
                 if key == "min_age" { minAge = seconds } else { maxAge = seconds }
@@ -118,23 +133,6 @@ public struct QueueFilter: Equatable, Sendable {
                 throw AdminError(400, "unknown filter \"\(key)\" (domain, sender, state, priority, min_age, max_age)")
             }
         }
-    }
-
-    /// "90" / "90s" / "5m" / "2h" / "1d" → seconds.
-    static func seconds(_ text: String) -> Double? {
-        guard let last = text.last else { return nil }
-        let scale: Double
-        var number = Substring(text)
-        switch last {
-        case "s": scale = 1
-        case "m": scale = 60
-        case "h": scale = 3600
-        case "d": scale = 86400
-        default: scale = 1
-        }
-        if !last.isNumber { number = number.dropLast() }
-        guard let n = Double(number), n.isFinite, n >= 0 else { return nil }
-        return n * scale
     }
 
     public func matches(_ e: QueueEntry, now: Double) -> Bool {
@@ -192,6 +190,33 @@ public struct QueueShape: Equatable, Sendable {
         rows = byDomain.map { Row(domain: $0.key, total: $0.value.reduce(0, +), buckets: $0.value) }
             .sorted { $0.total != $1.total ? $0.total > $1.total : $0.domain < $1.domain }
         total = Row(domain: "TOTAL", total: all.reduce(0, +), buckets: all)
+    }
+
+    /// `tern queue summary --json`: the bucket limits in minutes (the last bucket has none), the total
+    /// and the domains, each with its count per bucket.
+    public func json(deliveryEnabled: Bool) -> String {
+        struct Shape: Encodable {
+            var bucketMinutes: [Int]
+            var deliveryEnabled: Bool
+            var total: RowJSON
+            var domains: [RowJSON]
+            enum CodingKeys: String, CodingKey {
+                case total, domains
+                case bucketMinutes = "bucket_minutes"
+                case deliveryEnabled = "delivery_enabled"
+            }
+        }
+        struct RowJSON: Encodable {
+            var domain: String
+            var total: Int
+            var buckets: [Int]
+        }
+        let row = { (r: Row) in RowJSON(domain: r.domain, total: r.total, buckets: r.buckets) }
+        let shape = Shape(bucketMinutes: Self.bucketMinutes.map { Int($0) }, deliveryEnabled: deliveryEnabled,
+                          total: row(total), domains: rows.map(row))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return (try? encoder.encode(shape)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
     /// The qshape table: a header of bucket limits, the total, then one line per domain.
