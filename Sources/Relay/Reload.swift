@@ -81,8 +81,10 @@ extension SMTPServer {
         config = next
         serverConfiguration = Self.sessionConfiguration(next)
         submissionConfiguration = Self.submissionConfiguration(next)
-        delivery?.router.replaceRoutes(next.routes.routes)
-        delivery?.closeIdleConnections()  // the next message opens a connection under the new routes and TLS
+        // Next hops, TLS policies and credentials (password files read again by the parse) for every
+        // connection opened from now on; idle and busy connections under the old ones are not reused.
+        delivery?.applyRoutes(next.routes)
+        delivery?.closeIdleConnections()
         return outcome
     }
 }
