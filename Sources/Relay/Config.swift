@@ -134,6 +134,8 @@ public struct TernConfig: Sendable, Equatable {
             try reader.rejectUnknownKeys()
         }
         try root.rejectUnknownKeys()
+        // The default spool path is relative too: from the file's directory like a written one.
+        config.spool.path = resolve(config.spool.path, from: baseDirectory)
         try config.checkSecurity(source: source)
         return config
     }
@@ -171,7 +173,11 @@ public struct TernConfig: Sendable, Equatable {
         while let range = absolute.range(of: "/./") { absolute.replaceSubrange(range, with: "/") }
         guard let slash = absolute.lastIndex(of: "/") else { return "." }
         let dir = String(absolute[..<slash])
-        return dir.isEmpty ? "/" : dir
+        if dir.isEmpty { return "/" }
+        // "work/../chain" as the kernel resolves it (symbolic links followed), for readable paths in logs.
+        guard let real = realpath(dir, nil) else { return dir }
+        defer { free(real) }
+        return String(cString: real)
     }
 
     static func currentDirectory() -> String {
