@@ -4,8 +4,8 @@
 // What changes at once: the limits and switches of [server] (new sessions take the new ones; a
 // session already open keeps the rules it greeted with, so a transaction never changes under a
 // client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
-// [priority], and [routes] (jobs routed after the reload; a connection already open finishes its
-// work). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
+// [priority], and [routes] with each route's TLS policy and credentials (jobs routed after the
+// reload; a connection already open finishes its job, then QUITs instead of taking another). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
 // spool, dns, delivery, log and admin.
 
 import Logging

@@ -151,7 +151,7 @@ extension TernConfig {
 ///   "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay",
 ///           auth_password_file = "/etc/tern/upstream.pw" }
 /// The password comes from exactly one of auth_password, auth_password_file (first line) or
-/// auth_password_env (an environment variable); it is read at start-up.
+/// auth_password_env (an environment variable); it is read at start-up and on SIGHUP.
 public struct RouteSecurity: Sendable, Equatable {
     /// nil: delivery.tls.
     public var tls: OutboundTLSPolicy?
