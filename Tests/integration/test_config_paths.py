@@ -121,3 +121,26 @@ def test_empty_config_is_the_built_in_default(tmp_path):
     assert 'hostname = "localhost"' not in out or subprocess.run(["hostname"], capture_output=True,
                                                                   text=True).stdout.strip() == "localhost"
     assert "root@localhost" not in out
+
+
+def test_sink_config_paths_are_from_its_directory(tmp_path):
+    """`tern sink --config ../chain/sink.toml`: keep_path = "mail" lands beside the file."""
+    from conftest import make_message, send_message
+    chain, work = tmp_path / "chain", tmp_path / "work"
+    chain.mkdir()
+    work.mkdir()
+    port = free_port()
+    (chain / "sink.toml").write_text(f'[sink]\nlisten = ["127.0.0.1:{port}"]\nmode = "keep"\nkeep_path = "mail"\n'
+                                     f'metrics_listen = ""\n')
+    log = tmp_path / "sink.log"
+    p = start(["sink", "--config", "../chain/sink.toml"], work, log)
+    try:
+        with wait_greeting(p, port, log) as c:
+            assert_reply(c.read_reply(), 220)
+            assert_reply(c.cmd("QUIT"), 221)
+        send_message(port, "a@client.test", ["b@x.test"], make_message(subject="kept"))
+        wait_until(lambda: list((chain / "mail").glob("*.eml")) if (chain / "mail").is_dir() else [], 20,
+                   "a kept message beside the sink's config", lambda: log.read_text())
+        assert not (work / "mail").exists()
+    finally:
+        stop(p)
