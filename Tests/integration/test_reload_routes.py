@@ -74,3 +74,21 @@ def test_hup_applies_a_route_tls_policy(relay, hops, certs, hop_port, dns):
     assert hop.tls_flags == [False, True], "the second message did not go out under the new tls policy"
     line = next(l for l in tern.stderr().splitlines() if qid in l and "status=sent" in l)
     assert "tls=TLS" in line, line
+
+
+def test_a_busy_connection_opened_before_hup_takes_no_new_job(relay, hops, certs, hop_port, dns):
+    """The connection carrying a message at SIGHUP finishes it, then QUITs: the next message to the
+    same destination goes out on a new connection under the new route (here: tls none -> require)."""
+    hop = hops("127.0.0.14", cls=TLSNextHop, cert=certs["selfsigned"], hold=True)
+    route = {"next_hop": f"[127.0.0.14]:{hop_port}", "tls": "none"}
+    tern = relay(routes={"*": route}, delivery={"connection_cache_time": "1m", "max_connections_per_destination": 1})
+    send(tern, ["first@anywhere.test"], subject="busy at reload")
+    wait_until(lambda: len(hop.tls_flags) >= 1, WAIT, "the first message's DATA at the hop",
+               lambda: diagnostics(tern, hop))
+    qid, _ = send(tern, ["second@anywhere.test"], subject="waits for the slot")  # one connection per destination
+    rewrite_routes(tern, hop_port, dns.port, dict(route, tls="require"))
+    hup(tern, "changed routes")
+    hop.release()
+    hop.wait_for(2, on_timeout=lambda: diagnostics(tern, hop))
+    assert hop.tls_flags == [False, True], "the busy connection took a job after the reload"
+    assert len({t.connection for t in hop.received()}) == 2
