@@ -98,20 +98,24 @@ public struct TernConfig: Sendable, Equatable {
 
     static let unnamedSource = "<config>"
 
-    /// Reads and parses a file. A file that cannot be read is an error naming the path.
+    /// Reads and parses a file. A file that cannot be read is an error naming the path. Relative
+    /// paths in it (spool, certificate, key, users file, password files) are from the file's directory.
     public static func load(path: String) throws -> TernConfig {
         let text = try readFile(path)
-        return try parse(text, source: path)
+        return try parse(text, source: path, baseDirectory: directory(of: path))
     }
 
-    public static func parse(_ text: String, source: String = "<config>") throws -> TernConfig {
+    /// `baseDirectory`: where relative paths in the text start (absolute); nil: the working directory,
+    /// and the paths are kept relative (the built-in default's spool stays under the working directory).
+    public static func parse(_ text: String, source: String = "<config>", baseDirectory: String? = nil) throws -> TernConfig {
         let document: TOMLTable
         do {
             document = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
             throw ConfigError(line: error.source.begin.line, message: error.description, source: source)
         }
-        var root = TableReader(document, path: [], context: ParseContext(text: text, source: source))
+        var root = TableReader(document, path: [], context: ParseContext(text: text, source: source,
+                                                                             baseDirectory: baseDirectory))
 
         var config = TernConfig(hostname: "")
         if let hostname = try root.read("hostname", Decode.string) {
@@ -130,6 +134,8 @@ public struct TernConfig: Sendable, Equatable {
             try reader.rejectUnknownKeys()
         }
         try root.rejectUnknownKeys()
+        // The default spool path is relative too: from the file's directory like a written one.
+        config.spool.path = resolve(config.spool.path, from: baseDirectory)
         try config.checkSecurity(source: source)
         return config
     }
@@ -139,12 +145,55 @@ public struct TernConfig: Sendable, Equatable {
         get throws { try parse(DefaultConfig.text, source: "<built-in tern.toml>") }
     }
 
-    /// gethostname(2), or "localhost" if it fails.
-    public static func systemHostname() -> String {
+    /// The machine's host name, fully qualified when the resolver knows it (as Postfix's myhostname):
+    /// gethostname(2), and when that has no dot, its canonical name from getaddrinfo (/etc/hosts,
+    /// then DNS). Asked once per process; "localhost" only if gethostname fails.
+    public static func systemHostname() -> String { cachedSystemHostname }
+
+    private static let cachedSystemHostname: String = {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
         let name = String(cString: buffer)
-        return name.isEmpty ? "localhost" : name
+        if name.isEmpty { return "localhost" }
+        if name.contains(".") { return name }
+        var hints = addrinfo()
+        hints.ai_flags = AI_CANONNAME
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &result) == 0, let first = result else { return name }
+        defer { freeaddrinfo(result) }
+        guard let canonical = first.pointee.ai_canonname.map({ String(cString: $0) }),
+              canonical.contains("."), isPlausibleDomain(canonical) else { return name }
+        return canonical
+    }()
+
+    /// The absolute directory of a config file's path: where its relative paths start.
+    public static func directory(of path: String) -> String {
+        var absolute = path.hasPrefix("/") ? path : currentDirectory() + "/" + path
+        while let range = absolute.range(of: "/./") { absolute.replaceSubrange(range, with: "/") }
+        guard let slash = absolute.lastIndex(of: "/") else { return "." }
+        let dir = String(absolute[..<slash])
+        if dir.isEmpty { return "/" }
+        // "work/../chain" as the kernel resolves it (symbolic links followed), for readable paths in logs.
+        guard let real = realpath(dir, nil) else { return dir }
+        defer { free(real) }
+        return String(cString: real)
+    }
+
+    static func currentDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buffer, buffer.count) != nil else { return "." }
+        return String(cString: buffer)
+    }
+
+    /// `path` from the config: as written when absolute or empty, else joined to `base` (nil: kept
+    /// relative, so it is from the working directory).
+    static func resolve(_ path: String, from base: String?) -> String {
+        guard !path.isEmpty, !path.hasPrefix("/"), let base else { return path }
+        var rest = Substring(path)
+        while rest.hasPrefix("./") { rest = rest.dropFirst(2).drop(while: { $0 == "/" }) }
+        if rest.isEmpty || rest == "." { return base }
+        return (base.hasSuffix("/") ? base : base + "/") + rest
     }
 
     private static func readAliases(_ config: inout TernConfig, _ reader: inout TableReader) throws {
@@ -188,7 +237,8 @@ public struct TernConfig: Sendable, Equatable {
 // MARK: - [server]
 
 public struct ServerConfig: Sendable, Equatable, ConfigSection {
-    public var listen: [String] = ["0.0.0.0:25", "[::]:25"]
+    /// Loopback and unprivileged, as etc/tern.toml (the built-in default); production lists its own.
+    public var listen: [String] = ["127.0.0.1:2525"]
     public var relayNetworks: [CIDR] = [CIDR.loopbackV4, CIDR.loopbackV6]
     public var acceptDomains: [String] = []
     public var maxMessageSize: Int = 52_428_800
@@ -252,7 +302,8 @@ extension CIDR {
 // MARK: - [spool]
 
 public struct SpoolConfig: Sendable, Equatable, ConfigSection {
-    /// The queue directory; relative paths are from the working directory.
+    /// The queue directory; a relative path is from the config file's directory (the working
+    /// directory for the built-in default). Tern creates it, not its parent.
     public var path: String = "var/spool"
 
     public init() {}
@@ -260,7 +311,7 @@ public struct SpoolConfig: Sendable, Equatable, ConfigSection {
     static let tableName = "spool"
 
     mutating func read(_ r: inout TableReader) throws {
-        try r.read("path", into: &path, Decode.nonEmptyString)
+        if let resolved = try r.readPath("path", nonEmpty: true) { path = resolved }
     }
 }
 
@@ -514,6 +565,8 @@ struct AnySection {
 struct ParseContext {
     let text: String
     let source: String
+    /// Where relative paths start (the config file's directory); nil: the working directory.
+    var baseDirectory: String? = nil
 }
 
 /// Reads the keys of one table, remembering which were read so that the rest can be reported.
@@ -542,6 +595,13 @@ struct TableReader {
 
     mutating func read<T>(_ key: String, into target: inout T, _ decode: (TOMLValueConvertible) throws -> T) throws {
         if let value = try read(key, decode) { target = value }
+    }
+
+    /// A path: a string resolved from the config file's directory when relative.
+    mutating func readPath(_ key: String, nonEmpty: Bool = false) throws -> String? {
+        guard let text = try read(key, nonEmpty ? Decode.nonEmptyString : Decode.string) else { return nil }
+        try check(key, !text.utf8.contains(0), "a path must not contain NUL")
+        return TernConfig.resolve(text, from: context.baseDirectory)
     }
 
     func check(_ key: String, _ condition: Bool, _ message: @autoclosure () -> String) throws {

@@ -3,6 +3,8 @@
 // Every key is written, defaults included, in the order of etc/tern.toml, so that an operator sees
 // what the running server will use. The text loads back to the same TernConfig (checked by
 // `renderedAndReloaded` and the tests): a table added to TernConfig must add its lines here too.
+// Paths are printed resolved (absolute when the config came from a file). Secrets are never printed:
+// a password file or variable is printed as its key; an inline password is left out (see tomlText).
 
 extension TernConfig {
     /// The configuration as a TOML document that `parse` turns back into an equal TernConfig.
@@ -65,9 +67,18 @@ extension TernConfig {
             var items = ["next_hop = \(hop)"]
             if let tls = security.tls { items.append("tls = \(TOMLWriter.quoted(tls.rawValue))") }
             if let c = security.credentials {
-                // The password itself is never printed (see `hidingSecrets`).
+                // A password is never printed: its file or variable is, as written. An inline one is
+                // left out, so this line does not load (auth_user needs a password) rather than
+                // load with a wrong password.
                 items.append("auth_user = \(TOMLWriter.quoted(c.user))")
-                items.append("auth_password = \(TOMLWriter.quoted(Self.hiddenPassword))")
+                if let file = security.passwordFile {
+                    items.append("auth_password_file = \(TOMLWriter.quoted(file))")
+                } else if let env = security.passwordEnv {
+                    items.append("auth_password_env = \(TOMLWriter.quoted(env))")
+                } else {
+                    out.comment("auth_password of \(TOMLWriter.key(domain)) is a secret written inline, not printed: "
+                                + "this line does not load until you give it (better: auth_password_file).")
+                }
             }
             out.raw("\(TOMLWriter.key(domain)) = { " + items.joined(separator: ", ") + " }")
         }
@@ -82,6 +93,8 @@ extension TernConfig {
         out.table("tls")
         out.key("certificate", string: tls.certificate)
         out.key("key", string: tls.key)
+        out.key("ciphers", string: tls.ciphers)
+        out.key("submission_ciphers", string: tls.submissionCiphers)
 
         out.table("auth")
         out.key("users_file", string: auth.usersFile)
@@ -107,20 +120,13 @@ extension TernConfig {
         return out.text
     }
 
-    /// What upstream passwords are printed as.
-    static let hiddenPassword = "(hidden)"
-
-    /// The same configuration with every upstream password replaced as `tomlText` prints it.
-    public var hidingSecrets: TernConfig {
-        var c = self
-        for (domain, security) in c.routes.security where security.credentials != nil {
-            c.routes.security[domain]!.credentials!.password = Self.hiddenPassword
-        }
-        return c
+    /// Some route has its password inline (auth_password): its rendering does not load.
+    public var hasInlineSecrets: Bool {
+        routes.security.values.contains { $0.credentials != nil && $0.passwordFile == nil && $0.passwordEnv == nil }
     }
 
     /// The rendered text and what it loads back as; check-config refuses to print a text that does not
-    /// load back to the same configuration (`hidingSecrets` of it: passwords are not printed).
+    /// load back to the same configuration (or, with an inline secret, that loads at all).
     public var renderedAndReloaded: (text: String, reloaded: Result<TernConfig, Error>) {
         let text = tomlText
         return (text, Result { try TernConfig.parse(text, source: "<rendered>") })

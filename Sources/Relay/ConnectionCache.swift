@@ -109,4 +109,14 @@ extension DeliveryManager {
     public func closeIdleConnections() {
         for connection in idleConnections.takeAll() { connection.finish() }
     }
+
+    /// SIGHUP: new [routes] (next hops, TLS policy, credentials) for every connection opened from now
+    /// on. Idle connections QUIT now; busy ones finish their job and QUIT (`connectionReady`).
+    public func applyRoutes(_ routes: RouteConfig) {
+        guard routes != config.routes else { return }
+        config.routes = routes
+        routesGeneration += 1
+        router.replaceRoutes(routes.routes)
+        closeIdleConnections()
+    }
 }

@@ -7,21 +7,29 @@ enum DefaultConfig {
     static let text = #"""
 # tern.toml: configuration of Tern, an SMTP relay.
 #
-# Every key is shown with its default. A key left out takes its default; an
-# unknown key, or a value of the wrong type, is an error that names the key.
-# As written, this file runs unprivileged: it listens on 127.0.0.1:2525 and
-# keeps its queue under ./var/spool.
+# Every key is shown with its default, and this file is the built-in default:
+# `tern serve` without --config, an empty config file and this file all run the
+# same thing. A key left out takes its default; an unknown key, or a value of
+# the wrong type, is an error that names the key. As written, Tern runs
+# unprivileged: it listens on 127.0.0.1:2525 only, and keeps its queue in
+# var/spool. A production relay sets server.listen (e.g. ["0.0.0.0:25", "[::]:25"])
+# and spool.path.
+#
+# Relative paths (spool.path, tls.certificate, tls.key, auth.users_file, a
+# route's auth_password_file) are from the directory of the config file, also
+# on SIGHUP; without --config, from the working directory.
 #
 # Durations are strings like "30s", "5m", "2h", "1d", "1500ms", or an integer
 # number of seconds.
 
-# Name in the greeting, in EHLO and in Received headers.
-# Default: the machine's hostname.
-hostname = "localhost"
+# Name in the greeting, in EHLO (also to next hops) and in Received headers.
+# Default: the machine's host name, fully qualified when the resolver knows it
+# (as Postfix's myhostname). Set it to the name the relay's address resolves to.
+# hostname = "mail.example.com"
 
 [server]
-# Addresses to accept SMTP on, "ip:port" or "[ipv6]:port".
-# The production default is ["0.0.0.0:25", "[::]:25"].
+# Addresses to accept SMTP on, "ip:port" or "[ipv6]:port". For port 25 on
+# every address: ["0.0.0.0:25", "[::]:25"].
 listen = ["127.0.0.1:2525"]
 # Clients in these networks may relay to any domain (CIDR blocks or plain IPs).
 relay_networks = ["127.0.0.0/8", "::1/128"]
@@ -62,7 +70,9 @@ submission = []
 submissions = []
 
 [spool]
-# Directory of the queue; a relative path starts at the working directory.
+# Directory of the queue; relative: from the config file's directory (the
+# working directory without --config). Tern creates it, and missing directories
+# below the config's directory, but never a missing parent elsewhere.
 path = "var/spool"
 
 [dns]
@@ -124,6 +134,13 @@ tls = "opportunistic"
 # SIGHUP reloads both. Example: "/etc/tern/tls/cert.pem", "/etc/tern/tls/key.pem".
 certificate = ""
 key = ""
+# TLS 1.2 ciphers of port 25's STARTTLS (server.listen): "medium" (forward
+# secret only: ECDHE with AES-GCM or ChaCha20 first, then ECDHE with AES-CBC for
+# old peers; no RSA key exchange, RC4, 3DES, NULL or export), "high" (ECDHE
+# with AEAD only), or an OpenSSL cipher list. TLS 1.3 suites are all AEAD.
+ciphers = "medium"
+# TLS 1.2 ciphers of server.submission and server.submissions, as above.
+submission_ciphers = "high"
 
 [auth]
 # File of users and scrypt password hashes, one "user:$scrypt$..." line each,
@@ -153,7 +170,8 @@ recipient_domains = {}
 [aliases]
 # Rewrites a recipient to one address (a string) or several (an array).
 # A key is a full address (quoted) or a bare local part like postmaster.
-postmaster = ["root@localhost"]
+# Default: none (Tern has no local delivery: point postmaster at a mailbox).
+# postmaster = "hostmaster@example.com"
 # "abuse@example.com" = "postmaster@example.com"
 
 [log]

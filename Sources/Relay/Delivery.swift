@@ -57,7 +57,11 @@ final class ActiveMessage {
 public final class DeliveryManager {
     let loop: EventLoop
     let spool: Spool
-    let config: TernConfig
+    /// [routes] is replaced on SIGHUP (`applyRoutes`); the rest of it stays as it started.
+    var config: TernConfig
+    /// Counts [routes] replacements: a connection opened under an older one takes no new job, so
+    /// every message after a reload goes out under the route's new TLS policy and credentials.
+    var routesGeneration = 0
     var log: Logger
     let router: Router
     let retry: RetryPolicy
@@ -500,6 +504,11 @@ public final class DeliveryManager {
     /// The connection finished a job and its session can take another for the same destination.
     func connectionReady(_ connection: OutboundConnection) {
         guard !stopped else {
+            connection.finish()
+            return
+        }
+        // Opened under routes since replaced: QUIT, and let the next job open a connection under the new ones.
+        guard connection.routesGeneration == routesGeneration else {
             connection.finish()
             return
         }

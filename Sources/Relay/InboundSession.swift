@@ -24,6 +24,8 @@ final class InboundSession {
     private var messagesQueued = 0
     /// Present once TLS has begun (STARTTLS accepted, or an implicit-TLS listener).
     var tls: TLSEngine?
+    /// The listener it came in on: STARTTLS on a submission listener uses that listener's ciphers.
+    var role: ListenerRole = .relay
     /// Replies not written yet: what one batch of input (or one event) makes goes out in one write,
     /// under TLS in one record with whatever the handshake has to send (the session ticket with the
     /// reply to EHLO, the 221 with close_notify).
@@ -223,7 +225,7 @@ final class InboundSession {
             case .startTLS:
                 // The 220 goes out in the clear now; the handshake comes next.
                 flush()
-                guard let context = server.tlsContext, let engine = try? TLSEngine(context: context) else {
+                guard let context = server.tlsContext(for: role), let engine = try? TLSEngine(context: context) else {
                     closed = true
                     connection.close()
                     return

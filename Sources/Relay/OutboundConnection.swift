@@ -38,6 +38,8 @@ final class OutboundConnection {
 
     private let tlsPolicy: OutboundTLSPolicy
     private let credentials: ClientCredentials?
+    /// The manager's routesGeneration when this connection took its settings.
+    let routesGeneration: Int
     /// Present once STARTTLS was accepted on the current connection.
     private var tls: TLSEngine?
     /// The TLS outcome for the log line, "TLSv1.3 TLS_AES_256_GCM_SHA384 verified".
@@ -57,6 +59,7 @@ final class OutboundConnection {
         let security = key.flatMap { routes.security[$0] }
         tlsPolicy = security?.tls ?? manager.config.delivery.tls
         credentials = security?.credentials
+        routesGeneration = manager.routesGeneration
     }
 
     /// QUIT sent or the connection dropped, and its slot given back: it takes no more jobs.

@@ -4,8 +4,8 @@
 // What changes at once: the limits and switches of [server] (new sessions take the new ones; a
 // session already open keeps the rules it greeted with, so a transaction never changes under a
 // client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
-// [priority], and [routes] (jobs routed after the reload; a connection already open finishes its
-// work). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
+// [priority], and [routes] with each route's TLS policy and credentials (jobs routed after the
+// reload; a connection already open finishes its job, then QUITs instead of taking another). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
 // spool, dns, delivery, log and admin.
 
 import Logging
@@ -81,8 +81,10 @@ extension SMTPServer {
         config = next
         serverConfiguration = Self.sessionConfiguration(next)
         submissionConfiguration = Self.submissionConfiguration(next)
-        delivery?.router.replaceRoutes(next.routes.routes)
-        delivery?.closeIdleConnections()  // the next message opens a connection under the new routes and TLS
+        // Next hops, TLS policies and credentials (password files read again by the parse) for every
+        // connection opened from now on; idle and busy connections under the old ones are not reused.
+        delivery?.applyRoutes(next.routes)
+        delivery?.closeIdleConnections()
         return outcome
     }
 }

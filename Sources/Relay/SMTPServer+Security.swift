@@ -13,40 +13,31 @@ public enum ListenerRole: String, Sendable, CustomStringConvertible {
 }
 
 extension SMTPServer {
-    static func loadSecurityFiles(_ config: TernConfig) throws -> (TLSContext?, UsersFile?) {
-        var context: TLSContext?
-        if config.tls.enabled {
-            do {
-                context = try TLSContext.server(certificatePath: config.tls.certificate, keyPath: config.tls.key)
-            } catch {
-                throw ServerStartError(message: "tls: \(error)")
-            }
-        }
-        let users = config.auth.enabled ? try UsersFile.load(path: config.auth.usersFile) : nil
-        return (context, users)
-    }
-
     /// Reads the certificate, key and users file again (SIGHUP). New sessions use the new ones;
     /// open sessions keep theirs. On an error the old ones stay in force and the error is thrown.
     public func reload() throws {
-        install(try Self.loadSecurityFiles(config))
+        install(try config.openSecurityFiles(source: configPath))
     }
 
     /// The certificate, key and users file of `config`, read and parsed: blocking, for the thread pool.
-    public typealias SecurityFiles = (TLSContext?, UsersFile?)
-    public static func readSecurityFiles(_ config: TernConfig) throws -> SecurityFiles {
-        try loadSecurityFiles(config)
+    public static func readSecurityFiles(_ config: TernConfig, source: String? = nil) throws -> SecurityFiles {
+        try config.openSecurityFiles(source: source)
     }
 
     /// Puts files read by `readSecurityFiles` in force (on the loop). New sessions use them.
     public func install(_ files: SecurityFiles) {
-        let (context, users) = files
-        tlsContext = context
-        self.users = users
+        tlsContext = files.relayTLS
+        submissionTLSContext = files.submissionTLS
+        users = files.users
         delivery?.reloadClientTLSContext()  // the CA store, read again on the thread pool
-        let what = (context == nil ? "no certificate" : "certificate \(config.tls.certificate)")
-            + (users.map { ", \($0.hashes.count) users" } ?? "")
+        let what = (files.relayTLS == nil ? "no certificate" : "certificate \(config.tls.certificate)")
+            + (files.users.map { ", \($0.hashes.count) users" } ?? "")
         log.notice("reloaded: \(what)")
+    }
+
+    /// The certificate context for a session of this role: submission listeners have their own cipher policy.
+    func tlsContext(for role: ListenerRole) -> TLSContext? {
+        role == .relay ? tlsContext : submissionTLSContext
     }
 
     /// Checks a user's password on the thread pool. A failure is answered after a delay that grows

@@ -38,8 +38,12 @@ public final class SMTPServer {
     var listeners: [TCPListener] = []
     /// The role of each listener, in the same order.
     var listenerRoles: [ListenerRole] = []
-    /// The certificate for STARTTLS and implicit TLS; replaced by `reload()`.
+    /// The certificate for port 25's STARTTLS (tls.ciphers); replaced by `reload()`.
     public internal(set) var tlsContext: TLSContext?
+    /// The same certificate for the submission listeners (tls.submission_ciphers).
+    public internal(set) var submissionTLSContext: TLSContext?
+    /// The config file, for error messages; nil for the built-in default.
+    public let configPath: String?
     /// AUTH users; replaced by `reload()`.
     var users: UsersFile?
     var authThrottle: AuthThrottle
@@ -59,10 +63,15 @@ public final class SMTPServer {
 
     /// Opens the spool (locking it against a second instance) and prepares the listeners; nothing is
     /// accepted until `start()`.
-    public init(loop: EventLoop, config: TernConfig, log: Logger) throws {
+    /// `configPath`: the file `config` came from (nil: the built-in default), for the spool rule and errors.
+    public init(loop: EventLoop, config: TernConfig, log: Logger, configPath: String? = nil) throws {
         self.loop = loop
         self.config = config
         self.log = log
+        self.configPath = configPath
+        // The same checks as `tern check-config`, before anything is created.
+        try config.checkSpoolPath(configPath: configPath)
+        let files = try config.openSecurityFiles(source: configPath)
         let spool = try Spool(path: config.spool.path)
         try spool.lock()
         let (orphans, journaled) = try spool.recover()
@@ -76,7 +85,9 @@ public final class SMTPServer {
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
         authThrottle = AuthThrottle(maxFailures: config.auth.maxFailures, lockoutTime: config.auth.lockoutTime)
-        (tlsContext, users) = try Self.loadSecurityFiles(config)
+        tlsContext = files.relayTLS
+        submissionTLSContext = files.submissionTLS
+        users = files.users
         resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
                                                  (.submissions, s.submissions)]
@@ -142,8 +153,9 @@ public final class SMTPServer {
         let id = nextSessionID
         nextSessionID += 1
         let session = InboundSession(id: id, server: self, connection: connection, clientIP: ip, machine: machine)
+        session.role = role
         if role == .submissions {
-            guard let context = tlsContext, let engine = try? TLSEngine(context: context) else {
+            guard let context = submissionTLSContext, let engine = try? TLSEngine(context: context) else {
                 connection.close()
                 return
             }

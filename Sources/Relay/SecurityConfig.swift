@@ -4,6 +4,7 @@
 
 import SMTPProtocol
 import TOMLKit
+import UVRuntime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,6 +16,10 @@ public struct TLSConfig: Sendable, Equatable, ConfigSection {
     public var certificate = ""
     /// PEM private key of the certificate.
     public var key = ""
+    /// TLS 1.2 ciphers on port 25's STARTTLS (server.listen): "high", "medium" or an OpenSSL cipher list.
+    public var ciphers = "medium"
+    /// TLS 1.2 ciphers on server.submission and server.submissions.
+    public var submissionCiphers = "high"
 
     public init() {}
 
@@ -23,10 +28,35 @@ public struct TLSConfig: Sendable, Equatable, ConfigSection {
     static let tableName = "tls"
 
     mutating func read(_ r: inout TableReader) throws {
-        try r.read("certificate", into: &certificate, Decode.string)
-        try r.read("key", into: &key, Decode.string)
+        if let path = try r.readPath("certificate") { certificate = path }
+        if let path = try r.readPath("key") { key = path }
+        try r.read("ciphers", into: &ciphers, Self.decodeCiphers)
+        try r.read("submission_ciphers", into: &submissionCiphers, Self.decodeCiphers)
         try r.check("key", certificate.isEmpty == key.isEmpty,
                     certificate.isEmpty ? "is set but tls.certificate is not" : "must be set with tls.certificate")
+    }
+}
+
+extension TLSConfig {
+    /// The named cipher policies (TLS 1.2; TLS 1.3's suites are all AEAD and forward secret).
+    /// "high": forward-secret AEAD only (ECDHE with AES-GCM or ChaCha20-Poly1305), for clients we
+    /// control. "medium": the same first, then ECDHE with AES-CBC for old peers on port 25, where the
+    /// alternative is plain text (Postfix's "medium" idea); never RSA key exchange, export, NULL,
+    /// RC4, 3DES or anonymous suites.
+    public static let namedCipherLists: [String: String] = [
+        "high": "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
+        "medium": "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!3DES:!RC4:!MD5",
+    ]
+
+    /// The OpenSSL cipher list a policy value stands for.
+    public static func cipherList(_ value: String) -> String { namedCipherLists[value] ?? value }
+
+    static func decodeCiphers(_ value: TOMLValueConvertible) throws -> String {
+        let text = try Decode.nonEmptyString(value)
+        guard TLSContext.isValidCipherList(cipherList(text)) else {
+            throw ConfigError(message: "\"\(text)\" is neither \"high\", \"medium\" nor an OpenSSL cipher list that selects a cipher")
+        }
+        return text
     }
 }
 
@@ -52,7 +82,7 @@ public struct AuthConfig: Sendable, Equatable, ConfigSection {
     static let tableName = "auth"
 
     mutating func read(_ r: inout TableReader) throws {
-        try r.read("users_file", into: &usersFile, Decode.string)
+        if let path = try r.readPath("users_file") { usersFile = path }
         try r.read("max_failures", into: &maxFailures, Decode.positiveInt)
         try r.read("lockout_time", into: &lockoutTime, Decode.duration)
         try r.read("cleartext_from_loopback", into: &cleartextFromLoopback, Decode.bool)
@@ -121,11 +151,15 @@ extension TernConfig {
 ///   "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay",
 ///           auth_password_file = "/etc/tern/upstream.pw" }
 /// The password comes from exactly one of auth_password, auth_password_file (first line) or
-/// auth_password_env (an environment variable); it is read at start-up.
+/// auth_password_env (an environment variable); it is read at start-up and on SIGHUP.
 public struct RouteSecurity: Sendable, Equatable {
     /// nil: delivery.tls.
     public var tls: OutboundTLSPolicy?
     public var credentials: ClientCredentials?
+    /// Where the password came from: auth_password_file (resolved) or auth_password_env; both nil
+    /// for an inline auth_password. check-config prints these keys, never the password.
+    public var passwordFile: String?
+    public var passwordEnv: String?
 
     public init(tls: OutboundTLSPolicy? = nil, credentials: ClientCredentials? = nil) {
         self.tls = tls
@@ -150,7 +184,7 @@ extension RouteConfig {
         security.tls = try inner.read("tls", OutboundTLSPolicy.decode)
         let user = try inner.read("auth_user", Decode.nonEmptyString)
         let literal = try inner.read("auth_password", Decode.string)
-        let file = try inner.read("auth_password_file", Decode.nonEmptyString)
+        let file = try inner.readPath("auth_password_file", nonEmpty: true)
         let env = try inner.read("auth_password_env", Decode.nonEmptyString)
         let given = [literal != nil, file != nil, env != nil].filter { $0 }.count
         if let user {
@@ -174,6 +208,8 @@ extension RouteConfig {
             }
             try inner.check("auth_user", !password.isEmpty, "the password is empty")
             security.credentials = ClientCredentials(user: user, password: password)
+            security.passwordFile = file
+            security.passwordEnv = env
         } else if given > 0 {
             throw inner.error("auth_user", "must be set with a password")
         }

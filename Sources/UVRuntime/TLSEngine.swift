@@ -39,6 +39,18 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// A server context's file or setting that failed, so that a config error can name its key.
+public struct TLSFileError: Error, CustomStringConvertible, Sendable {
+    public enum Part: Sendable { case certificate, key, ciphers }
+    public let file: Part
+    public let error: TLSError
+    public init(file: Part, _ error: TLSError) {
+        self.file = file
+        self.error = error
+    }
+    public var description: String { error.message }
+}
+
 /// Shared settings and, for a server, the certificate and key. Immutable once made, so a reload
 /// makes a new one and connections already open keep theirs.
 public final class TLSContext: @unchecked Sendable {
@@ -58,18 +70,35 @@ public final class TLSContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(raw) }
 
+    /// True when OpenSSL's cipher list `ciphers` selects at least one TLS 1.2 cipher (unknown words
+    /// in it are ignored by OpenSSL, as in every program that takes such a list).
+    public static func isValidCipherList(_ ciphers: String) -> Bool {
+        guard !ciphers.isEmpty, !ciphers.utf8.contains(0), let ctx = SSL_CTX_new(TLS_method()) else { return false }
+        defer { SSL_CTX_free(ctx) }
+        ERR_clear_error()
+        let ok = SSL_CTX_set_cipher_list(ctx, ciphers) == 1
+        ERR_clear_error()
+        return ok
+    }
+
     /// A server context with a PEM certificate chain and its private key. Errors name the file.
-    public static func server(certificatePath: String, keyPath: String) throws -> TLSContext {
+    /// `ciphers`: an OpenSSL cipher list for TLS 1.2 (TLS 1.3's suites are all AEAD and stay as they are).
+    public static func server(certificatePath: String, keyPath: String, ciphers: String? = nil) throws -> TLSContext {
         let context = try TLSContext(server: true)
         ERR_clear_error()
         guard SSL_CTX_use_certificate_chain_file(context.raw, certificatePath) == 1 else {
-            throw TLSError.fromQueue("cannot load certificate \(certificatePath)")
+            throw TLSFileError(file: .certificate, TLSError.fromQueue("cannot load certificate \(certificatePath)"))
         }
         guard SSL_CTX_use_PrivateKey_file(context.raw, keyPath, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError.fromQueue("cannot load key \(keyPath)")
+            throw TLSFileError(file: .key, TLSError.fromQueue("cannot load key \(keyPath)"))
         }
         guard SSL_CTX_check_private_key(context.raw) == 1 else {
-            throw TLSError.fromQueue("key \(keyPath) does not match certificate \(certificatePath)")
+            throw TLSFileError(file: .key, TLSError.fromQueue("key \(keyPath) does not match certificate \(certificatePath)"))
+        }
+        if let ciphers {
+            guard SSL_CTX_set_cipher_list(context.raw, ciphers) == 1 else {
+                throw TLSFileError(file: .ciphers, TLSError.fromQueue("no cipher matches \"\(ciphers)\""))
+            }
         }
         // The chain is the file's, as loaded. Without this, a file holding only the leaf makes
         // OpenSSL try to build the chain from the context's (empty) CA store on every handshake,

@@ -20,11 +20,11 @@ func watchForReload(loop: EventLoop, server: SMTPServer, path: String?, log: Log
         guard !reloading else { return }
         reloading = true
         var loaded: Result<TernConfig, Error>?
-        var security: Result<SMTPServer.SecurityFiles, Error>?
+        var security: Result<SecurityFiles, Error>?
         loop.queueWork({
             // Reading and parsing files (config, certificate, key, users) stays off the loop thread.
             loaded = Result { try TernConfig.load(path: path) }
-            if case .success(let new) = loaded { security = Result { try SMTPServer.readSecurityFiles(new) } }
+            if case .success(let new) = loaded { security = Result { try new.openSecurityFiles(source: path) } }
         }, done: {
             reloading = false
             switch loaded! {

@@ -56,8 +56,11 @@ struct Serve: ParsableCommand {
         let loop = try EventLoop()
         let server: SMTPServer
         do {
-            server = try SMTPServer(loop: loop, config: settings, log: log)
+            server = try SMTPServer(loop: loop, config: settings, log: log, configPath: config)
             try server.start()
+        } catch let error as ConfigError {
+            fputs("tern: \(error)\n", stderr)
+            throw ExitCode(78)  // EX_CONFIG: the same error `tern check-config` reports
         } catch {
             fputs("tern: \(error)\n", stderr)
             throw ExitCode(1)

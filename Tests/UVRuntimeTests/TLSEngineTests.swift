@@ -166,10 +166,14 @@ func pump(_ client: TLSEngine, _ server: TLSEngine, chunk: Int = .max) throws ->
 
     @Test func badCertificatePathsAreNamed() throws {
         #expect { try TLSContext.server(certificatePath: "/nonexistent/cert.pem", keyPath: Self.certs.key) }
-            throws: { ($0 as? TLSError)?.message.contains("/nonexistent/cert.pem") == true }
+            throws: { ($0 as? TLSFileError).map { $0.file == .certificate && $0.description.contains("/nonexistent/cert.pem") } == true }
         // A key that belongs to another certificate.
         #expect { try TLSContext.server(certificatePath: Self.certs.cert, keyPath: Self.certs.selfSignedKey) }
-            throws: { ($0 as? TLSError)?.message.contains("mismatch") == true }
+            throws: { ($0 as? TLSFileError).map { $0.file == .key && $0.description.contains("mismatch") } == true }
+        // A cipher list that selects nothing.
+        #expect { try TLSContext.server(certificatePath: Self.certs.cert, keyPath: Self.certs.key, ciphers: "NOPE") }
+            throws: { ($0 as? TLSFileError)?.file == .ciphers }
+        #expect(TLSContext.isValidCipherList("ECDHE+AESGCM") && !TLSContext.isValidCipherList("NOPE"))
     }
 
     @Test func passwordHashes() throws {

@@ -83,18 +83,20 @@ public struct SinkConfig: Sendable, Equatable {
         return rule
     }
 
+    /// Relative paths in the file (keep_path, tls_certificate, tls_key) are from its directory.
     public static func load(path: String) throws -> SinkConfig {
-        try parse(TernConfig.readFile(path), source: path)
+        try parse(TernConfig.readFile(path), source: path, baseDirectory: TernConfig.directory(of: path))
     }
 
-    public static func parse(_ text: String, source: String = "<sink config>") throws -> SinkConfig {
+    public static func parse(_ text: String, source: String = "<sink config>", baseDirectory: String? = nil) throws -> SinkConfig {
         let document: TOMLTable
         do {
             document = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
             throw ConfigError(line: error.source.begin.line, message: error.description, source: source)
         }
-        var root = TableReader(document, path: [], context: ParseContext(text: text, source: source))
+        var root = TableReader(document, path: [], context: ParseContext(text: text, source: source,
+                                                                          baseDirectory: baseDirectory))
         var config = SinkConfig()
         if let table = try root.read("sink", Decode.table) {
             var r = TableReader(table, path: ["sink"], context: root.context)
@@ -120,7 +122,7 @@ public struct SinkConfig: Sendable, Equatable {
             }
             self.mode = mode
         }
-        keepPath = try r.read("keep_path", Decode.nonEmptyString)
+        keepPath = try r.readPath("keep_path", nonEmpty: true)
         if let f = try r.read("keep_format", Decode.string) {
             guard let format = KeepFormat(rawValue: f) else {
                 throw r.error("keep_format", "\"\(f)\" is not one of eml, maildir")
@@ -139,8 +141,8 @@ public struct SinkConfig: Sendable, Equatable {
         try r.read("max_line_length", into: &maxLineLength, Decode.int(atLeast: 1000,
                    why: "RFC 5321 4.5.3.1.6 requires lines of 1000 octets"))
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
-        tlsCertificate = try r.read("tls_certificate", Decode.nonEmptyString)
-        tlsKey = try r.read("tls_key", Decode.nonEmptyString)
+        tlsCertificate = try r.readPath("tls_certificate", nonEmpty: true)
+        tlsKey = try r.readPath("tls_key", nonEmpty: true)
         // "0s" (the default) adds no rule.
         if let text = try r.read("banner_delay", Decode.string),
            let rule = try r.read("banner_delay", { _ in try SinkConfig.bannerDelay(text) }), rule.delay!.high > 0 {

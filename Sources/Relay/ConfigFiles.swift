@@ -1,0 +1,96 @@
+// ConfigFiles.swift: every file a configuration names, opened and parsed the way `tern serve` will,
+// by one function that `tern serve`, SIGHUP and `tern check-config` share, so that a config that
+// check-config passes is one serve starts with. Nothing here creates anything.
+//
+// The route password files (auth_password_file) are read by the parse itself (SecurityConfig.swift).
+
+import UVRuntime
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The certificate contexts and users a configuration names, read and parsed.
+public struct SecurityFiles: @unchecked Sendable {
+    /// Port 25's STARTTLS (tls.ciphers); nil without tls.certificate.
+    public var relayTLS: TLSContext?
+    /// server.submission and server.submissions (tls.submission_ciphers).
+    public var submissionTLS: TLSContext?
+    public var users: UsersFile?
+}
+
+extension TernConfig {
+    /// Opens the certificate and key (checking that they match, with both cipher policies) and
+    /// parses the users file. Blocking (file reads): on the thread pool when the loop runs. An error
+    /// is a ConfigError naming the key and the path; `source` is the config file's path.
+    public func openSecurityFiles(source: String? = nil) throws -> SecurityFiles {
+        func fail(_ key: String, _ message: String) -> ConfigError {
+            ConfigError(key: key, message: message, source: source)
+        }
+        var files = SecurityFiles()
+        if tls.enabled {
+            for (key, path) in [("tls.certificate", tls.certificate), ("tls.key", tls.key)] {
+                if let problem = Self.unreadable(path) { throw fail(key, "\(path): \(problem)") }
+            }
+            func context(_ ciphersKey: String, _ policy: String) throws -> TLSContext {
+                do {
+                    return try TLSContext.server(certificatePath: tls.certificate, keyPath: tls.key,
+                                                 ciphers: TLSConfig.cipherList(policy))
+                } catch let error as TLSFileError {
+                    switch error.file {
+                    case .certificate: throw fail("tls.certificate", error.description)
+                    case .key: throw fail("tls.key", error.description)
+                    case .ciphers: throw fail(ciphersKey, error.description)
+                    }
+                }
+            }
+            files.relayTLS = try context("tls.ciphers", tls.ciphers)
+            files.submissionTLS = try context("tls.submission_ciphers", tls.submissionCiphers)
+        }
+        if auth.enabled {
+            do {
+                files.users = try UsersFile.load(path: auth.usersFile)
+            } catch let error as ConfigError {
+                let at = error.line.map { ": line \($0)" } ?? ""
+                throw fail("auth.users_file", "\(auth.usersFile)\(at): \(error.message)")
+            }
+        }
+        return files
+    }
+
+    /// spool.path: Tern creates the spool directory, and the missing directories between it and the
+    /// config file's directory (the working directory for the built-in default), never a missing
+    /// parent elsewhere: a typo like /nonexistent/deep/spool is refused. Creates nothing.
+    /// `configPath`: the config file, nil for the built-in default.
+    public func checkSpoolPath(configPath: String?) throws {
+        let cwd = Self.currentDirectory()
+        let base = configPath.map(Self.directory(of:)) ?? cwd
+        let path = Self.resolve(spool.path, from: cwd)
+        func fail(_ message: String) -> ConfigError {
+            ConfigError(key: "spool.path", message: "\(spool.path): \(message)", source: configPath)
+        }
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw fail("not a directory") }
+            return
+        }
+        var parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        if parent.isEmpty { parent = "/" }
+        if stat(parent, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw fail("\(parent) is not a directory") }
+            return
+        }
+        let prefix = base.hasSuffix("/") ? base : base + "/"
+        let below = path.hasPrefix(prefix) ? path.dropFirst(prefix.count) : nil
+        guard let below, !below.split(separator: "/").contains("..") else {
+            throw fail("the parent directory \(parent) does not exist (Tern creates the spool directory, not its parents)")
+        }
+    }
+
+    /// Why `path` cannot be read, or nil when it can.
+    static func unreadable(_ path: String) -> String? {
+        guard let file = fopen(path, "rb") else { return String(cString: strerror(errno)) }
+        fclose(file)
+        return nil
+    }
+}
