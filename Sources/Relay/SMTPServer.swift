@@ -47,6 +47,8 @@ public final class SMTPServer {
     var authChecksRunning = 0
     var authChecksWaiting: [() -> Void] = []
     var sessions: [UInt64: InboundSession] = [:]
+    /// Message data all sessions hold in memory, against `server.max_buffered_data`.
+    var dataBudget: DataBudget
     var connectionsPerIP: [String: Int] = [:]
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
@@ -71,6 +73,7 @@ public final class SMTPServer {
         self.spool = spool
         journal = JournalCommitter(loop: loop, spool: spool, log: log)
         let s = config.server
+        dataBudget = DataBudget(limit: s.maxBufferedData, perRead: ServerSession.dataBuffer + EventLoop.readBufferSize)
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
         authThrottle = AuthThrottle(maxFailures: config.auth.maxFailures, lockoutTime: config.auth.lockoutTime)
@@ -162,6 +165,18 @@ public final class SMTPServer {
             connectionsPerIP.removeValue(forKey: session.clientIP)
         }
         if stopping && sessions.isEmpty { finishStopping() }
+    }
+
+    /// Sessions stopped by the budget for message data resume in the order they stopped, while there
+    /// is room for their next read.
+    func resumeSessionsWaitingForBudget() {
+        while let id = dataBudget.next() {
+            if let session = sessions[id], session.resumeAfterBudget() {
+                dataBudget.resumed()
+            } else {
+                dataBudget.stopReading()  // it stopped waiting meanwhile (closed, message ended): no turn
+            }
+        }
     }
 
     func nextQueueID() -> QueueID {
