@@ -316,6 +316,7 @@ final class InboundSession {
     /// After every event: the change in what this session holds goes into the budget; a session in
     /// DATA reads only with room for its next read, else it stops, writes out what it holds and waits.
     private func accountBufferedData() {
+        let server = self.server  // one strong load of the unowned reference, not one per use
         let held = machine.dataBufferCapacity + (writer?.heldBytes ?? 0)
         if held != budgetHeld {
             server.dataBudget.change(by: held - budgetHeld)

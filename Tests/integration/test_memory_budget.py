@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -153,3 +154,17 @@ def test_a_session_stopped_by_the_budget_does_not_time_out(start_tern):
     qid = queue_id_of(reply)
     assert tern.msg(qid).endswith(b"x" * 70 + b"\r\n")
     w.close()
+
+
+def test_sighup_applies_a_new_budget(start_tern):
+    tern = start_tern(server={"max_buffered_data": 32 * MiB})
+    assert scrape(tern.admin_port)["tern_buffered_data_limit_bytes"] == 32 * MiB
+    text = tern.config_path.read_text()
+    assert f"max_buffered_data = {32 * MiB}" in text
+    tern.config_path.write_text(text.replace(f"max_buffered_data = {32 * MiB}", f"max_buffered_data = {8 * MiB}"))
+    before = tern.stderr().count("reloaded")
+    tern.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while tern.stderr().count("reloaded") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape(tern.admin_port)["tern_buffered_data_limit_bytes"] == 8 * MiB, tern.stderr()[-2000:]
