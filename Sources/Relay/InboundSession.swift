@@ -41,7 +41,7 @@ final class InboundSession {
     private let sessionLog: Logger
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
-    static let maxBufferedData = 4 * 1024 * 1024
+    static let maxAheadOfDisk = 4 * 1024 * 1024
 
     init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
         self.id = id
@@ -208,7 +208,7 @@ final class InboundSession {
                 beginMessage(start)
             case .messageData(let bytes):
                 writer?.append(bytes)
-                if let writer, writer.pendingBytes > Self.maxBufferedData, !pausedForSpool {
+                if let writer, writer.pendingBytes > Self.maxAheadOfDisk, !pausedForSpool {
                     pausedForSpool = true
                     connection.stopReading()
                     serverStoppedReading()
@@ -294,7 +294,7 @@ final class InboundSession {
 
     private func spoolCaughtUp() {
         accountBufferedData()
-        guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxBufferedData / 2 else { return }
+        guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxAheadOfDisk / 2 else { return }
         pausedForSpool = false
         if !closed && machine.wantsInput && budgetState != .waiting {
             connection.startReading()

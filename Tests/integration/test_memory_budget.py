@@ -168,3 +168,20 @@ def test_sighup_applies_a_new_budget(start_tern):
     while tern.stderr().count("reloaded") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert scrape(tern.admin_port)["tern_buffered_data_limit_bytes"] == 8 * MiB, tern.stderr()[-2000:]
+
+
+def test_one_message_larger_than_the_budget_passes(start_tern):
+    """A lone session may always read when nothing else is held: an 8 MiB message through a 1 MiB
+    budget stops and resumes on its own writes, and is queued whole."""
+    tern = start_tern(server={"max_buffered_data": MiB})
+    body = b"".join(b"line %07d " % i + b"z" * 64 + b"\r\n" for i in range(8 * MiB // 78))
+    message = b"Subject: larger than the budget\r\n\r\n" + body
+    with SMTPConn(tern.port, timeout=60) as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<big@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<r@x.test>"), 250)
+        qid = queue_id_of(assert_reply(c.data(message), 250, "2.0.0"))
+    assert tern.msg(qid).endswith(message)
+    after = scrape(tern.admin_port)
+    assert after["tern_buffered_data_bytes"] == 0 and after["tern_sessions_waiting_for_buffer"] == 0, after
