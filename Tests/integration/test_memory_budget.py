@@ -7,9 +7,10 @@ each sending one message of SIZE bytes. 500 x 2 MiB rather than 500 x 10 MB: the
 concurrent sessions, each able to hold its whole message ahead of the disk (1 GiB in all, 32 times
 the 32 MiB budget), but it runs in 2 to 11 seconds on two shared cores and writes 1 GiB instead of
 5 to the disk (removed at the end). 500 x 5 MB also passes, in 7 to 10 s, with less margin (peak
-37.6 MiB above idle, allowed 40.8): the allocator's slack grows with the bytes moved. With TERN_BUDGET_TEST_LIMIT=8589934592 (a budget that never binds) the peak is 300 to
-530 MB and the test fails; with TERN_BUDGET_TEST_LIMIT=0 (no key) and TERN_BIN a tern from before
-the budget (main at 6b15cd6), the peak was 851 MB.
+37.6 MiB above idle, allowed 40.8): the allocator's slack grows with the bytes moved.
+With TERN_BUDGET_TEST_LIMIT=8589934592 (a budget that never binds) the peak is 300 to 530 MB and the
+test fails; with TERN_BUDGET_TEST_LIMIT=0 (no key) and TERN_BIN a tern from before the budget (main
+at 6b15cd6), the peak was 851 MB.
 
 "The budget plus the idle footprint" also allows for what is not message data: the sessions' own
 state (the connection, the session, its writer and spool file: about 4 KiB each, 8 KiB allowed) and
