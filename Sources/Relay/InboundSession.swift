@@ -351,6 +351,7 @@ final class InboundSession {
     private func waitForBudget() {
         budgetState = .waiting
         server.dataBudget.wait(id)
+        if server.dataBudget.waiting == 1 { server.budgetFilled() }
         connection.stopReading()
         serverStoppedReading()
         // Everything this session holds goes to the disk, so that the budget drains even when every

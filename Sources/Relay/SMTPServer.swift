@@ -167,6 +167,17 @@ public final class SMTPServer {
         if stopping && sessions.isEmpty { finishStopping() }
     }
 
+    /// Loop milliseconds of the last "budget full" line: one a minute at most.
+    var budgetFullLogged: UInt64?
+
+    /// The first session stopped by the budget: a line for the operator (slow disk, or a small budget).
+    func budgetFilled() {
+        let now = loop.nowMilliseconds
+        if let last = budgetFullLogged, now < last + 60_000 { return }
+        budgetFullLogged = now
+        log.notice("message data in memory reached server.max_buffered_data (\(dataBudget.limit) bytes): sessions stop reading until the spool catches up")
+    }
+
     /// Sessions stopped by the budget for message data resume in the order they stopped, while there
     /// is room for their next read.
     func resumeSessionsWaitingForBudget() {

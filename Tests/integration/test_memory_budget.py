@@ -6,16 +6,16 @@ The flood: SESSIONS connections at once (one `tern blast` run, all connected bef
 each sending one message of SIZE bytes. 500 x 2 MiB rather than 500 x 10 MB: the same 500
 concurrent sessions, each able to hold its whole message ahead of the disk (1 GiB in all, 32 times
 the 32 MiB budget), but it runs in 2 to 11 seconds on two shared cores and writes 1 GiB instead of
-5 to the disk (removed at the end). 500 x 5 MB also passes, in 7 to 10 s, with less margin (peak
-37.6 MiB above idle, allowed 40.8): the allocator's slack grows with the bytes moved.
+5 to the disk (removed at the end). 500 x 5 MB also passes, in 7 to 10 s (peak up to 37.6 MiB
+above idle).
 With TERN_BUDGET_TEST_LIMIT=8589934592 (a budget that never binds) the peak is 300 to 530 MB and the
 test fails; with TERN_BUDGET_TEST_LIMIT=0 (no key) and TERN_BIN a tern from before the budget (main
 at 6b15cd6), the peak was 851 MB.
 
 "The budget plus the idle footprint" also allows for what is not message data: the sessions' own
 state (the connection, the session, its writer and spool file: about 4 KiB each, 8 KiB allowed) and
-the allocator's slack (freed buffers the heap keeps in pieces: an eighth of the budget). Measured:
-the peak 34-35 MiB above idle with a 32 MiB budget and 500 sessions (allowed 40), 275-500 MiB without.
+the allocator's slack (freed buffers the heap keeps in pieces: a quarter of the budget). Measured:
+the peak 32-38 MiB above idle with a 32 MiB budget and 500 sessions (allowed 44), 275-830 MiB without.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_a_flood_of_large_messages_stays_within_the_budget(start_tern):
         assert SIZE < size < SIZE + 2000, f"{qid}.msg is {size} bytes"  # the message plus a Received header
 
     # Memory: the peak within the budget plus the idle footprint.
-    limit_kib = idle_kib + ALLOWED // 1024 + SESSIONS * 8 + ALLOWED // 8 // 1024
+    limit_kib = idle_kib + ALLOWED // 1024 + SESSIONS * 8 + ALLOWED // 4 // 1024
     print(f"\n{SESSIONS} x {SIZE} bytes in {elapsed:.1f}s: idle {idle_kib} KiB, peak {peak_kib} KiB, "
           f"budget {BUDGET // 1024} KiB, allowed peak {limit_kib} KiB; "
           f"most held {max((s.get('tern_buffered_data_bytes', 0) for s in samples), default=0) / MiB:.1f} MiB, "
@@ -120,6 +120,8 @@ def test_a_flood_of_large_messages_stays_within_the_budget(start_tern):
     assert 0 < held <= BUDGET + 320 * 1024, held
     after = scrape(tern.admin_port)
     assert after["tern_buffered_data_bytes"] == 0 and after["tern_sessions_waiting_for_buffer"] == 0, after
+    # One line for the operator, not one per stop (at most one a minute).
+    assert tern.stderr().count("reached server.max_buffered_data") == 1, tern.stderr()[-3000:]
     tern.stop()
     shutil.rmtree(tern.spool, ignore_errors=True)  # 1 GiB: pytest keeps the last runs' directories
 
