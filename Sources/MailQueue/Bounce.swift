@@ -14,8 +14,16 @@
 //   - in message/delivery-status a non-ASCII address is written as RFC 6533's "utf-8" address type in
 //     its 7-bit form (`\x{HEX}` escapes); other non-ASCII characters and controls become "?";
 //   - the original headers go verbatim when they are 7-bit with short lines, else quoted-printable.
-// The one exception: a UTF-8 sender address goes as is into the To: field (RFC 6532), since such a
-// sender can only be reached over SMTPUTF8 anyway.
+// The exception: a report to a UTF-8 sender address. Such a sender can only be reached over SMTPUTF8
+// (RFC 6531), so the report is internationalized (RFC 6532, RFC 6533 section 6), and its envelope asks
+// for SMTPUTF8 (`requiresSMTPUTF8`): no downgrade, a next hop without it fails the report with 5.6.7.
+//   - the address goes as is into the To: field, and the message is labelled 8bit;
+//   - part 2 is message/global-delivery-status (8bit): UTF-8 addresses in RFC 6533's utf-8-addr-unitext
+//     form (only ASCII controls, space, "\", "+" and "=" escaped), UTF-8 diagnostics kept;
+//   - part 3 is message/global-headers, the original header section as is, when it is valid UTF-8
+//     with short lines (else text/rfc822-headers, quoted-printable, as above).
+// A report to an ASCII sender stays 7-bit even when the message was SMTPUTF8: RFC 6533's 7-bit
+// address form carries its UTF-8 recipients, and it reaches any next hop.
 //
 // Never bounce a bounce (RFC 5321 section 4.5.5): there is no report for the null sender.
 
@@ -57,6 +65,12 @@ public enum DSN {
                reportingMTA: reportingMTA, now: now, boundary: boundary)
     }
 
+    /// Whether the report to `envelope.sender` must go over SMTPUTF8 with RFC 6532 headers: the sender's
+    /// address is not ASCII. The caller sets the report's envelope to match (SMTPUTF8, BODY=8BITMIME).
+    public static func requiresSMTPUTF8(_ envelope: Envelope) -> Bool {
+        envelope.sender.utf8.contains { $0 >= 0x80 }
+    }
+
     /// The header section of a stored message: the bytes up to and including the empty line that ends it
     /// (CRLF, or a bare LF). The whole message when it has no empty line.
     public static func headerSection(of message: [UInt8]) -> [UInt8] {
@@ -79,6 +93,7 @@ public enum DSN {
     static func report(_ action: Action, envelope: Envelope, recipients: [FailedRecipient], originalHeaders: [UInt8],
                        reportingMTA: String, now: Int, boundary requestedBoundary: String) -> [UInt8]? {
         guard !envelope.sender.isEmpty, !recipients.isEmpty else { return nil }
+        let global = requiresSMTPUTF8(envelope)
         let mta = ascii(reportingMTA).replacingOccurrences(" ", with: "")
         let date = rfc5322Date(now)
         let arrival = envelope.arrival.isFinite && abs(envelope.arrival) < 1e15 ? Int(envelope.arrival.rounded(.down)) : now
@@ -121,11 +136,13 @@ public enum DSN {
         status += field("X-Tern-Queue-ID", envelope.id.rawValue)  // extension fields come last
         for r in recipients {
             status.append("")
-            status += field("Final-Recipient", typedAddress(r.address))
+            status += field("Final-Recipient", typedAddress(r.address, unitext: global))
             status += field("Action", action.rawValue)
             status += field("Status", ascii(r.status))
-            if let host = r.remoteMTA { status += field("Remote-MTA", typed(host, default: "dns")) }
-            if let diagnostic = r.diagnostic { status += field("Diagnostic-Code", typed(diagnostic, default: "smtp")) }
+            if let host = r.remoteMTA { status += field("Remote-MTA", typed(host, default: "dns", utf8: global)) }
+            if let diagnostic = r.diagnostic {
+                status += field("Diagnostic-Code", typed(diagnostic, default: "smtp", utf8: global))
+            }
             status += field("Last-Attempt-Date", date)
         }
         let statusPart = lines(status)
@@ -133,9 +150,13 @@ public enum DSN {
         // Part 3: the original header section.
         let headerLines = splitLines(originalHeaders)
         let headersAre7Bit = headerLines.allSatisfy { line in line.count <= 998 && line.allSatisfy { $0 != 0 && $0 < 0x80 } }
+        // RFC 6533 section 6.3: UTF-8 header fields (RFC 6532) as they are, in an internationalized report.
+        let globalHeaders = global && !headersAre7Bit && headerLines.allSatisfy { line in
+            line.count <= 998 && !line.contains(0) && String(validating: line, as: UTF8.self) != nil
+        }
         var headersPart: [UInt8] = []
         for line in headerLines { headersPart += line + crlf }
-        if !headersAre7Bit { headersPart = quotedPrintable(headersPart) }
+        if !headersAre7Bit && !globalHeaders { headersPart = quotedPrintable(headersPart) }
 
         let boundary = uniqueBoundary(requestedBoundary, notIn: [textPart, statusPart, headersPart])
 
@@ -150,6 +171,7 @@ public enum DSN {
         put("MIME-Version: 1.0")
         put("Content-Type: multipart/report; report-type=delivery-status;")
         put("\tboundary=\"\(boundary)\"")
+        if global { put("Content-Transfer-Encoding: 8bit") }  // its parts may be 8bit (RFC 2045 section 6.4)
         put("Auto-Submitted: auto-replied")
         put("")
         put("This is a MIME-encapsulated message.")
@@ -167,15 +189,25 @@ public enum DSN {
         put("")
         put("--\(boundary)")
         put("Content-Description: Delivery report")
-        put("Content-Type: message/delivery-status")
+        if global {
+            put("Content-Type: message/global-delivery-status")
+            put("Content-Transfer-Encoding: 8bit")
+        } else {
+            put("Content-Type: message/delivery-status")
+        }
         put("")
         out += statusPart
         put("")
         put("--\(boundary)")
         put(action == .failed ? "Content-Description: Undelivered Message Headers"
                               : "Content-Description: Delayed Message Headers")
-        put("Content-Type: text/rfc822-headers")
-        if !headersAre7Bit { put("Content-Transfer-Encoding: quoted-printable") }
+        if globalHeaders {
+            put("Content-Type: message/global-headers")
+            put("Content-Transfer-Encoding: 8bit")
+        } else {
+            put("Content-Type: text/rfc822-headers")
+            if !headersAre7Bit { put("Content-Transfer-Encoding: quoted-printable") }
+        }
         put("")
         out += headersPart
         put("")
@@ -225,9 +257,10 @@ public enum DSN {
         return type
     }
 
-    /// "type; value" with `default` as the type when the value has none.
-    static func typed(_ s: String, default type: String) -> String {
-        let clean = ascii(s).trimmingSpaces
+    /// "type; value" with `default` as the type when the value has none; `utf8`: non-ASCII characters
+    /// are kept (message/global-delivery-status), else they become "?".
+    static func typed(_ s: String, default type: String, utf8: Bool = false) -> String {
+        let clean = (utf8 ? printable(s) : ascii(s)).trimmingSpaces
         return typePrefix(clean) == nil ? "\(type); \(clean)" : clean
     }
 
@@ -238,14 +271,15 @@ public enum DSN {
     }
 
     /// "rfc822; addr", or for a non-ASCII address RFC 6533's "utf-8; " with the 7-bit utf-8-addr-xtext:
-    /// every character outside QCHAR (%x21-2A / %x2C-3C / %x3E-5B / %x5D-7E) as \x{HEX}.
-    static func typedAddress(_ address: String) -> String {
+    /// every character outside QCHAR (%x21-2A / %x2C-3C / %x3E-5B / %x5D-7E) as \x{HEX}. With `unitext`
+    /// (message/global-delivery-status), utf-8-addr-unitext: non-ASCII characters stay as they are.
+    static func typedAddress(_ address: String, unitext: Bool = false) -> String {
         let clean = printable(address)
         guard clean.utf8.contains(where: { $0 >= 0x80 }) else { return "rfc822; \(clean)" }
         var out = "utf-8; "
         for scalar in clean.unicodeScalars {
             let v = scalar.value
-            if (0x21...0x7E).contains(v) && v != 0x2B && v != 0x3D && v != 0x5C {
+            if ((0x21...0x7E).contains(v) && v != 0x2B && v != 0x3D && v != 0x5C) || (unitext && v >= 0x80) {
                 out.unicodeScalars.append(scalar)
             } else {
                 out += "\\x{" + String(v, radix: 16, uppercase: true) + "}"

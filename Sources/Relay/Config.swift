@@ -242,6 +242,9 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     public var relayNetworks: [CIDR] = [CIDR.loopbackV4, CIDR.loopbackV6]
     public var acceptDomains: [String] = []
     public var maxMessageSize: Int = 52_428_800
+    /// Bytes of message data all sessions may hold in memory together before they stop reading
+    /// until the disk catches up (DataBudget.swift).
+    public var maxBufferedData: Int = 268_435_456
     public var maxRecipients: Int = 1000
     public var maxConnections: Int = 20000
     public var maxConnectionsPerIP: Int = 100
@@ -275,6 +278,8 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.read("relay_networks", into: &relayNetworks, Decode.list(Decode.cidr))
         try r.read("accept_domains", into: &acceptDomains, Decode.list(Decode.domain))
         try r.read("max_message_size", into: &maxMessageSize, Decode.positiveInt)
+        try r.read("max_buffered_data", into: &maxBufferedData, Decode.int(atLeast: 1_048_576,
+                   why: "1 MiB; below that even one large message crawls"))
         try r.read("max_recipients", into: &maxRecipients, Decode.positiveInt)
         try r.read("max_connections", into: &maxConnections, Decode.positiveInt)
         try r.read("max_connections_per_ip", into: &maxConnectionsPerIP, Decode.positiveInt)

@@ -19,6 +19,7 @@ extension TernConfig {
         out.key("relay_networks", strings: s.relayNetworks.map(\.description))
         out.key("accept_domains", strings: s.acceptDomains)
         out.key("max_message_size", s.maxMessageSize)
+        out.key("max_buffered_data", s.maxBufferedData)
         out.key("max_recipients", s.maxRecipients)
         out.key("max_connections", s.maxConnections)
         out.key("max_connections_per_ip", s.maxConnectionsPerIP)

@@ -37,6 +37,9 @@ relay_networks = ["127.0.0.0/8", "::1/128"]
 accept_domains = []
 # Largest message accepted, in bytes (advertised with SIZE, RFC 1870).
 max_message_size = 52428800
+# Bytes of message data all sessions together may hold in memory (256 MiB);
+# past it, sessions stop reading until the disk catches up (minimum 1048576).
+max_buffered_data = 268435456
 # Most recipients accepted in one transaction.
 max_recipients = 1000
 # Most client connections open at once.

@@ -427,8 +427,11 @@ public final class DeliveryManager {
             func notice(_ make: (String) -> [UInt8]?) {
                 let id = newQueueID()
                 guard let bytes = make("\(id.rawValue)/\(config.hostname)") else { return }
+                // To a UTF-8 sender: SMTPUTF8 and 8-bit (an RFC 6533 report), never downgraded (5.6.7).
+                let utf8 = DSN.requiresSMTPUTF8(envelope)
                 let e = Envelope(id: id, sender: "", recipients: [Recipient(address: envelope.sender)],
                                  priority: envelope.priority, arrival: t, nextAttempt: t,
+                                 bodyType: utf8 ? "8BITMIME" : nil, smtputf8: utf8,
                                  client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: config.hostname, protocolName: "local"))
                 notices.append((e, bytes))
             }

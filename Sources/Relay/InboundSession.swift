@@ -19,6 +19,13 @@ final class InboundSession {
     private var closed = false
     /// Reading paused because the spool is behind on a large message.
     private var pausedForSpool = false
+    /// This session's part in the memory budget for message data (see "Memory budget" below).
+    private var budgetState = BudgetState.idle
+    /// Bytes of message data this session holds in memory, as counted in the server's budget.
+    private var budgetHeld = 0
+    /// Loop milliseconds since the relay stopped reading from this client (budget or spool): the
+    /// client is not idle then, the server is, and the idle timer does not count that time.
+    private var stoppedAt: UInt64?
     /// The HELO name last logged, so a new HELO/EHLO gets its own line.
     private var loggedHelo: String?
     private var messagesQueued = 0
@@ -36,7 +43,7 @@ final class InboundSession {
     private let sessionLog: Logger
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
-    static let maxBufferedData = 4 * 1024 * 1024
+    static let maxAheadOfDisk = 4 * 1024 * 1024
 
     init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
         self.id = id
@@ -179,6 +186,7 @@ final class InboundSession {
 
     private func timerFired() {
         let now = server.loop.nowMilliseconds
+        if stoppedAt != nil { return }  // started again, for what is left, when reading resumes
         if now < idleDeadline {
             startTimer(now: now)  // there was activity since it was started
             return
@@ -202,9 +210,10 @@ final class InboundSession {
                 beginMessage(start)
             case .messageData(let bytes):
                 writer?.append(bytes)
-                if let writer, writer.pendingBytes > Self.maxBufferedData, !pausedForSpool {
+                if let writer, writer.pendingBytes > Self.maxAheadOfDisk, !pausedForSpool {
                     pausedForSpool = true
                     connection.stopReading()
+                    serverStoppedReading()
                 }
             case .commitMessage:
                 commitMessage()
@@ -239,6 +248,7 @@ final class InboundSession {
         if !machine.wantsInput {
             connection.stopReading()
         }
+        accountBufferedData()
     }
 
     private func authenticate(user: String, password: String) {
@@ -247,7 +257,9 @@ final class InboundSession {
         server.authenticate(ip: clientIP, user: user, password: password) { result in
             guard let session = server.sessions[sessionID], !session.closed else { return }
             session.perform(session.machine.authFinished(result))
-            if session.machine.wantsInput && !session.pausedForSpool { session.connection.startReading() }
+            if session.machine.wantsInput && !session.pausedForSpool && session.budgetState != .waiting {
+                session.connection.startReading()
+            }
             session.armTimer()
         }
     }
@@ -283,9 +295,114 @@ final class InboundSession {
     }
 
     private func spoolCaughtUp() {
-        guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxBufferedData / 2 else { return }
+        accountBufferedData()
+        guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxAheadOfDisk / 2 else { return }
         pausedForSpool = false
-        if !closed && machine.wantsInput { connection.startReading() }
+        if !closed && machine.wantsInput && budgetState != .waiting {
+            connection.startReading()
+            serverResumedReading()
+        }
+    }
+
+    // MARK: Memory budget (server.max_buffered_data, DataBudget.swift)
+
+    enum BudgetState {
+        /// Not reading message data: holds no room in the budget.
+        case idle
+        /// Reading message data, with room for one more read reserved.
+        case reading
+        /// Stopped by the budget, in line to read again.
+        case waiting
+    }
+
+    /// After every event: the change in what this session holds goes into the budget; a session in
+    /// DATA reads only with room for its next read, else it stops, writes out what it holds and waits.
+    private func accountBufferedData() {
+        let server = self.server  // one strong load of the unowned reference, not one per use
+        let held = machine.dataBufferCapacity + (writer?.heldBytes ?? 0)
+        if held != budgetHeld {
+            server.dataBudget.change(by: held - budgetHeld)
+            budgetHeld = held
+        }
+        let inData = !closed && machine.phase == .data
+        switch budgetState {
+        case .idle:
+            guard inData else { break }
+            if server.dataBudget.startReading() {
+                budgetState = .reading
+            } else {
+                waitForBudget()
+            }
+        case .reading:
+            if !inData {
+                budgetState = .idle
+                server.dataBudget.stopReading()
+            } else if server.dataBudget.isOverLimit {
+                server.dataBudget.stopReading()
+                waitForBudget()
+            }
+        case .waiting:
+            if !inData {
+                budgetState = .idle
+                server.dataBudget.cancelWait()
+            }
+        }
+        if server.dataBudget.mayResume { server.resumeSessionsWaitingForBudget() }
+    }
+
+    private func waitForBudget() {
+        budgetState = .waiting
+        server.dataBudget.wait(id)
+        if server.dataBudget.waiting == 1 { server.budgetFilled() }
+        connection.stopReading()
+        serverStoppedReading()
+        // Everything this session holds goes to the disk, so that the budget drains even when every
+        // session is waiting.
+        if let writer {
+            if let bytes = machine.takeBufferedData() { writer.append(bytes) }
+            writer.flush()
+        }
+        let held = machine.dataBufferCapacity + (writer?.heldBytes ?? 0)
+        server.dataBudget.change(by: held - budgetHeld)
+        budgetHeld = held
+    }
+
+    /// Its turn came (SMTPServer.resumeSessionsWaitingForBudget): false if it stopped waiting meanwhile.
+    func resumeAfterBudget() -> Bool {
+        guard budgetState == .waiting, !closed, machine.phase == .data else { return false }
+        budgetState = .reading
+        if machine.wantsInput && !pausedForSpool {
+            connection.startReading()
+            serverResumedReading()
+        }
+        return true
+    }
+
+    private func serverStoppedReading() {
+        if stoppedAt == nil { stoppedAt = server.loop.nowMilliseconds }
+    }
+
+    /// The time the server kept the client waiting is added to the idle deadline: the timeouts measure
+    /// the client's silence, not the server's.
+    private func serverResumedReading() {
+        guard let since = stoppedAt else { return }
+        stoppedAt = nil
+        let now = server.loop.nowMilliseconds
+        idleDeadline += now - since
+        if !closed, timer != nil { startTimer(now: now) }
+    }
+
+    /// The session ends: what it held leaves the budget.
+    private func leaveBudget() {
+        server.dataBudget.change(by: -budgetHeld)
+        budgetHeld = 0
+        switch budgetState {
+        case .idle: break
+        case .reading: server.dataBudget.stopReading()
+        case .waiting: server.dataBudget.cancelWait()
+        }
+        budgetState = .idle
+        if server.dataBudget.mayResume { server.resumeSessionsWaitingForBudget() }
     }
 
     private func commitMessage() {
@@ -311,7 +428,8 @@ final class InboundSession {
             guard let session = server.sessions[sessionID] else { return }
             session.writer = nil
             session.perform(session.machine.commitFinished(queueID: queueID?.rawValue))
-            if session.machine.wantsInput && !session.closed && !session.pausedForSpool {
+            if session.machine.wantsInput && !session.closed && !session.pausedForSpool
+                && session.budgetState != .waiting {
                 session.connection.startReading()
             }
             session.armTimer()
@@ -330,6 +448,7 @@ final class InboundSession {
             writer?.abort()
         }
         writer = nil
+        leaveBudget()
         server.sessionClosed(self)
     }
 

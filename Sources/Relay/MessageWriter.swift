@@ -21,6 +21,11 @@ final class MessageWriter {
     /// Chunks not yet handed to the pool.
     private var pending: [[UInt8]] = []
     private(set) var pendingBytes = 0
+    /// Memory held by chunks not on disk yet (queued, being written, or in the journal's batch), by
+    /// their capacity: what the session counts in the budget for buffered message data.
+    private(set) var heldBytes = 0
+    /// Set by `flush`: write what is queued even below `writeThreshold`.
+    private var draining = false
     private var busy = false
     private var file: SpoolFile?
     private var failure: Error?
@@ -51,7 +56,16 @@ final class MessageWriter {
         guard !aborted, !bytes.isEmpty else { return }
         pending.append(bytes)
         pendingBytes += bytes.count
+        heldBytes += bytes.capacity
         if pendingBytes >= Self.writeThreshold { kick() }
+    }
+
+    /// Writes what is queued now, however little (the session stopped reading for the memory budget:
+    /// what it holds must reach the disk for the budget to drain). The message goes to a file of its own.
+    func flush() {
+        guard !aborted, !pending.isEmpty, commitDone == nil else { return }
+        draining = true
+        kick()
     }
 
     /// Makes the message durable; `done` runs on the loop with the queue id, or nil and the error.
@@ -63,6 +77,7 @@ final class MessageWriter {
     /// Forget the message: remove whatever was written.
     func abort() {
         aborted = true
+        heldBytes -= pending.reduce(0) { $0 + $1.capacity }
         pending = []
         pendingBytes = 0
         kick()
@@ -89,10 +104,12 @@ final class MessageWriter {
             return
         }
         let committing = commitDone != nil
-        guard committing || pendingBytes >= Self.writeThreshold else { return }
+        guard committing || pendingBytes >= Self.writeThreshold || (draining && !pending.isEmpty) else { return }
+        draining = false
         let chunks = pending
         pending = []
         pendingBytes = 0
+        let chunksHeld = chunks.reduce(0) { $0 + $1.capacity }
         busy = true
         let spool = self.spool
         let id = self.id
@@ -104,6 +121,7 @@ final class MessageWriter {
             busy = true
             journal.commit(envelope, chunks: chunks) { [self] stored, bytes, error in
                 busy = false
+                heldBytes -= chunksHeld
                 let done = commitDone!
                 commitDone = nil
                 if let stored {
@@ -138,6 +156,7 @@ final class MessageWriter {
             }
         }, done: { [self] in
             busy = false
+            heldBytes -= chunksHeld
             self.file = file
             self.failure = failure
             self.envelope = envelope

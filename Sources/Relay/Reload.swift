@@ -79,6 +79,8 @@ extension SMTPServer {
         }
 
         config = next
+        dataBudget.limit = next.server.maxBufferedData
+        if dataBudget.mayResume { resumeSessionsWaitingForBudget() }
         serverConfiguration = Self.sessionConfiguration(next)
         submissionConfiguration = Self.submissionConfiguration(next)
         // Next hops, TLS policies and credentials (password files read again by the parse) for every

@@ -51,6 +51,8 @@ public final class SMTPServer {
     var authChecksRunning = 0
     var authChecksWaiting: [() -> Void] = []
     var sessions: [UInt64: InboundSession] = [:]
+    /// Message data all sessions hold in memory, against `server.max_buffered_data`.
+    var dataBudget: DataBudget
     var connectionsPerIP: [String: Int] = [:]
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
@@ -82,6 +84,7 @@ public final class SMTPServer {
         self.spool = spool
         journal = JournalCommitter(loop: loop, spool: spool, log: log)
         let s = config.server
+        dataBudget = DataBudget(limit: s.maxBufferedData, perRead: ServerSession.dataBuffer + EventLoop.readBufferSize)
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
         authThrottle = AuthThrottle(maxFailures: config.auth.maxFailures, lockoutTime: config.auth.lockoutTime)
@@ -177,6 +180,29 @@ public final class SMTPServer {
             connectionsPerIP.removeValue(forKey: session.clientIP)
         }
         if stopping && sessions.isEmpty { finishStopping() }
+    }
+
+    /// Loop milliseconds of the last "budget full" line: one a minute at most.
+    var budgetFullLogged: UInt64?
+
+    /// The first session stopped by the budget: a line for the operator (slow disk, or a small budget).
+    func budgetFilled() {
+        let now = loop.nowMilliseconds
+        if let last = budgetFullLogged, now < last + 60_000 { return }
+        budgetFullLogged = now
+        log.notice("message data in memory reached server.max_buffered_data (\(dataBudget.limit) bytes): sessions stop reading until the spool catches up")
+    }
+
+    /// Sessions stopped by the budget for message data resume in the order they stopped, while there
+    /// is room for their next read.
+    func resumeSessionsWaitingForBudget() {
+        while let id = dataBudget.next() {
+            if let session = sessions[id], session.resumeAfterBudget() {
+                dataBudget.resumed()
+            } else {
+                dataBudget.stopReading()  // it stopped waiting meanwhile (closed, message ended): no turn
+            }
+        }
     }
 
     func nextQueueID() -> QueueID {

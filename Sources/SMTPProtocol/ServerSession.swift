@@ -187,12 +187,16 @@ public struct ServerSession {
     /// arrives whole, one array that the journal writes and delivery sends without joining pieces. The
     /// buffer doubles from `dataReserve` to `dataBuffer`; the chunk is a little smaller, so the few bytes
     /// the decoder holds back (a CR, a header line) never make it double again.
-    static let dataBuffer = 256 * 1024
+    public static let dataBuffer = 256 * 1024
     static let dataChunk = dataBuffer - 4096
-    /// Reserved when DATA starts, not before: sessions outside DATA hold no buffer. 128 KiB, so that a
-    /// message up to that size never grows it (a doubling copies what came so far); a smaller message
-    /// leaves in an array of its own size at the end of DATA, so this is held only while DATA lasts.
+    /// Reserved when message data arrives, not before: sessions outside DATA, and sessions in DATA whose
+    /// reading the relay stopped, hold no buffer. 128 KiB, so that a message up to that size never grows
+    /// it (a doubling copies what came so far); a smaller message leaves in an array of its own size at
+    /// the end of DATA, so this is held only while DATA lasts.
     static let dataReserve = 128 * 1024
+    /// What the DATA buffer reserves when data next arrives: `dataReserve` for a message's first bytes,
+    /// `dataBuffer` once a chunk was handed on (the next is likely full too).
+    var nextDataReserve = dataReserve
 
     /// `implicitTLS`: the connection is under TLS from its start (RFC 8314 submissions).
     public init(config: ServerConfiguration, client: PeerInfo, implicitTLS: Bool = false) {
@@ -308,6 +312,7 @@ public struct ServerSession {
                     dropConnection()
                     return count
                 }
+                if dataOut.capacity == 0 { dataOut.reserveCapacity(nextDataReserve) }
                 // No more input than the chunk has room for: it is handed on before it outgrows its buffer.
                 let end = min(count, offset + max(Self.dataChunk - dataOut.count, 1))
                 offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]), into: &dataOut)
@@ -551,7 +556,7 @@ public struct ServerSession {
         decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
                                             maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut = []
-        dataOut.reserveCapacity(Self.dataReserve)
+        nextDataReserve = Self.dataReserve
         messageDataEmitted = false
         phase = .data
         dropInData = drop
@@ -716,8 +721,8 @@ public struct ServerSession {
             }
             messageDataEmitted = true
             dataOut = []
-            // A message larger than a chunk: the next is likely full too. At the end, no buffer is kept.
-            if !force { dataOut.reserveCapacity(Self.dataBuffer) }
+            // A message larger than a chunk: the next is likely full too (reserved when it arrives).
+            nextDataReserve = Self.dataBuffer
         }
     }
 
@@ -729,8 +734,28 @@ public struct ServerSession {
     /// session in a later message (after this one was refused) by the time the caller asks.
     public mutating func prefixMessageData(_ bytes: [UInt8], for start: MessageStart) -> Bool {
         guard phase == .data, !messageDataEmitted, start.serial == messagesBegun else { return false }
+        if dataOut.capacity == 0 { dataOut.reserveCapacity(nextDataReserve) }
         dataOut.insert(contentsOf: bytes, at: 0)
         return true
+    }
+
+    /// Bytes of memory the DATA buffer holds now (its capacity, reserved or filled): what a memory
+    /// budget for message data counts.
+    public var dataBufferCapacity: Int { dataOut.capacity }
+
+    /// Hands on what the DATA buffer holds and frees the buffer, for a caller that stops reading until
+    /// memory is available and writes out what this session holds meanwhile. The message loses nothing;
+    /// its data only arrives in one more piece. Nil when the buffer holds no data (it is freed all the same).
+    public mutating func takeBufferedData() -> [UInt8]? {
+        guard phase == .data, !dataOut.isEmpty else {
+            if phase == .data { dataOut = [] }
+            return nil
+        }
+        // An array of its own size: it waits in the writer's queue, counted by its capacity.
+        let bytes = dataOut.capacity > dataOut.count + 4096 ? dataOut.withUnsafeBufferPointer { Array($0) } : dataOut
+        dataOut = []
+        messageDataEmitted = true
+        return bytes
     }
 
     mutating func takeActions() -> [ServerAction] {

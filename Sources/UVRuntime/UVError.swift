@@ -77,13 +77,15 @@ public func setThreadPoolSize(_ n: Int) {
 /// back to the kernel once more than twice that is free there. A relay frees and allocates message
 /// buffers of 64 KiB to 256 KiB all the time, so both happen over and over: fresh pages to fault in and
 /// zero for most messages (2,000 relayed messages of 100 KiB: 7,000 to 15,000 page faults with glibc's
-/// defaults, 3,000 to 5,000 with these). Fixed limits end that: blocks up to 1 MiB come from the heaps
-/// and a heap keeps up to 8 MiB free at its top. Either set in GLIBC_TUNABLES in the environment wins.
-/// Call at start-up, before the threads start.
+/// defaults, 3,000 to 5,000 with these). Fixed limits end that: blocks under 256 KiB come from the heaps
+/// and a heap keeps up to 8 MiB free at its top. A full DATA buffer of a large message (256 KiB) gets
+/// pages of its own and gives them back when written: mixed with the smaller blocks in the heaps, such
+/// buffers left holes that kept the peak 20-30% above the message data held (server.max_buffered_data).
+/// Either set in GLIBC_TUNABLES in the environment wins. Call at start-up, before the threads start.
 public func tuneMallocForMessageBuffers() {
     #if canImport(Glibc)
     let tunables = getenv("GLIBC_TUNABLES").map { String(cString: $0) } ?? ""
-    if !tunables.contains("glibc.malloc.mmap_threshold") { _ = mallopt(M_MMAP_THRESHOLD, 1 << 20) }
+    if !tunables.contains("glibc.malloc.mmap_threshold") { _ = mallopt(M_MMAP_THRESHOLD, 256 << 10) }
     if !tunables.contains("glibc.malloc.trim_threshold") { _ = mallopt(M_TRIM_THRESHOLD, 8 << 20) }
     #endif
 }

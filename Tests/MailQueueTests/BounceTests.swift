@@ -299,13 +299,60 @@ private let failed = [
             .replacingOccurrences(of: "\r\r\n", with: "\r\n").utf8)
         #expect(decodeQuotedPrintable(parts[2].bodyText) == normalised)
 
-        // A UTF-8 sender is kept in To: (RFC 6532); the rest stays 7-bit.
-        let toUTF8 = try #require(DSN.bounce(for: envelope(sender: "zoë@example.org"), failed: failed,
-                                             originalHeaders: originalHeaders, reportingMTA: "mx.tern.test",
-                                             now: now, boundary: "b"))
-        let message = try ParsedMessage(toUTF8)
+        // An ASCII sender needs no SMTPUTF8 for its report, even when the message was an SMTPUTF8 one.
+        var utf8Message = envelope()
+        utf8Message.smtputf8 = true
+        #expect(!DSN.requiresSMTPUTF8(utf8Message))
+        let sevenBit = try #require(DSN.bounce(for: utf8Message, failed: utf8, originalHeaders: headers,
+                                               reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        #expect(sevenBit.allSatisfy { $0 < 0x80 })
+    }
+
+    /// A report to a UTF-8 sender is internationalized (RFC 6532, RFC 6533): To: as is, 8bit,
+    /// message/global-delivery-status with utf-8-addr-unitext addresses, message/global-headers.
+    @Test func utf8SenderGetsAGlobalReport() throws {
+        let sender = envelope(sender: "zoë@example.org")
+        #expect(DSN.requiresSMTPUTF8(sender))
+        let utf8 = [FailedRecipient(address: "jürgen+x=y@bücher.example", status: "5.1.1",
+                                    diagnostic: "smtp; 550 Benutzer unbekannt: jürgen", remoteMTA: "dns; mx.bücher.example")]
+        let headers = Array("From: Zoë <zoë@example.org>\r\nSubject: Grüße\r\nTo: jürgen+x=y@bücher.example\r\n\r\n".utf8)
+        let bytes = try #require(DSN.bounce(for: sender, failed: utf8, originalHeaders: headers,
+                                            reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        checkLines(bytes)
+        #expect(String(validating: bytes, as: UTF8.self) != nil, "UTF-8 throughout")
+        let message = try ParsedMessage(bytes)
         #expect(message.value("To") == "zoë@example.org")
-        #expect(message.body.allSatisfy { $0 < 0x80 })
+        #expect(message.value("Content-Transfer-Encoding") == "8bit")
+        let parts = try message.parts()
+        try #require(parts.count == 3)
+
+        #expect(parts[1].value("Content-Type") == "message/global-delivery-status")
+        #expect(parts[1].value("Content-Transfer-Encoding") == "8bit")
+        let blocks = parts[1].statusBlocks
+        try #require(blocks.count == 2)
+        // utf-8-addr-unitext: UTF-8 as is, "+" and "=" (not QCHAR) escaped.
+        #expect(value(blocks[1], "Final-Recipient") == "utf-8; jürgen\\x{2B}x\\x{3D}y@bücher.example")
+        #expect(value(blocks[1], "Diagnostic-Code") == "smtp; 550 Benutzer unbekannt: jürgen")
+        #expect(value(blocks[1], "Remote-MTA") == "dns; mx.bücher.example")
+
+        #expect(parts[2].value("Content-Type") == "message/global-headers")
+        #expect(parts[2].value("Content-Transfer-Encoding") == "8bit")
+        #expect(Array(parts[2].body) == headers, "the original header section, byte for byte")
+
+        // Headers that are not valid UTF-8 still go quoted-printable, as text/rfc822-headers.
+        let broken = Array("Subject: ".utf8) + [0xFF, 0xFE] + Array("\r\n\r\n".utf8)
+        let fallback = try #require(DSN.bounce(for: sender, failed: utf8, originalHeaders: broken,
+                                               reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        let fallbackParts = try ParsedMessage(fallback).parts()
+        try #require(fallbackParts.count == 3)
+        #expect(fallbackParts[2].value("Content-Type") == "text/rfc822-headers")
+        #expect(fallbackParts[2].value("Content-Transfer-Encoding") == "quoted-printable")
+        #expect(String(validating: fallback, as: UTF8.self) != nil)
+
+        // The delay warning is the same report.
+        let delay = try #require(DSN.delayWarning(for: sender, delayed: utf8, originalHeaders: headers,
+                                                  reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        #expect(try ParsedMessage(delay).parts()[1].value("Content-Type") == "message/global-delivery-status")
     }
 
     @Test func boundaryIsSanitisedAndAvoidsTheContent() throws {

@@ -82,6 +82,37 @@ private func message(_ size: Int) -> [UInt8] {
         #expect(largestBuffer < 2 * ServerSession.dataBuffer)
     }
 
+    /// The memory budget's view: no buffer before data arrives (a session the relay stops right after
+    /// the 354 holds nothing), and a session stopped mid-message hands on what it holds and keeps no
+    /// buffer, without losing or reordering a byte.
+    @Test func theBufferIsReservedWhenDataArrivesAndCanBeTakenAtAnyPoint() throws {
+        var s = session()
+        _ = s.receive(Array(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA").utf8))
+        #expect(s.phase == .data)
+        #expect(s.dataBufferCapacity == 0)
+        #expect(s.takeBufferedData() == nil)
+        let body = message(700_000)
+        var got: [[UInt8]] = []
+        var at = 0
+        var takes = 0
+        while at < body.count {
+            let end = min(body.count, at + 50_000)
+            got += chunks(s.receive(Array(body[at..<end])))
+            #expect(s.dataBufferCapacity >= s.dataOut.count)
+            if at % 150_000 == 0, let taken = s.takeBufferedData() {
+                takes += 1
+                #expect(taken.capacity <= taken.count + 4096, "handed on in an array of its own size")
+                #expect(s.dataBufferCapacity == 0)
+                got.append(taken)
+            }
+            at = end
+        }
+        got += chunks(s.receive(Array(".\r\n".utf8)))
+        #expect(takes >= 3)
+        #expect(Array(got.joined()) == body)
+        #expect(s.dataBufferCapacity == 0)
+    }
+
     @Test func thePrefixIsRefusedOnceDataWasHandedOnOrTheMessageEnded() throws {
         // The whole message in the same read as DATA (no wait for the 354): it is over before the
         // relay could ask, and the prefix stays with the caller.

@@ -57,6 +57,7 @@ public final class AdminEndpoint {
             ready(answer)
         case .metrics:
             let metrics = server.relayMetrics
+            metrics.updateBufferGauges(server.dataBudget)
             let reply = {
                 answer(HTTPResponse(status: 200, reason: "OK",
                                     headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -49,6 +49,11 @@ public final class RelayMetrics {
     private var commandsRefused: [Int: CoreMetrics.Counter] = [:]
     private let commandsRefusedOther: CoreMetrics.Counter
 
+    // The memory budget for message data (DataBudget), read when scraped.
+    private let bufferedData: CoreMetrics.Gauge
+    private let bufferedDataLimit: CoreMetrics.Gauge
+    private let sessionsWaitingForBuffer: CoreMetrics.Gauge
+
     // Queue gauges: by state (all four always), by priority (a level appears once it was seen).
     private var queueByState: [CoreMetrics.Gauge] = []
     private var queueByPriority: [CoreMetrics.Gauge?] = Array(repeating: nil, count: 19)
@@ -128,6 +133,10 @@ public final class RelayMetrics {
             commandsRefused[key] = counter("tern_commands_refused_total", [("reason", reason)])
         }
         commandsRefusedOther = counter("tern_commands_refused_total", [("reason", "other")])
+        bufferedData = Gauge(label: "tern_buffered_data_bytes", factory: f)
+        bufferedDataLimit = Gauge(label: "tern_buffered_data_limit_bytes", factory: f)
+        sessionsWaitingForBuffer = Gauge(label: "tern_sessions_waiting_for_buffer", factory: f)
+        updateBufferGauges(DataBudget(limit: 0, perRead: 0))
         queueByState = Self.queueStates.map { Gauge(label: "tern_queue_messages", dimensions: [("state", $0)], factory: f) }
         updateQueueGauges(QueueCounts())
     }
@@ -251,6 +260,14 @@ public final class RelayMetrics {
             guard let s = RelayMetrics.queueStates.firstIndex(of: state) else { return 0 }
             return counts[s].reduce(0, +)
         }
+    }
+
+    /// Message data held in memory by inbound sessions, the limit, and the sessions stopped until it
+    /// drains; copied from the budget when the endpoint is scraped (the sessions pay nothing per read).
+    func updateBufferGauges(_ budget: DataBudget) {
+        bufferedData.record(budget.held)
+        bufferedDataLimit.record(budget.limit)
+        sessionsWaitingForBuffer.record(budget.waiting)
     }
 
     func updateQueueGauges(_ q: QueueCounts) {
