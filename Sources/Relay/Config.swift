@@ -193,6 +193,9 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     public var acceptDomains: [String] = []
     public var maxMessageSize: Int = 52_428_800
     public var maxRecipients: Int = 1000
+    /// RCPTs past max_recipients answered 452 without counting as errors (Postfix's
+    /// smtpd_recipient_overshoot_limit).
+    public var recipientOvershootLimit: Int = 1000
     public var maxConnections: Int = 20000
     public var maxConnectionsPerIP: Int = 100
     public var vrfy = false
@@ -226,6 +229,7 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.read("accept_domains", into: &acceptDomains, Decode.list(Decode.domain))
         try r.read("max_message_size", into: &maxMessageSize, Decode.positiveInt)
         try r.read("max_recipients", into: &maxRecipients, Decode.positiveInt)
+        try r.read("recipient_overshoot_limit", into: &recipientOvershootLimit, Decode.int(atLeast: 0, why: nil))
         try r.read("max_connections", into: &maxConnections, Decode.positiveInt)
         try r.read("max_connections_per_ip", into: &maxConnectionsPerIP, Decode.positiveInt)
         try r.read("vrfy", into: &vrfy, Decode.bool)

@@ -31,6 +31,9 @@ accept_domains = []
 max_message_size = 52428800
 # Most recipients accepted in one transaction.
 max_recipients = 1000
+# RCPTs past max_recipients answered 452 4.5.3 without counting towards max_errors (the client sends
+# them in another transaction, RFC 5321 4.5.3.1.8); past this many more, each counts as an error.
+recipient_overshoot_limit = 1000
 # Most client connections open at once.
 max_connections = 20000
 # Most connections open at once from one client IP.
