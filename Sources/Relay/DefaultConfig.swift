@@ -161,7 +161,8 @@ postmaster = ["root@localhost"]
 
 [log]
 # How log lines on stderr look: "plain" (text) or "json" (one JSON object per
-# line). `tern serve --log-format` overrides it.
+# line, with qid, session, client, from, to, relay, delay, dsn, status, reply,
+# tls as members). `tern serve --log-format` overrides it.
 format = "plain"
 
 [admin]

@@ -418,17 +418,18 @@ final class InboundSession {
     private func tlsFailed(_ error: any Error, handshake: Bool) {
         server.relayMetrics.commandRefused(.tlsFailed)
         let client = clientName
-        let what = handshake ? "TLS handshake failed" : "TLS failed"
+        // The engine's errors read "TLS handshake failed: error:0A00010B:SSL routines::wrong version number".
+        let what = "\(error)".hasPrefix("TLS") ? "\(error)" : "\(handshake ? "TLS handshake failed" : "TLS failed"): \(error)"
         let proto = machine.protocolName
         let helo = machine.helo
         // Implicit TLS (a submissions listener) fails before any command.
         let command = machine.phase == .startingTLS || machine.helo != nil ? "STARTTLS" : "CONNECT"
         var fields: Logger.Metadata = ["client": .string(client), "command": .string(command),
                                        "reason": .string(Refusal.Reason.tlsFailed.rawValue),
-                                       "tls": .string("\(what): \(error)"), "proto": .string(proto)]
+                                       "tls": .string(what), "proto": .string(proto)]
         if let helo { fields["helo"] = .string(helo) }
         sessionLog.fields("reject", fields) {
-            "NOQUEUE: reject: \(command) from \(client): \(what): \(error); proto=\(proto)\(helo.map { " helo=<\($0)>" } ?? "")"
+            "NOQUEUE: reject: \(command) from \(client): \(what); proto=\(proto)\(helo.map { " helo=<\($0)>" } ?? "")"
         }
     }
 }

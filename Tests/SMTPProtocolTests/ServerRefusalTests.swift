@@ -113,6 +113,7 @@ import Testing
         var config = ServerConfiguration(hostname: "relay.test", maxRecipients: 1, maxErrors: 2)
         config.recipientOvershootLimit = 1
         var d = Driver(config)
+        d.send("EHLO x.test\r\n")
         for _ in 0..<3 {
             d.send(lines("MAIL FROM:<a@b.test>", "RCPT TO:<a@d.test>", "RCPT TO:<b@d.test>", "DATA", "x", "."))
         }

@@ -106,7 +106,7 @@ def test_log_format_flag_overrides_the_config(tmp_path):
     try:
         wait_until(lambda: "listening on" in t.stderr(), 20, "tern to listen")
         qid = send_message(t.port, "alice@example.test", ["bob@example.test"], make_message())
-        wait_until(lambda: f"queued as {qid}" in t.stderr(), 20, "the queued line")
+        wait_until(lambda: f'"qid":"{qid}","msg":"queued"' in t.stderr(), 20, "the queued line")
     finally:
         p.terminate()
         p.wait(timeout=30)
