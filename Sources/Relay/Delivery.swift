@@ -300,10 +300,15 @@ public final class DeliveryManager {
                                        "dsn": .string(dsn), "status": .string(status), "reply": .string(reply)]
         if let tls { fields["tls"] = .string(tls) }
         log.fields("delivery", qid: id.rawValue, fields) {
-            let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
-            let outcome = status == "expired" ? "expired, returned to sender" : status
-            return "\(id): to=<\(to)>, relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
+            Self.resultText(id, to: to, relay: relay, tls: tls, delay: delay, dsn: dsn, status: status, reply: reply)
         }
+    }
+
+    static func resultText(_ id: QueueID, to: String, relay: String, tls: String?, delay: String, dsn: String,
+                           status: String, reply: String) -> String {
+        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
+        let outcome = status == "expired" ? "expired, returned to sender" : status
+        return "\(id): to=<\(to)>, relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
     }
 
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.

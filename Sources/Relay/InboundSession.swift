@@ -379,21 +379,25 @@ final class InboundSession {
         let client = clientName
         let replyText = Self.replyText(r.reply)
         sessionLog.fields(r.event, qid: qid, Self.refusalFields(r, client: client, reply: replyText)) {
-            var text = "\(qid ?? "NOQUEUE"): "
-            switch r.reason {
-            case .timeout: text += "timeout after \(r.command)"
-            case .tooManyErrors: text += "too many errors after \(r.command)"
-            default: text += "reject: \(r.command)"
-            }
-            text += " from \(client): \(replyText);"
-            if let sender = r.sender { text += " from=<\(sender.address)>" }
-            if let to = r.recipient { text += " to=<\(to)>" }
-            if r.acceptedRecipients > 1 { text += " nrcpt=\(r.acceptedRecipients)" }
-            text += " proto=\(r.protocolName)"
-            if let helo = r.helo { text += " helo=<\(helo)>" }
-            if let user = r.user { text += " sasl_username=<\(user)>" }
-            return text
+            Self.refusalText(r, qid: qid, client: client, reply: replyText)
         }
+    }
+
+    static func refusalText(_ r: Refusal, qid: String?, client: String, reply replyText: String) -> String {
+        var text = "\(qid ?? "NOQUEUE"): "
+        switch r.reason {
+        case .timeout: text += "timeout after \(r.command)"
+        case .tooManyErrors: text += "too many errors after \(r.command)"
+        default: text += "reject: \(r.command)"
+        }
+        text += " from \(client): \(replyText);"
+        if let sender = r.sender { text += " from=<\(sender.address)>" }
+        if let to = r.recipient { text += " to=<\(to)>" }
+        if r.acceptedRecipients > 1 { text += " nrcpt=\(r.acceptedRecipients)" }
+        text += " proto=\(r.protocolName)"
+        if let helo = r.helo { text += " helo=<\(helo)>" }
+        if let user = r.user { text += " sasl_username=<\(user)>" }
+        return text
     }
 
     static func refusalFields(_ r: Refusal, client: String, reply: String) -> Logger.Metadata {

@@ -141,8 +141,14 @@ extension Logger {
 
     func fields(_ event: String, qid: String? = nil, level: Logger.Level = .info,
                 _ fields: @autoclosure () -> Logger.Metadata, _ text: () -> String) {
+        self.fields(event, qid: qid, level: level, json: TernLogHandler.fieldsAsMembers, fields(), text)
+    }
+
+    /// The same with the format given (tests).
+    func fields(_ event: String, qid: String?, level: Logger.Level, json: Bool,
+                _ fields: @autoclosure () -> Logger.Metadata, _ text: () -> String) {
         guard level >= logLevel else { return }
-        if TernLogHandler.fieldsAsMembers {
+        if json {
             var members = fields()
             if let qid { members["qid"] = .string(qid) }
             log(level: level, Logger.Message(stringLiteral: event), metadata: members)
