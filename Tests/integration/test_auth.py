@@ -303,3 +303,27 @@ def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt)
     assert [(e["reason"], e["sasl_username"], e["dsn"]) for e in rejects] == [
         ("auth_failed", "mal\x1blory", "5.7.8"), ("auth_locked_out", "alice", "4.7.0")], rejects
     assert all(e["client"] == "unknown[127.0.0.2]" and e["command"] == "AUTH" for e in rejects), rejects
+
+
+def test_implicit_tls_handshake_failure_is_logged(start_tern, certs, users_file):
+    """A client that speaks SMTP in the clear to a submissions (implicit TLS) port: the handshake
+    fails before any command, and the log says so with OpenSSL's reason (issue 13: never silent)."""
+    import socket
+    import time
+
+    port = free_port()
+    t = start_tern(**secure_tables(certs, users_file, server={"submissions": [f"127.0.0.1:{port}"]}))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"EHLO plain.test\r\n")
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while "TLS handshake failed" not in t.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next((l for l in t.stderr().splitlines() if "TLS handshake failed" in l), "")
+    assert "NOQUEUE: reject: CONNECT from unknown[127.0.0.1]: TLS handshake failed: error:" in line, t.stderr()
+    assert "proto=SMTP" in line and "session=" in line, line
