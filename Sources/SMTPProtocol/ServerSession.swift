@@ -10,7 +10,8 @@
 // RFC 2034 §3):
 //   503 5.5.1 out of sequence         500 5.5.2 unknown command, line too long, bare CR/LF
 //   501 5.5.4 bad syntax / parameter  555 5.5.4 unknown MAIL/RCPT parameter
-//   552 5.3.4 message too big         452 4.5.3 too many recipients
+//   552 5.3.4 message too big         452 4.5.3 too many recipients (no error up to the overshoot)
+//   501 5.5.2 HELO/EHLO name with a control character or invalid UTF-8
 //   554 5.7.1 relay access denied     554 5.4.6 too many Received headers (mail loop)
 //   554 5.6.0 message refused for its content: bare CR or LF, NUL, a line over max_line_length
 //   553 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4)
@@ -19,7 +20,8 @@
 //
 // Hooks (SessionHooks.swift, set only by `tern sink`) may delay or replace the positive replies at
 // the greeting, MAIL, RCPT, DATA and the end of DATA, or drop the connection mid-DATA.
-// STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ServerSession+Security.swift.
+// STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ServerSession+Security.swift. Every refusal is also
+// a `.refused` action (ServerSession+Refusal.swift), which the caller counts and logs.
 
 public struct ServerConfiguration: Sendable {
     public var hostname: String
