@@ -246,6 +246,9 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     /// until the disk catches up (DataBudget.swift).
     public var maxBufferedData: Int = 268_435_456
     public var maxRecipients: Int = 1000
+    /// RCPTs past max_recipients answered 452 without counting as errors (Postfix's
+    /// smtpd_recipient_overshoot_limit).
+    public var recipientOvershootLimit: Int = 1000
     public var maxConnections: Int = 20000
     public var maxConnectionsPerIP: Int = 100
     public var vrfy = false
@@ -281,6 +284,7 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.read("max_buffered_data", into: &maxBufferedData, Decode.int(atLeast: 1_048_576,
                    why: "1 MiB; below that even one large message crawls"))
         try r.read("max_recipients", into: &maxRecipients, Decode.positiveInt)
+        try r.read("recipient_overshoot_limit", into: &recipientOvershootLimit, Decode.int(atLeast: 0, why: nil))
         try r.read("max_connections", into: &maxConnections, Decode.positiveInt)
         try r.read("max_connections_per_ip", into: &maxConnectionsPerIP, Decode.positiveInt)
         try r.read("vrfy", into: &vrfy, Decode.bool)

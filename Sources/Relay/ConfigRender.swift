@@ -21,6 +21,7 @@ extension TernConfig {
         out.key("max_message_size", s.maxMessageSize)
         out.key("max_buffered_data", s.maxBufferedData)
         out.key("max_recipients", s.maxRecipients)
+        out.key("recipient_overshoot_limit", s.recipientOvershootLimit)
         out.key("max_connections", s.maxConnections)
         out.key("max_connections_per_ip", s.maxConnectionsPerIP)
         out.key("vrfy", s.vrfy)

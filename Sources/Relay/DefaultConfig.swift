@@ -42,6 +42,9 @@ max_message_size = 52428800
 max_buffered_data = 268435456
 # Most recipients accepted in one transaction.
 max_recipients = 1000
+# RCPTs past max_recipients answered 452 4.5.3 without counting towards max_errors (the client sends
+# them in another transaction, RFC 5321 4.5.3.1.8); past this many more, each counts as an error.
+recipient_overshoot_limit = 1000
 # Most client connections open at once.
 max_connections = 20000
 # Most connections open at once from one client IP.
@@ -179,7 +182,8 @@ recipient_domains = {}
 
 [log]
 # How log lines on stderr look: "plain" (text) or "json" (one JSON object per
-# line). `tern serve --log-format` overrides it.
+# line, with qid, session, client, from, to, relay, delay, dsn, status, reply,
+# tls as members). `tern serve --log-format` overrides it.
 format = "plain"
 
 [admin]

@@ -295,12 +295,30 @@ public final class DeliveryManager {
 
     // MARK: - Results
 
+    /// "QUEUEID: to=<…>, relay=mx[ip]:25, tls=…, delay=0.4, dsn=2.0.0, status=sent (250 …)", as Postfix
+    /// writes it (tls= when the session used TLS; "expired, returned to sender" for an expired one);
+    /// with log.format = "json" each of these is a member of its own.
+    func logResult(_ id: QueueID, to: String, relay: String, tls: String?, delay: String, dsn: String,
+                   status: String, reply: String) {
+        var fields: Logger.Metadata = ["to": .string(to), "relay": .string(relay), "delay": .string(delay),
+                                       "dsn": .string(dsn), "status": .string(status), "reply": .string(reply)]
+        if let tls { fields["tls"] = .string(tls) }
+        log.fields("delivery", qid: id.rawValue, fields) {
+            Self.resultText(id, to: to, relay: relay, tls: tls, delay: delay, dsn: dsn, status: status, reply: reply)
+        }
+    }
+
+    static func resultText(_ id: QueueID, to: String, relay: String, tls: String?, delay: String, dsn: String,
+                           status: String, reply: String) -> String {
+        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
+        let outcome = status == "expired" ? "expired, returned to sender" : status
+        return "\(id): to=<\(to)>, relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
+    }
+
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.
     func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String,
                      tls: String? = nil) {
         let t = now
-        // "relay=mx[ip]:25, tls=TLSv1.3 TLS_AES_256_GCM_SHA384 verified" when the session used TLS.
-        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
         var envelope = message.envelope
         var deferredIndexes: [Int] = []
         var deliveredAny = false
@@ -315,14 +333,16 @@ public final class DeliveryManager {
                 delivered += 1
                 deliveredAny = true
                 metrics.recipientDelivered(delay: t - envelope.arrival)
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: reply, default: "2.0.0")), status=sent (\(reply))")
+                logResult(envelope.id, to: address, relay: relay, tls: tls, delay: delay,
+                          dsn: Self.status(of: reply, default: "2.0.0"), status: "sent", reply: reply)
             case .deferred(let reply):
                 envelope.recipients[index].state = .deferred
                 envelope.recipients[index].lastReply = reply
                 deferredIndexes.append(index)
             case .bounced(let status, let reply):
                 bounce(&envelope, index, status: status, reply: reply, relay: relay, message: message)
-                log.info("\(envelope.id): to=<\(address)>, relay=\(relayField), delay=\(delay), dsn=\(status), status=bounced (\(reply))")
+                logResult(envelope.id, to: address, relay: relay, tls: tls, delay: delay, dsn: status, status: "bounced",
+                          reply: reply)
             }
         }
         if deliveredAny { metrics.bytesDelivered(message.message.count) }
@@ -336,7 +356,9 @@ public final class DeliveryManager {
                     let r = envelope.recipients[index]
                     deferred += 1
                     metrics.recipientDeferred()
-                    log.info("\(envelope.id): to=<\(r.address)>, relay=\(relayField), delay=\(delay), dsn=\(Self.status(of: r.lastReply ?? "", default: "4.0.0")), status=deferred (\(r.lastReply ?? ""))")
+                    logResult(envelope.id, to: r.address, relay: relay, tls: tls, delay: delay,
+                              dsn: Self.status(of: r.lastReply ?? "", default: "4.0.0"), status: "deferred",
+                              reply: r.lastReply ?? "")
                 }
                 // On hold, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
                 if message.pendingAction == nil {
@@ -359,7 +381,8 @@ public final class DeliveryManager {
                     let reply = envelope.recipients[index].lastReply ?? "delivery temporarily suspended"
                     bounce(&envelope, index, status: "4.4.7", reply: "message expired: \(reply)", relay: relay,
                            message: message)
-                    log.info("\(envelope.id): to=<\(envelope.recipients[index].address)>, relay=\(relay), delay=\(delay), dsn=4.4.7, status=expired, returned to sender (\(reply))")
+                    logResult(envelope.id, to: envelope.recipients[index].address, relay: relay, tls: nil, delay: delay,
+                              dsn: "4.4.7", status: "expired", reply: reply)
                 }
             }
         }

@@ -29,6 +29,8 @@ final class InboundSession {
     /// The HELO name last logged, so a new HELO/EHLO gets its own line.
     private var loggedHelo: String?
     private var messagesQueued = 0
+    /// The queue id of the message whose data is being read or was last read, for refusals of it.
+    private var messageQueueID: QueueID?
     /// Present once TLS has begun (STARTTLS accepted, or an implicit-TLS listener).
     var tls: TLSEngine?
     /// The listener it came in on: STARTTLS on a submission listener uses that listener's ciphers.
@@ -81,7 +83,7 @@ final class InboundSession {
 
     private func greet() {
         guard !closed else { return }
-        info("connect from \(clientName)")
+        sessionLog.fields("connect", ["client": .string(clientName)], text: "connect from \(clientName)")
         perform(machine.greeting())
         connection.startReading()
         armTimer()
@@ -104,7 +106,7 @@ final class InboundSession {
         do {
             plaintext = try tls.receive(bytes)
         } catch {
-            server.log.info("TLS from [\(clientIP)] failed: \(error)")
+            tlsFailed(error, handshake: !handshakeWasDone)
             flush()  // the alert, if any
             closed = true
             timer?.stop()
@@ -147,7 +149,7 @@ final class InboundSession {
         do {
             try tls.send(bytes)
         } catch {
-            server.log.info("TLS to [\(clientIP)] failed: \(error)")
+            tlsFailed(error, handshake: !tls.handshakeComplete)
             connection.close()
             return false
         }
@@ -199,13 +201,15 @@ final class InboundSession {
     func perform(_ actions: [ServerAction]) {
         if let helo = machine.helo, helo != loggedHelo {
             loggedHelo = helo
-            info("helo=<\(helo)>")
+            sessionLog.fields("helo", ["helo": .string(helo)], text: "helo=<\(helo)>")
         }
         for action in actions {
             switch action {
             case .reply(let bytes):
-                server.relayMetrics.replied(bytes)
                 unsent.append(contentsOf: bytes)
+            case .refused(let refusal):
+                server.relayMetrics.commandRefused(refusal.reason)
+                if refusal.logged { logRefusal(refusal) }
             case .beginMessage(let start):
                 beginMessage(start)
             case .messageData(let bytes):
@@ -234,12 +238,20 @@ final class InboundSession {
             case .startTLS:
                 // The 220 goes out in the clear now; the handshake comes next.
                 flush()
-                guard let context = server.tlsContext(for: role), let engine = try? TLSEngine(context: context) else {
+                guard let context = server.tlsContext(for: role) else {
+                    tlsFailed(TLSError("no certificate loaded"), handshake: true)
                     closed = true
                     connection.close()
                     return
                 }
-                tls = engine
+                do {
+                    tls = try TLSEngine(context: context)
+                } catch {
+                    tlsFailed(error, handshake: true)
+                    closed = true
+                    connection.close()
+                    return
+                }
             case .authenticate(let user, let password):
                 authenticate(user: user, password: password)
             }
@@ -281,9 +293,16 @@ final class InboundSession {
                                          protocolName: start.protocolName))
         // The queue id exists from DATA on: these lines tie it to the session (connect, helo) and
         // name what the client asked for, so `grep ID` shows the message from arrival to delivery.
-        info("\(id): client=\(clientName), helo=<\(start.helo)>", qid: id)
-        info("\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)", qid: id)
-        for recipient in start.recipients { info("\(id): to=<\(recipient)>", qid: id) }
+        messageQueueID = id
+        let log = sessionLog
+        log.fields("client", qid: id.rawValue, ["client": .string(clientName), "helo": .string(start.helo)],
+                   text: "\(id): client=\(clientName), helo=<\(start.helo)>")
+        log.fields("envelope", qid: id.rawValue,
+                   ["from": .string(start.sender.address), "nrcpt": .stringConvertible(start.recipients.count)],
+                   text: "\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)")
+        for recipient in start.recipients {
+            log.fields("recipient", qid: id.rawValue, ["to": .string(recipient)], text: "\(id): to=<\(recipient)>")
+        }
         // The Received header goes in front of the data in the session's own buffer, so that most
         // messages reach the writer as one array (no join before the journal write and delivery).
         let header = received.bytes
@@ -416,7 +435,9 @@ final class InboundSession {
             if let queueID {
                 server.metrics.messagesAccepted += 1
                 server.relayMetrics.messageReceived(recipients: env.recipients.count, bytes: env.size)
-                Self.info(log, "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)", qid: queueID)
+                log.fields("queued", qid: queueID.rawValue,
+                           ["size": .stringConvertible(env.size), "nrcpt": .stringConvertible(env.recipients.count)],
+                           text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes, wireReady: wireReady)
             } else {
@@ -439,7 +460,8 @@ final class InboundSession {
 
     /// The socket is closed (by the client, by an error or by us).
     private func closedByPeerOrUs() {
-        info("disconnect from \(clientName), \(messagesQueued) queued")
+        sessionLog.fields("disconnect", ["client": .string(clientName), "queued": .stringConvertible(messagesQueued)],
+                          text: "disconnect from \(clientName), \(messagesQueued) queued")
         closed = true
         timer?.close()
         timer = nil
@@ -468,18 +490,71 @@ final class InboundSession {
     /// "name[192.0.2.1]" as Postfix writes a client, "unknown" without reverse DNS.
     private var clientName: String { "\(machine.client.reverseName ?? "unknown")[\(clientIP)]" }
 
-    /// A session event at info level, with the session id and, once there is one, the queue id.
-    private func info(_ message: String, qid: QueueID? = nil) {
-        Self.info(sessionLog, message, qid: qid)
+    /// The reject line a postmaster greps for, as Postfix writes it:
+    ///   NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 554 5.7.1 <to@x>: Relay access denied;
+    ///   from=<a@b> to=<to@x> proto=ESMTP helo=<client.example>
+    /// "QUEUEID:" instead of NOQUEUE when the refusal is about a message whose data was read; a timeout
+    /// or too many errors read "timeout after DATA from …". Client text is escaped by the log handler.
+    private func logRefusal(_ r: Refusal) {
+        let qid = r.inMessage ? messageQueueID?.rawValue : nil
+        let client = clientName
+        let replyText = Self.replyText(r.reply)
+        sessionLog.fields(r.event, qid: qid, Self.refusalFields(r, client: client, reply: replyText)) {
+            Self.refusalText(r, qid: qid, client: client, reply: replyText)
+        }
     }
 
-    /// A message that starts with "<qid>: " needs no "qid" metadata: TernLogHandler takes the queue id
-    /// from that prefix, and the line comes out the same, one dictionary cheaper.
-    private static func info(_ log: Logger, _ message: String, qid: QueueID?) {
-        if let qid, !TernLogHandler.startsWithQueueID(message, qid.rawValue) {
-            log.info(Logger.Message(stringLiteral: message), metadata: ["qid": .string(qid.rawValue)])
-        } else {
-            log.info(Logger.Message(stringLiteral: message))
+    static func refusalText(_ r: Refusal, qid: String?, client: String, reply replyText: String) -> String {
+        var text = "\(qid ?? "NOQUEUE"): "
+        switch r.reason {
+        case .timeout: text += "timeout after \(r.command)"
+        case .tooManyErrors: text += "too many errors after \(r.command)"
+        default: text += "reject: \(r.command)"
+        }
+        text += " from \(client): \(replyText);"
+        if let sender = r.sender { text += " from=<\(sender.address)>" }
+        if let to = r.recipient { text += " to=<\(to)>" }
+        if r.acceptedRecipients > 1 { text += " nrcpt=\(r.acceptedRecipients)" }
+        text += " proto=\(r.protocolName)"
+        if let helo = r.helo { text += " helo=<\(helo)>" }
+        if let user = r.user { text += " sasl_username=<\(user)>" }
+        return text
+    }
+
+    static func refusalFields(_ r: Refusal, client: String, reply: String) -> Logger.Metadata {
+        var m: Logger.Metadata = ["client": .string(client), "command": .string(r.command), "reply": .string(reply),
+                                  "reason": .string(r.reason.rawValue), "proto": .string(r.protocolName)]
+        if let dsn = r.reply.enhanced { m["dsn"] = .string(dsn) }
+        if let sender = r.sender { m["from"] = .string(sender.address) }
+        if let to = r.recipient { m["to"] = .string(to) }
+        if r.acceptedRecipients > 0 { m["nrcpt"] = .stringConvertible(r.acceptedRecipients) }
+        if let helo = r.helo { m["helo"] = .string(helo) }
+        if let user = r.user { m["sasl_username"] = .string(user) }
+        return m
+    }
+
+    /// "554 5.7.1 <to@x>: Relay access denied": the reply as one line.
+    static func replyText(_ r: Reply) -> String {
+        "\(r.code)\(r.enhanced.map { " \($0)" } ?? "") \(r.lines.joined(separator: " "))"
+    }
+
+    /// A TLS handshake (or record) that failed, with OpenSSL's reason: never silent. Counted with the
+    /// refusals (reason "tls_failed").
+    private func tlsFailed(_ error: any Error, handshake: Bool) {
+        server.relayMetrics.commandRefused(.tlsFailed)
+        let client = clientName
+        // The engine's errors read "TLS handshake failed: error:0A00010B:SSL routines::wrong version number".
+        let what = "\(error)".hasPrefix("TLS") ? "\(error)" : "\(handshake ? "TLS handshake failed" : "TLS failed"): \(error)"
+        let proto = machine.protocolName
+        let helo = machine.helo
+        // Implicit TLS (a submissions listener) fails before any command.
+        let command = machine.phase == .startingTLS || machine.helo != nil ? "STARTTLS" : "CONNECT"
+        var fields: Logger.Metadata = ["client": .string(client), "command": .string(command),
+                                       "reason": .string(Refusal.Reason.tlsFailed.rawValue),
+                                       "tls": .string(what), "proto": .string(proto)]
+        if let helo { fields["helo"] = .string(helo) }
+        sessionLog.fields("reject", fields) {
+            "NOQUEUE: reject: \(command) from \(client): \(what); proto=\(proto)\(helo.map { " helo=<\($0)>" } ?? "")"
         }
     }
 }

@@ -52,6 +52,8 @@ public struct TernLogHandler: LogHandler {
     let sink: (@Sendable (String) -> Void)?
 
     public init(format: LogFormat, level: Logger.Level = .info, fd: Int32 = 2) {
+        // The process logs in one format (LoggingSystem.bootstrap): lines with named fields follow it.
+        Self.fieldsAsMembers = format == .json
         self.format = format
         self.logLevel = level
         self.fd = fd
@@ -120,6 +122,42 @@ public struct TernLogHandler: LogHandler {
     }
 }
 
+
+extension TernLogHandler {
+    /// Lines with named fields (`Logger.fields`) give them as JSON members, not as text. Set by the
+    /// handler the process is bootstrapped with; read on the loop thread.
+    nonisolated(unsafe) static var fieldsAsMembers = false
+}
+
+extension Logger {
+    /// A line with named fields (to, relay, delay, dsn, status, reply, client, from, helo, …). Plain
+    /// text: `text`, the line as Postfix writes it, byte for byte what Tern always wrote. JSON: msg is
+    /// `event` ("delivery", "reject", "connect", …) and the queue id and every field are members, so
+    /// a log shipper needs no pattern to find them. Nothing is built for the format not in use.
+    func fields(_ event: String, qid: String? = nil, level: Logger.Level = .info,
+                _ fields: @autoclosure () -> Logger.Metadata, text: @autoclosure () -> String) {
+        self.fields(event, qid: qid, level: level, fields(), text)
+    }
+
+    func fields(_ event: String, qid: String? = nil, level: Logger.Level = .info,
+                _ fields: @autoclosure () -> Logger.Metadata, _ text: () -> String) {
+        self.fields(event, qid: qid, level: level, json: TernLogHandler.fieldsAsMembers, fields(), text)
+    }
+
+    /// The same with the format given (tests).
+    func fields(_ event: String, qid: String?, level: Logger.Level, json: Bool,
+                _ fields: @autoclosure () -> Logger.Metadata, _ text: () -> String) {
+        guard level >= logLevel else { return }
+        if json {
+            var members = fields()
+            if let qid { members["qid"] = .string(qid) }
+            log(level: level, Logger.Message(stringLiteral: event), metadata: members)
+        } else {
+            // "QUEUEID: …" at the start gives the queue id, as on every other line.
+            log(level: level, Logger.Message(stringLiteral: text()))
+        }
+    }
+}
 
 /// Log lines waiting for the end of the loop iteration. `tern serve` turns it on with its loop and
 /// flushes it from a Prepare handle (just before the loop waits for I/O), and at exit. A lost tail at

@@ -27,6 +27,7 @@ extension SMTPServer {
             maxErrors: s.maxErrors, maxLineLength: s.maxLineLength, maxHops: s.maxHops, keepBcc: s.keepBcc,
             vrfy: s.vrfy, expn: s.expn,
             policy: RelayPolicy(hostname: config.hostname, acceptDomains: s.acceptDomains, aliases: config.aliases))
+        c.recipientOvershootLimit = s.recipientOvershootLimit
         c.startTLS = config.tls.enabled
         c.authEnabled = config.auth.enabled
         return c

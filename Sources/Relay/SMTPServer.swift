@@ -139,11 +139,18 @@ public final class SMTPServer {
         }
         let ip = unmapped(peer.ip)
         let limits = config.server
-        if stopping || sessions.count >= limits.maxConnections || connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP {
+        let perIP = connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP
+        if stopping || sessions.count >= limits.maxConnections || perIP {
             metrics.connectionsRefused += 1
             relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
-            log.warning("refused connection from [\(ip)]: too many connections")
-            connection.write(Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later").wireBytes)
+            let (reply, reason) = stopping
+                ? (Reply(421, "4.3.2", "\(config.hostname) Service shutting down, try again later"), "shutting_down")
+                : sessions.count >= limits.maxConnections
+                ? (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later"), "too_many_connections")
+                : (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections from your address, try again later"),
+                   "too_many_connections_per_ip")
+            logConnectionRefused(ip: ip, reply: reply, reason: reason)
+            connection.write(reply.wireBytes)
             connection.closeAfterWrites()
             return
         }
@@ -158,17 +165,34 @@ public final class SMTPServer {
         let session = InboundSession(id: id, server: self, connection: connection, clientIP: ip, machine: machine)
         session.role = role
         if role == .submissions {
-            guard let context = submissionTLSContext, let engine = try? TLSEngine(context: context) else {
+            do {
+                guard let context = submissionTLSContext else { throw TLSError("no certificate loaded") }
+                session.tls = try TLSEngine(context: context)
+            } catch {
+                // Never silent: the client sees a closed connection, the log says why.
+                log.fields("reject", ["client": .string("unknown[\(ip)]"), "command": .string("CONNECT"),
+                                      "reason": .string(Refusal.Reason.tlsFailed.rawValue), "tls": .string("\(error)")],
+                           text: "NOQUEUE: reject: CONNECT from unknown[\(ip)]: TLS set-up failed: \(error)")
+                relayMetrics.commandRefused(.tlsFailed)
                 connection.close()
                 return
             }
-            session.tls = engine
         }
         sessions[id] = session
         connectionsPerIP[ip, default: 0] += 1
         metrics.sessionsOpened += 1
         relayMetrics.sessionOpened()
         session.start()
+    }
+
+    /// "NOQUEUE: reject: CONNECT from unknown[192.0.2.1]: 421 4.7.0 … too many connections …", as
+    /// Postfix's anvil limits are logged; no reverse lookup is made for a refused connection.
+    func logConnectionRefused(ip: String, reply: Reply, reason: String) {
+        let text = InboundSession.replyText(reply)
+        var fields: Logger.Metadata = ["client": .string("unknown[\(ip)]"), "command": .string("CONNECT"),
+                                       "reply": .string(text), "reason": .string(reason)]
+        if let dsn = reply.enhanced { fields["dsn"] = .string(dsn) }
+        log.fields("reject", fields, text: "NOQUEUE: reject: CONNECT from unknown[\(ip)]: \(text); reason=\(reason)")
     }
 
     func sessionClosed(_ session: InboundSession) {

@@ -39,7 +39,7 @@ extension ServerSession {
     static let maxAuthLine = 12288
 
     /// "ESMTP" plus S under TLS and A when authenticated (RFC 3848); UTF8SMTP likewise (RFC 6531).
-    var protocolName: String {
+    public var protocolName: String {
         guard esmtp else { return "SMTP" }
         var name = smtputf8 ? "UTF8SMTP" : "ESMTP"
         if tlsActive { name += "S" }
@@ -50,7 +50,7 @@ extension ServerSession {
     // MARK: STARTTLS
 
     mutating func startTLS() {
-        guard config.startTLS else { return fail(Reply(454, "4.7.0", "TLS not available")) }
+        guard config.startTLS else { return fail(Reply(454, "4.7.0", "TLS not available"), .tlsUnavailable) }
         guard !tlsActive else { return fail(Reply(503, "5.5.1", "Error: TLS already active")) }
         guard phase == .connected || phase == .ready else {
             return fail(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
@@ -140,14 +140,14 @@ extension ServerSession {
             else {
                 sasl = nil
                 phase = .ready
-                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
             checkCredentials(user: user, password: password)
         case .loginUser:
             guard let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
                 sasl = nil
                 phase = .ready
-                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
             sasl = .loginPassword(user: user)
             phase = .authChallenge
@@ -156,7 +156,7 @@ extension ServerSession {
             guard let password = String(validating: decoded, as: UTF8.self) else {
                 sasl = nil
                 phase = .ready
-                return fail(Reply(535, "5.7.8", "Error: authentication failed"))
+                return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true, user: user)
             }
             checkCredentials(user: user, password: password)
         }
@@ -181,9 +181,10 @@ extension ServerSession {
             allowedSenders = senders
             reply(Reply(235, "2.7.0", "Authentication successful"))
         case .failure:
-            fail(Reply(535, "5.7.8", "Error: authentication failed"))
+            fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true, user: user)
         case .lockedOut:
-            fail(Reply(454, "4.7.0", "Error: too many failed authentications, try again later"))
+            fail(Reply(454, "4.7.0", "Error: too many failed authentications, try again later"), .authLockedOut,
+                 logged: true, user: user)
         }
         drainInbox()
         flushDataOut(force: false)
@@ -193,10 +194,12 @@ extension ServerSession {
     // MARK: MAIL FROM on submission
 
     /// Why MAIL FROM is refused before the transaction starts, or nil.
-    func senderRefusal(_ path: MailPath) -> Reply? {
+    func senderRefusal(_ path: MailPath) -> (Reply, Refusal.Reason)? {
         if config.requireAuth && authenticatedUser == nil {
-            if offersStartTLS && !offersAuth { return Reply(530, "5.7.0", "Must issue a STARTTLS command first") }
-            return Reply(530, "5.7.0", "Authentication required")
+            if offersStartTLS && !offersAuth {
+                return (Reply(530, "5.7.0", "Must issue a STARTTLS command first"), .authRequired)
+            }
+            return (Reply(530, "5.7.0", "Authentication required"), .authRequired)
         }
         if let allowed = allowedSenders, authenticatedUser != nil {
             let address = path.address.lowercased()
@@ -206,7 +209,8 @@ extension ServerSession {
                 return e == address || (e.hasPrefix("@") && e == domain)
             }
             if !owned {
-                return Reply(553, "5.7.1", "<\(path.address)>: Sender address rejected: not owned by user \(authenticatedUser!)")
+                return (Reply(553, "5.7.1", "<\(path.address)>: Sender address rejected: not owned by user \(authenticatedUser!)"),
+                        .senderNotOwned)
             }
         }
         return nil

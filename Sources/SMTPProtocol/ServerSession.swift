@@ -10,7 +10,8 @@
 // RFC 2034 §3):
 //   503 5.5.1 out of sequence         500 5.5.2 unknown command, line too long, bare CR/LF
 //   501 5.5.4 bad syntax / parameter  555 5.5.4 unknown MAIL/RCPT parameter
-//   552 5.3.4 message too big         452 4.5.3 too many recipients
+//   552 5.3.4 message too big         452 4.5.3 too many recipients (no error up to the overshoot)
+//   501 5.5.2 HELO/EHLO name with a control character or invalid UTF-8
 //   554 5.7.1 relay access denied     554 5.4.6 too many Received headers (mail loop)
 //   554 5.6.0 message refused for its content: bare CR or LF, NUL, a line over max_line_length
 //   553 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531 §3.7.4)
@@ -19,12 +20,17 @@
 //
 // Hooks (SessionHooks.swift, set only by `tern sink`) may delay or replace the positive replies at
 // the greeting, MAIL, RCPT, DATA and the end of DATA, or drop the connection mid-DATA.
-// STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ServerSession+Security.swift.
+// STARTTLS (RFC 3207) and AUTH (RFC 4954) are in ServerSession+Security.swift. Every refusal is also
+// a `.refused` action (ServerSession+Refusal.swift), which the caller counts and logs.
 
 public struct ServerConfiguration: Sendable {
     public var hostname: String
     public var maxMessageSize: Int
     public var maxRecipients: Int
+    /// RCPT commands past max_recipients answered 452 without counting towards max_errors, as
+    /// Postfix's smtpd_recipient_overshoot_limit: the client sends the rest in another transaction
+    /// (RFC 5321 §4.5.3.1.8).
+    public var recipientOvershootLimit: Int = 1000
     public var maxErrors: Int
     public var maxLineLength: Int
     public var maxHops: Int
@@ -115,6 +121,8 @@ public enum ServerAction: Equatable, Sendable {
     case delay(milliseconds: Int)
     /// Close the connection at once, without a reply (only with hooks: a connection dropped mid-DATA).
     case drop
+    /// The reply just sent refused a command (or ended the session): count it, log it if `logged`.
+    case refused(Refusal)
     /// Begin the TLS handshake once the replies before this action are written; then call
     /// `tlsEstablished`. Nothing read in the clear after the STARTTLS line reaches the session.
     case startTLS
@@ -157,6 +165,8 @@ public struct ServerSession {
     var recipients: [String] = []
     var acceptedRcptCommands = 0
     var rcptCommands = 0
+    /// RCPT commands past max_recipients in this transaction.
+    var overshoot = 0
     var bodyType: String?
     var smtputf8 = false
     var priority: Int?
@@ -171,6 +181,8 @@ public struct ServerSession {
     var inbox: [UInt8] = []
     /// Set while an over-long command line is being skipped up to its CRLF.
     var discardingLongLine = false
+    /// The command being handled (or last handled), for refusals: "RCPT", "END-OF-MESSAGE", …
+    var currentCommand = "CONNECT"
 
     var actions: [ServerAction] = []
     var replyBytes: [UInt8] = []
@@ -256,7 +268,8 @@ public struct ServerSession {
         if let queueID {
             reply(Reply(250, "2.0.0", "Ok: queued as \(queueID)"))
         } else {
-            fail(Reply(451, "4.3.0", "Error: queue file write error, try again later"))
+            fail(refusal(Reply(451, "4.3.0", "Error: queue file write error, try again later"), .queueWriteError,
+                         logged: true, command: "END-OF-MESSAGE", inMessage: true))
         }
         resetTransaction()
         phase = .ready
@@ -268,8 +281,10 @@ public struct ServerSession {
     /// The idle timer ran out (RFC 5321 §4.5.3.2).
     public mutating func timedOut() -> [ServerAction] {
         guard phase != .closed, phase != .committing else { return [] }
+        let r = Reply(421, "4.4.2", "\(config.hostname) Error: timeout exceeded")
+        reply(r)
+        emit(.refused(refusal(r, .timeout, logged: true, inMessage: phase == .data)))
         if phase == .data { emit(.abortMessage) }
-        reply(Reply(421, "4.4.2", "\(config.hostname) Error: timeout exceeded"))
         close()
         return takeActions()
     }
@@ -277,8 +292,10 @@ public struct ServerSession {
     /// The server is stopping: tell the client to come back later.
     public mutating func shuttingDown() -> [ServerAction] {
         guard phase != .closed else { return [] }
+        let r = Reply(421, "4.3.2", "\(config.hostname) Service shutting down, closing connection")
+        reply(r)
+        emit(.refused(refusal(r, .shuttingDown, inMessage: phase == .data)))
         if phase == .data { emit(.abortMessage) }
-        reply(Reply(421, "4.3.2", "\(config.hostname) Service shutting down, closing connection"))
         close()
         return takeActions()
     }
@@ -333,9 +350,11 @@ public struct ServerSession {
                 offset = lf + 1
                 if discardingLongLine {
                     discardingLongLine = false
-                    fail(Reply(500, "5.5.2", "Error: line too long"))
+                    currentCommand = "UNKNOWN"
+                    fail(Reply(500, "5.5.2", "Error: line too long"), .lineTooLong)
                 } else if lf + 1 - start > commandLineLimit {
-                    fail(Reply(500, "5.5.2", "Error: line too long"))
+                    currentCommand = "UNKNOWN"
+                    fail(Reply(500, "5.5.2", "Error: line too long"), .lineTooLong)
                 } else {
                     let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))
                     if phase == .authChallenge {
@@ -365,13 +384,15 @@ public struct ServerSession {
 
     mutating func handleCommandLine(_ line: [UInt8]) {
         if line.contains(13) || line.contains(10) {
-            fail(Reply(500, "5.5.2", "Error: bare CR or LF in command; lines must end with CRLF"))
+            currentCommand = Self.verb(of: line)
+            fail(Reply(500, "5.5.2", "Error: bare CR or LF in command; lines must end with CRLF"), .bareLineEnd)
             return
         }
         let command: Command
         do {
             command = try CommandParser.parse(line[...])
         } catch {
+            currentCommand = Self.verb(of: line)
             switch error {
             case .unknown:
                 fail(Reply(500, "5.5.2", "Error: command not recognized"))
@@ -389,8 +410,17 @@ public struct ServerSession {
             }
             return
         }
+        currentCommand = command.verb
         if refusedAtGreeting, command != .quit {
             return fail(Reply(503, "5.5.1", "Error: no SMTP service here; send QUIT"))
+        }
+        switch command {
+        case .helo, .ehlo:
+            guard Self.isPrintableHeloName(line) else {
+                return fail(Reply(501, "5.5.2", "Error: \(currentCommand) name contains control characters or invalid UTF-8"),
+                            .badHelo, logged: true)
+            }
+        default: break
         }
         switch command {
         case .helo(let domain): hello(domain, extended: false)
@@ -408,12 +438,23 @@ public struct ServerSession {
             reply(Reply(221, "2.0.0", "Bye"))
             close()
         case .help:
-            reply(Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN"))
+            reply(Reply(214, "2.0.0", helpText))
         case .vrfy(let arg): vrfy(arg)
         case .expn(let arg): expn(arg)
         case .startTLS: startTLS()
         case .auth(let mechanism, let initial): auth(mechanism, initial)
         }
+    }
+
+    /// HELP lists the commands this session takes: VRFY and EXPN only when enabled, STARTTLS and AUTH
+    /// only when offered.
+    var helpText: String {
+        var text = "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP"
+        if config.vrfy { text += " VRFY" }
+        if config.expn { text += " EXPN" }
+        if offersStartTLS { text += " STARTTLS" }
+        if offersAuth { text += " AUTH" }
+        return text
     }
 
     mutating func hello(_ domain: String, extended: Bool) {
@@ -449,6 +490,7 @@ public struct ServerSession {
     mutating func mail(_ path: MailPath, _ params: [ESMTPParameter]) {
         guard phase != .connected else { return fail(Reply(503, "5.5.1", "Error: send HELO/EHLO first")) }
         guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: nested MAIL command")) }
+        overshoot = 0
         var body: String?
         var utf8 = false
         var mtPriority: Int?
@@ -467,7 +509,8 @@ public struct ServerSession {
                     return fail(Reply(501, "5.5.4", "Error: bad SIZE parameter"))
                 }
                 if v.utf8.count > 18 || Int(v)! > config.maxMessageSize {
-                    return fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"))
+                    return fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"), .messageTooBig,
+                                logged: true, sender: path)
                 }
             case "BODY":
                 guard let v = param.value?.uppercased(), v == "7BIT" || v == "8BITMIME" else {
@@ -488,9 +531,10 @@ public struct ServerSession {
             }
         }
         if !utf8 && !path.isASCII {
-            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"), .smtputf8Required,
+                        logged: true, sender: path)
         }
-        if let refusal = senderRefusal(path) { return fail(refusal) }
+        if let (r, reason) = senderRefusal(path) { return fail(r, reason, logged: true, sender: path) }
         if hooks != nil {
             hooks!.transactionStarted()
             let verdict = consult(.mail, sender: path, recipients: [])
@@ -511,15 +555,25 @@ public struct ServerSession {
             return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
         }
         if !smtputf8 && !path.isASCII {
-            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"))
+            return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"), .smtputf8Required,
+                        logged: true, recipient: path.address)
         }
         guard acceptedRcptCommands < config.maxRecipients else {
-            return fail(Reply(452, "4.5.3", "Error: too many recipients"))
+            // The client is expected to send the rest in another transaction (RFC 5321 §4.5.3.1.8):
+            // up to the overshoot limit that is no error. Logged once per transaction, counted each time.
+            overshoot += 1
+            let r = Reply(452, "4.5.3", "Error: too many recipients")
+            let excess = refusal(r, .tooManyRecipients, logged: overshoot == 1, recipient: path.address)
+            guard overshoot > config.recipientOvershootLimit else {
+                reply(r)
+                return emit(.refused(excess))
+            }
+            return fail(excess)
         }
         // An authenticated user may relay to any domain (RFC 6409 §5).
         switch config.policy.checkRecipient(path, trusted: client.trusted || authenticatedUser != nil) {
         case .deny(let r):
-            fail(r)
+            fail(r, Self.reason(of: r), logged: true, recipient: path.address)
         case .accept(let addresses):
             var answer = Reply(250, "2.1.5", "Ok")
             if hooks != nil {
@@ -538,7 +592,9 @@ public struct ServerSession {
     mutating func data() {
         guard phase == .mail else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
         guard acceptedRcptCommands > 0 else {
-            if rcptCommands > 0 { return fail(Reply(554, "5.5.1", "Error: no valid recipients")) }
+            if rcptCommands > 0 {
+                return fail(Reply(554, "5.5.1", "Error: no valid recipients"), .noValidRecipients, logged: true)
+            }
             return fail(Reply(503, "5.5.1", "Error: need RCPT command"))
         }
         var drop = false
@@ -568,27 +624,20 @@ public struct ServerSession {
         let d = decoder!
         decoder = nil
         if let problem = d.problem {
-            dataOut = []
-            emit(.abortMessage)
-            resetTransaction()
-            phase = .ready
+            let r: Reply
             switch problem {
-            case .tooBig: fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"))
-            case .bareCR: fail(Reply(554, "5.6.0", "Error: bare CR in message; lines must end with CRLF"))
-            case .bareLF: fail(Reply(554, "5.6.0", "Error: bare LF in message; lines must end with CRLF"))
-            case .nul: fail(Reply(554, "5.6.0", "Error: NUL character in message"))
+            case .tooBig: r = Reply(552, "5.3.4", "Error: message size exceeds fixed limit")
+            case .bareCR: r = Reply(554, "5.6.0", "Error: bare CR in message; lines must end with CRLF")
+            case .bareLF: r = Reply(554, "5.6.0", "Error: bare LF in message; lines must end with CRLF")
+            case .nul: r = Reply(554, "5.6.0", "Error: NUL character in message")
             case .lineTooLong:
-                fail(Reply(554, "5.6.0", "Error: line longer than \(config.maxLineLength) octets in message"))
+                r = Reply(554, "5.6.0", "Error: line longer than \(config.maxLineLength) octets in message")
             }
-            return
+            return refuseMessage(r, problem == .tooBig ? .messageTooBig : .badMessageData)
         }
         if d.receivedCount > config.maxHops {
-            dataOut = []
-            emit(.abortMessage)
-            resetTransaction()
-            phase = .ready
-            fail(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"))
-            return
+            return refuseMessage(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"),
+                                 .tooManyHops)
         }
         if hooks != nil, let refusal = consult(.dot, recipients: recipients).reply, refusal.code >= 400 {
             dataOut = []
@@ -602,6 +651,16 @@ public struct ServerSession {
         lastMessageIsWireReady = d.unstuffedLines == 0
         emit(.commitMessage)
         phase = .committing
+    }
+
+    /// A message refused at the end of its data: the refusal carries the envelope, then it is forgotten.
+    mutating func refuseMessage(_ r: Reply, _ reason: Refusal.Reason) {
+        let refused = refusal(r, reason, logged: true, command: "END-OF-MESSAGE", inMessage: true)
+        dataOut = []
+        emit(.abortMessage)
+        resetTransaction()
+        phase = .ready
+        fail(refused)
     }
 
     mutating func vrfy(_ arg: String) {
@@ -633,6 +692,7 @@ public struct ServerSession {
         recipients = []
         acceptedRcptCommands = 0
         rcptCommands = 0
+        overshoot = 0
         bodyType = nil
         smtputf8 = false
         priority = nil
@@ -678,13 +738,25 @@ public struct ServerSession {
         "SIZE": .size, "BODY": .eightBitMIME, "SMTPUTF8": .smtputf8, "MT-PRIORITY": .mtPriority,
     ]
 
-    /// A refusal; counts towards max_errors.
-    mutating func fail(_ r: Reply) {
-        reply(r)
+    /// A refusal; counts towards max_errors. `reason` defaults to what the enhanced code stands for.
+    /// `logged` defaults to whether the reason is a postmaster's business (`isLogged`).
+    mutating func fail(_ r: Reply, _ reason: Refusal.Reason? = nil, logged: Bool? = nil, sender: MailPath? = nil,
+                       recipient: String? = nil, user: String? = nil) {
+        let reason = reason ?? Self.reason(of: r)
+        var refused = refusal(r, reason, logged: logged ?? Self.isLogged(reason), recipient: recipient, user: user)
+        if let sender { refused.sender = sender }
+        fail(refused)
+    }
+
+    mutating func fail(_ refused: Refusal) {
+        reply(refused.reply)
+        emit(.refused(refused))
         errorCount += 1
         if errorCount >= config.maxErrors && phase != .closed {
+            let r = Reply(421, "4.7.0", "\(config.hostname) Error: too many errors")
+            reply(r)
+            emit(.refused(refusal(r, .tooManyErrors, logged: true, inMessage: phase == .data)))
             if phase == .data { emit(.abortMessage) }
-            reply(Reply(421, "4.7.0", "\(config.hostname) Error: too many errors"))
             close()
         }
     }

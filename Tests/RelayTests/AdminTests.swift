@@ -1,5 +1,6 @@
 import Foundation
 import MailQueue
+import SMTPProtocol
 import Testing
 @testable import Relay
 
@@ -278,17 +279,12 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
 }
 
 @Suite struct RelayMetricsTests {
-    @Test func statusKeys() {
-        func key(_ s: String) -> Int? { RelayMetrics.statusKey(Array(s.utf8)[...]) }
-        #expect(key("5.7.1 Relay access denied") == 5_007_001)
-        #expect(key("4.5.3 Error") == 4_005_003)
-        #expect(key("5.7.1") == 5_007_001)
-        #expect(key("5.10.100 x") == 5_010_100)
-        #expect(key("Error: x") == nil)
-        #expect(key("5.7 x") == nil)
-        #expect(key("5..1 x") == nil)
-        #expect(key("5.7.1234 x") == nil)
-        for (status, _) in RelayMetrics.refusalReasons { #expect(key(status) != nil, "\(status)") }
+    @Test func everyRefusalReasonIsAFamilyMember() {
+        let m = RelayMetrics()
+        let text = String(decoding: m.exposition(), as: UTF8.self)
+        for reason in Refusal.Reason.allCases {
+            #expect(text.contains("tern_commands_refused_total{reason=\"\(reason.rawValue)\"} 0"), "\(reason)")
+        }
     }
 
     /// Sample lines of the exposition as name{labels} → value.
@@ -307,11 +303,11 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         m.sessionOpened()
         m.sessionClosed()
         m.messageReceived(recipients: 3, bytes: 1000)
-        m.replied(Array("250 2.0.0 Ok\r\n".utf8))
-        m.replied(Array("554 5.7.1 <x@y>: Relay access denied\r\n".utf8))
-        m.replied(Array("554 5.7.1 <z@y>: Relay access denied\r\n".utf8))
-        m.replied(Array("452 4.5.3 Error: too many recipients\r\n".utf8))
-        m.replied(Array("550 no code\r\n".utf8))
+        m.commandRefused(.relayDenied)
+        m.commandRefused(.relayDenied)
+        m.commandRefused(.tooManyRecipients)
+        m.commandRefused(.other)
+        m.commandRefused(.tooManyErrors)
         m.connectionRefused(.tooManyConnections)
         m.dnsLookup(.mx, failed: false)
         m.dnsLookup(.mx, failed: true)
@@ -336,6 +332,7 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(s["tern_commands_refused_total{reason=\"relay_denied\"}"] == 2)
         #expect(s["tern_commands_refused_total{reason=\"too_many_recipients\"}"] == 1)
         #expect(s["tern_commands_refused_total{reason=\"other\"}"] == 1)
+        #expect(s["tern_commands_refused_total{reason=\"too_many_errors\"}"] == 1)
         #expect(s["tern_commands_refused_total{reason=\"syntax_error\"}"] == 0, "every reason shows from the start")
         #expect(s["tern_connections_refused_total{reason=\"too_many_connections\"}"] == 1)
         #expect(s["tern_dns_lookups_total{kind=\"mx\"}"] == 2)

@@ -19,6 +19,8 @@ struct Driver {
     var tlsStarts = 0
     /// Credentials the session asked to check, in order.
     var authRequests: [(user: String, password: String)] = []
+    /// Refusals the session reported, in order.
+    var refusals: [Refusal] = []
 
     init(_ config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
          client: PeerInfo = PeerInfo(ip: "127.0.0.1", trusted: true), greet: Bool = true) {
@@ -44,6 +46,7 @@ struct Driver {
             case .drop: closed = true; dropped = true
             case .startTLS: tlsStarts += 1
             case .authenticate(let user, let password): authRequests.append((user, password))
+            case .refused(let r): refusals.append(r)
             }
         }
         if pendingCommit {

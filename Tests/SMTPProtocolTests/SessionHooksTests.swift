@@ -26,7 +26,7 @@ func transcript(_ actions: [ServerAction]) -> String {
         case .close: return "<close>"
         case .commitMessage: return "<commit>"
         case .abortMessage: return "<abort>"
-        case .beginMessage, .messageData: return ""
+        case .beginMessage, .messageData, .refused: return ""
         case .startTLS: return "<starttls>"
         case .authenticate(let user, _): return "<auth \(user)>"
         }

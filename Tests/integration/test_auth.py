@@ -271,3 +271,59 @@ def test_many_concurrent_auths_are_all_answered(auth_tern, certs):
     finally:
         for c in sessions:
             c.close()
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt):
+    """The reject log (issue 13): a failed AUTH and a lockout each leave one line with the client, the
+    reply and the user name, which is client text and comes out escaped (ESC as ? or \\u001B)."""
+    import json
+    import time
+
+    kw = secure_tables(certs, users_file, auth={"max_failures": 1, "lockout_time": "1h"})
+    kw["extra_tables"]["log"] = {"format": fmt}
+    t = start_tern(**kw)
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("mal\x1blory", "wrong")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and t.stderr().count("AUTH from") < 2 and t.stderr().count('"AUTH"') < 2:
+        time.sleep(0.1)
+    text = t.stderr()
+    assert "\x1b" not in text and PASSWORD not in text
+    if fmt == "plain":
+        assert re.search(r"NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.2\]: 535 5\.7\.8 Error: authentication "
+                         r"failed; proto=ESMTPS helo=<client\.test> sasl_username=<mal\?lory>", text), text
+        assert re.search(r"NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.2\]: 454 4\.7\.0 Error: too many failed "
+                         r"authentications, try again later; proto=ESMTPS helo=<client\.test> sasl_username=<alice>",
+                         text), text
+        return
+    entries = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+    rejects = [e for e in entries if e["msg"] == "reject"]
+    assert [(e["reason"], e["sasl_username"], e["dsn"]) for e in rejects] == [
+        ("auth_failed", "mal\x1blory", "5.7.8"), ("auth_locked_out", "alice", "4.7.0")], rejects
+    assert all(e["client"] == "unknown[127.0.0.2]" and e["command"] == "AUTH" for e in rejects), rejects
+
+
+def test_implicit_tls_handshake_failure_is_logged(start_tern, certs, users_file):
+    """A client that speaks SMTP in the clear to a submissions (implicit TLS) port: the handshake
+    fails before any command, and the log says so with OpenSSL's reason (issue 13: never silent)."""
+    import socket
+    import time
+
+    port = free_port()
+    t = start_tern(**secure_tables(certs, users_file, server={"submissions": [f"127.0.0.1:{port}"]}))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"EHLO plain.test\r\n")
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while "TLS handshake failed" not in t.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next((l for l in t.stderr().splitlines() if "TLS handshake failed" in l), "")
+    assert "NOQUEUE: reject: CONNECT from unknown[127.0.0.1]: TLS handshake failed: error:" in line, t.stderr()
+    assert "proto=SMTP" in line and "session=" in line, line

@@ -5,7 +5,9 @@ lines carry the same queue id, so one grep shows a message's whole life."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
 import pytest
 
@@ -49,29 +51,33 @@ def test_json_lines_follow_a_message_from_connect_to_delivery(start_tern, hop):
     entries = json_lines(tern.stderr())
     mine = [e for e in entries if e.get("qid") == qid]
     msgs = [e["msg"] for e in mine]
-    client = next(e for e in mine if e["msg"].startswith("client="))
-    assert client["msg"] == f"client=unknown[127.0.0.1], helo=<{CLIENT_HELO}>", client
-    assert "from=<alice@example.test>, nrcpt=2" in msgs, msgs
+    # The fields are members of their own (issue 13), not text inside msg.
+    client = next(e for e in mine if e["msg"] == "client")
+    assert client["client"] == "unknown[127.0.0.1]" and client["helo"] == CLIENT_HELO, client
+    envelope = next(e for e in mine if e["msg"] == "envelope")
+    assert envelope["from"] == "alice@example.test" and envelope["nrcpt"] == "2", envelope
+    assert sorted(e["to"] for e in mine if e["msg"] == "recipient") == rcpts, mine
     for r in rcpts:
-        assert f"to=<{r}>" in msgs, msgs  # accepted at RCPT
-        sent = [m for m in msgs if m.startswith(f"to=<{r}>, relay=127.0.0.1[127.0.0.1]:{hop.port}")]
-        assert len(sent) == 1 and "status=sent" in sent[0], msgs
-    assert any(m.startswith(f"queued as {qid}, size=") and m.endswith("nrcpt=2") for m in msgs), msgs
+        sent = [e for e in mine if e["msg"] == "delivery" and e["to"] == r]
+        assert len(sent) == 1, mine
+        d = sent[0]
+        assert d["relay"] == f"127.0.0.1[127.0.0.1]:{hop.port}" and d["status"] == "sent", d
+        assert d["dsn"] == "2.0.0" and d["reply"].startswith("250") and re.fullmatch(r"\d+\.\d\d", d["delay"]), d
+        assert "to=" not in d["msg"] and "status" not in d["msg"], d
+    queued = next(e for e in mine if e["msg"] == "queued")
+    assert queued["nrcpt"] == "2" and int(queued["size"]) > 0, queued
     # The order of a message's life.
-    first = {key: next(i for i, m in enumerate(msgs) if m.startswith(key))
-             for key in ("client=", "from=", f"queued as {qid}", "removed")}
-    assert first["client="] < first["from="] < first[f"queued as {qid}"] < first["removed"], msgs
+    first = {key: msgs.index(key) for key in ("client", "envelope", "queued", "removed")}
+    assert first["client"] < first["envelope"] < first["queued"] < first["removed"], msgs
 
     # The session id ties the message to its connection's connect, helo and disconnect lines.
     session = client["session"]
-    assert all(e["session"] == session for e in mine if not e["msg"].startswith(("to=<bob@example.test>, relay",
-                                                                               "to=<carol@example.test>, relay",
-                                                                               "removed"))), mine
-    of_session = [e["msg"] for e in entries if e.get("session") == session]
-    assert of_session[0] == "connect from unknown[127.0.0.1]", of_session
-    assert f"helo=<{CLIENT_HELO}>" in of_session, of_session
-    assert of_session[-1] == "disconnect from unknown[127.0.0.1], 1 queued", of_session
-    assert all("qid" not in e for e in entries if e.get("session") == session and e["msg"].startswith("connect"))
+    assert all(e["session"] == session for e in mine if e["msg"] not in ("delivery", "removed")), mine
+    of_session = [e for e in entries if e.get("session") == session]
+    assert of_session[0]["msg"] == "connect" and of_session[0]["client"] == "unknown[127.0.0.1]", of_session
+    assert any(e["msg"] == "helo" and e["helo"] == CLIENT_HELO for e in of_session), of_session
+    assert of_session[-1]["msg"] == "disconnect" and of_session[-1]["queued"] == "1", of_session
+    assert all("qid" not in e for e in of_session if e["msg"] == "connect")
 
 
 def test_plain_lines_one_grep_shows_the_whole_life(start_tern, hop):
@@ -100,13 +106,13 @@ def test_log_format_flag_overrides_the_config(tmp_path):
     try:
         wait_until(lambda: "listening on" in t.stderr(), 20, "tern to listen")
         qid = send_message(t.port, "alice@example.test", ["bob@example.test"], make_message())
-        wait_until(lambda: f"queued as {qid}" in t.stderr(), 20, "the queued line")
+        wait_until(lambda: f'"qid":"{qid}","msg":"queued"' in t.stderr(), 20, "the queued line")
     finally:
         p.terminate()
         p.wait(timeout=30)
     entries = json_lines(t.stderr())
     assert any(e["msg"].startswith("listening on 127.0.0.1:") for e in entries)
-    assert any(e.get("qid") == qid and e["msg"].startswith(f"queued as {qid}") for e in entries)
+    assert any(e.get("qid") == qid and e["msg"] == "queued" for e in entries)
 
 
 def test_bad_log_format_is_a_config_error(tmp_path):
@@ -115,3 +121,208 @@ def test_bad_log_format_is_a_config_error(tmp_path):
                        capture_output=True, timeout=30)
     assert p.returncode == 78
     assert "log.format" in p.stderr.decode() and "line" in p.stderr.decode()
+
+
+# --------------------------------------------------------------------------------------------
+# The reject log (issue 13): one line for every refusal that ends a transaction or a session, with
+# the client, the reply and the envelope so far, as Postfix writes it; with log.format = "json" the
+# same line with each of those as a member.
+
+from conftest import assert_reply  # noqa: E402
+
+QID = r"[0-9A-F]{14}"
+
+
+def _relay_denied(t):
+    with t.connect(source="127.0.0.2") as c:
+        c.greeting()
+        c.ehlo("printer.lan")
+        assert_reply(c.cmd("MAIL FROM:<scan@printer.lan>"), 250)
+        assert_reply(c.cmd("RCPT TO:<boss@elsewhere.test>"), 554, "5.7.1")
+
+
+def _size_at_mail(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test> SIZE=5000"), 552, "5.3.4")
+
+
+def _size_at_end_of_data(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@x.test>"), 250)
+        assert_reply(c.data(make_message(body="x" * 70 + "\r\n") * 30), 552, "5.3.4")
+
+
+def _too_many_recipients(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@x.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<c@x.test>"), 452, "4.5.3")
+        assert_reply(c.cmd("RCPT TO:<d@x.test>"), 452, "4.5.3")  # counted, not logged twice
+
+
+def _smuggling(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@x.test>"), 250)
+        assert_reply(c.cmd("DATA"), 354)
+        c.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<forged@x.test>\r\n.\r\n")
+        assert_reply(c.read_reply(), 554, "5.6.0")
+
+
+def _bare_lf_command(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd(b"NOOP\nMAIL FROM:<a@client.test>"), 500, "5.5.2")
+
+
+def _loop(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@x.test>"), 250)
+        hops = [("Received", f"from h{i}.test by h{i + 1}.test; Thu, 1 Jan 2026 00:00:00 +0000") for i in range(3)]
+        assert_reply(c.data(make_message(headers=hops)), 554, "5.4.6")
+
+
+def _timeout(t):
+    with t.connect(timeout=20) as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.read_reply(), 421, "4.4.2")
+
+
+def _too_many_errors(t):
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("BOGUS"), 500)
+        assert_reply(c.cmd("RCPT TO:<b@x.test>"), 503)
+        assert_reply(c.read_reply(), 421, "4.7.0")
+
+
+def _bad_helo(t):
+    with t.connect() as c:
+        c.greeting()
+        assert_reply(c.cmd(b"EHLO a\x00b.test"), 501, "5.5.2")
+
+
+def _hold_then_connect(t, held_from, new_from):
+    with t.connect(source=held_from) as held:
+        held.greeting()
+        with t.connect(source=new_from) as c:
+            assert_reply(c.read_reply(), 421, "4.7.0")
+
+
+# kind -> (server config, client, plain-text pattern, JSON members expected)
+REFUSALS = {
+    "relay_denied": (
+        {"relay_networks": ["127.0.0.1/32"]}, _relay_denied,
+        r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.2\]: 554 5\.7\.1 Relay access denied; "
+        r"from=<scan@printer\.lan> to=<boss@elsewhere\.test> proto=ESMTP helo=<printer\.lan>",
+        {"command": "RCPT", "client": "unknown[127.0.0.2]", "dsn": "5.7.1", "from": "scan@printer.lan",
+         "to": "boss@elsewhere.test", "helo": "printer.lan", "proto": "ESMTP"}),
+    "message_too_big": (
+        {"max_message_size": 1000}, _size_at_mail,
+        r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.1\]: 552 5\.3\.4 Error: message size exceeds fixed limit; "
+        r"from=<a@client\.test> proto=ESMTP helo=<client\.test>",
+        {"command": "MAIL", "dsn": "5.3.4", "from": "a@client.test"}),
+    "message_too_big_at_end": (
+        {"max_message_size": 1000}, _size_at_end_of_data,
+        QID + r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: 552 5\.3\.4 .*; from=<a@client\.test> "
+        r"to=<b@x\.test> proto=ESMTP helo=<client\.test>",
+        {"command": "END-OF-MESSAGE", "dsn": "5.3.4", "to": "b@x.test", "reason": "message_too_big"}),
+    "too_many_recipients": (
+        {"max_recipients": 1}, _too_many_recipients,
+        r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.1\]: 452 4\.5\.3 Error: too many recipients; "
+        r"from=<a@client\.test> to=<c@x\.test> proto=ESMTP helo=<client\.test>",
+        {"command": "RCPT", "dsn": "4.5.3", "to": "c@x.test"}),
+    "bad_message_data": (
+        {}, _smuggling,
+        QID + r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: 554 5\.6\.0 Error: bare LF in message; "
+        r"lines must end with CRLF; from=<a@client\.test> to=<b@x\.test> proto=ESMTP helo=<client\.test>",
+        {"command": "END-OF-MESSAGE", "dsn": "5.6.0"}),
+    "bare_line_end": (
+        {}, _bare_lf_command,
+        r"NOQUEUE: reject: NOOP from unknown\[127\.0\.0\.1\]: 500 5\.5\.2 Error: bare CR or LF in command",
+        {"command": "NOOP", "dsn": "5.5.2"}),
+    "too_many_hops": (
+        {"max_hops": 2}, _loop,
+        QID + r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: 554 5\.4\.6 Error: too many hops \(3 Received "
+        r"headers\): mail loop\?; from=<a@client\.test> to=<b@x\.test>",
+        {"command": "END-OF-MESSAGE", "dsn": "5.4.6"}),
+    "timeout": (
+        {"command_timeout": "2s"}, _timeout,
+        r"NOQUEUE: timeout after MAIL from unknown\[127\.0\.0\.1\]: 421 4\.4\.2 relay\.test Error: timeout exceeded; "
+        r"from=<a@client\.test> proto=ESMTP helo=<client\.test>",
+        {"command": "MAIL", "dsn": "4.4.2"}),
+    "too_many_errors": (
+        {"max_errors": 2}, _too_many_errors,
+        r"NOQUEUE: too many errors after RCPT from unknown\[127\.0\.0\.1\]: 421 4\.7\.0 relay\.test Error: too many "
+        r"errors; proto=ESMTP helo=<client\.test>",
+        {"command": "RCPT", "dsn": "4.7.0"}),
+    "bad_helo": (
+        {}, _bad_helo,
+        r"NOQUEUE: reject: EHLO from unknown\[127\.0\.0\.1\]: 501 5\.5\.2 Error: EHLO name contains control "
+        r"characters or invalid UTF-8; proto=SMTP",
+        {"command": "EHLO", "dsn": "5.5.2"}),
+    "too_many_connections_per_ip": (
+        {"max_connections_per_ip": 1}, lambda t: _hold_then_connect(t, "127.0.0.1", "127.0.0.1"),
+        r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.1\]: 421 4\.7\.0 relay\.test Error: too many connections "
+        r"from your address, try again later; reason=too_many_connections_per_ip",
+        {"command": "CONNECT", "client": "unknown[127.0.0.1]", "dsn": "4.7.0"}),
+    "too_many_connections": (
+        {"max_connections": 1}, lambda t: _hold_then_connect(t, "127.0.0.1", "127.0.0.2"),
+        r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.2\]: 421 4\.7\.0 relay\.test Error: too many connections, "
+        r"try again later; reason=too_many_connections",
+        {"command": "CONNECT", "client": "unknown[127.0.0.2]", "dsn": "4.7.0"}),
+}
+
+REJECT_MSGS = ("reject", "timeout", "too many errors")
+
+
+def reject_entries(text: str) -> list[dict]:
+    return [e for e in json_lines(text) if e["msg"] in REJECT_MSGS]
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+@pytest.mark.parametrize("kind", list(REFUSALS))
+def test_every_refusal_is_logged(start_tern, kind, fmt):
+    server, client, pattern, members = REFUSALS[kind]
+    t = start_tern(server=server, extra_tables={"log": {"format": fmt}})
+    client(t)
+    if fmt == "plain":
+        wait_until(lambda: re.search(pattern, t.stderr()), 10, f"the {kind} line")
+        line = next(l for l in t.stderr().splitlines() if re.search(pattern, l))
+        ts, level, _ = line.split(" ", 2)
+        assert level == "info" and ts.endswith("Z"), line
+        # Not the probe session's: the refusal's own session id (none for a refused connection).
+        assert ("session=" in line) == (not kind.startswith("too_many_connections")), line
+        return
+    wait_until(lambda: reject_entries(t.stderr()), 10, f"the {kind} entry")
+    time.sleep(0.2)
+    entries = reject_entries(t.stderr())
+    assert len(entries) == 1, entries  # one line per refusal (the second 452 is counted, not logged)
+    e = entries[0]
+    assert e["reason"] == (kind if kind != "message_too_big_at_end" else "message_too_big"), e
+    assert e["reply"].startswith(e.get("dsn", "")[:1]) and re.match(r"^[45]\d\d ", e["reply"]), e
+    for key, value in members.items():
+        assert e.get(key) == value, (key, e)
+    # The fields are members, not text in msg.
+    assert "from=" not in e["msg"] and "reply" not in e["msg"], e
+    if kind.endswith("_at_end") or kind in ("bad_message_data", "too_many_hops"):
+        assert re.fullmatch(QID, e["qid"]), e
+    else:
+        assert "qid" not in e, e
+

@@ -158,3 +158,35 @@ def test_max_connections_total(start_tern):
     finally:
         for c in conns:
             c.close()
+
+
+def test_recipients_over_max_recipients_do_not_end_the_session(start_tern):
+    """Issue 13: each 452 4.5.3 counted towards max_errors, so 150 recipients with a limit of 100 got
+    421 too many errors before DATA and nothing was queued. Now the excess is answered 452 without
+    counting (Postfix's smtpd_recipient_overshoot_limit) and the 100 accepted are queued."""
+    import smtplib
+
+    t = start_tern(server={"max_recipients": 100})  # max_errors stays 20
+    rcpts = [f"r{i}@x.test" for i in range(150)]
+    msg = make_message(subject="many")
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=30) as s:
+        s.ehlo("client.test")
+        refused = s.sendmail("s@client.test", rcpts, msg)
+    assert sorted(refused) == sorted(rcpts[100:]), refused
+    assert all(code == 452 and text.startswith(b"4.5.3") for code, text in refused.values()), refused
+    (qid,) = t.queued()
+    t.assert_queued(qid, msg, sender="s@client.test", rcpts=rcpts[:100])
+
+
+def test_recipient_overshoot_limit_is_a_config_key(start_tern):
+    t = start_tern(server={"max_recipients": 2, "recipient_overshoot_limit": 1, "max_errors": 2})
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        for i in range(2):
+            assert_reply(c.cmd(f"RCPT TO:<r{i}@x.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<r2@x.test>"), 452, "4.5.3")  # within the overshoot: no error
+        assert_reply(c.cmd("RCPT TO:<r3@x.test>"), 452, "4.5.3")  # error 1
+        assert_reply(c.cmd("RCPT TO:<r4@x.test>"), 452, "4.5.3")  # error 2
+        assert_reply(c.read_reply(), 421, "4.7.0")

@@ -242,3 +242,55 @@ def test_vrfy_expn_enabled(start_tern):
         assert sorted(r.lines) == ["2.1.5 <a@x.test>", "2.1.5 <b@x.test>"], str(r)
         assert_reply(c.cmd("EXPN nobody@relay.test"), 550, "5.1.1", "EXPN unknown")
         assert str(c.cmd("NOOP")) == "250 2.0.0 Ok"
+
+
+def _refused_total(t, reason: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{t.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'tern_commands_refused_total{{reason="{reason}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no tern_commands_refused_total for {reason}:\n{text}")
+
+
+def test_too_many_errors_is_counted(start_tern):
+    """Issue 13: tern_commands_refused_total{reason="too_many_errors"} stayed 0 when sessions were closed
+    for it (only the first reply of a batch was read for the metric)."""
+    t = start_tern(server={"max_errors": 2})
+    for _ in range(2):
+        with t.connect() as c:
+            c.greeting()
+            c.send(b"BOGUS\r\nBOGUS\r\n")
+            assert_reply(c.read_reply(), 500, "5.5.2")
+            assert_reply(c.read_reply(), 500, "5.5.2")
+            assert_reply(c.read_reply(), 421, "4.7.0")
+            assert c.wait_closed(5)
+    assert _refused_total(t, "too_many_errors") == 2
+    assert _refused_total(t, "unrecognized_command") == 4
+
+
+@pytest.mark.parametrize("name", [b"a\x00b.test", b"a\x01b.test", b"a\x7fb", b"caf\xc3(.test", b"\xff\xfe"],
+                         ids=["nul", "soh", "del", "bad-utf8", "not-utf8"])
+def test_helo_names_with_control_characters_or_bad_utf8_are_refused(tern, name):
+    with tern.connect() as c:
+        c.greeting()
+        for verb in (b"EHLO", b"HELO"):
+            assert_reply(c.cmd(verb + b" " + name), 501, "5.5.2", f"{verb!r} {name!r}")
+        # No HELO was accepted: the name cannot reach a Received header.
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 503, "5.5.1")
+        c.ehlo("bücher.test")  # valid UTF-8 is fine
+        assert_reply(c.cmd("QUIT"), 221)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_help_lists_only_enabled_commands(start_tern, enabled):
+    t = start_tern(server={"vrfy": enabled, "expn": enabled})
+    with t.connect() as c:
+        c.greeting()
+        c.ehlo()
+        r = assert_reply(c.cmd("HELP"), 214, "2.0.0")
+        words = r.text.split()
+        assert ("VRFY" in words) == enabled and ("EXPN" in words) == enabled, r.text
+        assert {"EHLO", "MAIL", "RCPT", "DATA", "QUIT"} <= set(words), r.text

@@ -229,3 +229,34 @@ def test_missing_certificate_file_stops_startup(tmp_path):
     r = subprocess.run([str(TERN_BIN), "serve", "--config", str(path)], capture_output=True, timeout=20)
     assert r.returncode != 0
     assert "/nonexistent/cert.pem" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_tls_handshake_failure_is_logged_with_openssls_reason(start_tern, certs, fmt):
+    """Issue 13: no TLS failure is silent. A client that sends plain text after 220 to STARTTLS leaves
+    one reject line naming the client, the session's envelope so far and OpenSSL's reason."""
+    import json
+
+    t = start_tern(extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])},
+                                 "log": {"format": fmt}})
+    with TLSConn(t.port) as c:
+        c.greeting()
+        c.ehlo()
+        assert_reply(c.cmd("STARTTLS"), 220)
+        c.send(b"EHLO not.tls\r\n" * 3)
+        assert c.wait_closed(10)
+    deadline = time.monotonic() + 10
+    while "TLS handshake failed" not in t.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = t.stderr()
+    if fmt == "plain":
+        line = next((l for l in text.splitlines() if "TLS handshake failed" in l), "")
+        assert line.split(" ", 2)[2].startswith(
+            f"NOQUEUE: reject: STARTTLS from unknown[127.0.0.1]: TLS handshake failed: "), line
+        assert "wrong version number" in line or "record" in line or "packet" in line, line  # OpenSSL's words
+        assert f"proto=ESMTP helo=<{CLIENT_HELO}>" in line and "session=" in line, line
+        return
+    (e,) = [json.loads(l) for l in text.splitlines() if l.startswith("{") and '"reject"' in l]
+    assert e["msg"] == "reject" and e["reason"] == "tls_failed" and e["command"] == "STARTTLS", e
+    assert e["client"] == "unknown[127.0.0.1]" and e["helo"] == CLIENT_HELO, e
+    assert e["tls"].startswith("TLS handshake failed: "), e

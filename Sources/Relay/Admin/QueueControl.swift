@@ -200,7 +200,9 @@ extension DeliveryManager {
             for i in envelope.recipients.indices where !envelope.recipients[i].state.isFinal {
                 bounce(&envelope, i, status: "5.0.0", reply: "returned to the sender by the postmaster",
                        relay: "none", message: message)
-                log.info("\(id): to=<\(envelope.recipients[i].address)>, relay=none, delay=\(Self.seconds(now - envelope.arrival)), dsn=5.0.0, status=bounced (returned to the sender by the postmaster)")
+                logResult(id, to: envelope.recipients[i].address, relay: "none", tls: nil,
+                          delay: Self.seconds(now - envelope.arrival), dsn: "5.0.0", status: "bounced",
+                          reply: "returned to the sender by the postmaster")
             }
             envelope.held = false
             message.envelope = envelope

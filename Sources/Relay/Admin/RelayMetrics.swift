@@ -9,6 +9,7 @@
 
 import CoreMetrics
 import Prometheus
+import SMTPProtocol
 import UVRuntime
 
 public final class RelayMetrics {
@@ -45,9 +46,8 @@ public final class RelayMetrics {
 
     // Refusals.
     private let connectionsRefused: [CoreMetrics.Counter]
-    /// Commands refused, by the enhanced status code of the reply (packed, see `statusKey`).
-    private var commandsRefused: [Int: CoreMetrics.Counter] = [:]
-    private let commandsRefusedOther: CoreMetrics.Counter
+    /// Commands refused, by reason (indexed like `Refusal.Reason.allCases`).
+    private let commandsRefused: [CoreMetrics.Counter]
 
     // The memory budget for message data (DataBudget), read when scraped.
     private let bufferedData: CoreMetrics.Gauge
@@ -68,31 +68,12 @@ public final class RelayMetrics {
     }
 
     public enum ConnectionRefusal: Int, CaseIterable, Sendable {
-        /// server.max_connections or server.max_connections_per_ip reached.
+        /// server.max_connections or server.max_connections_per_ip reached (the log line says which).
         case tooManyConnections
         /// Accepted while stopping.
         case shuttingDown
         var label: String { ["too_many_connections", "shutting_down"][rawValue] }
     }
-
-    /// Reasons for refused commands, by the enhanced status code the session replies with
-    /// (RFC 3463; the codes ServerSession and RelayPolicy use).
-    static let refusalReasons: [(status: String, reason: String)] = [
-        ("5.7.1", "relay_denied"),
-        ("5.1.1", "unknown_recipient"),
-        ("5.5.2", "unrecognized_command"),
-        ("5.5.4", "syntax_error"),
-        ("5.5.1", "bad_sequence"),
-        ("5.3.4", "message_too_big"),
-        ("4.5.3", "too_many_recipients"),
-        ("5.6.7", "smtputf8_required"),
-        ("5.6.0", "bad_message_data"),
-        ("5.4.6", "too_many_hops"),
-        ("4.4.2", "timeout"),
-        ("4.3.2", "shutting_down"),
-        ("4.7.0", "too_many_errors"),
-        ("4.3.0", "queue_write_error"),
-    ]
 
     public static let queueStates = ["active", "queued", "deferred", "held"]
 
@@ -128,11 +109,7 @@ public final class RelayMetrics {
         connectionsRefused = ConnectionRefusal.allCases.map {
             counter("tern_connections_refused_total", [("reason", $0.label)])
         }
-        for (status, reason) in Self.refusalReasons {
-            let key = Self.statusKey(Array(status.utf8)[...])!
-            commandsRefused[key] = counter("tern_commands_refused_total", [("reason", reason)])
-        }
-        commandsRefusedOther = counter("tern_commands_refused_total", [("reason", "other")])
+        commandsRefused = Refusal.Reason.allCases.map { counter("tern_commands_refused_total", [("reason", $0.rawValue)]) }
         bufferedData = Gauge(label: "tern_buffered_data_bytes", factory: f)
         bufferedDataLimit = Gauge(label: "tern_buffered_data_limit_bytes", factory: f)
         sessionsWaitingForBuffer = Gauge(label: "tern_sessions_waiting_for_buffer", factory: f)
@@ -165,43 +142,13 @@ public final class RelayMetrics {
         bytesIn.increment(by: bytes)
     }
 
-    /// Called for every reply the session sends: a 4xx or 5xx counts as a refused command, by its
-    /// enhanced status code. A 2xx/3xx costs one byte compare.
-    @inline(__always)
-    func replied(_ reply: [UInt8]) {
-        guard let first = reply.first, first == UInt8(ascii: "4") || first == UInt8(ascii: "5") else { return }
-        commandRefused(reply)
+    /// A command refused (or a session ended by the server), as the session reported it: one atomic add.
+    func commandRefused(_ reason: Refusal.Reason) {
+        commandsRefused[Self.reasonIndex[reason]!].increment()
     }
 
-    private func commandRefused(_ reply: [UInt8]) {
-        // "554 5.7.1 text": the status starts at offset 4.
-        if reply.count > 9, let key = Self.statusKey(reply[4...]), let c = commandsRefused[key] {
-            c.increment()
-        } else {
-            commandsRefusedOther.increment()
-        }
-    }
-
-    /// "5.7.1..." → 5_007_001; nil when the bytes do not start with class.subject.detail.
-    static func statusKey(_ bytes: ArraySlice<UInt8>) -> Int? {
-        var parts = [0, 0, 0]
-        var part = 0
-        var digits = 0
-        for b in bytes {
-            if b >= 0x30 && b <= 0x39 {
-                parts[part] = parts[part] * 10 + Int(b - 0x30)
-                digits += 1
-                if digits > 3 { return nil }
-            } else if b == UInt8(ascii: ".") && part < 2 && digits > 0 {
-                part += 1
-                digits = 0
-            } else {
-                break
-            }
-        }
-        guard part == 2, digits > 0 else { return nil }
-        return parts[0] * 1_000_000 + parts[1] * 1000 + parts[2]
-    }
+    private static let reasonIndex: [Refusal.Reason: Int] =
+        Dictionary(uniqueKeysWithValues: Refusal.Reason.allCases.enumerated().map { ($1, $0) })
 
     // MARK: TLS
 

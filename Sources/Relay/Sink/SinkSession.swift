@@ -53,6 +53,7 @@ final class SinkSession {
         do {
             plaintext = try tls.receive(bytes)
         } catch {
+            server.log.info("TLS from [\(machine.client.ip)] failed: \(error)")
             flushTLS()  // the alert, if any
             closed = true
             timer.stop()
@@ -88,6 +89,7 @@ final class SinkSession {
         do {
             try tls.send(bytes)
         } catch {
+            server.log.info("TLS to [\(machine.client.ip)] failed: \(error)")
             closed = true
             connection.close()
             return
@@ -139,14 +141,19 @@ final class SinkSession {
             case .drop:
                 closed = true
                 connection.close()
+            case .refused:
+                break  // the sink counts its own faults
             case .startTLS:
                 // The 220 went out in the clear just before this; the handshake comes next.
-                guard let context = server.tlsContext, let engine = try? TLSEngine(context: context) else {
+                do {
+                    guard let context = server.tlsContext else { throw TLSError("no certificate loaded") }
+                    tls = try TLSEngine(context: context)
+                } catch {
+                    server.log.error("TLS set-up for [\(machine.client.ip)] failed: \(error)")
                     closed = true
                     connection.close()
                     return
                 }
-                tls = engine
             case .authenticate:
                 // The sink never offers AUTH, so its sessions never ask for it.
                 closed = true
