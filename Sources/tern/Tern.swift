@@ -1,6 +1,7 @@
 // The `tern` command: one executable, a subcommand per job.
 
 import ArgumentParser
+import BuildInfo
 import Logging
 import Relay
 import UVRuntime
@@ -14,6 +15,7 @@ struct Tern: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
+        version: BuildInfo.versionLine,
         subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self])
 }
 
@@ -62,7 +64,7 @@ struct Serve: ParsableCommand {
             fputs("tern: \(error)\n", stderr)
             throw ExitCode(1)
         }
-        log.info("tern ready: hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
+        log.info("tern ready: version \(BuildInfo.version), commit \(BuildInfo.commit), hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
 
         var stopping = false
         let stop = {
