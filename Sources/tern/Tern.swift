@@ -32,7 +32,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Log lines as \"plain\" text or \"json\" (default: [log] format, else plain).")
     var logFormat: LogFormat?
 
-    @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT.")
+    @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT (a second signal, a second or more later, ends the wait).")
     var grace: Double = 30
 
     func run() throws {
@@ -66,17 +66,27 @@ struct Serve: ParsableCommand {
         }
         log.info("tern ready: version \(BuildInfo.version), commit \(BuildInfo.commit), hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
 
-        var stopping = false
-        let stop = {
-            if stopping { return }
-            stopping = true
+        var stopBegan: UInt64?
+        let stop = { (name: String) in
+            if let began = stopBegan {
+                // `timeout` signals the process and then its group, a runtime may do the same: a second
+                // signal within a second is the same request. A later one asks for the stop to end now.
+                if loop.nowMilliseconds - began >= 1000 {
+                    let cut = server.endGrace()
+                    log.notice("\(name) again: grace period ended\(cut > 0 ? ", \(cut) sessions told 421" : "")")
+                }
+                return
+            }
+            stopBegan = loop.nowMilliseconds
+            // From here to exit no SIGTERM, SIGINT or SIGHUP may kill the process (exit 143) instead.
+            do { try SignalWatcher.holdUntilExit([SIGTERM, SIGINT, SIGHUP]) } catch { log.warning("\(error)") }
             server.stop(grace: grace) {
                 log.info("stopped: \(server.metrics.messagesAccepted) messages accepted")
                 loop.stop()
             }
         }
-        let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
-        let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        let term = try SignalWatcher(loop: loop, signal: SIGTERM) { stop("SIGTERM") }
+        let int = try SignalWatcher(loop: loop, signal: SIGINT) { stop("SIGINT") }
         let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
         // Log lines go out once per loop iteration, not with a write each.
         LogBuffer.shared.start(fd: 2)
