@@ -65,6 +65,16 @@ struct Serve: ParsableCommand {
             throw ExitCode(1)
         }
         log.info("tern ready: version \(BuildInfo.version), commit \(BuildInfo.commit), hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
+        // systemd (Type=notify): ready once listening, the spool recovered (queued mail resumes in the
+        // background, as it does without systemd).
+        let notifier: ServiceNotifier?
+        do {
+            notifier = try ServiceNotifier()
+        } catch {
+            log.warning("systemd notification off: \(error)")
+            notifier = nil
+        }
+        if let notifier, let problem = notifier.notify("READY=1") { log.warning("systemd notification: \(problem)") }
 
         var stopBegan: UInt64?
         let stop = { (name: String) in
@@ -80,6 +90,7 @@ struct Serve: ParsableCommand {
             stopBegan = loop.nowMilliseconds
             // From here to exit no SIGTERM, SIGINT or SIGHUP may kill the process (exit 143) instead.
             do { try SignalWatcher.holdUntilExit([SIGTERM, SIGINT, SIGHUP]) } catch { log.warning("\(error)") }
+            if let notifier, let problem = notifier.notify("STOPPING=1") { log.warning("systemd notification: \(problem)") }
             server.stop(grace: grace) {
                 log.info("stopped: \(server.metrics.messagesAccepted) messages accepted")
                 loop.stop()
