@@ -13,6 +13,7 @@ import time
 
 from conftest import assert_reply, dot_stuff, make_message, queue_id_of, send_message
 from delivery_helpers import wait_until
+from test_sink import Sink
 
 WAIT = 30.0
 
@@ -116,3 +117,22 @@ def test_second_sigint_ends_the_grace_too(start_tern):
     assert tern.proc.returncode == 0, tern.stderr()[-2000:]
     assert "SIGINT again: grace period ended" in tern.stderr()
     assert tern.queued() == []
+
+
+def test_sink_signals_until_exit_never_kill(tmp_path):
+    """`tern sink` the same way: it prints its summary and exits 0 however many signals follow."""
+    for attempt in range(5):
+        sink = Sink(tmp_path / f"sink{attempt}").start()
+        pid = sink.proc.pid
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + WAIT
+        while sink.proc.poll() is None:
+            assert time.monotonic() < deadline, "tern sink did not stop"
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.0002)
+        sink.proc.wait(timeout=WAIT)
+        assert sink.proc.returncode == 0, f"attempt {attempt}: exit {sink.proc.returncode}\n{sink.stderr()}"
+        assert sink.stdout_path.read_text().strip(), "no summary on stdout"
