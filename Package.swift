@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "CZlib"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo"]),
         .testTarget(name: "BlastTests", dependencies: ["Blast"]),
     ],
     swiftLanguageModes: [.v5]

@@ -65,8 +65,7 @@ struct Serve: ParsableCommand {
             throw ExitCode(1)
         }
         log.info("tern ready: version \(BuildInfo.version), commit \(BuildInfo.commit), hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
-        // systemd (Type=notify): ready once listening, the spool recovered (queued mail resumes in the
-        // background, as it does without systemd).
+        // systemd (Type=notify): $NOTIFY_SOCKET hears READY=1 below, STOPPING=1 when a stop begins.
         let notifier: ServiceNotifier?
         do {
             notifier = try ServiceNotifier()
@@ -74,7 +73,6 @@ struct Serve: ParsableCommand {
             log.warning("systemd notification off: \(error)")
             notifier = nil
         }
-        if let notifier, let problem = notifier.notify("READY=1") { log.warning("systemd notification: \(problem)") }
 
         var stopBegan: UInt64?
         let stop = { (name: String) in
@@ -103,6 +101,9 @@ struct Serve: ParsableCommand {
         LogBuffer.shared.start(fd: 2)
         let flushLog = Prepare(loop: loop) { LogBuffer.shared.flush() }
         defer { LogBuffer.shared.stop() }
+        // Ready: listening, the spool recovered (queued mail resumes in the background, as it does
+        // without systemd), and a SIGTERM from here on is a graceful stop.
+        if let notifier, let problem = notifier.notify("READY=1") { log.warning("systemd notification: \(problem)") }
         loop.run()
         flushLog.close()
         term.close()
