@@ -4,6 +4,7 @@
 // starts with "@" names a socket in the abstract namespace (the "@" stands for a leading NUL byte).
 // One small datagram, sent without waiting: a full receiver loses the notice, never stalls the loop.
 
+// CLibUV for the socket constants (SOCK_DGRAM, SOCK_CLOEXEC): Swift's Glibc module does not export them.
 import CLibUV
 #if canImport(Glibc)
 import Glibc
