@@ -30,6 +30,10 @@ let package = Package(
         .systemLibrary(name: "CISAL", path: "Modules/CISAL", pkgConfig: "libisal",
                        providers: [.apt(["libisal-dev"])]),
 
+        // The version, and the git commit the binary was built from (generated before each build).
+        .target(name: "BuildInfo", plugins: ["BuildInfoPlugin"]),
+        .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
+
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
@@ -38,7 +42,7 @@ let package = Package(
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
-            "SMTPProtocol", "MailQueue", "UVRuntime",
+            "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
             .product(name: "Collections", package: "swift-collections"),
@@ -51,14 +55,14 @@ let package = Package(
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .executableTarget(name: "tern", dependencies: [
-            "Relay", "Blast",
+            "Relay", "Blast", "BuildInfo",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "CZlib"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo"]),
         .testTarget(name: "BlastTests", dependencies: ["Blast"]),
     ],
     swiftLanguageModes: [.v5]

@@ -265,6 +265,19 @@ public final class SMTPServer {
         graceTimer = timer
     }
 
+    /// A stop already under way ends its grace period now (a second SIGTERM or SIGINT): the sessions
+    /// still open get 421, a message in DATA is dropped unacknowledged (its client sends it again
+    /// later), and what got 250 is already on disk. Returns the number of sessions cut short.
+    @discardableResult
+    public func endGrace() -> Int {
+        guard stopping, let timer = graceTimer else { return 0 }
+        timer.close()
+        graceTimer = nil
+        let open = Array(sessions.values)
+        for session in open { session.shutDown(force: true) }
+        return open.count
+    }
+
     /// MT-PRIORITY from a trusted client, else the [priority] rules (sender domain, then the highest
     /// of the recipient domains), else 0.
     func priority(of start: MessageStart) -> Int {

@@ -37,3 +37,19 @@ public final class SignalWatcher: UVHandleOwner {
         }
     }
 }
+
+extension SignalWatcher {
+    /// From now until the process exits, these signals never take their default action (for SIGTERM:
+    /// terminate, exit 143). libuv puts a signal's default action back when its last watcher stops, so
+    /// tearing the loop down at the end of a graceful stop would leave a few hundred microseconds in
+    /// which the second SIGTERM that `timeout`, systemd and container runtimes may send kills the
+    /// process. The watchers here sit on a loop of their own that is never run nor closed, kept until
+    /// exit: libuv's handler stays installed and only notes the signal for that loop. Call it when the
+    /// stop begins, not before: until then a SIGTERM must still stop the process.
+    public static func holdUntilExit(_ signals: [Int32]) throws {
+        let keeper = try EventLoop()
+        for signal in signals { _ = try SignalWatcher(loop: keeper, signal: signal) {} }
+        // Never released: its deinit would close the watchers.
+        _ = Unmanaged.passRetained(keeper)
+    }
+}

@@ -166,6 +166,8 @@ struct Sink: ParsableCommand {
         let stop = {
             if stopping { return }
             stopping = true
+            // A second SIGTERM up to exit must not kill the sink before its summary (exit 143).
+            try? SignalWatcher.holdUntilExit([SIGTERM, SIGINT])
             sink.stop {
                 print(sink.summary)
                 fflush(stdout)

@@ -1,6 +1,7 @@
 // The `tern` command: one executable, a subcommand per job.
 
 import ArgumentParser
+import BuildInfo
 import Logging
 import Relay
 import UVRuntime
@@ -14,6 +15,7 @@ struct Tern: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
+        version: BuildInfo.versionLine,
         subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self, Health.self])
 }
 
@@ -30,7 +32,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Log lines as \"plain\" text or \"json\" (default: [log] format, else plain).")
     var logFormat: LogFormat?
 
-    @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT.")
+    @Option(name: .long, help: "Seconds that messages in flight may take to finish on SIGTERM/SIGINT (a second signal, a second or more later, ends the wait).")
     var grace: Double = 30
 
     func run() throws {
@@ -65,24 +67,46 @@ struct Serve: ParsableCommand {
             fputs("tern: \(error)\n", stderr)
             throw ExitCode(1)
         }
-        log.info("tern ready: hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
+        log.info("tern ready: version \(BuildInfo.version), commit \(BuildInfo.commit), hostname \(settings.hostname), spool \(settings.spool.path), \(files) file descriptors")
+        // systemd (Type=notify): $NOTIFY_SOCKET hears READY=1 below, STOPPING=1 when a stop begins.
+        let notifier: ServiceNotifier?
+        do {
+            notifier = try ServiceNotifier()
+        } catch {
+            log.warning("systemd notification off: \(error)")
+            notifier = nil
+        }
 
-        var stopping = false
-        let stop = {
-            if stopping { return }
-            stopping = true
+        var stopBegan: UInt64?
+        let stop = { (name: String) in
+            if let began = stopBegan {
+                // `timeout` signals the process and then its group, a runtime may do the same: a second
+                // signal within a second is the same request. A later one asks for the stop to end now.
+                if loop.nowMilliseconds - began >= 1000 {
+                    let cut = server.endGrace()
+                    log.notice("\(name) again: grace period ended\(cut > 0 ? ", \(cut) sessions told 421" : "")")
+                }
+                return
+            }
+            stopBegan = loop.nowMilliseconds
+            // From here to exit no SIGTERM, SIGINT or SIGHUP may kill the process (exit 143) instead.
+            do { try SignalWatcher.holdUntilExit([SIGTERM, SIGINT, SIGHUP]) } catch { log.warning("\(error)") }
+            if let notifier, let problem = notifier.notify("STOPPING=1") { log.warning("systemd notification: \(problem)") }
             server.stop(grace: grace) {
                 log.info("stopped: \(server.metrics.messagesAccepted) messages accepted")
                 loop.stop()
             }
         }
-        let term = try SignalWatcher(loop: loop, signal: SIGTERM, stop)
-        let int = try SignalWatcher(loop: loop, signal: SIGINT, stop)
+        let term = try SignalWatcher(loop: loop, signal: SIGTERM) { stop("SIGTERM") }
+        let int = try SignalWatcher(loop: loop, signal: SIGINT) { stop("SIGINT") }
         let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
         // Log lines go out once per loop iteration, not with a write each.
         LogBuffer.shared.start(fd: 2)
         let flushLog = Prepare(loop: loop) { LogBuffer.shared.flush() }
         defer { LogBuffer.shared.stop() }
+        // Ready: listening, the spool recovered (queued mail resumes in the background, as it does
+        // without systemd), and a SIGTERM from here on is a graceful stop.
+        if let notifier, let problem = notifier.notify("READY=1") { log.warning("systemd notification: \(problem)") }
         loop.run()
         flushLog.close()
         term.close()

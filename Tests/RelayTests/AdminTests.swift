@@ -1,3 +1,4 @@
+import BuildInfo
 import Foundation
 import MailQueue
 import SMTPProtocol
@@ -356,6 +357,44 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(s["tern_queue_messages_by_priority{priority=\"0\"}"] == 1)
         #expect(s["tern_queue_messages_by_priority{priority=\"9\"}"] == 1)
         #expect(s["tern_queue_messages_by_priority{priority=\"1\"}"] == nil, "a level shows once it was seen")
+    }
+
+    /// Family name → (HELP text, TYPE), asserting HELP comes first and once.
+    static func families(_ exposition: [UInt8]) -> [String: (help: String, type: String)] {
+        var help: [String: String] = [:]
+        var out: [String: (help: String, type: String)] = [:]
+        for line in String(decoding: exposition, as: UTF8.self).split(separator: "\n") where line.hasPrefix("# ") {
+            let parts = line.split(separator: " ", maxSplits: 3).map(String.init)
+            if parts[1] == "HELP" {
+                #expect(help[parts[2]] == nil && out[parts[2]] == nil, "HELP of \(parts[2]) twice or after TYPE")
+                help[parts[2]] = parts.count > 3 ? parts[3] : ""
+            } else if parts[1] == "TYPE" {
+                out[parts[2]] = (help[parts[2]] ?? "", parts[3])
+            }
+        }
+        return out
+    }
+
+    @Test func everyFamilyHasHelpAndTheBuildIsOne() {
+        let m = RelayMetrics()
+        var q = RelayMetrics.QueueCounts()
+        q.add(state: "queued", priority: 0)
+        m.updateQueueGauges(q)
+        let f = Self.families(m.exposition())
+        #expect(f.count == RelayMetrics.help.count + 1, "every family in the table, and tern_build_info")
+        for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }
+        #expect(f["tern_build_info"]?.type == "gauge")
+        let s = samples(m)
+        #expect(s["tern_build_info{version=\"\(BuildInfo.version)\",commit=\"\(BuildInfo.commit)\",swift=\"\(BuildInfo.swiftVersion)\"}"] == 1)
+        // Every name in the table is a family that exists: no stale help text.
+        for name in RelayMetrics.help.keys { #expect(f[name] != nil, "\(name) is not a family") }
+    }
+
+    @Test func sinkFamiliesHaveHelp() {
+        let f = Self.families(SinkMetrics().exposition())
+        #expect(f.count == SinkMetrics.help.count + 1)
+        for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }
+        #expect(f["tern_build_info"] != nil)
     }
 }
 

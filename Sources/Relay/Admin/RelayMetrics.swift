@@ -14,7 +14,7 @@ import UVRuntime
 
 public final class RelayMetrics {
     public let registry = PrometheusCollectorRegistry()
-    private let factory: PrometheusMetricsFactory
+    private let factory: DescribedMetricsFactory
 
     // Inbound sessions and what they hand to the queue.
     private let sessionsOpen: CoreMetrics.Gauge
@@ -77,12 +77,42 @@ public final class RelayMetrics {
 
     public static let queueStates = ["active", "queued", "deferred", "held"]
 
+    /// The `# HELP` line of each family (a family missing here has none: test_build_info.py fails).
+    static let help: [String: String] = [
+        "tern_sessions_open": "Inbound SMTP sessions open now.",
+        "tern_sessions_total": "Inbound SMTP sessions accepted since start.",
+        "tern_messages_received_total": "Messages received and safely queued (each got 250).",
+        "tern_recipients_received_total": "Recipients of the messages received and queued.",
+        "tern_message_bytes_in_total": "Bytes of the messages queued (the spooled data, Received header included).",
+        "tern_messages_delivered_total": "Messages that left the queue with every recipient delivered.",
+        "tern_messages_deferred_total": "Delivery attempts (one per message and destination) that left recipients deferred.",
+        "tern_messages_bounced_total": "Messages that left the queue with at least one bounced recipient.",
+        "tern_messages_deleted_total": "Messages removed from the queue by an operator (tern queue delete).",
+        "tern_recipients_delivered_total": "Recipients delivered to their next hop.",
+        "tern_recipients_deferred_total": "Recipient delivery attempts that failed temporarily (retried later).",
+        "tern_recipients_bounced_total": "Recipients that failed permanently (the sender gets a bounce).",
+        "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
+        "tern_delivery_delay_seconds": "Seconds from arrival to delivery, per delivered recipient.",
+        "tern_queue_residence_seconds": "Seconds from arrival to leaving the queue, per message.",
+        "tern_dns_lookups_total": "DNS queries asked (not cache hits), by kind: mx, address, ptr.",
+        "tern_dns_failures_total": "DNS queries that failed (not NXDOMAIN or no data), by kind.",
+        "tern_tls_sessions_total": "TLS handshakes completed, by direction: in (clients), out (next hops).",
+        "tern_connections_refused_total": "Inbound connections refused with 421 before the session started, by reason.",
+        "tern_commands_refused_total": "Refused commands and sessions ended by the server, by the session's reason.",
+        "tern_buffered_data_bytes": "Bytes of message data the sessions hold in memory ahead of the spool.",
+        "tern_buffered_data_limit_bytes": "The budget for message data held in memory (server.max_buffered_data).",
+        "tern_sessions_waiting_for_buffer": "Sessions that stopped reading until buffered message data drains.",
+        "tern_queue_messages": "Messages in the queue by state, counted when scraped.",
+        "tern_queue_messages_by_priority": "Messages in the queue by MT-PRIORITY level, counted when scraped.",
+    ]
+
     public init() {
-        var f = PrometheusMetricsFactory(registry: registry)
+        var f = DescribedMetricsFactory(registry: registry, help: Self.help)
         for name in ["tern_delivery_delay_seconds", "tern_queue_residence_seconds"] {
             f.valueHistogramBuckets[name] = Self.delayBuckets
         }
         factory = f
+        f.recordBuildInfo()
         func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
             Counter(label: name, dimensions: dimensions, factory: f)
         }

@@ -50,7 +50,7 @@ public struct BusyTime: Sendable, Equatable {
 public final class SinkMetrics {
     public private(set) var tally = SinkTally()
     public let registry = PrometheusCollectorRegistry()
-    private let factory: PrometheusMetricsFactory
+    private let factory: DescribedMetricsFactory
     private let sessions: CoreMetrics.Counter
     private let sessionsRefused: CoreMetrics.Counter
     private let messages: CoreMetrics.Counter
@@ -61,8 +61,21 @@ public final class SinkMetrics {
     private var faults: [String: CoreMetrics.Counter] = [:]
     private var activeSessions = 0
 
+    /// The `# HELP` line of each family (a family missing here has none: test_build_info.py fails).
+    static let help: [String: String] = [
+        "tern_sink_sessions_total": "SMTP sessions accepted since start.",
+        "tern_sink_sessions_refused_total": "Connections refused with 421 (max_connections).",
+        "tern_sink_messages_total": "Messages accepted (250 at the end of DATA).",
+        "tern_sink_recipients_total": "Recipients of the messages accepted.",
+        "tern_sink_message_bytes_total": "Bytes of the messages accepted, as the client sent them (dot-unstuffed).",
+        "tern_sink_sessions_active": "SMTP sessions open now.",
+        "tern_sink_tls_sessions_total": "STARTTLS handshakes completed.",
+        "tern_sink_faults_total": "Faults injected, by stage and kind (reply, delay, drop).",
+    ]
+
     public init() {
-        factory = PrometheusMetricsFactory(registry: registry)
+        factory = DescribedMetricsFactory(registry: registry, help: Self.help)
+        factory.recordBuildInfo()
         sessions = Counter(label: "tern_sink_sessions_total", factory: factory)
         sessionsRefused = Counter(label: "tern_sink_sessions_refused_total", factory: factory)
         messages = Counter(label: "tern_sink_messages_total", factory: factory)
