@@ -15,6 +15,9 @@ swift build -c release || { echo "test.sh: release build failed" >&2; exit 1; }
 
 failed=()
 
+step "man pages (etc/man) match the command definitions"
+bash scripts/man.sh --check || failed+=("man pages out of date (run scripts/man.sh)")
+
 step "swift test (unit tests)"
 # Bounded (and killed as a process group) so that a hung test cannot eat CI's time.
 timeout --kill-after=30 1200 swift test
