@@ -541,20 +541,25 @@ final class InboundSession {
     /// A TLS handshake (or record) that failed, with OpenSSL's reason: never silent. Counted with the
     /// refusals (reason "tls_failed").
     private func tlsFailed(_ error: any Error, handshake: Bool) {
-        server.relayMetrics.commandRefused(.tlsFailed)
-        let client = clientName
-        // The engine's errors read "TLS handshake failed: error:0A00010B:SSL routines::wrong version number".
-        let what = "\(error)".hasPrefix("TLS") ? "\(error)" : "\(handshake ? "TLS handshake failed" : "TLS failed"): \(error)"
-        let proto = machine.protocolName
-        let helo = machine.helo
-        // Implicit TLS (a submissions listener) fails before any command.
-        let command = machine.phase == .startingTLS || machine.helo != nil ? "STARTTLS" : "CONNECT"
+        // Implicit TLS (a submissions listener) fails before any command; elsewhere TLS follows STARTTLS.
+        Self.logTLSFailure(sessionLog, metrics: server.relayMetrics, client: clientName,
+                           command: role == .submissions ? "CONNECT" : "STARTTLS",
+                           what: "\(error)".hasPrefix("TLS") ? "\(error)" : "\(handshake ? "TLS handshake failed" : "TLS failed"): \(error)",
+                           proto: machine.protocolName, helo: machine.helo)
+    }
+
+    /// The one line for a TLS failure, also for a submissions connection whose engine could not be set
+    /// up before its session began (SMTPServer.accepted). The engine's errors read "TLS handshake
+    /// failed: error:0A00010B:SSL routines::wrong version number".
+    static func logTLSFailure(_ log: Logger, metrics: RelayMetrics, client: String, command: String,
+                              what: String, proto: String?, helo: String?) {
+        metrics.commandRefused(.tlsFailed)
         var fields: Logger.Metadata = ["client": .string(client), "command": .string(command),
-                                       "reason": .string(Refusal.Reason.tlsFailed.rawValue),
-                                       "tls": .string(what), "proto": .string(proto)]
+                                       "reason": .string(Refusal.Reason.tlsFailed.rawValue), "tls": .string(what)]
+        if let proto { fields["proto"] = .string(proto) }
         if let helo { fields["helo"] = .string(helo) }
-        sessionLog.fields("reject", fields) {
-            "NOQUEUE: reject: \(command) from \(client): \(what); proto=\(proto)\(helo.map { " helo=<\($0)>" } ?? "")"
+        log.fields("reject", fields) {
+            "NOQUEUE: reject: \(command) from \(client): \(what)\(proto.map { "; proto=\($0)" } ?? "")\(helo.map { " helo=<\($0)>" } ?? "")"
         }
     }
 }

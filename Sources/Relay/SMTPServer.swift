@@ -170,10 +170,8 @@ public final class SMTPServer {
                 session.tls = try TLSEngine(context: context)
             } catch {
                 // Never silent: the client sees a closed connection, the log says why.
-                log.fields("reject", ["client": .string("unknown[\(ip)]"), "command": .string("CONNECT"),
-                                      "reason": .string(Refusal.Reason.tlsFailed.rawValue), "tls": .string("\(error)")],
-                           text: "NOQUEUE: reject: CONNECT from unknown[\(ip)]: TLS set-up failed: \(error)")
-                relayMetrics.commandRefused(.tlsFailed)
+                InboundSession.logTLSFailure(log, metrics: relayMetrics, client: "unknown[\(ip)]", command: "CONNECT",
+                                             what: "TLS set-up failed: \(error)", proto: nil, helo: nil)
                 connection.close()
                 return
             }

@@ -8,6 +8,7 @@
 import ArgumentParser
 import Foundation
 import Relay
+import SMTPProtocol
 
 struct Health: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -8,6 +8,7 @@
 import ArgumentParser
 import Foundation
 import Relay
+import SMTPProtocol  // terminalSafe: the relay's text escaped as trace escapes a message's
 
 struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -297,24 +298,6 @@ func actionCount(_ action: String, selected: String, done: Int, pending: Int, go
     if gone > 0 { parts.append("\(gone) already gone") }
     if failed > 0 { parts.append("\(failed) failed") }
     return selected + ": " + parts.joined(separator: ", ")
-}
-
-/// The endpoint's text on a terminal: control characters (an id read from a pipe may hold escape
-/// sequences) shown as \xNN.
-func terminalSafe(_ text: String) -> String {
-    var out = ""
-    for scalar in text.unicodeScalars {
-        if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
-            out += "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(2)
-        } else {
-            out.unicodeScalars.append(scalar)
-        }
-    }
-    return out
-}
-
-extension String {
-    func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }
 
 struct QueueHold: QueueActionCommand {

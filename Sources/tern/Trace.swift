@@ -47,7 +47,8 @@ struct Trace: ParsableCommand {
             throw ExitCode(2)
         }
         var trusted = Set(trust.flatMap { $0.split(separator: ",").map { String($0) } })
-        if let mine = hostName() { trusted.insert(mine) }
+        // The name serve stamps on its Received hops when the config sets none.
+        trusted.insert(TernConfig.systemHostname())
         if let config {
             do {
                 trusted.insert(try TernConfig.load(path: config).hostname)
@@ -101,14 +102,6 @@ struct Trace: ParsableCommand {
         }
         return out + "\n"
     }
-}
-
-/// This machine's host name (trusted: a hop it wrote is ours).
-private func hostName() -> String? {
-    var buffer = [CChar](repeating: 0, count: 256)
-    guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
-    let name = String(cString: buffer)
-    return name.isEmpty ? nil : name
 }
 
 /// The file's bytes up to the end of its header section (the body can be large and is not needed).
