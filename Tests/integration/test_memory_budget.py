@@ -195,3 +195,76 @@ def test_one_message_larger_than_the_budget_passes(start_tern):
     assert tern.msg(qid).endswith(message)
     after = scrape(tern.admin_port)
     assert after["tern_buffered_data_bytes"] == 0 and after["tern_sessions_waiting_for_buffer"] == 0, after
+
+
+def test_a_session_paused_for_the_spool_keeps_its_idle_timeout(start_tern, monkeypatch):
+    """A session more than 4 MiB ahead of the disk stops reading until the spool catches up
+    (InboundSession.maxAheadOfDisk). When the final dot came in the read that paused it, the message
+    is committed at once: the session must read again after its 250, and its idle timeout must run.
+
+    The disk is made slow by holding libuv's one pool thread (UV_THREADPOOL_SIZE=1): the config file
+    becomes a FIFO and a SIGHUP makes the pool thread read it, which blocks until the test writes the
+    config text. Meanwhile sessions send messages of 4 to 5 MiB, 128 KiB apart: each reads until it is
+    4 MiB ahead of the disk, and some of them (4.5 to 4.7 MiB with 252 KiB chunks) reach the dot in the
+    read that pauses them. Once the pool is free, every one gets its 250, sends a second message on the
+    same session, then goes silent and must get 421 after command_timeout (2 s)."""
+    monkeypatch.setenv("UV_THREADPOOL_SIZE", "1")
+    tern = start_tern(server={"command_timeout": "2s", "data_timeout": "30s"})
+    config_text = tern.config_path.read_text()
+    tern.config_path.unlink()
+    os.mkfifo(tern.config_path)
+    tern.proc.send_signal(signal.SIGHUP)
+    # The write end opens (without blocking) only once the reload has the FIFO open for reading: from
+    # then on the pool thread is blocked in its read until the text is written.
+    fifo = None
+    deadline = time.monotonic() + 10
+    while fifo is None:
+        try:
+            fifo = os.open(tern.config_path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert time.monotonic() < deadline, "the reload never opened the config FIFO"
+            time.sleep(0.02)
+    sizes = [4 * MiB + i * 128 * 1024 for i in range(9)]
+    conns: list[SMTPConn] = []
+    senders: list[threading.Thread] = []
+    try:
+        for i, size in enumerate(sizes):
+            c = SMTPConn(tern.port, timeout=30)
+            conns.append(c)
+            c.greeting()
+            c.ehlo()
+            assert_reply(c.cmd(f"MAIL FROM:<s{i}@client.test>"), 250)
+            assert_reply(c.cmd("RCPT TO:<r@x.test>"), 250)
+            assert_reply(c.cmd("DATA"), 354)
+            body = b"Subject: ahead of the disk\r\n\r\n" + b"y" * 76 + b"\r\n"
+            message = body * (size // len(body)) + b".\r\n"
+            # In threads: the sessions paused before their dot leave their client blocked in sendall.
+            t = threading.Thread(target=c.send, args=(message,), daemon=True)
+            t.start()
+            senders.append(t)
+        time.sleep(1)  # the sessions read what they may: 4 MiB ahead of the disk each
+    finally:
+        os.set_blocking(fifo, True)
+        os.write(fifo, config_text.encode())
+        os.close(fifo)
+    for t in senders:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a client could not send its message"
+    for size, c in zip(sizes, conns):
+        assert_reply(c.read_reply(), 250, "2.0.0", f"{size} bytes")
+    for size, c in zip(sizes, conns):
+        c.sock.settimeout(10)
+        try:
+            assert_reply(c.cmd("MAIL FROM:<again@client.test>"), 250)
+            assert_reply(c.cmd("RCPT TO:<r@x.test>"), 250)
+            assert_reply(c.data(b"Subject: second\r\n\r\nsmall\r\n"), 250, "2.0.0")
+        except TimeoutError:
+            raise AssertionError(f"after {size} bytes the session no longer reads its commands") from None
+    started = time.monotonic()
+    for size, c in zip(sizes, conns):
+        c.sock.settimeout(max(0.1, started + 10 - time.monotonic()))
+        try:
+            assert_reply(c.read_reply(), 421, "4.4.2", f"silent after {size} bytes")
+        except TimeoutError:
+            raise AssertionError(f"silent after {size} bytes, no 421 within 10 s (command_timeout 2 s)") from None
+        c.close()
