@@ -85,7 +85,7 @@ final class InboundSession {
         guard !closed else { return }
         sessionLog.fields("connect", ["client": .string(clientName)], text: "connect from \(clientName)")
         perform(machine.greeting())
-        connection.startReading()
+        resumeReading()
         armTimer()
     }
 
@@ -188,7 +188,7 @@ final class InboundSession {
 
     private func timerFired() {
         let now = server.loop.nowMilliseconds
-        if stoppedAt != nil { return }  // started again, for what is left, when reading resumes
+        if serverHolding { return }  // started again, for what is left, when the hold ends (resumeReading)
         if now < idleDeadline {
             startTimer(now: now)  // there was activity since it was started
             return
@@ -223,7 +223,7 @@ final class InboundSession {
                 commitMessage()
             case .abortMessage:
                 writer?.abort()
-                writer = nil
+                releaseWriter()
             case .close:
                 closed = true
                 timer?.stop()
@@ -261,6 +261,8 @@ final class InboundSession {
             connection.stopReading()
         }
         accountBufferedData()
+        // A hold these actions ended (an abort releases the spool pause, leaving DATA the budget's wait).
+        if stoppedAt != nil && !serverHolding { resumeReading() }
     }
 
     private func authenticate(user: String, password: String) {
@@ -269,9 +271,7 @@ final class InboundSession {
         server.authenticate(ip: clientIP, user: user, password: password) { result in
             guard let session = server.sessions[sessionID], !session.closed else { return }
             session.perform(session.machine.authFinished(result))
-            if session.machine.wantsInput && !session.pausedForSpool && session.budgetState != .waiting {
-                session.connection.startReading()
-            }
+            session.resumeReading()
             session.armTimer()
         }
     }
@@ -317,10 +317,27 @@ final class InboundSession {
         accountBufferedData()
         guard pausedForSpool, let writer, writer.pendingBytes <= Self.maxAheadOfDisk / 2 else { return }
         pausedForSpool = false
-        if !closed && machine.wantsInput && budgetState != .waiting {
-            connection.startReading()
-            serverResumedReading()
-        }
+        resumeReading()
+    }
+
+    /// The message's writer is done with (committed, aborted): nothing of it is ahead of the disk any
+    /// more, so a pause for the spool ends with it. The final dot can come in the very read that paused
+    /// the session; the commit then never reports a drain (`spoolCaughtUp`).
+    private func releaseWriter() {
+        writer = nil
+        pausedForSpool = false
+    }
+
+    /// Whether the relay, not the client, is why nothing is read: the budget or the spool holds it.
+    private var serverHolding: Bool { pausedForSpool || budgetState == .waiting }
+
+    /// Reads again if the machine wants input and nothing holds the session. Every restart of reading
+    /// goes through here, so the server's hold (`stoppedAt`) ends whenever nothing holds it any more,
+    /// and the idle timer runs again.
+    private func resumeReading() {
+        guard !closed, !serverHolding else { return }
+        serverResumedReading()
+        if machine.wantsInput { connection.startReading() }
     }
 
     // MARK: Memory budget (server.max_buffered_data, DataBudget.swift)
@@ -390,10 +407,7 @@ final class InboundSession {
     func resumeAfterBudget() -> Bool {
         guard budgetState == .waiting, !closed, machine.phase == .data else { return false }
         budgetState = .reading
-        if machine.wantsInput && !pausedForSpool {
-            connection.startReading()
-            serverResumedReading()
-        }
+        resumeReading()
         return true
     }
 
@@ -447,12 +461,9 @@ final class InboundSession {
             // The session may be gone (client disconnected while we committed): the message is queued
             // all the same, and the answer goes nowhere.
             guard let session = server.sessions[sessionID] else { return }
-            session.writer = nil
+            session.releaseWriter()
             session.perform(session.machine.commitFinished(queueID: queueID?.rawValue))
-            if session.machine.wantsInput && !session.closed && !session.pausedForSpool
-                && session.budgetState != .waiting {
-                session.connection.startReading()
-            }
+            session.resumeReading()
             session.armTimer()
             if server.stopping { session.shutDown(force: true) }
         }
