@@ -24,7 +24,9 @@ enum DefaultConfig {
 
 # Name in the greeting, in EHLO (also to next hops) and in Received headers.
 # Default: the machine's host name, fully qualified when the resolver knows it
-# (as Postfix's myhostname). Set it to the name the relay's address resolves to.
+# (as Postfix's myhostname). A relay sets it, to the name its address resolves
+# to: without it, a host name with no dot is looked up in the resolver at
+# start-up, which waits for the resolver's timeout when DNS is unreachable.
 # hostname = "mail.example.com"
 
 [server]

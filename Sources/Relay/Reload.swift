@@ -91,3 +91,33 @@ extension SMTPServer {
         return outcome
     }
 }
+
+/// SIGHUP's bookkeeping, on the loop: one reload at a time. A signal during a reload is remembered
+/// (however many come) and answered by one more reload when it ends, so an edit saved while the file
+/// was being read is still applied.
+public struct ReloadGate: Sendable {
+    public private(set) var running = false
+    public private(set) var pending = false
+
+    public init() {}
+
+    /// A SIGHUP: true if a reload starts now; false if one is running (another follows it).
+    public mutating func signal() -> Bool {
+        if running {
+            pending = true
+            return false
+        }
+        running = true
+        return true
+    }
+
+    /// The running reload ended: true if another starts now (a signal came during this one).
+    public mutating func finished() -> Bool {
+        if pending {
+            pending = false
+            return true
+        }
+        running = false
+        return false
+    }
+}

@@ -13,18 +13,8 @@ public enum ListenerRole: String, Sendable, CustomStringConvertible {
 }
 
 extension SMTPServer {
-    /// Reads the certificate, key and users file again (SIGHUP). New sessions use the new ones;
-    /// open sessions keep theirs. On an error the old ones stay in force and the error is thrown.
-    public func reload() throws {
-        install(try config.openSecurityFiles(source: configPath))
-    }
-
-    /// The certificate, key and users file of `config`, read and parsed: blocking, for the thread pool.
-    public static func readSecurityFiles(_ config: TernConfig, source: String? = nil) throws -> SecurityFiles {
-        try config.openSecurityFiles(source: source)
-    }
-
-    /// Puts files read by `readSecurityFiles` in force (on the loop). New sessions use them.
+    /// Puts files read by `TernConfig.openSecurityFiles` (on the thread pool) in force, on the loop.
+    /// New sessions use them; open sessions keep theirs.
     public func install(_ files: SecurityFiles) {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS

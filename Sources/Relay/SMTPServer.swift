@@ -38,13 +38,13 @@ public final class SMTPServer {
     var listeners: [TCPListener] = []
     /// The role of each listener, in the same order.
     var listenerRoles: [ListenerRole] = []
-    /// The certificate for port 25's STARTTLS (tls.ciphers); replaced by `reload()`.
+    /// The certificate for port 25's STARTTLS (tls.ciphers); replaced by `install(_:)` (SIGHUP).
     public internal(set) var tlsContext: TLSContext?
     /// The same certificate for the submission listeners (tls.submission_ciphers).
     public internal(set) var submissionTLSContext: TLSContext?
     /// The config file, for error messages; nil for the built-in default.
     public let configPath: String?
-    /// AUTH users; replaced by `reload()`.
+    /// AUTH users; replaced by `install(_:)` (SIGHUP).
     var users: UsersFile?
     var authThrottle: AuthThrottle
     /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).

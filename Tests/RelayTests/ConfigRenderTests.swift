@@ -22,6 +22,8 @@ import Testing
         c.server.relayNetworks = [try CIDR(parsing: "10.0.0.0/8"), try CIDR(parsing: "2001:db8::/32")]
         c.server.acceptDomains = ["example.org", "example.net"]
         c.server.maxMessageSize = 1234
+        c.server.maxBufferedData = 4_194_304
+        c.server.recipientOvershootLimit = 17
         c.server.maxRecipients = 5
         c.server.maxConnections = 6
         c.server.maxConnectionsPerIP = 7
@@ -47,6 +49,7 @@ import Testing
         c.delivery.greetingTimeout = 13
         c.delivery.commandTimeout = 14
         c.delivery.dataTimeout = 15
+        c.delivery.connectionCacheTime = 7
         c.routes.routes = ["corp.example": try NextHopSpec(parsing: "[10.0.0.5]:25"),
                            "*": try NextHopSpec(parsing: "smtp.upstream.example:587"),
                            "v6.example": try NextHopSpec(parsing: "[::1]:2526")]
@@ -61,14 +64,41 @@ import Testing
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"
         c.tls.key = "/etc/tern/key.pem"
+        c.tls.ciphers = "high"
+        c.tls.submissionCiphers = "ECDHE+AESGCM:!aNULL"
         c.auth.usersFile = "/etc/tern/users"
         c.auth.maxFailures = 3
         c.auth.lockoutTime = 600
         c.auth.cleartextFromLoopback = true
         c.auth.senders = ["alice": ["alice@example.org", "@example.net"]]
+        c.admin.listen = "127.0.0.1:9025"
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")
+
+        // Every key of every table is changed above, so a key the rendering forgets fails the test:
+        // a key added to TernConfig must be added here.
+        let defaults = Self.leaves(try TernConfig.parse("hostname = \"relay.test\"\n"))
+        let changed = Self.leaves(c)
+        #expect(defaults.count == changed.count && defaults.count > 50)
+        for (name, value) in defaults {
+            #expect(changed[name] != value, "\(name) keeps its default in everyKeyChangedRoundTrips")
+        }
+    }
+
+    /// The stored properties of the config and of each of its tables, by dotted name, as text.
+    static func leaves(_ config: TernConfig) -> [String: String] {
+        var out: [String: String] = [:]
+        for top in Mirror(reflecting: config).children {
+            let name = top.label ?? "?"
+            let table = Mirror(reflecting: top.value)
+            if table.displayStyle == .struct && !table.children.isEmpty {
+                for key in table.children { out["\(name).\(key.label ?? "?")"] = "\(key.value)" }
+            } else {
+                out[name] = "\(top.value)"
+            }
+        }
+        return out
     }
 
     @Test func upstreamPasswordsAreNotPrinted() throws {
@@ -83,6 +113,29 @@ import Testing
         #expect(text.contains("# auth_password of \"*\" is a secret written inline, not printed"))
         #expect(c.hasInlineSecrets)
         #expect(throws: ConfigError.self) { try TernConfig.parse(text) }
+    }
+
+    /// With an inline password the printed text does not load, but the rest of it is still checked:
+    /// a rendering that loses or changes another key is a problem (check-config exits 70).
+    @Test func inlinePasswordDoesNotHideARenderingMistake() throws {
+        var c = try TernConfig.parse("hostname = \"relay.test\"\n")
+        c.server.maxHops = 9
+        c.routes.routes = ["*": try NextHopSpec(parsing: "[smtp.upstream.example]:587")]
+        c.routes.security = ["*": RouteSecurity(tls: .verify, credentials: ClientCredentials(user: "relay", password: "s3cret"))]
+        let (text, problem) = c.renderingCheck()
+        #expect(problem == nil, "\(problem ?? "")")
+        #expect(text == c.tomlText && !text.contains("s3cret"))
+
+        var expected = c
+        expected.routes.security["*"]?.credentials?.password = TernConfig.inlinePasswordPlaceholder
+        let checked = c.tomlText(inlinePassword: TernConfig.inlinePasswordPlaceholder)
+        #expect(TernConfig.checkRendering(checked, of: expected) == nil)
+        let wrong = checked.replacingOccurrences(of: "max_hops = 9", with: "max_hops = 10")
+        #expect(wrong != checked)
+        #expect(TernConfig.checkRendering(wrong, of: expected) == "the printed configuration does not load back the same")
+        let lost = checked.replacingOccurrences(of: "max_hops = 9\n", with: "")
+        #expect(TernConfig.checkRendering(lost, of: expected) != nil)
+        #expect(TernConfig.checkRendering(text, of: expected)?.hasPrefix("the printed configuration does not load:") == true)
     }
 
     /// A password file or variable is printed as its key, and the rendering loads back the same.

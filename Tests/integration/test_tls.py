@@ -200,7 +200,7 @@ def test_sighup_reloads_certificate(start_tern, certs, tmp_path):
     time.sleep(0.3)
     assert t.alive()
     assert served_certificate() == der_of(certs["self_cert"])
-    assert "reload failed" in t.stderr()
+    assert "reload refused" in t.stderr()
 
 
 def test_config_errors_name_the_key(tmp_path, certs):

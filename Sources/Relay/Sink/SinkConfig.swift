@@ -33,7 +33,13 @@ public struct SinkConfig: Sendable, Equatable {
     public enum KeepFormat: String, Sendable, CaseIterable { case eml, maildir }
 
     public var listen: [String] = ["127.0.0.1:2526"]
-    public var hostname: String = SinkConfig.defaultHostname()
+    /// The machine's name unless set: looked up only when asked for (with no dot in it, that is a
+    /// resolver query, which must not hold up `--hostname` or a config that sets it).
+    public var hostname: String {
+        get { hostnameSetting ?? Self.defaultHostname() }
+        set { hostnameSetting = newValue }
+    }
+    private var hostnameSetting: String?
     public var mode: Mode = .discard
     public var keepPath: String?
     public var keepFormat: KeepFormat = .eml
