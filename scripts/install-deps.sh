@@ -3,7 +3,8 @@
 # package is already installed it touches nothing (no apt-get update), so reruns are fast.
 #
 # The postfix package is only for smtp-source/smtp-sink: debconf is told "No configuration"
-# first, so the system's own Postfix is never configured or started.
+# first, so the system's own Postfix is never configured or started. systemd is there for
+# systemd-analyze (test_systemd_unit.py); installing it starts nothing where it is not PID 1.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +12,7 @@ PACKAGES=(
     swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd python3-prometheus-client
     iproute2 util-linux
+    systemd  # only systemd-analyze, to verify etc/systemd/tern.service; nothing is started
 )
 
 missing=()
