@@ -139,4 +139,24 @@ private func parse(_ text: String, step: Int = .max, parser: HTTPRequestParser =
         #expect(String(decoding: r.serialized(close: true, headOnly: true), as: UTF8.self)
                 == "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
     }
+
+    /// Issue 14: 2 MiB of empty lines after a request took 27 s (each empty line copied the rest of the
+    /// buffer). They are skipped in linear time and count toward the next request's head: 431.
+    @Test func aFloodOfEmptyLinesIsLinearAndRefused() {
+        var p = HTTPRequestParser()
+        p.feed(Array(get.utf8) + [UInt8](repeating: 0, count: 2 << 20).enumerated().map { $0.offset % 2 == 0 ? 13 : 10 })
+        let clock = ContinuousClock()
+        var first: HTTPRequest?
+        var error: HTTPParseError?
+        let took = clock.measure {
+            first = try? p.next()
+            do { _ = try p.next() } catch let e as HTTPParseError { error = e } catch {}
+        }
+        #expect(first?.target == "/metrics")
+        #expect(error?.status == 431)
+        #expect(took < .seconds(5))  // quadratic, it took 27 s (release)
+        // A few empty lines before a request are still ignored (RFC 9112 §2.2), even fed byte by byte.
+        #expect(parse("\r\n\r\n" + get, step: 1).requests.count == 1)
+        #expect(parse(String(repeating: "\r\n", count: 5000) + get).error?.status == 431)
+    }
 }

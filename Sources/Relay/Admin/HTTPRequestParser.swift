@@ -52,6 +52,9 @@ public struct HTTPRequestParser: Sendable {
     public let maxHeadBytes: Int
     public let maxBodyBytes: Int
     private var buffer: [UInt8] = []
+    /// Bytes of empty lines skipped before the current request line: they count toward its head, so
+    /// a flood of CRLF ends in 431 instead of being read forever.
+    private var skippedEmptyLines = 0
     /// Set after an error: the connection is beyond repair and must be closed.
     public private(set) var failed = false
 
@@ -64,6 +67,13 @@ public struct HTTPRequestParser: Sendable {
         guard !failed else { return }
         buffer.append(contentsOf: bytes)
     }
+
+    /// The most a connection may have buffered: one whole request (head and body). Beyond it `next()`
+    /// refuses, so a client that sends while its answer is pending cannot grow memory without bound.
+    public var maxBufferedBytes: Int { maxHeadBytes + 4 + maxBodyBytes }
+
+    /// Bytes received and not yet taken as a request.
+    public var bufferedBytes: Int { buffer.count }
 
     public mutating func feed(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { feed($0) }
@@ -82,16 +92,23 @@ public struct HTTPRequestParser: Sendable {
     }
 
     private mutating func parse() throws -> HTTPRequest? {
-        // RFC 9112 §2.2: ignore at least one empty line before a request line.
-        while buffer.count >= 2 && buffer[0] == 13 && buffer[1] == 10 { buffer.removeFirst(2) }
+        // RFC 9112 §2.2: ignore at least one empty line before a request line. Counted, then removed
+        // at once: removing them one by one copied the buffer per line (quadratic in a CRLF flood).
+        var empty = 0
+        while empty + 1 < buffer.count && buffer[empty] == 13 && buffer[empty + 1] == 10 { empty += 2 }
+        if empty > 0 {
+            buffer.removeFirst(empty)
+            skippedEmptyLines += empty
+        }
+        if skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
         guard let headEnd = findHeadEnd() else {
-            if buffer.count > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
+            if buffer.count + skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
             if let bad = buffer.firstIndex(where: { $0 == 10 }), bad == 0 || buffer[bad - 1] != 13 {
                 throw HTTPParseError(status: 400, reason: "Bad Request: bare LF")
             }
             return nil
         }
-        if headEnd > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
+        if headEnd + skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
         let lines = splitLines(buffer[0..<headEnd])
         var request = try parseRequestLine(lines[0])
         for line in lines.dropFirst() {
@@ -113,14 +130,17 @@ public struct HTTPRequestParser: Sendable {
         guard buffer.count >= total else { return nil }
         request.body = Array(buffer[(headEnd + 4)..<total])
         buffer.removeFirst(total)
+        skippedEmptyLines = 0
         return request
     }
 
     /// Index of the CR of the first CRLFCRLF.
     private func findHeadEnd() -> Int? {
         guard buffer.count >= 4 else { return nil }
+        // A head longer than the limit is refused by the caller: no need to look further.
+        let end = min(buffer.count, maxHeadBytes + 4)
         var i = 0
-        while i + 3 < buffer.count {
+        while i + 3 < end {
             if buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 { return i }
             i += 1
         }

@@ -123,7 +123,18 @@ private final class HTTPConnection {
     func received(_ bytes: UnsafeRawBufferPointer) {
         parser.feed(bytes)
         armTimer()
+        if answering && parser.bufferedBytes > parser.maxBufferedBytes {
+            // More than a whole request sent ahead while one is being answered: refuse, do not buffer.
+            refuse(HTTPParseError(status: 413, reason: "Content Too Large"))
+            return
+        }
         answerNext()
+    }
+
+    private func refuse(_ error: HTTPParseError) {
+        closing = true
+        connection.write(server.errorResponse(error.status, error.reason, error.reason).serialized(close: true))
+        connection.closeAfterWrites()
     }
 
     func answerNext() {
@@ -133,8 +144,7 @@ private final class HTTPConnection {
                 guard let r = try parser.next() else { return }
                 request = r
             } catch let error as HTTPParseError {
-                connection.write(server.errorResponse(error.status, error.reason, error.reason).serialized(close: true))
-                connection.closeAfterWrites()
+                refuse(error)
                 return
             } catch {
                 connection.close()
@@ -146,10 +156,18 @@ private final class HTTPConnection {
                 guard answering else { return }  // a second answer to one request is ignored
                 answering = false
                 send(response, for: request)
-                if !inline { answerNext() }  // answered later: go on with requests that waited
+                if !inline { resume() }  // answered later: go on with requests that waited
             }
             inline = false
+            // Answered later: read no more until then (what the client sends meanwhile waits in the
+            // kernel's buffer, not in ours).
+            if answering { connection.stopReading() }
         }
+    }
+
+    private func resume() {
+        answerNext()
+        if !answering && !closing && !connection.isClosed { connection.startReading() }
     }
 
     private func send(_ response: HTTPResponse, for request: HTTPRequest) {
