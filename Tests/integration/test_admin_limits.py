@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import smtplib
 import socket
 import threading
 import time
 
+from conftest import QUEUED_RE
 from delivery_helpers import wait_until
 
 
@@ -71,3 +73,42 @@ def test_crlf_flood_neither_stalls_smtp_nor_is_buffered(tern):
     assert json.loads(rbody)["error"]
     assert greeting_seconds(tern.port) < 1.0
     wait_until(lambda: greeting_seconds(tern.port) < 1.0, 5, "still serving")
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelined_large_answers_to_a_client_that_never_reads(tern):
+    """150 pipelined GET /queue/<id>/message for a 5 MB message, never read (RSS went 37 → 779 MB):
+    the connection stops reading while its pending output is over a bound, so RSS stays bounded."""
+    body = ("X" * 998 + "\r\n") * 5000
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail("a@sender.test")
+        c.rcpt("b@example.test")
+        code, text = c.data(f"Subject: big\r\n\r\n{body}".encode())
+    assert code == 250, text
+    qid = QUEUED_RE.search(text.decode()).group(1)
+    before = rss_kib(tern.proc.pid)
+    s = socket.create_connection(("127.0.0.1", tern.admin_port), timeout=30)
+    request = f"GET /queue/{qid}/message HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    s.setblocking(False)
+    pipelined = request * 150
+    sent = 0
+    deadline = time.monotonic() + 10
+    while sent < len(pipelined) and time.monotonic() < deadline:
+        try:
+            sent += s.send(pipelined[sent:])
+        except BlockingIOError:
+            time.sleep(0.05)
+    try:
+        time.sleep(4)  # the server answers what it will meanwhile; nothing is read here
+        grown = rss_kib(tern.proc.pid) - before
+    finally:
+        s.close()
+    assert grown < 64 * 1024, f"RSS grew {grown // 1024} MiB"
+    assert greeting_seconds(tern.port) < 1.0

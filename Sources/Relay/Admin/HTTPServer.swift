@@ -19,6 +19,8 @@ public final class HTTPServer {
     let handler: AsyncHandler
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
+    /// Output not yet taken by a client past which the connection reads and answers nothing more.
+    static let maxPendingOutputBytes = 1 << 20
     public let idleTimeoutMs: UInt64
     /// The answer to a request the server refuses itself (malformed, too many connections): status,
     /// reason phrase and a line saying why. Plain text unless the owner answers its errors in another
@@ -139,6 +141,16 @@ private final class HTTPConnection {
 
     func answerNext() {
         while !connection.isClosed && !answering && !closing {
+            if connection.pendingWriteBytes > HTTPServer.maxPendingOutputBytes {
+                // The client does not read its answers (pipelined large ones): neither read nor
+                // answer more until they have left, else each answer waits in memory.
+                connection.stopReading()
+                connection.onWritesDrained = { [unowned self] in
+                    self.connection.onWritesDrained = nil
+                    self.resume()
+                }
+                return
+            }
             let request: HTTPRequest
             do {
                 guard let r = try parser.next() else { return }
@@ -167,7 +179,9 @@ private final class HTTPConnection {
 
     private func resume() {
         answerNext()
-        if !answering && !closing && !connection.isClosed { connection.startReading() }
+        if !answering && !closing && !connection.isClosed && connection.pendingWriteBytes <= HTTPServer.maxPendingOutputBytes {
+            connection.startReading()
+        }
     }
 
     private func send(_ response: HTTPResponse, for request: HTTPRequest) {
