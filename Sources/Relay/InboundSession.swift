@@ -168,10 +168,22 @@ final class InboundSession {
     /// When the running timer fires (loop milliseconds).
     private var timerDue: UInt64 = 0
 
+    /// The number of lines read when the partial command line now pending began (see armTimer).
+    private var partialLineAfter: Int?
+
     private func armTimer() {
         guard !closed, let timer else { return }
         let seconds = machine.phase == .data ? server.config.server.dataTimeout : server.config.server.commandTimeout
         let now = server.loop.nowMilliseconds
+        // A command line's deadline counts from its first byte: more bytes of the same line do not
+        // move it (Postfix's smtpd_timeout is per read; a client dripping a byte every 20 s would
+        // otherwise outlive command_timeout forever). DATA keeps its per-read data_timeout.
+        if machine.hasPartialLine {
+            if partialLineAfter == machine.linesRead, timer.isActive { return }
+            partialLineAfter = machine.linesRead
+        } else {
+            partialLineAfter = nil
+        }
         idleDeadline = now + UInt64(seconds * 1000)
         // A timer that fires later than the new deadline (a shorter timeout now) is started again.
         if timer.isActive && timerDue <= idleDeadline { return }
