@@ -168,10 +168,22 @@ final class InboundSession {
     /// When the running timer fires (loop milliseconds).
     private var timerDue: UInt64 = 0
 
+    /// The number of lines read when the partial command line now pending began (see armTimer).
+    private var partialLineAfter: Int?
+
     private func armTimer() {
         guard !closed, let timer else { return }
         let seconds = machine.phase == .data ? server.config.server.dataTimeout : server.config.server.commandTimeout
         let now = server.loop.nowMilliseconds
+        // A command line's deadline counts from its first byte: more bytes of the same line do not
+        // move it (Postfix's smtpd_timeout is per read; a client dripping a byte every 20 s would
+        // otherwise outlive command_timeout forever). DATA keeps its per-read data_timeout.
+        if machine.hasPartialLine {
+            if partialLineAfter == machine.linesRead, timer.isActive { return }
+            partialLineAfter = machine.linesRead
+        } else {
+            partialLineAfter = nil
+        }
         idleDeadline = now + UInt64(seconds * 1000)
         // A timer that fires later than the new deadline (a shorter timeout now) is started again.
         if timer.isActive && timerDue <= idleDeadline { return }
@@ -201,7 +213,7 @@ final class InboundSession {
     func perform(_ actions: [ServerAction]) {
         if let helo = machine.helo, helo != loggedHelo {
             loggedHelo = helo
-            sessionLog.fields("helo", ["helo": .string(helo)], text: "helo=<\(helo)>")
+            sessionLog.fields("helo", ["helo": .string(helo)], text: "helo=\(angleQuoted(helo))")
         }
         for action in actions {
             switch action {
@@ -296,7 +308,7 @@ final class InboundSession {
         messageQueueID = id
         let log = sessionLog
         log.fields("client", qid: id.rawValue, ["client": .string(clientName), "helo": .string(start.helo)],
-                   text: "\(id): client=\(clientName), helo=<\(start.helo)>")
+                   text: "\(id): client=\(clientName), helo=\(angleQuoted(start.helo))")
         log.fields("envelope", qid: id.rawValue,
                    ["from": .string(start.sender.address), "nrcpt": .stringConvertible(start.recipients.count)],
                    text: "\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)")
@@ -523,12 +535,12 @@ final class InboundSession {
         default: text += "reject: \(r.command)"
         }
         text += " from \(client): \(replyText);"
-        if let sender = r.sender { text += " from=<\(sender.address)>" }
-        if let to = r.recipient { text += " to=<\(to)>" }
+        if let sender = r.sender { text += " from=\(angleQuoted(sender.address))" }
+        if let to = r.recipient { text += " to=\(angleQuoted(to))" }
         if r.acceptedRecipients > 1 { text += " nrcpt=\(r.acceptedRecipients)" }
         text += " proto=\(r.protocolName)"
-        if let helo = r.helo { text += " helo=<\(helo)>" }
-        if let user = r.user { text += " sasl_username=<\(user)>" }
+        if let helo = r.helo { text += " helo=\(angleQuoted(helo))" }
+        if let user = r.user { text += " sasl_username=\(angleQuoted(user))" }
         return text
     }
 
@@ -570,7 +582,7 @@ final class InboundSession {
         if let proto { fields["proto"] = .string(proto) }
         if let helo { fields["helo"] = .string(helo) }
         log.fields("reject", fields) {
-            "NOQUEUE: reject: \(command) from \(client): \(what)\(proto.map { "; proto=\($0)" } ?? "")\(helo.map { " helo=<\($0)>" } ?? "")"
+            "NOQUEUE: reject: \(command) from \(client): \(what)\(proto.map { "; proto=\($0)" } ?? "")\(helo.map { " helo=\(angleQuoted($0))" } ?? "")"
         }
     }
 }

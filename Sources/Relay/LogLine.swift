@@ -333,3 +333,22 @@ extension TernLogHandler {
         }
     }
 }
+
+/// Client text in a plain log line, between "<" and ">": "<", ">" and "\" written as \x3C, \x3E and
+/// \x5C, control characters as \x1B or \u{9B}, so that a user name or an address can neither end its
+/// field early nor imitate another ("user=<root> from [203.0.113.9]" stays one user name).
+func angleQuoted(_ text: String) -> String {
+    var out = "<"
+    for scalar in text.unicodeScalars {
+        let v = scalar.value
+        switch v {
+        case 0x3C, 0x3E, 0x5C, 0..<0x20, 0x7F:
+            out += "\\x" + (v < 0x10 ? "0" : "") + String(v, radix: 16, uppercase: true)
+        case 0x80...0x9F:
+            out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+        default:
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + ">"
+}

@@ -48,12 +48,12 @@ extension SMTPServer {
             guard let self else { return }
             if box.ok && hash != nil {
                 self.authThrottle.succeeded(ip)
-                self.log.info("AUTH user=\(user) from [\(ip)]")
+                self.log.info("AUTH user=\(angleQuoted(user)) from [\(ip)]")
                 done(.success(allowedSenders: self.config.auth.senders[user]))
                 return
             }
             let (delay, locked) = self.authThrottle.failed(ip, now: Double(self.loop.nowMilliseconds) / 1000)
-            self.log.warning("AUTH failed for user=\(user) from [\(ip)]\(locked ? ": locked out" : "")")
+            self.log.warning("AUTH failed for user=\(angleQuoted(user)) from [\(ip)]\(locked ? ": locked out" : "")")
             let timer = Timer(loop: self.loop)
             timer.start(afterMilliseconds: UInt64(delay * 1000)) {
                 timer.close()

@@ -469,7 +469,7 @@ func looksLikeHost(_ word: String) -> Bool {
 func isIPv4(_ s: String) -> Bool {
     let parts = s.split(separator: ".", omittingEmptySubsequences: false)
     return parts.count == 4 && parts.allSatisfy { p in
-        (1...3).contains(p.count) && p.allSatisfy { $0.isASCII && $0.isNumber } && Int(p)! <= 255
+        (1...3).contains(p.count) && (asciiNumber(p).map { $0 <= 255 } ?? false)
     }
 }
 
@@ -524,19 +524,19 @@ public func parseRFC5322Date(_ text: String) -> Result<Int, DateError> {
     }
     guard words.count >= 4 else { return fail("expected day month year time zone") }
     let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-    guard let day = Int(words[0]), words[0].count <= 2 else { return fail("bad day \"\(words[0])\"") }
+    guard words[0].count <= 2, let day = asciiNumber(words[0]) else { return fail("bad day \"\(words[0])\"") }
     guard let monthIndex = months.firstIndex(of: words[1].lowercased()) else { return fail("bad month \"\(words[1])\"") }
     // Two or three digits are RFC 5322's obsolete years; more than four is nobody's (and would overflow).
-    guard var year = Int(words[2]), words[2].allSatisfy({ $0.isASCII && $0.isNumber }), (2...4).contains(words[2].count) else {
+    guard (2...4).contains(words[2].count), var year = asciiNumber(words[2]) else {
         return fail("bad year \"\(words[2])\"")
     }
     if words[2].count == 2 { year += year < 50 ? 2000 : 1900 } else if words[2].count == 3 { year += 1900 }
     let timeParts = words[3].split(separator: ":", omittingEmptySubsequences: false)
-    guard (2...3).contains(timeParts.count), timeParts.allSatisfy({ $0.count == 2 && $0.allSatisfy(\.isNumber) }),
-          let hour = Int(timeParts[0]), let minute = Int(timeParts[1]) else {
+    let clock = timeParts.map { $0.count == 2 ? asciiNumber($0) : nil }
+    guard (2...3).contains(clock.count), let hour = clock[0], let minute = clock[1],
+          let second = clock.count == 3 ? clock[2] : 0 else {
         return fail("bad time \"\(words[3])\"")
     }
-    let second = timeParts.count == 3 ? Int(timeParts[2])! : 0
     guard hour < 24, minute < 60, second <= 60 else { return fail("bad time \"\(words[3])\"") }
     let month = monthIndex + 1
     guard day >= 1, day <= daysInMonth(month, year) else { return fail("no day \(day) in \(words[1]) \(year)") }
@@ -553,8 +553,7 @@ public func parseRFC5322Date(_ text: String) -> Result<Int, DateError> {
 /// "+0100" → 3600; the obsolete names of RFC 5322 §4.3. Military letters count as +0000, as the RFC says.
 func zoneOffset(_ zone: String) -> Int? {
     if zone.count == 5, let sign = zone.first, sign == "+" || sign == "-",
-       zone.dropFirst().allSatisfy({ $0.isASCII && $0.isNumber }) {
-        let hh = Int(zone.dropFirst().prefix(2))!, mm = Int(zone.suffix(2))!
+       let hh = asciiNumber(zone.dropFirst().prefix(2)), let mm = asciiNumber(zone.suffix(2)) {
         guard hh < 24, mm < 60 else { return nil }
         return (sign == "-" ? -1 : 1) * (hh * 3600 + mm * 60)
     }
@@ -563,6 +562,13 @@ func zoneOffset(_ zone: String) -> Int? {
     if let hours = named[zone.lowercased()] { return hours * 3600 }
     if zone.count == 1, zone.first!.isLetter, zone.first!.isASCII { return 0 }
     return nil
+}
+
+/// "0042" → 42. ASCII digits only: `isNumber` also holds for "٠" or "½", which `Int()` then refuses,
+/// and a sign or an empty string is no number in a date or an address.
+func asciiNumber<S: StringProtocol>(_ text: S) -> Int? {
+    guard !text.isEmpty, text.utf8.count <= 18, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+    return text.utf8.reduce(0) { $0 * 10 + Int($1 - 0x30) }
 }
 
 func daysInMonth(_ month: Int, _ year: Int) -> Int {

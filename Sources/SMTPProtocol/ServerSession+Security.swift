@@ -142,6 +142,7 @@ extension ServerSession {
                 phase = .ready
                 return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
+            guard isAcceptableUserName(user) else { return refuseUserName(user) }
             checkCredentials(user: user, password: password)
         case .loginUser:
             guard let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
@@ -149,6 +150,7 @@ extension ServerSession {
                 phase = .ready
                 return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
+            guard isAcceptableUserName(user) else { return refuseUserName(user) }
             sasl = .loginPassword(user: user)
             phase = .authChallenge
             reply(Reply(334, nil, Base64.encode("Password:")))
@@ -160,6 +162,17 @@ extension ServerSession {
             }
             checkCredentials(user: user, password: password)
         }
+    }
+
+    /// A name no users file holds (control characters, spaces, ':', over 256 bytes) is refused before
+    /// any password check, as a failed login (535, logged and counted as auth_failed, which is what
+    /// fail2ban watches) rather than as a syntax error, which is not logged. LOGIN refuses it at once,
+    /// without asking for the password.
+    mutating func refuseUserName(_ user: String) {
+        sasl = nil
+        phase = .ready
+        fail(Reply(535, "5.7.8", "Error: authentication failed: invalid user name"), .authFailed, logged: true,
+             user: user)
     }
 
     mutating func checkCredentials(user: String, password: String) {
@@ -215,4 +228,11 @@ extension ServerSession {
         }
         return nil
     }
+}
+
+/// What `tern passwd` and the users file accept as a user name (Relay's UsersFile.isValidUserName):
+/// 1-256 bytes of printable characters without spaces or ':'; C1 controls are not printable either.
+public func isAcceptableUserName(_ name: String) -> Bool {
+    !name.isEmpty && name.utf8.count <= 256
+        && name.unicodeScalars.allSatisfy { $0.value > 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) && $0 != ":" }
 }

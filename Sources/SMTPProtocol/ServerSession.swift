@@ -181,6 +181,16 @@ public struct ServerSession {
     var inbox: [UInt8] = []
     /// Set while an over-long command line is being skipped up to its CRLF.
     var discardingLongLine = false
+    /// Command lines (and SASL responses) read so far, complete or refused.
+    public private(set) var linesRead = 0
+    /// Part of a command line has arrived, not its CRLF: the session's command deadline runs from the
+    /// line's first byte, so a client dripping a byte at a time cannot hold a connection forever.
+    public var hasPartialLine: Bool {
+        switch phase {
+        case .connected, .ready, .mail, .authChallenge: return !inbox.isEmpty || discardingLongLine
+        default: return false
+        }
+    }
     /// The command being handled (or last handled), for refusals: "RCPT", "END-OF-MESSAGE", …
     var currentCommand = "CONNECT"
 
@@ -348,6 +358,7 @@ public struct ServerSession {
                 let lineEnd = lf - 1  // index of the CR
                 let start = offset
                 offset = lf + 1
+                linesRead += 1
                 if discardingLongLine {
                     discardingLongLine = false
                     currentCommand = "UNKNOWN"

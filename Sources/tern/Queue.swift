@@ -341,7 +341,7 @@ struct QueueFlush: ParsableCommand {
         if t.isSelection && t.sender == nil && !t.deferred && !t.held || t.ids.isEmpty && !t.hasSelectors {
             // Everything, or a destination: the scheduler's own flush, which counts delivery jobs.
             let target = t.domain.map { "/queue/flush?domain=\(queryEscaped($0))" } ?? "/queue/flush"
-            print(endpoint.decode(QueueActionReply.self, try endpoint.call("POST", target)).message)
+            print(terminalSafe(endpoint.decode(QueueActionReply.self, try endpoint.call("POST", target)).message))
         } else if t.isSelection {
             actOnSelection(endpoint.decode(QueueBulkReply.self, try endpoint.call("POST", "/queue/flush" + t.selectionQuery)))
         } else {

@@ -230,6 +230,23 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(text.hasSuffix("-- 3 Kbytes in 2 Requests.\n"))
     }
 
+    @Test func mailqEscapesWhatStrangersWrote() {
+        // Sender, recipient, HELO and remote reply come from clients and remote servers.
+        let utc = TimeZone(identifier: "UTC")!
+        var e = entry(sender: "\u{1B}[2Jx@example.org", recipients: [("\u{1B}[31mbob@example.net", .deferred)])
+        e.recipients[0].lastReply = "451 4.3.0 \u{1B}]0;owned\u{07} later\u{9B}1m"
+        e.helo = "\u{1B}[2J\u{1B}[31mRED"
+        let shape = QueueShape([e], now: 2000)
+        for text in [MailqFormat.table([e], timeZone: utc), MailqFormat.details(e, now: 2000, timeZone: utc), shape.text] {
+            #expect(!text.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x9B }, "\(text)")
+        }
+        let details = MailqFormat.details(e, now: 2000, timeZone: utc)
+        #expect(details.contains("Sender       <\\u{1B}[2Jx@example.org>"), "\(details)")
+        #expect(details.contains("helo=\\u{1B}[2J\\u{1B}[31mRED"), "\(details)")
+        #expect(details.contains("451 4.3.0 \\u{1B}]0;owned\\u{7} later\\u{9B}1m"), "\(details)")
+        #expect(MailqFormat.table([e], timeZone: utc).contains("\\u{1B}[31mbob@example.net"))
+    }
+
     @Test func qshapeAsJSON() throws {
         let now = 100_000.0
         let shape = QueueShape([entry(arrival: now - 600, recipients: [("a@x.example", .deferred)])], now: now)

@@ -45,6 +45,18 @@ import Testing
                 + "proto=ESMTP helo=<printer.lan> sasl_username=<bob>")
     }
 
+    /// Client text between < and > cannot end its field early or imitate another (issue 14).
+    @Test func clientTextIsQuoted() {
+        #expect(angleQuoted("bob") == "<bob>")
+        #expect(angleQuoted("root> from [203.0.113.9]\u{1B}[2J\r\nX") == "<root\\x3E from [203.0.113.9]\\x1B[2J\\x0D\\x0AX>")
+        #expect(angleQuoted("a<b\\c\u{9B}\u{7F}é") == "<a\\x3Cb\\x5Cc\\u{9B}\\x7Fé>")
+        let r = refusal(.authFailed, "AUTH", Reply(535, "5.7.8", "Error: authentication failed"),
+                        sender: "\"x> from [203.0.113.9]\"@printer.lan", recipient: nil, user: "a>b")
+        let text = InboundSession.refusalText(r, qid: nil, client: "unknown[192.0.2.7]", reply: InboundSession.replyText(r.reply))
+        #expect(text.hasSuffix("from=<\"x\\x3E from [203.0.113.9]\"@printer.lan> proto=ESMTP helo=<printer.lan> sasl_username=<a\\x3Eb>"),
+                "\(text)")
+    }
+
     /// The delivery lines' text is what Tern wrote before the JSON fields, byte for byte.
     @Test func deliveryLinesKeepTheirText() {
         let id = QueueID(rawValue: Self.qid)!

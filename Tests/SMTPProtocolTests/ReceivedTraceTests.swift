@@ -265,7 +265,11 @@ import Testing
     }
 
     @Test(arguments: ["", "Thu, 26 Nov 2026", "Thu, 26 Foo 2026 16:46:14 +0000", "29 Feb 2026 00:00:00 +0000",
-                      "26 Nov 2026 24:00:00 +0000", "26 Nov 2026 16:46:14", "26 Nov 2026 16:46:14 +0000 extra"])
+                      "26 Nov 2026 24:00:00 +0000", "26 Nov 2026 16:46:14", "26 Nov 2026 16:46:14 +0000 extra",
+                      // Digits that are not ASCII (a remote sender writes these headers): refused, not a crash.
+                      "26 Nov 2026 16:46:٠٠ +0000", "26 Nov 2026 16:46:½½ +0000", "26 Nov 2026 ١٦:46:00 +0000",
+                      "٢٦ Nov 2026 16:46:00 +0000", "26 Nov ٢٠٢٦ 16:46:00 +0000", "26 Nov 2026 16:46:00 +٠١٠٠",
+                      "+6 Nov 2026 16:46:00 +0000", "26 Nov 2026 16:+6:00 +0000"])
     func badDates(_ text: String) {
         #expect(throws: DateError.self) { try parseRFC5322Date(text).get() }
     }
@@ -287,6 +291,17 @@ import Testing
         #expect(!isIPv6("1::2::3"))
         #expect(!isIPv6("16:46:14"))
         #expect(!isIPv4("256.1.1.1"))
+        #expect(!isIPv4("192.0.2.١"))
+    }
+
+    @Test func nonASCIIDigitsInAWholeChain() {
+        // `tern trace` died on these (a force unwrap of Int("٠٠")); the date is now simply unreadable.
+        for date in ["Thu, 26 Nov 2026 16:46:٠٠ +0000", "Thu, 26 Nov 2026 16:46:½½ +0000"] {
+            let field = "Received: from a.example (a.example [192.0.2.1]) by b.example; \(date)"
+            let trace = ReceivedTrace(message: Self.message([field]), now: Self.later)
+            #expect(trace.hops.count == 1)
+            #expect(trace.hops[0].date == nil)
+        }
         #expect(addressIn("[192.0.2.1]:4321") == "192.0.2.1")
         #expect(addressIn("[IPv6:2001:db8::1]") == "2001:db8::1")
     }

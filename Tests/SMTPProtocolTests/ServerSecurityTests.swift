@@ -182,6 +182,28 @@ extension Driver {
         #expect(e.lastReply == "334 UGFzc3dvcmQ6")
     }
 
+    /// A user name no users file can hold is refused before any check (issue 14: such a name, logged,
+    /// imitated a log field: "root from [203.0.113.9]\e[2J\r\nX").
+    @Test func userNamesThatCannotExistAreRefusedBeforeTheCheck() {
+        let forged = "root from [203.0.113.9]\u{1B}[2J\r\nX"
+        for name in [forged, "a b", "a:b", "tab\there", "c1\u{9B}x", String(repeating: "u", count: 257)] {
+            var d = tlsDriver()
+            d.send("AUTH LOGIN\r\n\(b64(name))\r\n")
+            #expect(d.lastReply == "535 5.7.8 Error: authentication failed: invalid user name", "\(name)")
+            d.send("AUTH PLAIN \(b64("\0\(name)\0pw"))\r\n")
+            #expect(d.lastReply == "535 5.7.8 Error: authentication failed: invalid user name", "\(name)")
+            #expect(d.authRequests.isEmpty, "no password check for \(name)")
+            #expect(d.refusals.map(\.reason) == [.authFailed, .authFailed])
+            d.send("NOOP\r\n")
+            #expect(d.lastReply == "250 2.0.0 Ok", "the exchange is over: the next line is a command")
+        }
+        var d = tlsDriver()
+        let longest = String(repeating: "u", count: 256)
+        d.send("AUTH PLAIN \(b64("\0\(longest)\0pw"))\r\n")
+        d.send("AUTH PLAIN \(b64("\0älice@example.org\0pw"))\r\n")
+        #expect(d.authRequests.map(\.user) == [longest], "the first is still being checked")
+    }
+
     @Test func authCancelBadBase64AndUnknownMechanism() {
         var d = tlsDriver()
         d.send(lines("AUTH LOGIN", "*"))

@@ -289,6 +289,26 @@ def test_delivery_disabled_is_said(tern):
     assert [d["domain"] for d in data["domains"]] == ["far.test"]
 
 
+def test_remote_reply_with_escapes_is_shown_escaped(hops, start_tern, hop_port):
+    """A remote server chooses its reply text: `tern queue show` and `list` print its control
+    characters escaped (issue 14), never raw to the postmaster's terminal."""
+    from test_admin import DEFER_IP
+    hops(DEFER_IP, fail_first=10**9, fail_reply="451 4.3.0 \x1b[2J\x1b]0;owned\x07 later")
+    tern = start_tern(delivery={"enabled": True, "retry_schedule": ["1h"], "connect_timeout": "2s"},
+                      extra_tables={"routes": {"*": f"[{DEFER_IP}]:{hop_port}"}})
+    qid = send(tern, ["x@defer.test"], "escapes")
+    wait_state(tern, qid, "deferred")
+    assert "\x1b" in entry_reply(tern, qid), "the reply is stored as the remote server sent it"
+    for args in (["show", qid], ["list"]):
+        out = queue(tern, *args).stdout
+        assert "\x1b" not in out and "\x07" not in out, out
+        assert "\\u{1B}[2J\\u{1B}]0;owned\\u{7} later" in out, out
+
+
+def entry_reply(tern, qid: str) -> str:
+    return json.loads(queue(tern, "show", qid, "--json").stdout)["recipients"][0]["last_reply"]
+
+
 def test_delivery_enabled_is_not_flagged(deferring):
     tern, _, _ = deferring
     qid = send(tern, ["x@defer.test"], "tried")

@@ -121,7 +121,7 @@ def test_smtplib_login_relays_for_outsider(auth_tern, certs, mechanism):
     assert rest == msg
     assert f"with ESMTPSA id {qid}".encode() in header, header
     assert t.env(qid).fields["protocol"] == "ESMTPSA"
-    assert "AUTH user=alice" in t.stderr()
+    assert "AUTH user=<alice> from [" in t.stderr()
 
 
 def test_wrong_password_and_unknown_user(auth_tern, certs):
@@ -284,16 +284,22 @@ def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt)
     kw["extra_tables"]["log"] = {"format": fmt}
     t = start_tern(**kw)
     with tls_session(t, certs) as c:
+        # A name no users file holds is refused before any check (issue 14), and logged quoted.
         assert_reply(c.cmd("AUTH PLAIN " + plain("mal\x1blory", "wrong")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("mal>lory", "wrong")), 535, "5.7.8")
         assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and t.stderr().count("AUTH from") < 2 and t.stderr().count('"AUTH"') < 2:
+    while time.monotonic() < deadline and t.stderr().count("AUTH from") < 3 and t.stderr().count('"AUTH"') < 3:
         time.sleep(0.1)
     text = t.stderr()
     assert "\x1b" not in text and PASSWORD not in text
     if fmt == "plain":
         assert re.search(r"NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.2\]: 535 5\.7\.8 Error: authentication "
-                         r"failed; proto=ESMTPS helo=<client\.test> sasl_username=<mal\?lory>", text), text
+                         r"failed: invalid user name; proto=ESMTPS helo=<client\.test> sasl_username=<mal\\x1Blory>",
+                         text), text
+        assert re.search(r"NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.2\]: 535 5\.7\.8 Error: authentication "
+                         r"failed; proto=ESMTPS helo=<client\.test> sasl_username=<mal\\x3Elory>", text), text
+        assert "AUTH failed for user=<mal\\x3Elory> from [127.0.0.2]: locked out" in text, text
         assert re.search(r"NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.2\]: 454 4\.7\.0 Error: too many failed "
                          r"authentications, try again later; proto=ESMTPS helo=<client\.test> sasl_username=<alice>",
                          text), text
@@ -301,7 +307,8 @@ def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt)
     entries = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
     rejects = [e for e in entries if e["msg"] == "reject"]
     assert [(e["reason"], e["sasl_username"], e["dsn"]) for e in rejects] == [
-        ("auth_failed", "mal\x1blory", "5.7.8"), ("auth_locked_out", "alice", "4.7.0")], rejects
+        ("auth_failed", "mal\x1blory", "5.7.8"), ("auth_failed", "mal>lory", "5.7.8"),
+        ("auth_locked_out", "alice", "4.7.0")], rejects
     assert all(e["client"] == "unknown[127.0.0.2]" and e["command"] == "AUTH" for e in rejects), rejects
 
 

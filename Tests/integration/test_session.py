@@ -1,6 +1,7 @@
 """The SMTP dialogue itself: greeting, HELO/EHLO, command replies, errors, limits on a session."""
 
 import smtplib
+import socket
 import time
 
 import pytest
@@ -166,6 +167,31 @@ def test_idle_timeout(start_tern):
         assert_reply(r, 421, "4.4.2", "idle session")
         assert 1.5 <= waited <= 8, f"timed out after {waited:.1f}s with command_timeout 2s"
         assert c.wait_closed(5), "connection still open after 421 4.4.2"
+
+
+def test_dripping_a_command_line_does_not_outlive_the_timeout(start_tern):
+    """Issue 14: a command line's deadline counts from its first byte. A byte every 0.5 s kept the
+    session alive for ever when every byte restarted the timer."""
+    t = start_tern(server={"command_timeout": "2s"})
+    with t.connect(timeout=20) as c:
+        c.greeting()
+        c.ehlo()
+        started = time.monotonic()
+        c.sock.settimeout(0.5)
+        reply = b""
+        for byte in b"NOOP" + b" " * 30:  # 17 s of dripping at most: bounded
+            try:
+                c.send(bytes([byte]))
+                reply += c.sock.recv(4096)
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+            if b"\r\n" in reply:
+                break
+        waited = time.monotonic() - started
+        assert reply.startswith(b"421 4.4.2"), reply
+        assert 1.5 <= waited <= 5, f"timed out after {waited:.1f}s of dripping with command_timeout 2s"
 
 
 def test_activity_resets_idle_timeout(start_tern):

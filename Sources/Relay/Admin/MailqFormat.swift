@@ -1,8 +1,11 @@
 // How `tern queue list` and `tern queue show` print, in the shape postmasters know from Postfix's
 // mailq: the id (with * for a message being delivered, ! for one on hold), size, arrival and
 // sender, then each recipient still to deliver, under the reply that keeps it waiting.
+// Senders, recipients, HELO names and remote replies are what strangers wrote: their control
+// characters are shown escaped (terminalSafe), never sent to the postmaster's terminal.
 
 import Foundation
+import SMTPProtocol
 
 public enum MailqFormat {
     static func formatter(_ timeZone: TimeZone) -> DateFormatter {
@@ -35,14 +38,14 @@ public enum MailqFormat {
             let size = String(e.size)
             let arrival = dates.string(from: Date(timeIntervalSince1970: e.arrival))
             out += e.id + marker(e.state) + String(repeating: " ", count: max(1, 9 - size.count)) + size + " "
-                + arrival + "  " + (e.sender.isEmpty ? "MAILER-DAEMON" : e.sender) + "\n"
+                + arrival + "  " + (e.sender.isEmpty ? "MAILER-DAEMON" : terminalSafe(e.sender)) + "\n"
             var lastReply: String?
             for r in e.recipients where r.state == "pending" || r.state == "deferred" {
                 if let reply = r.lastReply, reply != lastReply {
-                    out += indent + "(" + reply + ")\n"
+                    out += indent + "(" + terminalSafe(reply) + ")\n"
                     lastReply = reply
                 }
-                out += indent + r.address + "\n"
+                out += indent + terminalSafe(r.address) + "\n"
             }
             out += "\n"
         }
@@ -58,12 +61,12 @@ public enum MailqFormat {
         var lines = [
             ("Queue ID", e.id),
             ("State", off ? "\(e.state) (delivery disabled: [delivery] enabled = false)" : e.state),
-            ("Sender", "<\(e.sender)>"),
+            ("Sender", "<\(terminalSafe(e.sender))>"),
             ("Arrival", "\(date(e.arrival)) (\(age(now - e.arrival)) ago)"),
             ("Size", "\(e.size) bytes"),
             ("Priority", "\(e.priority)"),
             ("Attempts", "\(e.attempts)"),
-            ("Client", "[\(e.clientIP)] helo=\(e.helo)"),
+            ("Client", "[\(terminalSafe(e.clientIP))] helo=\(terminalSafe(e.helo))"),
         ]
         if off {
             lines.insert(("Next attempt", "none: delivery disabled"), at: 7)
@@ -73,8 +76,8 @@ public enum MailqFormat {
         var out = lines.map { $0.0.padding(toLength: 13, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n") + "\n"
         out += "Recipients:\n"
         for r in e.recipients {
-            out += "  " + r.state.padding(toLength: 10, withPad: " ", startingAt: 0) + r.address
-            if let reply = r.lastReply { out += "\n" + String(repeating: " ", count: 12) + reply }
+            out += "  " + r.state.padding(toLength: 10, withPad: " ", startingAt: 0) + terminalSafe(r.address)
+            if let reply = r.lastReply { out += "\n" + String(repeating: " ", count: 12) + terminalSafe(reply) }
             out += "\n"
         }
         return out

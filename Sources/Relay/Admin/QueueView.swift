@@ -5,6 +5,7 @@
 
 import Foundation
 import MailQueue
+import SMTPProtocol
 
 /// One queued message. JSON keys are snake_case.
 public struct QueueEntry: Codable, Equatable, Sendable {
@@ -221,12 +222,12 @@ public struct QueueShape: Equatable, Sendable {
 
     /// The qshape table: a header of bucket limits, the total, then one line per domain.
     public var text: String {
-        let width = max(6, rows.map(\.domain.count).max() ?? 0, total.domain.count)
+        let width = max(6, rows.map { terminalSafe($0.domain).count }.max() ?? 0, total.domain.count)
         func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
         let header = Self.bucketMinutes.map { String(Int($0)) } + ["\(Int(Self.bucketMinutes.last!))+"]
         var out = pad("", width) + " " + pad("T", 6) + header.map { " " + pad($0, 6) }.joined() + "\n"
         for row in [total] + rows {
-            out += pad(row.domain, width) + " " + pad(String(row.total), 6) + row.buckets.map { " " + pad(String($0), 6) }.joined() + "\n"
+            out += pad(terminalSafe(row.domain), width) + " " + pad(String(row.total), 6) + row.buckets.map { " " + pad(String($0), 6) }.joined() + "\n"
         }
         return out
     }
