@@ -34,7 +34,8 @@ extension SMTPServer {
     /// with the failures from this IP; after `auth.max_failures` the IP is locked out.
     func authenticate(ip: String, user: String, password: String, _ done: @escaping (AuthResult) -> Void) {
         let now = Double(loop.nowMilliseconds) / 1000
-        if authThrottle.isLockedOut(ip, now: now) {
+        // Checks in flight count toward the limit, so parallel connections cannot outrun it.
+        if !authThrottle.begin(ip, now: now) {
             log.warning("AUTH from [\(ip)] refused: locked out after \(config.auth.maxFailures) failures")
             done(.lockedOut)
             return

@@ -144,6 +144,19 @@ private func parseError(_ text: String) -> ConfigError? {
         #expect(last == AuthThrottle.maxDelay)
     }
 
+    @Test func throttleCountsChecksInFlight() {
+        var t = AuthThrottle(maxFailures: 3, lockoutTime: 60)
+        // Three checks may start at once; a fourth is refused before any of them finishes.
+        #expect((0..<5).map { _ in t.begin("192.0.2.1", now: 0) } == [true, true, true, false, false])
+        #expect(t.begin("192.0.2.2", now: 0))
+        _ = t.failed("192.0.2.1", now: 1)
+        _ = t.failed("192.0.2.1", now: 1)
+        #expect(!t.begin("192.0.2.1", now: 1))
+        #expect(t.failed("192.0.2.1", now: 1).lockedOut)
+        #expect(!t.begin("192.0.2.1", now: 30))
+        #expect(t.begin("192.0.2.1", now: 62))
+    }
+
     @Test func throttleTableIsBounded() {
         var t = AuthThrottle(maxFailures: 5, lockoutTime: 60)
         for i in 0..<(AuthThrottle.maxEntries + 10) {
