@@ -76,6 +76,9 @@ struct AuthThrottle {
         /// Checks started and not yet finished: they count toward `maxFailures`, so parallel
         /// connections cannot all be checked before the first failure is recorded.
         var inFlight = 0
+        /// Failures per user name tried: a success clears only that user's, so logging in as
+        /// yourself does not forgive guesses at someone else. At most `maxFailures` keys.
+        var byUser: [String: Int] = [:]
     }
 
     let maxFailures: Int
@@ -116,7 +119,7 @@ struct AuthThrottle {
     }
 
     /// Records a failure; returns how long to wait before answering, and whether the IP is now locked out.
-    mutating func failed(_ ip: String, now: Double) -> (delay: Double, lockedOut: Bool) {
+    mutating func failed(_ ip: String, user: String = "", now: Double) -> (delay: Double, lockedOut: Bool) {
         end(ip)
         if entries.count >= Self.maxEntries { prune(now: now) }
         var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
@@ -124,6 +127,7 @@ struct AuthThrottle {
             e = Entry(failures: 0, lastFailure: now, lockedUntil: nil, inFlight: e.inFlight)
         }
         e.failures += 1
+        e.byUser[user, default: 0] += 1
         e.lastFailure = now
         if e.failures >= maxFailures { e.lockedUntil = now + lockoutTime }
         entries[ip] = e
@@ -131,9 +135,11 @@ struct AuthThrottle {
         return (delay, e.lockedUntil != nil)
     }
 
-    mutating func succeeded(_ ip: String) {
+    mutating func succeeded(_ ip: String, user: String = "") {
         end(ip)
-        if entries[ip]?.inFlight == 0 { entries.removeValue(forKey: ip) }
+        guard var e = entries[ip] else { return }
+        e.failures -= e.byUser.removeValue(forKey: user) ?? 0
+        entries[ip] = e.failures <= 0 && e.inFlight == 0 ? nil : e
     }
 
     mutating func prune(now: Double) {
