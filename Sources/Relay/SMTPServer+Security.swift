@@ -34,10 +34,17 @@ extension SMTPServer {
     /// with the failures from this IP; after `auth.max_failures` the IP is locked out.
     func authenticate(ip: String, user: String, password: String, _ done: @escaping (AuthResult) -> Void) {
         let now = Double(loop.nowMilliseconds) / 1000
-        // Checks in flight count toward the limit, so parallel connections cannot outrun it.
-        if !authThrottle.begin(ip, now: now) {
+        if authThrottle.isLockedOut(ip, now: now) {
             log.warning("AUTH from [\(ip)] refused: locked out after \(config.auth.maxFailures) failures")
             done(.lockedOut)
+            return
+        }
+        // Checks in flight count toward the limit, so parallel connections cannot outrun it: the
+        // attempts beyond it wait for one to finish (bounded by max_connections_per_ip).
+        guard authThrottle.begin(ip, now: now) else {
+            authWaitingForIP[ip, default: []].append { [weak self] in
+                self?.authenticate(ip: ip, user: user, password: password, done)
+            }
             return
         }
         // An unknown user costs the same as a wrong password, so timing does not reveal user names.
@@ -48,12 +55,14 @@ extension SMTPServer {
         runPasswordCheck({ box.ok = PasswordHash.verify(password, against: checked) }) { [weak self] in
             guard let self else { return }
             if box.ok && hash != nil {
-                self.authThrottle.succeeded(ip)
+                self.authThrottle.succeeded(ip, user: user)
+                self.wakeAuthWaiting(ip)
                 self.log.info("AUTH user=\(user) from [\(ip)]")
                 done(.success(allowedSenders: self.config.auth.senders[user]))
                 return
             }
-            let (delay, locked) = self.authThrottle.failed(ip, now: Double(self.loop.nowMilliseconds) / 1000)
+            let (delay, locked) = self.authThrottle.failed(ip, user: user, now: Double(self.loop.nowMilliseconds) / 1000)
+            self.wakeAuthWaiting(ip)
             self.log.warning("AUTH failed for user=\(user) from [\(ip)]\(locked ? ": locked out" : "")")
             let timer = Timer(loop: self.loop)
             timer.start(afterMilliseconds: UInt64(delay * 1000)) {
@@ -61,6 +70,12 @@ extension SMTPServer {
                 done(.failure)
             }
         }
+    }
+
+    /// A check from this IP finished: the attempts waiting for it try again (454 if now locked out).
+    func wakeAuthWaiting(_ ip: String) {
+        guard let waiting = authWaitingForIP.removeValue(forKey: ip) else { return }
+        for attempt in waiting { attempt() }
     }
 
     /// At most `maxConcurrentPasswordChecks` scrypt runs at once (each holds 32 MiB), so a flood of
