@@ -170,6 +170,19 @@ def test_parallel_attempts_do_not_pass_the_limit(start_tern, certs, users_file):
         c.close()
 
 
+def test_success_does_not_forgive_guesses_at_another_user(start_tern, certs, users_file):
+    # Two wrong passwords for alice, then bob logs in as himself: alice's failures still count.
+    t = start_tern(**secure_tables(certs, users_file, auth={"max_failures": 3, "lockout_time": "1h"}))
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong1")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong2")), 535, "5.7.8")
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("bob", "bobs password")), 235, "2.7.0")
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong3")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
+
+
 def test_submission_requires_auth(start_tern, certs, users_file):
     sub = free_port()
     t = start_tern(**secure_tables(certs, users_file, server={"submission": [f"127.0.0.1:{sub}"]}))
