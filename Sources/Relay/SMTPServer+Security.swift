@@ -39,6 +39,14 @@ extension SMTPServer {
             done(.lockedOut)
             return
         }
+        // Checks in flight count toward the limit, so parallel connections cannot outrun it: the
+        // attempts beyond it wait for one to finish (bounded by max_connections_per_ip).
+        guard authThrottle.begin(ip, now: now) else {
+            authWaitingForIP[ip, default: []].append { [weak self] in
+                self?.authenticate(ip: ip, user: user, password: password, done)
+            }
+            return
+        }
         // An unknown user costs the same as a wrong password, so timing does not reveal user names.
         let hash = users?.hashes[user]
         let checked = hash ?? Self.dummyHash
@@ -47,12 +55,14 @@ extension SMTPServer {
         runPasswordCheck({ box.ok = PasswordHash.verify(password, against: checked) }) { [weak self] in
             guard let self else { return }
             if box.ok && hash != nil {
-                self.authThrottle.succeeded(ip)
+                self.authThrottle.succeeded(ip, user: user)
+                self.wakeAuthWaiting(ip)
                 self.log.info("AUTH user=\(angleQuoted(user)) from [\(ip)]")
                 done(.success(allowedSenders: self.config.auth.senders[user]))
                 return
             }
-            let (delay, locked) = self.authThrottle.failed(ip, now: Double(self.loop.nowMilliseconds) / 1000)
+            let (delay, locked) = self.authThrottle.failed(ip, user: user, now: Double(self.loop.nowMilliseconds) / 1000)
+            self.wakeAuthWaiting(ip)
             self.log.warning("AUTH failed for user=\(angleQuoted(user)) from [\(ip)]\(locked ? ": locked out" : "")")
             let timer = Timer(loop: self.loop)
             timer.start(afterMilliseconds: UInt64(delay * 1000)) {
@@ -60,6 +70,12 @@ extension SMTPServer {
                 done(.failure)
             }
         }
+    }
+
+    /// A check from this IP finished: the attempts waiting for it try again (454 if now locked out).
+    func wakeAuthWaiting(_ ip: String) {
+        guard let waiting = authWaitingForIP.removeValue(forKey: ip) else { return }
+        for attempt in waiting { attempt() }
     }
 
     /// At most `maxConcurrentPasswordChecks` scrypt runs at once (each holds 32 MiB), so a flood of

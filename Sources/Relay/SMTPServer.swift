@@ -50,6 +50,9 @@ public final class SMTPServer {
     /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).
     var authChecksRunning = 0
     var authChecksWaiting: [() -> Void] = []
+    /// AUTH attempts from an IP whose checks in flight already reach `max_failures`: they wait for one
+    /// to finish (then 454 if it locked the IP out), so correct logins in parallel are not refused.
+    var authWaitingForIP: [String: [() -> Void]] = [:]
     var sessions: [UInt64: InboundSession] = [:]
     /// Message data all sessions hold in memory, against `server.max_buffered_data`.
     var dataBudget: DataBudget

@@ -73,6 +73,12 @@ struct AuthThrottle {
         var failures: Int
         var lastFailure: Double
         var lockedUntil: Double?
+        /// Checks started and not yet finished: they count toward `maxFailures`, so parallel
+        /// connections cannot all be checked before the first failure is recorded.
+        var inFlight = 0
+        /// Failures per user name tried: a success clears only that user's, so logging in as
+        /// yourself does not forgive guesses at someone else. At most `maxFailures` keys.
+        var byUser: [String: Int] = [:]
     }
 
     let maxFailures: Int
@@ -92,14 +98,36 @@ struct AuthThrottle {
         return now < until
     }
 
+    /// Starts a password check: false (answer 454) when the IP is locked out or when the failures
+    /// so far plus the checks in flight already reach `maxFailures`. Each true is followed by
+    /// exactly one `failed` or `succeeded`.
+    mutating func begin(_ ip: String, now: Double) -> Bool {
+        if isLockedOut(ip, now: now) { return false }
+        if entries.count >= Self.maxEntries { prune(now: now) }
+        var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
+        if e.inFlight == 0, now - e.lastFailure > lockoutTime || (e.lockedUntil.map { now >= $0 } ?? false) {
+            e = Entry(failures: 0, lastFailure: now, lockedUntil: nil)
+        }
+        guard e.failures + e.inFlight < maxFailures else { return false }
+        e.inFlight += 1
+        entries[ip] = e
+        return true
+    }
+
+    private mutating func end(_ ip: String) {
+        if let n = entries[ip]?.inFlight, n > 0 { entries[ip]!.inFlight = n - 1 }
+    }
+
     /// Records a failure; returns how long to wait before answering, and whether the IP is now locked out.
-    mutating func failed(_ ip: String, now: Double) -> (delay: Double, lockedOut: Bool) {
+    mutating func failed(_ ip: String, user: String = "", now: Double) -> (delay: Double, lockedOut: Bool) {
+        end(ip)
         if entries.count >= Self.maxEntries { prune(now: now) }
         var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
         if now - e.lastFailure > lockoutTime || (e.lockedUntil.map { now >= $0 } ?? false) {
-            e = Entry(failures: 0, lastFailure: now, lockedUntil: nil)
+            e = Entry(failures: 0, lastFailure: now, lockedUntil: nil, inFlight: e.inFlight)
         }
         e.failures += 1
+        e.byUser[user, default: 0] += 1
         e.lastFailure = now
         if e.failures >= maxFailures { e.lockedUntil = now + lockoutTime }
         entries[ip] = e
@@ -107,12 +135,16 @@ struct AuthThrottle {
         return (delay, e.lockedUntil != nil)
     }
 
-    mutating func succeeded(_ ip: String) {
-        entries.removeValue(forKey: ip)
+    mutating func succeeded(_ ip: String, user: String = "") {
+        end(ip)
+        guard var e = entries[ip] else { return }
+        e.failures -= e.byUser.removeValue(forKey: user) ?? 0
+        entries[ip] = e.failures <= 0 && e.inFlight == 0 ? nil : e
     }
 
     mutating func prune(now: Double) {
         entries = entries.filter { _, e in
+            if e.inFlight > 0 { return true }
             if let until = e.lockedUntil { return now < until }
             return now - e.lastFailure <= lockoutTime
         }

@@ -359,12 +359,14 @@ public struct ServerSession {
                 let start = offset
                 offset = lf + 1
                 linesRead += 1
-                if discardingLongLine {
+                if discardingLongLine || lf + 1 - start > commandLineLimit {
                     discardingLongLine = false
                     currentCommand = "UNKNOWN"
-                    fail(Reply(500, "5.5.2", "Error: line too long"), .lineTooLong)
-                } else if lf + 1 - start > commandLineLimit {
-                    currentCommand = "UNKNOWN"
+                    // A line too long ends a SASL exchange: the next line is a command, not the password.
+                    if phase == .authChallenge {
+                        sasl = nil
+                        phase = .ready
+                    }
                     fail(Reply(500, "5.5.2", "Error: line too long"), .lineTooLong)
                 } else {
                     let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))

@@ -144,6 +144,48 @@ private func parseError(_ text: String) -> ConfigError? {
         #expect(last == AuthThrottle.maxDelay)
     }
 
+    @Test func throttleCountsChecksInFlight() {
+        var t = AuthThrottle(maxFailures: 3, lockoutTime: 60)
+        // Three checks may start at once; a fourth is refused before any of them finishes.
+        var started: [Bool] = []
+        for _ in 0..<5 { started.append(t.begin("192.0.2.1", now: 0)) }
+        #expect(started == [true, true, true, false, false])
+        let other = t.begin("192.0.2.2", now: 0)
+        #expect(other)
+        _ = t.failed("192.0.2.1", now: 1)
+        _ = t.failed("192.0.2.1", now: 1)
+        let fourth = t.begin("192.0.2.1", now: 1)
+        #expect(!fourth)
+        let third = t.failed("192.0.2.1", now: 1)
+        #expect(third.lockedOut)
+        let during = t.begin("192.0.2.1", now: 30)
+        let after = t.begin("192.0.2.1", now: 62)
+        #expect(!during && after)
+    }
+
+    @Test func successDoesNotForgiveGuessesAtOtherUsers() {
+        // Four wrong passwords for alice, then mallory logs in as herself, five times over.
+        var t = AuthThrottle(maxFailures: 5, lockoutTime: 3600)
+        var lockedAt: Int?
+        for round in 0..<5 where lockedAt == nil {
+            for _ in 0..<4 {
+                guard t.begin("192.0.2.1", now: 0) else { lockedAt = round; break }
+                _ = t.failed("192.0.2.1", user: "alice", now: 0)
+            }
+            if lockedAt == nil, t.begin("192.0.2.1", now: 0) { t.succeeded("192.0.2.1", user: "mallory") }
+        }
+        #expect(lockedAt == 1)
+        let locked = t.isLockedOut("192.0.2.1", now: 1)
+        #expect(locked)
+        // A success for the user who failed does clear that user's failures.
+        var u = AuthThrottle(maxFailures: 5, lockoutTime: 3600)
+        _ = u.begin("192.0.2.2", now: 0)
+        _ = u.failed("192.0.2.2", user: "alice", now: 0)
+        _ = u.begin("192.0.2.2", now: 0)
+        u.succeeded("192.0.2.2", user: "alice")
+        #expect(u.entries["192.0.2.2"] == nil)
+    }
+
     @Test func throttleTableIsBounded() {
         var t = AuthThrottle(maxFailures: 5, lockoutTime: 60)
         for i in 0..<(AuthThrottle.maxEntries + 10) {

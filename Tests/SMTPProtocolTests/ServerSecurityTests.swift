@@ -245,6 +245,24 @@ extension Driver {
         #expect(plain.lastReply == "500 5.5.2 Error: line too long")
     }
 
+    @Test func lineTooLongEndsTheAuthExchange() {
+        var d = tlsDriver()
+        // AUTH LOGIN, a user name over 12288 octets, then what would be the password.
+        d.send("AUTH LOGIN\r\n\(String(repeating: "A", count: 13000))\r\n")
+        #expect(d.lastReply == "500 5.5.2 Error: line too long")
+        d.send("NOOP\r\n")
+        #expect(d.lastReply == "250 2.0.0 Ok")
+        #expect(d.authRequests.isEmpty)
+        // Same after the user name, and when the long line comes in several reads.
+        d.send("AUTH LOGIN \(b64("alice"))\r\n")
+        d.send(String(repeating: "B", count: 8000))
+        d.send(String(repeating: "B", count: 8000) + "\r\n")
+        #expect(d.lastReply == "500 5.5.2 Error: line too long")
+        d.send("\(b64("guess"))\r\n")
+        #expect(d.lastReply.hasPrefix("500 5.5.2"))
+        #expect(d.authRequests.isEmpty)
+    }
+
     @Test func commandsPipelinedBehindAuthWaitForTheAnswer() {
         var d = tlsDriver()
         d.send(lines("AUTH PLAIN \(b64("\0alice\0pw"))", "MAIL FROM:<alice@example.org>", "RCPT TO:<x@far.test>"))

@@ -146,6 +146,43 @@ def test_lockout_after_max_failures(start_tern, certs, users_file):
         assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 235, "2.7.0")
 
 
+def test_parallel_attempts_do_not_pass_the_limit(start_tern, certs, users_file):
+    # 30 connections from one address send AUTH at once: checks in flight count toward max_failures,
+    # so at most max_failures are checked (535); the rest are refused before the check (454).
+    import threading
+    t = start_tern(**secure_tables(certs, users_file, auth={"max_failures": 3, "lockout_time": "1h"}))
+    conns = [tls_session(t, certs) for _ in range(30)]
+    replies = [None] * len(conns)
+    go = threading.Barrier(len(conns))
+
+    def attempt(i):
+        go.wait(timeout=30)
+        replies[i] = conns[i].cmd("AUTH PLAIN " + plain("alice", f"guess{i}"))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(len(conns))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    codes = [r.code for r in replies]
+    assert codes.count(535) <= 3 and codes.count(535) + codes.count(454) == 30, codes
+    for c in conns:
+        c.close()
+
+
+def test_success_does_not_forgive_guesses_at_another_user(start_tern, certs, users_file):
+    # Two wrong passwords for alice, then bob logs in as himself: alice's failures still count.
+    t = start_tern(**secure_tables(certs, users_file, auth={"max_failures": 3, "lockout_time": "1h"}))
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong1")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong2")), 535, "5.7.8")
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("bob", "bobs password")), 235, "2.7.0")
+    with tls_session(t, certs) as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "wrong3")), 535, "5.7.8")
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
+
+
 def test_submission_requires_auth(start_tern, certs, users_file):
     sub = free_port()
     t = start_tern(**secure_tables(certs, users_file, server={"submission": [f"127.0.0.1:{sub}"]}))
