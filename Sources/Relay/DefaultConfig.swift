@@ -63,7 +63,8 @@ max_line_length = 1000
 max_hops = 50
 # Keep Bcc headers instead of removing them.
 keep_bcc = false
-# How long to wait for the client's next command (RFC 5321 4.5.3.2.7).
+# How long to wait for the client's next command (RFC 5321 4.5.3.2.7); a line's deadline counts
+# from its first byte, so dripping bytes does not extend it.
 command_timeout = "5m"
 # How long to wait for the next chunk of message data after DATA.
 data_timeout = "5m"
