@@ -6,25 +6,20 @@ two signals sent back to back may merge in the kernel, so a test of it here coul
 from __future__ import annotations
 
 import signal
-import subprocess
 import tomllib
 
 import pytest
 
 from conftest import Tern, assert_reply, free_port, toml_document
 from delivery_helpers import wait_until
-from tls_helpers import tern_passwd
+from tls_helpers import make_rsa_cert, s_client, tern_passwd
 
 WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
 def rsa_cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("reload-rsa")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True, timeout=120)
-    return d / "cert.pem", d / "key.pem"
+    return make_rsa_cert(tmp_path_factory.mktemp("reload-rsa"))
 
 
 def rewrite(t: Tern, **tables: dict | None) -> None:
@@ -42,16 +37,6 @@ def hup(t: Tern, expect: str) -> str:
     t.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: t.stderr().count(expect) > before, WAIT, f"a log line with {expect!r} after SIGHUP")
     return [line for line in t.stderr().splitlines() if expect in line][-1]
-
-
-def s_client(port: int, cipher: str, starttls: bool = True) -> tuple[bool, str]:
-    """A TLS 1.2 handshake offering only `cipher`: (negotiated, output)."""
-    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher, "-brief"]
-    if starttls:
-        args += ["-starttls", "smtp"]
-    r = subprocess.run(args, input=b"QUIT\r\n", capture_output=True, timeout=30)
-    out = (r.stdout + r.stderr).decode(errors="replace")
-    return r.returncode == 0 and f"Ciphersuite: {cipher}" in out, out
 
 
 def ehlo_keywords(port: int) -> list[str]:

@@ -5,21 +5,15 @@ negotiated if the policy allowed it. Checked with `openssl s_client -tls1_2 -cip
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from tls_helpers import tern_passwd
+from tls_helpers import make_rsa_cert, s_client, tern_passwd
 
 
 @pytest.fixture(scope="module")
 def rsa_cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rsa")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True, timeout=120)
-    return d / "cert.pem", d / "key.pem"
+    return make_rsa_cert(tmp_path_factory.mktemp("rsa"))
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +21,6 @@ def users(tmp_path_factory):
     path = tmp_path_factory.mktemp("cipher-users") / "users"
     assert tern_passwd(path, "alice", "alice pw").returncode == 0
     return path
-
-
-def s_client(port: int, cipher: str, starttls: bool = True) -> tuple[bool, str]:
-    """A TLS 1.2 handshake offering only `cipher`: (negotiated, output)."""
-    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher, "-brief"]
-    if starttls:
-        args += ["-starttls", "smtp"]
-    r = subprocess.run(args, input=b"QUIT\r\n", capture_output=True, timeout=30)
-    out = (r.stdout + r.stderr).decode(errors="replace")
-    return r.returncode == 0 and f"Ciphersuite: {cipher}" in out, out
 
 
 @pytest.fixture

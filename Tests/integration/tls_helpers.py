@@ -67,3 +67,22 @@ def issue_cert(certs: dict[str, Path], stem: str, sans: list[str], *, self_signe
         _run(["openssl", "x509", "-req", "-in", f"{stem}.req", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
               "-CAcreateserial", "-days", "2", "-extfile", f"{stem}.cnf", "-out", cert.name], d)
     return cert, key
+
+
+def make_rsa_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed RSA certificate for relay.test (RSA, so that TLS_RSA_* and ECDHE-RSA suites can be
+    offered): (cert, key)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
+                   check=True, capture_output=True, timeout=120)
+    return directory / "cert.pem", directory / "key.pem"
+
+
+def s_client(port: int, cipher: str, starttls: bool = True) -> tuple[bool, str]:
+    """A TLS 1.2 handshake offering only `cipher`: (negotiated, output)."""
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-cipher", cipher, "-brief"]
+    if starttls:
+        args += ["-starttls", "smtp"]
+    r = subprocess.run(args, input=b"QUIT\r\n", capture_output=True, timeout=30)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    return r.returncode == 0 and f"Ciphersuite: {cipher}" in out, out
