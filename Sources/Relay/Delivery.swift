@@ -312,7 +312,7 @@ public final class DeliveryManager {
                            status: String, reply: String) -> String {
         let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
         let outcome = status == "expired" ? "expired, returned to sender" : status
-        return "\(id): to=<\(to)>, relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
+        return "\(id): to=\(angleQuoted(to)), relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
     }
 
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.

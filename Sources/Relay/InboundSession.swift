@@ -311,9 +311,9 @@ final class InboundSession {
                    text: "\(id): client=\(clientName), helo=\(angleQuoted(start.helo))")
         log.fields("envelope", qid: id.rawValue,
                    ["from": .string(start.sender.address), "nrcpt": .stringConvertible(start.recipients.count)],
-                   text: "\(id): from=<\(start.sender.address)>, nrcpt=\(start.recipients.count)")
+                   text: "\(id): from=\(angleQuoted(start.sender.address)), nrcpt=\(start.recipients.count)")
         for recipient in start.recipients {
-            log.fields("recipient", qid: id.rawValue, ["to": .string(recipient)], text: "\(id): to=<\(recipient)>")
+            log.fields("recipient", qid: id.rawValue, ["to": .string(recipient)], text: "\(id): to=\(angleQuoted(recipient))")
         }
         // The Received header goes in front of the data in the session's own buffer, so that most
         // messages reach the writer as one array (no join before the journal write and delivery).

@@ -8,6 +8,7 @@
 // A user name is 1-256 printable characters without ':' or spaces. Never plain text: a line whose
 // hash is not in that form stops start-up (or a reload) with the line number.
 
+import SMTPProtocol
 import UVRuntime
 #if canImport(Glibc)
 import Glibc
@@ -21,8 +22,8 @@ public struct UsersFile: Sendable, Equatable {
     public init() {}
 
     public static func isValidUserName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 256
-            && name.unicodeScalars.allSatisfy { $0.value > 32 && $0.value != 127 && $0 != ":" }
+        // One rule for the file, `tern passwd` and AUTH (which refuses any other name before a check).
+        isAcceptableUserName(name)
     }
 
     public init(text: String, source: String) throws {

@@ -230,7 +230,7 @@ extension ServerSession {
     }
 }
 
-/// What `tern passwd` and the users file accept as a user name (Relay's UsersFile.isValidUserName):
+/// A user name as the users file, `tern passwd` and AUTH accept it (UsersFile.isValidUserName is this):
 /// 1-256 bytes of printable characters without spaces or ':'; C1 controls are not printable either.
 public func isAcceptableUserName(_ name: String) -> Bool {
     !name.isEmpty && name.utf8.count <= 256

@@ -133,6 +133,26 @@ from conftest import assert_reply  # noqa: E402
 QID = r"[0-9A-F]{14}"
 
 
+def test_an_address_cannot_imitate_a_field(start_tern):
+    """A quoted local part may hold '>' and spaces: the envelope lines write it with '<' and '>'
+    escaped, so 'from=<x> to=<victim@…>' in a sender stays one from= field."""
+    tern = start_tern()
+    sender = '"x> to=<victim@example.test"@example.test'
+    with tern.connect() as c:
+        c.greeting()
+        c.ehlo(CLIENT_HELO)
+        assert_reply(c.cmd(f"MAIL FROM:<{sender}>"), 250)
+        assert_reply(c.cmd('RCPT TO:<"y> relay=none"@example.test>'), 250)
+        reply = c.data(make_message(subject="quoted"))
+    assert_reply(reply, 250)
+    qid = re.search(r"queued as ([0-9A-F]{14})", reply.text).group(1)
+    wait_until(lambda: f"{qid}: queued as" in tern.stderr(), 10, "the queued line")
+    text = tern.stderr()
+    assert f'{qid}: from=<"x\\x3E to=\\x3Cvictim@example.test"@example.test>, nrcpt=1' in text, text
+    assert f'{qid}: to=<"y\\x3E relay=none"@example.test>' in text, text
+    assert "to=<victim@example.test" not in text, text
+
+
 def _relay_denied(t):
     with t.connect(source="127.0.0.2") as c:
         c.greeting()

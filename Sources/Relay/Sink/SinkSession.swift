@@ -211,7 +211,7 @@ final class SinkSession {
     private func accepted(_ start: MessageStart, size: Int, id: String) {
         server.metrics.messageAccepted(recipients: start.recipients.count, bytes: size)
         if server.config.mode != .count && server.log.logLevel <= .debug {
-            server.log.debug("\(id): from=<\(start.sender.address)>, size=\(size), nrcpt=\(start.recipients.count) (\(server.config.mode.rawValue))")
+            server.log.debug("\(id): from=\(angleQuoted(start.sender.address)), size=\(size), nrcpt=\(start.recipients.count) (\(server.config.mode.rawValue))")
         }
     }
 
