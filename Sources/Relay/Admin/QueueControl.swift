@@ -17,10 +17,6 @@
 import Logging
 import MailQueue
 
-public enum QueueAction: String, Sendable, CaseIterable, Codable {
-    case flush, hold, release, delete, bounce
-}
-
 /// The answer to an action: `result` is "done", or "pending" when it waits for an attempt in flight.
 public struct QueueActionReply: Codable, Equatable, Sendable {
     public var action: String

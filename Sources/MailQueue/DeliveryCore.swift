@@ -1,0 +1,638 @@
+// The sending side's decisions, as a pure state machine: the life of a queued message from "due" to
+// "gone". Events come in (a job is due, the message was read, an attempt ended, a spool write is done,
+// the postmaster acts), actions go out (read the message, attempt this job, skip it, write the
+// envelope, remove the files, answer, log). No I/O, no clock (`now` is a parameter), no global
+// randomness (a seeded generator for the retry jitter), so every rule below has a unit test.
+//
+// A message the core knows is in one of three lives:
+//
+//   loading   being read from the spool; jobs and postmaster requests wait for it
+//   live      in memory: attempts in flight (any number, one per destination), at most one spool write
+//   leaving   its removal (or the write that removes it) is under way: no job, no action, no write
+//
+// and gone once that write is done. A live message with nothing in flight is forgotten (its bytes
+// freed); the spool holds it and the scheduler its jobs.
+//
+// The crash-ordering rule: nothing leaves the spool before the write that makes it safe. A bounce or
+// delay warning is written in the same spool write as the envelope change that caused it, before the
+// original is removed; one write per message at a time, so a later state never overtakes an earlier one
+// on disk. Notices are made only when no attempt of the message is in flight, so several failures in
+// one round make one bounce. A crash may deliver a message twice, never lose it.
+//
+// The postmaster's hold, delete and bounce do not pull a message out from under an attempt in flight:
+// the action waits and is carried out when the last attempt ends (its answer says "pending").
+
+import SMTPProtocol
+
+/// What the postmaster can do to queued mail (`tern queue ...`): see Admin/QueueControl.swift.
+public enum QueueAction: String, Sendable, CaseIterable, Codable {
+    case flush, hold, release, delete, bounce
+}
+
+/// How one attempt of one job ended: a result for each recipient of the job, and where it went.
+public struct AttemptResult: Sendable, Equatable {
+    /// By recipient index (the job's `recipients`); a recipient of the job without one is deferred.
+    public var results: [Int: RecipientResult]
+    /// "mx.example.net[192.0.2.1]:25", nil when no host took the transaction.
+    public var relay: String?
+    /// "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" when the session used TLS.
+    public var tls: String?
+
+    public init(results: [Int: RecipientResult], relay: String? = nil, tls: String? = nil) {
+        self.results = results
+        self.relay = relay
+        self.tls = tls
+    }
+}
+
+/// One recipient's line in the log, as Postfix writes it:
+/// "QUEUEID: to=<…>, relay=…, tls=…, delay=0.4, dsn=2.0.0, status=sent (250 …)".
+public struct RecipientEvent: Sendable, Equatable {
+    public enum Status: String, Sendable {
+        /// "expired" is a bounce of a message too long in the queue (logged "expired, returned to sender").
+        case sent, deferred, bounced, expired
+    }
+
+    public var id: QueueID
+    public var to: String
+    public var relay: String
+    public var tls: String?
+    /// Seconds from arrival to this result.
+    public var delay: Double
+    public var dsn: String
+    public var status: Status
+    public var reply: String
+}
+
+/// Something to log and count, built once, where the decision is made.
+public enum DeliveryEvent: Sendable, Equatable {
+    case recipient(RecipientEvent)
+    /// An attempt ended: how many of its recipients were delivered, deferred (or expired), bounced.
+    case attemptEnded(QueueID, delivered: Int, deferred: Int, bounced: Int)
+    /// A bounce or delay warning for `original` is in the spool as `notice`.
+    case noticeQueued(original: QueueID, notice: QueueID)
+    /// Gone from the spool. `residence` is seconds since arrival.
+    case removed(QueueID, delivered: Bool, bounced: Bool, deleted: Bool, residence: Double)
+    case spoolWriteFailed(QueueID, String)
+    case unreadable(QueueID, String)
+    /// The postmaster's action was carried out, or (`pending`) will be when the attempt in flight ends.
+    case postmaster(QueueID, QueueAction, pending: Bool)
+}
+
+/// A notice to the sender, made by the caller (it has the message's headers) with DSN.bounce or
+/// DSN.delayWarning, and written before the envelope change that goes with it.
+public enum Notice: Sendable, Equatable {
+    case bounce([FailedRecipient])
+    case delayWarning([FailedRecipient])
+}
+
+/// One spool write for one message: the notices first, then the envelope update, or the removal of
+/// the message's files when `remove` (it is finished).
+public struct SpoolWrite: Sendable, Equatable {
+    public var envelope: Envelope
+    public var notices: [Notice]
+    public var remove: Bool
+}
+
+/// The answer to a postmaster's request, by the ticket the caller gave with it.
+public enum PostmasterAnswer: Sendable, Equatable {
+    /// Carried out and, for hold, delete, bounce and release, written to the spool. `jobs`: made due (flush).
+    case done(jobs: Int?)
+    case alreadyHeld
+    /// A delivery attempt is in flight: carried out when it ends (flush: the attempt is the flush).
+    case pending
+    /// Not in the queue (never was, or delivered, expired, deleted meanwhile): 404.
+    case notQueued
+    /// Release of a message that is not on hold: 409.
+    case notHeld
+    /// Flush of a message on hold: 409.
+    case held
+    /// The spool write failed: 500.
+    case writeFailed(String)
+}
+
+public enum DeliveryAction: Sendable, Equatable {
+    /// Read the message (envelope and data) from the spool, or take it from memory; answer `loaded`.
+    case load(QueueID)
+    /// Carry out this job with this envelope; answer `attemptFinished`, or `notStarted` if it never began.
+    case attempt(DeliveryJob, Envelope)
+    /// Nothing to send for this job (the message is gone, held, or waits for the postmaster's action):
+    /// give its connection back.
+    case skip(DeliveryJob)
+    /// Answer `written`.
+    case write(SpoolWrite)
+    /// Remove a finished message's files (no notice goes with it); answer `written`.
+    case remove(QueueID)
+    case answer(ticket: UInt64, PostmasterAnswer)
+    case log(DeliveryEvent)
+    /// No attempt or write of the message is in flight any more: free what is kept of it in memory.
+    case forget(QueueID)
+}
+
+public struct DeliveryCore: Sendable {
+    public struct Settings: Sendable, Equatable {
+        public var retry: RetryPolicy
+        /// Seconds after arrival at which a sender hears once that the mail is late; 0 turns it off.
+        public var delayWarningTime: Double
+
+        public init(retry: RetryPolicy, delayWarningTime: Double) {
+            self.retry = retry
+            self.delayWarningTime = delayWarningTime
+        }
+    }
+
+    /// A message in memory, between its first job starting and its last write ending.
+    struct Live: Sendable {
+        var envelope: Envelope
+        /// Attempts of its jobs under way (one per destination at most).
+        var inFlight = 0
+        /// The spool write under way, if any.
+        var write: Write?
+        /// The postmaster's hold, delete or bounce, waiting for the attempts in flight to end.
+        var afterAttempts: QueueAction?
+        /// Deleted by the postmaster: its next write removes it, without a bounce.
+        var deleted = false
+        /// Recipients that failed since the last bounce: one bounce covers them all.
+        var failures: [FailedRecipient] = []
+        /// Recipients deferred past delay_warning_time: the sender hears once that mail is late.
+        var delayed: [FailedRecipient] = []
+        /// Tickets answered when the next write ends.
+        var answers: [UInt64] = []
+
+        init(envelope: Envelope) { self.envelope = envelope }
+    }
+
+    struct Write: Sendable, Equatable {
+        /// Answered when it ends.
+        var answers: [UInt64]
+        /// What it tells the sender: owed again if it fails.
+        var notices: [Notice]
+        /// A newer state must be written after it.
+        var again = false
+    }
+
+    /// What waits for a message being read, in the order it came.
+    enum Waiting: Sendable {
+        case job(DeliveryJob)
+        case request(QueueAction, ticket: UInt64)
+    }
+
+    enum Life: Sendable {
+        case loading([Waiting])
+        case live(Live)
+        case leaving(Live, answers: [UInt64])
+    }
+
+    public let settings: Settings
+    public private(set) var scheduler: Scheduler
+    var lives: [QueueID: Life] = [:]
+    /// Messages on hold, with their priority: in the spool, never scheduled.
+    public private(set) var held: [QueueID: Int] = [:]
+    var random: SplitMix64
+    public private(set) var delivered = 0
+    public private(set) var deferred = 0
+    public private(set) var bounced = 0
+
+    public init(settings: Settings, scheduler: Scheduler, seed: UInt64) {
+        self.settings = settings
+        self.scheduler = scheduler
+        random = SplitMix64(seed: seed)
+    }
+
+    // MARK: - The queue
+
+    /// A message is in the queue (just received, a notice, or read at start-up): one job per recipient
+    /// domain, due at `due` (else its envelope's next attempt). A held message waits for its release.
+    public mutating func queue(_ envelope: Envelope, due: Double? = nil) {
+        if envelope.held {
+            held[envelope.id] = envelope.priority
+            return
+        }
+        schedule(envelope, recipients: envelope.recipients.indices.filter { !envelope.recipients[$0].state.isFinal },
+                 due: due ?? envelope.nextAttempt, retry: envelope.attempts > 0)
+    }
+
+    mutating func schedule(_ envelope: Envelope, recipients: [Int], due: Double, retry: Bool) {
+        var byDomain: [String: [Int]] = [:]
+        var order: [String] = []
+        for i in recipients {
+            let d = Self.domain(of: envelope.recipients[i].address)
+            if byDomain[d] == nil { order.append(d) }
+            byDomain[d, default: []].append(i)
+        }
+        for d in order {
+            scheduler.add(DeliveryJob(id: envelope.id, destination: d, recipients: byDomain[d]!,
+                                      priority: envelope.priority, arrival: envelope.arrival, retry: retry), due: due)
+        }
+    }
+
+    /// The domain part, lowercased: the destination of a recipient.
+    public static func domain(of address: String) -> String {
+        guard let at = address.lastIndex(of: "@") else { return "" }
+        return address[address.index(after: at)...].lowercased()
+    }
+
+    /// Due jobs that need a new connection (the scheduler's `dispatch`).
+    public mutating func dispatch(now: Double) -> [DeliveryJob] { scheduler.dispatch(now: now) }
+
+    /// The next due job for a connection to `destination` that finished one.
+    public mutating func next(for destination: String, now: Double) -> DeliveryJob? {
+        scheduler.next(for: destination, now: now)
+    }
+
+    /// A connection to `destination` closed: its slot is free.
+    public mutating func release(destination: String) { scheduler.release(destination: destination) }
+
+    public mutating func promoteReadyForConnections(now: Double) -> [String] {
+        scheduler.promoteReadyForConnections(now: now)
+    }
+
+    public mutating func hasJobWaitingForSlot() -> Bool { scheduler.hasJobWaitingForSlot() }
+
+    // MARK: - A job's life
+
+    /// A connection took `job`: the answer is `attempt`, `skip`, or `load` (then `attempt` or `skip`
+    /// once the message is read).
+    public mutating func begin(_ job: DeliveryJob) -> [DeliveryAction] {
+        switch lives[job.id] {
+        case nil:
+            lives[job.id] = .loading([.job(job)])
+            return [.load(job.id)]
+        case .loading(var waiting):
+            waiting.append(.job(job))
+            lives[job.id] = .loading(waiting)
+            return []
+        case .leaving:
+            return [.skip(job)]
+        case .live(var m):
+            // Deleted, held, or the postmaster acted on it while it was read: nothing to send.
+            guard !m.deleted, !m.envelope.held, m.afterAttempts == nil else { return [.skip(job)] }
+            m.inFlight += 1
+            let envelope = m.envelope
+            lives[job.id] = .live(m)
+            return [.attempt(job, envelope)]
+        }
+    }
+
+    /// The message asked for by `load` was read, or (nil) could not be.
+    public mutating func loaded(_ id: QueueID, _ envelope: Envelope?, error: String? = nil, now: Double) -> [DeliveryAction] {
+        guard case .loading(let waiting) = lives[id] else { return [] }
+        var out: [DeliveryAction] = []
+        if let envelope {
+            lives[id] = .live(Live(envelope: envelope))
+        } else {
+            lives[id] = nil
+            out.append(.log(.unreadable(id, error ?? "unreadable")))
+        }
+        for w in waiting {
+            switch w {
+            case .job(let job):
+                out += envelope == nil ? [.skip(job)] : begin(job)
+            case .request(let action, let ticket):
+                out += envelope == nil ? [.answer(ticket: ticket, .notQueued)] : act(action, on: id, ticket: ticket, now: now)
+            }
+        }
+        return out + settle(id)
+    }
+
+    /// The connection that was to carry `job` closed before the attempt began: the job is due again now.
+    public mutating func notStarted(_ job: DeliveryJob, now: Double) -> [DeliveryAction] {
+        guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
+        if m.afterAttempts == nil { scheduler.add(job, due: now) }
+        m.inFlight -= 1
+        // Nothing changed, unless this was the last attempt in flight and the postmaster's action, or
+        // a bounce for another attempt's failures, was waiting for it.
+        guard m.inFlight == 0, m.afterAttempts != nil || !m.failures.isEmpty || !m.delayed.isEmpty else {
+            lives[job.id] = .live(m)
+            return settle(job.id)
+        }
+        return attemptsChanged(job.id, m, now: now)
+    }
+
+    /// An attempt of `job` ended: each recipient's result is recorded, deferred ones queued again on the
+    /// retry schedule (or bounced once the message is too old), failures collected for one bounce.
+    public mutating func attemptFinished(_ job: DeliveryJob, _ attempt: AttemptResult, now: Double) -> [DeliveryAction] {
+        guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
+        var out: [DeliveryAction] = []
+        let id = job.id
+        let relay = attempt.relay ?? "none"
+        let delay = now - m.envelope.arrival
+        func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?) {
+            out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[index].address, relay: relay,
+                                                      tls: tls, delay: delay, dsn: dsn, status: status, reply: reply))))
+        }
+        var late: [(Int, RecipientResult)] = []
+        var sent = 0, failed = 0
+        for index in job.recipients where m.envelope.recipients.indices.contains(index) {
+            guard !m.envelope.recipients[index].state.isFinal else { continue }
+            let r = attempt.results[index] ?? .deferred("the attempt ended without a reply for this recipient",
+                                                        status: "4.0.0")
+            switch r.kind {
+            case .delivered:
+                m.envelope.recipients[index].state = .delivered
+                m.envelope.recipients[index].lastReply = r.reply
+                delivered += 1
+                sent += 1
+                event(index, .sent, dsn: r.status, reply: r.reply, tls: attempt.tls)
+            case .deferred:
+                m.envelope.recipients[index].state = .deferred
+                m.envelope.recipients[index].lastReply = r.reply
+                late.append((index, r))
+            case .bounced:
+                fail(&m, index, status: r.status, reply: r.reply, relay: relay)
+                failed += 1
+                event(index, .bounced, dsn: r.status, reply: r.reply, tls: attempt.tls)
+            }
+        }
+        if !late.isEmpty {
+            m.envelope.attempts += 1
+            let next = settings.retry.nextAttempt(after: m.envelope.attempts, arrival: m.envelope.arrival, now: now,
+                                                  random: random.unit())
+            if let next {
+                m.envelope.nextAttempt = next
+                deferred += late.count
+                for (index, r) in late { event(index, .deferred, dsn: r.status, reply: r.reply, tls: attempt.tls) }
+                // Held, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
+                if m.afterAttempts == nil {
+                    schedule(m.envelope, recipients: late.map(\.0), due: next, retry: true)
+                }
+                let warnAfter = settings.delayWarningTime
+                if warnAfter > 0, !m.envelope.delayWarned, !m.envelope.sender.isEmpty, delay >= warnAfter {
+                    m.envelope.delayWarned = true
+                    m.delayed += late.map { index, r in
+                        FailedRecipient(address: m.envelope.recipients[index].address, status: r.status,
+                                        diagnostic: "smtp; \(r.reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)")
+                    }
+                }
+            } else {
+                // Too long in the queue: the deferred recipients bounce with their last error.
+                for (index, r) in late {
+                    fail(&m, index, status: "4.4.7", reply: "message expired: \(r.reply)", relay: relay)
+                    event(index, .expired, dsn: "4.4.7", reply: r.reply, tls: nil)
+                }
+            }
+        }
+        out.append(.log(.attemptEnded(id, delivered: sent, deferred: late.count, bounced: failed)))
+        m.inFlight -= 1
+        return out + attemptsChanged(id, m, now: now)
+    }
+
+    /// After an attempt ended or never began: the postmaster's waiting action once none is in flight,
+    /// then the write of the new state.
+    mutating func attemptsChanged(_ id: QueueID, _ message: Live, now: Double) -> [DeliveryAction] {
+        var m = message
+        var out: [DeliveryAction] = []
+        if m.inFlight == 0, let action = m.afterAttempts {
+            m.afterAttempts = nil
+            // Delivered to everyone meanwhile: nothing left to hold, delete or bounce.
+            if m.envelope.hasPendingRecipients { out += apply(action, to: &m, now: now) }
+        }
+        lives[id] = .live(m)
+        return out + persist(id, now: now)
+    }
+
+    mutating func fail(_ m: inout Live, _ index: Int, status: String, reply: String, relay: String) {
+        m.envelope.recipients[index].state = .bounced
+        m.envelope.recipients[index].lastReply = reply
+        bounced += 1
+        m.failures.append(FailedRecipient(address: m.envelope.recipients[index].address, status: status,
+                                          diagnostic: "smtp; \(reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
+    }
+
+    // MARK: - Spool writes
+
+    /// Writes the message's new state; once no attempt is in flight, with the notices for what failed
+    /// or is late, and as its removal when it is finished. One write per message at a time.
+    mutating func persist(_ id: QueueID, now: Double) -> [DeliveryAction] {
+        guard case .live(var m) = lives[id] else { return [] }
+        if m.write != nil {
+            m.write!.again = true
+            lives[id] = .live(m)
+            return []
+        }
+        let idle = m.inFlight == 0
+        let finished = idle && (m.deleted || !m.envelope.hasPendingRecipients)
+        var notices: [Notice] = []
+        if idle {
+            // Never a notice to the null sender (RFC 5321 §4.5.5): a bounce is not bounced.
+            if !m.failures.isEmpty && !m.envelope.sender.isEmpty { notices.append(.bounce(m.failures)) }
+            if !m.delayed.isEmpty { notices.append(.delayWarning(m.delayed)) }
+            m.failures = []
+            m.delayed = []
+        }
+        let answers = m.answers
+        m.answers = []
+        if finished {
+            lives[id] = .leaving(m, answers: answers)
+            // Nothing to write first: the files go in the remover's next batch.
+            if notices.isEmpty { return [.remove(id)] }
+            return [.write(SpoolWrite(envelope: m.envelope, notices: notices, remove: true))]
+        }
+        m.write = Write(answers: answers, notices: notices)
+        lives[id] = .live(m)
+        return [.write(SpoolWrite(envelope: m.envelope, notices: notices, remove: false))]
+    }
+
+    /// The write or removal asked for is done (`failure` nil) or failed. `notices` are the notices it
+    /// put in the spool: they are queued now.
+    public mutating func written(_ id: QueueID, failure: String?, notices: [Envelope], now: Double) -> [DeliveryAction] {
+        var out: [DeliveryAction] = []
+        if let failure { out.append(.log(.spoolWriteFailed(id, failure))) }
+        for notice in notices {
+            out.append(.log(.noticeQueued(original: id, notice: notice.id)))
+            queue(notice, due: notice.arrival)
+        }
+        let answer: PostmasterAnswer = failure.map { .writeFailed($0) } ?? .done(jobs: nil)
+        switch lives[id] {
+        case .leaving(let m, let answers):
+            out += answers.map { .answer(ticket: $0, answer) }
+            lives[id] = nil
+            if failure == nil {
+                let r = m.envelope.recipients
+                out.append(.log(.removed(id, delivered: r.contains { $0.state == .delivered },
+                                         bounced: r.contains { $0.state == .bounced }, deleted: m.deleted,
+                                         residence: now - m.envelope.arrival)))
+            }
+            // A failed removal leaves the files: the next start reads them again.
+            out.append(.forget(id))
+        case .live(var m):
+            guard let write = m.write else { return out }
+            out += write.answers.map { .answer(ticket: $0, answer) }
+            if failure != nil {
+                // Still owed: the next write carries them (a bounce is never dropped for a full disk).
+                for notice in write.notices {
+                    switch notice {
+                    case .bounce(let failed): m.failures = failed + m.failures
+                    case .delayWarning(let late): m.delayed = late + m.delayed
+                    }
+                }
+            }
+            m.write = nil
+            lives[id] = .live(m)
+            out += write.again ? persist(id, now: now) : settle(id)
+        case .loading, nil:
+            break
+        }
+        return out
+    }
+
+    /// A live message with nothing in flight is forgotten: the spool has it.
+    mutating func settle(_ id: QueueID) -> [DeliveryAction] {
+        guard case .live(let m) = lives[id], m.inFlight == 0, m.write == nil, m.answers.isEmpty else { return [] }
+        lives[id] = nil
+        return [.forget(id)]
+    }
+
+    // MARK: - The postmaster
+
+    /// Flush, hold, release, delete or bounce one message; answered with `ticket`, at once or after the
+    /// spool write that carries it out.
+    public mutating func postmaster(_ action: QueueAction, _ id: QueueID, ticket: UInt64, now: Double) -> [DeliveryAction] {
+        switch action {
+        case .flush:
+            if held[id] != nil { return [.answer(ticket: ticket, .held)] }
+            let jobs = scheduler.queuedJobs(of: id)
+            if !jobs.isEmpty {
+                _ = scheduler.reschedule(jobs, due: now)
+                return [.log(.postmaster(id, .flush, pending: false)), .answer(ticket: ticket, .done(jobs: jobs.count))]
+            }
+            return [.answer(ticket: ticket, isInFlight(id) ? .pending : .notQueued)]
+        case .release:
+            guard held[id] != nil else { return [.answer(ticket: ticket, isKnown(id) ? .notHeld : .notQueued)] }
+        case .hold:
+            if held[id] != nil { return [.answer(ticket: ticket, .alreadyHeld)] }
+        case .delete, .bounce:
+            break
+        }
+        guard isKnown(id) else { return [.answer(ticket: ticket, .notQueued)] }
+        switch lives[id] {
+        case nil:
+            lives[id] = .loading([.request(action, ticket: ticket)])
+            return [.load(id)]
+        case .loading(var waiting):
+            waiting.append(.request(action, ticket: ticket))
+            lives[id] = .loading(waiting)
+            return []
+        case .live:
+            return act(action, on: id, ticket: ticket, now: now)
+        case .leaving:
+            return [.answer(ticket: ticket, .notQueued)]
+        }
+    }
+
+    /// Flush every queued job of a domain (nil: of every domain); returns how many were made due.
+    public mutating func flush(domain: String?, now: Double) -> Int {
+        let jobs = domain.map { scheduler.queuedJobs(destination: $0) } ?? scheduler.allQueuedJobs()
+        return scheduler.reschedule(jobs, due: now)
+    }
+
+    /// Hold, release, delete or bounce a message that is in memory.
+    mutating func act(_ action: QueueAction, on id: QueueID, ticket: UInt64, now: Double) -> [DeliveryAction] {
+        guard case .live(var m) = lives[id], !m.deleted, m.envelope.hasPendingRecipients else {
+            return [.answer(ticket: ticket, .notQueued)]
+        }
+        switch action {
+        case .flush:
+            return postmaster(.flush, id, ticket: ticket, now: now)
+        case .release:
+            guard held[id] != nil else { return [.answer(ticket: ticket, .notHeld)] }
+            held[id] = nil
+            m.envelope.held = false
+            m.envelope.nextAttempt = now
+            m.answers.append(ticket)
+            lives[id] = .live(m)
+            queue(m.envelope, due: now)
+            return [.log(.postmaster(id, .release, pending: false))] + persist(id, now: now)
+        case .hold, .delete, .bounce:
+            // No more attempts from the queue either way.
+            scheduler.remove(id: id)
+            if m.inFlight > 0 {
+                m.afterAttempts = action
+                lives[id] = .live(m)
+                return [.log(.postmaster(id, action, pending: true)), .answer(ticket: ticket, .pending)]
+            }
+            let out = apply(action, to: &m, now: now)
+            m.answers.append(ticket)
+            lives[id] = .live(m)
+            return out + persist(id, now: now)
+        }
+    }
+
+    /// Hold, delete or bounce a message with no attempt in flight; the caller writes it.
+    mutating func apply(_ action: QueueAction, to m: inout Live, now: Double) -> [DeliveryAction] {
+        let id = m.envelope.id
+        scheduler.remove(id: id)
+        switch action {
+        case .hold:
+            m.envelope.held = true
+            held[id] = m.envelope.priority
+        case .delete:
+            m.deleted = true
+            m.failures = []
+            m.delayed = []
+            held[id] = nil
+        case .bounce:
+            var out: [DeliveryAction] = []
+            let reply = "returned to the sender by the postmaster"
+            for i in m.envelope.recipients.indices where !m.envelope.recipients[i].state.isFinal {
+                fail(&m, i, status: "5.0.0", reply: reply, relay: "none")
+                out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[i].address, relay: "none",
+                                                          tls: nil, delay: now - m.envelope.arrival, dsn: "5.0.0",
+                                                          status: .bounced, reply: reply))))
+            }
+            m.envelope.held = false
+            held[id] = nil
+            return out + [.log(.postmaster(id, .bounce, pending: false))]
+        case .flush, .release:
+            return []
+        }
+        return [.log(.postmaster(id, action, pending: false))]
+    }
+
+    // MARK: - What is known (`tern queue`, the metrics)
+
+    /// In the queue: held, queued, or in memory and not finished.
+    public func isKnown(_ id: QueueID) -> Bool {
+        if held[id] != nil || scheduler.isQueued(id) { return true }
+        switch lives[id] {
+        case .loading: return true
+        case .live(let m): return !m.deleted && m.envelope.hasPendingRecipients
+        case .leaving, nil: return false
+        }
+    }
+
+    /// An attempt of the message is running, or the message is being read for one.
+    public func isInFlight(_ id: QueueID) -> Bool {
+        switch lives[id] {
+        case .loading: return true
+        case .live(let m): return m.inFlight > 0
+        case .leaving, nil: return false
+        }
+    }
+
+    public func isHeld(_ id: QueueID) -> Bool { held[id] != nil }
+
+    /// Finished, its removal under way: no longer part of the queue.
+    public func isLeaving(_ id: QueueID) -> Bool {
+        if case .leaving = lives[id] { return true }
+        return false
+    }
+
+    /// The freshest envelope of a message in memory.
+    public func envelope(of id: QueueID) -> Envelope? {
+        switch lives[id] {
+        case .live(let m), .leaving(let m, _): return m.envelope
+        case .loading, nil: return nil
+        }
+    }
+
+    /// Each message with an attempt in flight, with its priority.
+    public func forEachInFlight(_ body: (QueueID, Int) -> Void) {
+        for (id, life) in lives {
+            if case .live(let m) = life, m.inFlight > 0 { body(id, m.envelope.priority) }
+        }
+    }
+
+    /// Messages in memory (loading, live or leaving): bounded by the attempts and writes in flight.
+    public var inMemory: Int { lives.count }
+}

@@ -1,0 +1,74 @@
+// What a next hop's replies mean for the recipients of one attempt (RFC 5321 §4.2.1, §5.1), as pure
+// functions: the connection carries out the verdict, the delivery core records the results.
+//
+//   2xx for a recipient               delivered, final
+//   5xx for a recipient               bounced, final: no other host is asked about it
+//   4xx for some recipients           deferred: retried later, on the retry schedule
+//   4xx for the whole transaction     the next MX host, in the same attempt: MAIL refused, the end of
+//   (MAIL, end of data, or every      data refused, or no recipient accepted. What one host could not
+//    recipient)                       take, another may.
+//
+// The session-level failures (a refused or timed-out connection, a greeting other than 220, a 421 at
+// any point, a failed TLS handshake) also move on to the next host; ClientSession reports those as
+// `sessionFailed`, before any transaction, so they never reach `judge`.
+
+import SMTPProtocol
+
+/// One recipient's result of an attempt: the kind, its RFC 3463 status (the log's dsn=, the bounce's
+/// Status:), and the reply as one line for the log, the envelope and the bounce: the next hop's
+/// ("550 5.1.1 no such user") or Tern's own reason ("connect to mx[192.0.2.1]:25: ECONNREFUSED").
+public struct RecipientResult: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        case delivered, deferred, bounced
+    }
+
+    public var kind: Kind
+    public var status: String
+    public var reply: String
+
+    public init(_ kind: Kind, status: String, reply: String) {
+        self.kind = kind
+        self.status = status
+        self.reply = reply
+    }
+
+    /// From the next hop's reply: its class decides the kind, its enhanced code (else x.0.0) the status.
+    public init(_ reply: Reply) {
+        let kind: Kind = reply.isPositive ? .delivered : (reply.isPermanentFailure ? .bounced : .deferred)
+        let fallback = kind == .delivered ? "2.0.0" : (kind == .bounced ? "5.0.0" : "4.0.0")
+        self.init(kind, status: reply.enhanced ?? fallback, reply: NextHop.text(of: reply))
+    }
+
+    /// A temporary failure in Tern's own words (no route, no host reachable): 4.4.1 unless given.
+    public static func deferred(_ reason: String, status: String = "4.4.1") -> RecipientResult {
+        RecipientResult(.deferred, status: status, reply: reason)
+    }
+}
+
+public enum NextHop {
+    /// What one transaction on one host concluded for the recipients it carried (in the order they were
+    /// sent): `results[k]` is final or deferred for recipient k, and `tryNextHost` says the attempt goes on
+    /// to the next MX host with the recipients whose result is deferred.
+    public struct Verdict: Sendable, Equatable {
+        public var results: [RecipientResult]
+        public var tryNextHost: Bool
+    }
+
+    public static func judge(_ outcome: TransactionOutcome) -> Verdict {
+        let results = outcome.recipientReplies.indices.map { RecipientResult(outcome.result(forRecipient: $0)) }
+        let temporary = results.count { $0.kind == .deferred }
+        let wholeTransaction = outcome.mailReply.isTransientFailure
+            || (outcome.dataReply?.isTransientFailure ?? false)
+            || (!results.isEmpty && temporary == results.count)
+        return Verdict(results: results, tryNextHost: temporary > 0 && wholeTransaction)
+    }
+
+    /// A reply as one log and envelope line: "550 5.1.1 no such user".
+    public static func text(of reply: Reply) -> String {
+        var s = "\(reply.code)"
+        if let e = reply.enhanced { s += " " + e }
+        let t = reply.lines.joined(separator: " ")
+        if !t.isEmpty { s += " " + t }
+        return s
+    }
+}
