@@ -156,10 +156,11 @@ submission_ciphers = "high"
 # written by `tern passwd --file FILE USER`. Empty: AUTH is not offered.
 # AUTH PLAIN and LOGIN (RFC 4954) are offered only under TLS.
 users_file = ""
-# Failed AUTH attempts from one client IP before it is locked out (454 4.7.0);
-# each failure is answered 535 5.7.8 after a delay that doubles (0.5s, 1s, 2s...).
+# Failed AUTH attempts from one client before it is locked out (454 4.7.0); a
+# client is an IPv4 address or an IPv6 /64 (IPv4-mapped IPv6 counts as IPv4).
+# Each failure is answered 535 5.7.8 after a delay that doubles (0.5s, 1s, 2s...).
 max_failures = 5
-# How long a locked-out client IP stays locked out.
+# How long a locked-out client (IPv4 address or IPv6 /64) stays locked out.
 lockout_time = "15m"
 # Offer AUTH without TLS to clients on 127.0.0.0/8 and ::1 (webmail on this host).
 cleartext_from_loopback = false

@@ -16,7 +16,7 @@ final class InboundSession {
     var machine: ServerSession
     private var timer: Timer?
     private var writer: MessageWriter?
-    private var closed = false
+    private(set) var closed = false
     /// Reading paused because the spool is behind on a large message.
     private var pausedForSpool = false
     /// This session's part in the memory budget for message data (see "Memory budget" below).
@@ -280,7 +280,7 @@ final class InboundSession {
     private func authenticate(user: String, password: String) {
         let sessionID = id
         let server = self.server
-        server.authenticate(ip: clientIP, user: user, password: password) { result in
+        server.authenticate(ip: clientIP, session: sessionID, user: user, password: password) { result in
             guard let session = server.sessions[sessionID], !session.closed else { return }
             session.perform(session.machine.authFinished(result))
             session.resumeReading()

@@ -19,6 +19,7 @@ extension SMTPServer {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
         users = files.users
+        prepareDummyHash()
         delivery?.reloadClientTLSContext()  // the CA store, read again on the thread pool
         let what = (files.relayTLS == nil ? "no certificate" : "certificate \(config.tls.certificate)")
             + (files.users.map { ", \($0.hashes.count) users" } ?? "")
@@ -31,38 +32,50 @@ extension SMTPServer {
     }
 
     /// Checks a user's password on the thread pool. A failure is answered after a delay that grows
-    /// with the failures from this IP; after `auth.max_failures` the IP is locked out.
-    func authenticate(ip: String, user: String, password: String, _ done: @escaping (AuthResult) -> Void) {
+    /// with the failures from this client (an IPv4 address or an IPv6 /64, `AuthThrottle.key(for:)`);
+    /// after `auth.max_failures` it is locked out. `session`: the asking session's id; an attempt
+    /// that waits for a turn is dropped if its session has ended meanwhile.
+    func authenticate(ip: String, session: UInt64, user: String, password: String,
+                      _ done: @escaping (AuthResult) -> Void) {
+        let key = AuthThrottle.key(for: ip)
         let now = Double(loop.nowMilliseconds) / 1000
-        if authThrottle.isLockedOut(ip, now: now) {
+        if authThrottle.isLockedOut(key, now: now) {
             log.warning("AUTH from [\(ip)] refused: locked out after \(config.auth.maxFailures) failures")
             done(.lockedOut)
             return
         }
         // Checks in flight count toward the limit, so parallel connections cannot outrun it: the
-        // attempts beyond it wait for one to finish (bounded by max_connections_per_ip).
-        guard authThrottle.begin(ip, now: now) else {
-            authWaitingForIP[ip, default: []].append { [weak self] in
-                self?.authenticate(ip: ip, user: user, password: password, done)
-            }
+        // attempts beyond it wait for one to finish (at most one per live session: ended ones are
+        // dropped here and when woken).
+        guard authThrottle.begin(key, now: now) else {
+            var waiting = authWaitingForIP[key, default: []]
+            waiting.removeAll { !isLive($0.session) }
+            waiting.append((session, { [weak self] in
+                self?.authenticate(ip: ip, session: session, user: user, password: password, done)
+            }))
+            authWaitingForIP[key] = waiting
             return
         }
         // An unknown user costs the same as a wrong password, so timing does not reveal user names.
         let hash = users?.hashes[user]
-        let checked = hash ?? Self.dummyHash
+        let dummy = dummyHash
         final class Box: @unchecked Sendable { var ok = false }
         let box = Box()
-        runPasswordCheck({ box.ok = PasswordHash.verify(password, against: checked) }) { [weak self] in
+        runPasswordCheck({
+            // Before the start-up build is done, a dummy of its own (still off the loop thread).
+            let checked = hash ?? dummy ?? Self.makeDummyHash()
+            box.ok = PasswordHash.verify(password, against: checked)
+        }) { [weak self] in
             guard let self else { return }
             if box.ok && hash != nil {
-                self.authThrottle.succeeded(ip, user: user)
-                self.wakeAuthWaiting(ip)
+                self.authThrottle.succeeded(key, user: user)
+                self.wakeAuthWaiting(key)
                 self.log.info("AUTH user=\(angleQuoted(user)) from [\(ip)]")
                 done(.success(allowedSenders: self.config.auth.senders[user]))
                 return
             }
-            let (delay, locked) = self.authThrottle.failed(ip, user: user, now: Double(self.loop.nowMilliseconds) / 1000)
-            self.wakeAuthWaiting(ip)
+            let (delay, locked) = self.authThrottle.failed(key, user: user, now: Double(self.loop.nowMilliseconds) / 1000)
+            self.wakeAuthWaiting(key)
             self.log.warning("AUTH failed for user=\(angleQuoted(user)) from [\(ip)]\(locked ? ": locked out" : "")")
             let timer = Timer(loop: self.loop)
             timer.start(afterMilliseconds: UInt64(delay * 1000)) {
@@ -72,10 +85,16 @@ extension SMTPServer {
         }
     }
 
-    /// A check from this IP finished: the attempts waiting for it try again (454 if now locked out).
-    func wakeAuthWaiting(_ ip: String) {
-        guard let waiting = authWaitingForIP.removeValue(forKey: ip) else { return }
-        for attempt in waiting { attempt() }
+    /// A check under this throttle key finished: the attempts waiting for it try again (454 if now
+    /// locked out), except those whose session has ended: a dead session's guess is not checked.
+    func wakeAuthWaiting(_ key: String) {
+        guard let waiting = authWaitingForIP.removeValue(forKey: key) else { return }
+        for (session, attempt) in waiting where isLive(session) { attempt() }
+    }
+
+    /// Whether the session with this id is still open.
+    func isLive(_ session: UInt64) -> Bool {
+        sessions[session].map { !$0.closed } ?? false
     }
 
     /// At most `maxConcurrentPasswordChecks` scrypt runs at once (each holds 32 MiB), so a flood of
@@ -96,6 +115,22 @@ extension SMTPServer {
 
     static let maxConcurrentPasswordChecks = 8
 
-    /// A valid hash of a random password, checked for unknown users.
-    static let dummyHash: String = (try? PasswordHash.make(Base64.encode(secureRandomBytes(12)))) ?? ""
+    /// A valid hash of a random password, for unknown users ("" if OpenSSL fails: never matches).
+    /// Blocking (one scrypt run): only on the thread pool.
+    static func makeDummyHash() -> String {
+        (try? PasswordHash.make(Base64.encode(secureRandomBytes(12)))) ?? ""
+    }
+
+    /// Builds `dummyHash` on the thread pool, at start-up or when a reload brings a users file, so
+    /// that the first AUTH for an unknown user does not run scrypt on the loop thread.
+    func prepareDummyHash() {
+        guard users != nil, dummyHash == nil, !dummyHashBuilding else { return }
+        dummyHashBuilding = true
+        final class Box: @unchecked Sendable { var hash = "" }
+        let box = Box()
+        loop.queueWork({ box.hash = Self.makeDummyHash() }) { [weak self] in
+            self?.dummyHash = box.hash
+            self?.dummyHashBuilding = false
+        }
+    }
 }

@@ -50,9 +50,14 @@ public final class SMTPServer {
     /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).
     var authChecksRunning = 0
     var authChecksWaiting: [() -> Void] = []
-    /// AUTH attempts from an IP whose checks in flight already reach `max_failures`: they wait for one
-    /// to finish (then 454 if it locked the IP out), so correct logins in parallel are not refused.
-    var authWaitingForIP: [String: [() -> Void]] = [:]
+    /// AUTH attempts under a throttle key (`AuthThrottle.key(for:)`) whose checks in flight already
+    /// reach `max_failures`, with their session's id: they wait for one to finish (then 454 if it locked
+    /// the key out), so correct logins in parallel are not refused.
+    /// The hash checked for unknown users (as long as a real check); built on the thread pool at
+    /// start-up by `prepareDummyHash()`, nil until then.
+    var dummyHash: String?
+    var dummyHashBuilding = false
+    var authWaitingForIP: [String: [(session: UInt64, attempt: () -> Void)]] = [:]
     var sessions: [UInt64: InboundSession] = [:]
     /// Message data all sessions hold in memory, against `server.max_buffered_data`.
     var dataBudget: DataBudget
@@ -129,6 +134,7 @@ public final class SMTPServer {
             log.info("listening on \(listener.localAddress)\(role == .relay ? "" : " (\(role))")")
         }
         isListening = true
+        prepareDummyHash()
         if let admin {
             try admin.start()
             log.info("admin endpoint on \(admin.listenDescription)")

@@ -65,7 +65,7 @@ extension TLSConfig {
 public struct AuthConfig: Sendable, Equatable, ConfigSection {
     /// The users file written by `tern passwd`; "" = no AUTH offered.
     public var usersFile = ""
-    /// Failed authentications from one client IP before it is locked out.
+    /// Failed authentications from one client (an IPv4 address or an IPv6 /64) before it is locked out.
     public var maxFailures = 5
     /// How long a locked-out IP stays locked out (seconds).
     public var lockoutTime: Double = 900

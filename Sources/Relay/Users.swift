@@ -6,7 +6,8 @@
 //   alice:$scrypt$ln=15,r=8,p=1$<salt hex>$<key hex>
 //
 // A user name is 1-256 printable characters without ':' or spaces. Never plain text: a line whose
-// hash is not in that form stops start-up (or a reload) with the line number.
+// hash is not in that form, or whose cost asks for more than 256 MiB per check, stops start-up (or a
+// reload) with the line number. A leading UTF-8 byte order mark is skipped.
 
 import SMTPProtocol
 import UVRuntime
@@ -27,6 +28,8 @@ public struct UsersFile: Sendable, Equatable {
     }
 
     public init(text: String, source: String) throws {
+        // An editor's UTF-8 byte order mark is not part of the first user's name.
+        let text = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         // "\r\n" is one Character in Swift: split on both.
         let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
         for (index, line) in lines.enumerated() {
@@ -40,8 +43,14 @@ public struct UsersFile: Sendable, Equatable {
             guard Self.isValidUserName(user) else {
                 throw ConfigError(line: index + 1, message: "bad user name \"\(user)\"", source: source)
             }
-            guard PasswordHash.isWellFormed(hash) else {
+            guard let cost = PasswordHash.memoryCost(hash) else {
                 throw ConfigError(line: index + 1, message: "the hash of \(user) is not a $scrypt$ hash made by tern passwd",
+                                  source: source)
+            }
+            // A check that asks for more would take the machine's memory (several run at once).
+            guard cost <= PasswordHash.maxMemoryCost else {
+                throw ConfigError(line: index + 1, message: "the hash of \(user) asks for \(cost >> 20) MiB per check "
+                                  + "(128 * N * r), over the bound of \(PasswordHash.maxMemoryCost >> 20) MiB",
                                   source: source)
             }
             guard hashes[user] == nil else {
@@ -66,9 +75,9 @@ public struct UsersFile: Sendable, Equatable {
     }
 }
 
-/// Failed AUTH attempts per client IP: a delay before each 535 that doubles with every failure, and
-/// a lockout after `maxFailures` for `lockoutTime`. Times are seconds on any monotonic clock.
-/// Entries expire `lockoutTime` after the last failure; the table is bounded.
+/// Failed AUTH attempts per client (see `key(for:)`): a delay before each 535 that doubles with every
+/// failure, and a lockout after `maxFailures` for `lockoutTime`. Times are seconds on any monotonic
+/// clock. Entries expire `lockoutTime` after the last failure; the table holds at most `maxEntries`.
 struct AuthThrottle {
     struct Entry {
         var failures: Int
@@ -84,14 +93,25 @@ struct AuthThrottle {
 
     let maxFailures: Int
     let lockoutTime: Double
+    let maxEntries: Int
     var entries: [String: Entry] = [:]
     static let maxEntries = 100_000
     static let baseDelay = 0.5
     static let maxDelay = 8.0
 
-    init(maxFailures: Int, lockoutTime: Double) {
+    init(maxFailures: Int, lockoutTime: Double, maxEntries: Int = Self.maxEntries) {
         self.maxFailures = maxFailures
         self.lockoutTime = lockoutTime
+        self.maxEntries = maxEntries
+    }
+
+    /// The key failures are counted under: an IPv4 address (an IPv4-mapped IPv6 address counts as
+    /// the IPv4 address it carries), or an IPv6 client's /64, the block one host or one customer
+    /// usually gets, so that hopping between addresses in it does not buy new guesses.
+    static func key(for ip: String) -> String {
+        guard let address = IPAddress(ip) else { return ip }
+        guard address.family == .ipv6 else { return address.description }
+        return IPAddress(family: .ipv6, bytes: CIDR.mask(address.bytes, 64)).description + "/64"
     }
 
     func isLockedOut(_ ip: String, now: Double) -> Bool {
@@ -104,7 +124,7 @@ struct AuthThrottle {
     /// exactly one `failed` or `succeeded`.
     mutating func begin(_ ip: String, now: Double) -> Bool {
         if isLockedOut(ip, now: now) { return false }
-        if entries.count >= Self.maxEntries { prune(now: now) }
+        if entries.count >= maxEntries { prune(now: now) }
         var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
         if e.inFlight == 0, now - e.lastFailure > lockoutTime || (e.lockedUntil.map { now >= $0 } ?? false) {
             e = Entry(failures: 0, lastFailure: now, lockedUntil: nil)
@@ -122,7 +142,7 @@ struct AuthThrottle {
     /// Records a failure; returns how long to wait before answering, and whether the IP is now locked out.
     mutating func failed(_ ip: String, user: String = "", now: Double) -> (delay: Double, lockedOut: Bool) {
         end(ip)
-        if entries.count >= Self.maxEntries { prune(now: now) }
+        if entries.count >= maxEntries { prune(now: now) }
         var e = entries[ip] ?? Entry(failures: 0, lastFailure: now, lockedUntil: nil)
         if now - e.lastFailure > lockoutTime || (e.lockedUntil.map { now >= $0 } ?? false) {
             e = Entry(failures: 0, lastFailure: now, lockedUntil: nil, inFlight: e.inFlight)
@@ -149,9 +169,10 @@ struct AuthThrottle {
             if let until = e.lockedUntil { return now < until }
             return now - e.lastFailure <= lockoutTime
         }
-        // Still full (an attack from very many addresses): forget the oldest half.
-        if entries.count >= Self.maxEntries {
-            let keep = entries.sorted { $0.value.lastFailure > $1.value.lastFailure }.prefix(Self.maxEntries / 2)
+        // Still mostly full (an attack from very many addresses): forget the oldest half, so that
+        // each prune frees a quarter of the table or more and a full table is not filtered per insert.
+        if entries.count > maxEntries * 3 / 4 {
+            let keep = entries.sorted { $0.value.lastFailure > $1.value.lastFailure }.prefix(maxEntries / 2)
             entries = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
         }
     }

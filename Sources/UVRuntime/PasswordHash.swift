@@ -5,7 +5,8 @@
 // ln is log2 of N. With ln=15, r=8 one check costs 32 MiB and tens of milliseconds of CPU: slow
 // enough to make guessing from a stolen file expensive, fast enough for logins. Checks run on the
 // thread pool, never on the loop thread. Other cost parameters in a file are honoured (within limits
-// that keep one check from taking the machine's memory), so the cost can be raised later.
+// that keep one check from taking the machine's memory: 128 * N * r at most 256 MiB), so the cost
+// can be raised later.
 
 import COpenSSL
 
@@ -35,15 +36,31 @@ public enum PasswordHash {
         } }
     }
 
-    /// Whether the text has the form above (used to check a users file at start-up).
+    /// Whether the text has the form above, within the cost bound (`verify` refuses anything else).
     public static func isWellFormed(_ hash: String) -> Bool { parse(hash) != nil }
+
+    /// The most memory one check may ask for: scrypt needs 128 * N * r bytes.
+    public static let maxMemoryCost = 256 << 20
+
+    /// The memory one check of `hash` needs (128 * N * r bytes), whatever its size; nil if the text
+    /// does not have the form above. A users file names the hash over `maxMemoryCost` with this.
+    public static func memoryCost(_ hash: String) -> Int? {
+        parseForm(hash).map { 128 << $0.logN * $0.r }
+    }
 
     struct Parsed {
         var logN: Int, r: Int, p: Int
         var salt: [UInt8], key: [UInt8]
     }
 
+    /// The form above within the cost bound.
     static func parse(_ hash: String) -> Parsed? {
+        guard let parsed = parseForm(hash), 128 << parsed.logN * parsed.r <= maxMemoryCost else { return nil }
+        return parsed
+    }
+
+    /// The form above, each field within its own range; the memory cost is not checked.
+    static func parseForm(_ hash: String) -> Parsed? {
         let parts = hash.split(separator: "$", omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0].isEmpty, parts[1] == "scrypt" else { return nil }
         var logN = 0, r = 0, p = 0
@@ -57,7 +74,7 @@ public enum PasswordHash {
             default: return nil
             }
         }
-        // Bounds that keep one check under about 256 MiB and a few seconds.
+        // Each parameter's own range; `parse` also bounds 128 * N * r by maxMemoryCost (256 MiB).
         guard (10...20).contains(logN), (1...32).contains(r), (1...16).contains(p),
               let salt = unhex(parts[3]), salt.count >= 8, let key = unhex(parts[4]), key.count >= 16
         else { return nil }

@@ -117,7 +117,8 @@ struct QueueList: ParsableCommand {
     func run() throws {
         let response = try endpoint.call("GET", "/queue" + filter.query)
         if json {
-            print(response.text, terminator: "")
+            // Escaped again here: the endpoint may be an older relay's.
+            print(String(decoding: terminalSafeJSON(response.body), as: UTF8.self), terminator: "")
             return
         }
         let listing = endpoint.decode(QueueListing.self, response)
@@ -162,7 +163,8 @@ struct QueueShow: ParsableCommand {
         }
         let response = try endpoint.call("GET", "/queue/" + queryEscaped(id))
         if json {
-            print(response.text, terminator: "")
+            // Escaped again here: the endpoint may be an older relay's.
+            print(String(decoding: terminalSafeJSON(response.body), as: UTF8.self), terminator: "")
             return
         }
         let entry = endpoint.decode(QueueEntry.self, response)

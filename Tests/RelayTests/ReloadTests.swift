@@ -66,6 +66,25 @@ import Glibc
         }
     }
 
+    @Test func dummyHashForUnknownUsersIsBuiltAtStartOffTheLoop() throws {
+        // Built by the thread pool once the server starts, before any AUTH (issue 14): the first
+        // AUTH for an unknown user must not run scrypt on the loop thread.
+        let users = "/tmp/tern-reload-users-\(getpid())"
+        defer { unlink(users) }
+        let file = fopen(users, "w")
+        fputs("alice:\(try PasswordHash.make("pw", logN: 10))\n", file)
+        fclose(file)
+        try Self.withServer(tables: "[auth]\nusers_file = \"\(users)\"") { server, _ in
+            #expect(server.dummyHash == nil)
+            try server.start()
+            let deadline = server.loop.nowMilliseconds + 30_000
+            while server.dummyHash == nil && server.loop.nowMilliseconds < deadline {
+                server.loop.runOnce(nowait: true)
+            }
+            #expect(server.dummyHash.map(PasswordHash.isWellFormed) == true)
+        }
+    }
+
     @Test func restartOnlyKeysKeepTheirValues() throws {
         try Self.withServer(tables: "") { server, spool in
             let before = server.config

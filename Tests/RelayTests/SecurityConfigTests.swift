@@ -122,6 +122,41 @@ private func parseError(_ text: String) -> ConfigError? {
         }
     }
 
+    @Test func usersFileSkipsAByteOrderMark() throws {
+        let hash = try PasswordHash.make("pw", logN: 10)
+        let users = try UsersFile(text: "\u{FEFF}alice:\(hash)\nbob:\(hash)\n", source: "users")
+        #expect(users.order == ["alice", "bob"] && users.hashes["alice"] == hash)
+        // Only at the start: elsewhere it is part of a name, which the name rule refuses.
+        #expect { try UsersFile(text: "alice:\(hash)\n\u{FEFF}bob:\(hash)\n", source: "users") }
+            throws: { ($0 as? ConfigError)?.line == 2 }
+        // Invisible or separating characters are no part of a user name; letters of any script are.
+        for bad in ["\u{FEFF}alice", "ali\u{202E}ce", "ali\u{200B}ce", "ali\u{2028}ce", "ali\u{A0}ce", "ali\u{85}ce"] {
+            #expect(!UsersFile.isValidUserName(bad), "\(bad.unicodeScalars.map { $0.value })")
+        }
+        for good in ["alice", "élise", "用户", "a.b-c_d+e@example.com"] {
+            #expect(UsersFile.isValidUserName(good), "\(good)")
+        }
+    }
+
+    @Test func usersFileRefusesAHashOverTheMemoryBound() throws {
+        // 128 * 2^18 * 8 = 256 MiB is the bound itself: accepted (not checked: that would take 256 MiB).
+        let salt = String(repeating: "ab", count: 16), key = String(repeating: "cd", count: 32)
+        let atBound = "$scrypt$ln=18,r=8,p=1$\(salt)$\(key)"
+        #expect(PasswordHash.memoryCost(atBound) == 256 << 20 && PasswordHash.isWellFormed(atBound))
+        _ = try UsersFile(text: "alice:\(atBound)\n", source: "users")
+        for params in ["ln=20,r=32,p=1", "ln=19,r=8,p=1", "ln=18,r=9,p=1"] {
+            let costly = "$scrypt$\(params)$\(salt)$\(key)"
+            #expect(!PasswordHash.isWellFormed(costly) && !PasswordHash.verify("pw", against: costly))
+            #expect { try UsersFile(text: "# users\nalice:\(atBound)\nbob:\(costly)\n", source: "/etc/tern/users") }
+                throws: { error in
+                    guard let e = error as? ConfigError else { return false }
+                    return e.line == 3 && e.source == "/etc/tern/users" && e.message.contains("MiB per check")
+                        && "\(e)".contains("/etc/tern/users: line 3")
+                }
+        }
+        #expect(PasswordHash.memoryCost("$scrypt$ln=20,r=32,p=1$\(salt)$\(key)") == 4 << 30)
+    }
+
     @Test func throttleDelaysGrowThenLocksOutPerIP() {
         var t = AuthThrottle(maxFailures: 3, lockoutTime: 60)
         let a = t.failed("192.0.2.1", now: 0)
@@ -192,5 +227,44 @@ private func parseError(_ text: String) -> ConfigError? {
             _ = t.failed("ip\(i)", now: 0)
         }
         #expect(t.entries.count <= AuthThrottle.maxEntries)
+    }
+
+    @Test func throttleKeyGroupsIPv6By64() {
+        let key = AuthThrottle.key(for:)
+        // Two addresses in one /64 share a key; the next /64 does not.
+        #expect(key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff:eeee:dddd:cccc"))
+        #expect(key("2001:db8:1:2::1") == "2001:db8:1:2::/64")
+        #expect(key("2001:db8:1:2::1") != key("2001:db8:1:3::1"))
+        #expect(key("2001:db8::1") != key("2001:db9::1"))
+        // An IPv4-mapped address is the IPv4 address; IPv4 addresses stay apart.
+        #expect(key("::ffff:1.2.3.4") == key("1.2.3.4"))
+        #expect(key("1.2.3.4") == "1.2.3.4")
+        #expect(key("1.2.3.4") != key("1.2.3.5"))
+        #expect(key("::ffff:1.2.3.4") != key("::ffff:1.2.3.5"))
+        #expect(key("::1") == "::/64" && key("::1") != key("1.2.3.4"))
+    }
+
+    @Test func addressesOfOneIPv6BlockShareALockout() {
+        var t = AuthThrottle(maxFailures: 3, lockoutTime: 60)
+        for host in 1...3 {
+            let k = AuthThrottle.key(for: "2001:db8:0:7::\(host)")
+            let began = t.begin(k, now: 0)
+            #expect(began)
+            _ = t.failed(k, now: 0)
+        }
+        #expect(t.isLockedOut(AuthThrottle.key(for: "2001:db8:0:7:1234::99"), now: 1))
+        #expect(!t.isLockedOut(AuthThrottle.key(for: "2001:db8:0:8::1"), now: 1))
+        #expect(t.entries.count == 1)
+    }
+
+    @Test func fullThrottleTableIsNotPrunedOnEveryInsert() {
+        // A full table where only a few entries have expired: a prune that freed only those would
+        // run again (filtering the whole table) on nearly every later failure. It frees a quarter.
+        var t = AuthThrottle(maxFailures: 5, lockoutTime: 100, maxEntries: 400)
+        for i in 0..<10 { _ = t.failed("old\(i)", now: 0) }
+        for i in 0..<390 { _ = t.failed("ip\(i)", now: 150) }
+        #expect(t.entries.count == 400)
+        _ = t.failed("new", now: 151)
+        #expect(t.entries.count <= 301 && t.entries["new"] != nil)
     }
 }

@@ -358,3 +358,35 @@ def test_passwd_mismatch_says_only_that(tmp_path):
     code, err = passwd_on_a_tty(users, ["secret", "secret"])
     assert code == 0, err
     assert users.read_text().startswith("alice:$scrypt$")
+
+
+def test_json_escapes_what_a_terminal_would_obey(tern):
+    """`tern queue ... --json` and the endpoint's JSON write C1 controls (0x9B is CSI) and U+2028/U+2029
+    from a client's HELO as \\uXXXX (issue 14): catting the JSON prints none raw. (EHLO refuses DEL;
+    its escape is in QueueViewTests.)"""
+    from conftest import QUEUED_RE, SMTPConn, assert_reply
+    helo = "evil\x9b2J\x85\u2028\u2029.test"
+    with SMTPConn(tern.port) as c:
+        c.greeting()
+        assert_reply(c.cmd(b"EHLO " + helo.encode()), 250)
+        assert_reply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<r@far.test>"), 250)
+        assert_reply(c.cmd("DATA"), 354)
+        reply = c.cmd("Subject: c1\r\n\r\nbody\r\n.")
+        assert_reply(reply, 250)
+        c.cmd("QUIT")
+    qid = QUEUED_RE.search(" ".join(reply.lines)).group(1)
+    for args in (["show", qid, "--json"], ["list", "--json"]):
+        p = subprocess.run([str(TERN_BIN), "queue", *args, "--config", str(tern.config_path)],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        out = p.stdout
+        for raw in (b"\x7f", b"\xc2\x9b", b"\xc2\x85", "\u2028".encode(), "\u2029".encode(), b"\x1b"):
+            assert raw not in out, (raw, out)
+        assert b"evil\\u009b2J\\u0085\\u2028\\u2029.test" in out, out
+        data = json.loads(out)
+        shown = data if args[0] == "show" else data["messages"][0]
+        assert shown["helo"] == helo, shown
+    # The endpoint's own answer, not only what the CLI prints.
+    status, _, body = http(tern.admin_port, f"GET /queue/{qid} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    assert status == 200 and b"\xc2\x9b" not in body and b"evil\\u009b2J\\u0085\\u2028\\u2029.test" in body, body

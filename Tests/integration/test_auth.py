@@ -371,3 +371,45 @@ def test_implicit_tls_handshake_failure_is_logged(start_tern, certs, users_file)
     line = next((l for l in t.stderr().splitlines() if "TLS handshake failed" in l), "")
     assert "NOQUEUE: reject: CONNECT from unknown[127.0.0.1]: TLS handshake failed: error:" in line, t.stderr()
     assert "proto=SMTP" in line and "session=" in line, line
+
+
+def test_attempts_waiting_for_a_check_are_dropped_when_their_session_ends(start_tern, certs, tmp_path):
+    """Attempts beyond max_failures wait for the check in flight (issue 14). Sessions that end while
+    waiting (here command_timeout; reading is paused during AUTH, so a client's EOF is seen only after
+    the answer) are forgotten: nothing is checked or logged for them when the check finishes."""
+    import hashlib
+    import time
+
+    # A slow hash (ln=16, p=16: 64 MiB, seconds of CPU) keeps the first check in flight past the timeout.
+    salt = os.urandom(16)
+    key = hashlib.scrypt(b"slow pw", salt=salt, n=2 ** 16, r=8, p=16, maxmem=128 << 20, dklen=32)
+    users = tmp_path / "users"
+    users.write_text(f"alice:$scrypt$ln=16,r=8,p=16${salt.hex()}${key.hex()}\n")
+    t = start_tern(**secure_tables(certs, users, server={"command_timeout": "1s"},
+                                   auth={"max_failures": 1, "lockout_time": "1h", "cleartext_from_loopback": True}))
+
+    def session():
+        c = t.connect()
+        c.greeting()
+        c.ehlo()
+        return c
+
+    sessions = [session() for _ in range(6)]
+    for c in sessions:
+        c.send("AUTH PLAIN " + plain("alice", "wrong") + "\r\n")
+    # All six time out (421) while the first check runs; five of them were waiting for it.
+    for c in sessions:
+        assert_reply(c.read_reply(), 421)
+        c.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "AUTH failed for user=<alice>" not in t.stderr():
+        time.sleep(0.1)
+    assert "AUTH failed for user=<alice>" in t.stderr(), t.stderr()[-3000:]
+    # The failure locked the address out: a new attempt gets 454, and only it is logged as refused.
+    with session() as c:
+        assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "slow pw")), 454, "4.7.0")
+    assert t.alive()
+    # Log lines come in order: a replayed dead attempt would be logged before "AUTH failed" above.
+    while time.monotonic() < deadline and "refused: locked out" not in t.stderr():
+        time.sleep(0.1)
+    assert t.stderr().count("refused: locked out") == 1, t.stderr()[-3000:]

@@ -102,6 +102,39 @@ def test_reload_with_a_missing_users_file_is_refused(start_tern, tmp_path):
     assert any(k.startswith("AUTH") for k in ehlo_keywords(t.port)), ehlo_keywords(t.port)
 
 
+def test_users_file_with_a_too_costly_hash_is_refused(start_tern, tmp_path):
+    """A hash asking for more than 256 MiB per check (128 * N * r; here 4 GiB) is refused by check-config
+    and by SIGHUP, naming the file and line; the old users stay. A BOM before the first user is skipped."""
+    import base64
+    import subprocess
+
+    from conftest import SMTPConn, TERN_BIN
+
+    users = tmp_path / "users"
+    assert tern_passwd(users, "alice", "alice pw").returncode == 0
+    users.write_bytes(b"\xef\xbb\xbf" + users.read_bytes())
+    t = start_tern(extra_tables={"auth": {"users_file": str(users), "cleartext_from_loopback": True}})
+
+    def login(user: str, password: str) -> int:
+        with SMTPConn(t.port) as c:
+            c.greeting()
+            c.ehlo()
+            code = c.cmd("AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()).code
+            c.cmd("QUIT")
+        return code
+
+    assert login("alice", "alice pw") == 235
+    costly = "$scrypt$ln=20,r=32,p=1$" + "ab" * 16 + "$" + "cd" * 32
+    users.write_text(users.read_text() + f"bob:{costly}\n")
+    p = subprocess.run([str(TERN_BIN), "check-config", str(t.config_path)], capture_output=True, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode != 0 and f"{users}: line 2" in err and "4096 MiB per check" in err, err
+    line = hup(t, "MiB per check")
+    assert "reload refused" in line and f"{users}: line 2" in line, line
+    assert t.alive()
+    assert login("alice", "alice pw") == 235
+
+
 def test_sighup_changes_the_cipher_policies(start_tern, rsa_cert, tmp_path):
     users = tmp_path / "users"
     assert tern_passwd(users, "alice", "alice pw").returncode == 0

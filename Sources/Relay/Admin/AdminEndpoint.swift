@@ -282,7 +282,8 @@ public final class AdminEndpoint {
     static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let body = (try? encoder.encode(value)).map { Array($0) + [10] } ?? Array("{}\n".utf8)
+        // Client text (HELO, sender, replies) must not reach an operator's terminal raw.
+        let body = (try? encoder.encode(value)).map { terminalSafeJSON(Array($0)) + [10] } ?? Array("{}\n".utf8)
         return HTTPResponse(status: status, reason: reason(status),
                             headers: [HTTPHeader("Content-Type", "application/json")], body: body)
     }
