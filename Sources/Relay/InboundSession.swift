@@ -46,6 +46,15 @@ final class InboundSession {
 
     /// Buffered message bytes beyond which the session stops reading until the spool catches up.
     static let maxAheadOfDisk = 4 * 1024 * 1024
+    /// Replies the client has not taken (queued in the socket's writes) beyond which the session reads
+    /// no more and answers no more pipelined commands until they drain: a client that sends commands
+    /// and never reads the replies holds this much, not a reply for every line.
+    static let maxPendingOutput = 256 * 1024
+    /// Reading stopped because of unsent replies (or commands waiting behind them): the client's doing,
+    /// so the idle timer runs on and closes a client that never reads.
+    private var heldForOutput = false
+    /// Inside pumpInput (which performs actions, which may resume reading, which pumps).
+    private var pumping = false
 
     init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
         self.id = id
@@ -62,8 +71,11 @@ final class InboundSession {
         connection.onRead = { [unowned self] bytes in self.received(bytes) }
         connection.onEOF = { [unowned self] in self.log("end of input from \(self.clientIP)") }
         connection.onClose = { [unowned self] in self.closedByPeerOrUs() }
+        connection.onWritesDrained = { [unowned self] in self.pumpInput() }
         let timer = Timer(loop: server.loop)
         self.timer = timer
+        // Implicit TLS: the handshake has command_timeout from the connection's start.
+        if tls != nil { inputPendingSince = server.loop.nowMilliseconds }
         if server.config.server.reverseDNS {
             let resolver = server.resolver
             // Greet once the PTR name is known (or not): it goes into the Received header.
@@ -92,12 +104,15 @@ final class InboundSession {
     private func received(_ bytes: UnsafeRawBufferPointer) {
         server.metrics.bytesIn += bytes.count
         receiving = true
+        let linesBefore = machine.linesRead
         defer {
             receiving = false
             flush()
+            pumpInput()
         }
         guard let tls else {
             perform(machine.receive(bytes))
+            noteInput(linesBefore: linesBefore, handshakeDone: false)
             armTimer()
             return
         }
@@ -126,7 +141,63 @@ final class InboundSession {
             flush()
             connection.closeAfterWrites()
         }
+        noteInput(linesBefore: linesBefore, handshakeDone: !handshakeWasDone && tls.handshakeComplete)
         armTimer()
+    }
+
+    /// Loop milliseconds since input began that is not a complete command line yet: a partial line,
+    /// part of a TLS record, the TLS handshake. The command deadline counts from then, so a client
+    /// dripping bytes (in the clear, or a ClientHello or record under TLS, which decrypts to nothing)
+    /// cannot hold the connection past command_timeout. Nil when nothing is pending.
+    private var inputPendingSince: UInt64?
+
+    /// After a read: a complete line (or the end of the handshake) ends what was pending; raw bytes
+    /// that complete nothing start it, if it is not running already.
+    private func noteInput(linesBefore: Int, handshakeDone: Bool) {
+        switch machine.phase {
+        case .data, .committing, .authenticating, .closed:
+            inputPendingSince = nil  // DATA has its per-read data_timeout; the others read nothing
+            return
+        default:
+            break
+        }
+        let now = server.loop.nowMilliseconds
+        let handshaking = tls.map { !$0.handshakeComplete } ?? false
+        if machine.linesRead != linesBefore || handshakeDone {
+            inputPendingSince = machine.hasPartialLine || handshaking ? now : nil
+        } else if inputPendingSince == nil {
+            inputPendingSince = now
+        }
+    }
+
+    /// Answers the pipelined commands the machine set aside at its per-call reply cap while the client
+    /// takes its replies, and reads only while it does: at most `maxPendingOutput` of replies wait in
+    /// the socket's queue and one read of commands in the machine. Runs after every read and whenever
+    /// the socket's writes drain.
+    private func pumpInput() {
+        guard !closed, !pumping else { return }
+        pumping = true
+        defer { pumping = false }
+        let linesBefore = machine.linesRead
+        // Each round makes at most ServerSession.maxRepliesPerCall of replies and consumes a line at
+        // least; the inbox holds one read at most: bounded.
+        while !closed, machine.hasBacklog, connection.pendingWriteBytes <= Self.maxPendingOutput {
+            perform(machine.continueInput())
+        }
+        guard !closed else { return }
+        if machine.linesRead != linesBefore {
+            noteInput(linesBefore: linesBefore, handshakeDone: false)
+            armTimer()
+        }
+        if machine.hasBacklog || connection.pendingWriteBytes > Self.maxPendingOutput {
+            if !heldForOutput {
+                heldForOutput = true
+                connection.stopReading()
+            }
+        } else if heldForOutput {
+            heldForOutput = false
+            resumeReading()
+        }
     }
 
     /// Writes the unsent replies and what the TLS engine has for the socket (handshake records,
@@ -168,23 +239,15 @@ final class InboundSession {
     /// When the running timer fires (loop milliseconds).
     private var timerDue: UInt64 = 0
 
-    /// The number of lines read when the partial command line now pending began (see armTimer).
-    private var partialLineAfter: Int?
-
     private func armTimer() {
         guard !closed, let timer else { return }
         let seconds = machine.phase == .data ? server.config.server.dataTimeout : server.config.server.commandTimeout
         let now = server.loop.nowMilliseconds
-        // A command line's deadline counts from its first byte: more bytes of the same line do not
-        // move it (Postfix's smtpd_timeout is per read; a client dripping a byte every 20 s would
-        // otherwise outlive command_timeout forever). DATA keeps its per-read data_timeout.
-        if machine.hasPartialLine {
-            if partialLineAfter == machine.linesRead, timer.isActive { return }
-            partialLineAfter = machine.linesRead
-        } else {
-            partialLineAfter = nil
-        }
-        idleDeadline = now + UInt64(seconds * 1000)
+        // A command line's deadline counts from its first byte (inputPendingSince): more bytes of the
+        // same line do not move it (Postfix's smtpd_timeout is per read; a client dripping a byte every
+        // 20 s would otherwise outlive command_timeout forever). DATA keeps its per-read data_timeout.
+        let from = machine.phase == .data ? now : (inputPendingSince ?? now)
+        idleDeadline = from + UInt64(seconds * 1000)
         // A timer that fires later than the new deadline (a shorter timeout now) is started again.
         if timer.isActive && timerDue <= idleDeadline { return }
         startTimer(now: now)
@@ -206,7 +269,11 @@ final class InboundSession {
             return
         }
         log("timeout after \(machine.phase) from \(clientIP)")
+        // Replies still queued: the client reads nothing, so the 421 would never get through and a
+        // graceful close would wait on it; the connection ends now.
+        let stuck = connection.pendingWriteBytes > 0
         perform(machine.timedOut())
+        if stuck { connection.close() }
     }
 
     /// Carries out what the state machine asked for, in order.
@@ -248,8 +315,9 @@ final class InboundSession {
             case .delay, .drop:
                 break  // only with hooks, which the relay never sets
             case .startTLS:
-                // The 220 goes out in the clear now; the handshake comes next.
+                // The 220 goes out in the clear now; the handshake comes next, within command_timeout.
                 flush()
+                inputPendingSince = server.loop.nowMilliseconds
                 guard let context = server.tlsContext(for: role) else {
                     tlsFailed(TLSError("no certificate loaded"), handshake: true)
                     closed = true
@@ -285,6 +353,7 @@ final class InboundSession {
             session.perform(session.machine.authFinished(result))
             session.resumeReading()
             session.armTimer()
+            session.pumpInput()  // commands pipelined behind it, past the reply cap
         }
     }
 
@@ -349,7 +418,7 @@ final class InboundSession {
     private func resumeReading() {
         guard !closed, !serverHolding else { return }
         serverResumedReading()
-        if machine.wantsInput { connection.startReading() }
+        if machine.wantsInput && !heldForOutput { connection.startReading() }
     }
 
     // MARK: Memory budget (server.max_buffered_data, DataBudget.swift)
@@ -434,6 +503,7 @@ final class InboundSession {
         stoppedAt = nil
         let now = server.loop.nowMilliseconds
         idleDeadline += now - since
+        if let pending = inputPendingSince { inputPendingSince = pending + (now - since) }
         if !closed, timer != nil { startTimer(now: now) }
     }
 
@@ -477,6 +547,7 @@ final class InboundSession {
             session.perform(session.machine.commitFinished(queueID: queueID?.rawValue))
             session.resumeReading()
             session.armTimer()
+            session.pumpInput()  // commands pipelined behind it, past the reply cap
             if server.stopping { session.shutDown(force: true) }
         }
     }

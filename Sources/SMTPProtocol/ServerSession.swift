@@ -193,6 +193,16 @@ public struct ServerSession {
     }
     /// The command being handled (or last handled), for refusals: "RCPT", "END-OF-MESSAGE", …
     var currentCommand = "CONNECT"
+    /// Reply bytes made since the last `takeActions`: past `maxRepliesPerCall` no further command is
+    /// read in this call.
+    var replyBytesThisCall = 0
+    /// Complete command lines wait in the inbox because this call made `maxRepliesPerCall` of replies:
+    /// the caller sends those, reads no more input, and calls `continueInput` (when the client takes
+    /// its replies). A client pipelining thousands of NOOPs to a socket it never reads thus holds at
+    /// most one read of input and one call's replies, not a reply for every line it sent.
+    public var hasBacklog: Bool { stoppedAtReplyCap && !inbox.isEmpty && phase != .closed }
+    var stoppedAtReplyCap = false
+    public static let maxRepliesPerCall = 32 * 1024
 
     var actions: [ServerAction] = []
     var replyBytes: [UInt8] = []
@@ -254,6 +264,7 @@ public struct ServerSession {
     /// Bytes from the client.
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) -> [ServerAction] {
         guard phase != .closed else { return [] }
+        stoppedAtReplyCap = false
         if inbox.isEmpty {
             let consumed = process(bytes)
             if consumed < bytes.count, phase != .closed {
@@ -263,6 +274,15 @@ public struct ServerSession {
             inbox.append(contentsOf: bytes)
             drainInbox()
         }
+        flushDataOut(force: false)
+        return takeActions()
+    }
+
+    /// Answers the commands left waiting by the reply cap (`hasBacklog`), again up to the cap.
+    public mutating func continueInput() -> [ServerAction] {
+        guard hasBacklog else { return [] }
+        stoppedAtReplyCap = false
+        drainInbox()
         flushDataOut(force: false)
         return takeActions()
     }
@@ -353,6 +373,10 @@ public struct ServerSession {
                         // Keep a trailing CR: its LF may arrive in the next read.
                         return base[count - 1] == 13 ? count - 1 : count
                     }
+                    return offset
+                }
+                if replyBytesThisCall >= Self.maxRepliesPerCall {
+                    stoppedAtReplyCap = true  // the rest when the client has taken these replies
                     return offset
                 }
                 let lineEnd = lf - 1  // index of the CR
@@ -716,6 +740,8 @@ public struct ServerSession {
             let hold = hooks!.replyDelay()
             if hold > 0 { emit(.delay(milliseconds: hold)) }
         }
+        let before = replyBytes.count
+        defer { replyBytesThisCall += replyBytes.count - before }
         if r.enhanced != nil && !config.extensions.contains(.enhancedStatusCodes) {
             return Reply(r.code, nil, r.lines).appendWireBytes(to: &replyBytes)
         }
@@ -845,6 +871,7 @@ public struct ServerSession {
 
     mutating func takeActions() -> [ServerAction] {
         flushReplies()
+        replyBytesThisCall = 0
         let a = actions
         actions = []
         return a

@@ -460,4 +460,33 @@ let transaction = lines(
         #expect(d.lastReply.hasPrefix("421 4.3.2 "))
         #expect(d.closed)
     }
+
+    /// Issue 14: a client pipelining thousands of commands gets at most ~32 KiB of replies per call;
+    /// the commands left over wait in the session (hasBacklog) and are answered, in order, by
+    /// continueInput, so memory for unsent replies stays bounded whatever the client sends.
+    @Test func repliesPerCallAreCappedAndTheRestFollows() {
+        var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
+                              client: PeerInfo(ip: "127.0.0.1", trusted: true))
+        _ = s.greeting()
+        func replyBytes(_ actions: [ServerAction]) -> [UInt8] {
+            actions.flatMap { action -> [UInt8] in if case .reply(let b) = action { return b } else { return [] } }
+        }
+        let count = 10_000  // 140 KB of replies
+        let cap = ServerSession.maxRepliesPerCall
+        var out = replyBytes(s.receive(Array(String(repeating: "NOOP\r\n", count: count).utf8) + Array("NO".utf8)))
+        #expect(out.count >= cap && out.count < cap + 64, "\(out.count) bytes of replies in one call")
+        #expect(s.hasBacklog)
+        var calls = 1
+        while s.hasBacklog && calls < 100 {  // 5 calls needed: bounded
+            let more = replyBytes(s.continueInput())
+            #expect(more.count > 0 && more.count < cap + 64)
+            out += more
+            calls += 1
+        }
+        #expect(!s.hasBacklog)
+        #expect(calls == 5)
+        #expect(out == Array(String(repeating: "250 2.0.0 Ok\r\n", count: count).utf8))
+        // The partial line behind the backlog was kept.
+        #expect(replyBytes(s.receive(Array("OP\r\nQUIT\r\n".utf8))) == Array("250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n".utf8))
+    }
 }

@@ -25,6 +25,12 @@ final class SinkSession {
     private var committing = false
     /// Present once STARTTLS was accepted: every byte in and out goes through it.
     private var tls: TLSEngine?
+    /// Loop milliseconds since input that is not a complete command line yet began (a partial line,
+    /// part of a TLS record, the handshake): the command deadline counts from then, as the relay's
+    /// (InboundSession), so dripping bytes cannot hold a connection. Nil when nothing is pending.
+    private var inputPendingSince: UInt64?
+    /// Inside pumpInput (which performs actions).
+    private var pumping = false
 
     init(id: UInt64, server: SinkServer, connection: TCPConnection, machine: ServerSession) {
         self.id = id
@@ -37,14 +43,17 @@ final class SinkSession {
     func start() {
         connection.onRead = { [unowned self] bytes in self.received(bytes) }
         connection.onClose = { [unowned self] in self.didClose() }
+        connection.onWritesDrained = { [unowned self] in self.resumeReading() }
         connection.setNoDelay(true)
         perform(machine.greeting())
         resumeReading()
     }
 
     private func received(_ bytes: UnsafeRawBufferPointer) {
+        let linesBefore = machine.linesRead
         guard let tls else {
             perform(machine.receive(bytes))
+            noteInput(linesBefore: linesBefore, handshakeDone: false)
             resumeReading()
             return
         }
@@ -72,7 +81,42 @@ final class SinkSession {
             connection.closeAfterWrites()
             return
         }
+        noteInput(linesBefore: linesBefore, handshakeDone: !handshakeWasDone && tls.handshakeComplete)
         resumeReading()
+    }
+
+    /// After a read: a complete line (or the end of the handshake) ends what was pending; raw bytes
+    /// that complete nothing start it, if it is not running already.
+    private func noteInput(linesBefore: Int, handshakeDone: Bool) {
+        switch machine.phase {
+        case .data, .committing, .authenticating, .closed:
+            inputPendingSince = nil  // DATA times each read; the others read nothing
+            return
+        default:
+            break
+        }
+        let now = server.loop.nowMilliseconds
+        let handshaking = tls.map { !$0.handshakeComplete } ?? false
+        if machine.linesRead != linesBefore || handshakeDone {
+            inputPendingSince = machine.hasPartialLine || handshaking ? now : nil
+        } else if inputPendingSince == nil {
+            inputPendingSince = now
+        }
+    }
+
+    /// Answers pipelined commands the machine set aside at its per-call reply cap while the client
+    /// takes its replies (at most `InboundSession.maxPendingOutput` unsent), as the relay does.
+    private func pumpInput() {
+        guard !pumping else { return }
+        pumping = true
+        defer { pumping = false }
+        let linesBefore = machine.linesRead
+        // Each round consumes a line at least; the inbox holds one read at most: bounded.
+        while !closed, held == nil, !committing, machine.hasBacklog,
+              connection.pendingWriteBytes <= InboundSession.maxPendingOutput {
+            perform(machine.continueInput())
+        }
+        if machine.linesRead != linesBefore { noteInput(linesBefore: linesBefore, handshakeDone: false) }
     }
 
     /// Writes what the TLS engine has for the socket (handshake records, encrypted replies).
@@ -97,16 +141,25 @@ final class SinkSession {
         flushTLS()
     }
 
-    /// Reads (and arms the idle timer) unless something is held or the machine waits.
+    /// Reads (and arms the idle timer) unless something is held, the machine waits, or the client has
+    /// not taken its replies (over the bound, or commands wait behind them).
     private func resumeReading() {
         guard !closed, held == nil else { return }
-        if machine.wantsInput && !committing {
+        pumpInput()
+        guard !closed, held == nil else { return }
+        let outputHeld = machine.hasBacklog || connection.pendingWriteBytes > InboundSession.maxPendingOutput
+        if machine.wantsInput && !committing && !outputHeld {
             connection.startReading()
         } else {
             connection.stopReading()
         }
-        timer.start(afterMilliseconds: UInt64(server.config.commandTimeout * 1000)) { [unowned self] in
+        let now = server.loop.nowMilliseconds
+        let due = (machine.phase == .data ? now : inputPendingSince ?? now) + UInt64(server.config.commandTimeout * 1000)
+        timer.start(afterMilliseconds: due > now ? due - now : 0) { [unowned self] in
+            // Replies still queued: the client reads nothing, the 421 would not get through.
+            let stuck = self.connection.pendingWriteBytes > 0
             self.perform(self.machine.timedOut())
+            if stuck { self.connection.close() }
         }
     }
 
@@ -148,6 +201,7 @@ final class SinkSession {
                 do {
                     guard let context = server.tlsContext else { throw TLSError("no certificate loaded") }
                     tls = try TLSEngine(context: context)
+                    inputPendingSince = server.loop.nowMilliseconds  // the handshake within command_timeout
                 } catch {
                     server.log.error("TLS set-up for [\(machine.client.ip)] failed: \(error)")
                     closed = true
