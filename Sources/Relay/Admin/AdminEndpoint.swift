@@ -16,10 +16,13 @@ public final class AdminEndpoint {
         self.server = server
         var handle: HTTPServer.AsyncHandler = { _, answer in answer(Self.json(AdminError(503, "starting"))) }
         let forward: HTTPServer.AsyncHandler = { request, answer in handle(request, answer) }
+        let requestTimeoutMs = UInt64(server.config.admin.requestTimeout * 1000)
         if let unixPath {
-            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16, asyncHandler: forward)
+            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16,
+                                  requestTimeoutMs: requestTimeoutMs, asyncHandler: forward)
         } else {
-            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16, asyncHandler: forward)
+            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16,
+                                  requestTimeoutMs: requestTimeoutMs, asyncHandler: forward)
         }
         // Malformed requests too are answered in JSON, as every other error of the endpoint.
         http.errorResponse = { status, _, message in Self.json(AdminError(status, message)) }
@@ -300,6 +303,7 @@ public final class AdminEndpoint {
         case 403: return "Forbidden"
         case 405: return "Method Not Allowed"
         case 409: return "Conflict"
+        case 408: return "Request Timeout"
         case 413: return "Content Too Large"
         case 431: return "Request Header Fields Too Large"
         case 501: return "Not Implemented"

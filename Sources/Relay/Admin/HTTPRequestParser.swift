@@ -237,11 +237,17 @@ func isTokenChar(_ b: UInt8) -> Bool {
     }
 }
 
-public struct HTTPResponse: Sendable {
+public struct HTTPResponse {
     public var status: Int
     public var reason: String
     public var headers: [HTTPHeader]
     public var body: [UInt8]
+    /// The Content-Length of an answer to HEAD whose body was not read (the size of a file); nil: the body's.
+    public var headLength: Int?
+    /// Runs on the loop once the answer has left the process (the kernel took it), or will never
+    /// leave (the connection closed): a handler that limits how many large answers are held at once
+    /// hands its turn on here.
+    public var whenSent: (() -> Void)?
 
     public init(status: Int, reason: String, headers: [HTTPHeader] = [], body: [UInt8] = []) {
         self.status = status
@@ -255,13 +261,25 @@ public struct HTTPResponse: Sendable {
                      body: Array(body.utf8))
     }
 
-    /// The wire form; Content-Length always, and "Connection: close" when the connection ends after it.
-    public func serialized(close: Bool, headOnly: Bool = false) -> [UInt8] {
+    /// The head; Content-Length always, and "Connection: close" when the connection ends after it.
+    func head(close: Bool) -> [UInt8] {
         var head = "HTTP/1.1 \(status) \(reason)\r\n"
         for h in headers { head += "\(h.name): \(h.value)\r\n" }
-        head += "Content-Length: \(body.count)\r\n"
+        head += "Content-Length: \(headLength ?? body.count)\r\n"
         if close { head += "Connection: close\r\n" }
         head += "\r\n"
-        return Array(head.utf8) + (headOnly ? [] : body)
+        return Array(head.utf8)
+    }
+
+    /// The wire form, head and body joined.
+    public func serialized(close: Bool, headOnly: Bool = false) -> [UInt8] {
+        head(close: close) + (headOnly ? [] : body)
+    }
+
+    /// The wire form as two buffers, the body not copied.
+    func withWireParts(close: Bool, headOnly: Bool, _ body: ([UnsafeRawBufferPointer]) -> Void) {
+        head(close: close).withUnsafeBytes { head in
+            self.body.withUnsafeBytes { bytes in body(headOnly ? [head] : [head, bytes]) }
+        }
     }
 }
