@@ -1,5 +1,6 @@
 // A small HTTP/1.1 request parser (RFC 9112) for Tern's own endpoints: `/metrics` of `tern sink`
-// now, the relay's admin endpoint later. Pure: bytes in, requests out, so it is tested byte by byte.
+// and the relay's admin endpoint. Pure: bytes in, requests out, so it is tested byte by byte. Work is
+// linear in the bytes however they arrive: each is scanned once, a head is parsed once.
 //
 // Deliberately narrow: a request line, header fields, and a body only by Content-Length (a request
 // with neither Content-Length nor Transfer-Encoding has none, RFC 9112 §6.3: `curl -X POST` sends
