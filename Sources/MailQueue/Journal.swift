@@ -662,6 +662,13 @@ final class Journal: @unchecked Sendable {
         return index[id] != nil
     }
 
+    /// The length of a journaled message's data, nil if it is not in the journal.
+    func dataLength(_ id: QueueID) -> Int? {
+        state.lock()
+        defer { state.unlock() }
+        return index[id].map { Int($0.dataLength) }
+    }
+
     func ids() -> [QueueID] {
         state.lock()
         defer { state.unlock() }

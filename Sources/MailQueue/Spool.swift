@@ -391,6 +391,15 @@ public final class Spool: @unchecked Sendable {
         return try Spool.readFile(messagePath(id))
     }
 
+    /// The size of the stored message, without reading it (HEAD of the admin endpoint). Blocking.
+    public func messageSize(_ id: QueueID) throws -> Int {
+        if let length = journal.dataLength(id) { return length }
+        var info = stat()
+        let file = messagePath(id)
+        guard stat(file, &info) == 0 else { throw SpoolError("stat", path: file, errno: errno) }
+        return Int(info.st_size)
+    }
+
     public func load(_ id: QueueID) throws -> Envelope {
         if let (record, _) = try journal.read(id, data: false) { return try EnvelopeRecord.decode(record) }
         let file = envelopePath(id)
@@ -521,7 +530,10 @@ public final class Spool: @unchecked Sendable {
         let fd = try retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
         defer { _ = close(fd) }
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        // Sized once: growing by doubling held up to twice a large message while reading it.
+        var info = stat()
+        if fstat(fd, &info) == 0 && info.st_size > 0 { bytes.reserveCapacity(Int(info.st_size)) }
+        var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {

@@ -119,6 +119,7 @@ extension TernConfig {
 
         out.table("admin")
         out.key("listen", string: admin.listen)
+        out.key("request_timeout", duration: admin.requestTimeout)
 
         out.table("aliases")
         for name in aliases.keys.sorted() {

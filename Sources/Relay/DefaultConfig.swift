@@ -196,6 +196,9 @@ format = "plain"
 # guards it (the queue API can delete mail). An absolute path listens on a
 # unix socket instead ("/run/tern/admin.sock"). "" switches it off.
 listen = "127.0.0.1:8025"
+# A request (head and body) must arrive whole within this time from its
+# first byte, else 408 and the connection closes.
+request_timeout = "10s"
 
 """#
 }

@@ -128,6 +128,11 @@ private func envelope(_ n: Int) -> Envelope {
             #expect(try spool.readMessage(stored[1].id) == Array("x\r\n".utf8))
             #expect(try spool.load(stored[1].id).recipients.count == 2000)
             #expect(try spool.readMessage(stored[2].id) == [])
+            // The size without reading (HEAD of the admin endpoint), journaled and once in its own file.
+            #expect(try stored.map { try spool.messageSize($0.id) } == [0, 3, 0])
+            try spool.update(stored[1])
+            #expect(try spool.messageSize(stored[1].id) == 3 && spool.readMessage(stored[1].id) == Array("x\r\n".utf8))
+            #expect(throws: SpoolError.self) { try spool.messageSize(QueueID(rawValue: "0123456789ABCD")!) }
         }
     }
 

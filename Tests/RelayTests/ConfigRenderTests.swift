@@ -72,6 +72,7 @@ import Testing
         c.auth.cleartextFromLoopback = true
         c.auth.senders = ["alice": ["alice@example.org", "@example.net"]]
         c.admin.listen = "127.0.0.1:9025"
+        c.admin.requestTimeout = 3
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")

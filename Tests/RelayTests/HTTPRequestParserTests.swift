@@ -159,4 +159,57 @@ private func parse(_ text: String, step: Int = .max, parser: HTTPRequestParser =
         #expect(parse("\r\n\r\n" + get, step: 1).requests.count == 1)
         #expect(parse(String(repeating: "\r\n", count: 5000) + get).error?.status == 431)
     }
+
+    /// Issue 14: the head was parsed again on every read while its body arrived, and the search for its
+    /// end started over at byte 0 each time (quadratic for a slow client). Fed byte by byte, each byte
+    /// is looked at once, and a 4 KiB head with a 256 KiB body takes no longer than fed whole.
+    @Test func byteByByteIsLinear() throws {
+        let fields = (0..<100).map { "X-Field-\($0): " + String(repeating: "v", count: 25) + "\r\n" }.joined()
+        let body = String(repeating: "b", count: 256 << 10)
+        let text = "POST /queue/flush HTTP/1.1\r\nHost: x\r\n" + fields + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+            + "\r\nGET /health HTTP/1.1\r\n\r\n"
+        let bytes = Array(text.utf8)
+        var p = HTTPRequestParser(maxHeadBytes: 8192, maxBodyBytes: 1 << 20)
+        var requests: [HTTPRequest] = []
+        let took = ContinuousClock().measure {
+            for b in bytes {
+                p.feed([b])
+                while let r = try? p.next() { requests.append(r) }
+            }
+        }
+        #expect(requests.map(\.target) == ["/queue/flush", "/health"])
+        #expect(requests.first?.headers.count == 102)
+        #expect(requests.first?.body == Array(body.utf8))
+        #expect(p.bufferedBytes == 0 && !p.failed)
+        // Heads only (the body is counted, not scanned): at most every byte of the two heads once.
+        #expect(p.bytesScanned <= bytes.count - body.utf8.count, "scanned \(p.bytesScanned) of \(bytes.count)")
+        #expect(took < .seconds(3), "took \(took)")  // re-parsing the head per byte: minutes
+        #expect(parse(text, step: 1).requests == parse(text).requests)
+    }
+
+    /// Many small pipelined requests in one read: each taken without copying the rest of the buffer.
+    @Test func manyPipelinedRequestsInOneRead() {
+        let one = "GET /health HTTP/1.1\r\n\r\n"
+        var p = HTTPRequestParser()
+        p.feed(Array(String(repeating: one, count: 20_000).utf8))
+        var n = 0
+        while let r = try? p.next() {
+            #expect(r.target == "/health")
+            n += 1
+        }
+        #expect(n == 20_000 && p.bufferedBytes == 0)
+        #expect(p.bytesScanned == one.utf8.count * 20_000)
+    }
+
+    /// A head exactly at the limit is taken, one byte more is 431, whichever way the bytes come.
+    @Test func headLimitIsExact() {
+        let prefix = "GET / HTTP/1.1\r\nX: "
+        let fits = prefix + String(repeating: "a", count: 100 - prefix.utf8.count) + "\r\n\r\n"
+        let over = prefix + String(repeating: "a", count: 101 - prefix.utf8.count) + "\r\n\r\n"
+        for step in [Int.max, 1] {
+            #expect(parse(fits, step: step, parser: HTTPRequestParser(maxHeadBytes: 100)).requests.count == 1)
+            #expect(parse(over, step: step, parser: HTTPRequestParser(maxHeadBytes: 100)).error?.status == 431)
+            #expect(parse("\r\n" + fits, step: step, parser: HTTPRequestParser(maxHeadBytes: 100)).error?.status == 431)
+        }
+    }
 }

@@ -6,6 +6,8 @@
 public struct AdminConfig: Sendable, Equatable, ConfigSection {
     /// "ip:port", "[ipv6]:port", or "/path/to/admin.sock"; "" for no admin endpoint.
     public var listen = "127.0.0.1:8025"
+    /// Seconds a request (head and body) may take to arrive, from its first byte; then 408.
+    public var requestTimeout: Double = 10
 
     public init() {}
 
@@ -28,6 +30,7 @@ public struct AdminConfig: Sendable, Equatable, ConfigSection {
                 throw ConfigError(message: error.message + ", or an absolute path for a unix socket")
             }
         }
+        try r.read("request_timeout", into: &requestTimeout, Decode.duration)
     }
 
     /// A unix-domain socket's path, nil for TCP.

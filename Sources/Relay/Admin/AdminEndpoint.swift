@@ -16,10 +16,13 @@ public final class AdminEndpoint {
         self.server = server
         var handle: HTTPServer.AsyncHandler = { _, answer in answer(Self.json(AdminError(503, "starting"))) }
         let forward: HTTPServer.AsyncHandler = { request, answer in handle(request, answer) }
+        let requestTimeoutMs = UInt64(server.config.admin.requestTimeout * 1000)
         if let unixPath {
-            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16, asyncHandler: forward)
+            http = try HTTPServer(loop: server.loop, unixPath: unixPath, maxConnections: 16,
+                                  requestTimeoutMs: requestTimeoutMs, asyncHandler: forward)
         } else {
-            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16, asyncHandler: forward)
+            http = try HTTPServer(loop: server.loop, address: address!, maxConnections: 16,
+                                  requestTimeoutMs: requestTimeoutMs, asyncHandler: forward)
         }
         // Malformed requests too are answered in JSON, as every other error of the endpoint.
         http.errorResponse = { status, _, message in Self.json(AdminError(status, message)) }
@@ -85,13 +88,7 @@ public final class AdminEndpoint {
         case .show(let id):
             show(id, answer)
         case .message(let id):
-            let spool = server.spool
-            var bytes: [UInt8]?
-            server.loop.queueWork({ bytes = try? spool.readMessage(id) }, done: {
-                guard let bytes else { return answer(Self.json(AdminError(404, "\(id): no such message in the queue"))) }
-                answer(HTTPResponse(status: 200, reason: "OK", headers: [HTTPHeader("Content-Type", "message/rfc822")],
-                                    body: bytes))
-            })
+            message(id, headOnly: request.method == "HEAD", answer)
         case .flush(let domain):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.flush(domain: domain)))
@@ -269,6 +266,57 @@ public final class AdminEndpoint {
         })
     }
 
+    /// GET /queue/ID/message: the stored bytes. A message may be tens of MB, so one answer at a time
+    /// is read and held, across all connections, until the client has taken it (or gone); the others
+    /// wait their turn. HEAD answers from the size, without reading the message.
+    private func message(_ id: QueueID, headOnly: Bool, _ answer: @escaping (HTTPResponse) -> Void) {
+        let notQueued = Self.json(AdminError(404, "\(id): no such message in the queue"))
+        let spool = server.spool
+        let loop = server.loop
+        func found(_ body: [UInt8]) -> HTTPResponse {
+            HTTPResponse(status: 200, reason: "OK", headers: [HTTPHeader("Content-Type", "message/rfc822")], body: body)
+        }
+        if headOnly {
+            var size: Int?
+            loop.queueWork({ size = try? spool.messageSize(id) }, done: {
+                guard let size else { return answer(notQueued) }
+                var response = found([])
+                response.headLength = size
+                answer(response)
+            })
+            return
+        }
+        withMessageTurn { done in
+            var bytes: [UInt8]?
+            loop.queueWork({ bytes = try? spool.readMessage(id) }, done: {
+                guard let read = bytes else {
+                    done()
+                    return answer(notQueued)
+                }
+                bytes = nil  // the answer holds the only reference
+                var response = found(read)
+                response.whenSent = done
+                answer(response)
+            })
+        }
+    }
+
+    private var messageTurnTaken = false
+    private var messageTurnWaiting: [(@escaping () -> Void) -> Void] = []
+
+    /// Runs `work` when no other message answer is read or held; `work` calls its argument when done.
+    private func withMessageTurn(_ work: @escaping (_ done: @escaping () -> Void) -> Void) {
+        guard !messageTurnTaken else { return messageTurnWaiting.append(work) }
+        messageTurnTaken = true
+        var finished = false
+        work { [unowned self] in
+            guard !finished else { return }
+            finished = true
+            messageTurnTaken = false
+            if !messageTurnWaiting.isEmpty { withMessageTurn(messageTurnWaiting.removeFirst()) }
+        }
+    }
+
     private func entry(_ spooled: Envelope) -> QueueEntry {
         guard let delivery = server.delivery else {
             return QueueEntry(spooled, state: QueueEntry.state(of: spooled, inFlight: false, held: false))
@@ -301,6 +349,7 @@ public final class AdminEndpoint {
         case 403: return "Forbidden"
         case 405: return "Method Not Allowed"
         case 409: return "Conflict"
+        case 408: return "Request Timeout"
         case 413: return "Content Too Large"
         case 431: return "Request Header Fields Too Large"
         case 501: return "Not Implemented"

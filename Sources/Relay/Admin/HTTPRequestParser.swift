@@ -1,5 +1,6 @@
 // A small HTTP/1.1 request parser (RFC 9112) for Tern's own endpoints: `/metrics` of `tern sink`
-// now, the relay's admin endpoint later. Pure: bytes in, requests out, so it is tested byte by byte.
+// and the relay's admin endpoint. Pure: bytes in, requests out, so it is tested byte by byte. Work is
+// linear in the bytes however they arrive: each is scanned once, a head is parsed once.
 //
 // Deliberately narrow: a request line, header fields, and a body only by Content-Length (a request
 // with neither Content-Length nor Transfer-Encoding has none, RFC 9112 §6.3: `curl -X POST` sends
@@ -51,12 +52,24 @@ public struct HTTPParseError: Error, Equatable, Sendable, CustomStringConvertibl
 public struct HTTPRequestParser: Sendable {
     public let maxHeadBytes: Int
     public let maxBodyBytes: Int
+    /// Received bytes; those before `start` are taken already (dropped now and then, not per request,
+    /// so many small pipelined requests do not copy the rest of the buffer each).
     private var buffer: [UInt8] = []
+    private var start = 0
+    /// Where the current request begins (after the empty lines skipped before it).
+    private var requestStart = 0
+    /// The next byte the head scan looks at: each byte is looked at once, however it arrives.
+    private var scan = 0
     /// Bytes of empty lines skipped before the current request line: they count toward its head, so
     /// a flood of CRLF ends in 431 instead of being read forever.
     private var skippedEmptyLines = 0
+    /// The head, parsed once, while its body is still arriving.
+    private var head: (request: HTTPRequest, bodyStart: Int, bodyLength: Int)?
     /// Set after an error: the connection is beyond repair and must be closed.
     public private(set) var failed = false
+    /// Bytes the head scan has looked at, all requests together: at most the bytes fed (a test checks
+    /// that work per byte stays constant however the bytes are split).
+    public private(set) var bytesScanned = 0
 
     public init(maxHeadBytes: Int = 8192, maxBodyBytes: Int = 1 << 20) {
         self.maxHeadBytes = maxHeadBytes
@@ -68,12 +81,11 @@ public struct HTTPRequestParser: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
-    /// The most a connection may have buffered: one whole request (head and body). Beyond it `next()`
-    /// refuses, so a client that sends while its answer is pending cannot grow memory without bound.
+    /// The most a connection may have buffered: one whole request (head and body).
     public var maxBufferedBytes: Int { maxHeadBytes + 4 + maxBodyBytes }
 
     /// Bytes received and not yet taken as a request.
-    public var bufferedBytes: Int { buffer.count }
+    public var bufferedBytes: Int { buffer.count - start }
 
     public mutating func feed(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { feed($0) }
@@ -87,64 +99,75 @@ public struct HTTPRequestParser: Sendable {
         } catch let error as HTTPParseError {
             failed = true
             buffer = []
+            start = 0
+            head = nil
             throw error
         }
     }
 
     private mutating func parse() throws -> HTTPRequest? {
-        // RFC 9112 §2.2: ignore at least one empty line before a request line. Counted, then removed
-        // at once: removing them one by one copied the buffer per line (quadratic in a CRLF flood).
-        var empty = 0
-        while empty + 1 < buffer.count && buffer[empty] == 13 && buffer[empty + 1] == 10 { empty += 2 }
-        if empty > 0 {
-            buffer.removeFirst(empty)
-            skippedEmptyLines += empty
-        }
-        if skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
-        guard let headEnd = findHeadEnd() else {
-            if buffer.count + skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
-            if let bad = buffer.firstIndex(where: { $0 == 10 }), bad == 0 || buffer[bad - 1] != 13 {
-                throw HTTPParseError(status: 400, reason: "Bad Request: bare LF")
+        if head == nil {
+            guard let headEnd = try scanForHeadEnd() else { return nil }
+            let lines = splitLines(buffer[requestStart..<headEnd])
+            var request = try parseRequestLine(lines[0])
+            for line in lines.dropFirst() {
+                request.headers.append(try parseField(line))
             }
-            return nil
+            head = (request, headEnd + 4, try Self.bodyLength(request, max: maxBodyBytes))
         }
-        if headEnd + skippedEmptyLines > maxHeadBytes { throw HTTPParseError(status: 431, reason: "Request Header Fields Too Large") }
-        let lines = splitLines(buffer[0..<headEnd])
-        var request = try parseRequestLine(lines[0])
-        for line in lines.dropFirst() {
-            request.headers.append(try parseField(line))
+        guard let (request, bodyStart, bodyLength) = head, buffer.count - bodyStart >= bodyLength else { return nil }
+        var complete = request
+        complete.body = Array(buffer[bodyStart..<(bodyStart + bodyLength)])
+        start = bodyStart + bodyLength
+        head = nil
+        skippedEmptyLines = 0
+        if start == buffer.count {
+            buffer = []
+            start = 0
+        } else if start >= 1 << 16 && start * 2 >= buffer.count {
+            buffer.removeFirst(start)  // rarely: the copy is at most the bytes taken since the last one
+            start = 0
         }
+        requestStart = start
+        scan = start
+        return complete
+    }
+
+    /// Index of the CR of the CRLFCRLF that ends the current head, nil while it has not arrived. Looks
+    /// only at bytes not looked at before. RFC 9112 §2.2: empty lines before a request line are skipped.
+    private mutating func scanForHeadEnd() throws -> Int? {
+        let tooLarge = HTTPParseError(status: 431, reason: "Request Header Fields Too Large")
+        while scan < buffer.count {
+            let i = scan
+            scan += 1
+            bytesScanned += 1
+            // The head with its CRLFCRLF and the empty lines before it: at most maxHeadBytes + 4.
+            if i + 1 - requestStart + skippedEmptyLines > maxHeadBytes + 4 { throw tooLarge }
+            guard buffer[i] == 10 else { continue }
+            if i == requestStart || buffer[i - 1] != 13 { throw HTTPParseError(status: 400, reason: "Bad Request: bare LF") }
+            if i - 1 == requestStart {
+                requestStart = i + 1
+                skippedEmptyLines += 2
+                if skippedEmptyLines > maxHeadBytes { throw tooLarge }
+            } else if i - 3 >= requestStart && buffer[i - 3] == 13 && buffer[i - 2] == 10 {
+                return i - 3
+            }
+        }
+        return nil
+    }
+
+    /// The body's length by Content-Length (none without it); Transfer-Encoding is refused.
+    private static func bodyLength(_ request: HTTPRequest, max: Int) throws -> Int {
         if request.header("Transfer-Encoding") != nil {
             throw HTTPParseError(status: 501, reason: "Not Implemented: Transfer-Encoding")
         }
-        var bodyLength = 0
         let lengths = request.headers.filter { $0.name.lowercased() == "content-length" }
-        if let first = lengths.first {
-            guard lengths.allSatisfy({ $0.value == first.value }), !first.value.isEmpty, first.value.utf8.count <= 18,
-                  first.value.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let n = Int(first.value)
-            else { throw HTTPParseError(status: 400, reason: "Bad Request: Content-Length") }
-            guard n <= maxBodyBytes else { throw HTTPParseError(status: 413, reason: "Content Too Large") }
-            bodyLength = n
-        }
-        let total = headEnd + 4 + bodyLength
-        guard buffer.count >= total else { return nil }
-        request.body = Array(buffer[(headEnd + 4)..<total])
-        buffer.removeFirst(total)
-        skippedEmptyLines = 0
-        return request
-    }
-
-    /// Index of the CR of the first CRLFCRLF.
-    private func findHeadEnd() -> Int? {
-        guard buffer.count >= 4 else { return nil }
-        // A head longer than the limit is refused by the caller: no need to look further.
-        let end = min(buffer.count, maxHeadBytes + 4)
-        var i = 0
-        while i + 3 < end {
-            if buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 { return i }
-            i += 1
-        }
-        return nil
+        guard let first = lengths.first else { return 0 }
+        guard lengths.allSatisfy({ $0.value == first.value }), !first.value.isEmpty, first.value.utf8.count <= 18,
+              first.value.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let n = Int(first.value)
+        else { throw HTTPParseError(status: 400, reason: "Bad Request: Content-Length") }
+        guard n <= max else { throw HTTPParseError(status: 413, reason: "Content Too Large") }
+        return n
     }
 
     private func splitLines(_ head: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
@@ -215,11 +238,17 @@ func isTokenChar(_ b: UInt8) -> Bool {
     }
 }
 
-public struct HTTPResponse: Sendable {
+public struct HTTPResponse {
     public var status: Int
     public var reason: String
     public var headers: [HTTPHeader]
     public var body: [UInt8]
+    /// The Content-Length of an answer to HEAD whose body was not read (the size of a file); nil: the body's.
+    public var headLength: Int?
+    /// Runs on the loop once the answer has left the process (the kernel took it), or will never
+    /// leave (the connection closed): a handler that limits how many large answers are held at once
+    /// hands its turn on here.
+    public var whenSent: (() -> Void)?
 
     public init(status: Int, reason: String, headers: [HTTPHeader] = [], body: [UInt8] = []) {
         self.status = status
@@ -233,13 +262,25 @@ public struct HTTPResponse: Sendable {
                      body: Array(body.utf8))
     }
 
-    /// The wire form; Content-Length always, and "Connection: close" when the connection ends after it.
-    public func serialized(close: Bool, headOnly: Bool = false) -> [UInt8] {
+    /// The head; Content-Length always, and "Connection: close" when the connection ends after it.
+    func head(close: Bool) -> [UInt8] {
         var head = "HTTP/1.1 \(status) \(reason)\r\n"
         for h in headers { head += "\(h.name): \(h.value)\r\n" }
-        head += "Content-Length: \(body.count)\r\n"
+        head += "Content-Length: \(headLength ?? body.count)\r\n"
         if close { head += "Connection: close\r\n" }
         head += "\r\n"
-        return Array(head.utf8) + (headOnly ? [] : body)
+        return Array(head.utf8)
+    }
+
+    /// The wire form, head and body joined.
+    public func serialized(close: Bool, headOnly: Bool = false) -> [UInt8] {
+        head(close: close) + (headOnly ? [] : body)
+    }
+
+    /// The wire form as two buffers, the body not copied.
+    func withWireParts(close: Bool, headOnly: Bool, _ body: ([UnsafeRawBufferPointer]) -> Void) {
+        head(close: close).withUnsafeBytes { head in
+            self.body.withUnsafeBytes { bytes in body(headOnly ? [head] : [head, bytes]) }
+        }
     }
 }

@@ -1,9 +1,15 @@
-// A small HTTP/1.1 server on the SMTP loop, for Tern's own endpoints (`tern sink`'s /metrics; the
-// relay's [admin] listener later). One handler turns a request into a response on the loop thread,
-// so it may read loop-owned state without locks; an asynchronous handler answers later (after work on
-// the thread pool), and the connection reads no further request until it has. Keep-alive and
-// pipelined requests are answered in order; a bad request gets its status code and the connection closes. Bounded: a few connections,
-// a small request head, an idle timeout.
+// A small HTTP/1.1 server on the SMTP loop, for Tern's own endpoints (`tern sink`'s /metrics, the
+// relay's [admin] listener). One handler turns a request into a response on the loop thread, so it may
+// read loop-owned state without locks; an asynchronous handler answers later (after work on the thread
+// pool), and the connection reads no further request until it has. Keep-alive and pipelined requests
+// are answered in order; a bad request gets its status code and the connection closes.
+//
+// Bounded, so that no client stalls the loop or grows memory: a few connections (then 503); a request
+// head of 8 KiB (431) and a body of 1 MiB (413), parsed in linear time; a request must be complete
+// within `requestTimeoutMs` of its first byte (408: a byte now and then does not keep a connection);
+// an idle keep-alive connection closes after `idleTimeoutMs`; input is not read while an answer is
+// prepared (at most one request is buffered ahead), nor while over 1 MiB of answers wait for the
+// client to read them.
 
 import UVRuntime
 
@@ -21,7 +27,10 @@ public final class HTTPServer {
     public let maxConnections: Int
     /// Output not yet taken by a client past which the connection reads and answers nothing more.
     static let maxPendingOutputBytes = 1 << 20
+    /// How long a keep-alive connection may wait for its next request (or for its client to read).
     public let idleTimeoutMs: UInt64
+    /// How long a request (head and body) may take to arrive, counted from its first byte: then 408.
+    public let requestTimeoutMs: UInt64
     /// The answer to a request the server refuses itself (malformed, too many connections): status,
     /// reason phrase and a line saying why. Plain text unless the owner answers its errors in another
     /// shape (the admin endpoint: JSON).
@@ -30,28 +39,30 @@ public final class HTTPServer {
     }
 
     public convenience init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
-                handler: @escaping Handler) throws {
+                            requestTimeoutMs: UInt64 = 10_000, handler: @escaping Handler) throws {
         try self.init(loop: loop, address: address, maxConnections: maxConnections, idleTimeoutMs: idleTimeoutMs,
-                      asyncHandler: { request, answer in answer(handler(request)) })
+                      requestTimeoutMs: requestTimeoutMs, asyncHandler: { request, answer in answer(handler(request)) })
     }
 
     public init(loop: EventLoop, address: SocketAddress, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
-                asyncHandler: @escaping AsyncHandler) throws {
+                requestTimeoutMs: UInt64 = 10_000, asyncHandler: @escaping AsyncHandler) throws {
         self.loop = loop
         self.handler = asyncHandler
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
+        self.requestTimeoutMs = requestTimeoutMs
         listener = try TCPListener(loop: loop, address: address, backlog: 128)
         pipeListener = nil
     }
 
     /// Listens on a unix-domain socket at `path` (a stale socket file there is replaced).
     public init(loop: EventLoop, unixPath path: String, maxConnections: Int = 64, idleTimeoutMs: UInt64 = 30_000,
-                asyncHandler: @escaping AsyncHandler) throws {
+                requestTimeoutMs: UInt64 = 10_000, asyncHandler: @escaping AsyncHandler) throws {
         self.loop = loop
         self.handler = asyncHandler
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
+        self.requestTimeoutMs = requestTimeoutMs
         listener = nil
         pipeListener = try PipeListener(loop: loop, path: path)
     }
@@ -96,10 +107,20 @@ private final class HTTPConnection {
     let connection: TCPConnection
     var parser = HTTPRequestParser()
     var timer: Timer?
+    /// What the timer counts: the wait for the next request (idle), the deadline of the request being
+    /// received (from its first byte, not restarted by later ones: a client sending a byte now and
+    /// then must not keep the connection), nothing while an answer is prepared, the wait for the
+    /// client to read its answers.
+    enum Waiting { case none, idle, request, answer, output }
+    var waiting = Waiting.none
     /// A request is being answered: the next ones wait in the parser.
     var answering = false
     /// The last response said "Connection: close".
     var closing = false
+    /// Reading stopped until the client has taken the answers written.
+    var pausedForOutput = false
+    /// `HTTPResponse.whenSent` of answers written and not yet taken by the client.
+    var sentWaiters: [() -> Void] = []
 
     init(server: HTTPServer, connection: TCPConnection) {
         self.server = server
@@ -108,35 +129,62 @@ private final class HTTPConnection {
 
     func start() {
         connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onWritesDrained = { [unowned self] in self.drained() }
         connection.onClose = { [unowned self] in
             self.timer?.close()
             self.timer = nil
+            self.fireSentWaiters()
             self.server.closed(self)
         }
         timer = Timer(loop: server.loop)
-        armTimer()
+        wait(.idle)
         connection.startReading()
     }
 
-    func armTimer() {
-        timer?.start(afterMilliseconds: server.idleTimeoutMs) { [unowned self] in self.connection.close() }
+    private func wait(_ next: Waiting) {
+        guard next != waiting else { return }
+        waiting = next
+        switch next {
+        case .none, .answer:
+            timer?.stop()
+        case .idle, .output:
+            timer?.start(afterMilliseconds: server.idleTimeoutMs) { [unowned self] in self.connection.close() }
+        case .request:
+            timer?.start(afterMilliseconds: server.requestTimeoutMs) { [unowned self] in
+                let seconds = Double(self.server.requestTimeoutMs) / 1000
+                self.refuse(HTTPParseError(status: 408, reason: "Request Timeout"),
+                            "the request was not complete within \(formatDuration(seconds))")
+            }
+        }
+    }
+
+    /// Sets the timer for what the connection waits for now.
+    private func updateWaiting() {
+        if connection.isClosed || closing {
+            wait(.none)  // closeAfterWrites has its own limits
+        } else if answering {
+            wait(.answer)
+        } else if pausedForOutput {
+            wait(.output)
+        } else if parser.bufferedBytes > 0 {
+            wait(.request)  // the first byte of a request starts its deadline
+        } else {
+            wait(.idle)
+        }
     }
 
     func received(_ bytes: UnsafeRawBufferPointer) {
         parser.feed(bytes)
-        armTimer()
-        if answering && parser.bufferedBytes > parser.maxBufferedBytes {
-            // More than a whole request sent ahead while one is being answered: refuse, do not buffer.
-            refuse(HTTPParseError(status: 413, reason: "Content Too Large"))
-            return
-        }
         answerNext()
+        updateWaiting()
     }
 
-    private func refuse(_ error: HTTPParseError) {
+    private func refuse(_ error: HTTPParseError, _ message: String? = nil) {
+        guard !closing, !connection.isClosed else { return }
         closing = true
-        connection.write(server.errorResponse(error.status, error.reason, error.reason).serialized(close: true))
+        connection.write(server.errorResponse(error.status, error.reason, message ?? error.reason).serialized(close: true))
         connection.closeAfterWrites()
+        updateWaiting()
     }
 
     func answerNext() {
@@ -145,10 +193,7 @@ private final class HTTPConnection {
                 // The client does not read its answers (pipelined large ones): neither read nor
                 // answer more until they have left, else each answer waits in memory.
                 connection.stopReading()
-                connection.onWritesDrained = { [unowned self] in
-                    self.connection.onWritesDrained = nil
-                    self.resume()
-                }
+                pausedForOutput = true
                 return
             }
             let request: HTTPRequest
@@ -162,37 +207,61 @@ private final class HTTPConnection {
                 connection.close()
                 return
             }
+            wait(.answer)  // the request is complete: the next one gets a deadline of its own
             answering = true
             var inline = true
             server.handler(request) { [self] response in
-                guard answering else { return }  // a second answer to one request is ignored
+                guard answering else {  // a second answer to one request is ignored
+                    response.whenSent?()
+                    return
+                }
                 answering = false
                 send(response, for: request)
                 if !inline { resume() }  // answered later: go on with requests that waited
             }
             inline = false
             // Answered later: read no more until then (what the client sends meanwhile waits in the
-            // kernel's buffer, not in ours).
+            // kernel's buffer, not in ours: one request at most is buffered ahead).
             if answering { connection.stopReading() }
         }
     }
 
-    private func resume() {
-        answerNext()
-        if !answering && !closing && !connection.isClosed && connection.pendingWriteBytes <= HTTPServer.maxPendingOutputBytes {
-            connection.startReading()
+    private func drained() {
+        fireSentWaiters()
+        if pausedForOutput {
+            pausedForOutput = false
+            resume()
         }
     }
 
+    private func fireSentWaiters() {
+        let waiters = sentWaiters
+        sentWaiters = []
+        for w in waiters { w() }
+    }
+
+    private func resume() {
+        answerNext()
+        if !answering && !closing && !pausedForOutput && !connection.isClosed {
+            connection.startReading()
+        }
+        updateWaiting()
+    }
+
     private func send(_ response: HTTPResponse, for request: HTTPRequest) {
-        guard !connection.isClosed, !closing else { return }
+        guard !connection.isClosed, !closing else {
+            response.whenSent?()
+            return
+        }
         let close = !request.keepAlive
-        connection.write(response.serialized(close: close, headOnly: request.method == "HEAD"))
+        // Head and body from their own arrays: a large body is not copied to join them.
+        response.withWireParts(close: close, headOnly: request.method == "HEAD") { connection.write(gathering: $0) }
+        if let whenSent = response.whenSent {
+            if connection.pendingWriteBytes == 0 { whenSent() } else { sentWaiters.append(whenSent) }
+        }
         if close {
             closing = true
             connection.closeAfterWrites()
-        } else {
-            armTimer()
         }
     }
 }
