@@ -6,6 +6,7 @@
 // The output is byte for byte what the String-building renderer wrote (RelayTests compares the two).
 
 import Logging
+import SMTPProtocol  // isInvisibleFormatting
 
 #if canImport(Glibc)
 import Glibc
@@ -263,16 +264,28 @@ extension TernLogHandler {
         return UnsafeBufferPointer(rebasing: text[offset...])
     }
 
-    /// Control characters as "?", so that one event stays one line. Bytes below 0x80 are whole
-    /// scalars in UTF-8, so replacing bytes is replacing scalars.
+    /// Control characters (C0, DEL, C1) and invisible formatting (U+2028, bidi overrides, zero-width
+    /// characters, BOM: isInvisibleFormatting) as "?", so that one event stays one line and reads as
+    /// it is. Bytes below 0x80 are whole scalars in UTF-8, so replacing bytes is replacing scalars; a
+    /// lead byte from 0xC2 up starts a scalar of 2-4 bytes (the text is a String's, valid UTF-8).
     static func appendOneLine(_ text: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
         var run = 0
         for i in 0..<text.count {
             let b = text[i]
+            var length = 0
             if b < 0x20 || b == 0x7F {
+                length = 1
+            } else if b >= 0xC2 {
+                let n = b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4
+                guard i + n <= text.count else { continue }
+                var v = UInt32(b & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07))
+                for k in 1..<n { v = v << 6 | UInt32(text[i + k] & 0x3F) }
+                if v <= 0x9F || Unicode.Scalar(v).map(isInvisibleFormatting) == true { length = n }
+            }
+            if length > 0 {
                 if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
                 out.append(UInt8(ascii: "?"))
-                run = i + 1
+                run = i + length
             }
         }
         if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
@@ -335,19 +348,23 @@ extension TernLogHandler {
 }
 
 /// Client text in a plain log line, between "<" and ">": "<", ">" and "\" written as \x3C, \x3E and
-/// \x5C, control characters as \x1B or \u{9B}, so that a user name or an address can neither end its
-/// field early nor imitate another ("user=<root> from [203.0.113.9]" stays one user name).
+/// \x5C, control characters (C0, DEL, C1) as \x1B or \x9B, invisible formatting (bidi overrides,
+/// zero-width characters, BOM, U+2028: isInvisibleFormatting) as \u{202E}, so that a user name or an
+/// address can neither end its field early, nor imitate another ("user=<root> from [203.0.113.9]"
+/// stays one user name), nor show other than it is.
 func angleQuoted(_ text: String) -> String {
     var out = "<"
     for scalar in text.unicodeScalars {
         let v = scalar.value
         switch v {
-        case 0x3C, 0x3E, 0x5C, 0..<0x20, 0x7F:
+        case 0x3C, 0x3E, 0x5C, 0..<0x20, 0x7F...0x9F:
             out += "\\x" + (v < 0x10 ? "0" : "") + String(v, radix: 16, uppercase: true)
-        case 0x80...0x9F:
-            out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
         default:
-            out.unicodeScalars.append(scalar)
+            if isInvisibleFormatting(scalar) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
         }
     }
     return out + ">"

@@ -589,14 +589,27 @@ func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
     return era * 146_097 + doe - 719_468
 }
 
+/// A scalar that draws nothing yet changes what a reader sees around it: Unicode's format characters
+/// (general category Cf: bidi overrides and isolates U+202A-202E and U+2066-2069, zero-width U+200B-200F,
+/// BOM U+FEFF, soft hyphen U+00AD, tags...) and the line and paragraph separators U+2028 and U+2029.
+/// "\u{202E}gpj.exe" shows as "exe.jpg"; U+2028 ends a line for some viewers and parsers.
+public func isInvisibleFormatting(_ scalar: Unicode.Scalar) -> Bool {
+    guard scalar.value >= 0xAD else { return false }  // none below the soft hyphen: ASCII stays cheap
+    switch scalar.properties.generalCategory {
+    case .format, .lineSeparator, .paragraphSeparator: return true
+    default: return false
+    }
+}
+
 /// Text from a message made safe for a terminal: control characters (C0, DEL and C1, which a
-/// terminal may act on) written as \u{1B}; everything else as it is.
+/// terminal may act on) and invisible formatting (isInvisibleFormatting) written as \u{1B}, \u{202E};
+/// everything else as it is.
 public func terminalSafe(_ text: String) -> String {
     var out = ""
     out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
     for scalar in text.unicodeScalars {
         let v = scalar.value
-        if v < 0x20 || (0x7F...0x9F).contains(v) {
+        if v < 0x20 || (0x7F...0x9F).contains(v) || isInvisibleFormatting(scalar) {
             out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
         } else {
             out.unicodeScalars.append(scalar)

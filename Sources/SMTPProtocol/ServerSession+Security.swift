@@ -231,8 +231,12 @@ extension ServerSession {
 }
 
 /// A user name as the users file, `tern passwd` and AUTH accept it (UsersFile.isValidUserName is this):
-/// 1-256 bytes of printable characters without spaces or ':'; C1 controls are not printable either.
+/// 1-256 bytes of printable characters without spaces or ':'; C1 controls are not printable either,
+/// nor are invisible formatting characters (a BOM, a bidi override, a zero-width space, U+2028), which
+/// would make a name look like another.
 public func isAcceptableUserName(_ name: String) -> Bool {
     !name.isEmpty && name.utf8.count <= 256
-        && name.unicodeScalars.allSatisfy { $0.value > 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) && $0 != ":" }
+        && name.unicodeScalars.allSatisfy {
+            $0.value > 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) && $0 != ":" && !isInvisibleFormatting($0)
+        }
 }

@@ -2,6 +2,7 @@
 // that the byte renderer must match byte for byte (LogLineTests).
 
 import Logging
+import SMTPProtocol
 @testable import Relay
 #if canImport(Glibc)
 import Glibc
@@ -38,9 +39,11 @@ enum StringLogRenderer {
         }
     }
 
+    /// Changed since (issue 14): C1 controls and invisible formatting are "?" as well.
     static func oneLine(_ text: String) -> String {
-        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
-        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+        func hidden(_ s: Unicode.Scalar) -> Bool { s.value < 0x20 || (0x7F...0x9F).contains(s.value) || isInvisibleFormatting(s) }
+        guard text.unicodeScalars.contains(where: hidden) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { hidden($0) ? "?" : $0 }))
     }
 
     static func leadingQueueID(_ message: String) -> String? {

@@ -141,6 +141,12 @@ import Testing
     @Test func terminalSafeEscapesControlCharacters() {
         #expect(terminalSafe("a\u{1B}[31mb\u{7}c\u{9B}d\té") == "a\\u{1B}[31mb\\u{7}c\\u{9B}d\\u{9}é")
         #expect(terminalSafe("plain text, ünïcode") == "plain text, ünïcode")
+        // Invisible formatting (issue 14): a bidi override turns "\u{202E}gpj.exe" into "exe.jpg" on screen.
+        #expect(terminalSafe("\u{202E}gpj.exe \u{2067}x\u{2069} a\u{200B}b\u{200D}c \u{FEFF}d\u{2028}e\u{2029} f\u{AD}g \u{E0001}")
+                == "\\u{202E}gpj.exe \\u{2067}x\\u{2069} a\\u{200B}b\\u{200D}c \\u{FEFF}d\\u{2028}e\\u{2029} f\\u{AD}g \\u{E0001}")
+        #expect(terminalSafe("日本 e\u{301} 👍🏽 \u{A0}") == "日本 e\u{301} 👍🏽 \u{A0}")
+        #expect(isInvisibleFormatting("\u{202A}") && isInvisibleFormatting("\u{2028}") && !isInvisibleFormatting("a")
+                && !isInvisibleFormatting("\u{9B}") && !isInvisibleFormatting("\u{301}"))
     }
 
     @Test func matchingByAddressOrReverseName() {
