@@ -618,6 +618,38 @@ public func terminalSafe(_ text: String) -> String {
     return out
 }
 
+/// A stored message made safe for a terminal (`tern queue show --message` on a tty): as terminalSafe,
+/// but tabs, line feeds and a CR before LF stay (the message keeps its lines), and bytes that are not
+/// UTF-8 show as \xFF, so that nothing the sender wrote is acted on or hidden by the terminal.
+public func terminalSafeMessage(_ bytes: [UInt8]) -> String {
+    var out = ""
+    out.unicodeScalars.reserveCapacity(bytes.count)
+    var parser = Unicode.UTF8.ForwardParser()
+    var input = bytes.makeIterator()
+    var position = 0
+    while true {
+        switch parser.parseScalar(from: &input) {
+        case .valid(let encoded):
+            let scalar = Unicode.UTF8.decode(encoded)
+            let v = scalar.value
+            position += encoded.count
+            let kept = v == 0x09 || v == 0x0A || (v == 0x0D && position < bytes.count && bytes[position] == 0x0A)
+            if !kept && (v < 0x20 || (0x7F...0x9F).contains(v) || isInvisibleFormatting(scalar)) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        case .error(let length):
+            for b in bytes[position..<(position + length)] {
+                out += "\\x" + (b < 0x10 ? "0" : "") + String(b, radix: 16, uppercase: true)
+            }
+            position += length
+        case .emptyInput:
+            return out
+        }
+    }
+}
+
 /// 0 → "0s", 75 → "1m15s", 7260 → "2h01m", 90000 → "1d01h".
 public func formatDelay(_ seconds: Int) -> String {
     let s = abs(seconds)

@@ -149,6 +149,18 @@ import Testing
                 && !isInvisibleFormatting("\u{9B}") && !isInvisibleFormatting("\u{301}"))
     }
 
+    /// `tern queue show --message` on a terminal: lines, tabs and CRLF stay; ESC, a lone CR, C1, bidi and
+    /// zero-width characters and bytes that are not UTF-8 are escaped; other UTF-8 stays.
+    @Test func terminalSafeMessageKeepsLinesAndEscapesTheRest() {
+        let message = Array("Subject: x\u{1B}[2J\r\n\tfolded\r\n\r\nbody \u{202E}gpj.exe\u{200B} 日本\rover\n\u{9B}2J".utf8)
+            + [0xFF, 0xC3, 0x28, 0xE2, 0x80] + Array("\r".utf8)
+        #expect(terminalSafeMessage(message) == "Subject: x\\u{1B}[2J\r\n\tfolded\r\n\r\nbody \\u{202E}gpj.exe\\u{200B} 日本"
+                + "\\u{D}over\n\\u{9B}2J\\xFF\\xC3(\\xE2\\x80\\u{D}")
+        #expect(terminalSafeMessage([]) == "")
+        let plain = "Received: from a.test\r\n\r\nHällo\r\n"
+        #expect(terminalSafeMessage(Array(plain.utf8)) == plain)
+    }
+
     @Test func matchingByAddressOrReverseName() {
         // The next hop names the previous one only by its address or its reverse DNS name: still a chain.
         let byAddress = [
