@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import smtplib
 import socket
 import subprocess
 import time
@@ -303,6 +304,51 @@ def test_remote_reply_with_escapes_is_shown_escaped(hops, start_tern, hop_port):
         out = queue(tern, *args).stdout
         assert "\x1b" not in out and "\x07" not in out, out
         assert "\\u{1B}[2J\\u{1B}]0;owned\\u{7} later" in out, out
+
+
+def test_show_message_escapes_on_a_terminal_and_not_when_piped(tern):
+    """A sender's ESC[2J (clear screen) and U+202E (right-to-left override) in a message body: `tern
+    queue show --message` shows them escaped on a terminal and writes the bytes as stored when piped,
+    so that `> file` gets the message back exactly (issue 14)."""
+    body = "clear\x1b[2J here\tand \u202egpj.exe\r\nnext line é\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=15) as s:
+        s.ehlo("client.test")
+        s.mail(SENDER)
+        assert s.rcpt("r@far.test")[0] == 250
+        code, reply = s.data(b"Subject: escapes\r\n\r\n" + body)
+        assert code == 250, reply
+    qid = re.search(r"queued as ([0-9A-F]{14})", reply.decode()).group(1)
+    args = [str(TERN_BIN), "queue", "show", "--message", qid, "--config", str(tern.config_path)]
+
+    piped = subprocess.run(args, capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith(b"Received: ") and piped.stdout.endswith(b"\r\n\r\n" + body), piped.stdout
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(args, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, f"no end of output: {shown!r}"
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert b"\x1b" not in shown and "\u202e".encode() not in shown, shown
+    # The terminal turns "\n" into "\r\n" (onlcr): lines and tabs stay, the rest shows escaped.
+    assert "clear\\u{1B}[2J here\tand \\u{202E}gpj.exe\r\r\nnext line é".encode() in shown, shown
 
 
 def entry_reply(tern, qid: str) -> str:
