@@ -264,6 +264,19 @@ extension TernLogHandler {
         return UnsafeBufferPointer(rebasing: text[offset...])
     }
 
+    /// The C1 control or invisible formatting character (isInvisibleFormatting) whose UTF-8 starts with
+    /// the lead byte (0xC2 or above) at `i`, and its length; nil for any other scalar. The text is a
+    /// String's, valid UTF-8.
+    static func hiddenScalar(at i: Int, in text: UnsafeBufferPointer<UInt8>) -> (scalar: Unicode.Scalar, length: Int)? {
+        let b = text[i]
+        let n = b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4
+        guard i + n <= text.count else { return nil }
+        var v = UInt32(b & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07))
+        for k in 1..<n { v = v << 6 | UInt32(text[i + k] & 0x3F) }
+        guard let scalar = Unicode.Scalar(v), v <= 0x9F || isInvisibleFormatting(scalar) else { return nil }
+        return (scalar, n)
+    }
+
     /// Control characters (C0, DEL, C1) and invisible formatting (U+2028, bidi overrides, zero-width
     /// characters, BOM: isInvisibleFormatting) as "?", so that one event stays one line and reads as
     /// it is. Bytes below 0x80 are whole scalars in UTF-8, so replacing bytes is replacing scalars; a
@@ -275,12 +288,8 @@ extension TernLogHandler {
             var length = 0
             if b < 0x20 || b == 0x7F {
                 length = 1
-            } else if b >= 0xC2 {
-                let n = b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4
-                guard i + n <= text.count else { continue }
-                var v = UInt32(b & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07))
-                for k in 1..<n { v = v << 6 | UInt32(text[i + k] & 0x3F) }
-                if v <= 0x9F || Unicode.Scalar(v).map(isInvisibleFormatting) == true { length = n }
+            } else if b >= 0xC2, let hidden = hiddenScalar(at: i, in: text) {
+                length = hidden.length
             }
             if length > 0 {
                 if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
@@ -297,26 +306,38 @@ extension TernLogHandler {
     }
 
     /// A JSON string (RFC 8259 §7) with the escapes TOMLWriter.quoted uses: \" \\ \n \t \r, other
-    /// control characters and DEL as \u00XX.
+    /// control characters and DEL as \u00XX; and, unlike TOML, C1 controls and invisible formatting
+    /// (isInvisibleFormatting) as \u0085, \u202E (a pair of surrogates past U+FFFF), so that a line read
+    /// on a terminal shows them as what they are, and a parser gets the same text back.
     static func appendJSONString(_ text: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        let hex: StaticString = "0123456789ABCDEF"
+        func appendEscaped(_ unit: UInt16) {
+            out.append(contentsOf: "\\u".utf8)
+            out.append(hex.utf8Start[Int(unit >> 12)])
+            out.append(hex.utf8Start[Int((unit >> 8) & 0xF)])
+            out.append(hex.utf8Start[Int((unit >> 4) & 0xF)])
+            out.append(hex.utf8Start[Int(unit & 0xF)])
+        }
         out.append(UInt8(ascii: "\""))
         var run = 0
         for i in 0..<text.count {
             let b = text[i]
+            if b >= 0xC2 {
+                guard let hidden = hiddenScalar(at: i, in: text) else { continue }
+                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
+                run = i + hidden.length
+                for unit in UTF16.encode(hidden.scalar)! { appendEscaped(unit) }
+                continue
+            }
             guard b < 0x20 || b == 0x7F || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") else { continue }
             if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
             run = i + 1
-            out.append(UInt8(ascii: "\\"))
             switch b {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(b)
-            case UInt8(ascii: "\n"): out.append(UInt8(ascii: "n"))
-            case UInt8(ascii: "\t"): out.append(UInt8(ascii: "t"))
-            case UInt8(ascii: "\r"): out.append(UInt8(ascii: "r"))
-            default:
-                let hex: StaticString = "0123456789ABCDEF"
-                out.append(contentsOf: "u00".utf8)
-                out.append(hex.utf8Start[Int(b >> 4)])
-                out.append(hex.utf8Start[Int(b & 0xF)])
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(b)
+            case UInt8(ascii: "\n"): out.append(contentsOf: "\\n".utf8)
+            case UInt8(ascii: "\t"): out.append(contentsOf: "\\t".utf8)
+            case UInt8(ascii: "\r"): out.append(contentsOf: "\\r".utf8)
+            default: appendEscaped(UInt16(b))
             }
         }
         if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }

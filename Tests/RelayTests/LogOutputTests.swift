@@ -34,6 +34,16 @@ import Testing
         #expect(line == "2026-11-26T16:46:14.007Z error a?2Jb?c?d?e?gpj.exe?f???g?? why=é?日?👍🏽e\u{301}??\u{A0}ß\n")
     }
 
+    /// JSON keeps the text (a parser gets it back) but shows C1 controls and invisible formatting escaped
+    /// to whoever reads the line on a terminal (issue 14); other UTF-8 stays.
+    @Test func jsonEscapesInvisibleCharacters() {
+        let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,
+                                         message: "a\u{9B}2J\u{2028}\u{202E}gpj.exe\u{FEFF}é日👍🏽\u{A0}",
+                                         metadata: ["tag": "\u{E0041}\u{200B}\u{85}"])
+        #expect(line == "{\"ts\":\"2026-11-26T16:46:14.007Z\",\"level\":\"info\",\"msg\":\"a\\u009B2J\\u2028\\u202Egpj.exe\\uFEFFé日👍🏽\u{A0}\","
+                + "\"tag\":\"\\uDB40\\uDC41\\u200B\\u0085\"}\n")
+    }
+
     @Test func jsonTakesTheQueueIDFromThePrefix() {
         // Lines written as "ID: ..." without metadata (the delivery lines) get their qid all the same.
         let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,

@@ -81,5 +81,20 @@ enum StringLogRenderer {
         }
     }
 
-    static func jsonString(_ s: String) -> String { TOMLWriter.quoted(s) }
+    /// TOMLWriter.quoted's escapes, and since issue 14 C1 controls and invisible formatting as \uXXXX
+    /// (UTF-16: a surrogate pair past U+FFFF).
+    static func jsonString(_ s: String) -> String {
+        var out = ""
+        for u in TOMLWriter.quoted(s).unicodeScalars {
+            if (0x80...0x9F).contains(u.value) || isInvisibleFormatting(u) {
+                for unit in String(u).utf16 {
+                    let hex = String(unit, radix: 16, uppercase: true)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                }
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
 }
