@@ -404,3 +404,16 @@ def test_passwd_mismatch_says_only_that(tmp_path):
     code, err = passwd_on_a_tty(users, ["secret", "secret"])
     assert code == 0, err
     assert users.read_text().startswith("alice:$scrypt$")
+
+
+@pytest.mark.parametrize("name,shown", [("\ufeffalice", "\\u{FEFF}alice"), ("ali\u202ece", "ali\\u{202E}ce"),
+                                        ("a\u2028b", "a\\u{2028}b")])
+def test_passwd_refuses_invisible_characters_and_shows_them(tmp_path, name, shown):
+    """A BOM, a bidi override or U+2028 in a user name: refused (exit 64, nothing written), and the
+    message shows the character rather than a name that looks right (issue 14)."""
+    users = tmp_path / "users"
+    p = subprocess.run([str(TERN_BIN), "passwd", "--file", str(users), name], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode == 64, p
+    assert p.stderr == f'tern passwd: bad user name "{shown}"\n', p.stderr
+    assert not users.exists()
