@@ -310,14 +310,6 @@ extension TernLogHandler {
     /// (isInvisibleFormatting) as \u0085, \u202E (a pair of surrogates past U+FFFF), so that a line read
     /// on a terminal shows them as what they are, and a parser gets the same text back.
     static func appendJSONString(_ text: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
-        let hex: StaticString = "0123456789ABCDEF"
-        func appendEscaped(_ unit: UInt16) {
-            out.append(contentsOf: "\\u".utf8)
-            out.append(hex.utf8Start[Int(unit >> 12)])
-            out.append(hex.utf8Start[Int((unit >> 8) & 0xF)])
-            out.append(hex.utf8Start[Int((unit >> 4) & 0xF)])
-            out.append(hex.utf8Start[Int(unit & 0xF)])
-        }
         out.append(UInt8(ascii: "\""))
         var run = 0
         for i in 0..<text.count {
@@ -326,7 +318,7 @@ extension TernLogHandler {
                 guard let hidden = hiddenScalar(at: i, in: text) else { continue }
                 if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
                 run = i + hidden.length
-                for unit in UTF16.encode(hidden.scalar)! { appendEscaped(unit) }
+                appendUnicodeEscape(hidden.scalar, to: &out)
                 continue
             }
             guard b < 0x20 || b == 0x7F || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") else { continue }
@@ -337,11 +329,43 @@ extension TernLogHandler {
             case UInt8(ascii: "\n"): out.append(contentsOf: "\\n".utf8)
             case UInt8(ascii: "\t"): out.append(contentsOf: "\\t".utf8)
             case UInt8(ascii: "\r"): out.append(contentsOf: "\\r".utf8)
-            default: appendEscaped(UInt16(b))
+            default: appendUnicodeEscape(Unicode.Scalar(b), to: &out)
             }
         }
         if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
         out.append(UInt8(ascii: "\""))
+    }
+
+    /// JSON's \u001B, \u202E; past U+FFFF a pair of surrogates (\uDB40\uDC41).
+    static func appendUnicodeEscape(_ scalar: Unicode.Scalar, to out: inout [UInt8]) {
+        let hex: StaticString = "0123456789ABCDEF"
+        for unit in UTF16.encode(scalar)! {
+            out.append(contentsOf: "\\u".utf8)
+            out.append(hex.utf8Start[Int(unit >> 12)])
+            out.append(hex.utf8Start[Int((unit >> 8) & 0xF)])
+            out.append(hex.utf8Start[Int((unit >> 4) & 0xF)])
+            out.append(hex.utf8Start[Int(unit & 0xF)])
+        }
+    }
+
+    /// JSON as JSONEncoder wrote it (valid UTF-8), with C1 controls and invisible formatting, which
+    /// can stand only inside its strings, written as \u009B, \u202E: the same JSON to a parser, and
+    /// nothing acted on or hidden when it is read on a terminal (`curl`, `tern queue show --json`).
+    static func escapingHiddenCharacters(json: [UInt8]) -> [UInt8] {
+        guard json.contains(where: { $0 >= 0xC2 }) else { return json }
+        var out: [UInt8] = []
+        out.reserveCapacity(json.count + 64)
+        json.withUnsafeBufferPointer { text in
+            var run = 0
+            for i in 0..<text.count where text[i] >= 0xC2 {
+                guard let hidden = hiddenScalar(at: i, in: text) else { continue }
+                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
+                run = i + hidden.length
+                appendUnicodeEscape(hidden.scalar, to: &out)
+            }
+            if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
+        }
+        return out
     }
 
     static func appendJSONValue(_ value: Logger.MetadataValue, to out: inout [UInt8]) {

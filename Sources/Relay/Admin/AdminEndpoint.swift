@@ -282,7 +282,9 @@ public final class AdminEndpoint {
     static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let body = (try? encoder.encode(value)).map { Array($0) + [10] } ?? Array("{}\n".utf8)
+        // Text from senders and remote servers: C1 and invisible characters as \u escapes (JSONEncoder does C0).
+        let body = (try? encoder.encode(value)).map { TernLogHandler.escapingHiddenCharacters(json: Array($0)) + [10] }
+            ?? Array("{}\n".utf8)
         return HTTPResponse(status: status, reason: reason(status),
                             headers: [HTTPHeader("Content-Type", "application/json")], body: body)
     }

@@ -217,7 +217,9 @@ public struct QueueShape: Equatable, Sendable {
                           total: row(total), domains: rows.map(row))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return (try? encoder.encode(shape)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return (try? encoder.encode(shape)).map {
+            String(decoding: TernLogHandler.escapingHiddenCharacters(json: Array($0)), as: UTF8.self)
+        } ?? "{}"
     }
 
     /// The qshape table: a header of bucket limits, the total, then one line per domain.
