@@ -6,6 +6,7 @@
 // The output is byte for byte what the String-building renderer wrote (RelayTests compares the two).
 
 import Logging
+import SMTPProtocol  // isInvisibleFormatting
 
 #if canImport(Glibc)
 import Glibc
@@ -263,16 +264,37 @@ extension TernLogHandler {
         return UnsafeBufferPointer(rebasing: text[offset...])
     }
 
-    /// Control characters as "?", so that one event stays one line. Bytes below 0x80 are whole
-    /// scalars in UTF-8, so replacing bytes is replacing scalars.
+    /// The C1 control or invisible formatting character (isInvisibleFormatting) whose UTF-8 starts with
+    /// the lead byte (0xC2 or above) at `i`, and its length; nil for any other scalar. The text is a
+    /// String's, valid UTF-8.
+    static func hiddenScalar(at i: Int, in text: UnsafeBufferPointer<UInt8>) -> (scalar: Unicode.Scalar, length: Int)? {
+        let b = text[i]
+        let n = b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4
+        guard i + n <= text.count else { return nil }
+        var v = UInt32(b & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07))
+        for k in 1..<n { v = v << 6 | UInt32(text[i + k] & 0x3F) }
+        guard let scalar = Unicode.Scalar(v), v <= 0x9F || isInvisibleFormatting(scalar) else { return nil }
+        return (scalar, n)
+    }
+
+    /// Control characters (C0, DEL, C1) and invisible formatting (U+2028, bidi overrides, zero-width
+    /// characters, BOM: isInvisibleFormatting) as "?", so that one event stays one line and reads as
+    /// it is. Bytes below 0x80 are whole scalars in UTF-8, so replacing bytes is replacing scalars; a
+    /// lead byte from 0xC2 up starts a scalar of 2-4 bytes (the text is a String's, valid UTF-8).
     static func appendOneLine(_ text: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
         var run = 0
         for i in 0..<text.count {
             let b = text[i]
+            var length = 0
             if b < 0x20 || b == 0x7F {
+                length = 1
+            } else if b >= 0xC2, let hidden = hiddenScalar(at: i, in: text) {
+                length = hidden.length
+            }
+            if length > 0 {
                 if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
                 out.append(UInt8(ascii: "?"))
-                run = i + 1
+                run = i + length
             }
         }
         if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
@@ -284,30 +306,66 @@ extension TernLogHandler {
     }
 
     /// A JSON string (RFC 8259 §7) with the escapes TOMLWriter.quoted uses: \" \\ \n \t \r, other
-    /// control characters and DEL as \u00XX.
+    /// control characters and DEL as \u00XX; and, unlike TOML, C1 controls and invisible formatting
+    /// (isInvisibleFormatting) as \u0085, \u202E (a pair of surrogates past U+FFFF), so that a line read
+    /// on a terminal shows them as what they are, and a parser gets the same text back.
     static func appendJSONString(_ text: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var run = 0
         for i in 0..<text.count {
             let b = text[i]
+            if b >= 0xC2 {
+                guard let hidden = hiddenScalar(at: i, in: text) else { continue }
+                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
+                run = i + hidden.length
+                appendUnicodeEscape(hidden.scalar, to: &out)
+                continue
+            }
             guard b < 0x20 || b == 0x7F || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") else { continue }
             if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
             run = i + 1
-            out.append(UInt8(ascii: "\\"))
             switch b {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(b)
-            case UInt8(ascii: "\n"): out.append(UInt8(ascii: "n"))
-            case UInt8(ascii: "\t"): out.append(UInt8(ascii: "t"))
-            case UInt8(ascii: "\r"): out.append(UInt8(ascii: "r"))
-            default:
-                let hex: StaticString = "0123456789ABCDEF"
-                out.append(contentsOf: "u00".utf8)
-                out.append(hex.utf8Start[Int(b >> 4)])
-                out.append(hex.utf8Start[Int(b & 0xF)])
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(b)
+            case UInt8(ascii: "\n"): out.append(contentsOf: "\\n".utf8)
+            case UInt8(ascii: "\t"): out.append(contentsOf: "\\t".utf8)
+            case UInt8(ascii: "\r"): out.append(contentsOf: "\\r".utf8)
+            default: appendUnicodeEscape(Unicode.Scalar(b), to: &out)
             }
         }
         if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
         out.append(UInt8(ascii: "\""))
+    }
+
+    /// JSON's \u001B, \u202E; past U+FFFF a pair of surrogates (\uDB40\uDC41).
+    static func appendUnicodeEscape(_ scalar: Unicode.Scalar, to out: inout [UInt8]) {
+        let hex: StaticString = "0123456789ABCDEF"
+        for unit in UTF16.encode(scalar)! {
+            out.append(contentsOf: "\\u".utf8)
+            out.append(hex.utf8Start[Int(unit >> 12)])
+            out.append(hex.utf8Start[Int((unit >> 8) & 0xF)])
+            out.append(hex.utf8Start[Int((unit >> 4) & 0xF)])
+            out.append(hex.utf8Start[Int(unit & 0xF)])
+        }
+    }
+
+    /// JSON as JSONEncoder wrote it (valid UTF-8), with C1 controls and invisible formatting, which
+    /// can stand only inside its strings, written as \u009B, \u202E: the same JSON to a parser, and
+    /// nothing acted on or hidden when it is read on a terminal (`curl`, `tern queue show --json`).
+    static func escapingHiddenCharacters(json: [UInt8]) -> [UInt8] {
+        guard json.contains(where: { $0 >= 0xC2 }) else { return json }
+        var out: [UInt8] = []
+        out.reserveCapacity(json.count + 64)
+        json.withUnsafeBufferPointer { text in
+            var run = 0
+            for i in 0..<text.count where text[i] >= 0xC2 {
+                guard let hidden = hiddenScalar(at: i, in: text) else { continue }
+                if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run..<i])) }
+                run = i + hidden.length
+                appendUnicodeEscape(hidden.scalar, to: &out)
+            }
+            if run < text.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: text[run...])) }
+        }
+        return out
     }
 
     static func appendJSONValue(_ value: Logger.MetadataValue, to out: inout [UInt8]) {
@@ -335,19 +393,23 @@ extension TernLogHandler {
 }
 
 /// Client text in a plain log line, between "<" and ">": "<", ">" and "\" written as \x3C, \x3E and
-/// \x5C, control characters as \x1B or \u{9B}, so that a user name or an address can neither end its
-/// field early nor imitate another ("user=<root> from [203.0.113.9]" stays one user name).
+/// \x5C, control characters (C0, DEL, C1) as \x1B or \x9B, invisible formatting (bidi overrides,
+/// zero-width characters, BOM, U+2028: isInvisibleFormatting) as \u{202E}, so that a user name or an
+/// address can neither end its field early, nor imitate another ("user=<root> from [203.0.113.9]"
+/// stays one user name), nor show other than it is.
 func angleQuoted(_ text: String) -> String {
     var out = "<"
     for scalar in text.unicodeScalars {
         let v = scalar.value
         switch v {
-        case 0x3C, 0x3E, 0x5C, 0..<0x20, 0x7F:
+        case 0x3C, 0x3E, 0x5C, 0..<0x20, 0x7F...0x9F:
             out += "\\x" + (v < 0x10 ? "0" : "") + String(v, radix: 16, uppercase: true)
-        case 0x80...0x9F:
-            out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
         default:
-            out.unicodeScalars.append(scalar)
+            if isInvisibleFormatting(scalar) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
         }
     }
     return out + ">"

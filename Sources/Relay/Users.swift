@@ -41,7 +41,8 @@ public struct UsersFile: Sendable, Equatable {
             let user = String(line[..<colon])
             let hash = String(line[line.index(after: colon)...])
             guard Self.isValidUserName(user) else {
-                throw ConfigError(line: index + 1, message: "bad user name \"\(user)\"", source: source)
+                // Escaped: a name refused for a BOM or a bidi override would print as a good one.
+                throw ConfigError(line: index + 1, message: "bad user name \"\(terminalSafe(user))\"", source: source)
             }
             guard let cost = PasswordHash.memoryCost(hash) else {
                 throw ConfigError(line: index + 1, message: "the hash of \(user) is not a $scrypt$ hash made by tern passwd",

@@ -589,20 +589,65 @@ func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
     return era * 146_097 + doe - 719_468
 }
 
+/// A scalar that draws nothing yet changes what a reader sees around it: Unicode's format characters
+/// (general category Cf: bidi overrides and isolates U+202A-202E and U+2066-2069, zero-width U+200B-200F,
+/// BOM U+FEFF, soft hyphen U+00AD, tags...) and the line and paragraph separators U+2028 and U+2029.
+/// "\u{202E}gpj.exe" shows as "exe.jpg"; U+2028 ends a line for some viewers and parsers.
+public func isInvisibleFormatting(_ scalar: Unicode.Scalar) -> Bool {
+    guard scalar.value >= 0xAD else { return false }  // none below the soft hyphen: ASCII stays cheap
+    switch scalar.properties.generalCategory {
+    case .format, .lineSeparator, .paragraphSeparator: return true
+    default: return false
+    }
+}
+
 /// Text from a message made safe for a terminal: control characters (C0, DEL and C1, which a
-/// terminal may act on) written as \u{1B}; everything else as it is.
+/// terminal may act on) and invisible formatting (isInvisibleFormatting) written as \u{1B}, \u{202E};
+/// everything else as it is.
 public func terminalSafe(_ text: String) -> String {
     var out = ""
     out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
     for scalar in text.unicodeScalars {
         let v = scalar.value
-        if v < 0x20 || (0x7F...0x9F).contains(v) {
+        if v < 0x20 || (0x7F...0x9F).contains(v) || isInvisibleFormatting(scalar) {
             out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
         } else {
             out.unicodeScalars.append(scalar)
         }
     }
     return out
+}
+
+/// A stored message made safe for a terminal (`tern queue show --message` on a tty): as terminalSafe,
+/// but tabs, line feeds and a CR before LF stay (the message keeps its lines), and bytes that are not
+/// UTF-8 show as \xFF, so that nothing the sender wrote is acted on or hidden by the terminal.
+public func terminalSafeMessage(_ bytes: [UInt8]) -> String {
+    var out = ""
+    out.unicodeScalars.reserveCapacity(bytes.count)
+    var parser = Unicode.UTF8.ForwardParser()
+    var input = bytes.makeIterator()
+    var position = 0
+    while true {
+        switch parser.parseScalar(from: &input) {
+        case .valid(let encoded):
+            let scalar = Unicode.UTF8.decode(encoded)
+            let v = scalar.value
+            position += encoded.count
+            let kept = v == 0x09 || v == 0x0A || (v == 0x0D && position < bytes.count && bytes[position] == 0x0A)
+            if !kept && (v < 0x20 || (0x7F...0x9F).contains(v) || isInvisibleFormatting(scalar)) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        case .error(let length):
+            for b in bytes[position..<(position + length)] {
+                out += "\\x" + (b < 0x10 ? "0" : "") + String(b, radix: 16, uppercase: true)
+            }
+            position += length
+        case .emptyInput:
+            return out
+        }
+    }
 }
 
 /// 0 → "0s", 75 → "1m15s", 7260 → "2h01m", 90000 → "1d01h".

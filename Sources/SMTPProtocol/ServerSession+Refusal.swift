@@ -118,13 +118,16 @@ extension ServerSession {
 }
 
 extension ServerSession {
-    /// A HELO/EHLO line whose name is valid UTF-8 without control characters: the name goes into the
-    /// Received header, where a NUL or a stray byte would come out as "?" or U+FFFD.
+    /// A HELO/EHLO line whose name is valid UTF-8 without control characters (C0, DEL, and C1, which
+    /// a terminal acts on as it does on ESC): the name goes into the Received header, where a NUL or a
+    /// stray byte would come out as "?" or U+FFFD.
     static func isPrintableHeloName(_ line: [UInt8]) -> Bool {
         guard let space = line.firstIndex(of: UInt8(ascii: " ")) else { return true }
         let name = trimmed(line[(space + 1)...])
         if name.contains(where: { $0 < 0x20 || $0 == 0x7F }) { return false }
-        return name.allSatisfy { $0 < 0x80 } || String(validating: name, as: UTF8.self) != nil
+        if name.allSatisfy({ $0 < 0x80 }) { return true }
+        guard let text = String(validating: name, as: UTF8.self) else { return false }
+        return !text.unicodeScalars.contains { (0x80...0x9F).contains($0.value) }
     }
 }
 

@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import Relay
+import SMTPProtocol
 import UVRuntime
 
 #if canImport(Glibc)
@@ -29,7 +30,7 @@ struct Passwd: ParsableCommand {
 
     func run() throws {
         guard UsersFile.isValidUserName(user) else {
-            fputs("tern passwd: bad user name \"\(user)\"\n", stderr)
+            fputs("tern passwd: bad user name \"\(terminalSafe(user))\"\n", stderr)  // a BOM or U+202E shown, not hidden
             throw ExitCode(64)
         }
         var users = UsersFile()

@@ -152,13 +152,20 @@ struct QueueShow: ParsableCommand {
     @OptionGroup var endpoint: AdminOptions
     @Argument(help: "The queue id.") var id: String
     @Flag(help: "Print the endpoint's JSON.") var json = false
-    @Flag(help: "Print the stored message itself (Received header first), e.g. for `tern trace -`.")
+    @Flag(help: ArgumentHelp("Print the stored message itself (Received header first), e.g. for `tern trace -`. On a terminal, "
+              + "control and invisible characters (ESC, bidi overrides, zero-width, bytes not UTF-8) are shown escaped, "
+              + "as \\u{1B} or \\xFF; piped or redirected, the stored bytes as they are."))
     var message = false
 
     func run() throws {
         if message {
             let response = try endpoint.call("GET", "/queue/" + queryEscaped(id) + "/message")
-            FileHandle.standardOutput.write(Data(response.body))
+            // A sender's escape codes must not reach the postmaster's terminal; `> file` gets the message back exactly.
+            if isatty(STDOUT_FILENO) != 0 {
+                FileHandle.standardOutput.write(Data(terminalSafeMessage(response.body).utf8))
+            } else {
+                FileHandle.standardOutput.write(Data(response.body))
+            }
             return
         }
         let response = try endpoint.call("GET", "/queue/" + queryEscaped(id))

@@ -264,6 +264,21 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         #expect(MailqFormat.table([e], timeZone: utc).contains("\\u{1B}[31mbob@example.net"))
     }
 
+    /// The endpoint's JSON (and `tern queue ... --json`) carries what strangers wrote: C1 controls and
+    /// invisible characters come as \u escapes, which a parser reads back as they were (issue 14).
+    @Test func jsonEscapesInvisibleCharacters() throws {
+        var e = entry(recipients: [("bob@example.net", .deferred)])
+        e.helo = "a\u{9B}2J\u{202E}gpj.exe\u{200B}é日\u{E0041}\u{A0}"
+        let body = AdminEndpoint.json(e).body
+        let text = String(decoding: body, as: UTF8.self)
+        #expect(text.contains("\"helo\":\"a\\u009B2J\\u202Egpj.exe\\u200Bé日\\uDB40\\uDC41\u{A0}\""), "\(text)")
+        #expect(!text.unicodeScalars.contains { (0x80...0x9F).contains($0.value) || isInvisibleFormatting($0) }, "\(text)")
+        #expect(try JSONDecoder().decode(QueueEntry.self, from: Data(body)) == e)
+        let shape = QueueShape([entry(recipients: [("a@\u{202E}x.example", .deferred)])], now: 100_000)
+        let json = shape.json(deliveryEnabled: true)
+        #expect(json.contains("\"domain\":\"\\u202Ex.example\""), "\(json)")
+    }
+
     @Test func qshapeAsJSON() throws {
         let now = 100_000.0
         let shape = QueueShape([entry(arrival: now - 600, recipients: [("a@x.example", .deferred)])], now: now)

@@ -20,10 +20,11 @@ import Testing
     static let queueIDs = ["0661312EF1B4A7", "0661312EF1B4A8", "FFFFFFFFFFFFFF", "00000000000000"]
 
     /// Pieces a message is made of: words, control characters, JSON's special characters, UTF-8 of
-    /// one to four bytes, combining marks.
+    /// one to four bytes, combining marks, C1 controls and invisible formatting.
     static let pieces = ["to=<bob@example.net>", " ", ", ", "status=sent", "x", "\0", "\t", "\n", "\r\n", "\u{1}",
                          "\u{1F}", "\u{7F}", "\"", "\\", "é", "e\u{301}", "\u{301}", "日本", "👍🏽", "🇫🇷", "\u{200D}",
-                         "0661312EF1B4A7", ": ", "qid", "{}", "[1,2]", "\u{80}", "\u{FFFF}", "ß"]
+                         "0661312EF1B4A7", ": ", "qid", "{}", "[1,2]", "\u{80}", "\u{FFFF}", "ß",
+                         "\u{9B}", "\u{9F}", "\u{A0}", "\u{AD}", "\u{202E}", "\u{2028}", "\u{FEFF}", "\u{E0067}"]
 
     static func message(_ dice: inout Dice) -> String {
         var text = ""

@@ -24,6 +24,26 @@ import Testing
         #expect(line == "2026-11-26T16:46:14.007Z error bad??reply? why=a?b\n")
     }
 
+    /// C1 controls (0x9B is a terminal's CSI), line and paragraph separators, bidi overrides and
+    /// isolates, zero-width characters, a BOM and a 4-byte tag character are "?" too (issue 14); other
+    /// UTF-8 of 2, 3 and 4 bytes stays, a combining mark included.
+    @Test func plainShowsNoInvisibleCharacters() {
+        let line = TernLogHandler.render(format: .plain, time: Self.time, level: .error,
+                                         message: "a\u{9B}2Jb\u{85}c\u{2028}d\u{2029}e\u{202E}gpj.exe\u{2066}f\u{200B}\u{200F}\u{FEFF}g\u{AD}\u{E0041}",
+                                         metadata: ["why": "é\u{202D}日\u{200D}👍🏽e\u{301}\u{80}\u{9F}\u{A0}ß"])
+        #expect(line == "2026-11-26T16:46:14.007Z error a?2Jb?c?d?e?gpj.exe?f???g?? why=é?日?👍🏽e\u{301}??\u{A0}ß\n")
+    }
+
+    /// JSON keeps the text (a parser gets it back) but shows C1 controls and invisible formatting escaped
+    /// to whoever reads the line on a terminal (issue 14); other UTF-8 stays.
+    @Test func jsonEscapesInvisibleCharacters() {
+        let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,
+                                         message: "a\u{9B}2J\u{2028}\u{202E}gpj.exe\u{FEFF}é日👍🏽\u{A0}",
+                                         metadata: ["tag": "\u{E0041}\u{200B}\u{85}"])
+        #expect(line == "{\"ts\":\"2026-11-26T16:46:14.007Z\",\"level\":\"info\",\"msg\":\"a\\u009B2J\\u2028\\u202Egpj.exe\\uFEFFé日👍🏽\u{A0}\","
+                + "\"tag\":\"\\uDB40\\uDC41\\u200B\\u0085\"}\n")
+    }
+
     @Test func jsonTakesTheQueueIDFromThePrefix() {
         // Lines written as "ID: ..." without metadata (the delivery lines) get their qid all the same.
         let line = TernLogHandler.render(format: .json, time: Self.time, level: .info,

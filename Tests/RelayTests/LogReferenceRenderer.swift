@@ -2,6 +2,7 @@
 // that the byte renderer must match byte for byte (LogLineTests).
 
 import Logging
+import SMTPProtocol
 @testable import Relay
 #if canImport(Glibc)
 import Glibc
@@ -38,9 +39,11 @@ enum StringLogRenderer {
         }
     }
 
+    /// Changed since (issue 14): C1 controls and invisible formatting are "?" as well.
     static func oneLine(_ text: String) -> String {
-        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
-        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+        func hidden(_ s: Unicode.Scalar) -> Bool { s.value < 0x20 || (0x7F...0x9F).contains(s.value) || isInvisibleFormatting(s) }
+        guard text.unicodeScalars.contains(where: hidden) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { hidden($0) ? "?" : $0 }))
     }
 
     static func leadingQueueID(_ message: String) -> String? {
@@ -78,5 +81,20 @@ enum StringLogRenderer {
         }
     }
 
-    static func jsonString(_ s: String) -> String { TOMLWriter.quoted(s) }
+    /// TOMLWriter.quoted's escapes, and since issue 14 C1 controls and invisible formatting as \uXXXX
+    /// (UTF-16: a surrogate pair past U+FFFF).
+    static func jsonString(_ s: String) -> String {
+        var out = ""
+        for u in TOMLWriter.quoted(s).unicodeScalars {
+            if (0x80...0x9F).contains(u.value) || isInvisibleFormatting(u) {
+                for unit in String(u).utf16 {
+                    let hex = String(unit, radix: 16, uppercase: true)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                }
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
 }

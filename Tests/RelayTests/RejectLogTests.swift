@@ -49,7 +49,11 @@ import Testing
     @Test func clientTextIsQuoted() {
         #expect(angleQuoted("bob") == "<bob>")
         #expect(angleQuoted("root> from [203.0.113.9]\u{1B}[2J\r\nX") == "<root\\x3E from [203.0.113.9]\\x1B[2J\\x0D\\x0AX>")
-        #expect(angleQuoted("a<b\\c\u{9B}\u{7F}é") == "<a\\x3Cb\\x5Cc\\u{9B}\\x7Fé>")
+        #expect(angleQuoted("a<b\\c\u{9B}\u{7F}é") == "<a\\x3Cb\\x5Cc\\x9B\\x7Fé>")
+        // Invisible formatting shows as \u{...}: "\u{202E}gpj.exe" would read "exe.jpg"; U+2028 ends a
+        // line for some readers; a zero-width space or a BOM makes a name look like another.
+        #expect(angleQuoted("\u{202E}gpj.exe\u{2066}x\u{2069}\u{200B}root\u{200F}\u{FEFF}\u{2028}\u{2029}\u{AD}\u{85}日\u{A0}")
+                == "<\\u{202E}gpj.exe\\u{2066}x\\u{2069}\\u{200B}root\\u{200F}\\u{FEFF}\\u{2028}\\u{2029}\\u{AD}\\x85日\u{A0}>")
         let r = refusal(.authFailed, "AUTH", Reply(535, "5.7.8", "Error: authentication failed"),
                         sender: "\"x> from [203.0.113.9]\"@printer.lan", recipient: nil, user: "a>b")
         let text = InboundSession.refusalText(r, qid: nil, client: "unknown[192.0.2.7]", reply: InboundSession.replyText(r.reply))

@@ -141,6 +141,24 @@ import Testing
     @Test func terminalSafeEscapesControlCharacters() {
         #expect(terminalSafe("a\u{1B}[31mb\u{7}c\u{9B}d\té") == "a\\u{1B}[31mb\\u{7}c\\u{9B}d\\u{9}é")
         #expect(terminalSafe("plain text, ünïcode") == "plain text, ünïcode")
+        // Invisible formatting (issue 14): a bidi override turns "\u{202E}gpj.exe" into "exe.jpg" on screen.
+        #expect(terminalSafe("\u{202E}gpj.exe \u{2067}x\u{2069} a\u{200B}b\u{200D}c \u{FEFF}d\u{2028}e\u{2029} f\u{AD}g \u{E0001}")
+                == "\\u{202E}gpj.exe \\u{2067}x\\u{2069} a\\u{200B}b\\u{200D}c \\u{FEFF}d\\u{2028}e\\u{2029} f\\u{AD}g \\u{E0001}")
+        #expect(terminalSafe("日本 e\u{301} 👍🏽 \u{A0}") == "日本 e\u{301} 👍🏽 \u{A0}")
+        #expect(isInvisibleFormatting("\u{202A}") && isInvisibleFormatting("\u{2028}") && !isInvisibleFormatting("a")
+                && !isInvisibleFormatting("\u{9B}") && !isInvisibleFormatting("\u{301}"))
+    }
+
+    /// `tern queue show --message` on a terminal: lines, tabs and CRLF stay; ESC, a lone CR, C1, bidi and
+    /// zero-width characters and bytes that are not UTF-8 are escaped; other UTF-8 stays.
+    @Test func terminalSafeMessageKeepsLinesAndEscapesTheRest() {
+        let message = Array("Subject: x\u{1B}[2J\r\n\tfolded\r\n\r\nbody \u{202E}gpj.exe\u{200B} 日本\rover\n\u{9B}2J".utf8)
+            + [0xFF, 0xC3, 0x28, 0xE2, 0x80] + Array("\r".utf8)
+        #expect(terminalSafeMessage(message) == "Subject: x\\u{1B}[2J\r\n\tfolded\r\n\r\nbody \\u{202E}gpj.exe\\u{200B} 日本"
+                + "\\u{D}over\n\\u{9B}2J\\xFF\\xC3(\\xE2\\x80\\u{D}")
+        #expect(terminalSafeMessage([]) == "")
+        let plain = "Received: from a.test\r\n\r\nHällo\r\n"
+        #expect(terminalSafeMessage(Array(plain.utf8)) == plain)
     }
 
     @Test func matchingByAddressOrReverseName() {

@@ -125,6 +125,9 @@ import Testing
         Array("EHLO a\0b.test\r\n".utf8), Array("HELO a\u{1}b.test\r\n".utf8), Array("EHLO a\u{7F}b\r\n".utf8),
         Array("EHLO a\tb\r\n".utf8), Array("EHLO a".utf8) + [0xC3, 0x28] + Array(".test\r\n".utf8),
         Array("HELO ".utf8) + [0xFF, 0xFE] + Array("\r\n".utf8), Array("EHLO x".utf8) + [0xED, 0xA0, 0x80] + Array("\r\n".utf8),
+        // C1 controls in UTF-8 (issue 14): U+009B is a terminal's CSI ("\u{9B}2J" clears the screen), U+0085 NEL.
+        Array("EHLO a".utf8) + [0xC2, 0x9B] + Array("2Jb.test\r\n".utf8), Array("HELO ".utf8) + [0xC2, 0x85] + Array("x\r\n".utf8),
+        Array("EHLO x".utf8) + [0xC2, 0x80] + Array("\r\n".utf8), Array("EHLO é".utf8) + [0xC2, 0x9F] + Array("\r\n".utf8),
     ])
     func heloNamesWithControlsOrBadUTF8AreRefused(line: [UInt8]) {
         var d = Driver()
@@ -139,7 +142,8 @@ import Testing
     }
 
     @Test func heloNamesThatAreFine() {
-        for name in ["client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]", "bücher.test", "x"] {
+        // U+00A0 (0xC2 0xA0) and U+00BF follow the C1 block: refused are 0xC2 0x80-0x9F only.
+        for name in ["client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]", "bücher.test", "x", "a\u{A0}b", "¿x"] {
             var d = Driver()
             _ = d.takeReplies()
             d.send(Array("EHLO \(name)\r\n".utf8))

@@ -186,7 +186,9 @@ extension Driver {
     /// imitated a log field: "root from [203.0.113.9]\e[2J\r\nX").
     @Test func userNamesThatCannotExistAreRefusedBeforeTheCheck() {
         let forged = "root from [203.0.113.9]\u{1B}[2J\r\nX"
-        for name in [forged, "a b", "a:b", "tab\there", "c1\u{9B}x", String(repeating: "u", count: 257)] {
+        for name in [forged, "a b", "a:b", "tab\there", "c1\u{9B}x", String(repeating: "u", count: 257),
+                     "\u{FEFF}alice", "ali\u{202E}ce", "a\u{2066}b", "zero\u{200B}width", "rlm\u{200F}", "line\u{2028}sep",
+                     "para\u{2029}", "soft\u{AD}hyphen"] {
             var d = tlsDriver()
             d.send("AUTH LOGIN\r\n\(b64(name))\r\n")
             #expect(d.lastReply == "535 5.7.8 Error: authentication failed: invalid user name", "\(name)")

@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import smtplib
 import socket
 import subprocess
 import time
@@ -305,6 +306,51 @@ def test_remote_reply_with_escapes_is_shown_escaped(hops, start_tern, hop_port):
         assert "\\u{1B}[2J\\u{1B}]0;owned\\u{7} later" in out, out
 
 
+def test_show_message_escapes_on_a_terminal_and_not_when_piped(tern):
+    """A sender's ESC[2J (clear screen) and U+202E (right-to-left override) in a message body: `tern
+    queue show --message` shows them escaped on a terminal and writes the bytes as stored when piped,
+    so that `> file` gets the message back exactly (issue 14)."""
+    body = "clear\x1b[2J here\tand \u202egpj.exe\r\nnext line é\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", tern.port, timeout=15) as s:
+        s.ehlo("client.test")
+        s.mail(SENDER)
+        assert s.rcpt("r@far.test")[0] == 250
+        code, reply = s.data(b"Subject: escapes\r\n\r\n" + body)
+        assert code == 250, reply
+    qid = re.search(r"queued as ([0-9A-F]{14})", reply.decode()).group(1)
+    args = [str(TERN_BIN), "queue", "show", "--message", qid, "--config", str(tern.config_path)]
+
+    piped = subprocess.run(args, capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith(b"Received: ") and piped.stdout.endswith(b"\r\n\r\n" + body), piped.stdout
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(args, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, f"no end of output: {shown!r}"
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert b"\x1b" not in shown and "\u202e".encode() not in shown, shown
+    # The terminal turns "\n" into "\r\n" (onlcr): lines and tabs stay, the rest shows escaped.
+    assert "clear\\u{1B}[2J here\tand \\u{202E}gpj.exe\r\r\nnext line é".encode() in shown, shown
+
+
 def entry_reply(tern, qid: str) -> str:
     return json.loads(queue(tern, "show", qid, "--json").stdout)["recipients"][0]["last_reply"]
 
@@ -361,11 +407,11 @@ def test_passwd_mismatch_says_only_that(tmp_path):
 
 
 def test_json_escapes_what_a_terminal_would_obey(tern):
-    """`tern queue ... --json` and the endpoint's JSON write C1 controls (0x9B is CSI) and U+2028/U+2029
-    from a client's HELO as \\uXXXX (issue 14): catting the JSON prints none raw. (EHLO refuses DEL;
-    its escape is in QueueViewTests.)"""
+    """`tern queue ... --json` and the endpoint's JSON write invisible formatting (a bidi override,
+    U+2028/U+2029) from a client's HELO as \\uXXXX (issue 14): catting the JSON prints none raw. (EHLO
+    refuses DEL and C1 controls; their escapes are in QueueViewTests and AdminTests.)"""
     from conftest import QUEUED_RE, SMTPConn, assert_reply
-    helo = "evil\x9b2J\x85\u2028\u2029.test"
+    helo = "evil\u202e2J\u2028\u2029.test"
     with SMTPConn(tern.port) as c:
         c.greeting()
         assert_reply(c.cmd(b"EHLO " + helo.encode()), 250)
@@ -381,12 +427,25 @@ def test_json_escapes_what_a_terminal_would_obey(tern):
                            capture_output=True, timeout=60)
         assert p.returncode == 0, p.stderr
         out = p.stdout
-        for raw in (b"\x7f", b"\xc2\x9b", b"\xc2\x85", "\u2028".encode(), "\u2029".encode(), b"\x1b"):
+        for raw in ("\u202e".encode(), "\u2028".encode(), "\u2029".encode(), b"\x1b"):
             assert raw not in out, (raw, out)
-        assert b"evil\\u009b2J\\u0085\\u2028\\u2029.test" in out, out
+        assert b"evil\\u202E2J\\u2028\\u2029.test" in out, out
         data = json.loads(out)
         shown = data if args[0] == "show" else data["messages"][0]
         assert shown["helo"] == helo, shown
     # The endpoint's own answer, not only what the CLI prints.
     status, _, body = http(tern.admin_port, f"GET /queue/{qid} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-    assert status == 200 and b"\xc2\x9b" not in body and b"evil\\u009b2J\\u0085\\u2028\\u2029.test" in body, body
+    assert status == 200 and "\u202e".encode() not in body and b"evil\\u202E2J\\u2028\\u2029.test" in body, body
+
+
+@pytest.mark.parametrize("name,shown", [("\ufeffalice", "\\u{FEFF}alice"), ("ali\u202ece", "ali\\u{202E}ce"),
+                                        ("a\u2028b", "a\\u{2028}b")])
+def test_passwd_refuses_invisible_characters_and_shows_them(tmp_path, name, shown):
+    """A BOM, a bidi override or U+2028 in a user name: refused (exit 64, nothing written), and the
+    message shows the character rather than a name that looks right (issue 14)."""
+    users = tmp_path / "users"
+    p = subprocess.run([str(TERN_BIN), "passwd", "--file", str(users), name], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode == 64, p
+    assert p.stderr == f'tern passwd: bad user name "{shown}"\n', p.stderr
+    assert not users.exists()

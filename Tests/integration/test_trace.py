@@ -166,6 +166,21 @@ def test_control_characters_in_a_header_are_escaped(tmp_path: Path):
     assert "by    b.example (\\u{1B}[2J\\u{7}evil\\u{D})" in out, out
 
 
+def test_invisible_characters_in_a_header_are_escaped(tmp_path: Path):
+    """Bidi overrides and isolates, zero-width characters, a BOM, U+2028 and C1 controls draw nothing
+    but change what the postmaster reads ("\u202egpj.exe" shows as "exe.jpg"): escaped too (issue 14)."""
+    f = tmp_path / "invisible.eml"
+    f.write_bytes(message(["Received: from a.example (a.example [192.0.2.1]) by b.example "
+                           "(\u202egpj.exe \u2066x\u2069 \u200bz\ufeff\u2028y\u2029 \u009b2J \u00adé) "
+                           "with SMTP; Thu, 26 Nov 2026 16:46:14 +0000"]))
+    p = trace(str(f))
+    out = p.stdout.decode()
+    for raw in "\u202e\u2066\u2069\u200b\ufeff\u2028\u2029\u009b\u00ad":
+        assert raw not in out, (hex(ord(raw)), out)
+    assert ("by    b.example (\\u{202E}gpj.exe \\u{2066}x\\u{2069} \\u{200B}z\\u{FEFF}\\u{2028}y\\u{2029} "
+            "\\u{9B}2J \\u{AD}é)") in out, out
+
+
 def test_the_hostname_of_a_tern_config_is_trusted(tmp_path: Path):
     # A mailbox server above our relay: the top hop's client is turmeric.com, which is our Tern.
     cfg = tmp_path / "tern.toml"
