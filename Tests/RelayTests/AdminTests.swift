@@ -183,18 +183,19 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
     }
 
     @Test func jsonEscapesWhatATerminalWouldObey() throws {
-        // DEL, C1 (0x9B is CSI), U+2028/U+2029 as \uXXXX; C0 as JSONEncoder writes it; other text as is.
+        // DEL, C1 (0x9B is CSI), U+2028/U+2029 as \uXXXX (upper-case hex, as the JSON log writes them); C0
+        // as JSONEncoder writes it; other text as is.
         var e = entry()
         e.helo = "a\u{1B}[2J\u{7F}\u{9B}31m\u{85}\u{2028}\u{2029}é用\u{A0}z"
         let reply = AdminEndpoint.json(e)
         let text = String(decoding: reply.body, as: UTF8.self)
-        #expect(text.contains("\"helo\":\"a\\u001b[2J\\u007f\\u009b31m\\u0085\\u2028\\u2029é用\u{A0}z\""), "\(text)")
+        #expect(text.contains("\"helo\":\"a\\u001b[2J\\u007f\\u009B31m\\u0085\\u2028\\u2029é用\u{A0}z\""), "\(text)")
         #expect(!reply.body.contains(0x7F) && !text.unicodeScalars.contains { (0x80...0x9F).contains($0.value) })
         #expect(try JSONDecoder().decode(QueueEntry.self, from: Data(reply.body)).helo == e.helo)
         // The summary's JSON too (a domain is client text).
         let f = entry(arrival: 0, recipients: [("x@d\u{9B}1m.example", .pending)])
         let summary = QueueShape([f], now: 0).json(deliveryEnabled: true)
-        #expect(summary.contains(#"d\u009b1m.example"#) && !summary.unicodeScalars.contains { $0.value == 0x9B })
+        #expect(summary.contains(#"d\u009B1m.example"#) && !summary.unicodeScalars.contains { $0.value == 0x9B })
         #expect(terminalSafeJSON(Array("[\"\u{2028}\u{7F}\"]".utf8)) == Array(#"["\u2028\u007f"]"#.utf8))
         #expect(terminalSafeJSON(Array("{}".utf8)) == Array("{}".utf8))
     }
