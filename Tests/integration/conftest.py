@@ -82,10 +82,19 @@ def toml_document(top: dict, tables: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never the same one twice in this run: bind(0) may hand back a port it
+    just gave (a server's SMTP and admin ports the same one, then EADDRINUSE at start-up)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
