@@ -2,9 +2,9 @@
 // until a host takes the transaction (RFC 5321 §5.1 fallback), then may carry more jobs for the same
 // destination on the same session.
 //
-// Fallback rules: connection refused or timed out, a greeting other than 220, a 421, or a 4xx for
-// the whole transaction (MAIL, end of data, or every recipient) → the next address, in the same
-// attempt. A 5xx for a recipient is final for it and no other host is asked about it.
+// Fallback rules: connection refused or timed out, a greeting other than 220, a 421 (ClientSession's
+// sessionFailed), or a 4xx for the whole transaction (MailQueue's NextHop.judge) → the next address, in
+// the same attempt. A 5xx for a recipient is final for it and no other host is asked about it.
 //
 // TLS (issue 4): the route's `tls` policy (else delivery.tls) decides whether the ClientSession sends
 // STARTTLS and whether it must succeed; this class runs the handshake over memory BIOs and, for
@@ -214,7 +214,7 @@ final class OutboundConnection {
             case .transactionFinished(let outcome):
                 handle(outcome)
             case .sessionFailed(let reply, let why):
-                lastError = reply.map { Self.text(of: $0) } ?? why
+                lastError = reply.map { NextHop.text(of: $0) } ?? why
                 manager.log.debug("\(relayName): \(lastError)")
                 if job != nil {
                     tryNextTarget()
@@ -232,36 +232,25 @@ final class OutboundConnection {
         armTimer()
     }
 
-    /// Reply as one log/envelope line: "550 5.1.1 no such user".
-    static func text(of reply: Reply) -> String {
-        var s = "\(reply.code)"
-        if let e = reply.enhanced { s += " " + e }
-        let t = reply.lines.joined(separator: " ")
-        if !t.isEmpty { s += " " + t }
-        return s
-    }
 
+    /// The transaction's replies, judged by NextHop's rule: final results kept, and the rest either on to
+    /// the next host in this attempt (a 4xx for the whole transaction) or deferred.
     private func handle(_ outcome: TransactionOutcome) {
         guard let job else { return }
         let pending = job.recipients.filter { outcomes[$0] == nil }
+        let verdict = NextHop.judge(outcome)
         var temporary: [Int] = []
-        for (k, index) in pending.enumerated() {
-            let reply = outcome.result(forRecipient: k)
-            let text = Self.text(of: reply)
-            if reply.code < 400 {
-                outcomes[index] = .delivered(reply: text)
-            } else if reply.code >= 500 {
-                outcomes[index] = .bounced(status: reply.enhanced ?? "5.0.0", reply: text)
-            } else {
+        for (k, index) in pending.enumerated() where k < verdict.results.count {
+            let r = verdict.results[k]
+            switch r.kind {
+            case .delivered: outcomes[index] = .delivered(reply: r.reply)
+            case .bounced: outcomes[index] = .bounced(status: r.status, reply: r.reply)
+            case .deferred:
                 temporary.append(index)
-                lastError = text
+                lastError = r.reply
             }
         }
-        let mailFailed = outcome.mailReply.code >= 400 && outcome.mailReply.code < 500
-        let dataFailed = (outcome.dataReply?.code ?? 0) >= 400 && (outcome.dataReply?.code ?? 0) < 500
-        let noneAccepted = !pending.isEmpty && temporary.count == pending.count
-        if !temporary.isEmpty && (mailFailed || dataFailed || noneAccepted) {
-            // A 4xx for the whole transaction: the next host may take it, in this same attempt.
+        if verdict.tryNextHost {
             if var s = session {
                 let actions = s.quit()
                 session = s
