@@ -368,7 +368,7 @@ public struct DeliveryCore: Sendable {
                 // Too long in the queue: the deferred recipients bounce with their last error.
                 for (index, r) in late {
                     fail(&m, index, status: "4.4.7", reply: "message expired: \(r.reply)", relay: relay)
-                    event(index, .expired, dsn: "4.4.7", reply: r.reply, tls: nil)
+                    event(index, .expired, dsn: "4.4.7", reply: r.reply, tls: attempt.tls)
                 }
             }
         }

@@ -15,13 +15,6 @@ import UVRuntime
 import Glibc
 #endif
 
-/// What one attempt concluded for one recipient.
-enum RecipientOutcome {
-    case delivered(reply: String)
-    case deferred(reply: String)
-    case bounced(status: String, reply: String)
-}
-
 /// A message with at least one job in flight, held in memory so that concurrent jobs for different
 /// domains update one envelope, and the spool writes for it happen one at a time.
 final class ActiveMessage {
@@ -316,33 +309,36 @@ public final class DeliveryManager {
     }
 
     /// A job ended: record each recipient's outcome, queue what was deferred, bounce what failed.
-    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientOutcome], relay: String,
+    func jobFinished(_ job: DeliveryJob, message: ActiveMessage, outcomes: [Int: RecipientResult], relay: String,
                      tls: String? = nil) {
         let t = now
         var envelope = message.envelope
         var deferredIndexes: [Int] = []
+        var deferredStatus: [Int: String] = [:]
         var deliveredAny = false
         let delay = Self.seconds(t - envelope.arrival)
         for index in job.recipients {
             guard let outcome = outcomes[index] else { continue }
             let address = envelope.recipients[index].address
-            switch outcome {
-            case .delivered(let reply):
+            let reply = outcome.reply
+            switch outcome.kind {
+            case .delivered:
                 envelope.recipients[index].state = .delivered
                 envelope.recipients[index].lastReply = reply
                 delivered += 1
                 deliveredAny = true
                 metrics.recipientDelivered(delay: t - envelope.arrival)
                 logResult(envelope.id, to: address, relay: relay, tls: tls, delay: delay,
-                          dsn: Self.status(of: reply, default: "2.0.0"), status: "sent", reply: reply)
-            case .deferred(let reply):
+                          dsn: outcome.status, status: "sent", reply: reply)
+            case .deferred:
                 envelope.recipients[index].state = .deferred
                 envelope.recipients[index].lastReply = reply
                 deferredIndexes.append(index)
-            case .bounced(let status, let reply):
-                bounce(&envelope, index, status: status, reply: reply, relay: relay, message: message)
-                logResult(envelope.id, to: address, relay: relay, tls: tls, delay: delay, dsn: status, status: "bounced",
-                          reply: reply)
+                deferredStatus[index] = outcome.status
+            case .bounced:
+                bounce(&envelope, index, status: outcome.status, reply: reply, relay: relay, message: message)
+                logResult(envelope.id, to: address, relay: relay, tls: tls, delay: delay, dsn: outcome.status,
+                          status: "bounced", reply: reply)
             }
         }
         if deliveredAny { metrics.bytesDelivered(message.message.count) }
@@ -357,8 +353,7 @@ public final class DeliveryManager {
                     deferred += 1
                     metrics.recipientDeferred()
                     logResult(envelope.id, to: r.address, relay: relay, tls: tls, delay: delay,
-                              dsn: Self.status(of: r.lastReply ?? "", default: "4.0.0"), status: "deferred",
-                              reply: r.lastReply ?? "")
+                              dsn: deferredStatus[index] ?? "4.0.0", status: "deferred", reply: r.lastReply ?? "")
                 }
                 // On hold, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
                 if message.pendingAction == nil {
@@ -371,7 +366,7 @@ public final class DeliveryManager {
                     envelope.delayWarned = true
                     for index in deferredIndexes {
                         let r = envelope.recipients[index]
-                        message.delayed.append(FailedRecipient(address: r.address, status: Self.status(of: r.lastReply ?? "", default: "4.0.0"),
+                        message.delayed.append(FailedRecipient(address: r.address, status: deferredStatus[index] ?? "4.0.0",
                                                                diagnostic: "smtp; \(r.lastReply ?? "")", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
                     }
                 }
@@ -381,7 +376,7 @@ public final class DeliveryManager {
                     let reply = envelope.recipients[index].lastReply ?? "delivery temporarily suspended"
                     bounce(&envelope, index, status: "4.4.7", reply: "message expired: \(reply)", relay: relay,
                            message: message)
-                    logResult(envelope.id, to: envelope.recipients[index].address, relay: relay, tls: nil, delay: delay,
+                    logResult(envelope.id, to: envelope.recipients[index].address, relay: relay, tls: tls, delay: delay,
                               dsn: "4.4.7", status: "expired", reply: reply)
                 }
             }
@@ -414,14 +409,6 @@ public final class DeliveryManager {
         return "\(hundredths / 100).\(frac < 10 ? "0" : "")\(frac)"
     }
 
-    /// "250 2.0.0 Ok" → "2.0.0"; the enhanced code of a reply line, else `default`.
-    static func status(of reply: String, default fallback: String) -> String {
-        let parts = reply.split(separator: " ", maxSplits: 2)
-        if parts.count >= 2, parts[1].split(separator: ".").count == 3, parts[1].first?.isNumber == true {
-            return String(parts[1])
-        }
-        return fallback
-    }
 
     /// Writes the envelope's new state; when no job is in flight, sends the bounce for what failed and
     /// removes a finished message. One write per message at a time.

@@ -30,8 +30,10 @@ final class OutboundConnection {
     private var job: DeliveryJob?
     private var message: ActiveMessage?
     /// Outcomes so far in this attempt, by recipient index; a 5xx stays final across hosts.
-    private var outcomes: [Int: RecipientOutcome] = [:]
-    private var lastError = "no route"
+    private var outcomes: [Int: RecipientResult] = [:]
+    /// Why the last host did not take the transaction: the result of recipients no host took.
+    private var lastFailure = RecipientResult.deferred("no route", status: "4.4.3")
+    private var lastError: String { lastFailure.reply }
     private var finished = false
     /// Set while the connection waits in the connection cache (ConnectionCache.swift).
     var idleTicket: UInt64?
@@ -78,11 +80,11 @@ final class OutboundConnection {
         outcomes = [:]
         switch plan {
         case .bounce(let status, let reason):
-            for i in job.recipients { outcomes[i] = .bounced(status: status, reply: reason) }
+            for i in job.recipients { outcomes[i] = RecipientResult(.bounced, status: status, reply: reason) }
             endJob(thenReuse: false)
         case .retry(let reason):
-            lastError = reason
-            for i in job.recipients { outcomes[i] = .deferred(reply: reason) }
+            lastFailure = .deferred(reason, status: "4.4.3")  // DNS: RFC 3463's routing server failure
+            for i in job.recipients { outcomes[i] = lastFailure }
             endJob(thenReuse: false)
         case .deliver(let list):
             targets = list
@@ -115,7 +117,7 @@ final class OutboundConnection {
         }
         guard targetIndex < targets.count else {
             // Every host failed: what is not final yet waits for the next attempt.
-            for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = .deferred(reply: lastError) }
+            for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = lastFailure }
             endJob(thenReuse: false)
             return
         }
@@ -126,7 +128,7 @@ final class OutboundConnection {
         do {
             address = try SocketAddress(ip: target.address, port: target.port)
         } catch {
-            lastError = "bad address \(target.address)"
+            lastFailure = .deferred("bad address \(target.address)", status: "4.4.1")
             tryNextTarget()
             return
         }
@@ -134,7 +136,7 @@ final class OutboundConnection {
         TCPConnection.connect(loop: manager.loop, to: address, timeoutMs: UInt64(d.connectTimeout * 1000)) { [self] result in
             switch result {
             case .failure(let error):
-                lastError = "connect to \(relayName): \(error)"
+                lastFailure = .deferred("connect to \(relayName): \(error)", status: "4.4.1")
                 manager.log.debug("\(lastError)")
                 tryNextTarget()
             case .success(let connection):
@@ -214,7 +216,12 @@ final class OutboundConnection {
             case .transactionFinished(let outcome):
                 handle(outcome)
             case .sessionFailed(let reply, let why):
-                lastError = reply.map { NextHop.text(of: $0) } ?? why
+                // A 4xx greeting or a 421 keeps its own status; a refusal in 5xx of the whole session
+                // (a 554 greeting) is still only this host's: the recipients wait for another.
+                lastFailure = reply.map {
+                    RecipientResult(.deferred, status: $0.isTransientFailure ? $0.enhanced ?? "4.0.0" : "4.4.1",
+                                    reply: NextHop.text(of: $0))
+                } ?? .deferred(why, status: "4.4.1")
                 manager.log.debug("\(relayName): \(lastError)")
                 if job != nil {
                     tryNextTarget()
@@ -243,11 +250,10 @@ final class OutboundConnection {
         for (k, index) in pending.enumerated() where k < verdict.results.count {
             let r = verdict.results[k]
             switch r.kind {
-            case .delivered: outcomes[index] = .delivered(reply: r.reply)
-            case .bounced: outcomes[index] = .bounced(status: r.status, reply: r.reply)
+            case .delivered, .bounced: outcomes[index] = r
             case .deferred:
                 temporary.append(index)
-                lastError = r.reply
+                lastFailure = r
             }
         }
         if verdict.tryNextHost {
@@ -259,7 +265,7 @@ final class OutboundConnection {
             tryNextTarget()
             return
         }
-        for index in temporary { outcomes[index] = .deferred(reply: lastError) }
+        for index in temporary { outcomes[index] = lastFailure }
         endJob(thenReuse: true)
     }
 
@@ -317,7 +323,7 @@ final class OutboundConnection {
                 return
             }
             guard var s = self.session else { return }
-            self.lastError = "timeout in \(s.phase) with \(self.relayName)"
+            self.lastFailure = .deferred("timeout in \(s.phase) with \(self.relayName)", status: "4.4.2")
             let actions = s.timedOut()
             self.session = s
             self.perform(actions)
@@ -331,10 +337,10 @@ final class OutboundConnection {
         session = nil
         timer?.stop()
         if wasBusy {
-            lastError = "lost connection with \(relayName)"
+            lastFailure = .deferred("lost connection with \(relayName)", status: "4.4.2")
             if let engine = tls, !engine.handshakeComplete {
                 // Closed in the middle of the handshake: a TLS failure like any other.
-                lastError = "TLS handshake with \(relayName) failed: connection closed"
+                lastFailure = .deferred("TLS handshake with \(relayName) failed: connection closed", status: "4.7.5")
                 manager.log.info("\(lastError)")
                 if tlsPolicy == .opportunistic && credentials == nil { clearRetry = true }
             }
@@ -477,7 +483,7 @@ extension OutboundConnection {
 
     /// A TLS failure is a temporary failure of this host: the next one is tried.
     fileprivate func tlsFailed(_ why: String) {
-        lastError = why
+        lastFailure = .deferred(why, status: "4.7.5")  // RFC 3463: cryptographic failure
         manager.log.info("\(why)")
         // Opportunistic: once more with this host, in the clear. Not after a failure in the clear.
         if tlsPolicy == .opportunistic && tls != nil && credentials == nil {

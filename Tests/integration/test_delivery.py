@@ -278,6 +278,8 @@ def test_every_mx_down_message_waits_then_delivered(relay, hops):
     assert f"{qid}.msg" in tern.queue_files() and f"{qid}.env" in tern.queue_files()
     assert not log_entries(tern.stderr(), qid, "bounced"), "bounced instead of deferred"
     assert re.search(r"(?m)^rcpt\t\w+\tuser@alldown\.test(\t|$)", env_text(tern, qid)), env_text(tern, qid)
+    # Tern's own reason carries RFC 3463's code: no host answered is 4.4.1 (it was 4.0.0).
+    assert {e["dsn"] for e in log_entries(tern.stderr(), qid, "deferred")} == {"4.4.1"}, diagnostics(tern)
     # The preference-20 MX comes back: the next retry delivers there.
     back = hops("127.0.0.7")
     (t,) = back.wait_for(1, on_timeout=lambda: diagnostics(tern, back))
