@@ -75,7 +75,7 @@ extension DeliveryManager {
     /// A connection finished its job and no job is due for its destination: keep it for the next one,
     /// unless the cache is off or another destination is waiting for the slot it holds.
     func parkOrFinish(_ connection: OutboundConnection) {
-        guard config.delivery.connectionCacheTime > 0, !scheduler.hasJobWaitingForSlot() else {
+        guard config.delivery.connectionCacheTime > 0, !core.hasJobWaitingForSlot() else {
             connection.finish()
             return
         }
@@ -86,9 +86,9 @@ extension DeliveryManager {
     /// Hands the jobs that became due to idle connections of their destinations (called by `pump`
     /// before `dispatch`, only while some connection is idle).
     func feedIdleConnections(now t: Double) {
-        for destination in scheduler.promoteReadyForConnections(now: t) {
+        for destination in core.promoteReadyForConnections(now: t) {
             while idleConnections.hasConnection(for: destination),
-                  let job = scheduler.next(for: destination, now: t),
+                  let job = core.next(for: destination, now: t),
                   let connection = idleConnections.take(for: destination) {
                 connection.leftIdle()
                 start(job, on: connection, routeFirst: false)
@@ -99,7 +99,7 @@ extension DeliveryManager {
     /// Every slot is taken and a job for another destination waits: close the longest-idle
     /// connections, one at a time, until it gets one (each close pumps again).
     func closeIdleConnectionsForWaitingJobs() {
-        while scheduler.hasJobWaitingForSlot(), let connection = idleConnections.takeOldest() {
+        while core.hasJobWaitingForSlot(), let connection = idleConnections.takeOldest() {
             log.debug("closing an idle connection to \(connection.destination): another destination waits for a slot")
             connection.finish()
         }

@@ -28,7 +28,7 @@ final class OutboundConnection {
     private var timer: Timer?
 
     private var job: DeliveryJob?
-    private var message: ActiveMessage?
+    private var message: OutgoingMessage?
     /// Outcomes so far in this attempt, by recipient index; a 5xx stays final across hosts.
     private var outcomes: [Int: RecipientResult] = [:]
     /// Why the last host did not take the transaction: the result of recipients no host took.
@@ -74,7 +74,7 @@ final class OutboundConnection {
 
     // MARK: - A job on a new connection
 
-    func run(_ job: DeliveryJob, message: ActiveMessage, plan: RoutePlan) {
+    func run(_ job: DeliveryJob, message: OutgoingMessage, plan: RoutePlan) {
         self.job = job
         self.message = message
         outcomes = [:]
@@ -94,7 +94,7 @@ final class OutboundConnection {
     }
 
     /// The same session, another job (connection reuse).
-    func runOnOpenSession(_ job: DeliveryJob, message: ActiveMessage) {
+    func runOnOpenSession(_ job: DeliveryJob, message: OutgoingMessage) {
         self.job = job
         self.message = message
         outcomes = [:]

@@ -68,101 +68,62 @@ extension DeliveryManager {
     var isLoadingSpool: Bool { arrivedDuringScan != nil }
 
     /// A delivery attempt of the message is running (or its data is being read for one).
-    func isInFlight(_ id: QueueID) -> Bool {
-        (active[id]?.jobsInFlight ?? 0) > 0 || loading[id] != nil
-    }
+    func isInFlight(_ id: QueueID) -> Bool { core.isInFlight(id) }
 
-    func isHeld(_ id: QueueID) -> Bool { held[id] != nil }
+    func isHeld(_ id: QueueID) -> Bool { core.isHeld(id) }
 
     /// Finished, and its removal from the spool is waiting for the next batch: not listed any more.
-    func isLeaving(_ id: QueueID) -> Bool { active[id]?.leaving ?? false }
-
-    private func isKnown(_ id: QueueID) -> Bool {
-        held[id] != nil || scheduler.isQueued(id) || loading[id] != nil || justArrived[id] != nil
-            || (active[id].map { !$0.deleted && !$0.removed && $0.envelope.hasPendingRecipients } ?? false)
-    }
-
-    /// Retry now: one message.
-    func flush(id: QueueID) throws -> QueueActionReply {
-        if held[id] != nil { throw AdminError(409, "\(id) is on hold: release it to deliver it") }
-        let jobs = scheduler.queuedJobs(of: id)
-        if !jobs.isEmpty {
-            scheduler.reschedule(jobs, due: now)
-            log.info("\(id): flushed by the postmaster")
-            pump()
-            return QueueActionReply(action: .flush, id: id.rawValue, result: "done",
-                                    message: "\(id): \(jobs.count) delivery job(s) due now", jobs: jobs.count)
-        }
-        if isInFlight(id) {
-            return QueueActionReply(action: .flush, id: id.rawValue, result: "pending",
-                                    message: "\(id): a delivery attempt is running now", jobs: 0)
-        }
-        throw AdminError(404, "\(id): no such message in the queue")
-    }
+    func isLeaving(_ id: QueueID) -> Bool { core.isLeaving(id) }
 
     /// Retry now: every queued job for a domain, or every queued job.
     func flush(domain: String?) -> QueueActionReply {
-        let jobs = domain.map { scheduler.queuedJobs(destination: $0) } ?? scheduler.allQueuedJobs()
-        scheduler.reschedule(jobs, due: now)
-        log.info("flush by the postmaster: \(domain ?? "all destinations"), \(jobs.count) jobs")
+        let jobs = core.flush(domain: domain, now: now)
+        log.info("flush by the postmaster: \(domain ?? "all destinations"), \(jobs) jobs")
         pump()
         return QueueActionReply(action: .flush, domain: domain, result: "done",
-                                message: "\(jobs.count) delivery job(s) due now for \(domain ?? "every destination")",
-                                jobs: jobs.count)
+                                message: "\(jobs) delivery job(s) due now for \(domain ?? "every destination")",
+                                jobs: jobs)
     }
 
-    /// Hold, release, delete or bounce one message; `done` runs on the loop thread.
+    /// Flush, hold, release, delete or bounce one message; `done` runs on the loop thread, at once or
+    /// once the spool write that carries the action out is done.
     func control(_ action: QueueAction, id: QueueID, _ done: @escaping (Result<QueueActionReply, AdminError>) -> Void) {
-        switch action {
-        case .flush:
-            done(Result { try flush(id: id) }.mapError { $0 as? AdminError ?? AdminError(500, "\($0)") })
-            return
-        case .release:
-            guard held[id] != nil else {
-                done(.failure(isKnown(id) ? AdminError(409, "\(id) is not on hold") : AdminError(404, "\(id): no such message in the queue")))
-                return
-            }
-        case .hold:
-            if held[id] != nil {
-                done(.success(QueueActionReply(action: action, id: id.rawValue, result: "done", message: "\(id) is already on hold")))
-                return
-            }
-        case .delete, .bounce:
-            break
+        let ticket = nextTicket
+        nextTicket += 1
+        requests[ticket] = { answer in done(Self.reply(to: action, id: id, answer)) }
+        perform(core.postmaster(action, id, ticket: ticket, now: now))
+        pump()
+    }
+
+    /// The core's answer in the admin API's words.
+    static func reply(to action: QueueAction, id: QueueID, _ answer: PostmasterAnswer) -> Result<QueueActionReply, AdminError> {
+        func done(_ message: String, jobs: Int? = nil) -> Result<QueueActionReply, AdminError> {
+            .success(QueueActionReply(action: action, id: id.rawValue, result: "done", message: message, jobs: jobs))
         }
-        guard isKnown(id) else {
-            done(.failure(AdminError(404, "\(id): no such message in the queue")))
-            return
-        }
-        withActiveMessage(id) { [self] message in
-            guard let message, !message.deleted, message.envelope.hasPendingRecipients else {
-                done(.failure(AdminError(404, "\(id): no such message in the queue")))
-                return
+        switch answer {
+        case .done(let jobs):
+            switch action {
+            case .flush: return done("\(id): \(jobs ?? 0) delivery job(s) due now", jobs: jobs ?? 0)
+            case .release: return done("\(id) released, due now")
+            case .hold, .delete, .bounce: return done("\(id) \(pastTense(action))")
             }
-            if action == .release {
-                message.afterWrite.append { failure in
-                    if let failure { return done(.failure(AdminError(500, "\(id): spool write failed: \(failure)"))) }
-                    done(.success(QueueActionReply(action: action, id: id.rawValue, result: "done", message: "\(id) released, due now")))
-                }
-                release(message)
-                return
+        case .alreadyHeld:
+            return done("\(id) is already on hold")
+        case .pending:
+            if action == .flush {
+                return .success(QueueActionReply(action: action, id: id.rawValue, result: "pending",
+                                                 message: "\(id): a delivery attempt is running now", jobs: 0))
             }
-            // No more attempts from the queue either way.
-            scheduler.remove(id: id)
-            if message.jobsInFlight > 0 {
-                message.pendingAction = action
-                log.info("\(id): \(action.rawValue) by the postmaster, when the attempt in flight ends")
-                done(.success(QueueActionReply(action: action, id: id.rawValue, result: "pending",
-                                               message: "\(id): a delivery attempt is in flight; \(Self.pastTense(action)) when it ends")))
-                return
-            }
-            apply(action, to: message)
-            // Answered once the spool says so: a hold is in the envelope, a bounce is queued.
-            message.afterWrite.append { failure in
-                if let failure { return done(.failure(AdminError(500, "\(id): spool write failed: \(failure)"))) }
-                done(.success(QueueActionReply(action: action, id: id.rawValue, result: "done", message: "\(id) \(Self.pastTense(action))")))
-            }
-            persist(message)
+            return .success(QueueActionReply(action: action, id: id.rawValue, result: "pending",
+                                             message: "\(id): a delivery attempt is in flight; \(pastTense(action)) when it ends"))
+        case .notQueued:
+            return .failure(AdminError(404, "\(id): no such message in the queue"))
+        case .notHeld:
+            return .failure(AdminError(409, "\(id) is not on hold"))
+        case .held:
+            return .failure(AdminError(409, "\(id) is on hold: release it to deliver it"))
+        case .writeFailed(let why):
+            return .failure(AdminError(500, "\(id): spool write failed: \(why)"))
         }
     }
 
@@ -176,57 +137,15 @@ extension DeliveryManager {
         }
     }
 
-    /// Carries out hold, delete or bounce on a message with no attempt in flight; the caller persists.
-    func apply(_ action: QueueAction, to message: ActiveMessage) {
-        let id = message.envelope.id
-        scheduler.remove(id: id)
-        switch action {
-        case .hold:
-            message.envelope.held = true
-            held[id] = message.envelope.priority
-            log.info("\(id): held by the postmaster")
-        case .delete:
-            message.deleted = true
-            message.failures = []
-            message.delayed = []
-            held.removeValue(forKey: id)
-            log.info("\(id): deleted by the postmaster")
-        case .bounce:
-            var envelope = message.envelope
-            for i in envelope.recipients.indices where !envelope.recipients[i].state.isFinal {
-                bounce(&envelope, i, status: "5.0.0", reply: "returned to the sender by the postmaster",
-                       relay: "none", message: message)
-                logResult(id, to: envelope.recipients[i].address, relay: "none", tls: nil,
-                          delay: Self.seconds(now - envelope.arrival), dsn: "5.0.0", status: "bounced",
-                          reply: "returned to the sender by the postmaster")
-            }
-            envelope.held = false
-            message.envelope = envelope
-            held.removeValue(forKey: id)
-        case .flush, .release:
-            break
-        }
-    }
-
-    private func release(_ message: ActiveMessage) {
-        let id = message.envelope.id
-        held.removeValue(forKey: id)
-        message.envelope.held = false
-        message.envelope.nextAttempt = now
-        log.info("\(id): released by the postmaster")
-        persist(message)
-        enqueue(message.envelope, due: now)
-    }
-
     /// Messages known to the delivery side by state and priority, for the queue gauges.
     func queueCounts() -> RelayMetrics.QueueCounts {
         var counts = RelayMetrics.QueueCounts()
-        for (_, m) in active where m.jobsInFlight > 0 { counts.add(state: "active", priority: m.envelope.priority) }
-        scheduler.forEachQueuedMessage { id, priority, retry in
-            if let m = active[id], m.jobsInFlight > 0 { return }
+        core.forEachInFlight { _, priority in counts.add(state: "active", priority: priority) }
+        core.scheduler.forEachQueuedMessage { id, priority, retry in
+            if core.isInFlight(id) { return }
             counts.add(state: retry ? "deferred" : "queued", priority: priority)
         }
-        for (_, priority) in held { counts.add(state: "held", priority: priority) }
+        for (_, priority) in core.held { counts.add(state: "held", priority: priority) }
         return counts
     }
 
@@ -237,6 +156,6 @@ extension DeliveryManager {
 
     /// The freshest envelope in memory (a message being delivered), if any.
     func envelopeInMemory(_ id: QueueID) -> Envelope? {
-        active[id]?.envelope ?? justArrived[id]?.envelope
+        core.envelope(of: id) ?? justArrived[id]?.envelope
     }
 }
