@@ -128,12 +128,17 @@ private final class HTTPConnection {
     }
 
     func start() {
-        connection.onRead = { [unowned self] bytes in self.received(bytes) }
-        connection.onWritesDrained = { [unowned self] in self.drained() }
-        connection.onClose = { [unowned self] in
+        // Weak, not unowned: the socket may report once more after the server has let go of this
+        // connection (a crash seen under load: "read an unowned reference ... already destroyed").
+        connection.onRead = { [weak self] bytes in self?.received(bytes) }
+        connection.onWritesDrained = { [weak self] in self?.drained() }
+        connection.onClose = { [weak self] in
+            guard let self else { return }
             self.timer?.close()
             self.timer = nil
             self.fireSentWaiters()
+            self.connection.onRead = nil
+            self.connection.onWritesDrained = nil
             self.server.closed(self)
         }
         timer = Timer(loop: server.loop)
