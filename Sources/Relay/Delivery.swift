@@ -251,7 +251,14 @@ public final class DeliveryManager {
 
     func attempt(_ job: DeliveryJob, _ envelope: Envelope) {
         guard let (connection, routeFirst) = takenJobs.removeValue(forKey: JobKey(job)) else { return }
-        let stored = bytes[job.id] ?? ([], false)
+        guard let stored = bytes[job.id] else {
+            // Not expected: the core attempts only messages it had read. Never send an empty one.
+            log.error("\(job.id): no message data in memory for an attempt; deferred")
+            connection.finish()
+            let why = RecipientResult.deferred("no message data in memory", status: "4.3.0")
+            perform(core.attemptFinished(job, AttemptResult(results: Dictionary(uniqueKeysWithValues: job.recipients.map { ($0, why) })), now: now))
+            return
+        }
         let message = OutgoingMessage(envelope: envelope, message: stored.message, wireReady: stored.wireReady)
         if routeFirst {
             router.route(domain: job.destination) { plan in

@@ -892,3 +892,25 @@ func memchrLF(_ p: UnsafePointer<UInt8>, _ n: Int) -> UnsafePointer<UInt8>? {
     }
     return nil
 }
+
+extension ServerSession {
+    /// Since when input that completes no command has been pending (loop milliseconds), after a read:
+    /// a complete line, or the end of the TLS handshake, ends what was pending (a partial line or a
+    /// handshake still under way starts it again now); raw bytes that complete nothing start it if it
+    /// is not running. So bytes dripped in the clear, or a ClientHello or TLS record that decrypts to
+    /// nothing, cannot hold a connection past command_timeout. Nil in DATA (timed per read) and while
+    /// the session reads nothing.
+    public func inputPendingSince(_ previous: UInt64?, linesBefore: Int, handshaking: Bool, handshakeDone: Bool,
+                                  now: UInt64) -> UInt64? {
+        switch phase {
+        case .data, .committing, .authenticating, .closed:
+            return nil
+        default:
+            break
+        }
+        if linesRead != linesBefore || handshakeDone {
+            return hasPartialLine || handshaking ? now : nil
+        }
+        return previous ?? now
+    }
+}

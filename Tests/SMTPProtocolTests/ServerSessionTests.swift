@@ -464,6 +464,33 @@ let transaction = lines(
     /// Issue 14: a client pipelining thousands of commands gets at most ~32 KiB of replies per call;
     /// the commands left over wait in the session (hasBacklog) and are answered, in order, by
     /// continueInput, so memory for unsent replies stays bounded whatever the client sends.
+    @Test func inputPendingSinceCountsFromTheFirstByteOfALine() {
+        var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
+                              client: PeerInfo(ip: "127.0.0.1", trusted: true))
+        _ = s.greeting()
+        // Bytes that complete nothing start the deadline; more of them do not move it.
+        var lines = s.linesRead
+        _ = s.receive(Array("NO".utf8))
+        var since = s.inputPendingSince(nil, linesBefore: lines, handshaking: false, handshakeDone: false, now: 100)
+        #expect(since == 100)
+        lines = s.linesRead
+        _ = s.receive(Array("O".utf8))
+        since = s.inputPendingSince(since, linesBefore: lines, handshaking: false, handshakeDone: false, now: 900)
+        #expect(since == 100)
+        // The line completes: nothing pending; a partial next line starts again from now.
+        lines = s.linesRead
+        _ = s.receive(Array("P\r\nRS".utf8))
+        #expect(s.inputPendingSince(since, linesBefore: lines, handshaking: false, handshakeDone: false, now: 1000) == 1000)
+        lines = s.linesRead
+        _ = s.receive(Array("ET\r\n".utf8))
+        #expect(s.inputPendingSince(1000, linesBefore: lines, handshaking: false, handshakeDone: false, now: 1100) == nil)
+        // A TLS record that decrypts to nothing: no line, so the deadline runs from its first byte.
+        #expect(s.inputPendingSince(nil, linesBefore: s.linesRead, handshaking: true, handshakeDone: false, now: 5) == 5)
+        #expect(s.inputPendingSince(5, linesBefore: s.linesRead, handshaking: true, handshakeDone: false, now: 9) == 5)
+        // The handshake done with nothing pending: the deadline ends.
+        #expect(s.inputPendingSince(5, linesBefore: s.linesRead, handshaking: false, handshakeDone: true, now: 9) == nil)
+    }
+
     @Test func repliesPerCallAreCappedAndTheRestFollows() {
         var s = ServerSession(config: ServerConfiguration(hostname: "relay.test"),
                               client: PeerInfo(ip: "127.0.0.1", trusted: true))

@@ -85,14 +85,7 @@ def rss_kib(pid: int) -> int:
 def test_pipelined_large_answers_to_a_client_that_never_reads(tern):
     """150 pipelined GET /queue/<id>/message for a 5 MB message, never read (RSS went 37 → 779 MB):
     the connection stops reading while its pending output is over a bound, so RSS stays bounded."""
-    body = ("X" * 998 + "\r\n") * 5000
-    with smtplib.SMTP("127.0.0.1", tern.port, timeout=30) as c:
-        c.ehlo("client.test")
-        c.mail("a@sender.test")
-        c.rcpt("b@example.test")
-        code, text = c.data(f"Subject: big\r\n\r\n{body}".encode())
-    assert code == 250, text
-    qid = QUEUED_RE.search(text.decode()).group(1)
+    qid, _ = queue_big_message(tern, 5)
     before = rss_kib(tern.proc.pid)
     s = socket.create_connection(("127.0.0.1", tern.admin_port), timeout=30)
     request = f"GET /queue/{qid}/message HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()

@@ -88,20 +88,9 @@ final class SinkSession {
     /// After a read: a complete line (or the end of the handshake) ends what was pending; raw bytes
     /// that complete nothing start it, if it is not running already.
     private func noteInput(linesBefore: Int, handshakeDone: Bool) {
-        switch machine.phase {
-        case .data, .committing, .authenticating, .closed:
-            inputPendingSince = nil  // DATA times each read; the others read nothing
-            return
-        default:
-            break
-        }
-        let now = server.loop.nowMilliseconds
-        let handshaking = tls.map { !$0.handshakeComplete } ?? false
-        if machine.linesRead != linesBefore || handshakeDone {
-            inputPendingSince = machine.hasPartialLine || handshaking ? now : nil
-        } else if inputPendingSince == nil {
-            inputPendingSince = now
-        }
+        inputPendingSince = machine.inputPendingSince(inputPendingSince, linesBefore: linesBefore,
+                                                      handshaking: tls.map { !$0.handshakeComplete } ?? false,
+                                                      handshakeDone: handshakeDone, now: server.loop.nowMilliseconds)
     }
 
     /// Answers pipelined commands the machine set aside at its per-call reply cap while the client
