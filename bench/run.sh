@@ -18,6 +18,9 @@
 #      tern-relay      bench/peers/tern-relay: `tern serve` delivering everything to smtp-sink;
 #                      its log's delay= of every delivery (from DATA to 250 from the sink) gives
 #                      the p50/p99 time to delivery (delays-<case>.txt in each repetition)
+#      tern-relay-base the same as tern-relay with the binary at $TERN_BASE_BIN (an earlier
+#                      commit's build), for before/after figures of a change in one run:
+#                      INTAKE_PEERS="tern-relay tern-relay-base" SCENARIOS="sink relay"
 #      exim4, opensmtpd-bl  the harness's Exim and OpenSMTPD relays (PEERS_MORE; slow: Exim
 #                      takes minutes per 20,000 messages; OpenSMTPD stops at its bound)
 #    plus the harness's sink scenario (smtp-source straight into smtp-sink) as
