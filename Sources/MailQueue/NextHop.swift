@@ -63,6 +63,17 @@ public enum NextHop {
         return Verdict(results: results, tryNextHost: temporary > 0 && wholeTransaction)
     }
 
+    /// The recipients' result when the whole session failed before or during a transaction (ClientSession's
+    /// `sessionFailed`: a refused greeting, a 421, a failed EHLO or STARTTLS, a garbled reply). Such a
+    /// failure always moves on to the next host and is never final: a 4xx keeps its own status, and a 5xx
+    /// refusal of the whole session (a 554 greeting) is only this host's, so the recipients wait for
+    /// another (Postfix's smtp_skip_5xx_greeting) as 4.4.1, as does a failure without a reply.
+    public static func sessionFailed(_ reply: Reply?, reason: String) -> RecipientResult {
+        guard let reply else { return .deferred(reason, status: "4.4.1") }
+        let status = reply.isTransientFailure ? reply.enhanced ?? "4.0.0" : "4.4.1"
+        return RecipientResult(.deferred, status: status, reply: text(of: reply))
+    }
+
     /// A reply as one log and envelope line: "550 5.1.1 no such user".
     public static func text(of reply: Reply) -> String {
         var s = "\(reply.code)"

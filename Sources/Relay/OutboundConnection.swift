@@ -216,12 +216,8 @@ final class OutboundConnection {
             case .transactionFinished(let outcome):
                 handle(outcome)
             case .sessionFailed(let reply, let why):
-                // A 4xx greeting or a 421 keeps its own status; a refusal in 5xx of the whole session
-                // (a 554 greeting) is still only this host's: the recipients wait for another.
-                lastFailure = reply.map {
-                    RecipientResult(.deferred, status: $0.isTransientFailure ? $0.enhanced ?? "4.0.0" : "4.4.1",
-                                    reply: NextHop.text(of: $0))
-                } ?? .deferred(why, status: "4.4.1")
+                // Never final: the next host is tried (NextHop.sessionFailed says with which status).
+                lastFailure = NextHop.sessionFailed(reply, reason: why)
                 manager.log.debug("\(relayName): \(lastError)")
                 if job != nil {
                     tryNextTarget()

@@ -345,4 +345,41 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
         #expect(v.results.map(\.kind) == [.bounced, .deferred])
         #expect(!v.tryNextHost)  // as before: a 5xx is an answer, so the transaction was not refused whole
     }
+
+    /// The session-level rule: what ClientSession gives up the whole session on, the connection hands to
+    /// the next host, with NextHop.sessionFailed's result for the recipients meanwhile.
+    private func sessionFailure(after replies: String, transaction: Bool = false) -> (Reply?, String)? {
+        var client = ClientSession(hostname: "tern.test")
+        var actions = client.receive(Array(replies.utf8))
+        if transaction, actions.contains(where: { if case .ready = $0 { return true }; return false }) {
+            actions += client.send(OutboundTransaction(sender: "a@x.example", recipients: ["b@y.example"], size: 3),
+                                   message: Array("hi\r\n".utf8))
+            actions += client.receive(Array("421 4.7.0 too many connections, closing\r\n".utf8))
+        }
+        for case .sessionFailed(let reply, let why) in actions { return (reply, why) }
+        return nil
+    }
+
+    @Test func aFourHundredGreetingMovesOnWithItsStatus() throws {
+        let (reply, why) = try #require(sessionFailure(after: "450 4.3.2 try later\r\n"))
+        let r = NextHop.sessionFailed(reply, reason: why)
+        #expect(r == RecipientResult(.deferred, status: "4.3.2", reply: "450 4.3.2 try later"))
+    }
+
+    @Test func aFourTwentyOneDuringTheTransactionMovesOn() throws {
+        let (reply, why) = try #require(sessionFailure(after: "220 mx ready\r\n250 mx\r\n", transaction: true))
+        #expect(reply?.code == 421)
+        #expect(NextHop.sessionFailed(reply, reason: why) == RecipientResult(.deferred, status: "4.7.0",
+                                                                             reply: "421 4.7.0 too many connections, closing"))
+    }
+
+    @Test func aFiveHundredGreetingIsOnlyThisHostsAndNeverFinal() throws {
+        let (reply, why) = try #require(sessionFailure(after: "554 5.7.1 go away\r\n"))
+        let r = NextHop.sessionFailed(reply, reason: why)
+        #expect(r.kind == .deferred && r.status == "4.4.1" && r.reply == "554 5.7.1 go away")
+        // No reply at all (a garbled one): deferred in Tern's own words.
+        let garbled = try #require(sessionFailure(after: "hello there\r\n"))
+        #expect(garbled.0 == nil)
+        #expect(NextHop.sessionFailed(nil, reason: garbled.1).status == "4.4.1")
+    }
 }
