@@ -91,7 +91,8 @@ public final class DeliveryManager {
         self.log = log
         self.newQueueID = newQueueID
         self.metrics = metrics
-        router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses)
+        router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses,
+                        now: { [clock = loop.clock] in clock.monotonicSeconds() })
         router.countLookups(in: metrics)
         let retry = RetryPolicy(schedule: config.delivery.retrySchedule, maxLifetime: config.delivery.maxQueueLifetime)
         core = DeliveryCore(settings: .init(retry: retry, delayWarningTime: config.delivery.delayWarningTime),
@@ -102,13 +103,9 @@ public final class DeliveryManager {
         remover = SpoolRemover(loop: loop, spool: spool)
     }
 
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
-    var now: Double { Self.wallClock() }
+    /// Queue times are wall-clock seconds (they are stored in envelopes and survive a restart), read
+    /// from the loop's clock: virtual time in tests.
+    var now: Double { loop.clock.wallSeconds() }
 
     // MARK: - Feeding the queue
 
