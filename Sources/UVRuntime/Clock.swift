@@ -73,7 +73,7 @@ public final class ManualClock: @unchecked Sendable {
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     /// Starts at `wall` (default 2026-12-01T00:00:00Z) and an arbitrary nonzero monotonic time.
-    public init(wall: WallTime = WallTime(seconds: 1_764_547_200), monotonicNanoseconds: UInt64 = 1_000_000_000) {
+    public init(wall: WallTime = WallTime(seconds: 1_796_083_200), monotonicNanoseconds: UInt64 = 1_000_000_000) {
         wallTime = wall
         monotonic = monotonicNanoseconds
         pthread_mutex_init(lock, nil)
