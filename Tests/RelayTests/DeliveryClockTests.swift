@@ -179,5 +179,10 @@ private final class DeliveryHarness {
         #expect(notice.sender == "")
         #expect(notice.recipients.map(\.address) == ["alice@sender.test"])
         #expect(notice.arrival == start + 200)
+        // Built on the pool from the original's headers (DeliveryManager.notices).
+        let report = String(decoding: try h.spool.readMessage(notice.id), as: UTF8.self)
+        #expect(report.contains("Reporting-MTA: dns; relay.test"))
+        #expect(report.contains("Final-Recipient: rfc822; bob@example.test"))
+        #expect(report.contains("Subject: hi"))
     }
 }
