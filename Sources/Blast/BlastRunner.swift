@@ -31,16 +31,11 @@ import Glibc
 import Darwin
 #endif
 
-/// Nanoseconds on the monotonic clock (uv_now has only milliseconds; loopback replies take microseconds).
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
-
 public final class BlastRunner {
     let loop: EventLoop
+    /// Latencies in nanoseconds from the loop's clock (uv_hrtime: uv_now has only milliseconds, and
+    /// loopback replies take microseconds).
+    var clock: Clock { loop.clock }
     let settings: BlastSettings
     public internal(set) var stats = BlastStats()
     let factory: MessageFactory
@@ -97,7 +92,7 @@ public final class BlastRunner {
     /// Starts the run; `done` gets the report once every slot has finished (or after `stop(hard:)`).
     public func start(done: @escaping (BlastReport) -> Void) {
         self.done = done
-        startTime = monotonicNanoseconds()
+        startTime = clock.monotonicNanoseconds()
         lastCompletion = startTime
         if let d = settings.duration {
             deadlineTimer = Timer(loop: loop)
@@ -172,7 +167,7 @@ public final class BlastRunner {
         claimed += 1
         if settings.mode == .handshake {
             stats.handshakesFailed += 1
-            lastCompletion = monotonicNanoseconds()
+            lastCompletion = clock.monotonicNanoseconds()
         } else {
             stats.messagesFailed += 1
         }
@@ -219,7 +214,7 @@ public final class BlastRunner {
     func finish() {
         guard !finished else { return }
         finished = true
-        if lastCompletion == startTime { lastCompletion = monotonicNanoseconds() }
+        if lastCompletion == startTime { lastCompletion = clock.monotonicNanoseconds() }
         deadlineTimer?.close()
         sweepTimer?.close()
         progressTimer?.close()
@@ -232,7 +227,7 @@ public final class BlastRunner {
     // MARK: Timers
 
     func sweep() {
-        let now = monotonicNanoseconds()
+        let now = clock.monotonicNanoseconds()
         for slot in slots { slot.checkTimeout(now: now, limit: timeoutNs) }
         let lingerLimit = min(timeoutNs, 2_000_000_000)
         for (connection, since) in lingering.values where now - since > lingerLimit {
@@ -241,7 +236,7 @@ public final class BlastRunner {
     }
 
     func showProgress() {
-        let now = monotonicNanoseconds()
+        let now = clock.monotonicNanoseconds()
         let open = slots.reduce(0) { $0 + ($1.tcp == nil ? 0 : 1) }
         let line = progress.line(elapsed: Double(now - startTime) / 1e9, stats: stats, openConnections: open,
                                  target: settings.limit, mode: settings.mode)
@@ -287,6 +282,7 @@ final class BlastSlot {
     }
 
     var settings: BlastSettings { runner.settings }
+    var clock: Clock { runner.clock }
 
     // MARK: Connections
 
@@ -296,7 +292,7 @@ final class BlastSlot {
         if runner.limiter != nil {
             // Under a rate cap the first transaction's permit is taken before connecting, so a capped
             // run opens connections at the rate too instead of holding idle sessions at the server.
-            let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
+            let wait = runner.limiter!.reserve(now: clock.monotonicNanoseconds())
             permitHeld = true
             if wait > 0 {
                 waitForPermit(wait) { $0.connect() }
@@ -310,7 +306,7 @@ final class BlastSlot {
         runner.connectionsStarted += 1
         connectionNumber = runner.connectionsStarted
         messagesOnConnection = 0
-        let started = monotonicNanoseconds()
+        let started = clock.monotonicNanoseconds()
         connectStart = started
         TCPConnection.connect(loop: runner.loop, to: settings.server, bindTo: runner.nextBind(),
                               timeoutMs: UInt64(settings.timeout * 1000), readAddresses: false) { [unowned self] result in
@@ -333,7 +329,7 @@ final class BlastSlot {
     }
 
     func connected(_ connection: TCPConnection, started: UInt64) {
-        let now = monotonicNanoseconds()
+        let now = clock.monotonicNanoseconds()
         runner.stats.connectionsOpened += 1
         runner.stats.record(.connect, microseconds: (now - started) / 1000)
         if runner.finished || runner.unreachable != nil {
@@ -366,7 +362,7 @@ final class BlastSlot {
             // After QUIT the server closes first, so the TIME_WAIT state stays on its side and this
             // side's ports are free again at once (50,000 connections a minute need that). A server
             // that does not close is closed on by the sweep.
-            runner.lingering[ObjectIdentifier(connection)] = (connection, monotonicNanoseconds())
+            runner.lingering[ObjectIdentifier(connection)] = (connection, clock.monotonicNanoseconds())
             connection.onClose = { [unowned runner = self.runner, unowned connection] in
                 runner.lingering[ObjectIdentifier(connection)] = nil
             }
@@ -456,11 +452,11 @@ final class BlastSlot {
             plaintext = try engine.receive(bytes)
         } catch {
             flushTLS()
-            return perform([.sessionFailed(nil, "TLS handshake failed: \(error)"), .close], now: monotonicNanoseconds())
+            return perform([.sessionFailed(nil, "TLS handshake failed: \(error)"), .close], now: clock.monotonicNanoseconds())
         }
         flushTLS()
         if !wasDone && engine.handshakeComplete {
-            let now = monotonicNanoseconds()
+            let now = clock.monotonicNanoseconds()
             runner.stats.record(.tls, microseconds: (now - tlsStart) / 1000)
             stageStart = now
             perform(session.tlsEstablished(), now: now)
@@ -474,7 +470,7 @@ final class BlastSlot {
         do {
             try engine.send(bytes)
         } catch {
-            return perform([.sessionFailed(nil, "TLS write failed: \(error)"), .close], now: monotonicNanoseconds())
+            return perform([.sessionFailed(nil, "TLS write failed: \(error)"), .close], now: clock.monotonicNanoseconds())
         }
         flushTLS()
     }
@@ -488,7 +484,7 @@ final class BlastSlot {
         let before = session.phase
         let actions = session.receive(bytes)
         countReplies()
-        let now = monotonicNanoseconds()
+        let now = clock.monotonicNanoseconds()
         let after = session.phase
         if before == .greeting && after != .greeting {
             runner.stats.record(.greeting, microseconds: (now - stageStart) / 1000)
@@ -596,7 +592,7 @@ final class BlastSlot {
     }
 
     func completed() {
-        runner.lastCompletion = monotonicNanoseconds()
+        runner.lastCompletion = clock.monotonicNanoseconds()
     }
 
     // MARK: Handshake mode
@@ -622,7 +618,7 @@ final class BlastSlot {
         } else if runner.limiter != nil {
             // Only a slot that will get a message waits for a permit.
             guard runner.hasMessage(for: self) else { return quit() }
-            let wait = runner.limiter!.reserve(now: monotonicNanoseconds())
+            let wait = runner.limiter!.reserve(now: clock.monotonicNanoseconds())
             if wait > 0 {
                 waitingSince = nil
                 waitForPermit(wait) { $0.beginTransaction() }
@@ -636,11 +632,11 @@ final class BlastSlot {
     /// milliseconds of a coarse clock and may fire a little before the due time, which is then
     /// checked against the precise clock.
     func waitForPermit(_ nanoseconds: UInt64, then: @escaping (BlastSlot) -> Void) {
-        let due = monotonicNanoseconds() + nanoseconds
+        let due = clock.monotonicNanoseconds() + nanoseconds
         if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
         runner.loop.updateTime()
         pauseTimer!.start(afterMilliseconds: (nanoseconds + 999_999) / 1_000_000) { [unowned self] in
-            let now = monotonicNanoseconds()
+            let now = clock.monotonicNanoseconds()
             if now < due { self.waitForPermit(due - now, then: then) } else { then(self) }
         }
     }
@@ -657,7 +653,7 @@ final class BlastSlot {
         for r in 1...count {
             recipients.append(settings.recipient.render(message: n, connection: connectionNumber, recipient: r))
         }
-        let now = monotonicNanoseconds()
+        let now = clock.monotonicNanoseconds()
         inTransaction = true
         transactionStart = now
         stageStart = now
@@ -672,7 +668,7 @@ final class BlastSlot {
         release()
         let actions = session.quit()
         if actions.isEmpty { return detach() }
-        perform(actions, now: monotonicNanoseconds())
+        perform(actions, now: clock.monotonicNanoseconds())
         if tcp != nil { detach() }  // quit always ends in .close; this is only a guard
     }
 }

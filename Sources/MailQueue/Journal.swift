@@ -111,7 +111,9 @@ final class Journal: @unchecked Sendable {
         /// Messages in this segment not yet done or moved out, and their bytes.
         var live: Set<QueueID> = []
         var liveBytes: Int64 = 0
-        /// When appends moved on to a newer segment (monotonic seconds); nil while current.
+        /// When a compaction pass first found it closed (appends moved on to a newer segment), in the
+        /// monotonic seconds that pass was given; nil before. The journal reads no clock: time is
+        /// the caller's, so the age is late by at most one pass's period.
         var closedAt: Double?
 
         init(number: UInt64, path: String, fd: Int32, size: Int64) {
@@ -205,7 +207,6 @@ final class Journal: @unchecked Sendable {
             let bytes = try Spool.readFile(file)
             let fd = try Spool.retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
             let segment = Segment(number: number, path: file, fd: fd, size: 0)
-            segment.closedAt = Journal.now()
             segment.recyclable = !bytes.starts(with: Journal.messageMagicV1) && !bytes.starts(with: Journal.doneMagicV1)
             segments.append(segment)
             bySegment[number] = segment
@@ -621,15 +622,7 @@ final class Journal: @unchecked Sendable {
             _ = unlink(file)
             throw error
         }
-        segments.last?.closedAt = Journal.now()
         segments.append(Segment(number: number, path: file, fd: fd, size: 0))
-    }
-
-    /// Monotonic seconds, for the age of closed segments.
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// Done records for `ids` at the end of the current segment, in one write, not synced. Caller holds
@@ -785,12 +778,15 @@ final class Journal: @unchecked Sendable {
     /// their own so that it, and the newer segments it keeps, can be deleted: once they are down to a
     /// quarter of its bytes, or once it has been closed for `maxAge` seconds, or once more than
     /// `maxSegments` segments are on disk (a slow destination's backlog must not pin the journal).
-    func compactionCandidates(limit: Int, maxAge: Double = 600, maxSegments: Int = 8) -> [QueueID] {
+    /// `now`: monotonic seconds, for the age of closed segments.
+    func compactionCandidates(now: Double, limit: Int, maxAge: Double = 600, maxSegments: Int = 8) -> [QueueID] {
         state.lock()
         defer { state.unlock() }
+        // Every segment but the last is closed; those not seen closed before are from now on.
+        for segment in segments.dropLast() where segment.closedAt == nil { segment.closedAt = now }
         guard segments.count > 1, let oldest = segments.first else { return [] }
         let mostlyDone = oldest.liveBytes * 4 <= oldest.size
-        let old = oldest.closedAt.map { Journal.now() - $0 >= maxAge } ?? false
+        let old = oldest.closedAt.map { now - $0 >= maxAge } ?? false
         guard mostlyDone || old || segments.count > maxSegments else { return [] }
         return Array(oldest.live.subtracting(moving).sorted().prefix(limit))
     }

@@ -331,10 +331,11 @@ public final class Spool: @unchecked Sendable {
     }
 
     /// Moves the live messages out of the journal's oldest segment once few are left in it (at most
-    /// `limit` per call), so that it can be deleted. Returns how many moved. For a periodic timer.
-    public func compactJournal(limit: Int = 1000, maxAge: Double = 600, maxSegments: Int = 8) throws -> Int {
+    /// `limit` per call), so that it can be deleted. Returns how many moved. For a periodic timer;
+    /// `now` is monotonic seconds from the caller's clock, for the age of closed segments.
+    public func compactJournal(now: Double, limit: Int = 1000, maxAge: Double = 600, maxSegments: Int = 8) throws -> Int {
         var moved = 0
-        for id in journal.compactionCandidates(limit: limit, maxAge: maxAge, maxSegments: maxSegments) {
+        for id in journal.compactionCandidates(now: now, limit: limit, maxAge: maxAge, maxSegments: maxSegments) {
             if try moveOut(id, envelope: nil) { moved += 1 }
         }
         return moved

@@ -91,7 +91,8 @@ public final class DeliveryManager {
         self.log = log
         self.newQueueID = newQueueID
         self.metrics = metrics
-        router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses)
+        router = Router(resolver: resolver, config: config, ownAddresses: ownAddresses,
+                        now: { [clock = loop.clock] in clock.monotonicSeconds() })
         router.countLookups(in: metrics)
         let retry = RetryPolicy(schedule: config.delivery.retrySchedule, maxLifetime: config.delivery.maxQueueLifetime)
         core = DeliveryCore(settings: .init(retry: retry, delayWarningTime: config.delivery.delayWarningTime),
@@ -102,13 +103,9 @@ public final class DeliveryManager {
         remover = SpoolRemover(loop: loop, spool: spool)
     }
 
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
-    var now: Double { Self.wallClock() }
+    /// Queue times are wall-clock seconds (they are stored in envelopes and survive a restart), read
+    /// from the loop's clock: virtual time in tests.
+    var now: Double { loop.clock.wallSeconds() }
 
     // MARK: - Feeding the queue
 
@@ -283,40 +280,21 @@ public final class DeliveryManager {
     }
 
     /// One spool write on the thread pool: the notices first (durable before the original changes or
-    /// goes), then the envelope update or the removal.
+    /// goes), then the envelope update or the removal. The notices' ids and time are taken on the loop;
+    /// their bytes (the report and the original's headers) are built on the pool, next to the writes.
     func write(_ w: SpoolWrite) {
         let envelope = w.envelope
-        let headers = w.notices.isEmpty ? [] : DSN.headerSection(of: bytes[envelope.id]?.message ?? [])
+        let original = w.notices.isEmpty ? [] : bytes[envelope.id]?.message ?? []
+        let planned = w.notices.map { (id: newQueueID(), notice: $0) }
         let t = now
-        var notices: [(Envelope, [UInt8])] = []
-        for notice in w.notices {
-            let id = newQueueID()
-            let boundary = "\(id.rawValue)/\(config.hostname)"
-            let made: [UInt8]?
-            switch notice {
-            case .bounce(let failed):
-                made = DSN.bounce(for: envelope, failed: failed, originalHeaders: headers,
-                                  reportingMTA: config.hostname, now: Int(t), boundary: boundary)
-            case .delayWarning(let delayed):
-                made = DSN.delayWarning(for: envelope, delayed: delayed, originalHeaders: headers,
-                                        reportingMTA: config.hostname, now: Int(t), boundary: boundary)
-            }
-            guard let made else { continue }
-            // To a UTF-8 sender: SMTPUTF8 and 8-bit (an RFC 6533 report), never downgraded (5.6.7).
-            let utf8 = DSN.requiresSMTPUTF8(envelope)
-            let e = Envelope(id: id, sender: "", recipients: [Recipient(address: envelope.sender)],
-                             priority: envelope.priority, arrival: t, nextAttempt: t,
-                             bodyType: utf8 ? "8BITMIME" : nil, smtputf8: utf8,
-                             client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: config.hostname, protocolName: "local"))
-            notices.append((e, made))
-        }
+        let hostname = config.hostname
         let spool = self.spool
         let remove = w.remove
         var failure: Error?
         var committed: [Envelope] = []
         loop.queueWork({
             do {
-                for (e, bytes) in notices {
+                for (e, bytes) in Self.notices(planned, about: envelope, original: original, hostname: hostname, now: t) {
                     let file = try spool.create(e.id)
                     do {
                         try file.write(bytes)
@@ -334,6 +312,34 @@ public final class DeliveryManager {
             perform(core.written(envelope.id, failure: failure.map { "\($0)" }, notices: committed, now: now))
             pump()
         })
+    }
+
+    /// The notices' envelopes and bytes (DSNs to the sender of `envelope`). Pure: runs on the pool.
+    static func notices(_ planned: [(id: QueueID, notice: Notice)], about envelope: Envelope, original: [UInt8],
+                        hostname: String, now t: Double) -> [(Envelope, [UInt8])] {
+        let headers = planned.isEmpty ? [] : DSN.headerSection(of: original)
+        var notices: [(Envelope, [UInt8])] = []
+        for (id, notice) in planned {
+            let boundary = "\(id.rawValue)/\(hostname)"
+            let made: [UInt8]?
+            switch notice {
+            case .bounce(let failed):
+                made = DSN.bounce(for: envelope, failed: failed, originalHeaders: headers,
+                                  reportingMTA: hostname, now: Int(t), boundary: boundary)
+            case .delayWarning(let delayed):
+                made = DSN.delayWarning(for: envelope, delayed: delayed, originalHeaders: headers,
+                                        reportingMTA: hostname, now: Int(t), boundary: boundary)
+            }
+            guard let made else { continue }
+            // To a UTF-8 sender: SMTPUTF8 and 8-bit (an RFC 6533 report), never downgraded (5.6.7).
+            let utf8 = DSN.requiresSMTPUTF8(envelope)
+            let e = Envelope(id: id, sender: "", recipients: [Recipient(address: envelope.sender)],
+                             priority: envelope.priority, arrival: t, nextAttempt: t,
+                             bodyType: utf8 ? "8BITMIME" : nil, smtputf8: utf8,
+                             client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: hostname, protocolName: "local"))
+            notices.append((e, made))
+        }
+        return notices
     }
 
     // MARK: - Logs and metrics, from the core's events

@@ -14,6 +14,7 @@
 // part of its CPU). No Foundation.
 
 import Logging
+import UVRuntime
 
 #if canImport(Glibc)
 import Glibc
@@ -50,21 +51,27 @@ public struct TernLogHandler: LogHandler {
     let fd: Int32
     /// Called with each finished line instead of writing it (tests).
     let sink: (@Sendable (String) -> Void)?
+    /// Each line's timestamp: the wall time of the same Clock type the loop owns, read on whatever
+    /// thread logs (hence Sendable). The handler is made before the loop, so it gets its own copy.
+    let clock: Clock
 
-    public init(format: LogFormat, level: Logger.Level = .info, fd: Int32 = 2) {
+    public init(format: LogFormat, level: Logger.Level = .info, fd: Int32 = 2, clock: Clock = .system) {
         // The process logs in one format (LoggingSystem.bootstrap): lines with named fields follow it.
         Self.fieldsAsMembers = format == .json
         self.format = format
         self.logLevel = level
         self.fd = fd
         self.sink = nil
+        self.clock = clock
     }
 
-    init(format: LogFormat, level: Logger.Level = .info, sink: @escaping @Sendable (String) -> Void) {
+    init(format: LogFormat, level: Logger.Level = .info, clock: Clock = .system,
+         sink: @escaping @Sendable (String) -> Void) {
         self.format = format
         self.logLevel = level
         self.fd = -1
         self.sink = sink
+        self.clock = clock
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -73,7 +80,8 @@ public struct TernLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        let time = Self.now()
+        let wall = clock.wall()
+        let time = (seconds: wall.seconds, millis: wall.milliseconds)
         let message = event.message.description
         if sink == nil, LogBuffer.shared.append(fd: fd, { out, clock in
             Self.appendLine(to: &out, clock: &clock, format: format, time: time, level: event.level, message: message,
@@ -113,12 +121,6 @@ public struct TernLogHandler: LogHandler {
         }
         guard bytes[i] == UInt8(ascii: ":"), bytes[bytes.index(after: i)] == UInt8(ascii: " ") else { return nil }
         return String(message.prefix(14))
-    }
-
-    static func now() -> (seconds: Int, millis: Int) {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return (Int(ts.tv_sec), Int(ts.tv_nsec) / 1_000_000)
     }
 }
 

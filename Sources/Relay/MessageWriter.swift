@@ -203,8 +203,9 @@ final class JournalCommitter {
             compacting = true
             var moved = 0
             var failure: Error?
+            let now = loop.clock.monotonicSeconds()
             loop.queueWork({
-                do { moved = try spool.compactJournal() } catch { failure = error }
+                do { moved = try spool.compactJournal(now: now) } catch { failure = error }
             }, done: { [unowned self] in
                 compacting = false
                 if let failure { log.error("spool: journal compaction failed: \(failure)") }

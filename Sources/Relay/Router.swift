@@ -55,9 +55,8 @@ public final class Router {
     /// - Parameters:
     ///   - ownAddresses: the addresses we listen on ("192.0.2.1", "::1", "[::1]"); with
     ///     config.hostname they say which MX hosts are ourselves. 0.0.0.0 and :: are ignored.
-    ///   - now: seconds on a monotonic clock, for cache expiry (tests pass their own).
-    public init(resolver: Resolver, config: TernConfig, ownAddresses: [String],
-                now: @escaping () -> Double = Router.monotonicSeconds) {
+    ///   - now: seconds on a monotonic clock, for cache expiry (the loop's clock; tests pass their own).
+    public init(resolver: Resolver, config: TernConfig, ownAddresses: [String], now: @escaping () -> Double) {
         self.resolver = resolver
         self.routes = config.routes.routes
         self.defaultPort = config.delivery.port
@@ -111,13 +110,6 @@ public final class Router {
     public func flushCache() {
         mx.flush()
         addresses.flush()
-    }
-
-    /// CLOCK_MONOTONIC in seconds.
-    public static func monotonicSeconds() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
     // MARK: Steps

@@ -241,9 +241,7 @@ public final class SMTPServer {
     }
 
     func nowMicroseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+        loop.clock.wall().microsecondsSinceEpoch
     }
 
     /// Graceful stop: no new connections; idle sessions get 421 now; sessions in the middle of a message

@@ -31,8 +31,11 @@ public final class EventLoop {
     /// found through `handle.data` (an Unmanaged reference to the owner).
     private var ownedHandles = Set<UnsafeMutableRawPointer>()
     private(set) var isClosed = false
+    /// The one clock for everything on this loop (Clock.swift); a ManualClock's in tests.
+    public let clock: Clock
 
-    public init() throws {
+    public init(clock: Clock = .system) throws {
+        self.clock = clock
         raw = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
         UnsafeMutableRawPointer(raw).initializeMemory(as: UInt8.self, repeating: 0,
                                                       count: MemoryLayout<uv_loop_t>.size)
@@ -74,7 +77,8 @@ public final class EventLoop {
         uv_stop(raw)
     }
 
-    /// The loop's cached time in milliseconds (updated at the start of each iteration).
+    /// The loop's cached time in milliseconds (updated at the start of each iteration), for timer
+    /// arithmetic only; the time of day and intervals come from `clock`.
     public var nowMilliseconds: UInt64 {
         uv_now(raw)
     }

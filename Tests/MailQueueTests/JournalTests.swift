@@ -185,10 +185,10 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             #expect(spool.journal.segmentNumbers.count == 2)
             // Three of eight left: more than a quarter of the bytes, nothing to do yet.
             for e in first[..<5] { try spool.remove(e.id) }
-            #expect(try spool.compactJournal() == 0)
+            #expect(try spool.compactJournal(now: 0) == 0)
             try spool.remove(first[5].id)
             try spool.remove(first[6].id)
-            #expect(try spool.compactJournal() == 1)
+            #expect(try spool.compactJournal(now: 0) == 1)
             #expect(spool.journal.segmentNumbers.count == 1)
             #expect(try queueFiles(spool) == [first[7].id.rawValue + ".env", first[7].id.rawValue + ".msg"])
             #expect(try spool.list() == [first[7].id, second[0].id])
@@ -233,7 +233,7 @@ private func segmentFiles(_ dir: String) throws -> [String] {
                             default:
                                 lock.lock(); expected[e.id] = n; lock.unlock()
                             }
-                            _ = try spool.compactJournal()
+                            _ = try spool.compactJournal(now: 0)
                             _ = try spool.list()
                         } catch {
                             Issue.record("\(n): \(error)")
@@ -301,13 +301,16 @@ private func segmentFiles(_ dir: String) throws -> [String] {
             var all: [Envelope] = []
             for n in 0..<5 { all += try spool.commit(journaling: [(journaledEnvelope(n), journaledMessage(n, size: 600))]) }
             #expect(spool.journal.segmentNumbers.count == 5)
-            // All live, not old: nothing to do under the default limits.
-            #expect(try spool.compactJournal() == 0)
+            // All live, not old: nothing to do under the default limits. The closed segments' age
+            // counts from this pass (virtual monotonic seconds: 100).
+            #expect(try spool.compactJournal(now: 100) == 0)
             // More segments than allowed: the oldest moves out and goes.
-            #expect(try spool.compactJournal(maxSegments: 3) == 1)
+            #expect(try spool.compactJournal(now: 100, maxSegments: 3) == 1)
             #expect(spool.journal.segmentNumbers.count == 4)
-            // Closed long enough (here: at once).
-            #expect(try spool.compactJournal(maxAge: 0) == 1)
+            // Closed long enough: not at 599 seconds, at 600.
+            #expect(try spool.compactJournal(now: 699) == 0)
+            #expect(spool.journal.segmentNumbers.count == 4)
+            #expect(try spool.compactJournal(now: 700) == 1)
             #expect(spool.journal.segmentNumbers.count == 3)
             #expect(try spool.list() == all.map(\.id))
             #expect(try spool.readMessage(all[0].id) == journaledMessage(0, size: 600))

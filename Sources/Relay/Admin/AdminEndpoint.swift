@@ -196,7 +196,7 @@ public final class AdminEndpoint {
             }
         }, done: { [self] in
             if let failure { return done(.failure(AdminError(500, "cannot read the spool: \(failure)"))) }
-            let now = DeliveryManager.wallClock()
+            let now = server.loop.clock.wallSeconds()
             done(.success(envelopes.filter { server.delivery?.isLeaving($0.id) != true }
                 .map(entry).filter { filter.matches($0, now: now) }))
         })

@@ -44,7 +44,7 @@ public final class SinkServer {
         self.config = config
         self.log = log
         seed = config.seed ?? UInt64.random(in: 1...UInt64(UInt32.max))
-        startedAt = monotonicNow()
+        startedAt = loop.clock.monotonicNanoseconds()
         store = config.mode == .keep
             ? try SinkStore(loop: loop, directory: config.keepPath!, format: config.keepFormat, hostname: config.hostname)
             : nil
@@ -117,21 +117,19 @@ public final class SinkServer {
         let session = SinkSession(id: id, server: self, connection: connection, machine: machine)
         sessions[id] = session
         metrics.sessionOpened()
-        busy.opened(at: monotonicNow())
+        busy.opened(at: loop.clock.monotonicNanoseconds())
         session.start()
     }
 
     func sessionClosed(_ session: SinkSession) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
         metrics.sessionClosed()
-        busy.closed(at: monotonicNow())
+        busy.closed(at: loop.clock.monotonicNanoseconds())
         if stopping && sessions.isEmpty { finishStopping() }
     }
 
     func nextQueueID() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return idGenerator.next(nowMicroseconds: UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000).rawValue
+        idGenerator.next(nowMicroseconds: loop.clock.wall().microsecondsSinceEpoch).rawValue
     }
 
     // MARK: /metrics
@@ -182,7 +180,7 @@ public final class SinkServer {
     /// One line for the operator at stop. The rate is over the busy time (at least one session
     /// open), not the lifetime: a sink left waiting before and after a run reports the run's rate.
     public var summary: String {
-        let now = monotonicNow()
+        let now = loop.clock.monotonicNanoseconds()
         return Self.summary(metrics.tally, up: now &- startedAt, busy: busy.busy(at: now), seed: seed)
     }
 
@@ -205,13 +203,6 @@ public final class SinkServer {
         let tenths = Int((x * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"
     }
-}
-
-/// Nanoseconds on CLOCK_MONOTONIC (the loop's time has only milliseconds, and is cached).
-func monotonicNow() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension ServerSession {

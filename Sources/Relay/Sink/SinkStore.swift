@@ -45,9 +45,8 @@ final class SinkStore {
             final = "\(directory)/\(id).eml"
         case .maildir:
             // time.M<µs>P<pid>Q<seq>.host, after the maildir(5) convention; unique within this sink.
-            var ts = timespec()
-            clock_gettime(CLOCK_REALTIME, &ts)
-            let name = "\(ts.tv_sec).M\(ts.tv_nsec / 1000)P\(getpid())Q\(sequence).\(hostname)"
+            let t = loop.clock.wall()
+            let name = "\(t.seconds).M\(t.nanoseconds / 1000)P\(getpid())Q\(sequence).\(hostname)"
             temporary = "\(directory)/tmp/\(name)"
             final = "\(directory)/new/\(name)"
         }
