@@ -108,6 +108,76 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Waiting: poll for the thing that must happen, never sleep and then assert.
+
+POLL = 0.05  # seconds between polls in every wait
+
+
+def wait_until(predicate, timeout: float, what: str, on_timeout=None):
+    """Polls predicate every POLL seconds until it returns a true value (returned), at most timeout
+    seconds; then fails with `what` and, if given, on_timeout()'s text (e.g. tern's stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = ""
+            if on_timeout is not None:
+                try:
+                    extra = "\n" + str(on_timeout())
+                except Exception as e:  # noqa: BLE001 - diagnostics only
+                    extra = f"\n(diagnostics failed: {e!r})"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(POLL)
+
+
+def read_until_closed(s: socket.socket, limit: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes (EOF or reset); fails if it is still open after
+    `limit` seconds, so that a server that should have closed cannot pass by going quiet."""
+    data = b""
+    deadline = time.monotonic() + limit
+    old = s.gettimeout()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"still open after {limit:g}s; received {data[:300]!r}"
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        try:
+            s.settimeout(old)
+        except OSError:
+            pass
+
+
+def signal_until_exit(proc: subprocess.Popen, signals: list[int], timeout: float = 30.0,
+                      every: float = 0.0002) -> int:
+    """Sends signals[0], signals[1], ... (cycling) every `every` seconds until proc has exited, so that
+    one lands in its last moments; returns how many were sent. The pacing is the point, not a wait."""
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"pid {proc.pid} did not exit within {timeout:g}s"
+        try:
+            os.kill(proc.pid, signals[sent % len(signals)])
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(every)
+    proc.wait(timeout=timeout)
+    return sent
+
+
+# --------------------------------------------------------------------------------------------
 # A raw SMTP client: byte-exact control over what is sent, replies parsed as RFC 5321 4.2.
 
 
@@ -533,6 +603,19 @@ class Tern:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> str:
+        """Waits until stderr holds `text` at least `count` times; returns the last line with it."""
+        wait_until(lambda: self.stderr().count(text) >= count, timeout,
+                   f"{count} log line(s) with {text!r}", lambda: self.stderr()[-4000:])
+        return [l for l in self.stderr().splitlines() if text in l][-1]
+
+    def hup(self, expect: str, timeout: float = 30.0) -> str:
+        """SIGHUP, then waits for the new log line that answers it (containing `expect`: "reloaded ",
+        "reload refused"); returns that line. The answer is the marker that the reload was decided."""
+        before = self.stderr().count(expect)
+        self.proc.send_signal(signal.SIGHUP)
+        return self.wait_log(expect, before + 1, timeout)
+
     # clients
 
     def connect(self, source: str | None = None, timeout: float = 15.0) -> SMTPConn:
@@ -623,6 +706,30 @@ def start_tern(tmp_path, request):
     yield start
     for t in instances:
         t.stop()
+
+
+# Certificates and users, made once per test session (openssl and scrypt are slow); tests that change a
+# file copy it first.
+
+USERS = {"alice": "correct horse battery staple", "bob": "bobs password", "carol": "carol pw"}
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    """tls_helpers.make_certs: a test CA, a server certificate it signed and a self-signed one."""
+    from tls_helpers import make_certs
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def users_file(tmp_path_factory) -> Path:
+    """A users file (`tern passwd`) with USERS, alice on its first line."""
+    from tls_helpers import tern_passwd
+    path = tmp_path_factory.mktemp("users") / "users"
+    for user, password in USERS.items():
+        r = tern_passwd(path, user, password)
+        assert r.returncode == 0, r.stderr
+    return path
 
 
 @pytest.fixture

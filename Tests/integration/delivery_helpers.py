@@ -27,31 +27,13 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from conftest import POLL, wait_until
+
 DNSMASQ = "/usr/sbin/dnsmasq"
-POLL = 0.05  # seconds between polls in every wait below
 
 
 # --------------------------------------------------------------------------------------------
 # Waiting
-
-
-def wait_until(predicate, timeout: float, what: str, on_timeout=None):
-    """Polls predicate every POLL seconds until it returns a true value (returned), at most timeout
-    seconds; then fails with `what` and, if given, on_timeout()'s text (e.g. tern's stderr)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = ""
-            if on_timeout is not None:
-                try:
-                    extra = "\n" + str(on_timeout())
-                except Exception as e:  # noqa: BLE001 - diagnostics only
-                    extra = f"\n(diagnostics failed: {e!r})"
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(POLL)
 
 
 def port_free_on(port: int, host: str, kind: int = socket.SOCK_STREAM) -> bool:

@@ -20,8 +20,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of
-from delivery_helpers import NextHop, free_port_on, log_entries, parse_dsn, wait_until
+from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of, wait_until
+from delivery_helpers import NextHop, free_port_on, log_entries, parse_dsn
 
 DEFER_IP = "127.0.0.21"   # the destination that defers
 SENDER_IP = "127.0.0.22"  # where mail to the senders' domain (bounces) goes; accepts
@@ -424,10 +424,9 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
     assert not sock.exists(), "a clean stop removes the socket file"
 
 
-def test_tls_sessions_counted_in_and_out(start_tern, tmp_path):
-    from tls_helpers import client_context, make_certs
+def test_tls_sessions_counted_in_and_out(start_tern, tmp_path, certs):
+    from tls_helpers import client_context
 
-    certs = make_certs(tmp_path / "certs")
     tls = {"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}}
     # B keeps what it gets and offers STARTTLS; A delivers to B with opportunistic TLS.
     b = start_tern(extra_tables=dict(tls))

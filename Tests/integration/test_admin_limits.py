@@ -8,8 +8,8 @@ import socket
 import threading
 import time
 
-from conftest import QUEUED_RE
-from delivery_helpers import wait_until
+from conftest import QUEUED_RE, wait_until
+
 
 
 def greeting_seconds(port: int) -> float:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TERN_BIN
-from delivery_helpers import wait_until
+from conftest import TERN_BIN, wait_until
+
 from test_admin import SENDER, deferring, hop_port, hops, listing, queue, send, wait_state  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import free_port
-from delivery_helpers import wait_until
+from conftest import free_port, wait_until
+
 from test_admin import deferring, hop_port, hops, listing, send, wait_state  # noqa: F401
 
 REQUEST_TIMEOUT = 2.0

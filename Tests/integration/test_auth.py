@@ -12,26 +12,12 @@ import subprocess
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, assert_reply, free_port, make_message, queue_id_of, split_received
-from tls_helpers import client_context, make_certs, tern_passwd
+from conftest import CLIENT_HELO, TERN_BIN, USERS, assert_reply, free_port, make_message, queue_id_of, split_received
+from tls_helpers import client_context, tern_passwd
 from test_tls import TLSConn, queue_id_of_text
 
 OUTSIDER = "127.0.0.2"  # outside relay_networks = ["127.0.0.1/32"]
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def users_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("users") / "users"
-    for user, pw in [("alice", PASSWORD), ("bob", "bobs password"), ("carol", "carol pw")]:
-        r = tern_passwd(path, user, pw)
-        assert r.returncode == 0, r.stderr
-    return path
+PASSWORD = USERS["alice"]
 
 
 def secure_tables(certs, users_file, auth=None, server=None):

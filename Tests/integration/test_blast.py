@@ -476,14 +476,8 @@ def test_progress_on_a_terminal_is_one_line_rewritten(sink):
 # --------------------------------------------------------------------------------------------
 # --starttls
 
-@pytest.fixture(scope="module")
-def blast_certs(tmp_path_factory):
-    from tls_helpers import make_certs
-    return make_certs(tmp_path_factory.mktemp("blast-certs"))
-
-
-def test_starttls_into_tern_serve_every_message_queued_over_tls(start_tern, blast_certs):
-    tern = start_tern(extra_tables={"tls": {"certificate": str(blast_certs["cert"]), "key": str(blast_certs["key"])}})
+def test_starttls_into_tern_serve_every_message_queued_over_tls(start_tern, certs):
+    tern = start_tern(extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}})
     report = blast_json("--server", f"127.0.0.1:{tern.port}", "--messages", "60", "--concurrency", "6",
                         "--messages-per-connection", "3", "--starttls")
     assert report["settings"]["starttls"] is True

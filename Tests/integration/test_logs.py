@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, Tern, free_port, make_message, send_message
-from delivery_helpers import NextHop, wait_until
+from conftest import CLIENT_HELO, TERN_BIN, Tern, free_port, make_message, send_message, wait_until
+from delivery_helpers import NextHop
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import TERN_BIN, SMTPConn, assert_reply, make_message, queue_id_of, read_journal
-from delivery_helpers import NextHop, free_port_on, wait_until
+from conftest import TERN_BIN, SMTPConn, assert_reply, make_message, queue_id_of, read_journal, wait_until
+from delivery_helpers import NextHop, free_port_on
 
 HOP_IP = "127.0.0.23"
 SESSIONS = 8

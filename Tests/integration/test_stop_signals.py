@@ -11,8 +11,8 @@ import os
 import signal
 import time
 
-from conftest import assert_reply, dot_stuff, make_message, queue_id_of, send_message
-from delivery_helpers import wait_until
+from conftest import assert_reply, dot_stuff, make_message, queue_id_of, send_message, wait_until
+
 from test_sink import Sink
 
 WAIT = 30.0

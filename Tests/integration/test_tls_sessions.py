@@ -13,14 +13,9 @@ import time
 import pytest
 
 from conftest import CLIENT_HELO, TERN_BIN, SMTPConn, Tern, assert_reply, make_message, split_received
-from tls_helpers import client_context, make_certs
+from tls_helpers import client_context
 
 WAIT = 30.0
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("session-certs"))
 
 
 @pytest.fixture
