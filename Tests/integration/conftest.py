@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import http.client
+import json
 import os
+import random
 import re
 import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -616,6 +620,31 @@ class Tern:
         self.proc.send_signal(signal.SIGHUP)
         return self.wait_log(expect, before + 1, timeout)
 
+    # the admin endpoint: what the server says it has done, a marker to wait for
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        """GET path on the admin endpoint: (status, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> float | None:
+        """The samples of `name` on /metrics summed over their labels; None if there is none."""
+        status, body = self.admin_get("/metrics")
+        assert status == 200, body
+        values = re.findall(rf"(?m)^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", body.decode())
+        return sum(float(v) for v in values) if values else None
+
+    def wait_recovered(self, timeout: float = 30.0) -> None:
+        """Waits until /ready says the spool is loaded (recovery done): every message of the journal and
+        the queue directories is in the queue from then on."""
+        wait_until(lambda: json.loads(self.admin_get("/ready")[1]).get("recovery_done") is True, timeout,
+                   "recovery_done in /ready", lambda: self.stderr()[-4000:])
+
     # clients
 
     def connect(self, source: str | None = None, timeout: float = 15.0) -> SMTPConn:
@@ -680,6 +709,77 @@ class Tern:
         assert env.fields.get("helo") == helo
         assert env.fields.get("protocol") in ((proto,) if isinstance(proto, str) else proto), env.raw
         return env
+
+
+class MailLoad:
+    """A load for the kill -9 / restart tests: `threads` sessions, each sending `per_thread` messages
+    from s<n>@client.test, one transaction after another. message(n, i, rng) -> (tag, rcpt, bytes), rng
+    seeded with n. Every message is recorded in `sent` (tag -> (bytes, rcpt)) before it is sent and in
+    `acked` (queue id -> tag) once it got 250. Errors before kill() are collected in `errors`."""
+
+    def __init__(self, port: int, threads: int, per_thread: int, message, conn_timeout: float = 60.0):
+        self.port = port
+        self.per_thread = per_thread
+        self.message = message
+        self.conn_timeout = conn_timeout
+        self.lock = threading.Lock()
+        self.sent: dict[str, tuple[bytes, str]] = {}
+        self.acked: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.killed = threading.Event()
+        self.threads = [threading.Thread(target=self._session, args=(n,), daemon=True) for n in range(threads)]
+
+    def _session(self, n: int) -> None:
+        rng = random.Random(n)
+        try:
+            with SMTPConn(self.port, timeout=self.conn_timeout) as c:
+                c.greeting()
+                c.ehlo(f"client{n}.test")
+                for i in range(self.per_thread):
+                    tag, rcpt, msg = self.message(n, i, rng)
+                    with self.lock:
+                        self.sent[tag] = (msg, rcpt)
+                    assert_reply(c.cmd(f"MAIL FROM:<s{n}@client.test>"), 250, "2.1.0")
+                    assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
+                    qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
+                    with self.lock:
+                        self.acked[qid] = tag
+                c.cmd("QUIT")
+        except (OSError, EOFError, AssertionError) as e:
+            if not self.killed.is_set():
+                with self.lock:
+                    self.errors.append(f"thread {n}: {e!r}")
+
+    def acked_now(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.acked)
+
+    def alive(self) -> int:
+        return sum(th.is_alive() for th in self.threads)
+
+    def run(self, until_acked: int | None = None, timeout: float = 180.0) -> "MailLoad":
+        """Starts the sessions; returns once `until_acked` messages got 250 (the sessions still running),
+        or, without it, once every session has finished."""
+        for th in self.threads:
+            th.start()
+        if until_acked is None:
+            self.join(timeout)
+            assert not self.alive(), f"sessions still running after {timeout:g}s"
+        else:
+            wait_until(lambda: len(self.acked_now()) >= until_acked or not self.alive(), timeout,
+                       f"{until_acked} messages acknowledged")
+        return self
+
+    def kill(self, tern: "Tern") -> int:
+        """SIGKILL tern in the middle of the load; returns how many sessions were still running."""
+        self.killed.set()
+        running = self.alive()
+        tern.kill(signal.SIGKILL)
+        return running
+
+    def join(self, timeout: float = 60.0) -> None:
+        for th in self.threads:
+            th.join(timeout=timeout)
 
 
 @pytest.hookimpl(hookwrapper=True)

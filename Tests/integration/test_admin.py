@@ -13,7 +13,6 @@ import json
 import smtplib
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -303,7 +302,9 @@ def test_delete_removes_without_bounce(deferring):
     assert not tern.queue_path(f"{qid}.env").exists() and not tern.queue_path(f"{qid}.msg").exists()
     assert listing(tern) == []
     assert "no such message" in queue(tern, "delete", qid, expect=1).stderr
-    time.sleep(0.5)  # no bounce may arrive; nothing to wait for
+    # Its life is over when "removed" is logged; a bounce would have been queued before that.
+    tern.wait_log(f"{qid}: removed")
+    assert tern.queue_files() == [], "delete queued something"
     assert sender_hop.received() == [], "delete sent something to the sender"
     assert metrics(tern)["tern_messages_deleted_total"] == 1
 
