@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of, wait_until
+from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of, read_until_closed, wait_until
 from delivery_helpers import NextHop, free_port_on, log_entries, parse_dsn
 
 DEFER_IP = "127.0.0.21"   # the destination that defers
@@ -399,9 +399,7 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
         s.settimeout(10)
         s.connect(str(sock))
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_closed(s)
     head, body = data.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200")
     samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
