@@ -28,9 +28,8 @@ import time
 import pytest
 
 from conftest import (CLIENT_HELO, SMTPConn, assert_reply, check_received, make_message, queue_id_of, send_message,
-                      split_received)
-from delivery_helpers import (DnsServer, GreetingRefuser, NextHop, free_port_on, log_entries, parse_dsn,
-                              wait_until)
+                      split_received, wait_until)
+from delivery_helpers import GreetingRefuser, NextHop, free_port_on, log_entries, parse_dsn
 
 SENDER = "sender@sender.test"
 SINK_IP = "127.0.0.20"
@@ -70,10 +69,8 @@ DELIVERY_DEFAULTS = {
 
 
 @pytest.fixture(scope="module")
-def dns(tmp_path_factory):
-    server = DnsServer(DNS_RECORDS, tmp_path_factory.mktemp("dns")).start()
-    yield server
-    server.kill()
+def dns(start_dns):
+    return start_dns(DNS_RECORDS)
 
 
 @pytest.fixture
