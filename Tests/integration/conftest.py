@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import http.client
+import json
 import os
+import random
 import re
 import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -105,6 +109,229 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting: poll for the thing that must happen, never sleep and then assert.
+
+POLL = 0.05  # seconds between polls in every wait
+
+
+def wait_until(predicate, timeout: float, what: str, on_timeout=None):
+    """Polls predicate every POLL seconds until it returns a true value (returned), at most timeout
+    seconds; then fails with `what` and, if given, on_timeout()'s text (e.g. tern's stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = ""
+            if on_timeout is not None:
+                try:
+                    extra = "\n" + str(on_timeout())
+                except Exception as e:  # noqa: BLE001 - diagnostics only
+                    extra = f"\n(diagnostics failed: {e!r})"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(POLL)
+
+
+def read_until_closed(s: socket.socket, limit: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes (EOF or reset); fails if it is still open after
+    `limit` seconds, so that a server that should have closed cannot pass by going quiet."""
+    data = b""
+    deadline = time.monotonic() + limit
+    old = s.gettimeout()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"still open after {limit:g}s; received {data[:300]!r}"
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        try:
+            s.settimeout(old)
+        except OSError:
+            pass
+
+
+def signal_until_exit(proc: subprocess.Popen, signals: list[int], timeout: float = 30.0,
+                      every: float = 0.0002) -> int:
+    """Sends signals[0], signals[1], ... (cycling) every `every` seconds until proc has exited, so that
+    one lands in its last moments; returns how many were sent. The pacing is the point, not a wait."""
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"pid {proc.pid} did not exit within {timeout:g}s"
+        try:
+            os.kill(proc.pid, signals[sent % len(signals)])
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(every)
+    proc.wait(timeout=timeout)
+    return sent
+
+
+# --------------------------------------------------------------------------------------------
+# dnsmasq as the test zone's name server (the one starter every delivery test uses), and ports free on
+# several loopback addresses for the next hops behind it.
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+def port_free_on(port: int, host: str, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_on(hosts: list[str], kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on every one of hosts (TCP, or UDP and TCP for kind=SOCK_DGRAM)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if all(port_free_on(port, h, socket.SOCK_STREAM) for h in hosts) and (
+                kind == socket.SOCK_STREAM or all(port_free_on(port, h, socket.SOCK_DGRAM) for h in hosts)):
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+# --------------------------------------------------------------------------------------------
+# A minimal DNS client (UDP, one question), to check the name server says what the tests assume.
+
+QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
+QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\0"
+
+
+def _decode_name(msg: bytes, pos: int) -> tuple[str, int]:
+    labels: list[str] = []
+    end = None
+    for _ in range(128):
+        length = msg[pos]
+        if length & 0xC0 == 0xC0:
+            if end is None:
+                end = pos + 2
+            pos = ((length & 0x3F) << 8) | msg[pos + 1]
+            continue
+        if length == 0:
+            pos += 1
+            break
+        labels.append(msg[pos + 1: pos + 1 + length].decode("ascii", "replace"))
+        pos += 1 + length
+    return ".".join(labels), (end if end is not None else pos)
+
+
+@dataclass
+class DNSAnswer:
+    rcode: str
+    records: list[tuple[str, str, object]]  # (owner, type, data): A "1.2.3.4", MX (pref, host), CNAME host
+
+    def of_type(self, rtype: str) -> list:
+        return [data for _, t, data in self.records if t == rtype]
+
+
+def dns_query(port: int, name: str, qtype: str, server: str = "127.0.0.1", timeout: float = 2.0) -> DNSAnswer:
+    qid = random.randrange(65536)
+    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + _encode_name(name) + struct.pack(">HH", QTYPES[qtype], 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(query, (server, port))
+        while True:
+            msg, _ = s.recvfrom(65535)
+            if len(msg) >= 12 and struct.unpack(">H", msg[:2])[0] == qid:
+                break
+    _, flags, qd, an, _, _ = struct.unpack(">HHHHHH", msg[:12])
+    pos = 12
+    for _ in range(qd):
+        _, pos = _decode_name(msg, pos)
+        pos += 4
+    records = []
+    for _ in range(an):
+        owner, pos = _decode_name(msg, pos)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", msg[pos: pos + 10])
+        pos += 10
+        rdata_pos = pos
+        tname = QTYPE_NAMES.get(rtype, str(rtype))
+        if rtype == 1:
+            data = socket.inet_ntoa(msg[pos: pos + 4])
+        elif rtype == 15:
+            pref = struct.unpack(">H", msg[pos: pos + 2])[0]
+            data = (pref, _decode_name(msg, pos + 2)[0])
+        elif rtype == 5:
+            data = _decode_name(msg, pos)[0]
+        else:
+            data = msg[pos: pos + rdlen]
+        records.append((owner, tname, data))
+        pos = rdata_pos + rdlen
+    return DNSAnswer(RCODES.get(flags & 0xF, str(flags & 0xF)), records)
+
+
+class DnsServer:
+    """dnsmasq answering for *.test from its command line only (no resolv.conf, no hosts file);
+    names under .test that are not configured answer NXDOMAIN."""
+
+    def __init__(self, records: list[str], workdir: Path, port: int | None = None):
+        self.records = records
+        self.port = port or free_port_on(["127.0.0.1"], socket.SOCK_DGRAM)
+        self.log_path = workdir / "dnsmasq.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DnsServer":
+        args = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                "--pid-file=", f"--port={self.port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                "--local=/test/", "--local-ttl=1", "--log-facility=-"] + self.records
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                dns_query(self.port, "probe.test", "A", timeout=0.2)
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dnsmasq does not answer on 127.0.0.1:{self.port}:\n{self.log()}")
+                time.sleep(POLL)
+
+    def query(self, name: str, qtype: str) -> DNSAnswer:
+        return dns_query(self.port, name, qtype)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        # SIGKILL: dnsmasq may have SIGTERM blocked in this environment.
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,6 +760,50 @@ class Tern:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> str:
+        """Waits until stderr holds `text` at least `count` times; returns the last line with it."""
+        wait_until(lambda: self.stderr().count(text) >= count, timeout,
+                   f"{count} log line(s) with {text!r}", lambda: self.stderr()[-4000:])
+        return [l for l in self.stderr().splitlines() if text in l][-1]
+
+    def hup(self, expect: str, timeout: float = 30.0) -> str:
+        """SIGHUP, then waits for the new log line that answers it (containing `expect`: "reloaded ",
+        "reload refused"); returns that line. The answer is the marker that the reload was decided."""
+        before = self.stderr().count(expect)
+        self.proc.send_signal(signal.SIGHUP)
+        return self.wait_log(expect, before + 1, timeout)
+
+    # the admin endpoint: what the server says it has done, a marker to wait for
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        """GET path on the admin endpoint: (status, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> float | None:
+        """The samples of `name` on /metrics summed over their labels; None if there is none."""
+        status, body = self.admin_get("/metrics")
+        assert status == 200, body
+        values = re.findall(rf"(?m)^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", body.decode())
+        return sum(float(v) for v in values) if values else None
+
+    def wait_recovered(self, timeout: float = 30.0) -> None:
+        """Waits until /ready says the spool is loaded (recovery done): every message of the journal and
+        the queue directories is in the queue from then on."""
+        def recovered() -> bool:
+            try:
+                _, body = self.admin_get("/ready")  # 503 until ready, with the same members
+            except OSError:
+                return False  # the endpoint not listening yet
+            return json.loads(body).get("recovery_done") is True
+
+        wait_until(recovered, timeout, "recovery_done in /ready", lambda: self.stderr()[-4000:])
+
     # clients
 
     def connect(self, source: str | None = None, timeout: float = 15.0) -> SMTPConn:
@@ -599,6 +870,77 @@ class Tern:
         return env
 
 
+class MailLoad:
+    """A load for the kill -9 / restart tests: `threads` sessions, each sending `per_thread` messages
+    from s<n>@client.test, one transaction after another. message(n, i, rng) -> (tag, rcpt, bytes), rng
+    seeded with n. Every message is recorded in `sent` (tag -> (bytes, rcpt)) before it is sent and in
+    `acked` (queue id -> tag) once it got 250. Errors before kill() are collected in `errors`."""
+
+    def __init__(self, port: int, threads: int, per_thread: int, message, conn_timeout: float = 60.0):
+        self.port = port
+        self.per_thread = per_thread
+        self.message = message
+        self.conn_timeout = conn_timeout
+        self.lock = threading.Lock()
+        self.sent: dict[str, tuple[bytes, str]] = {}
+        self.acked: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.killed = threading.Event()
+        self.threads = [threading.Thread(target=self._session, args=(n,), daemon=True) for n in range(threads)]
+
+    def _session(self, n: int) -> None:
+        rng = random.Random(n)
+        try:
+            with SMTPConn(self.port, timeout=self.conn_timeout) as c:
+                c.greeting()
+                c.ehlo(f"client{n}.test")
+                for i in range(self.per_thread):
+                    tag, rcpt, msg = self.message(n, i, rng)
+                    with self.lock:
+                        self.sent[tag] = (msg, rcpt)
+                    assert_reply(c.cmd(f"MAIL FROM:<s{n}@client.test>"), 250, "2.1.0")
+                    assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
+                    qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
+                    with self.lock:
+                        self.acked[qid] = tag
+                c.cmd("QUIT")
+        except (OSError, EOFError, AssertionError) as e:
+            if not self.killed.is_set():
+                with self.lock:
+                    self.errors.append(f"thread {n}: {e!r}")
+
+    def acked_now(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.acked)
+
+    def alive(self) -> int:
+        return sum(th.is_alive() for th in self.threads)
+
+    def run(self, until_acked: int | None = None, timeout: float = 180.0) -> "MailLoad":
+        """Starts the sessions; returns once `until_acked` messages got 250 (the sessions still running),
+        or, without it, once every session has finished."""
+        for th in self.threads:
+            th.start()
+        if until_acked is None:
+            self.join(timeout)
+            assert not self.alive(), f"sessions still running after {timeout:g}s"
+        else:
+            wait_until(lambda: len(self.acked_now()) >= until_acked or not self.alive(), timeout,
+                       f"{until_acked} messages acknowledged")
+        return self
+
+    def kill(self, tern: "Tern") -> int:
+        """SIGKILL tern in the middle of the load; returns how many sessions were still running."""
+        self.killed.set()
+        running = self.alive()
+        tern.kill(signal.SIGKILL)
+        return running
+
+    def join(self, timeout: float = 60.0) -> None:
+        for th in self.threads:
+            th.join(timeout=timeout)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, attach each tern's stderr to the report."""
@@ -623,6 +965,45 @@ def start_tern(tmp_path, request):
     yield start
     for t in instances:
         t.stop()
+
+
+# Certificates and users, made once per test session (openssl and scrypt are slow); tests that change a
+# file copy it first.
+
+USERS = {"alice": "correct horse battery staple", "bob": "bobs password", "carol": "carol pw"}
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    """tls_helpers.make_certs: a test CA, a server certificate it signed and a self-signed one."""
+    from tls_helpers import make_certs
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def users_file(tmp_path_factory) -> Path:
+    """A users file (`tern passwd`) with USERS, alice on its first line."""
+    from tls_helpers import tern_passwd
+    path = tmp_path_factory.mktemp("users") / "users"
+    for user, password in USERS.items():
+        r = tern_passwd(path, user, password)
+        assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def start_dns(tmp_path_factory):
+    """start_dns(records) -> a running DnsServer (dnsmasq) for the module's tests; killed at its end."""
+    servers: list[DnsServer] = []
+
+    def start(records: list[str]) -> DnsServer:
+        server = DnsServer(records, tmp_path_factory.mktemp("dns"))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""Helpers for the delivery tests (test_delivery.py): a dnsmasq name server, next-hop SMTP servers
-(aiosmtpd) that record what they receive and can be told to fail, a minimal DNS client to check the
-name server's answers, tern's delivery log lines, and DSN (RFC 3464) parsing.
+"""Helpers for the delivery tests (test_delivery.py): next-hop SMTP servers (aiosmtpd) that record what
+they receive and can be told to fail, tern's delivery log lines, and DSN (RFC 3464) parsing. The dnsmasq
+name server and its DNS client are conftest's (DnsServer, dns_query), imported here for older tests.
 
 Everything runs on loopback: next hops listen on 127.0.0.2 and up (127.0.0.1 is tern's own listen
 address, which tern would take for itself in an MX list). Inside `unshare --net` all of 127/8 is
@@ -13,195 +13,16 @@ import asyncio
 import email
 import email.message
 import email.policy
-import os
-import random
 import re
-import signal
 import socket
-import struct
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-DNSMASQ = "/usr/sbin/dnsmasq"
-POLL = 0.05  # seconds between polls in every wait below
-
-
-# --------------------------------------------------------------------------------------------
-# Waiting
-
-
-def wait_until(predicate, timeout: float, what: str, on_timeout=None):
-    """Polls predicate every POLL seconds until it returns a true value (returned), at most timeout
-    seconds; then fails with `what` and, if given, on_timeout()'s text (e.g. tern's stderr)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = ""
-            if on_timeout is not None:
-                try:
-                    extra = "\n" + str(on_timeout())
-                except Exception as e:  # noqa: BLE001 - diagnostics only
-                    extra = f"\n(diagnostics failed: {e!r})"
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(POLL)
-
-
-def port_free_on(port: int, host: str, kind: int = socket.SOCK_STREAM) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port_on(hosts: list[str], kind: int = socket.SOCK_STREAM) -> int:
-    """A port free on every one of hosts (TCP, or UDP and TCP for kind=SOCK_DGRAM)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        if all(port_free_on(port, h, socket.SOCK_STREAM) for h in hosts) and (
-                kind == socket.SOCK_STREAM or all(port_free_on(port, h, socket.SOCK_DGRAM) for h in hosts)):
-            return port
-    raise RuntimeError(f"no port free on all of {hosts}")
-
-
-# --------------------------------------------------------------------------------------------
-# A minimal DNS client (UDP, one question), to check the name server says what the tests assume.
-
-QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
-QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
-RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-
-
-def _encode_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split("."):
-        if label:
-            out += bytes([len(label)]) + label.encode("ascii")
-    return out + b"\0"
-
-
-def _decode_name(msg: bytes, pos: int) -> tuple[str, int]:
-    labels: list[str] = []
-    end = None
-    for _ in range(128):
-        length = msg[pos]
-        if length & 0xC0 == 0xC0:
-            if end is None:
-                end = pos + 2
-            pos = ((length & 0x3F) << 8) | msg[pos + 1]
-            continue
-        if length == 0:
-            pos += 1
-            break
-        labels.append(msg[pos + 1: pos + 1 + length].decode("ascii", "replace"))
-        pos += 1 + length
-    return ".".join(labels), (end if end is not None else pos)
-
-
-@dataclass
-class DNSAnswer:
-    rcode: str
-    records: list[tuple[str, str, object]]  # (owner, type, data): A "1.2.3.4", MX (pref, host), CNAME host
-
-    def of_type(self, rtype: str) -> list:
-        return [data for _, t, data in self.records if t == rtype]
-
-
-def dns_query(port: int, name: str, qtype: str, server: str = "127.0.0.1", timeout: float = 2.0) -> DNSAnswer:
-    qid = random.randrange(65536)
-    query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + _encode_name(name) + struct.pack(">HH", QTYPES[qtype], 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(query, (server, port))
-        while True:
-            msg, _ = s.recvfrom(65535)
-            if len(msg) >= 12 and struct.unpack(">H", msg[:2])[0] == qid:
-                break
-    _, flags, qd, an, _, _ = struct.unpack(">HHHHHH", msg[:12])
-    pos = 12
-    for _ in range(qd):
-        _, pos = _decode_name(msg, pos)
-        pos += 4
-    records = []
-    for _ in range(an):
-        owner, pos = _decode_name(msg, pos)
-        rtype, _, _, rdlen = struct.unpack(">HHIH", msg[pos: pos + 10])
-        pos += 10
-        rdata_pos = pos
-        tname = QTYPE_NAMES.get(rtype, str(rtype))
-        if rtype == 1:
-            data = socket.inet_ntoa(msg[pos: pos + 4])
-        elif rtype == 15:
-            pref = struct.unpack(">H", msg[pos: pos + 2])[0]
-            data = (pref, _decode_name(msg, pos + 2)[0])
-        elif rtype == 5:
-            data = _decode_name(msg, pos)[0]
-        else:
-            data = msg[pos: pos + rdlen]
-        records.append((owner, tname, data))
-        pos = rdata_pos + rdlen
-    return DNSAnswer(RCODES.get(flags & 0xF, str(flags & 0xF)), records)
-
-
-# --------------------------------------------------------------------------------------------
-# dnsmasq as the test zone's name server
-
-
-class DnsServer:
-    """dnsmasq answering for *.test from its command line only (no resolv.conf, no hosts file);
-    names under .test that are not configured answer NXDOMAIN."""
-
-    def __init__(self, records: list[str], workdir: Path, port: int | None = None):
-        self.records = records
-        self.port = port or free_port_on(["127.0.0.1"], socket.SOCK_DGRAM)
-        self.log_path = workdir / "dnsmasq.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "DnsServer":
-        args = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                "--pid-file=", f"--port={self.port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-                "--local=/test/", "--local-ttl=1", "--log-facility=-"] + self.records
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                dns_query(self.port, "probe.test", "A", timeout=0.2)
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"dnsmasq does not answer on 127.0.0.1:{self.port}:\n{self.log()}")
-                time.sleep(POLL)
-
-    def query(self, name: str, qtype: str) -> DNSAnswer:
-        return dns_query(self.port, name, qtype)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        # SIGKILL: dnsmasq may have SIGTERM blocked in this environment.
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+from conftest import (DNSMASQ, POLL, QTYPE_NAMES, QTYPES, RCODES, DNSAnswer, DnsServer,  # noqa: F401 - used by the tests
+                      dns_query, free_port_on, port_free_on, wait_until)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,15 +13,14 @@ import json
 import smtplib
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of
-from delivery_helpers import NextHop, free_port_on, log_entries, parse_dsn, wait_until
+from conftest import QUEUED_RE, TERN_BIN, free_port, make_message, queue_id_of, read_until_closed, wait_until
+from delivery_helpers import NextHop, free_port_on, log_entries, parse_dsn
 
 DEFER_IP = "127.0.0.21"   # the destination that defers
 SENDER_IP = "127.0.0.22"  # where mail to the senders' domain (bounces) goes; accepts
@@ -303,7 +302,9 @@ def test_delete_removes_without_bounce(deferring):
     assert not tern.queue_path(f"{qid}.env").exists() and not tern.queue_path(f"{qid}.msg").exists()
     assert listing(tern) == []
     assert "no such message" in queue(tern, "delete", qid, expect=1).stderr
-    time.sleep(0.5)  # no bounce may arrive; nothing to wait for
+    # Its life is over when "removed" is logged; a bounce would have been queued before that.
+    tern.wait_log(f"{qid}: removed")
+    assert tern.queue_files() == [], "delete queued something"
     assert sender_hop.received() == [], "delete sent something to the sender"
     assert metrics(tern)["tern_messages_deleted_total"] == 1
 
@@ -398,9 +399,7 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
         s.settimeout(10)
         s.connect(str(sock))
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_closed(s)
     head, body = data.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200")
     samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
@@ -424,10 +423,9 @@ def test_admin_on_a_unix_socket(start_tern, tmp_path):
     assert not sock.exists(), "a clean stop removes the socket file"
 
 
-def test_tls_sessions_counted_in_and_out(start_tern, tmp_path):
-    from tls_helpers import client_context, make_certs
+def test_tls_sessions_counted_in_and_out(start_tern, tmp_path, certs):
+    from tls_helpers import client_context
 
-    certs = make_certs(tmp_path / "certs")
     tls = {"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}}
     # B keeps what it gets and offers STARTTLS; A delivers to B with opportunistic TLS.
     b = start_tern(extra_tables=dict(tls))

@@ -8,8 +8,8 @@ import socket
 import threading
 import time
 
-from conftest import QUEUED_RE
-from delivery_helpers import wait_until
+from conftest import QUEUED_RE, read_until_closed, wait_until
+
 
 
 def greeting_seconds(port: int) -> float:
@@ -23,24 +23,6 @@ def greeting_seconds(port: int) -> float:
             data += chunk
     assert data.startswith(b"220"), data
     return time.monotonic() - start
-
-
-def read_answers(s: socket.socket, limit: float = 20.0) -> bytes:
-    """Everything the server sends until it closes (bounded by `limit` seconds)."""
-    data = b""
-    deadline = time.monotonic() + limit
-    s.settimeout(2)
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_crlf_flood_neither_stalls_smtp_nor_is_buffered(tern):
@@ -59,7 +41,7 @@ def test_crlf_flood_neither_stalls_smtp_nor_is_buffered(tern):
     try:
         slowest = max(greeting_seconds(tern.port) for _ in range(5))
         assert slowest < 1.0, f"SMTP greeting took {slowest:.1f} s during the flood"
-        data = read_answers(flood)
+        data = read_until_closed(flood, 20)
     finally:
         sender.join(10)
         flood.close()
@@ -190,9 +172,7 @@ def test_head_of_a_message_answers_its_size(tern):
         s.sendall(f"HEAD /queue/{qid}/message HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                   f"HEAD /queue/0123456789ABCD/message HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                   f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_closed(s)
     first, rest = data.split(b"\r\n\r\n", 1)
     assert first.startswith(b"HTTP/1.1 200"), first
     assert f"Content-Length: {len(stored)}".encode() in first, first

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TERN_BIN
-from delivery_helpers import wait_until
+from conftest import TERN_BIN, read_until_closed, wait_until
+
 from test_admin import SENDER, deferring, hop_port, hops, listing, queue, send, wait_state  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,9 +75,7 @@ def test_post_without_a_body_is_accepted(deferring):
     with socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) as s:
         s.sendall(b"POST /queue/flush HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                   b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_closed(s)
     assert data.count(b"HTTP/1.1 200 OK") == 2, data
     assert b'{"status":"ok"}' in data
 
@@ -116,9 +114,7 @@ def test_too_many_connections_is_json(tern):
             assert c.recv(4096).startswith(b"HTTP/1.1 200")
         # Refused at once, before any request: read the answer without sending one.
         with socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) as extra:
-            data = b""
-            while chunk := extra.recv(4096):
-                data += chunk
+            data = read_until_closed(extra)
         head, body = data.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 503") and b"Content-Type: application/json" in head, data
         assert json.loads(body) == {"error": "too many connections"}
@@ -139,9 +135,7 @@ def test_health_and_ready(tern):
     for c in conns:
         c.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     for c in conns:
-        data = b""
-        while chunk := c.recv(4096):
-            data += chunk
+        data = read_until_closed(c)
         c.close()
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'"status":"ready"}\n'), data
     p = health("--config", str(tern.config_path))

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import free_port
-from delivery_helpers import wait_until
+from conftest import free_port, read_until_closed, wait_until
+
 from test_admin import deferring, hop_port, hops, listing, send, wait_state  # noqa: F401
 
 REQUEST_TIMEOUT = 2.0
@@ -83,9 +83,7 @@ def test_a_dripping_client_gets_408(start_tern, tmp_path, transport):
     # A request sent at an ordinary pace on a new connection is answered as before.
     with connect(tern, unix_path) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while chunk := s.recv(4096):
-            answer += chunk
+        answer = read_until_closed(s)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}\n'), answer
 
 
@@ -120,14 +118,13 @@ def test_drippers_do_not_keep_the_endpoint_full(start_tern):
     def health() -> bytes:
         with socket.create_connection(("127.0.0.1", tern.admin_port), timeout=10) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-            return data
+            return read_until_closed(s)
 
     try:
-        time.sleep(0.5)  # let every dripper start its request
-        assert health().startswith(b"HTTP/1.1 503"), "the endpoint should be full while they drip"
+        # Full once the server has taken all 16 (well within their deadline; after it they would
+        # get 408 and the endpoint would be free again).
+        wait_until(lambda: health().startswith(b"HTTP/1.1 503"), REQUEST_TIMEOUT,
+                   "the endpoint to be full while they drip")
         answer = wait_until(lambda: (lambda d: d if d.startswith(b"HTTP/1.1 200") else None)(health()),
                             REQUEST_TIMEOUT + MARGIN + 4, "a well-behaved client served after the deadline")
         took = time.monotonic() - started
@@ -137,22 +134,9 @@ def test_drippers_do_not_keep_the_endpoint_full(start_tern):
         stop.set()
         dripping.join(10)
     for s in drippers:
-        s.settimeout(5)
-        try:
-            while chunk := s.recv(65536):
-                received[id(s)] += chunk
-        except OSError:
-            pass
+        received[id(s)] += read_until_closed(s, 5)
         s.close()
         assert_408(received[id(s)])
-
-
-def read_until_closed(s: socket.socket, limit: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and (chunk := s.recv(65536)):
-        data += chunk
-    return data
 
 
 def test_half_close_after_a_request_still_gets_the_answer(deferring):

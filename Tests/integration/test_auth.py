@@ -12,26 +12,12 @@ import subprocess
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, assert_reply, free_port, make_message, queue_id_of, split_received
-from tls_helpers import client_context, make_certs, tern_passwd
+from conftest import CLIENT_HELO, TERN_BIN, USERS, assert_reply, free_port, make_message, queue_id_of, split_received, wait_until
+from tls_helpers import client_context, tern_passwd
 from test_tls import TLSConn, queue_id_of_text
 
 OUTSIDER = "127.0.0.2"  # outside relay_networks = ["127.0.0.1/32"]
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def users_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("users") / "users"
-    for user, pw in [("alice", PASSWORD), ("bob", "bobs password"), ("carol", "carol pw")]:
-        r = tern_passwd(path, user, pw)
-        assert r.returncode == 0, r.stderr
-    return path
+PASSWORD = USERS["alice"]
 
 
 def secure_tables(certs, users_file, auth=None, server=None):
@@ -315,7 +301,6 @@ def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt)
     """The reject log (issue 13): a failed AUTH and a lockout each leave one line with the client, the
     reply and the user name, which is client text and comes out escaped (ESC as ? or \\u001B)."""
     import json
-    import time
 
     kw = secure_tables(certs, users_file, auth={"max_failures": 1, "lockout_time": "1h"})
     kw["extra_tables"]["log"] = {"format": fmt}
@@ -325,9 +310,7 @@ def test_auth_failure_and_lockout_are_logged(start_tern, certs, users_file, fmt)
         assert_reply(c.cmd("AUTH PLAIN " + plain("mal\x1blory", "wrong")), 535, "5.7.8")
         assert_reply(c.cmd("AUTH PLAIN " + plain("mal>lory", "wrong")), 535, "5.7.8")
         assert_reply(c.cmd("AUTH PLAIN " + plain("alice", PASSWORD)), 454, "4.7.0")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and t.stderr().count("AUTH from") < 3 and t.stderr().count('"AUTH"') < 3:
-        time.sleep(0.1)
+    wait_until(lambda: max(t.stderr().count("AUTH from"), t.stderr().count('"AUTH"')) >= 3, 10, "three AUTH lines")
     text = t.stderr()
     assert "\x1b" not in text and PASSWORD not in text
     if fmt == "plain":
@@ -353,7 +336,6 @@ def test_implicit_tls_handshake_failure_is_logged(start_tern, certs, users_file)
     """A client that speaks SMTP in the clear to a submissions (implicit TLS) port: the handshake
     fails before any command, and the log says so with OpenSSL's reason (issue 13: never silent)."""
     import socket
-    import time
 
     port = free_port()
     t = start_tern(**secure_tables(certs, users_file, server={"submissions": [f"127.0.0.1:{port}"]}))
@@ -365,10 +347,7 @@ def test_implicit_tls_handshake_failure_is_logged(start_tern, certs, users_file)
                 pass
         except OSError:
             pass
-    deadline = time.monotonic() + 10
-    while "TLS handshake failed" not in t.stderr() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    line = next((l for l in t.stderr().splitlines() if "TLS handshake failed" in l), "")
+    line = t.wait_log("TLS handshake failed", timeout=10)
     assert "NOQUEUE: reject: CONNECT from unknown[127.0.0.1]: TLS handshake failed: error:" in line, t.stderr()
     assert "proto=SMTP" in line and "session=" in line, line
 
@@ -378,7 +357,6 @@ def test_attempts_waiting_for_a_check_are_dropped_when_their_session_ends(start_
     waiting (here command_timeout; reading is paused during AUTH, so a client's EOF is seen only after
     the answer) are forgotten: nothing is checked or logged for them when the check finishes."""
     import hashlib
-    import time
 
     # A slow hash (ln=16, p=16: 64 MiB, seconds of CPU) keeps the first check in flight past the timeout.
     salt = os.urandom(16)
@@ -401,15 +379,11 @@ def test_attempts_waiting_for_a_check_are_dropped_when_their_session_ends(start_
     for c in sessions:
         assert_reply(c.read_reply(), 421)
         c.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "AUTH failed for user=<alice>" not in t.stderr():
-        time.sleep(0.1)
-    assert "AUTH failed for user=<alice>" in t.stderr(), t.stderr()[-3000:]
+    t.wait_log("AUTH failed for user=<alice>", timeout=60)
     # The failure locked the address out: a new attempt gets 454, and only it is logged as refused.
     with session() as c:
         assert_reply(c.cmd("AUTH PLAIN " + plain("alice", "slow pw")), 454, "4.7.0")
     assert t.alive()
     # Log lines come in order: a replayed dead attempt would be logged before "AUTH failed" above.
-    while time.monotonic() < deadline and "refused: locked out" not in t.stderr():
-        time.sleep(0.1)
+    t.wait_log("refused: locked out", timeout=60)
     assert t.stderr().count("refused: locked out") == 1, t.stderr()[-3000:]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import TERN_BIN, free_port
+from conftest import TERN_BIN, free_port, wait_until
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 RUN_TIMEOUT = 120  # seconds; every run below is far shorter
@@ -82,12 +82,12 @@ class SmtpSink:
     def messages(self) -> int:
         return self.counters()["mesg"] - self.base["mesg"]
 
-    def wait_messages(self, n: int, timeout: float = 10) -> int:
-        """smtp-sink writes its counters when a session ends or a message is done; wait until n show."""
-        deadline = time.monotonic() + timeout
-        while self.messages() < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # anything more than n would show by now too
+    def wait_messages(self, n: int, sessions: int, timeout: float = 10) -> int:
+        """smtp-sink writes its counters when a session ends or a message is done. Waits until the run's
+        `sessions` have all ended there, so that every message they carried is counted (n, expected, is
+        for the failure message), then returns the messages counted."""
+        wait_until(lambda: self.counters()["sess"] - self.base["sess"] >= sessions, timeout,
+                   f"{sessions} sessions to end at smtp-sink ({self.messages()} of {n} messages so far)")
         return self.messages()
 
     def stop(self) -> None:
@@ -187,7 +187,7 @@ def recorder():
 
 def test_into_smtp_sink_counts_agree(sink):
     report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "500", "--concurrency", "20")
-    assert sink.wait_messages(500) == 500
+    assert sink.wait_messages(500, report["connections"]["opened"]) == 500
     m = report["messages"]
     assert m == {"attempted": 500, "accepted": 500, "temp_failed": 0, "perm_failed": 0, "failed": 0}
     assert report["recipients"]["accepted"] == 500
@@ -211,15 +211,12 @@ def test_into_smtp_sink_reusing_connections(sink, pipelining):
     before = sink.base["sess"]
     report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "300", "--concurrency", "6",
                         "--messages-per-connection", "10", "--recipients", "2", pipelining)
-    assert sink.wait_messages(300) == 300
+    assert sink.wait_messages(300, report["connections"]["opened"]) == 300
     assert report["messages"]["accepted"] == 300
     assert report["recipients"]["accepted"] == 600
     assert report["connections"]["opened"] == 30
     assert report["settings"]["pipelining"] is (pipelining == "--pipelining")
     # smtp-sink counts a session when it ends; the 30 connections all ended before blast exited.
-    deadline = time.monotonic() + 10
-    while sink.counters()["sess"] - before < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert sink.counters()["sess"] - before == 30
     # Without pipelining every command waits for its reply, so RCPT has its own round trip.
     if pipelining == "--no-pipelining":
@@ -312,7 +309,7 @@ def test_duration_ends_the_run_by_itself_under_the_rate_cap(sink):
     assert wall < 60
     # The cap: transaction k starts no earlier than (k-1) × 20 ms after the first.
     assert 0 < accepted and (accepted - 1) * 0.02 <= report["elapsed_s"] + 1e-6
-    assert sink.wait_messages(accepted) == accepted
+    assert sink.wait_messages(accepted, report["connections"]["opened"]) == accepted
     assert report["connections"]["opened"] == 4
 
 
@@ -476,14 +473,8 @@ def test_progress_on_a_terminal_is_one_line_rewritten(sink):
 # --------------------------------------------------------------------------------------------
 # --starttls
 
-@pytest.fixture(scope="module")
-def blast_certs(tmp_path_factory):
-    from tls_helpers import make_certs
-    return make_certs(tmp_path_factory.mktemp("blast-certs"))
-
-
-def test_starttls_into_tern_serve_every_message_queued_over_tls(start_tern, blast_certs):
-    tern = start_tern(extra_tables={"tls": {"certificate": str(blast_certs["cert"]), "key": str(blast_certs["key"])}})
+def test_starttls_into_tern_serve_every_message_queued_over_tls(start_tern, certs):
+    tern = start_tern(extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])}})
     report = blast_json("--server", f"127.0.0.1:{tern.port}", "--messages", "60", "--concurrency", "6",
                         "--messages-per-connection", "3", "--starttls")
     assert report["settings"]["starttls"] is True

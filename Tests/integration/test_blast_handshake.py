@@ -20,7 +20,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TERN_BIN, free_port
-from tls_helpers import make_certs
 
 RUN_TIMEOUT = 120
 
@@ -53,11 +52,6 @@ def metrics(tern) -> dict[str, float]:
 TLS_IN = "tern_tls_sessions_total{direction=in}"
 RECEIVED = "tern_messages_received_total"
 SESSIONS = "tern_sessions_total"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("handshake-certs"))
 
 
 @pytest.fixture

@@ -69,9 +69,7 @@ def test_replies_on_dropped_sessions_are_counted(start_sink):
     assert sink.faults("data", "drop") == 30
 
 
-def test_starttls_counts_agree(start_sink, tmp_path):
-    from tls_helpers import make_certs
-    certs = make_certs(tmp_path / "certs")
+def test_starttls_counts_agree(start_sink, tmp_path, certs):
     sink = start_sink(["--tls-certificate", str(certs["cert"]), "--tls-key", str(certs["key"])])
     report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "120", "--concurrency", "8",
                         "--messages-per-connection", "4", "--starttls")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import email
 import email.policy
 
-from conftest import CLIENT_HELO, SMTPConn, assert_reply, queue_id_of
-from delivery_helpers import NextHop, _CountingController, free_port_on, log_entries, wait_until
+from conftest import CLIENT_HELO, SMTPConn, assert_reply, queue_id_of, wait_until
+from delivery_helpers import NextHop, _CountingController, free_port_on, log_entries
 
 SENDER = "sénder@sender.test"
 REFUSED = "nobody@rcpt.test"

@@ -86,20 +86,6 @@ def test_missing_file(tmp_path: Path):
 # check-config opens and parses every file serve would, names the key and the path, creates nothing.
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    from tls_helpers import make_certs
-    return make_certs(tmp_path_factory.mktemp("check-certs"))
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory):
-    from tls_helpers import tern_passwd
-    path = tmp_path_factory.mktemp("check-users") / "users"
-    assert tern_passwd(path, "alice", "alice pw").returncode == 0
-    return path
-
-
 def write(tmp_path: Path, text: str) -> Path:
     f = tmp_path / "tern.toml"
     f.write_text('hostname = "relay.test"\n[spool]\npath = "spool"\n' + text)
@@ -117,11 +103,11 @@ def refused(f: Path, key: str, *fragments: str) -> str:
     return err
 
 
-def test_valid_files_pass_and_nothing_is_created(tmp_path: Path, certs, users):
+def test_valid_files_pass_and_nothing_is_created(tmp_path: Path, certs, users_file):
     pw = tmp_path / "relay.pw"
     pw.write_text("secret\n")
     f = write(tmp_path, f'[tls]\ncertificate = "{certs["cert"]}"\nkey = "{certs["key"]}"\n'
-                        f'[auth]\nusers_file = "{users}"\n'
+                        f'[auth]\nusers_file = "{users_file}"\n'
                         '[routes]\n"*" = { next_hop = "[127.0.0.2]:587", auth_user = "r", auth_password_file = "relay.pw" }\n')
     p = check(f)
     assert p.returncode == 0, p.stderr.decode()
@@ -154,8 +140,8 @@ def test_missing_users_file(tmp_path: Path):
     refused(f, "auth.users_file", f"{tmp_path}/users")
 
 
-def test_users_file_is_parsed(tmp_path: Path, users):
-    (tmp_path / "users").write_text(users.read_text().strip() + "\nbob:plaintext\n")
+def test_users_file_is_parsed(tmp_path: Path, users_file):
+    (tmp_path / "users").write_text(users_file.read_text().splitlines()[0] + "\nbob:plaintext\n")
     f = write(tmp_path, '[auth]\nusers_file = "users"\n')
     refused(f, "auth.users_file", f"{tmp_path}/users", "line 2")
 

@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, TERN_BIN, SMTPConn, assert_reply, free_port
-from delivery_helpers import wait_until
-from tls_helpers import make_certs
+from conftest import HOSTNAME, TERN_BIN, SMTPConn, assert_reply, free_port, wait_until
 
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("path-certs"))
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

@@ -2,11 +2,8 @@
 survive a restart."""
 
 import random
-import signal
-import threading
-import time
 
-from conftest import SMTPConn, assert_reply, make_message, queue_id_of, split_received
+from conftest import MailLoad, make_message, split_received
 
 THREADS = 20
 PER_THREAD = 25
@@ -22,54 +19,21 @@ def random_body(rng: random.Random, tag: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
+def crash_message(n: int, i: int, rng: random.Random) -> tuple[str, str, bytes]:
+    """(Message-Id, recipient, message): a body of random length, its Message-Id unique."""
+    msgid = f"<crash-{n}-{i}-{rng.getrandbits(64):016x}@client.test>"
+    rcpt = f"r{n}-{i}@x.test"
+    return msgid, rcpt, make_message(subject=f"crash {n}/{i}", msgid=msgid, to=rcpt, body=random_body(rng, msgid))
+
+
 def test_sigkill_loses_no_acknowledged_message(start_tern):
     t = start_tern(server={"max_connections": 200, "max_connections_per_ip": 200})
-    lock = threading.Lock()
-    sent: dict[str, tuple[bytes, str]] = {}  # Message-Id -> (message, recipient)
-    acked: dict[str, str] = {}  # queue id -> Message-Id
-    errors: list[str] = []
-    killed = threading.Event()
-
-    def worker(n: int) -> None:
-        rng = random.Random(n)
-        try:
-            with SMTPConn(t.port, timeout=30) as c:
-                c.greeting()
-                c.ehlo(f"client{n}.test")
-                for i in range(PER_THREAD):
-                    msgid = f"<crash-{n}-{i}-{rng.getrandbits(64):016x}@client.test>"
-                    rcpt = f"r{n}-{i}@x.test"
-                    msg = make_message(subject=f"crash {n}/{i}", msgid=msgid, to=rcpt,
-                                       body=random_body(rng, msgid))
-                    with lock:
-                        sent[msgid] = (msg, rcpt)
-                    assert_reply(c.cmd(f"MAIL FROM:<s{n}@client.test>"), 250, "2.1.0")
-                    assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
-                    qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
-                    with lock:
-                        acked[qid] = msgid
-                c.cmd("QUIT")
-        except (OSError, EOFError, AssertionError) as e:
-            if not killed.is_set():
-                with lock:
-                    errors.append(f"thread {n}: {e!r}")
-
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(THREADS)]
-    for th in threads:
-        th.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(th.is_alive() for th in threads):
-        with lock:
-            if len(acked) >= KILL_AFTER:
-                break
-        time.sleep(0.005)
-    killed.set()
-    alive_at_kill = sum(th.is_alive() for th in threads)
-    t.kill(signal.SIGKILL)
-    for th in threads:
-        th.join(timeout=60)
-    assert not any(th.is_alive() for th in threads), "client threads hung after SIGKILL"
-    assert not errors, "errors before the kill:\n" + "\n".join(errors)
+    load = MailLoad(t.port, THREADS, PER_THREAD, crash_message, conn_timeout=30).run(until_acked=KILL_AFTER, timeout=120)
+    alive_at_kill = load.kill(t)
+    load.join(60)
+    assert not load.alive(), "client threads hung after SIGKILL"
+    assert not load.errors, "errors before the kill:\n" + "\n".join(load.errors)
+    sent, acked = load.sent, load.acked  # Message-Id -> (message, recipient); queue id -> Message-Id
     assert len(acked) >= min(KILL_AFTER, 50), f"only {len(acked)} messages acknowledged before the kill"
     assert len(set(acked.values())) == len(acked), "one message acknowledged under two ids"
     assert alive_at_kill > 0, f"all {len(acked)} messages were done before the kill: nothing was in flight"
@@ -81,15 +45,11 @@ def test_sigkill_loses_no_acknowledged_message(start_tern):
 
     t.start()
 
-    # After restart: no .msg without .env (nor the reverse); recovery may take a moment.
-    deadline = time.monotonic() + 15
-    while True:
-        names = set(t.queue_files())
-        msgs = {n[:-4] for n in names if n.endswith(".msg")}
-        envs = {n[:-4] for n in names if n.endswith(".env")}
-        if msgs == envs or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # After restart: no .msg without .env (nor the reverse), once recovery is done.
+    t.wait_recovered()
+    names = set(t.queue_files())
+    msgs = {n[:-4] for n in names if n.endswith(".msg")}
+    envs = {n[:-4] for n in names if n.endswith(".env")}
     assert msgs == envs, f".msg without .env: {sorted(msgs - envs)}; .env without .msg: {sorted(envs - msgs)}"
     assert not orphan.exists(), "orphan .msg without .env survived the restart"
 

@@ -28,9 +28,8 @@ import time
 import pytest
 
 from conftest import (CLIENT_HELO, SMTPConn, assert_reply, check_received, make_message, queue_id_of, send_message,
-                      split_received)
-from delivery_helpers import (DnsServer, GreetingRefuser, NextHop, free_port_on, log_entries, parse_dsn,
-                              wait_until)
+                      split_received, wait_until)
+from delivery_helpers import GreetingRefuser, NextHop, free_port_on, log_entries, parse_dsn
 
 SENDER = "sender@sender.test"
 SINK_IP = "127.0.0.20"
@@ -70,10 +69,8 @@ DELIVERY_DEFAULTS = {
 
 
 @pytest.fixture(scope="module")
-def dns(tmp_path_factory):
-    server = DnsServer(DNS_RECORDS, tmp_path_factory.mktemp("dns")).start()
-    yield server
-    server.kill()
+def dns(start_dns):
+    return start_dns(DNS_RECORDS)
 
 
 @pytest.fixture
@@ -155,6 +152,16 @@ def wait_gone(tern, qids, *hops, timeout: float = WAIT) -> None:
 def wait_spool_empty(tern, *hops, timeout: float = WAIT) -> None:
     wait_until(lambda: not tern.queue_files(), timeout, "the spool queue to be empty (bounces included)",
                lambda: diagnostics(tern, *hops))
+
+
+def wait_removed(tern, qids, *hops, timeout: float = WAIT) -> None:
+    """Waits for each of qids' "removed" line: its life is over (every attempt finished, every notice
+    it caused already in the spool), so nothing more can come of it. Logged once each."""
+    qids = [qids] if isinstance(qids, str) else list(qids)
+    wait_until(lambda: all(f"{q}: removed" in tern.stderr() for q in qids), timeout,
+               f"'<id>: removed' for {qids}", lambda: diagnostics(tern, *hops))
+    stderr = tern.stderr()
+    assert all(stderr.count(f"{q}: removed") == 1 for q in qids), f"a message removed twice:\n{stderr[-3000:]}"
 
 
 def wait_log(tern, qid: str, status: str, rcpt: str | None = None, *hops, timeout: float = WAIT) -> list[dict]:
@@ -378,8 +385,9 @@ def test_5xx_for_one_of_three_recipients(relay, hops):
                "a@ and c@ delivered", lambda: diagnostics(tern, hop, sink))
     (bounce,) = sink.wait_for(1, on_timeout=lambda: diagnostics(tern, hop, sink))
     assert_bounce(bounce, failed=["b@five.test"], status_prefix="5.1.1")
+    # Removed, and the spool empty: no redelivery can follow, and no second bounce is waiting.
+    wait_removed(tern, qid, hop, sink)
     wait_spool_empty(tern, hop, sink)
-    time.sleep(1.5)  # a second bounce, or a redelivery, would show up by now (retry_schedule 1s)
     assert len(sink.received()) == 1, f"{len(sink.received())} bounces, expected one"
     assert sorted(hop.delivered_rcpts()) == ["a@five.test", "c@five.test"], "a recipient was delivered twice"
     stderr = tern.stderr()
@@ -393,8 +401,9 @@ def test_no_bounce_for_null_sender(relay, hops):
     tern = relay()
     qid, _ = send(tern, ["b@five.test"], subject="bounce of a bounce", sender="")
     wait_log(tern, qid, "bounced", "b@five.test", hop, sink)
+    # Removed, and the spool empty: a bounce would have been in the spool before the removal.
+    wait_removed(tern, qid, hop, sink)
     wait_spool_empty(tern, hop, sink)
-    time.sleep(1.5)
     assert sink.received() == [] and hop.received() == [], "a bounce was sent for a null-sender message"
     assert tern.queue_files() == [], diagnostics(tern, hop, sink)
 
@@ -418,7 +427,7 @@ def test_sigkill_with_messages_in_the_journal_then_all_delivered_once(relay, hop
     tern.start()
     hop.wait_for(30, on_timeout=lambda: diagnostics(tern, hop))
     wait_spool_empty(tern, hop)
-    time.sleep(1.0)
+    wait_removed(tern, ids, hop)  # every attempt over: a second delivery cannot be on its way
     got = sorted(t.subject for t in hop.received())
     assert got == sorted(f"journal {i}" for i in range(30)), f"after restart the hop received {got}"
     # The old segment held only delivered messages: it is gone; the one appends go to stays.
@@ -436,7 +445,7 @@ def test_restart_with_messages_queued(relay, hops):
     tern.start()
     hop.wait_for(2, on_timeout=lambda: diagnostics(tern, hop))
     wait_spool_empty(tern, hop)
-    time.sleep(1.0)
+    wait_removed(tern, ids, hop)  # every attempt over: a second delivery cannot be on its way
     got = sorted(t.subject for t in hop.received())
     assert got == ["restart 0", "restart 1"], f"after restart the hop received {got}"
 
@@ -516,7 +525,7 @@ def test_three_recipients_one_domain_one_transaction(relay, hops):
     qid, msg = send(tern, rcpts, subject="three")
     (t,) = hop.wait_for(1, on_timeout=lambda: diagnostics(tern, hop))
     wait_gone(tern, qid, hop)
-    time.sleep(0.5)
+    wait_removed(tern, qid, hop)  # every attempt over: another transaction cannot be on its way
     assert len(hop.received()) == 1, f"{len(hop.received())} transactions for one message to one domain"
     assert sorted(t.rcpts) == sorted(rcpts), t.rcpts
     assert original_of(t.content) == msg
@@ -550,7 +559,13 @@ def test_delay_warning_once_then_delivery(relay, hops):
     text = warning.content.decode("utf-8", "replace")
     assert "report-type=delivery-status" in text and re.search(r"(?mi)^Action: delayed\r?$", text), text[:2000]
     assert re.search(r"(?mi)^Final-Recipient: rfc822; ?user@alldown\.test\r?$", text), text[:2000]
-    time.sleep(1.5)
+    # Two more attempts after the warning arrived, each a chance for another one; then the spool holds
+    # only the late message, so a warning made meanwhile would have reached the sink.
+    attempts = len(log_entries(tern.stderr(), qid, "deferred"))
+    wait_until(lambda: len(log_entries(tern.stderr(), qid, "deferred")) >= attempts + 2, WAIT,
+               "two more deferred attempts", lambda: diagnostics(tern, sink))
+    wait_until(lambda: tern.queued() == [qid], WAIT, "only the late message in the spool",
+               lambda: diagnostics(tern, sink))
     assert len(sink.received()) == 1, "the delay warning must be sent only once"
     assert re.search(r"(?m)^warned\t1$", env_text(tern, qid)), env_text(tern, qid)
     back = hops("127.0.0.7")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import make_message, send_message
-from delivery_helpers import free_port_on, log_entries, wait_until
+from conftest import make_message, send_message, wait_until
+from delivery_helpers import free_port_on, log_entries
 
 SENDER = "sender@client.test"
 

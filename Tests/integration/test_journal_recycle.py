@@ -9,13 +9,11 @@ Tern nor conftest.read_journal finds one in the journal)."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
-import time
 
 from aiosmtpd.controller import Controller
 
-from conftest import SMTPConn, assert_reply, free_port, make_message, queue_id_of, read_journal
+from conftest import MailLoad, free_port, make_message, read_journal, wait_until
 
 SIZE = 100 * 1024
 THREADS = 10
@@ -48,58 +46,24 @@ class SubjectSink:
             return list(self.subjects)
 
 
-def load(t, tag: str, per_thread: int, stop_after: int | None = None) -> tuple[dict[str, str], threading.Event]:
-    """Sends THREADS x per_thread messages; returns {queue id: subject} of those acknowledged. With
-    stop_after, returns as soon as that many are acknowledged, the sessions still running."""
-    lock = threading.Lock()
-    acked: dict[str, str] = {}
-    errors: list[str] = []
-    killed = threading.Event()
+def load(t, tag: str, per_thread: int, stop_after: int | None = None) -> MailLoad:
+    """THREADS x per_thread messages of 100 KiB, tagged by their Subject; with stop_after, returns as
+    soon as that many are acknowledged, the sessions still running."""
 
-    def worker(n: int) -> None:
-        try:
-            with SMTPConn(t.port, timeout=60) as c:
-                c.greeting()
-                c.ehlo(f"client{n}.test")
-                for i in range(per_thread):
-                    subject = f"{tag} {n}/{i}"
-                    msg = make_message(subject=subject, to=f"r{n}@far.test", body=b"%s\r\n" % subject.encode() + FILLER)
-                    assert_reply(c.cmd(f"MAIL FROM:<s{n}@client.test>"), 250, "2.1.0")
-                    assert_reply(c.cmd(f"RCPT TO:<r{n}@far.test>"), 250, "2.1.5")
-                    qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
-                    with lock:
-                        acked[qid] = subject
-                c.cmd("QUIT")
-        except (OSError, EOFError, AssertionError) as e:
-            if not killed.is_set():
-                with lock:
-                    errors.append(f"{tag} thread {n}: {e!r}")
+    def message(n: int, i: int, _rng) -> tuple[str, str, bytes]:
+        subject = f"{tag} {n}/{i}"
+        return subject, f"r{n}@far.test", make_message(subject=subject, to=f"r{n}@far.test",
+                                                       body=b"%s\r\n" % subject.encode() + FILLER)
 
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(THREADS)]
-    for th in threads:
-        th.start()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and any(th.is_alive() for th in threads):
-        with lock:
-            if stop_after is not None and len(acked) >= stop_after:
-                break
-        time.sleep(0.005)
-    if stop_after is None:
-        for th in threads:
-            th.join(timeout=60)
-    assert not errors, "\n".join(errors)
-    with lock:
-        return dict(acked), killed
+    run = MailLoad(t.port, THREADS, per_thread, message).run(until_acked=stop_after)
+    assert not run.errors, "\n".join(run.errors)
+    return run
 
 
 def wait_delivered(sink: SubjectSink, subjects, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        missing = set(subjects) - set(sink.got())
-        if not missing:
-            return
-        assert time.monotonic() < deadline, f"{what}: {len(missing)} not delivered, e.g. {sorted(missing)[:5]}"
-        time.sleep(0.1)
+    wait_until(lambda: not set(subjects) - set(sink.got()), timeout,
+               f"{what}: every message delivered",
+               lambda: f"e.g. {sorted(set(subjects) - set(sink.got()))[:5]} not delivered")
 
 
 def journal_names(t, suffix: str) -> list[str]:
@@ -114,14 +78,12 @@ def test_recycled_segments_lose_nothing_acknowledged_and_replay_nothing_stale(st
                        delivery={"enabled": True},
                        extra_tables={"dns": {"servers": [f"127.0.0.1:{free_port()}"]},  # never asked
                                      "routes": {"*": f"[{HOP}]:{sink.port}"}})
-        first, _ = load(t, "first", FIRST_LOAD)
+        first = load(t, "first", FIRST_LOAD).acked_now()
         assert len(first) == THREADS * FIRST_LOAD
         wait_delivered(sink, first.values(), "first load")
         # Every message done: the retired segments are kept as spares (one of them may have become the
         # third segment meanwhile).
-        deadline = time.monotonic() + 30
-        while len(journal_names(t, ".jnl")) > 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(journal_names(t, ".jnl")) == 1, 30, "one segment left")
         spares = journal_names(t, ".free")
         last = journal_names(t, ".jnl")
         assert len(last) == 1 and last[0] >= "0000000000000003.jnl", f"segments after {len(first)} messages: {last}"
@@ -129,10 +91,7 @@ def test_recycled_segments_lose_nothing_acknowledged_and_replay_nothing_stale(st
         files = {os.stat(p).st_ino for p in (t.spool / "journal").iterdir()}
         # Done records are written without a sync, a few ms after delivery: wait for the last ones, so
         # that none is lost at the restart (which would deliver a message again, allowed but not here).
-        deadline = time.monotonic() + 30
-        while read_journal(t.spool) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert read_journal(t.spool) == {}, "messages of the first load still live in the journal"
+        wait_until(lambda: read_journal(t.spool) == {}, 30, "no message of the first load live in the journal")
 
         # A restart retires the last segment and starts the new one from a spare: the file holds the
         # first load's records from here on.
@@ -144,9 +103,9 @@ def test_recycled_segments_lose_nothing_acknowledged_and_replay_nothing_stale(st
         assert len(journal_names(t, ".free")) <= 2
         assert read_journal(t.spool) == {}, "records of a spare's previous life read as live"
 
-        second, killed = load(t, "second", SECOND_LOAD, stop_after=KILL_AFTER)
-        killed.set()
-        t.kill(signal.SIGKILL)
+        running = load(t, "second", SECOND_LOAD, stop_after=KILL_AFTER)
+        second = running.acked_now()
+        running.kill(t)
         assert len(second) >= KILL_AFTER
 
         # What the journal holds after the kill, read without Tern: every acknowledged message that was

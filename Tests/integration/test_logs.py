@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, Tern, free_port, make_message, send_message
-from delivery_helpers import NextHop, wait_until
+from conftest import CLIENT_HELO, TERN_BIN, Tern, free_port, make_message, send_message, wait_until
+from delivery_helpers import NextHop
 
 
 @pytest.fixture
@@ -330,8 +329,11 @@ def test_every_refusal_is_logged(start_tern, kind, fmt):
         # Not the probe session's: the refusal's own session id (none for a refused connection).
         assert ("session=" in line) == (not kind.startswith("too_many_connections")), line
         return
-    wait_until(lambda: reject_entries(t.stderr()), 10, f"the {kind} entry")
-    time.sleep(0.2)
+    (first, *_) = wait_until(lambda: reject_entries(t.stderr()), 10, f"the {kind} entry")
+    if "session" in first:
+        # Its session's disconnect line comes after every line of that session.
+        wait_until(lambda: any(e["msg"] == "disconnect" and e.get("session") == first["session"]
+                               for e in json_lines(t.stderr())), 10, f"the {kind} session's disconnect line")
     entries = reject_entries(t.stderr())
     assert len(entries) == 1, entries  # one line per refusal (the second 452 is counted, not logged)
     e = entries[0]

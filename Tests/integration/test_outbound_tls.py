@@ -14,14 +14,15 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from delivery_helpers import NextHop, _CountingController, _Handler, log_entries
 from test_delivery import DNS_RECORDS, HOP_ADDRESSES, SENDER, diagnostics, dns, hop_port, hops, relay, send, wait_gone, wait_log  # noqa: F401
-from tls_helpers import issue_cert, make_certs, server_context
+from tls_helpers import issue_cert, server_context
 
 WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    c = make_certs(tmp_path_factory.mktemp("out-certs"))
+def certs(certs):
+    """conftest's certificates and the next hops' own, signed by the same test CA."""
+    c = dict(certs)
     c["good"] = issue_cert(c, "good", ["m1.down.test", "m2.down.test", "mx1.mx.test", "mx.retry.test",
                                        "mx.five.test"])
     c["wrong"] = issue_cert(c, "wrong", ["other.test"])

@@ -9,7 +9,8 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from delivery_helpers import log_entries, wait_until
+from conftest import wait_until
+from delivery_helpers import log_entries
 from test_delivery import DNS_RECORDS, HOP_ADDRESSES, diagnostics, dns, hop_port, hops, relay, send, wait_log  # noqa: F401
 from test_outbound_tls import TLSNextHop, certs  # noqa: F401
 from tls_helpers import make_certs

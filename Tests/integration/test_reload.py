@@ -11,7 +11,8 @@ import pytest
 
 from conftest import (SMTPConn, Tern, assert_reply, dot_stuff, free_port, make_message, queue_id_of, send_message,
                       split_received, toml_document)
-from delivery_helpers import NextHop, wait_until
+from conftest import wait_until
+from delivery_helpers import NextHop
 
 WAIT = 30.0
 
@@ -43,13 +44,6 @@ def write_config(tern: Tern, *, route_port: int, server: dict | None = None, ali
     tern.config_path.write_text(toml_document({"hostname": "relay.test"}, tables) + extra)
 
 
-def reload(tern: Tern, expect: str) -> None:
-    """SIGHUP, then wait for the log line that answers it (a new one, containing `expect`)."""
-    before = tern.stderr().count(expect)
-    tern.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: tern.stderr().count(expect) > before, WAIT, f"a log line with {expect!r} after SIGHUP")
-
-
 def open_transaction(tern: Tern, rcpts: list[str]) -> SMTPConn:
     c = tern.connect()
     c.greeting()
@@ -71,7 +65,7 @@ def test_sighup_changed_route_moves_new_deliveries(start_tern, hops):
     held = open_transaction(tern, ["two@example.test", "three@example.test", "four@example.test"])
     write_config(tern, route_port=b.port, server={"max_recipients": 2},
                  aliases={"team@example.test": ["x@example.test", "y@example.test"]})
-    reload(tern, "reloaded ")
+    tern.hup("reloaded ")
     assert "changed server, aliases, routes" in tern.stderr(), tern.stderr()[-2000:]
     assert tern.alive()
 
@@ -108,7 +102,7 @@ def test_sighup_relay_networks(start_tern, hops):
                       extra_tables={"routes": {"*": f"[127.0.0.1]:{a.port}"}})
     write_config(tern, route_port=a.port, server={"relay_networks": ["192.0.2.0/24"],
                                                    "accept_domains": ["local.test"]})
-    reload(tern, "reloaded ")
+    tern.hup("reloaded ")
     with tern.connect() as c:
         c.greeting()
         c.ehlo()
@@ -124,13 +118,13 @@ def test_broken_config_on_sighup_keeps_the_running_one(start_tern, hops):
                       extra_tables={"routes": {"*": f"[127.0.0.1]:{a.port}"}})
     # A new route, but also a key that does not exist: the whole file is refused.
     write_config(tern, route_port=b.port, server={"max_recipents": 5})
-    reload(tern, "reload refused")
+    tern.hup("reload refused")
     line = next(l for l in tern.stderr().splitlines() if "reload refused" in l)
     assert "server.max_recipents" in line and "line " in line and str(tern.config_path) in line, line
     assert tern.alive()
     # A syntax error too.
     tern.config_path.write_text("[server\n")
-    reload(tern, "reload refused")
+    tern.hup("reload refused")
     assert tern.alive()
 
     send_message(tern.port, "alice@example.test", ["one@example.test"], make_message(subject="still A"))

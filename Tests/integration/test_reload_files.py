@@ -5,13 +5,11 @@ two signals sent back to back may merge in the kernel, so a test of it here coul
 
 from __future__ import annotations
 
-import signal
 import tomllib
 
 import pytest
 
 from conftest import Tern, assert_reply, free_port, toml_document
-from delivery_helpers import wait_until
 from tls_helpers import make_rsa_cert, s_client, tern_passwd
 
 WAIT = 30.0
@@ -29,14 +27,6 @@ def rewrite(t: Tern, **tables: dict | None) -> None:
     rest = {k: v for k, v in doc.items() if isinstance(v, dict)}
     rest.update(tables)
     t.config_path.write_text(toml_document(top, rest))
-
-
-def hup(t: Tern, expect: str) -> str:
-    """SIGHUP, then wait for a new log line containing `expect`; returns that line."""
-    before = t.stderr().count(expect)
-    t.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: t.stderr().count(expect) > before, WAIT, f"a log line with {expect!r} after SIGHUP")
-    return [line for line in t.stderr().splitlines() if expect in line][-1]
 
 
 def ehlo_keywords(port: int) -> list[str]:
@@ -64,7 +54,7 @@ def test_reload_adding_a_missing_certificate_is_refused_whole(start_tern, tmp_pa
     missing = tmp_path / "nowhere" / "cert.pem"
     rewrite(t, server={**tomllib.loads(t.config_path.read_text())["server"], "max_recipients": 2},
             tls={"certificate": str(missing), "key": str(tmp_path / "nowhere" / "key.pem")})
-    line = hup(t, "tls.certificate")
+    line = t.hup("tls.certificate")
     assert t.alive()
     # Nothing of the file is in force: no STARTTLS offered, and the old max_recipients (1000) stays.
     assert "STARTTLS" not in ehlo_keywords(t.port)
@@ -79,7 +69,7 @@ def test_reload_with_a_missing_certificate_keeps_the_old_one(start_tern, rsa_cer
     assert ok, out
     missing = tmp_path / "renewed.pem"
     rewrite(t, tls={"certificate": str(missing), "key": str(rsa_cert[1])})
-    line = hup(t, "tls.certificate")
+    line = t.hup("tls.certificate")
     assert "STARTTLS" in ehlo_keywords(t.port)
     ok, out = s_client(t.port, "ECDHE-RSA-AES128-GCM-SHA256")
     assert ok, f"STARTTLS no longer works after a refused reload:\n{out}"
@@ -92,13 +82,13 @@ def test_reload_with_a_missing_users_file_is_refused(start_tern, tmp_path):
     t = start_tern()
     assert "AUTH" not in ehlo_keywords(t.port)
     rewrite(t, auth={"users_file": str(tmp_path / "no-users"), "cleartext_from_loopback": True})
-    line = hup(t, "auth.users_file")
+    line = t.hup("auth.users_file")
     # AUTH is not offered with no users behind it.
     assert not any(k.startswith("AUTH") for k in ehlo_keywords(t.port)), ehlo_keywords(t.port)
     assert "reload refused" in line and str(tmp_path / "no-users") in line, line
     # The same file with the users file in place is taken.
     rewrite(t, auth={"users_file": str(users), "cleartext_from_loopback": True})
-    hup(t, ", 1 users")
+    t.hup(", 1 users")
     assert any(k.startswith("AUTH") for k in ehlo_keywords(t.port)), ehlo_keywords(t.port)
 
 
@@ -129,7 +119,7 @@ def test_users_file_with_a_too_costly_hash_is_refused(start_tern, tmp_path):
     p = subprocess.run([str(TERN_BIN), "check-config", str(t.config_path)], capture_output=True, timeout=30)
     err = p.stderr.decode()
     assert p.returncode != 0 and f"{users}: line 2" in err and "4096 MiB per check" in err, err
-    line = hup(t, "MiB per check")
+    line = t.hup("MiB per check")
     assert "reload refused" in line and f"{users}: line 2" in line, line
     assert t.alive()
     assert login("alice", "alice pw") == 235
@@ -149,7 +139,7 @@ def test_sighup_changes_the_cipher_policies(start_tern, rsa_cert, tmp_path):
     ok, out = s_client(sub, cbc)
     assert not ok, out
     rewrite(t, tls={**tls, "ciphers": "high", "submission_ciphers": "medium"})
-    line = hup(t, "reloaded ")
+    line = t.hup("reloaded ")
     assert "changed tls" in line, line
     ok, out = s_client(t.port, cbc)
     assert not ok, f"{cbc} still negotiated on port 25 after tls.ciphers = \"high\":\n{out}"

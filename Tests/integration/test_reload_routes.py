@@ -3,11 +3,10 @@ connection: no connection opened under the old settings, idle in the cache or bu
 
 from __future__ import annotations
 
-import signal
 import subprocess
 
-from conftest import TERN_BIN, toml_document
-from delivery_helpers import wait_until
+from conftest import TERN_BIN, toml_document, wait_until
+
 from test_delivery import DELIVERY_DEFAULTS, diagnostics, dns, hop_port, hops, relay, send, wait_log  # noqa: F401
 from test_outbound_tls import TLSNextHop, certs  # noqa: F401
 
@@ -19,13 +18,6 @@ def rewrite_routes(tern, hop_port: int, dns_port: int, route: dict) -> None:
     text = tern.config_path.read_text()
     head, _, _ = text.partition("\n[routes]")
     tern.config_path.write_text(head.rstrip("\n") + "\n\n" + toml_document({}, {"routes": {"*": route}}).lstrip())
-
-
-def hup(tern, expect: str) -> None:
-    before = tern.stderr().count(expect)
-    tern.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: tern.stderr().count(expect) > before, WAIT, f"a log line with {expect!r} after SIGHUP",
-               lambda: tern.stderr()[-3000:])
 
 
 def flush(tern) -> None:
@@ -50,7 +42,7 @@ def test_hup_applies_a_fixed_password_file(relay, hops, certs, tmp_path, hop_por
 
     pw.write_text("upstream secret\n")
     rewrite_routes(tern, hop_port, dns.port, route)  # the same text: only the file changed
-    hup(tern, "changed routes")
+    tern.hup("changed routes")
     flush(tern)
     (t,) = hop.wait_for(1, on_timeout=lambda: diagnostics(tern, hop))
     assert t.rcpts == ["someone@anywhere.test"]
@@ -68,7 +60,7 @@ def test_hup_applies_a_route_tls_policy(relay, hops, certs, hop_port, dns):
     assert hop.tls_flags == [False]
 
     rewrite_routes(tern, hop_port, dns.port, dict(route, tls="require"))
-    hup(tern, "changed routes")
+    tern.hup("changed routes")
     qid, _ = send(tern, ["second@anywhere.test"], subject="under TLS")
     hop.wait_for(2, on_timeout=lambda: diagnostics(tern, hop))
     assert hop.tls_flags == [False, True], "the second message did not go out under the new tls policy"
@@ -87,7 +79,7 @@ def test_a_busy_connection_opened_before_hup_takes_no_new_job(relay, hops, certs
                lambda: diagnostics(tern, hop))
     qid, _ = send(tern, ["second@anywhere.test"], subject="waits for the slot")  # one connection per destination
     rewrite_routes(tern, hop_port, dns.port, dict(route, tls="require"))
-    hup(tern, "changed routes")
+    tern.hup("changed routes")
     hop.release()
     hop.wait_for(2, on_timeout=lambda: diagnostics(tern, hop))
     assert hop.tls_flags == [False, True], "the busy connection took a job after the reload"

@@ -663,35 +663,29 @@ def test_smtp_source_counts_agree(start_sink):
 # --------------------------------------------------------------------------------------------
 # STARTTLS (with a certificate made by openssl for the test)
 
-@pytest.fixture(scope="module")
-def sink_certs(tmp_path_factory):
-    from tls_helpers import make_certs
-    return make_certs(tmp_path_factory.mktemp("sink-certs"))
-
-
 def tls_args(certs) -> list[str]:
     return ["--tls-certificate", str(certs["cert"]), "--tls-key", str(certs["key"])]
 
 
-def test_starttls_offered_only_with_a_certificate(start_sink, sink_certs):
+def test_starttls_offered_only_with_a_certificate(start_sink, certs):
     plain = start_sink()
     s = plain.smtp()
     s.ehlo()
     assert not s.has_extn("starttls")
     s.quit()
-    off = start_sink(tls_args(sink_certs) + ["--disable", "starttls"])
+    off = start_sink(tls_args(certs) + ["--disable", "starttls"])
     s = off.smtp()
     s.ehlo()
     assert not s.has_extn("starttls")
     s.quit()
 
 
-def test_smtplib_starttls_keep_mode_exact_bytes_and_metrics(start_sink, sink_certs, tmp_path):
+def test_smtplib_starttls_keep_mode_exact_bytes_and_metrics(start_sink, certs, tmp_path):
     import ssl
     keep = tmp_path / "kept-tls"
-    sink = start_sink(tls_args(sink_certs) + ["--keep-path", str(keep)])
+    sink = start_sink(tls_args(certs) + ["--keep-path", str(keep)])
     msg = b"Subject: over tls\r\n\r\nbody line\r\n.leading dot\r\n"
-    ctx = ssl.create_default_context(cafile=str(sink_certs["ca"]))
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
     ctx.check_hostname = False  # the test certificate names relay.test; the sink answers as sink.test
     s = sink.smtp()
     s.ehlo()
@@ -714,8 +708,8 @@ def test_smtplib_starttls_keep_mode_exact_bytes_and_metrics(start_sink, sink_cer
     assert sink.counter("tern_sink_messages_total") == 1
 
 
-def test_swaks_tls(start_sink, sink_certs):
-    sink = start_sink(tls_args(sink_certs))
+def test_swaks_tls(start_sink, certs):
+    sink = start_sink(tls_args(certs))
     code, out = swaks(sink.port, "--tls", "--to", "u@example.test")
     assert code == 0, out
     assert "STARTTLS" in out and "250" in out
@@ -723,8 +717,8 @@ def test_swaks_tls(start_sink, sink_certs):
     assert sink.counter("tern_sink_messages_total") == 1
 
 
-def test_tls_certificate_without_key_is_a_config_error(tmp_path, sink_certs):
+def test_tls_certificate_without_key_is_a_config_error(tmp_path, certs):
     p = subprocess.run([str(TERN_BIN), "sink", "--listen", f"127.0.0.1:{free_port()}", "--tls-certificate",
-                        str(sink_certs["cert"])], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+                        str(certs["cert"])], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert p.returncode == 78
     assert b"tls" in p.stderr and b"together" in p.stderr, p.stderr

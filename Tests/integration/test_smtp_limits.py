@@ -18,24 +18,11 @@ import pytest
 from conftest import HOSTNAME, assert_reply, free_port
 from test_sink import Sink
 from test_tls import TLSConn
-from tls_helpers import make_certs, tern_passwd
+
 
 TIMEOUT = 2.0  # command_timeout in every server of this file
 DRIP = 0.5  # seconds between dripped bytes
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def users_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("users") / "users"
-    r = tern_passwd(path, "alice", "alice password")
-    assert r.returncode == 0, r.stderr
-    return path
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import os
 import signal
 import time
 
-from conftest import assert_reply, dot_stuff, make_message, queue_id_of, send_message
-from delivery_helpers import wait_until
+from conftest import assert_reply, dot_stuff, make_message, queue_id_of, send_message, signal_until_exit, wait_until
+
 from test_sink import Sink
 
 WAIT = 30.0
@@ -40,17 +40,7 @@ def test_signals_until_exit_never_kill(start_tern):
         qid = tern.send("alice@example.test", ["bob@example.test"], make_message(subject=f"stop {attempt}"))
         pid = tern.proc.pid
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + WAIT
-        sent = 1
-        while tern.proc.poll() is None:
-            assert time.monotonic() < deadline, "tern did not stop"
-            try:
-                os.kill(pid, signal.SIGTERM if sent % 2 else signal.SIGINT)
-            except ProcessLookupError:
-                break
-            sent += 1
-            time.sleep(0.0002)
-        tern.proc.wait(timeout=WAIT)
+        sent = 1 + signal_until_exit(tern.proc, [signal.SIGTERM, signal.SIGINT], WAIT)
         assert tern.proc.returncode == 0, (
             f"attempt {attempt}: exit {tern.proc.returncode} after {sent} signals\n{tern.stderr()[-2000:]}")
         log = tern.stderr()
@@ -123,16 +113,7 @@ def test_sink_signals_until_exit_never_kill(tmp_path):
     """`tern sink` the same way: it prints its summary and exits 0 however many signals follow."""
     for attempt in range(5):
         sink = Sink(tmp_path / f"sink{attempt}").start()
-        pid = sink.proc.pid
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + WAIT
-        while sink.proc.poll() is None:
-            assert time.monotonic() < deadline, "tern sink did not stop"
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                break
-            time.sleep(0.0002)
-        sink.proc.wait(timeout=WAIT)
+        os.kill(sink.proc.pid, signal.SIGTERM)
+        signal_until_exit(sink.proc, [signal.SIGTERM], WAIT)
         assert sink.proc.returncode == 0, f"attempt {attempt}: exit {sink.proc.returncode}\n{sink.stderr()}"
         assert sink.stdout_path.read_text().strip(), "no summary on stdout"

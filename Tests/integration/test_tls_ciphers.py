@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tls_helpers import make_rsa_cert, s_client, tern_passwd
+from tls_helpers import make_rsa_cert, s_client
 
 
 @pytest.fixture(scope="module")
@@ -16,20 +16,13 @@ def rsa_cert(tmp_path_factory):
     return make_rsa_cert(tmp_path_factory.mktemp("rsa"))
 
 
-@pytest.fixture(scope="module")
-def users(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cipher-users") / "users"
-    assert tern_passwd(path, "alice", "alice pw").returncode == 0
-    return path
-
-
 @pytest.fixture
-def tern_tls(start_tern, rsa_cert, users):
+def tern_tls(start_tern, rsa_cert, users_file):
     from conftest import free_port
     sub, subs = free_port(), free_port()
     t = start_tern(server={"submission": [f"127.0.0.1:{sub}"], "submissions": [f"127.0.0.1:{subs}"]},
                    extra_tables={"tls": {"certificate": str(rsa_cert[0]), "key": str(rsa_cert[1])},
-                                 "auth": {"users_file": str(users)}})
+                                 "auth": {"users_file": str(users_file)}})
     return t, sub, subs
 
 

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import time
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, SMTPConn, Tern, assert_reply, make_message, split_received
-from tls_helpers import client_context, make_certs
+from conftest import CLIENT_HELO, TERN_BIN, SMTPConn, Tern, assert_reply, make_message, split_received, wait_until
+from tls_helpers import client_context
 
 WAIT = 30.0
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("session-certs"))
 
 
 @pytest.fixture
@@ -65,13 +59,8 @@ def debug_lines(t: Tern, text: str) -> list[str]:
 
 
 def wait_lines(t: Tern, text: str, count: int) -> list[str]:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        lines = debug_lines(t, text)
-        if len(lines) >= count:
-            return lines
-        time.sleep(0.05)
-    pytest.fail(f"fewer than {count} lines with {text!r} in tern's log:\n{t.stderr()[-3000:]}")
+    return wait_until(lambda: (lambda lines: lines if len(lines) >= count else None)(debug_lines(t, text)), WAIT,
+                      f"{count} lines with {text!r} in tern's log", lambda: t.stderr()[-3000:])
 
 
 def test_one_ticket_per_full_handshake_and_close_notify_after_221(verbose_tern):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT_HELO, TERN_BIN, make_message, send_message
-from delivery_helpers import wait_until
+from conftest import CLIENT_HELO, TERN_BIN, make_message, send_message, wait_until
+
 
 
 def trace(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
