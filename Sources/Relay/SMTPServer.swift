@@ -82,7 +82,7 @@ public final class SMTPServer {
         // The same checks as `tern check-config`, before anything is created.
         try config.checkSpoolPath(configPath: configPath)
         let files = try config.openSecurityFiles(source: configPath)
-        let spool = try Spool(path: config.spool.path)
+        let spool = try Spool(path: config.spool.path, checksum: Checksum { ISAL.crc32($0, following: $1) })
         try spool.lock()
         let (orphans, journaled) = try spool.recover()
         if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
