@@ -99,7 +99,7 @@ public final class SMTPServer {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
         users = files.users
-        resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
+        resolver = try Resolver(loop: loop, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
                                                  (.submissions, s.submissions)]
         for (role, texts) in roles {
