@@ -15,9 +15,9 @@
 //
 // `segment` is the low 32 bits of the number of the segment the record was written in (its file name),
 // as 4 bytes that the crc covers too. crc32 is zlib's CRC-32 (the one of gzip and PNG), computed by the
-// spool's Checksum (ISA-L's in `tern serve`). The previous version wrote v1 records, "TJM1"/"TJD1" with a 16-byte header and no segment
-// field (crc32 of the payload only); they are still read, so that its spool recovers, but never after
-// a v2 record in the same file.
+// spool's Checksum (ISA-L's in `tern serve`). The previous version wrote v1 records, "TJM1"/"TJD1"
+// with a 16-byte header and no segment field (crc32 of the payload only); they are still read, so that
+// its spool recovers, but never after a v2 record in the same file.
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -155,7 +155,7 @@ final class Journal: @unchecked Sendable {
     private var spares: [String] = []
     private var sparesPending = 0
 
-    init(path: String, segmentLimit: Int64 = 32 << 20, checksum: Checksum = .crc32) throws {
+    init(path: String, segmentLimit: Int64 = 32 << 20, checksum: Checksum) throws {
         try Spool.makeDirectories(path)
         self.path = path
         self.segmentLimit = segmentLimit
