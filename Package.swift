@@ -34,15 +34,17 @@ let package = Package(
         .target(name: "BuildInfo", plugins: ["BuildInfoPlugin"]),
         .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
 
+        // SplitMix64: the one seeded generator, for repeatable faults, blast sizes, jitter and tests.
+        .target(name: "Randomness"),
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
         .target(name: "SMTPProtocol"),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
-        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CISAL"]),
-        // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
-        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "Randomness"]),
+        // The only Swift code that touches libuv, c-ares, OpenSSL and ISA-L. Knows nothing of SMTP.
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
-            "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo",
+            "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo", "Randomness",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
             .product(name: "Collections", package: "swift-collections"),
@@ -51,7 +53,7 @@ let package = Package(
         ]),
         // `tern blast`: the load generator (SMTPProtocol's client session on UVRuntime's loop).
         .target(name: "Blast", dependencies: [
-            "SMTPProtocol", "UVRuntime",
+            "SMTPProtocol", "UVRuntime", "Randomness",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .executableTarget(name: "tern", dependencies: [
@@ -59,11 +61,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol"]),
-        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "CZlib"]),
-        .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo"]),
-        .testTarget(name: "BlastTests", dependencies: ["Blast"]),
+        .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol", "Randomness"]),
+        .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "Randomness", "CZlib"]),
+        .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime", "Randomness"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo", "Randomness"]),
+        .testTarget(name: "BlastTests", dependencies: ["Blast", "Randomness"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -23,6 +23,7 @@
 // Nothing could connect: when the first connection of every slot failed and none ever succeeded,
 // the run stops at once and says why (the command exits non-zero).
 
+import Randomness
 import SMTPProtocol
 import UVRuntime
 #if canImport(Glibc)

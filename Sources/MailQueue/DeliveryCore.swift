@@ -22,6 +22,7 @@
 // The postmaster's hold, delete and bounce do not pull a message out from under an attempt in flight:
 // the action waits and is carried out when the last attempt ends (its answer says "pending").
 
+import Randomness
 import SMTPProtocol
 
 /// What the postmaster can do to queued mail (`tern queue ...`): see Admin/QueueControl.swift.

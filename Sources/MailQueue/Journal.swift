@@ -14,10 +14,10 @@
 //     done     "TJD2" u32 segment u32 id-length u32 0 u32 crc32(segment + id) id
 //
 // `segment` is the low 32 bits of the number of the segment the record was written in (its file name),
-// as 4 bytes that the crc covers too. crc32 is zlib's CRC-32 (the one of gzip and PNG), computed with
-// ISA-L. The previous version wrote v1 records, "TJM1"/"TJD1" with a 16-byte header and no segment
-// field (crc32 of the payload only); they are still read, so that its spool recovers, but never after
-// a v2 record in the same file.
+// as 4 bytes that the crc covers too. crc32 is zlib's CRC-32 (the one of gzip and PNG), computed by the
+// spool's Checksum (ISA-L's in `tern serve`). The previous version wrote v1 records, "TJM1"/"TJD1"
+// with a 16-byte header and no segment field (crc32 of the payload only); they are still read, so that
+// its spool recovers, but never after a v2 record in the same file.
 //
 // The envelope is an EnvelopeRecord; the data is what `<id>.msg` would hold.
 //
@@ -70,7 +70,6 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CISAL
 import Foundation  // NSCondition, NSLock only
 
 final class Journal: @unchecked Sendable {
@@ -137,6 +136,8 @@ final class Journal: @unchecked Sendable {
     let path: String
     /// A new segment is started once the current one is this large.
     let segmentLimit: Int64
+    /// The records' CRC-32 (ISA-L's in `tern serve`, injected by the Spool's opener).
+    let checksum: Checksum
     private let directoryFD: Int32
 
     private let state = NSCondition()
@@ -156,10 +157,11 @@ final class Journal: @unchecked Sendable {
     private var spares: [String] = []
     private var sparesPending = 0
 
-    init(path: String, segmentLimit: Int64 = 32 << 20) throws {
+    init(path: String, segmentLimit: Int64 = 32 << 20, checksum: Checksum) throws {
         try Spool.makeDirectories(path)
         self.path = path
         self.segmentLimit = segmentLimit
+        self.checksum = checksum
         self.directoryFD = try Spool.retrying("open", path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     }
 
@@ -210,7 +212,7 @@ final class Journal: @unchecked Sendable {
             segment.recyclable = !bytes.starts(with: Journal.messageMagicV1) && !bytes.starts(with: Journal.doneMagicV1)
             segments.append(segment)
             bySegment[number] = segment
-            let end = Journal.parse(bytes, segment: number) { record in
+            let end = Journal.parse(bytes, segment: number, checksum: checksum) { record in
                 switch record {
                 case .message(let id, let offset, let envelopeLength, let dataLength, let headerLength):
                     index[id] = Location(segment: number, offset: offset, envelopeLength: envelopeLength,
@@ -263,13 +265,13 @@ final class Journal: @unchecked Sendable {
     /// of the previous version (v1 records only, as it was reported before), or when a whole record of
     /// this segment follows somewhere later. Otherwise it is the quiet end of the file's current life.
     @discardableResult
-    static func parse(_ bytes: [UInt8], segment: UInt64, _ body: (Record) -> Void) -> Int {
+    static func parse(_ bytes: [UInt8], segment: UInt64, checksum: Checksum, _ body: (Record) -> Void) -> Int {
         let mine = UInt32(truncatingIfNeeded: segment)
         var at = 0
         var v2 = false  // a v2 record was read: v1 ones after it are stale
         var v1 = false  // a v1 record was read: the previous version's file, where any stop is reported
         while at < bytes.count {
-            switch wholeRecord(bytes, at: at, segment: mine, v1Allowed: !v2) {
+            switch Journal.wholeRecord(bytes, at: at, segment: mine, v1Allowed: !v2, checksum: checksum) {
             case .record(let end, let length, let isMessage):
                 let payload = (at + length)..<end
                 if isMessage {
@@ -292,7 +294,9 @@ final class Journal: @unchecked Sendable {
                 body(.stopped(offset: at))
                 return at
             case .other:
-                if (v1 && !v2) || laterRecord(bytes, after: at, segment: mine) { body(.stopped(offset: at)) }
+                if (v1 && !v2) || Journal.laterRecord(bytes, after: at, segment: mine, checksum: checksum) {
+                    body(.stopped(offset: at))
+                }
                 return at
             }
         }
@@ -313,7 +317,8 @@ final class Journal: @unchecked Sendable {
             && bytes[at + 3] == magic[3]
     }
 
-    private static func wholeRecord(_ bytes: [UInt8], at: Int, segment mine: UInt32, v1Allowed: Bool) -> Scan {
+    private static func wholeRecord(_ bytes: [UInt8], at: Int, segment mine: UInt32, v1Allowed: Bool,
+                                    checksum: Checksum) -> Scan {
         let message = hasMagic(bytes, at, messageMagic)
         if message || hasMagic(bytes, at, doneMagic) {
             guard at + headerLength <= bytes.count else { return .damaged }  // a header cut short
@@ -322,7 +327,8 @@ final class Journal: @unchecked Sendable {
             let second = message ? Int(readUInt32(bytes, at + 12)) : 0
             let end = at + headerLength + first + second
             guard end <= bytes.count,
-                  crc32(bytes[(at + headerLength)..<end], following: crc32(bytes[(at + 4)..<(at + 8)])) == readUInt32(bytes, at + 16)
+                  checksum.of(bytes[(at + headerLength)..<end], following: checksum.of(bytes[(at + 4)..<(at + 8)]))
+                  == readUInt32(bytes, at + 16)
             else { return .damaged }
             return .record(end: end, headerLength: headerLength, isMessage: message)
         }
@@ -331,7 +337,7 @@ final class Journal: @unchecked Sendable {
             guard at + headerLengthV1 <= bytes.count else { return .damaged }
             let first = Int(readUInt32(bytes, at + 4))
             let end = at + headerLengthV1 + first + (messageV1 ? Int(readUInt32(bytes, at + 8)) : 0)
-            guard end <= bytes.count, crc32(bytes[(at + headerLengthV1)..<end]) == readUInt32(bytes, at + 12) else {
+            guard end <= bytes.count, checksum.of(bytes[(at + headerLengthV1)..<end]) == readUInt32(bytes, at + 12) else {
                 return .damaged
             }
             return .record(end: end, headerLength: headerLengthV1, isMessage: messageV1)
@@ -341,12 +347,12 @@ final class Journal: @unchecked Sendable {
 
     /// Whether a whole v2 record of this segment starts anywhere after `at`: then the stop at `at` is
     /// damage in the middle, not the end of the segment's life. One pass over the rest, at start-up.
-    private static func laterRecord(_ bytes: [UInt8], after at: Int, segment mine: UInt32) -> Bool {
+    private static func laterRecord(_ bytes: [UInt8], after at: Int, segment mine: UInt32, checksum: Checksum) -> Bool {
         var p = at + 1
         while p + headerLength <= bytes.count {
             if bytes[p] == 0x54, bytes[p + 1] == 0x4A, bytes[p + 3] == 0x32,  // "TJ?2"
                bytes[p + 2] == 0x4D || bytes[p + 2] == 0x44, readUInt32(bytes, p + 4) == mine,
-               case .record = wholeRecord(bytes, at: p, segment: mine, v1Allowed: false) {
+               case .record = wholeRecord(bytes, at: p, segment: mine, v1Allowed: false, checksum: checksum) {
                 return true
             }
             p += 1
@@ -375,23 +381,24 @@ final class Journal: @unchecked Sendable {
     /// Appends the 20-byte header of a message record for segment `segment` to `out`; the envelope and
     /// the data follow it in the file, written from their own arrays (no copy of the message to build
     /// the record).
-    static func appendMessageHeader(to out: inout [UInt8], segment: UInt64, envelope: [UInt8], data: [UInt8]) {
+    static func appendMessageHeader(to out: inout [UInt8], segment: UInt64, envelope: [UInt8], data: [UInt8],
+                                    checksum: Checksum) {
         let field = segmentField(segment)
         out += messageMagic
         out += field
         appendUInt32(&out, UInt32(envelope.count))
         appendUInt32(&out, UInt32(data.count))
-        appendUInt32(&out, crc32(data[...], following: crc32(envelope[...], following: crc32(field[...]))))
+        appendUInt32(&out, checksum.of(data[...], following: checksum.of(envelope[...], following: checksum.of(field[...]))))
     }
 
-    static func doneRecord(_ id: QueueID, segment: UInt64) -> [UInt8] {
+    static func doneRecord(_ id: QueueID, segment: UInt64, checksum: Checksum) -> [UInt8] {
         let text = Array(id.rawValue.utf8)
         let field = segmentField(segment)
         var out = doneMagic
         out += field
         appendUInt32(&out, UInt32(text.count))
         appendUInt32(&out, 0)
-        appendUInt32(&out, crc32(text[...], following: crc32(field[...])))
+        appendUInt32(&out, checksum.of(text[...], following: checksum.of(field[...])))
         return out + text
     }
 
@@ -424,7 +431,8 @@ final class Journal: @unchecked Sendable {
             var out: [UInt8] = []
             out.reserveCapacity(messages.count * Journal.headerLength)
             for (i, message) in messages.enumerated() {
-                Journal.appendMessageHeader(to: &out, segment: number, envelope: records[i], data: message.1)
+                Journal.appendMessageHeader(to: &out, segment: number, envelope: records[i], data: message.1,
+                                           checksum: checksum)
             }
             return out
         }
@@ -631,7 +639,7 @@ final class Journal: @unchecked Sendable {
         guard let segment = segments.last, !ids.isEmpty else { return }
         var records: [UInt8] = []
         records.reserveCapacity(ids.count * (Journal.headerLength + 32))
-        for id in ids { records += Journal.doneRecord(id, segment: segment.number) }
+        for id in ids { records += Journal.doneRecord(id, segment: segment.number, checksum: checksum) }
         do {
             try Journal.writeAll(segment, [records[...]], at: segment.size)
             segment.size += Int64(records.count)
@@ -859,16 +867,5 @@ final class Journal: @unchecked Sendable {
         state.lock()
         defer { state.unlock() }
         return segments.map(\.number)
-    }
-}
-
-/// zlib's CRC-32 of `bytes`, continuing from `previous` (the CRC of the bytes before them): catches a
-/// record cut short or half-written by a crash. ISA-L's crc32_gzip_refl computes the same function as
-/// zlib's crc32 (checked against it in JournalPiecesTests), with carry-less multiplication: about ten times
-/// zlib's speed on 100 KiB messages.
-func crc32(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0) -> UInt32 {
-    bytes.withUnsafeBufferPointer { buffer in
-        guard let base = buffer.baseAddress, !buffer.isEmpty else { return previous }
-        return CISAL.crc32_gzip_refl(previous, base, UInt64(buffer.count))
     }
 }

@@ -134,8 +134,9 @@ public final class Spool: @unchecked Sendable {
     var directorySyncCount: Int { directories.reduce(0) { $0 + $1.syncCount } }
 
     /// Opens the spool at `path`, creating `<path>/queue/{0..F}` and `<path>/journal` (and parents) if
-    /// missing. `journalSegmentLimit`: bytes after which the journal starts a new segment.
-    public init(path: String, journalSegmentLimit: Int64 = 32 << 20) throws {
+    /// missing. `journalSegmentLimit`: bytes after which the journal starts a new segment. `checksum`:
+    /// the journal records' CRC-32 (the pure-Swift one unless the opener has a faster one).
+    public init(path: String, journalSegmentLimit: Int64 = 32 << 20, checksum: Checksum = .crc32) throws {
         let queue = path.hasSuffix("/") ? path + "queue" : path + "/queue"
         try Spool.makeDirectories(queue)
         var created = false
@@ -158,7 +159,7 @@ public final class Spool: @unchecked Sendable {
         self.queuePath = queue
         self.directories = directories
         self.journal = try Journal(path: path.hasSuffix("/") ? path + "journal" : path + "/journal",
-                                   segmentLimit: journalSegmentLimit)
+                                   segmentLimit: journalSegmentLimit, checksum: checksum)
     }
 
     deinit {

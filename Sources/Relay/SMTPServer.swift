@@ -82,7 +82,7 @@ public final class SMTPServer {
         // The same checks as `tern check-config`, before anything is created.
         try config.checkSpoolPath(configPath: configPath)
         let files = try config.openSecurityFiles(source: configPath)
-        let spool = try Spool(path: config.spool.path)
+        let spool = try Spool(path: config.spool.path, checksum: Checksum { ISAL.crc32($0, following: $1) })
         try spool.lock()
         let (orphans, journaled) = try spool.recover()
         if orphans > 0 { log.notice("spool: removed \(orphans) partial files left by an earlier stop") }
@@ -99,7 +99,7 @@ public final class SMTPServer {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
         users = files.users
-        resolver = try Resolver(loop: loop.raw, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
+        resolver = try Resolver(loop: loop, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
                                                  (.submissions, s.submissions)]
         for (role, texts) in roles {

@@ -18,8 +18,8 @@ protocol UVHandleOwner: AnyObject {
 
 public final class EventLoop {
     /// The loop itself: zero-filled, our own (never uv_default_loop). `raw.pointee.data` points
-    /// (unretained) at this object.
-    public let raw: UnsafeMutablePointer<uv_loop_t>
+    /// (unretained) at this object. Not public: no code outside UVRuntime needs a libuv type.
+    let raw: UnsafeMutablePointer<uv_loop_t>
 
     /// Size of the one read buffer that every connection on this loop reads into.
     public static let readBufferSize = 64 * 1024

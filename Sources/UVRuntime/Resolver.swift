@@ -83,9 +83,9 @@ public final class Resolver {
     ///   - timeoutMilliseconds: the first try's timeout; c-ares doubles it on each further round.
     ///   - tries: rounds over the server list before a lookup fails with .timeout.
     ///   - maxInFlight: lookups running at once; more are queued in order.
-    public init(loop: UnsafeMutablePointer<uv_loop_t>, servers: [String], timeoutMilliseconds: Int = 3000,
+    public init(loop: EventLoop, servers: [String], timeoutMilliseconds: Int = 3000,
                 tries: Int = 2, maxInFlight: Int = 256) throws {
-        core = try ResolverCore(loop: loop, servers: servers, timeoutMilliseconds: timeoutMilliseconds,
+        core = try ResolverCore(loop: loop.raw, servers: servers, timeoutMilliseconds: timeoutMilliseconds,
                                 tries: tries, maxInFlight: maxInFlight)
     }
 

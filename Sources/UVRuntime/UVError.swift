@@ -18,7 +18,7 @@ public struct UVError: Error, CustomStringConvertible, Hashable {
 
     public init(code: Int32) { self.code = code }
     /// libuv's error constants arrive as enums; this takes one directly: `UVError(UV_ETIMEDOUT)`.
-    public init(_ errno: uv_errno_t) { self.code = errno.rawValue }
+    init(_ errno: uv_errno_t) { self.code = errno.rawValue }
 
     /// For example "ECONNREFUSED: connection refused".
     public var description: String {

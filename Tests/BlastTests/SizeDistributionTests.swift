@@ -1,4 +1,5 @@
 import SMTPProtocol
+import Randomness
 import Testing
 @testable import Blast
 

@@ -1,22 +1,15 @@
 // The journal writes each record from its pieces (header, envelope, the message's own array) with
-// pwritev, and checksums with ISA-L: the file must be byte for byte what the format says, as zlib's
-// CRC-32 and an independent assembly of the records compute it.
+// pwritev, and checksums with its Checksum (here the pure-Swift default): the file must be byte for byte
+// what the format says, as zlib's CRC-32 and an independent assembly of the records compute it.
 
 import CZlib
 import Foundation
+import Randomness
 import Testing
 @testable import MailQueue
 
-/// Deterministic bytes and lengths (SplitMix64), so a failure can be replayed.
-private struct Dice {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// Deterministic bytes and lengths, so a failure can be replayed.
+private extension SplitMix64 {
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
     mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
 }
@@ -45,8 +38,8 @@ private func envelope(_ n: Int) -> Envelope {
 }
 
 @Suite struct JournalPiecesTests {
-    @Test func isalCRC32IsZlibsOverRandomLengthsAndOddSplits() {
-        var dice = Dice(state: 42)
+    @Test func tableCRC32IsZlibsOverRandomLengthsAndOddSplits() {
+        var dice = SplitMix64(seed: 42)
         let buffer = dice.bytes(300 * 1024 + 7)
         for _ in 0..<300 {
             let length = dice.below(300 * 1024 + 1)
@@ -68,7 +61,7 @@ private func envelope(_ n: Int) -> Envelope {
 
     @Test func aBatchOfManySmallAndAFewLargeMessagesIsWrittenAsTheFormatSays() throws {
         try withTemporaryDirectory { dir in
-            var dice = Dice(state: 7)
+            var dice = SplitMix64(seed: 7)
             // 1,200 small messages and three large ones among them: 3,609 pieces, more than one
             // pwritev's worth (IOV_MAX).
             var messages: [(Envelope, [UInt8])] = []
@@ -166,7 +159,7 @@ private func envelope(_ n: Int) -> Envelope {
 
     @Test func shortWritesResumeWhereTheyStoppedAndAFailedWriteIsCutBack() throws {
         try withTemporaryDirectory { dir in
-            var dice = Dice(state: 99)
+            var dice = SplitMix64(seed: 99)
             // 3,000 pieces, empty ones among them: three pwritev groups, each written in short steps.
             let pieces = (0..<3000).map { _ in dice.bytes(dice.below(5) == 0 ? 0 : dice.below(700)) }
             let head = Array("HEAD".utf8)

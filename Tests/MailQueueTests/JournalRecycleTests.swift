@@ -77,7 +77,7 @@ private func fillSegments(_ spool: Spool, batches: Int, from first: Int = 0) thr
             #expect(try spool.load(stored[0].id) == stored[0])
             // Read under another segment's number, the same bytes are a stale life: nothing, quietly.
             var read: [Journal.Record] = []
-            let end = Journal.parse(try readBytes(dir + "/journal/" + name), segment: number(name) + 1) { read.append($0) }
+            let end = Journal.parse(try readBytes(dir + "/journal/" + name), segment: number(name) + 1, checksum: .crc32) { read.append($0) }
             #expect(end == 0)
             #expect(read.isEmpty)
         }
@@ -180,7 +180,7 @@ private func fillSegments(_ spool: Spool, batches: Int, from first: Int = 0) thr
             var stored9 = e9
             stored9.size = d9.count
             let record9 = EnvelopeRecord.encode(stored9)
-            Journal.appendMessageHeader(to: &v2, segment: 2, envelope: record9, data: d9)
+            Journal.appendMessageHeader(to: &v2, segment: 2, envelope: record9, data: d9, checksum: .crc32)
             v2 += record9 + d9
             v2 += v1Message(journaledEnvelope(10), journaledMessage(10))
             try Data(v2).write(to: URL(fileURLWithPath: dir + "/journal/0000000000000002.jnl"))

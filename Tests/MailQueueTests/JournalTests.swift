@@ -17,6 +17,11 @@ func journaledEnvelope(_ n: Int) -> Envelope {
     return e
 }
 
+/// The journal's default checksum (zlib's CRC-32 in Swift), as the tests assemble records with it.
+func crc32(_ bytes: ArraySlice<UInt8>, following previous: UInt32 = 0) -> UInt32 {
+    Checksum.crc32.of(bytes, following: previous)
+}
+
 /// The journal's segment files, by name.
 private func segmentFiles(_ dir: String) throws -> [String] {
     try filesIn(dir + "/journal").filter { $0.hasSuffix(".jnl") }

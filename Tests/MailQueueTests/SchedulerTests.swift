@@ -3,21 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Randomness
 import Testing
 @testable import MailQueue
-
-/// A seeded generator (SplitMix64) so random tests repeat exactly.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func qid(_ n: Int) -> QueueID { QueueID(microseconds: 1_700_000_000_000_000 + UInt64(n)) }
 
@@ -34,7 +22,7 @@ private func job(_ n: Int, _ destination: String, priority: Int = 0, arrival: Do
     }
 
     @Test func heapPropertyHoldsUnderRandomOperations() {
-        var rng = SeededGenerator(seed: 1)
+        var rng = SplitMix64(seed: 1)
         var heap = BinaryHeap<Int>(by: { $0 < $1 })
         var model: [Int] = []
         for step in 0..<20_000 {
@@ -317,7 +305,7 @@ private struct ModelScheduler {
 
     @Test func matchesASimpleModelUnderRandomOperations() {
         for seed in UInt64(1)...20 {
-            var rng = SeededGenerator(seed: seed)
+            var rng = SplitMix64(seed: seed)
             let maxTotal = Int.random(in: 1...6, using: &rng), maxPer = Int.random(in: 1...3, using: &rng)
             var s = Scheduler(maxConnections: maxTotal, maxConnectionsPerDestination: maxPer)
             var model = ModelScheduler(maxConnections: maxTotal, maxPerDestination: maxPer)

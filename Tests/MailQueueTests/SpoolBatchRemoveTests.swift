@@ -18,7 +18,7 @@ private func segmentPaths(_ dir: String) throws -> [String] {
 private func records(_ path: String) throws -> [String] {
     var out: [String] = []
     let number = UInt64(path.split(separator: "/").last!.dropLast(4), radix: 16)!
-    Journal.parse(try readBytes(path), segment: number) { record in
+    Journal.parse(try readBytes(path), segment: number, checksum: .crc32) { record in
         switch record {
         case .message(let id, _, _, _, _): out.append("message \(id)")
         case .done(let id): out.append("done \(id)")

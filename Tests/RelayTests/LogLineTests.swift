@@ -1,21 +1,13 @@
 import Logging
+import Randomness
 import Testing
 @testable import Relay
 
 /// The byte renderer (LogLine.swift) against the String renderer it replaced (StringLogRenderer):
 /// the same bytes for generated events of every kind, in both formats.
 @Suite struct LogLineTests {
-    /// A small seeded generator, so that a failure repeats.
-    struct Dice: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    /// Seeded, so that a failure repeats.
+    typealias Dice = SplitMix64
 
     static let queueIDs = ["0661312EF1B4A7", "0661312EF1B4A8", "FFFFFFFFFFFFFF", "00000000000000"]
 
@@ -79,7 +71,7 @@ import Testing
 
     @Test(arguments: LogFormat.allCases)
     func sameBytesAsTheStringRenderer(_ format: LogFormat) {
-        var dice = Dice(state: format == .plain ? 1 : 2)
+        var dice = Dice(seed: format == .plain ? 1 : 2)
         var clock = LogClock()  // kept across lines, as LogBuffer keeps it
         var mismatches = 0
         for _ in 0..<20_000 {

@@ -228,7 +228,7 @@ private final class RouterHarness {
          ownAddresses: [String] = [], port: UInt16 = 2600, timeoutMilliseconds: Int = 2000, tries: Int = 2) throws {
         _ = ignoreSIGPIPE
         loop = try EventLoop()
-        resolver = try Resolver(loop: loop.raw, servers: servers, timeoutMilliseconds: timeoutMilliseconds, tries: tries)
+        resolver = try Resolver(loop: loop, servers: servers, timeoutMilliseconds: timeoutMilliseconds, tries: tries)
         var config = TernConfig(hostname: hostname)
         config.delivery.port = port
         for (domain, text) in routes {

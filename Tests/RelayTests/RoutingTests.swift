@@ -1,21 +1,9 @@
 // RoutingTests.swift: next-hop parsing, MX ordering and plans from DNS answers, without a network.
 
+import Randomness
 import Testing
 import UVRuntime
 @testable import Relay
-
-/// SplitMix64: a seeded generator, so a shuffle is repeatable.
-private struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func mx(_ preference: UInt16, _ host: String) -> MXRecord { MXRecord(preference: preference, host: host) }
 
@@ -66,7 +54,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
 
 @Suite struct RoutingOrderMXTests {
     @Test func preferenceOrder() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let result = orderMX([mx(30, "c"), mx(10, "a"), mx(20, "b")], isSelf: { _ in false }, random: &random)
         #expect(result.hosts.map(\.host) == ["a", "b", "c"])
         #expect(result.loopsToSelf == false)
@@ -76,7 +64,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
         var firsts = Set<String>()
         var orders = Set<[String]>()
         for seed in 0..<64 as Range<UInt64> {
-            var random = SeededGenerator(seed: seed)
+            var random = SplitMix64(seed: seed)
             let hosts = orderMX([mx(10, "a"), mx(10, "b"), mx(20, "c"), mx(5, "z")], isSelf: { _ in false },
                                 random: &random).hosts.map(\.host)
             #expect(hosts.first == "z" && hosts.last == "c", "\(hosts)")
@@ -89,7 +77,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
 
     @Test func sameSeedSameOrder() {
         let records = (0..<8).map { mx(10, "h\($0)") }
-        var one = SeededGenerator(seed: 42), two = SeededGenerator(seed: 42)
+        var one = SplitMix64(seed: 42), two = SplitMix64(seed: 42)
         let first = orderMX(records, isSelf: { _ in false }, random: &one).hosts
         let second = orderMX(records, isSelf: { _ in false }, random: &two).hosts
         #expect(first == second)
@@ -97,7 +85,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func stopsBeforeItself() {
-        var random = SeededGenerator(seed: 7)
+        var random = SplitMix64(seed: 7)
         let result = orderMX([mx(10, "a"), mx(20, "me"), mx(20, "peer"), mx(30, "c")], isSelf: { $0 == "me" },
                              random: &random)
         #expect(result.hosts.map(\.host) == ["a"])
@@ -105,7 +93,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func selfAtTheTopLoops() {
-        var random = SeededGenerator(seed: 7)
+        var random = SplitMix64(seed: 7)
         let best = orderMX([mx(10, "me"), mx(20, "b")], isSelf: { $0 == "me" }, random: &random)
         #expect(best.hosts.isEmpty)
         #expect(best.loopsToSelf == true)
@@ -116,7 +104,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func nullEntriesAndDuplicatesDrop() {
-        var random = SeededGenerator(seed: 3)
+        var random = SplitMix64(seed: 3)
         let result = orderMX([mx(0, ""), mx(30, "A.example"), mx(10, "a.example"), mx(20, "b.example")],
                              isSelf: { _ in false }, random: &random)
         #expect(result.hosts == [mx(10, "a.example"), mx(20, "b.example")])
@@ -147,7 +135,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func targetsInPreferenceOrderWithEveryAddress() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let plan = planDelivery(domain: "d.test", mx: [mx(20, "b.test"), mx(10, "a.test")], implicitMX: false,
                                 addresses: ["a.test": .success(["192.0.2.1", "2001:db8::1"]),
                                             "b.test": .success(["192.0.2.2"])],
@@ -157,7 +145,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func hostsWithoutAddressesAreSkipped() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let plan = planDelivery(domain: "d.test", mx: [mx(10, "a.test"), mx(20, "b.test"), mx(30, "c.test")],
                                 implicitMX: false,
                                 addresses: ["a.test": .failure(.timeout), "b.test": .failure(.nxdomain),
@@ -167,7 +155,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func noHostResolvesRetries() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         for failures in [[DNSError.timeout, .nxdomain], [.nxdomain, .nxdomain], [.noData, .serverFailure]] {
             let plan = planDelivery(domain: "d.test", mx: [mx(10, "a.test"), mx(20, "b.test")], implicitMX: false,
                                     addresses: ["a.test": .failure(failures[0]), "b.test": .failure(failures[1])],
@@ -181,7 +169,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func implicitMX() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         func plan(_ answer: Result<[String], DNSError>) -> RoutePlan {
             planDelivery(domain: "bare.test", mx: [mx(0, "bare.test")], implicitMX: true,
                          addresses: ["bare.test": answer], port: 25, identity: nobody, random: &random)
@@ -196,7 +184,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func selfByNameOrAddressCutsTheList() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let me = SelfIdentity(hostname: "MX2.d.test.", addresses: ["0.0.0.0", "::", "192.0.2.30"])
         let byName = planDelivery(domain: "d.test", mx: [mx(10, "mx1.d.test"), mx(20, "mx2.d.test"), mx(30, "mx3.d.test")],
                                   implicitMX: false,
@@ -214,7 +202,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func loopToSelfBounces() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let me = SelfIdentity(hostname: "mx1.d.test", addresses: [])
         let plan = planDelivery(domain: "d.test", mx: [mx(10, "mx1.d.test"), mx(20, "mx2.d.test")], implicitMX: false,
                                 addresses: ["mx1.d.test": .success(["192.0.2.1"]), "mx2.d.test": .success(["192.0.2.2"])],
@@ -228,7 +216,7 @@ private let nobody = SelfIdentity(hostname: "relay.example", addresses: [])
     }
 
     @Test func anAddressIsListedOnce() {
-        var random = SeededGenerator(seed: 1)
+        var random = SplitMix64(seed: 1)
         let plan = planDelivery(domain: "d.test", mx: [mx(10, "a.test"), mx(20, "b.test")], implicitMX: false,
                                 addresses: ["a.test": .success(["192.0.2.1"]), "b.test": .success(["192.0.2.1", "192.0.2.2"])],
                                 port: 25, identity: nobody, random: &random)

@@ -1,3 +1,4 @@
+import Randomness
 import Testing
 @testable import SMTPProtocol
 
@@ -146,14 +147,8 @@ private func decode(_ input: [UInt8], piece: Int, limits: DataDecoder.Limits, bo
     /// Several line ends in one sixteen-byte block (the first matching lane is taken from the mask):
     /// random bytes drawn mostly from CR, LF, NUL and letters, every start.
     @Test func theFirstOfSeveralInABlockIsFound() {
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = SplitMix64(seed: 0x9E37_79B9_7F4A_7C15)
+        func next() -> UInt64 { rng.next() }
         let alphabet: [UInt8] = [13, 10, 0, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77]
         for round in 0..<300 {
             let length = Int(next() % 80)

@@ -309,11 +309,12 @@ public final class AdminEndpoint {
         guard !messageTurnTaken else { return messageTurnWaiting.append(work) }
         messageTurnTaken = true
         var finished = false
-        work { [unowned self] in
-            guard !finished else { return }
+        // Weak: the answer may finish after the endpoint is gone (a reload or shutdown meanwhile).
+        work { [weak self] in
+            guard let self, !finished else { return }
             finished = true
-            messageTurnTaken = false
-            if !messageTurnWaiting.isEmpty { withMessageTurn(messageTurnWaiting.removeFirst()) }
+            self.messageTurnTaken = false
+            if !self.messageTurnWaiting.isEmpty { self.withMessageTurn(self.messageTurnWaiting.removeFirst()) }
         }
     }
 

@@ -149,13 +149,15 @@ private final class HTTPConnection {
     private func wait(_ next: Waiting) {
         guard next != waiting else { return }
         waiting = next
+        // Weak, as the socket's callbacks: a timer firing after the connection is gone does nothing.
         switch next {
         case .none, .answer:
             timer?.stop()
         case .idle, .output:
-            timer?.start(afterMilliseconds: server.idleTimeoutMs) { [unowned self] in self.connection.close() }
+            timer?.start(afterMilliseconds: server.idleTimeoutMs) { [weak self] in self?.connection.close() }
         case .request:
-            timer?.start(afterMilliseconds: server.requestTimeoutMs) { [unowned self] in
+            timer?.start(afterMilliseconds: server.requestTimeoutMs) { [weak self] in
+                guard let self else { return }
                 let seconds = Double(self.server.requestTimeoutMs) / 1000
                 self.refuse(HTTPParseError(status: 408, reason: "Request Timeout"),
                             "the request was not complete within \(formatDuration(seconds))")

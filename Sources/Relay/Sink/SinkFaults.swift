@@ -7,6 +7,7 @@
 // coin tossed per command, per transaction (once at MAIL) or per session (once at connect).
 // Magic recipients let one message ask for a behaviour: rcpt-NNN, data-NNN, delay-MS, drop.
 
+import Randomness
 import SMTPProtocol
 
 // MARK: - Random numbers

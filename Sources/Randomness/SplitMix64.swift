@@ -1,5 +1,6 @@
 // SplitMix64 (Steele, Lea, Flood 2014): a tiny, fast, seedable generator, so that a `tern sink` fault
-// pattern or a `tern blast` size sequence can be repeated with the same `--seed`. Not for secrets.
+// pattern, a `tern blast` size sequence or the retry jitter can be repeated with the same seed, and a
+// randomised test replays from its seed. The one copy of it (no dependencies). Not for secrets.
 
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     var state: UInt64
