@@ -35,9 +35,10 @@ let package = Package(
         .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
 
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
-        .target(name: "SMTPProtocol"),
+        .target(name: "SMTPProtocol", swiftSettings: [.swiftLanguageMode(.v6)]),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
-        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CISAL"]),
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "CISAL"],
+                swiftSettings: [.swiftLanguageMode(.v6)]),
         // The only Swift code that touches libuv and c-ares. Knows nothing of SMTP.
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL"]),
         // The glue: config, listeners, inbound sessions.
