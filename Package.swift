@@ -35,11 +35,12 @@ let package = Package(
         .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
 
         // SplitMix64: the one seeded generator, for repeatable faults, blast sizes, jitter and tests.
-        .target(name: "Randomness"),
+        .target(name: "Randomness", swiftSettings: [.swiftLanguageMode(.v6)]),
         // Pure SMTP: framing, commands, replies, addresses, the server state machine. No I/O.
-        .target(name: "SMTPProtocol"),
+        .target(name: "SMTPProtocol", swiftSettings: [.swiftLanguageMode(.v6)]),
         // Envelopes, the spool format, queue ids. Blocking file calls run on libuv's thread pool.
-        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "Randomness"]),
+        .target(name: "MailQueue", dependencies: ["SMTPProtocol", "Randomness"],
+                swiftSettings: [.swiftLanguageMode(.v6)]),
         // The only Swift code that touches libuv, c-ares, OpenSSL and ISA-L. Knows nothing of SMTP.
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL"]),
         // The glue: config, listeners, inbound sessions.

@@ -72,6 +72,7 @@ import Musl
 #endif
 import Foundation  // NSCondition, NSLock only
 
+// @unchecked: the NSCondition `state` guards index and segments; appendLock, deletionLock, spareLock the rest.
 final class Journal: @unchecked Sendable {
     /// Where a journaled message's record is.
     struct Location {

@@ -73,6 +73,7 @@ private func posixClose(_ fd: Int32) -> Int32 { close(fd) }
 private func posixWrite(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int) -> Int { write(fd, bytes, count) }
 
 /// A message being received: its data file, open for writing. Used by one thread at a time.
+// @unchecked: no lock; its session hands it from the loop to one pool thread at a time, never two.
 public final class SpoolFile: @unchecked Sendable {
     public let id: QueueID
     public let path: String
@@ -116,6 +117,7 @@ public final class SpoolFile: @unchecked Sendable {
     }
 }
 
+// @unchecked: lockDescriptor, its only var, is behind lockMutex; Journal and HashedDirectory lock themselves.
 public final class Spool: @unchecked Sendable {
     /// The spool directory, as given.
     public let path: String
@@ -576,6 +578,7 @@ public final class Spool: @unchecked Sendable {
 }
 
 /// One hashed queue directory: its path, its open descriptor, and the group commit of its fsync.
+// @unchecked: the rename counters, `running` and `syncCount` change only with `condition` held.
 final class HashedDirectory: @unchecked Sendable {
     let path: String
     let fd: Int32

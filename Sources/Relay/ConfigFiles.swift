@@ -11,7 +11,7 @@ import Glibc
 #endif
 
 /// The certificate contexts and users a configuration names, read and parsed.
-public struct SecurityFiles: @unchecked Sendable {
+public struct SecurityFiles: Sendable {
     /// Port 25's STARTTLS (tls.ciphers); nil without tls.certificate.
     public var relayTLS: TLSContext?
     /// server.submission and server.submissions (tls.submission_ciphers).

@@ -19,6 +19,7 @@ extension DeliveryManager {
         tlsClientContextGeneration += 1
         let generation = tlsClientContextGeneration
         tlsClientContextLoading = true
+        // @unchecked: written on a pool thread, read in the done callback, which libuv runs after it.
         final class Box: @unchecked Sendable { var result: Result<TLSContext, Error>? }
         let box = Box()
         loop.queueWork({ box.result = Result { try TLSContext.client() } }, done: { [weak self] in

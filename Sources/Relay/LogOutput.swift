@@ -164,6 +164,7 @@ extension Logger {
 /// Log lines waiting for the end of the loop iteration. `tern serve` turns it on with its loop and
 /// flushes it from a Prepare handle (just before the loop waits for I/O), and at exit. A lost tail at
 /// kill -9 is at most one iteration's lines. Any thread may append; a flush writes whole lines.
+// @unchecked: every var (bytes, clock, fd) is read and written only with `mutex` held.
 public final class LogBuffer: @unchecked Sendable {
     public static let shared = LogBuffer()
     private var mutex = pthread_mutex_t()

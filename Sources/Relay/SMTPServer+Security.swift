@@ -59,6 +59,7 @@ extension SMTPServer {
         // An unknown user costs the same as a wrong password, so timing does not reveal user names.
         let hash = users?.hashes[user]
         let dummy = dummyHash
+        // @unchecked: written on a pool thread, read in the done callback, which libuv runs after it.
         final class Box: @unchecked Sendable { var ok = false }
         let box = Box()
         runPasswordCheck({
@@ -126,6 +127,7 @@ extension SMTPServer {
     func prepareDummyHash() {
         guard users != nil, dummyHash == nil, !dummyHashBuilding else { return }
         dummyHashBuilding = true
+        // @unchecked: written on a pool thread, read in the done callback, which libuv runs after it.
         final class Box: @unchecked Sendable { var hash = "" }
         let box = Box()
         loop.queueWork({ box.hash = Self.makeDummyHash() }) { [weak self] in

@@ -74,8 +74,9 @@ extension ServerSession {
     /// A refusal of the current command, with the envelope as it stands.
     func refusal(_ r: Reply, _ reason: Refusal.Reason, logged: Bool = false, recipient: String? = nil,
                  command: String? = nil, user: String? = nil, inMessage: Bool = false) -> Refusal {
-        Refusal(reason: reason, command: command ?? currentCommand, reply: r, sender: sender,
-                recipient: recipient ?? recipients.first, acceptedRecipients: recipients.count, helo: helo,
+        let t = transaction
+        return Refusal(reason: reason, command: command ?? currentCommand, reply: r, sender: t?.sender,
+                recipient: recipient ?? t?.recipients.first, acceptedRecipients: t?.recipients.count ?? 0, helo: helo,
                 protocolName: protocolName, user: user, logged: logged, inMessage: inMessage)
     }
 

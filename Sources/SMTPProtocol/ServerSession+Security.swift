@@ -19,7 +19,7 @@ public enum AuthResult: Equatable, Sendable {
 }
 
 /// Where a SASL exchange stands between 334 challenges.
-enum SASLExchange: Equatable {
+enum SASLExchange: Equatable, Sendable {
     case plain
     case loginUser
     case loginPassword(user: String)
@@ -41,7 +41,7 @@ extension ServerSession {
     /// "ESMTP" plus S under TLS and A when authenticated (RFC 3848); UTF8SMTP likewise (RFC 6531).
     public var protocolName: String {
         guard esmtp else { return "SMTP" }
-        var name = smtputf8 ? "UTF8SMTP" : "ESMTP"
+        var name = transaction?.smtputf8 == true ? "UTF8SMTP" : "ESMTP"
         if tlsActive { name += "S" }
         if authenticatedUser != nil { name += "A" }
         return name
@@ -56,7 +56,7 @@ extension ServerSession {
             return fail(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
         }
         reply(Reply(220, "2.0.0", "Ready to start TLS"))
-        phase = .startingTLS
+        state = .startingTLS
         emit(.startTLS)
     }
 
@@ -66,15 +66,13 @@ extension ServerSession {
         guard phase != .closed else { return [] }
         tlsActive = true
         tlsSummary = summary
-        if phase == .startingTLS {
-            resetTransaction()
+        if case .startingTLS = state {
             helo = nil
             esmtp = false
             authenticatedUser = nil
             allowedSenders = nil
-            sasl = nil
             inbox = []
-            phase = .connected
+            state = .connected
         }
         return takeActions()
     }
@@ -91,19 +89,17 @@ extension ServerSession {
         guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: MAIL transaction in progress")) }
         switch mechanism {
         case "PLAIN":
-            sasl = .plain
             if let initial {
-                saslStep(Array(initial.utf8))
+                saslStep(Array(initial.utf8), .plain)
             } else {
-                phase = .authChallenge
+                state = .authChallenge(.plain)
                 reply(Reply(334, nil, ""))
             }
         case "LOGIN":
-            sasl = .loginUser
             if let initial {
-                saslStep(Array(initial.utf8))
+                saslStep(Array(initial.utf8), .loginUser)
             } else {
-                phase = .authChallenge
+                state = .authChallenge(.loginUser)
                 reply(Reply(334, nil, Base64.encode("Username:")))
             }
         default:
@@ -112,21 +108,20 @@ extension ServerSession {
     }
 
     /// A line while a 334 is outstanding: base64, or "*" to cancel (RFC 4954 §4).
-    mutating func handleSASLResponse(_ line: [UInt8]) {
+    mutating func handleSASLResponse(_ line: [UInt8], _ exchange: SASLExchange) {
         if line == [UInt8(ascii: "*")] {
-            sasl = nil
-            phase = .ready
+            state = .ready
             return fail(Reply(501, "5.0.0", "Authentication aborted"))
         }
-        saslStep(line)
+        saslStep(line, exchange)
     }
 
-    mutating func saslStep(_ encoded: [UInt8]) {
+    /// One step of `exchange`, with a response (or the initial response on the AUTH line).
+    mutating func saslStep(_ encoded: [UInt8], _ exchange: SASLExchange) {
         // "=" is an empty initial response (RFC 4954 §4).
         let decoded = encoded == [UInt8(ascii: "=")] ? [] : Base64.decode(encoded)
-        guard let decoded, let exchange = sasl else {
-            sasl = nil
-            phase = .ready
+        guard let decoded else {
+            state = .ready
             return fail(Reply(501, "5.5.2", "Error: cannot decode response"))
         }
         switch exchange {
@@ -138,26 +133,22 @@ extension ServerSession {
                   let password = String(validating: parts[2], as: UTF8.self), !user.isEmpty,
                   authz.isEmpty || authz == user
             else {
-                sasl = nil
-                phase = .ready
+                state = .ready
                 return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
             guard isAcceptableUserName(user) else { return refuseUserName(user) }
             checkCredentials(user: user, password: password)
         case .loginUser:
             guard let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
-                sasl = nil
-                phase = .ready
+                state = .ready
                 return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true)
             }
             guard isAcceptableUserName(user) else { return refuseUserName(user) }
-            sasl = .loginPassword(user: user)
-            phase = .authChallenge
+            state = .authChallenge(.loginPassword(user: user))
             reply(Reply(334, nil, Base64.encode("Password:")))
         case .loginPassword(let user):
             guard let password = String(validating: decoded, as: UTF8.self) else {
-                sasl = nil
-                phase = .ready
+                state = .ready
                 return fail(Reply(535, "5.7.8", "Error: authentication failed"), .authFailed, logged: true, user: user)
             }
             checkCredentials(user: user, password: password)
@@ -169,25 +160,20 @@ extension ServerSession {
     /// fail2ban watches) rather than as a syntax error, which is not logged. LOGIN refuses it at once,
     /// without asking for the password.
     mutating func refuseUserName(_ user: String) {
-        sasl = nil
-        phase = .ready
+        state = .ready
         fail(Reply(535, "5.7.8", "Error: authentication failed: invalid user name"), .authFailed, logged: true,
              user: user)
     }
 
     mutating func checkCredentials(user: String, password: String) {
-        sasl = nil
-        phase = .authenticating
-        pendingUser = user
+        state = .authenticating(user: user)
         emit(.authenticate(user: user, password: password))
     }
 
     /// The answer to `.authenticate`. Input read meanwhile waits in the inbox and is handled now.
     public mutating func authFinished(_ result: AuthResult) -> [ServerAction] {
-        guard phase == .authenticating else { return [] }
-        phase = .ready
-        let user = pendingUser
-        pendingUser = nil
+        guard case .authenticating(let user) = state else { return [] }
+        state = .ready
         switch result {
         case .success(let senders):
             authenticatedUser = user
@@ -214,7 +200,7 @@ extension ServerSession {
             }
             return (Reply(530, "5.7.0", "Authentication required"), .authRequired)
         }
-        if let allowed = allowedSenders, authenticatedUser != nil {
+        if let allowed = allowedSenders, let user = authenticatedUser {
             let address = path.address.lowercased()
             let domain = address.lastIndex(of: "@").map { String(address[$0...]) }
             let owned = allowed.contains { entry in
@@ -222,7 +208,7 @@ extension ServerSession {
                 return e == address || (e.hasPrefix("@") && e == domain)
             }
             if !owned {
-                return (Reply(553, "5.7.1", "<\(path.address)>: Sender address rejected: not owned by user \(authenticatedUser!)"),
+                return (Reply(553, "5.7.1", "<\(path.address)>: Sender address rejected: not owned by user \(user)"),
                         .senderNotOwned)
             }
         }

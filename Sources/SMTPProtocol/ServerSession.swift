@@ -130,7 +130,40 @@ public enum ServerAction: Equatable, Sendable {
     case authenticate(user: String, password: String)
 }
 
+/// The transaction (RFC 5321 §3.3): what MAIL and RCPT gathered, from MAIL to the end of DATA.
+struct Transaction {
+    var sender: MailPath
+    /// Final recipient addresses, after alias expansion, without duplicates.
+    var recipients: [String] = []
+    var acceptedRcptCommands = 0
+    var rcptCommands = 0
+    /// RCPT commands past max_recipients in this transaction.
+    var overshoot = 0
+    var bodyType: String?
+    var smtputf8 = false
+    var priority: Int?
+}
+
 public struct ServerSession {
+    /// Where the session stands, each phase with what it owns (swift-nio's state-machine style).
+    /// A payload is changed by taking it out and putting it back (`.modifying` in between), so the
+    /// decoder's buffers and the recipient list stay uniquely referenced and are never copied.
+    enum State {
+        case connected
+        case ready
+        case mail(Transaction)
+        /// `dropInData`: a hook asked to drop the connection once message data arrives.
+        case data(Transaction, DataDecoder, dropInData: Bool)
+        case committing(Transaction)
+        case startingTLS
+        case authChallenge(SASLExchange)
+        /// The user whose credentials are being checked.
+        case authenticating(user: String)
+        case closed
+        /// Only while a payload is out being changed; never seen outside one method.
+        case modifying
+    }
+
     public enum Phase: Equatable, Sendable {
         case connected      // greeting sent, no HELO/EHLO yet
         case ready          // HELO/EHLO done, no transaction
@@ -145,7 +178,21 @@ public struct ServerSession {
 
     public let config: ServerConfiguration
     public private(set) var client: PeerInfo
-    public internal(set) var phase: Phase = .connected
+    var state = State.connected
+    public var phase: Phase {
+        switch state {
+        case .connected: return .connected
+        case .ready: return .ready
+        case .mail: return .mail
+        case .data: return .data
+        case .committing: return .committing
+        case .startingTLS: return .startingTLS
+        case .authChallenge: return .authChallenge
+        case .authenticating: return .authenticating
+        case .closed: return .closed
+        case .modifying: preconditionFailure("ServerSession's state read while being modified")
+        }
+    }
     public internal(set) var helo: String?
     public internal(set) var esmtp = false
     public private(set) var errorCount = 0
@@ -156,22 +203,17 @@ public struct ServerSession {
     public internal(set) var authenticatedUser: String?
     /// MAIL FROM addresses the authenticated user may use; nil means any.
     public internal(set) var allowedSenders: [String]?
-    var sasl: SASLExchange?
-    /// The user whose credentials are being checked.
-    var pendingUser: String?
 
-    // The transaction (RFC 5321 §3.3).
-    var sender: MailPath?
-    var recipients: [String] = []
-    var acceptedRcptCommands = 0
-    var rcptCommands = 0
-    /// RCPT commands past max_recipients in this transaction.
-    var overshoot = 0
-    var bodyType: String?
-    var smtputf8 = false
-    var priority: Int?
+    /// The transaction under way (MAIL accepted, up to the end of its commit), if any.
+    var transaction: Transaction? {
+        switch state {
+        case .mail(let t), .data(let t, _, _), .committing(let t): return t
+        default: return nil
+        }
+    }
 
-    var decoder: DataDecoder?
+    /// The DATA buffer: decoded message bytes not yet handed on. A field of its own, outside `state`,
+    /// so the hot path appends to it in place (it also keeps its capacity until the next message).
     var dataOut: [UInt8] = []
     /// Some of this message's data was handed on already (`.messageData`).
     var messageDataEmitted = false
@@ -211,8 +253,6 @@ public struct ServerSession {
     public var hooks: (any SessionHooks)?
     /// The greeting was a refusal: every command but QUIT gets 503 (RFC 5321 §3.1).
     var refusedAtGreeting = false
-    /// A hook asked to drop the connection once message data arrives.
-    var dropInData = false
 
     static let maxCommandLine = 512  // octets including CRLF, RFC 5321 §4.5.3.1.4
     /// Decoded data is handed on in chunks of up to `dataChunk` bytes: a message that fits (nearly all)
@@ -301,8 +341,7 @@ public struct ServerSession {
             fail(refusal(Reply(451, "4.3.0", "Error: queue file write error, try again later"), .queueWriteError,
                          logged: true, command: "END-OF-MESSAGE", inMessage: true))
         }
-        resetTransaction()
-        phase = .ready
+        if case .committing = state { state = .ready }  // unless too many errors closed the session
         drainInbox()
         flushDataOut(force: false)
         return takeActions()
@@ -348,23 +387,28 @@ public struct ServerSession {
         let count = buffer.count
         var offset = 0
         while offset < count {
-            switch phase {
+            switch state {
             case .closed, .committing, .authenticating:
                 return offset
             case .startingTLS:
                 // RFC 3207 §4.2 and CVE-2011-0411: what follows STARTTLS in the clear is dropped.
                 return count
-            case .data:
+            case .data(let transaction, var decoder, let dropInData):
                 if dropInData {
                     dropConnection()
                     return count
                 }
+                state = .modifying  // the decoder is now referenced once: decoding changes it in place
                 if dataOut.capacity == 0 { dataOut.reserveCapacity(nextDataReserve) }
                 // No more input than the chunk has room for: it is handed on before it outgrows its buffer.
                 let end = min(count, offset + max(Self.dataChunk - dataOut.count, 1))
-                offset += decoder!.decode(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]), into: &dataOut)
-                if decoder!.isFinished { endOfData() }
+                offset += decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]), into: &dataOut)
+                let finished = decoder.isFinished
+                state = .data(transaction, decoder, dropInData: dropInData)
+                if finished { endOfData() }
                 flushDataOut(force: false)
+            case .modifying:
+                preconditionFailure("ServerSession's state read while being modified")
             case .connected, .ready, .mail, .authChallenge:
                 guard let lf = findLF(base, from: offset, to: count) else {
                     // No complete line yet. Keep at most one command line's worth.
@@ -387,15 +431,12 @@ public struct ServerSession {
                     discardingLongLine = false
                     currentCommand = "UNKNOWN"
                     // A line too long ends a SASL exchange: the next line is a command, not the password.
-                    if phase == .authChallenge {
-                        sasl = nil
-                        phase = .ready
-                    }
+                    if case .authChallenge = state { state = .ready }
                     fail(Reply(500, "5.5.2", "Error: line too long"), .lineTooLong)
                 } else {
                     let line = Array(UnsafeBufferPointer(start: base + start, count: lineEnd - start))
-                    if phase == .authChallenge {
-                        handleSASLResponse(line)
+                    if case .authChallenge(let exchange) = state {
+                        handleSASLResponse(line, exchange)
                     } else {
                         handleCommandLine(line)
                     }
@@ -466,8 +507,7 @@ public struct ServerSession {
         case .rcpt(let path, let params): rcpt(path, params)
         case .data: data()
         case .rset:
-            resetTransaction()
-            if phase == .mail { phase = .ready }
+            if case .mail = state { state = .ready }
             reply(Reply(250, "2.0.0", "Ok"))
         case .noop:
             reply(Reply(250, "2.0.0", "Ok"))
@@ -496,10 +536,9 @@ public struct ServerSession {
 
     mutating func hello(_ domain: String, extended: Bool) {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
-        resetTransaction()
         helo = domain
         esmtp = extended
-        phase = .ready
+        state = .ready
         if extended {
             var lines = [config.hostname]
             let on = config.extensions
@@ -527,7 +566,6 @@ public struct ServerSession {
     mutating func mail(_ path: MailPath, _ params: [ESMTPParameter]) {
         guard phase != .connected else { return fail(Reply(503, "5.5.1", "Error: send HELO/EHLO first")) }
         guard phase == .ready else { return fail(Reply(503, "5.5.1", "Error: nested MAIL command")) }
-        overshoot = 0
         var body: String?
         var utf8 = false
         var mtPriority: Int?
@@ -545,7 +583,7 @@ public struct ServerSession {
                 guard let v = param.value, v.utf8.count <= 20, v.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
                     return fail(Reply(501, "5.5.4", "Error: bad SIZE parameter"))
                 }
-                if v.utf8.count > 18 || Int(v)! > config.maxMessageSize {
+                if v.utf8.count > 18 || (Int(v) ?? .max) > config.maxMessageSize {
                     return fail(Reply(552, "5.3.4", "Error: message size exceeds fixed limit"), .messageTooBig,
                                 logged: true, sender: path)
                 }
@@ -573,32 +611,29 @@ public struct ServerSession {
         }
         if let (r, reason) = senderRefusal(path) { return fail(r, reason, logged: true, sender: path) }
         if hooks != nil {
-            hooks!.transactionStarted()
+            hooks?.transactionStarted()
             let verdict = consult(.mail, sender: path, recipients: [])
             if let refusal = verdict.reply { return answerFault(refusal) }
         }
-        sender = path
-        bodyType = body
-        smtputf8 = utf8
-        priority = mtPriority
-        phase = .mail
+        state = .mail(Transaction(sender: path, bodyType: body, smtputf8: utf8, priority: mtPriority))
         reply(Reply(250, "2.1.0", "Ok"))
     }
 
     mutating func rcpt(_ path: MailPath, _ params: [ESMTPParameter]) {
-        guard phase == .mail else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
-        rcptCommands += 1
+        guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
+        changeTransaction { $0.rcptCommands += 1 }
         if let param = params.first {
             return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
         }
-        if !smtputf8 && !path.isASCII {
+        if !t.smtputf8 && !path.isASCII {
             return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"), .smtputf8Required,
                         logged: true, recipient: path.address)
         }
-        guard acceptedRcptCommands < config.maxRecipients else {
+        guard t.acceptedRcptCommands < config.maxRecipients else {
             // The client is expected to send the rest in another transaction (RFC 5321 §4.5.3.1.8):
             // up to the overshoot limit that is no error. Logged once per transaction, counted each time.
-            overshoot += 1
+            let overshoot = t.overshoot + 1
+            changeTransaction { $0.overshoot = overshoot }
             let r = Reply(452, "4.5.3", "Error: too many recipients")
             let excess = refusal(r, .tooManyRecipients, logged: overshoot == 1, recipient: path.address)
             guard overshoot > config.recipientOvershootLimit else {
@@ -620,46 +655,48 @@ public struct ServerSession {
                     answer = other
                 }
             }
-            acceptedRcptCommands += 1
-            for a in addresses where !recipients.contains(a) { recipients.append(a) }
+            changeTransaction { t in
+                t.acceptedRcptCommands += 1
+                for a in addresses where !t.recipients.contains(a) { t.recipients.append(a) }
+            }
             reply(answer)
         }
     }
 
     mutating func data() {
-        guard phase == .mail else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
-        guard acceptedRcptCommands > 0 else {
-            if rcptCommands > 0 {
+        guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
+        guard t.acceptedRcptCommands > 0 else {
+            if t.rcptCommands > 0 {
                 return fail(Reply(554, "5.5.1", "Error: no valid recipients"), .noValidRecipients, logged: true)
             }
             return fail(Reply(503, "5.5.1", "Error: need RCPT command"))
         }
         var drop = false
         if hooks != nil {
-            let verdict = consult(.data, recipients: recipients)
+            let verdict = consult(.data, recipients: t.recipients)
             if let refusal = verdict.reply { return answerFault(refusal) }
             drop = verdict.dropInData
         }
         let start = MessageStart(
-            sender: sender!, recipients: recipients, helo: helo ?? client.ip,
+            sender: t.sender, recipients: t.recipients, helo: helo ?? client.ip,
             protocolName: protocolName,
-            bodyType: bodyType, smtputf8: smtputf8, priority: priority, tls: tlsSummary,
+            bodyType: t.bodyType, smtputf8: t.smtputf8, priority: t.priority, tls: tlsSummary,
             authenticatedUser: authenticatedUser, serial: messagesBegun + 1)
         messagesBegun += 1
-        decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
-                                            maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
+        let decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
+                                                maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut = []
         nextDataReserve = Self.dataReserve
         messageDataEmitted = false
-        phase = .data
-        dropInData = drop
+        state = .data(t, decoder, dropInData: drop)
         reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
         emit(.beginMessage(start))
     }
 
+    /// The decoder found the end of data: the message is refused, or goes to be committed. The
+    /// transaction stays in `state` until then, so that a refusal carries the envelope.
     mutating func endOfData() {
-        let d = decoder!
-        decoder = nil
+        guard case .data(let t, let d, _) = state else { return }
         if let problem = d.problem {
             let r: Reply
             switch problem {
@@ -676,18 +713,17 @@ public struct ServerSession {
             return refuseMessage(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"),
                                  .tooManyHops)
         }
-        if hooks != nil, let refusal = consult(.dot, recipients: recipients).reply, refusal.code >= 400 {
+        if hooks != nil, let refusal = consult(.dot, recipients: t.recipients).reply, refusal.code >= 400 {
             dataOut = []
             emit(.abortMessage)
-            resetTransaction()
-            phase = .ready
+            state = .ready
             answerFault(refusal)
             return
         }
         flushDataOut(force: true)
         lastMessageIsWireReady = d.unstuffedLines == 0
         emit(.commitMessage)
-        phase = .committing
+        state = .committing(t)
     }
 
     /// A message refused at the end of its data: the refusal carries the envelope, then it is forgotten.
@@ -695,8 +731,7 @@ public struct ServerSession {
         let refused = refusal(r, reason, logged: true, command: "END-OF-MESSAGE", inMessage: true)
         dataOut = []
         emit(.abortMessage)
-        resetTransaction()
-        phase = .ready
+        state = .ready
         fail(refused)
     }
 
@@ -724,22 +759,17 @@ public struct ServerSession {
 
     // MARK: - Helpers
 
-    mutating func resetTransaction() {
-        sender = nil
-        recipients = []
-        acceptedRcptCommands = 0
-        rcptCommands = 0
-        overshoot = 0
-        bodyType = nil
-        smtputf8 = false
-        priority = nil
+    /// Changes the transaction of the MAIL phase in place (taken out of `state`, so its recipient
+    /// list is not copied to be appended to).
+    mutating func changeTransaction(_ body: (inout Transaction) -> Void) {
+        guard case .mail(var t) = state else { return }
+        state = .modifying
+        body(&t)
+        state = .mail(t)
     }
 
     mutating func reply(_ r: Reply) {
-        if hooks != nil {
-            let hold = hooks!.replyDelay()
-            if hold > 0 { emit(.delay(milliseconds: hold)) }
-        }
+        if let hold = hooks?.replyDelay(), hold > 0 { emit(.delay(milliseconds: hold)) }
         let before = replyBytes.count
         defer { replyBytesThisCall += replyBytes.count - before }
         if r.enhanced != nil && !config.extensions.contains(.enhancedStatusCodes) {
@@ -751,7 +781,8 @@ public struct ServerSession {
     /// Asks the hooks about a stage; a delay they want goes out as an action before the reply.
     mutating func consult(_ stage: SessionStage, sender: MailPath? = nil, recipients: [String]) -> StageVerdict {
         guard hooks != nil else { return .none }
-        let verdict = hooks!.verdict(at: stage, sender: sender ?? self.sender, recipients: recipients)
+        let sender = sender ?? transaction?.sender
+        guard let verdict = hooks?.verdict(at: stage, sender: sender, recipients: recipients) else { return .none }
         if verdict.delayMilliseconds > 0 { emit(.delay(milliseconds: verdict.delayMilliseconds)) }
         return verdict
     }
@@ -766,9 +797,8 @@ public struct ServerSession {
     /// The hooks asked for a connection dropped mid-DATA: no reply, the message is forgotten.
     mutating func dropConnection() {
         emit(.abortMessage)
-        decoder = nil
         dataOut = []
-        phase = .closed
+        state = .closed
         inbox = []
         emit(.drop)
     }
@@ -801,7 +831,7 @@ public struct ServerSession {
     }
 
     mutating func close() {
-        phase = .closed
+        state = .closed
         inbox = []
         flushReplies()
         emit(.close)

@@ -53,6 +53,7 @@ public struct TLSFileError: Error, CustomStringConvertible, Sendable {
 
 /// Shared settings and, for a server, the certificate and key. Immutable once made, so a reload
 /// makes a new one and connections already open keep theirs.
+// @unchecked: the SSL_CTX is only configured in init; afterwards OpenSSL's own locks guard its use.
 public final class TLSContext: @unchecked Sendable {
     let raw: OpaquePointer
     public let isServer: Bool

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Randomness
 @testable import MailQueue
 
 func sampleEnvelope(id: QueueID = QueueID(microseconds: 1_700_000_000_123_456)) -> Envelope {
@@ -74,7 +75,7 @@ let sampleRecord = """
     }
 
     @Test func secondsKeepMicrosecondPrecision() throws {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SplitMix64(seed: 77)  // seeded: a failure replays
         for _ in 0..<2_000 {
             let micros = Int64.random(in: 0...4_102_444_800_000_000, using: &rng)  // up to year 2100
             var e = sampleEnvelope()

@@ -47,7 +47,7 @@ private final class DeliveryHarness {
         loop = try EventLoop(clock: clock.clock)
         let port = try Self.closedPort(loop)
         // Never asked: every route below names an address.
-        resolver = try Resolver(loop: loop.raw, servers: ["127.0.0.1:1"], timeoutMilliseconds: 500, tries: 1)
+        resolver = try Resolver(loop: loop, servers: ["127.0.0.1:1"], timeoutMilliseconds: 500, tries: 1)
         var config = TernConfig(hostname: "relay.test")
         config.delivery.retrySchedule = retrySchedule
         config.delivery.maxQueueLifetime = maxQueueLifetime

@@ -1,3 +1,4 @@
+import Foundation  // NSLock
 import Logging
 import Testing
 @testable import Relay
@@ -76,8 +77,10 @@ import Testing
     }
 }
 
+// @unchecked: `lines` is read and written only with `lock` held.
 final class LockedLines: @unchecked Sendable {
+    private let lock = NSLock()
     private var lines: [String] = []
-    func append(_ line: String) { lines.append(line) }
-    var all: [String] { lines }
+    func append(_ line: String) { lock.withLock { lines.append(line) } }
+    var all: [String] { lock.withLock { lines } }
 }

@@ -83,6 +83,16 @@ let transaction = lines(
         #expect(d.messages.isEmpty)
     }
 
+    @Test func commitFailureThatMakesTooManyErrorsLeavesTheSessionClosed() {
+        var d = Driver(ServerConfiguration(hostname: "relay.test", maxErrors: 1))
+        d.failCommits = true
+        d.send(lines("EHLO x.test", "MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA", "x", "."))
+        #expect(d.replies.contains("451 4.3.0 ") && d.replies.contains("421 4.7.0 "))
+        #expect(d.closed)
+        #expect(d.session.phase == .closed)  // not back to .ready after the close
+        #expect(!d.session.wantsInput)
+    }
+
     @Test func commandsAreCaseInsensitive() {
         var d = Driver()
         d.send(lines("ehlo x.test", "mail from:<a@b.test>", "rcpt to:<c@d.test>", "data", "x", ".", "quit"))
