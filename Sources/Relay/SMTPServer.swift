@@ -176,7 +176,7 @@ public final class SMTPServer {
         if role == .submissions {
             do {
                 guard let context = submissionTLSContext else { throw TLSError("no certificate loaded") }
-                session.tls = try TLSEngine(context: context)
+                connection.startTLS(try TLSEngine(context: context))
             } catch {
                 // Never silent: the client sees a closed connection, the log says why.
                 InboundSession.logTLSFailure(log, metrics: relayMetrics, client: "unknown[\(ip)]", command: "CONNECT",
