@@ -207,4 +207,33 @@ private final class Reader {
         client.close()
         run(loop) { atServer.closed }
     }
+
+    @Test func aSecondConnectionResumesTheFirstOnesSession() throws {
+        let loop = try EventLoop()
+        defer { loop.close() }
+        // One server context: its ticket keys decrypt the ticket it issued on the first connection.
+        let serverContext = try TLSContext.server(certificatePath: Self.certs.cert, keyPath: Self.certs.key)
+        let clientContext = try TLSContext.client(caFile: Self.certs.caCert)
+        var firstClientEngine: TLSEngine?
+        for round in 0..<2 {
+            let (listener, client, server) = try pair(loop)
+            defer { listener.close() }
+            let atServer = Reader(server)
+            let atClient = Reader(client)
+            server.startTLS(try TLSEngine(context: serverContext))
+            let engine = try TLSEngine(context: clientContext, serverName: "mx.test")
+            if let firstClientEngine { #expect(engine.resume(from: firstClientEngine)) }
+            client.startTLS(engine)
+            // Data from the server after the handshake: the client reads the session ticket with it.
+            #expect(run(loop) { atServer.handshakes == 1 && atClient.handshakes == 1 })
+            server.write(Array("220 ready\r\n".utf8))
+            #expect(run(loop) { atClient.bytes.count >= 11 })
+            #expect(server.tls?.sessionReused == (round == 1))
+            #expect(client.tls?.peerVerified == true)
+            firstClientEngine = engine
+            client.closeAfterWrites(lingerMs: 100)
+            #expect(run(loop) { atServer.closed && atClient.closed })
+            #expect(atServer.errors.isEmpty && atClient.errors.isEmpty)
+        }
+    }
 }
