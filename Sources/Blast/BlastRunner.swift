@@ -273,8 +273,6 @@ final class BlastSlot {
     /// The rate cap's permit for the next transaction was taken already (before connecting).
     var permitHeld = false
     var finished = false
-    /// Present once the server said 220 to STARTTLS: every byte goes through it from then on.
-    var tls: TLSEngine?
     var tlsStart: UInt64 = 0
 
     init(runner: BlastRunner, index: Int) {
@@ -342,12 +340,20 @@ final class BlastSlot {
         session = ClientSession(hostname: settings.helo, tls: settings.startTLS ? .required : .none)
         session.usePipelining = settings.pipelining
         session.repliesSeen = []
-        tls = nil
         inTransaction = false
         stageStart = now
         waitingSince = now
         connection.setNoDelay(true)
-        connection.onRead = { [unowned self] bytes in self.received(bytes) }
+        connection.onRead = { [unowned self] bytes in
+            if bytes.count > 0 { self.receivedPlain(bytes) }
+        }
+        connection.onHandshake = { [unowned self] in self.handshakeCompleted() }
+        connection.onError = { [unowned self] error in
+            // A socket error ends in `closed`, which says why; a TLS one ends the session now.
+            guard case .tls(let reason, let handshake) = error else { return }
+            self.perform([.sessionFailed(nil, "\(handshake ? "TLS handshake failed" : "TLS write failed"): \(reason)"), .close],
+                         now: self.clock.monotonicNanoseconds())
+        }
         connection.onClose = { [unowned self, unowned connection] in self.closed(connection) }
         connection.startReading()
     }
@@ -359,6 +365,8 @@ final class BlastSlot {
         waitingSince = nil
         pauseTimer?.stop()
         connection.onRead = nil
+        connection.onHandshake = nil
+        connection.onError = nil
         if session.phase == .quitting {
             // After QUIT the server closes first, so the TIME_WAIT state stays on its side and this
             // side's ports are free again at once (50,000 connections a minute need that). A server
@@ -392,7 +400,7 @@ final class BlastSlot {
         } else if session.capabilities == nil {
             runner.stats.sessionFailures += 1
             runner.charge(self)
-            let when = tls.map { $0.handshakeComplete ? "before EHLO completed under TLS" : "during the TLS handshake" }
+            let when = connection.tls.map { $0.handshakeComplete ? "before EHLO completed under TLS" : "during the TLS handshake" }
                 ?? "before EHLO completed"
             runner.stats.noteError("connection lost \(when): \(why)")
         }
@@ -445,40 +453,11 @@ final class BlastSlot {
 
     // MARK: Replies
 
-    func received(_ bytes: UnsafeRawBufferPointer) {
-        guard let engine = tls else { return receivedPlain(bytes) }
-        let wasDone = engine.handshakeComplete
-        let plaintext: [UInt8]
-        do {
-            plaintext = try engine.receive(bytes)
-        } catch {
-            flushTLS()
-            return perform([.sessionFailed(nil, "TLS handshake failed: \(error)"), .close], now: clock.monotonicNanoseconds())
-        }
-        flushTLS()
-        if !wasDone && engine.handshakeComplete {
-            let now = clock.monotonicNanoseconds()
-            runner.stats.record(.tls, microseconds: (now - tlsStart) / 1000)
-            stageStart = now
-            perform(session.tlsEstablished(), now: now)
-        }
-        if !plaintext.isEmpty, tls === engine { plaintext.withUnsafeBytes { receivedPlain($0) } }
-    }
-
-    /// Bytes for the server, through TLS once it is up.
-    func write(_ bytes: [UInt8], on connection: TCPConnection) {
-        guard let engine = tls else { return connection.write(bytes) }
-        do {
-            try engine.send(bytes)
-        } catch {
-            return perform([.sessionFailed(nil, "TLS write failed: \(error)"), .close], now: clock.monotonicNanoseconds())
-        }
-        flushTLS()
-    }
-
-    func flushTLS() {
-        guard let engine = tls, engine.hasOutput else { return }
-        tcp?.write(engine.takeOutput())
+    func handshakeCompleted() {
+        let now = clock.monotonicNanoseconds()
+        runner.stats.record(.tls, microseconds: (now - tlsStart) / 1000)
+        stageStart = now
+        perform(session.tlsEstablished(), now: now)
     }
 
     func receivedPlain(_ bytes: UnsafeRawBufferPointer) {
@@ -547,10 +526,10 @@ final class BlastSlot {
             guard tcp === connection else { return }
             switch action {
             case .send(let bytes):
-                write(bytes, on: connection)
+                connection.write(bytes)
             case .sendMessage(let message):
                 // Not reached: blast hands ClientSession wire data, which comes back as .send.
-                write(message + ClientAction.endOfData, on: connection)
+                connection.write(pieces: [message, ClientAction.endOfData])
             case .ready:
                 runner.stats.record(.ehlo, microseconds: (now - stageStart) / 1000)
                 if settings.mode == .handshake { return handshakeDone(now: now) }
@@ -573,21 +552,19 @@ final class BlastSlot {
                 }
                 runner.stats.noteError(reply.map { "\($0.code) \($0.lines.joined(separator: " ")): \(why)" } ?? why)
             case .close:
-                tls?.shutdown()
-                flushTLS()
+                connection.sendCloseNotify()
                 detach()
                 return
             case .startTLS:
                 // The server said 220 to STARTTLS: the handshake starts now.
+                let engine: TLSEngine
                 do {
-                    let engine = try TLSEngine(context: try runner.clientTLSContext(), serverName: nil)
-                    tls = engine
-                    tlsStart = now
-                    try engine.start()
+                    engine = try TLSEngine(context: try runner.clientTLSContext(), serverName: nil)
                 } catch {
                     return perform([.sessionFailed(nil, "TLS failed: \(error)"), .close], now: now)
                 }
-                flushTLS()
+                tlsStart = now
+                guard connection.startTLS(engine) else { return }  // reported through onError
             }
         }
     }

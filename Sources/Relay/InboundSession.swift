@@ -1,7 +1,7 @@
 // One SMTP client connection: the socket, the idle timer and the spool writer around the pure
 // ServerSession state machine. It carries out the machine's actions and feeds it events.
-// Under TLS (after STARTTLS, or from the start on a submissions listener) every byte passes through
-// the session's TLSEngine: ciphertext from the socket in, plaintext to the machine, and back.
+// Under TLS (after STARTTLS, or from the start on a submissions listener) the connection (UVRuntime's
+// transport) decrypts and encrypts: the machine sees plaintext either way.
 
 import Logging
 import MailQueue
@@ -31,8 +31,8 @@ final class InboundSession {
     private var messagesQueued = 0
     /// The queue id of the message whose data is being read or was last read, for refusals of it.
     private var messageQueueID: QueueID?
-    /// Present once TLS has begun (STARTTLS accepted, or an implicit-TLS listener).
-    var tls: TLSEngine?
+    /// The handshake completed in the read being delivered (it ends what input was pending).
+    private var handshakeJustDone = false
     /// The listener it came in on: STARTTLS on a submission listener uses that listener's ciphers.
     var role: ListenerRole = .relay
     /// Replies not written yet: what one batch of input (or one event) makes goes out in one write,
@@ -72,10 +72,17 @@ final class InboundSession {
         connection.onEOF = { [unowned self] in self.log("end of input from \(self.clientIP)") }
         connection.onClose = { [unowned self] in self.closedByPeerOrUs() }
         connection.onWritesDrained = { [unowned self] in self.pumpInput() }
+        connection.onHandshake = { [unowned self] in self.handshakeCompleted() }
+        connection.onError = { [unowned self] error in
+            guard case .tls(let reason, let handshake) = error else { return }  // a reset: onEOF says it
+            self.tlsFailed(reason, handshake: handshake)
+            self.closed = true
+            self.timer?.stop()
+        }
         let timer = Timer(loop: server.loop)
         self.timer = timer
         // Implicit TLS: the handshake has command_timeout from the connection's start.
-        if tls != nil { inputPendingSince = server.loop.nowMilliseconds }
+        if connection.tls != nil { inputPendingSince = server.loop.nowMilliseconds }
         if server.config.server.reverseDNS {
             let resolver = server.resolver
             // Greet once the PTR name is known (or not): it goes into the Received header.
@@ -101,48 +108,31 @@ final class InboundSession {
         armTimer()
     }
 
+    /// One read from the socket: plaintext (none when a TLS read carried only part of a record or
+    /// handshake messages; it still counts for the command deadline).
     private func received(_ bytes: UnsafeRawBufferPointer) {
-        server.metrics.bytesIn += bytes.count
+        server.metrics.bytesIn += connection.lastReadCount
         receiving = true
         let linesBefore = machine.linesRead
+        let handshakeDone = handshakeJustDone
+        handshakeJustDone = false
         defer {
             receiving = false
             flush()
             pumpInput()
         }
-        guard let tls else {
-            perform(machine.receive(bytes))
-            noteInput(linesBefore: linesBefore, handshakeDone: false)
-            armTimer()
-            return
-        }
-        let handshakeWasDone = tls.handshakeComplete
-        let plaintext: [UInt8]
-        do {
-            plaintext = try tls.receive(bytes)
-        } catch {
-            tlsFailed(error, handshake: !handshakeWasDone)
-            flush()  // the alert, if any
-            closed = true
-            timer?.stop()
-            connection.closeAfterWrites()
-            return
-        }
-        if !handshakeWasDone && tls.handshakeComplete {
-            server.relayMetrics.tlsSessionInbound()
-            let summary = tls.summary
-            log("TLS from [\(clientIP)]: \(summary)\(tls.sessionReused ? ", session resumed" : "")")
-            perform(machine.tlsEstablished(summary))
-        }
-        if !plaintext.isEmpty { plaintext.withUnsafeBytes { perform(machine.receive($0)) } }
-        if tls.peerClosed && !closed {
-            closed = true
-            timer?.stop()
-            flush()
-            connection.closeAfterWrites()
-        }
-        noteInput(linesBefore: linesBefore, handshakeDone: !handshakeWasDone && tls.handshakeComplete)
+        if bytes.count > 0 { perform(machine.receive(bytes)) }
+        noteInput(linesBefore: linesBefore, handshakeDone: handshakeDone)
         armTimer()
+    }
+
+    private func handshakeCompleted() {
+        guard let tls = connection.tls else { return }
+        server.relayMetrics.tlsSessionInbound()
+        let summary = tls.summary
+        log("TLS from [\(clientIP)]: \(summary)\(tls.sessionReused ? ", session resumed" : "")")
+        handshakeJustDone = true
+        perform(machine.tlsEstablished(summary))
     }
 
     /// Loop milliseconds since input began that is not a complete command line yet: a partial line,
@@ -155,7 +145,7 @@ final class InboundSession {
     /// that complete nothing start it, if it is not running already.
     private func noteInput(linesBefore: Int, handshakeDone: Bool) {
         inputPendingSince = machine.inputPendingSince(inputPendingSince, linesBefore: linesBefore,
-                                                      handshaking: tls.map { !$0.handshakeComplete } ?? false,
+                                                      handshaking: connection.tls.map { !$0.handshakeComplete } ?? false,
                                                       handshakeDone: handshakeDone, now: server.loop.nowMilliseconds)
     }
 
@@ -189,36 +179,13 @@ final class InboundSession {
         }
     }
 
-    /// Writes the unsent replies and what the TLS engine has for the socket (handshake records,
-    /// encrypted replies, alerts), together.
+    /// Writes the unsent replies (under TLS one record, sent with what the handshake has to send
+    /// when inside a read).
     private func flush() {
-        guard encryptUnsent() else { return }
-        writeTLSOutput()
-    }
-
-    /// Under TLS, hands the unsent replies to the engine (one record); in the clear, writes them.
-    /// False if the engine failed and the connection was closed.
-    private func encryptUnsent() -> Bool {
-        guard !unsent.isEmpty else { return true }
+        guard !unsent.isEmpty else { return }
         let bytes = unsent
         unsent = []
-        guard let tls else {
-            connection.write(bytes)
-            return true
-        }
-        do {
-            try tls.send(bytes)
-        } catch {
-            tlsFailed(error, handshake: !tls.handshakeComplete)
-            connection.close()
-            return false
-        }
-        return true
-    }
-
-    private func writeTLSOutput() {
-        guard let tls, tls.hasOutput else { return }
-        connection.write(tls.takeOutput())
+        connection.write(bytes)
     }
 
     /// The idle timeout moves with every read, and reads come many times a message: only the deadline
@@ -296,11 +263,10 @@ final class InboundSession {
                 closed = true
                 timer?.stop()
                 // The last reply and close_notify in one write.
-                if encryptUnsent() {
-                    tls?.shutdown()
-                    writeTLSOutput()
+                connection.corked {
+                    flush()
+                    connection.closeAfterWrites()
                 }
-                connection.closeAfterWrites()
             case .delay, .drop:
                 break  // only with hooks, which the relay never sets
             case .startTLS:
@@ -314,7 +280,7 @@ final class InboundSession {
                     return
                 }
                 do {
-                    tls = try TLSEngine(context: context)
+                    connection.startTLS(try TLSEngine(context: context))
                 } catch {
                     tlsFailed(error, handshake: true)
                     closed = true

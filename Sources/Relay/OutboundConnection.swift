@@ -7,7 +7,7 @@
 // the same attempt. A 5xx for a recipient is final for it and no other host is asked about it.
 //
 // TLS (issue 4): the route's `tls` policy (else delivery.tls) decides whether the ClientSession sends
-// STARTTLS and whether it must succeed; this class runs the handshake over memory BIOs and, for
+// STARTTLS and whether it must succeed; the connection (UVRuntime's transport) runs the handshake and, for
 // `verify`, gives up a host whose certificate does not chain to the CA store or name the host.
 // Either failure is a temporary one for that host: the next MX is tried.
 
@@ -43,7 +43,7 @@ final class OutboundConnection {
     /// The manager's routesGeneration when this connection took its settings.
     let routesGeneration: Int
     /// Present once STARTTLS was accepted on the current connection.
-    private var tls: TLSEngine?
+    private var tls: TLSEngine? { tcp?.tls }
     /// The TLS outcome for the log line, "TLSv1.3 TLS_AES_256_GCM_SHA384 verified".
     private var tlsOutcome: String?
     /// Opportunistic TLS failed with the current host: the next connection to it goes in the clear
@@ -147,7 +147,6 @@ final class OutboundConnection {
 
     private func opened(_ connection: TCPConnection) {
         tcp = connection
-        tls = nil
         tlsOutcome = nil
         var mode: ClientTLSMode
         switch tlsPolicy {
@@ -164,14 +163,17 @@ final class OutboundConnection {
         // Room for a whole typical message in one write: no pending copy, no EPOLLOUT round trip.
         connection.setSendBufferSize(Self.sendBufferSize)
         connection.onRead = { [unowned self] bytes in
-            if self.tls != nil {
-                self.receivedTLS(bytes)
-                return
-            }
-            guard var s = self.session else { return }
+            guard bytes.count > 0, var s = self.session else { return }
             let actions = s.receive(bytes)
             self.session = s
             self.perform(actions)
+        }
+        connection.onHandshake = { [unowned self] in self.handshakeCompleted() }
+        connection.onError = { [unowned self] error in
+            // A socket error ends in `closed` (lost connection); a TLS one gives up this host now.
+            guard case .tls(let reason, let handshake) = error else { return }
+            self.tlsFailed(handshake ? "TLS handshake with \(self.relayName) failed: \(reason)"
+                                     : "TLS with \(self.relayName) failed: \(reason)")
         }
         connection.onClose = { [unowned self] in self.closed(connection) }
         connection.startReading()
@@ -226,9 +228,7 @@ final class OutboundConnection {
                 }
                 return
             case .close:
-                tls?.shutdown()
-                flushTLS()
-                tcp?.closeAfterWrites()
+                tcp?.closeAfterWrites()  // after close_notify, under TLS
             }
         }
         write(pieces)
@@ -328,6 +328,7 @@ final class OutboundConnection {
 
     private func closed(_ connection: TCPConnection) {
         guard tcp === connection else { return }
+        let tls = connection.tls
         tcp = nil
         let wasBusy = job != nil && session?.phase != .ready
         session = nil
@@ -348,11 +349,12 @@ final class OutboundConnection {
     }
 
     private func dropConnection() {
-        tls = nil
         if let c = tcp {
             tcp = nil
             c.onRead = nil
             c.onClose = nil
+            c.onError = nil
+            c.onHandshake = nil
             c.close()
         }
         session = nil
@@ -376,12 +378,15 @@ final class OutboundConnection {
         if var s = session, let c = tcp {
             let actions = s.quit()
             session = s
-            write(actions.flatMap(\.wirePieces), flush: false)
-            tls?.shutdown()
-            flushTLS()
             c.onRead = nil
             c.onClose = nil
-            c.closeAfterWrites()
+            c.onError = nil
+            c.onHandshake = nil
+            // QUIT and close_notify in one write.
+            c.corked {
+                write(actions.flatMap(\.wirePieces))
+                c.closeAfterWrites()
+            }
             tcp = nil
         } else {
             dropConnection()
@@ -403,78 +408,40 @@ final class OutboundConnection {
 // MARK: - TLS
 
 extension OutboundConnection {
-    /// Bytes for the next hop, through TLS once it is up. `flush: false` leaves the record in the
-    /// engine for the next flushTLS (QUIT goes out with close_notify, in one write).
-    ///
-    /// The pieces go out in order: over plain TCP in one gathering write, so nothing is copied unless
-    /// the socket is full; under TLS one after the other into the engine, which encrypts them into
-    /// records (a copy it makes anyway), then one flush.
-    fileprivate func write(_ pieces: [[UInt8]], flush: Bool = true) {
+    /// Bytes for the next hop (through TLS once it is up), in order: one gathering write, so nothing
+    /// is copied unless the socket is full.
+    fileprivate func write(_ pieces: [[UInt8]]) {
         guard !pieces.isEmpty else { return }
-        guard let tls else {
-            tcp?.write(pieces: pieces)
-            return
-        }
-        do {
-            for piece in pieces { try tls.send(piece) }
-        } catch {
-            tlsFailed("TLS write to \(relayName) failed: \(error)")
-            return
-        }
-        if flush { flushTLS() }
-    }
-
-    fileprivate func flushTLS() {
-        guard let tls, tls.hasOutput else { return }
-        tcp?.write(tls.takeOutput())
+        tcp?.write(pieces: pieces)
     }
 
     /// The next hop said 220 to STARTTLS: begin the handshake. False if the host was given up.
     fileprivate func startTLS() -> Bool {
-        guard let target = current else { return false }
+        guard let target = current, let tcp else { return false }
+        let engine: TLSEngine
         do {
-            let engine = try TLSEngine(context: manager.clientTLSContext(), serverName: target.host)
-            tls = engine
-            try engine.start()
+            engine = try TLSEngine(context: manager.clientTLSContext(), serverName: target.host)
         } catch {
             tlsFailed("TLS with \(relayName) failed: \(error)")
             return false
         }
-        flushTLS()
-        return true
+        return tcp.startTLS(engine)  // a failure was reported through onError
     }
 
-    fileprivate func receivedTLS(_ bytes: UnsafeRawBufferPointer) {
+    fileprivate func handshakeCompleted() {
         guard let tls else { return }
-        let wasDone = tls.handshakeComplete
-        let plaintext: [UInt8]
-        do {
-            plaintext = try tls.receive(bytes)
-        } catch {
-            flushTLS()
-            tlsFailed("TLS handshake with \(relayName) failed: \(error)")
+        manager.metrics.tlsSessionOutbound()
+        let verified = tls.peerVerified
+        tlsOutcome = "\(tls.version) \(tls.cipher) \(verified ? "verified" : "unverified")"
+        manager.log.debug("\(relayName): TLS \(tls.summary), certificate \(verified ? "verified" : "not verified: \(tls.verifyError ?? "?")")")
+        if tlsPolicy == .verify && !verified {
+            tlsFailed("certificate of \(relayName) not verified: \(tls.verifyError ?? "unknown")")
             return
         }
-        flushTLS()
-        if !wasDone && tls.handshakeComplete {
-            manager.metrics.tlsSessionOutbound()
-            let verified = tls.peerVerified
-            tlsOutcome = "\(tls.version) \(tls.cipher) \(verified ? "verified" : "unverified")"
-            manager.log.debug("\(relayName): TLS \(tls.summary), certificate \(verified ? "verified" : "not verified: \(tls.verifyError ?? "?")")")
-            if tlsPolicy == .verify && !verified {
-                tlsFailed("certificate of \(relayName) not verified: \(tls.verifyError ?? "unknown")")
-                return
-            }
-            guard var s = session else { return }
-            let actions = s.tlsEstablished()
-            session = s
-            perform(actions)
-        }
-        if !plaintext.isEmpty, var s = session {
-            let actions = plaintext.withUnsafeBytes { s.receive($0) }
-            session = s
-            perform(actions)
-        }
+        guard var s = session else { return }
+        let actions = s.tlsEstablished()
+        session = s
+        perform(actions)
     }
 
     /// A TLS failure is a temporary failure of this host: the next one is tried.

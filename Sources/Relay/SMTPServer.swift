@@ -35,7 +35,7 @@ public final class SMTPServer {
     /// GET /metrics and the /queue API ([admin] listen); nil when switched off.
     public internal(set) var admin: AdminEndpoint?
 
-    var listeners: [TCPListener] = []
+    var listeners: [StreamListener] = []
     /// The role of each listener, in the same order.
     var listenerRoles: [ListenerRole] = []
     /// The certificate for port 25's STARTTLS (tls.ciphers); replaced by `install(_:)` (SIGHUP).
@@ -106,7 +106,7 @@ public final class SMTPServer {
             for text in texts {
                 let address = try SocketAddress(parsing: text)
                 do {
-                    listeners.append(try TCPListener(loop: loop, address: address, backlog: 4096))
+                    listeners.append(try StreamListener(loop: loop, address: address, backlog: 4096))
                     listenerRoles.append(role)
                 } catch {
                     throw ServerStartError(message: "cannot listen on \(text): \(error)")
@@ -176,7 +176,7 @@ public final class SMTPServer {
         if role == .submissions {
             do {
                 guard let context = submissionTLSContext else { throw TLSError("no certificate loaded") }
-                session.tls = try TLSEngine(context: context)
+                connection.startTLS(try TLSEngine(context: context))
             } catch {
                 // Never silent: the client sees a closed connection, the log says why.
                 InboundSession.logTLSFailure(log, metrics: relayMetrics, client: "unknown[\(ip)]", command: "CONNECT",

@@ -1,4 +1,8 @@
-// TCPConnection: one uv_tcp_t stream, accepted by a TCPListener or opened with `connect`.
+// TCPConnection: the transport every driver uses (inbound and sink sessions, outbound delivery, blast's
+// client, the HTTP endpoints): one uv_tcp_t stream, accepted by a StreamListener or opened with
+// `connect`, with an optional TLS engine (`startTLS`). Under TLS reads deliver plaintext, writes take
+// plaintext, `closeAfterWrites` sends close_notify first, and every failure, TLS or socket, is reported
+// through `onError` with its reason before the connection closes.
 //
 // Memory: an idle connection is the Swift object plus the uv_tcp_t, nothing else. Reads go into the
 // loop-wide 64 KiB buffer (valid only during `onRead`). A write is first tried directly
@@ -35,20 +39,42 @@ public final class TCPConnection: UVHandleOwner {
 
     public private(set) var peerAddress: SocketAddress?
     public private(set) var localAddress: SocketAddress?
-    /// The error that ended the connection (read, write or connect), if it did not end cleanly.
+    /// The socket error that ended the connection (read, write or connect), if it did not end cleanly.
     public private(set) var lastError: UVError?
 
-    /// Bytes read; the buffer is only valid during the call (it is one loop-wide read buffer, 64 KiB,
-    /// shared by all connections: no per-connection read buffer).
+    /// Bytes read; the buffer is only valid during the call (in the clear it is one loop-wide read
+    /// buffer, 64 KiB, shared by all connections: no per-connection read buffer). Called once per read
+    /// from the socket; under TLS with the plaintext that read carried, which may be none (part of a
+    /// record, a handshake message): every raw byte is seen, for deadlines that count from the first.
     public var onRead: ((UnsafeRawBufferPointer) -> Void)?
+    /// Bytes the socket delivered in the read being handled (ciphertext under TLS), for byte counters.
+    public private(set) var lastReadCount = 0
+    /// A failure, with its reason, just before the connection closes because of it: TLS (a bad record,
+    /// a failed handshake, an alert) or the socket (a reset, a failed write). Never silent.
+    public var onError: ((TransportError) -> Void)?
+    /// The TLS handshake completed (before the plaintext of the same read is delivered).
+    public var onHandshake: (() -> Void)?
+    /// Present once `startTLS` was called: what was negotiated, the peer's certificate.
+    public private(set) var tls: TLSEngine?
+    /// Inside the delivery of a TLS read or `corked`: records wait in the engine and go out in one
+    /// socket write at the end (a reply with the session ticket, the 221 with close_notify).
+    private var corkDepth = 0
+    private var closeNotifySent = false
+    private var closeNotifySeen = false
     /// Peer closed or read error. Afterwards the connection closes itself: at once, or after
     /// flushing if writes are still queued. Calling `closeAfterWrites()` or `close()` here is fine.
     public var onEOF: (() -> Void)?
     /// After the handle is really closed (close callback). Runs exactly once for every connection
     /// handed to the caller, whatever ended it.
     public var onClose: (() -> Void)?
-    /// Bytes handed to write() that the kernel has not taken yet (their write callback has not run).
-    public private(set) var pendingWriteBytes = 0
+    /// Bytes handed to write() that the kernel has not taken yet (their write callback has not run),
+    /// with TLS records still waiting in the engine.
+    public var pendingWriteBytes: Int {
+        guard let tls else { return queuedBytes }
+        return queuedBytes + tls.outputCount
+    }
+    /// Bytes in uv_write requests whose callback has not run.
+    private var queuedBytes = 0
     /// Called when pendingWriteBytes returns to 0 (only after it was above 0).
     public var onWritesDrained: (() -> Void)?
 
@@ -65,7 +91,7 @@ public final class TCPConnection: UVHandleOwner {
         EventLoop.from(loop).register(handle)
     }
 
-    /// A connection on a unix-domain socket (accepted by a PipeListener): the same stream calls, in a
+    /// A connection on a unix-domain socket (accepted by a StreamListener on a path): the same stream calls, in a
     /// uv_pipe_t (larger than uv_tcp_t, so the memory is sized for it). TCP-only calls (addresses,
     /// nodelay, connect) are not made on it.
     init(pipeOn loop: UnsafeMutablePointer<uv_loop_t>) {
@@ -201,16 +227,26 @@ public final class TCPConnection: UVHandleOwner {
         if result == 0 {
             isReading = true
         } else {
-            lastError = UVError(code: result)
-            close()
+            failed(result)
         }
+    }
+
+    /// A socket error: recorded, reported, and the connection closes.
+    private func failed(_ code: Int32) {
+        let error = UVError(code: code)
+        lastError = error
+        if state == .open { onError?(.socket(error)) }
+        close()
     }
 
     private func didRead(count: Int, buffer: UnsafeMutablePointer<CChar>?) {
         if count > 0 {
             // While closing gracefully, input is drained and dropped: closing a socket with unread
             // input makes the kernel send a reset, which can destroy our last reply in flight.
-            if state == .open { onRead?(UnsafeRawBufferPointer(start: buffer, count: count)) }
+            guard state == .open else { return }
+            lastReadCount = count
+            let bytes = UnsafeRawBufferPointer(start: buffer, count: count)
+            if let tls { receive(bytes, through: tls) } else { onRead?(bytes) }
             return
         }
         if count == 0 { return }  // EAGAIN: nothing read, buffer returned
@@ -219,6 +255,7 @@ public final class TCPConnection: UVHandleOwner {
         let isReset = error != UV_EOF.rawValue
         if isReset {
             lastError = UVError(code: error)  // ECONNRESET and friends count as EOF too
+            if state == .open { onError?(.socket(lastError!)) }
         } else {
             sawEOF = true
         }
@@ -226,7 +263,7 @@ public final class TCPConnection: UVHandleOwner {
         case .open:
             onEOF?()
             guard state == .open else { return }  // onEOF closed it its own way
-            if pendingWriteBytes > 0 && !isReset {
+            if queuedBytes > 0 && !isReset {
                 closeAfterWrites()  // a half-closed peer still reads: flush, then close
             } else {
                 close()
@@ -242,7 +279,8 @@ public final class TCPConnection: UVHandleOwner {
 
     // MARK: Writing
 
-    /// Queues `bytes` for the peer; dropped if the connection is closed or closing.
+    /// Queues `bytes` for the peer (through TLS once it started); dropped if the connection is closed
+    /// or closing.
     public func write(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { write($0) }
     }
@@ -253,15 +291,28 @@ public final class TCPConnection: UVHandleOwner {
     }
 
     /// Writes several buffers in order with one system call if the socket takes them, else one
-    /// uv_write of one copy of what is left.
+    /// uv_write of one copy of what is left. Under TLS they go into the engine one after the other (it
+    /// encrypts them into records, a copy it makes anyway), then out in one write.
     public func write<C: Collection>(gathering parts: C) where C.Element == UnsafeRawBufferPointer {
+        guard state == .open else { return }
+        guard let tls else { return writeToSocket(parts) }
+        do {
+            for part in parts where part.count > 0 { try tls.send(part) }
+        } catch {
+            tlsFailed(error, handshake: !tls.handshakeComplete, sendAlert: false)
+            return
+        }
+        if corkDepth == 0 { flushTLS() }
+    }
+
+    private func writeToSocket<C: Collection>(_ parts: C) where C.Element == UnsafeRawBufferPointer {
         guard state == .open else { return }
         var total = 0
         for part in parts { total += part.count }
         guard total > 0 else { return }
 
         var written = 0
-        if pendingWriteBytes == 0 {
+        if queuedBytes == 0 {
             // Nothing queued, so order is kept if we try the socket directly.
             written = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: parts.count) { buffers in
                 var count: UInt32 = 0
@@ -276,8 +327,7 @@ public final class TCPConnection: UVHandleOwner {
             if written == total { return }
             if written < 0 {
                 if written != Int(UV_EAGAIN.rawValue) {
-                    lastError = UVError(code: Int32(written))  // EPIPE, ECONNRESET: the peer is gone
-                    close()
+                    failed(Int32(written))  // EPIPE, ECONNRESET: the peer is gone
                     return
                 }
                 written = 0
@@ -309,18 +359,16 @@ public final class TCPConnection: UVHandleOwner {
         }
         if result < 0 {
             memory.deallocate()
-            lastError = UVError(code: result)
-            close()
+            failed(result)
             return
         }
-        pendingWriteBytes += remaining
+        queuedBytes += remaining
     }
 
     private func wrote(count: Int, status: Int32) {
-        pendingWriteBytes -= count
+        queuedBytes -= count
         if status < 0 && status != UV_ECANCELED.rawValue {
-            lastError = UVError(code: status)  // EPIPE, ECONNRESET: the peer is gone
-            close()
+            failed(status)  // EPIPE, ECONNRESET: the peer is gone
         }
         if pendingWriteBytes == 0 && state == .open {
             onWritesDrained?()
@@ -336,6 +384,8 @@ public final class TCPConnection: UVHandleOwner {
     public func closeAfterWrites(lingerMs: UInt32 = 2000) {
         guard state == .open else { return }
         guard connector == nil else { close(); return }
+        sendCloseNotify()
+        guard state == .open else { return }
         state = .flushing
         lingerMilliseconds = lingerMs
         beginReading()
@@ -386,6 +436,8 @@ public final class TCPConnection: UVHandleOwner {
         onRead = nil
         onEOF = nil
         onWritesDrained = nil
+        onError = nil
+        onHandshake = nil
         self.onClose = nil
         if let connector {
             self.connector = nil
@@ -417,5 +469,116 @@ public final class TCPConnection: UVHandleOwner {
         var value: Int32 = 0  // 0 asks libuv to read the option
         let result = handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_send_buffer_size($0, &value) }
         return result == 0 ? Int(value) : 0
+    }
+}
+
+// MARK: - TLS
+
+/// Why a connection failed, as `onError` reports it.
+public enum TransportError: Error, CustomStringConvertible, Sendable {
+    /// The socket: a read or write error (the peer reset, EPIPE).
+    case socket(UVError)
+    /// TLS: a handshake that failed (`handshake`), or a bad record, an alert, an engine that could
+    /// not encrypt. The text is OpenSSL's reason.
+    case tls(TLSError, handshake: Bool)
+
+    public var description: String {
+        switch self {
+        case .socket(let error): return "\(error)"
+        case .tls(let error, _): return "\(error)"
+        }
+    }
+}
+
+extension TCPConnection {
+    /// Switches the connection to TLS: from now on reads deliver the plaintext `engine` decrypts and
+    /// writes are encrypted. A server starts it after its "220 Ready to start TLS" was written (or at
+    /// accept, for implicit TLS); a client after the server's 220, and its ClientHello goes out now.
+    /// False if the engine failed at once (reported through `onError`; the connection closes).
+    @discardableResult
+    public func startTLS(_ engine: TLSEngine) -> Bool {
+        guard state == .open else { return false }
+        tls = engine
+        if !engine.context.isServer {
+            do {
+                try engine.start()
+            } catch {
+                tlsFailed(error, handshake: true, sendAlert: false)
+                return false
+            }
+        }
+        if corkDepth == 0 { flushTLS() }
+        return true
+    }
+
+    /// Runs `body` with TLS records held in the engine, then writes them to the socket at once: the
+    /// last reply and close_notify, or QUIT and close_notify, in one packet.
+    public func corked(_ body: () -> Void) {
+        corkDepth += 1
+        body()
+        corkDepth -= 1
+        if corkDepth == 0 && state == .open { flushTLS() }
+    }
+
+    /// Sends TLS close_notify now (after what is queued) and leaves the socket open: a client that
+    /// lets the server close first, so TIME_WAIT stays on the server's side. `closeAfterWrites` sends
+    /// it too; without TLS, or before the handshake completed, there is nothing to send.
+    public func sendCloseNotify() {
+        guard state == .open, let tls, !closeNotifySent else { return }
+        closeNotifySent = true
+        tls.shutdown()
+        flushTLS()
+    }
+
+    /// Writes what the engine has for the socket: handshake records, encrypted data, alerts.
+    func flushTLS() {
+        guard let tls, tls.hasOutput else { return }
+        let records = tls.takeOutput()
+        records.withUnsafeBytes { writeToSocket(CollectionOfOne($0)) }
+    }
+
+    /// One read's ciphertext: the handshake advances (`onHandshake` when it completes), the plaintext
+    /// goes to `onRead`, and what the engine answers leaves in one write after both. A close_notify
+    /// from the peer ends the input as end of file does: `onEOF`, then our close_notify and a close
+    /// after the writes, unless we sent ours already (then the peer closes the socket).
+    func receive(_ ciphertext: UnsafeRawBufferPointer, through tls: TLSEngine) {
+        let wasDone = tls.handshakeComplete
+        let plaintext: [UInt8]
+        do {
+            plaintext = try tls.receive(ciphertext)
+        } catch {
+            tlsFailed(error, handshake: !wasDone, sendAlert: true)
+            return
+        }
+        corkDepth += 1
+        defer {
+            corkDepth -= 1
+            if corkDepth == 0 && state == .open { flushTLS() }
+        }
+        if !wasDone && tls.handshakeComplete {
+            onHandshake?()
+            guard state == .open, self.tls === tls else { return }
+        }
+        plaintext.withUnsafeBytes { onRead?($0) }
+        guard state == .open, tls.peerClosed, !closeNotifySeen else { return }
+        closeNotifySeen = true
+        onEOF?()
+        guard state == .open, !closeNotifySent else { return }
+        closeAfterWrites()
+    }
+
+    /// A TLS failure: reported, the alert (if the engine made one) sent, and the connection closed.
+    func tlsFailed(_ error: any Error, handshake: Bool, sendAlert: Bool) {
+        let reason = error as? TLSError ?? TLSError("\(error)")
+        guard state == .open else { return }
+        onError?(.tls(reason, handshake: handshake))
+        guard state == .open else { return }
+        if sendAlert {
+            flushTLS()
+            closeNotifySent = true  // the engine is finished: no close_notify after an alert
+            closeAfterWrites()
+        } else {
+            close()
+        }
     }
 }

@@ -311,6 +311,9 @@ public final class TLSEngine {
 
     public var hasOutput: Bool { tern_BIO_pending(outbound) > 0 }
 
+    /// Bytes of ciphertext waiting for `takeOutput`.
+    public var outputCount: Int { Int(tern_BIO_pending(outbound)) }
+
     /// Queues close_notify (then `takeOutput`). Best effort: never throws.
     public func shutdown() {
         guard handshakeComplete, failed == nil else { return }

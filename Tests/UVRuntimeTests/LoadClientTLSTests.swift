@@ -147,7 +147,7 @@ import Testing
     @Test func aConnectionCanSkipReadingItsAddresses() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         var served: [TCPConnection] = []
         try listener.start { connection in
             served.append(connection)

@@ -31,7 +31,7 @@ private func temporaryPath(_ name: String) -> String {
         let loop = try EventLoop()
         defer { loop.close() }
         let path = temporaryPath("echo")
-        let listener = try PipeListener(loop: loop, path: path)
+        let listener = try StreamListener(loop: loop, path: path)
         var st = stat()
         #expect(lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK)
         var server: TCPConnection?
@@ -79,10 +79,10 @@ private func temporaryPath(_ name: String) -> String {
         }
         #expect(bound == 0)
         close(fd)
-        let first = try PipeListener(loop: loop, path: path)
+        let first = try StreamListener(loop: loop, path: path)
         try first.start { $0.close() }
         // Now live: a second listener must not take it.
-        #expect(throws: UVError.self) { _ = try PipeListener(loop: loop, path: path) }
+        #expect(throws: UVError.self) { _ = try StreamListener(loop: loop, path: path) }
         let client = unixClient(path)
         #expect(client >= 0, "the first listener still answers")
         close(client)
@@ -97,7 +97,7 @@ private func temporaryPath(_ name: String) -> String {
         let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
         close(fd)
         defer { unlink(path) }
-        #expect(throws: UVError.self) { _ = try PipeListener(loop: loop, path: path) }
+        #expect(throws: UVError.self) { _ = try StreamListener(loop: loop, path: path) }
         var st = stat()
         #expect(lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG)
     }

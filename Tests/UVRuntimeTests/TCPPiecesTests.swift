@@ -9,7 +9,7 @@ import Testing
     @Test func piecesArriveInOrder() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         var received: [UInt8] = []
         var eof = false
         try listener.start { connection in
@@ -44,7 +44,7 @@ import Testing
     @Test func aLargerSendBufferTakesAWholeMessage() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         var received = 0
         try listener.start { connection in
             connection.onRead = { received += $0.count }

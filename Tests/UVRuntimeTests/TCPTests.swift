@@ -19,7 +19,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     func echoRoundTripsSmallAndLargeData(host: String) throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(ip: host, port: 0))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(ip: host, port: 0))
         #expect(listener.localAddress.port != 0)
         #expect(listener.localAddress.ip == host)
 
@@ -100,7 +100,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     @Test func gatheringWriteKeepsOrder() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         var received: [UInt8] = []
         var eof = false
         try listener.start { connection in
@@ -123,7 +123,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     func closeAfterWritesDeliversLastBytesBeforeEOF(host: String) throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(ip: host, port: 0))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(ip: host, port: 0))
         let farewell = pattern(count: 2 << 20, seed: 9) + Array("421 closing\r\n".utf8)
         var serverClosed = false
         var serverError: UVError?
@@ -156,7 +156,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     @Test func closeAfterWritesLingersAtMostTheGivenTime() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         var closedAt: UInt64?
         var startedAt: UInt64 = 0
         try listener.start { connection in
@@ -185,7 +185,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
         let loop = try EventLoop()
         defer { loop.close() }
         // Find a free port, then close the listener so nothing listens there.
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         let address = listener.localAddress
         listener.close()
         run(loop, forMilliseconds: 10)
@@ -203,7 +203,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
         defer { loop.close() }
         // A listener that never accepts, with a tiny backlog: once its queue is full, Linux drops
         // further SYNs (retried after 1 s), so a connect with a shorter timeout times out.
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"), backlog: 1)
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"), backlog: 1)
         var connected: [TCPConnection] = []
         var failure: UVError?
         var elapsed: UInt64 = 0
@@ -229,14 +229,14 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     @Test func ipv4AndIPv6ListenersShareAPort() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let v4 = try TCPListener(loop: loop, address: SocketAddress(parsing: "0.0.0.0:0"))
+        let v4 = try StreamListener(loop: loop, address: SocketAddress(parsing: "0.0.0.0:0"))
         let port = v4.localAddress.port
-        let v6 = try TCPListener(loop: loop, address: SocketAddress(ip: "::", port: port))
+        let v6 = try StreamListener(loop: loop, address: SocketAddress(ip: "::", port: port))
         #expect(v6.localAddress.port == port)
         #expect(v6.localAddress.isIPv6)
         // The same family twice is refused, from init.
         #expect(throws: UVError(code: -EADDRINUSE)) {
-            try TCPListener(loop: loop, address: SocketAddress(ip: "0.0.0.0", port: port))
+            try StreamListener(loop: loop, address: SocketAddress(ip: "0.0.0.0", port: port))
         }
         // Each family reaches its own listener.
         var accepted: [String] = []
@@ -253,7 +253,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
     @Test func connectionLivesUntilClosedThenIsReleased() throws {
         let loop = try EventLoop()
         defer { loop.close() }
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "127.0.0.1:0"))
         weak var weakServer: TCPConnection?
         var serverClosed = false
         try listener.start { connection in
@@ -278,7 +278,7 @@ func connect(_ loop: EventLoop, to address: SocketAddress, timeoutMs: UInt64? = 
 
     @Test func loopCloseClosesRemainingHandles() throws {
         let loop = try EventLoop()
-        let listener = try TCPListener(loop: loop, address: SocketAddress(parsing: "[::1]:0"))
+        let listener = try StreamListener(loop: loop, address: SocketAddress(parsing: "[::1]:0"))
         var serverClosed = false
         var accepted = false
         try listener.start { connection in

@@ -19,9 +19,8 @@ public final class HTTPServer {
     public typealias AsyncHandler = (HTTPRequest, @escaping (HTTPResponse) -> Void) -> Void
 
     let loop: EventLoop
-    let listener: TCPListener?
-    /// A unix-domain socket instead of TCP (the relay's admin endpoint may use one).
-    let pipeListener: PipeListener?
+    /// A TCP address, or a unix-domain socket (the relay's admin endpoint may use one).
+    let listener: StreamListener
     let handler: AsyncHandler
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
@@ -51,8 +50,7 @@ public final class HTTPServer {
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
-        listener = try TCPListener(loop: loop, address: address, backlog: 128)
-        pipeListener = nil
+        listener = try StreamListener(loop: loop, address: address, backlog: 128)
     }
 
     /// Listens on a unix-domain socket at `path` (a stale socket file there is replaced).
@@ -63,26 +61,22 @@ public final class HTTPServer {
         self.maxConnections = maxConnections
         self.idleTimeoutMs = idleTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
-        listener = nil
-        pipeListener = try PipeListener(loop: loop, path: path)
+        listener = try StreamListener(loop: loop, path: path)
     }
 
     /// The TCP address (a unix socket has none: 0.0.0.0:0).
-    public var localAddress: SocketAddress { listener?.localAddress ?? (try! SocketAddress(parsing: "0.0.0.0:0")) }
+    public var localAddress: SocketAddress { listener.localAddress }
 
     /// "127.0.0.1:8025" or the socket's path, for log lines.
-    public var listenDescription: String { pipeListener?.path ?? "\(localAddress)" }
+    public var listenDescription: String { "\(listener.endpoint)" }
 
     public func start() throws {
-        let accept: (TCPConnection) -> Void = { [unowned self] connection in self.accepted(connection) }
-        if let listener { try listener.start(onConnection: accept) }
-        if let pipeListener { try pipeListener.start(onConnection: accept) }
+        try listener.start { [unowned self] connection in self.accepted(connection) }
     }
 
     /// Stops listening and closes every connection.
     public func close() {
-        listener?.close()
-        pipeListener?.close()
+        listener.close()
         for c in Array(connections.values) { c.connection.close() }
     }
 

@@ -20,7 +20,7 @@ public final class SinkServer {
     public let seed: UInt64
 
     struct Listener {
-        let tcp: TCPListener
+        let tcp: StreamListener
         let configuration: ServerConfiguration
         let rules: [FaultRule]
     }
@@ -64,9 +64,9 @@ public final class SinkServer {
         }
         for text in config.listen {
             let address = try SocketAddress(parsing: text)
-            let tcp: TCPListener
+            let tcp: StreamListener
             do {
-                tcp = try TCPListener(loop: loop, address: address, backlog: 4096)
+                tcp = try StreamListener(loop: loop, address: address, backlog: 4096)
             } catch {
                 throw ServerStartError(message: "cannot listen on \(text): \(error)")
             }

@@ -23,8 +23,8 @@ final class SinkSession {
     private var size = 0
     private var chunks: [[UInt8]] = []
     private var committing = false
-    /// Present once STARTTLS was accepted: every byte in and out goes through it.
-    private var tls: TLSEngine?
+    /// The handshake completed in the read being delivered (it ends what input was pending).
+    private var handshakeJustDone = false
     /// Loop milliseconds since input that is not a complete command line yet began (a partial line,
     /// part of a TLS record, the handshake): the command deadline counts from then, as the relay's
     /// (InboundSession), so dripping bytes cannot hold a connection. Nil when nothing is pending.
@@ -44,44 +44,31 @@ final class SinkSession {
         connection.onRead = { [unowned self] bytes in self.received(bytes) }
         connection.onClose = { [unowned self] in self.didClose() }
         connection.onWritesDrained = { [unowned self] in self.resumeReading() }
+        connection.onHandshake = { [unowned self] in
+            guard let tls = self.connection.tls else { return }
+            self.server.metrics.tlsSessionStarted()
+            self.handshakeJustDone = true
+            self.perform(self.machine.tlsEstablished(tls.summary))
+        }
+        connection.onError = { [unowned self] error in
+            guard case .tls = error else { return }  // a reset: the close follows
+            self.server.log.info("TLS from [\(self.machine.client.ip)] failed: \(error)")
+            self.closed = true
+            self.timer.stop()
+        }
         connection.setNoDelay(true)
         perform(machine.greeting())
         resumeReading()
     }
 
+    /// One read from the socket: plaintext (none when a TLS read carried only part of a record or
+    /// handshake messages; it still counts for the command deadline).
     private func received(_ bytes: UnsafeRawBufferPointer) {
         let linesBefore = machine.linesRead
-        guard let tls else {
-            perform(machine.receive(bytes))
-            noteInput(linesBefore: linesBefore, handshakeDone: false)
-            resumeReading()
-            return
-        }
-        let handshakeWasDone = tls.handshakeComplete
-        let plaintext: [UInt8]
-        do {
-            plaintext = try tls.receive(bytes)
-        } catch {
-            server.log.info("TLS from [\(machine.client.ip)] failed: \(error)")
-            flushTLS()  // the alert, if any
-            closed = true
-            timer.stop()
-            connection.closeAfterWrites()
-            return
-        }
-        if !handshakeWasDone && tls.handshakeComplete {
-            server.metrics.tlsSessionStarted()
-            perform(machine.tlsEstablished(tls.summary))
-        }
-        if !plaintext.isEmpty { plaintext.withUnsafeBytes { perform(machine.receive($0)) } }
-        flushTLS()
-        if tls.peerClosed && !closed {
-            closed = true
-            timer.stop()
-            connection.closeAfterWrites()
-            return
-        }
-        noteInput(linesBefore: linesBefore, handshakeDone: !handshakeWasDone && tls.handshakeComplete)
+        let handshakeDone = handshakeJustDone
+        handshakeJustDone = false
+        if bytes.count > 0 { perform(machine.receive(bytes)) }
+        noteInput(linesBefore: linesBefore, handshakeDone: handshakeDone)
         resumeReading()
     }
 
@@ -89,7 +76,7 @@ final class SinkSession {
     /// that complete nothing start it, if it is not running already.
     private func noteInput(linesBefore: Int, handshakeDone: Bool) {
         inputPendingSince = machine.inputPendingSince(inputPendingSince, linesBefore: linesBefore,
-                                                      handshaking: tls.map { !$0.handshakeComplete } ?? false,
+                                                      handshaking: connection.tls.map { !$0.handshakeComplete } ?? false,
                                                       handshakeDone: handshakeDone, now: server.loop.nowMilliseconds)
     }
 
@@ -106,28 +93,6 @@ final class SinkSession {
             perform(machine.continueInput())
         }
         if machine.linesRead != linesBefore { noteInput(linesBefore: linesBefore, handshakeDone: false) }
-    }
-
-    /// Writes what the TLS engine has for the socket (handshake records, encrypted replies).
-    private func flushTLS() {
-        guard let tls, tls.hasOutput else { return }
-        connection.write(tls.takeOutput())
-    }
-
-    private func send(_ bytes: [UInt8]) {
-        guard let tls else {
-            connection.write(bytes)
-            return
-        }
-        do {
-            try tls.send(bytes)
-        } catch {
-            server.log.info("TLS to [\(machine.client.ip)] failed: \(error)")
-            closed = true
-            connection.close()
-            return
-        }
-        flushTLS()
     }
 
     /// Reads (and arms the idle timer) unless something is held, the machine waits, or the client has
@@ -161,7 +126,7 @@ final class SinkSession {
         for (index, action) in actions.enumerated() {
             switch action {
             case .reply(let bytes):
-                send(bytes)
+                connection.write(bytes)
             case .beginMessage(let start):
                 message = start
                 size = 0
@@ -177,9 +142,7 @@ final class SinkSession {
             case .close:
                 closed = true
                 timer.stop()
-                tls?.shutdown()
-                flushTLS()
-                connection.closeAfterWrites()
+                connection.closeAfterWrites()  // after close_notify, under TLS
             case .drop:
                 closed = true
                 connection.close()
@@ -189,7 +152,7 @@ final class SinkSession {
                 // The 220 went out in the clear just before this; the handshake comes next.
                 do {
                     guard let context = server.tlsContext else { throw TLSError("no certificate loaded") }
-                    tls = try TLSEngine(context: context)
+                    connection.startTLS(try TLSEngine(context: context))
                     inputPendingSince = server.loop.nowMilliseconds  // the handshake within command_timeout
                 } catch {
                     server.log.error("TLS set-up for [\(machine.client.ip)] failed: \(error)")
