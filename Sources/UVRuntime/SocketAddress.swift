@@ -7,7 +7,7 @@ import Glibc
 import Darwin
 #endif
 
-public struct SocketAddress: Hashable, CustomStringConvertible {
+public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// Canonical text form ("127.0.0.1", "::1"): equal addresses have equal `ip`.
     public let ip: String
     public let port: UInt16

@@ -71,7 +71,7 @@ private final class DeliveryHarness {
 
     /// A loopback port that was free a moment ago: bound, read, closed.
     static func closedPort(_ loop: EventLoop) throws -> UInt16 {
-        let listener = try TCPListener(loop: loop, address: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1)
+        let listener = try StreamListener(loop: loop, address: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1)
         let port = listener.localAddress.port
         listener.close()
         loop.runOnce(nowait: true)
