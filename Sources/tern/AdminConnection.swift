@@ -62,25 +62,19 @@ extension AdminClient {
                 throw AdminClientError(message: "socket path too long: \(unixPath)", unreachable: false)
             }
             withUnsafeMutableBytes(of: &sa.sun_path) { $0.copyBytes(from: bytes) }
-            result = withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
+            result = connectSocket(fd, to: &sa)
         } else if address.family == .ipv6 {
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = address.port.bigEndian
             inet_pton(AF_INET6, address.host, &sa.sin6_addr)
-            result = withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
+            result = connectSocket(fd, to: &sa)
         } else {
             var sa = sockaddr_in()
             sa.sin_family = sa_family_t(AF_INET)
             sa.sin_port = address.port.bigEndian
             inet_pton(AF_INET, address.host, &sa.sin_addr)
-            result = withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            result = connectSocket(fd, to: &sa)
         }
         if result != 0 {
             let e = errno
@@ -96,3 +90,10 @@ extension AdminClient {
 }
 
 private func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+/// connect(2) with any sockaddr_* type: its size is the type's.
+private func connectSocket<Address>(_ fd: Int32, to address: inout Address) -> Int32 {
+    withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size)) }
+    }
+}
