@@ -97,15 +97,15 @@ public final class BlastRunner {
         lastCompletion = startTime
         if let d = settings.duration {
             deadlineTimer = Timer(loop: loop)
-            deadlineTimer!.start(afterMilliseconds: UInt64(d * 1000)) { [unowned self] in self.stop(hard: false) }
+            deadlineTimer!.start(afterMilliseconds: UInt64(d * 1000)) { [weak self] in self?.stop(hard: false) }
         }
         let sweepMs = UInt64(max(10, min(1000, settings.timeout * 250)))
         sweepTimer = Timer(loop: loop)
-        sweepTimer!.start(afterMilliseconds: sweepMs, repeatMilliseconds: sweepMs) { [unowned self] in self.sweep() }
+        sweepTimer!.start(afterMilliseconds: sweepMs, repeatMilliseconds: sweepMs) { [weak self] in self?.sweep() }
         if let every = settings.progressInterval {
             let ms = UInt64(max(50, every * 1000))
             progressTimer = Timer(loop: loop)
-            progressTimer!.start(afterMilliseconds: ms, repeatMilliseconds: ms) { [unowned self] in self.showProgress() }
+            progressTimer!.start(afterMilliseconds: ms, repeatMilliseconds: ms) { [weak self] in self?.showProgress() }
         }
         slots = (0..<settings.concurrency).map { BlastSlot(runner: self, index: $0) }
         for slot in slots { slot.openConnection() }
@@ -324,7 +324,7 @@ final class BlastSlot {
     func pauseThenReconnect() {
         guard !runner.stopping else { return finish() }
         if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
-        pauseTimer!.start(afterMilliseconds: 100) { [unowned self] in self.openConnection() }
+        pauseTimer!.start(afterMilliseconds: 100) { [weak self] in self?.openConnection() }
     }
 
     func connected(_ connection: TCPConnection, started: UInt64) {
@@ -613,7 +613,8 @@ final class BlastSlot {
         let due = clock.monotonicNanoseconds() + nanoseconds
         if pauseTimer == nil { pauseTimer = Timer(loop: runner.loop) }
         runner.loop.updateTime()
-        pauseTimer!.start(afterMilliseconds: (nanoseconds + 999_999) / 1_000_000) { [unowned self] in
+        pauseTimer!.start(afterMilliseconds: (nanoseconds + 999_999) / 1_000_000) { [weak self] in
+            guard let self else { return }
             let now = clock.monotonicNanoseconds()
             if now < due { self.waitForPermit(due - now, then: then) } else { then(self) }
         }

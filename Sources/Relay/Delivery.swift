@@ -178,7 +178,8 @@ public final class DeliveryManager {
         if let current = timerDue, current <= due, timer.isActive { return }
         timerDue = due
         let delay = max(0, due - now)
-        timer.start(afterMilliseconds: UInt64(delay * 1000) + 1) { [unowned self] in
+        timer.start(afterMilliseconds: UInt64(delay * 1000) + 1) { [weak self] in
+            guard let self else { return }
             self.timerDue = nil
             self.pump()
         }

@@ -310,7 +310,8 @@ final class OutboundConnection {
 
     private func startTimer(now: UInt64) {
         timerDue = deadline
-        timer?.start(afterMilliseconds: deadline > now ? deadline - now : 0) { [unowned self] in
+        timer?.start(afterMilliseconds: deadline > now ? deadline - now : 0) { [weak self] in
+            guard let self else { return }
             let now = self.manager.loop.nowMilliseconds
             if now < self.deadline { return self.startTimer(now: now) }
             if self.idleTicket != nil {

@@ -109,7 +109,8 @@ final class SinkSession {
         }
         let now = server.loop.nowMilliseconds
         let due = (machine.phase == .data ? now : inputPendingSince ?? now) + UInt64(server.config.commandTimeout * 1000)
-        timer.start(afterMilliseconds: due > now ? due - now : 0) { [unowned self] in
+        timer.start(afterMilliseconds: due > now ? due - now : 0) { [weak self] in
+            guard let self else { return }
             // Replies still queued: the client reads nothing, the 421 would not get through.
             let stuck = self.connection.pendingWriteBytes > 0
             self.perform(self.machine.timedOut())
@@ -170,7 +171,7 @@ final class SinkSession {
                 // libuv counts from the time cached at the start of this loop iteration, in whole
                 // milliseconds rounded down: refresh it and add one, so a delay is never shorter than asked.
                 server.loop.updateTime()
-                timer.start(afterMilliseconds: UInt64(milliseconds) + 1) { [unowned self] in self.release() }
+                timer.start(afterMilliseconds: UInt64(milliseconds) + 1) { [weak self] in self?.release() }
                 if commit { held!.insert(.commitMessage, at: 0) }
                 return
             }
