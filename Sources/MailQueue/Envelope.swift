@@ -29,12 +29,16 @@ public struct ClientInfo: Sendable, Equatable {
     public var reverseName: String?
     /// "SMTP" or "ESMTP" (RFC 3848 adds "ESMTPS", "ESMTPA", ...).
     public var protocolName: String
+    /// The AUTH identity the client submitted as (egress pool and DKIM choices depend on it).
+    public var authenticatedUser: String?
 
-    public init(ip: String, helo: String, reverseName: String? = nil, protocolName: String = "ESMTP") {
+    public init(ip: String, helo: String, reverseName: String? = nil, protocolName: String = "ESMTP",
+                authenticatedUser: String? = nil) {
         self.ip = ip
         self.helo = helo
         self.reverseName = reverseName
         self.protocolName = protocolName
+        self.authenticatedUser = authenticatedUser
     }
 }
 
