@@ -116,3 +116,47 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return String(cString: text)
     }
 }
+
+// MARK: Addresses of this machine
+
+/// Why an address to send from cannot be used: not an IP address, not one of this machine's
+/// (EADDRNOTAVAIL), or not bindable for another reason.
+public struct LocalAddressError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let ip: String
+    public let error: UVError
+
+    public var isNotLocal: Bool { error.code == UV_EADDRNOTAVAIL.rawValue }
+
+    public var description: String {
+        if isNotLocal { return "\(ip) is not an address of this machine" }
+        if error == .invalidArgument { return "\(ip) is not an IP address" }
+        return "cannot bind \(ip): \(error)"
+    }
+}
+
+extension SocketAddress {
+    /// Checks that `ip` is an address of this machine, so that connections can be sent from it (an
+    /// egress source): binds a socket to it with port 0 and closes it. For start-up and config checks
+    /// (a few blocking system calls), not for the loop's hot paths. Linux takes every 127/8 address
+    /// as local; a host with `net.ipv4.ip_nonlocal_bind` set takes any address.
+    public static func checkLocal(_ ip: String) throws {
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(ip: ip, port: 0)
+        } catch {
+            throw LocalAddressError(ip: ip, error: error as? UVError ?? .invalidArgument)
+        }
+        #if canImport(Glibc)
+        let kind = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        #else
+        let kind = SOCK_STREAM
+        #endif
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, kind, 0)
+        guard fd >= 0 else { throw LocalAddressError(ip: address.ip, error: UVError(code: -errno)) }
+        defer { _ = close(fd) }
+        let result = address.withSockAddr { sockaddr in
+            bind(fd, sockaddr, socklen_t(address.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size))
+        }
+        if result != 0 { throw LocalAddressError(ip: address.ip, error: UVError(code: -errno)) }
+    }
+}

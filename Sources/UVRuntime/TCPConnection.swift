@@ -150,6 +150,8 @@ public final class TCPConnection: UVHandleOwner {
     /// `.success` with a connected connection (not yet reading), or `.failure` after the handle has
     /// been closed (UV_ETIMEDOUT when `timeoutMs` passed first). `readAddresses: false` leaves
     /// `peerAddress` and `localAddress` nil and saves two system calls (a load generator's connections).
+    /// `bindTo` is the local address to send from (an egress source; port 0: any); a bind that fails
+    /// (EADDRNOTAVAIL: not an address of this machine) fails the connect the same way.
     public static func connect(loop: EventLoop, to address: SocketAddress, bindTo: SocketAddress? = nil,
                                timeoutMs: UInt64? = nil, readAddresses: Bool = true,
                                _ done: @escaping (Result<TCPConnection, UVError>) -> Void) {
@@ -158,7 +160,8 @@ public final class TCPConnection: UVHandleOwner {
         connection.connector = connector
         // Every failure below closes the handle; the close callback reports it.
         if let bindTo {
-            let result = bindTo.withSockAddr { uv_tcp_bind(connection.handle, $0, 0) }
+            var result = connection.openUnboundSocket(like: bindTo)
+            if result == 0 { result = bindTo.withSockAddr { uv_tcp_bind(connection.handle, $0, 0) } }
             if result < 0 {
                 connector.error = UVError(code: result)
                 connection.close()
@@ -186,6 +189,25 @@ public final class TCPConnection: UVHandleOwner {
                 connection.close()  // the connect callback then runs with UV_ECANCELED
             }
         }
+    }
+
+    /// A socket of `address`'s family, opened here rather than by uv_tcp_bind so that
+    /// IP_BIND_ADDRESS_NO_PORT is set before the bind: the port is then chosen at connect, unique per
+    /// (source, destination) rather than per source, so one source address is not limited to one
+    /// ephemeral range for all its destinations together. 0 or a libuv error.
+    private func openUnboundSocket(like address: SocketAddress) -> Int32 {
+        #if canImport(Glibc)
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -errno }
+        var on: Int32 = 1
+        // An older kernel without the option: the port is chosen at bind, which still works.
+        _ = setsockopt(fd, Int32(IPPROTO_IP), IP_BIND_ADDRESS_NO_PORT, &on, socklen_t(MemoryLayout<Int32>.size))
+        let result = uv_tcp_open(handle, fd)
+        if result < 0 { Glibc.close(fd) }
+        return result
+        #else
+        return 0  // uv_tcp_bind opens the socket
+        #endif
     }
 
     private func connected(status: Int32) {
