@@ -14,6 +14,7 @@
 //     helo	mail.example.org
 //     rdns	mail.example.org                omitted when the reverse lookup gave no name
 //     protocol	ESMTP
+//     auth	alice                          the AUTH identity; omitted when the client did not authenticate
 //     attempts	0
 //     next-attempt	1700000000.123456
 //     warned	1                             only once a delay warning went to the sender
@@ -65,6 +66,7 @@ public enum EnvelopeRecord {
         field(&out, "helo\t") { appendText(&$0, e.client.helo) }
         if let rdns = e.client.reverseName { field(&out, "rdns\t") { appendText(&$0, rdns) } }
         field(&out, "protocol\t") { appendText(&$0, e.client.protocolName) }
+        if let user = e.client.authenticatedUser { field(&out, "auth\t") { appendText(&$0, user) } }
         field(&out, "attempts\t") { appendInt(&$0, e.attempts) }
         field(&out, "next-attempt\t") { appendSeconds(&$0, e.nextAttempt) }
         if e.delayWarned { field(&out, "warned\t") { $0.append(0x31) } }
@@ -152,7 +154,7 @@ public enum EnvelopeRecord {
         }
 
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
-        var protocolName: String?, arrival: Double?, nextAttempt: Double?
+        var protocolName: String?, auth: String?, arrival: Double?, nextAttempt: Double?
         var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
         var recipients: [Recipient] = []
         var ended = false
@@ -188,6 +190,9 @@ public enum EnvelopeRecord {
             case "helo": try set(&helo, try text(value, key), key)
             case "rdns": try set(&rdns, try text(value, key), key)
             case "protocol": try set(&protocolName, try text(value, key), key)
+            case "auth":
+                guard !value.isEmpty else { throw malformed(key, value) }
+                try set(&auth, try text(value, key), key)
             case "attempts": try set(&attempts, try count(value, key), key)
             case "next-attempt": try set(&nextAttempt, try seconds(value, key), key)
             case "warned":
@@ -218,7 +223,8 @@ public enum EnvelopeRecord {
             bodyType: body,
             smtputf8: try required(smtputf8, "smtputf8"),
             client: ClientInfo(ip: try required(client, "client"), helo: try required(helo, "helo"),
-                               reverseName: rdns, protocolName: try required(protocolName, "protocol")))
+                               reverseName: rdns, protocolName: try required(protocolName, "protocol"),
+                               authenticatedUser: auth))
         envelope.delayWarned = warned ?? false
         envelope.held = held ?? false
         return envelope

@@ -326,7 +326,7 @@ final class InboundSession {
             priority: server.priority(of: start), arrival: arrival, nextAttempt: arrival, bodyType: start.bodyType,
             smtputf8: start.smtputf8,
             client: MailQueue.ClientInfo(ip: clientIP, helo: start.helo, reverseName: machine.client.reverseName,
-                                         protocolName: start.protocolName))
+                                         protocolName: start.protocolName, authenticatedUser: start.authenticatedUser))
         // The queue id exists from DATA on: these lines tie it to the session (connect, helo) and
         // name what the client asked for, so `grep ID` shows the message from arrival to delivery.
         messageQueueID = id

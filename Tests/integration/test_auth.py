@@ -107,6 +107,7 @@ def test_smtplib_login_relays_for_outsider(auth_tern, certs, mechanism):
     assert rest == msg
     assert f"with ESMTPSA id {qid}".encode() in header, header
     assert t.env(qid).fields["protocol"] == "ESMTPSA"
+    assert t.env(qid).fields.get("auth") == "alice", t.env(qid).raw  # kept for the egress pool choice
     assert "AUTH user=<alice> from [" in t.stderr()
 
 

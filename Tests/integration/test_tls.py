@@ -60,6 +60,7 @@ def test_smtplib_starttls_and_received_header(tls_tern, certs):
     assert "with ESMTPS id " + qid in text, text
     assert f"(using {version} with cipher {cipher} (" in text, text
     assert t.env(qid).fields["protocol"] == "ESMTPS"
+    assert "auth" not in t.env(qid).fields  # no AUTH, no identity
 
 
 def test_swaks_tls(tls_tern, certs, tmp_path):
