@@ -38,11 +38,14 @@ public struct AttemptResult: Sendable, Equatable {
     public var relay: String?
     /// "TLSv1.3 TLS_AES_256_GCM_SHA384 verified" when the session used TLS.
     public var tls: String?
+    /// The egress source the attempt was sent from, "NAME[ip]"; nil without egress sources.
+    public var source: String?
 
-    public init(results: [Int: RecipientResult], relay: String? = nil, tls: String? = nil) {
+    public init(results: [Int: RecipientResult], relay: String? = nil, tls: String? = nil, source: String? = nil) {
         self.results = results
         self.relay = relay
         self.tls = tls
+        self.source = source
     }
 }
 
@@ -63,6 +66,8 @@ public struct RecipientEvent: Sendable, Equatable {
     public var dsn: String
     public var status: Status
     public var reply: String
+    /// "NAME[ip]" of the egress source, logged as source=; nil without egress sources.
+    public var source: String? = nil
 }
 
 /// Something to log and count, built once, where the decision is made.
@@ -320,7 +325,8 @@ public struct DeliveryCore: Sendable {
         let delay = now - m.envelope.arrival
         func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?) {
             out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[index].address, relay: relay,
-                                                      tls: tls, delay: delay, dsn: dsn, status: status, reply: reply))))
+                                                      tls: tls, delay: delay, dsn: dsn, status: status, reply: reply,
+                                                      source: attempt.source))))
         }
         var late: [(Int, RecipientResult)] = []
         var sent = 0, failed = 0

@@ -63,6 +63,9 @@ public final class DeliveryManager {
     /// The postmaster's requests waiting for their answer, by the ticket given to the core.
     var requests: [UInt64: (PostmasterAnswer) -> Void] = [:]
     var nextTicket: UInt64 = 1
+    /// The egress source a new connection for `job` sends from (its address bound, its EHLO name);
+    /// nil: the kernel's choice of address and [server] hostname. Where shaping's choice comes in.
+    var egressSource: (DeliveryJob) -> EgressSource? = { _ in nil }
     public var delivered: Int { core.delivered }
     public var bounced: Int { core.bounced }
     public var deferred: Int { core.deferred }
@@ -160,7 +163,7 @@ public final class DeliveryManager {
             // Idle connections first: a job for their destination needs no new connection.
             if !idleConnections.isEmpty { feedIdleConnections(now: t) }
             for job in core.dispatch(now: t) {
-                let connection = OutboundConnection(manager: self, destination: job.destination)
+                let connection = OutboundConnection(manager: self, destination: job.destination, source: egressSource(job))
                 connections[ObjectIdentifier(connection)] = connection
                 start(job, on: connection, routeFirst: true)
             }
@@ -274,8 +277,8 @@ public final class DeliveryManager {
 
     /// A job ended: the core records each recipient's result and says what to write.
     func jobFinished(_ job: DeliveryJob, message: OutgoingMessage, outcomes: [Int: RecipientResult], relay: String,
-                     tls: String? = nil) {
-        let attempt = AttemptResult(results: outcomes, relay: relay == "none" ? nil : relay, tls: tls)
+                     tls: String? = nil, source: String? = nil) {
+        let attempt = AttemptResult(results: outcomes, relay: relay == "none" ? nil : relay, tls: tls, source: source)
         perform(core.attemptFinished(job, attempt, now: now))
         armTimer()
     }
@@ -376,23 +379,26 @@ public final class DeliveryManager {
     }
 
     /// "QUEUEID: to=<…>, relay=mx[ip]:25, tls=…, delay=0.4, dsn=2.0.0, status=sent (250 …)", as Postfix
-    /// writes it (tls= when the session used TLS; "expired, returned to sender" for an expired one);
-    /// with log.format = "json" each of these is a member of its own.
+    /// writes it (source=NAME[ip] after the relay when sent from an egress source, tls= when the session
+    /// used TLS; "expired, returned to sender" for an expired one); with log.format = "json" each of
+    /// these is a member of its own.
     func logResult(_ e: RecipientEvent) {
         let delay = Self.seconds(e.delay)
         var fields: Logger.Metadata = ["to": .string(e.to), "relay": .string(e.relay), "delay": .string(delay),
                                        "dsn": .string(e.dsn), "status": .string(e.status.rawValue),
                                        "reply": .string(e.reply)]
         if let tls = e.tls { fields["tls"] = .string(tls) }
+        if let source = e.source { fields["source"] = .string(source) }
         log.fields("delivery", qid: e.id.rawValue, fields) {
             Self.resultText(e.id, to: e.to, relay: e.relay, tls: e.tls, delay: delay, dsn: e.dsn,
-                            status: e.status.rawValue, reply: e.reply)
+                            status: e.status.rawValue, reply: e.reply, source: e.source)
         }
     }
 
     static func resultText(_ id: QueueID, to: String, relay: String, tls: String?, delay: String, dsn: String,
-                           status: String, reply: String) -> String {
-        let relayField = tls.map { "\(relay), tls=\($0)" } ?? relay
+                           status: String, reply: String, source: String? = nil) -> String {
+        var relayField = source.map { "\(relay), source=\($0)" } ?? relay
+        if let tls { relayField += ", tls=\(tls)" }
         let outcome = status == "expired" ? "expired, returned to sender" : status
         return "\(id): to=\(angleQuoted(to)), relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
     }

@@ -10,6 +10,9 @@
 // STARTTLS and whether it must succeed; the connection (UVRuntime's transport) runs the handshake and, for
 // `verify`, gives up a host whose certificate does not chain to the CA store or name the host.
 // Either failure is a temporary one for that host: the next MX is tried.
+//
+// Egress (issue 16): a connection given an egress source binds the source's address and says its EHLO
+// name; hosts of the other address family than the source are skipped (they cannot be reached from it).
 
 import MailQueue
 import SMTPProtocol
@@ -52,9 +55,17 @@ final class OutboundConnection {
     /// The current connection is that retry.
     private var inClear = false
 
-    init(manager: DeliveryManager, destination: String) {
+    /// The egress source this connection sends from; nil: the address the kernel picks and [server]
+    /// hostname in EHLO, as before egress existed.
+    let source: EgressSource?
+    /// `source`'s address to bind (port 0), or why it cannot be (the config check makes that rare).
+    private let sourceAddress: Result<SocketAddress, UVError>?
+
+    init(manager: DeliveryManager, destination: String, source: EgressSource? = nil) {
         self.manager = manager
         self.destination = destination
+        self.source = source
+        sourceAddress = source.map { s in Result { try SocketAddress(ip: s.address, port: 0) }.mapError { $0 as? UVError ?? .invalidArgument } }
         let routes = manager.config.routes
         let name = normalizedDomain(destination)
         let key = routes.routes[name] != nil ? name : (routes.routes["*"] != nil ? "*" : nil)
@@ -71,6 +82,12 @@ final class OutboundConnection {
         guard let t = current else { return "none" }
         return "\(t.host)[\(t.address)]:\(t.port)"
     }
+
+    /// "NAME[ip]" for the log's source= field; nil without an egress source.
+    var sourceName: String? { source.map { "\($0.name)[\($0.address)]" } }
+
+    /// The name said in EHLO/HELO: the egress source's, else [server] hostname.
+    var heloName: String { source?.ehlo ?? manager.config.hostname }
 
     // MARK: - A job on a new connection
 
@@ -132,11 +149,33 @@ final class OutboundConnection {
             tryNextTarget()
             return
         }
+        var bindTo: SocketAddress?
+        if let source, let sourceAddress {
+            switch sourceAddress {
+            case .failure(let error):
+                // No host can be reached from it: the whole attempt is deferred, the reason logged.
+                lastFailure = .deferred("egress source \(source.name): bad address \(source.address): \(error)", status: "4.3.5")
+                manager.log.error("\(lastError)")
+                targetIndex = targets.count
+                tryNextTarget()
+                return
+            case .success(let from):
+                guard from.isIPv6 == address.isIPv6 else {
+                    lastFailure = .deferred("\(relayName) not reachable from egress source \(sourceName ?? ""): no \(address.isIPv6 ? "IPv6" : "IPv4") source address", status: "4.4.1")
+                    manager.log.debug("\(lastError)")
+                    tryNextTarget()
+                    return
+                }
+                bindTo = from
+            }
+        }
         let d = manager.config.delivery
-        TCPConnection.connect(loop: manager.loop, to: address, timeoutMs: UInt64(d.connectTimeout * 1000)) { [self] result in
+        TCPConnection.connect(loop: manager.loop, to: address, bindTo: bindTo,
+                              timeoutMs: UInt64(d.connectTimeout * 1000)) { [self] result in
             switch result {
             case .failure(let error):
-                lastFailure = .deferred("connect to \(relayName): \(error)", status: "4.4.1")
+                let from = sourceName.map { " from \($0)" } ?? ""
+                lastFailure = .deferred("connect to \(relayName)\(from): \(error)", status: "4.4.1")
                 manager.log.debug("\(lastError)")
                 tryNextTarget()
             case .success(let connection):
@@ -158,7 +197,7 @@ final class OutboundConnection {
             mode = .none
             tlsOutcome = "none (retried in the clear after a TLS failure)"
         }
-        session = ClientSession(hostname: manager.config.hostname, tls: mode, credentials: credentials)
+        session = ClientSession(hostname: heloName, tls: mode, credentials: credentials)
         connection.setNoDelay(true)
         // Room for a whole typical message in one write: no pending copy, no EPOLLOUT round trip.
         connection.setSendBufferSize(Self.sendBufferSize)
@@ -271,7 +310,8 @@ final class OutboundConnection {
         self.job = nil
         self.message = nil
         outcomes = [:]
-        manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome)
+        manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome,
+                            source: sourceName)
         if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
             manager.connectionReady(self)
         } else {
