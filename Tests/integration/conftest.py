@@ -64,8 +64,8 @@ def toml_string(s: str) -> str:
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
     if isinstance(v, str):
         return toml_string(v)
     if isinstance(v, (list, tuple)):
@@ -75,14 +75,17 @@ def toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def toml_document(top: dict, tables: dict[str, dict]) -> str:
+def toml_document(top: dict, tables: dict[str, dict | list[dict]]) -> str:
+    """`tables`: {"name": {...}} is a table [name] ("egress.sources.a" for a nested one), {"name": [{...},
+    ...]} an array of tables [[name]] ([[shaping]], [[backoff]])."""
     lines = [f"{toml_key(k)} = {toml_value(v)}" for k, v in top.items()]
     for name, table in tables.items():
         if table is None:
             continue
-        lines.append("")
-        lines.append(f"[{name}]")
-        lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
+        for one in table if isinstance(table, list) else [table]:
+            lines.append("")
+            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
+            lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in one.items())
     return "\n".join(lines) + "\n"
 
 
@@ -332,6 +335,39 @@ class DnsServer:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Mailbox providers for the traffic shaping tests (issue 16): two recipient domains whose MX records
+# name one provider host (so an `mx` rule puts both under one set of limits), and a second provider
+# with a domain of its own, so that a rule can match one provider and not the other. The next hop
+# behind each host is a delivery_helpers.NextHop on the `provider` fixture's port. Egress sources are
+# two more loopback addresses, which Linux takes as this machine's (all of 127/8 is on lo).
+
+
+def mx_records(host: str, ip: str, domains: list[str], preference: int = 10) -> list[str]:
+    """dnsmasq options: each of domains has one MX, `host`, and `host` has the A record `ip`."""
+    return [f"--mx-host={d},{host},{preference}" for d in domains] + [f"--host-record={host},{ip}"]
+
+
+PROVIDER_HOST, PROVIDER_IP, PROVIDER_DOMAINS = "mx.provider.test", "127.0.0.30", ["a.test", "b.test"]
+OTHER_HOST, OTHER_IP, OTHER_DOMAINS = "mx.other.test", "127.0.0.31", ["c.test"]
+# Where non-delivery notices to sender@sender.test go (start a NextHop there to receive them).
+SENDER_HOST, SENDER_IP = "mx.sender.test", "127.0.0.32"
+PROVIDER_RECORDS = (mx_records(PROVIDER_HOST, PROVIDER_IP, PROVIDER_DOMAINS)
+                    + mx_records(OTHER_HOST, OTHER_IP, OTHER_DOMAINS)
+                    + mx_records(SENDER_HOST, SENDER_IP, ["sender.test"]))
+# [egress.sources.NAME] for the relay: (address, EHLO name).
+EGRESS_SOURCES = {"a": ("127.0.0.21", "mta-a.relay.test"), "b": ("127.0.0.22", "mta-b.relay.test")}
+# [delivery] for the relay in front of the providers: retries after a second, refused hosts fail fast.
+PROVIDER_DELIVERY = {
+    "enabled": True,
+    "max_connections": 1000,
+    "max_connections_per_destination": 20,
+    "retry_schedule": ["1s"],
+    "max_queue_lifetime": "5d",
+    "connect_timeout": "2s",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1004,6 +1040,51 @@ def start_dns(tmp_path_factory):
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def provider_dns(start_dns) -> DnsServer:
+    """dnsmasq with PROVIDER_RECORDS, for the module's tests."""
+    return start_dns(PROVIDER_RECORDS)
+
+
+@pytest.fixture
+def provider_port() -> int:
+    """The port every provider listens on (the relay's delivery.port), free on all their addresses."""
+    return free_port_on([PROVIDER_IP, OTHER_IP, SENDER_IP])
+
+
+@pytest.fixture
+def provider(provider_port):
+    """provider(ip=PROVIDER_IP, **NextHop options) -> a running delivery_helpers.NextHop on ip:provider_port;
+    stopped at teardown (after the relay: request this fixture before start_tern's users)."""
+    from delivery_helpers import NextHop
+    started: list = []
+
+    def start(ip: str = PROVIDER_IP, **kw):
+        hop = NextHop(ip, provider_port, **kw).start()
+        started.append(hop)
+        return hop
+
+    yield start
+    for hop in reversed(started):
+        hop.stop()
+
+
+@pytest.fixture
+def provider_relay(provider, start_tern, provider_dns, provider_port):
+    """provider_relay(delivery={...}, tables={...}) -> a running tern that resolves through provider_dns
+    and delivers to port provider_port; `tables` are more config tables ([[shaping]], [egress.*], ...).
+    Depends on `provider` so that tern stops before the providers do."""
+
+    def start(delivery: dict | None = None, tables: dict | None = None, **kw) -> Tern:
+        dl = dict(PROVIDER_DELIVERY, port=provider_port)
+        dl.update(delivery or {})
+        extra = {"dns": {"servers": [f"127.0.0.1:{provider_dns.port}"]}}
+        extra.update(tables or {})
+        return start_tern(delivery=dl, extra_tables=extra, **kw)
+
+    return start
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from conftest import (DNSMASQ, POLL, QTYPE_NAMES, QTYPES, RCODES, DNSAnswer, DnsServer,  # noqa: F401 - used by the tests
                       dns_query, free_port_on, port_free_on, wait_until)
@@ -38,6 +39,8 @@ class Transaction:
     mail_options: list[str] = field(default_factory=list)
     at: float = 0.0           # time.monotonic() when the DATA reply was sent
 
+    session: "HopSession | None" = None  # the TCP session it came in on
+
     def header(self, name: str) -> str | None:
         m = re.search(rb"(?im)^" + re.escape(name.encode()) + rb":[ \t]*(.*?)\r?$", self.content.split(b"\r\n\r\n", 1)[0])
         return m.group(1).decode("utf-8", "replace") if m else None
@@ -45,6 +48,50 @@ class Transaction:
     @property
     def subject(self) -> str | None:
         return self.header("Subject")
+
+
+@dataclass
+class HopSession:
+    """One TCP connection to a NextHop, from accept to close (a provider's view of a sender)."""
+    number: int                  # 1, 2, ... in order of accept
+    peer: str                    # the client's IP address: the relay's source address
+    started: float               # time.monotonic() at accept
+    ended: float | None = None   # time.monotonic() at close; None while open
+    ehlo: str | None = None      # the last EHLO/HELO name
+    refused: bool = False        # greeted with NextHop.refuse_reply and closed
+    messages: list[float] = field(default_factory=list)  # time.monotonic() of each accepted end of DATA
+
+    def overlaps(self, other: "HopSession") -> bool:
+        end, other_end = self.ended or float("inf"), other.ended or float("inf")
+        return self.started < other_end and other.started < end
+
+
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP with a HopSession per connection: accept and close times, the peer, concurrency,
+    and the refusal at the greeting (refuse_first)."""
+
+    def __init__(self, hop: "NextHop", *args, **kw):
+        super().__init__(*args, **kw)
+        self.hop = hop
+        self.tern_record: HopSession | None = None
+
+    def connection_made(self, transport):
+        fresh = self.transport is None  # STARTTLS makes a second call on the same connection
+        super().connection_made(transport)
+        if fresh:
+            self.tern_record = self.hop._opened(self, transport.get_extra_info("peername"))
+
+    def connection_lost(self, error):
+        super().connection_lost(error)
+        if self.tern_record is not None and self.tern_record.ended is None:
+            self.hop._closed(self, self.tern_record)
+
+    async def _handle_client(self):
+        if self.tern_record is not None and self.tern_record.refused:
+            await self.push(self.hop.refuse_reply)
+            self.transport.close()
+            return
+        await super()._handle_client()
 
 
 class _Handler:
@@ -60,16 +107,21 @@ class _Handler:
             session.tern_test_connection = conn
         return conn
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
+    def _said_helo(self, server, hostname: str) -> None:
         with self.hop.lock:
             self.hop.ehlos.append(hostname)
+            record = getattr(server, "tern_record", None)
+            if record is not None:
+                record.ehlo = hostname
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        self._said_helo(server, hostname)
         return responses
 
     async def handle_HELO(self, server, session, envelope, hostname):
         session.host_name = hostname
-        with self.hop.lock:
-            self.hop.ehlos.append(hostname)
+        self._said_helo(server, hostname)
         return f"250 {server.hostname}"
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -82,6 +134,9 @@ class _Handler:
         reply = self.hop.rcpt_replies.get(address.lower())
         with self.hop.lock:
             self.hop.rcpt_attempts.append(address)
+            if reply is None and self.hop.rcpt_failures < self.hop.rcpt_fail_first:
+                self.hop.rcpt_failures += 1
+                reply = self.hop.rcpt_fail_reply
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
@@ -100,13 +155,15 @@ class _Handler:
             mail_from = ""
         t = Transaction(mail_from=mail_from, rcpts=list(envelope.rcpt_tos), content=bytes(envelope.content),
                         connection=self._connection(session), mail_options=list(envelope.mail_options),
-                        at=time.monotonic())
+                        at=time.monotonic(), session=getattr(server, "tern_record", None))
         with self.hop.lock:
             n = len(self.hop.attempts)
             self.hop.attempts.append(t)
             if n < self.hop.fail_first:
                 return self.hop.fail_reply
             self.hop.transactions.append(t)
+            if t.session is not None:
+                t.session.messages.append(t.at)
         return "250 2.0.0 Ok: delivered"
 
 
@@ -115,22 +172,50 @@ class _CountingController(Controller):
         super().__init__(_Handler(hop), **kw)
         self.hop = hop
 
+    def factory(self):
+        return _RecordingSMTP(self.hop, self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self):
+        # aiosmtpd's readiness probe at start: sent from a port registered first, so that it is not
+        # taken for a session of the relay.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.bind((self.hostname, 0))
+            with self.hop.lock:
+                self.hop._probes.add(s.getsockname())
+            s.connect((self.hostname, self.port))
+            s.recv(1024)
+
 
 class NextHop:
-    """An SMTP server on host:port (aiosmtpd) that records every accepted transaction.
+    """An SMTP server on host:port (aiosmtpd) that records every accepted transaction, and every TCP
+    session (`records`: peer address, EHLO name, start and end, the messages in it), so that it can
+    stand for a mailbox provider in the traffic shaping tests.
 
     rcpt_replies: {address: "550 5.1.1 ..."} answers RCPT for that recipient (any code);
+    rcpt_fail_first: the first N RCPT commands (any recipient) get rcpt_fail_reply, later ones 250;
     fail_first: the first N transactions get fail_reply at the end of DATA, later ones 250;
+    refuse_first: the first N connections get refuse_reply as the greeting and are closed;
     delay: seconds to sleep before answering the end of DATA (a slow destination);
-    hold: answer no end of DATA until release() is called (at most 25 s), so mail piles up in tern."""
+    hold: answer no end of DATA until release() is called (at most 25 s), so mail piles up in tern.
+    The counters (rcpt_fail_first, fail_first, refuse_first) may be changed while it runs, under `lock`.
+    stop() closes the open sessions too and start() listens again on the same address: a next hop
+    that dies and comes back; the records go on across the restart."""
 
     def __init__(self, host: str, port: int, *, rcpt_replies: dict[str, str] | None = None, fail_first: int = 0,
-                 fail_reply: str = "451 4.3.0 Try again later", delay: float = 0.0, hold: bool = False):
+                 fail_reply: str = "451 4.3.0 Try again later", delay: float = 0.0, hold: bool = False,
+                 refuse_first: int = 0, refuse_reply: str = "421 4.7.0 Too many connections, try again later",
+                 rcpt_fail_first: int = 0, rcpt_fail_reply: str = "421 4.7.0 Rate limited, try again later"):
         self.host = host
         self.port = port
         self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
         self.fail_first = fail_first
         self.fail_reply = fail_reply
+        self.refuse_first = refuse_first
+        self.refuse_reply = refuse_reply
+        self.rcpt_fail_first = rcpt_fail_first
+        self.rcpt_fail_reply = rcpt_fail_reply
+        self.rcpt_failures = 0                     # RCPT commands answered with rcpt_fail_reply
         self.delay = delay
         self.held = threading.Event() if hold else None
         self.lock = threading.Lock()
@@ -139,6 +224,11 @@ class NextHop:
         self.rcpt_attempts: list[str] = []
         self.sessions: list = []                   # connections that sent MAIL
         self.ehlos: list[str] = []
+        self.records: list[HopSession] = []        # every TCP session, in order of accept
+        self.open_now = 0                          # sessions open at this moment
+        self.max_open = 0                          # the most ever open at once
+        self._live: dict[_RecordingSMTP, HopSession] = {}
+        self._probes: set = set()                  # aiosmtpd's readiness probes: not sessions
         self.controller: Controller | None = None
 
     def start(self) -> "NextHop":
@@ -153,15 +243,85 @@ class NextHop:
             self.held.set()
 
     def stop(self) -> None:
+        """Stops listening and closes every open session (a dead next hop: connections refused)."""
         self.release()
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
+        controller = self.controller
+        if controller is None:
+            return
+        self.controller = None
+
+        def close_sessions():
+            for smtp in list(self._live):
+                if smtp.transport is not None:
+                    smtp.transport.abort()
+
+        # Queued before the controller's own stop, so it runs first, on the server's loop.
+        controller.loop.call_soon_threadsafe(close_sessions)
+        controller.stop()
+        with self.lock:
+            now = time.monotonic()
+            for record in self._live.values():
+                record.ended = record.ended or now
+            self._live.clear()
+            self.open_now = 0
+
+    @property
+    def running(self) -> bool:
+        return self.controller is not None
+
+    def _opened(self, smtp: "_RecordingSMTP", peer) -> HopSession | None:
+        with self.lock:
+            if peer is None or tuple(peer[:2]) in self._probes:
+                return None
+            record = HopSession(number=len(self.records) + 1, peer=peer[0], started=time.monotonic())
+            record.refused = self.refuse_first > sum(r.refused for r in self.records)
+            self.records.append(record)
+            self._live[smtp] = record
+            self.open_now += 1
+            self.max_open = max(self.max_open, self.open_now)
+            return record
+
+    def _closed(self, smtp: "_RecordingSMTP", record: HopSession) -> None:
+        with self.lock:
+            if self._live.pop(smtp, None) is not None:
+                record.ended = time.monotonic()
+                self.open_now -= 1
 
     @property
     def connections(self) -> int:
         with self.lock:
             return len(self.sessions)
+
+    def sessions_seen(self) -> list[HopSession]:
+        """Every TCP session so far (refused ones included), in order of accept."""
+        with self.lock:
+            return list(self.records)
+
+    def peers(self) -> set[str]:
+        """The client addresses sessions came from."""
+        return {r.peer for r in self.sessions_seen()}
+
+    def ehlo_by_peer(self) -> dict[str, set[str]]:
+        """{client address: the EHLO names said from it}."""
+        out: dict[str, set[str]] = {}
+        for r in self.sessions_seen():
+            if r.ehlo is not None:
+                out.setdefault(r.peer, set()).add(r.ehlo)
+        return out
+
+    def message_times(self) -> list[float]:
+        """time.monotonic() of every accepted message, in order."""
+        return sorted(t.at for t in self.received())
+
+    def most_in_window(self, window: float = 1.0) -> int:
+        """The most messages accepted within any `window` seconds (a sliding window over the times)."""
+        times = self.message_times()
+        most, first = 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= window:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     def received(self) -> list[Transaction]:
         with self.lock:
@@ -229,10 +389,12 @@ class GreetingRefuser:
 
 # --------------------------------------------------------------------------------------------
 # tern's delivery log: "ID: to=<rcpt>, relay=host[ip]:port, delay=0.05, dsn=2.0.0, status=sent (250 ...)",
-# with ", tls=TLSv1.3 CIPHER verified|unverified" after the relay when the session used TLS.
+# with ", source=NAME[ip]" after the relay when sent from an egress source and
+# ", tls=TLSv1.3 CIPHER verified|unverified" when the session used TLS.
 
 LOG_RE = re.compile(
-    r"(?P<id>[0-9A-F]{14}): to=<(?P<rcpt>[^>]*)>, relay=(?P<relay>[^,]*)(?:, tls=(?P<tls>[^,]*))?,"
+    r"(?P<id>[0-9A-F]{14}): to=<(?P<rcpt>[^>]*)>, relay=(?P<relay>[^,]*)(?:, source=(?P<source>[^,]*))?"
+    r"(?:, tls=(?P<tls>[^,]*))?,"
     r" delay=(?P<delay>[0-9.]+),"
     r" dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>\w+)(?: \((?P<reply>.*)\))?"
 )
