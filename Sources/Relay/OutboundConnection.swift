@@ -65,7 +65,9 @@ final class OutboundConnection {
         self.manager = manager
         self.destination = destination
         self.source = source
-        sourceAddress = source.map { s in Result { try SocketAddress(ip: s.address, port: 0) }.mapError { $0 as? UVError ?? .invalidArgument } }
+        sourceAddress = source.map { s in
+            Result { try SocketAddress(ip: s.address, port: 0) }.mapError { $0 as? UVError ?? .invalidArgument }
+        }
         let routes = manager.config.routes
         let name = normalizedDomain(destination)
         let key = routes.routes[name] != nil ? name : (routes.routes["*"] != nil ? "*" : nil)

@@ -38,7 +38,6 @@ class Transaction:
     connection: int           # 1, 2, ... in order of connections that got as far as MAIL
     mail_options: list[str] = field(default_factory=list)
     at: float = 0.0           # time.monotonic() when the DATA reply was sent
-
     session: "HopSession | None" = None  # the TCP session it came in on
 
     def header(self, name: str) -> str | None:
@@ -60,10 +59,6 @@ class HopSession:
     ehlo: str | None = None      # the last EHLO/HELO name
     refused: bool = False        # greeted with NextHop.refuse_reply and closed
     messages: list[float] = field(default_factory=list)  # time.monotonic() of each accepted end of DATA
-
-    def overlaps(self, other: "HopSession") -> bool:
-        end, other_end = self.ended or float("inf"), other.ended or float("inf")
-        return self.started < other_end and other.started < end
 
 
 class _RecordingSMTP(SMTP):
@@ -178,7 +173,7 @@ class _CountingController(Controller):
     def _trigger_server(self):
         # aiosmtpd's readiness probe at start: sent from a port registered first, so that it is not
         # taken for a session of the relay.
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in self.hostname else socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(1.0)
             s.bind((self.hostname, 0))
             with self.hop.lock:
