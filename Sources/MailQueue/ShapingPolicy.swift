@@ -81,10 +81,13 @@ public struct ShapingRule: Sendable, Equatable {
     public var connectionCacheTime: Double?
     /// The egress pool for this destination's mail when the message itself does not name one.
     public var pool: String?
+    /// TLS with this destination's hosts, as a [routes] table's `tls`; nil: as without the rule
+    /// (the route's, else [delivery]'s). The config reader fills it; delivery applies it.
+    public var tls: OutboundTLSPolicy?
 
     public init(name: String, domains: [String] = [], mx: [String] = [], maxConnections: Int? = nil,
                 maxMessagesPerConnection: Int? = nil, maxMessageRate: Rate? = nil, maxConnectionRate: Rate? = nil,
-                connectionCacheTime: Double? = nil, pool: String? = nil) {
+                connectionCacheTime: Double? = nil, pool: String? = nil, tls: OutboundTLSPolicy? = nil) {
         self.name = name
         self.domains = domains
         self.mx = mx
@@ -94,7 +97,21 @@ public struct ShapingRule: Sendable, Equatable {
         self.maxConnectionRate = maxConnectionRate
         self.connectionCacheTime = connectionCacheTime
         self.pool = pool
+        self.tls = tls
     }
+}
+
+/// How delivery uses TLS with a next hop: [delivery] tls, a [routes] table's tls, a [[shaping]] rule's
+/// tls. Here rather than in Relay so that a ShapingRule can carry it; Relay reads it from the config.
+public enum OutboundTLSPolicy: String, Sendable, Equatable, CaseIterable {
+    /// Never STARTTLS.
+    case none
+    /// STARTTLS when offered; any certificate; in the clear otherwise.
+    case opportunistic
+    /// STARTTLS or fail (temporarily); any certificate.
+    case require
+    /// STARTTLS with a certificate that chains to the system CA store and names the host, or fail.
+    case verify
 }
 
 /// One [[backoff]] table: replies that say "slow down", and what to do when enough of them come.

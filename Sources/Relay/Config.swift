@@ -14,6 +14,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import MailQueue
 import TOMLKit
 
 // MARK: - Errors
@@ -70,6 +71,12 @@ public struct TernConfig: Sendable, Equatable {
     public var admin: AdminConfig = AdminConfig()
     /// Recipient rewrites. Keys are lowercased addresses or bare local parts ("postmaster").
     public var aliases: [String: [String]]
+    /// [[shaping]] tables in the file's order: limits per destination (ShapingConfig.swift).
+    public var shapingRules: [ShapingRule] = []
+    /// [[backoff]] tables in the file's order: replies that say "slow down".
+    public var backoff: [BackoffRule] = []
+    /// [egress]: source addresses, pools of them, and which pool a message uses.
+    public var egress: EgressConfig = EgressConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -92,6 +99,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.tls),
             AnySection(\.auth),
             AnySection(\.admin),
+            AnySection(\.egress),
             AnySection(name: "aliases", read: readAliases),
         ]
     }
@@ -133,6 +141,10 @@ public struct TernConfig: Sendable, Equatable {
             try section.read(&config, &reader)
             try reader.rejectUnknownKeys()
         }
+        // Arrays of tables, after [egress] and [routes] whose names they refer to.
+        try readShaping(&config, &root)
+        try readBackoff(&config, &root)
+        try config.checkRoutePools(root)
         try root.rejectUnknownKeys()
         // The default spool path is relative too: from the file's directory like a written one.
         config.spool.path = resolve(config.spool.path, from: baseDirectory)
@@ -370,6 +382,9 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     public var connectionCacheTime: Double = 2
     /// TLS with next hops when the route says nothing else.
     public var tls: OutboundTLSPolicy = .opportunistic
+    /// A next hop that does not answer is suspended instead of tried once per queued message
+    /// (dead_destination_failures, dead_destination_initial, dead_destination_maximum).
+    public var deadDestination = DeadDestinationPolicy()
 
     public init() {}
 
@@ -390,6 +405,12 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
         try r.read("connection_cache_time", into: &connectionCacheTime, Decode.durationOrZero)
         try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
+        try r.read("dead_destination_failures", into: &deadDestination.failures, Decode.positiveInt)
+        try r.read("dead_destination_initial", into: &deadDestination.initial, Decode.duration)
+        try r.read("dead_destination_maximum", into: &deadDestination.maximum, Decode.duration)
+        try r.check("dead_destination_initial", deadDestination.initial <= deadDestination.maximum,
+                    "\(formatDuration(deadDestination.initial)) is longer than dead_destination_maximum "
+                    + "(\(formatDuration(deadDestination.maximum)))")
     }
 }
 
@@ -401,6 +422,8 @@ public struct RouteConfig: Sendable, Equatable, ConfigSection {
     public var routes: [String: NextHopSpec] = [:]
     /// TLS policy and credentials of routes written as tables (SecurityConfig.swift), same keys.
     public var security: [String: RouteSecurity] = [:]
+    /// The [egress.pools] pool of a route written as a table (`pool = "bulk"`), same keys.
+    public var pools: [String: String] = [:]
 
     public init(routes: [String: NextHopSpec] = [:]) {
         self.routes = routes
@@ -622,10 +645,11 @@ struct TableReader {
     }
 
     /// The key's line; for a key inside an inline table (`sender_domains = { "a.example" = 50 }`),
-    /// which KeyLocator cannot see into, the line of the inline table's own key.
+    /// which KeyLocator cannot see into, the line of the inline table's own key; for a key missing
+    /// from a [[shaping]] table, the line of its header.
     func line(of key: String) -> Int? {
         if let line = KeyLocator.line(of: path + [key], in: context.text) { return line }
-        return path.count >= 2 ? KeyLocator.line(of: path, in: context.text) : nil
+        return path.count >= 2 || path.last.map(isArrayElement) == true ? KeyLocator.line(of: path, in: context.text) : nil
     }
 
     /// Throws for the first key (in sorted order) that no `read` asked for.
@@ -639,14 +663,23 @@ struct TableReader {
     }
 }
 
-/// A dotted key as TOML would accept it: aliases."root@example.com".
+/// A dotted key as TOML would accept it: aliases."root@example.com"; an element of an array of
+/// tables as its index from 0: shaping[2].domains.
 func displayKey(_ path: [String]) -> String {
     path.map { part in
         let bare = !part.isEmpty && part.utf8.allSatisfy {
             isASCIIAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
         }
-        return bare ? part : "\"\(part)\""
+        return bare || isArrayElement(part) ? part : "\"\(part)\""
     }.joined(separator: ".")
+}
+
+/// "shaping[2]": the path part TableReader and KeyLocator give the third [[shaping]] table.
+func isArrayElement(_ part: String) -> Bool {
+    guard part.hasSuffix("]"), let open = part.firstIndex(of: "[") else { return false }
+    let name = part[..<open].utf8, index = part[part.index(after: open)..<part.index(before: part.endIndex)].utf8
+    return !name.isEmpty && name.allSatisfy({ isASCIIAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") })
+        && !index.isEmpty && index.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 })
 }
 
 // MARK: - Value decoders
@@ -812,6 +845,7 @@ enum Decode {
 enum KeyLocator {
     static func line(of path: [String], in text: String) -> Int? {
         var header: [String] = []
+        var arrayCounts: [[String]: Int] = [:]  // [[shaping]] headers seen: the next one's index
         var openString: String?  // inside a multi-line string that began on an earlier line
         for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if let delimiter = openString {
@@ -825,6 +859,11 @@ enum KeyLocator {
                       rest.drop(while: { $0 == " " || $0 == "\t" }).hasPrefix("]")
                 else { continue }
                 header = keys
+                if isArray {
+                    let n = arrayCounts[keys, default: 0]
+                    arrayCounts[keys] = n + 1
+                    header[header.count - 1] += "[\(n)]"
+                }
                 if header.starts(with: path) { return index + 1 }
                 continue
             }

@@ -21,12 +21,14 @@ public struct SecurityFiles: Sendable {
 
 extension TernConfig {
     /// Opens the certificate and key (checking that they match, with both cipher policies) and
-    /// parses the users file. Blocking (file reads): on the thread pool when the loop runs. An error
-    /// is a ConfigError naming the key and the path; `source` is the config file's path.
+    /// parses the users file; checks that every egress source's address is on this machine. Blocking
+    /// (file reads): on the thread pool when the loop runs. An error is a ConfigError naming the key
+    /// and the path; `source` is the config file's path.
     public func openSecurityFiles(source: String? = nil) throws -> SecurityFiles {
         func fail(_ key: String, _ message: String) -> ConfigError {
             ConfigError(key: key, message: message, source: source)
         }
+        try checkEgressAddresses(source: source)
         var files = SecurityFiles()
         if tls.enabled {
             for (key, path) in [("tls.certificate", tls.certificate), ("tls.key", tls.key)] {
@@ -85,6 +87,48 @@ extension TernConfig {
         guard let below, !below.split(separator: "/").contains("..") else {
             throw fail("the parent directory \(parent) does not exist (Tern creates the spool directory, not its parents)")
         }
+    }
+
+    /// Each [egress.sources] address can be bound (port 0, nothing sent): an address that is not on
+    /// this machine fails at start-up and on SIGHUP, naming its key, not at each delivery.
+    public func checkEgressAddresses(source: String? = nil) throws {
+        for s in egress.sources {
+            if let problem = Self.unbindable(s.address) {
+                throw ConfigError(key: "egress.sources.\(displayKey([s.name])).address",
+                                  message: "cannot send from \(s.address): \(problem)", source: source)
+            }
+        }
+    }
+
+    /// Why a TCP socket cannot be bound to `address` (an IP literal), or nil when it can.
+    static func unbindable(_ address: String) -> String? {
+        guard let ip = IPAddress.parseRaw(address)?.unmapped else { return "not an IP address" }
+        let family = ip.family == .ipv4 ? AF_INET : AF_INET6
+        #if canImport(Glibc)
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(family, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        defer { close(fd) }
+        var result: Int32
+        if ip.family == .ipv4 {
+            var sa = sockaddr_in()
+            sa.sin_family = sa_family_t(AF_INET)
+            withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: ip.bytes) }
+            result = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        } else {
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: ip.bytes) }
+            result = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        }
+        if result == 0 { return nil }
+        return errno == EADDRNOTAVAIL ? "the address is not on this machine" : String(cString: strerror(errno))
     }
 
     /// Why `path` cannot be read, or nil when it can.

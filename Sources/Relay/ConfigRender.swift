@@ -6,6 +6,8 @@
 // Paths are printed resolved (absolute when the config came from a file). Secrets are never printed:
 // a password file or variable is printed as its key; an inline password is left out (see tomlText).
 
+import MailQueue
+
 extension TernConfig {
     /// The configuration as a TOML document that `parse` turns back into an equal TernConfig (with an
     /// inline password, left out, it does not load: see `renderingCheck`).
@@ -62,16 +64,22 @@ extension TernConfig {
         out.key("data_timeout", duration: d.dataTimeout)
         out.key("connection_cache_time", duration: d.connectionCacheTime)
         out.key("tls", string: d.tls.rawValue)
+        out.key("dead_destination_failures", d.deadDestination.failures)
+        out.key("dead_destination_initial", duration: d.deadDestination.initial)
+        out.key("dead_destination_maximum", duration: d.deadDestination.maximum)
 
         out.table("routes")
         for domain in routes.routes.keys.sorted() {
             let hop = TOMLWriter.quoted(routes.routes[domain]!.description)
-            guard let security = routes.security[domain] else {
+            let pool = routes.pools[domain]
+            guard routes.security[domain] != nil || pool != nil else {
                 out.raw("\(TOMLWriter.key(domain)) = \(hop)")
                 continue
             }
+            let security = routes.security[domain] ?? RouteSecurity()
             var items = ["next_hop = \(hop)"]
             if let tls = security.tls { items.append("tls = \(TOMLWriter.quoted(tls.rawValue))") }
+            if let pool { items.append("pool = \(TOMLWriter.quoted(pool))") }
             if let c = security.credentials {
                 // A password is never printed: its file or variable is, as written. An inline one is
                 // left out, so this line does not load (auth_user needs a password) rather than
@@ -90,6 +98,8 @@ extension TernConfig {
             }
             out.raw("\(TOMLWriter.key(domain)) = { " + items.joined(separator: ", ") + " }")
         }
+
+        renderShaping(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),
@@ -127,6 +137,58 @@ extension TernConfig {
             out.raw("\(TOMLWriter.key(name)) = [" + targets.map(TOMLWriter.quoted).joined(separator: ", ") + "]")
         }
         return out.text
+    }
+
+    /// [[shaping]], [[backoff]] and [egress], only as far as the file has them (they have no defaults).
+    func renderShaping(_ out: inout TOMLWriter) {
+        for rule in shapingRules {
+            out.arrayTable("shaping")
+            out.key("name", string: rule.name)
+            if !rule.domains.isEmpty { out.key("domains", strings: rule.domains) }
+            if !rule.mx.isEmpty { out.key("mx", strings: rule.mx) }
+            if let n = rule.maxConnections { out.key("max_connections", n) }
+            if let n = rule.maxMessagesPerConnection { out.key("max_messages_per_connection", n) }
+            if let rate = rule.maxMessageRate { out.key("max_message_rate", string: rate.description) }
+            if let rate = rule.maxConnectionRate { out.key("max_connection_rate", string: rate.description) }
+            if let time = rule.connectionCacheTime { out.key("connection_cache_time", duration: time) }
+            if let tls = rule.tls { out.key("tls", string: tls.rawValue) }
+            if let pool = rule.pool { out.key("pool", string: pool) }
+        }
+        for (index, rule) in backoff.enumerated() {
+            out.arrayTable("backoff")
+            if rule.name != "backoff[\(index)]" { out.key("name", string: rule.name) }
+            out.key("reply", string: rule.reply)
+            out.key("threshold", string: "\(rule.threshold.count) in \(formatDuration(rule.threshold.window))")
+            switch rule.action {
+            case .suspend:
+                out.key("action", string: "suspend")
+            case .throttle(let rate, let connections):
+                out.key("action", string: "throttle")
+                if let rate { out.key("rate", string: rate.description) }
+                if let connections { out.key("connections", connections) }
+            }
+            out.key("duration", duration: rule.duration)
+            if !rule.rules.isEmpty { out.key("rules", strings: rule.rules) }
+        }
+        for source in egress.sources {
+            out.table("egress.sources.\(TOMLWriter.key(source.name))")
+            out.key("address", string: source.address)
+            if let ehlo = source.ehlo { out.key("ehlo", string: ehlo) }
+        }
+        for pool in egress.pools {
+            out.table("egress.pools.\(TOMLWriter.key(pool.name))")
+            out.raw("sources = { " + pool.sources.map { "\(TOMLWriter.key($0.name)) = \($0.weight)" }
+                        .joined(separator: ", ") + " }")
+        }
+        let select = egress.select
+        if select != EgressSelect() {
+            out.table("egress.select")
+            for (name, map) in [("users", select.users), ("sender_domains", select.senderDomains)] where !map.isEmpty {
+                let items = map.keys.sorted().map { "\(TOMLWriter.key($0)) = \(TOMLWriter.quoted(map[$0]!))" }
+                out.raw("\(name) = { " + items.joined(separator: ", ") + " }")
+            }
+            if let pool = select.defaultPool { out.key("default", string: pool) }
+        }
     }
 
     /// Some route has its password inline (auth_password): its rendering does not load.
@@ -182,6 +244,7 @@ struct TOMLWriter {
     mutating func comment(_ line: String) { text += "# \(line)\n" }
     mutating func raw(_ line: String) { text += line + "\n" }
     mutating func table(_ name: String) { text += "\n[\(name)]\n" }
+    mutating func arrayTable(_ name: String) { text += "\n[[\(name)]]\n" }
     mutating func key(_ name: String, _ value: Int) { raw("\(name) = \(value)") }
     mutating func key(_ name: String, _ value: Bool) { raw("\(name) = \(value)") }
     mutating func key(_ name: String, string: String) { raw("\(name) = \(Self.quoted(string))") }

@@ -121,6 +121,15 @@ connection_cache_time = "2s"
 # "require"/"verify" host is a temporary failure: the next MX is tried. After a
 # failed "opportunistic" handshake the same host is tried once in the clear.
 tls = "opportunistic"
+# A destination that does not answer (connection refused or timed out, no
+# greeting) this many times in a row is suspended: its queued mail waits without
+# a connection attempt ("delivery temporarily suspended"), one probe connection
+# at a time tests it, and a success resumes it at once (Postfix's "dead host").
+dead_destination_failures = 5
+# How long the first suspension lasts; it doubles after each failed probe, up to
+# dead_destination_maximum.
+dead_destination_initial = "1m"
+dead_destination_maximum = "1h"
 
 [routes]
 # Next hops that replace a recipient domain's MX: the exact domain first, then
@@ -134,8 +143,89 @@ tls = "opportunistic"
 # credentials for a smart host that wants AUTH: auth_user with exactly one of
 # auth_password, auth_password_file (its first line) or auth_password_env (an
 # environment variable). Credentials are sent only over TLS (AUTH PLAIN, else
-# LOGIN); refused credentials defer the mail.
+# LOGIN); refused credentials defer the mail. A table may also name the egress
+# pool of the route's mail (pool = "bulk", see egress below).
 # "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay", auth_password_file = "/etc/tern/upstream.pw" }
+
+# Traffic shaping: limits per destination, backoff when a destination says
+# "slow down", and the local addresses mail leaves from. None by default: every
+# destination gets delivery.max_connections_per_destination and
+# delivery.connection_cache_time, and the kernel picks the source address. The
+# examples below stay commented out: adapt them before use.
+#
+# Shaping rules, one [[shaping]] table each, match a destination by recipient
+# domain ("example.com"), by suffix (".example.com": every domain below it), or
+# by the MX host names its domain resolves to (mx, "MX rollup": every domain
+# hosted at one provider shares one set of limits). The most specific match
+# wins; a domain or MX name belongs to one rule only. Limits count per source
+# address and destination. A key left out means [delivery]'s value, or no limit.
+#   name: required; it names the rule in logs and metrics ("default" is taken).
+#   max_connections, max_messages_per_connection: integers.
+#   max_message_rate, max_connection_rate: "20/s", "300/min", "5000/h" or
+#   "100000/d", spread evenly (no burst at the top of each minute).
+#   connection_cache_time as delivery's, tls as a route's, pool as egress's.
+# [[shaping]]
+# name = "bigmail"
+# mx = [".mx.bigmail.example"]
+# max_connections = 10
+# max_messages_per_connection = 100
+# max_message_rate = "300/min"
+# max_connection_rate = "5/s"
+# connection_cache_time = "5s"
+# tls = "opportunistic"
+# pool = "bulk"
+#
+# Backoff rules, one [[backoff]] table each: a regular expression over a reply
+# as "code enhanced-code text" ("421 4.7.0 Try again later"), matched without
+# regard to case; when threshold replies match within its window, the action
+# applies to that destination for duration, then its configured limits return.
+# action "suspend" sends it nothing; "throttle" lowers its rate (rate) and/or
+# its connections (connections). rules: only destinations of these [[shaping]]
+# rules (default: every destination); name: for logs (default: backoff[N]).
+# Providers word these replies in their own ways: the patterns below look for
+# common phrases, not any provider's exact text. Check your logs and adapt them.
+# Literal strings ('...') keep backslashes as they are.
+# [[backoff]]
+# name = "too-many-connections"
+# reply = '^4\d\d .*too many (concurrent |simultaneous )?connections'
+# threshold = "1 in 1m"
+# action = "throttle"
+# connections = 2
+# duration = "15m"
+# [[backoff]]
+# name = "rate-limited"
+# reply = '^4\d\d .*rate[ -]?limit(ed| exceeded)?'
+# threshold = "3 in 5m"
+# action = "throttle"
+# rate = "1/s"
+# duration = "30m"
+# [[backoff]]
+# name = "try-again-later"
+# reply = '^4\d\d .*(try again later|temporarily deferred)'
+# threshold = "10 in 5m"
+# action = "suspend"
+# duration = "10m"
+# rules = ["bigmail"]
+#
+# Egress sources: an address of this machine to send from (checked at start-up
+# and on SIGHUP) and the name to say in EHLO from it (default: hostname); log
+# lines name it as source=NAME[ip]. A pool takes its sources in turn, each in
+# proportion to its weight. A message uses the pool of its authenticated user
+# (users), else of its sender's domain (sender_domains), else of its
+# destination's shaping rule or route (pool), else default; with none, the
+# kernel picks the address.
+# [egress.sources.a]
+# address = "192.0.2.10"
+# ehlo = "mta-a.example.net"
+# [egress.sources.b]
+# address = "2001:db8::10"
+# ehlo = "mta-b.example.net"
+# [egress.pools.bulk]
+# sources = { a = 2, b = 1 }
+# [egress.select]
+# users = { "alice" = "bulk" }
+# sender_domains = { "news.example.org" = "bulk" }
+# default = "bulk"
 
 [tls]
 # PEM certificate chain and private key for STARTTLS (RFC 3207) and the

@@ -5,8 +5,10 @@
 // session already open keeps the rules it greeted with, so a transaction never changes under a
 // client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
 // [priority], and [routes] with each route's TLS policy and credentials (jobs routed after the
-// reload; a connection already open finishes its job, then QUITs instead of taking another). What needs a restart is kept as it was, and the log says so: hostname, server.listen,
-// spool, dns, delivery, log and admin.
+// reload; a connection already open finishes its job, then QUITs instead of taking another), and the
+// shaping policy's [[shaping]], [[backoff]] and [egress] (handed to delivery whole, `applyShaping`).
+// What needs a restart is kept as it was, and the log says so: hostname, server.listen, spool, dns,
+// delivery (with its dead_destination keys and the limits of unmatched destinations), log and admin.
 
 import Logging
 import SMTPProtocol
@@ -71,6 +73,9 @@ extension SMTPServer {
         if next.aliases != old.aliases { outcome.applied.append("aliases") }
         if next.priority != old.priority { outcome.applied.append("priority") }
         if next.routes != old.routes { outcome.applied.append("routes") }
+        if next.shapingRules != old.shapingRules { outcome.applied.append("shaping") }
+        if next.backoff != old.backoff { outcome.applied.append("backoff") }
+        if next.egress != old.egress { outcome.applied.append("egress") }
 
         if next.tls != old.tls { outcome.applied.append("tls") }
         if next.auth != old.auth { outcome.applied.append("auth") }
@@ -87,6 +92,8 @@ extension SMTPServer {
         // Next hops, TLS policies and credentials (password files read again by the parse) for every
         // connection opened from now on; idle and busy connections under the old ones are not reused.
         delivery?.applyRoutes(next.routes)
+        // [delivery] was kept above, so the policy's defaults and dead-destination values are the old ones.
+        delivery?.applyShaping(next.shaping)
         delivery?.closeIdleConnections()
         return outcome
     }

@@ -2,6 +2,7 @@
 // other table: unknown keys and wrong types are errors naming the key. Files are opened at start-up
 // (SMTPServer), so a missing certificate stops `tern serve` with the path in the message.
 
+import MailQueue
 import SMTPProtocol
 import TOMLKit
 import UVRuntime
@@ -104,17 +105,8 @@ public struct AuthConfig: Sendable, Equatable, ConfigSection {
 
 // MARK: - Outbound TLS policy
 
-/// How delivery uses TLS with a next hop.
-public enum OutboundTLSPolicy: String, Sendable, Equatable, CaseIterable {
-    /// Never STARTTLS.
-    case none
-    /// STARTTLS when offered; any certificate; in the clear otherwise.
-    case opportunistic
-    /// STARTTLS or fail (temporarily); any certificate.
-    case require
-    /// STARTTLS with a certificate that chains to the system CA store and names the host, or fail.
-    case verify
-
+// OutboundTLSPolicy itself is in MailQueue (ShapingPolicy.swift), so that a [[shaping]] rule carries it.
+extension OutboundTLSPolicy {
     static func decode(_ value: TOMLValueConvertible) throws -> OutboundTLSPolicy {
         guard let text = value.string else { throw Decode.wrongType("a string", value) }
         guard let policy = OutboundTLSPolicy(rawValue: text) else {
@@ -151,7 +143,8 @@ extension TernConfig {
 ///   "*" = { next_hop = "[smtp.upstream.example]:587", tls = "verify", auth_user = "relay",
 ///           auth_password_file = "/etc/tern/upstream.pw" }
 /// The password comes from exactly one of auth_password, auth_password_file (first line) or
-/// auth_password_env (an environment variable); it is read at start-up and on SIGHUP.
+/// auth_password_env (an environment variable); it is read at start-up and on SIGHUP. A table may
+/// also name the egress pool of the route's mail (`pool = "bulk"`, kept in RouteConfig.pools).
 public struct RouteSecurity: Sendable, Equatable {
     /// nil: delivery.tls.
     public var tls: OutboundTLSPolicy?
@@ -182,6 +175,8 @@ extension RouteConfig {
         }
         var security = RouteSecurity()
         security.tls = try inner.read("tls", OutboundTLSPolicy.decode)
+        // Checked against [egress.pools] once every table is read (TernConfig.checkRoutePools).
+        if let pool = try inner.read("pool", Decode.shapingName) { pools[name] = pool }
         let user = try inner.read("auth_user", Decode.nonEmptyString)
         let literal = try inner.read("auth_password", Decode.string)
         let file = try inner.readPath("auth_password_file", nonEmpty: true)

@@ -1,3 +1,4 @@
+import MailQueue
 import SMTPProtocol
 #if canImport(Glibc)
 import Glibc
@@ -73,6 +74,20 @@ import Testing
         c.auth.senders = ["alice": ["alice@example.org", "@example.net"]]
         c.admin.listen = "127.0.0.1:9025"
         c.admin.requestTimeout = 3
+        c.delivery.deadDestination = DeadDestinationPolicy(failures: 2, initial: 30, maximum: 600)
+        c.egress.sources = [EgressSource(name: "a", address: "127.0.0.21", ehlo: "mta-a.example.org"),
+                            EgressSource(name: "b", address: "::1")]
+        c.egress.pools = [EgressPool(name: "bulk", sources: [("a", 3), ("b", 1)])]
+        c.egress.select = EgressSelect(users: ["alice": "bulk"], senderDomains: ["news.example.org": "bulk"],
+                                       defaultPool: "bulk")
+        c.routes.pools = ["corp.example": "bulk"]
+        c.shapingRules = [ShapingRule(name: "google", domains: ["gmail.com"], mx: [".google.com"], maxConnections: 5,
+                                      maxMessagesPerConnection: 50, maxMessageRate: Rate(count: 300, period: 60),
+                                      maxConnectionRate: Rate(count: 2, period: 1), connectionCacheTime: 4,
+                                      pool: "bulk", tls: .verify)]
+        c.backoff = [BackoffRule(name: "slow", reply: "^421 ", threshold: Threshold(count: 3, window: 300),
+                                 action: .throttle(rate: Rate(count: 1, period: 1), connections: 1), duration: 600,
+                                 rules: ["google"])]
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")

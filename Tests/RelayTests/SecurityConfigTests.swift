@@ -2,6 +2,7 @@
 
 import Testing
 @testable import Relay
+import MailQueue
 import SMTPProtocol
 import UVRuntime
 
