@@ -278,6 +278,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     /// The pool a message's mail to `destination` goes out from: its authenticated user's, its sender
     /// domain's, the destination rule's, the route's, else the default; nil: no egress pool.
     public func pool(sender: String, authenticatedUser: String?, destination: String, routePool: String? = nil) -> String? {
+        guard !policy.pools.isEmpty else { return nil }  // no egress: the OS picks the address
         let select = policy.select
         if let user = authenticatedUser, let p = select.users[user] { return p }
         if !select.senderDomains.isEmpty, let p = select.senderDomains[DeliveryCore.domain(of: sender)] { return p }
@@ -761,6 +762,8 @@ public struct ShapingLaneView: Sendable, Equatable, Codable {
         /// Dead: the suspension ended; one probe connection tests it.
         case probing(reason: String)
         case throttled(until: Double, rule: String, rate: String?, connections: Int?)
+        /// Its jobs wait for its MX names to choose a rule.
+        case classifying
     }
 
     public var group: ShapingGroup

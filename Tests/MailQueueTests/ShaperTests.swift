@@ -59,7 +59,9 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
     }
 
     @Test func poolSelectionOrder() {
+        let pools = ["userpool", "bulk", "rulepool", "rp", "main"].map { EgressPool(name: $0, sources: [("a", 1)]) }
         let s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["to.example"], pool: "rulepool")],
+                                      sources: [EgressSource(name: "a", address: "127.0.0.21")], pools: pools,
                                       select: EgressSelect(users: ["alice": "userpool"],
                                                            senderDomains: ["news.example.org": "bulk"],
                                                            defaultPool: "main")))
@@ -181,19 +183,25 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
         let lane = ShapingLane(group: g, source: "")
         s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "slow down", now: t0)
         s.replySeen(lane, code: 450, enhanced: nil, text: "mailbox busy", now: t0 + 1)  // no match
-        s.replySeen(lane, code: 421, enhanced: nil, text: "Too Many Connections", now: t0 + 2)
-        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 400)  // the first fell out
+        s.replySeen(lane, code: 421, enhanced: nil, text: "Too Many Connections", now: t0 + 200)
+        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 301)  // the first fell out
         #expect(s.takeEvents().isEmpty)
-        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 401)
+        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 302)
         #expect(s.takeEvents() == [.throttled(g, source: "", rule: "slow", rate: Rate(count: 1, period: 1),
-                                              connections: 1, until: t0 + 1001)])
-        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 402, commit: true) == .open(source: ""))
-        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 410, commit: true) == .blocked(until: t0 + 1001))
-        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 402.5) == .wait(until: t0 + 403))
-        #expect(s.laneViews(now: t0 + 500).first?.state == .throttled(until: t0 + 1001, rule: "slow", rate: "1/s", connections: 1))
-        s.tick(now: t0 + 1001)
+                                              connections: 1, until: t0 + 902)])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 303, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 310, commit: true) == .blocked(until: t0 + 902))
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 303.5) == .wait(until: t0 + 304))
+        #expect(s.laneViews(now: t0 + 500).first?.state == .throttled(until: t0 + 902, rule: "slow", rate: "1/s", connections: 1))
+        // A second trigger while it is active extends it.
+        for t in [600.0, 601, 602] { s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + t) }
+        #expect(s.takeEvents() == [.throttled(g, source: "", rule: "slow", rate: Rate(count: 1, period: 1),
+                                              connections: 1, until: t0 + 1202)])
+        s.tick(now: t0 + 902)
+        #expect(s.takeEvents().isEmpty, "extended")
+        s.tick(now: t0 + 1202)
         #expect(s.takeEvents() == [.throttleEnded(g, source: "", rule: "slow")])
-        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 1001, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 1202, commit: true) == .open(source: ""))
     }
 
     @Test func suspendRuleAndPostmaster() {
