@@ -684,10 +684,7 @@ public struct Scheduler: Sendable {
         } else {
             // Its MX names decide its rule: its jobs wait in a gate that never opens until `regroup`.
             group = ShapingGroup(kind: .unclassified, name: name)
-            if gateSlots[GateKey(group: group, pool: pool)] == nil
-                && !gateSlots.keys.contains(where: { $0.group == group }) {
-                unclassified.append(name)
-            }
+            if gatesOfGroup[group] == nil { unclassified.append(name) }  // once, whatever the pools
         }
         let g = gateSlot(group, pool: pool)
         let q: Int32
