@@ -477,16 +477,17 @@ public struct Shaper: Sendable, ShapingAdmission {
         s.failures += 1
         s.lastFailure = reason
         let dead = policy.dead
-        if s.probing || s.dead {
+        if s.probing {
             // The probe failed: suspended again, twice as long.
             s.probing = false
             s.deadInterval = Swift.min(Swift.max(s.deadInterval * 2, dead.initial), dead.maximum)
             suspend(&s, lane, until: now + s.deadInterval, reason: reason, now: now)
-        } else if s.failures >= Swift.max(dead.failures, 1) {
+        } else if !s.dead && s.failures >= Swift.max(dead.failures, 1) {
             s.dead = true
             s.deadInterval = Swift.min(dead.initial, dead.maximum)
             suspend(&s, lane, until: now + s.deadInterval, reason: reason, now: now)
         }
+        // Else already dead: a connection opened before the suspension failed too; counted only.
         lanes[lane] = s
     }
 
