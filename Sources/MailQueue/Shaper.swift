@@ -320,7 +320,7 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     /// Ends suspensions and throttles whose time has come (events), for the lane and its group.
     private mutating func refresh(_ lane: ShapingLane, now: Double) {
-        if let s = groupSuspensions[lane.group], s.until <= now {
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group], s.until <= now {
             groupSuspensions[lane.group] = nil
             events.append(.resumed(lane.group, source: nil, why: "suspension ended"))
             changed.insert(lane.group)
@@ -348,7 +348,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     /// Whether the lane may open a connection now; nil wake: when a connection closes or state changes.
     private mutating func check(_ lane: ShapingLane, now: Double) -> (open: Bool, wake: Double?) {
         refresh(lane, now: now)
-        if let s = groupSuspensions[lane.group] { return (false, s.until) }
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return (false, s.until) }
         let s = lanes[lane]
         if let s {
             if s.suspendedUntil > now { return (false, s.suspendedUntil) }
@@ -433,7 +433,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission {
         see(now)
         refresh(lane, now: now)
-        if let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
         let s = lanes[lane]
         if let s, s.suspendedUntil > now { return .wait(until: s.suspendedUntil) }
         if let max = limits(of: lane.group).maxMessagesPerConnection, sent >= max { return .close }

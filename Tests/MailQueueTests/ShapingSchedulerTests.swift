@@ -142,3 +142,78 @@ private func shaper(_ rules: [ShapingRule], defaultConnections: Int = 10, source
         #expect(s.groupCounts()[.rule("tight")]?.queued == 3)
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Issue 16's scale case, measured and printed (bench/scheduler-shaping.sh runs it in a release build at
+/// 1,000,000 messages; the unit suite runs it small): jobs over 1,000 destinations, each its own rule
+/// (1,000 rules), 100 of them blocked (50 suspended by the postmaster, 50 throttled to 1/h), beside
+/// the same queue without shaping (max_connections_per_destination alone). A pick is a connection
+/// closing and `dispatch` handing its slot to the best job of any open gate; and `next(on:)` on
+/// an open connection. Bounds are loose: a benchmark, not a timed assertion.
+@Suite struct ShapingSchedulerScaleTests {
+    @Test func pickCostWithBlockedDestinations() {
+        let counts = (getenv("TERN_SHAPING_SCALE").map { String(cString: $0) } ?? "")
+            .split(separator: " ").compactMap { Int($0) }.filter { $0 >= 20_000 }
+        for count in counts.isEmpty ? [20_000] : counts {
+            for shaped in [false, true] { measure(count: count, shaped: shaped) }
+        }
+    }
+
+    func measure(count: Int, shaped: Bool) {
+        let destinations = (0..<1000).map { "dest\($0).example.net" }
+        let rules = destinations.enumerated().map { i, d in
+            ShapingRule(name: "r\(i)", domains: [d], maxMessageRate: i >= 50 && i < 100 ? Rate(count: 1, period: 3600) : nil)
+        }
+        var shaper = Shaper(policy: ShapingPolicy(rules: rules, defaults: ShapingRule(name: "default", maxConnections: 1_000_000)))
+        for i in 0..<50 { shaper.suspend("r\(i)", until: t0 + 86400, reason: "bench", now: t0) }
+        var plain = PerDestinationLimit(limit: 1_000_000)
+        var s = Scheduler(maxConnections: 1000, maxConnectionsPerDestination: 1_000_000)
+        for n in 0..<count {
+            let j = DeliveryJob(id: qid(n), destination: destinations[n % 1000], recipients: [0], priority: n % 19 - 9,
+                                arrival: Double(n))
+            if shaped { s.add(j, due: 0, shaping: &shaper) } else { s.add(j, due: 0, shaping: &plain) }
+        }
+        var open = shaped ? s.dispatch(now: t0, shaping: &shaper) : s.dispatch(now: t0, shaping: &plain)
+        #expect(open.count == 1000)
+        #expect(!shaped || open.allSatisfy { Int($0.connection.lane.group.name.dropFirst())! >= 50 })
+        let footprint = Double(s.indexFootprint) / Double(count)
+
+        // Picks on new connections: one closes, dispatch fills its slot from the best open gate.
+        let picks = min(100_000, count / 5)
+        var clock = ContinuousClock.now
+        var done = 0
+        for i in 0..<picks {
+            let k = i % open.count
+            if shaped { s.release(open[k].connection, shaping: &shaper) } else { s.release(open[k].connection, shaping: &plain) }
+            let got = shaped ? s.dispatch(now: t0, shaping: &shaper) : s.dispatch(now: t0, shaping: &plain)
+            guard got.count == 1 else { break }
+            open[k] = got[0]
+            done += 1
+        }
+        let dispatchTime = ContinuousClock.now - clock
+        #expect(done == picks)
+
+        // Picks on open connections.
+        clock = ContinuousClock.now
+        var nexts = 0
+        for i in 0..<picks {
+            let c = open[i % open.count].connection
+            let got = shaped ? s.next(on: c, sent: 1, now: t0, shaping: &shaper) : s.next(on: c, sent: 1, now: t0, shaping: &plain)
+            if got != nil { nexts += 1 }
+        }
+        let nextTime = ContinuousClock.now - clock
+        func ns(_ d: Duration, _ n: Int) -> Int {
+            Int((Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(max(n, 1)))
+        }
+        print("shaping scheduler at \(count) messages, \(shaped ? "1000 rules, 100 blocked" : "no shaping"): index "
+            + "\(Int(footprint)) bytes/message; release+dispatch \(ns(dispatchTime, done)) ns/pick, "
+            + "next(on:) \(ns(nextTime, nexts)) ns/pick (\(nexts) picks)")
+        #expect(footprint < 400)
+        #expect(nexts > 0)
+    }
+}
