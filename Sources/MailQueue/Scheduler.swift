@@ -9,8 +9,13 @@
 //   - once due, it moves to its destination's ready heap, ordered by MT-PRIORITY (RFC 6710, higher
 //     first), then arrival (older first), then the order it was added (a sequence number);
 //   - `dispatch` hands out ready jobs on new connections, best job first across destinations, while the
-//     total and per-destination connection limits allow. The destinations that could take a new
-//     connection sit in a heap keyed by their best ready job (updated lazily, see `refreshCandidate`);
+//     total limit and traffic shaping allow. Jobs wait in a queue per destination × egress pool; queues
+//     sit in a *gate* per shaping group × pool (Shaper.swift: a rule, or the destination itself), keyed
+//     by their best ready job; open gates sit in one candidates heap keyed by their best queue. The
+//     admission (a `ShapingAdmission`: the Shaper, or `PerDestinationLimit` for the calls without one)
+//     is asked only when a gate reaches the top; a gate it blocks leaves the candidates and comes back
+//     once, at its wake time (rate, suspension, throttle end) or when its group changes (a connection
+//     closes, a probe succeeds, the postmaster acts). So blocked backlogs are never scanned;
 //   - a connection that finished a job calls `next(for:)` and takes its destination's best ready job.
 //     Order within a destination is by priority, so a backlog of bulk mail to a slow destination never
 //     holds up high-priority mail to it: the high-priority jobs are the next ones its connections take.
