@@ -191,6 +191,11 @@ public struct DeliveryCore: Sendable {
 
     public let settings: Settings
     public private(set) var scheduler: Scheduler
+    /// Traffic shaping: the scheduler asks it before every new connection and every further message.
+    public private(set) var shaper: Shaper
+    /// [routes]' egress pool per destination ("*": any other), for messages no user, sender domain or
+    /// rule gives a pool.
+    public var routePools: [String: String] = [:]
     var lives: [QueueID: Life] = [:]
     /// Messages on hold, with their priority: in the spool, never scheduled.
     public private(set) var held: [QueueID: Int] = [:]
@@ -199,9 +204,16 @@ public struct DeliveryCore: Sendable {
     public private(set) var deferred = 0
     public private(set) var bounced = 0
 
+    /// Without traffic shaping: each destination gets the scheduler's max_connections_per_destination.
     public init(settings: Settings, scheduler: Scheduler, seed: UInt64) {
+        let defaults = ShapingRule(name: "default", maxConnections: scheduler.maxConnectionsPerDestination)
+        self.init(settings: settings, scheduler: scheduler, shaping: ShapingPolicy(defaults: defaults), seed: seed)
+    }
+
+    public init(settings: Settings, scheduler: Scheduler, shaping: ShapingPolicy, seed: UInt64) {
         self.settings = settings
         self.scheduler = scheduler
+        shaper = Shaper(policy: shaping)
         random = SplitMix64(seed: seed)
     }
 
@@ -227,8 +239,11 @@ public struct DeliveryCore: Sendable {
             byDomain[d, default: []].append(i)
         }
         for d in order {
+            let pool = shaper.pool(sender: envelope.sender, authenticatedUser: envelope.client.authenticatedUser,
+                                   destination: d, routePool: routePools.isEmpty ? nil : routePools[d] ?? routePools["*"])
             scheduler.add(DeliveryJob(id: envelope.id, destination: d, recipients: byDomain[d]!,
-                                      priority: envelope.priority, arrival: envelope.arrival, retry: retry), due: due)
+                                      priority: envelope.priority, arrival: envelope.arrival, retry: retry, pool: pool),
+                          due: due, shaping: &shaper)
         }
     }
 
@@ -238,22 +253,181 @@ public struct DeliveryCore: Sendable {
         return address[address.index(after: at)...].lowercased()
     }
 
-    /// Due jobs that need a new connection (the scheduler's `dispatch`).
-    public mutating func dispatch(now: Double) -> [DeliveryJob] { scheduler.dispatch(now: now) }
+    /// Due jobs that need a new connection (the scheduler's `dispatch`). Without egress pools only:
+    /// the lanes are dropped (use `dispatchConnections`).
+    public mutating func dispatch(now: Double) -> [DeliveryJob] { dispatchConnections(now: now).map(\.job) }
 
-    /// The next due job for a connection to `destination` that finished one.
+    /// The next due job for a connection to `destination` that finished one (no egress pool, source "").
     public mutating func next(for destination: String, now: Double) -> DeliveryJob? {
-        scheduler.next(for: destination, now: now)
+        guard let c = scheduler.connectionLane(destination: destination, pool: nil, source: "") else {
+            return scheduler.next(on: ConnectionLane(destination: destination, pool: nil,
+                                                     lane: ShapingLane(group: .domain(destination), source: "")),
+                                  sent: 0, now: now, shaping: &shaper)
+        }
+        return next(on: c, sent: 0, now: now)
     }
 
-    /// A connection to `destination` closed: its slot is free.
-    public mutating func release(destination: String) { scheduler.release(destination: destination) }
+    /// A connection to `destination` closed: its slot is free (no egress pool, source "").
+    public mutating func release(destination: String) {
+        guard let c = scheduler.connectionLane(destination: destination, pool: nil, source: "") else { return }
+        release(c)
+    }
 
     public mutating func promoteReadyForConnections(now: Double) -> [String] {
-        scheduler.promoteReadyForConnections(now: now)
+        tick(now: now)
+        return scheduler.promoteReadyForConnections(now: now)
     }
 
-    public mutating func hasJobWaitingForSlot() -> Bool { scheduler.hasJobWaitingForSlot() }
+    public mutating func hasJobWaitingForSlot() -> Bool {
+        scheduler.hasJobWaitingForSlot(now: shaper.lastNow, shaping: &shaper)
+    }
+
+    // MARK: - Traffic shaping (Shaper.swift): connections and their lanes
+
+    /// A job to start on a new connection: the lane it counts under (source, group) and the limits
+    /// the connection keeps (messages per connection, how long it may idle).
+    public struct NewConnection: Sendable, Equatable {
+        public var job: DeliveryJob
+        public var connection: ConnectionLane
+        public var limits: LaneLimits
+        /// The egress source to bind ("" : none, the OS picks the address).
+        public var source: String { connection.lane.source }
+        /// The rule label for logs and metrics ("default" when no rule matched).
+        public var rule: String { connection.lane.group.ruleLabel }
+    }
+
+    /// Due jobs to start on new connections, each with its lane: what the shaping limits allow now.
+    /// Suspended or throttled destinations' jobs stay queued, untried, with no log line each.
+    public mutating func dispatchConnections(now: Double) -> [NewConnection] {
+        tick(now: now)
+        let started = scheduler.dispatch(now: now, shaping: &shaper)
+        wakeChanged()
+        return started.map {
+            NewConnection(job: $0.job, connection: $0.connection, limits: shaper.limits(of: $0.connection.lane.group))
+        }
+    }
+
+    /// An open connection that has carried `sent` messages asks for the next: nil when its limit is
+    /// reached or the rate does not allow one now (close it, or idle it: `promoteReadyForConnections`
+    /// names its destination when the rate allows again).
+    public mutating func next(on connection: ConnectionLane, sent: Int, now: Double) -> DeliveryJob? {
+        tick(now: now)
+        return scheduler.next(on: connection, sent: sent, now: now, shaping: &shaper)
+    }
+
+    /// A connection closed: its slot and its lane's count are free.
+    public mutating func release(_ connection: ConnectionLane) {
+        scheduler.release(connection, shaping: &shaper)
+        wakeChanged()
+    }
+
+    /// Ends suspensions and throttles whose time came (their events) and reopens what they blocked.
+    public mutating func tick(now: Double) {
+        shaper.tick(now: now)
+        wakeChanged()
+    }
+
+    /// The scheduler's next due job or gate, or the next end of a suspension or throttle.
+    public var nextDueTime: Double? {
+        [scheduler.nextDueTime, shaper.nextExpiry].compactMap { $0 }.min()
+    }
+
+    mutating func wakeChanged() {
+        for group in shaper.takeChangedGroups() { scheduler.wake(group: group) }
+    }
+
+    /// Whether the driver must look up a destination's MX names (MX rollup) before its mail can go.
+    public func needsClassification(_ destination: String) -> Bool {
+        shaper.needsClassification(Scheduler.canonical(destination))
+    }
+
+    /// Destinations whose jobs wait for their MX names, each once: look them up, then `classified`.
+    public mutating func destinationsToClassify() -> [String] { scheduler.takeUnclassified() }
+
+    /// The MX host names of a destination (empty when the lookup failed: no MX rule applies to it).
+    public mutating func classified(_ destination: String, mxHosts: [String], now: Double) {
+        let name = Scheduler.canonical(destination)
+        shaper.classified(name, mxHosts: mxHosts, now: now)
+        scheduler.regroup(destination: name, shaping: &shaper)
+    }
+
+    /// A connection of the lane reached no host (refused, timed out, no greeting).
+    public mutating func connectionFailed(_ lane: ShapingLane, reason: String, now: Double) {
+        shaper.connectionFailed(lane, reason: reason, now: now)
+        wakeChanged()
+    }
+
+    /// A connection of the lane reached a host.
+    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) {
+        shaper.connectionSucceeded(lane, now: now)
+        wakeChanged()
+    }
+
+    /// A reply (not 2xx) from a next hop of the lane: [[backoff]] rules count it.
+    public mutating func replySeen(_ lane: ShapingLane, code: Int, enhanced: String?, text: String, now: Double) {
+        shaper.replySeen(lane, code: code, enhanced: enhanced, text: text, now: now)
+        wakeChanged()
+    }
+
+    /// The postmaster suspends a destination's group or a rule, every source, until `until`.
+    @discardableResult
+    public mutating func suspend(_ target: String, until: Double, reason: String, now: Double) -> ShapingGroup {
+        let g = shaper.suspend(target, until: until, reason: reason, now: now)
+        wakeChanged()
+        return g
+    }
+
+    @discardableResult
+    public mutating func resume(_ target: String, now: Double) -> ShapingGroup {
+        let g = shaper.resume(target, now: now)
+        wakeChanged()
+        return g
+    }
+
+    /// Shaping's changes of state since the last call, each to be logged once.
+    public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
+
+    public func shapingSnapshot(now: Double) -> ShapingSnapshot { shaper.snapshot(now: now) }
+
+    public mutating func restoreShaping(_ snapshot: ShapingSnapshot, now: Double) {
+        shaper.restore(snapshot, now: now)
+        wakeChanged()
+    }
+
+    /// SIGHUP: new rules; state of groups that still exist is kept, queues move to their new groups.
+    public mutating func updateShaping(_ policy: ShapingPolicy) {
+        shaper.updatePolicy(policy)
+        scheduler.regroupAll(shaping: &shaper)
+        wakeChanged()
+    }
+
+    /// `tern queue destinations`: per group × source, with the group's queued jobs.
+    public func shapingView(now: Double) -> [ShapingLaneView] {
+        let counts = scheduler.groupCounts()
+        var rows = shaper.laneViews(now: now)
+        var seen = Set<ShapingGroup>()
+        for i in rows.indices {
+            rows[i].queued = counts[rows[i].group]?.queued ?? 0
+            seen.insert(rows[i].group)
+        }
+        for (group, c) in counts where !seen.contains(group) && group.kind != .unclassified {
+            var row = ShapingLaneView(group: group, rule: group.ruleLabel, source: "", connections: c.connections,
+                                      messagesLastMinute: 0, maxConnections: nil, messageRate: nil)
+            row.queued = c.queued
+            rows.append(row)
+        }
+        for (group, c) in counts where group.kind == .unclassified {
+            var row = ShapingLaneView(group: group, rule: "default", source: "", connections: 0, messagesLastMinute: 0,
+                                      maxConnections: nil, messageRate: nil)
+            row.queued = c.queued
+            row.state = .classifying
+            rows.append(row)
+        }
+        return rows.sorted { ($0.group.name, $0.source) < ($1.group.name, $1.source) }
+    }
+
+    /// Per rule label × source (bounded): sent, deferred, seconds suspended, connections now.
+    public func shapingMetrics(now: Double) -> [ShapingMetricKey: ShapingCounters] { shaper.metrics(now: now) }
 
     // MARK: - A job's life
 
@@ -304,7 +478,7 @@ public struct DeliveryCore: Sendable {
     /// The connection that was to carry `job` closed before the attempt began: the job is due again now.
     public mutating func notStarted(_ job: DeliveryJob, now: Double) -> [DeliveryAction] {
         guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
-        if m.afterAttempts == nil { scheduler.add(job, due: now) }
+        if m.afterAttempts == nil { scheduler.add(job, due: now, shaping: &shaper) }
         m.inFlight -= 1
         // Nothing changed, unless this was the last attempt in flight and the postmaster's action, or
         // a bounce for another attempt's failures, was waiting for it.
@@ -317,7 +491,8 @@ public struct DeliveryCore: Sendable {
 
     /// An attempt of `job` ended: each recipient's result is recorded, deferred ones queued again on the
     /// retry schedule (or bounced once the message is too old), failures collected for one bounce.
-    public mutating func attemptFinished(_ job: DeliveryJob, _ attempt: AttemptResult, now: Double) -> [DeliveryAction] {
+    public mutating func attemptFinished(_ job: DeliveryJob, _ attempt: AttemptResult, on lane: ShapingLane? = nil,
+                                         now: Double) -> [DeliveryAction] {
         guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
         var out: [DeliveryAction] = []
         let id = job.id
@@ -380,6 +555,7 @@ public struct DeliveryCore: Sendable {
             }
         }
         out.append(.log(.attemptEnded(id, delivered: sent, deferred: late.count, bounced: failed)))
+        if let lane { shaper.countAttempt(lane, sent: sent, deferred: late.count) }
         m.inFlight -= 1
         return out + attemptsChanged(id, m, now: now)
     }
@@ -500,7 +676,7 @@ public struct DeliveryCore: Sendable {
             if held[id] != nil { return [.answer(ticket: ticket, .held)] }
             let jobs = scheduler.queuedJobs(of: id)
             if !jobs.isEmpty {
-                _ = scheduler.reschedule(jobs, due: now)
+                _ = scheduler.reschedule(jobs, due: now, shaping: &shaper)
                 return [.log(.postmaster(id, .flush, pending: false)), .answer(ticket: ticket, .done(jobs: jobs.count))]
             }
             return [.answer(ticket: ticket, isInFlight(id) ? .pending : .notQueued)]
@@ -530,7 +706,7 @@ public struct DeliveryCore: Sendable {
     /// Flush every queued job of a domain (nil: of every domain); returns how many were made due.
     public mutating func flush(domain: String?, now: Double) -> Int {
         let jobs = domain.map { scheduler.queuedJobs(destination: $0) } ?? scheduler.allQueuedJobs()
-        return scheduler.reschedule(jobs, due: now)
+        return scheduler.reschedule(jobs, due: now, shaping: &shaper)
     }
 
     /// Hold, release, delete or bounce a message that is in memory.

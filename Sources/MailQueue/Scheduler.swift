@@ -9,8 +9,13 @@
 //   - once due, it moves to its destination's ready heap, ordered by MT-PRIORITY (RFC 6710, higher
 //     first), then arrival (older first), then the order it was added (a sequence number);
 //   - `dispatch` hands out ready jobs on new connections, best job first across destinations, while the
-//     total and per-destination connection limits allow. The destinations that could take a new
-//     connection sit in a heap keyed by their best ready job (updated lazily, see `refreshCandidate`);
+//     total limit and traffic shaping allow. Jobs wait in a queue per destination × egress pool; queues
+//     sit in a *gate* per shaping group × pool (Shaper.swift: a rule, or the destination itself), keyed
+//     by their best ready job; open gates sit in one candidates heap keyed by their best queue. The
+//     admission (a `ShapingAdmission`: the Shaper, or `PerDestinationLimit` for the calls without one)
+//     is asked only when a gate reaches the top; a gate it blocks leaves the candidates and comes back
+//     once, at its wake time (rate, suspension, throttle end) or when its group changes (a connection
+//     closes, a probe succeeds, the postmaster acts). So blocked backlogs are never scanned;
 //   - a connection that finished a job calls `next(for:)` and takes its destination's best ready job.
 //     Order within a destination is by priority, so a backlog of bulk mail to a slow destination never
 //     holds up high-priority mail to it: the high-priority jobs are the next ones its connections take.
@@ -40,10 +45,14 @@ public struct DeliveryJob: Equatable, Sendable {
     public let arrival: Double
     /// The job was tried before and deferred (what `tern queue` and the metrics call "deferred").
     public let retry: Bool
+    /// The egress pool the message goes out from (traffic shaping); nil: none. Jobs of one destination
+    /// with different pools wait in different queues.
+    public let pool: String?
 
     public init(id: QueueID, destination: String, recipients: [Int], priority: Int = 0, arrival: Double,
-                retry: Bool = false) {
+                retry: Bool = false, pool: String? = nil) {
         self.id = id
+        self.pool = pool
         self.destination = Scheduler.canonical(destination)
         self.recipients = recipients
         self.priority = min(max(priority, -9), 9)
@@ -58,10 +67,10 @@ public struct Scheduler: Sendable {
 
     /// Jobs waiting or ready (not in flight).
     public private(set) var queuedJobs = 0
-    /// Connection slots taken, all destinations.
-    /// Destinations holding a connection slot that got a ready job by promotion since the last
-    /// `promoteReadyForConnections` (at most one entry per destination).
+    /// Queues holding a connection slot that got a ready job by promotion, or whose gate reopened,
+    /// since the last `promoteReadyForConnections` (at most one entry per queue).
     private var promotedWithSlot: Set<Int32> = []
+    /// Connection slots taken, all destinations.
     public private(set) var activeConnections = 0
 
     // Job records, addressed by slot; free slots are reused.
@@ -75,29 +84,48 @@ public struct Scheduler: Sendable {
     private var waiting = BinaryHeap<WaitingEntry>(by: WaitingEntry.before)
     private var waitingCount = 0
 
-    // Destinations, addressed by slot; a destination with no queued jobs and no connections is freed.
-    private var destinations: [Destination] = []
-    private var freeDestinations: [Int32] = []
-    private var destinationSlots: [String: Int32] = [:]
-    /// Destinations that have a ready job and a free connection slot, by their best ready job.
+    // Queues (destination × pool), addressed by slot; a queue with no jobs and no connections is freed.
+    private var queues: [Queue] = []
+    private var freeQueues: [Int32] = []
+    private var queueSlots: [QueueKey: Int32] = [:]
+    // Gates (shaping group × pool): the queues whose new connections are admitted together.
+    private var gates: [Gate] = []
+    private var freeGates: [Int32] = []
+    private var gateSlots: [GateKey: Int32] = [:]
+    private var gatesOfGroup: [ShapingGroup: [Int32]] = [:]
+    /// Open gates that have a ready job, by their best ready job.
     private var candidates = BinaryHeap<ReadyEntry>(by: ReadyEntry.before)
+    /// Blocked gates that open again at a known time (rate, suspension, throttle end).
+    private var wakes = BinaryHeap<WakeEntry>(by: { $0.time < $1.time })
+    /// Destinations whose jobs wait for their MX names (reported once each by `takeUnclassified`).
+    private var unclassified: [String] = []
 
     public init(maxConnections: Int, maxConnectionsPerDestination: Int) {
         self.maxConnections = max(maxConnections, 0)
         self.maxConnectionsPerDestination = max(maxConnectionsPerDestination, 0)
     }
 
+    /// max_connections_per_destination alone: the admission of the calls without one.
+    private var perDestination: PerDestinationLimit { PerDestinationLimit(limit: maxConnectionsPerDestination) }
+
     // MARK: Public operations
 
     /// Adds (or re-adds after a deferral) a job that becomes due at `due`. A job of the same message and
     /// destination that is still queued is replaced (an in-flight one is the caller's).
     public mutating func add(_ job: DeliveryJob, due: Double) {
-        // The destination slot is created before the old job goes, so it is not freed in between.
-        let destination = destinationSlot(job.destination)
+        var a = perDestination
+        add(job, due: due, shaping: &a)
+    }
+
+    public mutating func add<A: ShapingAdmission>(_ job: DeliveryJob, due: Double, shaping: inout A) {
+        // The queue slot is created before the old job goes, so it is not freed in between.
+        let queue = queueSlot(job.destination, pool: job.pool, &shaping)
         var old = firstJobOfMessage[job.id] ?? -1
+        var oldQueue: Int32 = -1
         while old >= 0 {
             let record = jobs[Int(old)]
-            if record.destination == destination {
+            if record.destination == queue || queues[Int(record.destination)].name == job.destination {
+                oldQueue = record.destination
                 unqueue(old)
                 break
             }
@@ -107,7 +135,7 @@ public struct Scheduler: Sendable {
         let sequence = nextSequence
         nextSequence += 1
         var record = JobRecord(id: job.id, arrival: job.arrival, sequence: sequence, recipients: job.recipients,
-                               destination: destination, priority: Int8(job.priority))
+                               destination: queue, priority: Int8(job.priority))
         record.retry = job.retry
         record.nextOfMessage = firstJobOfMessage[job.id] ?? -1
         let slot: Int32
@@ -121,31 +149,55 @@ public struct Scheduler: Sendable {
         if record.nextOfMessage >= 0 { jobs[Int(record.nextOfMessage)].previousOfMessage = slot }
         firstJobOfMessage[job.id] = slot
 
-        destinations[Int(destination)].queued += 1
+        queues[Int(queue)].queued += 1
         queuedJobs += 1
         waitingCount += 1
         waiting.push(WaitingEntry(due: due.isNaN ? -.infinity : due, sequence: sequence, slot: slot))
-        settle(destination)
+        if oldQueue >= 0 && oldQueue != queue { settle(oldQueue) }
+        settle(queue)
     }
 
     /// Jobs to start now on NEW connections: due jobs, best first, within the total and per-destination
     /// limits. Each returned job takes one connection slot for its destination.
     public mutating func dispatch(now: Double) -> [DeliveryJob] {
+        var a = perDestination
+        return dispatch(now: now, shaping: &a).map(\.job)
+    }
+
+    /// Jobs to start now on new connections, best first across open gates, each with the lane its
+    /// connection counts under. A gate the admission blocks leaves the candidates (O(log n)) until its
+    /// wake time or a change of its group (`wake`): blocked backlogs are never scanned.
+    public mutating func dispatch<A: ShapingAdmission>(now: Double, shaping: inout A) -> [Dispatched] {
         promoteDue(now: now)
-        var started: [DeliveryJob] = []
+        var started: [Dispatched] = []
         while activeConnections < maxConnections, let candidate = candidates.pop() {
-            let d = Int(candidate.slot)
-            guard destinations[d].candidateSequence == candidate.sequence else { continue }  // stale
-            destinations[d].candidateSequence = Destination.none
-            guard let best = destinations[d].ready.top, best.sequence == candidate.sequence else {
-                refreshCandidate(Int32(d))  // not expected: the candidate follows the ready top
+            let g = Int(candidate.slot)
+            guard gates[g].candidateSequence == candidate.sequence else { continue }  // stale
+            gates[g].candidateSequence = Gate.none
+            cleanGateTop(Int32(g))
+            guard let top = gates[g].queues.top, top.sequence == candidate.sequence else {
+                refreshGate(Int32(g))  // not expected: the candidate follows the gate's top
                 continue
             }
-            destinations[d].ready.pop()
-            destinations[d].active += 1
-            activeConnections += 1
-            started.append(take(best.slot))
-            refreshCandidate(Int32(d))
+            let q = Int(top.slot)
+            switch shaping.admitConnection(group: gates[g].group, pool: gates[g].pool, connections: gates[g].active,
+                                           now: now, commit: true) {
+            case .blocked(let until):
+                block(Int32(g), until: until)
+            case .open(let source):
+                cleanReadyTop(Int32(q))
+                guard let best = queues[q].ready.pop() else {  // not expected: the queue's entry is live
+                    shaping.connectionClosed(ShapingLane(group: gates[g].group, source: source))
+                    refreshQueue(Int32(q))
+                    continue
+                }
+                connect(Int32(q))
+                let job = take(best.slot)
+                started.append(Dispatched(job: job, connection: ConnectionLane(
+                    destination: queues[q].name, pool: queues[q].pool,
+                    lane: ShapingLane(group: gates[g].group, source: source))))
+                refreshQueue(Int32(q))
+            }
         }
         return started
     }
@@ -154,37 +206,153 @@ public struct Scheduler: Sendable {
     /// destination, keeping the slot; nil → the caller closes the connection and calls `release`.
     /// Also nil when the destination holds no connection slot (use `dispatch` for new connections).
     public mutating func next(for destination: String, now: Double) -> DeliveryJob? {
-        promoteDue(now: now)
-        guard let d = destinationSlots[Scheduler.canonical(destination)], destinations[Int(d)].active > 0 else {
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(destination), pool: nil)] else {
+            promoteDue(now: now)
             return nil
         }
-        cleanReadyTop(d)
-        guard let best = destinations[Int(d)].ready.pop() else { return nil }
-        let job = take(best.slot)
-        refreshCandidate(d)
-        return job
+        var a = perDestination
+        let lane = ShapingLane(group: gates[Int(queues[Int(q)].gate)].group, source: "")
+        return next(on: ConnectionLane(destination: queues[Int(q)].name, pool: nil, lane: lane), sent: 0, now: now,
+                    shaping: &a)
+    }
+
+    /// An open connection that has sent `sent` messages asks for another: its queue's best due job if
+    /// the lane's message rate and per-connection limit allow. Nil: idle it or close it. A rate that
+    /// does not allow it yet blocks the gate until then; `promoteReadyForConnections` reports the
+    /// queue when it reopens.
+    public mutating func next<A: ShapingAdmission>(on connection: ConnectionLane, sent: Int, now: Double,
+                                                   shaping: inout A) -> DeliveryJob? {
+        promoteDue(now: now)
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)],
+              queues[Int(q)].active > 0 else {
+            return nil
+        }
+        cleanReadyTop(q)
+        guard queues[Int(q)].ready.top != nil else { return nil }
+        switch shaping.admitMessage(on: connection.lane, sent: sent, now: now) {
+        case .close:
+            return nil
+        case .wait(let until):
+            block(queues[Int(q)].gate, until: until)
+            return nil
+        case .go:
+            let best = queues[Int(q)].ready.pop()!
+            let job = take(best.slot)
+            refreshQueue(q)
+            return job
+        }
     }
 
     /// A connection slot is free again. Call `dispatch` afterwards: the slot may start another job.
     public mutating func release(destination: String) {
-        guard let d = destinationSlots[Scheduler.canonical(destination)], destinations[Int(d)].active > 0 else {
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(destination), pool: nil)] else { return }
+        var a = perDestination
+        let lane = ShapingLane(group: gates[Int(queues[Int(q)].gate)].group, source: "")
+        release(ConnectionLane(destination: queues[Int(q)].name, pool: nil, lane: lane), shaping: &a)
+    }
+
+    /// A connection closed: its slot is free, its lane counts one connection less, and the gates of
+    /// its group are open again (the admission decides at the next `dispatch`).
+    public mutating func release<A: ShapingAdmission>(_ connection: ConnectionLane, shaping: inout A) {
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)],
+              queues[Int(q)].active > 0 else {
             return
         }
-        destinations[Int(d)].active -= 1
+        let g = queues[Int(q)].gate
+        queues[Int(q)].active -= 1
+        gates[Int(g)].active -= 1
+        if queues[Int(q)].active == 0 { gates[Int(g)].connected.remove(q) }
         activeConnections -= 1
-        settle(d)
+        shaping.connectionClosed(connection.lane)
+        wake(group: connection.lane.group)
+        if connection.lane.group != gates[Int(g)].group { wake(group: gates[Int(g)].group) }
+        settle(q)
+    }
+
+    /// The group's state changed (a connection closed, a suspension or throttle ended, the postmaster
+    /// acted): its blocked gates go back among the candidates; those with idle connections are
+    /// reported by `promoteReadyForConnections`.
+    public mutating func wake(group: ShapingGroup) {
+        guard group.kind != .unclassified, let list = gatesOfGroup[group] else { return }
+        for g in list { unblock(g) }
+    }
+
+    // MARK: Traffic shaping's groups
+
+    /// The lane of a connection to a destination's queue from `source`, under the queue's group now.
+    public func connectionLane(destination: String, pool: String?, source: String) -> ConnectionLane? {
+        let name = Scheduler.canonical(destination)
+        guard let q = queueSlots[QueueKey(name: name, pool: pool)] else { return nil }
+        return ConnectionLane(destination: name, pool: pool,
+                              lane: ShapingLane(group: gates[Int(queues[Int(q)].gate)].group, source: source))
+    }
+
+    /// Destinations whose jobs wait for their MX names, each reported once: the caller looks them up
+    /// and calls `regroup` once the admission knows them.
+    public mutating func takeUnclassified() -> [String] {
+        defer { unclassified.removeAll(keepingCapacity: true) }
+        return unclassified
+    }
+
+    /// Moves a destination's queues to the gate of the group the admission now gives them (after an
+    /// MX answer, or a new policy). Connections already open stay counted where they opened.
+    public mutating func regroup<A: ShapingAdmission>(destination: String, shaping: inout A) {
+        let name = Scheduler.canonical(destination)
+        for (key, q) in queueSlots where key.name == name { regroup(q, &shaping) }
+    }
+
+    /// Every queue (a SIGHUP's new policy): O(queues).
+    public mutating func regroupAll<A: ShapingAdmission>(shaping: inout A) {
+        for q in Array(queueSlots.values) { regroup(q, &shaping) }
+    }
+
+    private mutating func regroup<A: ShapingAdmission>(_ q: Int32, _ shaping: inout A) {
+        let name = queues[Int(q)].name, pool = queues[Int(q)].pool
+        let group = shaping.group(of: name) ?? ShapingGroup(kind: .unclassified, name: name)
+        let from = queues[Int(q)].gate
+        guard gates[Int(from)].group != group else { return }
+        let to = gateSlot(group, pool: pool)
+        // Leave the old gate: its entry for the queue goes stale.
+        if queues[Int(q)].candidateSequence != Queue.none { gates[Int(from)].liveEntries -= 1 }
+        queues[Int(q)].candidateSequence = Queue.none
+        gates[Int(from)].queueCount -= 1
+        gates[Int(from)].active -= queues[Int(q)].active
+        gates[Int(from)].connected.remove(q)
+        queues[Int(q)].gate = to
+        gates[Int(to)].queueCount += 1
+        gates[Int(to)].active += queues[Int(q)].active
+        if queues[Int(q)].active > 0 { gates[Int(to)].connected.insert(q) }
+        refreshQueue(q)
+        refreshGate(from)
+        freeGateIfUnused(from)
+    }
+
+    /// Per group: queued jobs and connection slots taken (for the view). O(gates).
+    public func groupCounts() -> [ShapingGroup: (queued: Int, connections: Int)] {
+        var out: [ShapingGroup: (queued: Int, connections: Int)] = [:]
+        for q in queues where q.inUse {
+            let group = gates[Int(q.gate)].group
+            let c = out[group] ?? (0, 0)
+            out[group] = (c.queued + q.queued, c.connections + q.active)
+        }
+        return out
     }
 
     // MARK: Idle connections (the delivery side's connection cache)
 
     /// Makes the jobs due at `now` ready and returns the destinations that got one while holding a
-    /// connection slot: the caller hands those jobs to its idle connections with `next(for:)` before
-    /// `dispatch` opens new ones. Costs only the promotion (nothing when no job became due).
+    /// connection slot (or whose gate reopened): the caller hands those jobs to its idle connections with
+    /// `next(for:)` before `dispatch` opens new ones. Costs only the promotion (nothing when no job
+    /// became due).
     public mutating func promoteReadyForConnections(now: Double) -> [String] {
         promoteDue(now: now)
         // Also those promoted by an earlier `next(for:)` or `dispatch` (another destination's
         // connection asking): they were not handed to their own destination's connections then.
-        let names = promotedWithSlot.map { destinations[Int($0)].name }
+        var names: [String] = []
+        var seen = Set<String>()
+        for q in promotedWithSlot where queues[Int(q)].inUse && seen.insert(queues[Int(q)].name).inserted {
+            names.append(queues[Int(q)].name)
+        }
         promotedWithSlot.removeAll(keepingCapacity: true)
         return names
     }
@@ -192,20 +360,46 @@ public struct Scheduler: Sendable {
     /// Every connection slot is taken and a ready job waits for a new connection (its destination is
     /// under its own limit): the caller may close an idle connection to make room for it.
     public mutating func hasJobWaitingForSlot() -> Bool {
-        guard activeConnections >= maxConnections else { return false }
-        while let top = candidates.top, destinations[Int(top.slot)].candidateSequence != top.sequence {
-            candidates.pop()  // stale
-        }
-        return candidates.top != nil
+        var a = perDestination
+        return hasJobWaitingForSlot(now: -.infinity, shaping: &a)
     }
 
-    /// Earliest time a not-yet-due job becomes due (for the caller's timer), or nil. May be in the past
-    /// when jobs were added with a due time before the last `dispatch`/`next`.
-    public var nextDueTime: Double? { waiting.top?.due }
+    public mutating func hasJobWaitingForSlot<A: ShapingAdmission>(now: Double, shaping: inout A) -> Bool {
+        guard activeConnections >= maxConnections else { return false }
+        while let top = candidates.top {
+            let g = Int(top.slot)
+            if gates[g].candidateSequence != top.sequence {
+                candidates.pop()  // stale
+                continue
+            }
+            // Asked without taking: a gate its admission blocks is not waiting for a slot.
+            if case .blocked(let until) = shaping.admitConnection(group: gates[g].group, pool: gates[g].pool,
+                                                                  connections: gates[g].active, now: now,
+                                                                  commit: false) {
+                candidates.pop()
+                gates[g].candidateSequence = Gate.none
+                block(Int32(g), until: until)
+                continue
+            }
+            return true
+        }
+        return false
+    }
+
+    /// Earliest time a not-yet-due job becomes due or a blocked gate opens (for the caller's timer),
+    /// or nil. May be in the past when jobs were added with a due time before the last `dispatch`/`next`.
+    public var nextDueTime: Double? {
+        switch (waiting.top?.due, wakes.top?.time) {
+        case (let a?, let b?): return min(a, b)
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (nil, nil): return nil
+        }
+    }
 
     public func activeConnections(for destination: String) -> Int {
-        guard let d = destinationSlots[Scheduler.canonical(destination)] else { return 0 }
-        return destinations[Int(d)].active
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(destination), pool: nil)] else { return 0 }
+        return queues[Int(q)].active
     }
 
     /// Removes every queued job of a message (deleted or bounced by an operator); in-flight ones are the
@@ -216,7 +410,7 @@ public struct Scheduler: Sendable {
             affected.append(jobs[Int(slot)].destination)
             unqueue(slot)
         }
-        for d in affected { settle(d) }
+        for q in affected { settle(q) }
     }
 
     // MARK: The postmaster's view (`tern queue`): O(jobs of the message), or O(all jobs) for a scan
@@ -227,7 +421,7 @@ public struct Scheduler: Sendable {
         var slot = firstJobOfMessage[id] ?? -1
         while slot >= 0 {
             let record = jobs[Int(slot)]
-            out.append(DeliveryJob(record: record, destination: destinations[Int(record.destination)].name))
+            out.append(DeliveryJob(record: record, queue: queues[Int(record.destination)]))
             slot = record.nextOfMessage
         }
         return out
@@ -235,21 +429,29 @@ public struct Scheduler: Sendable {
 
     /// The queued jobs for a destination (a scan of every job).
     public func queuedJobs(destination: String) -> [DeliveryJob] {
-        guard let d = destinationSlots[Scheduler.canonical(destination)] else { return [] }
-        let name = destinations[Int(d)].name
-        return jobs.filter { $0.state != .free && $0.destination == d }.map { DeliveryJob(record: $0, destination: name) }
+        let name = Scheduler.canonical(destination)
+        let slots = Set(queueSlots.filter { $0.key.name == name }.map(\.value))
+        guard !slots.isEmpty else { return [] }
+        return jobs.filter { $0.state != .free && slots.contains($0.destination) }
+            .map { DeliveryJob(record: $0, queue: queues[Int($0.destination)]) }
     }
 
     /// Every queued job (a scan).
     public func allQueuedJobs() -> [DeliveryJob] {
-        jobs.filter { $0.state != .free }.map { DeliveryJob(record: $0, destination: destinations[Int($0.destination)].name) }
+        jobs.filter { $0.state != .free }.map { DeliveryJob(record: $0, queue: queues[Int($0.destination)]) }
     }
 
     /// Makes queued jobs due at `due` (a flush: "retry now"), keeping their order of priority and
     /// arrival. Jobs in flight are not touched. Returns how many jobs were moved.
     @discardableResult
     public mutating func reschedule(_ queued: [DeliveryJob], due: Double) -> Int {
-        for job in queued { add(job, due: due) }
+        var a = perDestination
+        return reschedule(queued, due: due, shaping: &a)
+    }
+
+    @discardableResult
+    public mutating func reschedule<A: ShapingAdmission>(_ queued: [DeliveryJob], due: Double, shaping: inout A) -> Int {
+        for job in queued { add(job, due: due, shaping: &shaping) }
         return queued.count
     }
 
@@ -271,9 +473,9 @@ public struct Scheduler: Sendable {
 
     // MARK: Moving jobs along
 
-    /// Moves every job due at `now` from the waiting heap to its destination's ready heap.
-    /// Promotes due jobs; destinations holding a connection slot that got a ready job are remembered in
-    /// `promotedWithSlot` until `promoteReadyForConnections` hands them out.
+    /// Moves every job due at `now` from the waiting heap to its queue's ready heap, and reopens the
+    /// gates whose wake time came. Queues holding a connection slot that got a ready job are
+    /// remembered in `promotedWithSlot` until `promoteReadyForConnections` hands them out.
     private mutating func promoteDue(now: Double) {
         while let entry = waiting.top, entry.due <= now {
             waiting.pop()
@@ -282,20 +484,57 @@ public struct Scheduler: Sendable {
             jobs[slot].state = .ready
             waitingCount -= 1
             let record = jobs[slot]
-            let d = record.destination
-            destinations[Int(d)].readyCount += 1
-            destinations[Int(d)].ready.push(ReadyEntry(arrival: record.arrival, sequence: record.sequence,
-                                                       slot: entry.slot, priority: record.priority))
-            if destinations[Int(d)].active > 0 { promotedWithSlot.insert(d) }
-            refreshCandidate(d)
+            let q = record.destination
+            queues[Int(q)].readyCount += 1
+            queues[Int(q)].ready.push(ReadyEntry(arrival: record.arrival, sequence: record.sequence,
+                                                 slot: entry.slot, priority: record.priority))
+            if queues[Int(q)].active > 0 { promotedWithSlot.insert(q) }
+            refreshQueue(q)
         }
         cleanWaitingTop()  // a removed job's entry may be next, and `nextDueTime` reads the top
+        while let w = wakes.top, w.time <= now {
+            wakes.pop()
+            if gates[Int(w.gate)].inUse && gates[Int(w.gate)].epoch == w.epoch { unblock(w.gate) }
+        }
+    }
+
+    /// The admission said no: the gate leaves the candidates until `until` (if any) or a `wake`.
+    private mutating func block(_ g: Int32, until: Double?) {
+        let i = Int(g)
+        gates[i].blocked = true
+        gates[i].candidateSequence = Gate.none
+        gates[i].epoch &+= 1
+        if let until {
+            wakes.push(WakeEntry(time: until.isNaN ? -.infinity : until, gate: g, epoch: gates[i].epoch))
+            if wakes.count > 2 * gateSlots.count + 64 {
+                let gates = self.gates
+                wakes.removeAll { !gates[Int($0.gate)].inUse || gates[Int($0.gate)].epoch != $0.epoch }
+            }
+        }
+    }
+
+    private mutating func unblock(_ g: Int32) {
+        let i = Int(g)
+        guard gates[i].inUse, gates[i].blocked, gates[i].group.kind != .unclassified else { return }
+        gates[i].blocked = false
+        gates[i].epoch &+= 1
+        // Its idle connections may take work again (a message rate or suspension had stopped them).
+        for q in gates[i].connected where queues[Int(q)].readyCount > 0 { promotedWithSlot.insert(q) }
+        refreshGate(g)
+    }
+
+    private mutating func connect(_ q: Int32) {
+        let g = Int(queues[Int(q)].gate)
+        queues[Int(q)].active += 1
+        if queues[Int(q)].active == 1 { gates[g].connected.insert(q) }
+        gates[g].active += 1
+        activeConnections += 1
     }
 
     /// Takes a ready job out of the index to hand it to the caller (in flight from now on).
     private mutating func take(_ slot: Int32) -> DeliveryJob {
         let record = jobs[Int(slot)]
-        let job = DeliveryJob(record: record, destination: destinations[Int(record.destination)].name)
+        let job = DeliveryJob(record: record, queue: queues[Int(record.destination)])
         unqueue(slot)
         return job
     }
@@ -303,13 +542,13 @@ public struct Scheduler: Sendable {
     /// Drops a queued job's record: counts, message chain, slot. Its heap entries become stale.
     private mutating func unqueue(_ slot: Int32) {
         let record = jobs[Int(slot)]
-        let d = Int(record.destination)
+        let q = Int(record.destination)
         switch record.state {
         case .waiting: waitingCount -= 1
-        case .ready: destinations[d].readyCount -= 1
+        case .ready: queues[q].readyCount -= 1
         case .free: preconditionFailure("unqueue of a free job record")
         }
-        destinations[d].queued -= 1
+        queues[q].queued -= 1
         queuedJobs -= 1
 
         if record.previousOfMessage >= 0 {
@@ -325,51 +564,96 @@ public struct Scheduler: Sendable {
         freeJobs.append(slot)
     }
 
-    /// After jobs of destination `d` were unqueued or its connections changed: clean the heap tops,
-    /// compact heaps full of stale entries, update its candidacy, and free it when unused.
-    private mutating func settle(_ d: Int32) {
+    /// After jobs of queue `q` were unqueued or its connections changed: clean the heap tops, compact
+    /// heaps full of stale entries, update its candidacy, and free it when unused.
+    private mutating func settle(_ q: Int32) {
         cleanWaitingTop()
         if waiting.count > 2 * waitingCount + 64 {
             let jobs = self.jobs
             waiting.removeAll { jobs[Int($0.slot)].sequence != $0.sequence || jobs[Int($0.slot)].state != .waiting }
         }
-        let i = Int(d)
-        guard destinations[i].inUse else { return }  // freed by an earlier settle
-        if destinations[i].ready.count > 2 * destinations[i].readyCount + 64 {
+        let i = Int(q)
+        guard queues[i].inUse else { return }  // freed by an earlier settle
+        if queues[i].ready.count > 2 * queues[i].readyCount + 64 {
             let jobs = self.jobs
-            destinations[i].ready.removeAll {
+            queues[i].ready.removeAll {
                 jobs[Int($0.slot)].sequence != $0.sequence || jobs[Int($0.slot)].state != .ready
             }
         }
-        refreshCandidate(d)
-        if destinations[i].queued == 0 && destinations[i].active == 0 {
-            destinationSlots[destinations[i].name] = nil
-            destinations[i] = Destination(name: "")
-            destinations[i].inUse = false
-            freeDestinations.append(d)
+        refreshQueue(q)
+        if queues[i].queued == 0 && queues[i].active == 0 {
+            let g = queues[i].gate
+            if queues[i].candidateSequence != Queue.none { gates[Int(g)].liveEntries -= 1 }
+            gates[Int(g)].queueCount -= 1
+            queueSlots[QueueKey(name: queues[i].name, pool: queues[i].pool)] = nil
+            queues[i] = Queue(name: "", pool: nil, gate: -1)
+            queues[i].inUse = false
+            freeQueues.append(q)
+            freeGateIfUnused(g)
         }
     }
 
-    /// Keeps the candidate heap right for destination `d`: when it can take a new connection, it has an
-    /// entry keyed by its current best ready job (`candidateSequence`); any other entry of it is stale.
-    private mutating func refreshCandidate(_ d: Int32) {
-        cleanReadyTop(d)
-        let i = Int(d)
-        guard destinations[i].active < maxConnectionsPerDestination, var best = destinations[i].ready.top else {
-            destinations[i].candidateSequence = Destination.none
+    private mutating func freeGateIfUnused(_ g: Int32) {
+        let i = Int(g)
+        guard gates[i].inUse, gates[i].queueCount == 0, gates[i].active == 0 else { return }
+        let key = GateKey(group: gates[i].group, pool: gates[i].pool)
+        gateSlots[key] = nil
+        if var list = gatesOfGroup[key.group] {
+            list.removeAll { $0 == g }
+            gatesOfGroup[key.group] = list.isEmpty ? nil : list
+        }
+        gates[i] = Gate(group: ShapingGroup(kind: .domain, name: ""), pool: nil)
+        gates[i].inUse = false
+        gates[i].epoch = 0
+        freeGates.append(g)
+    }
+
+    /// Keeps queue `q`'s entry in its gate's heap keyed by its current best ready job
+    /// (`candidateSequence`), then the gate's candidacy.
+    private mutating func refreshQueue(_ q: Int32) {
+        cleanReadyTop(q)
+        let i = Int(q)
+        let g = queues[i].gate
+        if var best = queues[i].ready.top {
+            if queues[i].candidateSequence != best.sequence {
+                if queues[i].candidateSequence == Queue.none { gates[Int(g)].liveEntries += 1 }
+                queues[i].candidateSequence = best.sequence
+                best.slot = q
+                gates[Int(g)].queues.push(best)
+                if gates[Int(g)].queues.count > 2 * gates[Int(g)].liveEntries + 64 {
+                    let queues = self.queues
+                    gates[Int(g)].queues.removeAll {
+                        queues[Int($0.slot)].gate != g || queues[Int($0.slot)].candidateSequence != $0.sequence
+                    }
+                }
+            }
+        } else if queues[i].candidateSequence != Queue.none {
+            queues[i].candidateSequence = Queue.none
+            gates[Int(g)].liveEntries -= 1
+        }
+        refreshGate(g)
+    }
+
+    /// Keeps the candidate heap right for gate `g`: when it is open, it has an entry keyed by its best
+    /// queue's best ready job (`candidateSequence`); any other entry of it is stale.
+    private mutating func refreshGate(_ g: Int32) {
+        cleanGateTop(g)
+        let i = Int(g)
+        guard !gates[i].blocked, var best = gates[i].queues.top else {
+            gates[i].candidateSequence = Gate.none
             return
         }
-        guard destinations[i].candidateSequence != best.sequence else { return }
-        destinations[i].candidateSequence = best.sequence
-        best.slot = d
+        guard gates[i].candidateSequence != best.sequence else { return }
+        gates[i].candidateSequence = best.sequence
+        best.slot = g
         candidates.push(best)
-        if candidates.count > 2 * destinationSlots.count + 64 { rebuildCandidates() }
+        if candidates.count > 2 * gateSlots.count + 64 { rebuildCandidates() }
     }
 
     private mutating func rebuildCandidates() {
         candidates = BinaryHeap(by: ReadyEntry.before)
-        for i in destinations.indices where destinations[i].candidateSequence != Destination.none {
-            var best = destinations[i].ready.top!  // a candidate always has a live ready top
+        for i in gates.indices where gates[i].candidateSequence != Gate.none {
+            var best = gates[i].queues.top!  // a candidate always has a live top
             best.slot = Int32(i)
             candidates.push(best)
         }
@@ -382,25 +666,61 @@ public struct Scheduler: Sendable {
         }
     }
 
-    private mutating func cleanReadyTop(_ d: Int32) {
-        while let entry = destinations[Int(d)].ready.top,
+    private mutating func cleanReadyTop(_ q: Int32) {
+        while let entry = queues[Int(q)].ready.top,
               jobs[Int(entry.slot)].sequence != entry.sequence || jobs[Int(entry.slot)].state != .ready {
-            destinations[Int(d)].ready.pop()
+            queues[Int(q)].ready.pop()
         }
     }
 
-    private mutating func destinationSlot(_ name: String) -> Int32 {
-        if let d = destinationSlots[name] { return d }
-        let d: Int32
-        if let reused = freeDestinations.popLast() {
-            d = reused
-            destinations[Int(d)] = Destination(name: name)
-        } else {
-            d = Int32(destinations.count)
-            destinations.append(Destination(name: name))
+    private mutating func cleanGateTop(_ g: Int32) {
+        while let entry = gates[Int(g)].queues.top,
+              queues[Int(entry.slot)].gate != g || queues[Int(entry.slot)].candidateSequence != entry.sequence {
+            gates[Int(g)].queues.pop()
         }
-        destinationSlots[name] = d
-        return d
+    }
+
+    private mutating func queueSlot<A: ShapingAdmission>(_ name: String, pool: String?, _ shaping: inout A) -> Int32 {
+        let key = QueueKey(name: name, pool: pool)
+        if let q = queueSlots[key] { return q }
+        let group: ShapingGroup
+        if let known = shaping.group(of: name) {
+            group = known
+        } else {
+            // Its MX names decide its rule: its jobs wait in a gate that never opens until `regroup`.
+            group = ShapingGroup(kind: .unclassified, name: name)
+            if gatesOfGroup[group] == nil { unclassified.append(name) }  // once, whatever the pools
+        }
+        let g = gateSlot(group, pool: pool)
+        let q: Int32
+        if let reused = freeQueues.popLast() {
+            q = reused
+            queues[Int(q)] = Queue(name: name, pool: pool, gate: g)
+        } else {
+            q = Int32(queues.count)
+            queues.append(Queue(name: name, pool: pool, gate: g))
+        }
+        gates[Int(g)].queueCount += 1
+        queueSlots[key] = q
+        return q
+    }
+
+    private mutating func gateSlot(_ group: ShapingGroup, pool: String?) -> Int32 {
+        let key = GateKey(group: group, pool: pool)
+        if let g = gateSlots[key] { return g }
+        var gate = Gate(group: group, pool: pool)
+        gate.blocked = group.kind == .unclassified
+        let g: Int32
+        if let reused = freeGates.popLast() {
+            g = reused
+            gates[Int(g)] = gate
+        } else {
+            g = Int32(gates.count)
+            gates.append(gate)
+        }
+        gateSlots[key] = g
+        gatesOfGroup[group, default: []].append(g)
+        return g
     }
 
     /// ASCII-lowercased; returns the string itself (no copy) when it has no capitals.
@@ -411,8 +731,8 @@ public struct Scheduler: Sendable {
     // MARK: Introspection for tests and metrics
 
     /// Bytes the index holds, from the capacities of its arrays and dictionaries: records, heaps,
-    /// free lists, the id dictionary (key + value + about one bit of metadata per bucket), destinations,
-    /// plus the recipient lists that are stored out of line. Excludes malloc's own overhead.
+    /// free lists, the id dictionary (key + value + about one bit of metadata per bucket), queues and
+    /// gates, plus the recipient lists that are stored out of line. Excludes malloc's own overhead.
     var indexFootprint: Int {
         var bytes = jobs.capacity * MemoryLayout<JobRecord>.stride
         bytes += freeJobs.capacity * MemoryLayout<Int32>.stride
@@ -421,9 +741,13 @@ public struct Scheduler: Sendable {
         bytes += buckets * (MemoryLayout<QueueID>.stride + MemoryLayout<Int32>.stride) + buckets / 8
         bytes += waiting.capacity * MemoryLayout<WaitingEntry>.stride
         bytes += candidates.capacity * MemoryLayout<ReadyEntry>.stride
-        bytes += destinations.capacity * MemoryLayout<Destination>.stride
-        bytes += destinationSlots.capacity * (MemoryLayout<String>.stride + MemoryLayout<Int32>.stride) * 4 / 3
-        for destination in destinations { bytes += destination.ready.capacity * MemoryLayout<ReadyEntry>.stride }
+        bytes += wakes.capacity * MemoryLayout<WakeEntry>.stride
+        bytes += queues.capacity * MemoryLayout<Queue>.stride
+        bytes += gates.capacity * MemoryLayout<Gate>.stride
+        bytes += queueSlots.capacity * (MemoryLayout<QueueKey>.stride + MemoryLayout<Int32>.stride) * 4 / 3
+        bytes += gateSlots.capacity * (MemoryLayout<GateKey>.stride + MemoryLayout<Int32>.stride) * 4 / 3
+        for queue in queues { bytes += queue.ready.capacity * MemoryLayout<ReadyEntry>.stride }
+        for gate in gates { bytes += gate.queues.capacity * MemoryLayout<ReadyEntry>.stride }
         for record in jobs where record.recipientCount < 0 {
             bytes += 32 + record.recipientList.capacity * MemoryLayout<Int>.stride
         }
@@ -431,6 +755,26 @@ public struct Scheduler: Sendable {
     }
 
     static var jobRecordStride: Int { MemoryLayout<JobRecord>.stride }
+}
+
+/// Where an open connection belongs: its destination's queue (destination × pool) and the lane
+/// (group × source) it counts under. The driver keeps it with the connection and passes it back.
+public struct ConnectionLane: Hashable, Sendable {
+    public var destination: String
+    public var pool: String?
+    public var lane: ShapingLane
+
+    public init(destination: String, pool: String?, lane: ShapingLane) {
+        self.destination = destination
+        self.pool = pool
+        self.lane = lane
+    }
+}
+
+/// A job to start on a new connection, and where that connection belongs.
+public struct Dispatched: Sendable, Equatable {
+    public var job: DeliveryJob
+    public var connection: ConnectionLane
 }
 
 // MARK: - Storage
@@ -490,9 +834,10 @@ private struct JobRecord {
 }
 
 extension DeliveryJob {
-    fileprivate init(record: JobRecord, destination: String) {
+    fileprivate init(record: JobRecord, queue: Queue) {
         self.id = record.id
-        self.destination = destination
+        self.destination = queue.name
+        self.pool = queue.pool
         self.recipients = record.recipients
         self.priority = Int(record.priority)
         self.arrival = record.arrival
@@ -528,10 +873,14 @@ private struct ReadyEntry: Sendable {
     }
 }
 
-private struct Destination: Sendable {
+/// A destination × pool: its jobs, best first.
+private struct Queue: Sendable {
     static let none = UInt64.max
 
     var name: String
+    var pool: String?
+    /// Its gate (shaping group × pool).
+    var gate: Int32
     var ready = BinaryHeap<ReadyEntry>(by: ReadyEntry.before)
     /// Live entries of `ready`.
     var readyCount = 0
@@ -539,12 +888,62 @@ private struct Destination: Sendable {
     var queued = 0
     /// Connection slots taken.
     var active = 0
-    /// The sequence number of the job its live candidate entry is keyed by, or `none`.
-    var candidateSequence = Destination.none
+    /// The sequence number of the job its live entry in the gate's heap is keyed by, or `none`.
+    var candidateSequence = Queue.none
     /// False while the slot is on the free list.
     var inUse = true
 
-    init(name: String) { self.name = name }
+    init(name: String, pool: String?, gate: Int32) {
+        self.name = name
+        self.pool = pool
+        self.gate = gate
+    }
+}
+
+/// A shaping group × pool: the queues whose new connections its lanes admit together.
+private struct Gate: Sendable {
+    static let none = UInt64.max
+
+    var group: ShapingGroup
+    var pool: String?
+    /// Its queues with a ready job, by their best ready job (slot = the queue).
+    var queues = BinaryHeap<ReadyEntry>(by: ReadyEntry.before)
+    /// Queues with a live entry in `queues`.
+    var liveEntries = 0
+    /// Queues in this gate.
+    var queueCount = 0
+    /// Connection slots its queues hold.
+    var active = 0
+    /// Its queues holding a connection slot (their idle connections may take work when it reopens).
+    var connected: Set<Int32> = []
+    /// The sequence number of the job its live candidate entry is keyed by, or `none`.
+    var candidateSequence = Gate.none
+    /// The admission said no; it waits for a wake entry or its group's `wake`.
+    var blocked = false
+    /// Counts blockings, so a wake entry of an earlier one is stale.
+    var epoch: UInt32 = 0
+    var inUse = true
+
+    init(group: ShapingGroup, pool: String?) {
+        self.group = group
+        self.pool = pool
+    }
+}
+
+private struct QueueKey: Hashable, Sendable {
+    var name: String
+    var pool: String?
+}
+
+private struct GateKey: Hashable, Sendable {
+    var group: ShapingGroup
+    var pool: String?
+}
+
+private struct WakeEntry: Sendable {
+    var time: Double
+    var gate: Int32
+    var epoch: UInt32
 }
 
 // MARK: - Binary heap

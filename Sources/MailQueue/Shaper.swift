@@ -1,0 +1,904 @@
+// Traffic shaping's decisions (issue 16), pure: which [[shaping]] rule a destination falls under,
+// which egress source a new connection uses, whether a lane (group × source) may open a connection or
+// send a message now, and how it backs off when a destination fails or says "slow down". No I/O, no
+// clock: `now` (wall-clock seconds) is a parameter, so every rule has a test on virtual time.
+//
+// A *group* is what limits apply to: a rule's name, or the destination domain itself when no rule
+// matches (each unmatched domain has its own limits, as max_connections_per_destination always had).
+// A *lane* is a group × egress source: connection counts, rates, dead-destination counters,
+// suspensions and throttles are kept per lane, as PowerMTA and MailerQ do.
+//
+// Rates are GCRA (a theoretical arrival time per lane) with a burst tolerance of one permit: permits
+// come evenly spaced, never a minute's worth at once; a lane that was idle does not save up a burst.
+//
+// State changes (suspended, resumed, throttled, throttle ended) are recorded as `ShapingEvent`s once
+// per change, for the driver to log; `takeEvents` hands them out.
+
+/// What limits apply to: a [[shaping]] rule, or one destination domain that no rule matched.
+public struct ShapingGroup: Hashable, Sendable, Codable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Codable {
+        case rule, domain
+        /// A destination waiting for its MX names before a rule can be chosen (scheduler-internal).
+        case unclassified
+    }
+
+    public var kind: Kind
+    public var name: String
+
+    public init(kind: Kind, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    public static func rule(_ name: String) -> ShapingGroup { ShapingGroup(kind: .rule, name: name) }
+    public static func domain(_ name: String) -> ShapingGroup { ShapingGroup(kind: .domain, name: name) }
+
+    /// The label for metrics: the rule's name, "default" for unmatched domains (never a raw domain).
+    public var ruleLabel: String { kind == .rule ? name : "default" }
+    public var description: String { name }
+}
+
+/// A group × an egress source name ("" when no egress is configured: the OS picks the address).
+public struct ShapingLane: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var group: ShapingGroup
+    public var source: String
+
+    public init(group: ShapingGroup, source: String) {
+        self.group = group
+        self.source = source
+    }
+
+    public var description: String { source.isEmpty ? group.name : "\(group.name)/\(source)" }
+}
+
+/// One change of a lane's or group's state, logged once.
+public enum ShapingEvent: Sendable, Equatable {
+    /// No connection and no message until `until`. `source` nil: every source (the postmaster).
+    case suspended(ShapingGroup, source: String?, until: Double, reason: String)
+    /// Back to its configured limits: `why` is "probe succeeded", "suspension ended", "postmaster".
+    case resumed(ShapingGroup, source: String?, why: String)
+    case throttled(ShapingGroup, source: String, rule: String, rate: Rate?, connections: Int?, until: Double)
+    case throttleEnded(ShapingGroup, source: String, rule: String)
+
+    /// What queued mail of a suspended destination says (no attempt is made, no line per message).
+    public static func deferral(_ reason: String) -> String { "delivery temporarily suspended: \(reason)" }
+
+    /// One log line.
+    public var logText: String {
+        func lane(_ g: ShapingGroup, _ s: String?) -> String {
+            "\(g.kind == .rule ? "rule" : "destination")=\(g.name)\(s.map { $0.isEmpty ? "" : " source=\($0)" } ?? "")"
+        }
+        switch self {
+        case .suspended(let g, let s, let until, let reason):
+            return "\(lane(g, s)): \(Self.deferral(reason)) until \(Int(until))"
+        case .resumed(let g, let s, let why):
+            return "\(lane(g, s)): delivery resumed (\(why))"
+        case .throttled(let g, let s, let rule, let rate, let connections, let until):
+            let limits = [rate.map { "rate=\($0)" }, connections.map { "connections=\($0)" }].compactMap { $0 }
+            return "\(lane(g, s)): throttled by \(rule) (\(limits.joined(separator: " "))) until \(Int(until))"
+        case .throttleEnded(let g, let s, let rule):
+            return "\(lane(g, s)): throttle by \(rule) ended, configured limits again"
+        }
+    }
+}
+
+/// The answer to "may this gate (group × pool) open a connection now?".
+public enum ConnectionAdmission: Sendable, Equatable {
+    /// Yes, from this source (already counted as open when `commit` was asked).
+    case open(source: String)
+    /// Not now: ask again at `until`, or (nil) when a connection of the group closes or its state changes.
+    case blocked(until: Double?)
+}
+
+/// The answer to "may this open connection carry another message now?".
+public enum MessageAdmission: Sendable, Equatable {
+    case go
+    /// Its messages-per-connection limit is reached: close it.
+    case close
+    /// Not now (rate, suspension): ask again at `until` (nil: when the group's state changes).
+    case wait(until: Double?)
+}
+
+/// What the scheduler asks of traffic shaping. `Shaper` is the real one; `PerDestinationLimit` is
+/// max_connections_per_destination alone (the scheduler's behaviour before shaping).
+public protocol ShapingAdmission {
+    /// The group a destination's jobs wait under; nil while it waits for its MX names.
+    mutating func group(of destination: String) -> ShapingGroup?
+    /// A new connection for the gate (group × pool), which has `connections` open (all its sources).
+    /// With `commit`, an `.open` answer counts the connection and its first message.
+    mutating func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
+                                  commit: Bool) -> ConnectionAdmission
+    /// Another message on an open connection of `lane` that has sent `sent` so far.
+    mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission
+    /// A connection opened by `admitConnection` closed.
+    mutating func connectionClosed(_ lane: ShapingLane)
+}
+
+/// Only a per-destination connection limit: what the scheduler did before shaping.
+public struct PerDestinationLimit: ShapingAdmission {
+    public let limit: Int
+    public init(limit: Int) { self.limit = limit }
+    public func group(of destination: String) -> ShapingGroup? { .domain(destination) }
+    public func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
+                                commit: Bool) -> ConnectionAdmission {
+        connections < limit ? .open(source: "") : .blocked(until: nil)
+    }
+    public func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission { .go }
+    public func connectionClosed(_ lane: ShapingLane) {}
+}
+
+/// The per-connection limits a driver applies to a connection of a lane.
+public struct LaneLimits: Sendable, Equatable {
+    public var maxMessagesPerConnection: Int?
+    public var connectionCacheTime: Double?
+}
+
+public struct Shaper: Sendable, ShapingAdmission {
+    public private(set) var policy: ShapingPolicy
+    // Rule matching: indexes by name, built once per policy (1,000 rules must not cost 1,000 compares).
+    private var exactDomains: [String: Int] = [:]
+    private var suffixDomains: [String: Int] = [:]
+    private var exactMX: [String: Int] = [:]
+    private var suffixMX: [String: Int] = [:]
+    private var ruleIndex: [String: Int] = [:]
+    private var backoffPatterns: [Pattern?] = []
+    private var poolSources: [String: [(name: String, weight: Int)]] = [:]
+    private static let noEgress: [(name: String, weight: Int)] = [("", 1)]
+
+    /// MX rollup answers: destination → the rule its MX hosts matched (nil: none), until `expires`.
+    private var classifications: [String: (rule: Int?, expires: Double)] = [:]
+    /// How long an MX answer is trusted, so a destination follows DNS changes.
+    public static let classificationLifetime = 3600.0
+    static let classificationLimit = 100_000
+
+    private var lanes: [ShapingLane: LaneState] = [:]
+    private var lanesAfterSweep = 0
+    /// The postmaster's suspensions, per group (every source).
+    private var groupSuspensions: [ShapingGroup: (until: Double, reason: String)] = [:]
+    /// Smooth weighted round-robin state per gate (group × pool), for pools of several sources.
+    private var roundRobin: [RoundRobinKey: [Int]] = [:]
+    /// Times at which a suspension or throttle ends, so its event is not held back until mail comes.
+    private var expiries = BinaryHeap<Expiry>(by: { $0.time < $1.time })
+    private var events: [ShapingEvent] = []
+    /// Groups whose state changed in a way that may let blocked mail go (the scheduler wakes them).
+    private var changed: Set<ShapingGroup> = []
+    /// Per rule label × source: bounded, for metrics.
+    private var counters: [ShapingMetricKey: ShapingCounters] = [:]
+    /// The latest `now` seen: for calls that have none (classification expiry when a job is added).
+    public private(set) var lastNow = -Double.infinity
+
+    public init(policy: ShapingPolicy) {
+        self.policy = policy
+        index()
+    }
+
+    // MARK: - Rule matching
+
+    private mutating func index() {
+        exactDomains = [:]; suffixDomains = [:]; exactMX = [:]; suffixMX = [:]; ruleIndex = [:]
+        for (i, rule) in policy.rules.enumerated() {
+            if ruleIndex[rule.name] == nil { ruleIndex[rule.name] = i }
+            // The rule listed first wins a tie: later ones do not overwrite.
+            for d in rule.domains.map({ $0.lowercased() }) {
+                if d.hasPrefix(".") { if suffixDomains[d] == nil { suffixDomains[d] = i } }
+                else if exactDomains[d] == nil { exactDomains[d] = i }
+            }
+            for h in rule.mx.map({ Self.trimDot($0.lowercased()) }) {
+                if h.hasPrefix(".") { if suffixMX[h] == nil { suffixMX[h] = i } }
+                else if exactMX[h] == nil { exactMX[h] = i }
+            }
+        }
+        // A pattern the config reader let through but that does not compile matches nothing.
+        backoffPatterns = policy.backoff.map { Pattern($0.reply) }
+        poolSources = [:]
+        let known = Set(policy.sources.map(\.name))
+        for pool in policy.pools {
+            let usable = pool.sources.filter { $0.weight > 0 && known.contains($0.name) }
+            if !usable.isEmpty { poolSources[pool.name] = usable }
+        }
+        classifications = [:]
+        roundRobin = [:]
+    }
+
+    /// "mx.example.com." → "mx.example.com".
+    private static func trimDot(_ s: String) -> String { s.hasSuffix(".") && s.count > 1 ? String(s.dropLast()) : s }
+
+    /// The rule matching a destination by its name: exact, then the longest ".suffix". O(labels).
+    public func ruleByName(_ destination: String) -> Int? {
+        if let i = exactDomains[destination] { return i }
+        guard !suffixDomains.isEmpty else { return nil }
+        var rest = Substring(destination)
+        while let dot = rest.firstIndex(of: ".") {
+            if let i = suffixDomains[String(rest[dot...])] { return i }
+            rest = rest[rest.index(after: dot)...]
+        }
+        return nil
+    }
+
+    /// The rule matching any of the MX host names: an exact host beats a suffix, a longer suffix a
+    /// shorter one, and the rule listed first breaks ties.
+    public func ruleByMX(_ hosts: [String]) -> Int? {
+        var best: (level: Int, length: Int, rule: Int)?
+        func consider(_ level: Int, _ length: Int, _ rule: Int) {
+            if let b = best, (b.level, b.length, -b.rule) >= (level, length, -rule) { return }
+            best = (level, length, rule)
+        }
+        for raw in hosts {
+            let host = Self.trimDot(raw.lowercased())
+            if let i = exactMX[host] { consider(2, host.utf8.count, i) }
+            var rest = Substring(host)
+            while let dot = rest.firstIndex(of: ".") {
+                let suffix = rest[dot...]
+                if let i = suffixMX[String(suffix)] {
+                    consider(1, suffix.utf8.count, i)
+                    break  // the longest suffix of this host
+                }
+                rest = rest[rest.index(after: dot)...]
+            }
+        }
+        return best?.rule
+    }
+
+    private var hasMXRules: Bool { !exactMX.isEmpty || !suffixMX.isEmpty }
+
+    /// The destination matched no rule by name and some rule has `mx`: its MX names are needed (ask
+    /// the resolver once, then `classified`). Its jobs wait queued until then.
+    public func needsClassification(_ destination: String) -> Bool {
+        guard hasMXRules, ruleByName(destination) == nil else { return false }
+        guard let c = classifications[destination] else { return true }
+        return c.expires <= lastNow
+    }
+
+    /// The MX host names of a destination (empty: none or the lookup failed, so no MX rule applies).
+    public mutating func classified(_ destination: String, mxHosts: [String], now: Double) {
+        see(now)
+        if classifications.count >= Self.classificationLimit {
+            classifications = classifications.filter { $0.value.expires > now }
+            if classifications.count >= Self.classificationLimit { classifications = [:] }
+        }
+        classifications[destination] = (ruleByMX(mxHosts), now + Self.classificationLifetime)
+    }
+
+    /// The group of a destination: its rule, or itself; nil while its MX names are needed.
+    public mutating func group(of destination: String) -> ShapingGroup? {
+        if let i = ruleByName(destination) { return .rule(policy.rules[i].name) }
+        guard hasMXRules else { return .domain(destination) }
+        guard let c = classifications[destination], c.expires > lastNow else { return nil }
+        return c.rule.map { .rule(policy.rules[$0].name) } ?? .domain(destination)
+    }
+
+    /// The rule of a group (the defaults for a destination group).
+    public func rule(of group: ShapingGroup) -> ShapingRule {
+        guard group.kind == .rule, let i = ruleIndex[group.name] else { return policy.defaults }
+        return policy.rules[i]
+    }
+
+    // MARK: - Egress pool of a message
+
+    /// The pool a message's mail to `destination` goes out from: its authenticated user's, its sender
+    /// domain's, the destination rule's, the route's, else the default; nil: no egress pool.
+    public func pool(sender: String, authenticatedUser: String?, destination: String, routePool: String? = nil) -> String? {
+        guard !policy.pools.isEmpty else { return nil }  // no egress: the OS picks the address
+        let select = policy.select
+        if let user = authenticatedUser, let p = select.users[user] { return p }
+        if !select.senderDomains.isEmpty, let p = select.senderDomains[DeliveryCore.domain(of: sender)] { return p }
+        if let i = ruleByName(destination) ?? classifications[destination]?.rule, let p = policy.rules[i].pool { return p }
+        return routePool ?? select.defaultPool
+    }
+
+    // MARK: - Limits
+
+    /// What a connection of the lane may carry, and how long it may idle.
+    public func limits(of group: ShapingGroup) -> LaneLimits {
+        let r = rule(of: group)
+        return LaneLimits(maxMessagesPerConnection: r.maxMessagesPerConnection ?? policy.defaults.maxMessagesPerConnection,
+                          connectionCacheTime: r.connectionCacheTime ?? policy.defaults.connectionCacheTime)
+    }
+
+    struct Effective {
+        var connections: Int?
+        var connectionRate: Rate?
+        var messageRate: Rate?
+    }
+
+    private func effective(_ lane: ShapingLane, _ state: LaneState?) -> Effective {
+        let r = rule(of: lane.group)
+        let d = policy.defaults
+        var e = Effective(connections: r.maxConnections ?? d.maxConnections,
+                          connectionRate: r.maxConnectionRate ?? d.maxConnectionRate,
+                          messageRate: r.maxMessageRate ?? d.maxMessageRate)
+        if let t = state?.throttle {
+            if let c = t.connections { e.connections = min(e.connections ?? c, c) }
+            if let rate = t.rate, rate.interval > (e.messageRate?.interval ?? 0) { e.messageRate = rate }
+        }
+        return e
+    }
+
+    // MARK: - Admission (the scheduler asks)
+
+    private mutating func see(_ now: Double) { if now > lastNow { lastNow = now } }
+
+    /// Ends suspensions and throttles whose time has come (events), for the lane and its group.
+    private mutating func refresh(_ lane: ShapingLane, now: Double) {
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group], s.until <= now {
+            groupSuspensions[lane.group] = nil
+            events.append(.resumed(lane.group, source: nil, why: "suspension ended"))
+            changed.insert(lane.group)
+        }
+        guard var s = lanes[lane] else { return }
+        var touched = false
+        if let t = s.throttle, t.until <= now {
+            s.throttle = nil
+            events.append(.throttleEnded(lane.group, source: lane.source, rule: t.rule))
+            touched = true
+        }
+        if s.suspendedUntil > -.infinity, s.suspendedUntil <= now {
+            countSuspended(lane, s.suspendedUntil - s.suspendedSince)
+            s.suspendedUntil = -.infinity
+            // A dead destination is not resumed by time: one probe connection tests it first.
+            if !s.dead { events.append(.resumed(lane.group, source: lane.source, why: "suspension ended")) }
+            touched = true
+        }
+        if touched {
+            lanes[lane] = s
+            changed.insert(lane.group)
+        }
+    }
+
+    /// Whether the lane may open a connection now; nil wake: when a connection closes or state changes.
+    private mutating func check(_ lane: ShapingLane, now: Double) -> (open: Bool, wake: Double?) {
+        refresh(lane, now: now)
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return (false, s.until) }
+        let s = lanes[lane]
+        if let s {
+            if s.suspendedUntil > now { return (false, s.suspendedUntil) }
+            if s.dead && s.probing { return (false, nil) }  // one probe at a time
+        }
+        let e = effective(lane, s)
+        let connections = s?.connections ?? 0
+        if let max = e.connections, connections >= max {
+            // A throttle that lowered the limit ends at a known time.
+            return (false, s?.throttle?.until)
+        }
+        var wake = -Double.infinity
+        if e.connectionRate != nil, let tat = s?.connectionTAT, tat > now { wake = tat }
+        if e.messageRate != nil, let tat = s?.messageTAT, tat > now { wake = Swift.max(wake, tat) }
+        if wake > now { return (false, wake) }
+        return (true, nil)
+    }
+
+    private mutating func open(_ lane: ShapingLane, now: Double) {
+        var s = lanes[lane] ?? LaneState()
+        let e = effective(lane, s)
+        s.connections += 1
+        if let r = e.connectionRate { s.connectionTAT = Swift.max(s.connectionTAT, now) + r.interval }
+        if s.dead { s.probing = true }
+        lanes[lane] = s
+        countMessage(lane, e, now: now)
+    }
+
+    private mutating func countMessage(_ lane: ShapingLane, _ e: Effective, now: Double) {
+        guard var s = lanes[lane] else { return }
+        if let r = e.messageRate { s.messageTAT = Swift.max(s.messageTAT, now) + r.interval }
+        let minute = (now / 60).rounded(.down)
+        if minute != s.minute {
+            s.previousMinuteCount = minute == s.minute + 1 ? s.minuteCount : 0
+            s.minute = minute
+            s.minuteCount = 0
+        }
+        s.minuteCount += 1
+        lanes[lane] = s
+    }
+
+    public mutating func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
+                                         commit: Bool) -> ConnectionAdmission {
+        see(now)
+        let sources = pool.flatMap { poolSources[$0] } ?? Self.noEgress
+        if sources.count == 1 {
+            let lane = ShapingLane(group: group, source: sources[0].name)
+            let (ok, wake) = check(lane, now: now)
+            guard ok else { return .blocked(until: wake) }
+            if commit { open(lane, now: now) }
+            return .open(source: lane.source)
+        }
+        // Smooth weighted round-robin (nginx) among the sources whose lane is open.
+        let key = RoundRobinKey(group: group, pool: pool ?? "")
+        var current = roundRobin[key] ?? Array(repeating: 0, count: sources.count)
+        if current.count != sources.count { current = Array(repeating: 0, count: sources.count) }
+        var best = -1, total = 0
+        var wake: Double? = .infinity
+        for (i, source) in sources.enumerated() {
+            let (ok, w) = check(ShapingLane(group: group, source: source.name), now: now)
+            guard ok else {
+                if let w, let current = wake { wake = Swift.min(current, w) } else { wake = nil }
+                continue
+            }
+            current[i] += source.weight
+            total += source.weight
+            if best < 0 || current[i] > current[best] { best = i }
+        }
+        guard best >= 0 else {
+            // Some lane waits for a connection to close (nil): that close wakes the gate anyway, but a
+            // lane with a time is woken by time too.
+            return .blocked(until: wake == .infinity ? nil : wake)
+        }
+        if !commit { return .open(source: sources[best].name) }
+        current[best] -= total
+        roundRobin[key] = current
+        let lane = ShapingLane(group: group, source: sources[best].name)
+        open(lane, now: now)
+        return .open(source: lane.source)
+    }
+
+    public mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission {
+        see(now)
+        refresh(lane, now: now)
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
+        let s = lanes[lane]
+        if let s, s.suspendedUntil > now { return .wait(until: s.suspendedUntil) }
+        if let max = limits(of: lane.group).maxMessagesPerConnection, sent >= max { return .close }
+        let e = effective(lane, s)
+        if e.messageRate != nil, let tat = s?.messageTAT, tat > now { return .wait(until: tat) }
+        if s == nil { lanes[lane] = LaneState() }  // not expected: an open connection has a lane
+        countMessage(lane, e, now: now)
+        return .go
+    }
+
+    public mutating func connectionClosed(_ lane: ShapingLane) {
+        guard var s = lanes[lane] else { return }
+        s.connections = Swift.max(0, s.connections - 1)
+        // A probe that closed without a verdict: the next connection probes again.
+        if s.probing { s.probing = false }
+        lanes[lane] = s
+        changed.insert(lane.group)
+        if s.isPlain(now: lastNow) { lanes[lane] = nil }
+        sweepIfGrown()
+    }
+
+    /// Groups whose state changed since the last call: the scheduler wakes their gates.
+    public mutating func takeChangedGroups() -> Set<ShapingGroup> {
+        defer { changed.removeAll(keepingCapacity: true) }
+        return changed
+    }
+
+    /// State changes since the last call, for the log.
+    public mutating func takeEvents() -> [ShapingEvent] {
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    // MARK: - Dead destinations
+
+    /// A connection of the lane reached no host (refused, timed out, no greeting).
+    public mutating func connectionFailed(_ lane: ShapingLane, reason: String, now: Double) {
+        see(now)
+        refresh(lane, now: now)
+        var s = lanes[lane] ?? LaneState()
+        s.failures += 1
+        s.lastFailure = reason
+        let dead = policy.dead
+        if s.probing {
+            // The probe failed: suspended again, twice as long.
+            s.probing = false
+            s.deadInterval = Swift.min(Swift.max(s.deadInterval * 2, dead.initial), dead.maximum)
+            suspend(&s, lane, until: now + s.deadInterval, reason: reason, now: now)
+        } else if !s.dead && s.failures >= Swift.max(dead.failures, 1) {
+            s.dead = true
+            s.deadInterval = Swift.min(dead.initial, dead.maximum)
+            suspend(&s, lane, until: now + s.deadInterval, reason: reason, now: now)
+        }
+        // Else already dead: a connection opened before the suspension failed too; counted only.
+        lanes[lane] = s
+    }
+
+    /// A connection of the lane reached a host: the failure count starts over; a dead lane resumes.
+    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) {
+        see(now)
+        guard var s = lanes[lane] else { return }
+        let wasDead = s.dead
+        s.failures = 0
+        s.dead = false
+        s.probing = false
+        s.deadInterval = 0
+        lanes[lane] = s
+        if wasDead {
+            events.append(.resumed(lane.group, source: lane.source, why: "probe succeeded"))
+            changed.insert(lane.group)
+        }
+    }
+
+    private mutating func suspend(_ s: inout LaneState, _ lane: ShapingLane, until: Double, reason: String, now: Double) {
+        if s.suspendedUntil <= now { s.suspendedSince = now }
+        s.suspendedUntil = Swift.max(s.suspendedUntil, until)
+        s.reason = reason
+        events.append(.suspended(lane.group, source: lane.source, until: s.suspendedUntil, reason: reason))
+        expiries.push(Expiry(time: s.suspendedUntil, lane: lane))
+        changed.insert(lane.group)
+    }
+
+    // MARK: - Replies that say slow down
+
+    /// A reply from a next hop of the lane ("421", "4.7.0", "Try again later"). Call it for every
+    /// reply that is not 2xx/3xx; 2xx ones match no sensible rule and cost a regex each.
+    public mutating func replySeen(_ lane: ShapingLane, code: Int, enhanced: String?, text: String, now: Double) {
+        see(now)
+        guard !policy.backoff.isEmpty else { return }
+        let line = enhanced.map { "\(code) \($0) \(text)" } ?? "\(code) \(text)"
+        let label = lane.group.ruleLabel
+        for (i, rule) in policy.backoff.enumerated() {
+            if !rule.rules.isEmpty && !rule.rules.contains(label) { continue }
+            guard let pattern = backoffPatterns[i], pattern.matches(line) else { continue }
+            var s = lanes[lane] ?? LaneState()
+            var hits = s.hits[i] ?? []
+            hits.append(now)
+            hits.removeAll { $0 <= now - rule.threshold.window }
+            if hits.count >= rule.threshold.count {
+                hits = []
+                switch rule.action {
+                case .suspend:
+                    suspend(&s, lane, until: now + rule.duration, reason: "\(rule.name): \(line)", now: now)
+                case .throttle(let rate, let connections):
+                    let until = Swift.max(s.throttle?.until ?? now, now + rule.duration)
+                    s.throttle = Throttle(rule: rule.name, until: until, rate: rate, connections: connections)
+                    events.append(.throttled(lane.group, source: lane.source, rule: rule.name, rate: rate,
+                                             connections: connections, until: until))
+                    expiries.push(Expiry(time: until, lane: lane))
+                    changed.insert(lane.group)
+                }
+            }
+            s.hits[i] = hits.isEmpty ? nil : hits
+            lanes[lane] = s
+        }
+    }
+
+    // MARK: - The postmaster
+
+    /// The group a postmaster's target names: a rule by name, else the group of that destination.
+    public mutating func target(_ name: String) -> ShapingGroup {
+        let lower = name.lowercased()
+        if ruleIndex[name] != nil { return .rule(name) }
+        return group(of: lower) ?? .domain(lower)
+    }
+
+    /// Suspends a group on every source until `until`.
+    @discardableResult
+    public mutating func suspend(_ target: String, until: Double, reason: String, now: Double) -> ShapingGroup {
+        see(now)
+        let g = self.target(target)
+        groupSuspensions[g] = (until, reason)
+        events.append(.suspended(g, source: nil, until: until, reason: reason))
+        expiries.push(Expiry(time: until, lane: ShapingLane(group: g, source: "")))
+        changed.insert(g)
+        return g
+    }
+
+    /// Lifts the postmaster's suspension and every lane's suspension, throttle and dead state of a group.
+    @discardableResult
+    public mutating func resume(_ target: String, now: Double) -> ShapingGroup {
+        see(now)
+        let g = self.target(target)
+        groupSuspensions[g] = nil
+        for (lane, var s) in lanes where lane.group == g {
+            if s.suspendedUntil > now { countSuspended(lane, now - s.suspendedSince) }
+            s.suspendedUntil = -.infinity
+            s.throttle = nil
+            s.dead = false
+            s.probing = false
+            s.failures = 0
+            s.deadInterval = 0
+            s.hits = [:]
+            lanes[lane] = s
+        }
+        events.append(.resumed(g, source: nil, why: "postmaster"))
+        changed.insert(g)
+        return g
+    }
+
+    // MARK: - Time
+
+    /// Ends the suspensions and throttles due by `now` (their events), even for groups with no mail.
+    public mutating func tick(now: Double) {
+        see(now)
+        while let e = expiries.top, e.time <= now {
+            expiries.pop()
+            refresh(e.lane, now: now)
+        }
+    }
+
+    /// The next suspension or throttle end (for the driver's timer).
+    public var nextExpiry: Double? { expiries.top?.time }
+
+    private mutating func sweepIfGrown() {
+        guard lanes.count > 2 * lanesAfterSweep + 256 else { return }
+        let now = lastNow
+        lanes = lanes.filter { !$0.value.isPlain(now: now) }
+        let groups = Set(lanes.keys.map(\.group))
+        roundRobin = roundRobin.filter { groups.contains($0.key.group) }
+        if expiries.count > 2 * lanes.count + 256 { expiries.removeAll { $0.time <= now } }
+        lanesAfterSweep = lanes.count
+    }
+
+    // MARK: - SIGHUP, restart
+
+    /// A new policy (SIGHUP): state of groups that still exist is kept.
+    public mutating func updatePolicy(_ new: ShapingPolicy) {
+        policy = new
+        index()
+        let names = Set(new.rules.map(\.name))
+        func exists(_ g: ShapingGroup) -> Bool { g.kind != .rule || names.contains(g.name) }
+        lanes = lanes.filter { exists($0.key.group) }
+        groupSuspensions = groupSuspensions.filter { exists($0.key) }
+        for (lane, var s) in lanes {
+            s.hits = s.hits.filter { $0.key < new.backoff.count }
+            lanes[lane] = s
+        }
+        changed.formUnion(lanes.keys.map(\.group))
+    }
+
+    /// The state worth keeping across a restart: suspensions, throttles, dead counters, rate times.
+    public func snapshot(now: Double) -> ShapingSnapshot {
+        var out = ShapingSnapshot(savedAt: now)
+        for (lane, s) in lanes.sorted(by: { $0.key.description < $1.key.description }) where !s.isPlain(now: now) || s.connectionTAT > now || s.messageTAT > now {
+            out.lanes.append(.init(lane: lane, suspendedUntil: s.suspendedUntil > now ? s.suspendedUntil : nil,
+                                   reason: s.reason.isEmpty ? nil : s.reason, failures: s.failures, dead: s.dead,
+                                   deadInterval: s.deadInterval, throttle: s.throttle,
+                                   connectionTAT: s.connectionTAT > now ? s.connectionTAT : nil,
+                                   messageTAT: s.messageTAT > now ? s.messageTAT : nil))
+        }
+        for (g, s) in groupSuspensions.sorted(by: { $0.key.name < $1.key.name }) where s.until > now {
+            out.groups.append(.init(group: g, until: s.until, reason: s.reason))
+        }
+        return out
+    }
+
+    /// Start-up: the state a snapshot kept, for groups the policy still has.
+    public mutating func restore(_ snapshot: ShapingSnapshot, now: Double) {
+        see(now)
+        let names = Set(policy.rules.map(\.name))
+        func exists(_ g: ShapingGroup) -> Bool { g.kind == .domain || (g.kind == .rule && names.contains(g.name)) }
+        for r in snapshot.lanes where exists(r.lane.group) {
+            var s = lanes[r.lane] ?? LaneState()
+            if let until = r.suspendedUntil, until > now {
+                s.suspendedUntil = until
+                s.suspendedSince = now
+                expiries.push(Expiry(time: until, lane: r.lane))
+            }
+            s.reason = r.reason ?? ""
+            s.failures = r.failures
+            s.dead = r.dead
+            s.deadInterval = r.deadInterval
+            if let t = r.throttle, t.until > now {
+                s.throttle = t
+                expiries.push(Expiry(time: t.until, lane: r.lane))
+            }
+            s.connectionTAT = r.connectionTAT ?? s.connectionTAT
+            s.messageTAT = r.messageTAT ?? s.messageTAT
+            lanes[r.lane] = s
+            changed.insert(r.lane.group)
+        }
+        for g in snapshot.groups where exists(g.group) && g.until > now {
+            groupSuspensions[g.group] = (g.until, g.reason)
+            expiries.push(Expiry(time: g.until, lane: ShapingLane(group: g.group, source: "")))
+            changed.insert(g.group)
+        }
+    }
+
+    // MARK: - The view and the metrics
+
+    /// Every lane with connections or state, and every suspended group, by group then source.
+    public func laneViews(now: Double) -> [ShapingLaneView] {
+        var rows: [ShapingLaneView] = []
+        for (lane, s) in lanes {
+            let e = effective(lane, s)
+            var row = ShapingLaneView(group: lane.group, rule: lane.group.ruleLabel, source: lane.source,
+                                      connections: s.connections, messagesLastMinute: s.lastMinute(now: now),
+                                      maxConnections: e.connections, messageRate: e.messageRate?.description)
+            if let g = groupSuspensions[lane.group], g.until > now {
+                row.state = .suspended(until: g.until, reason: g.reason)
+            } else if s.suspendedUntil > now {
+                row.state = .suspended(until: s.suspendedUntil, reason: s.reason)
+            } else if s.dead {
+                row.state = .probing(reason: s.reason)
+            } else if let t = s.throttle, t.until > now {
+                row.state = .throttled(until: t.until, rule: t.rule, rate: t.rate?.description, connections: t.connections)
+            }
+            rows.append(row)
+        }
+        for (g, s) in groupSuspensions where s.until > now && !lanes.keys.contains(where: { $0.group == g }) {
+            var row = ShapingLaneView(group: g, rule: g.ruleLabel, source: "", connections: 0, messagesLastMinute: 0,
+                                      maxConnections: effective(ShapingLane(group: g, source: ""), nil).connections,
+                                      messageRate: nil)
+            row.state = .suspended(until: s.until, reason: s.reason)
+            rows.append(row)
+        }
+        return rows.sorted { ($0.group.name, $0.source) < ($1.group.name, $1.source) }
+    }
+
+    /// Counts a finished attempt's recipients for the metrics of its lane.
+    public mutating func countAttempt(_ lane: ShapingLane, sent: Int, deferred: Int) {
+        let key = ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source)
+        counters[key, default: ShapingCounters()].sent += sent
+        counters[key, default: ShapingCounters()].deferred += deferred
+    }
+
+    private mutating func countSuspended(_ lane: ShapingLane, _ seconds: Double) {
+        counters[ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source), default: ShapingCounters()]
+            .suspendedSeconds += Swift.max(0, seconds)
+    }
+
+    /// Per rule label × source: messages sent, deferred, seconds suspended, connections open now.
+    public func metrics(now: Double) -> [ShapingMetricKey: ShapingCounters] {
+        var out = counters
+        for (key, _) in out { out[key]!.connections = 0 }
+        for (lane, s) in lanes {
+            let key = ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source)
+            var c = out[key] ?? ShapingCounters()
+            c.connections += s.connections
+            c.suspendedSeconds += s.suspendedUntil > now ? now - s.suspendedSince : 0
+            out[key] = c
+        }
+        return out
+    }
+}
+
+// MARK: - Values
+
+public struct ShapingMetricKey: Hashable, Sendable {
+    public var rule: String
+    public var source: String
+}
+
+public struct ShapingCounters: Sendable, Equatable {
+    public var sent = 0
+    public var deferred = 0
+    public var suspendedSeconds = 0.0
+    public var connections = 0
+}
+
+/// One row of `tern queue destinations` (per group × source); the core adds the queue's counts.
+public struct ShapingLaneView: Sendable, Equatable, Codable {
+    public enum State: Sendable, Equatable, Codable {
+        case active
+        case suspended(until: Double, reason: String)
+        /// Dead: the suspension ended; one probe connection tests it.
+        case probing(reason: String)
+        case throttled(until: Double, rule: String, rate: String?, connections: Int?)
+        /// Its jobs wait for its MX names to choose a rule.
+        case classifying
+    }
+
+    public var group: ShapingGroup
+    public var rule: String
+    public var source: String
+    public var queued = 0
+    public var connections: Int
+    public var messagesLastMinute: Int
+    public var maxConnections: Int?
+    public var messageRate: String?
+    public var state: State = .active
+
+    public init(group: ShapingGroup, rule: String, source: String, connections: Int, messagesLastMinute: Int,
+                maxConnections: Int?, messageRate: String?) {
+        self.group = group
+        self.rule = rule
+        self.source = source
+        self.connections = connections
+        self.messagesLastMinute = messagesLastMinute
+        self.maxConnections = maxConnections
+        self.messageRate = messageRate
+    }
+}
+
+/// A throttle from a [[backoff]] rule: lower limits until `until`.
+public struct Throttle: Sendable, Equatable, Codable {
+    public var rule: String
+    public var until: Double
+    public var rate: Rate?
+    public var connections: Int?
+}
+
+extension Rate: Codable {
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let text = try c.decode(String.self)
+        if let r = Rate(parsing: text) {
+            self = r
+        } else {
+            let parts = text.split(separator: "/")
+            guard parts.count == 2, let n = Int(parts[0]), let p = Double(parts[1].dropLast()), n > 0, p > 0 else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a rate: \(text)")
+            }
+            self.init(count: n, period: p)
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// Shaping state written to the spool's state file, so a restart keeps suspensions and throttles.
+public struct ShapingSnapshot: Sendable, Equatable, Codable {
+    public struct Lane: Sendable, Equatable, Codable {
+        public var lane: ShapingLane
+        public var suspendedUntil: Double?
+        public var reason: String?
+        public var failures: Int
+        public var dead: Bool
+        public var deadInterval: Double
+        public var throttle: Throttle?
+        public var connectionTAT: Double?
+        public var messageTAT: Double?
+    }
+
+    public struct Group: Sendable, Equatable, Codable {
+        public var group: ShapingGroup
+        public var until: Double
+        public var reason: String
+    }
+
+    public var savedAt: Double
+    public var lanes: [Lane] = []
+    public var groups: [Group] = []
+
+    public init(savedAt: Double) { self.savedAt = savedAt }
+}
+
+struct LaneState: Sendable {
+    var connections = 0
+    var connectionTAT = -Double.infinity
+    var messageTAT = -Double.infinity
+    var failures = 0
+    var lastFailure = ""
+    var dead = false
+    var probing = false
+    var deadInterval = 0.0
+    var suspendedUntil = -Double.infinity
+    var suspendedSince = 0.0
+    var reason = ""
+    var throttle: Throttle?
+    /// Per [[backoff]] rule index: the times of matching replies within its window.
+    var hits: [Int: [Double]] = [:]
+    var minute = -Double.infinity
+    var minuteCount = 0
+    var previousMinuteCount = 0
+
+    /// Nothing to remember: the lane can be forgotten (its defaults come back identical).
+    func isPlain(now: Double) -> Bool {
+        connections == 0 && failures == 0 && !dead && throttle == nil && suspendedUntil <= now && hits.isEmpty
+            && connectionTAT <= now && messageTAT <= now
+    }
+
+    /// Messages in the last 60 s, estimated from this and the previous minute's counts.
+    func lastMinute(now: Double) -> Int {
+        let m = (now / 60).rounded(.down)
+        let previous = m == minute ? previousMinuteCount : (m == minute + 1 ? minuteCount : 0)
+        let current = m == minute ? minuteCount : 0
+        let fraction = now / 60 - m
+        return current + Int((Double(previous) * (1 - fraction)).rounded())
+    }
+}
+
+private struct RoundRobinKey: Hashable, Sendable {
+    var group: ShapingGroup
+    var pool: String
+}
+
+private struct Expiry: Sendable {
+    var time: Double
+    var lane: ShapingLane
+}
+
+/// A [[backoff]] reply pattern, compiled once per policy, case-insensitive.
+final class Pattern: @unchecked Sendable {
+    // Immutable after init and used from the loop thread only; Regex's Sendability varies by toolchain.
+    private let regex: Regex<AnyRegexOutput>
+
+    init?(_ text: String) {
+        guard let r = try? Regex(text) else { return nil }
+        regex = r.ignoresCase()
+    }
+
+    func matches(_ line: String) -> Bool { line.contains(regex) }
+}

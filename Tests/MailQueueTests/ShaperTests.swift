@@ -1,0 +1,271 @@
+import Testing
+@testable import MailQueue
+
+// The shaping decisions on virtual time: rule matching, GCRA spacing, source choice, dead
+// destinations, backoff rules, the postmaster, snapshots.
+
+private let t0 = 1_800_000_000.0
+
+private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead: DeadDestinationPolicy = .init(),
+                    sources: [EgressSource] = [], pools: [EgressPool] = [], select: EgressSelect = .init()) -> ShapingPolicy {
+    ShapingPolicy(rules: rules, backoff: backoff, dead: dead,
+                  defaults: ShapingRule(name: "default", maxConnections: 2, connectionCacheTime: 2),
+                  sources: sources, pools: pools, select: select)
+}
+
+@Suite struct ShaperMatchingTests {
+    @Test func exactThenLongestSuffixThenMX() {
+        var s = Shaper(policy: policy(rules: [
+            ShapingRule(name: "broad", domains: [".example.com"]),
+            ShapingRule(name: "narrow", domains: [".mail.example.com", "gmail.com"]),
+            ShapingRule(name: "exact", domains: ["a.mail.example.com"]),
+            ShapingRule(name: "dup", domains: ["gmail.com", ".example.com"]),  // listed later: loses ties
+            ShapingRule(name: "google", mx: [".google.com", "aspmx.l.google.com"]),
+            ShapingRule(name: "googlemail", mx: [".l.google.com"]),
+        ]))
+        #expect(s.group(of: "a.mail.example.com") == .rule("exact"))
+        #expect(s.group(of: "b.mail.example.com") == .rule("narrow"))
+        #expect(s.group(of: "x.example.com") == .rule("broad"))
+        #expect(s.group(of: "gmail.com") == .rule("narrow"))
+        #expect(!s.needsClassification("x.example.com"))
+        // example.com itself is not below .example.com: it needs its MX names.
+        #expect(s.needsClassification("example.com"))
+        #expect(s.group(of: "example.com") == nil)
+        s.classified("example.com", mxHosts: ["alt1.aspmx.l.google.com", "mx.other.net"], now: t0)
+        #expect(s.group(of: "example.com") == .rule("googlemail"), "the longest MX suffix")
+        s.classified("b.org", mxHosts: ["ASPMX.L.Google.com."], now: t0)
+        #expect(s.group(of: "b.org") == .rule("google"), "an exact MX host beats any suffix")
+        s.classified("c.org", mxHosts: [], now: t0)
+        #expect(s.group(of: "c.org") == .domain("c.org"), "no MX rule: its own group")
+        #expect(!s.needsClassification("c.org"))
+        // The answer is trusted for an hour, then asked again.
+        s.tick(now: t0 + Shaper.classificationLifetime + 1)
+        #expect(s.needsClassification("c.org"))
+        #expect(s.group(of: "c.org") == nil)
+    }
+
+    @Test func withoutMXRulesEveryUnmatchedDomainIsItsOwnGroup() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        #expect(s.group(of: "b.example") == .domain("b.example"))
+        #expect(!s.needsClassification("b.example"))
+    }
+
+    @Test func thousandRulesMatchByIndex() {
+        let rules = (0..<1000).map { ShapingRule(name: "r\($0)", domains: ["d\($0).example", ".s\($0).example"]) }
+        var s = Shaper(policy: policy(rules: rules))
+        #expect(s.group(of: "d999.example") == .rule("r999"))
+        #expect(s.group(of: "x.y.s500.example") == .rule("r500"))
+        #expect(s.group(of: "nowhere.example") == .domain("nowhere.example"))
+    }
+
+    @Test func poolSelectionOrder() {
+        let pools = ["userpool", "bulk", "rulepool", "rp", "main"].map { EgressPool(name: $0, sources: [("a", 1)]) }
+        let s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["to.example"], pool: "rulepool")],
+                                      sources: [EgressSource(name: "a", address: "127.0.0.21")], pools: pools,
+                                      select: EgressSelect(users: ["alice": "userpool"],
+                                                           senderDomains: ["news.example.org": "bulk"],
+                                                           defaultPool: "main")))
+        #expect(s.pool(sender: "x@news.example.org", authenticatedUser: "alice", destination: "to.example") == "userpool")
+        #expect(s.pool(sender: "x@NEWS.example.org", authenticatedUser: "bob", destination: "to.example") == "bulk")
+        #expect(s.pool(sender: "x@other.org", authenticatedUser: nil, destination: "to.example") == "rulepool")
+        #expect(s.pool(sender: "x@other.org", authenticatedUser: nil, destination: "b.example", routePool: "rp") == "rp")
+        #expect(s.pool(sender: "x@other.org", authenticatedUser: nil, destination: "b.example") == "main")
+    }
+}
+
+@Suite struct ShaperLimitTests {
+    @Test func connectionLimitPerLane() {
+        var s = Shaper(policy: policy())
+        let g = ShapingGroup.domain("a.example")
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 2, now: t0, commit: true) == .blocked(until: nil))
+        s.connectionClosed(ShapingLane(group: g, source: ""))
+        #expect(s.takeChangedGroups() == [g])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0, commit: false) == .open(source: ""))
+    }
+
+    @Test func messageRateIsSmoothNotBursty() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 100,
+                                                          maxMessageRate: Rate(count: 20, period: 1))]))
+        let g = ShapingGroup.rule("r")
+        let lane = ShapingLane(group: g, source: "")
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        // The next message is allowed 1/20 s later, not before; a second connection waits too.
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 0.01) == .wait(until: t0 + 0.05))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 0.01, commit: true) == .blocked(until: t0 + 0.05))
+        // Over ten seconds of asking every millisecond: at most 20 per second, evenly.
+        var times: [Double] = [t0]
+        var now = t0
+        while now < t0 + 10 {
+            now += 0.001
+            if s.admitMessage(on: lane, sent: 1, now: now) == .go { times.append(now) }
+        }
+        for start in stride(from: t0, to: t0 + 9, by: 0.1) {
+            #expect(times.filter { $0 >= start && $0 < start + 1 }.count <= 21)
+        }
+        #expect(times.count >= 190)
+        // Idle for a minute: no saved-up burst.
+        now += 60
+        #expect(s.admitMessage(on: lane, sent: 1, now: now) == .go)
+        #expect(s.admitMessage(on: lane, sent: 1, now: now) != .go)
+    }
+
+    @Test func connectionRateAndMessagesPerConnection() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 10,
+                                                          maxMessagesPerConnection: 3,
+                                                          maxConnectionRate: Rate(count: 2, period: 1))]))
+        let g = ShapingGroup.rule("r")
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0, commit: true) == .blocked(until: t0 + 0.5))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 0.5, commit: true) == .open(source: ""))
+        let lane = ShapingLane(group: g, source: "")
+        #expect(s.admitMessage(on: lane, sent: 2, now: t0 + 1) == .go)
+        #expect(s.admitMessage(on: lane, sent: 3, now: t0 + 1) == .close)
+        #expect(s.limits(of: g) == LaneLimits(maxMessagesPerConnection: 3, connectionCacheTime: 2))
+    }
+
+    @Test func weightedSourcesTakeTurnsSmoothly() {
+        let p = policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 100)],
+                       sources: [EgressSource(name: "a", address: "127.0.0.21"), EgressSource(name: "b", address: "127.0.0.22")],
+                       pools: [EgressPool(name: "bulk", sources: [("a", 2), ("b", 1)])])
+        var s = Shaper(policy: p)
+        let g = ShapingGroup.rule("r")
+        var picks: [String] = []
+        for _ in 0..<6 {
+            if case .open(let source) = s.admitConnection(group: g, pool: "bulk", connections: 0, now: t0, commit: true) {
+                picks.append(source)
+            }
+        }
+        #expect(picks == ["a", "b", "a", "a", "b", "a"])  // nginx: a a b spread as a b a
+        // With a's lane suspended, b takes every connection.
+        s.connectionFailed(ShapingLane(group: g, source: "a"), reason: "x", now: t0)
+        for _ in 0..<4 { s.connectionFailed(ShapingLane(group: g, source: "a"), reason: "refused", now: t0) }
+        #expect(s.admitConnection(group: g, pool: "bulk", connections: 0, now: t0, commit: true) == .open(source: "b"))
+        #expect(s.admitConnection(group: g, pool: "bulk", connections: 0, now: t0, commit: true) == .open(source: "b"))
+    }
+}
+
+@Suite struct ShaperBackoffTests {
+    @Test func deadDestinationSuspendsProbesAndDoubles() {
+        var s = Shaper(policy: policy(dead: DeadDestinationPolicy(failures: 3, initial: 60, maximum: 200)))
+        let g = ShapingGroup.domain("dead.example")
+        let lane = ShapingLane(group: g, source: "")
+        for _ in 0..<2 { s.connectionFailed(lane, reason: "connection refused", now: t0) }
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: false) == .open(source: ""))
+        s.connectionFailed(lane, reason: "connection refused", now: t0)
+        #expect(s.takeEvents() == [.suspended(g, source: "", until: t0 + 60, reason: "connection refused")])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 59, commit: true) == .blocked(until: t0 + 60))
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 59) == .wait(until: t0 + 60))
+        // At 60 s: one probe, no second connection while it runs.
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 60, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 60, commit: true) == .blocked(until: nil))
+        s.connectionFailed(lane, reason: "timed out", now: t0 + 61)
+        s.connectionClosed(lane)
+        #expect(s.takeEvents() == [.suspended(g, source: "", until: t0 + 181, reason: "timed out")])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 181, commit: true) == .open(source: ""))
+        s.connectionFailed(lane, reason: "timed out", now: t0 + 182)
+        #expect(s.takeEvents() == [.suspended(g, source: "", until: t0 + 382, reason: "timed out")], "capped at 200 s")
+        s.connectionClosed(lane)
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 382, commit: true) == .open(source: ""))
+        s.connectionSucceeded(lane, now: t0 + 383)
+        #expect(s.takeEvents() == [.resumed(g, source: "", why: "probe succeeded")])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 383, commit: true) == .open(source: ""))
+    }
+
+    @Test func thresholdInWindowThenThrottleThenExpiry() {
+        let rule = BackoffRule(name: "slow", reply: "421 4\\.7\\.0|too many connections",
+                               threshold: Threshold(count: 3, window: 300),
+                               action: .throttle(rate: Rate(count: 1, period: 1), connections: 1), duration: 600)
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 5)],
+                                      backoff: [rule]))
+        let g = ShapingGroup.rule("r")
+        let lane = ShapingLane(group: g, source: "")
+        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "slow down", now: t0)
+        s.replySeen(lane, code: 450, enhanced: nil, text: "mailbox busy", now: t0 + 1)  // no match
+        s.replySeen(lane, code: 421, enhanced: nil, text: "Too Many Connections", now: t0 + 200)
+        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 301)  // the first fell out
+        #expect(s.takeEvents().isEmpty)
+        s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + 302)
+        #expect(s.takeEvents() == [.throttled(g, source: "", rule: "slow", rate: Rate(count: 1, period: 1),
+                                              connections: 1, until: t0 + 902)])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 303, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 310, commit: true) == .blocked(until: t0 + 902))
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 303.5) == .wait(until: t0 + 304))
+        #expect(s.laneViews(now: t0 + 500).first?.state == .throttled(until: t0 + 902, rule: "slow", rate: "1/s", connections: 1))
+        // A second trigger while it is active extends it.
+        for t in [600.0, 601, 602] { s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + t) }
+        #expect(s.takeEvents() == [.throttled(g, source: "", rule: "slow", rate: Rate(count: 1, period: 1),
+                                              connections: 1, until: t0 + 1202)])
+        s.tick(now: t0 + 902)
+        #expect(s.takeEvents().isEmpty, "extended")
+        s.tick(now: t0 + 1202)
+        #expect(s.takeEvents() == [.throttleEnded(g, source: "", rule: "slow")])
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 1202, commit: true) == .open(source: ""))
+    }
+
+    @Test func suspendRuleAndPostmaster() {
+        let rule = BackoffRule(name: "stop", reply: "try again later", threshold: Threshold(count: 1, window: 60),
+                               action: .suspend, duration: 600, rules: ["r"])
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])], backoff: [rule]))
+        let lane = ShapingLane(group: .rule("r"), source: "")
+        s.replySeen(ShapingLane(group: .domain("other.example"), source: ""), code: 451, enhanced: nil,
+                    text: "try again later", now: t0)
+        #expect(s.takeEvents().isEmpty, "the rule is restricted to r")
+        s.replySeen(lane, code: 451, enhanced: nil, text: "Try again LATER", now: t0)
+        #expect(s.takeEvents() == [.suspended(.rule("r"), source: "", until: t0 + 600, reason: "stop: 451 Try again LATER")])
+        #expect(ShapingEvent.deferral("x") == "delivery temporarily suspended: x")
+
+        // The postmaster: a domain's group, every source, and resume lifts everything.
+        let g = s.suspend("a.example", until: t0 + 3600, reason: "provider asked", now: t0)
+        #expect(g == .rule("r"))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 700, commit: true) == .blocked(until: t0 + 3600))
+        s.resume("r", now: t0 + 800)
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 800, commit: true) == .open(source: ""))
+        #expect(s.takeEvents().last == .resumed(g, source: nil, why: "postmaster"))
+    }
+
+    @Test func snapshotRestoreAndPolicyUpdate() throws {
+        let backoff = BackoffRule(name: "slow", reply: "421", threshold: Threshold(count: 1, window: 60),
+                                  action: .throttle(rate: Rate(count: 1, period: 60), connections: nil), duration: 600)
+        let p = policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxMessageRate: Rate(count: 1, period: 10)),
+                               ShapingRule(name: "gone", domains: ["b.example"])], backoff: [backoff])
+        var s = Shaper(policy: p)
+        s.replySeen(ShapingLane(group: .rule("r"), source: ""), code: 421, enhanced: nil, text: "x", now: t0)
+        _ = s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true)
+        s.suspend("gone", until: t0 + 100, reason: "why", now: t0)
+        for _ in 0..<5 { s.connectionFailed(ShapingLane(group: .domain("d.example"), source: ""), reason: "refused", now: t0) }
+        let snap = s.snapshot(now: t0 + 1)
+        let decoded = try JSONDecoder_roundTrip(snap)
+        #expect(decoded == snap)
+
+        var fresh = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"],
+                                                              maxMessageRate: Rate(count: 1, period: 10))],
+                                          backoff: [backoff]))
+        fresh.restore(decoded, now: t0 + 2)
+        // The throttle (1/min) and the rate time survive: no burst after a restart.
+        #expect(fresh.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .blocked(until: t0 + 60))
+        #expect(fresh.admitConnection(group: .domain("d.example"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .blocked(until: t0 + 60))
+        #expect(fresh.laneViews(now: t0 + 2).allSatisfy { $0.group != .rule("gone") }, "a rule no longer configured")
+
+        s.updatePolicy(policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        #expect(s.admitConnection(group: .rule("gone"), pool: nil, connections: 0, now: t0 + 3, commit: false) == .open(source: ""))
+        #expect(s.admitConnection(group: .domain("d.example"), pool: nil, connections: 0, now: t0 + 3, commit: false) == .blocked(until: t0 + 60))
+    }
+
+    @Test func metricsPerRuleNeverPerDomain() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        _ = s.admitConnection(group: .domain("x.example"), pool: nil, connections: 0, now: t0, commit: true)
+        _ = s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true)
+        s.countAttempt(ShapingLane(group: .domain("y.example"), source: ""), sent: 2, deferred: 1)
+        let m = s.metrics(now: t0)
+        #expect(Set(m.keys.map(\.rule)) == ["default", "r"])
+        #expect(m[ShapingMetricKey(rule: "default", source: "")] == ShapingCounters(sent: 2, deferred: 1, suspendedSeconds: 0, connections: 1))
+    }
+}
+
+import Foundation
+
+private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapshot {
+    try JSONDecoder().decode(ShapingSnapshot.self, from: JSONEncoder().encode(s))
+}
