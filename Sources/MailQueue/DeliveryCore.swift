@@ -231,17 +231,26 @@ public struct DeliveryCore: Sendable {
     }
 
     mutating func schedule(_ envelope: Envelope, recipients: [Int], due: Double, retry: Bool) {
-        var byDomain: [String: [Int]] = [:]
-        var order: [String] = []
-        for i in recipients {
-            let d = Self.domain(of: envelope.recipients[i].address)
-            if byDomain[d] == nil { order.append(d) }
-            byDomain[d, default: []].append(i)
+        // Recipients by domain, in the order the domains first appear: one job each.
+        var groups: [(domain: String, recipients: [Int])] = []
+        if recipients.count == 1 {
+            groups = [(Self.domain(of: envelope.recipients[recipients[0]].address), recipients)]  // the usual message
+        } else {
+            var slot: [String: Int] = [:]
+            for i in recipients {
+                let d = Self.domain(of: envelope.recipients[i].address)
+                if let g = slot[d] {
+                    groups[g].recipients.append(i)
+                } else {
+                    slot[d] = groups.count
+                    groups.append((d, [i]))
+                }
+            }
         }
-        for d in order {
+        for (d, list) in groups {
             let pool = shaper.pool(sender: envelope.sender, authenticatedUser: envelope.client.authenticatedUser,
                                    destination: d, routePool: routePools.isEmpty ? nil : routePools[d] ?? routePools["*"])
-            scheduler.add(DeliveryJob(id: envelope.id, destination: d, recipients: byDomain[d]!,
+            scheduler.add(DeliveryJob(id: envelope.id, destination: d, recipients: list,
                                       priority: envelope.priority, arrival: envelope.arrival, retry: retry, pool: pool),
                           due: due, shaping: &shaper)
         }
@@ -249,8 +258,25 @@ public struct DeliveryCore: Sendable {
 
     /// The domain part, lowercased: the destination of a recipient.
     public static func domain(of address: String) -> String {
-        guard let at = address.lastIndex(of: "@") else { return "" }
-        return address[address.index(after: at)...].lowercased()
+        // Scanned as bytes: String.lastIndex(of: Character) walks grapheme clusters (thousands of
+        // instructions per address), and this runs for every recipient.
+        var address = address
+        return address.withUTF8 { bytes in
+            guard let at = bytes.lastIndex(of: UInt8(ascii: "@")) else { return "" }
+            let domain = UnsafeBufferPointer(rebasing: bytes[(at + 1)...])
+            var ascii = true, upper = false
+            for b in domain {
+                if b >= 0x80 { ascii = false; break }
+                if b &- 0x41 < 26 { upper = true }
+            }
+            // lowercased() is Unicode's, for the rare internationalized domain; ASCII goes byte by byte.
+            guard ascii else { return String(decoding: domain, as: UTF8.self).lowercased() }
+            guard upper else { return String(decoding: domain, as: UTF8.self) }
+            return String(unsafeUninitializedCapacity: domain.count) { out in
+                for (k, b) in domain.enumerated() { out[k] = b &- 0x41 < 26 ? b | 0x20 : b }
+                return domain.count
+            }
+        }
     }
 
     /// Due jobs that need a new connection (the scheduler's `dispatch`). Without egress pools only:

@@ -725,7 +725,10 @@ public struct Scheduler: Sendable {
 
     /// ASCII-lowercased; returns the string itself (no copy) when it has no capitals.
     static func canonical(_ destination: String) -> String {
-        destination.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? destination.lowercased() : destination
+        // Per job and per pick: a plain byte loop over contiguous UTF-8 (no generic iterator).
+        var d = destination
+        let upper = d.withUTF8 { bytes in bytes.contains(where: { $0 &- 0x41 < 26 }) }
+        return upper ? destination.lowercased() : destination
     }
 
     // MARK: Introspection for tests and metrics

@@ -325,7 +325,12 @@ public struct Shaper: Sendable, ShapingAdmission {
             events.append(.resumed(lane.group, source: nil, why: "suspension ended"))
             changed.insert(lane.group)
         }
-        guard var s = lanes[lane] else { return }
+        guard let i = lanes.index(forKey: lane) else { return }
+        // Nothing ends now (the usual case, per message): no copy of the state.
+        let suspendedUntil = lanes.values[i].suspendedUntil
+        guard (lanes.values[i].throttle?.until).map({ $0 <= now }) == true
+                || (suspendedUntil > -.infinity && suspendedUntil <= now) else { return }
+        var s = lanes.values[i]
         var touched = false
         if let t = s.throttle, t.until <= now {
             s.throttle = nil
@@ -378,8 +383,13 @@ public struct Shaper: Sendable, ShapingAdmission {
     }
 
     private mutating func countMessage(_ lane: ShapingLane, _ e: Effective, now: Double) {
-        guard var s = lanes[lane] else { return }
-        if let r = e.messageRate { s.messageTAT = Swift.max(s.messageTAT, now) + r.interval }
+        guard let i = lanes.index(forKey: lane) else { return }
+        Self.count(&lanes.values[i], rate: e.messageRate, now: now)
+    }
+
+    /// One message more on a lane: its rate's next time (GCRA) and the per-minute counts for the view.
+    private static func count(_ s: inout LaneState, rate: Rate?, now: Double) {
+        if let r = rate { s.messageTAT = Swift.max(s.messageTAT, now) + r.interval }
         let minute = (now / 60).rounded(.down)
         if minute != s.minute {
             s.previousMinuteCount = minute == s.minute + 1 ? s.minuteCount : 0
@@ -387,7 +397,6 @@ public struct Shaper: Sendable, ShapingAdmission {
             s.minuteCount = 0
         }
         s.minuteCount += 1
-        lanes[lane] = s
     }
 
     public mutating func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
@@ -434,13 +443,24 @@ public struct Shaper: Sendable, ShapingAdmission {
         see(now)
         refresh(lane, now: now)
         if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
-        let s = lanes[lane]
-        if let s, s.suspendedUntil > now { return .wait(until: s.suspendedUntil) }
-        if let max = limits(of: lane.group).maxMessagesPerConnection, sent >= max { return .close }
-        let e = effective(lane, s)
-        if e.messageRate != nil, let tat = s?.messageTAT, tat > now { return .wait(until: tat) }
-        if s == nil { lanes[lane] = LaneState() }  // not expected: an open connection has a lane
-        countMessage(lane, e, now: now)
+        // This runs for every message: one hash of the lane, its state changed in place, the rule's
+        // fields read where they are (no copy of the rule or of the state).
+        var found = lanes.index(forKey: lane)
+        if found == nil {  // not expected: an open connection has a lane
+            lanes[lane] = LaneState()
+            found = lanes.index(forKey: lane)
+        }
+        guard let i = found else { return .go }
+        if lanes.values[i].suspendedUntil > now { return .wait(until: lanes.values[i].suspendedUntil) }
+        let r = lane.group.kind == .rule ? ruleIndex[lane.group.name] : nil
+        if let max = r.flatMap({ policy.rules[$0].maxMessagesPerConnection }) ?? policy.defaults.maxMessagesPerConnection,
+           sent >= max {
+            return .close
+        }
+        var rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
+        if let t = lanes.values[i].throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
+        if rate != nil, lanes.values[i].messageTAT > now { return .wait(until: lanes.values[i].messageTAT) }
+        Self.count(&lanes.values[i], rate: rate, now: now)
         return .go
     }
 

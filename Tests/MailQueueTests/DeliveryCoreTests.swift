@@ -51,6 +51,18 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
 }
 
 @Suite struct DeliveryCoreTests {
+    /// A recipient's destination: the part after the last "@", lowercased (ASCII byte by byte, else Unicode).
+    @Test func destinationOfAnAddress() {
+        #expect(DeliveryCore.domain(of: "User@Example.COM") == "example.com")
+        #expect(DeliveryCore.domain(of: "user@example.com") == "example.com")
+        #expect(DeliveryCore.domain(of: "\"a@b\"@Mail.Example.org") == "mail.example.org")
+        #expect(DeliveryCore.domain(of: "jürgen@ÜBER.example") == "über.example")
+        #expect(DeliveryCore.domain(of: "用户@例子.广告") == "例子.广告")
+        #expect(DeliveryCore.domain(of: "user@[192.0.2.1]") == "[192.0.2.1]")
+        #expect(DeliveryCore.domain(of: "postmaster") == "")
+        #expect(DeliveryCore.domain(of: "user@") == "")
+    }
+
     @Test func deliveredDeferredAndBouncedInOneMessage() {
         var c = core()
         let e = envelope(1, ["a@x.example", "b@x.example", "c@x.example"])
