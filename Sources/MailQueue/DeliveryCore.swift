@@ -519,7 +519,11 @@ public struct DeliveryCore: Sendable {
     /// retry schedule (or bounced once the message is too old), failures collected for one bounce.
     public mutating func attemptFinished(_ job: DeliveryJob, _ attempt: AttemptResult, on lane: ShapingLane? = nil,
                                          now: Double) -> [DeliveryAction] {
-        guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
+        guard var m = takeLive(job.id) else { return [] }
+        guard m.inFlight > 0 else {
+            lives[job.id] = .live(m)
+            return []
+        }
         var out: [DeliveryAction] = []
         let id = job.id
         let relay = attempt.relay ?? "none"
@@ -600,6 +604,15 @@ public struct DeliveryCore: Sendable {
         return out + persist(id, now: now)
     }
 
+    /// A live message taken out of `lives` to be changed and put back: the dictionary's copy is gone,
+    /// so changing the envelope's recipients copies no array (this runs for every attempt). Any other
+    /// state stays where it is (nil).
+    private mutating func takeLive(_ id: QueueID) -> Live? {
+        guard let i = lives.index(forKey: id), case .live = lives.values[i] else { return nil }
+        guard case .live(let m) = lives.remove(at: i).value else { return nil }
+        return m
+    }
+
     mutating func fail(_ m: inout Live, _ index: Int, status: String, reply: String, relay: String) {
         m.envelope.recipients[index].state = .bounced
         m.envelope.recipients[index].lastReply = reply
@@ -613,7 +626,7 @@ public struct DeliveryCore: Sendable {
     /// Writes the message's new state; once no attempt is in flight, with the notices for what failed
     /// or is late, and as its removal when it is finished. One write per message at a time.
     mutating func persist(_ id: QueueID, now: Double) -> [DeliveryAction] {
-        guard case .live(var m) = lives[id] else { return [] }
+        guard var m = takeLive(id) else { return [] }  // every path below puts it back
         if m.write != nil {
             m.write!.again = true
             lives[id] = .live(m)
