@@ -144,9 +144,13 @@ final class InboundSession {
     /// After a read: a complete line (or the end of the handshake) ends what was pending; raw bytes
     /// that complete nothing start it, if it is not running already.
     private func noteInput(linesBefore: Int, handshakeDone: Bool) {
-        inputPendingSince = machine.inputPendingSince(inputPendingSince, linesBefore: linesBefore,
-                                                      handshaking: connection.tls.map { !$0.handshakeComplete } ?? false,
-                                                      handshakeDone: handshakeDone, now: server.loop.nowMilliseconds)
+        // The arguments first: a call among them while `machine` is being read would make Swift copy
+        // the whole session state to call it (six times a message).
+        let handshaking = connection.tls.map { !$0.handshakeComplete } ?? false
+        let now = server.loop.nowMilliseconds
+        let previous = inputPendingSince
+        inputPendingSince = machine.inputPendingSince(previous, linesBefore: linesBefore,
+                                                      handshaking: handshaking, handshakeDone: handshakeDone, now: now)
     }
 
     /// Answers the pipelined commands the machine set aside at its per-call reply cap while the client

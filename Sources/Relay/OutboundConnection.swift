@@ -324,13 +324,15 @@ final class OutboundConnection {
     // MARK: - Timers and closing
 
     private func armTimer() {
-        guard let session, tcp != nil else {
+        // Only the phase is read: `guard let session` would copy the whole client state, five times a
+        // message.
+        guard let phase = session?.phase, tcp != nil else {
             timer?.stop()
             return
         }
         let d = manager.config.delivery
         let seconds: Double
-        switch session.phase {
+        switch phase {
         case .greeting: seconds = d.greetingTimeout
         case .data, .dataEnd: seconds = d.dataTimeout
         case .ready where idleTicket != nil: seconds = d.connectionCacheTime
