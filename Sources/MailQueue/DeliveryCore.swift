@@ -608,9 +608,11 @@ public struct DeliveryCore: Sendable {
     /// so changing the envelope's recipients copies no array (this runs for every attempt). Any other
     /// state stays where it is (nil).
     private mutating func takeLive(_ id: QueueID) -> Live? {
-        guard let i = lives.index(forKey: id), case .live = lives.values[i] else { return nil }
-        guard case .live(let m) = lives.remove(at: i).value else { return nil }
-        return m
+        guard let i = lives.index(forKey: id) else { return nil }
+        let life = lives.remove(at: i).value  // (a look at lives.values[i] would copy it)
+        if case .live(let m) = life { return m }
+        lives[id] = life
+        return nil
     }
 
     mutating func fail(_ m: inout Live, _ index: Int, status: String, reply: String, relay: String) {

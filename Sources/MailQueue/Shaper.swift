@@ -327,9 +327,7 @@ public struct Shaper: Sendable, ShapingAdmission {
         }
         guard let i = lanes.index(forKey: lane) else { return }
         // Nothing ends now (the usual case, per message): no copy of the state.
-        let suspendedUntil = lanes.values[i].suspendedUntil
-        guard (lanes.values[i].throttle?.until).map({ $0 <= now }) == true
-                || (suspendedUntil > -.infinity && suspendedUntil <= now) else { return }
+        guard Self.somethingEnds(&lanes.values[i], now: now) else { return }
         var s = lanes.values[i]
         var touched = false
         if let t = s.throttle, t.until <= now {
@@ -348,6 +346,10 @@ public struct Shaper: Sendable, ShapingAdmission {
             lanes[lane] = s
             changed.insert(lane.group)
         }
+    }
+
+    private static func somethingEnds(_ s: inout LaneState, now: Double) -> Bool {
+        (s.throttle.map { $0.until <= now } ?? false) || (s.suspendedUntil > -.infinity && s.suspendedUntil <= now)
     }
 
     /// Whether the lane may open a connection now; nil wake: when a connection closes or state changes.
@@ -451,16 +453,22 @@ public struct Shaper: Sendable, ShapingAdmission {
             found = lanes.index(forKey: lane)
         }
         guard let i = found else { return .go }
-        if lanes.values[i].suspendedUntil > now { return .wait(until: lanes.values[i].suspendedUntil) }
         let r = lane.group.kind == .rule ? ruleIndex[lane.group.name] : nil
-        if let max = r.flatMap({ policy.rules[$0].maxMessagesPerConnection }) ?? policy.defaults.maxMessagesPerConnection,
-           sent >= max {
-            return .close
-        }
-        var rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
-        if let t = lanes.values[i].throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
-        if rate != nil, lanes.values[i].messageTAT > now { return .wait(until: lanes.values[i].messageTAT) }
-        Self.count(&lanes.values[i], rate: rate, now: now)
+        let maxMessages = r.flatMap { policy.rules[$0].maxMessagesPerConnection } ?? policy.defaults.maxMessagesPerConnection
+        let rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
+        return Self.admit(&lanes.values[i], sent: sent, maxMessages: maxMessages, rate: rate, now: now)
+    }
+
+    /// The lane's state is changed where it lives (inout: reading a field through the dictionary's
+    /// getter would copy the whole state first).
+    private static func admit(_ s: inout LaneState, sent: Int, maxMessages: Int?, rate configured: Rate?,
+                              now: Double) -> MessageAdmission {
+        if s.suspendedUntil > now { return .wait(until: s.suspendedUntil) }
+        if let maxMessages, sent >= maxMessages { return .close }
+        var rate = configured
+        if let t = s.throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
+        if rate != nil, s.messageTAT > now { return .wait(until: s.messageTAT) }
+        count(&s, rate: rate, now: now)
         return .go
     }
 
