@@ -24,6 +24,7 @@ extension DeliveryManager {
     public func suspend(_ target: String, for seconds: Double, reason: String) -> ShapingGroup {
         let t = now
         let group = core.suspend(target, until: t + seconds, reason: reason, now: t)
+        logShapingEvents()
         pump()
         return group
     }
@@ -32,6 +33,7 @@ extension DeliveryManager {
     @discardableResult
     public func resume(_ target: String) -> ShapingGroup {
         let group = core.resume(target, now: now)
+        logShapingEvents()
         pump()
         return group
     }
