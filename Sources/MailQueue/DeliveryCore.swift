@@ -355,7 +355,10 @@ public struct DeliveryCore: Sendable {
 
     /// The scheduler's next due job or gate, or the next end of a suspension or throttle.
     public var nextDueTime: Double? {
-        [scheduler.nextDueTime, shaper.nextExpiry].compactMap { $0 }.min()
+        // Asked after every attempt: no array for two values.
+        guard let expiry = shaper.nextExpiry else { return scheduler.nextDueTime }
+        guard let due = scheduler.nextDueTime else { return expiry }
+        return min(due, expiry)
     }
 
     mutating func wakeChanged() {
@@ -412,6 +415,9 @@ public struct DeliveryCore: Sendable {
 
     /// Shaping's changes of state since the last call, each to be logged once.
     public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
+
+    /// Whether `takeShapingEvents` has anything (the driver asks after every step).
+    public var hasShapingEvents: Bool { shaper.hasEvents }
 
     public func shapingSnapshot(now: Double) -> ShapingSnapshot { shaper.snapshot(now: now) }
 

@@ -131,6 +131,11 @@ public struct PerDestinationLimit: ShapingAdmission {
 public struct LaneLimits: Sendable, Equatable {
     public var maxMessagesPerConnection: Int?
     public var connectionCacheTime: Double?
+
+    public init(maxMessagesPerConnection: Int? = nil, connectionCacheTime: Double? = nil) {
+        self.maxMessagesPerConnection = maxMessagesPerConnection
+        self.connectionCacheTime = connectionCacheTime
+    }
 }
 
 public struct Shaper: Sendable, ShapingAdmission {
@@ -386,19 +391,7 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     private mutating func countMessage(_ lane: ShapingLane, _ e: Effective, now: Double) {
         guard let i = lanes.index(forKey: lane) else { return }
-        Self.count(&lanes.values[i], rate: e.messageRate, now: now)
-    }
-
-    /// One message more on a lane: its rate's next time (GCRA) and the per-minute counts for the view.
-    private static func count(_ s: inout LaneState, rate: Rate?, now: Double) {
-        if let r = rate { s.messageTAT = Swift.max(s.messageTAT, now) + r.interval }
-        let minute = (now / 60).rounded(.down)
-        if minute != s.minute {
-            s.previousMinuteCount = minute == s.minute + 1 ? s.minuteCount : 0
-            s.minute = minute
-            s.minuteCount = 0
-        }
-        s.minuteCount += 1
+        lanes.values[i].countMessage(rate: e.messageRate, now: now)
     }
 
     public mutating func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
@@ -468,7 +461,7 @@ public struct Shaper: Sendable, ShapingAdmission {
         var rate = configured
         if let t = s.throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
         if rate != nil, s.messageTAT > now { return .wait(until: s.messageTAT) }
-        count(&s, rate: rate, now: now)
+        s.countMessage(rate: rate, now: now)
         return .go
     }
 
@@ -485,15 +478,21 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     /// Groups whose state changed since the last call: the scheduler wakes their gates.
     public mutating func takeChangedGroups() -> Set<ShapingGroup> {
-        defer { changed.removeAll(keepingCapacity: true) }
+        // Asked after every step: nothing changed must cost nothing (no copy of a shared buffer).
+        guard !changed.isEmpty else { return [] }
+        defer { changed.removeAll() }
         return changed
     }
 
     /// State changes since the last call, for the log.
     public mutating func takeEvents() -> [ShapingEvent] {
-        defer { events.removeAll(keepingCapacity: true) }
+        guard !events.isEmpty else { return [] }
+        defer { events.removeAll() }
         return events
     }
+
+    /// Events wait to be taken (a check without a copy).
+    public var hasEvents: Bool { !events.isEmpty }
 
     // MARK: - Dead destinations
 
@@ -891,6 +890,18 @@ struct LaneState: Sendable {
     var minute = -Double.infinity
     var minuteCount = 0
     var previousMinuteCount = 0
+
+    /// One message more: the rate's next permit time and the minute's count.
+    mutating func countMessage(rate: Rate?, now: Double) {
+        if let rate { messageTAT = Swift.max(messageTAT, now) + rate.interval }
+        let m = (now / 60).rounded(.down)
+        if m != minute {
+            previousMinuteCount = m == minute + 1 ? minuteCount : 0
+            minute = m
+            minuteCount = 0
+        }
+        minuteCount += 1
+    }
 
     /// Nothing to remember: the lane can be forgotten (its defaults come back identical).
     func isPlain(now: Double) -> Bool {
