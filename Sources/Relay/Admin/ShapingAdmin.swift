@@ -265,10 +265,10 @@ public enum ShapingDestinationsFormat {
         let widths = header.indices.map { i in lines.map { $0[i].count }.max() ?? 0 }
         return lines.map { cells in
             cells.enumerated().map { i, cell in
-                // Numbers right-aligned; the last column not padded.
+                // Counts right-aligned; the last column not padded.
                 if i == cells.count - 1 { return cell }
                 let pad = String(repeating: " ", count: widths[i] - cell.count)
-                return (3...5).contains(i) ? pad + cell : cell + pad
+                return (3...4).contains(i) ? pad + cell : cell + pad
             }.joined(separator: "  ")
         }.joined(separator: "\n") + "\n"
     }
