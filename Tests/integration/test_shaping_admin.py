@@ -198,3 +198,32 @@ def test_suspend_with_delivery_off_is_refused(start_tern):
     assert data == {"count": 0, "destinations": [], "delivery_enabled": False}
     out = queue(tern, "destinations").stdout
     assert out.startswith("Delivery disabled"), out
+
+
+def test_suspend_queued_mail_while_the_next_hops_are_down_then_resume(provider, provider_relay):
+    # Both next hops down; dead destinations come back to a probe within a second.
+    hop, other = provider(), provider(OTHER_IP)
+    hop.stop()
+    other.stop()
+    tern = provider_relay(delivery={"dead_destination_initial": "1s", "dead_destination_maximum": "1s"})
+    to_a = send(tern, ["alice@a.test"], "to a")
+    to_c = send(tern, ["carol@c.test"], "to c")
+    wait_until(lambda: (r := destinations(tern)).get("a.test", {}).get("queued") == 1
+               and r.get("c.test", {}).get("queued") == 1, WAIT, "both destinations listed with their message",
+               lambda: f"{destinations(tern)}")
+    queue(tern, "suspend", "c.test", "--for", "30m", "--reason", "provider asked us to pause")
+    tried = attempts(tern, to_c)
+
+    hop.start()
+    other.start()
+    wait_until(lambda: sent(tern, to_a), WAIT, "a.test delivered once its next hop is back", lambda: tern.stderr()[-3000:])
+    # c.test's hop is up too, but it is suspended: no connection, no further attempt.
+    row = destinations(tern)["c.test"]
+    assert row["state"] == "suspended" and row["reason"] == "provider asked us to pause" and row["queued"] == 1, row
+    assert other.sessions_seen() == [], other
+    assert attempts(tern, to_c) == tried
+    assert re.search(r"suspend by the postmaster: c\.test for 30m until \d+: provider asked us to pause", tern.stderr())
+
+    queue(tern, "resume", "c.test")
+    wait_until(lambda: sent(tern, to_c), WAIT, "c.test delivered after resume", lambda: tern.stderr()[-3000:])
+    assert other.delivered_rcpts() == ["carol@c.test"] and hop.delivered_rcpts() == ["alice@a.test"]
