@@ -29,6 +29,7 @@ import Testing
         ("", "destination: required"),
         ("destination=", "destination: must not be empty"),
         ("destination=a%20b", "destination: \"a b\" is neither a domain nor a rule's name"),
+        ("destination=..", "destination: \"..\" is neither a domain nor a rule's name"),
         ("destination=a%1Bb", "destination: \"a\\u{1B}b\" is neither a domain nor a rule's name"),
         ("destination=a.test&for=5x", "for: "),
         ("destination=a.test&for=-1m", "for: "),

@@ -164,7 +164,7 @@ public struct ShapingSuspendRequest: Equatable, Sendable {
         var name = value
         if name.hasSuffix(".") && name.count > 1 { name.removeLast() }
         guard !name.isEmpty else { throw AdminError(400, "destination: must not be empty") }
-        guard isShapingName(name) || isPlausibleDomain(name) else {
+        guard name.contains(where: { $0 != "." }), isShapingName(name) || isPlausibleDomain(name) else {
             throw AdminError(400, "destination: \"\(terminalSafe(value))\" is neither a domain nor a rule's name")
         }
         return name
