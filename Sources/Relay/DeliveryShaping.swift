@@ -24,6 +24,7 @@ extension DeliveryManager {
     public func suspend(_ target: String, for seconds: Double, reason: String) -> ShapingGroup {
         let t = now
         let group = core.suspend(target, until: t + seconds, reason: reason, now: t)
+        logShapingEvents()
         pump()
         return group
     }
@@ -32,6 +33,7 @@ extension DeliveryManager {
     @discardableResult
     public func resume(_ target: String) -> ShapingGroup {
         let group = core.resume(target, now: now)
+        logShapingEvents()
         pump()
         return group
     }
@@ -157,6 +159,7 @@ extension DeliveryManager {
             break
         case .success(let snapshot?):
             core.restoreShaping(snapshot, now: now)
+            log.info("shaping state: restored \(snapshot.lanes.count) lane(s) and \(snapshot.groups.count) postmaster suspension(s) from \(path)")
             if core.hasShapingEvents { logShapingEvents() }
         case .failure(let error):
             log.warning("shaping state: cannot read \(path), starting without it: \(error)")
