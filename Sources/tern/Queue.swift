@@ -14,7 +14,8 @@ struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Look at and act on the running relay's queue (through its admin endpoint).",
         subcommands: [QueueList.self, QueueSummary.self, QueueShow.self, QueueFlush.self,
-                      QueueHold.self, QueueRelease.self, QueueDelete.self, QueueBounce.self])
+                      QueueHold.self, QueueRelease.self, QueueDelete.self, QueueBounce.self,
+                      QueueDestinations.self, QueueSuspend.self, QueueResume.self])
 }
 
 struct AdminOptions: ParsableArguments {

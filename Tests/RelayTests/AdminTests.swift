@@ -1,6 +1,6 @@
 import BuildInfo
 import Foundation
-import MailQueue
+@testable import MailQueue
 import SMTPProtocol
 import Testing
 @testable import Relay
@@ -430,6 +430,8 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         var q = RelayMetrics.QueueCounts()
         q.add(state: "queued", priority: 0)
         m.updateQueueGauges(q)
+        // The shaping families appear with their first rule × source.
+        m.updateShapingMetrics([ShapingMetricKey(rule: "default", source: ""): ShapingCounters()])
         let f = Self.families(m.exposition())
         #expect(f.count == RelayMetrics.help.count + 1, "every family in the table, and tern_build_info")
         for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }

@@ -68,6 +68,7 @@ public final class AdminEndpoint {
             }
             if let delivery = server.delivery {
                 metrics.updateQueueGauges(delivery.queueCounts())
+                metrics.updateShapingMetrics(delivery.shapingMetrics())
                 reply()
             } else {
                 // Delivery off (maintenance): nothing in memory knows the queue, the spool does.
@@ -95,6 +96,15 @@ public final class AdminEndpoint {
         case .bulk(let action, let filter):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             bulk(action, filter, delivery, answer)
+        case .destinations:
+            let rows = server.delivery?.destinations() ?? []
+            answer(Self.json(ShapingDestinationListing(rows, deliveryEnabled: server.delivery != nil)))
+        case .suspend(let request):
+            guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
+            answer(Self.json(delivery.postmasterSuspend(request)))
+        case .resume(let destination):
+            guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
+            answer(Self.json(delivery.postmasterResume(destination)))
         case .act(let action, let id):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             delivery.control(action, id: id) { result in

@@ -10,6 +10,9 @@
 //   POST /queue/ID/flush|hold|release|delete|bounce
 //   POST /queue/flush[?domain=D]       retry now every queued job (for one domain)
 //   POST /queue/ACTION?all=1|domain=&sender=&state=...   the action on every message selected now
+//   GET  /queue/destinations           traffic shaping: per destination × source (ShapingAdmin.swift)
+//   POST /queue/suspend?destination=D[&for=1h][&reason=TEXT]
+//   POST /queue/resume?destination=D
 //
 // Actions are POST only, so that a crawler or a browser's prefetch never deletes mail. A selection
 // takes GET /queue's filters; an action on everything says so (all=1), so that a bare POST selects
@@ -28,6 +31,10 @@ public enum AdminRoute: Equatable, Sendable {
     case flush(domain: String?)
     /// The action on every message the filter selects (all of them when it is empty).
     case bulk(QueueAction, QueueFilter)
+    /// Traffic shaping: the destinations table, a postmaster's suspension, its end.
+    case destinations
+    case suspend(ShapingSuspendRequest)
+    case resume(destination: String)
 
     public static func parse(method: String, target: String) throws -> AdminRoute {
         let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
@@ -72,6 +79,12 @@ public enum AdminRoute: Equatable, Sendable {
                 }
                 return .flush(domain: domain)
             }
+        case 2 where segments[0] == "queue" && segments[1] == "destinations":
+            return try only("GET") { try noQuery(); return .destinations }
+        case 2 where segments[0] == "queue" && segments[1] == "suspend":
+            return try only("POST") { .suspend(try ShapingSuspendRequest(query: query)) }
+        case 2 where segments[0] == "queue" && segments[1] == "resume":
+            return try only("POST") { .resume(destination: try ShapingSuspendRequest.resumeTarget(query: query)) }
         case 2 where segments[0] == "queue" && QueueAction(rawValue: segments[1]) != nil:
             return try only("POST") { .bulk(QueueAction(rawValue: segments[1])!, try selection(try AdminQuery.pairs(query))) }
         case 2 where segments[0] == "queue":

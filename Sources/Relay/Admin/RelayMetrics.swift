@@ -8,6 +8,7 @@
 // (`updateQueueGauges`), so the delivery path pays nothing for it.
 
 import CoreMetrics
+import MailQueue
 import Prometheus
 import SMTPProtocol
 import UVRuntime
@@ -58,6 +59,23 @@ public final class RelayMetrics {
     private var queueByState: [CoreMetrics.Gauge] = []
     private var queueByPriority: [CoreMetrics.Gauge?] = Array(repeating: nil, count: 19)
 
+    // Traffic shaping, per rule label × egress source (bounded: rule names, "default", source names;
+    // never a raw domain), copied from the delivery core when scraped.
+    private struct ShapingHandles {
+        var delivered: CoreMetrics.Counter
+        var deferred: CoreMetrics.Counter
+        var suspended: CoreMetrics.FloatingPointCounter
+        var connections: CoreMetrics.Gauge
+        /// The core's totals already added (counters only go up).
+        var seen = ShapingTotals()
+    }
+    private struct ShapingTotals {
+        var delivered = 0
+        var deferred = 0
+        var suspended = 0.0
+    }
+    private var shaping: [ShapingMetricKey: ShapingHandles] = [:]
+
     /// Seconds: from a minute-fast relay to mail that waited days on retries.
     static let delayBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400,
                                          86_400, 432_000]
@@ -104,6 +122,10 @@ public final class RelayMetrics {
         "tern_sessions_waiting_for_buffer": "Sessions that stopped reading until buffered message data drains.",
         "tern_queue_messages": "Messages in the queue by state, counted when scraped.",
         "tern_queue_messages_by_priority": "Messages in the queue by MT-PRIORITY level, counted when scraped.",
+        "tern_shaping_recipients_delivered_total": "Recipients delivered, by shaping rule (\"default\": none matched) and egress source.",
+        "tern_shaping_recipients_deferred_total": "Recipient delivery attempts deferred, by shaping rule and egress source.",
+        "tern_shaping_suspended_seconds_total": "Seconds a shaping rule's destinations spent suspended (dead, backoff or postmaster), by rule and source.",
+        "tern_shaping_connections": "Outbound connections open now, by shaping rule and egress source.",
     ]
 
     public init() {
@@ -257,6 +279,32 @@ public final class RelayMetrics {
             }
             queueByPriority[p]?.record(n)
         }
+    }
+
+    /// The shaping counters of the delivery core (totals since start), when the endpoint is scraped.
+    /// A rule × source seen once keeps its series (its gauge goes to 0), as a SIGHUP may bring it back.
+    public func updateShapingMetrics(_ metrics: [ShapingMetricKey: ShapingCounters]) {
+        for (key, c) in metrics {
+            var h = shaping[key] ?? makeShapingHandles(key)
+            if c.sent > h.seen.delivered { h.delivered.increment(by: c.sent - h.seen.delivered); h.seen.delivered = c.sent }
+            if c.deferred > h.seen.deferred { h.deferred.increment(by: c.deferred - h.seen.deferred); h.seen.deferred = c.deferred }
+            if c.suspendedSeconds > h.seen.suspended {
+                h.suspended.increment(by: c.suspendedSeconds - h.seen.suspended)
+                h.seen.suspended = c.suspendedSeconds
+            }
+            h.connections.record(c.connections)
+            shaping[key] = h
+        }
+        for (key, h) in shaping where metrics[key] == nil { h.connections.record(0) }
+    }
+
+    private func makeShapingHandles(_ key: ShapingMetricKey) -> ShapingHandles {
+        let labels = [("rule", key.rule), ("source", key.source)]
+        return ShapingHandles(
+            delivered: Counter(label: "tern_shaping_recipients_delivered_total", dimensions: labels, factory: factory),
+            deferred: Counter(label: "tern_shaping_recipients_deferred_total", dimensions: labels, factory: factory),
+            suspended: FloatingPointCounter(label: "tern_shaping_suspended_seconds_total", dimensions: labels, factory: factory),
+            connections: Gauge(label: "tern_shaping_connections", dimensions: labels, factory: factory))
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
