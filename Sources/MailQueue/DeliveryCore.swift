@@ -387,6 +387,9 @@ public struct DeliveryCore: Sendable {
     /// Shaping's changes of state since the last call, each to be logged once.
     public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
 
+    /// Whether `takeShapingEvents` has anything (the driver asks after every step).
+    public var hasShapingEvents: Bool { shaper.hasEvents }
+
     public func shapingSnapshot(now: Double) -> ShapingSnapshot { shaper.snapshot(now: now) }
 
     public mutating func restoreShaping(_ snapshot: ShapingSnapshot, now: Double) {

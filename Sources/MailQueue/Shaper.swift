@@ -131,6 +131,11 @@ public struct PerDestinationLimit: ShapingAdmission {
 public struct LaneLimits: Sendable, Equatable {
     public var maxMessagesPerConnection: Int?
     public var connectionCacheTime: Double?
+
+    public init(maxMessagesPerConnection: Int? = nil, connectionCacheTime: Double? = nil) {
+        self.maxMessagesPerConnection = maxMessagesPerConnection
+        self.connectionCacheTime = connectionCacheTime
+    }
 }
 
 public struct Shaper: Sendable, ShapingAdmission {
@@ -457,15 +462,21 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     /// Groups whose state changed since the last call: the scheduler wakes their gates.
     public mutating func takeChangedGroups() -> Set<ShapingGroup> {
-        defer { changed.removeAll(keepingCapacity: true) }
+        // Asked after every step: nothing changed must cost nothing (no copy of a shared buffer).
+        guard !changed.isEmpty else { return [] }
+        defer { changed.removeAll() }
         return changed
     }
 
     /// State changes since the last call, for the log.
     public mutating func takeEvents() -> [ShapingEvent] {
-        defer { events.removeAll(keepingCapacity: true) }
+        guard !events.isEmpty else { return [] }
+        defer { events.removeAll() }
         return events
     }
+
+    /// Events wait to be taken (a check without a copy).
+    public var hasEvents: Bool { !events.isEmpty }
 
     // MARK: - Dead destinations
 

@@ -8,11 +8,16 @@
 // through its waiting heap, and `pump` asks the scheduler only for the destinations that got a ready
 // job while holding a slot (so it never walks the idle connections). When every slot is taken and a
 // job for another destination waits for one, the longest-idle connections are closed to make room.
+//
+// Traffic shaping: each connection belongs to a lane (destination, egress pool, source) and takes only
+// its lane's jobs (`core.next(on:)`), within its lane's message rate and messages per connection; it
+// idles for its rule's connection_cache_time. The cache is indexed by destination because that is what
+// the scheduler reports when jobs become ready; each idle connection then asks for its own lane.
 
 import Collections
 import MailQueue
 
-/// Idle outbound connections by destination, and in the order they went idle.
+/// Idle outbound connections by destination (the core's canonical name), and in the order they went idle.
 struct ConnectionCache {
     private var byDestination: [String: [OutboundConnection]] = [:]
     /// Oldest first; entries of connections taken out since are stale (their ticket no longer matches).
@@ -27,16 +32,16 @@ struct ConnectionCache {
         connection.idleTicket = nextTicket
         order.append((nextTicket, connection))
         nextTicket += 1
-        byDestination[connection.destination, default: []].append(connection)
+        byDestination[connection.lane.destination, default: []].append(connection)
         count += 1
         if order.count > 2 * count + 64 { order = Deque(order.filter { $0.connection.idleTicket == $0.ticket }) }
     }
 
-    /// The most recently idle connection to `destination` (the older ones are the first to time out).
-    mutating func take(for destination: String) -> OutboundConnection? {
-        guard let connection = byDestination[destination]?.last else { return nil }
-        remove(connection)
-        return connection
+    /// The idle connections to `destination`, most recently idle first (the older ones are the first
+    /// to time out), skipping the `skipping` most recent: walk them without copying the list.
+    func recent(for destination: String, skipping: Int) -> OutboundConnection? {
+        guard let list = byDestination[destination], skipping < list.count else { return nil }
+        return list[list.count - 1 - skipping]
     }
 
     /// The connection idle the longest.
@@ -50,17 +55,16 @@ struct ConnectionCache {
         return nil
     }
 
-    func hasConnection(for destination: String) -> Bool { byDestination[destination] != nil }
-
     /// Takes `connection` out if it is idle; its entry in `order` goes stale.
     mutating func remove(_ connection: OutboundConnection) {
         guard connection.idleTicket != nil else { return }
         connection.idleTicket = nil
         count -= 1
-        guard var list = byDestination[connection.destination],
-              let i = list.firstIndex(where: { $0 === connection }) else { return }
-        list.remove(at: i)
-        byDestination[connection.destination] = list.isEmpty ? nil : list
+        let key = connection.lane.destination
+        // In place: no copy of the destination's list.
+        guard let i = byDestination[key]?.firstIndex(where: { $0 === connection }) else { return }
+        byDestination[key]?.remove(at: i)
+        if byDestination[key]?.isEmpty == true { byDestination[key] = nil }
     }
 
     mutating func takeAll() -> [OutboundConnection] {
@@ -75,7 +79,9 @@ extension DeliveryManager {
     /// A connection finished its job and no job is due for its destination: keep it for the next one,
     /// unless the cache is off or another destination is waiting for the slot it holds.
     func parkOrFinish(_ connection: OutboundConnection) {
-        guard config.delivery.connectionCacheTime > 0, !core.hasJobWaitingForSlot() else {
+        let cacheTime = connection.limits.connectionCacheTime ?? config.delivery.connectionCacheTime
+        let spent = connection.limits.maxMessagesPerConnection.map { connection.sent >= $0 } ?? false
+        guard cacheTime > 0, !spent, !core.hasJobWaitingForSlot() else {
             connection.finish()
             return
         }
@@ -85,11 +91,17 @@ extension DeliveryManager {
 
     /// Hands the jobs that became due to idle connections of their destinations (called by `pump`
     /// before `dispatch`, only while some connection is idle).
+    /// Each idle connection asks for a job of its own lane (its pool and source, its rate).
     func feedIdleConnections(now t: Double) {
         for destination in core.promoteReadyForConnections(now: t) {
-            while idleConnections.hasConnection(for: destination),
-                  let job = core.next(for: destination, now: t),
-                  let connection = idleConnections.take(for: destination) {
+            var skipped = 0
+            while let connection = idleConnections.recent(for: destination, skipping: skipped) {
+                guard let job = core.next(on: connection.lane, sent: connection.sent, now: t) else {
+                    skipped += 1
+                    continue
+                }
+                idleConnections.remove(connection)
+                connection.sent += 1
                 connection.leftIdle()
                 start(job, on: connection, routeFirst: false)
             }
@@ -115,6 +127,7 @@ extension DeliveryManager {
     public func applyRoutes(_ routes: RouteConfig) {
         guard routes != config.routes else { return }
         config.routes = routes
+        core.routePools = routes.pools
         routesGeneration += 1
         router.replaceRoutes(routes.routes)
         closeIdleConnections()

@@ -63,9 +63,10 @@ public final class DeliveryManager {
     /// The postmaster's requests waiting for their answer, by the ticket given to the core.
     var requests: [UInt64: (PostmasterAnswer) -> Void] = [:]
     var nextTicket: UInt64 = 1
-    /// The egress source a new connection for `job` sends from (its address bound, its EHLO name);
-    /// nil: the kernel's choice of address and [server] hostname. Where shaping's choice comes in.
-    var egressSource: (DeliveryJob) -> EgressSource? = { _ in nil }
+    /// [egress.sources] by name: the core names the source of each new connection (DeliveryShaping.swift).
+    var egressSources: [String: EgressSource] = [:]
+    /// Shaping's state to save in the spool (DeliveryShaping.swift).
+    var shapingState = ShapingStateFile()
     public var delivered: Int { core.delivered }
     public var bounced: Int { core.bounced }
     public var deferred: Int { core.deferred }
@@ -101,7 +102,9 @@ public final class DeliveryManager {
         core = DeliveryCore(settings: .init(retry: retry, delayWarningTime: config.delivery.delayWarningTime),
                             scheduler: Scheduler(maxConnections: config.delivery.maxConnections,
                                                  maxConnectionsPerDestination: config.delivery.maxConnectionsPerDestination),
-                            seed: UInt64.random(in: 0...UInt64.max))
+                            shaping: config.shaping, seed: UInt64.random(in: 0...UInt64.max))
+        core.routePools = config.routes.pools
+        egressSources = Self.sourcesByName(config.egress.sources)
         timer = Timer(loop: loop)
         remover = SpoolRemover(loop: loop, spool: spool)
     }
@@ -118,7 +121,10 @@ public final class DeliveryManager {
         var envelopes: [Envelope] = []
         var problems: [String] = []
         arrivedDuringScan = []
+        let statePath = ShapingStateFile.path(spool: spool.path)
+        var restored: Result<ShapingSnapshot?, Error> = .success(nil)
         loop.queueWork({
+            restored = Result { try ShapingStateFile.read(statePath) }
             do {
                 for id in try spool.list() {
                     do { envelopes.append(try spool.load(id)) } catch { problems.append("\(id): \(error)") }
@@ -128,6 +134,7 @@ public final class DeliveryManager {
             }
         }, done: { [self] in
             for p in problems { log.error("spool: cannot load \(p)") }
+            restoreShaping(restored, path: statePath)
             let fresh = arrivedDuringScan ?? []
             arrivedDuringScan = nil
             let resumed = envelopes.filter { !fresh.contains($0.id) }
@@ -162,18 +169,24 @@ public final class DeliveryManager {
             let t = now
             // Idle connections first: a job for their destination needs no new connection.
             if !idleConnections.isEmpty { feedIdleConnections(now: t) }
-            for job in core.dispatch(now: t) {
-                let connection = OutboundConnection(manager: self, destination: job.destination, source: egressSource(job))
+            for opened in core.dispatchConnections(now: t) {
+                let lane = opened.connection
+                let connection = OutboundConnection(manager: self, lane: lane, limits: opened.limits,
+                                                    source: opened.source.isEmpty ? nil : egressSources[opened.source],
+                                                    ruleTLS: lane.lane.group.kind == .rule ? core.shaper.rule(of: lane.lane.group).tls : nil)
                 connections[ObjectIdentifier(connection)] = connection
-                start(job, on: connection, routeFirst: true)
+                start(opened.job, on: connection, routeFirst: true)
             }
+            classifyDestinations()
             if !idleConnections.isEmpty { closeIdleConnectionsForWaitingJobs() }
         } while pumpAgain && !stopped
         armTimer()
     }
 
+    /// After a step: shaping's changes of state are logged (once each) and saved, the timer set.
     func armTimer() {
-        guard let due = core.scheduler.nextDueTime else {
+        if core.hasShapingEvents { logShapingEvents() }
+        guard let due = core.nextDueTime else {
             timer.stop()
             timerDue = nil
             return
@@ -277,9 +290,9 @@ public final class DeliveryManager {
 
     /// A job ended: the core records each recipient's result and says what to write.
     func jobFinished(_ job: DeliveryJob, message: OutgoingMessage, outcomes: [Int: RecipientResult], relay: String,
-                     tls: String? = nil, source: String? = nil) {
+                     tls: String? = nil, source: String? = nil, lane: ShapingLane? = nil) {
         let attempt = AttemptResult(results: outcomes, relay: relay == "none" ? nil : relay, tls: tls, source: source)
-        perform(core.attemptFinished(job, attempt, now: now))
+        perform(core.attemptFinished(job, attempt, on: lane, now: now))
         armTimer()
     }
 
@@ -423,22 +436,29 @@ public final class DeliveryManager {
             connection.finish()
             return
         }
-        guard let job = core.next(for: connection.destination, now: now) else {
+        // max_messages_per_connection: QUIT after that many.
+        if let max = connection.limits.maxMessagesPerConnection, connection.sent >= max {
+            connection.finish()
+            return
+        }
+        guard let job = core.next(on: connection.lane, sent: connection.sent, now: now) else {
             parkOrFinish(connection)
             return
         }
+        connection.sent += 1
         start(job, on: connection, routeFirst: false)
     }
 
     func connectionClosed(_ connection: OutboundConnection) {
         idleConnections.remove(connection)
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
-        core.release(destination: connection.destination)
+        core.release(connection.lane)
         pump()
     }
 
     func stop() {
         stopped = true
+        saveShapingStateNow()
         timer.close()
         remover.close()
         for c in idleConnections.takeAll() { c.finish() }  // QUIT: nothing in flight on them

@@ -13,6 +13,9 @@
 //
 // Egress (issue 16): a connection given an egress source binds the source's address and says its EHLO
 // name; hosts of the other address family than the source are skipped (they cannot be reached from it).
+// Traffic shaping: the connection belongs to the lane the core opened it on (destination, pool, source)
+// and keeps that lane's limits; it tells the core whether it reached a host (dead destinations) and
+// every reply that is not positive ([[backoff]] rules).
 
 import MailQueue
 import SMTPProtocol
@@ -22,6 +25,15 @@ final class OutboundConnection {
     static let sendBufferSize = 256 * 1024
     unowned let manager: DeliveryManager
     let destination: String
+    /// The lane the core counts this connection under, for all its life (even if its destination's
+    /// group changes meanwhile: the core releases what it counted).
+    let lane: ConnectionLane
+    /// Messages per connection and idle time: the lane's rule's when the connection opened.
+    let limits: LaneLimits
+    /// Jobs this connection took (the first one counted when the core opened it).
+    var sent = 1
+    /// A session reached `ready` once: the destination answers (told to the core once).
+    private var reachedHost = false
 
     private var targets: [DeliveryTarget] = []
     private var targetIndex = 0
@@ -61,9 +73,13 @@ final class OutboundConnection {
     /// `source`'s address to bind (port 0), or why it cannot be (the config check makes that rare).
     private let sourceAddress: Result<SocketAddress, UVError>?
 
-    init(manager: DeliveryManager, destination: String, source: EgressSource? = nil) {
+    /// - Parameter ruleTLS: the [[shaping]] rule's TLS policy: a route's wins over it, it over [delivery]'s.
+    init(manager: DeliveryManager, lane: ConnectionLane, limits: LaneLimits = LaneLimits(), source: EgressSource? = nil,
+         ruleTLS: OutboundTLSPolicy? = nil) {
         self.manager = manager
-        self.destination = destination
+        self.lane = lane
+        self.limits = limits
+        destination = lane.destination
         self.source = source
         sourceAddress = source.map { s in
             Result { try SocketAddress(ip: s.address, port: 0) }.mapError { $0 as? UVError ?? .invalidArgument }
@@ -72,7 +88,7 @@ final class OutboundConnection {
         let name = normalizedDomain(destination)
         let key = routes.routes[name] != nil ? name : (routes.routes["*"] != nil ? "*" : nil)
         let security = key.flatMap { routes.security[$0] }
-        tlsPolicy = security?.tls ?? manager.config.delivery.tls
+        tlsPolicy = security?.tls ?? ruleTLS ?? manager.config.delivery.tls
         credentials = security?.credentials
         routesGeneration = manager.routesGeneration
     }
@@ -137,6 +153,8 @@ final class OutboundConnection {
         guard targetIndex < targets.count else {
             // Every host failed: what is not final yet waits for the next attempt.
             for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = lastFailure }
+            // No host answered at all: one failed connection of the lane (dead destinations).
+            if !reachedHost && !targets.isEmpty { manager.connectionFailed(self, reason: lastError) }
             endJob(thenReuse: false)
             return
         }
@@ -255,6 +273,10 @@ final class OutboundConnection {
             case .startTLS:
                 guard startTLS() else { return }
             case .ready:
+                if !reachedHost {
+                    reachedHost = true
+                    manager.connectionSucceeded(self)
+                }
                 if job != nil && message != nil { sendTransaction() }
             case .transactionFinished(let outcome):
                 handle(outcome)
@@ -262,6 +284,7 @@ final class OutboundConnection {
                 // Never final: the next host is tried (NextHop.sessionFailed says with which status).
                 lastFailure = NextHop.sessionFailed(reply, reason: why)
                 manager.log.debug("\(relayName): \(lastError)")
+                if let reply { manager.replySeen(self, reply) }
                 if job != nil {
                     tryNextTarget()
                 } else {
@@ -283,6 +306,7 @@ final class OutboundConnection {
         guard let job else { return }
         let pending = job.recipients.filter { outcomes[$0] == nil }
         let verdict = NextHop.judge(outcome)
+        reportReplies(outcome)
         var temporary: [Int] = []
         for (k, index) in pending.enumerated() where k < verdict.results.count {
             let r = verdict.results[k]
@@ -306,6 +330,13 @@ final class OutboundConnection {
         endJob(thenReuse: true)
     }
 
+    /// Every reply of the transaction that is not positive, for [[backoff]] rules (none when it all went).
+    private func reportReplies(_ outcome: TransactionOutcome) {
+        if !outcome.mailReply.isPositive { manager.replySeen(self, outcome.mailReply) }
+        for case let r? in outcome.recipientReplies where !r.isPositive { manager.replySeen(self, r) }
+        if let r = outcome.dataReply, !r.isPositive { manager.replySeen(self, r) }
+    }
+
     private func endJob(thenReuse: Bool) {
         guard let job, let message else { return }
         let results = outcomes
@@ -313,7 +344,7 @@ final class OutboundConnection {
         self.message = nil
         outcomes = [:]
         manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome,
-                            source: sourceName)
+                            source: sourceName, lane: lane.lane)
         if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
             manager.connectionReady(self)
         } else {
@@ -333,7 +364,7 @@ final class OutboundConnection {
         switch session.phase {
         case .greeting: seconds = d.greetingTimeout
         case .data, .dataEnd: seconds = d.dataTimeout
-        case .ready where idleTicket != nil: seconds = d.connectionCacheTime
+        case .ready where idleTicket != nil: seconds = limits.connectionCacheTime ?? d.connectionCacheTime
         case .ready: seconds = job == nil ? 300 : d.commandTimeout
         default: seconds = d.commandTimeout
         }

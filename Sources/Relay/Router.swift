@@ -100,6 +100,33 @@ public final class Router {
         resolveMX(name, port: defaultPort, done)
     }
 
+    /// The MX host names mail for `domain` goes to, for traffic shaping's MX rollup: a static route's
+    /// host, a route's MX lookup, else the domain's MX (its own name when it has none). Empty when the
+    /// lookup failed or the domain is an address literal: no MX rule applies. Answers share the cache.
+    public func mxHosts(domain: String, _ done: @escaping ([String]) -> Void) {
+        let name = normalizedDomain(domain)
+        var target = name
+        if let spec = routes[name] ?? routes["*"] {
+            guard spec.lookupMX else {
+                done(IPAddress(spec.host) == nil ? [spec.host] : [])
+                return
+            }
+            target = spec.host
+        } else if addressLiteral(name) != nil || !isPlausibleDomain(name) {
+            done([])
+            return
+        }
+        mx.lookup(target) { answer in
+            switch answer {
+            case .success(let records):
+                let hosts = records.filter { !$0.isNullMX }.map { normalizedDomain($0.host) }
+                done(records.isEmpty ? [target] : hosts)
+            case .failure(.noData): done([target])
+            case .failure: done([])
+            }
+        }
+    }
+
     /// Counts every query asked of the resolver (not cache hits) and its failures, by kind.
     func countLookups(in metrics: RelayMetrics) {
         mx.observe = { metrics.dnsLookup(.mx, failed: $0) }

@@ -327,16 +327,3 @@ extension Decode {
         return text
     }
 }
-
-// MARK: - SIGHUP
-
-extension DeliveryManager {
-    /// SIGHUP: a new shaping policy. For now it replaces the configuration's [[shaping]], [[backoff]]
-    /// and [egress] (its defaults and dead-destination values come from [delivery], which needs a
-    /// restart); the shaping core takes it from here once delivery applies shaping.
-    public func applyShaping(_ policy: ShapingPolicy) {
-        config.shapingRules = policy.rules
-        config.backoff = policy.backoff
-        config.egress = EgressConfig(sources: policy.sources, pools: policy.pools, select: policy.select)
-    }
-}

@@ -92,7 +92,8 @@ private final class EgressHarness {
     let lines = LockedLines()
     var last: UInt64 = 1_796_083_200_000_000
 
-    init() throws {
+    /// `source`: the one source of the default egress pool (the core picks it for every connection).
+    init(source: EgressSource? = nil) throws {
         _ = ignoringSIGPIPE
         var template = Array("\(NSTemporaryDirectory())/tern-egress-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
@@ -107,6 +108,10 @@ private final class EgressHarness {
         var config = TernConfig(hostname: "relay.test")
         config.delivery.retrySchedule = [600]
         config.routes.routes["example.test"] = try NextHopSpec(parsing: "[127.0.0.1]:\(peer.port)")
+        if let source {
+            config.egress = EgressConfig(sources: [source], pools: [EgressPool(name: "p", sources: [(source.name, 1)])],
+                                         select: EgressSelect(defaultPool: "p"))
+        }
         let lines = self.lines
         let clock = self.clock.clock
         let log = Logger(label: "t") { _ in TernLogHandler(format: .plain, level: .info, clock: clock, sink: { lines.append($0) }) }
@@ -155,8 +160,7 @@ private final class EgressHarness {
 
 @Suite(.serialized) struct EgressSourceTests {
     @Test func aConnectionFromASourceBindsItsAddressAndSaysItsName() throws {
-        let h = try EgressHarness()
-        h.manager.egressSource = { _ in EgressSource(name: "a", address: "127.0.0.21", ehlo: "mta-a.example.net") }
+        let h = try EgressHarness(source: EgressSource(name: "a", address: "127.0.0.21", ehlo: "mta-a.example.net"))
         let e = try h.queueMessage()
         h.run { h.manager.delivered == 1 }
         #expect(h.manager.delivered == 1)
@@ -171,8 +175,7 @@ private final class EgressHarness {
     }
 
     @Test func aSourceWithoutEHLONameSaysTheHostname() throws {
-        let h = try EgressHarness()
-        h.manager.egressSource = { _ in EgressSource(name: "b", address: "127.0.0.22") }
+        let h = try EgressHarness(source: EgressSource(name: "b", address: "127.0.0.22"))
         let e = try h.queueMessage()
         h.run { h.manager.delivered == 1 }
         #expect(h.peer.sessions.first?.peer == "127.0.0.22")
@@ -192,8 +195,7 @@ private final class EgressHarness {
     }
 
     @Test func aSourceNotOnThisMachineDefersWithItsNameInTheReason() throws {
-        let h = try EgressHarness()
-        h.manager.egressSource = { _ in EgressSource(name: "far", address: "192.0.2.10", ehlo: "far.example.net") }
+        let h = try EgressHarness(source: EgressSource(name: "far", address: "192.0.2.10", ehlo: "far.example.net"))
         let e = try h.queueMessage()
         h.run { h.manager.deferred == 1 && h.manager.connections.isEmpty }
         #expect(h.manager.deferred == 1)
@@ -206,8 +208,7 @@ private final class EgressHarness {
     }
 
     @Test func aSourceOfTheOtherFamilyCannotReachTheHost() throws {
-        let h = try EgressHarness()
-        h.manager.egressSource = { _ in EgressSource(name: "six", address: "::1") }
+        let h = try EgressHarness(source: EgressSource(name: "six", address: "::1"))
         let e = try h.queueMessage()
         h.run { h.manager.deferred == 1 && h.manager.connections.isEmpty }
         #expect(h.peer.sessions.isEmpty)
@@ -217,8 +218,7 @@ private final class EgressHarness {
     }
 
     @Test func aSourceWhoseAddressIsNoAddressDefersTheAttempt() throws {
-        let h = try EgressHarness()
-        h.manager.egressSource = { _ in EgressSource(name: "typo", address: "192.0.2.300") }
+        let h = try EgressHarness(source: EgressSource(name: "typo", address: "192.0.2.300"))
         let e = try h.queueMessage()
         h.run { h.manager.deferred == 1 && h.manager.connections.isEmpty }
         #expect(h.peer.sessions.isEmpty)

@@ -1,0 +1,194 @@
+// Traffic shaping in the delivery driver (issue 16): the decisions are the core's (MailQueue's Shaper,
+// the Scheduler's gates, DeliveryCore's shaping calls); here they are carried out. New connections
+// open on the lane the core names (egress source bound, the rule's limits and TLS); each tells the core
+// whether it reached a host and every reply that was not positive; destinations that need their MX
+// names for a rule's `mx` are looked up with the Router's resolver; changes of state are logged once
+// each and kept in the spool (shaping.state) across restarts; SIGHUP hands over a new policy.
+//
+// The admin endpoint's calls (`tern queue destinations/suspend/resume`, per-rule metrics) are the
+// first four methods below.
+
+import Foundation
+import Logging
+import MailQueue
+import SMTPProtocol
+import UVRuntime
+
+extension DeliveryManager {
+    /// Per destination (or rule) × source: queued, connections, rate, state.
+    public func shapingView() -> [ShapingLaneView] { core.shapingView(now: now) }
+
+    /// The postmaster suspends a destination or a rule (every source) for `seconds`. The group it
+    /// applied to comes back (a destination under a rule is suspended as that rule).
+    @discardableResult
+    public func suspend(_ target: String, for seconds: Double, reason: String) -> ShapingGroup {
+        let t = now
+        let group = core.suspend(target, until: t + seconds, reason: reason, now: t)
+        pump()
+        return group
+    }
+
+    /// The postmaster lifts every suspension, throttle and dead state of a destination or rule.
+    @discardableResult
+    public func resume(_ target: String) -> ShapingGroup {
+        let group = core.resume(target, now: now)
+        pump()
+        return group
+    }
+
+    /// Per rule label × source (bounded label sets): sent, deferred, seconds suspended, connections.
+    public func shapingMetrics() -> [ShapingMetricKey: ShapingCounters] { core.shapingMetrics(now: now) }
+
+    // MARK: - SIGHUP
+
+    /// SIGHUP: a new shaping policy ([[shaping]], [[backoff]], [egress]; its defaults and dead-destination
+    /// values come from [delivery], kept until a restart). Lanes' state is kept for groups that still
+    /// exist; queued jobs move to their new groups. Idle connections QUIT (Reload closes them), so
+    /// the next message goes out under the new limits, source and TLS.
+    public func applyShaping(_ policy: ShapingPolicy) {
+        config.shapingRules = policy.rules
+        config.backoff = policy.backoff
+        config.egress = EgressConfig(sources: policy.sources, pools: policy.pools, select: policy.select)
+        guard policy != core.shaper.policy else { return }
+        egressSources = Self.sourcesByName(policy.sources)
+        core.updateShaping(policy)
+        closeIdleConnections()
+        pump()
+    }
+
+    static func sourcesByName(_ sources: [EgressSource]) -> [String: EgressSource] {
+        Dictionary(sources.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    // MARK: - MX rollup
+
+    /// Destinations whose group depends on their MX names: looked up (cached answers shared with
+    /// routing), then their jobs join their group. A failed lookup classifies with no MX (no rule).
+    func classifyDestinations() {
+        for destination in core.destinationsToClassify() {
+            router.mxHosts(domain: destination) { [weak self] hosts in
+                guard let self, !self.stopped else { return }
+                self.core.classified(destination, mxHosts: hosts, now: self.now)
+                self.pump()
+            }
+        }
+    }
+
+    // MARK: - What connections tell the core
+
+    /// A connection reached no host of its destination (refused, timed out, no or a failing greeting).
+    func connectionFailed(_ connection: OutboundConnection, reason: String) {
+        core.connectionFailed(connection.lane.lane, reason: reason, now: now)
+        shapingState.dirty = true
+    }
+
+    /// A connection's session is ready: the destination answers (a dead one resumes).
+    func connectionSucceeded(_ connection: OutboundConnection) {
+        core.connectionSucceeded(connection.lane.lane, now: now)
+        if core.hasShapingEvents { pump() }
+    }
+
+    /// A reply that is not positive, for [[backoff]] rules.
+    func replySeen(_ connection: OutboundConnection, _ reply: Reply) {
+        let text = reply.lines.count == 1 ? reply.lines[0] : reply.lines.joined(separator: " ")
+        core.replySeen(connection.lane.lane, code: reply.code, enhanced: reply.enhanced, text: text, now: now)
+    }
+
+    // MARK: - Events and the state file
+
+    /// Shaping's changes of state, each logged once (reasons quote next hops' replies: the logger
+    /// makes them one safe line), and the state saved.
+    func logShapingEvents() {
+        for event in core.takeShapingEvents() {
+            switch event {
+            case .suspended, .throttled: log.warning("\(event.logText)")
+            case .resumed, .throttleEnded: log.info("\(event.logText)")
+            }
+        }
+        shapingState.dirty = true
+        saveShapingState()
+    }
+
+    /// Writes the state file on the thread pool, atomically, at most once a second, when it changed.
+    func saveShapingState() {
+        guard shapingState.dirty, !shapingState.writing, !stopped else { return }
+        let t = now
+        let wait = shapingState.lastWrite + ShapingStateFile.minimumInterval - t
+        if wait > 0 {
+            if shapingState.timer == nil { shapingState.timer = UVRuntime.Timer(loop: loop) }
+            guard let timer = shapingState.timer, !timer.isActive else { return }
+            timer.start(afterMilliseconds: UInt64(wait * 1000) + 1) { [weak self] in self?.saveShapingState() }
+            return
+        }
+        shapingState.dirty = false
+        shapingState.writing = true
+        shapingState.lastWrite = t
+        let snapshot = core.shapingSnapshot(now: t)
+        let path = ShapingStateFile.path(spool: spool.path)
+        var failure: Error?
+        loop.queueWork({
+            do { try ShapingStateFile.write(snapshot, to: path) } catch { failure = error }
+        }, done: { [weak self] in
+            guard let self else { return }
+            self.shapingState.writing = false
+            if let failure { self.log.error("shaping state: cannot write \(path): \(failure)") }
+            self.saveShapingState()  // changed meanwhile
+        })
+    }
+
+    /// Shutdown: the latest state, written now (on the loop: a small file, once).
+    func saveShapingStateNow() {
+        shapingState.timer?.close()
+        shapingState.timer = nil
+        guard shapingState.dirty || shapingState.writing else { return }
+        shapingState.dirty = false
+        let path = ShapingStateFile.path(spool: spool.path)
+        do {
+            try ShapingStateFile.write(core.shapingSnapshot(now: now), to: path)
+        } catch {
+            log.error("shaping state: cannot write \(path): \(error)")
+        }
+    }
+
+    /// Start-up: the state the last run saved. An unreadable file is reported and delivery starts clean.
+    func restoreShaping(_ read: Result<ShapingSnapshot?, Error>, path: String) {
+        switch read {
+        case .success(nil):
+            break
+        case .success(let snapshot?):
+            core.restoreShaping(snapshot, now: now)
+            if core.hasShapingEvents { logShapingEvents() }
+        case .failure(let error):
+            log.warning("shaping state: cannot read \(path), starting without it: \(error)")
+        }
+    }
+}
+
+/// The shaping state's file in the spool: suspensions, throttles, dead destinations and rate times,
+/// JSON, replaced atomically (written to a temporary name, then renamed).
+struct ShapingStateFile {
+    static let name = "shaping.state"
+    static let minimumInterval = 1.0
+    /// Changed since the last write.
+    var dirty = false
+    var writing = false
+    var lastWrite = -Double.infinity
+    /// Waits out the minimum interval between writes.
+    var timer: UVRuntime.Timer?
+
+    static func path(spool: String) -> String { "\(spool)/\(name)" }
+
+    /// Nil when there is none (a first start). Blocking: call from the thread pool.
+    static func read(_ path: String) throws -> ShapingSnapshot? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return try JSONDecoder().decode(ShapingSnapshot.self, from: data)
+    }
+
+    /// Blocking: call from the thread pool (or once at shutdown).
+    static func write(_ snapshot: ShapingSnapshot, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try encoder.encode(snapshot).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+}
