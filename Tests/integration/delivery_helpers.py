@@ -56,7 +56,6 @@ class HopSession:
     peer: str                    # the client's IP address: the relay's source address
     started: float               # time.monotonic() at accept
     ended: float | None = None   # time.monotonic() at close; None while open
-    quit: float | None = None    # time.monotonic() when QUIT was received; None without one
     ehlo: str | None = None      # the last EHLO/HELO name
     refused: bool = False        # greeted with NextHop.refuse_reply and closed
     messages: list[float] = field(default_factory=list)  # time.monotonic() of each accepted end of DATA
@@ -139,12 +138,6 @@ class _Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_QUIT(self, server, session, envelope):
-        record = getattr(server, "tern_record", None)
-        if record is not None:
-            self.hop._quit(record)
-        return "221 Bye"
-
     async def handle_DATA(self, server, session, envelope):
         if self.hop.held is not None:
             deadline = time.monotonic() + 25
@@ -191,9 +184,8 @@ class _CountingController(Controller):
 
 class NextHop:
     """An SMTP server on host:port (aiosmtpd) that records every accepted transaction, and every TCP
-    session (`records`: peer address, EHLO name, start, QUIT and end, the messages in it), so that it
-    can stand for a mailbox provider in the traffic shaping tests. A session is open (open_now,
-    max_open) from its accept until its QUIT or, without one, its close.
+    session (`records`: peer address, EHLO name, start and end, the messages in it), so that it can
+    stand for a mailbox provider in the traffic shaping tests.
 
     rcpt_replies: {address: "550 5.1.1 ..."} answers RCPT for that recipient (any code);
     rcpt_fail_first: the first N RCPT commands (any recipient) get rcpt_fail_reply, later ones 250;
@@ -228,7 +220,7 @@ class NextHop:
         self.sessions: list = []                   # connections that sent MAIL
         self.ehlos: list[str] = []
         self.records: list[HopSession] = []        # every TCP session, in order of accept
-        self.open_now = 0                          # sessions open at this moment (accepted, no QUIT, not closed)
+        self.open_now = 0                          # sessions open at this moment
         self.max_open = 0                          # the most ever open at once
         self._live: dict[_RecordingSMTP, HopSession] = {}
         self._probes: set = set()                  # aiosmtpd's readiness probes: not sessions
@@ -284,21 +276,11 @@ class NextHop:
             self.max_open = max(self.max_open, self.open_now)
             return record
 
-    def _quit(self, record: HopSession) -> None:
-        # A session that said QUIT is over for the provider: it no longer counts as open. Counting it
-        # until the TCP close would race the relay's close against its next connect, which the
-        # server's event loop may see in either order (answered before the 221, so no such race).
-        with self.lock:
-            if record.quit is None and record.ended is None:
-                record.quit = time.monotonic()
-                self.open_now -= 1
-
     def _closed(self, smtp: "_RecordingSMTP", record: HopSession) -> None:
         with self.lock:
             if self._live.pop(smtp, None) is not None:
                 record.ended = time.monotonic()
-                if record.quit is None:
-                    self.open_now -= 1
+                self.open_now -= 1
 
     @property
     def connections(self) -> int:

@@ -1,7 +1,8 @@
 """Traffic shaping end to end (issue 16): a relay in front of mailbox providers (delivery_helpers.NextHop
 behind conftest's PROVIDER_RECORDS: a.test and b.test have the MX mx.provider.test on PROVIDER_IP, c.test
-has mx.other.test on OTHER_IP). The provider records each session's peer, EHLO name, start, QUIT and
-end and the time of each message, so the tests judge the relay by what a provider sees.
+has mx.other.test on OTHER_IP). The provider records each session's peer, EHLO name, start and end
+(open from accept to TCP close, as a provider counts connections) and the time of each message, so the
+tests judge the relay by what a provider sees.
 
 Mail is queued first where a test needs a backlog: a relay with delivery off takes the messages, stops,
 and a relay with delivery on starts on the same spool with every message due at once. Every wait is for
