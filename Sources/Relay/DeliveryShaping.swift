@@ -157,6 +157,7 @@ extension DeliveryManager {
             break
         case .success(let snapshot?):
             core.restoreShaping(snapshot, now: now)
+            log.info("shaping state: restored \(snapshot.lanes.count) lane(s) and \(snapshot.groups.count) postmaster suspension(s) from \(path)")
             if core.hasShapingEvents { logShapingEvents() }
         case .failure(let error):
             log.warning("shaping state: cannot read \(path), starting without it: \(error)")

@@ -39,6 +39,8 @@ final class OutboundConnection {
     private var targetIndex = 0
     private var current: DeliveryTarget?
     private var tcp: TCPConnection?
+    /// After QUIT: the connection until the next hop closed it too (then the slot is given back).
+    private var closing: TCPConnection?
     private var session: ClientSession?
     private var timer: Timer?
 
@@ -445,34 +447,48 @@ final class OutboundConnection {
         armTimer()
     }
 
-    /// Done with this connection: QUIT politely, close, give the slot back.
+    /// Done with this connection: QUIT politely, close, give the slot back once the next hop closed
+    /// too (its EOF, or closeAfterWrites' linger), so that the next hop never sees more connections
+    /// than the limit (max_connections) while a QUIT is on its way.
     func finish() {
         guard !finished else { return }
         finished = true
-        if var s = session, let c = tcp {
-            let actions = s.quit()
-            session = s
-            c.onRead = nil
-            c.onClose = nil
-            c.onError = nil
-            c.onHandshake = nil
-            // QUIT and close_notify in one write.
-            c.corked {
-                write(actions.flatMap(\.wirePieces))
-                c.closeAfterWrites()
-            }
-            tcp = nil
-        } else {
+        manager.idleConnections.remove(self)
+        guard var s = session, let c = tcp else {
             dropConnection()
+            session = nil
+            timer?.close()
+            timer = nil
+            manager.connectionClosed(self)
+            return
         }
+        let actions = s.quit()
         session = nil
+        c.onRead = nil
+        c.onError = nil
+        c.onHandshake = nil
+        c.onClose = { [unowned self] in
+            self.closing = nil
+            self.manager.connectionClosed(self)
+        }
+        closing = c
+        tcp = nil
         timer?.close()
         timer = nil
-        manager.connectionClosed(self)
+        // QUIT and close_notify in one write.
+        c.corked {
+            c.write(pieces: actions.flatMap(\.wirePieces))
+            c.closeAfterWrites()
+        }
     }
 
     /// Shutdown: drop everything; jobs in flight stay queued on disk and resume at the next start.
     func abandon() {
+        if let c = closing {
+            closing = nil
+            c.onClose = nil
+            c.close()
+        }
         dropConnection()
         timer?.close()
         timer = nil

@@ -549,7 +549,8 @@ def test_connection_reuse(relay, hops):
 def test_delay_warning_once_then_delivery(relay, hops):
     """delay_warning_time: the sender hears once (Action: delayed) that mail is late; the mail still goes."""
     sink = hops(SINK_IP)
-    tern = relay(delivery={"retry_schedule": ["1s"], "delay_warning_time": "1s"})
+    # Many attempts to a next hop that refuses: not suspended as a dead destination meanwhile.
+    tern = relay(delivery={"retry_schedule": ["1s"], "delay_warning_time": "1s", "dead_destination_failures": 1000})
     qid, msg = send(tern, ["user@alldown.test"], subject="late")
     # Several deferrals, but exactly one warning.
     wait_until(lambda: len(log_entries(tern.stderr(), qid, "deferred")) >= 3, WAIT,
