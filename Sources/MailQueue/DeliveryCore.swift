@@ -329,7 +329,10 @@ public struct DeliveryCore: Sendable {
 
     /// The scheduler's next due job or gate, or the next end of a suspension or throttle.
     public var nextDueTime: Double? {
-        [scheduler.nextDueTime, shaper.nextExpiry].compactMap { $0 }.min()
+        // Asked after every attempt: no array for two values.
+        guard let expiry = shaper.nextExpiry else { return scheduler.nextDueTime }
+        guard let due = scheduler.nextDueTime else { return expiry }
+        return min(due, expiry)
     }
 
     mutating func wakeChanged() {

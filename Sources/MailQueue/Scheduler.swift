@@ -290,7 +290,9 @@ public struct Scheduler: Sendable {
     /// Destinations whose jobs wait for their MX names, each reported once: the caller looks them up
     /// and calls `regroup` once the admission knows them.
     public mutating func takeUnclassified() -> [String] {
-        defer { unclassified.removeAll(keepingCapacity: true) }
+        // Asked at every pump: none must cost nothing (no copy of a shared buffer).
+        guard !unclassified.isEmpty else { return [] }
+        defer { unclassified.removeAll() }
         return unclassified
     }
 

@@ -383,16 +383,8 @@ public struct Shaper: Sendable, ShapingAdmission {
     }
 
     private mutating func countMessage(_ lane: ShapingLane, _ e: Effective, now: Double) {
-        guard var s = lanes[lane] else { return }
-        if let r = e.messageRate { s.messageTAT = Swift.max(s.messageTAT, now) + r.interval }
-        let minute = (now / 60).rounded(.down)
-        if minute != s.minute {
-            s.previousMinuteCount = minute == s.minute + 1 ? s.minuteCount : 0
-            s.minute = minute
-            s.minuteCount = 0
-        }
-        s.minuteCount += 1
-        lanes[lane] = s
+        guard let i = lanes.index(forKey: lane) else { return }
+        lanes.values[i].countMessage(rate: e.messageRate, now: now)
     }
 
     public mutating func admitConnection(group: ShapingGroup, pool: String?, connections: Int, now: Double,
@@ -439,6 +431,20 @@ public struct Shaper: Sendable, ShapingAdmission {
         see(now)
         refresh(lane, now: now)
         if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
+        // Asked for every message on an open connection: one lookup of the lane, its state changed in
+        // place, the rule's values read without copying the rule.
+        if let i = lanes.index(forKey: lane) {
+            let until = lanes.values[i].suspendedUntil
+            if until > now { return .wait(until: until) }
+            let r = lane.group.kind == .rule ? ruleIndex[lane.group.name] : nil
+            let maxMessages = r.flatMap { policy.rules[$0].maxMessagesPerConnection } ?? policy.defaults.maxMessagesPerConnection
+            if let maxMessages, sent >= maxMessages { return .close }
+            var rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
+            if let t = lanes.values[i].throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
+            if rate != nil, lanes.values[i].messageTAT > now { return .wait(until: lanes.values[i].messageTAT) }
+            lanes.values[i].countMessage(rate: rate, now: now)
+            return .go
+        }
         let s = lanes[lane]
         if let s, s.suspendedUntil > now { return .wait(until: s.suspendedUntil) }
         if let max = limits(of: lane.group).maxMessagesPerConnection, sent >= max { return .close }
@@ -874,6 +880,18 @@ struct LaneState: Sendable {
     var minute = -Double.infinity
     var minuteCount = 0
     var previousMinuteCount = 0
+
+    /// One message more: the rate's next permit time and the minute's count.
+    mutating func countMessage(rate: Rate?, now: Double) {
+        if let rate { messageTAT = Swift.max(messageTAT, now) + rate.interval }
+        let m = (now / 60).rounded(.down)
+        if m != minute {
+            previousMinuteCount = m == minute + 1 ? minuteCount : 0
+            minute = m
+            minuteCount = 0
+        }
+        minuteCount += 1
+    }
 
     /// Nothing to remember: the lane can be forgotten (its defaults come back identical).
     func isPlain(now: Double) -> Bool {

@@ -28,8 +28,9 @@ public final class DeliveryManager {
     let spool: Spool
     /// [routes] is replaced on SIGHUP (`applyRoutes`); the rest of it stays as it started.
     var config: TernConfig
-    /// Counts [routes] replacements: a connection opened under an older one takes no new job, so
-    /// every message after a reload goes out under the route's new TLS policy and credentials.
+    /// Counts [routes] and shaping policy replacements: a connection opened under an older one takes
+    /// no new job, so every message after a reload goes out under the route's new TLS policy and
+    /// credentials and the new shaping rules.
     var routesGeneration = 0
     var log: Logger
     let router: Router

@@ -24,6 +24,7 @@ extension DeliveryManager {
     public func suspend(_ target: String, for seconds: Double, reason: String) -> ShapingGroup {
         let t = now
         let group = core.suspend(target, until: t + seconds, reason: reason, now: t)
+        logShapingEvents()
         pump()
         return group
     }
@@ -32,6 +33,7 @@ extension DeliveryManager {
     @discardableResult
     public func resume(_ target: String) -> ShapingGroup {
         let group = core.resume(target, now: now)
+        logShapingEvents()
         pump()
         return group
     }
@@ -43,8 +45,8 @@ extension DeliveryManager {
 
     /// SIGHUP: a new shaping policy ([[shaping]], [[backoff]], [egress]; its defaults and dead-destination
     /// values come from [delivery], kept until a restart). Lanes' state is kept for groups that still
-    /// exist; queued jobs move to their new groups. Idle connections QUIT (Reload closes them), so
-    /// the next message goes out under the new limits, source and TLS.
+    /// exist; queued jobs move to their new groups. Idle connections QUIT, busy ones after their job,
+    /// so the next message goes out under the new limits, source and TLS.
     public func applyShaping(_ policy: ShapingPolicy) {
         config.shapingRules = policy.rules
         config.backoff = policy.backoff
@@ -52,6 +54,8 @@ extension DeliveryManager {
         guard policy != core.shaper.policy else { return }
         egressSources = Self.sourcesByName(policy.sources)
         core.updateShaping(policy)
+        // Busy connections finish their job and QUIT: the next one opens under the new rule.
+        routesGeneration += 1
         closeIdleConnections()
         pump()
     }

@@ -262,6 +262,13 @@ private final class RouterHarness {
         return plan
     }
 
+    func mxHosts(of domain: String, seconds: Double = 10) -> [String]? {
+        var hosts: [String]?
+        router.mxHosts(domain: domain) { hosts = $0 }
+        run(seconds: seconds) { hosts != nil }
+        return hosts
+    }
+
     func close() {
         resolver.close()
         loop.close()
@@ -434,6 +441,21 @@ struct RouterTests {
             // NXDOMAIN for a configured next hop defers instead of bouncing the recipient's mail.
             let reason = retryReason(h.plan(for: "broken.example"))
             #expect(reason?.contains("nosuch.test") == true, "\(reason ?? "no retry")")
+        }
+    }
+
+    /// Traffic shaping's MX rollup: the host names a destination's mail goes to, by route or MX.
+    @Test func mxHostsForShapingRules() throws {
+        try withDNSMasq(routes: ["static.example": "[relay.test]:2525", "via.example": "multi.test",
+                                 "literal.example": "[127.0.0.9]"]) { h, _ in
+            #expect(h.mxHosts(of: "multi.test") == ["mx-a.multi.test", "mx-b.multi.test", "gone.multi.test"])
+            #expect(h.mxHosts(of: "implicit.test") == ["implicit.test"], "no MX: the domain itself")
+            #expect(h.mxHosts(of: "static.example") == ["relay.test"], "a static route: its host, no lookup")
+            #expect(h.mxHosts(of: "via.example") == ["mx-a.multi.test", "mx-b.multi.test", "gone.multi.test"])
+            #expect(h.mxHosts(of: "literal.example") == [], "an address names no host")
+            #expect(h.mxHosts(of: "null.test") == [], "a null MX names no host")
+            #expect(h.mxHosts(of: "nosuch.test") == [], "NXDOMAIN: no MX rule applies")
+            #expect(h.mxHosts(of: "[127.0.0.1]") == [])
         }
     }
 

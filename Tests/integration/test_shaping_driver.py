@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import OTHER_IP, PROVIDER_IP, make_message, send_message, wait_until
+from conftest import EGRESS_SOURCES, OTHER_IP, make_message, send_message, wait_until
 from delivery_helpers import log_entries
 
 SENDER = "sender@sender.test"
@@ -83,3 +83,27 @@ def test_an_unreadable_state_file_is_reported_and_delivery_goes_on(provider, pro
     qid = send(tern, ["alice@a.test"], "after a bad state file")
     wait_until(lambda: log_entries(tern.stderr(), qid, "sent"), WAIT, "delivery to a.test",
                lambda: f"{hop}\n{tern.stderr()[-4000:]}")
+
+
+def test_hup_moves_a_destination_to_another_source(provider, provider_relay):
+    hop = provider()
+    sources = {f"egress.sources.{name}": {"address": ip, "ehlo": ehlo} for name, (ip, ehlo) in EGRESS_SOURCES.items()}
+    tern = provider_relay(tables={**sources, "egress.pools.p": {"sources": {"a": 1}}, "egress.select": {"default": "p"}})
+    first = send(tern, ["alice@a.test"], "from source a")
+    wait_until(lambda: log_entries(tern.stderr(), first, "sent"), WAIT, "delivery from a",
+               lambda: f"{hop}\n{tern.stderr()[-4000:]}")
+    ip_a, ehlo_a = EGRESS_SOURCES["a"]
+    ip_b, ehlo_b = EGRESS_SOURCES["b"]
+    assert hop.ehlo_by_peer() == {ip_a: {ehlo_a}}
+    assert log_entries(tern.stderr(), first, "sent")[0]["source"] == f"a[{ip_a}]"
+
+    # SIGHUP: the pool now holds b only; the idle connection from a QUITs, the next message goes from b.
+    text = tern.config_path.read_text()
+    assert text.count("sources = { a = 1 }") == 1, text
+    tern.config_path.write_text(text.replace("sources = { a = 1 }", "sources = { b = 1 }"))
+    tern.hup("reloaded")
+    second = send(tern, ["bob@a.test"], "from source b")
+    wait_until(lambda: log_entries(tern.stderr(), second, "sent"), WAIT, "delivery from b",
+               lambda: f"{hop}\n{tern.stderr()[-4000:]}")
+    assert log_entries(tern.stderr(), second, "sent")[0]["source"] == f"b[{ip_b}]"
+    assert hop.ehlo_by_peer() == {ip_a: {ehlo_a}, ip_b: {ehlo_b}}
