@@ -341,6 +341,10 @@ public struct DeliveryCore: Sendable {
         return scheduler.next(on: connection, sent: sent, now: now, shaping: &shaper)
     }
 
+    /// Whether the lane's queue has a job ready (after `next(on:)` said nil: nil for this connection
+    /// only, or for every connection of the lane).
+    public mutating func hasReadyJob(on connection: ConnectionLane) -> Bool { scheduler.hasReadyJob(on: connection) }
+
     /// A connection closed: its slot and its lane's count are free.
     public mutating func release(_ connection: ConnectionLane) {
         scheduler.release(connection, shaping: &shaper)
@@ -354,11 +358,15 @@ public struct DeliveryCore: Sendable {
     }
 
     /// The scheduler's next due job or gate, or the next end of a suspension or throttle.
+    // `mutating get` and `mutating func` below: the driver asks these of its stored core after every
+    // step, and a plain getter from another module is handed a copy of the whole core (callgrind).
     public var nextDueTime: Double? {
-        // Asked after every attempt: no array for two values.
-        guard let expiry = shaper.nextExpiry else { return scheduler.nextDueTime }
-        guard let due = scheduler.nextDueTime else { return expiry }
-        return min(due, expiry)
+        mutating get {
+            // Asked after every attempt: no array for two values.
+            guard let expiry = shaper.nextExpiry else { return scheduler.nextDueTime }
+            guard let due = scheduler.nextDueTime else { return expiry }
+            return min(due, expiry)
+        }
     }
 
     mutating func wakeChanged() {
@@ -417,7 +425,7 @@ public struct DeliveryCore: Sendable {
     public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
 
     /// Whether `takeShapingEvents` has anything (the driver asks after every step).
-    public var hasShapingEvents: Bool { shaper.hasEvents }
+    public var hasShapingEvents: Bool { mutating get { shaper.hasEvents } }
 
     public func shapingSnapshot(now: Double) -> ShapingSnapshot { shaper.snapshot(now: now) }
 

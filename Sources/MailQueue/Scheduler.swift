@@ -243,6 +243,14 @@ public struct Scheduler: Sendable {
         }
     }
 
+    /// Whether the connection's queue (destination × pool) has a job ready now.
+    public func hasReadyJob(on connection: ConnectionLane) -> Bool {
+        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)] else {
+            return false
+        }
+        return queues[Int(q)].readyCount > 0
+    }
+
     /// A connection slot is free again. Call `dispatch` afterwards: the slot may start another job.
     public mutating func release(destination: String) {
         guard let q = queueSlots[QueueKey(name: Scheduler.canonical(destination), pool: nil)] else { return }

@@ -39,10 +39,8 @@ struct ConnectionCache {
 
     /// The idle connections to `destination`, most recently idle first (the older ones are the first
     /// to time out), skipping the `skipping` most recent: walk them without copying the list.
-    func recent(for destination: String, skipping: Int) -> OutboundConnection? {
-        guard let list = byDestination[destination], skipping < list.count else { return nil }
-        return list[list.count - 1 - skipping]
-    }
+    /// The idle connections to `destination`, the most recently idle last.
+    func idle(for destination: String) -> [OutboundConnection] { byDestination[destination] ?? [] }
 
     /// The connection idle the longest.
     mutating func takeOldest() -> OutboundConnection? {
@@ -94,17 +92,28 @@ extension DeliveryManager {
     /// Each idle connection asks for a job of its own lane (its pool and source, its rate).
     func feedIdleConnections(now t: Double) {
         for destination in core.promoteReadyForConnections(now: t) {
-            var skipped = 0
-            while let connection = idleConnections.recent(for: destination, skipping: skipped) {
+            // The most recently idle first (the older ones are the first to time out). A lane found
+            // with nothing ready is not asked again for its other idle connections: a pump costs one
+            // ask per job handed out and per lane, not one per idle connection.
+            var drained: [ConnectionLane] = []
+            var taken: [(OutboundConnection, DeliveryJob)] = []
+            for connection in idleConnections.idle(for: destination).reversed() {
+                guard !drained.contains(connection.lane) else { continue }
                 guard let job = core.next(on: connection.lane, sent: connection.sent, now: t) else {
-                    skipped += 1
+                    if !core.hasReadyJob(on: connection.lane) { drained.append(connection.lane) }
                     continue
                 }
+                taken.append((connection, job))
+            }
+            // Started once the loop let go of its copy of the idle list (removing from it meanwhile
+            // would copy the list once per job).
+            // All out of the cache before the first starts: a start may pump again.
+            for (connection, _) in taken {
                 idleConnections.remove(connection)
                 connection.sent += 1
                 connection.leftIdle()
-                start(job, on: connection, routeFirst: false)
             }
+            for (connection, job) in taken { start(job, on: connection, routeFirst: false) }
         }
     }
 

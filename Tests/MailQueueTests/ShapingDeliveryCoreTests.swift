@@ -46,6 +46,26 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
         #expect(c.dispatchConnections(now: t0).count == 1, "its slot opens one more")
     }
 
+    /// A connection's nil from `next(on:)` is its own (messages per connection) or its lane's (nothing
+    /// ready): the driver asks `hasReadyJob` to know whether the lane's other idle connections may ask.
+    @Test func aLaneSaysWhetherItHasAJobReady() {
+        var c = core(ShapingPolicy(rules: [ShapingRule(name: "big", domains: ["big.example"], maxConnections: 1,
+                                                       maxMessagesPerConnection: 2)],
+                                   defaults: defaults))
+        for n in 0..<3 { c.queue(envelope(n, ["u\(n)@big.example"])) }
+        let lane = c.dispatchConnections(now: t0)[0].connection
+        let ready = c.hasReadyJob(on: lane)
+        #expect(ready)
+        #expect(c.next(on: lane, sent: 2, now: t0) == nil, "this connection carried its two")
+        let stillReady = c.hasReadyJob(on: lane)
+        #expect(stillReady, "another connection of the lane may take the rest")
+        #expect(c.next(on: lane, sent: 1, now: t0) != nil)
+        #expect(c.next(on: lane, sent: 1, now: t0) != nil)
+        let readyAfter = c.hasReadyJob(on: lane)
+        #expect(!readyAfter, "all three are out: none left")
+        #expect(c.next(on: lane, sent: 1, now: t0) == nil)
+    }
+
     @Test func aDeadDestinationWaitsWithoutAttemptsThenOneProbe() {
         var c = core(ShapingPolicy(dead: DeadDestinationPolicy(failures: 2, initial: 60, maximum: 600), defaults: defaults))
         for n in 0..<2000 { c.queue(envelope(n, ["u@dead.example"])) }
@@ -66,7 +86,8 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
         #expect(events[0].logText.contains("delivery temporarily suspended: connection refused"))
         now += 30
         #expect(c.dispatchConnections(now: now).isEmpty)
-        #expect(c.nextDueTime == t0 + 60)
+        let due = c.nextDueTime
+        #expect(due == t0 + 60)
         #expect(c.shapingView(now: now).first { $0.group == .domain("dead.example") }?.state
                 == .suspended(until: t0 + 60, reason: "connection refused"))
         // At 60 s one probe; it succeeds and the destination opens up at once.
@@ -92,7 +113,8 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
         }
         #expect(c.takeShapingEvents().count == 1, "one throttle event, not one per reply")
         #expect(c.dispatchConnections(now: t0 + 1).count == 1, "one connection while throttled")
-        #expect(c.nextDueTime == t0 + 300)
+        let dueAgain = c.nextDueTime
+        #expect(dueAgain == t0 + 300)
         #expect(c.dispatchConnections(now: t0 + 300).count == 2, "the throttle ended: three again")
         #expect(c.takeShapingEvents() == [.throttleEnded(.domain("busy.example"), source: "", rule: "toomany")])
     }
