@@ -19,16 +19,18 @@ WHAT = {
     "tern": "`tern serve`, delivery disabled: receives and spools",
     "tern-relay": "`tern serve`, delivery on, every domain routed to smtp-sink",
     "tern-relay-base": "the same as tern-relay, binary from an earlier commit (TERN_BASE_BIN)",
+    "tern-relay-rules": "the same as tern-relay with 1,000 [[shaping]] rules, no limit reached",
     "exim4": "the harness's Exim relay (queues, delivers to smtp-sink)",
     "opensmtpd-bl": "the harness's OpenSMTPD relay (queues, delivers to smtp-sink)",
 }
-DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "exim4", "opensmtpd-bl")
+DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "tern-relay-rules", "exim4", "opensmtpd-bl")
 # (numerator, denominator, label) for the ratio table
 PAIRS = [
     ("tern", "postfix", "Tern intake-only / stock Postfix relay (the issue's comparison)"),
     ("tern", "postfix-intake", "Tern intake-only / Postfix intake-only (like for like)"),
     ("tern-relay", "postfix", "Tern relay / stock Postfix relay (like for like, with delivery)"),
     ("tern-relay", "tern-relay-base", "Tern relay / the same relay built from an earlier commit (before/after)"),
+    ("tern-relay-rules", "tern-relay", "Tern relay with 1,000 shaping rules / without"),
     ("tern-relay", "exim4", "Tern relay / Exim relay"),
     ("tern-relay", "opensmtpd-bl", "Tern relay / OpenSMTPD relay"),
 ]
