@@ -5,6 +5,7 @@
 # a private network namespace on loopback. With BASE_BIN: both counts, and the functions whose
 # instructions per message (inclusive of callees when INCLUSIVE=yes) changed most.
 # Valgrind cannot read Swift's debug info, so each binary is copied with strip --strip-debug.
+# TERN_SHAPING_RULES=N adds N [[shaping]] rules (see bench/peers/tern/start).
 # Needs root (unshare), valgrind, smtp-source, smtp-sink. Every wait is bounded.
 set -eu
 [ "${1:-}" ] || { echo "usage: $0 BIN [BASE_BIN]" >&2; exit 2; }
@@ -29,6 +30,14 @@ enabled = true
 [routes]
 "*" = "[127.0.0.1]:2526"
 CONF
+  # TERN_SHAPING_RULES=N: as bench/peers/tern/start, N rules no mail reaches a limit of.
+  local i=1
+  while [ "$i" -lt "${TERN_SHAPING_RULES:-0}" ]; do
+    printf '[[shaping]]\nname = "r%d"\ndomains = ["d%d.example", ".s%d.example"]\nmx = [".mx%d.example"]\nmax_connections = 1000\nmax_message_rate = "100000/s"\n' \
+      "$i" "$i" "$i" "$i" >> "$w/tern.toml"
+    i=$((i + 1))
+  done
+  [ "${TERN_SHAPING_RULES:-0}" -gt 0 ] && printf '[[shaping]]\nname = "bench"\ndomains = ["example.net"]\nmax_connections = 20\nmax_message_rate = "100000/s"\n' >> "$w/tern.toml"
   timeout 600 smtp-sink -c -u nobody 127.0.0.1:2526 256 > "$w/sink.out" 2>&1 & local sink=$!
   timeout 600 valgrind --tool=callgrind --callgrind-out-file="$w/cg.out" "$w/tern" serve --config "$w/tern.toml" \
     > "$w/tern.log" 2> "$w/valgrind.log" & local relay=$!
