@@ -90,18 +90,7 @@ private final class DeliveryHarness {
         return stored
     }
 
-    /// Runs the loop until `done()`; a 10 ms timer keeps each turn short. Bounded in turns, not timed.
-    func run(until done: () -> Bool) {
-        let tick = UVRuntime.Timer(loop: loop)
-        tick.start(afterMilliseconds: 10, repeatMilliseconds: 10) {}
-        var turns = 0
-        while !done() && turns < 3000 {
-            loop.runOnce(nowait: false)
-            turns += 1
-        }
-        tick.close()
-        loop.runOnce(nowait: true)
-    }
+    func run(until done: () -> Bool) { loop.run(until: done) }
 
     /// Nothing in flight: no connection, and the core holds no message in memory (it forgets one
     /// once its attempt ended and its spool write is done).
