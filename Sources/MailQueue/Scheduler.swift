@@ -195,7 +195,7 @@ public struct Scheduler: Sendable {
                 let job = take(best.slot)
                 started.append(Dispatched(job: job, connection: ConnectionLane(
                     destination: queues[q].name, pool: queues[q].pool,
-                    lane: ShapingLane(group: gates[g].group, source: source))))
+                    lane: ShapingLane(group: gates[g].group, source: source), queue: Int32(q))))
                 refreshQueue(Int32(q))
             }
         }
@@ -223,10 +223,7 @@ public struct Scheduler: Sendable {
     public mutating func next<A: ShapingAdmission>(on connection: ConnectionLane, sent: Int, now: Double,
                                                    shaping: inout A) -> DeliveryJob? {
         promoteDue(now: now)
-        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)],
-              queues[Int(q)].active > 0 else {
-            return nil
-        }
+        guard let q = queue(of: connection), queues[Int(q)].active > 0 else { return nil }
         cleanReadyTop(q)
         guard queues[Int(q)].ready.top != nil else { return nil }
         switch shaping.admitMessage(on: connection.lane, sent: sent, now: now) {
@@ -245,10 +242,18 @@ public struct Scheduler: Sendable {
 
     /// Whether the connection's queue (destination × pool) has a job ready now.
     public func hasReadyJob(on connection: ConnectionLane) -> Bool {
-        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)] else {
-            return false
-        }
+        guard let q = queue(of: connection) else { return false }
         return queues[Int(q)].readyCount > 0
+    }
+
+    /// The queue of a connection's lane: its slot hint when it still names that queue, else by lookup.
+    private func queue(of connection: ConnectionLane) -> Int32? {
+        let q = connection.queue
+        if q >= 0, Int(q) < queues.count, queues[Int(q)].inUse, queues[Int(q)].name == connection.destination,
+           queues[Int(q)].pool == connection.pool {
+            return q
+        }
+        return queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)]
     }
 
     /// A connection slot is free again. Call `dispatch` afterwards: the slot may start another job.
@@ -262,10 +267,7 @@ public struct Scheduler: Sendable {
     /// A connection closed: its slot is free, its lane counts one connection less, and the gates of
     /// its group are open again (the admission decides at the next `dispatch`).
     public mutating func release<A: ShapingAdmission>(_ connection: ConnectionLane, shaping: inout A) {
-        guard let q = queueSlots[QueueKey(name: Scheduler.canonical(connection.destination), pool: connection.pool)],
-              queues[Int(q)].active > 0 else {
-            return
-        }
+        guard let q = queue(of: connection), queues[Int(q)].active > 0 else { return }
         let g = queues[Int(q)].gate
         queues[Int(q)].active -= 1
         gates[Int(g)].active -= 1
@@ -292,7 +294,7 @@ public struct Scheduler: Sendable {
         let name = Scheduler.canonical(destination)
         guard let q = queueSlots[QueueKey(name: name, pool: pool)] else { return nil }
         return ConnectionLane(destination: name, pool: pool,
-                              lane: ShapingLane(group: gates[Int(queues[Int(q)].gate)].group, source: source))
+                              lane: ShapingLane(group: gates[Int(queues[Int(q)].gate)].group, source: source), queue: q)
     }
 
     /// Destinations whose jobs wait for their MX names, each reported once: the caller looks them up
@@ -776,11 +778,29 @@ public struct ConnectionLane: Hashable, Sendable {
     public var destination: String
     public var pool: String?
     public var lane: ShapingLane
+    /// The scheduler's slot of the queue, a hint that spares a hash of the destination on every
+    /// message of the connection (checked against the name before use; not part of equality).
+    var queue: Int32 = -1
 
     public init(destination: String, pool: String?, lane: ShapingLane) {
         self.destination = destination
         self.pool = pool
         self.lane = lane
+    }
+
+    init(destination: String, pool: String?, lane: ShapingLane, queue: Int32) {
+        self.init(destination: destination, pool: pool, lane: lane)
+        self.queue = queue
+    }
+
+    public static func == (a: ConnectionLane, b: ConnectionLane) -> Bool {
+        a.destination == b.destination && a.pool == b.pool && a.lane == b.lane
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(destination)
+        hasher.combine(pool)
+        hasher.combine(lane)
     }
 }
 

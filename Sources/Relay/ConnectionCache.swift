@@ -17,9 +17,16 @@
 import Collections
 import MailQueue
 
-/// Idle outbound connections by destination (the core's canonical name), and in the order they went idle.
+/// Idle outbound connections by destination (the core's canonical name), then by lane (usually one per
+/// destination), and in the order they went idle.
 struct ConnectionCache {
-    private var byDestination: [String: [OutboundConnection]] = [:]
+    /// One lane's idle connections, the most recently idle last.
+    struct Lane {
+        let lane: ConnectionLane
+        var connections: [OutboundConnection]
+    }
+
+    private var byDestination: [String: [Lane]] = [:]
     /// Oldest first; entries of connections taken out since are stale (their ticket no longer matches).
     private var order: Deque<(ticket: UInt64, connection: OutboundConnection)> = []
     private var nextTicket: UInt64 = 0
@@ -32,15 +39,19 @@ struct ConnectionCache {
         connection.idleTicket = nextTicket
         order.append((nextTicket, connection))
         nextTicket += 1
-        byDestination[connection.lane.destination, default: []].append(connection)
+        let lane = connection.lane
+        // One hash of the destination; the lists change in place (values[index]).
+        if let d = byDestination.index(forKey: lane.destination) {
+            Self.add(connection, lane, to: &byDestination.values[d])
+        } else {
+            byDestination[lane.destination] = [Lane(lane: lane, connections: [connection])]
+        }
         count += 1
         if order.count > 2 * count + 64 { order = Deque(order.filter { $0.connection.idleTicket == $0.ticket }) }
     }
 
-    /// The idle connections to `destination`, most recently idle first (the older ones are the first
-    /// to time out), skipping the `skipping` most recent: walk them without copying the list.
-    /// The idle connections to `destination`, the most recently idle last.
-    func idle(for destination: String) -> [OutboundConnection] { byDestination[destination] ?? [] }
+    /// The idle connections to `destination`, by lane.
+    func lanes(for destination: String) -> [Lane] { byDestination[destination] ?? [] }
 
     /// The connection idle the longest.
     mutating func takeOldest() -> OutboundConnection? {
@@ -58,11 +69,28 @@ struct ConnectionCache {
         guard connection.idleTicket != nil else { return }
         connection.idleTicket = nil
         count -= 1
-        let key = connection.lane.destination
-        // In place: no copy of the destination's list.
-        guard let i = byDestination[key]?.firstIndex(where: { $0 === connection }) else { return }
-        byDestination[key]?.remove(at: i)
-        if byDestination[key]?.isEmpty == true { byDestination[key] = nil }
+        let lane = connection.lane
+        guard let d = byDestination.index(forKey: lane.destination) else { return }
+        if Self.take(connection, lane, from: &byDestination.values[d]) { byDestination.remove(at: d) }
+    }
+
+    private static func add(_ connection: OutboundConnection, _ lane: ConnectionLane, to lanes: inout [Lane]) {
+        if let l = lanes.firstIndex(where: { $0.lane == lane }) {
+            lanes[l].connections.append(connection)
+        } else {
+            lanes.append(Lane(lane: lane, connections: [connection]))
+        }
+    }
+
+    /// Takes `connection` out of its lane's list, in place; true when the destination has none left.
+    private static func take(_ connection: OutboundConnection, _ lane: ConnectionLane, from lanes: inout [Lane]) -> Bool {
+        guard let l = lanes.firstIndex(where: { $0.lane == lane }),
+              let i = lanes[l].connections.firstIndex(where: { $0 === connection }) else {
+            return false
+        }
+        lanes[l].connections.remove(at: i)
+        if lanes[l].connections.isEmpty { lanes.remove(at: l) }
+        return lanes.isEmpty
     }
 
     mutating func takeAll() -> [OutboundConnection] {
@@ -95,18 +123,18 @@ extension DeliveryManager {
             // The most recently idle first (the older ones are the first to time out). A lane found
             // with nothing ready is not asked again for its other idle connections: a pump costs one
             // ask per job handed out and per lane, not one per idle connection.
-            var drained: [ConnectionLane] = []
             var taken: [(OutboundConnection, DeliveryJob)] = []
-            for connection in idleConnections.idle(for: destination).reversed() {
-                guard !drained.contains(connection.lane) else { continue }
-                guard let job = core.next(on: connection.lane, sent: connection.sent, now: t) else {
-                    if !core.hasReadyJob(on: connection.lane) { drained.append(connection.lane) }
-                    continue
+            for idle in idleConnections.lanes(for: destination) {
+                for connection in idle.connections.reversed() {
+                    guard let job = core.next(on: idle.lane, sent: connection.sent, now: t) else {
+                        if !core.hasReadyJob(on: idle.lane) { break }
+                        continue  // this connection's own limit (messages per connection): the next may go
+                    }
+                    taken.append((connection, job))
                 }
-                taken.append((connection, job))
             }
-            // Started once the loop let go of its copy of the idle list (removing from it meanwhile
-            // would copy the list once per job).
+            // Started once the loop let go of its copy of the idle lists (removing from them meanwhile
+            // would copy a list once per job).
             // All out of the cache before the first starts: a start may pump again.
             for (connection, _) in taken {
                 idleConnections.remove(connection)

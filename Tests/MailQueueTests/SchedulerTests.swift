@@ -223,6 +223,28 @@ private struct ModelScheduler {
         #expect(s.queuedJobs == 0)
     }
 
+    /// A lane carries its queue's slot so that each message on an open connection skips a hash of the
+    /// destination; a slot freed and reused by another destination must not hand that one's jobs out.
+    @Test func aLaneWhoseQueueSlotWasReusedFindsItsOwnQueue() {
+        var s = Scheduler(maxConnections: 4, maxConnectionsPerDestination: 2)
+        var admission = PerDestinationLimit(limit: 2)
+        s.add(job(1, "a.example"), due: 0)
+        let first = s.dispatch(now: 0, shaping: &admission)
+        #expect(first.map(\.job.id) == [qid(1)])
+        let laneA = first[0].connection
+        s.release(laneA, shaping: &admission)  // a's queue is empty and unused: its slot is freed
+        for n in 2...5 { s.add(job(n, "b.example"), due: 0) }  // and taken by b's queue
+        let toB = s.dispatch(now: 0, shaping: &admission)
+        #expect(toB.map(\.job.id) == [qid(2), qid(3)], "two connections to b; jobs 4 and 5 ready, no slot")
+        #expect(!s.hasReadyJob(on: laneA), "b's jobs are not a's")
+        #expect(s.next(on: laneA, sent: 1, now: 0, shaping: &admission) == nil)
+        #expect(s.hasReadyJob(on: toB[0].connection))
+        #expect(s.next(on: toB[0].connection, sent: 1, now: 0, shaping: &admission)?.id == qid(4))
+        // A lane built by name (no slot) finds the queue by lookup.
+        let byName = ConnectionLane(destination: "B.example", pool: nil, lane: toB[0].connection.lane)
+        #expect(s.next(on: byName, sent: 1, now: 0, shaping: &admission)?.id == qid(5))
+    }
+
     @Test func bulkBacklogDoesNotStarveHighPriority() {
         var s = Scheduler(maxConnections: 1, maxConnectionsPerDestination: 1)
         for n in 0..<10_000 { s.add(job(n, "slow.example", priority: -5, arrival: Double(n)), due: 0) }
