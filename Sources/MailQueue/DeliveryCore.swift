@@ -166,6 +166,9 @@ public struct DeliveryCore: Sendable {
         var answers: [UInt64] = []
 
         init(envelope: Envelope) { self.envelope = envelope }
+
+        /// Deleted, held, or the postmaster acted on it while it was read: nothing to send.
+        var mayStart: Bool { !deleted && !envelope.held && afterAttempts == nil }
     }
 
     struct Write: Sendable, Equatable {
@@ -474,30 +477,56 @@ public struct DeliveryCore: Sendable {
     /// A connection took `job`: the answer is `attempt`, `skip`, or `load` (then `attempt` or `skip`
     /// once the message is read).
     public mutating func begin(_ job: DeliveryJob) -> [DeliveryAction] {
-        switch lives[job.id] {
-        case nil:
+        guard let i = lives.index(forKey: job.id) else {
             lives[job.id] = .loading([.job(job)])
             return [.load(job.id)]
+        }
+        return Self.begin(job, &lives.values[i])  // in place: one lookup (this runs for every message)
+    }
+
+    /// `begin` for a message the core has in memory.
+    private static func begin(_ job: DeliveryJob, _ life: inout Life) -> [DeliveryAction] {
+        switch life {
         case .loading(var waiting):
+            life = .loading([])  // `waiting` is then the list's only owner: the append copies nothing
             waiting.append(.job(job))
-            lives[job.id] = .loading(waiting)
+            life = .loading(waiting)
             return []
         case .leaving:
             return [.skip(job)]
         case .live(var m):
-            // Deleted, held, or the postmaster acted on it while it was read: nothing to send.
-            guard !m.deleted, !m.envelope.held, m.afterAttempts == nil else { return [.skip(job)] }
+            guard m.mayStart else { return [.skip(job)] }
             m.inFlight += 1
             let envelope = m.envelope
-            lives[job.id] = .live(m)
+            life = .live(m)
             return [.attempt(job, envelope)]
         }
     }
 
     /// The message asked for by `load` was read, or (nil) could not be.
     public mutating func loaded(_ id: QueueID, _ envelope: Envelope?, error: String? = nil, now: Double) -> [DeliveryAction] {
-        guard case .loading(let waiting) = lives[id] else { return [] }
+        guard let i = lives.index(forKey: id), case .loading(let waiting) = lives.values[i] else { return [] }
         var out: [DeliveryAction] = []
+        // The usual case, only jobs waited (no postmaster request): started here, stored once.
+        if let envelope, waiting.allSatisfy({ if case .job = $0 { true } else { false } }) {
+            var m = Live(envelope: envelope)
+            out.reserveCapacity(waiting.count + 1)
+            for case .job(let job) in waiting {
+                if m.mayStart {
+                    m.inFlight += 1
+                    out.append(.attempt(job, envelope))
+                } else {
+                    out.append(.skip(job))
+                }
+            }
+            if m.inFlight == 0 {  // nothing to send: forgotten (settle)
+                lives.remove(at: i)
+                out.append(.forget(id))
+            } else {
+                lives.values[i] = .live(m)
+            }
+            return out
+        }
         if let envelope {
             lives[id] = .live(Live(envelope: envelope))
         } else {
@@ -526,7 +555,9 @@ public struct DeliveryCore: Sendable {
             lives[job.id] = .live(m)
             return settle(job.id)
         }
-        return attemptsChanged(job.id, m, now: now)
+        var out: [DeliveryAction] = []
+        attemptsChanged(job.id, m, now: now, into: &out)
+        return out
     }
 
     /// An attempt of `job` ended: each recipient's result is recorded, deferred ones queued again on the
@@ -601,21 +632,20 @@ public struct DeliveryCore: Sendable {
         out.append(.log(.attemptEnded(id, delivered: sent, deferred: late.count, bounced: failed)))
         if let lane { shaper.countAttempt(lane, sent: sent, deferred: late.count) }
         m.inFlight -= 1
-        return out + attemptsChanged(id, m, now: now)
+        attemptsChanged(id, m, now: now, into: &out)
+        return out
     }
 
     /// After an attempt ended or never began: the postmaster's waiting action once none is in flight,
     /// then the write of the new state.
-    mutating func attemptsChanged(_ id: QueueID, _ message: Live, now: Double) -> [DeliveryAction] {
+    mutating func attemptsChanged(_ id: QueueID, _ message: Live, now: Double, into out: inout [DeliveryAction]) {
         var m = message
-        var out: [DeliveryAction] = []
         if m.inFlight == 0, let action = m.afterAttempts {
             m.afterAttempts = nil
             // Delivered to everyone meanwhile: nothing left to hold, delete or bounce.
             if m.envelope.hasPendingRecipients { out += apply(action, to: &m, now: now) }
         }
-        lives[id] = .live(m)
-        return out + persist(id, now: now)
+        persist(id, m, into: &out)
     }
 
     /// A live message taken out of `lives` to be changed and put back: the dictionary's copy is gone,
@@ -642,11 +672,20 @@ public struct DeliveryCore: Sendable {
     /// Writes the message's new state; once no attempt is in flight, with the notices for what failed
     /// or is late, and as its removal when it is finished. One write per message at a time.
     mutating func persist(_ id: QueueID, now: Double) -> [DeliveryAction] {
-        guard var m = takeLive(id) else { return [] }  // every path below puts it back
+        guard let m = takeLive(id) else { return [] }
+        var out: [DeliveryAction] = []
+        persist(id, m, into: &out)
+        return out
+    }
+
+    /// `persist` for a live message the caller holds (taken out of `lives`, or about to replace its
+    /// entry there): every path puts it (back) in `lives`.
+    mutating func persist(_ id: QueueID, _ message: Live, into out: inout [DeliveryAction]) {
+        var m = message
         if m.write != nil {
             m.write!.again = true
             lives[id] = .live(m)
-            return []
+            return
         }
         let idle = m.inFlight == 0
         let finished = idle && (m.deleted || !m.envelope.hasPendingRecipients)
@@ -661,14 +700,14 @@ public struct DeliveryCore: Sendable {
         let answers = m.answers
         m.answers = []
         if finished {
-            lives[id] = .leaving(m, answers: answers)
             // Nothing to write first: the files go in the remover's next batch.
-            if notices.isEmpty { return [.remove(id)] }
-            return [.write(SpoolWrite(envelope: m.envelope, notices: notices, remove: true))]
+            out.append(notices.isEmpty ? .remove(id) : .write(SpoolWrite(envelope: m.envelope, notices: notices, remove: true)))
+            lives[id] = .leaving(m, answers: answers)
+            return
         }
         m.write = Write(answers: answers, notices: notices)
+        out.append(.write(SpoolWrite(envelope: m.envelope, notices: notices, remove: false)))
         lives[id] = .live(m)
-        return [.write(SpoolWrite(envelope: m.envelope, notices: notices, remove: false))]
     }
 
     /// The write or removal asked for is done (`failure` nil) or failed. `notices` are the notices it
@@ -681,10 +720,11 @@ public struct DeliveryCore: Sendable {
             queue(notice, due: notice.arrival)
         }
         let answer: PostmasterAnswer = failure.map { .writeFailed($0) } ?? .done(jobs: nil)
-        switch lives[id] {
+        guard let i = lives.index(forKey: id) else { return out }
+        switch lives.values[i] {
         case .leaving(let m, let answers):
             out += answers.map { .answer(ticket: $0, answer) }
-            lives[id] = nil
+            lives.remove(at: i)
             if failure == nil {
                 let r = m.envelope.recipients
                 out.append(.log(.removed(id, delivered: r.contains { $0.state == .delivered },
@@ -706,9 +746,15 @@ public struct DeliveryCore: Sendable {
                 }
             }
             m.write = nil
-            lives[id] = .live(m)
-            out += write.again ? persist(id, now: now) : settle(id)
-        case .loading, nil:
+            if write.again {
+                persist(id, m, into: &out)
+            } else if m.inFlight == 0, m.answers.isEmpty {  // settle: the spool has it
+                lives.remove(at: i)
+                out.append(.forget(id))
+            } else {
+                lives.values[i] = .live(m)
+            }
+        case .loading:
             break
         }
         return out
