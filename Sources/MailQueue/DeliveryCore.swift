@@ -570,6 +570,7 @@ public struct DeliveryCore: Sendable {
             return []
         }
         var out: [DeliveryAction] = []
+        out.reserveCapacity(job.recipients.count + 4)  // an event each, the attempt's, a write, a forget
         let id = job.id
         let relay = attempt.relay ?? "none"
         let delay = now - m.envelope.arrival
