@@ -436,11 +436,16 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     public mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission {
         see(now)
-        refresh(lane, now: now)
-        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
         // This runs for every message: one hash of the lane, its state changed in place, the rule's
         // fields read where they are (no copy of the rule or of the state).
         var found = lanes.index(forKey: lane)
+        var ends = !groupSuspensions.isEmpty
+        if !ends, let i = found { ends = Self.somethingEnds(&lanes.values[i], now: now) }
+        if ends {  // a suspension or throttle may end now: `refresh` may change the table
+            refresh(lane, now: now)
+            found = lanes.index(forKey: lane)
+        }
+        if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group] { return .wait(until: s.until) }
         if found == nil {  // not expected: an open connection has a lane
             lanes[lane] = LaneState()
             found = lanes.index(forKey: lane)
