@@ -14,15 +14,18 @@ final class InboundSession {
     let connection: TCPConnection
     let clientIP: String
     var machine: ServerSession
-    private var timer: Timer?
+    // @exclusivity(unchecked), as TCPConnection's hot fields: loop-thread fields read and written many
+    // times a message, never passed inout, no callback inside an access. `machine`, changed by long
+    // mutating calls, keeps Swift's check.
+    @exclusivity(unchecked) private var timer: Timer?
     private var writer: MessageWriter?
-    private(set) var closed = false
+    @exclusivity(unchecked) private(set) var closed = false
     /// Reading paused because the spool is behind on a large message.
-    private var pausedForSpool = false
+    @exclusivity(unchecked) private var pausedForSpool = false
     /// This session's part in the memory budget for message data (see "Memory budget" below).
-    private var budgetState = BudgetState.idle
+    @exclusivity(unchecked) private var budgetState = BudgetState.idle
     /// Bytes of message data this session holds in memory, as counted in the server's budget.
-    private var budgetHeld = 0
+    @exclusivity(unchecked) private var budgetHeld = 0
     /// Loop milliseconds since the relay stopped reading from this client (budget or spool): the
     /// client is not idle then, the server is, and the idle timer does not count that time.
     private var stoppedAt: UInt64?
@@ -32,15 +35,15 @@ final class InboundSession {
     /// The queue id of the message whose data is being read or was last read, for refusals of it.
     private var messageQueueID: QueueID?
     /// The handshake completed in the read being delivered (it ends what input was pending).
-    private var handshakeJustDone = false
+    @exclusivity(unchecked) private var handshakeJustDone = false
     /// The listener it came in on: STARTTLS on a submission listener uses that listener's ciphers.
     var role: ListenerRole = .relay
     /// Replies not written yet: what one batch of input (or one event) makes goes out in one write,
     /// under TLS in one record with whatever the handshake has to send (the session ticket with the
     /// reply to EHLO, the 221 with close_notify).
-    private var unsent: [UInt8] = []
+    @exclusivity(unchecked) private var unsent: [UInt8] = []
     /// Inside `received`, which writes once at its end.
-    private var receiving = false
+    @exclusivity(unchecked) private var receiving = false
     /// The server's logger with this session's id attached once, not as a dictionary per line.
     private let sessionLog: Logger
 
@@ -52,9 +55,9 @@ final class InboundSession {
     static let maxPendingOutput = 256 * 1024
     /// Reading stopped because of unsent replies (or commands waiting behind them): the client's doing,
     /// so the idle timer runs on and closes a client that never reads.
-    private var heldForOutput = false
+    @exclusivity(unchecked) private var heldForOutput = false
     /// Inside pumpInput (which performs actions, which may resume reading, which pumps).
-    private var pumping = false
+    @exclusivity(unchecked) private var pumping = false
 
     init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
         self.id = id
@@ -139,7 +142,7 @@ final class InboundSession {
     /// part of a TLS record, the TLS handshake. The command deadline counts from then, so a client
     /// dripping bytes (in the clear, or a ClientHello or record under TLS, which decrypts to nothing)
     /// cannot hold the connection past command_timeout. Nil when nothing is pending.
-    private var inputPendingSince: UInt64?
+    @exclusivity(unchecked) private var inputPendingSince: UInt64?
 
     /// After a read: a complete line (or the end of the handshake) ends what was pending; raw bytes
     /// that complete nothing start it, if it is not running already.
@@ -195,9 +198,9 @@ final class InboundSession {
     /// The idle timeout moves with every read, and reads come many times a message: only the deadline
     /// moves (loop milliseconds); the timer, once started, fires at or before it and is started again
     /// for what is left, instead of a stop and start of the uv timer (and a new closure) per read.
-    private var idleDeadline: UInt64 = 0
+    @exclusivity(unchecked) private var idleDeadline: UInt64 = 0
     /// When the running timer fires (loop milliseconds).
-    private var timerDue: UInt64 = 0
+    @exclusivity(unchecked) private var timerDue: UInt64 = 0
 
     private func armTimer() {
         guard !closed, let timer else { return }

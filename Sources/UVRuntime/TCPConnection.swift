@@ -32,8 +32,13 @@ public final class TCPConnection: UVHandleOwner {
     }
 
     let handle: UnsafeMutablePointer<uv_tcp_t>
-    private var state = State.open
-    private var isReading = false
+    // @exclusivity(unchecked) on the fields every read and write touches: they live on the loop thread,
+    // are never passed inout, and no access to one can overlap another (plain loads and stores, no
+    // callback inside an access). Swift's run-time check of each access cost several thousand
+    // instructions a message through the relay (callgrind, bench/callgrind.sh), with this file's
+    // fields and InboundSession's.
+    @exclusivity(unchecked) private var state = State.open
+    @exclusivity(unchecked) private var isReading = false
     private var sawEOF = false
     private var lingerMilliseconds: UInt32 = 0
 
@@ -46,19 +51,19 @@ public final class TCPConnection: UVHandleOwner {
     /// buffer, 64 KiB, shared by all connections: no per-connection read buffer). Called once per read
     /// from the socket; under TLS with the plaintext that read carried, which may be none (part of a
     /// record, a handshake message): every raw byte is seen, for deadlines that count from the first.
-    public var onRead: ((UnsafeRawBufferPointer) -> Void)?
+    @exclusivity(unchecked) public var onRead: ((UnsafeRawBufferPointer) -> Void)?
     /// Bytes the socket delivered in the read being handled (ciphertext under TLS), for byte counters.
-    public private(set) var lastReadCount = 0
+    @exclusivity(unchecked) public private(set) var lastReadCount = 0
     /// A failure, with its reason, just before the connection closes because of it: TLS (a bad record,
     /// a failed handshake, an alert) or the socket (a reset, a failed write). Never silent.
     public var onError: ((TransportError) -> Void)?
     /// The TLS handshake completed (before the plaintext of the same read is delivered).
     public var onHandshake: (() -> Void)?
     /// Present once `startTLS` was called: what was negotiated, the peer's certificate.
-    public private(set) var tls: TLSEngine?
+    @exclusivity(unchecked) public private(set) var tls: TLSEngine?
     /// Inside the delivery of a TLS read or `corked`: records wait in the engine and go out in one
     /// socket write at the end (a reply with the session ticket, the 221 with close_notify).
-    private var corkDepth = 0
+    @exclusivity(unchecked) private var corkDepth = 0
     private var closeNotifySent = false
     private var closeNotifySeen = false
     /// Peer closed or read error. Afterwards the connection closes itself: at once, or after
@@ -74,7 +79,7 @@ public final class TCPConnection: UVHandleOwner {
         return queuedBytes + tls.outputCount
     }
     /// Bytes in uv_write requests whose callback has not run.
-    private var queuedBytes = 0
+    @exclusivity(unchecked) private var queuedBytes = 0
     /// Called when pendingWriteBytes returns to 0 (only after it was above 0).
     public var onWritesDrained: (() -> Void)?
 
