@@ -112,6 +112,8 @@ public protocol ShapingAdmission {
     mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission
     /// A connection opened by `admitConnection` closed.
     mutating func connectionClosed(_ lane: ShapingLane)
+    /// The message counted with a connection or `admitMessage` will not be attempted.
+    mutating func notAttempted(_ lane: ShapingLane)
 }
 
 /// Only a per-destination connection limit: what the scheduler did before shaping.
@@ -125,6 +127,7 @@ public struct PerDestinationLimit: ShapingAdmission {
     }
     public func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission { .go }
     public func connectionClosed(_ lane: ShapingLane) {}
+    public func notAttempted(_ lane: ShapingLane) {}
 }
 
 /// The per-connection limits a driver applies to a connection of a lane.
@@ -472,8 +475,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func connectionClosed(_ lane: ShapingLane) {
         guard var s = lanes[lane] else { return }
         s.connections = Swift.max(0, s.connections - 1)
-        // A connection carries one message at a time (a job handed to one that closed unused).
-        s.inFlight = Swift.min(s.inFlight, s.connections)
+        // Its message, if any, stays in flight until it is attempted or given up (`notAttempted`).
         // A probe that closed without a verdict: the next connection probes again.
         if s.probing { s.probing = false }
         lanes[lane] = s
@@ -775,6 +777,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             return
         }
         lanes.values[i].attempted(sent: sent, deferred: deferred)
+        if lanes.values[i].connections == 0 { forgetIfPlain(at: i) }  // its connection closed first
     }
 
     /// A message handed to a connection of the lane will not be attempted (skipped: deleted or held
@@ -782,6 +785,13 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func notAttempted(_ lane: ShapingLane) {
         guard let i = lanes.index(forKey: lane) else { return }
         lanes.values[i].attempted(sent: 0, deferred: 0)
+        if lanes.values[i].connections == 0 { forgetIfPlain(at: i) }
+    }
+
+    private mutating func forgetIfPlain(at i: Dictionary<ShapingLane, LaneState>.Index) {
+        guard lanes.values[i].isPlain(now: lastNow) else { return }
+        let (lane, s) = lanes.remove(at: i)
+        fold(lane, s)
     }
 
     /// Lanes about to be forgotten add their counts to their rule × source's.

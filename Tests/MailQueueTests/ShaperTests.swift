@@ -281,11 +281,13 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
         #expect(inFlight() == 0)
         s.countAttempt(lane, sent: 0, deferred: 0)
         #expect(inFlight() == 0, "never below zero")
-        // A connection that closes with its message unanswered (a job handed to it, then closed).
+        // A connection that closes with its message not begun (read from the spool meanwhile): in
+        // flight until the driver says it was not attempted, even with no connection left.
         #expect(s.admitMessage(on: lane, sent: 1, now: t0) == .go)
         s.connectionClosed(lane)
-        #expect(inFlight() == 1)
         s.connectionClosed(lane)
+        #expect(inFlight() == 1)
+        s.notAttempted(lane)
         #expect(inFlight() == nil, "no connection, nothing in flight: the lane is forgotten")
         #expect(s.metrics(now: t0)[ShapingMetricKey(rule: "r", source: "")]
                     == ShapingCounters(sent: 1, deferred: 2, suspendedSeconds: 0, connections: 0))

@@ -190,7 +190,7 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
 
     /// `tern queue destinations`' in flight: messages handed to connections of the lane and not yet
     /// attempted, counted by the core from the job's start to its attempt, skip or notStarted.
-    @Test func inFlightFromTakenToAnswered() {
+    @Test func inFlightFromTakenToAnswered() throws {
         var c = core(ShapingPolicy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 2)],
                                    defaults: defaults))
         let envelopes = (0..<4).map { envelope($0, ["u\($0)@a.example", "v\($0)@a.example"]) }
@@ -207,16 +207,19 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
                                                                  1: RecipientResult(Reply(250, "2.0.0", "ok"))]),
                               on: first.connection.lane, now: t0 + 1)
         #expect(inFlight() == 1)
-        // The first connection takes another; the second's job is skipped (deleted meanwhile).
-        let next = c.next(on: first.connection, sent: 1, now: t0 + 1)
-        #expect(next != nil && inFlight() == 2)
-        c.skipped(on: second.connection.lane)
-        #expect(inFlight() == 1)
-        // The next one's connection closed before its attempt began.
-        _ = c.begin(next!)
-        _ = c.notStarted(next!, on: first.connection.lane, now: t0 + 2)
-        #expect(inFlight() == 0)
+        // The first connection takes another, then closes while it is read from the spool: in flight
+        // until the driver says it was not started; the second's still is.
+        let taken = c.next(on: first.connection, sent: 1, now: t0 + 1)
+        let next = try #require(taken)
+        #expect(inFlight() == 2)
+        _ = c.begin(next)
         c.release(first.connection)
+        #expect(inFlight() == 2)
+        _ = c.notStarted(next, on: first.connection.lane, now: t0 + 2)
+        #expect(inFlight() == 1)
+        // The second's job is skipped (deleted meanwhile).
+        c.skipped(on: second.connection.lane)
+        #expect(inFlight() == 0)
         c.release(second.connection)
         #expect(c.shapingView(now: t0 + 2).allSatisfy { $0.inFlight == 0 && $0.connections == 0 })
     }
