@@ -282,26 +282,6 @@ public struct DeliveryCore: Sendable {
         }
     }
 
-    /// Due jobs that need a new connection (the scheduler's `dispatch`). Without egress pools only:
-    /// the lanes are dropped (use `dispatchConnections`).
-    public mutating func dispatch(now: Double) -> [DeliveryJob] { dispatchConnections(now: now).map(\.job) }
-
-    /// The next due job for a connection to `destination` that finished one (no egress pool, source "").
-    public mutating func next(for destination: String, now: Double) -> DeliveryJob? {
-        guard let c = scheduler.connectionLane(destination: destination, pool: nil, source: "") else {
-            return scheduler.next(on: ConnectionLane(destination: destination, pool: nil,
-                                                     lane: ShapingLane(group: .domain(destination), source: "")),
-                                  sent: 0, now: now, shaping: &shaper)
-        }
-        return next(on: c, sent: 0, now: now)
-    }
-
-    /// A connection to `destination` closed: its slot is free (no egress pool, source "").
-    public mutating func release(destination: String) {
-        guard let c = scheduler.connectionLane(destination: destination, pool: nil, source: "") else { return }
-        release(c)
-    }
-
     public mutating func promoteReadyForConnections(now: Double) -> [String] {
         tick(now: now)
         return scheduler.promoteReadyForConnections(now: now)
@@ -397,11 +377,17 @@ public struct DeliveryCore: Sendable {
         wakeChanged()
     }
 
-    /// A connection of the lane reached a host.
-    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) {
-        shaper.connectionSucceeded(lane, now: now)
+    /// A connection of the lane reached a host. True when this changed state worth saving (a failure
+    /// count started over).
+    @discardableResult
+    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) -> Bool {
+        let changed = shaper.connectionSucceeded(lane, now: now)
         wakeChanged()
+        return changed
     }
+
+    /// The job a connection of the lane took was skipped (`skip`): it is no longer in flight there.
+    public mutating func skipped(on lane: ShapingLane) { shaper.notAttempted(lane) }
 
     /// A reply (not 2xx) from a next hop of the lane: [[backoff]] rules count it.
     public mutating func replySeen(_ lane: ShapingLane, code: Int, enhanced: String?, text: String, now: Double) {
@@ -545,7 +531,9 @@ public struct DeliveryCore: Sendable {
     }
 
     /// The connection that was to carry `job` closed before the attempt began: the job is due again now.
-    public mutating func notStarted(_ job: DeliveryJob, now: Double) -> [DeliveryAction] {
+    /// `lane`: the connection's, where the job no longer counts as in flight.
+    public mutating func notStarted(_ job: DeliveryJob, on lane: ShapingLane? = nil, now: Double) -> [DeliveryAction] {
+        if let lane { shaper.notAttempted(lane) }
         guard case .live(var m) = lives[job.id], m.inFlight > 0 else { return [] }
         if m.afterAttempts == nil { scheduler.add(job, due: now, shaping: &shaper) }
         m.inFlight -= 1

@@ -74,6 +74,27 @@ public enum NextHop {
         return RecipientResult(.deferred, status: status, reply: text(of: reply))
     }
 
+    /// The replies of a transaction that [[backoff]] rules are asked about: every one that was not
+    /// positive (MAIL, each RCPT, DATA or the end of data), in the order they came. None when it all
+    /// went (no array is made then: this runs for every message).
+    public static func backoffReplies(_ outcome: TransactionOutcome) -> [Reply] {
+        var out: [Reply] = []
+        if !outcome.mailReply.isPositive { out.append(outcome.mailReply) }
+        for case let r? in outcome.recipientReplies where !r.isPositive { out.append(r) }
+        if let r = outcome.dataReply, !r.isPositive { out.append(r) }
+        return out
+    }
+
+    /// An attempt that went through every host of its destination counts as one failed connection of
+    /// its lane (dead destinations, Shaper.connectionFailed) when there were hosts to try and none got
+    /// as far as a ready session (refused, timed out, a failing greeting, EHLO or TLS): the reason is
+    /// the last host's failure. Nil when a host answered (its replies are [[backoff]]'s business) or
+    /// there was no host (a DNS or routing failure says nothing about the destination's hosts).
+    public static func destinationFailure(hosts: Int, reachedHost: Bool, lastFailure: RecipientResult) -> String? {
+        guard hosts > 0, !reachedHost else { return nil }
+        return lastFailure.reply
+    }
+
     /// A reply as one log and envelope line: "550 5.1.1 no such user".
     public static func text(of reply: Reply) -> String {
         var s = "\(reply.code)"

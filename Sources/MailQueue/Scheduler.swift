@@ -187,6 +187,7 @@ public struct Scheduler: Sendable {
             case .open(let source):
                 cleanReadyTop(Int32(q))
                 guard let best = queues[q].ready.pop() else {  // not expected: the queue's entry is live
+                    shaping.notAttempted(ShapingLane(group: gates[g].group, source: source))
                     shaping.connectionClosed(ShapingLane(group: gates[g].group, source: source))
                     refreshQueue(Int32(q))
                     continue

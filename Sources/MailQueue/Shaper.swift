@@ -112,6 +112,8 @@ public protocol ShapingAdmission {
     mutating func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission
     /// A connection opened by `admitConnection` closed.
     mutating func connectionClosed(_ lane: ShapingLane)
+    /// The message counted with a connection or `admitMessage` will not be attempted.
+    mutating func notAttempted(_ lane: ShapingLane)
 }
 
 /// Only a per-destination connection limit: what the scheduler did before shaping.
@@ -125,6 +127,7 @@ public struct PerDestinationLimit: ShapingAdmission {
     }
     public func admitMessage(on lane: ShapingLane, sent: Int, now: Double) -> MessageAdmission { .go }
     public func connectionClosed(_ lane: ShapingLane) {}
+    public func notAttempted(_ lane: ShapingLane) {}
 }
 
 /// The per-connection limits a driver applies to a connection of a lane.
@@ -158,8 +161,8 @@ public struct Shaper: Sendable, ShapingAdmission {
 
     private var lanes: [ShapingLane: LaneState] = [:]
     private var lanesAfterSweep = 0
-    /// The postmaster's suspensions, per group (every source).
-    private var groupSuspensions: [ShapingGroup: (until: Double, reason: String)] = [:]
+    /// The postmaster's suspensions, per group (every source); `since` for the suspended-seconds metric.
+    private var groupSuspensions: [ShapingGroup: (until: Double, reason: String, since: Double)] = [:]
     /// Smooth weighted round-robin state per gate (group × pool), for pools of several sources.
     private var roundRobin: [RoundRobinKey: [Int]] = [:]
     /// Times at which a suspension or throttle ends, so its event is not held back until mail comes.
@@ -167,7 +170,8 @@ public struct Shaper: Sendable, ShapingAdmission {
     private var events: [ShapingEvent] = []
     /// Groups whose state changed in a way that may let blocked mail go (the scheduler wakes them).
     private var changed: Set<ShapingGroup> = []
-    /// Per rule label × source: bounded, for metrics.
+    /// Per rule label × source: bounded, for metrics. A lane counts its own messages while it lives
+    /// (one lookup per message, the lane's) and adds them here when it is forgotten.
     private var counters: [ShapingMetricKey: ShapingCounters] = [:]
     /// The latest `now` seen: for calls that have none (classification expiry when a job is added).
     public private(set) var lastNow = -Double.infinity
@@ -326,6 +330,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     /// Ends suspensions and throttles whose time has come (events), for the lane and its group.
     private mutating func refresh(_ lane: ShapingLane, now: Double) {
         if !groupSuspensions.isEmpty, let s = groupSuspensions[lane.group], s.until <= now {
+            countSuspended(ShapingLane(group: lane.group, source: ""), s.until - s.since)
             groupSuspensions[lane.group] = nil
             events.append(.resumed(lane.group, source: nil, why: "suspension ended"))
             changed.insert(lane.group)
@@ -383,6 +388,7 @@ public struct Shaper: Sendable, ShapingAdmission {
         var s = lanes[lane] ?? LaneState()
         let e = effective(lane, s)
         s.connections += 1
+        s.inFlight += 1  // its first message
         if let r = e.connectionRate { s.connectionTAT = Swift.max(s.connectionTAT, now) + r.interval }
         if s.dead { s.probing = true }
         lanes[lane] = s
@@ -467,17 +473,22 @@ public struct Shaper: Sendable, ShapingAdmission {
         if let t = s.throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
         if rate != nil, s.messageTAT > now { return .wait(until: s.messageTAT) }
         s.countMessage(rate: rate, now: now)
+        s.inFlight += 1
         return .go
     }
 
     public mutating func connectionClosed(_ lane: ShapingLane) {
         guard var s = lanes[lane] else { return }
         s.connections = Swift.max(0, s.connections - 1)
+        // Its message, if any, stays in flight until it is attempted or given up (`notAttempted`).
         // A probe that closed without a verdict: the next connection probes again.
         if s.probing { s.probing = false }
         lanes[lane] = s
         changed.insert(lane.group)
-        if s.isPlain(now: lastNow) { lanes[lane] = nil }
+        if s.isPlain(now: lastNow) {
+            lanes[lane] = nil
+            fold(lane, s)
+        }
         sweepIfGrown()
     }
 
@@ -524,9 +535,12 @@ public struct Shaper: Sendable, ShapingAdmission {
     }
 
     /// A connection of the lane reached a host: the failure count starts over; a dead lane resumes.
-    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) {
+    /// True when there were failures to forget (state worth saving).
+    @discardableResult
+    public mutating func connectionSucceeded(_ lane: ShapingLane, now: Double) -> Bool {
         see(now)
-        guard var s = lanes[lane] else { return }
+        guard var s = lanes[lane] else { return false }
+        guard s.failures > 0 || s.dead || s.probing || s.deadInterval > 0 else { return false }
         let wasDead = s.dead
         s.failures = 0
         s.dead = false
@@ -537,6 +551,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             events.append(.resumed(lane.group, source: lane.source, why: "probe succeeded"))
             changed.insert(lane.group)
         }
+        return true
     }
 
     private mutating func suspend(_ s: inout LaneState, _ lane: ShapingLane, until: Double, reason: String, now: Double) {
@@ -597,7 +612,12 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func suspend(_ target: String, until: Double, reason: String, now: Double) -> ShapingGroup {
         see(now)
         let g = self.target(target)
-        groupSuspensions[g] = (until, reason)
+        // Extended while it holds: counted from when it began. One that ran out unnoticed is counted.
+        var since = now
+        if let old = groupSuspensions[g] {
+            if old.until > now { since = old.since } else { countSuspended(ShapingLane(group: g, source: ""), old.until - old.since) }
+        }
+        groupSuspensions[g] = (until, reason, since)
         events.append(.suspended(g, source: nil, until: until, reason: reason))
         expiries.push(Expiry(time: until, lane: ShapingLane(group: g, source: "")))
         changed.insert(g)
@@ -609,7 +629,9 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func resume(_ target: String, now: Double) -> ShapingGroup {
         see(now)
         let g = self.target(target)
-        groupSuspensions[g] = nil
+        if let s = groupSuspensions.removeValue(forKey: g) {
+            countSuspended(ShapingLane(group: g, source: ""), Swift.min(now, s.until) - s.since)
+        }
         for (lane, var s) in lanes where lane.group == g {
             if s.suspendedUntil > now { countSuspended(lane, now - s.suspendedSince) }
             s.suspendedUntil = -.infinity
@@ -643,7 +665,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     private mutating func sweepIfGrown() {
         guard lanes.count > 2 * lanesAfterSweep + 256 else { return }
         let now = lastNow
-        lanes = lanes.filter { !$0.value.isPlain(now: now) }
+        forgetLanes { _, s in s.isPlain(now: now) }
         let groups = Set(lanes.keys.map(\.group))
         roundRobin = roundRobin.filter { groups.contains($0.key.group) }
         if expiries.count > 2 * lanes.count + 256 { expiries.removeAll { $0.time <= now } }
@@ -658,7 +680,10 @@ public struct Shaper: Sendable, ShapingAdmission {
         index()
         let names = Set(new.rules.map(\.name))
         func exists(_ g: ShapingGroup) -> Bool { g.kind != .rule || names.contains(g.name) }
-        lanes = lanes.filter { exists($0.key.group) }
+        forgetLanes { lane, _ in !exists(lane.group) }
+        for (g, s) in groupSuspensions where !exists(g) {
+            countSuspended(ShapingLane(group: g, source: ""), Swift.min(lastNow, s.until) - s.since)
+        }
         groupSuspensions = groupSuspensions.filter { exists($0.key) }
         for (lane, var s) in lanes {
             s.hits = s.hits.filter { $0.key < new.backoff.count }
@@ -709,7 +734,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             changed.insert(r.lane.group)
         }
         for g in snapshot.groups where exists(g.group) && g.until > now {
-            groupSuspensions[g.group] = (g.until, g.reason)
+            groupSuspensions[g.group] = (g.until, g.reason, now)
             expiries.push(Expiry(time: g.until, lane: ShapingLane(group: g.group, source: "")))
             changed.insert(g.group)
         }
@@ -725,6 +750,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             var row = ShapingLaneView(group: lane.group, rule: lane.group.ruleLabel, source: lane.source,
                                       connections: s.connections, messagesLastMinute: s.lastMinute(now: now),
                                       maxConnections: e.connections, messageRate: e.messageRate?.description)
+            row.inFlight = s.inFlight
             if let g = groupSuspensions[lane.group], g.until > now {
                 row.state = .suspended(until: g.until, reason: g.reason)
             } else if s.suspendedUntil > now {
@@ -746,11 +772,47 @@ public struct Shaper: Sendable, ShapingAdmission {
         return rows.sorted { ($0.group.name, $0.source) < ($1.group.name, $1.source) }
     }
 
-    /// Counts a finished attempt's recipients for the metrics of its lane.
+    /// A message a connection of the lane carried was attempted: no longer in flight; its recipients
+    /// sent and deferred are counted for the metrics. Runs for every message: one lookup, the lane's.
     public mutating func countAttempt(_ lane: ShapingLane, sent: Int, deferred: Int) {
+        guard let i = lanes.index(forKey: lane) else {  // not expected: its connection is still open
+            let key = ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source)
+            counters[key, default: ShapingCounters()].sent += sent
+            counters[key, default: ShapingCounters()].deferred += deferred
+            return
+        }
+        lanes.values[i].attempted(sent: sent, deferred: deferred)
+        if lanes.values[i].connections == 0 { forgetIfPlain(at: i) }  // its connection closed first
+    }
+
+    /// A message handed to a connection of the lane will not be attempted (skipped: deleted or held
+    /// meanwhile; or its connection closed before it began): no longer in flight.
+    public mutating func notAttempted(_ lane: ShapingLane) {
+        guard let i = lanes.index(forKey: lane) else { return }
+        lanes.values[i].attempted(sent: 0, deferred: 0)
+        if lanes.values[i].connections == 0 { forgetIfPlain(at: i) }
+    }
+
+    private mutating func forgetIfPlain(at i: Dictionary<ShapingLane, LaneState>.Index) {
+        guard lanes.values[i].isPlain(now: lastNow) else { return }
+        let (lane, s) = lanes.remove(at: i)
+        fold(lane, s)
+    }
+
+    /// Lanes about to be forgotten add their counts to their rule × source's.
+    private mutating func fold(_ lane: ShapingLane, _ s: LaneState) {
+        guard s.sent > 0 || s.deferred > 0 else { return }
         let key = ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source)
-        counters[key, default: ShapingCounters()].sent += sent
-        counters[key, default: ShapingCounters()].deferred += deferred
+        counters[key, default: ShapingCounters()].sent += s.sent
+        counters[key, default: ShapingCounters()].deferred += s.deferred
+    }
+
+    private mutating func forgetLanes(where gone: (ShapingLane, LaneState) -> Bool) {
+        var kept: [ShapingLane: LaneState] = [:]
+        for (lane, s) in lanes {
+            if gone(lane, s) { fold(lane, s) } else { kept[lane] = s }
+        }
+        lanes = kept
     }
 
     private mutating func countSuspended(_ lane: ShapingLane, _ seconds: Double) {
@@ -758,7 +820,8 @@ public struct Shaper: Sendable, ShapingAdmission {
             .suspendedSeconds += Swift.max(0, seconds)
     }
 
-    /// Per rule label × source: messages sent, deferred, seconds suspended, connections open now.
+    /// Per rule label × source: recipients sent, deferred, seconds suspended (a postmaster's
+    /// suspension, which holds every source, under source ""), connections open now.
     public func metrics(now: Double) -> [ShapingMetricKey: ShapingCounters] {
         var out = counters
         for (key, _) in out { out[key]!.connections = 0 }
@@ -766,8 +829,13 @@ public struct Shaper: Sendable, ShapingAdmission {
             let key = ShapingMetricKey(rule: lane.group.ruleLabel, source: lane.source)
             var c = out[key] ?? ShapingCounters()
             c.connections += s.connections
+            c.sent += s.sent
+            c.deferred += s.deferred
             c.suspendedSeconds += s.suspendedUntil > now ? now - s.suspendedSince : 0
             out[key] = c
+        }
+        for (g, s) in groupSuspensions where s.until > now {
+            out[ShapingMetricKey(rule: g.ruleLabel, source: ""), default: ShapingCounters()].suspendedSeconds += Swift.max(0, now - s.since)
         }
         return out
     }
@@ -781,6 +849,7 @@ public struct ShapingMetricKey: Hashable, Sendable {
 }
 
 public struct ShapingCounters: Sendable, Equatable {
+    /// Recipients (not messages) delivered and deferred.
     public var sent = 0
     public var deferred = 0
     public var suspendedSeconds = 0.0
@@ -803,6 +872,8 @@ public struct ShapingLaneView: Sendable, Equatable, Codable {
     public var rule: String
     public var source: String
     public var queued = 0
+    /// Messages handed to a connection and not answered yet (one per busy connection).
+    public var inFlight = 0
     public var connections: Int
     public var messagesLastMinute: Int
     public var maxConnections: Int?
@@ -879,6 +950,11 @@ public struct ShapingSnapshot: Sendable, Equatable, Codable {
 
 struct LaneState: Sendable {
     var connections = 0
+    /// Messages handed to its connections and not attempted yet.
+    var inFlight = 0
+    /// Recipients sent and deferred, not yet added to the rule × source's counters.
+    var sent = 0
+    var deferred = 0
     var connectionTAT = -Double.infinity
     var messageTAT = -Double.infinity
     var failures = 0
@@ -908,9 +984,16 @@ struct LaneState: Sendable {
         minuteCount += 1
     }
 
-    /// Nothing to remember: the lane can be forgotten (its defaults come back identical).
+    mutating func attempted(sent: Int, deferred: Int) {
+        inFlight = Swift.max(0, inFlight - 1)
+        self.sent += sent
+        self.deferred += deferred
+    }
+
+    /// Nothing to remember: the lane can be forgotten (its defaults come back identical; its
+    /// counts go to the rule × source's).
     func isPlain(now: Double) -> Bool {
-        connections == 0 && failures == 0 && !dead && throttle == nil && suspendedUntil <= now && hits.isEmpty
+        connections == 0 && inFlight == 0 && failures == 0 && !dead && throttle == nil && suspendedUntil <= now && hits.isEmpty
             && connectionTAT <= now && messageTAT <= now
     }
 

@@ -228,7 +228,10 @@ public final class DeliveryManager {
             switch action {
             case .load(let id): load(id)
             case .attempt(let job, let envelope): attempt(job, envelope)
-            case .skip(let job): takenJobs.removeValue(forKey: JobKey(job))?.connection.finish()
+            case .skip(let job):
+                guard let connection = takenJobs.removeValue(forKey: JobKey(job))?.connection else { break }
+                core.skipped(on: connection.lane.lane)
+                connection.finish()
             case .write(let write): self.write(write)
             case .remove(let id):
                 remover.remove(id) { [self] failure in
@@ -271,7 +274,8 @@ public final class DeliveryManager {
             log.error("\(job.id): no message data in memory for an attempt; deferred")
             connection.finish()
             let why = RecipientResult.deferred("no message data in memory", status: "4.3.0")
-            perform(core.attemptFinished(job, AttemptResult(results: Dictionary(uniqueKeysWithValues: job.recipients.map { ($0, why) })), now: now))
+            perform(core.attemptFinished(job, AttemptResult(results: Dictionary(uniqueKeysWithValues: job.recipients.map { ($0, why) })),
+                                         on: connection.lane.lane, now: now))
             return
         }
         let message = OutgoingMessage(envelope: envelope, message: stored.message, wireReady: stored.wireReady)
@@ -282,7 +286,7 @@ public final class DeliveryManager {
         } else if connection.isFinished {
             // The next hop closed the connection while the message was read from the spool: its
             // slot is already given back, so the job waits for the next connection instead.
-            perform(core.notStarted(job, now: now))
+            perform(core.notStarted(job, on: connection.lane.lane, now: now))
             pump()
         } else {
             connection.runOnOpenSession(job, message: message)

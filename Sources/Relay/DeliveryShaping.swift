@@ -81,14 +81,21 @@ extension DeliveryManager {
     // MARK: - What connections tell the core
 
     /// A connection reached no host of its destination (refused, timed out, no or a failing greeting).
+    /// The failure count is saved too (at most once a second): after a kill -9 the destination is
+    /// not given its whole threshold of failed connections again.
     func connectionFailed(_ connection: OutboundConnection, reason: String) {
         core.connectionFailed(connection.lane.lane, reason: reason, now: now)
         shapingState.dirty = true
+        saveShapingState()
     }
 
-    /// A connection's session is ready: the destination answers (a dead one resumes).
+    /// A connection's session is ready: the destination answers (a dead one resumes, a failure count
+    /// starts over and is saved so).
     func connectionSucceeded(_ connection: OutboundConnection) {
-        core.connectionSucceeded(connection.lane.lane, now: now)
+        if core.connectionSucceeded(connection.lane.lane, now: now) {
+            shapingState.dirty = true
+            saveShapingState()
+        }
         if core.hasShapingEvents { pump() }
     }
 
@@ -129,9 +136,11 @@ extension DeliveryManager {
         shapingState.lastWrite = t
         let snapshot = core.shapingSnapshot(now: t)
         let path = ShapingStateFile.path(spool: spool.path)
+        let writer = shapingState.writer
+        let generation = writer.nextGeneration()
         var failure: Error?
         loop.queueWork({
-            do { try ShapingStateFile.write(snapshot, to: path) } catch { failure = error }
+            do { try writer.write(snapshot, generation: generation, to: path) } catch { failure = error }
         }, done: { [weak self] in
             guard let self else { return }
             self.shapingState.writing = false
@@ -140,15 +149,17 @@ extension DeliveryManager {
         })
     }
 
-    /// Shutdown: the latest state, written now (on the loop: a small file, once).
+    /// Shutdown: the latest state, written now (on the loop: a small file, once). A pool write still
+    /// under way finishes first; one not begun yet finds this newer state written and drops its own.
     func saveShapingStateNow() {
         shapingState.timer?.close()
         shapingState.timer = nil
         guard shapingState.dirty || shapingState.writing else { return }
         shapingState.dirty = false
         let path = ShapingStateFile.path(spool: spool.path)
+        let writer = shapingState.writer
         do {
-            try ShapingStateFile.write(core.shapingSnapshot(now: now), to: path)
+            try writer.write(core.shapingSnapshot(now: now), generation: writer.nextGeneration(), to: path)
         } catch {
             log.error("shaping state: cannot write \(path): \(error)")
         }
@@ -180,6 +191,8 @@ struct ShapingStateFile {
     var lastWrite = -Double.infinity
     /// Waits out the minimum interval between writes.
     var timer: UVRuntime.Timer?
+    /// Orders the writes: the newest snapshot is the one that stays.
+    let writer = ShapingStateWriter()
 
     static func path(spool: String) -> String { "\(spool)/\(name)" }
 
@@ -195,5 +208,33 @@ struct ShapingStateFile {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try encoder.encode(snapshot).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+}
+
+/// The state file's writes, one at a time, the newest winning: each snapshot is numbered when it is
+/// taken (on the loop), and a write older than one already written is dropped. So the shutdown's
+/// final write is never replaced by a pool write that ran late.
+final class ShapingStateWriter: @unchecked Sendable {
+    // `numbered` is the loop's alone; `written` is guarded by the lock (pool threads and the loop).
+    private let lock = NSLock()
+    private var numbered: UInt64 = 0
+    private var written: UInt64 = 0
+
+    /// The number of a snapshot taken now (loop thread).
+    func nextGeneration() -> UInt64 {
+        numbered += 1
+        return numbered
+    }
+
+    /// Writes the snapshot unless a newer one was written; false when dropped. Blocking.
+    @discardableResult
+    func write(_ snapshot: ShapingSnapshot, generation: UInt64, to path: String,
+               using write: (ShapingSnapshot, String) throws -> Void = ShapingStateFile.write(_:to:)) throws -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard generation > written else { return false }
+        try write(snapshot, path)
+        written = generation
+        return true
     }
 }

@@ -156,7 +156,9 @@ final class OutboundConnection {
             // Every host failed: what is not final yet waits for the next attempt.
             for i in job?.recipients ?? [] where outcomes[i] == nil { outcomes[i] = lastFailure }
             // No host answered at all: one failed connection of the lane (dead destinations).
-            if !reachedHost && !targets.isEmpty { manager.connectionFailed(self, reason: lastError) }
+            if let reason = NextHop.destinationFailure(hosts: targets.count, reachedHost: reachedHost, lastFailure: lastFailure) {
+                manager.connectionFailed(self, reason: reason)
+            }
             endJob(thenReuse: false)
             return
         }
@@ -334,9 +336,7 @@ final class OutboundConnection {
 
     /// Every reply of the transaction that is not positive, for [[backoff]] rules (none when it all went).
     private func reportReplies(_ outcome: TransactionOutcome) {
-        if !outcome.mailReply.isPositive { manager.replySeen(self, outcome.mailReply) }
-        for case let r? in outcome.recipientReplies where !r.isPositive { manager.replySeen(self, r) }
-        if let r = outcome.dataReply, !r.isPositive { manager.replySeen(self, r) }
+        for r in NextHop.backoffReplies(outcome) { manager.replySeen(self, r) }
     }
 
     private func endJob(thenReuse: Bool) {

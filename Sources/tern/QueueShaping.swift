@@ -9,8 +9,9 @@ import SMTPProtocol
 struct QueueDestinations: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "destinations",
-        abstract: "Per destination and egress source: queued, connections, rate, the rule that matched, and state.",
-        discussion: "STATE is active, suspended until a time and why, throttled to a lower rate or fewer connections "
+        abstract: "Per destination and egress source: queued, in flight, connections, rate, the rule that matched, and state.",
+        discussion: "INFLIGHT counts messages handed to a connection and not answered yet (one per busy connection; "
+            + "a message to several recipients of the destination counts once). STATE is active, suspended until a time and why, throttled to a lower rate or fewer connections "
             + "until a time by a [[backoff]] rule, or dead (one probe connection tests it). A destination under a "
             + "[[shaping]] rule with mx names shares the rule's row.")
     @OptionGroup var endpoint: AdminOptions

@@ -29,9 +29,9 @@ private struct Model {
     /// Recipients told in a bounce written to the spool, by message.
     var told: [QueueID: Set<String>] = [:]
     var loads: [QueueID] = []
-    var inFlight: [(DeliveryJob, Envelope)] = []
-    /// Jobs a connection took, waiting for their attempt or skip.
-    var begun: [DeliveryJob] = []
+    var inFlight: [(DeliveryJob, Envelope, ConnectionLane)] = []
+    /// Jobs a connection took (on its lane), waiting for their attempt or skip.
+    var begun: [(job: DeliveryJob, connection: ConnectionLane)] = []
     /// The write under way per message: nil envelope for a plain removal.
     var writes: [QueueID: SpoolWrite?] = [:]
     var leaving: Set<QueueID> = []
@@ -66,11 +66,12 @@ private struct Model {
                 loads.append(id)
             case .attempt(let job, let envelope):
                 #expect(!leaving.contains(job.id), "\(context): attempt of \(job.id) after its removal")
-                took(job)
-                inFlight.append((job, envelope))
+                if let connection = took(job) { inFlight.append((job, envelope, connection)) }
             case .skip(let job):
-                took(job)
-                core.release(destination: job.destination)
+                if let connection = took(job) {
+                    core.skipped(on: connection.lane)
+                    core.release(connection)
+                }
             case .write(let w):
                 asked(w.envelope.id, w)
             case .remove(let id):
@@ -84,12 +85,12 @@ private struct Model {
         }
     }
 
-    mutating func took(_ job: DeliveryJob) {
-        guard let i = begun.firstIndex(of: job) else {
+    mutating func took(_ job: DeliveryJob) -> ConnectionLane? {
+        guard let i = begun.firstIndex(where: { $0.job == job }) else {
             Issue.record("\(context): attempt or skip of a job no connection took: \(job)")
-            return
+            return nil
         }
-        begun.remove(at: i)
+        return begun.remove(at: i).connection
     }
 
     mutating func asked(_ id: QueueID, _ w: SpoolWrite?) {
@@ -130,9 +131,9 @@ private struct Model {
     }
 
     mutating func dispatch() {
-        for job in core.dispatch(now: now) {
-            begun.append(job)
-            carry(core.begin(job))
+        for started in core.dispatchConnections(now: now) {
+            begun.append((started.job, started.connection))
+            carry(core.begin(started.job))
         }
     }
 
@@ -146,9 +147,9 @@ private struct Model {
 
     mutating func finishAttempt() {
         guard !inFlight.isEmpty else { return }
-        let (job, _) = inFlight.remove(at: pick(inFlight.count))
+        let (job, _, connection) = inFlight.remove(at: pick(inFlight.count))
         if pick(15) == 0 {
-            carry(core.notStarted(job, now: now))
+            carry(core.notStarted(job, on: connection.lane, now: now))
         } else {
             var results: [Int: RecipientResult] = [:]
             for i in job.recipients {
@@ -159,9 +160,10 @@ private struct Model {
                 default: results[i] = RecipientResult(Reply(250, "2.0.0", "ok"))
                 }
             }
-            carry(core.attemptFinished(job, AttemptResult(results: results, relay: "mx[127.0.0.2]:25"), now: now))
+            carry(core.attemptFinished(job, AttemptResult(results: results, relay: "mx[127.0.0.2]:25"),
+                                       on: connection.lane, now: now))
         }
-        core.release(destination: job.destination)
+        core.release(connection)
     }
 
     mutating func finishWrite() {
@@ -246,6 +248,8 @@ private struct Model {
         #expect(begun == 0, "seed \(seed): jobs never attempted nor skipped")
         #expect(unanswered == 0, "seed \(seed): postmaster requests not answered exactly once")
         #expect(inMemory == 0, "seed \(seed): messages still in memory at rest")
+        let busy = m.core.shapingView(now: m.now).filter { $0.inFlight != 0 || $0.connections != 0 }
+        #expect(busy.isEmpty, "seed \(seed): in flight or connected at rest: \(busy)")
         // At rest, with every retry run out: what the spool still holds is on hold (or was left by a
         // failed write or an unreadable file for the next start).
         let stuck = m.disk.keys.filter { !m.stale.contains($0) && !m.core.isHeld($0) }.map(\.rawValue)

@@ -41,13 +41,23 @@ private extension [DeliveryAction] {
 
 /// Dispatches the due jobs and begins them, answering `load` with `envelope`: the jobs attempted.
 private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (jobs: [DeliveryJob], actions: [DeliveryAction]) {
+    let started = startDueOnConnections(&c, e, now: now)
+    return (started.jobs, started.actions)
+}
+
+/// The same, with the connections the jobs were started on (to `release` them).
+private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: Double)
+    -> (jobs: [DeliveryJob], actions: [DeliveryAction], connections: [ConnectionLane]) {
     var out: [DeliveryAction] = []
-    for job in c.dispatch(now: now) {
+    var connections: [ConnectionLane] = []
+    for started in c.dispatchConnections(now: now) {
+        let job = started.job
+        connections.append(started.connection)
         let a = c.begin(job)
         out += a
         if a.contains(.load(job.id)) { out += c.loaded(job.id, e, now: now) }
     }
-    return (out.attempts, out)
+    return (out.attempts, out, connections)
 }
 
 @Suite struct DeliveryCoreTests {
@@ -131,16 +141,16 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
         let e = envelope(4, ["a@x.example"])
         c.queue(e)
         // Before delay_warning_time: no warning.
-        var (jobs, _) = startDue(&c, e, now: t0)
+        var (jobs, _, connections) = startDueOnConnections(&c, e, now: t0)
         var out = c.attemptFinished(jobs[0], AttemptResult(results: [0: later]), now: t0 + 10)
-        c.release(destination: "x.example")
+        c.release(connections[0])
         #expect(out.writes.count == 1 && out.writes[0].notices.isEmpty)
         var stored = out.writes[0].envelope
         _ = c.written(qid(4), failure: nil, notices: [], now: t0 + 10)
         // Past it: one warning, and the envelope remembers it.
-        (jobs, _) = startDue(&c, stored, now: t0 + 4000)
+        (jobs, _, connections) = startDueOnConnections(&c, stored, now: t0 + 4000)
         out = c.attemptFinished(jobs[0], AttemptResult(results: [0: later], relay: "mx[127.0.0.9]:25"), now: t0 + 4000)
-        c.release(destination: "x.example")
+        c.release(connections[0])
         #expect(out.writes.count == 1)
         guard case .delayWarning(let late)? = out.writes.first?.notices.first else {
             Issue.record("no delay warning in \(out)")
@@ -241,7 +251,7 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
         var c = core()
         let e = envelope(9, ["a@x.example"])
         c.queue(e, due: t0 + 500)
-        #expect(c.dispatch(now: t0).isEmpty)
+        #expect(c.dispatchConnections(now: t0).isEmpty)
         let flushed = c.postmaster(.flush, qid(9), ticket: 1, now: t0)
         #expect(flushed.answers(1) == [.done(jobs: 1)])
         let (jobs, _) = startDue(&c, e, now: t0)
@@ -256,7 +266,7 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
         c.queue(e)
         // The postmaster's hold reads the message; a connection takes its job meanwhile.
         #expect(c.postmaster(.hold, qid(10), ticket: 4, now: t0) == [.load(qid(10))])
-        let job = c.dispatch(now: t0)[0]
+        let job = c.dispatchConnections(now: t0)[0].job
         #expect(c.begin(job).isEmpty)
         // In the order they came: the hold is carried out (and written), then the job is skipped.
         let out = c.loaded(qid(10), e, now: t0)
@@ -270,7 +280,7 @@ private func startDue(_ c: inout DeliveryCore, _ e: Envelope, now: Double) -> (j
         var c = core()
         let e = envelope(11, ["a@x.example"])
         c.queue(e)
-        let job = c.dispatch(now: t0)[0]
+        let job = c.dispatchConnections(now: t0)[0].job
         _ = c.begin(job)
         _ = c.postmaster(.delete, qid(11), ticket: 5, now: t0)
         let out = c.loaded(qid(11), nil, error: "no such file", now: t0)

@@ -262,6 +262,65 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
         #expect(Set(m.keys.map(\.rule)) == ["default", "r"])
         #expect(m[ShapingMetricKey(rule: "default", source: "")] == ShapingCounters(sent: 2, deferred: 1, suspendedSeconds: 0, connections: 1))
     }
+
+    /// In flight: a message handed to a connection (its first, or one more on it) until it was
+    /// attempted or given up; a lane's counts outlive the lane in its rule's metrics.
+    @Test func inFlightPerLaneAndCountsKeptWhenTheLaneGoes() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 3)]))
+        let lane = ShapingLane(group: .rule("r"), source: "")
+        func inFlight() -> Int? { s.laneViews(now: t0).first { $0.group == .rule("r") }?.inFlight }
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 1, now: t0, commit: true) == .open(source: ""))
+        #expect(inFlight() == 2, "each new connection carries its first message")
+        s.countAttempt(lane, sent: 1, deferred: 0)
+        #expect(inFlight() == 1)
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0) == .go)
+        #expect(inFlight() == 2, "a second message on the first connection")
+        s.notAttempted(lane)  // skipped: deleted meanwhile
+        s.countAttempt(lane, sent: 0, deferred: 2)
+        #expect(inFlight() == 0)
+        s.countAttempt(lane, sent: 0, deferred: 0)
+        #expect(inFlight() == 0, "never below zero")
+        // A connection that closes with its message not begun (read from the spool meanwhile): in
+        // flight until the driver says it was not attempted, even with no connection left.
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0) == .go)
+        s.connectionClosed(lane)
+        s.connectionClosed(lane)
+        #expect(inFlight() == 1)
+        s.notAttempted(lane)
+        #expect(inFlight() == nil, "no connection, nothing in flight: the lane is forgotten")
+        #expect(s.metrics(now: t0)[ShapingMetricKey(rule: "r", source: "")]
+                    == ShapingCounters(sent: 1, deferred: 2, suspendedSeconds: 0, connections: 0))
+        // Counted again on a new lane: added to what the forgotten one left.
+        _ = s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true)
+        s.countAttempt(lane, sent: 4, deferred: 0)
+        #expect(s.metrics(now: t0)[ShapingMetricKey(rule: "r", source: "")]
+                    == ShapingCounters(sent: 5, deferred: 2, suspendedSeconds: 0, connections: 1))
+    }
+
+    /// tern_shaping_suspended_seconds_total counts the postmaster's suspensions too (source "": every
+    /// source), while they hold, when lifted, extended, or run out.
+    @Test func postmasterSuspensionCountsSuspendedSeconds() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        let key = ShapingMetricKey(rule: "r", source: "")
+        func seconds(_ now: Double) -> Double? { s.metrics(now: now)[key]?.suspendedSeconds }
+        s.suspend("a.example", until: t0 + 100, reason: "provider asked", now: t0)
+        #expect(seconds(t0 + 30) == 30, "while it holds")
+        s.suspend("r", until: t0 + 200, reason: "longer", now: t0 + 50)
+        #expect(seconds(t0 + 60) == 60, "extended: counted from when it began")
+        s.resume("r", now: t0 + 70)
+        #expect(seconds(t0 + 500) == 70, "lifted by the postmaster")
+        s.suspend("r", until: t0 + 600, reason: "again", now: t0 + 500)
+        s.tick(now: t0 + 1000)
+        #expect(seconds(t0 + 1000) == 170, "ran out at its time")
+        s.suspend("r", until: t0 + 1010, reason: "short", now: t0 + 1000)
+        s.suspend("r", until: t0 + 1100, reason: "after the last ran out unnoticed", now: t0 + 1050)
+        #expect(seconds(t0 + 1060) == 190)
+        // Unmatched destinations are "default", never their own name.
+        s.suspend("b.example", until: t0 + 2000, reason: "x", now: t0 + 1055)
+        #expect(s.metrics(now: t0 + 1060)[ShapingMetricKey(rule: "default", source: "")]?.suspendedSeconds == 5)
+        #expect(s.metrics(now: t0 + 1060).keys.allSatisfy { $0.rule == "r" || $0.rule == "default" })
+    }
 }
 
 import Foundation

@@ -187,4 +187,40 @@ private let defaults = ShapingRule(name: "default", maxConnections: 3, connectio
         #expect(view.first { $0.group == .rule("r") }?.queued == 1, "the deferred recipient is queued again")
         #expect(view.allSatisfy { $0.state == .active })
     }
+
+    /// `tern queue destinations`' in flight: messages handed to connections of the lane and not yet
+    /// attempted, counted by the core from the job's start to its attempt, skip or notStarted.
+    @Test func inFlightFromTakenToAnswered() throws {
+        var c = core(ShapingPolicy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 2)],
+                                   defaults: defaults))
+        let envelopes = (0..<4).map { envelope($0, ["u\($0)@a.example", "v\($0)@a.example"]) }
+        for e in envelopes { c.queue(e) }
+        let byID = Dictionary(uniqueKeysWithValues: envelopes.map { ($0.id, $0) })
+        func inFlight() -> Int { c.shapingView(now: t0).first { $0.group == .rule("r") }?.inFlight ?? -1 }
+        let started = c.dispatchConnections(now: t0)
+        #expect(started.count == 2 && inFlight() == 2, "a message each, two recipients counting once")
+        let first = started[0], second = started[1]
+        #expect(c.begin(first.job) == [.load(first.job.id)])
+        let attempt = c.loaded(first.job.id, byID[first.job.id], now: t0)
+        #expect(attempt.contains { if case .attempt = $0 { return true } else { return false } })
+        _ = c.attemptFinished(first.job, AttemptResult(results: [0: RecipientResult(Reply(250, "2.0.0", "ok")),
+                                                                 1: RecipientResult(Reply(250, "2.0.0", "ok"))]),
+                              on: first.connection.lane, now: t0 + 1)
+        #expect(inFlight() == 1)
+        // The first connection takes another, then closes while it is read from the spool: in flight
+        // until the driver says it was not started; the second's still is.
+        let taken = c.next(on: first.connection, sent: 1, now: t0 + 1)
+        let next = try #require(taken)
+        #expect(inFlight() == 2)
+        _ = c.begin(next)
+        c.release(first.connection)
+        #expect(inFlight() == 2)
+        _ = c.notStarted(next, on: first.connection.lane, now: t0 + 2)
+        #expect(inFlight() == 1)
+        // The second's job is skipped (deleted meanwhile).
+        c.skipped(on: second.connection.lane)
+        #expect(inFlight() == 0)
+        c.release(second.connection)
+        #expect(c.shapingView(now: t0 + 2).allSatisfy { $0.inFlight == 0 && $0.connections == 0 })
+    }
 }

@@ -26,6 +26,7 @@ private struct Counting: ShapingAdmission {
         inner.admitMessage(on: lane, sent: sent, now: now)
     }
     mutating func connectionClosed(_ lane: ShapingLane) { inner.connectionClosed(lane) }
+    mutating func notAttempted(_ lane: ShapingLane) { inner.notAttempted(lane) }
 }
 
 private func shaper(_ rules: [ShapingRule], defaultConnections: Int = 10, sources: [EgressSource] = [],

@@ -71,8 +71,9 @@ import Testing
         var v = ShapingLaneView(group: .rule("google"), rule: "google", source: "a", connections: 2, messagesLastMinute: 40,
                                 maxConnections: 20, messageRate: "300/min")
         v.queued = 7
+        v.inFlight = 2
         #expect(ShapingDestination(v) == ShapingDestination(destination: "google", kind: "rule", rule: "google", source: "a",
-                                                            queued: 7, connections: 2, maxConnections: 20,
+                                                            queued: 7, inFlight: 2, connections: 2, maxConnections: 20,
                                                             messagesLastMinute: 40, messageRate: "300/min"))
         v.state = .suspended(until: 5000, reason: "421 too many")
         var row = ShapingDestination(v)
@@ -94,8 +95,12 @@ import Testing
         let object = try JSONSerialization.jsonObject(with: data) as! [String: Any]
         #expect(object["count"] as? Int == 1 && object["delivery_enabled"] as? Bool == true)
         let first = (object["destinations"] as! [[String: Any]])[0]
-        #expect(Set(first.keys) == ["destination", "kind", "rule", "source", "queued", "connections", "messages_last_minute",
-                                    "state", "throttle_rule"])
+        #expect(Set(first.keys) == ["destination", "kind", "rule", "source", "queued", "in_flight", "connections",
+                                    "messages_last_minute", "state", "throttle_rule"])
+        #expect(try JSONDecoder().decode(ShapingDestinationListing.self, from: data).destinations == [row])
+        // An older relay's rows have no in_flight.
+        let older = #"{"count":1,"delivery_enabled":true,"destinations":[{"destination":"a.test","kind":"domain","rule":"default","source":"","queued":1,"connections":0,"messages_last_minute":0,"state":"active"}]}"#
+        #expect(try JSONDecoder().decode(ShapingDestinationListing.self, from: Data(older.utf8)).destinations[0].inFlight == 0)
     }
 
     @Test func tableIsAlignedAndEscaped() {
@@ -105,7 +110,7 @@ import Testing
                                            reason: "421 \u{1B}]0;owned\u{07} slow down")
         suspended.messageRate = nil
         var throttled = ShapingDestination(destination: "google", kind: "rule", rule: "google", source: "a", queued: 1234,
-                                           connections: 3, maxConnections: 20, messagesLastMinute: 55,
+                                           inFlight: 2, connections: 3, maxConnections: 20, messagesLastMinute: 55,
                                            messageRate: "300/min", state: "throttled", until: now + 600)
         throttled.throttleRule = "slow-down"
         throttled.throttleRate = "1/s"
@@ -116,10 +121,10 @@ import Testing
         let lines = text.split(separator: "\n").map(String.init)
         #expect(lines.count == 4)
         #expect(!text.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" }, "a control character reached the terminal")
-        #expect(lines[0] == "DESTINATION         SOURCE  RULE     QUEUED  CONNS  MSG/MIN           STATE")
-        #expect(lines[1].hasPrefix("evil\\u{1B}[2J.test  -       default      12      0  0                 suspended until "))
+        #expect(lines[0] == "DESTINATION         SOURCE  RULE     QUEUED  INFLIGHT  CONNS  MSG/MIN           STATE")
+        #expect(lines[1].hasPrefix("evil\\u{1B}[2J.test  -       default      12         0      0  0                 suspended until "))
         #expect(lines[1].hasSuffix("(in 50m): 421 \\u{1B}]0;owned\\u{7} slow down"))
-        #expect(lines[2].hasPrefix("google (rule)       a       google     1234   3/20  55 (max 300/min)  throttled to rate 1/s, 1 connection until "))
+        #expect(lines[2].hasPrefix("google (rule)       a       google     1234         2   3/20  55 (max 300/min)  throttled to rate 1/s, 1 connection until "))
         #expect(lines[2].hasSuffix("(in 10m) by slow-down"))
         #expect(lines[3].hasSuffix("  dead, probing: connection refused"))
         // Every column starts at the same place on every line.

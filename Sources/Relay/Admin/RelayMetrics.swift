@@ -122,9 +122,9 @@ public final class RelayMetrics {
         "tern_sessions_waiting_for_buffer": "Sessions that stopped reading until buffered message data drains.",
         "tern_queue_messages": "Messages in the queue by state, counted when scraped.",
         "tern_queue_messages_by_priority": "Messages in the queue by MT-PRIORITY level, counted when scraped.",
-        "tern_shaping_recipients_delivered_total": "Recipients delivered, by shaping rule (\"default\": none matched) and egress source.",
-        "tern_shaping_recipients_deferred_total": "Recipient delivery attempts deferred, by shaping rule and egress source.",
-        "tern_shaping_suspended_seconds_total": "Seconds a shaping rule's destinations spent suspended (dead, backoff or postmaster), by rule and source.",
+        "tern_shaping_recipients_delivered_total": "Recipients (not messages) delivered, by shaping rule (\"default\": none matched) and egress source.",
+        "tern_shaping_recipients_deferred_total": "Recipients (not messages) deferred, one per recipient per attempt, by shaping rule and egress source.",
+        "tern_shaping_suspended_seconds_total": "Seconds a shaping rule's destinations spent suspended (dead, backoff or postmaster), by rule and source (a postmaster's suspension, every source, under source=\"\").",
         "tern_shaping_connections": "Outbound connections open now, by shaping rule and egress source.",
     ]
 

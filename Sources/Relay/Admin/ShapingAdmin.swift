@@ -26,6 +26,8 @@ public struct ShapingDestination: Codable, Equatable, Sendable {
     /// The egress source ("" when none is configured: the OS picks the address).
     public var source: String
     public var queued: Int
+    /// Messages handed to a connection and not answered yet.
+    public var inFlight: Int
     public var connections: Int
     public var maxConnections: Int?
     /// Messages sent in the last minute.
@@ -44,6 +46,7 @@ public struct ShapingDestination: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case destination, kind, rule, source, queued, connections, state, until, reason
+        case inFlight = "in_flight"
         case maxConnections = "max_connections"
         case messagesLastMinute = "messages_last_minute"
         case messageRate = "message_rate"
@@ -52,14 +55,15 @@ public struct ShapingDestination: Codable, Equatable, Sendable {
         case throttleConnections = "throttle_connections"
     }
 
-    public init(destination: String, kind: String, rule: String, source: String, queued: Int, connections: Int,
-                maxConnections: Int? = nil, messagesLastMinute: Int = 0, messageRate: String? = nil,
+    public init(destination: String, kind: String, rule: String, source: String, queued: Int, inFlight: Int = 0,
+                connections: Int, maxConnections: Int? = nil, messagesLastMinute: Int = 0, messageRate: String? = nil,
                 state: String = "active", until: Double? = nil, reason: String? = nil) {
         self.destination = destination
         self.kind = kind
         self.rule = rule
         self.source = source
         self.queued = queued
+        self.inFlight = inFlight
         self.connections = connections
         self.maxConnections = maxConnections
         self.messagesLastMinute = messagesLastMinute
@@ -69,9 +73,30 @@ public struct ShapingDestination: Codable, Equatable, Sendable {
         self.reason = reason
     }
 
+    /// An older relay's rows have no in_flight: 0.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        destination = try c.decode(String.self, forKey: .destination)
+        kind = try c.decode(String.self, forKey: .kind)
+        rule = try c.decode(String.self, forKey: .rule)
+        source = try c.decode(String.self, forKey: .source)
+        queued = try c.decode(Int.self, forKey: .queued)
+        inFlight = try c.decodeIfPresent(Int.self, forKey: .inFlight) ?? 0
+        connections = try c.decode(Int.self, forKey: .connections)
+        maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections)
+        messagesLastMinute = try c.decode(Int.self, forKey: .messagesLastMinute)
+        messageRate = try c.decodeIfPresent(String.self, forKey: .messageRate)
+        state = try c.decode(String.self, forKey: .state)
+        until = try c.decodeIfPresent(Double.self, forKey: .until)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        throttleRule = try c.decodeIfPresent(String.self, forKey: .throttleRule)
+        throttleRate = try c.decodeIfPresent(String.self, forKey: .throttleRate)
+        throttleConnections = try c.decodeIfPresent(Int.self, forKey: .throttleConnections)
+    }
+
     public init(_ view: ShapingLaneView) {
         self.init(destination: view.group.name, kind: view.group.kind == .rule ? "rule" : "domain", rule: view.rule,
-                  source: view.source, queued: view.queued, connections: view.connections,
+                  source: view.source, queued: view.queued, inFlight: view.inFlight, connections: view.connections,
                   maxConnections: view.maxConnections, messagesLastMinute: view.messagesLastMinute,
                   messageRate: view.messageRate)
         switch view.state {
@@ -246,7 +271,7 @@ extension DeliveryManager {
 
 /// How `tern queue destinations` prints: one aligned line per destination × source.
 public enum ShapingDestinationsFormat {
-    static let header = ["DESTINATION", "SOURCE", "RULE", "QUEUED", "CONNS", "MSG/MIN", "STATE"]
+    static let header = ["DESTINATION", "SOURCE", "RULE", "QUEUED", "INFLIGHT", "CONNS", "MSG/MIN", "STATE"]
 
     public static func table(_ rows: [ShapingDestination], now: Double, timeZone: TimeZone) -> String {
         guard !rows.isEmpty else { return "No destinations queued, connected or suspended\n" }
@@ -259,7 +284,8 @@ public enum ShapingDestinationsFormat {
             let conns = r.maxConnections.map { "\(r.connections)/\($0)" } ?? "\(r.connections)"
             let rate = r.messageRate.map { "\(r.messagesLastMinute) (max \($0))" } ?? "\(r.messagesLastMinute)"
             lines.append([terminalSafe(r.destination) + (r.kind == "rule" ? " (rule)" : ""),
-                          r.source.isEmpty ? "-" : terminalSafe(r.source), terminalSafe(r.rule), "\(r.queued)", conns, rate,
+                          r.source.isEmpty ? "-" : terminalSafe(r.source), terminalSafe(r.rule), "\(r.queued)",
+                          "\(r.inFlight)", conns, rate,
                           state(r, when: when)])
         }
         let widths = header.indices.map { i in lines.map { $0[i].count }.max() ?? 0 }
@@ -268,7 +294,7 @@ public enum ShapingDestinationsFormat {
                 // Counts right-aligned; the last column not padded.
                 if i == cells.count - 1 { return cell }
                 let pad = String(repeating: " ", count: widths[i] - cell.count)
-                return (3...4).contains(i) ? pad + cell : cell + pad
+                return (3...5).contains(i) ? pad + cell : cell + pad
             }.joined(separator: "  ")
         }.joined(separator: "\n") + "\n"
     }
