@@ -57,12 +57,13 @@ public struct DKIMMessageSigner<H: DKIMHasher> {
         let old = header.count
         header.append(contentsOf: chunk)
         let found = header.withUnsafeBytes { all -> (Int, Int)? in
-            let scanFrom = max(0, old - 3)
-            let rest = UnsafeRawBufferPointer(rebasing: all[scanFrom...])
-            if scanFrom == 0 && all.count >= 2 && all[0] == cr && all[1] == lf { return (0, 2) }
-            let (end, start) = HeaderBlock.split(rest)
-            if end == rest.count && start == rest.count { return nil }
-            return (scanFrom + end, scanFrom + start)
+            if all.count >= 2 && all[0] == cr && all[1] == lf { return (0, 2) }  // no header fields
+            var i = max(0, old - 3)
+            while i + 3 < all.count {
+                if all[i] == cr && all[i + 1] == lf && all[i + 2] == cr && all[i + 3] == lf { return (i + 2, i + 4) }
+                i += 1
+            }
+            return nil
         }
         guard let (end, bodyStart) = found else { return }
         inBody = true

@@ -3,9 +3,9 @@
 
   dkimpy_check.py canon IN OUT   each line of IN: "H|B simple|relaxed HEX"; OUT gets, per line, the hex
                                  of dkimpy's canonical form of that header block (H) or body (B)
-  dkimpy_check.py verify IN OUT  each line of IN: "HEX-MESSAGE NAME HEX-TXT"; dkimpy verifies every
-                                 signature of the message, its dnsfunc answering NAME (and only NAME)
-                                 with the TXT record; OUT gets "pass" or "fail: reason" per line
+  dkimpy_check.py verify IN OUT  each line of IN: "HEX-MESSAGE NAME=HEX-TXT ..."; dkimpy verifies every
+                                 signature of the message, its dnsfunc answering each NAME (and no other)
+                                 with its TXT record; OUT gets "pass" or "fail: reason" per line
 """
 import sys
 
@@ -21,9 +21,9 @@ def canon(kind, mode, data):
     return b"".join(name + b":" + value for name, value in algo.canonicalize_headers(headers))
 
 
-def verify(message, name, record):
+def verify(message, records):
     def dnsfunc(qname, timeout=5):
-        return record if qname == name else None
+        return records.get(qname)
 
     d = dkim.DKIM(message)
     count = len([h for h in d.headers if h[0].lower() == b"dkim-signature"])
@@ -47,7 +47,8 @@ def main():
             if mode == "canon":
                 out.append(canon(parts[0], parts[1], bytes.fromhex(parts[2]) if len(parts) > 2 else b"").hex())
             else:
-                out.append(verify(bytes.fromhex(parts[0]), parts[1].encode(), bytes.fromhex(parts[2])))
+                records = dict((n.encode(), bytes.fromhex(v)) for n, v in (p.split("=") for p in parts[1:]))
+                out.append(verify(bytes.fromhex(parts[0]), records))
     with open(dst, "w") as f:
         f.write("\n".join(out) + "\n")
 
