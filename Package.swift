@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
-            "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo", "Randomness",
+            "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo", "Randomness", "DKIM",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
             .product(name: "Collections", package: "swift-collections"),
@@ -61,7 +61,7 @@ let package = Package(
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
         .executableTarget(name: "tern", dependencies: [
-            "Relay", "Blast", "BuildInfo",
+            "Relay", "Blast", "BuildInfo", "DKIM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "Randomness", "CZlib"]),
         .testTarget(name: "DKIMTests", dependencies: ["DKIM", "UVRuntime", "Randomness"], exclude: ["dkimpy_check.py"]),
         .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime", "Randomness"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo", "Randomness"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo", "Randomness", "DKIM"]),
         .testTarget(name: "BlastTests", dependencies: ["Blast", "Randomness"]),
     ],
     swiftLanguageModes: [.v5]

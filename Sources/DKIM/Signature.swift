@@ -95,22 +95,34 @@ public struct DKIMSignatureTags: Sendable, Equatable {
         self.bodyHash = bodyHash
     }
 
-    /// d= and s= must be domain names (letters, digits, hyphens, dots, underscores for s=), h= must
-    /// name fields, x= must follow t=: a config error otherwise, never a malformed header.
+    /// d= and s= must be domain names (s= may have underscores), h= must name fields, x= must follow
+    /// t=: a config error otherwise, never a malformed header.
     public func validate() throws {
-        func isLabelText(_ s: String, underscore: Bool) -> Bool {
-            !s.isEmpty && s.utf8.count <= 253 && s.first != "." && s.last != "." && !s.contains("..")
-                && s.utf8.allSatisfy { b in
-                    (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39)
-                        || b == 0x2D || b == 0x2E || (underscore && b == 0x5F)
-                }
-        }
-        guard isLabelText(domain, underscore: false) else { throw DKIMError("d=\(domain) is not a domain name") }
-        guard isLabelText(selector, underscore: true) else { throw DKIMError("s=\(selector) is not a selector") }
-        for name in signedHeaders where name.isEmpty || !name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 0x3A && $0 != 0x3B }) {
+        guard Self.isDomainName(domain) else { throw DKIMError("d=\(domain) is not a domain name") }
+        guard Self.isSelector(selector) else { throw DKIMError("s=\(selector) is not a selector") }
+        for name in signedHeaders where !Self.isHeaderName(name) {
             throw DKIMError("h= entry \"\(name)\" is not a header field name")
         }
         if let x = expiration, x <= timestamp { throw DKIMError("x= must be later than t=") }
+    }
+
+    /// An ASCII domain name (A-labels for an IDN): letters, digits, hyphens, dots between labels.
+    public static func isDomainName(_ s: String) -> Bool { isDotted(s, underscore: false) }
+
+    /// A selector: as a domain name, underscores allowed (it is only ever a DNS label before _domainkey).
+    public static func isSelector(_ s: String) -> Bool { isDotted(s, underscore: true) }
+
+    /// A header field name: printable ASCII but colon, and no semicolon (it ends the h= tag).
+    public static func isHeaderName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != 0x3A && $0 != 0x3B }
+    }
+
+    private static func isDotted(_ s: String, underscore: Bool) -> Bool {
+        !s.isEmpty && s.utf8.count <= 253 && s.first != "." && s.last != "." && !s.contains("..")
+            && s.utf8.allSatisfy { b in
+                (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39)
+                    || b == 0x2D || b == 0x2E || (underscore && b == 0x5F)
+            }
     }
 
     /// The whole field, its CRLF included, with `signature` as b=; with an empty signature, the
