@@ -67,6 +67,7 @@ struct DKIMKeygen: ParsableCommand {
             throw ExitCode(73)  // EX_CANTCREAT
         }
         print("\(selector)._domainkey.\(domain.lowercased()). IN TXT ( \(Self.zoneStrings(record)) )")
+        fflush(stdout)  // the record before the note on a shared terminal
         fputs("tern dkim keygen: wrote \(path) (\(algorithm.rawValue)); publish the record above, then sign with\n"
               + "  [[dkim.sign]]\n  domain = \"\(domain.lowercased())\"\n  selector = \"\(selector)\"\n"
               + "  key = \"\(path)\"\n  algorithm = \"\(algorithm.dkim.rawValue)\"\n", stderr)
