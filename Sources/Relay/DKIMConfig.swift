@@ -3,6 +3,10 @@
 // signed, by the receive path. A mistake is an error naming its key ("dkim.sign[1].selector").
 
 import DKIM
+import UVRuntime
+
+// Relay is where the DKIM core and OpenSSL's hash meet.
+extension SHA256: DKIMHasher {}
 
 public struct DKIMSignConfig: Sendable, Equatable {
     /// d=: the signing domain.
@@ -22,6 +26,14 @@ public struct DKIMSignConfig: Sendable, Equatable {
         self.domain = domain
         self.selector = selector
         self.key = key
+    }
+}
+
+extension DKIMSignConfig {
+    /// What DKIMMessageSigner needs from this table (x= in whole seconds, rounded up).
+    public var signerSettings: DKIMSignerSettings {
+        DKIMSignerSettings(domain: domain, selector: selector, algorithm: algorithm, canonicalization: canonicalization,
+                           headers: headers, expiresAfter: expire.map { UInt64($0.rounded(.up)) })
     }
 }
 

@@ -60,6 +60,16 @@ private func parseError(_ text: String, sourceLocation: SourceLocation = #_sourc
         #expect(sign[1].expire == 604_800.0)
     }
 
+    @Test func signerSettingsCarryEveryKey() throws {
+        let sign = try parse(Self.dual).dkim.sign
+        let s = sign[1].signerSettings
+        #expect(s == DKIMSignerSettings(domain: "example.com", selector: "s2026e", algorithm: .ed25519SHA256,
+                                        canonicalization: .simpleSimple,
+                                        headers: ["from", "subject", "date", "list-unsubscribe"], expiresAfter: 604_800))
+        #expect(sign[0].signerSettings.expiresAfter == nil)
+        #expect(sign[0].signerSettings.oversigned == ["from"])
+    }
+
     @Test func renderingLoadsBack() throws {
         let config = try parse(Self.dual)
         #expect(config.tomlText.contains("\n[[dkim.sign]]\ndomain = \"example.com\"\nselector = \"s2026r\"\n"))
