@@ -61,9 +61,8 @@ let htab: UInt8 = 0x09
 
 @inline(__always) func isWSP(_ b: UInt8) -> Bool { b == sp || b == htab }
 
-private let crlfBytes: [UInt8] = [cr, lf]
-private let spBytes: [UInt8] = [sp]
-private let crBytes: [UInt8] = [cr]
+/// 32 CRLFs: held empty lines are written from it when content follows them.
+private let crlfBlock: [UInt8] = Array(repeatElement([cr, lf], count: 32).joined())
 
 /// The body canonicalizer of §3.4.3 (simple) and §3.4.4 (relaxed). Lines end with CRLF; a CR or LF
 /// alone is an ordinary byte (as every verifier treats it). State between chunks is O(1): the held CR,
@@ -89,78 +88,129 @@ public struct BodyCanonicalizer: Sendable {
 
     /// Feeds the next chunk of the body (the bytes after the blank line that ends the header block).
     public mutating func update<H: DKIMHasher>(_ chunk: UnsafeRawBufferPointer, into hash: inout H) {
+        guard chunk.count > 0 else { return }
+        // Canonical bytes are gathered in a buffer and reach the hash in large pieces: relaxed text
+        // breaks at every space, and a hash call (or an array append) per word costs more than the copy.
+        let slice = min(chunk.count, Self.sliceSize)
+        let capacity = slice + 2  // see process
+        let out = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        defer { out.deallocate() }
+        var at = 0
+        while at < chunk.count {
+            let end = min(chunk.count, at + slice)
+            process(UnsafeRawBufferPointer(rebasing: chunk[at..<end]), out, capacity: capacity, into: &hash)
+            at = end
+        }
+    }
+
+    private static let sliceSize = 65536
+
+    /// One piece of at most `capacity - 2` bytes. Each input byte writes at most one output byte; the
+    /// SP of whitespace and the CR held from the piece before add at most two; CRLFs held from pieces
+    /// before, which may be many, are written straight to the hash when they do not fit.
+    private mutating func process<H: DKIMHasher>(_ p: UnsafeRawBufferPointer, _ out: UnsafeMutablePointer<UInt8>,
+                                                 capacity: Int, into hash: inout H) {
         let relaxed = mode == .relaxed
-        let n = chunk.count
-        var runStart = 0  // chunk[runStart..<i] is content not yet written; nothing is pending while it is non-empty
-        var i = 0
-        while i < n {
-            let b = chunk[i]
-            if heldCR {
-                heldCR = false
+        var k = 0
+        var crlfs = pendingCRLFs, wsp = pendingWSP, held = heldCR, wrote = wroteContent
+        var length = canonicalLength
+
+        func writePending() {
+            if crlfs > 0 {
+                if 2 * crlfs > capacity - k - 2 {
+                    hash.update(UnsafeRawBufferPointer(start: out, count: k))
+                    length += k
+                    k = 0
+                    while 2 * crlfs > capacity - 2 {
+                        let m = min(crlfs, crlfBlock.count / 2)
+                        crlfBlock.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<2 * m])) }
+                        length += 2 * m
+                        crlfs -= m
+                    }
+                }
+                for _ in 0..<crlfs {
+                    out[k] = cr
+                    out[k + 1] = lf
+                    k += 2
+                }
+                crlfs = 0
+                wrote = true
+            }
+            if wsp {
+                out[k] = sp
+                k += 1
+                wsp = false
+                wrote = true
+            }
+        }
+
+        for i in 0..<p.count {
+            let b = p[i]
+            if held {
+                held = false
                 if b == lf {
-                    pendingWSP = false  // whitespace at the end of a line goes (relaxed)
-                    pendingCRLFs += 1
-                    i += 1
-                    runStart = i
+                    wsp = false  // whitespace at the end of a line goes (relaxed)
+                    crlfs += 1
                     continue
                 }
-                writePending(into: &hash)  // a CR alone is content
-                write(crBytes, into: &hash)
-                runStart = i
+                writePending()  // a CR alone is content
+                out[k] = cr
+                k += 1
+                wrote = true
             }
             if b == cr {
-                write(chunk, runStart, i, into: &hash)
-                heldCR = true
-                i += 1
-                runStart = i
+                held = true
                 continue
             }
-            if relaxed && isWSP(b) {
-                write(chunk, runStart, i, into: &hash)
-                pendingWSP = true
-                i += 1
-                runStart = i
+            if relaxed && (b == sp || b == htab) {
+                wsp = true
                 continue
             }
-            if runStart == i { writePending(into: &hash) }
-            i += 1
+            if crlfs > 0 || wsp { writePending() }
+            out[k] = b
+            k += 1
+            wrote = true
         }
-        write(chunk, runStart, n, into: &hash)
+        if k > 0 {
+            hash.update(UnsafeRawBufferPointer(start: out, count: k))
+            length += k
+        }
+        pendingCRLFs = crlfs
+        pendingWSP = wsp
+        heldCR = held
+        wroteContent = wrote
+        canonicalLength = length
     }
 
     /// The end of the body: writes the final CRLF (simple: always; relaxed: unless the body is empty).
     public mutating func finish<H: DKIMHasher>(into hash: inout H) {
         if heldCR {
             heldCR = false
-            writePending(into: &hash)
-            write(crBytes, into: &hash)
+            writePending(into: &hash)  // a CR alone is content
+            write([cr], into: &hash)
         }
         if pendingWSP { writePending(into: &hash) }  // whitespace on a last line without CRLF: one SP, as dkimpy
         pendingCRLFs = 0  // the empty lines at the end
-        if mode == .simple || wroteContent { write(crlfBytes, into: &hash) }
+        if mode == .simple || wroteContent { write([cr, lf], into: &hash) }
     }
 
     private mutating func writePending<H: DKIMHasher>(into hash: inout H) {
         while pendingCRLFs > 0 {
-            write(crlfBytes, into: &hash)
-            pendingCRLFs -= 1
+            let m = min(pendingCRLFs, crlfBlock.count / 2)
+            crlfBlock.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<2 * m])) }
+            canonicalLength += 2 * m
+            wroteContent = true
+            pendingCRLFs -= m
         }
         if pendingWSP {
             pendingWSP = false
-            write(spBytes, into: &hash)
+            write([sp], into: &hash)
         }
     }
 
     private mutating func write<H: DKIMHasher>(_ bytes: [UInt8], into hash: inout H) {
         bytes.withUnsafeBytes { hash.update($0) }
         canonicalLength += bytes.count
-        wroteContent = true
-    }
-
-    private mutating func write<H: DKIMHasher>(_ chunk: UnsafeRawBufferPointer, _ from: Int, _ to: Int, into hash: inout H) {
-        guard from < to else { return }
-        hash.update(UnsafeRawBufferPointer(rebasing: chunk[from..<to]))
-        canonicalLength += to - from
         wroteContent = true
     }
 }
