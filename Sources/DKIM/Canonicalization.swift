@@ -112,38 +112,9 @@ public struct BodyCanonicalizer: Sendable {
                                                  capacity: Int, into hash: inout H) {
         let relaxed = mode == .relaxed
         var k = 0
+        // The state in locals (registers) for the loop; stored back at the end.
         var crlfs = pendingCRLFs, wsp = pendingWSP, held = heldCR, wrote = wroteContent
         var length = canonicalLength
-
-        func writePending() {
-            if crlfs > 0 {
-                if 2 * crlfs > capacity - k - 2 {
-                    hash.update(UnsafeRawBufferPointer(start: out, count: k))
-                    length += k
-                    k = 0
-                    while 2 * crlfs > capacity - 2 {
-                        let m = min(crlfs, crlfBlock.count / 2)
-                        crlfBlock.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<2 * m])) }
-                        length += 2 * m
-                        crlfs -= m
-                    }
-                }
-                for _ in 0..<crlfs {
-                    out[k] = cr
-                    out[k + 1] = lf
-                    k += 2
-                }
-                crlfs = 0
-                wrote = true
-            }
-            if wsp {
-                out[k] = sp
-                k += 1
-                wsp = false
-                wrote = true
-            }
-        }
-
         for i in 0..<p.count {
             let b = p[i]
             if held {
@@ -153,7 +124,13 @@ public struct BodyCanonicalizer: Sendable {
                     crlfs += 1
                     continue
                 }
-                writePending()  // a CR alone is content
+                // A CR alone is content: what was held before it goes first.
+                if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, &length, &hash) }
+                if wsp {
+                    out[k] = sp
+                    k += 1
+                    wsp = false
+                }
                 out[k] = cr
                 k += 1
                 wrote = true
@@ -166,7 +143,12 @@ public struct BodyCanonicalizer: Sendable {
                 wsp = true
                 continue
             }
-            if crlfs > 0 || wsp { writePending() }
+            if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, &length, &hash) }
+            if wsp {
+                out[k] = sp
+                k += 1
+                wsp = false
+            }
             out[k] = b
             k += 1
             wrote = true
@@ -180,6 +162,29 @@ public struct BodyCanonicalizer: Sendable {
         heldCR = held
         wroteContent = wrote
         canonicalLength = length
+    }
+
+    /// Held empty lines, now followed by content: into `out` when they fit (room is kept for the two
+    /// bytes that may follow), else `out` is handed to the hash first and the CRLFs written straight.
+    private static func writeCRLFs<H: DKIMHasher>(_ crlfs: inout Int, _ out: UnsafeMutablePointer<UInt8>, _ k: inout Int,
+                                                  _ capacity: Int, _ length: inout Int, _ hash: inout H) {
+        if 2 * crlfs > capacity - k - 2 {
+            hash.update(UnsafeRawBufferPointer(start: out, count: k))
+            length += k
+            k = 0
+            while 2 * crlfs > capacity - 2 {
+                let m = min(crlfs, crlfBlock.count / 2)
+                crlfBlock.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<2 * m])) }
+                length += 2 * m
+                crlfs -= m
+            }
+        }
+        for _ in 0..<crlfs {
+            out[k] = cr
+            out[k + 1] = lf
+            k += 2
+        }
+        crlfs = 0
     }
 
     /// The end of the body: writes the final CRLF (simple: always; relaxed: unless the body is empty).

@@ -15,6 +15,8 @@ public struct HeaderField: Sendable, Equatable {
     public let name: String
     /// Index in `raw` of the first byte after the colon.
     public let valueStart: Int
+    /// The name lowercased (ASCII), for matching h= entries.
+    public let lowercasedName: String
 
     /// `raw` must be one field: a name of printable ASCII, optional WSP, a colon, and lines that end
     /// with CRLF, each line after the first starting with WSP.
@@ -32,14 +34,14 @@ public struct HeaderField: Sendable, Equatable {
         self.raw = raw
         self.name = String(decoding: raw[0..<end], as: UTF8.self)
         self.valueStart = colon + 1
+        self.lowercasedName = asciiLowercased(name)
     }
-
-    /// The name lowercased (ASCII), for matching h= entries.
-    public var lowercasedName: String { asciiLowercased(name) }
 }
 
+/// `s` with ASCII capitals lowercased; `s` itself (no copy) when it has none, as h= names usually are.
 func asciiLowercased(_ s: String) -> String {
-    String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+    guard s.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return s }
+    return String(decoding: s.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
 }
 
 public enum HeaderBlock {

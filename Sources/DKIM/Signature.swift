@@ -35,14 +35,14 @@ public enum SignedHeaders {
     /// those in `oversigned` once more; names absent from the message are left out unless oversigned.
     public static func list(for fields: [HeaderField], names: [String] = defaults,
                             oversigned: Set<String> = oversigned) -> [String] {
-        var counts: [String: Int] = [:]
-        for f in fields { counts[f.lowercasedName, default: 0] += 1 }
+        // Linear scans: a handful of fields and a few dozen names cost less than hashing them.
         var out: [String] = []
-        var seen: Set<String> = []
         for raw in names {
             let name = asciiLowercased(raw)
-            guard seen.insert(name).inserted else { continue }
-            let n = (counts[name] ?? 0) + (oversigned.contains(name) ? 1 : 0)
+            var n = 0
+            for f in fields where f.lowercasedName == name { n += 1 }
+            if oversigned.contains(name) { n += 1 }
+            guard n > 0, !out.contains(name) else { continue }
             out.append(contentsOf: repeatElement(name, count: n))
         }
         return out
@@ -51,16 +51,21 @@ public enum SignedHeaders {
     /// The fields that h= names, in h= order (§5.4.2): the k-th time a name appears in h= selects
     /// the k-th instance of it counting from the bottom; a name with no instance left selects nothing.
     public static func select(_ h: [String], from fields: [HeaderField]) -> [HeaderField] {
-        var byName: [String: [Int]] = [:]
-        for (i, f) in fields.enumerated() { byName[f.lowercasedName, default: []].append(i) }
-        var used: [String: Int] = [:]
         var out: [HeaderField] = []
-        for raw in h {
+        for (i, raw) in h.enumerated() {
             let name = asciiLowercased(raw)
-            let k = used[name, default: 0]
-            used[name] = k + 1
-            if let instances = byName[name], k < instances.count {
-                out.append(fields[instances[instances.count - 1 - k]])
+            var k = 0  // earlier occurrences of the name in h=
+            for earlier in h[..<i] where asciiLowercased(earlier) == name { k += 1 }
+            var j = fields.count - 1
+            while j >= 0 {
+                if fields[j].lowercasedName == name {
+                    if k == 0 {
+                        out.append(fields[j])
+                        break
+                    }
+                    k -= 1
+                }
+                j -= 1
             }
         }
         return out
@@ -118,11 +123,16 @@ public struct DKIMSignatureTags: Sendable, Equatable {
     }
 
     private static func isDotted(_ s: String, underscore: Bool) -> Bool {
-        !s.isEmpty && s.utf8.count <= 253 && s.first != "." && s.last != "." && !s.contains("..")
-            && s.utf8.allSatisfy { b in
-                (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39)
-                    || b == 0x2D || b == 0x2E || (underscore && b == 0x5F)
-            }
+        let u = s.utf8
+        guard !u.isEmpty, u.count <= 253, u.first != 0x2E, u.last != 0x2E else { return false }
+        var previous: UInt8 = 0
+        for b in u {
+            let ok = (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || (b >= 0x30 && b <= 0x39)
+                || b == 0x2D || (b == 0x2E && previous != 0x2E) || (underscore && b == 0x5F)
+            guard ok else { return false }
+            previous = b
+        }
+        return true
     }
 
     /// The whole field, its CRLF included, with `signature` as b=; with an empty signature, the
@@ -206,22 +216,26 @@ public func dkimKeyRecord(algorithm: DKIMAlgorithm, publicKey: [UInt8]) -> Strin
 private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
 public func base64(_ bytes: [UInt8]) -> String {
-    var out: [UInt8] = []
-    out.reserveCapacity((bytes.count + 2) / 3 * 4)
-    var i = 0
-    while i + 2 < bytes.count {
-        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-        out += [base64Alphabet[Int(v >> 18)], base64Alphabet[Int(v >> 12 & 63)],
-                base64Alphabet[Int(v >> 6 & 63)], base64Alphabet[Int(v & 63)]]
-        i += 3
+    let length = (bytes.count + 2) / 3 * 4
+    return String(unsafeUninitializedCapacity: length) { out in
+        var i = 0, k = 0
+        func put(_ v: UInt32) {
+            out[k] = base64Alphabet[Int(v & 63)]
+            k += 1
+        }
+        while i + 2 < bytes.count {
+            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            put(v >> 18); put(v >> 12); put(v >> 6); put(v)
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest > 0 {
+            let v = UInt32(bytes[i]) << 16 | (rest == 2 ? UInt32(bytes[i + 1]) << 8 : 0)
+            put(v >> 18); put(v >> 12)
+            if rest == 2 { put(v >> 6) } else { out[k] = 0x3D; k += 1 }
+            out[k] = 0x3D
+            k += 1
+        }
+        return k
     }
-    let rest = bytes.count - i
-    if rest == 1 {
-        let v = UInt32(bytes[i]) << 16
-        out += [base64Alphabet[Int(v >> 18)], base64Alphabet[Int(v >> 12 & 63)], 0x3D, 0x3D]
-    } else if rest == 2 {
-        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
-        out += [base64Alphabet[Int(v >> 18)], base64Alphabet[Int(v >> 12 & 63)], base64Alphabet[Int(v >> 6 & 63)], 0x3D]
-    }
-    return String(decoding: out, as: UTF8.self)
 }
