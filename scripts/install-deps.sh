@@ -11,6 +11,7 @@ PACKAGES=(
     libuv1-dev libc-ares-dev libssl-dev zlib1g-dev libisal-dev openssl ca-certificates pkg-config
     swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd python3-prometheus-client
+    python3-dkim  # dkimpy: the independent DKIM verifier of the tests
     iproute2 util-linux
     systemd  # only systemd-analyze, to verify etc/systemd/tern.service; nothing is started
 )

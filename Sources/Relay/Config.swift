@@ -77,6 +77,8 @@ public struct TernConfig: Sendable, Equatable {
     public var backoff: [BackoffRule] = []
     /// [egress]: source addresses, pools of them, and which pool a message uses.
     public var egress: EgressConfig = EgressConfig()
+    /// [[dkim.sign]] tables: the signatures to put on mail (DKIMConfig.swift).
+    public var dkim: DKIMConfig = DKIMConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -101,6 +103,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.admin),
             AnySection(\.egress),
             AnySection(name: "aliases", read: readAliases),
+            AnySection(name: "dkim", read: readDKIM),
         ]
     }
 

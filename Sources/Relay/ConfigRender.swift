@@ -100,6 +100,7 @@ extension TernConfig {
         }
 
         renderShaping(&out)
+        renderDKIM(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

@@ -16,7 +16,8 @@ struct Tern: ParsableCommand {
         commandName: "tern",
         abstract: "Tern, an event-driven SMTP relay.",
         version: BuildInfo.versionLine,
-        subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self, Health.self])
+        subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self, Health.self,
+                      DKIMCommand.self])
 }
 
 struct Serve: ParsableCommand {

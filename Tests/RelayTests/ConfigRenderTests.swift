@@ -3,6 +3,7 @@ import SMTPProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
+import DKIM
 import Testing
 @testable import Relay
 
@@ -88,6 +89,12 @@ import Testing
         c.backoff = [BackoffRule(name: "slow", reply: "^421 ", threshold: Threshold(count: 3, window: 300),
                                  action: .throttle(rate: Rate(count: 1, period: 1), connections: 1), duration: 600,
                                  rules: ["google"])]
+        var sign = DKIMSignConfig(domain: "example.org", selector: "s2026", key: "/etc/tern/dkim.pem")
+        sign.algorithm = .ed25519SHA256
+        sign.canonicalization = .simpleSimple
+        sign.headers = ["from", "subject"]
+        sign.expire = 86400
+        c.dkim.sign = [sign]
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")
