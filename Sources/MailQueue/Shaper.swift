@@ -378,8 +378,10 @@ public struct Shaper: Sendable, ShapingAdmission {
             return (false, s?.throttle?.until)
         }
         var wake = -Double.infinity
-        if e.connectionRate != nil, let tat = s?.connectionTAT, tat > now { wake = tat }
-        if e.messageRate != nil, let tat = s?.messageTAT, tat > now { wake = Swift.max(wake, tat) }
+        if e.connectionRate != nil, let tat = s?.connectionTAT, tat - Rate.tolerance > now { wake = tat - Rate.tolerance }
+        if e.messageRate != nil, let tat = s?.messageTAT, tat - Rate.tolerance > now {
+            wake = Swift.max(wake, tat - Rate.tolerance)
+        }
         if wake > now { return (false, wake) }
         return (true, nil)
     }
@@ -471,7 +473,7 @@ public struct Shaper: Sendable, ShapingAdmission {
         if let maxMessages, sent >= maxMessages { return .close }
         var rate = configured
         if let t = s.throttle?.rate, t.interval > (rate?.interval ?? 0) { rate = t }
-        if rate != nil, s.messageTAT > now { return .wait(until: s.messageTAT) }
+        if rate != nil, s.messageTAT - Rate.tolerance > now { return .wait(until: s.messageTAT - Rate.tolerance) }
         s.countMessage(rate: rate, now: now)
         s.inFlight += 1
         return .go

@@ -31,6 +31,12 @@ public struct Rate: Sendable, Equatable, Hashable, CustomStringConvertible {
 
     /// Seconds between two permits at the steady rate.
     public var interval: Double { period / Double(count) }
+
+    /// How far ahead of its steady schedule a rate may run (GCRA's burst tolerance): the loop's timer
+    /// granularity, 1 ms. Without it a lane waits for a timer (1 ms at the least) whenever two
+    /// connections finish in the same loop iteration, so a rate of thousands a second delivered far
+    /// fewer; with it a window of T seconds still carries at most rate × (T + 1 ms) + 1 permits.
+    public static let tolerance = 0.001
     /// Permits per second.
     public var perSecond: Double { Double(count) / period }
 

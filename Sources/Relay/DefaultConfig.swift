@@ -162,7 +162,8 @@ dead_destination_maximum = "1h"
 #   name: required; it names the rule in logs and metrics ("default" is taken).
 #   max_connections, max_messages_per_connection: integers.
 #   max_message_rate, max_connection_rate: "20/s", "300/min", "5000/h" or
-#   "100000/d", spread evenly (no burst at the top of each minute).
+#   "100000/d", spread evenly (no burst at the top of each minute; at most
+#   1 ms ahead of the even spacing, so high rates are not cut by timer ticks).
 #   connection_cache_time as delivery's, tls as a route's, pool as egress's.
 # [[shaping]]
 # name = "bigmail"

@@ -92,8 +92,10 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
         let lane = ShapingLane(group: g, source: "")
         #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
         // The next message is allowed 1/20 s later, not before; a second connection waits too.
-        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 0.01) == .wait(until: t0 + 0.05))
-        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 0.01, commit: true) == .blocked(until: t0 + 0.05))
+        // (Less GCRA's tolerance of 1 ms, the loop's timer granularity.)
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 0.01) == .wait(until: t0 + 0.05 - Rate.tolerance))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 0.01, commit: true)
+                == .blocked(until: t0 + 0.05 - Rate.tolerance))
         // Over ten seconds of asking every millisecond: at most 20 per second, evenly.
         var times: [Double] = [t0]
         var now = t0
@@ -111,13 +113,42 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
         #expect(s.admitMessage(on: lane, sent: 1, now: now) != .go)
     }
 
+    /// A high rate is not cut to one message per timer tick: connections that finish in the same loop
+    /// iteration (the same `now`) go on within 1 ms of the steady schedule, and no further.
+    @Test func aHighRateToleratesOneMillisecondOfBurst() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 100,
+                                                          maxMessageRate: Rate(count: 100_000, period: 1))]))
+        let g = ShapingGroup.rule("r")
+        let lane = ShapingLane(group: g, source: "")
+        #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        var admitted = 1
+        while s.admitMessage(on: lane, sent: 1, now: t0) == .go { admitted += 1 }
+        // 10 µs apart: the first, then as many as fit in 1 ms ahead (floating point may take one off).
+        #expect(admitted >= 100 && admitted <= 101)
+        if case .wait(let until?) = s.admitMessage(on: lane, sent: 1, now: t0) {
+            #expect(until > t0 && until <= t0 + 0.0001)
+        } else {
+            Issue.record("the burst must end")
+        }
+        // Steady: at most 100,000 in a second, plus the burst.
+        var now = t0
+        var inSecond = 0
+        while now < t0 + 1 {
+            now += 0.0005
+            while s.admitMessage(on: lane, sent: 1, now: now) == .go { inSecond += 1 }
+        }
+        #expect(inSecond <= 100_000 + 101)
+        #expect(inSecond >= 99_000)
+    }
+
     @Test func connectionRateAndMessagesPerConnection() {
         var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 10,
                                                           maxMessagesPerConnection: 3,
                                                           maxConnectionRate: Rate(count: 2, period: 1))]))
         let g = ShapingGroup.rule("r")
         #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
-        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0, commit: true) == .blocked(until: t0 + 0.5))
+        #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0, commit: true)
+                == .blocked(until: t0 + 0.5 - Rate.tolerance))
         #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 0.5, commit: true) == .open(source: ""))
         let lane = ShapingLane(group: g, source: "")
         #expect(s.admitMessage(on: lane, sent: 2, now: t0 + 1) == .go)
@@ -191,7 +222,7 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
                                               connections: 1, until: t0 + 902)])
         #expect(s.admitConnection(group: g, pool: nil, connections: 0, now: t0 + 303, commit: true) == .open(source: ""))
         #expect(s.admitConnection(group: g, pool: nil, connections: 1, now: t0 + 310, commit: true) == .blocked(until: t0 + 902))
-        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 303.5) == .wait(until: t0 + 304))
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 303.5) == .wait(until: t0 + 304 - Rate.tolerance))
         #expect(s.laneViews(now: t0 + 500).first?.state == .throttled(until: t0 + 902, rule: "slow", rate: "1/s", connections: 1))
         // A second trigger while it is active extends it.
         for t in [600.0, 601, 602] { s.replySeen(lane, code: 421, enhanced: "4.7.0", text: "later", now: t0 + t) }
@@ -244,7 +275,7 @@ private func policy(rules: [ShapingRule] = [], backoff: [BackoffRule] = [], dead
                                           backoff: [backoff]))
         fresh.restore(decoded, now: t0 + 2)
         // The throttle (1/min) and the rate time survive: no burst after a restart.
-        #expect(fresh.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .blocked(until: t0 + 60))
+        #expect(fresh.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .blocked(until: t0 + 60 - Rate.tolerance))
         #expect(fresh.admitConnection(group: .domain("d.example"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .blocked(until: t0 + 60))
         #expect(fresh.laneViews(now: t0 + 2).allSatisfy { $0.group != .rule("gone") }, "a rule no longer configured")
 
