@@ -110,11 +110,15 @@ final class DKIMMessageSigning: @unchecked Sendable {
         let fields: [HeaderField]
         do {
             fields = try start.withUnsafeBytes { try HeaderBlock.parse(UnsafeRawBufferPointer(rebasing: $0[..<HeaderBlock.split($0).headerEnd])) }
-        } catch let error as DKIMError {
-            failure = DKIMError("unparsable header block: \(error.message)")
-            return
         } catch {
-            failure = DKIMError("unparsable header block: \(error)")
+            // Unsignable, but only a failure if the config says to sign it: the From: domain of a
+            // line that looks like one decides (a domain without keys passes unsigned, as ever).
+            let from = Self.looseAuthorDomain(start)
+            if from == nil || !keys.signatures(forAuthorDomain: from!).isEmpty {
+                failure = DKIMError("unparsable header block: \(error)")
+            } else {
+                signers = []
+            }
             return
         }
         let domain = AuthorDomain.domains(in: fields).first
@@ -122,6 +126,23 @@ final class DKIMMessageSigning: @unchecked Sendable {
         var made = chosen.map { (signer: DKIMMessageSigner(settings: $0.settings, hasher: SHA256()), key: $0.key) }
         for i in made.indices { made[i].signer.update(start) }
         signers = made
+    }
+
+    /// The domain of the first line starting "From:" in the header block of `start`, without parsing
+    /// the block (which failed); nil when there is none.
+    static func looseAuthorDomain(_ start: [UInt8]) -> String? {
+        let end = start.withUnsafeBytes { HeaderBlock.split($0).headerEnd }
+        var lineStart = 0
+        while lineStart < end {
+            var lineEnd = lineStart
+            while lineEnd < end && start[lineEnd] != 10 { lineEnd += 1 }
+            let line = start[lineStart..<lineEnd]
+            if line.count >= 5, String(decoding: line.prefix(5), as: UTF8.self).lowercased() == "from:" {
+                return AuthorDomain.domains(ofValue: Array(line.dropFirst(5))).first
+            }
+            lineStart = lineEnd + 1
+        }
+        return nil
     }
 
     /// The DKIM-Signature fields to put in front of the message: empty when its From: domain has no
