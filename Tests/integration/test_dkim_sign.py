@@ -263,3 +263,59 @@ def test_sighup_with_a_missing_key_keeps_the_old_keys(signing_relay, keys, tmp_p
     assert "dkim.sign[0].key" in line and str(key) in line, line
     content = relay_one(tern, hop, make_message(sender="alice@example.com"))
     assert [t["s"] for t in verify_all(content, records)] == ["rsa1"]
+
+
+def test_dkim_check_compares_the_published_records_with_the_keys(tmp_path, start_dns):
+    """`tern dkim check` looks the records up through [dns] (dnsmasq on loopback): a published record
+    matches, another key's record, a revoked key and a missing record each fail and say so."""
+    keys = {}
+    for sel, gen in [("r1", "rsa-2048"), ("e1", "ed25519"), ("other", "ed25519"), ("gone", "ed25519"),
+                     ("revoked", "rsa-2048")]:
+        path = tmp_path / f"{sel}.pem"
+        p = subprocess.run([str(TERN_BIN), "dkim", "keygen", "--domain", "signer.test", "--selector", sel,
+                            "--algorithm", gen, "--out", str(path)], capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr.decode()
+        m = re.search(r'\( (.*) \)', p.stdout.decode())
+        keys[sel] = (path, gen, re.findall(r'"([^"]*)"', m.group(1)))
+
+    def txt(name: str, strings: list[str]) -> str:
+        return f"--txt-record={name}," + ",".join(strings)
+
+    records = [txt("r1._domainkey.signer.test", keys["r1"][2]),   # RSA: two strings of <= 255
+               txt("e1._domainkey.signer.test", keys["e1"][2]),
+               txt("other._domainkey.signer.test", keys["e1"][2]),  # e1's key, not other's
+               txt("revoked._domainkey.signer.test", ["v=DKIM1; k=rsa; p="])]
+    assert len(keys["r1"][2]) == 2
+    dns = start_dns(records)
+    alg = {"rsa-2048": "rsa-sha256", "ed25519": "ed25519-sha256"}
+
+    def config(sels: list[str]) -> Path:
+        cfg = tmp_path / f"{'-'.join(sels)}.toml"
+        text = f'[dns]\nservers = ["127.0.0.1:{dns.port}"]\n'
+        for sel in sels:
+            path, gen, _ = keys[sel]
+            text += (f'[[dkim.sign]]\ndomain = "signer.test"\nselector = "{sel}"\nkey = "{path}"\n'
+                     f'algorithm = "{alg[gen]}"\n')
+        cfg.write_text(text)
+        return cfg
+
+    def check(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(TERN_BIN), "dkim", "check", "--config", str(cfg), *args],
+                              capture_output=True, timeout=60)
+
+    p = check(config(["r1", "e1"]))
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, p.stderr.decode())
+    assert re.search(r"(?m)^ok +r1\._domainkey\.signer\.test \(rsa-sha256", out), out
+    assert re.search(r"(?m)^ok +e1\._domainkey\.signer\.test \(ed25519-sha256", out), out
+
+    p = check(config(["r1", "other", "gone", "revoked"]))
+    out = p.stdout.decode()
+    assert p.returncode == 1, (out, p.stderr.decode())
+    assert re.search(r"(?m)^ok +r1\.", out), out
+    assert re.search(r"(?m)^FAIL other\._domainkey\.signer\.test: p= is another key$", out), out
+    assert re.search(r"(?m)^FAIL gone\._domainkey\.signer\.test: no record", out), out
+    assert re.search(r"(?m)^FAIL revoked\._domainkey\.signer\.test: p= is empty", out), out
+
+    p = check(config(["r1", "other"]), "--domain", "nosuch.test")
+    assert p.returncode == 78 and b"no [[dkim.sign]] table for nosuch.test" in p.stderr, p.stderr
