@@ -263,6 +263,17 @@ def test_sighup_with_a_missing_key_keeps_the_old_keys(signing_relay, keys, tmp_p
     assert "dkim.sign[0].key" in line and str(key) in line, line
     content = relay_one(tern, hop, make_message(sender="alice@example.com"))
     assert [t["s"] for t in verify_all(content, records)] == ["rsa1"]
+    # The key back and an Ed25519 table added: the reload takes both, the next message has two signatures.
+    key.write_bytes((d / "rsa1.example.com.pem").read_bytes())
+    text = tern.config_path.read_text()
+    one = '{ domain = "example.com", selector = "rsa1", key = "%s" }' % key
+    assert one in text, text
+    tern.config_path.write_text(text.replace(one, one + ', { domain = "example.com", selector = "ed1", key = "%s", '
+                                             'algorithm = "ed25519-sha256" }' % (d / "ed1.example.com.pem")))
+    line = tern.hup("reloaded ")
+    assert "dkim" in line, line
+    content = relay_one(tern, hop, make_message(sender="alice@example.com"))
+    assert sorted(t["s"] for t in verify_all(content, records)) == ["ed1", "rsa1"]
 
 
 def test_dkim_check_compares_the_published_records_with_the_keys(tmp_path, start_dns):
