@@ -330,3 +330,18 @@ def test_dkim_check_compares_the_published_records_with_the_keys(tmp_path, start
 
     p = check(config(["r1", "other"]), "--domain", "nosuch.test")
     assert p.returncode == 78 and b"no [[dkim.sign]] table for nosuch.test" in p.stderr, p.stderr
+
+
+def test_smtputf8_mail_with_utf8_headers_is_signed(signing_relay, keys):
+    _, records, _ = keys
+    start, hop = signing_relay
+    tern = start()
+    msg = make_message(sender="Jöran Ünïcode <jöran@example.com>", subject="Grüße, 你好",
+                       to="ünï@x.test", body="Grüße\r\n".encode())
+    before = len(hop.transactions)
+    send_message(tern.port, "jöran@example.com", ["ünï@x.test"], msg, mail_params="SMTPUTF8")
+    t = hop.wait_for(before + 1, timeout=30, on_timeout=lambda: tern.stderr()[-3000:])[before]
+    assert "SMTPUTF8" in [o.upper() for o in t.mail_options], t.mail_options
+    assert len(verify_all(t.content, records)) == 2
+    altered = t.content.replace("你好".encode(), "您好".encode())
+    assert not verifies(altered, 0, records) and not verifies(altered, 1, records)
