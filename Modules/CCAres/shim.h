@@ -39,6 +39,7 @@ static const int TERN_DNS_TYPE_A = 1;
 static const int TERN_DNS_TYPE_CNAME = 5;
 static const int TERN_DNS_TYPE_PTR = 12;
 static const int TERN_DNS_TYPE_MX = 15;
+static const int TERN_DNS_TYPE_TXT = 16;
 static const int TERN_DNS_TYPE_AAAA = 28;
 
 static const int TERN_ARES_SOCKET_BAD = ARES_SOCKET_BAD;

@@ -239,3 +239,27 @@ public func base64(_ bytes: [UInt8]) -> String {
         return k
     }
 }
+
+/// Whether a published key record (RFC 6376 §3.6.1) is the one for this key: nil when it is, else
+/// why not. Tags are compared as verifiers read them: v= (if present) DKIM1, k= (default rsa) the
+/// key's type, p= (whitespace ignored) the key; an empty p= is a revoked key.
+public func dkimKeyRecordMismatch(_ record: String, algorithm: DKIMAlgorithm, publicKey: [UInt8]) -> String? {
+    var tags: [String: String] = [:]
+    for part in record.split(separator: ";") {
+        guard let eq = part.firstIndex(of: "=") else {
+            if part.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }) { continue }
+            return "\"\(part)\" is not a tag=value pair"
+        }
+        let name = part[..<eq].filter { !" \t\r\n".contains($0) }
+        let value = part[part.index(after: eq)...].filter { !" \t\r\n".contains($0) }
+        if tags[name] != nil { return "the tag \(name)= appears twice" }
+        tags[name] = value
+    }
+    if let v = tags["v"], v != "DKIM1" { return "v=\(v), not DKIM1" }
+    let k = tags["k"] ?? "rsa"
+    if k != algorithm.keyType { return "k=\(k), but the key is \(algorithm.keyType)" }
+    guard let p = tags["p"] else { return "no p= tag" }
+    if p.isEmpty { return "p= is empty: the key is revoked" }
+    if p != base64(publicKey) { return "p= is another key" }
+    return nil
+}

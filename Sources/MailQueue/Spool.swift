@@ -82,10 +82,18 @@ public final class SpoolFile: @unchecked Sendable {
     /// Set once `commit` has returned: the message is queued and `discard` must leave it alone.
     fileprivate var committed = false
 
-    fileprivate init(id: QueueID, path: String, fd: Int32) {
+    fileprivate init(id: QueueID, path: String, fd: Int32, size: Int = 0) {
         self.id = id
         self.path = path
         self.fd = fd
+        self.size = size
+    }
+
+    /// The descriptor, no longer closed by this object.
+    fileprivate func takeDescriptor() -> Int32 {
+        let fd = self.fd
+        self.fd = -1
+        return fd
     }
 
     deinit { closeDescriptor() }
@@ -289,6 +297,41 @@ public final class Spool: @unchecked Sendable {
         try journal.append(messages)
     }
 
+    /// Puts `prefix` in front of a message file not committed yet (the DKIM-Signature fields of a
+    /// message that went to disk while it arrived): `<id>.msg.tmp` gets the prefix and a copy of the
+    /// file, and is renamed over it. Returns the file to commit instead of `file` (closed here). On
+    /// error the new file is removed; `discard(file)` removes the old one. Blocking.
+    public func prepend(_ prefix: [UInt8], to file: SpoolFile) throws -> SpoolFile {
+        guard file.fd >= 0, !file.committed else {
+            throw SpoolError("prepend", path: file.path, errno: EBADF, detail: "file is already closed")
+        }
+        let temporary = file.path + ".tmp"
+        let fd = try Spool.retrying("create", temporary) { open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
+        let new = SpoolFile(id: file.id, path: temporary, fd: fd)
+        var done = false
+        defer { if !done { new.closeDescriptor(); _ = unlink(temporary) } }
+        try new.write(prefix)
+        let input = try Spool.retrying("open", file.path) { open(file.path, O_RDONLY | O_CLOEXEC) }
+        defer { _ = posixClose(input) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("read", path: file.path, errno: errno)
+            }
+            if n == 0 { break }
+            try buffer.withUnsafeBytes { try new.write(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        }
+        guard new.size == prefix.count + file.size else {
+            throw SpoolError("prepend", path: file.path, errno: EIO, detail: "copied \(new.size - prefix.count) of \(file.size) bytes")
+        }
+        try Spool.retrying("rename", temporary) { rename(temporary, file.path) }
+        file.closeDescriptor()
+        done = true
+        return SpoolFile(id: new.id, path: file.path, fd: new.takeDescriptor(), size: new.size)
+    }
+
     /// Abandons a message that was not committed (client went away, commit failed): closes the file and
     /// unlinks whatever of it exists. Never throws. A no-op after a successful commit.
     public func discard(_ file: SpoolFile) {
@@ -444,7 +487,7 @@ public final class Spool: @unchecked Sendable {
     }
 
     /// Start-up recovery, before accepting mail: moves files of the unhashed layout into their
-    /// directories, then deletes `*.env.tmp`, `*.msg` files with no `.env`, and messages whose `.env` is
+    /// directories, then deletes `*.env.tmp`, `*.msg.tmp` (Spool.prepend), `*.msg` files with no `.env`, and messages whose `.env` is
     /// torn (`isTorn`): partial messages never count as queued. Returns how many files were removed.
     /// Must not run while messages are being received: their .msg files have no .env yet.
     public func removeOrphans() throws -> Int {
@@ -462,7 +505,7 @@ public final class Spool: @unchecked Sendable {
             if removed > 0 { names = try Spool.entries(d.path) }
             let envelopes = Set(names.filter { $0.hasSuffix(".env") }.map { $0.dropLast(4) })
             for name in names {
-                let orphan = name.hasSuffix(".env.tmp")
+                let orphan = name.hasSuffix(".env.tmp") || name.hasSuffix(".msg.tmp")
                     || (name.hasSuffix(".msg") && !envelopes.contains(name.dropLast(4)))
                 guard orphan else { continue }
                 let file = d.path + "/" + name

@@ -17,6 +17,8 @@ public struct SecurityFiles: Sendable {
     /// server.submission and server.submissions (tls.submission_ciphers).
     public var submissionTLS: TLSContext?
     public var users: UsersFile?
+    /// The [[dkim.sign]] keys; nil without tables.
+    public var dkim: DKIMKeySet?
 }
 
 extension TernConfig {
@@ -57,6 +59,7 @@ extension TernConfig {
                 throw fail("auth.users_file", "\(auth.usersFile)\(at): \(error.message)")
             }
         }
+        files.dkim = try DKIMKeySet.load(dkim.sign, source: source)
         return files
     }
 

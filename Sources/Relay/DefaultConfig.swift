@@ -260,6 +260,25 @@ cleartext_from_loopback = false
 # Example: senders = { alice = ["alice@example.com", "@alice.example"] }
 senders = {}
 
+# [[dkim.sign]]
+# DKIM signatures (RFC 6376; Ed25519: RFC 8463), one table per signature: two
+# tables for a domain sign its mail twice (RSA and Ed25519). Signed: mail from
+# relay_networks or authenticated clients whose From: domain is `domain`, or a
+# subdomain of it with no keys of its own (the closest configured parent signs),
+# never mail relayed inbound for accept_domains. The signature is made before
+# the 250 and spooled with the message; a message that cannot be signed gets
+# 451 4.3.0. Make a key and its TXT record with
+# `tern dkim keygen --domain D --selector S [--algorithm ed25519|rsa-2048]`.
+# Keys are read at start-up and by SIGHUP; a bad key refuses the config.
+# domain = "example.com"                  # d=
+# selector = "s2026r"                     # s=: s2026r._domainkey.example.com
+# key = "/etc/tern/dkim/example.com.rsa.pem"
+# algorithm = "rsa-sha256"                # or "ed25519-sha256"
+# canonicalization = "relaxed/relaxed"    # or "simple/simple", "relaxed/simple"...
+# headers = ["from", "to", "subject"]     # default: From, To, Cc, Subject, Date,
+#                                         # Message-ID, Reply-To, MIME, List-Unsubscribe...
+# expire = "7d"                           # x=; default: none
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

@@ -350,8 +350,11 @@ final class InboundSession {
         // messages reach the writer as one array (no join before the journal write and delivery).
         let header = received.bytes
         let inBuffer = machine.prefixMessageData(header, for: start)
+        // DKIM signs only mail this relay sends for its own users: from relay_networks or authenticated
+        // clients, never mail relayed inbound for accept_domains.
+        let mayBeSigned = machine.client.trusted || start.authenticatedUser != nil
         let writer = MessageWriter(loop: server.loop, spool: server.spool, journal: server.journal, id: id, envelope: envelope,
-                                   firstBytes: inBuffer ? [] : header)
+                                   firstBytes: inBuffer ? [] : header, dkim: mayBeSigned ? server.dkimKeys : nil)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
         self.writer = writer
     }
@@ -498,6 +501,8 @@ final class InboundSession {
                            text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes, wireReady: wireReady)
+            } else if let error = error as? DKIMSigningFailure {
+                server.log.error("\(writer.id): \(error)", metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
             } else {
                 server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
                                  metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
@@ -506,7 +511,8 @@ final class InboundSession {
             // all the same, and the answer goes nowhere.
             guard let session = server.sessions[sessionID] else { return }
             session.releaseWriter()
-            session.perform(session.machine.commitFinished(queueID: queueID?.rawValue))
+            session.perform(session.machine.commitFinished(queueID: queueID?.rawValue,
+                                                           signingFailed: error is DKIMSigningFailure))
             session.resumeReading()
             session.armTimer()
             session.pumpInput()  // commands pipelined behind it, past the reply cap

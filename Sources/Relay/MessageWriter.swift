@@ -7,9 +7,16 @@
 // one fdatasync for all the messages that finished DATA while the previous batch was on disk. A large
 // message, already partly written to its own file while it arrived, is committed there instead.
 
+import DKIM
 import Logging
 import MailQueue
 import UVRuntime
+
+/// Why a message could not be signed (issue 17): the client gets 451 4.3.0 and nothing is queued.
+struct DKIMSigningFailure: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "DKIM signing failed: \(reason)" }
+}
 
 final class MessageWriter {
     let loop: EventLoop
@@ -36,6 +43,11 @@ final class MessageWriter {
     /// After a commit of a message that never spilled: its bytes, for the delivery side to start from
     /// without reading the file back.
     private(set) var committedBytes: [UInt8]?
+    /// The keys to sign with when the session may have its mail signed (relay_networks or AUTH);
+    /// nil: never signed (and no work for it).
+    let dkim: DKIMKeySet?
+    /// For a message that goes to disk while it arrives: fed every chunk by the pool work that writes it.
+    private var signing: DKIMMessageSigning?
     /// Called on the loop when a write finished and fewer bytes wait: the session may read again.
     var onDrained: (() -> Void)?
 
@@ -43,8 +55,9 @@ final class MessageWriter {
     static let writeThreshold = 256 * 1024
 
     init(loop: EventLoop, spool: Spool, journal: JournalCommitter?, id: QueueID, envelope: Envelope,
-         firstBytes: [UInt8]) {
+         firstBytes: [UInt8], dkim: DKIMKeySet? = nil) {
         self.loop = loop
+        self.dkim = dkim
         self.spool = spool
         self.journal = journal
         self.id = id
@@ -119,22 +132,43 @@ final class MessageWriter {
         let whole = committing && !spilled
         if whole, file == nil, failure == nil, let journal {
             busy = true
-            journal.commit(envelope, chunks: chunks) { [self] stored, bytes, error in
+            guard let keys = dkim else {
+                commitToJournal(journal, chunks: chunks, held: chunksHeld)
+                return
+            }
+            // Signed in a work item of its own, before the journal's batch: the signatures of many
+            // messages run on all the pool's threads instead of one after another in the batch's work,
+            // and a message that cannot be signed fails alone.
+            var signed: [UInt8] = []
+            var signFailure: Error?
+            let time = UInt64(max(0, envelope.arrival))
+            loop.queueWork({
+                let message = MessageWriter.joined(chunks)
+                do {
+                    let fields = try DKIMMessageSigning.sign(message, keys: keys, time: time)
+                    signed = fields.isEmpty ? message : fields + message
+                } catch {
+                    signFailure = DKIMSigningFailure(reason: "\(error)")
+                }
+            }, done: { [self] in
+                guard let signFailure else {
+                    commitToJournal(journal, chunks: [signed], held: chunksHeld)
+                    return
+                }
                 busy = false
                 heldBytes -= chunksHeld
+                self.failure = signFailure
                 let done = commitDone!
                 commitDone = nil
-                if let stored {
-                    self.envelope = stored
-                    committedBytes = bytes
-                } else {
-                    self.failure = error
-                }
-                done(stored == nil ? nil : id, error)
-            }
+                done(nil, signFailure)
+            })
             return
         }
         if !committing { spilled = true }
+        if spilled, signing == nil, let keys = dkim { signing = DKIMMessageSigning(keys: keys) }
+        let signing = self.signing
+        let keys = dkim
+        let time = UInt64(max(0, envelope.arrival))
         var bytes: [UInt8] = []
         loop.queueWork({
             // On a pool thread: only the captured values are touched here.
@@ -144,11 +178,33 @@ final class MessageWriter {
                 if whole {
                     // The whole message: one write, and the bytes stay for delivery.
                     bytes = MessageWriter.joined(chunks)
+                    if let keys {
+                        let fields: [UInt8]
+                        do {
+                            fields = try DKIMMessageSigning.sign(bytes, keys: keys, time: time)
+                        } catch {
+                            throw DKIMSigningFailure(reason: "\(error)")
+                        }
+                        if !fields.isEmpty { bytes = fields + bytes }
+                    }
                     try file!.write(bytes)
                 } else {
-                    for chunk in chunks { try file!.write(chunk) }
+                    for chunk in chunks {
+                        try file!.write(chunk)
+                        signing?.update(chunk)
+                    }
                 }
                 if committing {
+                    if let signing, !whole {
+                        // Spilled: the fields go in front of what is on disk (a copy of the file).
+                        let fields: [UInt8]
+                        do {
+                            fields = try signing.finish(time: time)
+                        } catch {
+                            throw DKIMSigningFailure(reason: "\(error)")
+                        }
+                        if !fields.isEmpty { file = try spool.prepend(fields, to: file!) }
+                    }
                     envelope = try spool.commit(file!, envelope: envelope)
                 }
             } catch {
@@ -174,6 +230,26 @@ final class MessageWriter {
                 kick()
             }
         })
+    }
+}
+
+extension MessageWriter {
+    /// The whole message through the journal's next batch.
+    fileprivate func commitToJournal(_ journal: JournalCommitter, chunks: [[UInt8]], held: Int) {
+        let id = self.id
+        journal.commit(envelope, chunks: chunks) { [self] stored, bytes, error in
+            busy = false
+            heldBytes -= held
+            let done = commitDone!
+            commitDone = nil
+            if let stored {
+                self.envelope = stored
+                committedBytes = bytes
+            } else {
+                self.failure = error
+            }
+            done(stored == nil ? nil : id, error)
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 // client), relay_networks and connection limits (checked at each accept), accept_domains, [aliases],
 // [priority], and [routes] with each route's TLS policy and credentials (jobs routed after the
 // reload; a connection already open finishes its job, then QUITs instead of taking another), and the
-// shaping policy's [[shaping]], [[backoff]] and [egress] (handed to delivery whole, `applyShaping`).
+// shaping policy's [[shaping]], [[backoff]] and [egress] (handed to delivery whole, `applyShaping`),
+// and [[dkim.sign]] (its keys read again with the certificate: SMTPServer.install).
 // What needs a restart is kept as it was, and the log says so: hostname, server.listen, spool, dns,
 // delivery (with its dead_destination keys and the limits of unmatched destinations), log and admin.
 
@@ -76,6 +77,8 @@ extension SMTPServer {
         if next.shapingRules != old.shapingRules { outcome.applied.append("shaping") }
         if next.backoff != old.backoff { outcome.applied.append("backoff") }
         if next.egress != old.egress { outcome.applied.append("egress") }
+        // The keys themselves come with the files (`install`), read again on every SIGHUP.
+        if next.dkim != old.dkim { outcome.applied.append("dkim") }
 
         if next.tls != old.tls { outcome.applied.append("tls") }
         if next.auth != old.auth { outcome.applied.append("auth") }

@@ -19,10 +19,12 @@ extension SMTPServer {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
         users = files.users
+        dkimKeys = files.dkim
         prepareDummyHash()
         delivery?.reloadClientTLSContext()  // the CA store, read again on the thread pool
         let what = (files.relayTLS == nil ? "no certificate" : "certificate \(config.tls.certificate)")
             + (files.users.map { ", \($0.hashes.count) users" } ?? "")
+            + (files.dkim.map { ", DKIM keys for \($0.byDomain.keys.sorted().joined(separator: " "))" } ?? "")
         log.notice("reloaded: \(what)")
     }
 

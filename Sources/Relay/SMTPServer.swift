@@ -46,6 +46,8 @@ public final class SMTPServer {
     public let configPath: String?
     /// AUTH users; replaced by `install(_:)` (SIGHUP).
     var users: UsersFile?
+    /// The [[dkim.sign]] keys (nil: none configured); replaced by `install(_:)` (SIGHUP).
+    var dkimKeys: DKIMKeySet?
     var authThrottle: AuthThrottle
     /// Password checks on the thread pool now, and those waiting for a turn (each costs 32 MiB).
     var authChecksRunning = 0
@@ -99,6 +101,7 @@ public final class SMTPServer {
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
         users = files.users
+        dkimKeys = files.dkim
         resolver = try Resolver(loop: loop, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
                                                  (.submissions, s.submissions)]

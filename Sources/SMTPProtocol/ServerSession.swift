@@ -333,10 +333,14 @@ public struct ServerSession {
     }
 
     /// The spool finished (or failed) making the message durable.
-    public mutating func commitFinished(queueID: String?) -> [ServerAction] {
+    /// `signingFailed`: the message was not queued because it could not be DKIM-signed.
+    public mutating func commitFinished(queueID: String?, signingFailed: Bool = false) -> [ServerAction] {
         guard phase == .committing else { return [] }
         if let queueID {
             reply(Reply(250, "2.0.0", "Ok: queued as \(queueID)"))
+        } else if signingFailed {
+            fail(refusal(Reply(451, "4.3.0", "Error: the message could not be signed, try again later"), .queueWriteError,
+                         logged: true, command: "END-OF-MESSAGE", inMessage: true))
         } else {
             fail(refusal(Reply(451, "4.3.0", "Error: queue file write error, try again later"), .queueWriteError,
                          logged: true, command: "END-OF-MESSAGE", inMessage: true))

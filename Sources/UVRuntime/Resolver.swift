@@ -1,4 +1,4 @@
-// Resolver: asynchronous DNS (MX, A/AAAA, PTR, CNAME) with c-ares driven by the libuv loop.
+// Resolver: asynchronous DNS (MX, A/AAAA, PTR, CNAME, TXT) with c-ares driven by the libuv loop.
 //
 // c-ares owns the sockets; it reports each one through ARES_OPT_SOCK_STATE_CB and we watch it with
 // one uv_poll_t. One uv_timer_t is re-armed from ares_timeout after every call into c-ares. Nothing
@@ -123,6 +123,14 @@ public final class Resolver {
     public func lookupCNAME(_ name: String, _ done: @escaping (Result<DNSAnswer<String>, DNSError>) -> Void) {
         core.submit(ResolverLookup(queries: [(name, TERN_DNS_TYPE_CNAME)]) { replies in
             done(ResolverDecode.cname(replies[0], queried: name))
+        } cancel: { done(.failure($0)) })
+    }
+
+    /// TXT records of `name` (after CNAMEs), each its character-strings joined (as DKIM and SPF read
+    /// them, RFC 6376 §3.6.2.2).
+    public func lookupTXT(_ name: String, _ done: @escaping (Result<DNSAnswer<[[UInt8]]>, DNSError>) -> Void) {
+        core.submit(ResolverLookup(queries: [(name, TERN_DNS_TYPE_TXT)]) { replies in
+            done(ResolverDecode.txt(replies[0], queried: name))
         } cancel: { done(.failure($0)) })
     }
 

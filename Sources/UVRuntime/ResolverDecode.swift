@@ -295,6 +295,33 @@ enum ResolverDecode {
         return names.isEmpty ? .failure(.noData) : .success(names)
     }
 
+    static func txt(_ reply: Reply, queried: String) -> Result<DNSAnswer<[[UInt8]]>, DNSError> {
+        let bytes: [UInt8]
+        switch reply {
+        case .failure(let error): return .failure(error)
+        case .success(let b): bytes = b
+        }
+        guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
+            return .failure(.badResponse)
+        }
+        var records: [[UInt8]] = []
+        for rr in message.answers where rr.type == UInt16(TERN_DNS_TYPE_TXT)
+            && resolverNameKey(rr.name) == resolverNameKey(chain.name) {
+            var text: [UInt8] = []
+            var i = rr.rdata.lowerBound
+            while i < rr.rdata.upperBound {
+                let length = Int(bytes[i])
+                guard i + 1 + length <= rr.rdata.upperBound else { return .failure(.badResponse) }
+                text += bytes[(i + 1)..<(i + 1 + length)]
+                i += 1 + length
+            }
+            records.append(text)
+        }
+        guard !records.isEmpty else { return .failure(.noData) }
+        let ttl = message.minimumTTL(type: TERN_DNS_TYPE_TXT, owner: chain.name, extra: chain.ttls)
+        return .success(DNSAnswer(records: records, ttl: ttl, canonicalName: chain.ttls.isEmpty ? nil : chain.name))
+    }
+
     static func cname(_ reply: Reply, queried: String) -> Result<DNSAnswer<String>, DNSError> {
         let bytes: [UInt8]
         switch reply {

@@ -1,8 +1,10 @@
 // `tern dkim keygen`: a new DKIM key in a PKCS#8 PEM file (mode 0600, never over an existing file)
-// and the TXT record to publish for it, in zone-file form on standard output.
+// and the TXT record to publish for it, in zone-file form on standard output. `tern dkim check`: the
+// published record of every [[dkim.sign]] table, looked up through the config's DNS, against its key.
 
 import ArgumentParser
 import DKIM
+import Relay
 import SMTPProtocol
 import UVRuntime
 
@@ -14,7 +16,7 @@ struct DKIMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dkim",
         abstract: "DKIM signing keys.",
-        subcommands: [DKIMKeygen.self])
+        subcommands: [DKIMKeygen.self, DKIMCheck.self])
 }
 
 enum KeygenAlgorithm: String, ExpressibleByArgument, CaseIterable {
@@ -83,5 +85,87 @@ struct DKIMKeygen: ParsableCommand {
             rest = rest.dropFirst(255)
         }
         return parts.joined(separator: " ")
+    }
+}
+
+struct DKIMCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Check that the published DKIM records match the configured keys.",
+        discussion: """
+            For each [[dkim.sign]] table (of --domain only, if given), looks up the TXT record at \
+            SELECTOR._domainkey.DOMAIN through [dns] servers of the config and compares it with the key \
+            file: one line per table, "ok" or "FAIL" and why. Exit status 0 when every record matches, \
+            1 when one does not (or is not found), 78 for a config or key error.
+            """)
+
+    @Option(name: .long, help: "Path of the TOML config file (default: the built-in etc/tern.toml).")
+    var config: String?
+
+    @Option(name: .long, help: "Only the tables of this signing domain.")
+    var domain: String?
+
+    func run() throws {
+        let settings: TernConfig
+        do {
+            settings = try config.map { try TernConfig.load(path: $0) } ?? TernConfig.embeddedDefault
+        } catch {
+            fputs("tern dkim check: \(error)\n", stderr)
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        let tables = settings.dkim.sign.filter { domain == nil || $0.domain == domain!.lowercased() }
+        guard !tables.isEmpty else {
+            fputs("tern dkim check: no [[dkim.sign]] table\(domain.map { " for \(terminalSafe($0))" } ?? "")\n", stderr)
+            throw ExitCode(78)
+        }
+        var keys: [[UInt8]] = []
+        for (i, table) in tables.enumerated() {
+            do {
+                let key = try SigningKey.load(path: table.key)
+                let fits: Bool
+                switch key.kind {
+                case .rsa: fits = table.algorithm == .rsaSHA256
+                case .ed25519: fits = table.algorithm == .ed25519SHA256
+                }
+                guard fits else {
+                    throw KeyFileError(path: table.key, "not a key for \(table.algorithm.rawValue)")
+                }
+                keys.append(try key.publicKeyForDNS())
+            } catch {
+                fputs("tern dkim check: dkim.sign[\(i)].key: \(error)\n", stderr)
+                throw ExitCode(78)
+            }
+        }
+        let loop = try EventLoop()
+        let resolver = try Resolver(loop: loop, servers: settings.dns.servers, timeoutMilliseconds: 2000, tries: 2)
+        var lines = [String?](repeating: nil, count: tables.count)
+        var failed = false
+        for (i, table) in tables.enumerated() {
+            let name = "\(table.selector)._domainkey.\(table.domain)"
+            resolver.lookupTXT(name) { result in
+                var verdict: String
+                switch result {
+                case .failure(let error):
+                    verdict = "FAIL \(name): no record (\(error))"
+                case .success(let answer):
+                    let texts = answer.records.map { String(decoding: $0, as: UTF8.self) }
+                    let dkimTexts = texts.filter { !$0.contains("v=spf1") }
+                    if dkimTexts.count != 1 {
+                        verdict = "FAIL \(name): \(dkimTexts.count) TXT records, one expected"
+                    } else if let why = dkimKeyRecordMismatch(dkimTexts[0], algorithm: table.algorithm, publicKey: keys[i]) {
+                        verdict = "FAIL \(name): \(why)"
+                    } else {
+                        verdict = "ok   \(name) (\(table.algorithm.rawValue), \(table.key))"
+                    }
+                }
+                if verdict.hasPrefix("FAIL") { failed = true }
+                lines[i] = terminalSafe(verdict)
+                if lines.allSatisfy({ $0 != nil }) { loop.stop() }
+            }
+        }
+        loop.run()
+        resolver.close()
+        for line in lines { print(line ?? "FAIL (no answer)") }
+        if failed { throw ExitCode(1) }
     }
 }

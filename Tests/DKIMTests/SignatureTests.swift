@@ -102,3 +102,24 @@ import Testing
         #expect(base64([]) == "" && base64([1, 2, 3, 4, 5]) == "AQIDBAU=")
     }
 }
+
+@Suite struct KeyRecordMatchTests {
+    @Test func aRecordMatchesItsKeyAndSaysWhyNot() {
+        let key: [UInt8] = Array(0..<32)
+        let record = dkimKeyRecord(algorithm: .ed25519SHA256, publicKey: key)
+        #expect(dkimKeyRecordMismatch(record, algorithm: .ed25519SHA256, publicKey: key) == nil)
+        // Whitespace anywhere in p=, a trailing ';', no v= are all as verifiers read them.
+        let spaced = "k=ed25519;\r\n p=" + base64(key).map { "\($0) " }.joined() + ";"
+        #expect(dkimKeyRecordMismatch(spaced, algorithm: .ed25519SHA256, publicKey: key) == nil)
+        #expect(dkimKeyRecordMismatch(record, algorithm: .rsaSHA256, publicKey: key) == "k=ed25519, but the key is rsa")
+        #expect(dkimKeyRecordMismatch("v=DKIM1; p=" + base64(key), algorithm: .ed25519SHA256, publicKey: key)
+                == "k=rsa, but the key is ed25519")
+        #expect(dkimKeyRecordMismatch(record, algorithm: .ed25519SHA256, publicKey: Array(1..<33)) == "p= is another key")
+        #expect(dkimKeyRecordMismatch("v=DKIM1; k=rsa; p=", algorithm: .rsaSHA256, publicKey: key)
+                == "p= is empty: the key is revoked")
+        #expect(dkimKeyRecordMismatch("v=DKIM2; k=rsa; p=AA", algorithm: .rsaSHA256, publicKey: key) == "v=DKIM2, not DKIM1")
+        #expect(dkimKeyRecordMismatch("v=DKIM1; k=rsa", algorithm: .rsaSHA256, publicKey: key) == "no p= tag")
+        #expect(dkimKeyRecordMismatch("p=AA; p=AA", algorithm: .rsaSHA256, publicKey: key) == "the tag p= appears twice")
+        #expect(dkimKeyRecordMismatch("garbage", algorithm: .rsaSHA256, publicKey: key) == "\"garbage\" is not a tag=value pair")
+    }
+}

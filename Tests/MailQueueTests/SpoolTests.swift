@@ -397,3 +397,33 @@ func readBytes(_ path: String) throws -> [UInt8] {
         }
     }
 }
+
+@Suite struct SpoolPrependTests {
+    @Test func prefixGoesInFrontAndTheCommitTakesTheNewFile() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 0x42)
+            let file = try spool.create(id)
+            let body = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 % 251) }
+            try file.write(body)
+            let prefix = Array("DKIM-Signature: v=1\r\n".utf8)
+            let new = try spool.prepend(prefix, to: file)
+            #expect(new.size == prefix.count + body.count)
+            let stored = try spool.commit(new, envelope: sampleEnvelope(id: id))
+            #expect(stored.size == prefix.count + body.count)
+            #expect(try spool.readMessage(id) == prefix + body)
+            #expect(try queueFiles(spool) == [id.rawValue + ".env", id.rawValue + ".msg"])
+        }
+    }
+
+    @Test func aLeftOverTemporaryFileIsAnOrphan() throws {
+        try withTemporaryDirectory { dir in
+            let spool = try Spool(path: dir)
+            let id = QueueID(microseconds: 0x43)
+            try spool.commit(try spool.create(id), envelope: sampleEnvelope(id: id))
+            _ = FileManager.default.createFile(atPath: spool.messagePath(id) + ".tmp", contents: Data([1, 2]))
+            #expect(try spool.removeOrphans() == 1)
+            #expect(try queueFiles(spool) == [id.rawValue + ".env", id.rawValue + ".msg"])
+        }
+    }
+}

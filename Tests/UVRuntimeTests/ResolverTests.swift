@@ -27,6 +27,8 @@ private final class ResolverDNSMasq {
         "--cname=alias.test,mx.test,60",
         "--cname=alias2.test,mx2.mx.test,30",
         "--mx-host=null.test,.,0",          // RFC 7505 null MX: "MX 0 ."
+        "--txt-record=s1._domainkey.txt.test,v=DKIM1; k=rsa; ,p=AB==",  // two character-strings
+        "--txt-record=s1._domainkey.txt.test,second record",
         "--local=/test/",                   // unknown names under .test get NXDOMAIN, not REFUSED
         "--local-ttl=300",
     ]
@@ -276,6 +278,17 @@ struct ResolverTests {
         }
     }
 
+    @Test func txtRecordsWithTheirStringsJoined() throws {
+        try withDNSMasq { resolver, loop, _ in
+            let answerResult = loop.wait { resolver.lookupTXT("s1._domainkey.txt.test", $0) }
+            let answer = try #require(answerResult).get()
+            #expect(Set(answer.records.map { String(decoding: $0, as: UTF8.self) })
+                    == ["v=DKIM1; k=rsa; p=AB==", "second record"])
+            let none = loop.wait { resolver.lookupTXT("mx.test", $0) }
+            #expect(resolverError(try #require(none)) == .noData)
+        }
+    }
+
     @Test func nxdomainNoDataAndRefused() throws {
         try withDNSMasq { resolver, loop, _ in
             let mx = loop.wait { resolver.lookupMX("unknown.test", $0) }
@@ -490,6 +503,7 @@ private let nullMXThroughCNAME: [UInt8] = {
                 + "\(ResolverDecode.addresses(a: .success(bytes), aaaa: .success(bytes), queried: "x.test"))"
                 + "\(ResolverDecode.ptr(.success(bytes), reverse: reverse))"
                 + "\(ResolverDecode.cname(.success(bytes), queried: "x.test"))"
+                + "\(ResolverDecode.txt(.success(bytes), queried: "x.test"))"
         }
         for round in 0..<100 {
             var bytes = nullMXThroughCNAME
