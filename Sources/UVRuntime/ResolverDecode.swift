@@ -161,15 +161,22 @@ struct ResolverReverseName {
 enum ResolverDecode {
     typealias Reply = Result<[UInt8], DNSError>
 
-    static func mx(_ reply: Reply, queried: String) -> Result<DNSAnswer<[MXRecord]>, DNSError> {
-        let bytes: [UInt8]
+    /// The start of every decoder: the reply's bytes, parsed, and the CNAME chain from the queried name.
+    static func open(_ reply: Reply, queried: String)
+        -> Result<(bytes: [UInt8], message: ResolverMessage, chain: (name: String, ttls: [UInt32])), DNSError> {
         switch reply {
         case .failure(let error): return .failure(error)
-        case .success(let b): bytes = b
+        case .success(let bytes):
+            guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
+                return .failure(.badResponse)
+            }
+            return .success((bytes, message, chain))
         }
-        guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
-            return .failure(.badResponse)
-        }
+    }
+
+    static func mx(_ reply: Reply, queried: String) -> Result<DNSAnswer<[MXRecord]>, DNSError> {
+        let bytes: [UInt8], message: ResolverMessage, chain: (name: String, ttls: [UInt32])
+        do { (bytes, message, chain) = try open(reply, queried: queried).get() } catch { return .failure(error) }
         var head: UnsafeMutablePointer<ares_mx_reply>?
         let status = bytes.withUnsafeBufferPointer { tern_ares_parse_mx($0.baseAddress, Int32($0.count), &head) }
         defer { if let head { tern_ares_free_data(head) } }
@@ -192,14 +199,8 @@ enum ResolverDecode {
 
     /// One of the two halves of lookupAddresses.
     static func addressHalf(_ reply: Reply, queried: String, type: Int32) -> Result<DNSAnswer<[String]>, DNSError> {
-        let bytes: [UInt8]
-        switch reply {
-        case .failure(let error): return .failure(error)
-        case .success(let b): bytes = b
-        }
-        guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
-            return .failure(.badResponse)
-        }
+        let bytes: [UInt8], message: ResolverMessage, chain: (name: String, ttls: [UInt32])
+        do { (bytes, message, chain) = try open(reply, queried: queried).get() } catch { return .failure(error) }
         // No more addresses than records could fit in the message (an A RR takes at least 16 bytes).
         let capacity = bytes.count / 16 + 1
         var count = Int32(capacity)
@@ -296,14 +297,8 @@ enum ResolverDecode {
     }
 
     static func txt(_ reply: Reply, queried: String) -> Result<DNSAnswer<[[UInt8]]>, DNSError> {
-        let bytes: [UInt8]
-        switch reply {
-        case .failure(let error): return .failure(error)
-        case .success(let b): bytes = b
-        }
-        guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
-            return .failure(.badResponse)
-        }
+        let bytes: [UInt8], message: ResolverMessage, chain: (name: String, ttls: [UInt32])
+        do { (bytes, message, chain) = try open(reply, queried: queried).get() } catch { return .failure(error) }
         var records: [[UInt8]] = []
         for rr in message.answers where rr.type == UInt16(TERN_DNS_TYPE_TXT)
             && resolverNameKey(rr.name) == resolverNameKey(chain.name) {
@@ -323,14 +318,8 @@ enum ResolverDecode {
     }
 
     static func cname(_ reply: Reply, queried: String) -> Result<DNSAnswer<String>, DNSError> {
-        let bytes: [UInt8]
-        switch reply {
-        case .failure(let error): return .failure(error)
-        case .success(let b): bytes = b
-        }
-        guard let message = ResolverMessage(bytes), let chain = message.chain(from: queried) else {
-            return .failure(.badResponse)
-        }
+        let chain: (name: String, ttls: [UInt32])
+        do { chain = try open(reply, queried: queried).get().chain } catch { return .failure(error) }
         guard let ttl = chain.ttls.min() else { return .failure(.noData) }
         return .success(DNSAnswer(records: chain.name, ttl: ttl, canonicalName: chain.name))
     }
