@@ -96,6 +96,18 @@ final class MessageWriter {
         kick()
     }
 
+    /// The message with its DKIM-Signature fields in front (unchanged when its From: domain has no
+    /// keys); a failure is a DKIMSigningFailure (451). Runs on the pool.
+    static func signed(_ message: [UInt8], keys: DKIMKeySet, time: UInt64) throws -> [UInt8] {
+        let fields: [UInt8]
+        do {
+            fields = try DKIMMessageSigning.sign(message, keys: keys, time: time)
+        } catch {
+            throw DKIMSigningFailure(reason: "\(error)")
+        }
+        return fields.isEmpty ? message : fields + message
+    }
+
     /// The message in one array: the only chunk as it is (the common case, see
     /// ServerSession.dataChunk), or the chunks copied together.
     static func joined(_ chunks: [[UInt8]]) -> [UInt8] {
@@ -143,12 +155,10 @@ final class MessageWriter {
             var signFailure: Error?
             let time = UInt64(max(0, envelope.arrival))
             loop.queueWork({
-                let message = MessageWriter.joined(chunks)
                 do {
-                    let fields = try DKIMMessageSigning.sign(message, keys: keys, time: time)
-                    signed = fields.isEmpty ? message : fields + message
+                    signed = try MessageWriter.signed(MessageWriter.joined(chunks), keys: keys, time: time)
                 } catch {
-                    signFailure = DKIMSigningFailure(reason: "\(error)")
+                    signFailure = error
                 }
             }, done: { [self] in
                 guard let signFailure else {
@@ -178,15 +188,7 @@ final class MessageWriter {
                 if whole {
                     // The whole message: one write, and the bytes stay for delivery.
                     bytes = MessageWriter.joined(chunks)
-                    if let keys {
-                        let fields: [UInt8]
-                        do {
-                            fields = try DKIMMessageSigning.sign(bytes, keys: keys, time: time)
-                        } catch {
-                            throw DKIMSigningFailure(reason: "\(error)")
-                        }
-                        if !fields.isEmpty { bytes = fields + bytes }
-                    }
+                    if let keys { bytes = try MessageWriter.signed(bytes, keys: keys, time: time) }
                     try file!.write(bytes)
                 } else {
                     for chunk in chunks {
