@@ -26,12 +26,11 @@ from delivery_helpers import log_entries
 
 SENDER = "sender@sender.test"
 WAIT = 30.0
-# time.monotonic() (the provider's records) to wall-clock seconds (tern's log and its "until T").
-WALL_OFFSET = time.time() - time.monotonic()
-
-
 def wall(monotonic: float) -> float:
-    return monotonic + WALL_OFFSET
+    """time.monotonic() (the provider's records) to wall-clock seconds (tern's log and its "until T").
+    The offset is taken now, not once at import: a fresh CI machine steps its wall clock (NTP) while
+    the suite runs, and an offset from minutes before was 11 s off there."""
+    return monotonic + (time.time() - time.monotonic())
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,8 +145,12 @@ def test_a_message_rate_is_never_exceeded_and_nearly_reached(provider, provider_
 
     times = hop.message_times()
     assert len(times) == 200
-    # Never more than the rate in any second (GCRA lets one permit through early: limit + 1).
-    assert hop.most_in_window(1.0) <= 21, f"{hop.most_in_window(1.0)} messages within one second at 20/s"
+    # Never more than the rate in any second: GCRA lets one permit through early (limit + 1), and the
+    # provider stamps a message when its DATA reply goes out, after the spool read and the SMTP round
+    # trips, whose time varies by up to one interval (50 ms) on a busy machine: limit + 2. A relay that
+    # sent in bursts at each second's start would show up to 40 here.
+    assert hop.most_in_window(1.0) <= 22, f"{hop.most_in_window(1.0)} messages within one second at 20/s"
+    assert hop.most_in_window(5.0) <= 102, f"{hop.most_in_window(5.0)} messages within five seconds at 20/s"
     # Every message was queued at start-up, so the rate alone paces them: at least 80 % of it.
     span = times[-1] - times[0]
     rate = (len(times) - 1) / span
