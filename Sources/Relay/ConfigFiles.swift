@@ -59,7 +59,7 @@ extension TernConfig {
                 throw fail("auth.users_file", "\(auth.usersFile)\(at): \(error.message)")
             }
         }
-        files.dkim = try DKIMKeySet.load(dkim.sign, source: source)
+        files.dkim = try DKIMKeySet.load(dkim, routeKeys: Set(routes.routes.keys), source: source)
         return files
     }
 

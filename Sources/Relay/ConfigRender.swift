@@ -253,6 +253,10 @@ struct TOMLWriter {
     mutating func key(_ name: String, strings: [String]) {
         raw("\(name) = [" + strings.map(Self.quoted).joined(separator: ", ") + "]")
     }
+    /// `name = { key = "value", ... }`, keys sorted.
+    mutating func inlineTable(_ name: String, _ map: [String: String]) {
+        raw("\(name) = { " + map.keys.sorted().map { "\(Self.key($0)) = \(Self.quoted(map[$0]!))" }.joined(separator: ", ") + " }")
+    }
 
     /// A basic string with the escapes TOML requires.
     static func quoted(_ s: String) -> String {

@@ -40,12 +40,52 @@ extension DKIMSignConfig {
 public struct DKIMConfig: Sendable, Equatable {
     /// [[dkim.sign]] tables in the file's order.
     public var sign: [DKIMSignConfig] = []
+    /// [dkim] users: an authenticated user's fixed signing domain (a [[dkim.sign]] domain), whatever
+    /// the From: header says.
+    public var users: [String: String] = [:]
+    /// [dkim] routes: a route's fixed signing domain, by [routes] key (a lowercase domain or "*").
+    public var routes: [String: String] = [:]
     public init() {}
 }
 
 extension TernConfig {
-    /// [dkim]: only its [[dkim.sign]] tables for now.
+    /// [dkim]: the [[dkim.sign]] tables, then the users' and routes' fixed signing domains (after
+    /// [routes], which the sections read first).
     static func readDKIM(_ config: inout TernConfig, _ reader: inout TableReader) throws {
+        try readDKIMSign(&config, &reader)
+        let signing = Set(config.dkim.sign.map(\.domain))
+        func fixedDomain(_ r: inout TableReader, _ key: String) throws -> String? {
+            guard let domain = try r.read(key, Decode.string) else { return nil }
+            let name = domain.lowercased()
+            try r.check(key, signing.contains(name),
+                        "\"\(domain)\" has no [[dkim.sign]] table: a fixed signing domain needs its key")
+            return name
+        }
+        if let table = try reader.read("users", Decode.table) {
+            var r = TableReader(table, path: reader.path + ["users"], context: reader.context)
+            for user in table.keys.sorted() {
+                guard let domain = try fixedDomain(&r, user) else { continue }
+                try r.check(user, UsersFile.isValidUserName(user),
+                            "\"\(user)\" is not a user name (1-256 printable characters, no ':' or spaces)")
+                config.dkim.users[user] = domain
+            }
+            try r.rejectUnknownKeys()
+        }
+        if let table = try reader.read("routes", Decode.table) {
+            var r = TableReader(table, path: reader.path + ["routes"], context: reader.context)
+            for route in table.keys.sorted() {
+                guard let domain = try fixedDomain(&r, route) else { continue }
+                let name = route == "*" ? route : normalizedDomain(route)
+                try r.check(route, config.routes.routes[name] != nil,
+                            "there is no [routes] entry \"\(route)\" (a route's domain as written there, or \"*\")")
+                try r.check(route, config.dkim.routes[name] == nil, "duplicate route (domains are not case-sensitive)")
+                config.dkim.routes[name] = domain
+            }
+            try r.rejectUnknownKeys()
+        }
+    }
+
+    private static func readDKIMSign(_ config: inout TernConfig, _ reader: inout TableReader) throws {
         guard let tables = try reader.read("sign", Decode.tables("dkim.sign")) else { return }
         var seen: [String: Int] = [:]  // "selector._domainkey.domain": its table
         for (index, table) in tables.enumerated() {
@@ -98,8 +138,14 @@ extension TernConfig {
         }
     }
 
-    /// [[dkim.sign]], only as far as the file has them (there are none by default).
+    /// [dkim] and [[dkim.sign]], only as far as the file has them (there are none by default).
     func renderDKIM(_ out: inout TOMLWriter) {
+        if !dkim.users.isEmpty || !dkim.routes.isEmpty {
+            out.table("dkim")
+            for (name, map) in [("users", dkim.users), ("routes", dkim.routes)] where !map.isEmpty {
+                out.inlineTable(name, map)
+            }
+        }
         for sign in dkim.sign {
             out.arrayTable("dkim.sign")
             out.key("domain", string: sign.domain)

@@ -4,9 +4,11 @@
 // commit, so the spooled copy, and every attempt, carries the DKIM-Signature fields.
 
 import DKIM
+import MailQueue
 import UVRuntime
 
-/// The loaded keys by signing domain. Immutable: a reload makes a new set.
+/// The loaded keys by signing domain, with the policy that picks among them. Immutable: a reload
+/// makes a new set.
 public final class DKIMKeySet: Sendable {
     struct Signature: Sendable {
         let settings: DKIMSignerSettings
@@ -14,17 +16,21 @@ public final class DKIMKeySet: Sendable {
     }
     /// d= (lowercase) to its signatures, in the config's order.
     let byDomain: [String: [Signature]]
+    /// Which domains sign which message ([dkim] users and routes, the From: domain by default).
+    let policy: DKIMSigningPolicy
 
-    init(byDomain: [String: [Signature]]) {
+    init(byDomain: [String: [Signature]], policy: DKIMSigningPolicy) {
         self.byDomain = byDomain
+        self.policy = policy
     }
 
     /// Reads every table's key (blocking). A key that cannot be read, or whose type is not the
     /// table's algorithm, is a ConfigError naming dkim.sign[i].key and the file. Nil without tables.
-    static func load(_ tables: [DKIMSignConfig], source: String?) throws -> DKIMKeySet? {
-        guard !tables.isEmpty else { return nil }
+    /// `routeKeys`: every [routes] key (a domain routed on its own does not take "*"'s fixed domain).
+    static func load(_ config: DKIMConfig, routeKeys: Set<String>, source: String?) throws -> DKIMKeySet? {
+        guard !config.sign.isEmpty else { return nil }
         var byDomain: [String: [Signature]] = [:]
-        for (index, table) in tables.enumerated() {
+        for (index, table) in config.sign.enumerated() {
             let name = "dkim.sign[\(index)].key"
             let key: SigningKey
             do {
@@ -44,19 +50,29 @@ public final class DKIMKeySet: Sendable {
             }
             byDomain[table.domain, default: []].append(Signature(settings: table.signerSettings, key: key))
         }
-        return DKIMKeySet(byDomain: byDomain)
+        let policy = DKIMSigningPolicy(keyDomains: Set(byDomain.keys), users: config.users, routes: config.routes,
+                                       routeKeys: routeKeys)
+        return DKIMKeySet(byDomain: byDomain, policy: policy)
     }
 
-    /// The signatures for mail from `domain` (the From: header's): its own domain's, or else the
-    /// closest configured parent's (a key for example.com signs news.example.com). Empty: unsigned.
-    func signatures(forAuthorDomain domain: String) -> [Signature] {
-        var name = Substring(domain)
-        while true {
-            if let found = byDomain[String(name)] { return found }
-            guard let dot = name.firstIndex(of: ".") else { return [] }
-            name = name[name.index(after: dot)...]
-        }
+    /// The signatures of the domains that sign a message, in order.
+    func signatures(of domains: [String]) -> [Signature] {
+        domains.flatMap { byDomain[$0] ?? [] }
     }
+
+    /// What a message's envelope decides: the fixed domains of its user or routes, or its From: domain.
+    func request(authenticatedUser: String?, recipients: [String]) -> DKIMRequest {
+        // The recipients' domains as routing finds them (lowercase, no trailing dot), only when a
+        // route fixes a domain: otherwise they cannot change the choice.
+        let domains = policy.routes.isEmpty ? [] : recipients.map { normalizedDomain(DeliveryCore.domain(of: $0)) }
+        return DKIMRequest(keys: self, choice: policy.choice(authenticatedUser: authenticatedUser, recipientDomains: domains))
+    }
+}
+
+/// The keys a message is signed with, and the envelope's part of the choice among them.
+struct DKIMRequest: Sendable {
+    let keys: DKIMKeySet
+    let choice: DKIMSigningChoice
 }
 
 /// Signs one message fed in order, in chunks of any size (the Received header, then the client's
@@ -65,6 +81,7 @@ public final class DKIMKeySet: Sendable {
 // @unchecked: no lock; handed from one pool work item to the next, never used by two at once.
 final class DKIMMessageSigning: @unchecked Sendable {
     let keys: DKIMKeySet
+    let choice: DKIMSigningChoice
     /// The start of the message while the end of its header block is not seen yet.
     private var head: [UInt8] = []
     /// Decided once the header block is complete: the signers of the From: domain (maybe none).
@@ -74,8 +91,9 @@ final class DKIMMessageSigning: @unchecked Sendable {
     /// A header block larger than this (with no end in sight) is refused rather than held.
     static let maxHeaderBlock = 1 << 20
 
-    init(keys: DKIMKeySet) {
-        self.keys = keys
+    init(_ request: DKIMRequest) {
+        self.keys = request.keys
+        self.choice = request.choice
     }
 
     func update(_ chunk: [UInt8]) {
@@ -104,25 +122,26 @@ final class DKIMMessageSigning: @unchecked Sendable {
         }
     }
 
-    /// Picks the signers from the From: domain of the header block that `start` begins with (all of
-    /// `start` when it has no empty line) and feeds them `start`.
+    /// Picks the signers (the envelope's fixed domains, the From: domain's keys of the header block
+    /// that `start` begins with: all of `start` when it has no empty line) and feeds them `start`.
     private func decide(_ start: [UInt8]) {
         let fields: [HeaderField]
         do {
             fields = try start.withUnsafeBytes { try HeaderBlock.parse(UnsafeRawBufferPointer(rebasing: $0[..<HeaderBlock.split($0).headerEnd])) }
         } catch {
-            // Unsignable, but only a failure if the config says to sign it: the From: domain of a
-            // line that looks like one decides (a domain without keys passes unsigned, as ever).
-            let from = Self.looseAuthorDomain(start)
-            if from == nil || !keys.signatures(forAuthorDomain: from!).isEmpty {
+            // Unsignable, but only a failure if the config says to sign it: a fixed domain does, and
+            // so does the From: domain of a line that looks like one (a domain without keys passes
+            // unsigned, as ever).
+            let from = choice.byAuthor ? Self.looseAuthorDomain(start) : nil
+            if !choice.fixed.isEmpty || (choice.byAuthor && (from == nil || keys.policy.keyDomain(forAuthorDomain: from!) != nil)) {
                 failure = DKIMError("unparsable header block: \(error)")
             } else {
                 signers = []
             }
             return
         }
-        let domain = AuthorDomain.domains(in: fields).first
-        let chosen = domain.map { keys.signatures(forAuthorDomain: $0) } ?? []
+        let author = choice.byAuthor ? AuthorDomain.domains(in: fields).first : nil
+        let chosen = keys.signatures(of: keys.policy.domains(choice, authorDomain: author))
         var made = chosen.map { (signer: DKIMMessageSigner(settings: $0.settings, hasher: SHA256()), key: $0.key) }
         for i in made.indices { made[i].signer.update(start) }
         signers = made
@@ -145,8 +164,8 @@ final class DKIMMessageSigning: @unchecked Sendable {
         return nil
     }
 
-    /// The DKIM-Signature fields to put in front of the message: empty when its From: domain has no
-    /// key (the message stays as it is). Throws a DKIMError saying why the message cannot be signed.
+    /// The DKIM-Signature fields to put in front of the message: empty when no domain signs it (the
+    /// message stays as it is). Throws a DKIMError saying why the message cannot be signed.
     func finish(time: UInt64) throws -> [UInt8] {
         if let failure { throw failure }
         if signers == nil {  // no empty line: the whole message is header
@@ -167,8 +186,8 @@ final class DKIMMessageSigning: @unchecked Sendable {
     }
 
     /// Signs a whole message: the fields to put in front of it (empty: not signed).
-    static func sign(_ message: [UInt8], keys: DKIMKeySet, time: UInt64) throws -> [UInt8] {
-        let signing = DKIMMessageSigning(keys: keys)
+    static func sign(_ message: [UInt8], _ request: DKIMRequest, time: UInt64) throws -> [UInt8] {
+        let signing = DKIMMessageSigning(request)
         signing.decide(message)  // no copy into `head`: the whole message is here
         return try signing.finish(time: time)
     }

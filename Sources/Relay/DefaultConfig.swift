@@ -278,6 +278,13 @@ senders = {}
 # headers = ["from", "to", "subject"]     # default: From, To, Cc, Subject, Date,
 #                                         # Message-ID, Reply-To, MIME, List-Unsubscribe...
 # expire = "7d"                           # x=; default: none
+#
+# [dkim]
+# A fixed signing domain (one with [[dkim.sign]] tables) instead of the From:
+# domain's: for an authenticated user's mail, or for the mail a [routes] entry
+# carries ("*" for every domain without a route of its own).
+# users = { newsletter = "esp.example" }
+# routes = { "partner.example" = "esp.example" }
 
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender

@@ -3,6 +3,7 @@
 // Under TLS (after STARTTLS, or from the start on a submissions listener) the connection (UVRuntime's
 // transport) decrypts and encrypts: the machine sees plaintext either way.
 
+import DKIM
 import Logging
 import MailQueue
 import SMTPProtocol
@@ -352,9 +353,13 @@ final class InboundSession {
         let inBuffer = machine.prefixMessageData(header, for: start)
         // DKIM signs only mail this relay sends for its own users: from relay_networks or authenticated
         // clients, never mail relayed inbound for accept_domains.
-        let mayBeSigned = machine.client.trusted || start.authenticatedUser != nil
+        var dkim: DKIMRequest?
+        if let keys = server.dkimKeys, DKIMSigningPolicy.signs(trustedClient: machine.client.trusted,
+                                                               authenticatedUser: start.authenticatedUser) {
+            dkim = keys.request(authenticatedUser: start.authenticatedUser, recipients: start.recipients)
+        }
         let writer = MessageWriter(loop: server.loop, spool: server.spool, journal: server.journal, id: id, envelope: envelope,
-                                   firstBytes: inBuffer ? [] : header, dkim: mayBeSigned ? server.dkimKeys : nil)
+                                   firstBytes: inBuffer ? [] : header, dkim: dkim)
         writer.onDrained = { [weak self] in self?.spoolCaughtUp() }
         self.writer = writer
     }

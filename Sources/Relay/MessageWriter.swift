@@ -43,9 +43,9 @@ final class MessageWriter {
     /// After a commit of a message that never spilled: its bytes, for the delivery side to start from
     /// without reading the file back.
     private(set) var committedBytes: [UInt8]?
-    /// The keys to sign with when the session may have its mail signed (relay_networks or AUTH);
-    /// nil: never signed (and no work for it).
-    let dkim: DKIMKeySet?
+    /// The keys to sign with and the envelope's choice among them, when the session may have its mail
+    /// signed (relay_networks or AUTH); nil: never signed (and no work for it).
+    let dkim: DKIMRequest?
     /// For a message that goes to disk while it arrives: fed every chunk by the pool work that writes it.
     private var signing: DKIMMessageSigning?
     /// Called on the loop when a write finished and fewer bytes wait: the session may read again.
@@ -55,7 +55,7 @@ final class MessageWriter {
     static let writeThreshold = 256 * 1024
 
     init(loop: EventLoop, spool: Spool, journal: JournalCommitter?, id: QueueID, envelope: Envelope,
-         firstBytes: [UInt8], dkim: DKIMKeySet? = nil) {
+         firstBytes: [UInt8], dkim: DKIMRequest? = nil) {
         self.loop = loop
         self.dkim = dkim
         self.spool = spool
@@ -98,10 +98,10 @@ final class MessageWriter {
 
     /// The message with its DKIM-Signature fields in front (unchanged when its From: domain has no
     /// keys); a failure is a DKIMSigningFailure (451). Runs on the pool.
-    static func signed(_ message: [UInt8], keys: DKIMKeySet, time: UInt64) throws -> [UInt8] {
+    static func signed(_ message: [UInt8], _ request: DKIMRequest, time: UInt64) throws -> [UInt8] {
         let fields: [UInt8]
         do {
-            fields = try DKIMMessageSigning.sign(message, keys: keys, time: time)
+            fields = try DKIMMessageSigning.sign(message, request, time: time)
         } catch {
             throw DKIMSigningFailure(reason: "\(error)")
         }
@@ -144,7 +144,7 @@ final class MessageWriter {
         let whole = committing && !spilled
         if whole, file == nil, failure == nil, let journal {
             busy = true
-            guard let keys = dkim else {
+            guard let request = dkim else {
                 commitToJournal(journal, chunks: chunks, held: chunksHeld)
                 return
             }
@@ -156,7 +156,7 @@ final class MessageWriter {
             let time = UInt64(max(0, envelope.arrival))
             loop.queueWork({
                 do {
-                    signed = try MessageWriter.signed(MessageWriter.joined(chunks), keys: keys, time: time)
+                    signed = try MessageWriter.signed(MessageWriter.joined(chunks), request, time: time)
                 } catch {
                     signFailure = error
                 }
@@ -175,9 +175,9 @@ final class MessageWriter {
             return
         }
         if !committing { spilled = true }
-        if spilled, signing == nil, let keys = dkim { signing = DKIMMessageSigning(keys: keys) }
+        if spilled, signing == nil, let request = dkim { signing = DKIMMessageSigning(request) }
         let signing = self.signing
-        let keys = dkim
+        let request = dkim
         let time = UInt64(max(0, envelope.arrival))
         var bytes: [UInt8] = []
         loop.queueWork({
@@ -188,7 +188,7 @@ final class MessageWriter {
                 if whole {
                     // The whole message: one write, and the bytes stay for delivery.
                     bytes = MessageWriter.joined(chunks)
-                    if let keys { bytes = try MessageWriter.signed(bytes, keys: keys, time: time) }
+                    if let request { bytes = try MessageWriter.signed(bytes, request, time: time) }
                     try file!.write(bytes)
                 } else {
                     for chunk in chunks {

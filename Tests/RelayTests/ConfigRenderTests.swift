@@ -95,6 +95,8 @@ import Testing
         sign.headers = ["from", "subject"]
         sign.expire = 86400
         c.dkim.sign = [sign]
+        c.dkim.users = ["newsletter": "example.org"]
+        c.dkim.routes = ["corp.example": "example.org"]
         let text = c.tomlText
         let again = try TernConfig.parse(text)
         #expect(again == c, "rendered:\n\(text)")

@@ -106,4 +106,53 @@ private func parseError(_ text: String, sourceLocation: SourceLocation = #_sourc
             #expect(error.description.contains(message), "\(error)")
         }
     }
+
+    static let fixed = dual + """
+
+        [[dkim.sign]]
+        domain = "esp.example"
+        selector = "esp"
+        key = "esp.pem"
+
+        [dkim]
+        users = { newsletter = "ESP.example", "alice@example.com" = "example.com" }
+        routes = { "Partner.Example" = "esp.example", "*" = "example.com" }
+
+        [routes]
+        "partner.example" = "[192.0.2.1]:25"
+        "*" = "smarthost.example:587"
+        """
+
+    @Test func usersAndRoutesFixTheSigningDomain() throws {
+        let config = try parse(Self.fixed)
+        #expect(config.dkim.users == ["newsletter": "esp.example", "alice@example.com": "example.com"])
+        #expect(config.dkim.routes == ["partner.example": "esp.example", "*": "example.com"])
+        #expect(config.tomlText.contains("\n[dkim]\nusers = { \"alice@example.com\" = \"example.com\", newsletter = \"esp.example\" }\n"))
+        #expect(try TernConfig.parse(config.tomlText) == config)
+        #expect(config.renderingCheck().problem == nil)
+    }
+
+    @Test func fixedDomainMistakesNameTheirKey() {
+        let table = "[[dkim.sign]]\ndomain = \"example.com\"\nselector = \"s1\"\nkey = \"k.pem\"\n"
+        let routes = "[routes]\n\"partner.example\" = \"[192.0.2.1]:25\"\n"
+        let cases: [(String, String, Int?, String)] = [
+            (table + "[dkim]\nusers = { bob = \"example.org\" }\n", "dkim.users.bob", 6,
+             "\"example.org\" has no [[dkim.sign]] table"),
+            (table + "[dkim]\nusers = { \"bad user\" = \"example.com\" }\n", "dkim.users.\"bad user\"", 6, "is not a user name"),
+            (table + "[dkim]\nusers = { bob = 1 }\n", "dkim.users.bob", 6, "expected a string"),
+            (routes + table + "[dkim]\nroutes = { \"other.example\" = \"example.com\" }\n", "dkim.routes.\"other.example\"", 8,
+             "there is no [routes] entry \"other.example\""),
+            (routes + table + "[dkim]\nroutes = { \"partner.example\" = \"news.example.com\" }\n",
+             "dkim.routes.\"partner.example\"", 8, "has no [[dkim.sign]] table"),
+            (routes + table + "[dkim]\nroutes = { \"partner.example\" = \"example.com\", \"PARTNER.example\" = \"example.com\" }\n",
+             "dkim.routes.\"partner.example\"", 8, "duplicate route"),
+            ("[dkim]\nusers = { bob = \"example.com\" }\n", "dkim.users.bob", 2, "has no [[dkim.sign]] table"),
+        ]
+        for (text, key, line, message) in cases {
+            guard let error = parseError(text) else { continue }
+            #expect(error.key == key, "\(error)")
+            #expect(error.line.map { $0 - 1 } == line, "\(error)")
+            #expect(error.description.contains(message), "\(error)")
+        }
+    }
 }

@@ -26,23 +26,37 @@ private func table(_ domain: String, _ selector: String, _ key: String, _ algori
     return t
 }
 
+private func load(_ tables: [DKIMSignConfig], users: [String: String] = [:], routes: [String: String] = [:],
+                  routeKeys: Set<String> = [], source: String? = nil) throws -> DKIMKeySet? {
+    var config = DKIMConfig()
+    config.sign = tables
+    config.users = users
+    config.routes = routes
+    return try DKIMKeySet.load(config, routeKeys: routeKeys, source: source)
+}
+
+/// The selectors that sign a message from `author` with the envelope's choice.
+private func selectors(_ keys: DKIMKeySet, _ choice: DKIMSigningChoice, author: String?) -> [String] {
+    keys.signatures(of: keys.policy.domains(choice, authorDomain: author)).map(\.settings.selector)
+}
+
 private let message = Array("From: Alice <alice@news.example.com>\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello.\r\n".utf8)
 
 @Suite struct DKIMSigningTests {
     @Test func noTablesNoKeySet() throws {
-        #expect(try DKIMKeySet.load([], source: nil) == nil)
+        #expect(try load([]) == nil)
     }
 
     @Test func aKeyOfTheWrongTypeNamesTheTableAndTheFile() throws {
         try withKeys { _, rsa, ed in
             let error = try #require(throws: ConfigError.self) {
-                try DKIMKeySet.load([table("example.com", "a", rsa), table("example.com", "b", rsa, .ed25519SHA256)],
-                                    source: "/etc/tern/tern.toml")
+                try load([table("example.com", "a", rsa), table("example.com", "b", rsa, .ed25519SHA256)],
+                         source: "/etc/tern/tern.toml")
             }
             #expect(error.key == "dkim.sign[1].key")
             #expect(error.message.contains(rsa) && error.message.contains("RSA"))
             let missing = try #require(throws: ConfigError.self) {
-                try DKIMKeySet.load([table("example.com", "a", ed + ".gone", .ed25519SHA256)], source: nil)
+                try load([table("example.com", "a", ed + ".gone", .ed25519SHA256)])
             }
             #expect(missing.key == "dkim.sign[0].key" && missing.message.contains(ed + ".gone"))
         }
@@ -50,29 +64,30 @@ private let message = Array("From: Alice <alice@news.example.com>\r\nTo: bob@exa
 
     @Test func theClosestConfiguredParentSigns() throws {
         try withKeys { _, rsa, ed in
-            let keys = try #require(try DKIMKeySet.load([
+            let keys = try #require(try load([
                 table("example.com", "r", rsa), table("example.com", "e", ed, .ed25519SHA256),
                 table("deep.news.example.com", "d", rsa),
-            ], source: nil))
-            #expect(keys.signatures(forAuthorDomain: "example.com").map(\.settings.selector) == ["r", "e"])
-            #expect(keys.signatures(forAuthorDomain: "news.example.com").map(\.settings.selector) == ["r", "e"])
-            #expect(keys.signatures(forAuthorDomain: "a.deep.news.example.com").map(\.settings.selector) == ["d"])
-            #expect(keys.signatures(forAuthorDomain: "example.org").isEmpty)
-            #expect(keys.signatures(forAuthorDomain: "notexample.com").isEmpty)
+            ]))
+            #expect(selectors(keys, .byAuthor, author: "example.com") == ["r", "e"])
+            #expect(selectors(keys, .byAuthor, author: "news.example.com") == ["r", "e"])
+            #expect(selectors(keys, .byAuthor, author: "a.deep.news.example.com") == ["d"])
+            #expect(selectors(keys, .byAuthor, author: "example.org").isEmpty)
+            #expect(selectors(keys, .byAuthor, author: "notexample.com").isEmpty)
+            #expect(selectors(keys, .byAuthor, author: nil).isEmpty)
         }
     }
 
     @Test func wholeAndInPiecesGiveTheSameFields() throws {
         try withKeys { _, rsa, ed in
-            let keys = try #require(try DKIMKeySet.load([table("example.com", "r", rsa),
-                                                         table("example.com", "e", ed, .ed25519SHA256)], source: nil))
-            let whole = try DKIMMessageSigning.sign(message, keys: keys, time: 1_800_000_000)
+            let keys = try #require(try load([table("example.com", "r", rsa), table("example.com", "e", ed, .ed25519SHA256)]))
+            let request = DKIMRequest(keys: keys, choice: .byAuthor)
+            let whole = try DKIMMessageSigning.sign(message, request, time: 1_800_000_000)
             let text = String(decoding: whole, as: UTF8.self)
             #expect(text.components(separatedBy: "DKIM-Signature:").count == 3)
             #expect(text.contains("d=example.com") && text.contains("s=r;") && text.contains("s=e;"))
             // Ed25519 signatures are deterministic, RSA PKCS#1 v1.5 too: the same bytes in any pieces.
             for size in [1, 2, 3, 7, 50] {
-                let signing = DKIMMessageSigning(keys: keys)
+                let signing = DKIMMessageSigning(request)
                 var i = 0
                 while i < message.count {
                     signing.update(Array(message[i..<min(message.count, i + size)]))
@@ -85,18 +100,50 @@ private let message = Array("From: Alice <alice@news.example.com>\r\nTo: bob@exa
 
     @Test func unsignedDomainsAndUnparsableHeaders() throws {
         try withKeys { _, rsa, _ in
-            let keys = try #require(try DKIMKeySet.load([table("example.com", "r", rsa)], source: nil))
+            let keys = DKIMRequest(keys: try #require(try load([table("example.com", "r", rsa)])), choice: .byAuthor)
             let other = Array("From: carol@example.org\r\n\r\nbody\r\n".utf8)
-            #expect(try DKIMMessageSigning.sign(other, keys: keys, time: 1).isEmpty)
+            #expect(try DKIMMessageSigning.sign(other, keys, time: 1).isEmpty)
             let broken = Array("From: alice@example.com\r\nno colon here\r\n\r\nbody\r\n".utf8)
-            #expect(throws: DKIMError.self) { try DKIMMessageSigning.sign(broken, keys: keys, time: 1) }
+            #expect(throws: DKIMError.self) { try DKIMMessageSigning.sign(broken, keys, time: 1) }
             let brokenOther = Array("no colon here\r\nFrom: carol@example.org\r\n\r\nbody\r\n".utf8)
-            #expect(try DKIMMessageSigning.sign(brokenOther, keys: keys, time: 1).isEmpty)
+            #expect(try DKIMMessageSigning.sign(brokenOther, keys, time: 1).isEmpty)
             let noFrom = Array("no colon here\r\n\r\nbody\r\n".utf8)
-            #expect(throws: DKIMError.self) { try DKIMMessageSigning.sign(noFrom, keys: keys, time: 1) }
+            #expect(throws: DKIMError.self) { try DKIMMessageSigning.sign(noFrom, keys, time: 1) }
             // No empty line: all header, signed with an empty body.
             let allHeader = Array("From: alice@example.com\r\nSubject: x\r\n".utf8)
-            #expect(!(try DKIMMessageSigning.sign(allHeader, keys: keys, time: 1)).isEmpty)
+            #expect(!(try DKIMMessageSigning.sign(allHeader, keys, time: 1)).isEmpty)
+        }
+    }
+
+    @Test func aUserOrARouteFixesTheSigningDomain() throws {
+        try withKeys { _, rsa, ed in
+            let keys = try #require(try load(
+                [table("example.com", "r", rsa), table("esp.example", "esp", ed, .ed25519SHA256)],
+                users: ["newsletter": "esp.example"], routes: ["partner.example": "esp.example"],
+                routeKeys: ["partner.example", "other.example"]))
+            func signed(_ user: String?, _ recipients: [String]) throws -> String {
+                let request = keys.request(authenticatedUser: user, recipients: recipients)
+                return String(decoding: try DKIMMessageSigning.sign(message, request, time: 1), as: UTF8.self)
+            }
+            // The user's domain alone, whatever the From: (news.example.com, signed by example.com otherwise).
+            let byUser = try signed("newsletter", ["bob@example.net"])
+            #expect(byUser.components(separatedBy: "DKIM-Signature:").count == 2 && byUser.contains("d=esp.example"))
+            // Another user, no route: the From: domain's parent key.
+            let byAuthor = try signed("alice", ["bob@example.net"])
+            #expect(byAuthor.components(separatedBy: "DKIM-Signature:").count == 2 && byAuthor.contains("d=example.com"))
+            // A recipient through the fixed route (its domain's case and trailing dot as routing sees them).
+            let byRoute = try signed(nil, ["x@Partner.Example."])
+            #expect(byRoute.components(separatedBy: "DKIM-Signature:").count == 2 && byRoute.contains("d=esp.example"))
+            // Recipients through the route and elsewhere: both domains sign.
+            let both = try signed(nil, ["x@partner.example", "y@other.example"])
+            #expect(both.components(separatedBy: "DKIM-Signature:").count == 3)
+            #expect(both.contains("d=esp.example") && both.contains("d=example.com"))
+            // A fixed domain signs even an author domain without keys, and an unparsable header block fails.
+            let foreign = Array("From: carol@example.org\r\n\r\nbody\r\n".utf8)
+            let request = keys.request(authenticatedUser: "newsletter", recipients: ["z@example.net"])
+            #expect(String(decoding: try DKIMMessageSigning.sign(foreign, request, time: 1), as: UTF8.self).contains("d=esp.example"))
+            let brokenOther = Array("no colon here\r\nFrom: carol@example.org\r\n\r\nbody\r\n".utf8)
+            #expect(throws: DKIMError.self) { try DKIMMessageSigning.sign(brokenOther, request, time: 1) }
         }
     }
 }

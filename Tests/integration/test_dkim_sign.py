@@ -87,9 +87,9 @@ def signing_relay(tmp_path, keys):
     started = []
     from conftest import Tern
 
-    def start(dkim_tables=None, routes=None, **kw) -> Tern:
+    def start(dkim_tables=None, routes=None, dkim_extra=None, **kw) -> Tern:
         extra = {"routes": routes or {"*": f"[127.0.0.1]:{hop.port}"},
-                 "dkim": {"sign": tables if dkim_tables is None else dkim_tables}}
+                 "dkim": {"sign": tables if dkim_tables is None else dkim_tables, **(dkim_extra or {})}}
         extra.update(kw.pop("extra_tables", {}))
         t = Tern(tmp_path / f"tern{len(started)}", delivery={"enabled": True, "retry_schedule": ["1s"],
                                                                "max_queue_lifetime": "5d"},
@@ -217,6 +217,58 @@ def test_a_second_tern_hop_keeps_the_signatures_valid(signing_relay, keys):
     content = relay_one(near, hop, msg)
     assert content.count(b"Received: from") >= 2
     assert len(verify_all(content, records)) == 2
+
+
+def test_a_route_fixes_the_signing_domain_of_the_mail_it_carries(signing_relay, keys):
+    _, records, _ = keys
+    start, hop = signing_relay
+    to_hop = f"[127.0.0.1]:{hop.port}"
+    tern = start(routes={"partner.test": to_hop, "*": to_hop}, dkim_extra={"routes": {"partner.test": "simple.test"}})
+    # From a domain without keys, to the route: simple.test's two keys sign.
+    msg = make_message(sender="carol@nokey.test", to="p@partner.test", body=ODD_BODY)
+    tags = verify_all(relay_one(tern, hop, msg, rcpt="p@Partner.Test"), records)
+    assert sorted((t["d"], t["s"]) for t in tags) == [("simple.test", "s1"), ("simple.test", "s2")]
+    # The same message elsewhere: the From: domain decides, and it has no keys.
+    assert signatures(relay_one(tern, hop, msg, rcpt="q@x.test")) == []
+    # From example.com to the route: only the route's domain signs, not the From: domain's keys.
+    msg = make_message(sender="alice@example.com", to="p@partner.test")
+    tags = verify_all(relay_one(tern, hop, msg, rcpt="p@partner.test"), records)
+    assert {t["d"] for t in tags} == {"simple.test"}
+
+
+def test_an_authenticated_user_signs_with_a_fixed_domain(signing_relay, keys, certs, users_file):
+    from test_tls import TLSConn
+    from tls_helpers import client_context
+    import base64
+    _, records, _ = keys
+    start, hop = signing_relay
+    tern = start(server={"relay_networks": ["127.0.0.1/32"]}, dkim_extra={"users": {"bob": "simple.test"}},
+                 extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])},
+                               "auth": {"users_file": str(users_file)}})
+    msg = make_message(sender="Alice <alice@example.com>", headers=ODD_HEADERS, body=ODD_BODY)
+
+    def submit(user: str) -> bytes:
+        from conftest import USERS
+        before = len(hop.transactions)
+        with TLSConn(tern.port, source="127.0.0.2") as c:  # outside relay_networks: signed only as a user
+            c.greeting()
+            c.ehlo()
+            assert_reply(c.cmd("STARTTLS"), 220)
+            c.starttls(client_context(certs["ca"]))
+            c.ehlo()
+            token = base64.b64encode(f"\0{user}\0{USERS[user]}".encode()).decode()
+            assert_reply(c.cmd("AUTH PLAIN " + token), 235, "2.7.0")
+            assert_reply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+            assert_reply(c.cmd("RCPT TO:<rcpt@x.test>"), 250)
+            assert_reply(c.data(msg), 250, "2.0.0")
+            c.cmd("QUIT")
+        return hop.wait_for(before + 1, timeout=30, on_timeout=lambda: tern.stderr()[-3000:])[before].content
+
+    # bob's mail is signed by his fixed domain, whatever its From: says; alice's by the From: domain.
+    tags = verify_all(submit("bob"), records)
+    assert sorted((t["d"], t["s"]) for t in tags) == [("simple.test", "s1"), ("simple.test", "s2")]
+    tags = verify_all(submit("alice"), records)
+    assert sorted((t["d"], t["s"]) for t in tags) == [("example.com", "ed1"), ("example.com", "rsa1")]
 
 
 def test_an_unparsable_header_block_from_a_signed_domain_is_451_and_logged(signing_relay, keys):
