@@ -74,6 +74,7 @@ needs_setup() {
   { command -v smtp-source && command -v smtp-sink && command -v postfix; } >/dev/null || return 0
   case " $INTAKE_PEERS " in *" exim4 "*) getent passwd Debian-exim >/dev/null && [ -x /opt/bench-mta/exim4/usr/sbin/exim4 ] || return 0 ;; esac
   case " $INTAKE_PEERS " in *" opensmtpd"*) [ -f /opt/bench-mta/lib/listen_backlog.so ] || return 0 ;; esac
+  case " $INTAKE_PEERS " in *" postfix-dkim"*) command -v opendkim >/dev/null || return 0 ;; esac
   return 1
 }
 if [ "$SKIP_SETUP" != 1 ] && needs_setup; then

@@ -20,10 +20,16 @@ WHAT = {
     "tern-relay": "`tern serve`, delivery on, every domain routed to smtp-sink",
     "tern-relay-base": "the same as tern-relay, binary from an earlier commit (TERN_BASE_BIN)",
     "tern-relay-rules": "the same as tern-relay with 1,000 [[shaping]] rules, no limit reached",
+    "tern-relay-dkim": "tern-relay signing every message: DKIM RSA-2048 (bench/dkim.sh)",
+    "tern-relay-dkim-ed25519": "tern-relay signing every message: DKIM Ed25519",
+    "tern-relay-dkim-both": "tern-relay signing every message twice: RSA-2048 and Ed25519",
+    "postfix-dkim": "the harness's Postfix with OpenDKIM as a milter, RSA-2048",
+    "postfix-dkim-ed25519": "the same Postfix + OpenDKIM signing with Ed25519",
     "exim4": "the harness's Exim relay (queues, delivers to smtp-sink)",
     "opensmtpd-bl": "the harness's OpenSMTPD relay (queues, delivers to smtp-sink)",
 }
-DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "tern-relay-rules", "exim4", "opensmtpd-bl")
+DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "tern-relay-rules", "exim4", "opensmtpd-bl",
+            "tern-relay-dkim", "tern-relay-dkim-ed25519", "tern-relay-dkim-both", "postfix-dkim", "postfix-dkim-ed25519")
 # (numerator, denominator, label) for the ratio table
 PAIRS = [
     ("tern", "postfix", "Tern intake-only / stock Postfix relay (the issue's comparison)"),
@@ -31,6 +37,13 @@ PAIRS = [
     ("tern-relay", "postfix", "Tern relay / stock Postfix relay (like for like, with delivery)"),
     ("tern-relay", "tern-relay-base", "Tern relay / the same relay built from an earlier commit (before/after)"),
     ("tern-relay-rules", "tern-relay", "Tern relay with 1,000 shaping rules / without"),
+    ("tern-relay-dkim", "postfix-dkim", "Tern signing RSA-2048 / Postfix + OpenDKIM RSA-2048"),
+    ("tern-relay-dkim-ed25519", "postfix-dkim-ed25519", "Tern signing Ed25519 / Postfix + OpenDKIM Ed25519"),
+    ("tern-relay-dkim-both", "postfix-dkim", "Tern signing RSA-2048 and Ed25519 / Postfix + OpenDKIM RSA-2048"),
+    ("tern-relay-dkim", "tern-relay", "Tern signing RSA-2048 / not signing"),
+    ("tern-relay-dkim-ed25519", "tern-relay", "Tern signing Ed25519 / not signing"),
+    ("tern-relay-dkim-both", "tern-relay", "Tern signing RSA-2048 and Ed25519 / not signing"),
+    ("postfix-dkim", "postfix", "Postfix + OpenDKIM RSA-2048 / Postfix"),
     ("tern-relay", "exim4", "Tern relay / Exim relay"),
     ("tern-relay", "opensmtpd-bl", "Tern relay / OpenSMTPD relay"),
 ]
@@ -187,6 +200,36 @@ def intake_case(d, case, relay, sink, lines):
                               f"so no relay between them can finish this case faster: the largest end-to-end "
                               f"ratio to Postfix observable here is {ratio(med(pf, 'e2e_s'), se, 2)}.", ""]
     delivery_latency(d, case, lines)
+    signing_cost(d, by_peer, lines)
+
+
+def signing_cost(d, by_peer, lines):
+    """Tern's CPU per message with DKIM signing minus without, against the bare OpenSSL signature that
+    bench/dkim/sign-cost measured in the same run (sign-cost.txt): the issue's "signing costs at most
+    the signature's own CPU plus 10 %"."""
+    path = os.path.join(d, "sign-cost.txt")
+    base = by_peer.get(("tern-relay",))
+    if not os.path.exists(path) or not base:
+        return
+    bare = {}
+    for line in open(path):
+        name = "rsa" if line.startswith("rsa-sha256") else "ed25519" if line.startswith("ed25519") else None
+        if name and " median " in line:
+            bare[name] = float(line.split(" median ")[1].split()[0]) / 1000  # µs to ms
+    if len(bare) < 2:
+        return
+    rows = [("tern-relay-dkim", bare["rsa"], "RSA-2048"), ("tern-relay-dkim-ed25519", bare["ed25519"], "Ed25519"),
+            ("tern-relay-dkim-both", bare["rsa"] + bare["ed25519"], "both")]
+    rows = [r for r in rows if (r[0],) in by_peer]
+    if not rows:
+        return
+    lines += ["| signing | Tern CPU ms/msg signing − not signing (medians) | bare EVP_DigestSign ms "
+              "(sign-cost, median) | signing / bare |", "|---|---|---|---|"]
+    for peer, cost, label in rows:
+        extra = med(by_peer[(peer,)], "cpu_ms_per_msg") - med(base, "cpu_ms_per_msg")
+        lines.append(f"| {label} | {extra:.3f} | {cost:.3f} | {ratio(extra, cost, 2)} |")
+    lines += ["", "Issue goal (informational): signing / bare ≤ 1.10×. The difference of two medians "
+              "carries both runs' noise: read it with the per-repetition CPU ratios above.", ""]
 
 
 def concurrency(d, lines):
