@@ -115,8 +115,11 @@ public struct BodyCanonicalizer: Sendable {
         // The state in locals (registers) for the loop; stored back at the end.
         var crlfs = pendingCRLFs, wsp = pendingWSP, held = heldCR, wrote = wroteContent
         var length = canonicalLength
-        for i in 0..<p.count {
+        let n = p.count
+        var i = 0
+        while i < n {
             let b = p[i]
+            i += 1
             if held {
                 held = false
                 if b == lf {
@@ -152,6 +155,15 @@ public struct BodyCanonicalizer: Sendable {
             out[k] = b
             k += 1
             wrote = true
+            // Nothing is pending now: the run of bytes above SP that follows (most of any text) is
+            // copied with one comparison each, not the state checks above.
+            while i < n {
+                let c = p[i]
+                guard c > sp else { break }
+                out[k] = c
+                k += 1
+                i += 1
+            }
         }
         if k > 0 {
             hash.update(UnsafeRawBufferPointer(start: out, count: k))
