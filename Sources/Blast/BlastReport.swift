@@ -18,8 +18,12 @@ public struct BlastReport: Codable, Equatable {
         public var pipelining: Bool
         public var rate: Double?
         public var startTLS = false
+        /// --bdat, and its --chunk-size (null: one chunk per message).
+        public var bdat = false
+        public var chunkSize: Int?
         enum CodingKeys: String, CodingKey {
-            case mode, concurrency, messages, handshakes, size, recipients, pipelining, rate
+            case mode, concurrency, messages, handshakes, size, recipients, pipelining, rate, bdat
+            case chunkSize = "chunk_size"
             case startTLS = "starttls"
             case durationSeconds = "duration_s", messagesPerConnection = "messages_per_connection"
         }
@@ -38,6 +42,8 @@ public struct BlastReport: Codable, Equatable {
             try c.encode(pipelining, forKey: .pipelining)
             try c.encode(rate, forKey: .rate)
             try c.encode(startTLS, forKey: .startTLS)
+            try c.encode(bdat, forKey: .bdat)
+            try c.encode(chunkSize, forKey: .chunkSize)
         }
     }
     public struct Messages: Codable, Equatable {
@@ -123,7 +129,7 @@ public struct BlastReport: Codable, Equatable {
                             size: s.sizes.spec,
                             recipients: r.count == 1 ? String(r.lowerBound) : "\(r.lowerBound)-\(r.upperBound)",
                             messagesPerConnection: s.messagesPerConnection, pipelining: s.pipelining, rate: s.rate,
-                            startTLS: s.startTLS)
+                            startTLS: s.startTLS, bdat: s.bdat, chunkSize: s.chunkSize)
         self.elapsedSeconds = elapsedSeconds
         messages = Messages(attempted: stats.messagesAttempted, accepted: stats.messagesAccepted,
                             tempFailed: stats.messagesTempFailed, permFailed: stats.messagesPermFailed,
@@ -193,6 +199,7 @@ public struct BlastReport: Codable, Equatable {
             let per = settings.messagesPerConnection == 0 ? "all" : String(settings.messagesPerConnection)
             out += "tern blast: \(server), \(settings.concurrency) connections, size \(settings.size), \(r), "
                 + "\(per) per connection, pipelining \(settings.pipelining ? "on" : "off")"
+                + (settings.bdat ? ", BDAT" + (settings.chunkSize.map { " in chunks of \($0) octets" } ?? "") : "")
                 + (settings.rate.map { ", rate cap \(Self.plain($0))/s" } ?? "") + "\n"
             out += "elapsed \(String(format: "%.3f", elapsedSeconds)) s\n\n"
 

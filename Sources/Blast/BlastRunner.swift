@@ -339,6 +339,8 @@ final class BlastSlot {
         tcp = connection
         session = ClientSession(hostname: settings.helo, tls: settings.startTLS ? .required : .none)
         session.usePipelining = settings.pipelining
+        session.useChunking = settings.bdat
+        session.chunkSize = settings.chunkSize
         session.repliesSeen = []
         inTransaction = false
         stageStart = now
@@ -514,6 +516,8 @@ final class BlastSlot {
     func recordStages(from: Int, through: Int, now: UInt64) {
         guard from <= through else { return }
         for i in from...through {
+            // BDAT has no 354 to wait for: no DATA stage, its time goes to "DATA end".
+            if i == 2 && settings.bdat && session.capabilities?.chunking == true { continue }
             runner.stats.record(Self.transactionStages[i], microseconds: (now - stageStart) / 1000)
             stageStart = now
         }
@@ -528,8 +532,10 @@ final class BlastSlot {
             case .send(let bytes):
                 connection.write(bytes)
             case .sendMessage(let message):
-                // Not reached: blast hands ClientSession wire data, which comes back as .send.
+                // Only with --bdat to a server without CHUNKING (wire data comes back as .send).
                 connection.write(pieces: [message, ClientAction.endOfData])
+            case .sendChunk(let octets):
+                connection.write(octets)
             case .ready:
                 runner.stats.record(.ehlo, microseconds: (now - stageStart) / 1000)
                 if settings.mode == .handshake { return handshakeDone(now: now) }
@@ -637,8 +643,11 @@ final class BlastSlot {
         transactionStart = now
         stageStart = now
         waitingSince = now
-        let actions = session.send(OutboundTransaction(sender: sender, recipients: recipients, size: size),
-                                   wireData: runner.factory.wireData(size: size))
+        let t = OutboundTransaction(sender: sender, recipients: recipients, size: size)
+        // BDAT needs the message itself; DATA takes the wire form, encoded once for the run.
+        let actions = settings.bdat
+            ? session.send(t, message: runner.factory.message(size: size), wireReady: true)
+            : session.send(t, wireData: runner.factory.wireData(size: size))
         perform(actions, now: now)
     }
 

@@ -29,6 +29,10 @@ public struct BlastSettings {
     public var messagesPerConnection: Int
     /// Pipeline MAIL/RCPT/DATA when the server offers PIPELINING.
     public var pipelining: Bool
+    /// Send with BDAT (RFC 3030) when the server offers CHUNKING; DATA otherwise.
+    public var bdat = false
+    /// With `bdat`: the largest chunk in octets (nil: the whole message in one "BDAT n LAST").
+    public var chunkSize: Int?
     /// STARTTLS on every connection (the server's certificate is not checked: this is load, not mail).
     public var startTLS = false
     /// Transactions started per second, at most (nil: as fast as the server answers).
@@ -125,6 +129,21 @@ public struct BlastSettings {
         return n * unit
     }
 
+    /// "1", "512", "64k", "1m": octets per BDAT chunk, 1 to 64 MiB.
+    public static func parseChunkSize(_ text: String) throws(BlastOptionError) -> Int {
+        let t = text.trimmingSpaces.lowercased()
+        var digits = Substring(t)
+        var unit = 1
+        for (suffix, multiple) in [("k", 1 << 10), ("m", 1 << 20)] where t.hasSuffix(suffix) {
+            digits = t.dropLast(1)
+            unit = multiple
+        }
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits),
+              n >= 1, n <= (64 << 20) / unit
+        else { throw BlastOptionError("--chunk-size: \"\(text)\" is not a size from 1 octet to 64m (512, 64k, 1m)") }
+        return n * unit
+    }
+
     /// "3" or "1-5".
     public static func parseRecipients(_ text: String) throws(BlastOptionError) -> ClosedRange<Int> {
         let t = text.trimmingSpaces
@@ -139,7 +158,7 @@ public struct BlastSettings {
     /// Options that shape messages: with --handshake-only no message is sent, so giving one is a
     /// mistake worth saying (the run would not measure what was asked for).
     public static let messageOptions = ["--messages", "--messages-per-connection", "--size", "--recipients",
-                                        "--from", "--to", "--pipelining", "--no-pipelining"]
+                                        "--from", "--to", "--pipelining", "--no-pipelining", "--bdat", "--chunk-size"]
 
     /// `given`: the options the command line carried. Refuses any message option in handshake mode.
     public static func checkHandshakeOnly(given: [String]) throws(BlastOptionError) {
@@ -154,6 +173,8 @@ public struct BlastSettings {
     public func validate() throws(BlastOptionError) {
         if let m = messages, m < 1 { throw BlastOptionError("--messages: must be at least 1") }
         if let h = handshakes, h < 1 { throw BlastOptionError("--handshakes: must be at least 1") }
+        if let c = chunkSize, c < 1 { throw BlastOptionError("--chunk-size: must be at least 1 octet") }
+        if chunkSize != nil && !bdat { throw BlastOptionError("--chunk-size: needs --bdat") }
         if mode == .handshake {
             // The command line implies --starttls; a caller that builds settings by hand must too.
             guard startTLS else { throw BlastOptionError("--handshake-only: needs --starttls (the handshake is STARTTLS's)") }

@@ -8,7 +8,8 @@
 // the message is written) to the final reply. "transaction" is the whole MAIL … final reply.
 // Replies are counted as they arrive (ClientSession.repliesSeen), each where its command is: the
 // 354 under DATA, the reply after the final "." under DATA end, and a reply on a session dropped
-// later counts all the same.
+// later counts all the same. With BDAT the reply to a chunk before the last counts under DATA, the
+// one to the LAST chunk under DATA end; there is no DATA latency (no 354 to wait for).
 // "TLS" runs from the 220 to STARTTLS to the end of the handshake; "handshake" (handshake mode) is
 // a whole handshake session, from the start of the connect to the reply to EHLO under TLS.
 
@@ -75,7 +76,7 @@ public enum ReplyStage: Int, CaseIterable, Sendable {
         case .startTLS: self = .starttls
         case .mail: self = .mail
         case .rcpt: self = .rcpt
-        case .data: self = .data
+        case .data, .bdat: self = .data
         case .dataEnd: self = .dataEnd
         case .rset, .auth: return nil
         }

@@ -4,17 +4,22 @@
 // printable characters and CRLF). A message of size S is the template's first S-2 bytes and a CRLF.
 // Every line ends in CRLF and none starts with ".", so the message needs no dot-stuffing and no line
 // end is ever repaired on the way out: what the sink receives is exactly S bytes, and the wire form
-// is the message and ".\r\n", handed to ClientSession already encoded. When the size distribution has
+// is the message and ".\r\n", handed to ClientSession already encoded (with --bdat, the message
+// itself: BDAT carries it as it is). When the size distribution has
 // only a few sizes, each is built once and shared (arrays are copy-on-write).
 
 public struct MessageFactory {
     let template: [UInt8]
     var cache: [Int: [UInt8]] = [:]
+    var messages: [Int: [UInt8]] = [:]
 
     public init(sizes: SizeDistribution) {
         template = Self.makeTemplate(size: sizes.largest)
         if let distinct = sizes.distinctSizes {
-            for s in distinct { cache[s] = Self.cut(template, to: s) + Self.terminator }
+            for s in distinct {
+                messages[s] = Self.cut(template, to: s)
+                cache[s] = messages[s]! + Self.terminator
+            }
         }
     }
 
@@ -23,6 +28,12 @@ public struct MessageFactory {
     public func wireData(size: Int) -> [UInt8] {
         if let m = cache[size] { return m }
         return Self.cut(template, to: size) + Self.terminator
+    }
+
+    /// The message of exactly `size` bytes as the spool would hold it (no final "."), for
+    /// ClientSession.send(_:message:wireReady: true): what BDAT sends.
+    public func message(size: Int) -> [UInt8] {
+        messages[size] ?? Self.cut(template, to: size)
     }
 
     static let terminator: [UInt8] = Array(".\r\n".utf8)

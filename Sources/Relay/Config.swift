@@ -383,6 +383,9 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     /// An idle connection waits this long for the next message to its destination before it QUITs;
     /// 0 = QUIT at once (Postfix's smtp_connection_cache_time_limit).
     public var connectionCacheTime: Double = 2
+    /// Send with BDAT (RFC 3030) to next hops that offer CHUNKING; false always uses DATA (Postfix:
+    /// smtp_discard_ehlo_keywords = chunking).
+    public var chunking = true
     /// TLS with next hops when the route says nothing else.
     public var tls: OutboundTLSPolicy = .opportunistic
     /// A next hop that does not answer is suspended instead of tried once per queued message
@@ -407,6 +410,7 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("command_timeout", into: &commandTimeout, Decode.duration)
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
         try r.read("connection_cache_time", into: &connectionCacheTime, Decode.durationOrZero)
+        try r.read("chunking", into: &chunking, Decode.bool)
         try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
         try r.read("dead_destination_failures", into: &deadDestination.failures, Decode.positiveInt)
         try r.read("dead_destination_initial", into: &deadDestination.initial, Decode.duration)

@@ -63,6 +63,7 @@ extension TernConfig {
         out.key("command_timeout", duration: d.commandTimeout)
         out.key("data_timeout", duration: d.dataTimeout)
         out.key("connection_cache_time", duration: d.connectionCacheTime)
+        out.key("chunking", d.chunking)
         out.key("tls", string: d.tls.rawValue)
         out.key("dead_destination_failures", d.deadDestination.failures)
         out.key("dead_destination_initial", duration: d.deadDestination.initial)

@@ -114,6 +114,9 @@ command_timeout = "5m"
 data_timeout = "10m"
 # How long an idle connection waits for the next message to its next hop before QUIT; "0" closes at once.
 connection_cache_time = "2s"
+# Send with BDAT (RFC 3030: no dot-stuffing) when the next hop offers CHUNKING;
+# false always uses DATA.
+chunking = true
 # TLS with next hops unless a route says otherwise: "none" (never STARTTLS),
 # "opportunistic" (STARTTLS when offered, any certificate), "require" (STARTTLS
 # or try later, any certificate), "verify" (STARTTLS with a certificate that

@@ -532,8 +532,9 @@ final class InboundSession {
         closed = true
         timer?.close()
         timer = nil
-        // A message cut off mid-DATA never reaches the queue. One being committed is left to finish.
-        if machine.phase == .data {
+        // A message cut off mid-DATA (or in or between BDAT chunks) never reaches the queue. One being
+        // committed is left to finish.
+        if machine.hasOpenMessage {
             writer?.abort()
         }
         writer = nil
@@ -544,7 +545,7 @@ final class InboundSession {
     /// Shutdown: sessions that are not in the middle of a message are told 421 and closed.
     func shutDown(force: Bool) {
         guard !closed else { return }
-        if force || (machine.phase != .data && machine.phase != .committing) {
+        if force || (machine.phase != .data && machine.phase != .committing && !machine.hasOpenMessage) {
             perform(machine.shuttingDown())
         }
     }

@@ -222,6 +222,7 @@ final class OutboundConnection {
             tlsOutcome = "none (retried in the clear after a TLS failure)"
         }
         session = ClientSession(hostname: heloName, tls: mode, credentials: credentials)
+        session!.useChunking = manager.config.delivery.chunking
         connection.setNoDelay(true)
         // Room for a whole typical message in one write: no pending copy, no EPOLLOUT round trip.
         connection.setSendBufferSize(Self.sendBufferSize)
@@ -267,12 +268,15 @@ final class OutboundConnection {
                 pieces.append(message)
                 pieces.append(ClientAction.endOfData)
                 continue
+            case .sendChunk(let octets):
+                pieces.append(octets)
+                continue
             default:
                 write(pieces)
                 pieces = []
             }
             switch action {
-            case .send, .sendMessage:
+            case .send, .sendMessage, .sendChunk:
                 break  // gathered above
             case .startTLS:
                 guard startTLS() else { return }

@@ -13,6 +13,10 @@
 //   is refused here without sending MAIL. SMTPUTF8 (RFC 6531) is never downgraded: a transaction that
 //   needs it fails permanently if the next hop lacks it. BODY=8BITMIME only when the next hop offers
 //   8BITMIME (RFC 6152).
+// - CHUNKING (RFC 3030): when the next hop offers it (and `useChunking`), the message goes out as
+//   "BDAT <n> LAST" and its bytes as they are, with no dot-stuffing and no final ".", instead of
+//   DATA. BDAT waits for the RCPT replies, also when pipelining: message bytes never reach a next hop
+//   that refused the transaction, and it costs no round trip against DATA, whose 354 is waited for too.
 // - Refusals before anything is sent are synthetic replies, shaped like a server's so that the
 //   caller's bounce/defer logic needs no special case:
 //     552 5.3.4 message larger than the next hop's SIZE     553 5.6.7 SMTPUTF8 needed, not offered
@@ -38,6 +42,8 @@ public struct NextHopCapabilities: Equatable, Sendable {
     public var smtputf8: Bool
     public var enhancedStatusCodes: Bool
     public var startTLS: Bool
+    /// CHUNKING (RFC 3030): BDAT instead of DATA.
+    public var chunking: Bool
     /// nil: SIZE not advertised. 0: SIZE advertised without a number, or with 0, which means no fixed
     /// limit (RFC 1870 §4). Otherwise the largest message the next hop takes, in bytes.
     public var size: Int?
@@ -46,7 +52,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
 
     public init(esmtp: Bool = false, pipelining: Bool = false, eightBitMIME: Bool = false,
                 smtputf8: Bool = false, enhancedStatusCodes: Bool = false, startTLS: Bool = false,
-                size: Int? = nil, auth: [String] = []) {
+                size: Int? = nil, auth: [String] = [], chunking: Bool = false) {
         self.esmtp = esmtp
         self.pipelining = pipelining
         self.eightBitMIME = eightBitMIME
@@ -55,6 +61,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
         self.startTLS = startTLS
         self.size = size
         self.auth = auth
+        self.chunking = chunking
     }
 
     /// Reads the EHLO reply: the first line is the server's name, every other line one keyword with
@@ -76,6 +83,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
             case "SMTPUTF8": smtputf8 = true
             case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
             case "STARTTLS": startTLS = true
+            case "CHUNKING": chunking = true
             case "SIZE":
                 // A number too large for Int, or no number at all, is no practical limit.
                 if let p = params.first, let n = Int(p), n >= 0 { size = n } else { size = 0 }
@@ -142,6 +150,10 @@ public enum ClientAction: Equatable, Sendable {
     /// dot-stuffing and no line end repair (`isWireReady`), so it is the caller's own array, not a
     /// copy: write it as its own piece, together with the bytes of any `.send` just before it.
     case sendMessage([UInt8])
+    /// The octets of one BDAT chunk, exactly as given and with nothing after them; the "BDAT n" line
+    /// that counts them is in the `.send` just before. Like `.sendMessage`, usually the caller's own
+    /// array: write it as its own piece.
+    case sendChunk([UInt8])
     /// Greeting and EHLO (or HELO) done: give the session a transaction, or quit.
     case ready(NextHopCapabilities)
     /// A transaction is over; the session is ready again (another transaction may follow).
@@ -161,11 +173,13 @@ extension ClientAction {
     public static let endOfData: [UInt8] = [UInt8(ascii: "."), 13, 10]
 
     /// The bytes this action puts on the wire, in order, as the arrays the session holds (no copy):
-    /// one piece for `.send`, the message and `endOfData` for `.sendMessage`, none for the others.
+    /// one piece for `.send` and `.sendChunk`, the message and `endOfData` for `.sendMessage`, none
+    /// for the others.
     public var wirePieces: [[UInt8]] {
         switch self {
         case .send(let bytes): return [bytes]
         case .sendMessage(let message): return [message, Self.endOfData]
+        case .sendChunk(let octets): return [octets]
         case .ready, .transactionFinished, .sessionFailed, .close, .startTLS: return []
         }
     }
@@ -176,8 +190,10 @@ public struct RepliedCommand: Equatable, Sendable {
     public enum Command: Equatable, Sendable {
         case greeting, ehlo, helo, startTLS, auth, rset, mail, rcpt, data
         /// The reply after the final "." (also the one after the lone "." sent following an
-        /// unwanted 354, RFC 2920 §3.1).
+        /// unwanted 354, RFC 2920 §3.1), or to the BDAT chunk marked LAST.
         case dataEnd
+        /// The reply to a BDAT chunk before the last.
+        case bdat
     }
     public var command: Command
     public var code: Int
@@ -191,7 +207,8 @@ public struct RepliedCommand: Equatable, Sendable {
         case .mail: command = .mail
         case .rcpt: command = .rcpt
         case .data: command = .data
-        case .dataEnd, .dotAfterRefusal: command = .dataEnd
+        case .dataEnd, .dotAfterRefusal, .bdat(last: true): command = .dataEnd
+        case .bdat(last: false): command = .bdat
         case .startTLS: command = .startTLS
         case .auth, .authLoginUser, .authLoginPassword: command = .auth
         }
@@ -212,7 +229,7 @@ public struct ClientSession {
         case mail       // RSET or MAIL sent, reply not yet in
         case rcpt       // waiting for RCPT replies
         case data       // waiting for the reply to DATA
-        case dataEnd    // message sent, waiting for the final reply
+        case dataEnd    // message sent (DATA or BDAT), waiting for the final reply
         case quitting   // QUIT sent and the connection closing; nothing more is read
         case startingTLS // 220 to STARTTLS received; waiting for the handshake
         case closed
@@ -224,6 +241,8 @@ public struct ClientSession {
         case startTLS, auth, authLoginUser, authLoginPassword
         /// The reply to the lone "." sent after a 354 we did not want (RFC 2920 §3.1).
         case dotAfterRefusal
+        /// The reply to a BDAT chunk; the one marked LAST ends the transaction.
+        case bdat(last: Bool)
     }
 
     struct Transaction {
@@ -234,6 +253,10 @@ public struct ClientSession {
         var encoded = false
         /// Known to need no encoding (the caller checked): sent as it is without looking again.
         var wireReady = false
+        /// Goes out with BDAT instead of DATA (decided when the transaction starts).
+        var chunked = false
+        /// BDAT without pipelining: the octets of `message` already sent, one chunk at a time.
+        var chunkOffset = 0
         var mailReply: Reply?
         var recipientReplies: [Reply?]
         var dataReply: Reply?
@@ -251,6 +274,12 @@ public struct ClientSession {
     /// Pipeline when the next hop offers PIPELINING; false sends one command at a time regardless
     /// (a load generator measuring unpipelined clients).
     public var usePipelining = true
+    /// Send with BDAT when the next hop offers CHUNKING; false always uses DATA (a next hop whose BDAT
+    /// is broken, or a load generator measuring DATA).
+    public var useChunking = true
+    /// The largest BDAT chunk; nil sends the whole message as one chunk (what delivery does). A load
+    /// generator sets it to exercise a server's chunk handling.
+    public var chunkSize: Int?
     /// When not nil, every reply is appended as it arrives, with the command it answers, whatever
     /// becomes of the transaction or the session afterwards (tern blast counts them; the caller
     /// empties it). Nil, the default, costs delivery one check per reply.
@@ -335,6 +364,8 @@ public struct ClientSession {
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
         current!.encoded = encoded
         current!.wireReady = wireReady
+        // Wire data is dot-stuffed and ends in ".": that form only DATA can carry.
+        current!.chunked = caps.chunking && useChunking && !encoded
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
         if reusing {
@@ -345,8 +376,10 @@ public struct ClientSession {
             // RFC 2920 §3.1: the whole group in one write, DATA last.
             sendMail()
             for i in t.recipients.indices { sendRecipient(i) }
-            command("DATA")
-            expect(.data)
+            if !current!.chunked {
+                command("DATA")
+                expect(.data)
+            }
         } else if !reusing {
             sendMail()
         }
@@ -456,15 +489,17 @@ public struct ClientSession {
             guard positive || negative else { return unexpected(r, what) }
             // After a refused MAIL (pipelined), the RCPT replies mean nothing: "503 need MAIL".
             if current!.mailAccepted { current!.recipientReplies[i] = r }
-            if !current!.pipelined {
-                if i + 1 < current!.envelope.recipients.count {
-                    sendRecipient(i + 1)
-                } else if current!.recipientAccepted {
-                    command("DATA")
-                    expect(.data)
-                } else {
-                    return finishTransaction()
-                }
+            let last = i + 1 == current!.envelope.recipients.count
+            if !current!.pipelined && !last {
+                sendRecipient(i + 1)
+            } else if current!.chunked && last {
+                // Pipelined or not, BDAT goes only after every RCPT reply, and only if one was 2xx.
+                guard current!.mailAccepted && current!.recipientAccepted else { return finishTransaction() }
+                sendChunks()
+            } else if !current!.pipelined {
+                guard current!.recipientAccepted else { return finishTransaction() }
+                command("DATA")
+                expect(.data)
             }
 
         case .data:
@@ -503,6 +538,21 @@ public struct ClientSession {
 
         case .dotAfterRefusal:
             return finishTransaction()
+
+        case .bdat(let last):
+            guard positive || negative else { return unexpected(r, what) }
+            // The first refused chunk is the transaction's answer; pipelined chunks after it are
+            // refused too (RFC 3030 §2: the server discards the rest of the transaction).
+            if negative && current!.dataReply == nil { current!.dataReply = r }
+            if last {
+                if current!.dataReply == nil { current!.dataReply = r }
+                return finishTransaction()
+            }
+            if !current!.pipelined {
+                // One chunk at a time: the next after this one's 250; after a refusal, nothing more.
+                guard positive else { return finishTransaction() }
+                sendChunks()
+            }
 
         case .startTLS, .auth, .authLoginUser, .authLoginPassword:
             handleSecurityReply(r, what)
@@ -586,6 +636,35 @@ public struct ClientSession {
         expect(.rcpt(i))
     }
 
+    /// The message with BDAT (RFC 3030): chunks of at most `chunkSize` octets, the last marked LAST.
+    /// Pipelined, every chunk at once; otherwise the next chunk, sent after the previous one's 250.
+    /// The bytes go out as they are when every line ends in CRLF (leading dots need no doubling);
+    /// otherwise bare CR and LF become CRLF first, as for DATA, so no next hop reads a line end we did
+    /// not mean.
+    mutating func sendChunks() {
+        if current!.chunkOffset == 0 && !current!.wireReady && !hasCanonicalLineEnds(current!.message) {
+            current!.message = canonicalizeLineEnds(current!.message)
+        }
+        let total = current!.message.count
+        let size = max(1, chunkSize ?? total)
+        repeat {
+            let start = current!.chunkOffset
+            let end = total - start <= size ? total : start + size
+            let last = end == total
+            command(last ? "BDAT \(end - start) LAST" : "BDAT \(end - start)")
+            if start == 0 && last {
+                // The usual case, one chunk: the caller's own array goes out, no copy.
+                if total > 0 { emit(.sendChunk(current!.message)) }
+                current!.message = []
+            } else {
+                emit(.sendChunk(Array(current!.message[start..<end])))
+            }
+            current!.chunkOffset = end
+            expect(.bdat(last: last))
+            if last { current!.message = [] }
+        } while current!.pipelined && current!.chunkOffset < total
+    }
+
     mutating func command(_ line: String) {
         output += line.utf8
         output += [13, 10]
@@ -608,7 +687,7 @@ public struct ClientSession {
         case .rset, .mail: phase = .mail
         case .rcpt: phase = .rcpt
         case .data: phase = .data
-        case .dataEnd, .dotAfterRefusal: phase = .dataEnd
+        case .dataEnd, .dotAfterRefusal, .bdat: phase = .dataEnd
         }
     }
 
@@ -623,6 +702,8 @@ public struct ClientSession {
         case .rcpt(let i): return "RCPT \(i + 1)"
         case .data: return "DATA"
         case .dataEnd, .dotAfterRefusal: return "the end of data"
+        case .bdat(last: true): return "BDAT LAST"
+        case .bdat(last: false): return "BDAT"
         case .startTLS: return "STARTTLS"
         case .auth, .authLoginUser, .authLoginPassword: return "AUTH"
         }

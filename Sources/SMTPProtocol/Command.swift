@@ -27,6 +27,8 @@ public enum Command: Equatable, Sendable {
     case startTLS
     /// RFC 4954: mechanism (upper case) and the optional initial response, still base64.
     case auth(String, String?)
+    /// RFC 3030: `size` octets of message follow the command line; `last` ends the message.
+    case bdat(size: Int, last: Bool)
 }
 
 public enum CommandError: Error, Equatable, Sendable {
@@ -68,6 +70,15 @@ public enum CommandParser {
             let words = trimmed(arg).split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
             guard (1...2).contains(words.count) else { throw .syntax("AUTH needs a mechanism and at most one initial response") }
             return .auth(asciiUppercased(words[0]), words.count == 2 ? String(decoding: words[1], as: UTF8.self) : nil)
+        case "BDAT":
+            // bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; at most 18 digits fit an Int.
+            let words = trimmed(arg).split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
+            guard (1...2).contains(words.count), words[0].count <= 18,
+                  words[0].allSatisfy({ $0 >= 48 && $0 <= 57 }),
+                  words.count == 1 || asciiUppercased(words[1]) == "LAST",
+                  let size = Int(String(decoding: words[0], as: UTF8.self))
+            else { throw .syntax("BDAT needs a chunk size and at most LAST") }
+            return .bdat(size: size, last: words.count == 2)
         case "NOOP":
             return .noop  // NOOP may carry a string, which is ignored (§4.1.1.9)
         case "HELP":

@@ -8,6 +8,10 @@
 //   the size limit are problems too. After the first problem nothing more is output, but the input is
 //   still read to its end so that the session stays in step with the client.
 // - In the header section it counts Received fields (loop detection) and drops Bcc fields.
+//
+// BDAT chunks (RFC 3030, `chunked`) go through the same checks, without the dot: the data is the
+// message as it is, a line may start with a dot, and the end is the end of the LAST chunk
+// (`finishChunks`), not a line.
 
 public struct DataDecoder {
     public enum Problem: Equatable, Sendable {
@@ -35,9 +39,11 @@ public struct DataDecoder {
     /// Received header fields seen in the header section.
     public private(set) var receivedCount = 0
     public private(set) var isFinished = false
-    /// Lines that came with a leading dot (removed). With none, the decoded message has no line that
-    /// starts with a dot, so it can go to the next hop as it is (isWireReady) without being checked.
+    /// Lines of the decoded message that start with a dot (DATA: removed stuffing; BDAT: kept as
+    /// sent). With none, the message can go to the next hop as it is (isWireReady) without being checked.
     public private(set) var unstuffedLines = 0
+    /// BDAT: no dot-stuffing and no end-of-data line; `finishChunks` ends the message.
+    public let chunked: Bool
 
     var state = State.lineStart
     var lineLength = 0
@@ -47,8 +53,26 @@ public struct DataDecoder {
     /// False only in tests: the body goes line by line too, as the reference for decodeBodyRun.
     var copiesBodyRuns = true
 
-    public init(limits: Limits) {
+    public init(limits: Limits, chunked: Bool = false) {
         self.limits = limits
+        self.chunked = chunked
+    }
+
+    /// BDAT LAST has been read: a last line without CRLF is ended with one (as Postfix does); a CR
+    /// alone at the very end is a bare CR.
+    public mutating func finishChunks(into out: inout [UInt8]) {
+        guard chunked, !isFinished else { return }
+        switch state {
+        case .sawCR:
+            note(.bareCR)
+        case .inLine:
+            endOfLine(into: &out)
+        case .lineStart, .dotAtLineStart, .dotCR:
+            break
+        }
+        state = .lineStart
+        isFinished = true
+        flushPartialHeader(into: &out)
     }
 
     /// Reads `input`, appending decoded message bytes to `out`. Returns how many bytes were consumed:
@@ -60,7 +84,12 @@ public struct DataDecoder {
         while i < n {
             switch state {
             case .lineStart:
-                if base[i] == UInt8(ascii: ".") {
+                if chunked {
+                    // Nothing is stuffed: a dot is the line's first character, to be stuffed when
+                    // the message goes on with DATA.
+                    if base[i] == UInt8(ascii: ".") { unstuffedLines += 1 }
+                    state = .inLine
+                } else if base[i] == UInt8(ascii: ".") {
                     state = .dotAtLineStart
                     lineLength = 1
                     i += 1

@@ -12,6 +12,20 @@
 /// that starts with "." or a line end that is not CRLF interrupts a run (a byte-by-byte copy was a tenth
 /// of a relay's CPU on 100 KiB messages).
 public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
+    var out = encodeLines(message, stuffingDots: true)
+    out.append(UInt8(ascii: "."))
+    out.append(13)
+    out.append(10)
+    return out
+}
+
+/// The message for a BDAT chunk (RFC 3030), which needs no dot-stuffing: every bare CR or LF becomes
+/// CRLF and a final CRLF is added if missing, nothing else changes.
+public func canonicalizeLineEnds(_ message: [UInt8]) -> [UInt8] {
+    encodeLines(message, stuffingDots: false)
+}
+
+private func encodeLines(_ message: [UInt8], stuffingDots: Bool) -> [UInt8] {
     var out: [UInt8] = []
     // Stuffed dots and repaired line ends are rare: a little headroom avoids most regrowth.
     out.reserveCapacity(message.count + message.count / 64 + 8)
@@ -21,7 +35,7 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
         var i = 0  // start of the current line
         var endsWithLineEnd = true
         while i < n {
-            if m[i] == UInt8(ascii: ".") {
+            if stuffingDots && m[i] == UInt8(ascii: ".") {
                 out.append(contentsOf: UnsafeBufferPointer(rebasing: m[runStart..<i]))
                 out.append(UInt8(ascii: "."))
                 runStart = i  // the line's own dot goes out with the run
@@ -48,9 +62,6 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
             out.append(10)
         }
     }
-    out.append(UInt8(ascii: "."))
-    out.append(13)
-    out.append(10)
     return out
 }
 
@@ -64,23 +75,36 @@ public func encodeOutboundData(_ message: [UInt8]) -> [UInt8] {
 /// CRLF. That checks sixteen pairs at a time without finding each line end: about four times
 /// faster than walking the lines with scanForLineEnd, which cost as much as the copy it saves.
 public func isWireReady(_ message: [UInt8]) -> Bool {
+    checkLines(message, noLeadingDots: true)
+}
+
+/// True when every line of the message ends in CRLF (no bare CR or LF) and it ends with CRLF or is
+/// empty: what a BDAT chunk may carry as it is (`canonicalizeLineEnds` would change nothing).
+public func hasCanonicalLineEnds(_ message: [UInt8]) -> Bool {
+    checkLines(message, noLeadingDots: false)
+}
+
+private func checkLines(_ message: [UInt8], noLeadingDots: Bool) -> Bool {
     message.withUnsafeBufferPointer { m in
         let n = m.count
         guard n > 0, let base = m.baseAddress else { return true }
         let dot = UInt8(ascii: ".")
-        guard n >= 2, base[n - 2] == 13, base[n - 1] == 10, base[0] != dot, base[0] != 10 else { return false }
+        guard n >= 2, base[n - 2] == 13, base[n - 1] == 10, base[0] != 10,
+              !(noLeadingDots && base[0] == dot) else { return false }
         let crs = SIMD16<UInt8>(repeating: 13), lfs = SIMD16<UInt8>(repeating: 10)
         let dots = SIMD16<UInt8>(repeating: dot)
         var p = 0  // pairs (p, p + 1) before p are checked
         while p + 17 <= n {
             let a = UnsafeRawPointer(base + p).loadUnaligned(as: SIMD16<UInt8>.self)
             let b = UnsafeRawPointer(base + p + 1).loadUnaligned(as: SIMD16<UInt8>.self)
-            if any(((a .== crs) .^ (b .== lfs)) .| ((a .== lfs) .& (b .== dots))) { return false }
+            var bad = (a .== crs) .^ (b .== lfs)
+            if noLeadingDots { bad = bad .| ((a .== lfs) .& (b .== dots)) }
+            if any(bad) { return false }
             p += 16
         }
         while p + 1 < n {
             let a = base[p], b = base[p + 1]
-            if (a == 13) != (b == 10) || (a == 10 && b == dot) { return false }
+            if (a == 13) != (b == 10) || (noLeadingDots && a == 10 && b == dot) { return false }
             p += 1
         }
         return true

@@ -149,6 +149,7 @@ extension Command {
         case .expn: return "EXPN"
         case .startTLS: return "STARTTLS"
         case .auth: return "AUTH"
+        case .bdat: return "BDAT"
         }
     }
 }

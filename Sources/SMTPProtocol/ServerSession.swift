@@ -154,6 +154,12 @@ public struct ServerSession {
         case mail(Transaction)
         /// `dropInData`: a hook asked to drop the connection once message data arrives.
         case data(Transaction, DataDecoder, dropInData: Bool)
+        /// BDAT (RFC 3030, ServerSession+Chunking.swift): reading a chunk's octets.
+        case chunk(Transaction, DataDecoder, ChunkRead)
+        /// BDAT: a chunk was read and answered; the next is announced by another BDAT command.
+        case betweenChunks(Transaction, DataDecoder)
+        /// The octets of a refused BDAT chunk, read and dropped; then the session is back in `after`.
+        indirect case discarding(remaining: Int, after: State)
         case committing(Transaction)
         case startingTLS
         case authChallenge(SASLExchange)
@@ -184,7 +190,8 @@ public struct ServerSession {
         case .connected: return .connected
         case .ready: return .ready
         case .mail: return .mail
-        case .data: return .data
+        case .data, .chunk, .discarding: return .data
+        case .betweenChunks: return .mail
         case .committing: return .committing
         case .startingTLS: return .startingTLS
         case .authChallenge: return .authChallenge
@@ -207,8 +214,17 @@ public struct ServerSession {
     /// The transaction under way (MAIL accepted, up to the end of its commit), if any.
     var transaction: Transaction? {
         switch state {
-        case .mail(let t), .data(let t, _, _), .committing(let t): return t
+        case .mail(let t), .data(let t, _, _), .committing(let t), .chunk(let t, _, _), .betweenChunks(let t, _): return t
         default: return nil
+        }
+    }
+
+    /// A message has begun (its queue id given, `.beginMessage` emitted) and is neither committed nor
+    /// aborted: in DATA, or in or between BDAT chunks.
+    public var hasOpenMessage: Bool {
+        switch state {
+        case .data, .chunk, .betweenChunks: return true
+        default: return false
         }
     }
 
@@ -219,6 +235,9 @@ public struct ServerSession {
     var messageDataEmitted = false
     /// Messages begun in this session (DATA accepted): the serial of the latest MessageStart.
     var messagesBegun = 0
+    /// A BDAT chunk of the transaction was refused: the BDATs the client pipelined behind it are read,
+    /// dropped and answered 503 without counting as errors (RFC 3030 §2), until RSET, MAIL or EHLO.
+    var chunkRefused = false
     /// Input not yet handled: a partial line, or commands pipelined behind a message being committed.
     var inbox: [UInt8] = []
     /// Set while an over-long command line is being skipped up to its CRLF.
@@ -356,8 +375,7 @@ public struct ServerSession {
         guard phase != .closed, phase != .committing else { return [] }
         let r = Reply(421, "4.4.2", "\(config.hostname) Error: timeout exceeded")
         reply(r)
-        emit(.refused(refusal(r, .timeout, logged: true, inMessage: phase == .data)))
-        if phase == .data { emit(.abortMessage) }
+        emit(.refused(refusal(r, .timeout, logged: true, inMessage: hasOpenMessage)))
         close()
         return takeActions()
     }
@@ -367,8 +385,7 @@ public struct ServerSession {
         guard phase != .closed else { return [] }
         let r = Reply(421, "4.3.2", "\(config.hostname) Service shutting down, closing connection")
         reply(r)
-        emit(.refused(refusal(r, .shuttingDown, inMessage: phase == .data)))
-        if phase == .data { emit(.abortMessage) }
+        emit(.refused(refusal(r, .shuttingDown, inMessage: hasOpenMessage)))
         close()
         return takeActions()
     }
@@ -411,9 +428,28 @@ public struct ServerSession {
                 state = .data(transaction, decoder, dropInData: dropInData)
                 if finished { endOfData() }
                 flushDataOut(force: false)
+            case .chunk(let transaction, var decoder, var chunk):
+                if chunk.dropInData {
+                    dropConnection()
+                    return count
+                }
+                state = .modifying
+                if dataOut.capacity == 0 { dataOut.reserveCapacity(nextDataReserve) }
+                // All of the chunk's octets in this buffer, but no more than the data chunk has room for.
+                let take = min(count - offset, chunk.remaining, max(Self.dataChunk - dataOut.count, 1))
+                _ = decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[offset..<(offset + take)]), into: &dataOut)
+                offset += take
+                chunk.remaining -= take
+                state = .chunk(transaction, decoder, chunk)
+                if chunk.remaining == 0 { endOfChunk() }
+                flushDataOut(force: false)
+            case .discarding(let remaining, let after):
+                let take = min(count - offset, remaining)
+                offset += take
+                state = take == remaining ? after : .discarding(remaining: remaining - take, after: after)
             case .modifying:
                 preconditionFailure("ServerSession's state read while being modified")
-            case .connected, .ready, .mail, .authChallenge:
+            case .connected, .ready, .mail, .betweenChunks, .authChallenge:
                 guard let lf = findLF(base, from: offset, to: count) else {
                     // No complete line yet. Keep at most one command line's worth.
                     if count - offset >= commandLineLimit {
@@ -479,6 +515,7 @@ public struct ServerSession {
             case .unknown:
                 fail(Reply(500, "5.5.2", "Error: command not recognized"))
             case .syntax(let why):
+                guard currentCommand != "BDAT" else { return badChunkSize(why) }
                 fail(Reply(501, "5.5.4", "Syntax error: \(why)"))
             case .address(let addressError):
                 switch addressError {
@@ -494,7 +531,9 @@ public struct ServerSession {
         }
         currentCommand = command.verb
         if refusedAtGreeting, command != .quit {
-            return fail(Reply(503, "5.5.1", "Error: no SMTP service here; send QUIT"))
+            fail(Reply(503, "5.5.1", "Error: no SMTP service here; send QUIT"))
+            if case .bdat(let size, _) = command { discardChunk(size) }
+            return
         }
         switch command {
         case .helo, .ehlo:
@@ -511,7 +550,9 @@ public struct ServerSession {
         case .rcpt(let path, let params): rcpt(path, params)
         case .data: data()
         case .rset:
+            abandonMessage()
             if case .mail = state { state = .ready }
+            chunkRefused = false
             reply(Reply(250, "2.0.0", "Ok"))
         case .noop:
             reply(Reply(250, "2.0.0", "Ok"))
@@ -524,6 +565,7 @@ public struct ServerSession {
         case .expn(let arg): expn(arg)
         case .startTLS: startTLS()
         case .auth(let mechanism, let initial): auth(mechanism, initial)
+        case .bdat(let size, let last): bdat(size: size, last: last)
         }
     }
 
@@ -540,23 +582,21 @@ public struct ServerSession {
 
     mutating func hello(_ domain: String, extended: Bool) {
         // A new HELO/EHLO resets any transaction (RFC 5321 §4.1.4).
+        abandonMessage()
+        chunkRefused = false
         helo = domain
         esmtp = extended
         state = .ready
         if extended {
             var lines = [config.hostname]
             let on = config.extensions
-            if on == .all {
-                lines += ["PIPELINING", "SIZE \(config.maxMessageSize)", "8BITMIME", "ENHANCEDSTATUSCODES",
-                          "SMTPUTF8", "MT-PRIORITY"]
-            } else {
-                if on.contains(.pipelining) { lines.append("PIPELINING") }
-                if on.contains(.size) { lines.append("SIZE \(config.maxMessageSize)") }
-                if on.contains(.eightBitMIME) { lines.append("8BITMIME") }
-                if on.contains(.enhancedStatusCodes) { lines.append("ENHANCEDSTATUSCODES") }
-                if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
-                if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
-            }
+            if on.contains(.pipelining) { lines.append("PIPELINING") }
+            if on.contains(.size) { lines.append("SIZE \(config.maxMessageSize)") }
+            if on.contains(.eightBitMIME) { lines.append("8BITMIME") }
+            if on.contains(.enhancedStatusCodes) { lines.append("ENHANCEDSTATUSCODES") }
+            if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
+            if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
+            if on.contains(.chunking) { lines.append("CHUNKING") }
             if offersStartTLS { lines.append("STARTTLS") }
             if offersAuth { lines.append("AUTH PLAIN LOGIN") }
             lines += config.extraExtensions
@@ -620,10 +660,12 @@ public struct ServerSession {
             if let refusal = verdict.reply { return answerFault(refusal) }
         }
         state = .mail(Transaction(sender: path, bodyType: body, smtputf8: utf8, priority: mtPriority))
+        chunkRefused = false
         reply(Reply(250, "2.1.0", "Ok"))
     }
 
     mutating func rcpt(_ path: MailPath, _ params: [ESMTPParameter]) {
+        if case .betweenChunks = state { return fail(Reply(503, "5.5.1", "Error: RCPT after BDAT")) }
         guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
         changeTransaction { $0.rcptCommands += 1 }
         if let param = params.first {
@@ -668,50 +710,69 @@ public struct ServerSession {
     }
 
     mutating func data() {
+        if case .betweenChunks = state { return fail(Reply(503, "5.5.1", "Error: DATA after BDAT")) }
         guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
-        guard t.acceptedRcptCommands > 0 else {
-            if t.rcptCommands > 0 {
-                return fail(Reply(554, "5.5.1", "Error: no valid recipients"), .noValidRecipients, logged: true)
-            }
-            return fail(Reply(503, "5.5.1", "Error: need RCPT command"))
-        }
+        if let (r, reason) = missingRecipients(t) { return fail(r, reason, logged: reason == .noValidRecipients) }
         var drop = false
         if hooks != nil {
             let verdict = consult(.data, recipients: t.recipients)
             if let refusal = verdict.reply { return answerFault(refusal) }
             drop = verdict.dropInData
         }
+        let start = openMessage(t)
+        state = .data(t, messageDecoder(chunked: false), dropInData: drop)
+        reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
+        emit(.beginMessage(start))
+    }
+
+    /// DATA or BDAT with no recipient accepted: 554 if some were refused, else 503.
+    func missingRecipients(_ t: Transaction) -> (Reply, Refusal.Reason)? {
+        guard t.acceptedRcptCommands == 0 else { return nil }
+        if t.rcptCommands > 0 { return (Reply(554, "5.5.1", "Error: no valid recipients"), .noValidRecipients) }
+        return (Reply(503, "5.5.1", "Error: need RCPT command"), .badSequence)
+    }
+
+    /// A message begins (DATA, or the first BDAT): its envelope, and an empty DATA buffer.
+    mutating func openMessage(_ t: Transaction) -> MessageStart {
         let start = MessageStart(
             sender: t.sender, recipients: t.recipients, helo: helo ?? client.ip,
             protocolName: protocolName,
             bodyType: t.bodyType, smtputf8: t.smtputf8, priority: t.priority, tls: tlsSummary,
             authenticatedUser: authenticatedUser, serial: messagesBegun + 1)
         messagesBegun += 1
-        let decoder = DataDecoder(limits: .init(maxLineLength: config.maxLineLength,
-                                                maxMessageSize: config.maxMessageSize, keepBcc: config.keepBcc))
         dataOut = []
         nextDataReserve = Self.dataReserve
         messageDataEmitted = false
-        state = .data(t, decoder, dropInData: drop)
-        reply(Reply(354, nil, "End data with <CR><LF>.<CR><LF>"))
-        emit(.beginMessage(start))
+        return start
     }
 
-    /// The decoder found the end of data: the message is refused, or goes to be committed. The
-    /// transaction stays in `state` until then, so that a refusal carries the envelope.
+    func messageDecoder(chunked: Bool) -> DataDecoder {
+        DataDecoder(limits: .init(maxLineLength: config.maxLineLength, maxMessageSize: config.maxMessageSize,
+                                  keepBcc: config.keepBcc), chunked: chunked)
+    }
+
+    /// The reply that refuses a message for what its data held.
+    func refusalReply(_ problem: DataDecoder.Problem) -> Reply {
+        switch problem {
+        case .tooBig: return Reply(552, "5.3.4", "Error: message size exceeds fixed limit")
+        case .bareCR: return Reply(554, "5.6.0", "Error: bare CR in message; lines must end with CRLF")
+        case .bareLF: return Reply(554, "5.6.0", "Error: bare LF in message; lines must end with CRLF")
+        case .nul: return Reply(554, "5.6.0", "Error: NUL character in message")
+        case .lineTooLong: return Reply(554, "5.6.0", "Error: line longer than \(config.maxLineLength) octets in message")
+        }
+    }
+
+    /// The decoder found the end of data.
     mutating func endOfData() {
         guard case .data(let t, let d, _) = state else { return }
+        finishMessage(t, d)
+    }
+
+    /// The end of a message's data (DATA's final dot, BDAT LAST): the message is refused, or goes to
+    /// be committed. The transaction stays in `state` until then, so that a refusal carries the envelope.
+    mutating func finishMessage(_ t: Transaction, _ d: DataDecoder) {
         if let problem = d.problem {
-            let r: Reply
-            switch problem {
-            case .tooBig: r = Reply(552, "5.3.4", "Error: message size exceeds fixed limit")
-            case .bareCR: r = Reply(554, "5.6.0", "Error: bare CR in message; lines must end with CRLF")
-            case .bareLF: r = Reply(554, "5.6.0", "Error: bare LF in message; lines must end with CRLF")
-            case .nul: r = Reply(554, "5.6.0", "Error: NUL character in message")
-            case .lineTooLong:
-                r = Reply(554, "5.6.0", "Error: line longer than \(config.maxLineLength) octets in message")
-            }
-            return refuseMessage(r, problem == .tooBig ? .messageTooBig : .badMessageData)
+            return refuseMessage(refusalReply(problem), problem == .tooBig ? .messageTooBig : .badMessageData)
         }
         if d.receivedCount > config.maxHops {
             return refuseMessage(Reply(554, "5.4.6", "Error: too many hops (\(d.receivedCount) Received headers): mail loop?"),
@@ -731,8 +792,8 @@ public struct ServerSession {
     }
 
     /// A message refused at the end of its data: the refusal carries the envelope, then it is forgotten.
-    mutating func refuseMessage(_ r: Reply, _ reason: Refusal.Reason) {
-        let refused = refusal(r, reason, logged: true, command: "END-OF-MESSAGE", inMessage: true)
+    mutating func refuseMessage(_ r: Reply, _ reason: Refusal.Reason, command: String = "END-OF-MESSAGE") {
+        let refused = refusal(r, reason, logged: true, command: command, inMessage: true)
         dataOut = []
         emit(.abortMessage)
         state = .ready
@@ -828,13 +889,17 @@ public struct ServerSession {
         if errorCount >= config.maxErrors && phase != .closed {
             let r = Reply(421, "4.7.0", "\(config.hostname) Error: too many errors")
             reply(r)
-            emit(.refused(refusal(r, .tooManyErrors, logged: true, inMessage: phase == .data)))
-            if phase == .data { emit(.abortMessage) }
+            emit(.refused(refusal(r, .tooManyErrors, logged: true, inMessage: hasOpenMessage)))
             close()
         }
     }
 
+    /// Closes the session; a message still open is aborted first.
     mutating func close() {
+        if hasOpenMessage {
+            dataOut = []
+            emit(.abortMessage)
+        }
         state = .closed
         inbox = []
         flushReplies()
@@ -878,7 +943,7 @@ public struct ServerSession {
     /// `start` is the message the bytes belong to: a client that did not wait for the 354 can have the
     /// session in a later message (after this one was refused) by the time the caller asks.
     public mutating func prefixMessageData(_ bytes: [UInt8], for start: MessageStart) -> Bool {
-        guard phase == .data, !messageDataEmitted, start.serial == messagesBegun else { return false }
+        guard hasOpenMessage, !messageDataEmitted, start.serial == messagesBegun else { return false }
         if dataOut.capacity == 0 { dataOut.reserveCapacity(nextDataReserve) }
         dataOut.insert(contentsOf: bytes, at: 0)
         return true
@@ -892,8 +957,8 @@ public struct ServerSession {
     /// memory is available and writes out what this session holds meanwhile. The message loses nothing;
     /// its data only arrives in one more piece. Nil when the buffer holds no data (it is freed all the same).
     public mutating func takeBufferedData() -> [UInt8]? {
-        guard phase == .data, !dataOut.isEmpty else {
-            if phase == .data { dataOut = [] }
+        guard hasOpenMessage, !dataOut.isEmpty else {
+            if hasOpenMessage { dataOut = [] }
             return nil
         }
         // An array of its own size: it waits in the writer's queue, counted by its capacity.

@@ -57,6 +57,8 @@ public struct AdvertisedExtensions: OptionSet, Sendable, Equatable {
     public static let enhancedStatusCodes = AdvertisedExtensions(rawValue: 1 << 3)
     public static let smtputf8 = AdvertisedExtensions(rawValue: 1 << 4)
     public static let mtPriority = AdvertisedExtensions(rawValue: 1 << 5)
+    /// BDAT (RFC 3030).
+    public static let chunking = AdvertisedExtensions(rawValue: 1 << 6)
     public static let all: AdvertisedExtensions = [.pipelining, .size, .eightBitMIME, .enhancedStatusCodes,
-                                                   .smtputf8, .mtPriority]
+                                                   .smtputf8, .mtPriority, .chunking]
 }

@@ -53,6 +53,12 @@ struct BlastCommand: ParsableCommand {
     @Flag(name: .long, inversion: .prefixedNo, help: "Pipeline MAIL, RCPT and DATA when the server offers PIPELINING (default on).")
     var pipelining: Bool?
 
+    @Flag(name: .long, help: "Send with BDAT (RFC 3030, no dot-stuffing) when the server offers CHUNKING; DATA otherwise.")
+    var bdat = false
+
+    @Option(name: .long, help: "With --bdat: the largest chunk, e.g. 64k (default: the whole message in one BDAT LAST).")
+    var chunkSize: String?
+
     @Option(name: .long, help: "At most this many messages (handshakes with --handshake-only) per second (default: no cap).")
     var rate: Double?
 
@@ -99,7 +105,8 @@ struct BlastCommand: ParsableCommand {
                 let given: [(String, Bool)] = [
                     ("--messages", messages != nil), ("--messages-per-connection", messagesPerConnection != nil),
                     ("--size", size != nil), ("--recipients", recipients != nil), ("--from", from != nil),
-                    ("--to", to != nil), (pipelining == false ? "--no-pipelining" : "--pipelining", pipelining != nil)]
+                    ("--to", to != nil), (pipelining == false ? "--no-pipelining" : "--pipelining", pipelining != nil),
+                    ("--bdat", bdat), ("--chunk-size", chunkSize != nil)]
                 try BlastSettings.checkHandshakeOnly(given: given.filter(\.1).map(\.0))
             }
             var s = BlastSettings(server: try BlastSettings.parseServer(server),
@@ -119,6 +126,8 @@ struct BlastCommand: ParsableCommand {
             s.recipients = try BlastSettings.parseRecipients(recipients ?? "1")
             s.messagesPerConnection = messagesPerConnection ?? 1
             s.pipelining = pipelining ?? true
+            s.bdat = bdat
+            s.chunkSize = try chunkSize.map { try BlastSettings.parseChunkSize($0) }
             s.rate = rate
             s.bind = try BlastSettings.parseBind(bind)
             s.helo = helo

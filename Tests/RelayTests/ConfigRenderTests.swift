@@ -41,6 +41,7 @@ import Testing
         c.spool.path = "/var/spool/tern \"quoted\""
         c.dns.servers = ["127.0.0.1:5353"]
         c.delivery.enabled = false
+        c.delivery.chunking = false
         c.delivery.port = 2525
         c.delivery.maxConnections = 11
         c.delivery.maxConnectionsPerDestination = 3

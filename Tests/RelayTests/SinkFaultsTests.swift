@@ -316,7 +316,7 @@ final class FaultLog {
         #expect(c.mode == .keep && c.keepPath == "/tmp/x" && c.keepFormat == .maildir)
         #expect(c.metricsListen == "127.0.0.1:8026")
         #expect(c.seed == 9 && !c.magicRecipients)
-        #expect(c.advertise == [.size, .enhancedStatusCodes, .smtputf8, .mtPriority])
+        #expect(c.advertise == [.size, .enhancedStatusCodes, .smtputf8, .mtPriority, .chunking])
         #expect(c.faults.count == 3)
         #expect(c.faults[1].applies(toListener: "127.0.0.1:2526") && !c.faults[1].applies(toListener: "[::1]:2526"))
         #expect(c.faults[2].dropInData)
@@ -329,7 +329,7 @@ final class FaultLog {
             ("[sink]\nmode = \"keep\"", "sink.keep_path"),
             ("[sink]\nlisen = []", "sink.lisen"),
             ("[server]\nlisten = []", "server"),
-            ("[sink.advertise]\nchunking = true", "sink.advertise.chunking"),
+            ("[sink.advertise]\nxclient = true", "sink.advertise.xclient"),
             ("[[sink.fault]]\nstage = \"rcpt\"\nreply = 700", "sink.fault[1].reply"),
             ("[[sink.fault]]\nstage = \"rcpt\"\nreply = 451\nlisten = \"127.0.0.9:25\"", "sink.fault"),
             ("[sink]\ntarpit = \"slow\"", "sink.tarpit"),

@@ -9,7 +9,7 @@ import Testing
 struct ClientRun: Equatable {
     /// What the client sent after each server turn (index 0: after the first turn).
     var sent: [String] = []
-    /// Every action but .send and .sendMessage, in order.
+    /// Every action but .send, .sendMessage and .sendChunk, in order.
     var events: [ClientAction] = []
     /// The phase after each turn.
     var phases: [ClientSession.Phase] = []
@@ -34,8 +34,8 @@ struct ClientDriver {
         var pending = actions[...]
         while let a = pending.popFirst() {
             switch a {
-            case .send, .sendMessage:
-                // Both paths put bytes on the wire; what counts is the bytes, in order.
+            case .send, .sendMessage, .sendChunk:
+                // Every path puts bytes on the wire; what counts is the bytes, in order.
                 if run.sent.isEmpty { run.sent.append("") }
                 for piece in a.wirePieces { run.sent[run.sent.count - 1] += String(decoding: piece, as: UTF8.self) }
             case .ready, .transactionFinished:
@@ -63,10 +63,12 @@ struct ClientDriver {
 /// agree and returns the whole run.
 @discardableResult
 func clientConverse(_ turns: [String], _ transactions: [(OutboundTransaction, String)] = [], quit: Bool = true,
+                    configure: (inout ClientSession) -> Void = { _ in },
                     sourceLocation: SourceLocation = #_sourceLocation) -> ClientRun {
     let turnBytes = turns.map { Array($0.utf8) }
     func play(_ chunking: (Int, [UInt8]) -> [[UInt8]]) -> ClientRun {
         var d = ClientDriver(queue: transactions.map { ($0.0, Array($0.1.utf8)) }, quitWhenDone: quit)
+        configure(&d.session)
         for (k, b) in turnBytes.enumerated() { d.turn(chunking(k, b)) }
         return d.run
     }
@@ -150,7 +152,7 @@ let clientOne = OutboundTransaction(sender: "alice@example.org", recipients: ["b
         let run = clientConverse([clientGreeting, ehlo], quit: false)
         let expected = NextHopCapabilities(esmtp: true, pipelining: true, eightBitMIME: true, smtputf8: true,
                                            enhancedStatusCodes: true, startTLS: true, size: 12345,
-                                           auth: ["PLAIN", "LOGIN", "CRAM-MD5"])
+                                           auth: ["PLAIN", "LOGIN", "CRAM-MD5"], chunking: true)
         #expect(run.events == [.ready(expected)])
         #expect(run.phases == [.hello, .ready])
     }
