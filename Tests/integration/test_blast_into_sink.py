@@ -78,3 +78,26 @@ def test_starttls_counts_agree(start_sink, tmp_path, certs):
     assert sink.counter("tern_sink_message_bytes_total") == report["bytes_accepted"]
     assert sink.counter("tern_sink_tls_sessions_total") == report["connections"]["opened"] == 30
     assert report["latency_ms"]["tls"]["count"] == 30
+
+
+def test_bdat_counts_agree(start_sink):
+    # CHUNKING on the sink (on by default): blast sends every message in chunks of at most 1,000 octets.
+    sink = start_sink(["--seed", "13"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "200", "--concurrency", "8",
+                        "--size", "2k-6k", "--messages-per-connection", "5", "--bdat", "--chunk-size", "1000")
+    m = report["messages"]
+    assert m["accepted"] == 200 and m["failed"] == 0, m
+    assert sink.counter("tern_sink_messages_total") == 200
+    assert sink.counter("tern_sink_message_bytes_total") == report["bytes_accepted"]
+    # 2 to 6 chunks a message: the chunks before the last under DATA, the LAST ones under DATA end.
+    r = report["replies"]
+    assert 200 <= r["data"]["2xx"] <= 200 * 6 and r["data_end"]["2xx"] == 200, r
+
+
+def test_bdat_falls_back_to_data_without_chunking(start_sink):
+    sink = start_sink(["--seed", "17", "--disable", "chunking"])
+    report = blast_json("--server", f"127.0.0.1:{sink.port}", "--messages", "50", "--concurrency", "5", "--bdat")
+    assert report["messages"]["accepted"] == 50, report["messages"]
+    # DATA's 354s are what DATA counts now.
+    assert report["replies"]["data"]["3xx"] == 50, report["replies"]
+    assert sink.counter("tern_sink_messages_total") == 50
