@@ -6,7 +6,7 @@
 # injection to the last delivery, blast's accepted msg/s and the wall time to the last delivery. A
 # line per repetition gives the load generator's own rate straight into the sink (its ceiling).
 # Then the medians and the BDAT/DATA ratios. As root. TERN_BIN (default .build-bench/release/tern,
-# built if missing), RUNS (3), CASES ("20000:4k:50 4000:100k:20": messages:size:connections),
+# built if missing), RUNS (5), CASES ("20000:4k:50 10000:100k:20": messages:size:connections),
 # PORTS ("2935 2936"). Nothing passes or fails here; run it alone on the machine.
 set -euo pipefail
 if [ "${BDAT_IN_NS:-}" != 1 ]; then
@@ -18,7 +18,7 @@ TERN_BIN=${TERN_BIN:-$here/.build-bench/release/tern}
 if [ ! -x "$TERN_BIN" ]; then
     (cd "$here" && swift build -c release --scratch-path .build-bench --product tern >&2)
 fi
-RUNS=${RUNS:-3}; CASES=${CASES:-"20000:4k:50 4000:100k:20"}
+RUNS=${RUNS:-5}; CASES=${CASES:-"20000:4k:50 10000:100k:20"}
 read -r IN OUT <<<"${PORTS:-2935 2936}"
 W=$(mktemp -d /tmp/tern-bdat.XXXXXX)
 trap 'rm -rf "$W"' EXIT
