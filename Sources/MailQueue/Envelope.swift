@@ -1,6 +1,8 @@
 // The envelope: everything about a queued message except its data (RFC 5321 section 2.3.1).
 // Delivery updates the per-recipient state and rewrites the envelope; the data file never changes.
 
+import SMTPProtocol
+
 /// Where a recipient stands. `pending` and `deferred` still need delivery; the other two are final.
 public enum RecipientState: String, Sendable, CaseIterable {
     case pending, deferred, delivered, bounced
@@ -14,11 +16,18 @@ public struct Recipient: Sendable, Equatable {
     public var state: RecipientState
     /// The last reply from a next hop (or our own reason), for logs, `tern queue` and bounces.
     public var lastReply: String?
+    /// NOTIFY= (RFC 3461) of its RCPT; nil when not given.
+    public var notify: DSNNotify?
+    /// ORCPT= as it arrived ("rfc822;" and xtext); nil when not given.
+    public var orcpt: String?
 
-    public init(address: String, state: RecipientState = .pending, lastReply: String? = nil) {
+    public init(address: String, state: RecipientState = .pending, lastReply: String? = nil,
+                notify: DSNNotify? = nil, orcpt: String? = nil) {
         self.address = address
         self.state = state
         self.lastReply = lastReply
+        self.notify = notify
+        self.orcpt = orcpt
     }
 }
 
@@ -59,6 +68,9 @@ public struct Envelope: Sendable, Equatable {
     /// BODY= as the client declared it ("7BIT" / "8BITMIME"), nil when absent.
     public var bodyType: String?
     public var smtputf8: Bool
+    /// RET= and ENVID= (RFC 3461; ENVID as it arrived, in xtext); nil when not given.
+    public var ret: DSNReturn?
+    public var envid: String?
     public var client: ClientInfo
     /// A delay warning was sent to the sender (sent once per message).
     public var delayWarned = false

@@ -19,15 +19,23 @@
 //     next-attempt	1700000000.123456
 //     warned	1                             only once a delay warning went to the sender
 //     held	1                               only while the postmaster holds the message
+//     ret	HDRS                            RET= (RFC 3461), FULL or HDRS; omitted when not given
+//     envid	QQ314159                      ENVID= as it arrived (xtext); omitted when not given
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
+//     notify	SUCCESS,DELAY                  NOTIFY= of the rcpt line just before; omitted when not given
+//     orcpt	rfc822;carol@example.net       ORCPT= of the rcpt line just before; omitted when not given
 //     end
+//
+// Records written before DSN (no ret, envid, notify or orcpt lines) read as they always did.
 //
 // Values never contain TAB, CR or LF: `encode` replaces each with a space (a multi-line reply from a
 // next hop becomes one line). Everything else, spaces, quotes and non-ASCII UTF-8 included, is kept.
 // `decode` requires the version line first and `end` last (a record cut short is rejected, not
 // half-read), every required field exactly once, and well-formed numbers; errors name the field.
 // Encoding builds the bytes directly: it runs for every message received and every delivery attempt.
+
+import SMTPProtocol
 
 public struct EnvelopeRecordError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The key of the offending line ("end" when the record is cut short, "line N" when unparsable).
@@ -71,6 +79,8 @@ public enum EnvelopeRecord {
         field(&out, "next-attempt\t") { appendSeconds(&$0, e.nextAttempt) }
         if e.delayWarned { field(&out, "warned\t") { $0.append(0x31) } }
         if e.held { field(&out, "held\t") { $0.append(0x31) } }
+        if let ret = e.ret { field(&out, "ret\t") { $0.append(contentsOf: ret.rawValue.utf8) } }
+        if let envid = e.envid { field(&out, "envid\t") { appendText(&$0, envid) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -81,6 +91,8 @@ public enum EnvelopeRecord {
                     appendText(&out, reply)
                 }
             }
+            if let notify = r.notify { field(&out, "notify\t") { $0.append(contentsOf: notify.keyword.utf8) } }
+            if let orcpt = r.orcpt { field(&out, "orcpt\t") { appendText(&$0, orcpt) } }
         }
         out.append(contentsOf: "end\n".utf8)
         return out
@@ -156,6 +168,7 @@ public enum EnvelopeRecord {
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, auth: String?, arrival: Double?, nextAttempt: Double?
         var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
+        var ret: DSNReturn?, envid: String?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -201,7 +214,32 @@ public enum EnvelopeRecord {
             case "held":
                 guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
                 try set(&held, true, key)
+            case "ret":
+                guard let parsed = DSNReturn(rawValue: try text(value, key)) else { throw malformed(key, value) }
+                try set(&ret, parsed, key)
+            case "envid":
+                guard !value.isEmpty else { throw malformed(key, value) }
+                try set(&envid, try text(value, key), key)
             case "rcpt": recipients.append(try recipient(value))
+            case "notify", "orcpt":
+                // The DSN parameters of the recipient on the line before.
+                guard !recipients.isEmpty else {
+                    throw EnvelopeRecordError(field: key, reason: "comes before any rcpt line")
+                }
+                let i = recipients.count - 1
+                if key == "notify" {
+                    guard let parsed = DSNNotify(keyword: try text(value, key)) else { throw malformed(key, value) }
+                    guard recipients[i].notify == nil else {
+                        throw EnvelopeRecordError(field: key, reason: "appears twice for one recipient")
+                    }
+                    recipients[i].notify = parsed
+                } else {
+                    guard !value.isEmpty else { throw malformed(key, value) }
+                    guard recipients[i].orcpt == nil else {
+                        throw EnvelopeRecordError(field: key, reason: "appears twice for one recipient")
+                    }
+                    recipients[i].orcpt = try text(value, key)
+                }
             default: throw EnvelopeRecordError(field: key, reason: "unknown field")
             }
         }
@@ -225,6 +263,8 @@ public enum EnvelopeRecord {
             client: ClientInfo(ip: try required(client, "client"), helo: try required(helo, "helo"),
                                reverseName: rdns, protocolName: try required(protocolName, "protocol"),
                                authenticatedUser: auth))
+        envelope.ret = ret
+        envelope.envid = envid
         envelope.delayWarned = warned ?? false
         envelope.held = held ?? false
         return envelope

@@ -328,13 +328,18 @@ final class InboundSession {
             hostname: server.config.hostname, protocolName: start.protocolName, queueID: id.rawValue,
             recipients: start.recipients, time: Int(now / 1_000_000), tls: start.tls)
         let arrival = Double(now) / 1_000_000
-        let envelope = Envelope(
+        var envelope = Envelope(
             id: id, sender: start.sender.address,
-            recipients: start.recipients.map { Recipient(address: $0) },
+            recipients: start.recipients.indices.map { i in
+                let dsn = i < start.recipientDSN.count ? start.recipientDSN[i] : RecipientDSN()
+                return Recipient(address: start.recipients[i], notify: dsn.notify, orcpt: dsn.orcpt)
+            },
             priority: server.priority(of: start), arrival: arrival, nextAttempt: arrival, bodyType: start.bodyType,
             smtputf8: start.smtputf8,
             client: MailQueue.ClientInfo(ip: clientIP, helo: start.helo, reverseName: machine.client.reverseName,
                                          protocolName: start.protocolName, authenticatedUser: start.authenticatedUser))
+        envelope.ret = start.ret
+        envelope.envid = start.envid
         // The queue id exists from DATA on: these lines tie it to the session (connect, helo) and
         // name what the client asked for, so `grep ID` shows the message from arrival to delivery.
         messageQueueID = id

@@ -248,8 +248,12 @@ final class OutboundConnection {
         guard let job, let message, var s = session else { return }
         let env = message.envelope
         let pending = job.recipients.filter { outcomes[$0] == nil }
-        let t = OutboundTransaction(sender: env.sender, recipients: pending.map { env.recipients[$0].address },
-                                    size: message.message.count, bodyType: env.bodyType, smtputf8: env.smtputf8)
+        var t = OutboundTransaction(sender: env.sender, recipients: pending.map { env.recipients[$0].address },
+                                    size: message.message.count, bodyType: env.bodyType, smtputf8: env.smtputf8,
+                                    ret: env.ret, envid: env.envid)
+        if pending.contains(where: { env.recipients[$0].notify != nil || env.recipients[$0].orcpt != nil }) {
+            t.recipientDSN = pending.map { RecipientDSN(notify: env.recipients[$0].notify, orcpt: env.recipients[$0].orcpt) }
+        }
         let actions = s.send(t, message: message.message, wireReady: message.wireReady)
         session = s
         perform(actions)

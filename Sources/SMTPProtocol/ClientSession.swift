@@ -13,6 +13,9 @@
 //   is refused here without sending MAIL. SMTPUTF8 (RFC 6531) is never downgraded: a transaction that
 //   needs it fails permanently if the next hop lacks it. BODY=8BITMIME only when the next hop offers
 //   8BITMIME (RFC 6152).
+// - DSN (RFC 3461): RET= and ENVID= on MAIL, NOTIFY= and ORCPT= on RCPT, as the sender gave them,
+//   when the next hop offers DSN; otherwise none (the caller then owes the sender a "relayed" notice
+//   where SUCCESS was asked for, RFC 3461 §5.2.2).
 // - CHUNKING (RFC 3030): when the next hop offers it (and `useChunking`), the message goes out as
 //   "BDAT <n> LAST" and its bytes as they are, with no dot-stuffing and no final ".", instead of
 //   DATA. BDAT waits for the RCPT replies, also when pipelining: message bytes never reach a next hop
@@ -44,6 +47,8 @@ public struct NextHopCapabilities: Equatable, Sendable {
     public var startTLS: Bool
     /// CHUNKING (RFC 3030): BDAT instead of DATA.
     public var chunking: Bool
+    /// DSN (RFC 3461): the sender's NOTIFY, ORCPT, RET and ENVID go on.
+    public var dsn: Bool
     /// nil: SIZE not advertised. 0: SIZE advertised without a number, or with 0, which means no fixed
     /// limit (RFC 1870 §4). Otherwise the largest message the next hop takes, in bytes.
     public var size: Int?
@@ -52,7 +57,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
 
     public init(esmtp: Bool = false, pipelining: Bool = false, eightBitMIME: Bool = false,
                 smtputf8: Bool = false, enhancedStatusCodes: Bool = false, startTLS: Bool = false,
-                size: Int? = nil, auth: [String] = [], chunking: Bool = false) {
+                size: Int? = nil, auth: [String] = [], chunking: Bool = false, dsn: Bool = false) {
         self.esmtp = esmtp
         self.pipelining = pipelining
         self.eightBitMIME = eightBitMIME
@@ -62,6 +67,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
         self.size = size
         self.auth = auth
         self.chunking = chunking
+        self.dsn = dsn
     }
 
     /// Reads the EHLO reply: the first line is the server's name, every other line one keyword with
@@ -84,6 +90,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
             case "ENHANCEDSTATUSCODES": enhancedStatusCodes = true
             case "STARTTLS": startTLS = true
             case "CHUNKING": chunking = true
+            case "DSN": dsn = true
             case "SIZE":
                 // A number too large for Int, or no number at all, is no practical limit.
                 if let p = params.first, let n = Int(p), n >= 0 { size = n } else { size = 0 }
@@ -109,13 +116,22 @@ public struct OutboundTransaction: Equatable, Sendable {
     public var bodyType: String?
     /// Sends SMTPUTF8; if the next hop lacks it the transaction fails permanently: 553 5.6.7 (no downgrade).
     public var smtputf8: Bool
+    /// RET= and ENVID= (xtext, as received), sent when the next hop offers DSN.
+    public var ret: DSNReturn?
+    public var envid: String?
+    /// NOTIFY= and ORCPT= per recipient, in the order of `recipients`; empty when none has any.
+    public var recipientDSN: [RecipientDSN]
 
-    public init(sender: String, recipients: [String], size: Int, bodyType: String? = nil, smtputf8: Bool = false) {
+    public init(sender: String, recipients: [String], size: Int, bodyType: String? = nil, smtputf8: Bool = false,
+                ret: DSNReturn? = nil, envid: String? = nil, recipientDSN: [RecipientDSN] = []) {
         self.sender = sender
         self.recipients = recipients
         self.size = size
         self.bodyType = bodyType
         self.smtputf8 = smtputf8
+        self.ret = ret
+        self.envid = envid
+        self.recipientDSN = recipientDSN
     }
 }
 
@@ -609,6 +625,11 @@ public struct ClientSession {
         if hasControl(t.sender) || t.recipients.contains(where: hasControl) {
             return Reply(553, "5.1.3", "Control character in an envelope address")
         }
+        // ENVID and ORCPT were xtext when they arrived; anything else must not reach a command line.
+        let notXtext = { (s: String) in s.utf8.contains { $0 <= 32 || $0 >= 127 } }
+        if t.envid.map(notXtext) == true || t.recipientDSN.contains(where: { $0.orcpt.map(notXtext) == true }) {
+            return Reply(553, "5.5.4", "ENVID or ORCPT is not xtext")
+        }
         // RFC 6531 §3.2: no downgrade; the sender gets a permanent failure.
         if t.smtputf8 && !caps.smtputf8 {
             return Reply(553, "5.6.7", "The next hop does not support SMTPUTF8, which this message requires")
@@ -627,12 +648,22 @@ public struct ClientSession {
         if caps.size != nil { line += " SIZE=\(t.size)" }
         if caps.eightBitMIME, t.bodyType?.uppercased() == "8BITMIME" { line += " BODY=8BITMIME" }
         if t.smtputf8 { line += " SMTPUTF8" }  // only reached when the next hop offers it
+        if caps.dsn {
+            if let ret = t.ret { line += " RET=\(ret.rawValue)" }
+            if let envid = t.envid { line += " ENVID=\(envid)" }
+        }
         command(line)
         expect(.mail)
     }
 
     mutating func sendRecipient(_ i: Int) {
-        command("RCPT TO:<\(current!.envelope.recipients[i])>")
+        let t = current!.envelope
+        var line = "RCPT TO:<\(t.recipients[i])>"
+        if capabilities!.dsn && i < t.recipientDSN.count {
+            if let notify = t.recipientDSN[i].notify { line += " NOTIFY=\(notify.keyword)" }
+            if let orcpt = t.recipientDSN[i].orcpt { line += " ORCPT=\(orcpt)" }
+        }
+        command(line)
         expect(.rcpt(i))
     }
 

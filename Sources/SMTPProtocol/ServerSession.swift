@@ -99,6 +99,12 @@ public struct MessageStart: Sendable, Equatable {
     public var tls: String? = nil
     /// The user the client authenticated as (RFC 4954).
     public var authenticatedUser: String? = nil
+    /// RET= and ENVID= (RFC 3461), ENVID as it arrived (xtext); nil when not given.
+    public var ret: DSNReturn? = nil
+    public var envid: String? = nil
+    /// NOTIFY= and ORCPT= of the RCPT each recipient came from: empty when no RCPT carried either,
+    /// else one per recipient, in the order of `recipients`.
+    public var recipientDSN: [RecipientDSN] = []
     /// Which message of the session this is (1, 2, …): `prefixMessageData` checks it, since the
     /// caller may act on this start after the session has moved on to a later message.
     public var serial = 0
@@ -142,6 +148,21 @@ struct Transaction {
     var bodyType: String?
     var smtputf8 = false
     var priority: Int?
+    var ret: DSNReturn?
+    var envid: String?
+    /// Empty until a RCPT carries NOTIFY or ORCPT; then one per recipient (MessageStart.recipientDSN).
+    var recipientDSN: [RecipientDSN] = []
+
+    /// Adds a recipient once, with the DSN parameters of the RCPT it came from.
+    mutating func add(_ address: String, dsn: RecipientDSN) {
+        guard !recipients.contains(address) else { return }
+        if !dsn.isEmpty || !recipientDSN.isEmpty {
+            // The recipients before the first with parameters get none.
+            recipientDSN += Array(repeating: RecipientDSN(), count: recipients.count - recipientDSN.count)
+            recipientDSN.append(dsn)
+        }
+        recipients.append(address)
+    }
 }
 
 public struct ServerSession {
@@ -596,6 +617,7 @@ public struct ServerSession {
             if on.contains(.enhancedStatusCodes) { lines.append("ENHANCEDSTATUSCODES") }
             if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
             if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
+            if on.contains(.dsn) { lines.append("DSN") }
             if on.contains(.chunking) { lines.append("CHUNKING") }
             if offersStartTLS { lines.append("STARTTLS") }
             if offersAuth { lines.append("AUTH PLAIN LOGIN") }
@@ -613,6 +635,8 @@ public struct ServerSession {
         var body: String?
         var utf8 = false
         var mtPriority: Int?
+        var ret: DSNReturn?
+        var envid: String?
         var seen: Set<String> = []
         for param in params {
             guard seen.insert(param.keyword).inserted else {
@@ -645,6 +669,16 @@ public struct ServerSession {
             case "SMTPUTF8":
                 guard param.value == nil else { return fail(Reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")) }
                 utf8 = true
+            case "RET":
+                guard let v = param.value, let parsed = DSNReturn(rawValue: v.uppercased()) else {
+                    return fail(Reply(501, "5.5.4", "Error: RET must be FULL or HDRS"))
+                }
+                ret = parsed
+            case "ENVID":
+                guard let v = param.value, let parsed = validENVID(v) else {
+                    return fail(Reply(501, "5.5.4", "Error: ENVID must be xtext of at most 100 octets"))
+                }
+                envid = parsed
             default:
                 return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
             }
@@ -659,7 +693,8 @@ public struct ServerSession {
             let verdict = consult(.mail, sender: path, recipients: [])
             if let refusal = verdict.reply { return answerFault(refusal) }
         }
-        state = .mail(Transaction(sender: path, bodyType: body, smtputf8: utf8, priority: mtPriority))
+        state = .mail(Transaction(sender: path, bodyType: body, smtputf8: utf8, priority: mtPriority, ret: ret,
+                                  envid: envid))
         chunkRefused = false
         reply(Reply(250, "2.1.0", "Ok"))
     }
@@ -668,8 +703,29 @@ public struct ServerSession {
         if case .betweenChunks = state { return fail(Reply(503, "5.5.1", "Error: RCPT after BDAT")) }
         guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
         changeTransaction { $0.rcptCommands += 1 }
-        if let param = params.first {
-            return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
+        var dsn = RecipientDSN()
+        var seen: Set<String> = []
+        for param in params {
+            guard seen.insert(param.keyword).inserted else {
+                return fail(Reply(501, "5.5.4", "Error: duplicate \(param.keyword) parameter"))
+            }
+            guard config.extensions.contains(.dsn) else {
+                return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
+            }
+            switch param.keyword {
+            case "NOTIFY":
+                guard let v = param.value, let parsed = DSNNotify(keyword: v) else {
+                    return fail(Reply(501, "5.5.4", "Error: NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY"))
+                }
+                dsn.notify = parsed
+            case "ORCPT":
+                guard let v = param.value, let parsed = validORCPT(v) else {
+                    return fail(Reply(501, "5.5.4", "Error: ORCPT must be addr-type;xtext of at most 500 octets"))
+                }
+                dsn.orcpt = parsed
+            default:
+                return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
+            }
         }
         if !t.smtputf8 && !path.isASCII {
             return fail(Reply(553, "5.6.7", "Error: non-ASCII address requires SMTPUTF8"), .smtputf8Required,
@@ -703,7 +759,7 @@ public struct ServerSession {
             }
             changeTransaction { t in
                 t.acceptedRcptCommands += 1
-                for a in addresses where !t.recipients.contains(a) { t.recipients.append(a) }
+                for a in addresses { t.add(a, dsn: dsn) }
             }
             reply(answer)
         }
@@ -738,7 +794,8 @@ public struct ServerSession {
             sender: t.sender, recipients: t.recipients, helo: helo ?? client.ip,
             protocolName: protocolName,
             bodyType: t.bodyType, smtputf8: t.smtputf8, priority: t.priority, tls: tlsSummary,
-            authenticatedUser: authenticatedUser, serial: messagesBegun + 1)
+            authenticatedUser: authenticatedUser, ret: t.ret, envid: t.envid, recipientDSN: t.recipientDSN,
+            serial: messagesBegun + 1)
         messagesBegun += 1
         dataOut = []
         nextDataReserve = Self.dataReserve
@@ -870,6 +927,7 @@ public struct ServerSession {
 
     static let extensionOfParameter: [String: AdvertisedExtensions] = [
         "SIZE": .size, "BODY": .eightBitMIME, "SMTPUTF8": .smtputf8, "MT-PRIORITY": .mtPriority,
+        "RET": .dsn, "ENVID": .dsn,
     ]
 
     /// A refusal; counts towards max_errors. `reason` defaults to what the enhanced code stands for.

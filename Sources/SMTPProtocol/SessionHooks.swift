@@ -48,8 +48,8 @@ public protocol SessionHooks {
 /// The EHLO keywords that can be switched off (a sink imitating a plainer server). Switching one
 /// off also refuses its MAIL parameter (555), and without ENHANCEDSTATUSCODES replies carry none.
 public struct AdvertisedExtensions: OptionSet, Sendable, Equatable {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     public static let pipelining = AdvertisedExtensions(rawValue: 1 << 0)
     public static let size = AdvertisedExtensions(rawValue: 1 << 1)
@@ -59,6 +59,8 @@ public struct AdvertisedExtensions: OptionSet, Sendable, Equatable {
     public static let mtPriority = AdvertisedExtensions(rawValue: 1 << 5)
     /// BDAT (RFC 3030).
     public static let chunking = AdvertisedExtensions(rawValue: 1 << 6)
+    /// Delivery status notifications (RFC 3461): NOTIFY, ORCPT, RET, ENVID.
+    public static let dsn = AdvertisedExtensions(rawValue: 1 << 7)
     public static let all: AdvertisedExtensions = [.pipelining, .size, .eightBitMIME, .enhancedStatusCodes,
-                                                   .smtputf8, .mtPriority, .chunking]
+                                                   .smtputf8, .mtPriority, .chunking, .dsn]
 }

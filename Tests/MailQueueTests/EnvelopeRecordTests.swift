@@ -181,3 +181,48 @@ let sampleRecord = """
         }
     }
 }
+
+@Suite struct EnvelopeRecordDSNTests {
+    func dsnEnvelope() -> Envelope {
+        var e = sampleEnvelope()
+        e.ret = .headers
+        e.envid = "QQ+2B314159"
+        e.recipients[0].notify = [.success, .delay]
+        e.recipients[0].orcpt = "rfc822;Bob+2B@example.net"
+        e.recipients[1].notify = .never
+        return e
+    }
+
+    @Test func dsnFieldsAreWrittenAndReadBack() throws {
+        let text = String(decoding: EnvelopeRecord.encode(dsnEnvelope()), as: UTF8.self)
+        #expect(text.contains("ret\tHDRS\nenvid\tQQ+2B314159\nrcpt\tpending\tbob@example.net\n"
+                              + "notify\tSUCCESS,DELAY\norcpt\trfc822;Bob+2B@example.net\n"
+                              + "rcpt\tdeferred\tcarol@example.net\t451 4.3.0 try later\nnotify\tNEVER\nend\n"))
+        #expect(try EnvelopeRecord.decode(EnvelopeRecord.encode(dsnEnvelope())) == dsnEnvelope())
+    }
+
+    @Test func aRecordFromBeforeDSNReadsAsBefore() throws {
+        let e = try EnvelopeRecord.decode(Array(sampleRecord.utf8))
+        #expect(e.ret == nil && e.envid == nil)
+        #expect(e.recipients.allSatisfy { $0.notify == nil && $0.orcpt == nil })
+    }
+
+    @Test(arguments: [
+        ("notify\tSUCCESS\nrcpt\tpending\tb@x.test\n", "notify"),               // before any rcpt
+        ("rcpt\tpending\tb@x.test\nnotify\tNEVER\nnotify\tNEVER\n", "notify"),  // twice for one
+        ("rcpt\tpending\tb@x.test\nnotify\tSOMETIMES\n", "notify"),
+        ("rcpt\tpending\tb@x.test\norcpt\t\n", "orcpt"),
+        ("ret\tPARTIAL\nrcpt\tpending\tb@x.test\n", "ret"),
+    ])
+    func badDSNLinesNameTheField(lines: String, field: String) {
+        let head = sampleRecord.components(separatedBy: "rcpt\t")[0]
+        do {
+            _ = try EnvelopeRecord.decode(Array((head + lines + "end\n").utf8))
+            Issue.record("accepted \(lines)")
+        } catch let e as EnvelopeRecordError {
+            #expect(e.field == field, "\(e)")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+}

@@ -152,7 +152,7 @@ let clientOne = OutboundTransaction(sender: "alice@example.org", recipients: ["b
         let run = clientConverse([clientGreeting, ehlo], quit: false)
         let expected = NextHopCapabilities(esmtp: true, pipelining: true, eightBitMIME: true, smtputf8: true,
                                            enhancedStatusCodes: true, startTLS: true, size: 12345,
-                                           auth: ["PLAIN", "LOGIN", "CRAM-MD5"], chunking: true)
+                                           auth: ["PLAIN", "LOGIN", "CRAM-MD5"], chunking: true, dsn: true)
         #expect(run.events == [.ready(expected)])
         #expect(run.phases == [.hello, .ready])
     }

@@ -140,7 +140,7 @@ let transaction = lines(
         #expect(d.lastReply.hasPrefix("501 5.5.4 "))
         d.send(lines("MAIL FROM:<a@b.test> BODY=8bitmime SMTPUTF8 SIZE=100"))
         #expect(d.lastReply == "250 2.1.0 Ok")
-        d.send(lines("RCPT TO:<c@d.test> NOTIFY=NEVER"))
+        d.send(lines("RCPT TO:<c@d.test> XNOTIFY=NEVER"))
         #expect(d.lastReply.hasPrefix("555 5.5.4 "))
         d.send(lines("DATA extra"))
         #expect(d.lastReply.hasPrefix("501 5.5.4 "))

@@ -602,7 +602,7 @@ recipient = "bad@*"
     (["--fault", "stage=rcpt,reply=700"], "--fault reply"),
     (["--fault", "stage=helo,reply=451"], "--fault stage"),
     (["--mode", "keep"], "--keep-path"),
-    (["--disable", "chunking"], "--disable"),
+    (["--disable", "xclient"], "--disable"),
     (["--listen", "localhost:25"], "not an \"ip:port\""),
 ])
 def test_bad_flags_exit_78(args, needle):
