@@ -1,5 +1,11 @@
-// Delivery status notifications: the bounce (Action: failed) and the delay warning (Action: delayed)
-// sent from the null sender to a message's sender.
+// Delivery status notifications: the bounce (Action: failed), the delay warning (Action: delayed) and
+// the relayed notice (Action: relayed, RFC 3461 §5.2.2: NOTIFY=SUCCESS, and the next hop does not offer
+// DSN) sent from the null sender to a message's sender.
+//
+// RFC 3461: ENVID goes in Original-Envelope-Id and each ORCPT in Original-Recipient, decoded from
+// xtext. A bounce of a message sent with RET=FULL returns the whole message (message/rfc822) when it
+// is at most `fullReturnLimit` octets, like Postfix's bounce_size_limit; otherwise, and for RET=HDRS or
+// no RET, the header section.
 //
 // The shape is RFC 3464 (DSN) inside RFC 6522 multipart/report (which obsoletes RFC 3462):
 //
@@ -38,12 +44,16 @@ public struct FailedRecipient: Sendable, Equatable {
     public var diagnostic: String?
     /// "dns; mx.example.net"; a value without a "type;" prefix gets "dns; ".
     public var remoteMTA: String?
+    /// The recipient's ORCPT= as it arrived ("rfc822;" and xtext), for Original-Recipient.
+    public var originalRecipient: String?
 
-    public init(address: String, status: String, diagnostic: String? = nil, remoteMTA: String? = nil) {
+    public init(address: String, status: String, diagnostic: String? = nil, remoteMTA: String? = nil,
+                originalRecipient: String? = nil) {
         self.address = address
         self.status = status
         self.diagnostic = diagnostic
         self.remoteMTA = remoteMTA
+        self.originalRecipient = originalRecipient
     }
 }
 
@@ -52,9 +62,21 @@ public enum DSN {
     /// nil when the sender is null (never bounce a bounce) or there is no recipient to report.
     /// `boundary` should be unique (random); characters RFC 2046 does not allow are dropped, and a
     /// suffix is added if it occurs in the content.
+    /// `original`: the whole message, returned instead of its headers for RET=FULL.
     public static func bounce(for envelope: Envelope, failed: [FailedRecipient], originalHeaders: [UInt8],
-                              reportingMTA: String, now: Int, boundary: String) -> [UInt8]? {
-        report(.failed, envelope: envelope, recipients: failed, originalHeaders: originalHeaders,
+                              original: [UInt8]? = nil, reportingMTA: String, now: Int, boundary: String) -> [UInt8]? {
+        let full = envelope.ret == .full ? original.flatMap { !$0.isEmpty && $0.count <= fullReturnLimit ? $0 : nil } : nil
+        return report(.failed, envelope: envelope, recipients: failed, originalHeaders: originalHeaders,
+                      fullMessage: full, reportingMTA: reportingMTA, now: now, boundary: boundary)
+    }
+
+    /// The largest message a RET=FULL bounce returns whole (Postfix's bounce_size_limit).
+    public static let fullReturnLimit = 50_000
+
+    /// The relayed notice (Action: relayed), same shape.
+    public static func relayed(for envelope: Envelope, relayed: [FailedRecipient], originalHeaders: [UInt8],
+                               reportingMTA: String, now: Int, boundary: String) -> [UInt8]? {
+        report(.relayed, envelope: envelope, recipients: relayed, originalHeaders: originalHeaders,
                reportingMTA: reportingMTA, now: now, boundary: boundary)
     }
 
@@ -88,10 +110,11 @@ public enum DSN {
 
     // MARK: Building the report
 
-    enum Action: String { case failed, delayed }
+    enum Action: String { case failed, delayed, relayed }
 
     static func report(_ action: Action, envelope: Envelope, recipients: [FailedRecipient], originalHeaders: [UInt8],
-                       reportingMTA: String, now: Int, boundary requestedBoundary: String) -> [UInt8]? {
+                       fullMessage: [UInt8]? = nil, reportingMTA: String, now: Int,
+                       boundary requestedBoundary: String) -> [UInt8]? {
         guard !envelope.sender.isEmpty, !recipients.isEmpty else { return nil }
         let global = requiresSMTPUTF8(envelope)
         let mta = ascii(reportingMTA).replacingOccurrences(" ", with: "")
@@ -111,12 +134,16 @@ public enum DSN {
                 + "delivered yet to one or more recipients, and the mail system will keep trying. If it "
                 + "still cannot be delivered, you will get another message. The headers of your message "
                 + "are attached below.")
+        case .relayed:
+            text += wrap("Your message was delivered to the mail systems below, as you asked to be told. They do "
+                + "not report delivery further, so this is the last notice you will get about these "
+                + "recipients. The headers of your message are attached below.")
         }
         text.append("")
         text += wrap("Queue ID \(envelope.id), received \(rfc5322Date(arrival)).")
         text.append("")
         for r in recipients {
-            var line = "<\(printable(r.address))>: \(action == .failed ? "failed" : "delayed"), status \(ascii(r.status))"
+            var line = "<\(printable(r.address))>: \(action.rawValue), status \(ascii(r.status))"
             if let host = r.remoteMTA { line += ", host \(printable(untyped(host)))" }
             if let diagnostic = r.diagnostic { line += " said: \(printable(untyped(diagnostic)))" }
             text += wrap(line, continuation: "    ")
@@ -128,6 +155,7 @@ public enum DSN {
 
         // Part 2: for programs (RFC 3464 section 2.2 and 2.3, fields in the order listed there).
         var status: [String] = []
+        if let envid = envelope.envid { status += field("Original-Envelope-Id", fromXtext(envid)) }
         status += field("Reporting-MTA", "dns; \(mta)")
         if !envelope.client.helo.isEmpty {
             status += field("Received-From-MTA", "dns; \(ascii(envelope.client.helo)) ([\(ascii(envelope.client.ip))])")
@@ -136,6 +164,10 @@ public enum DSN {
         status += field("X-Tern-Queue-ID", envelope.id.rawValue)  // extension fields come last
         for r in recipients {
             status.append("")
+            if let orcpt = r.originalRecipient, let semicolon = orcpt.firstIndex(of: ";") {
+                let type = ascii(String(orcpt[..<semicolon]))
+                status += field("Original-Recipient", "\(type); \(fromXtext(String(orcpt[orcpt.index(after: semicolon)...])))")
+            }
             status += field("Final-Recipient", typedAddress(r.address, unitext: global))
             status += field("Action", action.rawValue)
             status += field("Status", ascii(r.status))
@@ -157,6 +189,9 @@ public enum DSN {
         var headersPart: [UInt8] = []
         for line in headerLines { headersPart += line + crlf }
         if !headersAre7Bit && !globalHeaders { headersPart = quotedPrintable(headersPart) }
+        // RET=FULL: the message itself (message/rfc822 takes 8bit, never an encoding, RFC 2046 §5.2.1).
+        let fullIs8Bit = fullMessage?.contains { $0 >= 0x80 } ?? false
+        if let fullMessage { headersPart = fullMessage }
 
         let boundary = uniqueBoundary(requestedBoundary, notIn: [textPart, statusPart, headersPart])
 
@@ -165,13 +200,17 @@ public enum DSN {
         func put(_ s: String) { out += Array(s.utf8) + crlf }
         put("From: MAILER-DAEMON@\(mta)")
         put("To: \(headerSafe(envelope.sender))")
-        put(action == .failed ? "Subject: Undelivered Mail Returned to Sender" : "Subject: Delayed Mail (still being retried)")
+        switch action {
+        case .failed: put("Subject: Undelivered Mail Returned to Sender")
+        case .delayed: put("Subject: Delayed Mail (still being retried)")
+        case .relayed: put("Subject: Successful Mail Delivery Report")
+        }
         put("Date: \(date)")
-        put("Message-ID: <\(now).\(envelope.id).\(action == .failed ? "bounce" : "delay")@\(mta)>")
+        put("Message-ID: <\(now).\(envelope.id).\(action == .failed ? "bounce" : action == .delayed ? "delay" : "relayed")@\(mta)>")
         put("MIME-Version: 1.0")
         put("Content-Type: multipart/report; report-type=delivery-status;")
         put("\tboundary=\"\(boundary)\"")
-        if global { put("Content-Transfer-Encoding: 8bit") }  // its parts may be 8bit (RFC 2045 section 6.4)
+        if global || fullIs8Bit { put("Content-Transfer-Encoding: 8bit") }  // its parts may be 8bit (RFC 2045 section 6.4)
         put("Auto-Submitted: auto-replied")
         put("")
         put("This is a MIME-encapsulated message.")
@@ -199,8 +238,22 @@ public enum DSN {
         out += statusPart
         put("")
         put("--\(boundary)")
-        put(action == .failed ? "Content-Description: Undelivered Message Headers"
-                              : "Content-Description: Delayed Message Headers")
+        if fullMessage != nil {
+            put("Content-Description: Undelivered Message")
+            put("Content-Type: message/rfc822")
+            if fullIs8Bit { put("Content-Transfer-Encoding: 8bit") }
+            put("")
+            out += headersPart
+            if !headersPart.isEmpty && headersPart.suffix(2) != crlf[...] { put("") }
+            put("")
+            put("--\(boundary)--")
+            return out
+        }
+        switch action {
+        case .failed: put("Content-Description: Undelivered Message Headers")
+        case .delayed: put("Content-Description: Delayed Message Headers")
+        case .relayed: put("Content-Description: Message Headers")
+        }
         if globalHeaders {
             put("Content-Type: message/global-headers")
             put("Content-Transfer-Encoding: 8bit")
@@ -221,6 +274,15 @@ public enum DSN {
     static let crlf: [UInt8] = [0x0D, 0x0A]
     /// The longest word a folded or wrapped line carries whole; longer ones are split.
     static let maxWord = 900
+
+    /// An xtext value (ENVID, ORCPT's address) decoded for a report when it decodes to printable
+    /// ASCII; otherwise as it is (xtext is printable ASCII already).
+    static func fromXtext(_ value: String) -> String {
+        guard let decoded = xtextDecode(value), decoded.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
+            return ascii(value)
+        }
+        return decoded
+    }
 
     /// Lines to bytes, each ending in CRLF.
     static func lines(_ lines: [String]) -> [UInt8] {

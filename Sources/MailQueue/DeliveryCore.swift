@@ -40,12 +40,17 @@ public struct AttemptResult: Sendable, Equatable {
     public var tls: String?
     /// The egress source the attempt was sent from, "NAME[ip]"; nil without egress sources.
     public var source: String?
+    /// The next hop offered DSN (RFC 3461), so the sender's NOTIFY went on with the message and the
+    /// next hop answers for it; otherwise a NOTIFY=SUCCESS recipient gets a "relayed" notice from us.
+    public var nextHopDSN: Bool
 
-    public init(results: [Int: RecipientResult], relay: String? = nil, tls: String? = nil, source: String? = nil) {
+    public init(results: [Int: RecipientResult], relay: String? = nil, tls: String? = nil, source: String? = nil,
+                nextHopDSN: Bool = false) {
         self.results = results
         self.relay = relay
         self.tls = tls
         self.source = source
+        self.nextHopDSN = nextHopDSN
     }
 }
 
@@ -85,11 +90,15 @@ public enum DeliveryEvent: Sendable, Equatable {
     case postmaster(QueueID, QueueAction, pending: Bool)
 }
 
-/// A notice to the sender, made by the caller (it has the message's headers) with DSN.bounce or
-/// DSN.delayWarning, and written before the envelope change that goes with it.
+/// A notice to the sender, made by the caller (it has the message) with DSN.bounce, DSN.delayWarning
+/// or DSN.relayed, and written before the envelope change that goes with it. Each recipient is in one
+/// only if its NOTIFY (RFC 3461) asks for it: FAILURE for a bounce, DELAY for a warning (both when
+/// NOTIFY was not given), SUCCESS for "relayed" (never unasked).
 public enum Notice: Sendable, Equatable {
     case bounce([FailedRecipient])
     case delayWarning([FailedRecipient])
+    /// Delivered to a next hop that does not offer DSN (RFC 3461 §5.2.2): the last news we can give.
+    case relayed([FailedRecipient])
 }
 
 /// One spool write for one message: the notices first, then the envelope update, or the removal of
@@ -162,6 +171,10 @@ public struct DeliveryCore: Sendable {
         var failures: [FailedRecipient] = []
         /// Recipients deferred past delay_warning_time: the sender hears once that mail is late.
         var delayed: [FailedRecipient] = []
+        /// NOTIFY=SUCCESS recipients handed to a next hop without DSN, for one "relayed" notice.
+        var relayed: [FailedRecipient] = []
+
+        var owesNotice: Bool { !failures.isEmpty || !delayed.isEmpty || !relayed.isEmpty }
         /// Tickets answered when the next write ends.
         var answers: [UInt64] = []
 
@@ -539,7 +552,7 @@ public struct DeliveryCore: Sendable {
         m.inFlight -= 1
         // Nothing changed, unless this was the last attempt in flight and the postmaster's action, or
         // a bounce for another attempt's failures, was waiting for it.
-        guard m.inFlight == 0, m.afterAttempts != nil || !m.failures.isEmpty || !m.delayed.isEmpty else {
+        guard m.inFlight == 0, m.afterAttempts != nil || m.owesNotice else {
             lives[job.id] = .live(m)
             return settle(job.id)
         }
@@ -579,6 +592,12 @@ public struct DeliveryCore: Sendable {
                 m.envelope.recipients[index].lastReply = r.reply
                 delivered += 1
                 sent += 1
+                let rcpt = m.envelope.recipients[index]
+                if !attempt.nextHopDSN, rcpt.notify?.contains(.success) == true, !m.envelope.sender.isEmpty {
+                    m.relayed.append(FailedRecipient(address: rcpt.address, status: r.status,
+                                                     diagnostic: "smtp; \(r.reply)", remoteMTA: "dns; \(relay)",
+                                                     originalRecipient: rcpt.orcpt))
+                }
                 event(index, .sent, dsn: r.status, reply: r.reply, tls: attempt.tls)
             case .deferred:
                 m.envelope.recipients[index].state = .deferred
@@ -605,9 +624,13 @@ public struct DeliveryCore: Sendable {
                 let warnAfter = settings.delayWarningTime
                 if warnAfter > 0, !m.envelope.delayWarned, !m.envelope.sender.isEmpty, delay >= warnAfter {
                     m.envelope.delayWarned = true
-                    m.delayed += late.map { index, r in
-                        FailedRecipient(address: m.envelope.recipients[index].address, status: r.status,
-                                        diagnostic: "smtp; \(r.reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)")
+                    // NOTIFY without DELAY (NEVER, or SUCCESS/FAILURE only) asks for no warning.
+                    m.delayed += late.compactMap { index, r in
+                        let rcpt = m.envelope.recipients[index]
+                        guard rcpt.notify?.contains(.delay) ?? true else { return nil }
+                        return FailedRecipient(address: rcpt.address, status: r.status, diagnostic: "smtp; \(r.reply)",
+                                               remoteMTA: relay == "none" ? nil : "dns; \(relay)",
+                                               originalRecipient: rcpt.orcpt)
                     }
                 }
             } else {
@@ -652,8 +675,12 @@ public struct DeliveryCore: Sendable {
         m.envelope.recipients[index].state = .bounced
         m.envelope.recipients[index].lastReply = reply
         bounced += 1
-        m.failures.append(FailedRecipient(address: m.envelope.recipients[index].address, status: status,
-                                          diagnostic: "smtp; \(reply)", remoteMTA: relay == "none" ? nil : "dns; \(relay)"))
+        // NOTIFY without FAILURE (NEVER, or SUCCESS/DELAY only): bounced in silence.
+        let rcpt = m.envelope.recipients[index]
+        guard rcpt.notify?.contains(.failure) ?? true else { return }
+        m.failures.append(FailedRecipient(address: rcpt.address, status: status, diagnostic: "smtp; \(reply)",
+                                          remoteMTA: relay == "none" ? nil : "dns; \(relay)",
+                                          originalRecipient: rcpt.orcpt))
     }
 
     // MARK: - Spool writes
@@ -683,8 +710,10 @@ public struct DeliveryCore: Sendable {
             // Never a notice to the null sender (RFC 5321 §4.5.5): a bounce is not bounced.
             if !m.failures.isEmpty && !m.envelope.sender.isEmpty { notices.append(.bounce(m.failures)) }
             if !m.delayed.isEmpty { notices.append(.delayWarning(m.delayed)) }
+            if !m.relayed.isEmpty { notices.append(.relayed(m.relayed)) }
             m.failures = []
             m.delayed = []
+            m.relayed = []
         }
         let answers = m.answers
         m.answers = []
@@ -731,6 +760,7 @@ public struct DeliveryCore: Sendable {
                     switch notice {
                     case .bounce(let failed): m.failures = failed + m.failures
                     case .delayWarning(let late): m.delayed = late + m.delayed
+                    case .relayed(let done): m.relayed = done + m.relayed
                     }
                 }
             }
@@ -843,6 +873,7 @@ public struct DeliveryCore: Sendable {
             m.deleted = true
             m.failures = []
             m.delayed = []
+            m.relayed = []
             held[id] = nil
         case .bounce:
             var out: [DeliveryAction] = []

@@ -295,8 +295,9 @@ public final class DeliveryManager {
 
     /// A job ended: the core records each recipient's result and says what to write.
     func jobFinished(_ job: DeliveryJob, message: OutgoingMessage, outcomes: [Int: RecipientResult], relay: String,
-                     tls: String? = nil, source: String? = nil, lane: ShapingLane? = nil) {
-        let attempt = AttemptResult(results: outcomes, relay: relay == "none" ? nil : relay, tls: tls, source: source)
+                     tls: String? = nil, source: String? = nil, lane: ShapingLane? = nil, nextHopDSN: Bool = false) {
+        let attempt = AttemptResult(results: outcomes, relay: relay == "none" ? nil : relay, tls: tls, source: source,
+                                    nextHopDSN: nextHopDSN)
         perform(core.attemptFinished(job, attempt, on: lane, now: now))
         armTimer()
     }
@@ -346,8 +347,11 @@ public final class DeliveryManager {
             let made: [UInt8]?
             switch notice {
             case .bounce(let failed):
-                made = DSN.bounce(for: envelope, failed: failed, originalHeaders: headers,
+                made = DSN.bounce(for: envelope, failed: failed, originalHeaders: headers, original: original,
                                   reportingMTA: hostname, now: Int(t), boundary: boundary)
+            case .relayed(let done):
+                made = DSN.relayed(for: envelope, relayed: done, originalHeaders: headers,
+                                   reportingMTA: hostname, now: Int(t), boundary: boundary)
             case .delayWarning(let delayed):
                 made = DSN.delayWarning(for: envelope, delayed: delayed, originalHeaders: headers,
                                         reportingMTA: hostname, now: Int(t), boundary: boundary)
@@ -355,9 +359,11 @@ public final class DeliveryManager {
             guard let made else { continue }
             // To a UTF-8 sender: SMTPUTF8 and 8-bit (an RFC 6533 report), never downgraded (5.6.7).
             let utf8 = DSN.requiresSMTPUTF8(envelope)
+            // A RET=FULL bounce of an 8-bit message is 8-bit too.
+            let eightBit = utf8 || made.contains { $0 >= 0x80 }
             let e = Envelope(id: id, sender: "", recipients: [Recipient(address: envelope.sender)],
                              priority: envelope.priority, arrival: t, nextAttempt: t,
-                             bodyType: utf8 ? "8BITMIME" : nil, smtputf8: utf8,
+                             bodyType: eightBit ? "8BITMIME" : nil, smtputf8: utf8,
                              client: MailQueue.ClientInfo(ip: "127.0.0.1", helo: hostname, protocolName: "local"))
             notices.append((e, made))
         }

@@ -353,8 +353,9 @@ final class OutboundConnection {
         self.job = nil
         self.message = nil
         outcomes = [:]
+        // Recipients are delivered only by the session now open: whether it offered DSN is theirs.
         manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome,
-                            source: sourceName, lane: lane.lane)
+                            source: sourceName, lane: lane.lane, nextHopDSN: session?.capabilities?.dsn ?? false)
         if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
             manager.connectionReady(self)
         } else {

@@ -384,3 +384,78 @@ private let failed = [
         #expect(DSN.headerSection(of: Array("A: 1\rX\r\n\r\nb".utf8)) == Array("A: 1\rX\r\n\r\n".utf8))
     }
 }
+
+@Suite struct BounceDSNTests {
+    private func dsnEnvelope(ret: DSNReturn?) -> Envelope {
+        var e = envelope()
+        e.ret = ret
+        e.envid = "QQ+2B314159"
+        return e
+    }
+
+    private let withOrcpt = [FailedRecipient(address: "bob@example.net", status: "5.1.1", diagnostic: "smtp; 550 5.1.1 no",
+                                             originalRecipient: "rfc822;Bob+2BAlias@example.net")]
+    private let body = Array("Hello Bob,\r\n.see you at noon\r\n".utf8)
+
+    @Test func envidAndOrcptAreInTheReport() throws {
+        let bytes = try #require(DSN.bounce(for: dsnEnvelope(ret: nil), failed: withOrcpt, originalHeaders: originalHeaders,
+                                            reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        let blocks = try ParsedMessage(bytes).parts()[1].statusBlocks
+        try #require(blocks.count == 2)
+        // RFC 3464 order: Original-Envelope-Id first; Original-Recipient before Final-Recipient; xtext decoded.
+        #expect(blocks[0].first?.name == "Original-Envelope-Id")
+        #expect(value(blocks[0], "Original-Envelope-Id") == "QQ+314159")
+        #expect(blocks[1].map(\.name).prefix(2) == ["Original-Recipient", "Final-Recipient"])
+        #expect(value(blocks[1], "Original-Recipient") == "rfc822; Bob+Alias@example.net")
+    }
+
+    @Test func retFullReturnsTheWholeMessageAndHdrsTheHeaders() throws {
+        let original = originalHeaders + body
+        let full = try #require(DSN.bounce(for: dsnEnvelope(ret: .full), failed: withOrcpt, originalHeaders: originalHeaders,
+                                           original: original, reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        checkLines(full)
+        let parts = try ParsedMessage(full).parts()
+        #expect(parts[2].value("Content-Type") == "message/rfc822")
+        #expect(parts[2].body == original)
+        for ret in [DSNReturn.headers, nil] {
+            let headers = try #require(DSN.bounce(for: dsnEnvelope(ret: ret), failed: withOrcpt,
+                                                  originalHeaders: originalHeaders, original: original,
+                                                  reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+            let p = try ParsedMessage(headers).parts()
+            #expect(p[2].value("Content-Type") == "text/rfc822-headers")
+            #expect(p[2].body == originalHeaders)
+        }
+        // Past the limit, headers only.
+        let big = originalHeaders + Array(repeating: UInt8(ascii: "x"), count: DSN.fullReturnLimit) + [13, 10]
+        let capped = try #require(DSN.bounce(for: dsnEnvelope(ret: .full), failed: withOrcpt, originalHeaders: originalHeaders,
+                                             original: big, reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        #expect(try ParsedMessage(capped).parts()[2].value("Content-Type") == "text/rfc822-headers")
+    }
+
+    @Test func anEightBitMessageReturnedWholeIsLabelled8bit() throws {
+        let original = originalHeaders + Array("Grüße\r\n".utf8)
+        let bytes = try #require(DSN.bounce(for: dsnEnvelope(ret: .full), failed: withOrcpt, originalHeaders: originalHeaders,
+                                            original: original, reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        let message = try ParsedMessage(bytes)
+        #expect(message.value("Content-Transfer-Encoding") == "8bit")
+        #expect(try message.parts()[2].value("Content-Transfer-Encoding") == "8bit")
+    }
+
+    @Test func relayedNoticeSaysRelayed() throws {
+        let done = [FailedRecipient(address: "bob@example.net", status: "2.0.0", diagnostic: "smtp; 250 2.0.0 queued",
+                                    remoteMTA: "dns; mx.example.net", originalRecipient: "rfc822;bob@example.net")]
+        let bytes = try #require(DSN.relayed(for: dsnEnvelope(ret: .full), relayed: done, originalHeaders: originalHeaders,
+                                             reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        checkLines(bytes)
+        let message = try ParsedMessage(bytes)
+        #expect(message.value("Subject") == "Successful Mail Delivery Report")
+        #expect(message.value("Message-ID") == "<\(now).060A2418221090.relayed@mx.tern.test>")
+        let parts = try message.parts()
+        #expect(unwrapped(parts[0].bodyText).contains("<bob@example.net>: relayed, status 2.0.0"))
+        let blocks = parts[1].statusBlocks
+        #expect(value(blocks[1], "Action") == "relayed")
+        #expect(value(blocks[1], "Status") == "2.0.0")
+        // RET=FULL is for failures: a relayed notice carries the headers only.
+        #expect(parts[2].value("Content-Type") == "text/rfc822-headers")
+    }
+}
