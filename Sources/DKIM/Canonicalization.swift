@@ -128,7 +128,7 @@ public struct BodyCanonicalizer: Sendable {
                     continue
                 }
                 // A CR alone is content: what was held before it goes first.
-                if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, &length, &hash) }
+                if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, reserve: n - i + 3, &length, &hash) }
                 if wsp {
                     out[k] = sp
                     k += 1
@@ -146,7 +146,7 @@ public struct BodyCanonicalizer: Sendable {
                 wsp = true
                 continue
             }
-            if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, &length, &hash) }
+            if crlfs > 0 { Self.writeCRLFs(&crlfs, out, &k, capacity, reserve: n - i + 3, &length, &hash) }
             if wsp {
                 out[k] = sp
                 k += 1
@@ -165,6 +165,8 @@ public struct BodyCanonicalizer: Sendable {
                 i += 1
             }
         }
+        // Once per piece: a write past `out` would have corrupted the heap (the budget above).
+        precondition(k <= capacity, "DKIM body canonicalizer wrote \(k) bytes into a \(capacity)-byte buffer")
         if k > 0 {
             hash.update(UnsafeRawBufferPointer(start: out, count: k))
             length += k
@@ -176,20 +178,23 @@ public struct BodyCanonicalizer: Sendable {
         canonicalLength = length
     }
 
-    /// Held empty lines, now followed by content: into `out` when they fit (room is kept for the two
-    /// bytes that may follow), else `out` is handed to the hash first and the CRLFs written straight.
+    /// Held empty lines, now followed by content: into `out` when they fit beside what the rest of the
+    /// piece may still write (`reserve`: one byte per input byte left, and the SP, CR and byte at hand),
+    /// else `out` is handed to the hash and the CRLFs go straight after it. Held CRLFs may come from
+    /// pieces before, so they are not covered by this piece's one-output-byte-per-input-byte budget.
     private static func writeCRLFs<H: DKIMHasher>(_ crlfs: inout Int, _ out: UnsafeMutablePointer<UInt8>, _ k: inout Int,
-                                                  _ capacity: Int, _ length: inout Int, _ hash: inout H) {
-        if 2 * crlfs > capacity - k - 2 {
+                                                  _ capacity: Int, reserve: Int, _ length: inout Int, _ hash: inout H) {
+        if 2 * crlfs + reserve > capacity - k {
             hash.update(UnsafeRawBufferPointer(start: out, count: k))
             length += k
             k = 0
-            while 2 * crlfs > capacity - 2 {
+            while crlfs > 0 {
                 let m = min(crlfs, crlfBlock.count / 2)
                 crlfBlock.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<2 * m])) }
                 length += 2 * m
                 crlfs -= m
             }
+            return
         }
         for _ in 0..<crlfs {
             out[k] = cr
