@@ -71,6 +71,8 @@ public struct Envelope: Sendable, Equatable {
     /// RET= and ENVID= (RFC 3461; ENVID as it arrived, in xtext); nil when not given.
     public var ret: DSNReturn?
     public var envid: String?
+    /// REQUIRETLS (RFC 8689): only over verified TLS to next hops that offer it.
+    public var requireTLS = false
     public var client: ClientInfo
     /// A delay warning was sent to the sender (sent once per message).
     public var delayWarned = false

@@ -21,6 +21,7 @@
 //     held	1                               only while the postmaster holds the message
 //     ret	HDRS                            RET= (RFC 3461), FULL or HDRS; omitted when not given
 //     envid	QQ314159                      ENVID= as it arrived (xtext); omitted when not given
+//     requiretls	1                        REQUIRETLS (RFC 8689); omitted when not asked for
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
 //     notify	SUCCESS,DELAY                  NOTIFY= of the rcpt line just before; omitted when not given
@@ -81,6 +82,7 @@ public enum EnvelopeRecord {
         if e.held { field(&out, "held\t") { $0.append(0x31) } }
         if let ret = e.ret { field(&out, "ret\t") { $0.append(contentsOf: ret.rawValue.utf8) } }
         if let envid = e.envid { field(&out, "envid\t") { appendText(&$0, envid) } }
+        if e.requireTLS { field(&out, "requiretls\t") { $0.append(0x31) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -168,7 +170,7 @@ public enum EnvelopeRecord {
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, auth: String?, arrival: Double?, nextAttempt: Double?
         var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
-        var ret: DSNReturn?, envid: String?
+        var ret: DSNReturn?, envid: String?, requireTLS: Bool?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -220,6 +222,9 @@ public enum EnvelopeRecord {
             case "envid":
                 guard !value.isEmpty else { throw malformed(key, value) }
                 try set(&envid, try text(value, key), key)
+            case "requiretls":
+                guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
+                try set(&requireTLS, true, key)
             case "rcpt": recipients.append(try recipient(value))
             case "notify", "orcpt":
                 // The DSN parameters of the recipient on the line before.
@@ -265,6 +270,7 @@ public enum EnvelopeRecord {
                                authenticatedUser: auth))
         envelope.ret = ret
         envelope.envid = envid
+        envelope.requireTLS = requireTLS ?? false
         envelope.delayWarned = warned ?? false
         envelope.held = held ?? false
         return envelope

@@ -340,6 +340,7 @@ final class InboundSession {
                                          protocolName: start.protocolName, authenticatedUser: start.authenticatedUser))
         envelope.ret = start.ret
         envelope.envid = start.envid
+        envelope.requireTLS = start.requireTLS
         // The queue id exists from DATA on: these lines tie it to the session (connect, helo) and
         // name what the client asked for, so `grep ID` shows the message from arrival to delivery.
         messageQueueID = id

@@ -251,6 +251,7 @@ final class OutboundConnection {
         var t = OutboundTransaction(sender: env.sender, recipients: pending.map { env.recipients[$0].address },
                                     size: message.message.count, bodyType: env.bodyType, smtputf8: env.smtputf8,
                                     ret: env.ret, envid: env.envid)
+        t.requireTLS = env.requireTLS
         if pending.contains(where: { env.recipients[$0].notify != nil || env.recipients[$0].orcpt != nil }) {
             t.recipientDSN = pending.map { RecipientDSN(notify: env.recipients[$0].notify, orcpt: env.recipients[$0].orcpt) }
         }
@@ -540,7 +541,7 @@ extension OutboundConnection {
             return
         }
         guard var s = session else { return }
-        let actions = s.tlsEstablished()
+        let actions = s.tlsEstablished(peerVerified: verified)
         session = s
         perform(actions)
     }

@@ -111,9 +111,12 @@ extension ClientSession {
     }
 
     /// The TLS handshake after STARTTLS finished: EHLO again, under TLS.
-    public mutating func tlsEstablished() -> [ClientAction] {
+    /// `peerVerified`: the next hop's certificate chained to a trusted root and named the host
+    /// (REQUIRETLS messages need it).
+    public mutating func tlsEstablished(peerVerified: Bool = false) -> [ClientAction] {
         guard phase == .startingTLS else { return [] }
         tlsActive = true
+        self.peerVerified = peerVerified
         offered = nil
         capabilities = nil
         phase = .hello

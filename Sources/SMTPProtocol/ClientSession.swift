@@ -49,6 +49,8 @@ public struct NextHopCapabilities: Equatable, Sendable {
     public var chunking: Bool
     /// DSN (RFC 3461): the sender's NOTIFY, ORCPT, RET and ENVID go on.
     public var dsn: Bool
+    /// REQUIRETLS (RFC 8689): a message that asks for it may go to this next hop (under verified TLS).
+    public var requireTLS = false
     /// nil: SIZE not advertised. 0: SIZE advertised without a number, or with 0, which means no fixed
     /// limit (RFC 1870 §4). Otherwise the largest message the next hop takes, in bytes.
     public var size: Int?
@@ -91,6 +93,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
             case "STARTTLS": startTLS = true
             case "CHUNKING": chunking = true
             case "DSN": dsn = true
+            case "REQUIRETLS": requireTLS = true
             case "SIZE":
                 // A number too large for Int, or no number at all, is no practical limit.
                 if let p = params.first, let n = Int(p), n >= 0 { size = n } else { size = 0 }
@@ -121,6 +124,9 @@ public struct OutboundTransaction: Equatable, Sendable {
     public var envid: String?
     /// NOTIFY= and ORCPT= per recipient, in the order of `recipients`; empty when none has any.
     public var recipientDSN: [RecipientDSN]
+    /// REQUIRETLS (RFC 8689): sent only under TLS with a verified certificate to a next hop that offers
+    /// REQUIRETLS; anywhere else the transaction fails at once with 550 5.7.30.
+    public var requireTLS = false
 
     public init(sender: String, recipients: [String], size: Int, bodyType: String? = nil, smtputf8: Bool = false,
                 ret: DSNReturn? = nil, envid: String? = nil, recipientDSN: [RecipientDSN] = []) {
@@ -309,6 +315,8 @@ public struct ClientSession {
     public internal(set) var tlsActive = false
     /// AUTH succeeded.
     public internal(set) var authenticated = false
+    /// The TLS session's certificate was verified (`tlsEstablished(peerVerified:)`).
+    public internal(set) var peerVerified = false
     /// What the EHLO reply offered, kept while STARTTLS or AUTH run before the session is ready.
     var offered: NextHopCapabilities?
     var expected: [Expected] = [.greeting]
@@ -369,7 +377,7 @@ public struct ClientSession {
 
     mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool, wireReady: Bool = false) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
-        if let refusal = Self.refusalBeforeMail(t, caps) {
+        if let refusal = Self.refusalBeforeMail(t, caps) ?? requireTLSRefusal(t, caps) {
             emit(.transactionFinished(TransactionOutcome(
                 mailReply: refusal, recipientReplies: Array(repeating: nil, count: t.recipients.count),
                 dataReply: nil)))
@@ -641,6 +649,23 @@ public struct ClientSession {
         return nil
     }
 
+    /// RFC 8689 §4.2.1: a REQUIRETLS message goes only under TLS, with a certificate that was verified,
+    /// to a next hop that offers REQUIRETLS. Otherwise 550 5.7.30 (RFC 8689 §6), which bounces it.
+    func requireTLSRefusal(_ t: OutboundTransaction, _ caps: NextHopCapabilities) -> Reply? {
+        guard t.requireTLS else { return nil }
+        let why: String
+        if !tlsActive {
+            why = "the connection is not encrypted"
+        } else if !peerVerified {
+            why = "the next hop's certificate was not verified"
+        } else if !caps.requireTLS {
+            why = "the next hop does not offer REQUIRETLS"
+        } else {
+            return nil
+        }
+        return Reply(550, "5.7.30", "REQUIRETLS support required: \(why)")
+    }
+
     mutating func sendMail() {
         let t = current!.envelope
         let caps = capabilities!
@@ -648,6 +673,7 @@ public struct ClientSession {
         if caps.size != nil { line += " SIZE=\(t.size)" }
         if caps.eightBitMIME, t.bodyType?.uppercased() == "8BITMIME" { line += " BODY=8BITMIME" }
         if t.smtputf8 { line += " SMTPUTF8" }  // only reached when the next hop offers it
+        if t.requireTLS { line += " REQUIRETLS" }  // likewise
         if caps.dsn {
             if let ret = t.ret { line += " RET=\(ret.rawValue)" }
             if let envid = t.envid { line += " ENVID=\(envid)" }

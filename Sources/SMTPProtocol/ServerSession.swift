@@ -105,6 +105,8 @@ public struct MessageStart: Sendable, Equatable {
     /// NOTIFY= and ORCPT= of the RCPT each recipient came from: empty when no RCPT carried either,
     /// else one per recipient, in the order of `recipients`.
     public var recipientDSN: [RecipientDSN] = []
+    /// MAIL FROM … REQUIRETLS (RFC 8689): relay only over verified TLS to next hops that offer it.
+    public var requireTLS = false
     /// Which message of the session this is (1, 2, …): `prefixMessageData` checks it, since the
     /// caller may act on this start after the session has moved on to a later message.
     public var serial = 0
@@ -150,6 +152,7 @@ struct Transaction {
     var priority: Int?
     var ret: DSNReturn?
     var envid: String?
+    var requireTLS = false
     /// Empty until a RCPT carries NOTIFY or ORCPT; then one per recipient (MessageStart.recipientDSN).
     var recipientDSN: [RecipientDSN] = []
 
@@ -618,6 +621,7 @@ public struct ServerSession {
             if on.contains(.smtputf8) { lines.append("SMTPUTF8") }
             if on.contains(.mtPriority) { lines.append("MT-PRIORITY") }
             if on.contains(.dsn) { lines.append("DSN") }
+            if on.contains(.requireTLS) && tlsActive { lines.append("REQUIRETLS") }
             if on.contains(.chunking) { lines.append("CHUNKING") }
             if offersStartTLS { lines.append("STARTTLS") }
             if offersAuth { lines.append("AUTH PLAIN LOGIN") }
@@ -637,6 +641,7 @@ public struct ServerSession {
         var mtPriority: Int?
         var ret: DSNReturn?
         var envid: String?
+        var requireTLS = false
         var seen: Set<String> = []
         for param in params {
             guard seen.insert(param.keyword).inserted else {
@@ -679,6 +684,13 @@ public struct ServerSession {
                     return fail(Reply(501, "5.5.4", "Error: ENVID must be xtext of at most 100 octets"))
                 }
                 envid = parsed
+            case "REQUIRETLS":
+                // Offered only under TLS (RFC 8689 §4.1): in the clear it is an unknown parameter.
+                guard tlsActive, config.extensions.contains(.requireTLS) else {
+                    return fail(Reply(555, "5.5.4", "Error: unsupported parameter REQUIRETLS"))
+                }
+                guard param.value == nil else { return fail(Reply(501, "5.5.4", "Error: REQUIRETLS takes no value")) }
+                requireTLS = true
             default:
                 return fail(Reply(555, "5.5.4", "Error: unsupported parameter \(param.keyword)"))
             }
@@ -694,7 +706,7 @@ public struct ServerSession {
             if let refusal = verdict.reply { return answerFault(refusal) }
         }
         state = .mail(Transaction(sender: path, bodyType: body, smtputf8: utf8, priority: mtPriority, ret: ret,
-                                  envid: envid))
+                                  envid: envid, requireTLS: requireTLS))
         chunkRefused = false
         reply(Reply(250, "2.1.0", "Ok"))
     }
@@ -795,7 +807,7 @@ public struct ServerSession {
             protocolName: protocolName,
             bodyType: t.bodyType, smtputf8: t.smtputf8, priority: t.priority, tls: tlsSummary,
             authenticatedUser: authenticatedUser, ret: t.ret, envid: t.envid, recipientDSN: t.recipientDSN,
-            serial: messagesBegun + 1)
+            requireTLS: t.requireTLS, serial: messagesBegun + 1)
         messagesBegun += 1
         dataOut = []
         nextDataReserve = Self.dataReserve

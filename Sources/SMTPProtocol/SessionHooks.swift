@@ -61,6 +61,8 @@ public struct AdvertisedExtensions: OptionSet, Sendable, Equatable {
     public static let chunking = AdvertisedExtensions(rawValue: 1 << 6)
     /// Delivery status notifications (RFC 3461): NOTIFY, ORCPT, RET, ENVID.
     public static let dsn = AdvertisedExtensions(rawValue: 1 << 7)
+    /// REQUIRETLS (RFC 8689), offered only under TLS.
+    public static let requireTLS = AdvertisedExtensions(rawValue: 1 << 8)
     public static let all: AdvertisedExtensions = [.pipelining, .size, .eightBitMIME, .enhancedStatusCodes,
-                                                   .smtputf8, .mtPriority, .chunking, .dsn]
+                                                   .smtputf8, .mtPriority, .chunking, .dsn, .requireTLS]
 }

@@ -201,6 +201,15 @@ let sampleRecord = """
         #expect(try EnvelopeRecord.decode(EnvelopeRecord.encode(dsnEnvelope())) == dsnEnvelope())
     }
 
+    @Test func requireTLSIsWrittenAndReadBack() throws {
+        var e = sampleEnvelope()
+        e.requireTLS = true
+        let bytes = EnvelopeRecord.encode(e)
+        #expect(String(decoding: bytes, as: UTF8.self).contains("requiretls\t1\n"))
+        #expect(try EnvelopeRecord.decode(bytes).requireTLS)
+        #expect(try !EnvelopeRecord.decode(Array(sampleRecord.utf8)).requireTLS)
+    }
+
     @Test func aRecordFromBeforeDSNReadsAsBefore() throws {
         let e = try EnvelopeRecord.decode(Array(sampleRecord.utf8))
         #expect(e.ret == nil && e.envid == nil)
