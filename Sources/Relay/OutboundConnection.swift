@@ -317,6 +317,14 @@ final class OutboundConnection {
     /// the next host in this attempt (a 4xx for the whole transaction) or deferred.
     private func handle(_ outcome: TransactionOutcome) {
         guard let job else { return }
+        switch outcome.sevenBit {
+        case .converted?:
+            manager.log.info("\(job.id): converted to 7-bit MIME for \(relayName), which does not offer 8BITMIME")
+        case .sentAsIs?:
+            manager.log.warning("\(job.id): 8-bit message that is not convertible MIME sent as it is to \(relayName), which does not offer 8BITMIME")
+        case nil:
+            break
+        }
         let pending = job.recipients.filter { outcomes[$0] == nil }
         let verdict = NextHop.judge(outcome)
         reportReplies(outcome)

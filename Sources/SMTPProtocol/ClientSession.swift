@@ -12,7 +12,8 @@
 // - SIZE (RFC 1870): SIZE= is sent when the next hop advertised SIZE; a message larger than its limit
 //   is refused here without sending MAIL. SMTPUTF8 (RFC 6531) is never downgraded: a transaction that
 //   needs it fails permanently if the next hop lacks it. BODY=8BITMIME only when the next hop offers
-//   8BITMIME (RFC 6152).
+//   8BITMIME (RFC 6152); to one that does not, an 8BITMIME message is converted to 7-bit MIME first
+//   (SevenBit.swift), or sent as it is when it cannot be (not MIME), which the outcome reports.
 // - DSN (RFC 3461): RET= and ENVID= on MAIL, NOTIFY= and ORCPT= on RCPT, as the sender gave them,
 //   when the next hop offers DSN; otherwise none (the caller then owes the sender a "relayed" notice
 //   where SUCCESS was asked for, RFC 3461 §5.2.2).
@@ -149,6 +150,8 @@ public struct TransactionOutcome: Equatable, Sendable {
     /// The reply to DATA if it was not 354, else the reply to the end of data; nil if DATA was not
     /// reached (MAIL refused, or no recipient accepted).
     public var dataReply: Reply?
+    /// What became of an 8BITMIME message at a next hop without 8BITMIME: nil when nothing was needed.
+    public var sevenBit: SevenBitConversion?
 
     public init(mailReply: Reply, recipientReplies: [Reply?], dataReply: Reply?) {
         self.mailReply = mailReply
@@ -163,6 +166,14 @@ public struct TransactionOutcome: Equatable, Sendable {
         if let d = dataReply { return d }
         return mailReply
     }
+}
+
+/// An 8BITMIME message for a next hop that does not offer 8BITMIME (RFC 6152 §3).
+public enum SevenBitConversion: Equatable, Sendable {
+    /// Its 8-bit parts were re-encoded (quoted-printable or base64).
+    case converted
+    /// It could not be converted (not MIME, or 8-bit where MIME cannot encode it) and went as it was.
+    case sentAsIs
 }
 
 public enum ClientAction: Equatable, Sendable {
@@ -279,6 +290,7 @@ public struct ClientSession {
         var chunked = false
         /// BDAT without pipelining: the octets of `message` already sent, one chunk at a time.
         var chunkOffset = 0
+        var sevenBit: SevenBitConversion?
         var mailReply: Reply?
         var recipientReplies: [Reply?]
         var dataReply: Reply?
@@ -384,10 +396,24 @@ public struct ClientSession {
             return takeActions()
         }
         let pipelined = caps.pipelining && usePipelining
+        var message = message, wireReady = wireReady
+        var sevenBit: SevenBitConversion?
+        if !caps.eightBitMIME, !encoded, t.bodyType?.uppercased() == "8BITMIME" {
+            if let converted = sevenBitMessage(message) {
+                if converted != message {
+                    message = converted
+                    wireReady = false
+                    sevenBit = .converted
+                }
+            } else {
+                sevenBit = .sentAsIs
+            }
+        }
         current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
                               recipientReplies: Array(repeating: nil, count: t.recipients.count), dataReply: nil)
         current!.encoded = encoded
         current!.wireReady = wireReady
+        current!.sevenBit = sevenBit
         // Wire data is dot-stuffed and ends in ".": that form only DATA can carry.
         current!.chunked = caps.chunking && useChunking && !encoded
         let reusing = transactionsStarted > 0
@@ -593,10 +619,11 @@ public struct ClientSession {
     mutating func finishTransaction() {
         let t = current!
         current = nil
-        let outcome = TransactionOutcome(
+        var outcome = TransactionOutcome(
             mailReply: t.mailReply!,
             recipientReplies: t.mailAccepted ? t.recipientReplies : Array(repeating: nil, count: t.recipientReplies.count),
             dataReply: t.dataReply)
+        outcome.sevenBit = t.sevenBit
         phase = .ready
         emit(.transactionFinished(outcome))
     }
