@@ -163,3 +163,26 @@ def test_parameters_reach_postfix(start_tern, postfix_dsn_chain):
     # Postfix offered DSN, so tern made no notice of its own (it would wait in the queue: client.test has
     # no route here).
     wait_until(lambda: t.queued() == [], 30, "tern's spool to empty", on_timeout=lambda: t.queue_files())
+
+
+def test_delay_warning_only_for_notify_delay(start_tern):
+    hop = NextHop("127.0.0.36", free_port("127.0.0.36"),
+                  rcpt_replies={"slow@x.test": "451 4.3.0 try later", "quiet@x.test": "451 4.3.0 try later"}).start()
+    try:
+        t = start_tern(delivery={"enabled": True, "retry_schedule": ["1s"], "connect_timeout": "2s",
+                                 "delay_warning_time": "1s"},
+                       extra_tables={"routes": {"x.test": f"[{hop.host}]:{hop.port}",
+                                                "client.test": f"[{hop.host}]:{hop.port}"},
+                                     "dns": {"servers": ["127.0.0.1:9"]}})
+        # slow@ asks to hear of delays; quiet@ only of failures; the default (no NOTIFY) would hear both.
+        submit(t, [("slow@x.test", "NOTIFY=DELAY,FAILURE"), ("quiet@x.test", "NOTIFY=FAILURE")],
+               make_message(subject="late"))
+        warning = wait_until(lambda: notices(hop), 30, "the delay warning")[0]
+        dsn = parse_dsn(warning.content)
+        assert dsn.final_recipients() == ["slow@x.test"], dsn.recipients
+        assert dsn.recipients[0]["action"] == "delayed", dsn.recipients
+        # One warning per message, whatever the retries.
+        time.sleep(2.5)
+        assert len(notices(hop)) == 1
+    finally:
+        hop.stop()
