@@ -8,11 +8,12 @@ Needs Debian's postfix package and root (the instance runs as the postfix user, 
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,3 +138,23 @@ class PostfixHop:
             assert time.monotonic() < deadline, f"{len(self.disconnects())} of {n} sessions logged:\n{self.log()[-4000:]}"
             time.sleep(0.1)
         return self.disconnects()
+
+
+@contextlib.contextmanager
+def postfix_relaying_to_hop(postfix_host: str, hop_host: str):
+    """(PostfixHop, NextHop): a Postfix smtpd on postfix_host relaying everything to an aiosmtpd NextHop
+    on hop_host; both stopped, and Postfix's directory removed, on the way out."""
+    from conftest import free_port
+    from delivery_helpers import NextHop
+    hop = NextHop(hop_host, free_port(hop_host)).start()
+    # Not under pytest's tmp_path: its directories are 0700, and Postfix's daemons run as postfix.
+    workdir = Path(tempfile.mkdtemp(prefix="tern-postfix-"))
+    workdir.chmod(0o755)
+    pf = PostfixHop(workdir, postfix_host, free_port(postfix_host), hop.host, hop.port)
+    try:
+        yield pf.start(), hop
+    finally:
+        pf.stop()
+        hop.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+

@@ -6,18 +6,13 @@ returns the message, RET=HDRS its headers; ENVID and ORCPT appear in the reports
 
 from __future__ import annotations
 
-import email
-import email.policy
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import assert_reply, free_port, make_message, queue_id_of, wait_until
 from delivery_helpers import NextHop, parse_dsn
-from postfix_helpers import PostfixHop
+from postfix_helpers import postfix_relaying_to_hop
 
 SENDER = "sender@client.test"
 
@@ -132,16 +127,8 @@ def test_never_gets_no_bounce_and_ret_decides_what_returns(start_tern, plain_hop
 
 @pytest.fixture
 def postfix_dsn_chain():
-    hop = NextHop("127.0.0.35", free_port("127.0.0.35")).start()
-    workdir = Path(tempfile.mkdtemp(prefix="tern-postfix-"))
-    workdir.chmod(0o755)
-    pf = PostfixHop(workdir, "127.0.0.34", free_port("127.0.0.34"), hop.host, hop.port)
-    try:
-        yield pf.start(), hop
-    finally:
-        pf.stop()
-        hop.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with postfix_relaying_to_hop("127.0.0.34", "127.0.0.35") as chain:
+        yield chain
 
 
 def test_parameters_reach_postfix(start_tern, postfix_dsn_chain):
