@@ -182,28 +182,36 @@ struct MIMEEntity {
 /// most 76 characters with soft breaks, "=", controls other than TAB and every 8-bit octet as =XX,
 /// and a space or TAB at the end of a line encoded.
 func appendQuotedPrintable(_ body: ArraySlice<UInt8>, to out: inout [UInt8]) {
-    let hex = Array("0123456789ABCDEF".utf8)
+    let hex: StaticString = "0123456789ABCDEF"
+    out.reserveCapacity(out.count + body.count + body.count / 8)
     var column = 0
     var i = body.startIndex
-    func put(_ bytes: [UInt8]) {
-        if column + bytes.count > 75 {
-            out += [UInt8(ascii: "="), 13, 10]
-            column = 0
-        }
-        out += bytes
-        column += bytes.count
-    }
     while i < body.endIndex {
         let b = body[i]
         if b == 13, i + 1 < body.endIndex, body[i + 1] == 10 {
-            out += [13, 10]
+            out.append(13)
+            out.append(10)
             column = 0
             i += 2
             continue
         }
         let atLineEnd = i + 1 == body.endIndex || (body[i + 1] == 13 && i + 2 < body.endIndex && body[i + 2] == 10)
         let literal = (b >= 33 && b <= 126 && b != UInt8(ascii: "=")) || ((b == 32 || b == 9) && !atLineEnd)
-        put(literal ? [b] : [UInt8(ascii: "="), hex[Int(b >> 4)], hex[Int(b & 15)]])
+        let width = literal ? 1 : 3
+        if column + width > 75 {  // a soft line break keeps lines at 76 characters with its "="
+            out.append(UInt8(ascii: "="))
+            out.append(13)
+            out.append(10)
+            column = 0
+        }
+        if literal {
+            out.append(b)
+        } else {
+            out.append(UInt8(ascii: "="))
+            out.append(hex.utf8Start[Int(b >> 4)])
+            out.append(hex.utf8Start[Int(b & 15)])
+        }
+        column += width
         i += 1
     }
 }
