@@ -42,6 +42,9 @@ final class OutboundConnection {
     /// After QUIT: the connection until the next hop closed it too (then the slot is given back).
     private var closing: TCPConnection?
     private var session: ClientSession?
+    /// Counts the sessions and the 7-bit conversions started: a conversion that ends on the thread pool
+    /// after its session or job moved on sees a newer number and is dropped.
+    private var conversionGeneration = 0
     private var timer: Timer?
 
     private var job: DeliveryJob?
@@ -222,6 +225,7 @@ final class OutboundConnection {
             tlsOutcome = "none (retried in the clear after a TLS failure)"
         }
         session = ClientSession(hostname: heloName, tls: mode, credentials: credentials)
+        conversionGeneration += 1
         session!.useChunking = manager.config.delivery.chunking
         connection.setNoDelay(true)
         // Room for a whole typical message in one write: no pending copy, no EPOLLOUT round trip.
@@ -255,9 +259,32 @@ final class OutboundConnection {
         if pending.contains(where: { env.recipients[$0].notify != nil || env.recipients[$0].orcpt != nil }) {
             t.recipientDSN = pending.map { RecipientDSN(notify: env.recipients[$0].notify, orcpt: env.recipients[$0].orcpt) }
         }
+        if let caps = s.capabilities, !caps.eightBitMIME, env.bodyType?.uppercased() == "8BITMIME",
+           message.message.count > Self.inlineSevenBitLimit {
+            return convertOffTheLoop(t, message.message, job: job)
+        }
         let actions = s.send(t, message: message.message, wireReady: message.wireReady)
         session = s
         perform(actions)
+    }
+
+    /// Larger 8-bit messages for a next hop without 8BITMIME are converted on the thread pool, so that
+    /// the loop is not held (the conversion is linear, but a 50 MB message takes a while).
+    static let inlineSevenBitLimit = 64 * 1024
+
+    private func convertOffTheLoop(_ t: OutboundTransaction, _ bytes: [UInt8], job: DeliveryJob) {
+        conversionGeneration += 1
+        let generation = conversionGeneration
+        var converted: [UInt8]?
+        manager.loop.queueWork({ converted = sevenBitMessage(bytes) }, done: { [self] in
+            // The session, or the job on it, moved on meanwhile (closed, timed out, another host).
+            guard generation == conversionGeneration, self.job == job, var s = session, s.phase == .ready
+            else { return }
+            let sevenBit: SevenBitConversion? = converted == nil ? .sentAsIs : converted! == bytes ? nil : .converted
+            let actions = s.send(t, converted: converted ?? bytes, sevenBit: sevenBit)
+            session = s
+            perform(actions)
+        })
     }
 
     private func perform(_ actions: [ClientAction]) {

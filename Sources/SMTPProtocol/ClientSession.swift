@@ -381,13 +381,22 @@ public struct ClientSession {
         return start(t, message: message, encoded: false, wireReady: wireReady)
     }
 
+    /// Like `send(_:message:)` for an 8BITMIME message the caller already converted for a next hop
+    /// without 8BITMIME (`sevenBitMessage`, off the loop for a large one): `sevenBit` says what became
+    /// of it, and it is not converted again.
+    public mutating func send(_ t: OutboundTransaction, converted message: [UInt8], sevenBit: SevenBitConversion?)
+        -> [ClientAction] {
+        start(t, message: message, encoded: false, sevenBit: .some(sevenBit))
+    }
+
     /// Like `send(_:message:)` with the message already as `encodeOutboundData` makes it (CRLF lines,
     /// dot-stuffed, ending in ".\r\n"), so a sender of many copies of one message encodes it once.
     public mutating func send(_ t: OutboundTransaction, wireData: [UInt8]) -> [ClientAction] {
         start(t, message: wireData, encoded: true)
     }
 
-    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool, wireReady: Bool = false) -> [ClientAction] {
+    mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool, wireReady: Bool = false,
+                        sevenBit decided: SevenBitConversion?? = nil) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
         if let refusal = Self.refusalBeforeMail(t, caps) ?? requireTLSRefusal(t, caps) {
             emit(.transactionFinished(TransactionOutcome(
@@ -398,7 +407,9 @@ public struct ClientSession {
         let pipelined = caps.pipelining && usePipelining
         var message = message, wireReady = wireReady
         var sevenBit: SevenBitConversion?
-        if !caps.eightBitMIME, !encoded, t.bodyType?.uppercased() == "8BITMIME" {
+        if let decided {
+            sevenBit = decided
+        } else if !caps.eightBitMIME, !encoded, t.bodyType?.uppercased() == "8BITMIME" {
             if let converted = sevenBitMessage(message) {
                 if converted != message {
                     message = converted

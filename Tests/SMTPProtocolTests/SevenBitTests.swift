@@ -161,3 +161,18 @@ private func longestLine(_ m: [UInt8]) -> Int {
         #expect(r.outcome?.sevenBit == .sentAsIs)
     }
 }
+
+@Suite struct ClientPreconvertedTests {
+    @Test func aMessageConvertedByTheCallerIsSentAsGivenAndReported() throws {
+        var s = ClientSession(hostname: "relay.test")
+        _ = s.receive(bytes("220 mx.test ESMTP\r\n"))
+        _ = s.receive(bytes("250-mx.test\r\n250 PIPELINING\r\n"))
+        let converted = try #require(sevenBitMessage(ClientSevenBitTests.latin1))
+        let t = OutboundTransaction(sender: "a@x.test", recipients: ["b@y.test"], size: converted.count, bodyType: "8BITMIME")
+        _ = s.send(t, converted: converted, sevenBit: .converted)
+        let data = s.receive(bytes("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n")).flatMap(\.wirePieces).joined()
+        #expect(Array(data) == converted + bytes(".\r\n"))
+        let done = s.receive(bytes("250 2.0.0 queued\r\n"))
+        #expect(done.contains { if case .transactionFinished(let o) = $0 { return o.sevenBit == .converted } else { return false } })
+    }
+}
