@@ -110,7 +110,32 @@ public enum DSN {
 
     // MARK: Building the report
 
-    enum Action: String { case failed, delayed, relayed }
+    enum Action: String {
+        case failed, delayed, relayed
+
+        var subject: String {
+            switch self {
+            case .failed: return "Undelivered Mail Returned to Sender"
+            case .delayed: return "Delayed Mail (still being retried)"
+            case .relayed: return "Successful Mail Delivery Report"
+            }
+        }
+        /// In the report's Message-ID.
+        var tag: String {
+            switch self {
+            case .failed: return "bounce"
+            case .delayed: return "delay"
+            case .relayed: return "relayed"
+            }
+        }
+        var headersDescription: String {
+            switch self {
+            case .failed: return "Undelivered Message Headers"
+            case .delayed: return "Delayed Message Headers"
+            case .relayed: return "Message Headers"
+            }
+        }
+    }
 
     static func report(_ action: Action, envelope: Envelope, recipients: [FailedRecipient], originalHeaders: [UInt8],
                        fullMessage: [UInt8]? = nil, reportingMTA: String, now: Int,
@@ -200,13 +225,9 @@ public enum DSN {
         func put(_ s: String) { out += Array(s.utf8) + crlf }
         put("From: MAILER-DAEMON@\(mta)")
         put("To: \(headerSafe(envelope.sender))")
-        switch action {
-        case .failed: put("Subject: Undelivered Mail Returned to Sender")
-        case .delayed: put("Subject: Delayed Mail (still being retried)")
-        case .relayed: put("Subject: Successful Mail Delivery Report")
-        }
+        put("Subject: \(action.subject)")
         put("Date: \(date)")
-        put("Message-ID: <\(now).\(envelope.id).\(action == .failed ? "bounce" : action == .delayed ? "delay" : "relayed")@\(mta)>")
+        put("Message-ID: <\(now).\(envelope.id).\(action.tag)@\(mta)>")
         put("MIME-Version: 1.0")
         put("Content-Type: multipart/report; report-type=delivery-status;")
         put("\tboundary=\"\(boundary)\"")
@@ -242,27 +263,20 @@ public enum DSN {
             put("Content-Description: Undelivered Message")
             put("Content-Type: message/rfc822")
             if fullIs8Bit { put("Content-Transfer-Encoding: 8bit") }
-            put("")
-            out += headersPart
-            if !headersPart.isEmpty && headersPart.suffix(2) != crlf[...] { put("") }
-            put("")
-            put("--\(boundary)--")
-            return out
-        }
-        switch action {
-        case .failed: put("Content-Description: Undelivered Message Headers")
-        case .delayed: put("Content-Description: Delayed Message Headers")
-        case .relayed: put("Content-Description: Message Headers")
-        }
-        if globalHeaders {
-            put("Content-Type: message/global-headers")
-            put("Content-Transfer-Encoding: 8bit")
         } else {
-            put("Content-Type: text/rfc822-headers")
-            if !headersAre7Bit { put("Content-Transfer-Encoding: quoted-printable") }
+            put("Content-Description: \(action.headersDescription)")
+            if globalHeaders {
+                put("Content-Type: message/global-headers")
+                put("Content-Transfer-Encoding: 8bit")
+            } else {
+                put("Content-Type: text/rfc822-headers")
+                if !headersAre7Bit { put("Content-Transfer-Encoding: quoted-printable") }
+            }
         }
         put("")
         out += headersPart
+        // A returned message whose last line has no CRLF gets one before the delimiter's.
+        if fullMessage != nil && !headersPart.isEmpty && headersPart.suffix(2) != crlf[...] { put("") }
         put("")
         put("--\(boundary)--")
         return out

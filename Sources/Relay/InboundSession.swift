@@ -551,7 +551,7 @@ final class InboundSession {
     /// Shutdown: sessions that are not in the middle of a message are told 421 and closed.
     func shutDown(force: Bool) {
         guard !closed else { return }
-        if force || (machine.phase != .data && machine.phase != .committing && !machine.hasOpenMessage) {
+        if force || (!machine.hasOpenMessage && machine.phase != .committing) {
             perform(machine.shuttingDown())
         }
     }

@@ -259,8 +259,7 @@ final class OutboundConnection {
         if pending.contains(where: { env.recipients[$0].notify != nil || env.recipients[$0].orcpt != nil }) {
             t.recipientDSN = pending.map { RecipientDSN(notify: env.recipients[$0].notify, orcpt: env.recipients[$0].orcpt) }
         }
-        if let caps = s.capabilities, !caps.eightBitMIME, env.bodyType?.uppercased() == "8BITMIME",
-           message.message.count > Self.inlineSevenBitLimit {
+        if let caps = s.capabilities, ClientSession.needsSevenBit(t, caps), message.message.count > Self.inlineSevenBitLimit {
             return convertOffTheLoop(t, message.message, job: job)
         }
         let actions = s.send(t, message: message.message, wireReady: message.wireReady)
@@ -275,13 +274,12 @@ final class OutboundConnection {
     private func convertOffTheLoop(_ t: OutboundTransaction, _ bytes: [UInt8], job: DeliveryJob) {
         conversionGeneration += 1
         let generation = conversionGeneration
-        var converted: [UInt8]?
-        manager.loop.queueWork({ converted = sevenBitMessage(bytes) }, done: { [self] in
+        var result: (message: [UInt8], conversion: SevenBitConversion?) = (bytes, nil)
+        manager.loop.queueWork({ result = convertToSevenBit(bytes) }, done: { [self] in
             // The session, or the job on it, moved on meanwhile (closed, timed out, another host).
             guard generation == conversionGeneration, self.job == job, var s = session, s.phase == .ready
             else { return }
-            let sevenBit: SevenBitConversion? = converted == nil ? .sentAsIs : converted! == bytes ? nil : .converted
-            let actions = s.send(t, converted: converted ?? bytes, sevenBit: sevenBit)
+            let actions = s.send(t, converted: result.message, sevenBit: result.conversion)
             session = s
             perform(actions)
         })

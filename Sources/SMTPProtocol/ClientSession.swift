@@ -409,15 +409,12 @@ public struct ClientSession {
         var sevenBit: SevenBitConversion?
         if let decided {
             sevenBit = decided
-        } else if !caps.eightBitMIME, !encoded, t.bodyType?.uppercased() == "8BITMIME" {
-            if let converted = sevenBitMessage(message) {
-                if converted != message {
-                    message = converted
-                    wireReady = false
-                    sevenBit = .converted
-                }
-            } else {
-                sevenBit = .sentAsIs
+        } else if !encoded, Self.needsSevenBit(t, caps) {
+            let result = convertToSevenBit(message)
+            sevenBit = result.conversion
+            if sevenBit == .converted {
+                message = result.message
+                wireReady = false
             }
         }
         current = Transaction(envelope: t, message: message, pipelined: pipelined, mailReply: nil,
@@ -685,6 +682,11 @@ public struct ClientSession {
             return Reply(552, "5.3.4", "Message size \(t.size) exceeds the next hop's limit of \(limit) bytes")
         }
         return nil
+    }
+
+    /// An 8BITMIME message for a next hop without 8BITMIME goes as 7-bit MIME (RFC 6152 §3).
+    public static func needsSevenBit(_ t: OutboundTransaction, _ caps: NextHopCapabilities) -> Bool {
+        !caps.eightBitMIME && t.bodyType?.uppercased() == "8BITMIME"
     }
 
     /// RFC 8689 §4.2.1: a REQUIRETLS message goes only under TLS, with a certificate that was verified,

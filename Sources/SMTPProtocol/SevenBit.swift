@@ -12,6 +12,18 @@
 /// nil when it holds 8-bit octets that cannot be converted (see above).
 public func sevenBitMessage(_ message: [UInt8]) -> [UInt8]? {
     guard message.contains(where: { $0 >= 0x80 }) else { return message }
+    return convertMIME(message)
+}
+
+/// `sevenBitMessage` with what became of the message for the transaction's outcome: the converted
+/// message, or the message as it is when it needed nothing (nil) or could not be converted.
+public func convertToSevenBit(_ message: [UInt8]) -> (message: [UInt8], conversion: SevenBitConversion?) {
+    guard message.contains(where: { $0 >= 0x80 }) else { return (message, nil) }
+    guard let converted = convertMIME(message) else { return (message, .sentAsIs) }
+    return (converted, .converted)
+}
+
+private func convertMIME(_ message: [UInt8]) -> [UInt8]? {
     let entity = MIMEEntity(message[...])
     guard entity.field("mime-version") != nil else { return nil }
     var out: [UInt8] = []

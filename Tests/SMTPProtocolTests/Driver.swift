@@ -1,3 +1,4 @@
+import Testing
 @testable import SMTPProtocol
 
 /// Feeds a ServerSession and plays the spool: every commit succeeds with ids Q1, Q2, … unless
@@ -95,3 +96,26 @@ struct Driver {
 let crlf = "\r\n"
 
 func lines(_ l: String...) -> String { l.map { $0 + crlf }.joined() }
+
+/// Feeds `input` whole, split in two at every byte and a byte at a time; every way must give the same
+/// replies and the same messages. Returns the whole run's driver.
+@discardableResult
+func expectSameAnySplit(_ input: String, config: ServerConfiguration = ServerConfiguration(hostname: "relay.test"),
+                        sourceLocation: SourceLocation = #_sourceLocation) -> Driver {
+    var whole = Driver(config)
+    whole.send(input)
+    let bytes = Array(input.utf8)
+    for cut in 1..<bytes.count {
+        var d = Driver(config)
+        d.send(Array(bytes[..<cut]))
+        d.send(Array(bytes[cut...]))
+        #expect(d.replies == whole.replies, "split at \(cut)", sourceLocation: sourceLocation)
+        #expect(d.messages.map(\.data) == whole.messages.map(\.data), "split at \(cut)", sourceLocation: sourceLocation)
+    }
+    var t = Driver(config)
+    t.trickle(input)
+    #expect(t.replies == whole.replies, "byte by byte", sourceLocation: sourceLocation)
+    #expect(t.messages.map(\.data) == whole.messages.map(\.data), "byte by byte", sourceLocation: sourceLocation)
+    return whole
+}
+

@@ -188,6 +188,22 @@ def test_advertises_what_the_relay_advertises(start_sink):
     s.quit()
 
 
+def test_dsn_parameters_accepted_unless_switched_off(start_sink):
+    on = start_sink()
+    with on.connect() as c:
+        c.greeting()
+        assert "DSN" in c.ehlo().lines
+        assert_reply(c.cmd("MAIL FROM:<a@client.test> RET=HDRS ENVID=QQ314159"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b@example.test"), 250)
+    off = start_sink(["--disable", "dsn"])
+    with off.connect() as c:
+        c.greeting()
+        assert "DSN" not in c.ehlo().lines
+        assert_reply(c.cmd("MAIL FROM:<a@client.test> RET=HDRS"), 555)
+        assert_reply(c.cmd("MAIL FROM:<a@client.test>"), 250)
+        assert_reply(c.cmd("RCPT TO:<b@example.test> NOTIFY=NEVER"), 555)
+
+
 def test_extensions_switched_off(start_sink):
     sink = start_sink(["--disable", "pipelining", "--disable", "size", "--disable", "enhancedstatuscodes"])
     with sink.connect() as c:
