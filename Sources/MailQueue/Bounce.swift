@@ -5,7 +5,8 @@
 // RFC 3461: ENVID goes in Original-Envelope-Id and each ORCPT in Original-Recipient, decoded from
 // xtext. A bounce of a message sent with RET=FULL returns the whole message (message/rfc822) when it
 // is at most `fullReturnLimit` octets, like Postfix's bounce_size_limit; otherwise, and for RET=HDRS or
-// no RET, the header section.
+// no RET, the header section. A BINARYMIME message is never returned whole: its body may not survive
+// as a 7-bit or 8-bit MIME part (RFC 3030 §3), so the bounce has its header section.
 //
 // The shape is RFC 3464 (DSN) inside RFC 6522 multipart/report (which obsoletes RFC 3462):
 //
@@ -65,7 +66,9 @@ public enum DSN {
     /// `original`: the whole message, returned instead of its headers for RET=FULL.
     public static func bounce(for envelope: Envelope, failed: [FailedRecipient], originalHeaders: [UInt8],
                               original: [UInt8]? = nil, reportingMTA: String, now: Int, boundary: String) -> [UInt8]? {
-        let full = envelope.ret == .full ? original.flatMap { !$0.isEmpty && $0.count <= fullReturnLimit ? $0 : nil } : nil
+        let binary = envelope.bodyType?.uppercased() == "BINARYMIME"
+        let full = envelope.ret == .full && !binary
+            ? original.flatMap { !$0.isEmpty && $0.count <= fullReturnLimit ? $0 : nil } : nil
         return report(.failed, envelope: envelope, recipients: failed, originalHeaders: originalHeaders,
                       fullMessage: full, reportingMTA: reportingMTA, now: now, boundary: boundary)
     }

@@ -67,12 +67,17 @@ public struct Envelope: Sendable, Equatable {
     public var size: Int
     /// BODY= as the client declared it ("7BIT" / "8BITMIME"), nil when absent.
     public var bodyType: String?
+    /// BODY=8BITMIME.
+    public var isEightBitMIME: Bool { bodyType?.uppercased() == "8BITMIME" }
     public var smtputf8: Bool
     /// RET= and ENVID= (RFC 3461; ENVID as it arrived, in xtext); nil when not given.
     public var ret: DSNReturn?
     public var envid: String?
     /// REQUIRETLS (RFC 8689): only over verified TLS to next hops that offer it.
     public var requireTLS = false
+    /// "TLS-Required: No" in the header section, without REQUIRETLS (RFC 8689 §5): the sender asks that
+    /// TLS policies not stop delivery. Honoured only when [delivery] allows it (honor_tls_required_no).
+    public var tlsOptional = false
     public var client: ClientInfo
     /// A delay warning was sent to the sender (sent once per message).
     public var delayWarned = false

@@ -22,6 +22,7 @@
 //     ret	HDRS                            RET= (RFC 3461), FULL or HDRS; omitted when not given
 //     envid	QQ314159                      ENVID= as it arrived (xtext); omitted when not given
 //     requiretls	1                        REQUIRETLS (RFC 8689); omitted when not asked for
+//     tlsoptional	1                       "TLS-Required: No" (RFC 8689 §5); omitted when absent
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
 //     notify	SUCCESS,DELAY                  NOTIFY= of the rcpt line just before; omitted when not given
@@ -83,6 +84,7 @@ public enum EnvelopeRecord {
         if let ret = e.ret { field(&out, "ret\t") { $0.append(contentsOf: ret.rawValue.utf8) } }
         if let envid = e.envid { field(&out, "envid\t") { appendText(&$0, envid) } }
         if e.requireTLS { field(&out, "requiretls\t") { $0.append(0x31) } }
+        if e.tlsOptional { field(&out, "tlsoptional\t") { $0.append(0x31) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -170,7 +172,7 @@ public enum EnvelopeRecord {
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, auth: String?, arrival: Double?, nextAttempt: Double?
         var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
-        var ret: DSNReturn?, envid: String?, requireTLS: Bool?
+        var ret: DSNReturn?, envid: String?, requireTLS: Bool?, tlsOptional: Bool?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -225,6 +227,9 @@ public enum EnvelopeRecord {
             case "requiretls":
                 guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
                 try set(&requireTLS, true, key)
+            case "tlsoptional":
+                guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
+                try set(&tlsOptional, true, key)
             case "rcpt": recipients.append(try recipient(value))
             case "notify", "orcpt":
                 // The DSN parameters of the recipient on the line before.
@@ -271,6 +276,7 @@ public enum EnvelopeRecord {
         envelope.ret = ret
         envelope.envid = envid
         envelope.requireTLS = requireTLS ?? false
+        envelope.tlsOptional = tlsOptional ?? false
         envelope.delayWarned = warned ?? false
         envelope.held = held ?? false
         return envelope

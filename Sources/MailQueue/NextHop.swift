@@ -54,7 +54,17 @@ public enum NextHop {
         public var tryNextHost: Bool
     }
 
-    public static func judge(_ outcome: TransactionOutcome) -> Verdict {
+    /// `moreHosts`: the destination has hosts left to try in this attempt. A refusal of this host only
+    /// (`thisHostOnly`: it lacks BINARYMIME, or REQUIRETLS under verified TLS) then moves on to the next
+    /// host, its recipients deferred meanwhile (RFC 8689 §4.2.1: every MX host is tried); at the last
+    /// host it is final like any 5xx.
+    public static func judge(_ outcome: TransactionOutcome, moreHosts: Bool = false) -> Verdict {
+        if outcome.thisHostOnly && moreHosts {
+            let r = outcome.mailReply
+            let status = r.enhanced.map { "4" + $0.dropFirst() } ?? "4.0.0"
+            let waiting = RecipientResult(.deferred, status: status, reply: text(of: r))
+            return Verdict(results: Array(repeating: waiting, count: outcome.recipientReplies.count), tryNextHost: true)
+        }
         let results = outcome.recipientReplies.indices.map { RecipientResult(outcome.result(forRecipient: $0)) }
         let temporary = results.count { $0.kind == .deferred }
         let wholeTransaction = outcome.mailReply.isTransientFailure

@@ -388,6 +388,8 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
     public var chunking = true
     /// TLS with next hops when the route says nothing else.
     public var tls: OutboundTLSPolicy = .opportunistic
+    /// "TLS-Required: No" (RFC 8689 §5) turns require/verify into opportunistic for that message.
+    public var honorTLSRequiredNo = false
     /// A next hop that does not answer is suspended instead of tried once per queued message
     /// (dead_destination_failures, dead_destination_initial, dead_destination_maximum).
     public var deadDestination = DeadDestinationPolicy()
@@ -411,6 +413,7 @@ public struct DeliveryConfig: Sendable, Equatable, ConfigSection {
         try r.read("data_timeout", into: &dataTimeout, Decode.duration)
         try r.read("connection_cache_time", into: &connectionCacheTime, Decode.durationOrZero)
         try r.read("chunking", into: &chunking, Decode.bool)
+        try r.read("honor_tls_required_no", into: &honorTLSRequiredNo, Decode.bool)
         try r.read("tls", into: &tls, OutboundTLSPolicy.decode)
         try r.read("dead_destination_failures", into: &deadDestination.failures, Decode.positiveInt)
         try r.read("dead_destination_initial", into: &deadDestination.initial, Decode.duration)

@@ -65,6 +65,7 @@ extension TernConfig {
         out.key("connection_cache_time", duration: d.connectionCacheTime)
         out.key("chunking", d.chunking)
         out.key("tls", string: d.tls.rawValue)
+        out.key("honor_tls_required_no", d.honorTLSRequiredNo)
         out.key("dead_destination_failures", d.deadDestination.failures)
         out.key("dead_destination_initial", duration: d.deadDestination.initial)
         out.key("dead_destination_maximum", duration: d.deadDestination.maximum)

@@ -185,6 +185,16 @@ final class DKIMMessageSigning: @unchecked Sendable {
         return fields
     }
 
+    /// Whether any domain signs the message, from its header block alone (nothing is hashed). A header
+    /// block that does not parse says yes: `sign` decides what becomes of it.
+    static func wouldSign(_ message: [UInt8], _ request: DKIMRequest) -> Bool {
+        guard let fields = try? message.withUnsafeBytes({
+            try HeaderBlock.parse(UnsafeRawBufferPointer(rebasing: $0[..<HeaderBlock.split($0).headerEnd]))
+        }) else { return true }
+        let author = request.choice.byAuthor ? AuthorDomain.domains(in: fields).first : nil
+        return !request.keys.signatures(of: request.keys.policy.domains(request.choice, authorDomain: author)).isEmpty
+    }
+
     /// Signs a whole message: the fields to put in front of it (empty: not signed).
     static func sign(_ message: [UInt8], _ request: DKIMRequest, time: UInt64) throws -> [UInt8] {
         let signing = DKIMMessageSigning(request)

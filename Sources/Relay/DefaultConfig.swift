@@ -124,6 +124,12 @@ chunking = true
 # "require"/"verify" host is a temporary failure: the next MX is tried. After a
 # failed "opportunistic" handshake the same host is tried once in the clear.
 tls = "opportunistic"
+# A message with the header field "TLS-Required: No" (RFC 8689 section 5) and no
+# REQUIRETLS asks that TLS policies not stop its delivery: true honours it, so a
+# "require" or "verify" policy (of a route without credentials, a shaping rule
+# or the line above) becomes "opportunistic" for that message, on a connection
+# of its own. false (the default) delivers it like any other message.
+honor_tls_required_no = false
 # A destination that does not answer (connection refused or timed out, no
 # greeting) this many times in a row is suspended: its queued mail waits without
 # a connection attempt ("delivery temporarily suspended"), one probe connection

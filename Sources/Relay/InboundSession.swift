@@ -502,6 +502,7 @@ final class InboundSession {
         let server = self.server
         let log = sessionLog
         let wireReady = machine.lastMessageIsWireReady
+        writer.envelope.tlsOptional = machine.lastMessageTLSOptional
         writer.commit { queueID, error in
             let env = writer.envelope
             if let queueID {
@@ -511,7 +512,8 @@ final class InboundSession {
                            ["size": .stringConvertible(env.size), "nrcpt": .stringConvertible(env.recipients.count)],
                            text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
-                server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes, wireReady: wireReady)
+                server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes,
+                                         wireReady: wireReady && !writer.convertedToSevenBit)
             } else if let error = error as? DKIMSigningFailure {
                 server.log.error("\(writer.id): \(error)", metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
             } else {

@@ -10,6 +10,7 @@
 import DKIM
 import Logging
 import MailQueue
+import SMTPProtocol
 import UVRuntime
 
 /// Why a message could not be signed (issue 17): the client gets 451 4.3.0 and nothing is queued.
@@ -43,6 +44,8 @@ final class MessageWriter {
     /// After a commit of a message that never spilled: its bytes, for the delivery side to start from
     /// without reading the file back.
     private(set) var committedBytes: [UInt8]?
+    /// The message was made 7-bit MIME before it was signed (`signed`).
+    private(set) var convertedToSevenBit = false
     /// The keys to sign with and the envelope's choice among them, when the session may have its mail
     /// signed (relay_networks or AUTH); nil: never signed (and no work for it).
     let dkim: DKIMRequest?
@@ -98,14 +101,25 @@ final class MessageWriter {
 
     /// The message with its DKIM-Signature fields in front (unchanged when its From: domain has no
     /// keys); a failure is a DKIMSigningFailure (451). Runs on the pool.
-    static func signed(_ message: [UInt8], _ request: DKIMRequest, time: UInt64) throws -> [UInt8] {
+    /// An 8BITMIME message that gets a signature is made 7-bit MIME first (RFC 6376 §5.3): converted
+    /// later for a next hop without 8BITMIME, its body would no longer match the signature. `converted`
+    /// says it was (its lines are new, so not known to be wire-ready). Not MIME, or 8-bit header
+    /// fields: signed as it is.
+    static func signed(_ message: [UInt8], _ request: DKIMRequest, time: UInt64, eightBit: Bool) throws
+        -> (bytes: [UInt8], converted: Bool) {
+        var message = message, converted = false
+        if eightBit, DKIMMessageSigning.wouldSign(message, request),
+           case let (sevenBit, .converted?) = convertToSevenBit(message) {
+            message = sevenBit
+            converted = true
+        }
         let fields: [UInt8]
         do {
             fields = try DKIMMessageSigning.sign(message, request, time: time)
         } catch {
             throw DKIMSigningFailure(reason: "\(error)")
         }
-        return fields.isEmpty ? message : fields + message
+        return (fields.isEmpty ? message : fields + message, converted)
     }
 
     /// The message in one array: the only chunk as it is (the common case, see
@@ -152,16 +166,20 @@ final class MessageWriter {
             // messages run on all the pool's threads instead of one after another in the batch's work,
             // and a message that cannot be signed fails alone.
             var signed: [UInt8] = []
+            var converted = false
             var signFailure: Error?
             let time = UInt64(max(0, envelope.arrival))
+            let eightBit = envelope.isEightBitMIME
             loop.queueWork({
                 do {
-                    signed = try MessageWriter.signed(MessageWriter.joined(chunks), request, time: time)
+                    (signed, converted) = try MessageWriter.signed(MessageWriter.joined(chunks), request, time: time,
+                                                                   eightBit: eightBit)
                 } catch {
                     signFailure = error
                 }
             }, done: { [self] in
                 guard let signFailure else {
+                    convertedToSevenBit = converted
                     commitToJournal(journal, chunks: [signed], held: chunksHeld)
                     return
                 }
@@ -179,7 +197,9 @@ final class MessageWriter {
         let signing = self.signing
         let request = dkim
         let time = UInt64(max(0, envelope.arrival))
+        let eightBit = envelope.isEightBitMIME
         var bytes: [UInt8] = []
+        var converted = false
         loop.queueWork({
             // On a pool thread: only the captured values are touched here.
             guard failure == nil else { return }
@@ -188,7 +208,7 @@ final class MessageWriter {
                 if whole {
                     // The whole message: one write, and the bytes stay for delivery.
                     bytes = MessageWriter.joined(chunks)
-                    if let request { bytes = try MessageWriter.signed(bytes, request, time: time) }
+                    if let request { (bytes, converted) = try MessageWriter.signed(bytes, request, time: time, eightBit: eightBit) }
                     try file!.write(bytes)
                 } else {
                     for chunk in chunks {
@@ -221,7 +241,10 @@ final class MessageWriter {
             if committing {
                 let done = commitDone!
                 commitDone = nil
-                if whole && failure == nil { committedBytes = bytes }
+                if whole && failure == nil {
+                    committedBytes = bytes
+                    convertedToSevenBit = converted
+                }
                 if failure != nil, let file {
                     self.file = nil
                     loop.queueWork({ spool.discard(file) }, done: {})

@@ -58,7 +58,12 @@ final class OutboundConnection {
     /// Set while the connection waits in the connection cache (ConnectionCache.swift).
     var idleTicket: UInt64?
 
-    private let tlsPolicy: OutboundTLSPolicy
+    /// The route's, rule's or [delivery]'s TLS policy for this destination.
+    private let configuredTLS: OutboundTLSPolicy
+    /// The policy this connection uses: `configuredTLS`, or opportunistic when it was opened for a
+    /// "TLS-Required: No" message (`relaxesTLS`); such a connection carries no other message.
+    private var tlsPolicy: OutboundTLSPolicy
+    private var relaxedForOneMessage = false
     private let credentials: ClientCredentials?
     /// The manager's routesGeneration when this connection took its settings.
     let routesGeneration: Int
@@ -93,7 +98,8 @@ final class OutboundConnection {
         let name = normalizedDomain(destination)
         let key = routes.routes[name] != nil ? name : (routes.routes["*"] != nil ? "*" : nil)
         let security = key.flatMap { routes.security[$0] }
-        tlsPolicy = security?.tls ?? ruleTLS ?? manager.config.delivery.tls
+        configuredTLS = security?.tls ?? ruleTLS ?? manager.config.delivery.tls
+        tlsPolicy = configuredTLS
         credentials = security?.credentials
         routesGeneration = manager.routesGeneration
     }
@@ -114,10 +120,25 @@ final class OutboundConnection {
 
     // MARK: - A job on a new connection
 
+    /// RFC 8689 §5: "TLS-Required: No" (without REQUIRETLS) asks that TLS policies not stop delivery.
+    /// Where the config honours it, "require" and "verify" become "opportunistic" for that message:
+    /// STARTTLS when offered, any certificate, the clear after a failed handshake. Not for a route with
+    /// credentials: AUTH needs TLS whatever the message says.
+    static func relaxesTLS(_ envelope: Envelope, policy: OutboundTLSPolicy, hasCredentials: Bool, honor: Bool) -> Bool {
+        honor && envelope.tlsOptional && !envelope.requireTLS && !hasCredentials
+            && (policy == .require || policy == .verify)
+    }
+
     func run(_ job: DeliveryJob, message: OutgoingMessage, plan: RoutePlan) {
         self.job = job
         self.message = message
         outcomes = [:]
+        if Self.relaxesTLS(message.envelope, policy: configuredTLS, hasCredentials: credentials != nil,
+                           honor: manager.config.delivery.honorTLSRequiredNo) {
+            tlsPolicy = .opportunistic
+            relaxedForOneMessage = true
+            manager.log.info("\(job.id): TLS-Required: No: TLS policy \(configuredTLS.rawValue) relaxed to opportunistic for this message")
+        }
         switch plan {
         case .bounce(let status, let reason):
             for i in job.recipients { outcomes[i] = RecipientResult(.bounced, status: status, reply: reason) }
@@ -351,7 +372,8 @@ final class OutboundConnection {
             break
         }
         let pending = job.recipients.filter { outcomes[$0] == nil }
-        let verdict = NextHop.judge(outcome)
+        // clearRetry: the same host again without STARTTLS is still to come.
+        let verdict = NextHop.judge(outcome, moreHosts: targetIndex < targets.count || clearRetry)
         reportReplies(outcome)
         var temporary: [Int] = []
         for (k, index) in pending.enumerated() where k < verdict.results.count {
@@ -390,7 +412,7 @@ final class OutboundConnection {
         // Recipients are delivered only by the session now open: whether it offered DSN is theirs.
         manager.jobFinished(job, message: message, outcomes: results, relay: relayName, tls: tlsOutcome,
                             source: sourceName, lane: lane.lane, nextHopDSN: session?.capabilities?.dsn ?? false)
-        if thenReuse, session?.phase == .ready, tcp?.isClosed == false {
+        if thenReuse, !relaxedForOneMessage, session?.phase == .ready, tcp?.isClosed == false {
             manager.connectionReady(self)
         } else {
             finish()

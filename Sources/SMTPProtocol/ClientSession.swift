@@ -21,10 +21,13 @@
 //   "BDAT <n> LAST" and its bytes as they are, with no dot-stuffing and no final ".", instead of
 //   DATA. BDAT waits for the RCPT replies, also when pipelining: message bytes never reach a next hop
 //   that refused the transaction, and it costs no round trip against DATA, whose 354 is waited for too.
+//   A BODY=BINARYMIME message goes only with BDAT, unchanged, to a next hop that offers BINARYMIME
+//   and CHUNKING; to any other it fails permanently (554 5.6.3: no conversion is attempted).
 // - Refusals before anything is sent are synthetic replies, shaped like a server's so that the
 //   caller's bounce/defer logic needs no special case:
 //     552 5.3.4 message larger than the next hop's SIZE     553 5.6.7 SMTPUTF8 needed, not offered
 //     553 5.1.3 control character in an envelope address   554 5.5.1 no recipients
+//     554 5.6.3 BINARYMIME needed, not offered
 // - The whole connection is given up (sessionFailed) on: a greeting other than 220, EHLO and HELO
 //   both refused, 421 at any time (§3.8: the server is closing, no QUIT needed), a non-2xx to RSET,
 //   a line that is not a reply, a code that makes no sense for the command (e.g. 354 to RCPT), a
@@ -52,6 +55,8 @@ public struct NextHopCapabilities: Equatable, Sendable {
     public var dsn: Bool
     /// REQUIRETLS (RFC 8689): a message that asks for it may go to this next hop (under verified TLS).
     public var requireTLS = false
+    /// BINARYMIME (RFC 3030 §3): a BODY=BINARYMIME message may go to this next hop (with BDAT).
+    public var binaryMIME = false
     /// nil: SIZE not advertised. 0: SIZE advertised without a number, or with 0, which means no fixed
     /// limit (RFC 1870 §4). Otherwise the largest message the next hop takes, in bytes.
     public var size: Int?
@@ -95,6 +100,7 @@ public struct NextHopCapabilities: Equatable, Sendable {
             case "CHUNKING": chunking = true
             case "DSN": dsn = true
             case "REQUIRETLS": requireTLS = true
+            case "BINARYMIME": binaryMIME = true
             case "SIZE":
                 // A number too large for Int, or no number at all, is no practical limit.
                 if let p = params.first, let n = Int(p), n >= 0 { size = n } else { size = 0 }
@@ -116,7 +122,8 @@ public struct OutboundTransaction: Equatable, Sendable {
     public var recipients: [String]
     /// Bytes of the message, for SIZE= and the next hop's limit.
     public var size: Int
-    /// "8BITMIME" gives BODY=8BITMIME when the next hop offers it.
+    /// "8BITMIME" gives BODY=8BITMIME when the next hop offers it. "BINARYMIME" goes only to a next hop
+    /// that offers BINARYMIME and CHUNKING, always with BDAT, as it is; elsewhere 554 5.6.3.
     public var bodyType: String?
     /// Sends SMTPUTF8; if the next hop lacks it the transaction fails permanently: 553 5.6.7 (no downgrade).
     public var smtputf8: Bool
@@ -128,6 +135,9 @@ public struct OutboundTransaction: Equatable, Sendable {
     /// REQUIRETLS (RFC 8689): sent only under TLS with a verified certificate to a next hop that offers
     /// REQUIRETLS; anywhere else the transaction fails at once with 550 5.7.30.
     public var requireTLS = false
+
+    /// BODY=BINARYMIME.
+    public var isBinary: Bool { bodyType?.uppercased() == "BINARYMIME" }
 
     public init(sender: String, recipients: [String], size: Int, bodyType: String? = nil, smtputf8: Bool = false,
                 ret: DSNReturn? = nil, envid: String? = nil, recipientDSN: [RecipientDSN] = []) {
@@ -152,6 +162,9 @@ public struct TransactionOutcome: Equatable, Sendable {
     public var dataReply: Reply?
     /// What became of an 8BITMIME message at a next hop without 8BITMIME: nil when nothing was needed.
     public var sevenBit: SevenBitConversion?
+    /// Refused here, before MAIL, because this next hop lacks what the message needs (BINARYMIME, or
+    /// REQUIRETLS under verified TLS): another host of the same destination may have it.
+    public var thisHostOnly = false
 
     public init(mailReply: Reply, recipientReplies: [Reply?], dataReply: Reply?) {
         self.mailReply = mailReply
@@ -398,10 +411,13 @@ public struct ClientSession {
     mutating func start(_ t: OutboundTransaction, message: [UInt8], encoded: Bool, wireReady: Bool = false,
                         sevenBit decided: SevenBitConversion?? = nil) -> [ClientAction] {
         guard phase == .ready, current == nil, let caps = capabilities else { return [] }
-        if let refusal = Self.refusalBeforeMail(t, caps) ?? requireTLSRefusal(t, caps) {
-            emit(.transactionFinished(TransactionOutcome(
+        let hostLacks = hostRefusal(t, caps)
+        if let refusal = Self.refusalBeforeMail(t, caps) ?? hostLacks {
+            var outcome = TransactionOutcome(
                 mailReply: refusal, recipientReplies: Array(repeating: nil, count: t.recipients.count),
-                dataReply: nil)))
+                dataReply: nil)
+            outcome.thisHostOnly = hostLacks != nil && refusal == hostLacks
+            emit(.transactionFinished(outcome))
             return takeActions()
         }
         let pipelined = caps.pipelining && usePipelining
@@ -422,8 +438,9 @@ public struct ClientSession {
         current!.encoded = encoded
         current!.wireReady = wireReady
         current!.sevenBit = sevenBit
-        // Wire data is dot-stuffed and ends in ".": that form only DATA can carry.
-        current!.chunked = caps.chunking && useChunking && !encoded
+        // Wire data is dot-stuffed and ends in ".": that form only DATA can carry. BINARYMIME only BDAT
+        // can carry (refusalBeforeMail made sure the next hop offers it), whatever useChunking says.
+        current!.chunked = t.isBinary || (caps.chunking && useChunking && !encoded)
         let reusing = transactionsStarted > 0
         transactionsStarted += 1
         if reusing {
@@ -689,9 +706,16 @@ public struct ClientSession {
         !caps.eightBitMIME && t.bodyType?.uppercased() == "8BITMIME"
     }
 
-    /// RFC 8689 §4.2.1: a REQUIRETLS message goes only under TLS, with a certificate that was verified,
-    /// to a next hop that offers REQUIRETLS. Otherwise 550 5.7.30 (RFC 8689 §6), which bounces it.
-    func requireTLSRefusal(_ t: OutboundTransaction, _ caps: NextHopCapabilities) -> Reply? {
+    /// What this next hop lacks that the message needs, where another host of the destination may have
+    /// it (the outcome says `thisHostOnly`):
+    /// - RFC 3030 §3: a BINARYMIME body goes only to a next hop that offers BINARYMIME and CHUNKING; it
+    ///   has no 7-bit or 8-bit form to fall back to. Otherwise 554 5.6.3.
+    /// - RFC 8689 §4.2.1: a REQUIRETLS message goes only under TLS, with a certificate that was
+    ///   verified, to a next hop that offers REQUIRETLS. Otherwise 550 5.7.30 (RFC 8689 §6).
+    func hostRefusal(_ t: OutboundTransaction, _ caps: NextHopCapabilities) -> Reply? {
+        if t.isBinary && !(caps.binaryMIME && caps.chunking) {
+            return Reply(554, "5.6.3", "The next hop does not support BINARYMIME, which this message requires")
+        }
         guard t.requireTLS else { return nil }
         let why: String
         if !tlsActive {
@@ -712,6 +736,7 @@ public struct ClientSession {
         var line = "MAIL FROM:<\(t.sender)>"
         if caps.size != nil { line += " SIZE=\(t.size)" }
         if caps.eightBitMIME, t.bodyType?.uppercased() == "8BITMIME" { line += " BODY=8BITMIME" }
+        if t.isBinary { line += " BODY=BINARYMIME" }  // only reached when the next hop offers it
         if t.smtputf8 { line += " SMTPUTF8" }  // only reached when the next hop offers it
         if t.requireTLS { line += " REQUIRETLS" }  // likewise
         if caps.dsn {
@@ -739,7 +764,8 @@ public struct ClientSession {
     /// otherwise bare CR and LF become CRLF first, as for DATA, so no next hop reads a line end we did
     /// not mean.
     mutating func sendChunks() {
-        if current!.chunkOffset == 0 && !current!.wireReady && !hasCanonicalLineEnds(current!.message) {
+        if current!.chunkOffset == 0 && !current!.wireReady && !current!.envelope.isBinary
+            && !hasCanonicalLineEnds(current!.message) {
             current!.message = canonicalizeLineEnds(current!.message)
         }
         let total = current!.message.count

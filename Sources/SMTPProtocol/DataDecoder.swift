@@ -7,11 +7,16 @@
 // - NUL bytes, text lines longer than the limit (CRLF included, §4.5.3.1.6) and messages larger than
 //   the size limit are problems too. After the first problem nothing more is output, but the input is
 //   still read to its end so that the session stays in step with the client.
-// - In the header section it counts Received fields (loop detection) and drops Bcc fields.
+// - In the header section it counts Received fields (loop detection), drops Bcc fields and notes a
+//   "TLS-Required: No" field (RFC 8689 §5).
 //
 // BDAT chunks (RFC 3030, `chunked`) go through the same checks, without the dot: the data is the
 // message as it is, a line may start with a dot, and the end is the end of the LAST chunk
 // (`finishChunks`), not a line.
+//
+// BODY=BINARYMIME (RFC 3030 §3, `binary`, chunked only): the header section is read as above, and
+// the body after it is octets, copied as they come: no line length, no bare CR/LF or NUL, and no
+// CRLF added at the end. Only the size limit applies.
 
 public struct DataDecoder {
     public enum Problem: Equatable, Sendable {
@@ -38,12 +43,16 @@ public struct DataDecoder {
     public private(set) var size = 0
     /// Received header fields seen in the header section.
     public private(set) var receivedCount = 0
+    /// A "TLS-Required: No" field was in the header section (RFC 8689 §5; the value without case).
+    public private(set) var tlsRequiredNo = false
     public private(set) var isFinished = false
     /// Lines of the decoded message that start with a dot (DATA: removed stuffing; BDAT: kept as
     /// sent). With none, the message can go to the next hop as it is (isWireReady) without being checked.
     public private(set) var unstuffedLines = 0
     /// BDAT: no dot-stuffing and no end-of-data line; `finishChunks` ends the message.
     public let chunked: Bool
+    /// BINARYMIME: the body is taken as it is (chunked only).
+    public let binary: Bool
 
     var state = State.lineStart
     var lineLength = 0
@@ -53,15 +62,22 @@ public struct DataDecoder {
     /// False only in tests: the body goes line by line too, as the reference for decodeBodyRun.
     var copiesBodyRuns = true
 
-    public init(limits: Limits, chunked: Bool = false) {
+    public init(limits: Limits, chunked: Bool = false, binary: Bool = false) {
+        precondition(chunked || !binary, "a BINARYMIME body comes only in BDAT chunks")
         self.limits = limits
         self.chunked = chunked
+        self.binary = binary
     }
 
     /// BDAT LAST has been read: a last line without CRLF is ended with one (as Postfix does); a CR
     /// alone at the very end is a bare CR.
     public mutating func finishChunks(into out: inout [UInt8]) {
         guard chunked, !isFinished else { return }
+        if binary && !inHeaders {
+            // Octets, not lines: nothing to end or repair.
+            isFinished = true
+            return
+        }
         switch state {
         case .sawCR:
             note(.bareCR)
@@ -114,6 +130,11 @@ public struct DataDecoder {
                 note(.bareCR)
                 state = .inLine
             case .inLine:
+                if binary && !inHeaders {
+                    emitRun(base, i, n, into: &out)
+                    i = n
+                    continue
+                }
                 if !inHeaders && copiesBodyRuns {
                     i = decodeBodyRun(base, from: i, count: n, into: &out)
                     continue
@@ -247,6 +268,13 @@ public struct DataDecoder {
         }
         let name = line[0..<colon]
         if equalsIgnoringCase(name, "received") { receivedCount += 1 }
+        if equalsIgnoringCase(name, "tls-required") {
+            // The value on the field's first line, without the spaces around it and the CRLF.
+            var value = line[(colon + 1)...].dropLast(2)
+            while let f = value.first, f == 32 || f == 9 { value = value.dropFirst() }
+            while let l = value.last, l == 32 || l == 9 { value = value.dropLast() }
+            if equalsIgnoringCase(value, "no") { tlsRequiredNo = true }
+        }
         droppingField = !limits.keepBcc && equalsIgnoringCase(name, "bcc")
         if !droppingField { out.append(contentsOf: line) }
     }

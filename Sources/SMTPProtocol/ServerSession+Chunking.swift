@@ -10,6 +10,9 @@
 // they are never taken for commands; one whose size cannot be read ends the session, as nothing tells
 // where its chunk ends.
 //
+// BODY=BINARYMIME (RFC 3030 §3) needs BDAT (DATA is 503): its body is octets, not lines, so after
+// the header section only the size is checked and nothing is repaired (DataDecoder's `binary`).
+//
 //   503 5.5.1 BDAT without MAIL or RCPT, DATA or RCPT after BDAT, BDAT after a refused chunk
 //   552 5.3.4 the message passed max_message_size (answered at the end of that chunk)
 //   554 5.6.0 bare CR/LF, NUL or a long line in the chunk (answered at its end)
@@ -52,7 +55,7 @@ extension ServerSession {
             }
             let start = openMessage(t)
             emit(.beginMessage(start))
-            readChunk(t, messageDecoder(chunked: true), ChunkRead(size: size, remaining: size, last: last, dropInData: drop))
+            readChunk(t, messageDecoder(chunked: true, binary: t.isBinary), ChunkRead(size: size, remaining: size, last: last, dropInData: drop))
         default:
             if chunkRefused {
                 // Pipelined behind a refused chunk: expected, and not the client's error (RFC 3030 §2).

@@ -156,6 +156,9 @@ struct Transaction {
     /// Empty until a RCPT carries NOTIFY or ORCPT; then one per recipient (MessageStart.recipientDSN).
     var recipientDSN: [RecipientDSN] = []
 
+    /// BODY=BINARYMIME: BDAT only, and the body is taken as octets.
+    var isBinary: Bool { bodyType == "BINARYMIME" }
+
     /// Adds a recipient once, with the DSN parameters of the RCPT it came from.
     mutating func add(_ address: String, dsn: RecipientDSN) {
         guard !recipients.contains(address) else { return }
@@ -325,6 +328,8 @@ public struct ServerSession {
     /// For the message being committed: it needs no dot-stuffing or line end repair to be sent on
     /// (no line of it started with a dot; bare CR and LF were refused), so delivery can skip the check.
     public private(set) var lastMessageIsWireReady = false
+    /// The message just committed had "TLS-Required: No" and no REQUIRETLS (RFC 8689 §5).
+    public private(set) var lastMessageTLSOptional = false
 
     public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
@@ -623,6 +628,7 @@ public struct ServerSession {
             if on.contains(.dsn) { lines.append("DSN") }
             if on.contains(.requireTLS) && tlsActive { lines.append("REQUIRETLS") }
             if on.contains(.chunking) { lines.append("CHUNKING") }
+            if on.contains(.chunking) && on.contains(.binaryMIME) { lines.append("BINARYMIME") }
             if offersStartTLS { lines.append("STARTTLS") }
             if offersAuth { lines.append("AUTH PLAIN LOGIN") }
             lines += config.extraExtensions
@@ -661,8 +667,12 @@ public struct ServerSession {
                                 logged: true, sender: path)
                 }
             case "BODY":
-                guard let v = param.value?.uppercased(), v == "7BIT" || v == "8BITMIME" else {
-                    return fail(Reply(501, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME"))
+                guard let v = param.value?.uppercased(), v == "7BIT" || v == "8BITMIME" || v == "BINARYMIME" else {
+                    return fail(Reply(501, "5.5.4", "Error: BODY must be 7BIT, 8BITMIME or BINARYMIME"))
+                }
+                // RFC 3030 §3: BINARYMIME only beside CHUNKING, as offered.
+                if v == "BINARYMIME" && !config.extensions.isSuperset(of: [.chunking, .binaryMIME]) {
+                    return fail(Reply(555, "5.5.4", "Error: BODY=BINARYMIME is not offered"))
                 }
                 body = v
             case "MT-PRIORITY":
@@ -780,6 +790,8 @@ public struct ServerSession {
     mutating func data() {
         if case .betweenChunks = state { return fail(Reply(503, "5.5.1", "Error: DATA after BDAT")) }
         guard case .mail(let t) = state else { return fail(Reply(503, "5.5.1", "Error: need MAIL command")) }
+        // RFC 3030 §3: a BINARYMIME body has no lines for DATA's end to be found in.
+        if t.isBinary { return fail(Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT, not DATA")) }
         if let (r, reason) = missingRecipients(t) { return fail(r, reason, logged: reason == .noValidRecipients) }
         var drop = false
         if hooks != nil {
@@ -815,9 +827,9 @@ public struct ServerSession {
         return start
     }
 
-    func messageDecoder(chunked: Bool) -> DataDecoder {
+    func messageDecoder(chunked: Bool, binary: Bool = false) -> DataDecoder {
         DataDecoder(limits: .init(maxLineLength: config.maxLineLength, maxMessageSize: config.maxMessageSize,
-                                  keepBcc: config.keepBcc), chunked: chunked)
+                                  keepBcc: config.keepBcc), chunked: chunked, binary: binary)
     }
 
     /// The reply that refuses a message for what its data held.
@@ -855,7 +867,9 @@ public struct ServerSession {
             return
         }
         flushDataOut(force: true)
-        lastMessageIsWireReady = d.unstuffedLines == 0
+        lastMessageIsWireReady = d.unstuffedLines == 0 && !d.binary  // a binary body has no lines to be ready
+        // RFC 8689 §4.1: with REQUIRETLS on MAIL, the header field is ignored.
+        lastMessageTLSOptional = d.tlsRequiredNo && !t.requireTLS
         emit(.commitMessage)
         state = .committing(t)
     }

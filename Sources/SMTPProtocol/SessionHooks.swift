@@ -63,6 +63,9 @@ public struct AdvertisedExtensions: OptionSet, Sendable, Equatable {
     public static let dsn = AdvertisedExtensions(rawValue: 1 << 7)
     /// REQUIRETLS (RFC 8689), offered only under TLS.
     public static let requireTLS = AdvertisedExtensions(rawValue: 1 << 8)
+    /// BODY=BINARYMIME (RFC 3030 §3), offered only beside CHUNKING.
+    public static let binaryMIME = AdvertisedExtensions(rawValue: 1 << 9)
     public static let all: AdvertisedExtensions = [.pipelining, .size, .eightBitMIME, .enhancedStatusCodes,
-                                                   .smtputf8, .mtPriority, .chunking, .dsn, .requireTLS]
+                                                   .smtputf8, .mtPriority, .chunking, .dsn, .requireTLS,
+                                                   .binaryMIME]
 }

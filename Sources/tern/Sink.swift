@@ -55,7 +55,7 @@ struct Sink: ParsableCommand {
     @Option(name: .long, help: "Hold every reply this long (\"1s\", or a range).")
     var tarpit: String?
 
-    @Option(name: .long, help: "Advertise no such EHLO keyword (repeatable): pipelining, size, 8bitmime, enhancedstatuscodes, smtputf8, mt-priority, chunking, dsn, requiretls, starttls.")
+    @Option(name: .long, help: "Advertise no such EHLO keyword (repeatable): pipelining, size, 8bitmime, enhancedstatuscodes, smtputf8, mt-priority, chunking, dsn, requiretls, binarymime, starttls.")
     var disable: [String] = []
 
     @Option(name: .long, help: "PEM certificate: offer STARTTLS (with --tls-key).")

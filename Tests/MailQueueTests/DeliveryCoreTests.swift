@@ -361,6 +361,24 @@ private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: 
         #expect(v.tryNextHost && v.results.map(\.kind) == [.deferred])
     }
 
+    /// A host that lacks what the message needs (REQUIRETLS, BINARYMIME): the next host is tried, and
+    /// only the last one's refusal is final (RFC 8689 §4.2.1).
+    @Test func thisHostOnlyMovesOnUntilTheLastHost() {
+        var refused = outcome(mail: Reply(550, "5.7.30", "REQUIRETLS support required: no"), rcpt: [nil, nil], data: nil)
+        refused.thisHostOnly = true
+        let middle = NextHop.judge(refused, moreHosts: true)
+        #expect(middle.tryNextHost)
+        #expect(middle.results.map(\.kind) == [.deferred, .deferred])
+        #expect(middle.results.map(\.status) == ["4.7.30", "4.7.30"])
+        #expect(middle.results[0].reply == "550 5.7.30 REQUIRETLS support required: no")
+        let last = NextHop.judge(refused, moreHosts: false)
+        #expect(!last.tryNextHost && last.results.map(\.kind) == [.bounced, .bounced])
+        #expect(last.results[0].status == "5.7.30")
+        // Any other 5xx before MAIL (SMTPUTF8, SIZE) stays final at once.
+        refused.thisHostOnly = false
+        #expect(NextHop.judge(refused, moreHosts: true).results.map(\.kind) == [.bounced, .bounced])
+    }
+
     @Test func aBounceAmongDeferralsStillMovesTheRestOn() {
         // Every recipient not refused for good was refused for now: the others may take them.
         let v = NextHop.judge(outcome(rcpt: [Reply(550, "5.1.1", "no"), Reply(451, "4.3.0", "later")], data: nil))

@@ -210,6 +210,16 @@ let sampleRecord = """
         #expect(try !EnvelopeRecord.decode(Array(sampleRecord.utf8)).requireTLS)
     }
 
+    @Test func tlsOptionalIsWrittenAndReadBack() throws {
+        var e = sampleEnvelope()
+        e.tlsOptional = true
+        let bytes = EnvelopeRecord.encode(e)
+        #expect(String(decoding: bytes, as: UTF8.self).contains("tlsoptional\t1\n"))
+        #expect(try EnvelopeRecord.decode(bytes).tlsOptional)
+        #expect(try !EnvelopeRecord.decode(Array(sampleRecord.utf8)).tlsOptional)
+        #expect(!String(decoding: EnvelopeRecord.encode(sampleEnvelope()), as: UTF8.self).contains("tlsoptional"))
+    }
+
     @Test func aRecordFromBeforeDSNReadsAsBefore() throws {
         let e = try EnvelopeRecord.decode(Array(sampleRecord.utf8))
         #expect(e.ret == nil && e.envid == nil)

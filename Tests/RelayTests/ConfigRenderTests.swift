@@ -64,6 +64,7 @@ import Testing
         c.server.submission = ["127.0.0.1:2587"]
         c.server.submissions = ["127.0.0.1:2465"]
         c.delivery.tls = .verify
+        c.delivery.honorTLSRequiredNo = true
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"
         c.tls.key = "/etc/tern/key.pem"

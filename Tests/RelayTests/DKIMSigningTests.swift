@@ -98,6 +98,34 @@ private let message = Array("From: Alice <alice@news.example.com>\r\nTo: bob@exa
         }
     }
 
+    /// RFC 6376 §5.3: an 8BITMIME message that gets a signature is made 7-bit first, so that a next hop
+    /// without 8BITMIME gets the signed bytes; one that is not signed, or not 8BITMIME, stays as it is.
+    @Test func eightBitMailIsMadeSevenBitBeforeItIsSigned() throws {
+        try withKeys { _, rsa, _ in
+            let request = DKIMRequest(keys: try #require(try load([table("example.com", "r", rsa)])), choice: .byAuthor)
+            let latin = Array("From: alice@example.com\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGr".utf8)
+                + [0xC3, 0xBC] + Array("\r\n".utf8)
+            let (signed, converted) = try MessageWriter.signed(latin, request, time: 1, eightBit: true)
+            #expect(converted)
+            #expect(!signed.contains { $0 >= 0x80 })
+            let text = String(decoding: signed, as: UTF8.self)
+            #expect(text.hasPrefix("DKIM-Signature:") && text.contains("Content-Transfer-Encoding: quoted-printable"))
+            #expect(text.hasSuffix("\r\n\r\nGr=C3=BC\r\n"))
+            // Not 8BITMIME (declared 7BIT or nothing): as it is.
+            let same = try MessageWriter.signed(latin, request, time: 1, eightBit: false)
+            #expect(!same.converted && Array(same.bytes.suffix(latin.count)) == latin)
+            // Not signed (a domain without keys): never converted.
+            let other = Array("From: carol@example.org\r\nContent-Type: text/plain\r\n\r\nGr".utf8) + [0xC3, 0xBC] + Array("\r\n".utf8)
+            let unsigned = try MessageWriter.signed(other, request, time: 1, eightBit: true)
+            #expect(!unsigned.converted && unsigned.bytes == other)
+            // Not MIME-convertible (8-bit header field): signed as it is.
+            let header8 = Array("From: alice@example.com\r\nSubject: ".utf8) + [0xC3, 0xBC] + Array("\r\n\r\nx\r\n".utf8)
+            let asIs = try MessageWriter.signed(header8, request, time: 1, eightBit: true)
+            #expect(!asIs.converted && Array(asIs.bytes.suffix(header8.count)) == header8)
+            #expect(DKIMMessageSigning.wouldSign(latin, request) && !DKIMMessageSigning.wouldSign(other, request))
+        }
+    }
+
     @Test func unsignedDomainsAndUnparsableHeaders() throws {
         try withKeys { _, rsa, _ in
             let keys = DKIMRequest(keys: try #require(try load([table("example.com", "r", rsa)])), choice: .byAuthor)

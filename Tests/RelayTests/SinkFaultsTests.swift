@@ -316,7 +316,8 @@ final class FaultLog {
         #expect(c.mode == .keep && c.keepPath == "/tmp/x" && c.keepFormat == .maildir)
         #expect(c.metricsListen == "127.0.0.1:8026")
         #expect(c.seed == 9 && !c.magicRecipients)
-        #expect(c.advertise == [.size, .enhancedStatusCodes, .smtputf8, .mtPriority, .chunking, .dsn, .requireTLS])
+        #expect(c.advertise == [.size, .enhancedStatusCodes, .smtputf8, .mtPriority, .chunking, .dsn, .requireTLS,
+                                .binaryMIME])
         #expect(c.faults.count == 3)
         #expect(c.faults[1].applies(toListener: "127.0.0.1:2526") && !c.faults[1].applies(toListener: "[::1]:2526"))
         #expect(c.faults[2].dropInData)

@@ -120,7 +120,7 @@ let transaction = lines(
         #expect(d.lastReply.hasPrefix("501 5.5.4 "))
         d.send(lines("MAIL FROM:<a@b.test> FOO=bar"))
         #expect(d.lastReply.hasPrefix("555 5.5.4 "))
-        d.send(lines("MAIL FROM:<a@b.test> BODY=BINARYMIME"))
+        d.send(lines("MAIL FROM:<a@b.test> BODY=BINARY"))
         #expect(d.lastReply.hasPrefix("501 5.5.4 "))
         d.send(lines("MAIL FROM:<a@b.test> SIZE=abc"))
         #expect(d.lastReply.hasPrefix("501 5.5.4 "))

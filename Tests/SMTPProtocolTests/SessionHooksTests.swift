@@ -140,6 +140,6 @@ func hooked(_ hooks: ScriptedHooks, config: ServerConfiguration = ServerConfigur
         var s = ServerSession(config: ServerConfiguration(hostname: "sink.test"), client: PeerInfo(ip: "127.0.0.1", trusted: true))
         let t = transcript(s.greeting() + s.receive(Array("EHLO c.test\r\n".utf8)))
         #expect(t == "220 sink.test ESMTP Tern\r\n250-sink.test\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n"
-                + "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-MT-PRIORITY\r\n250-DSN\r\n250-CHUNKING\r\n250 HELP\r\n")
+                + "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-MT-PRIORITY\r\n250-DSN\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 HELP\r\n")
     }
 }

@@ -5,6 +5,8 @@ authenticated clients is signed, by the From: domain's keys or its closest confi
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from conftest import (TERN_BIN, SMTPConn, assert_reply, free_port, make_message, send_message, split_received,
                       wait_until)
 from delivery_helpers import NextHop
+from test_sink import start_sink  # noqa: F401  (the fixture)
 
 SENDER = "sender@client.test"
 
@@ -397,3 +400,35 @@ def test_smtputf8_mail_with_utf8_headers_is_signed(signing_relay, keys):
     assert len(verify_all(t.content, records)) == 2
     altered = t.content.replace("你好".encode(), "您好".encode())
     assert not verifies(altered, 0, records) and not verifies(altered, 1, records)
+
+
+def test_eight_bit_mail_is_signed_in_its_seven_bit_form(signing_relay, keys, start_sink, tmp_path):
+    """RFC 6376 §5.3: an 8BITMIME message that Tern signs is made 7-bit MIME first, so the signature
+    holds at a next hop with 8BITMIME and at one without it (which would otherwise get a converted copy
+    whose body no longer matches)."""
+    _, records, _ = keys
+    start, hop = signing_relay
+    keep = tmp_path / "kept"
+    sink = start_sink(["--keep-path", str(keep), "--disable", "8bitmime"])
+    tern = start(routes={"seven.test": f"[127.0.0.1]:{sink.port}", "*": f"[127.0.0.1]:{hop.port}"})
+    text = "Grüße aus Köln, ça coûte trop cher.\r\n.a dot line\r\n"
+    msg = make_message(sender="alice@example.com", headers=[
+        ("MIME-Version", "1.0"), ("Content-Type", "text/plain; charset=iso-8859-1"),
+        ("Content-Transfer-Encoding", "8bit")], body=text.encode("latin-1"))
+    send_message(tern.port, SENDER, ["rcpt@x.test"], msg, mail_params="BODY=8BITMIME")
+    send_message(tern.port, SENDER, ["rcpt@seven.test"], msg, mail_params="BODY=8BITMIME")
+    got = hop.wait_for(1, timeout=30, on_timeout=lambda: tern.stderr()[-3000:])
+    wait_until(lambda: keep.exists() and len(list(keep.iterdir())) >= 1, 30, "the message at the 7-bit sink")
+    at_sink = next(keep.iterdir()).read_bytes()
+    for content in [got[0].content, at_sink]:
+        assert all(b < 0x80 for b in content), "an 8-bit octet in the signed message"
+        assert len(verify_all(content, records)) == 2
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+        assert parsed.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+    # The same message without BODY=8BITMIME is signed as it came (nothing declared it 8-bit MIME).
+    send_message(tern.port, SENDER, ["rcpt@x.test"], msg)
+    plain = hop.wait_for(2, timeout=30)[1].content
+    assert len(verify_all(plain, records)) == 2
+    _, rest = split_received(re.sub(rb"(?ims)^DKIM-Signature:.*?(?=^\S)", b"", plain, count=2))
+    assert rest == msg

@@ -210,3 +210,38 @@ def test_require_does_not_fall_back_to_the_clear(relay, hops, certs):
     qid, _ = send(tern, ["user@mx.test"], subject="broken tls, required")
     assert wait_log(tern, qid, "deferred", "user@mx.test", hop)
     assert hop.received() == []
+
+
+def send_tls_optional(tern, rcpt: str, subject: str) -> str:
+    """A message whose header says "TLS-Required: No" (RFC 8689 §5)."""
+    from conftest import make_message
+    msg = make_message(subject=subject, sender=SENDER, to=rcpt, headers=[("TLS-Required", " No ")])
+    return tern.send(SENDER, [rcpt], msg)
+
+
+def test_tls_required_no_relaxes_verify_only_when_the_config_allows_it(relay, hops, certs, trust_test_ca):
+    """RFC 8689 §5: with honor_tls_required_no, a "TLS-Required: No" message goes over unverified TLS
+    where the policy says verify; other mail still waits for a verified certificate, and without the
+    setting the header changes nothing."""
+    hop = hops("127.0.0.9", cls=TLSNextHop, cert=certs["selfsigned"])  # mx1.mx.test: never verifies
+    tern = relay(delivery={"tls": "verify", "honor_tls_required_no": True})
+    strict, _ = send(tern, ["user@mx.test"], subject="strict")
+    optional = send_tls_optional(tern, "other@mx.test", "optional")
+    (t,) = hop.wait_for(1, on_timeout=lambda: diagnostics(tern, hop))
+    assert t.rcpts == ["other@mx.test"] and hop.tls_flags == [True]  # still STARTTLS, unverified
+    assert "tlsoptional\t1\n" not in tern.env_bytes(strict).decode()
+    line = next(l for l in wait_log_lines(tern, optional) if "status=sent" in l)
+    assert "unverified" in line, line
+    assert "TLS-Required: No: TLS policy verify relaxed to opportunistic" in tern.stderr()
+    assert wait_log(tern, strict, "deferred", "user@mx.test", hop)
+    assert strict in tern.queued()
+    assert [tx.rcpts for tx in hop.received()] == [["other@mx.test"]]
+
+
+def test_tls_required_no_is_ignored_by_default(relay, hops, certs, trust_test_ca):
+    hop = hops("127.0.0.9", cls=TLSNextHop, cert=certs["selfsigned"])
+    tern = relay(delivery={"tls": "verify"})
+    optional = send_tls_optional(tern, "other@mx.test", "optional")
+    assert "tlsoptional\t1\n" in tern.env_bytes(optional).decode()  # kept, for a reload that allows it
+    assert wait_log(tern, optional, "deferred", "other@mx.test", hop)
+    assert hop.received() == []

@@ -70,3 +70,23 @@ def test_bounced_with_5_7_30_when_the_next_hop_cannot_promise_it(start_tern, dns
     got = hop.wait_for(1, timeout=30)
     assert [tx.rcpts for tx in got] == [["other@mx.test"]], "only the ordinary message reaches the hop"
     wait_until(lambda: relay.queued() == [], 30, "the relay's spool to empty")
+
+
+def test_the_next_mx_host_is_tried_before_5_7_30(start_tern, dns, hop_port, hops, certs, monkeypatch):
+    """RFC 8689 §4.2.1: a host that cannot promise REQUIRETLS is passed over for the next MX host."""
+    good_cert, good_key = certs["good"]
+    first = hops("127.0.0.4", cls=TLSNextHop, cert=certs["good"])  # m1.down.test, preference 10: no REQUIRETLS
+    port = free_port()
+    second = start_tern(port=port, server={"listen": [f"127.0.0.1:{port}", f"127.0.0.5:{hop_port}"]},
+                        extra_tables={"tls": {"certificate": str(good_cert), "key": str(good_key)}})  # m2
+    relay = relay_with_tls(start_tern, dns, hop_port, certs, monkeypatch)
+    submit(relay.port, certs["ca"], "user@down.test", make_message(subject="must be tls", to="user@down.test"))
+    submit(relay.port, certs["ca"], "other@down.test", make_message(subject="ordinary", to="other@down.test"),
+           requiretls=False)
+    wait_until(lambda: second.queued(), 30, "the message at the second MX host",
+               on_timeout=lambda: relay.stderr()[-3000:])
+    assert "requiretls\t1\n" in second.env_bytes(second.queued()[0]).decode()
+    got = first.wait_for(1, timeout=30)
+    assert [tx.rcpts for tx in got] == [["other@down.test"]], "only the ordinary message reaches the first host"
+    wait_until(lambda: relay.queued() == [], 30, "the relay's spool to empty")
+    assert "status=bounced" not in relay.stderr()

@@ -73,7 +73,7 @@ public struct SinkConfig: Sendable, Equatable {
     public static let extensionNames: [(String, AdvertisedExtensions)] = [
         ("pipelining", .pipelining), ("size", .size), ("8bitmime", .eightBitMIME),
         ("enhancedstatuscodes", .enhancedStatusCodes), ("smtputf8", .smtputf8), ("mt-priority", .mtPriority),
-        ("chunking", .chunking), ("dsn", .dsn), ("requiretls", .requireTLS),
+        ("chunking", .chunking), ("dsn", .dsn), ("requiretls", .requireTLS), ("binarymime", .binaryMIME),
     ]
 
     /// A banner delay is a delay rule at the greeting.
