@@ -374,6 +374,8 @@ private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: 
         let last = NextHop.judge(refused, moreHosts: false)
         #expect(!last.tryNextHost && last.results.map(\.kind) == [.bounced, .bounced])
         #expect(last.results[0].status == "5.7.30")
+        // Tern's own words, not the destination's: nothing for [[backoff]] rules.
+        #expect(NextHop.backoffReplies(refused).isEmpty)
         // Any other 5xx before MAIL (SMTPUTF8, SIZE) stays final at once.
         refused.thisHostOnly = false
         #expect(NextHop.judge(refused, moreHosts: true).results.map(\.kind) == [.bounced, .bounced])
