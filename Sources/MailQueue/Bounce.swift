@@ -47,6 +47,8 @@ public struct FailedRecipient: Sendable, Equatable {
     public var remoteMTA: String?
     /// The recipient's ORCPT= as it arrived ("rfc822;" and xtext), for Original-Recipient.
     public var originalRecipient: String?
+    /// The failure's class (BounceClass.swift), for the report's X-Tern-Bounce-Class header.
+    public var bounceClass: String?
 
     public init(address: String, status: String, diagnostic: String? = nil, remoteMTA: String? = nil,
                 originalRecipient: String? = nil) {
@@ -236,6 +238,11 @@ public enum DSN {
         put("\tboundary=\"\(boundary)\"")
         if global || fullIs8Bit { put("Content-Transfer-Encoding: 8bit") }  // its parts may be 8bit (RFC 2045 section 6.4)
         put("Auto-Submitted: auto-replied")
+        // The failures' classes, once each in the recipients' order: a reader sorts the report without
+        // parsing its replies. Class names are letters, digits and '_' (BounceConfig checks them).
+        var classes: [String] = []
+        for r in recipients { if let c = r.bounceClass, !classes.contains(c) { classes.append(c) } }
+        if !classes.isEmpty { put("X-Tern-Bounce-Class: \(classes.joined(separator: ", "))") }
         put("")
         put("This is a MIME-encapsulated message.")
         put("")

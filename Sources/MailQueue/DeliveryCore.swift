@@ -73,6 +73,8 @@ public struct RecipientEvent: Sendable, Equatable {
     public var reply: String
     /// "NAME[ip]" of the egress source, logged as source=; nil without egress sources.
     public var source: String? = nil
+    /// The failure's class (BounceClass.swift): for deferred, bounced and expired results only.
+    public var bounceClass: String? = nil
 }
 
 /// Something to log and count, built once, where the decision is made.
@@ -149,10 +151,13 @@ public struct DeliveryCore: Sendable {
         public var retry: RetryPolicy
         /// Seconds after arrival at which a sender hears once that the mail is late; 0 turns it off.
         public var delayWarningTime: Double
+        /// Gives failures their class; nil: none is given.
+        public var bounceClasses: BounceClassifier?
 
-        public init(retry: RetryPolicy, delayWarningTime: Double) {
+        public init(retry: RetryPolicy, delayWarningTime: Double, bounceClasses: BounceClassifier? = nil) {
             self.retry = retry
             self.delayWarningTime = delayWarningTime
+            self.bounceClasses = bounceClasses
         }
     }
 
@@ -575,10 +580,11 @@ public struct DeliveryCore: Sendable {
         let id = job.id
         let relay = attempt.relay ?? "none"
         let delay = now - m.envelope.arrival
-        func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?) {
+        func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?,
+                   bounceClass: String? = nil) {
             out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[index].address, relay: relay,
                                                       tls: tls, delay: delay, dsn: dsn, status: status, reply: reply,
-                                                      source: attempt.source))))
+                                                      source: attempt.source, bounceClass: bounceClass))))
         }
         var late: [(Int, RecipientResult)] = []
         var sent = 0, failed = 0
@@ -604,9 +610,10 @@ public struct DeliveryCore: Sendable {
                 m.envelope.recipients[index].lastReply = r.reply
                 late.append((index, r))
             case .bounced:
-                fail(&m, index, status: r.status, reply: r.reply, relay: relay)
+                let kind = bounceClass(status: r.status, reply: r.reply)
+                fail(&m, index, status: r.status, reply: r.reply, relay: relay, bounceClass: kind)
                 failed += 1
-                event(index, .bounced, dsn: r.status, reply: r.reply, tls: attempt.tls)
+                event(index, .bounced, dsn: r.status, reply: r.reply, tls: attempt.tls, bounceClass: kind)
             }
         }
         if !late.isEmpty {
@@ -616,7 +623,10 @@ public struct DeliveryCore: Sendable {
             if let next {
                 m.envelope.nextAttempt = next
                 deferred += late.count
-                for (index, r) in late { event(index, .deferred, dsn: r.status, reply: r.reply, tls: attempt.tls) }
+                for (index, r) in late {
+                    event(index, .deferred, dsn: r.status, reply: r.reply, tls: attempt.tls,
+                          bounceClass: bounceClass(status: r.status, reply: r.reply))
+                }
                 // Held, deleted or bounced meanwhile: the recipients wait in the envelope, not the queue.
                 if m.afterAttempts == nil {
                     schedule(m.envelope, recipients: late.map(\.0), due: next, retry: true)
@@ -628,16 +638,19 @@ public struct DeliveryCore: Sendable {
                     m.delayed += late.compactMap { index, r in
                         let rcpt = m.envelope.recipients[index]
                         guard rcpt.notify?.contains(.delay) ?? true else { return nil }
-                        return FailedRecipient(address: rcpt.address, status: r.status, diagnostic: "smtp; \(r.reply)",
+                        var late = FailedRecipient(address: rcpt.address, status: r.status, diagnostic: "smtp; \(r.reply)",
                                                remoteMTA: relay == "none" ? nil : "dns; \(relay)",
                                                originalRecipient: rcpt.orcpt)
+                    late.bounceClass = bounceClass(status: r.status, reply: r.reply)
+                    return late
                     }
                 }
             } else {
                 // Too long in the queue: the deferred recipients bounce with their last error.
                 for (index, r) in late {
-                    fail(&m, index, status: "4.4.7", reply: "message expired: \(r.reply)", relay: relay)
-                    event(index, .expired, dsn: "4.4.7", reply: r.reply, tls: attempt.tls)
+                    let expired = settings.bounceClasses == nil ? nil : BounceClassName.messageExpired
+                    fail(&m, index, status: "4.4.7", reply: "message expired: \(r.reply)", relay: relay, bounceClass: expired)
+                    event(index, .expired, dsn: "4.4.7", reply: r.reply, tls: attempt.tls, bounceClass: expired)
                 }
             }
         }
@@ -671,16 +684,29 @@ public struct DeliveryCore: Sendable {
         return nil
     }
 
-    mutating func fail(_ m: inout Live, _ index: Int, status: String, reply: String, relay: String) {
+    /// The class of a failure (nil without a classifier). A next hop's reply reads "code enhanced text";
+    /// Tern's own failures have no code and read as their enhanced code's class and "00"
+    /// ("400 4.4.1 connect to …: connection refused").
+    func bounceClass(status: String, reply: String) -> String? {
+        guard let classifier = settings.bounceClasses else { return nil }
+        let u = reply.utf8
+        let hasCode = u.count >= 4 && u.prefix(3).allSatisfy { $0 >= 48 && $0 <= 57 }
+            && (u.dropFirst(3).first == 32 || u.dropFirst(3).first == 45)
+        return classifier.classify(hasCode ? reply : "\(status.prefix(1))00 \(status) \(reply)")
+    }
+
+    mutating func fail(_ m: inout Live, _ index: Int, status: String, reply: String, relay: String,
+                       bounceClass: String? = nil) {
         m.envelope.recipients[index].state = .bounced
         m.envelope.recipients[index].lastReply = reply
         bounced += 1
         // NOTIFY without FAILURE (NEVER, or SUCCESS/DELAY only): bounced in silence.
         let rcpt = m.envelope.recipients[index]
         guard rcpt.notify?.contains(.failure) ?? true else { return }
-        m.failures.append(FailedRecipient(address: rcpt.address, status: status, diagnostic: "smtp; \(reply)",
-                                          remoteMTA: relay == "none" ? nil : "dns; \(relay)",
-                                          originalRecipient: rcpt.orcpt))
+        var failure = FailedRecipient(address: rcpt.address, status: status, diagnostic: "smtp; \(reply)",
+                                      remoteMTA: relay == "none" ? nil : "dns; \(relay)", originalRecipient: rcpt.orcpt)
+        failure.bounceClass = bounceClass
+        m.failures.append(failure)
     }
 
     // MARK: - Spool writes
@@ -878,11 +904,12 @@ public struct DeliveryCore: Sendable {
         case .bounce:
             var out: [DeliveryAction] = []
             let reply = "returned to the sender by the postmaster"
+            let kind = settings.bounceClasses == nil ? nil : BounceClassName.adminBounce
             for i in m.envelope.recipients.indices where !m.envelope.recipients[i].state.isFinal {
-                fail(&m, i, status: "5.0.0", reply: reply, relay: "none")
+                fail(&m, i, status: "5.0.0", reply: reply, relay: "none", bounceClass: kind)
                 out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[i].address, relay: "none",
                                                           tls: nil, delay: now - m.envelope.arrival, dsn: "5.0.0",
-                                                          status: .bounced, reply: reply))))
+                                                          status: .bounced, reply: reply, bounceClass: kind))))
             }
             m.envelope.held = false
             held[id] = nil

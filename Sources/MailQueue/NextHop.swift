@@ -87,9 +87,9 @@ public enum NextHop {
     /// The replies of a transaction that [[backoff]] rules are asked about: every one that was not
     /// positive (MAIL, each RCPT, DATA or the end of data), in the order they came. None when it all
     /// went (no array is made then: this runs for every message). None for a refusal of Tern's own
-    /// making (`thisHostOnly`): the destination said nothing.
+    /// making (`refusedHere`: SIZE, SMTPUTF8, BINARYMIME, REQUIRETLS): the destination said nothing.
     public static func backoffReplies(_ outcome: TransactionOutcome) -> [Reply] {
-        if outcome.thisHostOnly { return [] }
+        if outcome.refusedHere { return [] }
         var out: [Reply] = []
         if !outcome.mailReply.isPositive { out.append(outcome.mailReply) }
         for case let r? in outcome.recipientReplies where !r.isPositive { out.append(r) }

@@ -79,6 +79,8 @@ public struct TernConfig: Sendable, Equatable {
     public var egress: EgressConfig = EgressConfig()
     /// [[dkim.sign]] tables: the signatures to put on mail (DKIMConfig.swift).
     public var dkim: DKIMConfig = DKIMConfig()
+    /// [bounce]: the rules that give failure replies a class (BounceConfig.swift).
+    public var bounce = BounceConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -104,6 +106,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.egress),
             AnySection(name: "aliases", read: readAliases),
             AnySection(name: "dkim", read: readDKIM),
+            AnySection(name: "bounce", read: readBounce),
         ]
     }
 

@@ -103,6 +103,7 @@ extension TernConfig {
 
         renderShaping(&out)
         renderDKIM(&out)
+        renderBounce(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

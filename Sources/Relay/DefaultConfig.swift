@@ -295,6 +295,19 @@ senders = {}
 # users = { newsletter = "esp.example" }
 # routes = { "partner.example" = "esp.example" }
 
+[bounce]
+# Bounce classes: each failure reply gets a class (KumoMTA's names:
+# InvalidRecipient, BadDomain, QuotaIssues, SpamBlock, AuthenticationFailed...),
+# shown as bounce_class= in the log line, in the bounce's X-Tern-Bounce-Class
+# header and in tern_bounce_class_total. The built-in rules are
+# etc/bounce-classes.toml; rules of your own, [[bounce.rule]] tables, are tried
+# before them (first match wins). false: only your own rules.
+builtin_rules = true
+# [[bounce.rule]]
+# class = "SpamBlock"                     # 1-64 letters, digits or '_'
+# reply = ["blocked by rbl\\.example"]    # regular expressions over
+#                                         # "code enhanced text", no case
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

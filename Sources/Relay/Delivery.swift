@@ -100,7 +100,8 @@ public final class DeliveryManager {
                         now: { [clock = loop.clock] in clock.monotonicSeconds() })
         router.countLookups(in: metrics)
         let retry = RetryPolicy(schedule: config.delivery.retrySchedule, maxLifetime: config.delivery.maxQueueLifetime)
-        core = DeliveryCore(settings: .init(retry: retry, delayWarningTime: config.delivery.delayWarningTime),
+        core = DeliveryCore(settings: .init(retry: retry, delayWarningTime: config.delivery.delayWarningTime,
+                                            bounceClasses: config.bounceClassifier()),
                             scheduler: Scheduler(maxConnections: config.delivery.maxConnections,
                                                  maxConnectionsPerDestination: config.delivery.maxConnectionsPerDestination),
                             shaping: config.shaping, seed: UInt64.random(in: 0...UInt64.max))
@@ -380,6 +381,7 @@ public final class DeliveryManager {
             case .deferred: metrics.recipientDeferred()
             case .bounced, .expired: metrics.recipientBounced()
             }
+            if let kind = e.bounceClass { metrics.bounceClassified(kind, status: e.status.rawValue) }
             logResult(e)
         case .attemptEnded(let id, let sent, let deferred, _):
             if sent > 0 { metrics.bytesDelivered(bytes[id]?.message.count ?? 0) }
@@ -413,18 +415,22 @@ public final class DeliveryManager {
                                        "reply": .string(e.reply)]
         if let tls = e.tls { fields["tls"] = .string(tls) }
         if let source = e.source { fields["source"] = .string(source) }
+        if let kind = e.bounceClass { fields["bounce_class"] = .string(kind) }
         log.fields("delivery", qid: e.id.rawValue, fields) {
             Self.resultText(e.id, to: e.to, relay: e.relay, tls: e.tls, delay: delay, dsn: e.dsn,
-                            status: e.status.rawValue, reply: e.reply, source: e.source)
+                            status: e.status.rawValue, reply: e.reply, source: e.source, bounceClass: e.bounceClass)
         }
     }
 
+    /// bounce_class= goes last, after the reply in parentheses, so that a reader of Postfix's lines
+    /// finds everything it knows where it looks for it.
     static func resultText(_ id: QueueID, to: String, relay: String, tls: String?, delay: String, dsn: String,
-                           status: String, reply: String, source: String? = nil) -> String {
+                           status: String, reply: String, source: String? = nil, bounceClass: String? = nil) -> String {
         var relayField = source.map { "\(relay), source=\($0)" } ?? relay
         if let tls { relayField += ", tls=\(tls)" }
         let outcome = status == "expired" ? "expired, returned to sender" : status
-        return "\(id): to=\(angleQuoted(to)), relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))"
+        let kind = bounceClass.map { ", bounce_class=\($0)" } ?? ""
+        return "\(id): to=\(angleQuoted(to)), relay=\(relayField), delay=\(delay), dsn=\(dsn), status=\(outcome) (\(reply))\(kind)"
     }
 
     /// "1.25" for the log's delay= field (no Foundation formatter on this path).

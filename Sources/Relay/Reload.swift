@@ -9,7 +9,8 @@
 // shaping policy's [[shaping]], [[backoff]] and [egress] (handed to delivery whole, `applyShaping`),
 // and [[dkim.sign]] (its keys read again with the certificate: SMTPServer.install).
 // What needs a restart is kept as it was, and the log says so: hostname, server.listen, spool, dns,
-// delivery (with its dead_destination keys and the limits of unmatched destinations), log and admin.
+// delivery (with its dead_destination keys and the limits of unmatched destinations), log, admin and
+// bounce (the classes' rules, with the delivery core's other settings).
 
 import Logging
 import SMTPProtocol
@@ -69,6 +70,8 @@ extension SMTPServer {
         next.log = old.log
         if next.admin != old.admin { outcome.needRestart.append("admin") }
         next.admin = old.admin
+        if next.bounce != old.bounce { outcome.needRestart.append("bounce") }
+        next.bounce = old.bounce
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }

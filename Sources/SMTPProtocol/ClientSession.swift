@@ -162,8 +162,10 @@ public struct TransactionOutcome: Equatable, Sendable {
     public var dataReply: Reply?
     /// What became of an 8BITMIME message at a next hop without 8BITMIME: nil when nothing was needed.
     public var sevenBit: SevenBitConversion?
-    /// Refused here, before MAIL, because this next hop lacks what the message needs (BINARYMIME, or
-    /// REQUIRETLS under verified TLS): another host of the same destination may have it.
+    /// Refused here, before MAIL: nothing was sent, and the reply is Tern's own, not the next hop's.
+    public var refusedHere = false
+    /// Refused here because this next hop lacks what the message needs (BINARYMIME, or REQUIRETLS
+    /// under verified TLS): another host of the same destination may have it.
     public var thisHostOnly = false
 
     public init(mailReply: Reply, recipientReplies: [Reply?], dataReply: Reply?) {
@@ -416,6 +418,7 @@ public struct ClientSession {
             var outcome = TransactionOutcome(
                 mailReply: refusal, recipientReplies: Array(repeating: nil, count: t.recipients.count),
                 dataReply: nil)
+            outcome.refusedHere = true
             outcome.thisHostOnly = hostLacks != nil && refusal == hostLacks
             emit(.transactionFinished(outcome))
             return takeActions()

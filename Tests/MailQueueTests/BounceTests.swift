@@ -201,6 +201,20 @@ private let failed = [
         #expect(parts[2].body == originalHeaders)
     }
 
+    /// The failures' classes, each once, in the message's header; none without classes.
+    @Test func bounceClassesInTheHeader() throws {
+        var classified = failed + [FailedRecipient(address: "dave@example.net", status: "5.1.1", diagnostic: "smtp; 550 5.1.1 no")]
+        classified[0].bounceClass = "InvalidRecipient"
+        classified[1].bounceClass = "BadDomain"
+        classified[2].bounceClass = "InvalidRecipient"
+        let bytes = try #require(DSN.bounce(for: envelope(), failed: classified, originalHeaders: originalHeaders,
+                                            reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        #expect(try ParsedMessage(bytes).value("X-Tern-Bounce-Class") == "InvalidRecipient, BadDomain")
+        let plain = try #require(DSN.bounce(for: envelope(), failed: failed, originalHeaders: originalHeaders,
+                                            reportingMTA: "mx.tern.test", now: now, boundary: "b"))
+        #expect(try ParsedMessage(plain).value("X-Tern-Bounce-Class") == nil)
+    }
+
     @Test func delayWarningSaysDelayed() throws {
         let delayed = [FailedRecipient(address: "bob@example.net", status: "4.4.1", diagnostic: "connection timed out",
                                        remoteMTA: "mx.example.net")]

@@ -186,6 +186,41 @@ private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: 
         #expect(!c.isKnown(qid(5)) && c.inMemory == 0)
     }
 
+    /// Failures carry their class (BounceClass.swift) in the event and in the bounce's recipients; an
+    /// expired message's is MessageExpired; Tern's own failures read as "<class>00 <status> <text>".
+    @Test func failuresAreClassified() throws {
+        let classes = try BounceClassifier(rules: [
+            BounceRule(bounceClass: "InvalidRecipient", replies: ["no such user"]),
+            BounceRule(bounceClass: "NoAnswerFromHost", replies: ["^400 4\\.4\\.1 connect to"]),
+            BounceRule(bounceClass: "TransientFailure", replies: ["^4"]),
+        ])
+        var c = DeliveryCore(settings: .init(retry: RetryPolicy(schedule: [60, 300], maxLifetime: 1000),
+                                             delayWarningTime: 0, bounceClasses: classes),
+                             scheduler: Scheduler(maxConnections: 10, maxConnectionsPerDestination: 2), seed: 1)
+        let e = envelope(40, ["a@x.example", "b@x.example", "c@x.example"])
+        c.queue(e)
+        let (jobs, _) = startDue(&c, e, now: t0)
+        let refused = RecipientResult.deferred("connect to mx.x.example[127.0.0.9]:25: connection refused")
+        let out = c.attemptFinished(jobs[0], AttemptResult(results: [0: ok, 1: unknown, 2: refused]), now: t0 + 2)
+        #expect(out.events.map(\.bounceClass) == [nil, "InvalidRecipient", "NoAnswerFromHost"])
+        guard case .bounce(let failed)? = out.writes.first?.notices.first else {
+            Issue.record("no bounce in \(out)")
+            return
+        }
+        #expect(failed.map(\.bounceClass) == ["InvalidRecipient"])
+        _ = c.written(qid(40), failure: nil, notices: [], now: t0 + 3)
+        let again = startDue(&c, e, now: t0 + 2000)
+        let expired = c.attemptFinished(again.jobs[0], AttemptResult(results: [2: later]), now: t0 + 2000)
+        #expect(expired.events.map(\.status) == [.expired])
+        #expect(expired.events.map(\.bounceClass) == [BounceClassName.messageExpired])
+        // Without a classifier, nothing is classified.
+        var plain = core()
+        plain.queue(e)
+        let (plainJobs, _) = startDue(&plain, e, now: t0)
+        let none = plain.attemptFinished(plainJobs[0], AttemptResult(results: [0: ok, 1: unknown, 2: later]), now: t0 + 2)
+        #expect(none.events.allSatisfy { $0.bounceClass == nil })
+    }
+
     @Test func holdWhileInFlightWaitsForTheAttempt() {
         var c = core()
         let e = envelope(6, ["a@x.example"])
@@ -365,6 +400,7 @@ private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: 
     /// only the last one's refusal is final (RFC 8689 §4.2.1).
     @Test func thisHostOnlyMovesOnUntilTheLastHost() {
         var refused = outcome(mail: Reply(550, "5.7.30", "REQUIRETLS support required: no"), rcpt: [nil, nil], data: nil)
+        refused.refusedHere = true
         refused.thisHostOnly = true
         let middle = NextHop.judge(refused, moreHosts: true)
         #expect(middle.tryNextHost)

@@ -65,6 +65,8 @@ import Testing
         c.server.submissions = ["127.0.0.1:2465"]
         c.delivery.tls = .verify
         c.delivery.honorTLSRequiredNo = true
+        c.bounce.builtinRules = false
+        c.bounce.rules = [BounceRule(bounceClass: "LocalBlock", replies: [#"^550 5\.7\.1 .*rbl\.example"#, "a\"quote"])]
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"
         c.tls.key = "/etc/tern/key.pem"

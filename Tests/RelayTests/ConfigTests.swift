@@ -23,7 +23,7 @@ private func configError(_ text: String, sourceLocation: SourceLocation = #_sour
     return nil
 }
 
-private func readBytes(_ path: String) -> [UInt8]? {
+func readBytes(_ path: String) -> [UInt8]? {
     guard let file = fopen(path, "rb") else { return nil }
     defer { fclose(file) }
     var bytes: [UInt8] = []
@@ -36,8 +36,9 @@ private func readBytes(_ path: String) -> [UInt8]? {
     return bytes
 }
 
-/// The repository root, found from this file: Tests/RelayTests/ConfigTests.swift.
-private let repositoryRoot: String = {
+/// The repository root, found from this file: Tests/RelayTests/ConfigTests.swift (shared by the
+/// tests that read etc/).
+let repositoryRoot: String = {
     var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
     parts.removeLast(3)
     return parts.joined(separator: "/")

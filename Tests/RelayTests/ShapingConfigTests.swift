@@ -41,12 +41,6 @@ private let egressTables = """
 
     """
 
-private let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
 @Suite struct ShapingConfigTests {
     // MARK: Every key
 

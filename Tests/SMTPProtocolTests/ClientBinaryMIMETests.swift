@@ -55,6 +55,7 @@ import Testing
             #expect(!actions.contains { if case .send = $0 { true } else { false } }, "\(ehlo)")
             let refusal = Reply(554, "5.6.3", "The next hop does not support BINARYMIME, which this message requires")
             var expected = TransactionOutcome(mailReply: refusal, recipientReplies: [nil], dataReply: nil)
+            expected.refusedHere = true
             expected.thisHostOnly = true  // another MX host may offer BINARYMIME
             #expect(actions.contains(.transactionFinished(expected)), "\(ehlo)")
             #expect(s.phase == .ready)

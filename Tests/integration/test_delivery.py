@@ -99,10 +99,11 @@ def hops(hop_port):
 
 @pytest.fixture
 def relay(hops, start_tern, dns, hop_port):
-    """relay(delivery={...}, routes={...}, priority={...}) -> a running tern delivering through
+    """relay(delivery={...}, routes={...}, priority={...}, bounce={...}) -> a running tern delivering through
     dnsmasq to next hops on hop_port. Depends on `hops` so that tern stops before the hops do."""
 
-    def start(delivery: dict | None = None, routes: dict | None = None, priority: dict | None = None, **kw):
+    def start(delivery: dict | None = None, routes: dict | None = None, priority: dict | None = None,
+              bounce: dict | None = None, **kw):
         dl = dict(DELIVERY_DEFAULTS, port=hop_port)
         dl.update(delivery or {})
         tables = {"dns": {"servers": [f"127.0.0.1:{dns.port}"]}}
@@ -110,6 +111,8 @@ def relay(hops, start_tern, dns, hop_port):
             tables["routes"] = routes
         if priority:
             tables["priority"] = priority
+        if bounce:
+            tables["bounce"] = bounce
         return start_tern(delivery=dl, extra_tables=tables, **kw)
 
     return start
@@ -393,6 +396,37 @@ def test_5xx_for_one_of_three_recipients(relay, hops):
     stderr = tern.stderr()
     assert log_entries(stderr, qid, "bounced", "b@five.test")[0]["dsn"].startswith("5.")
     assert log_entries(stderr, qid, "sent", "a@five.test") and log_entries(stderr, qid, "sent", "c@five.test")
+
+
+def test_failures_carry_their_bounce_class(relay, hops):
+    """A failure's class (etc/bounce-classes.toml) is in its log line, in the bounce's
+    X-Tern-Bounce-Class header and in tern_bounce_class_total; a [[bounce.rule]] comes first."""
+    import email
+    hop = hops("127.0.0.11", rcpt_replies={
+        "b@five.test": "550 5.1.1 <b@five.test>: Recipient address rejected",
+        "c@five.test": "452 4.2.2 The email account that you tried to reach is over quota",
+        "d@five.test": "550 5.7.1 Message refused by example-local-filter"})
+    sink = hops(SINK_IP)
+    tern = relay(bounce={"rule": [{"class": "LocalFilter", "reply": "example-local-filter"}]})
+    qid, _ = send(tern, ["a@five.test", "b@five.test", "c@five.test", "d@five.test"], subject="classes")
+    (bounce,) = sink.wait_for(1, on_timeout=lambda: diagnostics(tern, hop, sink))
+    assert_bounce(bounce, failed=["b@five.test", "d@five.test"], status_prefix="5.")
+    header = email.message_from_bytes(bounce.content)["X-Tern-Bounce-Class"]
+    assert header == "InvalidRecipient, LocalFilter", header
+    wait_until(lambda: log_entries(tern.stderr(), qid, "deferred", "c@five.test"), WAIT, "c@ deferred")
+    lines = {rcpt: next(l for l in tern.stderr().splitlines() if f"to=<{rcpt}>, relay=" in l)
+             for rcpt in ["a@five.test", "b@five.test", "c@five.test", "d@five.test"]}
+    assert "bounce_class" not in lines["a@five.test"]
+    assert lines["b@five.test"].endswith("Recipient address rejected), bounce_class=InvalidRecipient"), lines
+    assert lines["c@five.test"].endswith("), bounce_class=QuotaIssues"), lines
+    assert lines["d@five.test"].endswith("), bounce_class=LocalFilter"), lines
+    # The log parser still reads the reply whole.
+    assert log_entries(tern.stderr(), qid, "bounced", "b@five.test")[0]["reply"] == \
+        "550 5.1.1 <b@five.test>: Recipient address rejected"
+    _, body = tern.admin_get("/metrics")
+    text = body.decode()
+    assert 'tern_bounce_class_total{class="InvalidRecipient",status="bounced"} 1' in text, text[-3000:]
+    assert 'tern_bounce_class_total{class="QuotaIssues",status="deferred"} 1' in text
 
 
 def test_no_bounce_for_null_sender(relay, hops):

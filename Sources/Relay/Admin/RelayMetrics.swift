@@ -75,6 +75,9 @@ public final class RelayMetrics {
         var suspended = 0.0
     }
     private var shaping: [ShapingMetricKey: ShapingHandles] = [:]
+    /// Failures by bounce class and status ("deferred", "bounced", "expired"): the classes are the
+    /// configured rules' names, so the label set stays bounded.
+    private var bounceClasses: [String: CoreMetrics.Counter] = [:]
 
     /// Seconds: from a minute-fast relay to mail that waited days on retries.
     static let delayBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400,
@@ -109,6 +112,7 @@ public final class RelayMetrics {
         "tern_recipients_delivered_total": "Recipients delivered to their next hop.",
         "tern_recipients_deferred_total": "Recipient delivery attempts that failed temporarily (retried later).",
         "tern_recipients_bounced_total": "Recipients that failed permanently (the sender gets a bounce).",
+        "tern_bounce_class_total": "Failed recipients by bounce class (etc/bounce-classes.toml and [[bounce.rule]]) and status: deferred (per attempt), bounced, expired.",
         "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
         "tern_delivery_delay_seconds": "Seconds from arrival to delivery, per delivered recipient.",
         "tern_queue_residence_seconds": "Seconds from arrival to leaving the queue, per message.",
@@ -226,6 +230,14 @@ public final class RelayMetrics {
 
     func recipientDeferred() { recipientsDeferred.increment() }
     func recipientBounced() { recipientsBounced.increment() }
+    func bounceClassified(_ bounceClass: String, status: String) {
+        let key = bounceClass + "\u{0}" + status
+        if let counter = bounceClasses[key] { return counter.increment() }
+        let counter = CoreMetrics.Counter(label: "tern_bounce_class_total",
+                                          dimensions: [("class", bounceClass), ("status", status)], factory: factory)
+        bounceClasses[key] = counter
+        counter.increment()
+    }
     /// A delivery attempt of a message left recipients deferred.
     func messageDeferred() { messagesDeferred.increment() }
     func bytesDelivered(_ n: Int) { bytesOut.increment(by: n) }
