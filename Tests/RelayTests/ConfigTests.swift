@@ -11,7 +11,7 @@ import Darwin
 
 /// Parses `text` expecting failure; returns the error for inspection. Fails the test on success
 /// or on an error of another type.
-private func configError(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) -> ConfigError? {
+func configError(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) -> ConfigError? {
     do {
         let config = try TernConfig.parse(text)
         Issue.record("parsed without error: \(config)", sourceLocation: sourceLocation)
