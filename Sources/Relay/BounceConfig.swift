@@ -70,7 +70,29 @@ public struct BounceConfig: Equatable, Sendable {
     }
 }
 
+/// [suppression]: which hard bounces put their recipient on the suppression list.
+public struct SuppressionConfig: Equatable, Sendable {
+    /// A recipient that bounces (permanently) with one of these classes is suppressed for every sender.
+    public var autoClasses: [String] = ["InvalidRecipient", "BadDomain"]
+
+    public init() {}
+}
+
 extension TernConfig {
+    static func readSuppression(_ config: inout TernConfig, _ reader: inout TableReader) throws {
+        try reader.read("auto_classes", into: &config.suppression.autoClasses, Decode.list { name in
+            guard BounceConfig.isClassName(name) else {
+                throw ConfigError(message: "\"\(name)\" is not a class name (1-64 letters, digits or '_')")
+            }
+            return name
+        })
+    }
+
+    func renderSuppression(_ out: inout TOMLWriter) {
+        out.table("suppression")
+        out.key("auto_classes", strings: suppression.autoClasses)
+    }
+
     static func readBounce(_ config: inout TernConfig, _ reader: inout TableReader) throws {
         try reader.read("builtin_rules", into: &config.bounce.builtinRules, Decode.bool)
         config.bounce.rules = try BounceConfig.readRules(&reader)

@@ -81,6 +81,8 @@ public struct TernConfig: Sendable, Equatable {
     public var dkim: DKIMConfig = DKIMConfig()
     /// [bounce]: the rules that give failure replies a class (BounceConfig.swift).
     public var bounce = BounceConfig()
+    /// [suppression]: the classes of hard bounces that suppress their recipient.
+    public var suppression = SuppressionConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -107,6 +109,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(name: "aliases", read: readAliases),
             AnySection(name: "dkim", read: readDKIM),
             AnySection(name: "bounce", read: readBounce),
+            AnySection(name: "suppression", read: readSuppression),
         ]
     }
 

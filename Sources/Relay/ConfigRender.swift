@@ -104,6 +104,7 @@ extension TernConfig {
         renderShaping(&out)
         renderDKIM(&out)
         renderBounce(&out)
+        renderSuppression(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

@@ -308,6 +308,14 @@ builtin_rules = true
 # reply = ["blocked by rbl\\.example"]    # regular expressions over
 #                                         # "code enhanced text", no case
 
+[suppression]
+# The suppression list: recipients (an address, or "@domain" for all of it)
+# that Tern will not send to, for every sender or for one sender domain. A
+# RCPT for one is refused with 550 5.1.1. Kept in the spool directory
+# (suppression.list). A recipient whose delivery bounces permanently with one
+# of these bounce classes is added for every sender; [] adds none.
+auto_classes = ["InvalidRecipient", "BadDomain"]
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

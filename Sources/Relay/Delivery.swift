@@ -78,6 +78,9 @@ public final class DeliveryManager {
     /// A read of the CA store is under way.
     var tlsClientContextLoading = false
     let metrics: RelayMetrics
+    /// The relay's suppression list: a hard bounce of a class in [suppression] auto_classes adds its
+    /// recipient (SuppressionStore.swift).
+    var suppression: SuppressionStore?
 
     struct JobKey: Hashable {
         let id: QueueID
@@ -383,6 +386,7 @@ public final class DeliveryManager {
             }
             if let kind = e.bounceClass { metrics.bounceClassified(kind, status: e.status.rawValue) }
             logResult(e)
+            suppressIfHardBounce(e)
         case .attemptEnded(let id, let sent, let deferred, _):
             if sent > 0 { metrics.bytesDelivered(bytes[id]?.message.count ?? 0) }
             if deferred > 0 { metrics.messageDeferred() }
@@ -401,6 +405,17 @@ public final class DeliveryManager {
             } else if action != .bounce {
                 log.info("\(id): \(Self.pastTense(action)) by the postmaster")
             }
+        }
+    }
+
+    /// A permanent failure of a class in [suppression] auto_classes suppresses its recipient for every
+    /// sender, with the class and status as the reason ("InvalidRecipient 5.1.1").
+    func suppressIfHardBounce(_ e: RecipientEvent) {
+        guard e.status == .bounced, let kind = e.bounceClass, let suppression,
+              config.suppression.autoClasses.contains(kind) else { return }
+        let entry = SuppressionEntry(address: e.to, reason: "\(kind) \(e.dsn)", time: Int(now), source: .bounce)
+        if suppression.add(entry) {
+            log.info("\(e.id): \(angleQuoted(entry.address)) suppressed: \(entry.reason)")
         }
     }
 

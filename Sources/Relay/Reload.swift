@@ -10,7 +10,7 @@
 // and [[dkim.sign]] (its keys read again with the certificate: SMTPServer.install).
 // What needs a restart is kept as it was, and the log says so: hostname, server.listen, spool, dns,
 // delivery (with its dead_destination keys and the limits of unmatched destinations), log, admin and
-// bounce (the classes' rules, with the delivery core's other settings).
+// bounce (the classes' rules, with the delivery core's other settings) and suppression.
 
 import Logging
 import SMTPProtocol
@@ -72,6 +72,8 @@ extension SMTPServer {
         next.admin = old.admin
         if next.bounce != old.bounce { outcome.needRestart.append("bounce") }
         next.bounce = old.bounce
+        if next.suppression != old.suppression { outcome.needRestart.append("suppression") }
+        next.suppression = old.suppression
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }
@@ -95,6 +97,8 @@ extension SMTPServer {
         if dataBudget.mayResume { resumeSessionsWaitingForBudget() }
         serverConfiguration = Self.sessionConfiguration(next)
         submissionConfiguration = Self.submissionConfiguration(next)
+        serverConfiguration.recipientCheck = suppression
+        submissionConfiguration.recipientCheck = suppression
         // Next hops, TLS policies and credentials (password files read again by the parse) for every
         // connection opened from now on; idle and busy connections under the old ones are not reused.
         delivery?.applyRoutes(next.routes)

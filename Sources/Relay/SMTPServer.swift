@@ -23,6 +23,8 @@ public final class SMTPServer {
     /// Replaced by `reload` (SIGHUP); sessions read it when they need a limit.
     public internal(set) var config: TernConfig
     public let spool: Spool
+    /// Recipients not sent to (spool/suppression.list): asked at RCPT, filled by hard bounces.
+    let suppression: SuppressionStore
     /// Batches messages into the spool's journal.
     let journal: JournalCommitter
     public var log: Logger
@@ -95,8 +97,11 @@ public final class SMTPServer {
         journal = JournalCommitter(loop: loop, spool: spool, log: log)
         let s = config.server
         dataBudget = DataBudget(limit: s.maxBufferedData, perRead: ServerSession.dataBuffer + EventLoop.readBufferSize)
+        suppression = try SuppressionStore(spoolPath: spool.path, loop: loop, log: log)
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
+        serverConfiguration.recipientCheck = suppression
+        submissionConfiguration.recipientCheck = suppression
         authThrottle = AuthThrottle(maxFailures: config.auth.maxFailures, lockoutTime: config.auth.lockoutTime)
         tlsContext = files.relayTLS
         submissionTLSContext = files.submissionTLS
@@ -121,6 +126,7 @@ public final class SMTPServer {
             delivery = DeliveryManager(loop: loop, spool: spool, config: config, log: log, resolver: resolver,
                                        ownAddresses: own, metrics: relayMetrics,
                                        newQueueID: { [unowned self] in self.nextQueueID() })
+            delivery?.suppression = suppression
         }
         try openAdminEndpoint()
     }

@@ -28,6 +28,8 @@ public struct Refusal: Equatable, Sendable {
         case authFailed = "auth_failed"
         case authLockedOut = "auth_locked_out"
         case senderNotOwned = "sender_not_owned"
+        /// The recipient is on the suppression list (RecipientCheck).
+        case suppressed
         case tlsUnavailable = "tls_unavailable"
         /// The TLS handshake failed (reported by the I/O layer, which sees it).
         case tlsFailed = "tls_failed"

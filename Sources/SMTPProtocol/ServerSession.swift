@@ -49,6 +49,8 @@ public struct ServerConfiguration: Sendable {
     public var authEnabled = false
     /// A submission listener (RFC 6409): AUTH before MAIL, 530 5.7.0 otherwise.
     public var requireAuth = false
+    /// Asked about each recipient the policy accepted; nil: none is refused after the policy.
+    public var recipientCheck: (any RecipientCheck)?
 
     public init(hostname: String, maxMessageSize: Int = 52_428_800, maxRecipients: Int = 1000, maxErrors: Int = 20,
                 maxLineLength: Int = 1000, maxHops: Int = 50, keepBcc: Bool = false, vrfy: Bool = false,
@@ -771,6 +773,13 @@ public struct ServerSession {
         case .deny(let r):
             fail(r, Self.reason(of: r), logged: true, recipient: path.address)
         case .accept(let addresses):
+            if let check = config.recipientCheck {
+                for a in addresses {
+                    if let r = check.refusal(of: a, sender: t.sender) {
+                        return fail(r, .suppressed, logged: true, recipient: a)
+                    }
+                }
+            }
             var answer = Reply(250, "2.1.5", "Ok")
             if hooks != nil {
                 let verdict = consult(.rcpt, recipients: addresses)

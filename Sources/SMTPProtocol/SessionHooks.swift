@@ -35,6 +35,12 @@ public struct StageVerdict: Sendable, Equatable {
     public static let none = StageVerdict()
 }
 
+/// A check of each recipient the relay policy accepted (the relay's suppression list): a reply refuses
+/// that recipient at RCPT; nil accepts it. Asked on the session's thread, once per address.
+public protocol RecipientCheck: Sendable {
+    func refusal(of recipient: String, sender: MailPath) -> Reply?
+}
+
 public protocol SessionHooks {
     /// Consulted at each stage once the server has decided to accept. `recipients` are the accepted
     /// recipients of the transaction (at RCPT: the one being added).

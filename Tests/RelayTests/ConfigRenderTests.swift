@@ -66,6 +66,7 @@ import Testing
         c.delivery.tls = .verify
         c.delivery.honorTLSRequiredNo = true
         c.bounce.builtinRules = false
+        c.suppression.autoClasses = ["InvalidRecipient", "LocalBlock"]
         c.bounce.rules = [BounceRule(bounceClass: "LocalBlock", replies: [#"^550 5\.7\.1 .*rbl\.example"#, "a\"quote"])]
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"
