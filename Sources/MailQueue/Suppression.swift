@@ -135,12 +135,23 @@ public struct SuppressionList: Sendable {
     }
 
     /// Every entry, in the order they were added (for export and the list command).
-    public var entries: [SuppressionEntry] {
-        var out: [SuppressionEntry] = []
-        out.reserveCapacity(live)
+    public var entries: [SuppressionEntry] { entries(from: 0, limit: live) }
+
+    /// `limit` entries from the `offset`-th, in the order they were added: only those are made (a
+    /// page of a million-entry list costs a pass over its slots, not a million entries).
+    public func entries(from offset: Int, limit: Int) -> [SuppressionEntry] {
         var listed = [Bool](repeating: false, count: keyStart.count)
         for s in slots where s != 0 && s != Self.tombstone { listed[Int(s - 1)] = true }
-        for n in keyStart.indices where listed[n] { out.append(entry(n)) }
+        var out: [SuppressionEntry] = []
+        out.reserveCapacity(max(0, min(limit, live - offset)))
+        var seen = 0
+        for n in keyStart.indices where listed[n] {
+            if seen >= offset {
+                if out.count >= limit { break }
+                out.append(entry(n))
+            }
+            seen += 1
+        }
         return out
     }
 

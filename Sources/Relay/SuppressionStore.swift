@@ -81,6 +81,12 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
         return true
     }
 
+    /// Runs `done` on the loop once every change made so far is synced (at once when none waits).
+    func whenSynced(_ done: @escaping () -> Void) {
+        guard writing || !pending.isEmpty else { return done() }
+        pendingDone.append(done)
+    }
+
     private func append(_ line: [UInt8], then done: (() -> Void)?) {
         pending += line
         fileLines += 1
@@ -101,6 +107,12 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
             writing = false
             if let failure { log.error("suppression: writing \(path) failed: \(failure); the change is kept in memory") }
             for done in callbacks { done() }
+            if pending.isEmpty && !pendingDone.isEmpty {
+                // Asked for by whenSynced while this write was under way, with nothing new to write.
+                let waiting = pendingDone
+                pendingDone = []
+                for done in waiting { done() }
+            }
             flush()
         })
     }

@@ -10,14 +10,14 @@ import Glibc
 #endif
 
 extension AdminClient {
-    func request(_ method: String, _ target: String) throws -> AdminResponse {
+    func request(_ method: String, _ target: String, body: [UInt8] = []) throws -> AdminResponse {
         let fd = try connect()
         defer { close(fd) }
         let host = unixPath != nil ? "localhost" : address.description
         var head = "\(method) \(target) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"
-        if method == "POST" { head += "Content-Length: 0\r\n" }
+        if method == "POST" { head += "Content-Length: \(body.count)\r\n" }
         head += "\r\n"
-        let bytes = Array(head.utf8)
+        let bytes = Array(head.utf8) + body
         var sent = 0
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

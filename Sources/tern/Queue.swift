@@ -44,10 +44,10 @@ struct AdminOptions: ParsableArguments {
     }
 
     /// Sends the request; a refusal prints the endpoint's error and exits 1.
-    func call(_ method: String, _ target: String) throws -> AdminResponse {
+    func call(_ method: String, _ target: String, body: [UInt8] = []) throws -> AdminResponse {
         let response: AdminResponse
         do {
-            response = try client().request(method, target)
+            response = try client().request(method, target, body: body)
         } catch let error as AdminClientError {
             fail(error.message, status: error.unreachable ? 69 : 1)
         }

@@ -5,9 +5,11 @@ class not listed suppresses nothing; a line cut short by a crash is dropped at s
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 
-from conftest import SMTPConn, assert_reply, wait_until
+from conftest import TERN_BIN, SMTPConn, assert_reply, wait_until
 from delivery_helpers import log_entries
 from test_delivery import (DNS_RECORDS, HOP_ADDRESSES, SINK_IP, WAIT, diagnostics, dns, hop_port, hops,  # noqa: F401
                            relay, send)
@@ -64,3 +66,57 @@ def test_a_line_cut_short_by_a_crash_is_dropped(relay, hops):
     # The file was rewritten without the cut-short line.
     assert "half@" not in (tern.spool / "suppression.list").read_text()
     assert "suppression: 2 entries" in tern.stderr()
+
+
+def suppress(tern, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([TERN_BIN, "suppress", *args, "--admin", f"127.0.0.1:{tern.admin_port}"],
+                          input=stdin, capture_output=True, timeout=120)
+
+
+def test_the_postmaster_adds_lists_removes_imports_and_exports(relay, hops, tmp_path):
+    tern = relay()
+    ok = suppress(tern, "add", "Someone@Five.test", "--reason", "asked to stop")
+    assert ok.returncode == 0 and b"someone@five.test suppressed" in ok.stdout, ok
+    assert suppress(tern, "add", "@closed.test").returncode == 0
+    assert suppress(tern, "add", "news@five.test", "--scope", "news.sender.test").returncode == 0
+    replies = rcpt_replies(tern, "x@news.sender.test", ["someone@five.test", "a@closed.test", "news@five.test",
+                                                       "other@five.test"])
+    assert [r.code for r in replies] == [550, 550, 550, 250], replies
+    assert rcpt_replies(tern, "x@other.test", ["news@five.test"])[0].code == 250  # only for news.sender.test
+    listed = suppress(tern, "list").stdout.decode()
+    assert "someone@five.test  *  " in listed and "manual  asked to stop" in listed, listed
+    assert "news@five.test  news.sender.test" in listed
+    one = suppress(tern, "list", "someone@five.test", "--json")
+    assert json.loads(one.stdout)["reason"] == "asked to stop"
+    assert "suppression: <someone@five.test> added by the postmaster: asked to stop" in tern.stderr()
+    # Bad input gets a clear answer naming the field; nothing is added.
+    bad = suppress(tern, "add", "not an address")
+    assert bad.returncode == 1 and b"address:" in bad.stderr, bad
+    bad = suppress(tern, "add", "a@five.test", "--reason", "two\nlines")
+    assert bad.returncode == 1 and b"reason:" in bad.stderr, bad
+    missing = suppress(tern, "remove", "nobody@five.test")
+    assert missing.returncode == 1 and b"not suppressed" in missing.stderr
+    assert suppress(tern, "remove", "someone@five.test").returncode == 0
+    assert rcpt_replies(tern, "x@other.test", ["someone@five.test"])[0].code == 250
+
+    # An import of a million addresses (and a few bad lines), in pieces under the body limit.
+    big = tmp_path / "million.txt"
+    with big.open("w") as f:
+        f.write("# exported from the old ESP\n")
+        for i in range(1_000_000):
+            f.write(f"user{i}@bulk{i % 997}.test\n")
+        f.write("not an address\n\n")
+    result = suppress(tern, "import", str(big), "--reason", "old list")
+    assert result.returncode == 0, result
+    assert b"1000000 addresses suppressed, 1 lines refused" in result.stdout, result.stdout[-500:]
+    assert b"line 1000002:" in result.stdout
+    replies = rcpt_replies(tern, "x@other.test", ["user0@bulk0.test", f"user999999@bulk{999999 % 997}.test",
+                                                  "user1000000@bulk0.test"])
+    assert [r.code for r in replies] == [550, 550, 250], replies
+    # Export: every entry, a line each, and the list survives a restart.
+    exported = suppress(tern, "export").stdout.decode().splitlines()
+    assert len(exported) == 1_000_002 and exported[0].split("\t")[:2] == ["@closed.test", "*"]
+    tern.stop()
+    tern.start()
+    assert "suppression: 1000002 entries" in tern.stderr()
+    assert rcpt_replies(tern, "x@other.test", ["user123456@bulk" + str(123456 % 997) + ".test"])[0].code == 550

@@ -5,6 +5,7 @@
 
 import Foundation
 import MailQueue
+import SMTPProtocol
 import UVRuntime
 
 public final class AdminEndpoint {
@@ -102,6 +103,8 @@ public final class AdminEndpoint {
         case .suspend(let request):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.postmasterSuspend(request)))
+        case .suppression(let ask):
+            suppression(ask, body: request.body, answer)
         case .resume(let destination):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.postmasterResume(destination)))
@@ -390,3 +393,51 @@ extension SMTPServer {
         }
     }
 }
+
+extension AdminEndpoint {
+    /// The suppression list's requests (SuppressionAdmin.swift): changes answered once synced.
+    func suppression(_ ask: SuppressionRequest, body: [UInt8], _ answer: @escaping (HTTPResponse) -> Void) {
+        let store = server.suppression
+        let log = server.log
+        let now = Int(server.loop.clock.wallSeconds())
+        switch ask {
+        case .list(let offset, let limit):
+            let page = store.list.entries(from: offset, limit: limit)
+            answer(Self.json(SuppressionListing(total: store.list.count, offset: offset,
+                                                entries: page.map(SuppressionView.init))))
+        case .show(let key):
+            guard let e = store.list.entry(address: key.address, scope: key.scope) else {
+                return answer(Self.json(AdminError(404, "\(terminalSafe(key.address)) is not suppressed\(key.scope.isEmpty ? "" : " for \(terminalSafe(key.scope))")")))
+            }
+            answer(Self.json(SuppressionView(e)))
+        case .add(let key, let reason):
+            let added = store.add(SuppressionEntry(address: key.address, scope: key.scope, reason: reason, time: now)) {
+                log.info("suppression: \(angleQuoted(key.address))\(key.scope.isEmpty ? "" : " for \(key.scope)") added by the postmaster: \(terminalSafe(reason))")
+                answer(Self.json(SuppressionReply(message: "\(key.address) suppressed\(key.scope.isEmpty ? "" : " for \(key.scope)")")))
+            }
+            if !added { answer(Self.json(AdminError(400, "address: cannot be kept"))) }
+        case .remove(let key):
+            let removed = store.remove(address: key.address, scope: key.scope) {
+                log.info("suppression: \(angleQuoted(key.address))\(key.scope.isEmpty ? "" : " for \(key.scope)") removed by the postmaster")
+                answer(Self.json(SuppressionReply(message: "\(key.address) no longer suppressed\(key.scope.isEmpty ? "" : " for \(key.scope)")")))
+            }
+            if !removed {
+                answer(Self.json(AdminError(404, "\(terminalSafe(key.address)) is not suppressed\(key.scope.isEmpty ? "" : " for \(terminalSafe(key.scope))")")))
+            }
+        case .importLines(let scope, let reason):
+            let (addresses, refused, refusedCount) = SuppressionRequest.importedAddresses(body)
+            let last = addresses.count - 1
+            let reply = SuppressionReply(message: "\(addresses.count) suppressed, \(refusedCount) lines refused",
+                                         added: addresses.count, refusedCount: refusedCount, refused: refused)
+            guard last >= 0 else { return answer(Self.json(reply)) }
+            for address in addresses {
+                store.add(SuppressionEntry(address: address, scope: scope, reason: reason, time: now))
+            }
+            store.whenSynced {
+                log.info("suppression: \(addresses.count) addresses imported by the postmaster\(scope.isEmpty ? "" : " for \(scope)")")
+                answer(Self.json(reply))
+            }
+        }
+    }
+}
+

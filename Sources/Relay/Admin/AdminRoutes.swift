@@ -13,6 +13,7 @@
 //   GET  /queue/destinations           traffic shaping: per destination × source (ShapingAdmin.swift)
 //   POST /queue/suspend?destination=D[&for=1h][&reason=TEXT]
 //   POST /queue/resume?destination=D
+//   GET  /suppression, POST /suppression/add|remove|import   the suppression list (SuppressionAdmin.swift)
 //
 // Actions are POST only, so that a crawler or a browser's prefetch never deletes mail. A selection
 // takes GET /queue's filters; an action on everything says so (all=1), so that a bare POST selects
@@ -35,6 +36,8 @@ public enum AdminRoute: Equatable, Sendable {
     case destinations
     case suspend(ShapingSuspendRequest)
     case resume(destination: String)
+    /// The suppression list: list, show, add, remove, import.
+    case suppression(SuppressionRequest)
 
     public static func parse(method: String, target: String) throws -> AdminRoute {
         let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
@@ -65,6 +68,10 @@ public enum AdminRoute: Equatable, Sendable {
             return try only("GET") { try noQuery(); return .ready }
         case 1 where segments[0] == "metrics":
             return try only("GET") { try noQuery(); return .metrics }
+        case 1 where segments[0] == "suppression":
+            return .suppression(try SuppressionRequest.parse(method: method, action: nil, query: query))
+        case 2 where segments[0] == "suppression":
+            return .suppression(try SuppressionRequest.parse(method: method, action: segments[1], query: query))
         case 1 where segments[0] == "queue":
             return try only("GET") { .list(try QueueFilter(query: query)) }
         case 2 where segments[0] == "queue" && segments[1] == "flush":
