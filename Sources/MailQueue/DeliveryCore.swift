@@ -75,6 +75,11 @@ public struct RecipientEvent: Sendable, Equatable {
     public var source: String? = nil
     /// The failure's class (BounceClass.swift): for deferred, bounced and expired results only.
     public var bounceClass: String? = nil
+    /// For events: the envelope sender ("" for <>), the attempt's number (1 for the first) and the
+    /// message's size.
+    public var sender = ""
+    public var attempt = 0
+    public var size = 0
 }
 
 /// Something to log and count, built once, where the decision is made.
@@ -580,11 +585,14 @@ public struct DeliveryCore: Sendable {
         let id = job.id
         let relay = attempt.relay ?? "none"
         let delay = now - m.envelope.arrival
+        let attemptNumber = m.envelope.attempts + 1  // before this attempt's deferrals count it
         func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?,
                    bounceClass: String? = nil) {
             out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[index].address, relay: relay,
                                                       tls: tls, delay: delay, dsn: dsn, status: status, reply: reply,
-                                                      source: attempt.source, bounceClass: bounceClass))))
+                                                      source: attempt.source, bounceClass: bounceClass,
+                                                      sender: m.envelope.sender, attempt: attemptNumber,
+                                                      size: m.envelope.size))))
         }
         var late: [(Int, RecipientResult)] = []
         var sent = 0, failed = 0
@@ -909,7 +917,9 @@ public struct DeliveryCore: Sendable {
                 fail(&m, i, status: "5.0.0", reply: reply, relay: "none", bounceClass: kind)
                 out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[i].address, relay: "none",
                                                           tls: nil, delay: now - m.envelope.arrival, dsn: "5.0.0",
-                                                          status: .bounced, reply: reply, bounceClass: kind))))
+                                                          status: .bounced, reply: reply, bounceClass: kind,
+                                                          sender: m.envelope.sender, attempt: m.envelope.attempts,
+                                                          size: m.envelope.size))))
             }
             m.envelope.held = false
             held[id] = nil

@@ -83,6 +83,8 @@ public struct TernConfig: Sendable, Equatable {
     public var bounce = BounceConfig()
     /// [suppression]: the classes of hard bounces that suppress their recipient.
     public var suppression = SuppressionConfig()
+    /// [events]: the JSON Lines file of message events.
+    public var events = EventsConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -110,6 +112,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(name: "dkim", read: readDKIM),
             AnySection(name: "bounce", read: readBounce),
             AnySection(name: "suppression", read: readSuppression),
+            AnySection(name: "events", read: readEvents),
         ]
     }
 

@@ -105,6 +105,7 @@ extension TernConfig {
         renderDKIM(&out)
         renderBounce(&out)
         renderSuppression(&out)
+        renderEvents(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

@@ -316,6 +316,14 @@ builtin_rules = true
 # of these bounce classes is added for every sender; [] adds none.
 auto_classes = ["InvalidRecipient", "BadDomain"]
 
+[events]
+# Message events as JSON Lines, one object a line: reception, delivery,
+# transient_failure, bounce, expiration, rejection, suppression, admin (with
+# queue_id, sender, recipient, destination, next_hop, source, tls, reply, dsn,
+# bounce_class, attempt, size, client). "" writes none. SIGUSR1 reopens the
+# file (for logrotate). A relative path is from this file's directory.
+file = ""
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

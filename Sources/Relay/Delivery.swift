@@ -81,6 +81,8 @@ public final class DeliveryManager {
     /// The relay's suppression list: a hard bounce of a class in [suppression] auto_classes adds its
     /// recipient (SuppressionStore.swift).
     var suppression: SuppressionStore?
+    /// [events] file (EventLog.swift); nil when off.
+    var events: EventLog?
 
     struct JobKey: Hashable {
         let id: QueueID
@@ -386,6 +388,7 @@ public final class DeliveryManager {
             }
             if let kind = e.bounceClass { metrics.bounceClassified(kind, status: e.status.rawValue) }
             logResult(e)
+            if let events { events.emit(Self.eventLine(e, time: now)) }
             suppressIfHardBounce(e)
         case .attemptEnded(let id, let sent, let deferred, _):
             if sent > 0 { metrics.bytesDelivered(bytes[id]?.message.count ?? 0) }
@@ -400,6 +403,12 @@ public final class DeliveryManager {
         case .unreadable(let id, let why):
             log.error("\(id): cannot read from the spool: \(why)")
         case .postmaster(let id, let action, let pending):
+            if let events, !pending {
+                var line = EventLine(type: "admin", time: now)
+                line.add("queue_id", id.rawValue)
+                line.add("action", action.rawValue)
+                events.emit(line)
+            }
             if pending {
                 log.info("\(id): \(action.rawValue) by the postmaster, when the attempt in flight ends")
             } else if action != .bounce {
@@ -416,7 +425,41 @@ public final class DeliveryManager {
         let entry = SuppressionEntry(address: e.to, reason: "\(kind) \(e.dsn)", time: Int(now), source: .bounce)
         if suppression.add(entry) {
             log.info("\(e.id): \(angleQuoted(entry.address)) suppressed: \(entry.reason)")
+            if let events {
+                var line = EventLine(type: "suppression", time: now)
+                line.add("queue_id", e.id.rawValue)
+                line.add("recipient", entry.address)
+                line.add("reason", entry.reason)
+                line.add("source", "bounce")
+                line.add("bounce_class", kind)
+                events.emit(line)
+            }
         }
+    }
+
+    /// A recipient's result as an event: delivery, transient_failure, bounce or expiration.
+    static func eventLine(_ e: RecipientEvent, time: Double) -> EventLine {
+        let type: String
+        switch e.status {
+        case .sent: type = "delivery"
+        case .deferred: type = "transient_failure"
+        case .bounced: type = "bounce"
+        case .expired: type = "expiration"
+        }
+        var line = EventLine(type: type, time: time)
+        line.add("queue_id", e.id.rawValue)
+        line.add("sender", e.sender)
+        line.add("recipient", e.to)
+        line.add("destination", DeliveryCore.domain(of: e.to))
+        line.add("next_hop", e.relay == "none" ? nil : e.relay)
+        line.add("source", e.source)
+        line.add("tls", e.tls)
+        line.add("reply", e.reply)
+        line.add("dsn", e.dsn)
+        line.add("bounce_class", e.bounceClass)
+        line.add("attempt", e.attempt)
+        line.add("size", e.size)
+        return line
     }
 
     /// "QUEUEID: to=<…>, relay=mx[ip]:25, tls=…, delay=0.4, dsn=2.0.0, status=sent (250 …)", as Postfix

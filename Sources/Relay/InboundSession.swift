@@ -253,6 +253,9 @@ final class InboundSession {
             case .refused(let refusal):
                 server.relayMetrics.commandRefused(refusal.reason)
                 if refusal.logged { logRefusal(refusal) }
+                if let events = server.events, refusal.command == "RCPT" || refusal.inMessage {
+                    events.emit(rejectionEvent(refusal))
+                }
             case .beginMessage(let start):
                 beginMessage(start)
             case .messageData(let bytes):
@@ -512,6 +515,21 @@ final class InboundSession {
                            ["size": .stringConvertible(env.size), "nrcpt": .stringConvertible(env.recipients.count)],
                            text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
+                if let events = server.events {
+                    let now = server.loop.clock.wallSeconds()
+                    for r in env.recipients {
+                        var line = EventLine(type: "reception", time: now)
+                        line.add("queue_id", queueID.rawValue)
+                        line.add("sender", env.sender)
+                        line.add("recipient", r.address)
+                        line.add("size", env.size)
+                        line.add("client", env.client.ip)
+                        line.add("helo", env.client.helo)
+                        line.add("protocol", env.client.protocolName)
+                        line.add("user", env.client.authenticatedUser)
+                        events.emit(line)
+                    }
+                }
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes,
                                          wireReady: wireReady && !writer.convertedToSevenBit)
             } else if let error = error as? DKIMSigningFailure {
@@ -578,6 +596,21 @@ final class InboundSession {
         sessionLog.fields(r.event, qid: qid, Self.refusalFields(r, client: client, reply: replyText)) {
             Self.refusalText(r, qid: qid, client: client, reply: replyText)
         }
+    }
+
+    /// A refused RCPT, or a message refused at its end: a rejection event.
+    private func rejectionEvent(_ r: Refusal) -> EventLine {
+        var line = EventLine(type: "rejection", time: server.loop.clock.wallSeconds())
+        line.add("queue_id", r.inMessage ? messageQueueID?.rawValue : nil)
+        line.add("sender", r.sender?.address)
+        line.add("recipient", r.recipient)
+        line.add("command", r.command)
+        line.add("reply", Self.replyText(r.reply))
+        line.add("dsn", r.reply.enhanced)
+        line.add("reason", r.reason.rawValue)
+        line.add("client", clientIP)
+        line.add("helo", r.helo)
+        return line
     }
 
     static func refusalText(_ r: Refusal, qid: String?, client: String, reply replyText: String) -> String {

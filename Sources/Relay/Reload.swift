@@ -10,7 +10,7 @@
 // and [[dkim.sign]] (its keys read again with the certificate: SMTPServer.install).
 // What needs a restart is kept as it was, and the log says so: hostname, server.listen, spool, dns,
 // delivery (with its dead_destination keys and the limits of unmatched destinations), log, admin and
-// bounce (the classes' rules, with the delivery core's other settings) and suppression.
+// bounce (the classes' rules, with the delivery core's other settings), suppression and events.
 
 import Logging
 import SMTPProtocol
@@ -74,6 +74,8 @@ extension SMTPServer {
         next.bounce = old.bounce
         if next.suppression != old.suppression { outcome.needRestart.append("suppression") }
         next.suppression = old.suppression
+        if next.events != old.events { outcome.needRestart.append("events") }
+        next.events = old.events
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }

@@ -25,6 +25,8 @@ public final class SMTPServer {
     public let spool: Spool
     /// Recipients not sent to (spool/suppression.list): asked at RCPT, filled by hard bounces.
     let suppression: SuppressionStore
+    /// [events] file: message events as JSON Lines; nil when off.
+    let events: EventLog?
     /// Batches messages into the spool's journal.
     let journal: JournalCommitter
     public var log: Logger
@@ -98,6 +100,7 @@ public final class SMTPServer {
         let s = config.server
         dataBudget = DataBudget(limit: s.maxBufferedData, perRead: ServerSession.dataBuffer + EventLoop.readBufferSize)
         suppression = try SuppressionStore(spoolPath: spool.path, loop: loop, log: log)
+        events = config.events.file.isEmpty ? nil : try EventLog(path: config.events.file, loop: loop, log: log)
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
         serverConfiguration.recipientCheck = suppression
@@ -127,11 +130,28 @@ public final class SMTPServer {
                                        ownAddresses: own, metrics: relayMetrics,
                                        newQueueID: { [unowned self] in self.nextQueueID() })
             delivery?.suppression = suppression
+            delivery?.events = events
         }
         try openAdminEndpoint()
     }
 
     public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
+
+    /// SIGUSR1: the events file is opened again by its name (after logrotate moved it).
+    public func reopenEventLog() { events?.reopen() }
+
+    /// A suppression event: an address added to the list (by a hard bounce, or by the postmaster).
+    func suppressionEvent(_ entry: SuppressionEntry, queueID: String? = nil, bounceClass: String? = nil) {
+        guard let events else { return }
+        var line = EventLine(type: "suppression", time: loop.clock.wallSeconds())
+        line.add("queue_id", queueID)
+        line.add("recipient", entry.address)
+        line.add("scope", entry.scope.isEmpty ? nil : entry.scope)
+        line.add("reason", entry.reason)
+        line.add("source", entry.source == .bounce ? "bounce" : "manual")
+        line.add("bounce_class", bounceClass)
+        events.emit(line)
+    }
 
     public func start() throws {
         delivery?.loadSpool { [log] count in

@@ -119,7 +119,8 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
 
     // MARK: Files
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> String? {
+    /// Writes every byte (a short write goes on), then syncs the data unless `sync` is false.
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], sync: Bool = true) -> String? {
         var offset = 0
         while offset < bytes.count {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
@@ -129,6 +130,7 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
             }
             offset += n
         }
+        guard sync else { return nil }
         return fdatasync(fd) == 0 ? nil : String(cString: strerror(errno))
     }
 

@@ -101,6 +101,11 @@ struct Serve: ParsableCommand {
         let term = try SignalWatcher(loop: loop, signal: SIGTERM) { stop("SIGTERM") }
         let int = try SignalWatcher(loop: loop, signal: SIGINT) { stop("SIGINT") }
         let hup = try watchForReload(loop: loop, server: server, path: config, log: log)
+        // SIGUSR1: logrotate moved the events file; it is opened again by its name.
+        let usr1 = try SignalWatcher(loop: loop, signal: SIGUSR1) {
+            log.info("SIGUSR1: reopening the events file")
+            server.reopenEventLog()
+        }
         // Log lines go out once per loop iteration, not with a write each.
         LogBuffer.shared.start(fd: 2)
         let flushLog = Prepare(loop: loop) { LogBuffer.shared.flush() }
@@ -113,6 +118,7 @@ struct Serve: ParsableCommand {
         term.close()
         int.close()
         hup.close()
+        usr1.close()
     }
 }
 

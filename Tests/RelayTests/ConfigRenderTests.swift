@@ -67,6 +67,7 @@ import Testing
         c.delivery.honorTLSRequiredNo = true
         c.bounce.builtinRules = false
         c.suppression.autoClasses = ["InvalidRecipient", "LocalBlock"]
+        c.events.file = "/var/log/tern/events.jsonl"
         c.bounce.rules = [BounceRule(bounceClass: "LocalBlock", replies: [#"^550 5\.7\.1 .*rbl\.example"#, "a\"quote"])]
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"

@@ -811,11 +811,11 @@ class Tern:
 
     # the admin endpoint: what the server says it has done, a marker to wait for
 
-    def admin_get(self, path: str) -> tuple[int, bytes]:
-        """GET path on the admin endpoint: (status, body)."""
+    def admin_get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """GET (or `method`) path on the admin endpoint: (status, body)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
         try:
-            conn.request("GET", path)
+            conn.request(method, path)
             r = conn.getresponse()
             return r.status, r.read()
         finally:

@@ -99,11 +99,11 @@ def hops(hop_port):
 
 @pytest.fixture
 def relay(hops, start_tern, dns, hop_port):
-    """relay(delivery={...}, routes={...}, priority={...}, bounce={...}) -> a running tern delivering through
+    """relay(delivery={...}, routes={...}, priority={...}, bounce={...}, events={...}) -> a running tern delivering through
     dnsmasq to next hops on hop_port. Depends on `hops` so that tern stops before the hops do."""
 
     def start(delivery: dict | None = None, routes: dict | None = None, priority: dict | None = None,
-              bounce: dict | None = None, **kw):
+              bounce: dict | None = None, events: dict | None = None, **kw):
         dl = dict(DELIVERY_DEFAULTS, port=hop_port)
         dl.update(delivery or {})
         tables = {"dns": {"servers": [f"127.0.0.1:{dns.port}"]}}
@@ -113,6 +113,8 @@ def relay(hops, start_tern, dns, hop_port):
             tables["priority"] = priority
         if bounce:
             tables["bounce"] = bounce
+        if events:
+            tables["events"] = events
         return start_tern(delivery=dl, extra_tables=tables, **kw)
 
     return start

@@ -411,7 +411,10 @@ extension AdminEndpoint {
             }
             answer(Self.json(SuppressionView(e)))
         case .add(let key, let reason):
-            let added = store.add(SuppressionEntry(address: key.address, scope: key.scope, reason: reason, time: now)) {
+            let entry = SuppressionEntry(address: key.address, scope: key.scope, reason: reason, time: now)
+            let server = self.server
+            let added = store.add(entry) {
+                server.suppressionEvent(entry)
                 log.info("suppression: \(angleQuoted(key.address))\(key.scope.isEmpty ? "" : " for \(key.scope)") added by the postmaster: \(terminalSafe(reason))")
                 answer(Self.json(SuppressionReply(message: "\(key.address) suppressed\(key.scope.isEmpty ? "" : " for \(key.scope)")")))
             }

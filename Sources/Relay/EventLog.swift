@@ -1,0 +1,161 @@
+// EventLog.swift: message events as JSON Lines ([events] file), one object a line, for applications
+// that want to hear what became of each recipient without parsing the log (issue 19):
+//
+//   {"type":"delivery","time":1765000000.123,"queue_id":"0661…","sender":"a@x","recipient":"b@y",
+//    "destination":"y","next_hop":"mx.y[192.0.2.25]:25","tls":"TLSv1.3 …","reply":"250 2.0.0 Ok",
+//    "dsn":"2.0.0","attempt":1,"size":4211}
+//
+// Types: reception (one per accepted recipient), delivery, transient_failure, bounce, expiration,
+// rejection (a RCPT or message refused), suppression (an address added to the suppression list) and
+// admin (a postmaster's action on a message). Failures carry bounce_class.
+//
+// Lines are built by hand (a JSONEncoder per event would cost more than the delivery it reports),
+// gathered in memory and appended on the thread pool, one write at a time. What waits is bounded: past
+// `maxPending` bytes (the disk is stuck) events are dropped and counted, with one log line per episode.
+// SIGUSR1 reopens the file (logrotate's postrotate). The file is a log, not a store: the durable
+// outbox for webhooks is a separate part of the issue.
+
+import Glibc
+import Logging
+import UVRuntime
+
+/// One event's members, in the order they are written. Strings are escaped as JSON requires, and
+/// control characters (and DEL, C1) always as \u00XX: the file may be shown on a terminal.
+struct EventLine {
+    private(set) var bytes: [UInt8] = []
+
+    init(type: String, time: Double) {
+        bytes.reserveCapacity(256)
+        bytes.append(UInt8(ascii: "{"))
+        key("type")
+        string(type)
+        member("time")
+        number(time)
+    }
+
+    mutating func add(_ name: String, _ value: String?) {
+        guard let value else { return }
+        member(name)
+        string(value)
+    }
+
+    mutating func add(_ name: String, _ value: Int?) {
+        guard let value else { return }
+        member(name)
+        bytes.append(contentsOf: String(value).utf8)
+    }
+
+    /// The line, with its "}\n".
+    func finished() -> [UInt8] { bytes + [UInt8(ascii: "}"), 10] }
+
+    private mutating func member(_ name: String) {
+        bytes.append(UInt8(ascii: ","))
+        key(name)
+    }
+
+    private mutating func key(_ name: String) {
+        string(name)
+        bytes.append(UInt8(ascii: ":"))
+    }
+
+    /// Milliseconds, as "1765000000.123".
+    private mutating func number(_ seconds: Double) {
+        let ms = Int((max(0, seconds) * 1000).rounded())
+        let frac = ms % 1000
+        bytes.append(contentsOf: "\(ms / 1000).\(frac < 100 ? (frac < 10 ? "00" : "0") : "")\(frac)".utf8)
+    }
+
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
+    private mutating func string(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var scalars = s.unicodeScalars.makeIterator()
+        while let u = scalars.next() {
+            let v = u.value
+            switch v {
+            case 0x22: bytes.append(contentsOf: [0x5C, 0x22])
+            case 0x5C: bytes.append(contentsOf: [0x5C, 0x5C])
+            case 0..<0x20, 0x7F...0x9F:
+                bytes.append(contentsOf: Array("\\u00".utf8))
+                bytes.append(Self.hex[Int(v >> 4)])
+                bytes.append(Self.hex[Int(v & 0xF)])
+            default:
+                bytes.append(contentsOf: String(u).utf8)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+final class EventLog {
+    let path: String
+    private let loop: EventLoop
+    private let log: Logger
+    private var fd: Int32
+    private var pending: [UInt8] = []
+    private var writing = false
+    private var reopenAsked = false
+    /// Events dropped since the last log line about it, and in all.
+    private var droppedNow = 0
+    private(set) var dropped = 0
+    static let maxPending = 16 << 20
+
+    init(path: String, loop: EventLoop, log: Logger) throws {
+        self.path = path
+        self.loop = loop
+        self.log = log
+        fd = try Self.open(path)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    static func open(_ path: String) throws -> Int32 {
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw ConfigError(key: "events.file", message: "cannot open \(path): \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
+    func emit(_ line: EventLine) {
+        guard fd >= 0 || writing, pending.count < Self.maxPending else {
+            if droppedNow == 0 { log.error("events: \(path) is not keeping up; events are dropped until it does") }
+            droppedNow += 1
+            dropped += 1
+            return
+        }
+        pending += line.finished()
+        flush()
+    }
+
+    /// SIGUSR1: the file is opened again by its name once what is pending was written.
+    func reopen() {
+        reopenAsked = true
+        if !writing { flush() }
+    }
+
+    private func flush() {
+        guard !writing, reopenAsked || (fd >= 0 && !pending.isEmpty) else { return }
+        writing = true
+        let bytes = pending, reopening = reopenAsked, path = self.path
+        var fd = self.fd
+        pending = []
+        reopenAsked = false
+        var failure: String?
+        loop.queueWork({
+            if !bytes.isEmpty { failure = SuppressionStore.writeAll(fd, bytes, sync: false) }
+            if reopening {
+                close(fd)
+                fd = (try? Self.open(path)) ?? -1
+            }
+        }, done: { [self] in
+            writing = false
+            self.fd = fd
+            if let failure { log.error("events: writing \(path) failed: \(failure)") }
+            if fd < 0 { log.error("events: cannot open \(path) again; events are dropped") }
+            if droppedNow > 0 && pending.count < Self.maxPending / 2 {
+                log.notice("events: \(droppedNow) events were dropped while \(path) was behind")
+                droppedNow = 0
+            }
+            if fd >= 0 { flush() } else { pending = [] }
+        })
+    }
+}
