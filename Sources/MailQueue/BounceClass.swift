@@ -10,7 +10,8 @@
 //
 // Classifying runs a few dozen regular expressions, so the answers are remembered by reply text
 // (replies repeat: a provider's deferral text is the same for every message); the memory is bounded
-// and starts over when full.
+// and starts over when full. Only a reply's first `maxReplyBytes` are looked at: a next hop may send
+// 400 KiB of reply lines, and a pattern like "connect to .*refused" is quadratic over what it reads.
 
 /// One rule: the class and its patterns (any may match).
 public struct BounceRule: Sendable, Equatable {
@@ -38,6 +39,9 @@ public final class BounceClassifier: @unchecked Sendable {
     private let compiled: [(bounceClass: String, pattern: Regex<AnyRegexOutput>)]
     private var remembered: [String: String] = [:]
     static let rememberedLimit = 4096
+    /// What of a reply the rules see (and the memory keeps): its start, where the code and the
+    /// reason are.
+    public static let maxReplyBytes = 512
 
     /// A pattern that does not compile names its rule and pattern by index: "rule[3].reply[1]".
     public struct BadPattern: Error, Equatable {
@@ -63,6 +67,8 @@ public final class BounceClassifier: @unchecked Sendable {
 
     /// The class of a failure reply, "code enhanced text" (NextHop's RecipientResult.reply).
     public func classify(_ reply: String) -> String {
+        let reply = reply.utf8.count <= Self.maxReplyBytes
+            ? reply : String(decoding: reply.utf8.prefix(Self.maxReplyBytes), as: UTF8.self)
         if let known = remembered[reply] { return known }
         var found = BounceClassName.uncategorized
         for rule in compiled where reply.contains(rule.pattern) {

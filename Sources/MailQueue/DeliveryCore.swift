@@ -75,6 +75,8 @@ public struct RecipientEvent: Sendable, Equatable {
     public var source: String? = nil
     /// The failure's class (BounceClass.swift): for deferred, bounced and expired results only.
     public var bounceClass: String? = nil
+    /// RecipientResult.recipientSpecific: the failure was this recipient's own (what may suppress it).
+    public var recipientSpecific = false
     /// For events: the envelope sender ("" for <>), the attempt's number (1 for the first) and the
     /// message's size.
     public var sender = ""
@@ -587,12 +589,12 @@ public struct DeliveryCore: Sendable {
         let delay = now - m.envelope.arrival
         let attemptNumber = m.envelope.attempts + 1  // before this attempt's deferrals count it
         func event(_ index: Int, _ status: RecipientEvent.Status, dsn: String, reply: String, tls: String?,
-                   bounceClass: String? = nil) {
+                   bounceClass: String? = nil, specific: Bool = false) {
             out.append(.log(.recipient(RecipientEvent(id: id, to: m.envelope.recipients[index].address, relay: relay,
                                                       tls: tls, delay: delay, dsn: dsn, status: status, reply: reply,
                                                       source: attempt.source, bounceClass: bounceClass,
-                                                      sender: m.envelope.sender, attempt: attemptNumber,
-                                                      size: m.envelope.size))))
+                                                      recipientSpecific: specific, sender: m.envelope.sender,
+                                                      attempt: attemptNumber, size: m.envelope.size))))
         }
         var late: [(Int, RecipientResult)] = []
         var sent = 0, failed = 0
@@ -621,7 +623,8 @@ public struct DeliveryCore: Sendable {
                 let kind = bounceClass(status: r.status, reply: r.reply)
                 fail(&m, index, status: r.status, reply: r.reply, relay: relay, bounceClass: kind)
                 failed += 1
-                event(index, .bounced, dsn: r.status, reply: r.reply, tls: attempt.tls, bounceClass: kind)
+                event(index, .bounced, dsn: r.status, reply: r.reply, tls: attempt.tls, bounceClass: kind,
+                      specific: r.recipientSpecific)
             }
         }
         if !late.isEmpty {

@@ -25,6 +25,10 @@ public struct RecipientResult: Sendable, Equatable {
     public var kind: Kind
     public var status: String
     public var reply: String
+    /// The failure is this recipient's own: its RCPT reply, or Tern's routing of its domain (NXDOMAIN,
+    /// null MX). False when the whole transaction was refused (MAIL, DATA): a sender's problem must not
+    /// suppress its recipients.
+    public var recipientSpecific = false
 
     public init(_ kind: Kind, status: String, reply: String) {
         self.kind = kind
@@ -59,6 +63,16 @@ public enum NextHop {
     /// host, its recipients deferred meanwhile (RFC 8689 §4.2.1: every MX host is tried); at the last
     /// host it is final like any 5xx.
     public static func judge(_ outcome: TransactionOutcome, moreHosts: Bool = false) -> Verdict {
+        var verdict = judgeTransaction(outcome, moreHosts: moreHosts)
+        for i in verdict.results.indices where i < outcome.recipientReplies.count {
+            if let r = outcome.recipientReplies[i], !r.isPositive, !outcome.refusedHere {
+                verdict.results[i].recipientSpecific = true
+            }
+        }
+        return verdict
+    }
+
+    static func judgeTransaction(_ outcome: TransactionOutcome, moreHosts: Bool) -> Verdict {
         if outcome.thisHostOnly && moreHosts {
             let r = outcome.mailReply
             let status = r.enhanced.map { "4" + $0.dropFirst() } ?? "4.0.0"

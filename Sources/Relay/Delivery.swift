@@ -420,8 +420,11 @@ public final class DeliveryManager {
     /// A permanent failure of a class in [suppression] auto_classes suppresses its recipient for every
     /// sender, with the class and status as the reason ("InvalidRecipient 5.1.1").
     func suppressIfHardBounce(_ e: RecipientEvent) {
-        guard e.status == .bounced, let kind = e.bounceClass, let suppression,
-              config.suppression.autoClasses.contains(kind) else { return }
+        // Only the recipient's own failure (not MAIL or DATA refused), and never x.1.7/x.1.8 (RFC 3463:
+        // the sender's address).
+        guard e.status == .bounced, e.recipientSpecific, let kind = e.bounceClass, let suppression,
+              config.suppression.autoClasses.contains(kind),
+              !e.dsn.hasSuffix(".1.7"), !e.dsn.hasSuffix(".1.8") else { return }
         let entry = SuppressionEntry(address: e.to, reason: "\(kind) \(e.dsn)", time: Int(now), source: .bounce)
         if suppression.add(entry) {
             log.info("\(e.id): \(angleQuoted(entry.address)) suppressed: \(entry.reason)")

@@ -17,10 +17,12 @@
 
 import Glibc
 import Logging
+import SMTPProtocol
 import UVRuntime
 
 /// One event's members, in the order they are written. Strings are escaped as JSON requires, and
-/// control characters (and DEL, C1) always as \u00XX: the file may be shown on a terminal.
+/// control characters (and DEL, C1) always as \u00XX, invisible formatting (bidi overrides,
+/// zero-width) as \uXXXX: the file may be shown on a terminal.
 struct EventLine {
     private(set) var bytes: [UInt8] = []
 
@@ -79,6 +81,13 @@ struct EventLine {
                 bytes.append(contentsOf: Array("\\u00".utf8))
                 bytes.append(Self.hex[Int(v >> 4)])
                 bytes.append(Self.hex[Int(v & 0xF)])
+            case _ where isInvisibleFormatting(u):
+                // Above U+FFFF, JSON writes the UTF-16 surrogate pair.
+                let units = v <= 0xFFFF ? [v] : [0xD800 + ((v - 0x10000) >> 10), 0xDC00 + ((v - 0x10000) & 0x3FF)]
+                for unit in units {
+                    bytes.append(contentsOf: Array("\\u".utf8))
+                    for shift in [12, 8, 4, 0] as [UInt32] { bytes.append(Self.hex[Int((unit >> shift) & 0xF)]) }
+                }
             default:
                 bytes.append(contentsOf: String(u).utf8)
             }
@@ -155,7 +164,12 @@ final class EventLog {
                 log.notice("events: \(droppedNow) events were dropped while \(path) was behind")
                 droppedNow = 0
             }
-            if fd >= 0 { flush() } else { pending = [] }
+            if fd >= 0 {
+                flush()
+            } else {
+                dropped += pending.count > 0 ? 1 : 0  // counted as one: the lines are not parsed again
+                pending = []
+            }
         })
     }
 }

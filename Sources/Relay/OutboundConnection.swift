@@ -141,7 +141,10 @@ final class OutboundConnection {
         }
         switch plan {
         case .bounce(let status, let reason):
-            for i in job.recipients { outcomes[i] = RecipientResult(.bounced, status: status, reply: reason) }
+            // Routing's verdict on the recipients' domain (NXDOMAIN, null MX): theirs.
+            var result = RecipientResult(.bounced, status: status, reply: reason)
+            result.recipientSpecific = true
+            for i in job.recipients { outcomes[i] = result }
             endJob(thenReuse: false)
         case .retry(let reason):
             lastFailure = .deferred(reason, status: "4.4.3")  // DNS: RFC 3463's routing server failure

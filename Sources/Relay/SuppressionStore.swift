@@ -23,7 +23,8 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
     private let log: Logger
     private let fd: Int32
     private var pending: [UInt8] = []
-    private var pendingDone: [() -> Void] = []
+    /// Called with nil once synced, or with why the write failed.
+    private var pendingDone: [(String?) -> Void] = []
     private var writing = false
     /// Lines in the file, for the rewrite at the next start-up.
     private(set) var fileLines: Int
@@ -66,7 +67,7 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
 
     /// Adds (or replaces) an entry; false for an address or scope that cannot be kept.
     @discardableResult
-    func add(_ entry: SuppressionEntry, then done: (() -> Void)? = nil) -> Bool {
+    func add(_ entry: SuppressionEntry, then done: ((String?) -> Void)? = nil) -> Bool {
         guard list.add(entry) else { return false }
         append(SuppressionRecord.add(entry).line, then: done)
         return true
@@ -74,20 +75,21 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
 
     /// Removes an entry; false when there was none.
     @discardableResult
-    func remove(address: String, scope: String, then done: (() -> Void)? = nil) -> Bool {
+    func remove(address: String, scope: String, then done: ((String?) -> Void)? = nil) -> Bool {
         let address = SuppressionList.normalized(address), scope = SuppressionList.normalized(scope)
         guard list.remove(address: address, scope: scope) else { return false }
         append(SuppressionRecord.remove(address: address, scope: scope).line, then: done)
         return true
     }
 
-    /// Runs `done` on the loop once every change made so far is synced (at once when none waits).
-    func whenSynced(_ done: @escaping () -> Void) {
-        guard writing || !pending.isEmpty else { return done() }
+    /// Runs `done` on the loop once every change made so far is synced (at once when none waits), with
+    /// why a write failed, if one did.
+    func whenSynced(_ done: @escaping (String?) -> Void) {
+        guard writing || !pending.isEmpty else { return done(nil) }
         pendingDone.append(done)
     }
 
-    private func append(_ line: [UInt8], then done: (() -> Void)?) {
+    private func append(_ line: [UInt8], then done: ((String?) -> Void)?) {
         pending += line
         fileLines += 1
         if let done { pendingDone.append(done) }
@@ -102,16 +104,19 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
         pendingDone = []
         var failure: String?
         loop.queueWork({
+            // A write cut short must not leave half a line for the next one to be glued to.
+            let before = lseek(fd, 0, SEEK_END)
             failure = Self.writeAll(fd, bytes)
+            if failure != nil, before >= 0 { _ = ftruncate(fd, before) }
         }, done: { [self] in
             writing = false
-            if let failure { log.error("suppression: writing \(path) failed: \(failure); the change is kept in memory") }
-            for done in callbacks { done() }
+            if let failure { log.error("suppression: writing \(path) failed: \(failure); the change is in memory only until a restart") }
+            for done in callbacks { done(failure) }
             if pending.isEmpty && !pendingDone.isEmpty {
                 // Asked for by whenSynced while this write was under way, with nothing new to write.
                 let waiting = pendingDone
                 pendingDone = []
-                for done in waiting { done() }
+                for done in waiting { done(failure) }
             }
             flush()
         })

@@ -772,12 +772,17 @@ public struct ServerSession {
         switch config.policy.checkRecipient(path, trusted: client.trusted || authenticatedUser != nil) {
         case .deny(let r):
             fail(r, Self.reason(of: r), logged: true, recipient: path.address)
-        case .accept(let addresses):
+        case .accept(var addresses):
             if let check = config.recipientCheck {
-                for a in addresses {
-                    if let r = check.refusal(of: a, sender: t.sender) {
-                        return fail(r, .suppressed, logged: true, recipient: a)
-                    }
+                // An alias's other members still get the mail; the RCPT is refused only when none is left.
+                var first: (address: String, reply: Reply)?
+                addresses.removeAll { a in
+                    guard let r = check.refusal(of: a, sender: t.sender) else { return false }
+                    if first == nil { first = (a, r) }
+                    return true
+                }
+                if addresses.isEmpty, let first {
+                    return fail(first.reply, .suppressed, logged: true, recipient: first.address)
                 }
             }
             var answer = Reply(250, "2.1.5", "Ok")

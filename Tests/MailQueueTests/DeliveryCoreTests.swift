@@ -417,6 +417,16 @@ private func startDueOnConnections(_ c: inout DeliveryCore, _ e: Envelope, now: 
         #expect(NextHop.judge(refused, moreHosts: true).results.map(\.kind) == [.bounced, .bounced])
     }
 
+    /// Only a recipient's own RCPT refusal is its own: what may put it on the suppression list.
+    @Test func onlyARecipientsOwnRefusalIsItsOwn() {
+        let v = NextHop.judge(outcome(rcpt: [Reply(550, "5.1.1", "no such user"), Reply(250, "2.1.5", "ok")],
+                                      data: Reply(554, "5.7.1", "Sender address rejected: Access denied")))
+        #expect(v.results.map(\.kind) == [.bounced, .bounced] && v.results.map(\.recipientSpecific) == [true, false])
+        let mail = NextHop.judge(outcome(mail: Reply(550, "5.1.8", "Sender address rejected: Domain not found"),
+                                         rcpt: [nil, nil], data: nil))
+        #expect(mail.results.map(\.recipientSpecific) == [false, false])
+    }
+
     @Test func aBounceAmongDeferralsStillMovesTheRestOn() {
         // Every recipient not refused for good was refused for now: the others may take them.
         let v = NextHop.judge(outcome(rcpt: [Reply(550, "5.1.1", "no"), Reply(451, "4.3.0", "later")], data: nil))

@@ -90,6 +90,14 @@ import Testing
         #expect(error.message.contains(message), "\(error.message)")
     }
 
+    /// A next hop's reply may run to 400 KiB: only its start is read (the quadratic patterns stay cheap).
+    @Test func longRepliesAreReadFromTheirStartOnly() {
+        let long = "450 4.4.1 " + String(repeating: "connect to ", count: 40_000)
+        #expect(Self.builtin.classify(long) == "NoAnswerFromHost")
+        let late = "550 " + String(repeating: "x", count: 600) + " user unknown"
+        #expect(Self.builtin.classify(late) == "Uncategorized")
+    }
+
     @Test func answersAreRememberedAndTheMemoryIsBounded() throws {
         let c = try BounceClassifier(rules: [BounceRule(bounceClass: "A", replies: ["^5"])])
         for i in 0..<(BounceClassifier.rememberedLimit * 2 + 10) {

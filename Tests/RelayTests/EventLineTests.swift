@@ -15,6 +15,13 @@ import Testing
         #expect(text == #"{"type":"bounce","time":1765000000.123,"queue_id":"0661FCAA570DBE","recipient":"a\"b\\c@x.test","reply":"550 5.1.1 tab\u0009here\u000d\u000aESC\u001b[31m C1\u009b ünï 日本","attempt":3}"# + "\n")
     }
 
+    @Test func invisibleFormattingIsEscaped() {
+        var line = EventLine(type: "t", time: 0)
+        line.add("helo", "a\u{202E}b\u{200B}c\u{E0001}d")
+        #expect(String(decoding: line.finished(), as: UTF8.self)
+                == #"{"type":"t","time":0.000,"helo":"a\u202eb\u200bc\udb40\udc01d"}"# + "\n")
+    }
+
     @Test func timeHasMilliseconds() {
         #expect(String(decoding: EventLine(type: "t", time: 5.007).finished(), as: UTF8.self) == "{\"type\":\"t\",\"time\":5.007}\n")
         #expect(String(decoding: EventLine(type: "t", time: 5.25).finished(), as: UTF8.self) == "{\"type\":\"t\",\"time\":5.250}\n")

@@ -53,6 +53,21 @@ def test_a_hard_bounce_suppresses_its_recipient_across_restarts(relay, hops):
     assert rcpt_replies(tern, "x@sender.test", ["gone@five.test"])[0].code == 550
 
 
+def test_a_refused_message_suppresses_none_of_its_recipients(relay, hops):
+    """The end of data refused for the sender's sake (the reply reads like a recipient's, "address
+    rejected"): the recipients bounce, but it was not their failure, so none is suppressed."""
+    hop = hops("127.0.0.11", fail_first=1,
+               fail_reply="554 5.7.1 <sender@sender.test>: Sender address rejected: Access denied")
+    sink = hops(SINK_IP)
+    tern = relay()
+    qid, _ = send(tern, ["a@five.test", "b@five.test"], subject="sender refused")
+    wait_until(lambda: log_entries(tern.stderr(), qid, "bounced", "b@five.test"), WAIT, "b@ bounced",
+               lambda: diagnostics(tern, hop, sink))
+    assert "bounce_class=InvalidRecipient" in tern.stderr()  # classed as the text reads...
+    assert " suppressed: " not in tern.stderr()               # ...but not the recipients' own failure
+    assert [r.code for r in rcpt_replies(tern, "x@sender.test", ["a@five.test", "b@five.test"])] == [250, 250]
+
+
 def test_a_line_cut_short_by_a_crash_is_dropped(relay, hops):
     tern = relay()
     tern.stop()

@@ -413,14 +413,16 @@ extension AdminEndpoint {
         case .add(let key, let reason):
             let entry = SuppressionEntry(address: key.address, scope: key.scope, reason: reason, time: now)
             let server = self.server
-            let added = store.add(entry) {
+            let added = store.add(entry) { failure in
+                if let failure { return answer(Self.json(AdminError(500, "suppression.list not written: \(failure)"))) }
                 server.suppressionEvent(entry)
                 log.info("suppression: \(angleQuoted(key.address))\(key.scope.isEmpty ? "" : " for \(key.scope)") added by the postmaster: \(terminalSafe(reason))")
                 answer(Self.json(SuppressionReply(message: "\(key.address) suppressed\(key.scope.isEmpty ? "" : " for \(key.scope)")")))
             }
             if !added { answer(Self.json(AdminError(400, "address: cannot be kept"))) }
         case .remove(let key):
-            let removed = store.remove(address: key.address, scope: key.scope) {
+            let removed = store.remove(address: key.address, scope: key.scope) { failure in
+                if let failure { return answer(Self.json(AdminError(500, "suppression.list not written: \(failure)"))) }
                 log.info("suppression: \(angleQuoted(key.address))\(key.scope.isEmpty ? "" : " for \(key.scope)") removed by the postmaster")
                 answer(Self.json(SuppressionReply(message: "\(key.address) no longer suppressed\(key.scope.isEmpty ? "" : " for \(key.scope)")")))
             }
@@ -436,7 +438,8 @@ extension AdminEndpoint {
             for address in addresses {
                 store.add(SuppressionEntry(address: address, scope: scope, reason: reason, time: now))
             }
-            store.whenSynced {
+            store.whenSynced { failure in
+                if let failure { return answer(Self.json(AdminError(500, "suppression.list not written: \(failure)"))) }
                 log.info("suppression: \(addresses.count) addresses imported by the postmaster\(scope.isEmpty ? "" : " for \(scope)")")
                 answer(Self.json(reply))
             }
