@@ -82,6 +82,8 @@ public struct RecipientEvent: Sendable, Equatable {
     public var sender = ""
     public var attempt = 0
     public var size = 0
+    /// The message's Message-ID, for events.
+    public var messageID: String? = nil
 }
 
 /// Something to log and count, built once, where the decision is made.
@@ -594,7 +596,8 @@ public struct DeliveryCore: Sendable {
                                                       tls: tls, delay: delay, dsn: dsn, status: status, reply: reply,
                                                       source: attempt.source, bounceClass: bounceClass,
                                                       recipientSpecific: specific, sender: m.envelope.sender,
-                                                      attempt: attemptNumber, size: m.envelope.size))))
+                                                      attempt: attemptNumber, size: m.envelope.size,
+                                                      messageID: m.envelope.messageID))))
         }
         var late: [(Int, RecipientResult)] = []
         var sent = 0, failed = 0
@@ -922,7 +925,7 @@ public struct DeliveryCore: Sendable {
                                                           tls: nil, delay: now - m.envelope.arrival, dsn: "5.0.0",
                                                           status: .bounced, reply: reply, bounceClass: kind,
                                                           sender: m.envelope.sender, attempt: m.envelope.attempts,
-                                                          size: m.envelope.size))))
+                                                          size: m.envelope.size, messageID: m.envelope.messageID))))
             }
             m.envelope.held = false
             held[id] = nil

@@ -78,6 +78,8 @@ public struct Envelope: Sendable, Equatable {
     /// "TLS-Required: No" in the header section, without REQUIRETLS (RFC 8689 §5): the sender asks that
     /// TLS policies not stop delivery. Honoured only when [delivery] allows it (honor_tls_required_no).
     public var tlsOptional = false
+    /// The message's Message-ID field as received (for events); nil when it had none.
+    public var messageID: String?
     public var client: ClientInfo
     /// A delay warning was sent to the sender (sent once per message).
     public var delayWarned = false

@@ -23,6 +23,7 @@
 //     envid	QQ314159                      ENVID= as it arrived (xtext); omitted when not given
 //     requiretls	1                        REQUIRETLS (RFC 8689); omitted when not asked for
 //     tlsoptional	1                       "TLS-Required: No" (RFC 8689 §5); omitted when absent
+//     msgid	<a1@example.org>                   the Message-ID field as received; omitted when none
 //     rcpt	pending	bob@example.net             one per recipient: state, address, and the last
 //     rcpt	deferred	carol@example.net	451 4.3.0 try later    reply when there is one
 //     notify	SUCCESS,DELAY                  NOTIFY= of the rcpt line just before; omitted when not given
@@ -85,6 +86,7 @@ public enum EnvelopeRecord {
         if let envid = e.envid { field(&out, "envid\t") { appendText(&$0, envid) } }
         if e.requireTLS { field(&out, "requiretls\t") { $0.append(0x31) } }
         if e.tlsOptional { field(&out, "tlsoptional\t") { $0.append(0x31) } }
+        if let id = e.messageID { field(&out, "msgid\t") { appendText(&$0, id) } }
         for r in e.recipients {
             field(&out, "rcpt\t") { out in
                 out.append(contentsOf: r.state.rawValue.utf8)
@@ -172,7 +174,7 @@ public enum EnvelopeRecord {
         var id: QueueID?, sender: String?, body: String?, client: String?, helo: String?, rdns: String?
         var protocolName: String?, auth: String?, arrival: Double?, nextAttempt: Double?
         var priority: Int?, size: Int?, attempts: Int?, smtputf8: Bool?, warned: Bool?, held: Bool?
-        var ret: DSNReturn?, envid: String?, requireTLS: Bool?, tlsOptional: Bool?
+        var ret: DSNReturn?, envid: String?, requireTLS: Bool?, tlsOptional: Bool?, messageID: String?
         var recipients: [Recipient] = []
         var ended = false
 
@@ -227,6 +229,8 @@ public enum EnvelopeRecord {
             case "requiretls":
                 guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
                 try set(&requireTLS, true, key)
+            case "msgid":
+                try set(&messageID, try text(value, key), key)
             case "tlsoptional":
                 guard value.count == 1, value[0] == 0x31 else { throw malformed(key, value) }
                 try set(&tlsOptional, true, key)
@@ -277,6 +281,7 @@ public enum EnvelopeRecord {
         envelope.envid = envid
         envelope.requireTLS = requireTLS ?? false
         envelope.tlsOptional = tlsOptional ?? false
+        envelope.messageID = messageID
         envelope.delayWarned = warned ?? false
         envelope.held = held ?? false
         return envelope

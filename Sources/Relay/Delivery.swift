@@ -451,6 +451,7 @@ public final class DeliveryManager {
         }
         var line = EventLine(type: type, time: time)
         line.add("queue_id", e.id.rawValue)
+        line.add("message_id", e.messageID)
         line.add("sender", e.sender)
         line.add("recipient", e.to)
         line.add("destination", DeliveryCore.domain(of: e.to))

@@ -5,6 +5,7 @@
 //    "destination":"y","next_hop":"mx.y[192.0.2.25]:25","tls":"TLSv1.3 …","reply":"250 2.0.0 Ok",
 //    "dsn":"2.0.0","attempt":1,"size":4211}
 //
+// Every message event has the message's Message-ID (message_id) when it had one.
 // Types: reception (one per accepted recipient), delivery, transient_failure, bounce, expiration,
 // rejection (a RCPT or message refused), suppression (an address added to the suppression list) and
 // admin (a postmaster's action on a message). Failures carry bounce_class.

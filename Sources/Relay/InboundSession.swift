@@ -506,6 +506,7 @@ final class InboundSession {
         let log = sessionLog
         let wireReady = machine.lastMessageIsWireReady
         writer.envelope.tlsOptional = machine.lastMessageTLSOptional
+        writer.envelope.messageID = machine.lastMessageID
         writer.commit { queueID, error in
             let env = writer.envelope
             if let queueID {
@@ -520,6 +521,7 @@ final class InboundSession {
                     for r in env.recipients {
                         var line = EventLine(type: "reception", time: now)
                         line.add("queue_id", queueID.rawValue)
+                        line.add("message_id", env.messageID)
                         line.add("sender", env.sender)
                         line.add("recipient", r.address)
                         line.add("size", env.size)

@@ -45,6 +45,9 @@ public struct DataDecoder {
     public private(set) var receivedCount = 0
     /// A "TLS-Required: No" field was in the header section (RFC 8689 §5; the value without case).
     public private(set) var tlsRequiredNo = false
+    /// The first Message-ID field's value as written on its first line, without the spaces around it
+    /// (for events); nil when there is none or it is empty there.
+    public private(set) var messageID: [UInt8]?
     public private(set) var isFinished = false
     /// Lines of the decoded message that start with a dot (DATA: removed stuffing; BDAT: kept as
     /// sent). With none, the message can go to the next hop as it is (isWireReady) without being checked.
@@ -268,6 +271,12 @@ public struct DataDecoder {
         }
         let name = line[0..<colon]
         if equalsIgnoringCase(name, "received") { receivedCount += 1 }
+        if messageID == nil && equalsIgnoringCase(name, "message-id") {
+            var value = line[(colon + 1)...].dropLast(2)
+            while let f = value.first, f == 32 || f == 9 { value = value.dropFirst() }
+            while let l = value.last, l == 32 || l == 9 { value = value.dropLast() }
+            if !value.isEmpty { messageID = Array(value) }
+        }
         if equalsIgnoringCase(name, "tls-required") {
             // The value on the field's first line, without the spaces around it and the CRLF.
             var value = line[(colon + 1)...].dropLast(2)

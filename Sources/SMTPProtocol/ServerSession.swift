@@ -332,6 +332,8 @@ public struct ServerSession {
     public private(set) var lastMessageIsWireReady = false
     /// The message just committed had "TLS-Required: No" and no REQUIRETLS (RFC 8689 §5).
     public private(set) var lastMessageTLSOptional = false
+    /// The message just committed's Message-ID (DataDecoder.messageID), for events.
+    public private(set) var lastMessageID: String?
 
     public var wantsInput: Bool { phase != .committing && phase != .authenticating && phase != .closed }
 
@@ -884,6 +886,7 @@ public struct ServerSession {
         lastMessageIsWireReady = d.unstuffedLines == 0 && !d.binary  // a binary body has no lines to be ready
         // RFC 8689 §4.1: with REQUIRETLS on MAIL, the header field is ignored.
         lastMessageTLSOptional = d.tlsRequiredNo && !t.requireTLS
+        lastMessageID = d.messageID.map { String(decoding: $0, as: UTF8.self) }
         emit(.commitMessage)
         state = .committing(t)
     }

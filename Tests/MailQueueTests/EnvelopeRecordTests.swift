@@ -220,6 +220,15 @@ let sampleRecord = """
         #expect(!String(decoding: EnvelopeRecord.encode(sampleEnvelope()), as: UTF8.self).contains("tlsoptional"))
     }
 
+    @Test func messageIDIsWrittenAndReadBack() throws {
+        var e = sampleEnvelope()
+        e.messageID = "<a1.b2@example.org>"
+        let bytes = EnvelopeRecord.encode(e)
+        #expect(String(decoding: bytes, as: UTF8.self).contains("msgid\t<a1.b2@example.org>\n"))
+        #expect(try EnvelopeRecord.decode(bytes).messageID == "<a1.b2@example.org>")
+        #expect(try EnvelopeRecord.decode(Array(sampleRecord.utf8)).messageID == nil)
+    }
+
     @Test func aRecordFromBeforeDSNReadsAsBefore() throws {
         let e = try EnvelopeRecord.decode(Array(sampleRecord.utf8))
         #expect(e.ret == nil && e.envid == nil)

@@ -25,6 +25,17 @@ import Testing
         #expect(decoded(message).tlsRequiredNo == expected)
     }
 
+    /// The first Message-ID field's value on its first line, for events.
+    @Test(arguments: [
+        ("Message-ID: <a1@example.org>\r\nMessage-ID: <second@x>\r\n\r\n", "<a1@example.org>"),
+        ("Subject: x\r\nmessage-id:\t<b2@example.org>  \r\n\r\n", "<b2@example.org>"),
+        ("Message-ID:\r\n <folded@example.org>\r\n\r\n", nil),
+        ("Subject: x\r\n\r\nMessage-ID: <in-body@x>\r\n", nil),
+    ] as [(String, String?)])
+    func messageIDIsTakenFromTheFirstField(message: String, expected: String?) {
+        #expect(decoded(message).messageID.map { String(decoding: $0, as: UTF8.self) } == expected)
+    }
+
     @Test func ignoredWithRequireTLSAndOtherwiseKept() {
         var d = Driver()
         d.send(lines("EHLO client.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA",

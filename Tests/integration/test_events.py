@@ -51,6 +51,9 @@ def test_every_recipient_has_its_events(relay, hops, tmp_path):
     assert reception["sender"] == "sender@sender.test" and reception["client"] == "127.0.0.1" and reception["size"] > 0
     (delivery,) = by_type["delivery"]
     assert delivery["recipient"] == "ok@five.test" and delivery["dsn"] == "2.0.0" and delivery["attempt"] == 1
+    # The message's own Message-ID, as make_message wrote it, on every event of the message.
+    message_ids = {e.get("message_id") for e in got if e["type"] in ("reception", "delivery", "bounce", "transient_failure")}
+    assert len(message_ids) == 1 and next(iter(message_ids)).endswith("@client.test>"), message_ids
     assert delivery["destination"] == "five.test" and delivery["next_hop"].startswith("mx.five.test[127.0.0.11]")
     assert "bounce_class" not in delivery
     (bounce,) = by_type["bounce"]
