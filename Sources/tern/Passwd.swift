@@ -95,31 +95,34 @@ struct Passwd: ParsableCommand {
         return readLine(strippingNewline: true)
     }
 
-    func write(_ text: String, to path: String) throws {
-        let temporary = path + ".tmp.\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else {
-            fputs("tern passwd: \(temporary): \(String(cString: strerror(errno)))\n", stderr)
-            throw ExitCode(73)
-        }
-        let bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n <= 0 {
-                close(fd)
-                unlink(temporary)
-                fputs("tern passwd: \(temporary): \(String(cString: strerror(errno)))\n", stderr)
-                throw ExitCode(74)
-            }
-            offset += n
-        }
-        fsync(fd)
-        close(fd)
-        guard rename(temporary, path) == 0 else {
+    func write(_ text: String, to path: String) throws { try writeSecretFile(text, to: path, command: "tern passwd") }
+}
+
+/// A file of secrets (users, tokens) written whole: beside it, mode 0600, synced, renamed over it.
+func writeSecretFile(_ text: String, to path: String, command: String) throws {
+    let temporary = path + ".tmp.\(getpid())"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else {
+        fputs("\(command): \(temporary): \(String(cString: strerror(errno)))\n", stderr)
+        throw ExitCode(73)
+    }
+    let bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if n <= 0 {
+            close(fd)
             unlink(temporary)
-            fputs("tern passwd: \(path): \(String(cString: strerror(errno)))\n", stderr)
-            throw ExitCode(73)
+            fputs("\(command): \(temporary): \(String(cString: strerror(errno)))\n", stderr)
+            throw ExitCode(74)
         }
+        offset += n
+    }
+    fsync(fd)
+    close(fd)
+    guard rename(temporary, path) == 0 else {
+        unlink(temporary)
+        fputs("\(command): \(path): \(String(cString: strerror(errno)))\n", stderr)
+        throw ExitCode(73)
     }
 }

@@ -17,7 +17,7 @@ struct Tern: ParsableCommand {
         abstract: "Tern, an event-driven SMTP relay.",
         version: BuildInfo.versionLine,
         subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self, Health.self,
-                      DKIMCommand.self, Suppress.self])
+                      DKIMCommand.self, Suppress.self, Token.self])
 }
 
 struct Serve: ParsableCommand {
