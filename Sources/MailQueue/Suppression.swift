@@ -40,6 +40,18 @@ public struct SuppressionEntry: Sendable, Equatable {
     }
 }
 
+extension SuppressionEntry {
+    /// The entry a hard bounce makes ([suppression] auto_classes), or nil: only a permanent failure that
+    /// was the recipient's own (its RCPT reply, or routing of its domain; not MAIL or DATA refused),
+    /// of a listed class, and never x.1.7/x.1.8 (RFC 3463: the sender's address). For every sender, with
+    /// the class and status as its reason ("InvalidRecipient 5.1.1").
+    public static func fromHardBounce(_ e: RecipientEvent, autoClasses: [String], time: Int) -> SuppressionEntry? {
+        guard e.status == .bounced, e.recipientSpecific, let kind = e.bounceClass, autoClasses.contains(kind),
+              !e.dsn.hasSuffix(".1.7"), !e.dsn.hasSuffix(".1.8") else { return nil }
+        return SuppressionEntry(address: e.to, reason: "\(kind) \(e.dsn)", time: time, source: .bounce)
+    }
+}
+
 public struct SuppressionList: Sendable {
     /// "scope NUL address" of every entry ever added since the last compaction, back to back.
     private var arena: [UInt8] = []

@@ -417,26 +417,15 @@ public final class DeliveryManager {
         }
     }
 
-    /// A permanent failure of a class in [suppression] auto_classes suppresses its recipient for every
-    /// sender, with the class and status as the reason ("InvalidRecipient 5.1.1").
+    /// A hard bounce of a class in [suppression] auto_classes suppresses its recipient
+    /// (SuppressionEntry.fromHardBounce decides).
     func suppressIfHardBounce(_ e: RecipientEvent) {
-        // Only the recipient's own failure (not MAIL or DATA refused), and never x.1.7/x.1.8 (RFC 3463:
-        // the sender's address).
-        guard e.status == .bounced, e.recipientSpecific, let kind = e.bounceClass, let suppression,
-              config.suppression.autoClasses.contains(kind),
-              !e.dsn.hasSuffix(".1.7"), !e.dsn.hasSuffix(".1.8") else { return }
-        let entry = SuppressionEntry(address: e.to, reason: "\(kind) \(e.dsn)", time: Int(now), source: .bounce)
+        guard let suppression,
+              let entry = SuppressionEntry.fromHardBounce(e, autoClasses: config.suppression.autoClasses, time: Int(now)),
+              let kind = e.bounceClass else { return }
         if suppression.add(entry) {
             log.info("\(e.id): \(angleQuoted(entry.address)) suppressed: \(entry.reason)")
-            if let events {
-                var line = EventLine(type: "suppression", time: now)
-                line.add("queue_id", e.id.rawValue)
-                line.add("recipient", entry.address)
-                line.add("reason", entry.reason)
-                line.add("source", "bounce")
-                line.add("bounce_class", kind)
-                events.emit(line)
-            }
+            events?.emit(.suppression(entry, queueID: e.id.rawValue, bounceClass: kind, time: now))
         }
     }
 

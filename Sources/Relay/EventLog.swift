@@ -18,6 +18,7 @@
 
 import Glibc
 import Logging
+import MailQueue
 import SMTPProtocol
 import UVRuntime
 
@@ -46,6 +47,18 @@ struct EventLine {
         guard let value else { return }
         member(name)
         bytes.append(contentsOf: String(value).utf8)
+    }
+
+    /// An address added to the suppression list (by a hard bounce, or by the postmaster).
+    static func suppression(_ entry: SuppressionEntry, queueID: String?, bounceClass: String?, time: Double) -> EventLine {
+        var line = EventLine(type: "suppression", time: time)
+        line.add("queue_id", queueID)
+        line.add("recipient", entry.address)
+        line.add("scope", entry.scope.isEmpty ? nil : entry.scope)
+        line.add("reason", entry.reason)
+        line.add("source", entry.source == .bounce ? "bounce" : "manual")
+        line.add("bounce_class", bounceClass)
+        return line
     }
 
     /// The line, with its "}\n".

@@ -141,16 +141,8 @@ public final class SMTPServer {
     public func reopenEventLog() { events?.reopen() }
 
     /// A suppression event: an address added to the list (by a hard bounce, or by the postmaster).
-    func suppressionEvent(_ entry: SuppressionEntry, queueID: String? = nil, bounceClass: String? = nil) {
-        guard let events else { return }
-        var line = EventLine(type: "suppression", time: loop.clock.wallSeconds())
-        line.add("queue_id", queueID)
-        line.add("recipient", entry.address)
-        line.add("scope", entry.scope.isEmpty ? nil : entry.scope)
-        line.add("reason", entry.reason)
-        line.add("source", entry.source == .bounce ? "bounce" : "manual")
-        line.add("bounce_class", bounceClass)
-        events.emit(line)
+    func suppressionEvent(_ entry: SuppressionEntry) {
+        events?.emit(.suppression(entry, queueID: nil, bounceClass: nil, time: loop.clock.wallSeconds()))
     }
 
     public func start() throws {

@@ -19,7 +19,7 @@ public struct TokensFile: Equatable, Sendable {
 
     /// "tern_" and 64 hex digits.
     public static func newToken() -> String {
-        "tern_" + secureRandomBytes(32).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        "tern_" + PasswordHash.hex(secureRandomBytes(32))
     }
 
     public static func hash(_ token: String) -> [UInt8] { SHA256.hash(Array(token.utf8)) }
@@ -38,7 +38,7 @@ public struct TokensFile: Equatable, Sendable {
             if line.isEmpty || line.hasPrefix("#") { continue }
             let parts = line.split(separator: ":", maxSplits: 1)
             guard parts.count == 2, isValidName(String(parts[0])), parts[1].hasPrefix("sha256$"),
-                  let hash = hexBytes(parts[1].dropFirst(7)), hash.count == 32 else {
+                  let hash = PasswordHash.unhex(parts[1].dropFirst(7)), hash.count == 32 else {
                 throw ConfigError(line: index + 1, message: "not a \"name:sha256$HEX\" line (make one with `tern token`)",
                                   source: source)
             }
@@ -81,27 +81,6 @@ public struct TokensFile: Equatable, Sendable {
     }
 
     public var text: String {
-        entries.map { "\($0.name):sha256$" + $0.hash.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() + "\n" }.joined()
-    }
-
-    private static func hexBytes(_ text: Substring) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        func value(_ c: UInt8) -> UInt8? {
-            switch c {
-            case 48...57: return c - 48
-            case 97...102: return c - 87
-            case 65...70: return c - 55
-            default: return nil
-            }
-        }
-        var out: [UInt8] = []
-        var i = 0
-        while i < digits.count {
-            guard let hi = value(digits[i]), let lo = value(digits[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
+        entries.map { "\($0.name):sha256$\(PasswordHash.hex($0.hash))\n" }.joined()
     }
 }

@@ -98,7 +98,8 @@ public enum PasswordHash {
         return key
     }
 
-    static func hex(_ bytes: [UInt8]) -> String {
+    /// Lower-case hex, two digits an octet (also the tokens file's).
+    public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count * 2)
@@ -109,7 +110,7 @@ public enum PasswordHash {
         return String(decoding: out, as: UTF8.self)
     }
 
-    static func unhex(_ text: Substring) -> [UInt8]? {
+    public static func unhex(_ text: Substring) -> [UInt8]? {
         let chars = Array(text.utf8)
         guard chars.count % 2 == 0, !chars.isEmpty else { return nil }
         func value(_ c: UInt8) -> UInt8? {

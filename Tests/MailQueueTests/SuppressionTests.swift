@@ -127,4 +127,26 @@ import Testing
         #expect(list.isSuppressed(recipient: "user999999@domain999.example", senderDomain: "x.example"))
         #expect(!list.isSuppressed(recipient: "user1000000@domain0.example", senderDomain: nil))
     }
+
+    /// Which hard bounces suppress their recipient ([suppression] auto_classes).
+    @Test func onlyARecipientsOwnHardBounceOfAListedClassSuppresses() {
+        var e = RecipientEvent(id: QueueID(microseconds: 1_765_000_000_000_000), to: "Gone@X.test", relay: "mx",
+                               tls: nil, delay: 1, dsn: "5.1.1", status: .bounced, reply: "550 5.1.1 no such user",
+                               bounceClass: "InvalidRecipient", recipientSpecific: true)
+        let classes = ["InvalidRecipient", "BadDomain"]
+        #expect(SuppressionEntry.fromHardBounce(e, autoClasses: classes, time: 7)
+                == SuppressionEntry(address: "gone@x.test", reason: "InvalidRecipient 5.1.1", time: 7, source: .bounce))
+        var other = e
+        other.status = .deferred
+        #expect(SuppressionEntry.fromHardBounce(other, autoClasses: classes, time: 7) == nil)
+        other = e
+        other.recipientSpecific = false  // MAIL or DATA refused: the sender's problem
+        #expect(SuppressionEntry.fromHardBounce(other, autoClasses: classes, time: 7) == nil)
+        other = e
+        other.bounceClass = "SpamBlock"
+        #expect(SuppressionEntry.fromHardBounce(other, autoClasses: classes, time: 7) == nil)
+        #expect(SuppressionEntry.fromHardBounce(e, autoClasses: [], time: 7) == nil)
+        e.dsn = "5.1.8"
+        #expect(SuppressionEntry.fromHardBounce(e, autoClasses: classes, time: 7) == nil)
+    }
 }
