@@ -8,7 +8,7 @@
 set -euo pipefail
 
 PACKAGES=(
-    libuv1-dev libc-ares-dev libssl-dev zlib1g-dev libisal-dev openssl ca-certificates pkg-config
+    libuv1-dev libc-ares-dev libssl-dev zlib1g-dev libisal-dev libcurl4-openssl-dev openssl ca-certificates pkg-config
     swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd python3-prometheus-client
     python3-dkim  # dkimpy: the independent DKIM verifier of the tests

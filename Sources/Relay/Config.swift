@@ -85,6 +85,8 @@ public struct TernConfig: Sendable, Equatable {
     public var suppression = SuppressionConfig()
     /// [events]: the JSON Lines file of message events.
     public var events = EventsConfig()
+    /// [http]: the injection API's listener and its tokens.
+    public var http = HTTPConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -107,6 +109,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.tls),
             AnySection(\.auth),
             AnySection(\.admin),
+            AnySection(\.http),
             AnySection(\.egress),
             AnySection(name: "aliases", read: readAliases),
             AnySection(name: "dkim", read: readDKIM),

@@ -19,6 +19,8 @@ public struct SecurityFiles: Sendable {
     public var users: UsersFile?
     /// The [[dkim.sign]] keys; nil without tables.
     public var dkim: DKIMKeySet?
+    /// The injection API's bearer tokens; nil without [http] listen.
+    public var tokens: TokensFile?
 }
 
 extension TernConfig {
@@ -60,6 +62,14 @@ extension TernConfig {
             }
         }
         files.dkim = try DKIMKeySet.load(dkim, routeKeys: Set(routes.routes.keys), source: source)
+        if !http.listen.isEmpty {
+            do {
+                files.tokens = try TokensFile.parse(try readTextFile(http.tokensFile), source: http.tokensFile)
+            } catch let error as ConfigError {
+                let at = error.line.map { ": line \($0)" } ?? ""
+                throw fail("http.tokens_file", "\(http.tokensFile)\(at): \(error.message)")
+            }
+        }
         return files
     }
 

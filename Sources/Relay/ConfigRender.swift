@@ -106,6 +106,7 @@ extension TernConfig {
         renderBounce(&out)
         renderSuppression(&out)
         renderEvents(&out)
+        renderHTTP(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

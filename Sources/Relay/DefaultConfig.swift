@@ -324,6 +324,23 @@ auto_classes = ["InvalidRecipient", "BadDomain"]
 # file (for logrotate). A relative path is from this file's directory.
 file = ""
 
+[http]
+# The injection API: POST /api/inject with "Authorization: Bearer TOKEN" and a
+# JSON body in the shape of KumoMTA's /api/inject/v1 (envelope_sender,
+# recipients, content as a raw message or an object to build one from). The
+# answer ({"queue_ids": [...], "rejected": [...]}) comes once the messages are
+# on disk. "" (the default): off. Not the admin endpoint's listener.
+listen = ""
+# Bearer tokens, NAME:sha256$HEX lines: `tern token --file F NAME` adds one and
+# prints it once. Required with listen; read again on SIGHUP.
+tokens_file = ""
+# The largest request body, in bytes (more: 413).
+max_body_size = 10485760
+# Requests open at once, each holding at most max_body_size.
+max_connections = 64
+# How long a request may take to arrive, from its first byte (then 408).
+request_timeout = "30s"
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

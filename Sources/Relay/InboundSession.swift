@@ -516,22 +516,7 @@ final class InboundSession {
                            ["size": .stringConvertible(env.size), "nrcpt": .stringConvertible(env.recipients.count)],
                            text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
-                if let events = server.events {
-                    let now = server.loop.clock.wallSeconds()
-                    for r in env.recipients {
-                        var line = EventLine(type: "reception", time: now)
-                        line.add("queue_id", queueID.rawValue)
-                        line.add("message_id", env.messageID)
-                        line.add("sender", env.sender)
-                        line.add("recipient", r.address)
-                        line.add("size", env.size)
-                        line.add("client", env.client.ip)
-                        line.add("helo", env.client.helo)
-                        line.add("protocol", env.client.protocolName)
-                        line.add("user", env.client.authenticatedUser)
-                        events.emit(line)
-                    }
-                }
+                server.receptionEvents(env)
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes,
                                          wireReady: wireReady && !writer.convertedToSevenBit)
             } else if let error = error as? DKIMSigningFailure {

@@ -76,6 +76,9 @@ extension SMTPServer {
         next.suppression = old.suppression
         if next.events != old.events { outcome.needRestart.append("events") }
         next.events = old.events
+        // The tokens come with the files (`install`), read again on every SIGHUP; the listener stays.
+        if next.http != old.http { outcome.needRestart.append("http") }
+        next.http = old.http
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }

@@ -20,10 +20,12 @@ extension SMTPServer {
         submissionTLSContext = files.submissionTLS
         users = files.users
         dkimKeys = files.dkim
+        tokens = files.tokens
         prepareDummyHash()
         delivery?.reloadClientTLSContext()  // the CA store, read again on the thread pool
         let what = (files.relayTLS == nil ? "no certificate" : "certificate \(config.tls.certificate)")
             + (files.users.map { ", \($0.hashes.count) users" } ?? "")
+            + (files.tokens.map { ", \($0.entries.count) API tokens" } ?? "")
             + (files.dkim.map { ", DKIM keys for \($0.byDomain.keys.sorted().joined(separator: " "))" } ?? "")
         log.notice("reloaded: \(what)")
     }

@@ -38,6 +38,10 @@ public final class SMTPServer {
     public private(set) var delivery: DeliveryManager?
     /// GET /metrics and the /queue API ([admin] listen); nil when switched off.
     public internal(set) var admin: AdminEndpoint?
+    /// POST /api/inject ([http] listen); nil when switched off.
+    var injection: InjectionEndpoint?
+    /// The injection API's bearer tokens ([http] tokens_file); replaced by `install(_:)` (SIGHUP).
+    var tokens: TokensFile?
 
     var listeners: [StreamListener] = []
     /// The role of each listener, in the same order.
@@ -110,6 +114,7 @@ public final class SMTPServer {
         submissionTLSContext = files.submissionTLS
         users = files.users
         dkimKeys = files.dkim
+        tokens = files.tokens
         resolver = try Resolver(loop: loop, servers: config.dns.servers, timeoutMilliseconds: 2000, tries: 2)
         let roles: [(ListenerRole, [String])] = [(.relay, s.listen), (.submission, s.submission),
                                                  (.submissions, s.submissions)]
@@ -133,7 +138,17 @@ public final class SMTPServer {
             delivery?.events = events
         }
         try openAdminEndpoint()
+        if !config.http.listen.isEmpty {
+            do {
+                injection = try InjectionEndpoint(server: self, address: try SocketAddress(parsing: config.http.listen))
+            } catch {
+                throw ServerStartError(message: "cannot listen on http.listen \(config.http.listen): \(error)")
+            }
+        }
     }
+
+    /// The injection API's address (tests listen on port 0).
+    public var injectionAddress: SocketAddress? { injection?.localAddress }
 
     public var listenAddresses: [SocketAddress] { listeners.map(\.localAddress) }
 
@@ -159,6 +174,10 @@ public final class SMTPServer {
         if let admin {
             try admin.start()
             log.info("admin endpoint on \(admin.listenDescription)")
+        }
+        if let injection {
+            try injection.start()
+            log.info("injection API (POST /api/inject) on \(injection.localAddress)")
         }
     }
 
@@ -276,6 +295,8 @@ public final class SMTPServer {
         listeners = []
         admin?.close()
         admin = nil
+        injection?.close()
+        injection = nil
         delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }
@@ -308,10 +329,34 @@ public final class SMTPServer {
     /// of the recipient domains), else 0.
     func priority(of start: MessageStart) -> Int {
         if let p = start.priority { return p }
+        return priority(sender: start.sender.address, recipients: start.recipients)
+    }
+
+    /// The [priority] rules alone (the injection API has no MT-PRIORITY).
+    func priority(sender: String, recipients: [String]) -> Int {
         let rules = config.priority
-        if let p = rules.senderDomains[DeliveryManager.domain(of: start.sender.address)] { return p }
-        let byRecipient = start.recipients.compactMap { rules.recipientDomains[DeliveryManager.domain(of: $0)] }
+        if let p = rules.senderDomains[DeliveryManager.domain(of: sender)] { return p }
+        let byRecipient = recipients.compactMap { rules.recipientDomains[DeliveryManager.domain(of: $0)] }
         return byRecipient.max() ?? 0
+    }
+
+    /// One reception event per recipient of a message just queued (over SMTP or HTTP).
+    func receptionEvents(_ env: Envelope) {
+        guard let events else { return }
+        let now = loop.clock.wallSeconds()
+        for r in env.recipients {
+            var line = EventLine(type: "reception", time: now)
+            line.add("queue_id", env.id.rawValue)
+            line.add("message_id", env.messageID)
+            line.add("sender", env.sender)
+            line.add("recipient", r.address)
+            line.add("size", env.size)
+            line.add("client", env.client.ip)
+            line.add("helo", env.client.helo)
+            line.add("protocol", env.client.protocolName)
+            line.add("user", env.client.authenticatedUser)
+            events.emit(line)
+        }
     }
 
     var graceTimer: Timer?

@@ -26,6 +26,8 @@ public struct HTTPRequest: Equatable, Sendable {
     public var minorVersion: Int
     public var headers: [HTTPHeader]
     public var body: [UInt8]
+    /// The client's address, set by the server (not part of what was received).
+    public var client: String? = nil
 
     /// The target without its query.
     public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }

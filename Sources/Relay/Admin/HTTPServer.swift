@@ -24,6 +24,8 @@ public final class HTTPServer {
     let handler: AsyncHandler
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public let maxConnections: Int
+    /// The largest request body taken (more: 413); set before `start`.
+    public var maxBodyBytes = 1 << 20
     /// Output not yet taken by a client past which the connection reads and answers nothing more.
     static let maxPendingOutputBytes = 1 << 20
     /// How long a keep-alive connection may wait for its next request (or for its client to read).
@@ -99,7 +101,7 @@ public final class HTTPServer {
 private final class HTTPConnection {
     unowned let server: HTTPServer
     let connection: TCPConnection
-    var parser = HTTPRequestParser()
+    var parser: HTTPRequestParser
     var timer: Timer?
     /// What the timer counts: the wait for the next request (idle), the deadline of the request being
     /// received (from its first byte, not restarted by later ones: a client sending a byte now and
@@ -119,6 +121,7 @@ private final class HTTPConnection {
     init(server: HTTPServer, connection: TCPConnection) {
         self.server = server
         self.connection = connection
+        parser = HTTPRequestParser(maxBodyBytes: server.maxBodyBytes)
     }
 
     func start() {
@@ -197,10 +200,11 @@ private final class HTTPConnection {
                 pausedForOutput = true
                 return
             }
-            let request: HTTPRequest
+            var request: HTTPRequest
             do {
                 guard let r = try parser.next() else { return }
                 request = r
+                request.client = connection.peerAddress?.ip
             } catch let error as HTTPParseError {
                 refuse(error)
                 return
