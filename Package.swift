@@ -27,6 +27,8 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", path: "Modules/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CCurl", path: "Modules/CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CISAL", path: "Modules/CISAL", pkgConfig: "libisal",
                        providers: [.apt(["libisal-dev"])]),
 
@@ -44,8 +46,8 @@ let package = Package(
         // DKIM (RFC 6376, RFC 8463) without I/O or cryptography: canonicalization, header selection, the
         // DKIM-Signature field, the data to sign. The hash and the signature are passed in (UVRuntime's).
         .target(name: "DKIM", swiftSettings: [.swiftLanguageMode(.v6)]),
-        // The only Swift code that touches libuv, c-ares, OpenSSL and ISA-L. Knows nothing of SMTP.
-        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL"]),
+        // The only Swift code that touches libuv, c-ares, OpenSSL, ISA-L and libcurl. Knows nothing of SMTP.
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL", "CCurl"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
             "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo", "Randomness", "DKIM",
