@@ -82,7 +82,7 @@ public final class DeliveryManager {
     /// recipient (SuppressionStore.swift).
     var suppression: SuppressionStore?
     /// [events] file (EventLog.swift); nil when off.
-    var events: EventLog?
+    var events: EventBus?
 
     struct JobKey: Hashable {
         let id: QueueID

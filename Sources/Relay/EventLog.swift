@@ -27,8 +27,11 @@ import UVRuntime
 /// zero-width) as \uXXXX: the file may be shown on a terminal.
 struct EventLine {
     private(set) var bytes: [UInt8] = []
+    /// "delivery", "bounce" …: which webhooks want it.
+    let type: String
 
     init(type: String, time: Double) {
+        self.type = type
         bytes.reserveCapacity(256)
         bytes.append(UInt8(ascii: "{"))
         key("type")
@@ -110,6 +113,39 @@ struct EventLine {
     }
 }
 
+/// Where events go: the JSON Lines file and each webhook's outbox that wants the type.
+final class EventBus {
+    let file: EventLog?
+    let webhooks: [Webhook]
+
+    init(file: EventLog?, webhooks: [Webhook]) {
+        self.file = file
+        self.webhooks = webhooks
+    }
+
+    func emit(_ line: EventLine) {
+        let bytes = line.finished()
+        file?.emit(bytes)
+        for hook in webhooks where hook.wants(line.type) { hook.emit(bytes) }
+    }
+
+    /// SIGUSR1.
+    func reopen() { file?.reopen() }
+
+    /// `done` runs once every event emitted so far is in the webhooks' outboxes on disk: at once when
+    /// there are no webhooks (the file is a log, not a store) or nothing waits.
+    func whenSynced(_ done: @escaping () -> Void) {
+        var left = webhooks.count
+        guard left > 0 else { return done() }
+        for hook in webhooks {
+            hook.whenSynced {
+                left -= 1
+                if left == 0 { done() }
+            }
+        }
+    }
+}
+
 final class EventLog {
     let path: String
     private let loop: EventLoop
@@ -138,14 +174,14 @@ final class EventLog {
         return fd
     }
 
-    func emit(_ line: EventLine) {
+    func emit(_ line: [UInt8]) {
         guard fd >= 0 || writing, pending.count < Self.maxPending else {
             if droppedNow == 0 { log.error("events: \(path) is not keeping up; events are dropped until it does") }
             droppedNow += 1
             dropped += 1
             return
         }
-        pending += line.finished()
+        pending += line
         flush()
     }
 

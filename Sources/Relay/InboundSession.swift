@@ -525,16 +525,21 @@ final class InboundSession {
                 server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
                                  metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
             }
-            // The session may be gone (client disconnected while we committed): the message is queued
-            // all the same, and the answer goes nowhere.
-            guard let session = server.sessions[sessionID] else { return }
-            session.releaseWriter()
-            session.perform(session.machine.commitFinished(queueID: queueID?.rawValue,
-                                                           signingFailed: error is DKIMSigningFailure))
-            session.resumeReading()
-            session.armTimer()
-            session.pumpInput()  // commands pipelined behind it, past the reply cap
-            if server.stopping { session.shutDown(force: true) }
+            let answer = {
+                // The session may be gone (client disconnected while we committed): the message is
+                // queued all the same, and the answer goes nowhere.
+                guard let session = server.sessions[sessionID] else { return }
+                session.releaseWriter()
+                session.perform(session.machine.commitFinished(queueID: queueID?.rawValue,
+                                                               signingFailed: error is DKIMSigningFailure))
+                session.resumeReading()
+                session.armTimer()
+                session.pumpInput()  // commands pipelined behind it, past the reply cap
+                if server.stopping { session.shutDown(force: true) }
+            }
+            // 250 once the reception events are in the webhooks' outboxes on disk, as the message is.
+            guard queueID != nil, let events = server.events else { return answer() }
+            events.whenSynced(answer)
         }
     }
 

@@ -165,7 +165,10 @@ final class InjectionEndpoint {
                 server.receptionEvents(env)
                 server.delivery?.enqueue(env, due: env.arrival, message: w.committedBytes, wireReady: false)
             }
-            answer(Self.json(Answer(queueIDs: writers.map(\.id.rawValue), rejected: rejected)))
+            let response = Self.json(Answer(queueIDs: writers.map(\.id.rawValue), rejected: rejected))
+            // 200 once the reception events are in the webhooks' outboxes on disk, as the messages are.
+            guard let events = server.events else { return answer(response) }
+            events.whenSynced { answer(response) }
         }
     }
 

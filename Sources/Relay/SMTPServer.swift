@@ -25,8 +25,10 @@ public final class SMTPServer {
     public let spool: Spool
     /// Recipients not sent to (spool/suppression.list): asked at RCPT, filled by hard bounces.
     let suppression: SuppressionStore
-    /// [events] file: message events as JSON Lines; nil when off.
-    let events: EventLog?
+    /// [events]: message events to the JSON Lines file and the webhooks; nil when neither is set.
+    let events: EventBus?
+    /// The webhooks' HTTP client (libcurl on the loop); nil without webhooks.
+    let httpClient: HTTPClient?
     /// Batches messages into the spool's journal.
     let journal: JournalCommitter
     public var log: Logger
@@ -104,7 +106,15 @@ public final class SMTPServer {
         let s = config.server
         dataBudget = DataBudget(limit: s.maxBufferedData, perRead: ServerSession.dataBuffer + EventLoop.readBufferSize)
         suppression = try SuppressionStore(spoolPath: spool.path, loop: loop, log: log)
-        events = config.events.file.isEmpty ? nil : try EventLog(path: config.events.file, loop: loop, log: log)
+        let file = config.events.file.isEmpty ? nil : try EventLog(path: config.events.file, loop: loop, log: log)
+        httpClient = config.events.webhooks.isEmpty ? nil : HTTPClient(loop: loop)
+        var webhooks: [Webhook] = []
+        for hook in config.events.webhooks {
+            let w = Webhook(config: hook, spoolPath: spool.path, loop: loop, client: httpClient!, log: log, metrics: relayMetrics)
+            try w.load()
+            webhooks.append(w)
+        }
+        events = file == nil && webhooks.isEmpty ? nil : EventBus(file: file, webhooks: webhooks)
         serverConfiguration = Self.sessionConfiguration(config)
         submissionConfiguration = Self.submissionConfiguration(config)
         serverConfiguration.recipientCheck = suppression
@@ -136,6 +146,8 @@ public final class SMTPServer {
                                        newQueueID: { [unowned self] in self.nextQueueID() })
             delivery?.suppression = suppression
             delivery?.events = events
+            // A message leaves the spool only once its events are in the webhooks' outboxes.
+            if let events, !events.webhooks.isEmpty { delivery?.remover.gate = { events.whenSynced($0) } }
         }
         try openAdminEndpoint()
         if !config.http.listen.isEmpty {
@@ -174,6 +186,10 @@ public final class SMTPServer {
         if let admin {
             try admin.start()
             log.info("admin endpoint on \(admin.listenDescription)")
+        }
+        for hook in events?.webhooks ?? [] {
+            hook.start()
+            log.info("webhook \(hook.config.name): events to \(hook.config.url), outbox \(hook.directory)")
         }
         if let injection {
             try injection.start()
@@ -368,8 +384,17 @@ public final class SMTPServer {
         resolver.close()
         let done = onStopped
         onStopped = nil
-        guard let delivery else { done?(); return }
-        delivery.remover.whenIdle { done?() }
+        // The last events reach the outboxes' files before the process may exit.
+        let finish: () -> Void = { [events, httpClient] in
+            guard let events else { done?(); return }
+            events.whenSynced {
+                for hook in events.webhooks { hook.close() }
+                httpClient?.close()
+                done?()
+            }
+        }
+        guard let delivery else { finish(); return }
+        delivery.remover.whenIdle { finish() }
     }
 }
 

@@ -28,6 +28,10 @@ final class SpoolRemover {
     /// Loop time (ms) when the last batch started.
     private var lastStart: UInt64 = 0
 
+    /// Asked before each batch and waited for: the webhooks' outboxes hold the messages' events on
+    /// disk before the messages leave the spool (a crash must not lose a delivery's event).
+    var gate: ((@escaping () -> Void) -> Void)?
+
     /// Milliseconds between the starts of two batches, at least.
     static let interval: UInt64 = 10
     /// Ids per batch at most: keeps one work item's write and the loop's answers to it short.
@@ -82,8 +86,13 @@ final class SpoolRemover {
         waiting.removeFirst(take)
         busy = true
         lastStart = loop.nowMilliseconds
-        let spool = self.spool
         let ids = batch.map(\.id)
+        guard let gate else { return run(batch, ids) }
+        gate { [self] in run(batch, ids) }
+    }
+
+    private func run(_ batch: [(id: QueueID, done: Done)], _ ids: [QueueID]) {
+        let spool = self.spool
         var failures: [QueueID: Error] = [:]
         loop.queueWork({
             // On a pool thread: only the captured values are touched here.

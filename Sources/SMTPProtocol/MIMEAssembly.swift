@@ -178,8 +178,9 @@ private func multipart(_ subtype: String, _ parts: [[UInt8]], _ candidate: Strin
     while parts.contains(where: { contains($0, Array(boundary.utf8)) }) { boundary += "_" }
     var out = Array("Content-Type: multipart/\(subtype); boundary=\"\(boundary)\"\r\n\r\n".utf8)
     for part in parts {
-        out += Array("--\(boundary)\r\n".utf8) + part
-        if part.suffix(2) != crlf[...] { out += crlf }
+        // The CRLF before a delimiter belongs to the delimiter (RFC 2046 §5.1.1): a part that ends
+        // in a line break gets a second CRLF, or its last line break would be lost.
+        out += Array("--\(boundary)\r\n".utf8) + part + crlf
     }
     out += Array("--\(boundary)--\r\n".utf8)
     return out

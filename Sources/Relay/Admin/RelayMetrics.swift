@@ -78,6 +78,8 @@ public final class RelayMetrics {
     /// Failures by bounce class and status ("deferred", "bounced", "expired"): the classes are the
     /// configured rules' names, so the label set stays bounded.
     private var bounceClasses: [String: CoreMetrics.Counter] = [:]
+    private var webhookCounters: [String: CoreMetrics.Counter] = [:]
+    private var webhookGauges: [String: CoreMetrics.Gauge] = [:]
 
     /// Seconds: from a minute-fast relay to mail that waited days on retries.
     static let delayBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400,
@@ -112,6 +114,9 @@ public final class RelayMetrics {
         "tern_recipients_delivered_total": "Recipients delivered to their next hop.",
         "tern_recipients_deferred_total": "Recipient delivery attempts that failed temporarily (retried later).",
         "tern_recipients_bounced_total": "Recipients that failed permanently (the sender gets a bounce).",
+        "tern_webhook_events_total": "Events of each [[events.webhook]] by outcome: sent (acknowledged with a 2xx), dropped (past max_outbox_size).",
+        "tern_webhook_failures_total": "POSTs to each webhook that failed (refused, timed out, not 2xx); the batch is sent again.",
+        "tern_webhook_outbox_bytes": "Bytes of events in each webhook's outbox (spool/outbox/NAME), sent or not yet removed.",
         "tern_bounce_class_total": "Failed recipients by bounce class (etc/bounce-classes.toml and [[bounce.rule]]) and status: deferred (per attempt), bounced, expired.",
         "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
         "tern_delivery_delay_seconds": "Seconds from arrival to delivery, per delivered recipient.",
@@ -230,6 +235,33 @@ public final class RelayMetrics {
 
     func recipientDeferred() { recipientsDeferred.increment() }
     func recipientBounced() { recipientsBounced.increment() }
+    /// Events of a webhook by outcome: sent (acknowledged with a 2xx) or dropped (the outbox's bound).
+    func webhookEvents(_ webhook: String, outcome: String, count: Int) {
+        let key = webhook + "\u{0}" + outcome
+        let counter = webhookCounters[key] ?? CoreMetrics.Counter(label: "tern_webhook_events_total",
+                                                                 dimensions: [("webhook", webhook), ("outcome", outcome)],
+                                                                 factory: factory)
+        webhookCounters[key] = counter
+        counter.increment(by: count)
+    }
+
+    /// A POST to a webhook that failed (it is retried).
+    func webhookFailure(_ webhook: String) {
+        let key = webhook + "\u{0}failures"
+        let counter = webhookCounters[key] ?? CoreMetrics.Counter(label: "tern_webhook_failures_total",
+                                                                 dimensions: [("webhook", webhook)], factory: factory)
+        webhookCounters[key] = counter
+        counter.increment()
+    }
+
+    /// The bytes a webhook's outbox holds on disk and in memory.
+    func webhookOutbox(_ webhook: String, bytes: Int) {
+        let gauge = webhookGauges[webhook] ?? CoreMetrics.Gauge(label: "tern_webhook_outbox_bytes",
+                                                               dimensions: [("webhook", webhook)], factory: factory)
+        webhookGauges[webhook] = gauge
+        gauge.record(bytes)
+    }
+
     func bounceClassified(_ bounceClass: String, status: String) {
         let key = bounceClass + "\u{0}" + status
         if let counter = bounceClasses[key] { return counter.increment() }

@@ -1,0 +1,487 @@
+// Webhook.swift: message events POSTed to an application ([[events.webhook]], issue 19), through a
+// durable outbox in the spool so that a webhook down for an hour, or a crash, loses nothing.
+//
+//   spool/outbox/NAME/00000001.jsonl …   events, one JSON object a line, appended and fdatasynced
+//   spool/outbox/NAME/cursor             "SEGMENT OFFSET": the first event not yet acknowledged
+//
+// Events are appended on the thread pool, one write and one fdatasync for all that arrived meanwhile
+// (as the journal batches messages). The crash rules are the mail's: a message leaves the spool only
+// once its events are on disk (SpoolRemover asks `whenSynced`), and a client hears 250 (or the
+// injection API's 200) only once its reception events are.
+//
+// Sending: at most one POST in flight per webhook, a JSON array of up to batch_size events, sent when
+// that many wait or `interval` after the first of them. 2xx: the cursor moves past them (written and
+// synced), and files wholly sent are removed. Anything else (a refused connection, a timeout, a 5xx,
+// a 4xx): the same batch again after a backoff that doubles from 1 s to 5 minutes, with one log line
+// when the webhook fails and one when it recovers. Delivery is at least once: a crash between the 2xx
+// and the cursor's write sends that batch again.
+//
+// Bounded: the outbox's files together are at most max_outbox_size; past it the oldest file goes,
+// its unsent events counted as dropped (tern_webhook_events_total{outcome="dropped"}) with a log line.
+// Events waiting in memory for the disk are bounded too (16 MiB; past it they are dropped and counted).
+
+import Glibc
+import Logging
+import UVRuntime
+
+final class Webhook {
+    let config: WebhookConfig
+    let directory: String
+    private let loop: EventLoop
+    private let client: HTTPClient
+    private let log: Logger
+    private let metrics: RelayMetrics
+    private let wanted: Set<String>
+
+    /// Files of events, oldest first; the last is the one appended to.
+    private var segments: [Segment] = []
+    struct Segment {
+        var number: Int
+        /// Bytes on disk (synced).
+        var size: Int
+        /// Events in it.
+        var lines: Int
+    }
+    /// The first unacknowledged event: a file and an offset in it, and how many events of that file
+    /// come before it (to count what a dropped file loses).
+    private var cursor = (segment: 1, offset: 0, linesBefore: 0)
+    /// Synced events not yet acknowledged.
+    private(set) var unsent = 0
+    private let segmentSize: Int
+
+    // Appending.
+    private var loaded = false
+    private var pending: [UInt8] = []
+    private var pendingLines = 0
+    private var writing = false
+    private var fd: Int32 = -1
+    private var emitted = 0
+    private var synced = 0
+    private var syncWaiters: [(upTo: Int, done: () -> Void)] = []
+    static let maxPending = 16 << 20
+
+    // Sending.
+    private var sending = false
+    private var timer: UVRuntime.Timer
+    private var timerArmed = false
+    private var backoff: Double = 0
+    private var failingSince: Double?
+    private var closed = false
+
+    init(config: WebhookConfig, spoolPath: String, loop: EventLoop, client: HTTPClient, log: Logger, metrics: RelayMetrics) {
+        self.config = config
+        self.loop = loop
+        self.client = client
+        self.log = log
+        self.metrics = metrics
+        wanted = Set(config.events)
+        directory = spoolPath + "/outbox/" + config.name
+        segmentSize = min(4 << 20, max(4096, config.maxOutboxSize / 8))
+        timer = UVRuntime.Timer(loop: loop)
+    }
+
+    func wants(_ type: String) -> Bool { wanted.contains(type) }
+
+    // MARK: Loading (once, at start)
+
+    /// Reads the outbox's directory (creating it) and drops a last line cut short by a crash. At start-up,
+    /// before the loop runs: a problem here is a start-up error.
+    func load() throws {
+        switch OutboxState.load(directory) {
+        case .failure(let error):
+            throw ConfigError(key: "events.webhook", message: "\(config.name): \(directory): \(error.message)")
+        case .success(let state):
+            segments = state.segments
+            cursor = state.cursor
+            fd = state.fd
+            unsent = state.segments.filter { $0.number >= state.cursor.segment }.reduce(0) { $0 + $1.lines }
+                - state.cursor.linesBefore
+            loaded = true
+        }
+    }
+
+    /// Starts sending what the outbox holds.
+    func start() {
+        metrics.webhookOutbox(config.name, bytes: totalBytes)
+        if unsent > 0 { log.info("webhook \(config.name): \(unsent) events waiting in the outbox") }
+        flush()
+        schedule()
+    }
+
+    private var totalBytes: Int { segments.reduce(0) { $0 + $1.size } + pending.count }
+
+    // MARK: Appending
+
+    func emit(_ line: [UInt8]) {
+        guard pending.count < Self.maxPending, !closed else {
+            metrics.webhookEvents(config.name, outcome: "dropped", count: 1)
+            return
+        }
+        pending += line
+        pendingLines += 1
+        emitted += 1
+        flush()
+    }
+
+    /// `done` runs once every event emitted so far is on disk (at once when none waits).
+    func whenSynced(_ done: @escaping () -> Void) {
+        guard synced < emitted else { return done() }
+        syncWaiters.append((emitted, done))
+    }
+
+    private func flush() {
+        guard loaded, !writing, !pending.isEmpty else { return }
+        writing = true
+        let bytes = pending, lines = pendingLines, directory = self.directory
+        var segment = segments.last!
+        var fd = self.fd
+        let roll = segment.size > 0 && segment.size + bytes.count > segmentSize
+        pending = []
+        pendingLines = 0
+        var failure: String?
+        loop.queueWork({
+            if roll || fd < 0 {
+                if fd >= 0 { Glibc.close(fd) }
+                if roll { segment = Segment(number: segment.number + 1, size: 0, lines: 0) }
+                fd = OutboxState.openSegment(directory, segment.number)
+                if fd < 0 { failure = String(cString: strerror(errno)); return }
+                OutboxState.syncDirectory(directory)
+            }
+            failure = SuppressionStore.writeAll(fd, bytes)
+            if failure != nil { _ = ftruncate(fd, off_t(segment.size)) }
+        }, done: { [self] in
+            writing = false
+            self.fd = fd
+            let count = lines
+            if let failure {
+                // The events are lost (the disk refused them): counted, and said once per failure.
+                log.error("webhook \(config.name): writing the outbox failed: \(failure); \(count) events dropped")
+                metrics.webhookEvents(config.name, outcome: "dropped", count: count)
+            } else {
+                segment.size += bytes.count
+                segment.lines += count
+                if roll { segments.append(segment) } else { segments[segments.count - 1] = segment }
+                unsent += count
+            }
+            synced += count
+            let ready = syncWaiters.filter { $0.upTo <= synced }
+            syncWaiters.removeAll { $0.upTo <= synced }
+            for waiter in ready { waiter.done() }
+            enforceBound()
+            metrics.webhookOutbox(config.name, bytes: totalBytes)
+            flush()
+            schedule()
+        })
+    }
+
+    /// Past max_outbox_size the oldest files go (never the one appended to).
+    private func enforceBound() {
+        var dropped = 0
+        var removed: [Int] = []
+        while segments.count > 1 && segments.reduce(0, { $0 + $1.size }) > config.maxOutboxSize {
+            let oldest = segments.removeFirst()
+            removed.append(oldest.number)
+            if oldest.number >= cursor.segment {
+                let lost = oldest.number == cursor.segment ? oldest.lines - cursor.linesBefore : oldest.lines
+                dropped += lost
+                unsent -= lost
+                cursor = (segments[0].number, 0, 0)
+            }
+        }
+        guard !removed.isEmpty else { return }
+        if dropped > 0 {
+            log.warning("webhook \(config.name): outbox over max_outbox_size (\(config.maxOutboxSize) bytes): \(dropped) oldest events dropped")
+            metrics.webhookEvents(config.name, outcome: "dropped", count: dropped)
+        }
+        let directory = self.directory, position = cursor
+        loop.queueWork({
+            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
+            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
+        }, done: {})
+    }
+
+    // MARK: Sending
+
+    /// Sends now when a batch is full, else arms the interval for the partial one.
+    private func schedule() {
+        guard loaded, !sending, !closed, unsent > 0 else { return }
+        if failingSince != nil { return }  // the retry timer is armed
+        if unsent >= config.batchSize {
+            timer.stop()
+            timerArmed = false
+            return send()
+        }
+        if !timerArmed {
+            timerArmed = true
+            timer.start(afterMilliseconds: UInt64(config.interval * 1000)) { [weak self] in
+                guard let self else { return }
+                self.timerArmed = false
+                self.send()
+            }
+        }
+    }
+
+    private func send() {
+        guard loaded, !sending, !closed, unsent > 0 else { return }
+        // The cursor's file is read to its synced end; a file read to its end moves the cursor on.
+        while let i = segments.firstIndex(where: { $0.number == cursor.segment }),
+              cursor.offset >= segments[i].size, i + 1 < segments.count {
+            cursor = (segments[i + 1].number, 0, 0)
+        }
+        guard let segment = segments.first(where: { $0.number == cursor.segment }), cursor.offset < segment.size else { return }
+        sending = true
+        let path = OutboxState.segmentPath(directory, segment.number)
+        let start = cursor.offset, end = segment.size, limit = config.batchSize
+        var batch = OutboxBatch()
+        loop.queueWork({ batch = OutboxBatch.read(path, from: start, to: end, maxEvents: limit) }, done: { [self] in
+            guard !closed else { return }
+            guard batch.events > 0 else {
+                sending = false
+                log.error("webhook \(config.name): cannot read \(path) at \(start): \(batch.failure ?? "no complete event")")
+                return retryLater("the outbox could not be read")
+            }
+            var headers = ["Content-Type: application/json", "User-Agent: Tern"]
+            for name in config.headers.keys.sorted() { headers.append("\(name): \(config.headers[name]!)") }
+            client.post(url: config.url, body: batch.body, headers: headers,
+                        timeoutMilliseconds: Int(config.timeout * 1000)) { [self] result in
+                sending = false
+                guard !closed else { return }
+                switch result {
+                case .success(let response) where (200..<300).contains(response.status):
+                    acknowledged(batch, from: (segment.number, start))
+                case .success(let response):
+                    let text = String(decoding: response.body.prefix(200), as: UTF8.self)
+                    retryLater("HTTP \(response.status) \(angleQuoted(text))")
+                case .failure(let failure):
+                    retryLater(failure.description)
+                }
+            }
+        })
+    }
+
+    private func acknowledged(_ batch: OutboxBatch, from position: (segment: Int, offset: Int)) {
+        metrics.webhookEvents(config.name, outcome: "sent", count: batch.events)
+        if let since = failingSince {
+            log.notice("webhook \(config.name): POSTs succeed again after \(formatDuration(loop.clock.wallSeconds() - since))")
+            failingSince = nil
+            backoff = 0
+        }
+        // A file dropped for the bound meanwhile moved the cursor already.
+        if cursor.segment == position.segment && cursor.offset == position.offset {
+            cursor.offset += batch.bytes
+            cursor.linesBefore += batch.events
+            unsent -= batch.events
+        }
+        let finished = segments.filter { $0.number < cursor.segment || ($0.number == cursor.segment && cursor.offset >= $0.size && $0.number != segments.last!.number) }
+        segments.removeAll { s in finished.contains { $0.number == s.number } }
+        if segments.first.map({ $0.number > cursor.segment }) == true { cursor = (segments[0].number, 0, 0) }
+        let directory = self.directory, position = cursor, removed = finished.map(\.number)
+        sending = true  // the cursor is written before the next batch is read
+        loop.queueWork({
+            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
+            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
+        }, done: { [self] in
+            sending = false
+            metrics.webhookOutbox(config.name, bytes: totalBytes)
+            schedule()
+        })
+    }
+
+    private func retryLater(_ why: String) {
+        metrics.webhookFailure(config.name)
+        backoff = min(300, max(1, backoff * 2))
+        let delay = backoff * Double.random(in: 0.8...1.2)
+        if failingSince == nil {
+            failingSince = loop.clock.wallSeconds()
+            log.warning("webhook \(config.name): POST to \(config.url) failed: \(why); \(unsent) events wait in the outbox, retrying with backoff")
+        } else {
+            log.debug("webhook \(config.name): POST failed again: \(why); next try in \(formatDuration(delay))")
+        }
+        timer.stop()
+        timerArmed = true
+        timer.start(afterMilliseconds: UInt64(delay * 1000)) { [weak self] in
+            guard let self else { return }
+            self.timerArmed = false
+            self.send()
+        }
+    }
+
+    func close() {
+        closed = true
+        timer.close()
+        if fd >= 0 {
+            let fd = self.fd
+            self.fd = -1
+            Glibc.close(fd)
+        }
+    }
+}
+
+struct OutboxError: Error {
+    var message: String
+}
+
+/// What the outbox's directory holds, read at start (on the thread pool).
+struct OutboxState {
+    var segments: [Webhook.Segment]
+    var cursor: (segment: Int, offset: Int, linesBefore: Int)
+    var fd: Int32
+
+    static func segmentPath(_ directory: String, _ number: Int) -> String {
+        let digits = String(number)
+        return directory + "/" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".jsonl"
+    }
+
+    static func openSegment(_ directory: String, _ number: Int) -> Int32 {
+        Glibc.open(segmentPath(directory, number), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    }
+
+    static func syncDirectory(_ directory: String) {
+        let dfd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            fsync(dfd)
+            Glibc.close(dfd)
+        }
+    }
+
+    /// "SEGMENT OFFSET\n", written whole to a new file, synced, and renamed over the old.
+    static func writeCursor(_ directory: String, segment: Int, offset: Int) {
+        let tmp = directory + "/cursor.tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let failed = SuppressionStore.writeAll(fd, Array("\(segment) \(offset)\n".utf8)) != nil
+        Glibc.close(fd)
+        if !failed { rename(tmp, directory + "/cursor") }
+    }
+
+    static func parseCursor(_ text: String) -> (Int, Int)? {
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard parts.count == 2, let s = Int(parts[0]), let o = Int(parts[1]), s > 0, o >= 0 else { return nil }
+        return (s, o)
+    }
+
+    static func load(_ directory: String) -> Result<OutboxState, OutboxError> {
+        var made = ""
+        for part in directory.split(separator: "/") {
+            made += "/" + part
+            if mkdir(made, 0o700) != 0 && errno != EEXIST {
+                return .failure(OutboxError(message: "cannot create \(made): \(String(cString: strerror(errno)))"))
+            }
+        }
+        guard let dir = opendir(directory) else {
+            return .failure(OutboxError(message: "cannot read: \(String(cString: strerror(errno)))"))
+        }
+        var numbers: [Int] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix(".jsonl"), let n = Int(name.dropLast(6)), n > 0 { numbers.append(n) }
+        }
+        closedir(dir)
+        numbers.sort()
+        var cursor = (segment: numbers.first ?? 1, offset: 0, linesBefore: 0)
+        if let text = try? String(contentsOfFile: directory + "/cursor", encoding: .utf8), let (s, o) = parseCursor(text) {
+            cursor = (s, o, 0)
+        }
+        var segments: [Webhook.Segment] = []
+        for n in numbers {
+            let path = segmentPath(directory, n)
+            guard var bytes = readAll(path) else { continue }
+            // A line cut short by a crash: dropped from the file.
+            if let lastNewline = bytes.lastIndex(of: 10), lastNewline + 1 < bytes.count {
+                truncate(path, off_t(lastNewline + 1))
+                bytes.removeSubrange((lastNewline + 1)...)
+            } else if !bytes.isEmpty && bytes.last != 10 {
+                truncate(path, 0)
+                bytes = []
+            }
+            let lines = bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+            if n == cursor.segment {
+                let offset = min(cursor.offset, bytes.count)
+                cursor.offset = offset
+                cursor.linesBefore = bytes[..<offset].reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+            }
+            segments.append(Webhook.Segment(number: n, size: bytes.count, lines: lines))
+        }
+        // Files wholly before the cursor were sent (a crash came before their removal).
+        for s in segments where s.number < cursor.segment { unlink(segmentPath(directory, s.number)) }
+        segments.removeAll { $0.number < cursor.segment }
+        if segments.isEmpty {
+            segments = [Webhook.Segment(number: max(1, cursor.segment), size: 0, lines: 0)]
+            cursor = (segments[0].number, 0, 0)
+        } else if segments[0].number > cursor.segment {
+            cursor = (segments[0].number, 0, 0)
+        }
+        let fd = openSegment(directory, segments.last!.number)
+        guard fd >= 0 else { return .failure(OutboxError(message: "cannot open: \(String(cString: strerror(errno)))")) }
+        syncDirectory(directory)
+        return .success(OutboxState(segments: segments, cursor: cursor, fd: fd))
+    }
+
+    static func readAll(_ path: String) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            out += buffer[..<n]
+        }
+        return out
+    }
+}
+
+/// A batch read from the outbox: the POST's body (a JSON array) and what it covers.
+struct OutboxBatch {
+    var body: [UInt8] = []
+    var events = 0
+    /// Bytes of the file it covers.
+    var bytes = 0
+    var failure: String?
+
+    /// Up to `maxEvents` whole lines of `path` from `start` (not past `end`), as a JSON array.
+    static func read(_ path: String, from start: Int, to end: Int, maxEvents: Int) -> OutboxBatch {
+        var batch = OutboxBatch()
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            batch.failure = String(cString: strerror(errno))
+            return batch
+        }
+        defer { Glibc.close(fd) }
+        // Events are a few hundred bytes; read more as needed.
+        var chunk = min(end - start, max(65536, maxEvents * 1024))
+        while true {
+            var bytes = [UInt8](repeating: 0, count: chunk)
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, chunk, off_t(start)) }
+            guard n > 0 else {
+                batch.failure = n < 0 ? String(cString: strerror(errno)) : "the file is shorter than expected"
+                return batch
+            }
+            batch = make(bytes[..<n], maxEvents: maxEvents)
+            if batch.events > 0 || n < chunk || chunk >= end - start { return batch }
+            chunk = min(end - start, chunk * 4)  // one event longer than the chunk
+        }
+    }
+
+    static func make(_ bytes: ArraySlice<UInt8>, maxEvents: Int) -> OutboxBatch {
+        var batch = OutboxBatch()
+        batch.body.reserveCapacity(bytes.count + 2)
+        batch.body.append(UInt8(ascii: "["))
+        var lineStart = bytes.startIndex
+        var i = bytes.startIndex
+        while i < bytes.endIndex && batch.events < maxEvents {
+            if bytes[i] == 10 {
+                if batch.events > 0 { batch.body.append(UInt8(ascii: ",")) }
+                batch.body += bytes[lineStart..<i]
+                batch.events += 1
+                lineStart = i + 1
+            }
+            i += 1
+        }
+        batch.body.append(UInt8(ascii: "]"))
+        batch.bytes = lineStart - bytes.startIndex
+        return batch
+    }
+}
