@@ -434,6 +434,10 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         m.updateShapingMetrics([ShapingMetricKey(rule: "default", source: ""): ShapingCounters()])
         // The bounce-class family appears with its first classified failure.
         m.bounceClassified("InvalidRecipient", status: "bounced")
+        // The webhook families appear with their first event.
+        m.webhookEvents("crm", outcome: "sent", count: 2)
+        m.webhookFailure("crm")
+        m.webhookOutbox("crm", bytes: 10)
         let f = Self.families(m.exposition())
         #expect(f.count == RelayMetrics.help.count + 1, "every family in the table, and tern_build_info")
         for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }

@@ -68,6 +68,19 @@ import Testing
         c.bounce.builtinRules = false
         c.suppression.autoClasses = ["InvalidRecipient", "LocalBlock"]
         c.events.file = "/var/log/tern/events.jsonl"
+        var hook = WebhookConfig(url: "https://crm.example/hook?a=1", name: "crm")
+        hook.events = ["delivery", "bounce"]
+        hook.batchSize = 250
+        hook.interval = 5
+        hook.timeout = 12
+        hook.maxOutboxSize = 65536
+        hook.headers = ["Authorization": "Bearer x\"y", "X-Tern": "1"]
+        c.events.webhooks = [hook, WebhookConfig(url: "http://127.0.0.1:9000/")]
+        c.http.listen = "127.0.0.1:8080"
+        c.http.tokensFile = "/etc/tern/tokens"
+        c.http.maxBodySize = 2048
+        c.http.maxConnections = 7
+        c.http.requestTimeout = 9
         c.bounce.rules = [BounceRule(bounceClass: "LocalBlock", replies: [#"^550 5\.7\.1 .*rbl\.example"#, "a\"quote"])]
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"
