@@ -388,9 +388,16 @@ public final class SMTPServer {
         let finish: () -> Void = { [events, httpClient] in
             guard let events else { done?(); return }
             events.whenSynced {
-                for hook in events.webhooks { hook.close() }
-                httpClient?.close()
-                done?()
+                var left = events.webhooks.count
+                guard left > 0 else { done?(); return }
+                for hook in events.webhooks {
+                    hook.close {
+                        left -= 1
+                        guard left == 0 else { return }
+                        httpClient?.close()
+                        done?()
+                    }
+                }
             }
         }
         guard let delivery else { finish(); return }

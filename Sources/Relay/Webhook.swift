@@ -67,6 +67,8 @@ final class Webhook {
     private var backoff: Double = 0
     private var failingSince: Double?
     private var closed = false
+    private var cursorWriting = false
+    private var closeWaiters: [() -> Void] = []
 
     init(config: WebhookConfig, spoolPath: String, loop: EventLoop, client: HTTPClient, log: Logger, metrics: RelayMetrics) {
         self.config = config
@@ -277,11 +279,19 @@ final class Webhook {
         if segments.first.map({ $0.number > cursor.segment }) == true { cursor = (segments[0].number, 0, 0) }
         let directory = self.directory, position = cursor, removed = finished.map(\.number)
         sending = true  // the cursor is written before the next batch is read
+        cursorWriting = true
         loop.queueWork({
             OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
             for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
         }, done: { [self] in
             sending = false
+            cursorWriting = false
+            if closed {
+                let waiters = closeWaiters
+                closeWaiters = []
+                for w in waiters { w() }
+                return
+            }
             metrics.webhookOutbox(config.name, bytes: totalBytes)
             schedule()
         })
@@ -306,7 +316,9 @@ final class Webhook {
         }
     }
 
-    func close() {
+    /// Stops sending; `done` runs once a cursor write under way is on disk (so that a stop does not
+    /// send the last batch again after the restart).
+    func close(then done: @escaping () -> Void = {}) {
         closed = true
         timer.close()
         if fd >= 0 {
@@ -314,6 +326,7 @@ final class Webhook {
             self.fd = -1
             Glibc.close(fd)
         }
+        if cursorWriting { closeWaiters.append(done) } else { done() }
     }
 }
 

@@ -150,7 +150,9 @@ import UVRuntime
         let numbers = batches.flatMap { $0 }.compactMap { ($0 as? [String: Any])?["n"] as? Int }
         #expect(numbers == Array(0..<7))
         #expect(batches.allSatisfy { $0.count <= 3 })
-        hook.close()
+        var closed = false
+        hook.close { closed = true }
+        loop.run(until: { closed })
         let again = Webhook(config: config, spoolPath: spool, loop: loop, client: client, log: log, metrics: metrics)
         try again.load()
         #expect(again.unsent == 0, "the cursor was written past what was acknowledged")
