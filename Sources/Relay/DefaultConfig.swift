@@ -336,8 +336,8 @@ listen = ""
 tokens_file = ""
 # The largest request body, in bytes (more: 413).
 max_body_size = 10485760
-# Requests open at once, each holding at most max_body_size.
-max_connections = 64
+# Connections open at once, each holding at most max_body_size.
+max_connections = 16
 # How long a request may take to arrive, from its first byte (then 408).
 request_timeout = "30s"
 

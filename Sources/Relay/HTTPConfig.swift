@@ -5,7 +5,7 @@
 //   listen = "127.0.0.1:8080"
 //   tokens_file = "/etc/tern/tokens"
 //   max_body_size = 10485760     # bytes of one request's JSON; more: 413
-//   max_connections = 64         # at once; each holds at most max_body_size
+//   max_connections = 16         # at once; each holds at most max_body_size
 //   request_timeout = "30s"      # from a request's first byte to its last
 
 public struct HTTPConfig: Sendable, Equatable, ConfigSection {
@@ -14,7 +14,7 @@ public struct HTTPConfig: Sendable, Equatable, ConfigSection {
     /// NAME:sha256$HEX lines; read again on SIGHUP.
     public var tokensFile = ""
     public var maxBodySize = 10 << 20
-    public var maxConnections = 64
+    public var maxConnections = 16
     public var requestTimeout: Double = 30
 
     public init() {}

@@ -145,6 +145,25 @@ struct InjectionRequest: Equatable {
         }
     }
 
+    /// About how many bytes of mail `messages` makes (base64 and substitutions counted generously):
+    /// checked before any is made, so a small request cannot make gigabytes.
+    var estimatedBytes: Int {
+        let personal = recipients.contains { !$0.substitutions.isEmpty } || !substitutions.isEmpty
+        let longestValue = (recipients.flatMap { $0.substitutions.values } + substitutions.values).map(\.utf8.count).max() ?? 0
+        let one: Int
+        switch content {
+        case .raw(let text):
+            one = text.utf8.count * 2 + 1024 + (personal ? longestValue * text.utf8.count / 4 : 0)
+            if !personal { return one }
+        case .built(let p):
+            let text = p.subject.utf8.count + (p.textBody?.utf8.count ?? 0) + (p.htmlBody?.utf8.count ?? 0)
+                + p.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count }
+            one = text * 3 + p.attachments.reduce(0) { $0 + $1.data.count * 4 / 3 + 512 } + 2048
+                + (personal ? longestValue * text / 4 : 0)
+        }
+        return one.multipliedReportingOverflow(by: recipients.count).overflow ? Int.max : one * recipients.count
+    }
+
     /// "{{ name }}" replaced: the recipient's value, else the request's, else "". One pass, linear.
     func render(_ text: String, for index: Int) -> String {
         guard text.contains("{{") else { return text }

@@ -6,8 +6,9 @@
 //
 //   200 {"queue_ids": ["…"], "rejected": [{"email": "…", "reply": "550 5.1.1 …"}]}
 //   400 {"error": "recipients[1].email: not a valid address", "field": "recipients[1].email"}
-//   401 without a valid token (logged), 404/405 elsewhere, 413 for a body over max_body_size or a
-//   message over server.max_message_size, 500 when the spool or DKIM signing failed.
+//   401 without a valid token (logged), 404/405 elsewhere, 413 for a body over max_body_size, a
+//   message over server.max_message_size or a request that would make over 128 MiB of mail, 503
+//   (Retry-After) while 256 MiB of injected mail is being written, 500 when the spool or DKIM failed.
 //
 // A request that fails queues nothing: its messages are committed together and enqueued only when
 // all of them are on disk; should one write fail, those already written are taken out again.
@@ -69,8 +70,27 @@ final class InjectionEndpoint {
         } catch {
             return answer(Self.error(400, "\(error)"))
         }
-        inject(parsed, user: user, client: client, answer)
+        // Bounded: what one request may make, and what all of them hold in memory until on disk.
+        let estimate = parsed.estimatedBytes
+        guard estimate <= Self.maxMailPerRequest else {
+            return answer(Self.error(413, "the request would make about \(estimate) bytes of mail, over \(Self.maxMailPerRequest): send fewer recipients per request"))
+        }
+        guard mailInFlight + estimate <= Self.maxMailInFlight else {
+            var response = Self.error(503, "busy: \(mailInFlight) bytes of injected mail are being written; try again")
+            response.headers.append(HTTPHeader("Retry-After", "1"))
+            return answer(response)
+        }
+        mailInFlight += estimate
+        inject(parsed, user: user, client: client) { [self] response in
+            mailInFlight -= estimate
+            answer(response)
+        }
     }
+
+    /// Mail one request may make (its messages together), and all requests being written at once.
+    static let maxMailPerRequest = 128 << 20
+    static let maxMailInFlight = 256 << 20
+    private var mailInFlight = 0
 
     /// The token's name, or nil.
     private func authorized(_ request: HTTPRequest) -> String? {
@@ -128,6 +148,7 @@ final class InjectionEndpoint {
                                           time: now).bytes
             let size = received.count + m.bytes.count
             guard size <= server.config.server.maxMessageSize else {
+                for w in writers { w.abort() }  // a large one may have begun its file
                 return answer(Self.error(413, "content: the message is \(size) bytes, over server.max_message_size (\(server.config.server.maxMessageSize))"))
             }
             let eightBit = m.bytes.contains { $0 >= 0x80 }

@@ -163,8 +163,12 @@ private func textPart(_ type: String, _ text: String) -> [UInt8] {
 }
 
 private func attachmentPart(_ a: MessageParts.Attachment) -> [UInt8] {
-    let name = a.filename.unicodeScalars.allSatisfy { $0.value < 128 && $0.value >= 32 && $0 != "\"" && $0 != "\\" }
-        ? "\"\(a.filename)\"" : "\"\(encodedWords(a.filename.replacingQuotes))\""
+    // Control characters (a CR LF would start a field of its own) become "_".
+    let filename = String(String.UnicodeScalarView(a.filename.unicodeScalars.map {
+        $0.value < 32 || $0.value == 127 ? "_" : $0
+    }))
+    let name = filename.unicodeScalars.allSatisfy { $0.value < 128 && $0 != "\"" && $0 != "\\" }
+        ? "\"\(filename)\"" : "\"\(encodedWords(filename.replacingQuotes))\""
     let type = a.contentType.contains(where: { $0 == "\r" || $0 == "\n" || $0 == ";" }) ? "application/octet-stream" : a.contentType
     var out = Array("Content-Type: \(type); name=\(name)\r\nContent-Transfer-Encoding: base64\r\n".utf8)
     out += Array("Content-Disposition: attachment; filename=\(name)\r\n\r\n".utf8)

@@ -59,6 +59,11 @@ import Testing
                                   headers: [("X-Note", "one\ntwo")], textBody: "x"))
         #expect(!t.contains("\r\nBcc:"))
         #expect(t.contains("Subject: hi Bcc: victim@z.test\r\n") && t.contains("X-Note: one two\r\n"))
+        // Nor through an attachment's file name (in its part's fields).
+        let a = text(MessageParts(from: "a@x.test", to: [], subject: "s", textBody: "x",
+                                  attachments: [.init(filename: "a.txt\r\nContent-Type: text/html", data: [1])]))
+        #expect(!a.contains("\r\nContent-Type: text/html"))
+        #expect(a.contains("filename=\"a.txt__Content-Type: text/html\""))
     }
 
     @Test func theBoundaryNeverOccursInTheContent() {

@@ -48,19 +48,32 @@ class Post:
     path: str
     headers: dict[str, str]   # names lower-cased
     events: list[dict]
-    at: float                 # time.monotonic() when it arrived
+    at: float                 # time.monotonic() when it was answered
+    status: int               # the answer's status
+    started: float            # time.monotonic() when it arrived
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
 
 class HookServer:
     """ThreadingHTTPServer on 127.0.0.1:port (HTTP/1.1, keep-alive). Every POST's body is parsed as JSON
-    (it must be an array of objects) and recorded with its path and headers; the answer is `status`.
-    `in_flight`/`most_in_flight` count POSTs being answered at once, per path (a POST counts until its
-    answer is about to be written, so the next one cannot overlap it by the server's own slowness)."""
+    (it must be an array of objects) and recorded with its path, headers and the answer's status, which
+    is `status` (may be changed while it runs). The first `hold_first` POSTs are answered only once
+    `gate` is set (at most `hold_for` seconds: a webhook that is slow). `in_flight`/`most_in_flight`
+    count POSTs being answered at once, per path (a POST counts until its answer is about to be written,
+    so the next one cannot overlap it by the server's own slowness)."""
 
-    def __init__(self, port: int, status: int = 200, hold: float = 0.005):
+    def __init__(self, port: int, status: int = 200, hold: float = 0.005, hold_first: int = 0,
+                 hold_for: float = 20.0):
         self.port = port
         self.status = status
         self.hold = hold
+        self.hold_first = hold_first
+        self.hold_for = hold_for
+        self.gate = threading.Event()
+        self.arrived = 0  # POSTs that started, answered or not
         self.lock = threading.Lock()
         self.posts: list[Post] = []
         self.errors: list[str] = []
@@ -93,9 +106,13 @@ class HookServer:
 
             def do_POST(self):
                 path = self.path
+                started = time.monotonic()
                 with hook.lock:
+                    hook.arrived += 1
+                    held = hook.arrived <= hook.hold_first
                     hook.in_flight[path] = hook.in_flight.get(path, 0) + 1
                     hook.most_in_flight[path] = max(hook.most_in_flight.get(path, 0), hook.in_flight[path])
+                status = 500
                 try:
                     body = self._body()
                     try:
@@ -106,17 +123,23 @@ class HookServer:
                             hook.errors.append(f"POST {path}: not a JSON array of objects: {body[:300]!r}")
                         events = []
                     time.sleep(hook.hold)  # widen the window in which a second POST would overlap
+                    if held:
+                        hook.gate.wait(hook.hold_for)
+                    status = hook.status
                     with hook.lock:
                         hook.posts.append(Post(path, {k.lower(): v for k, v in self.headers.items()}, events,
-                                               time.monotonic()))
+                                               time.monotonic(), status, started))
                 finally:
                     with hook.lock:
                         hook.in_flight[path] -= 1
-                self.send_response(hook.status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    self.close_connection = True  # tern gave up on it (its timeout)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
@@ -125,18 +148,20 @@ class HookServer:
         return self
 
     def stop(self) -> None:
+        self.gate.set()
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
             self.httpd = None
 
     def posts_to(self, path: str) -> list[Post]:
+        """The POSTs to path, in order of arrival."""
         with self.lock:
-            return [p for p in self.posts if p.path == path]
+            return sorted((p for p in self.posts if p.path == path), key=lambda p: p.started)
 
     def events(self, path: str) -> list[dict]:
-        """Every event POSTed to path, in order of arrival."""
-        return [e for p in self.posts_to(path) for e in p.events]
+        """Every event POSTed to path and answered with a 2xx, in order."""
+        return [e for p in self.posts_to(path) if p.ok for e in p.events]
 
 
 @pytest.fixture
@@ -217,6 +242,43 @@ def outbox_events(directory: Path) -> list[dict]:
         text = segment.read_text()
         out += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     return out
+
+
+class MetricWatch:
+    """Samples one webhook's metric every 20 ms in a thread, noting when (time.monotonic()) each value was
+    first seen: when the counter moved, within a sample."""
+
+    def __init__(self, tern, name: str, webhook: str):
+        self.tern, self.name, self.webhook = tern, name, webhook
+        self.seen: list[tuple[float, float]] = []  # (value, first seen)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "MetricWatch":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                v = webhook_metric(self.tern, self.name, self.webhook)
+            except OSError:
+                v = None
+            if v is not None and (not self.seen or self.seen[-1][0] != v):
+                self.seen.append((v, time.monotonic()))
+            time.sleep(0.02)
+
+    def value(self) -> float:
+        return self.seen[-1][0] if self.seen else 0.0
+
+    def first_time(self, value: float) -> float:
+        times = [t for v, t in self.seen if v == value]
+        assert times, f"{self.name} was never seen at {value:g}: {self.seen}"
+        return times[0]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
 
 
 def key(e: dict) -> tuple:
@@ -357,6 +419,7 @@ def test_webhook_down_and_a_sigkill_lose_nothing(hook_server, hook_relay, hops, 
     url = f"http://127.0.0.1:{port}/hook"
     tern = hook_relay(webhooks=[{"url": url, "name": "crm", "batch_size": 20, "interval": "200ms", "timeout": "5s"}])
     outbox = tern.spool / "outbox" / "crm"
+    watch = MetricWatch(tern, "tern_webhook_failures_total", "crm").start()
 
     plan = [[f"d{i}@five.test"] + ([f"e{i}@five.test"] if i % 3 == 0 else []) for i in range(8)]
     delivered = send_many(tern, [(SENDER, rcpts, make_message(subject=f"down {i}", sender=SENDER), "")
@@ -368,6 +431,12 @@ def test_webhook_down_and_a_sigkill_lose_nothing(hook_server, hook_relay, hops, 
     expected = [(t, q, r) for q, rcpts in zip(delivered, plan) for r in rcpts for t in ("reception", "delivery")]
     on_disk = counts(outbox_events(outbox))
     assert all(on_disk.get(k) == 1 for k in expected), f"the outbox lacks events: {sorted(on_disk)}"
+    # The backoff: the second try about 1 s after the first, the third about 2 s after that (x0.8..1.2).
+    wait_until(lambda: watch.value() >= 3, 10, "the third failed POST")
+    watch.stop()
+    first, second, third = (watch.first_time(n) for n in (1, 2, 3))
+    assert 0.7 <= second - first <= 1.45, f"second try {second - first:.2f}s after the first, not ~1 s"
+    assert 1.5 <= third - second <= 2.65, f"third try {third - second:.2f}s after the second, not ~2 s"
 
     # Three more to a destination that refuses connections (they stay queued), then SIGKILL right after
     # their 250: their reception events were on disk before the 250.
@@ -382,7 +451,10 @@ def test_webhook_down_and_a_sigkill_lose_nothing(hook_server, hook_relay, hops, 
     tern.start()
     tern.wait_log(failed, 2, WAIT)  # the restarted tern tries too, and fails
     retry = hops(RETRY_IP)          # the queued messages can go now
-    server = hook_server(port)
+    # The webhook back, but answering 503 at first: a failure too, and the same batch comes again.
+    server = hook_server(port, status=503)
+    wait_until(lambda: server.posts_to("/hook"), WAIT, "a POST answered with 503")
+    server.status = 200
     expected += [("delivery", q, r) for q, rcpts in zip(queued, queued_plan) for r in rcpts]
 
     def arrived() -> bool:
@@ -393,7 +465,12 @@ def test_webhook_down_and_a_sigkill_lose_nothing(hook_server, hook_relay, hops, 
                lambda: f"missing {[k for k in expected if k not in counts(server.events('/hook'))]}\n"
                        + diagnostics(tern, hop, retry))
     tern.wait_log("webhook crm: POSTs succeed again", 1, WAIT)
-    assert webhook_metric(tern, "tern_webhook_failures_total", "crm") > 0
+    assert webhook_metric(tern, "tern_webhook_failures_total", "crm") >= 2  # refused, then 503
+    posts = server.posts_to("/hook")
+    refused = posts[0]
+    assert refused.status == 503 and refused.events
+    accepted = next(p for p in posts if p.ok)
+    assert accepted.events == refused.events, "the batch answered 503 was not the one sent again"
     wait_removed(tern, queued, retry)
     wait_until(lambda: webhook_metric(tern, "tern_webhook_events_total", "crm", "sent")
                == len(server.events("/hook")) and counts(server.events("/hook")).get(expected[-1]), WAIT,
@@ -489,6 +566,60 @@ def test_the_outbox_is_bounded_and_drops_the_oldest(hook_server, hook_relay, hop
     assert ("delivery", qids[-1], "b3-49@five.test") in counts(got)
     assert all(len(p.events) <= 100 for p in server.posts_to("/hook"))
     assert not server.errors, server.errors
+
+
+def test_events_dropped_while_their_post_is_in_flight_are_not_counted_twice(hook_server, hook_relay, hops,
+                                                                            tmp_path):
+    """The webhook slow (its first POST answered only later) while the outbox overflows: the file that POST
+    was read from is dropped meanwhile, then the POST gets its 2xx. Its events were delivered: counted as
+    sent, and not as dropped as well; sent + dropped is still every event emitted."""
+    hop = hops(FIVE_IP)
+    port = free_port()
+    server = hook_server(port, hold_first=1, hold_for=20)
+    path = tmp_path / "events.jsonl"
+    tern = hook_relay(webhooks=[{"url": f"http://127.0.0.1:{port}/hook", "name": "small", "interval": "50ms",
+                                 "timeout": "25s", "max_outbox_size": 16384}], events_file=path)
+    qids = send_many(tern, [(SENDER, ["first@five.test"], make_message(subject="first", sender=SENDER), "")])
+    wait_until(lambda: server.arrived >= 1, WAIT, "the first POST (held)")
+    for chunk in range(4):
+        qids += send_many(tern, [(SENDER, [f"b{chunk}-{i}@five.test"],
+                                  make_message(subject=f"bulk {chunk}-{i}", sender=SENDER, body="x" * 200 + "\r\n"), "")
+                                 for i in range(50)])
+    tern.wait_log("webhook small: outbox over max_outbox_size", 1, WAIT)
+    server.gate.set()  # the held POST answered 200 now, after its file was dropped
+    wait_removed(tern, qids, hop)
+    wait_until(lambda: len(file_events(path)) >= 2 * len(qids), WAIT, "every event in the events file")
+    emitted = len(file_events(path))
+
+    def metrics() -> tuple[float, float]:
+        return (webhook_metric(tern, "tern_webhook_events_total", "small", "sent"),
+                webhook_metric(tern, "tern_webhook_events_total", "small", "dropped"))
+
+    wait_until(lambda: sum(metrics()) >= emitted, WAIT, "sent + dropped to reach the events emitted",
+               lambda: f"sent, dropped = {metrics()}, emitted {emitted}")
+    sent, dropped = metrics()
+    got = server.events("/hook")
+    assert len(got) == len({json.dumps(e, sort_keys=True) for e in got}), "an event POSTed twice"
+    assert (sent, dropped) == (len(got), emitted - len(got)), (
+        f"tern counts {sent:g} sent and {dropped:g} dropped; the webhook got {len(got)} of {emitted} events")
+
+
+def test_a_post_that_times_out_is_sent_again(hook_server, hook_relay, hops):
+    hop = hops(FIVE_IP)
+    port = free_port()
+    server = hook_server(port, hold_first=1, hold_for=3.0)  # the first POST answered after 3 s
+    url = f"http://127.0.0.1:{port}/hook"
+    tern = hook_relay(webhooks=[{"url": url, "name": "slow", "interval": "100ms", "timeout": "1s"}])
+    (qid,) = send_many(tern, [(SENDER, ["t@five.test"], make_message(subject="timeout", sender=SENDER), "")])
+    wait_removed(tern, [qid], hop)
+    tern.wait_log(f"webhook slow: POST to {url} failed", 1, WAIT)
+    tern.wait_log("webhook slow: POSTs succeed again", 1, WAIT)
+    assert webhook_metric(tern, "tern_webhook_failures_total", "slow") >= 1
+    expected = {("reception", qid, "t@five.test"), ("delivery", qid, "t@five.test")}
+    wait_until(lambda: expected <= set(counts(server.events("/hook"))), WAIT, "both events at the webhook")
+    first, again = server.posts_to("/hook")[:2]
+    assert again.started - first.started >= 1.0 + 0.8 - 0.1, "sent again before the timeout and the backoff"
+    assert again.events[:len(first.events)] == first.events, "the batch that timed out was not sent again"
 
 
 # --------------------------------------------------------------------------------------------
