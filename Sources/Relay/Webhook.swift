@@ -134,14 +134,21 @@ final class Webhook {
     private func flush() {
         guard loaded, !writing, !pending.isEmpty else { return }
         writing = true
-        let bytes = pending, lines = pendingLines, directory = self.directory
+        // At most a file's worth at a time (whole lines), so that the bound holds within one file.
+        var take = pending.count
+        if take > segmentSize, let cut = pending[..<segmentSize].lastIndex(of: 10) { take = cut + 1 }
+        let bytes = Array(pending[..<take]), directory = self.directory
+        let lines = take == pending.count ? pendingLines : bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+        pending.removeFirst(take)
+        pendingLines -= lines
         var segment = segments.last!
         var fd = self.fd
         let roll = segment.size > 0 && segment.size + bytes.count > segmentSize
-        pending = []
-        pendingLines = 0
+        // Room is made before the write: the files never hold more than max_outbox_size.
+        let dropped = enforceBound(incoming: bytes.count)
         var failure: String?
         loop.queueWork({
+            for n in dropped { unlink(OutboxState.segmentPath(directory, n)) }
             if roll || fd < 0 {
                 if fd >= 0 { Glibc.close(fd) }
                 if roll { segment = Segment(number: segment.number + 1, size: 0, lines: 0) }
@@ -169,38 +176,69 @@ final class Webhook {
             let ready = syncWaiters.filter { $0.upTo <= synced }
             syncWaiters.removeAll { $0.upTo <= synced }
             for waiter in ready { waiter.done() }
-            enforceBound()
+            if !dropped.isEmpty { persistCursor(removing: []) }
             metrics.webhookOutbox(config.name, bytes: totalBytes)
             flush()
             schedule()
         })
     }
 
-    /// Past max_outbox_size the oldest files go (never the one appended to).
-    private func enforceBound() {
+    /// Past max_outbox_size the oldest files go (never the one appended to). Events of a POST in
+    /// flight from a file that goes are not counted as dropped: they are sent, or dropped, when it ends.
+    /// Returns the files to remove (before the write of `incoming` bytes).
+    private func enforceBound(incoming: Int) -> [Int] {
         var dropped = 0
         var removed: [Int] = []
-        while segments.count > 1 && segments.reduce(0, { $0 + $1.size }) > config.maxOutboxSize {
+        while segments.count > 1 && segments.reduce(0, { $0 + $1.size }) + incoming > config.maxOutboxSize {
             let oldest = segments.removeFirst()
             removed.append(oldest.number)
             if oldest.number >= cursor.segment {
-                let lost = oldest.number == cursor.segment ? oldest.lines - cursor.linesBefore : oldest.lines
+                var lost = oldest.number == cursor.segment ? oldest.lines - cursor.linesBefore : oldest.lines
+                var flying = 0
+                if let f = inFlight, f.segment == oldest.number {
+                    flying = f.events
+                    lost -= flying
+                }
                 dropped += lost
-                unsent -= lost
+                unsent -= lost + flying
                 cursor = (segments[0].number, 0, 0)
             }
         }
-        guard !removed.isEmpty else { return }
         if dropped > 0 {
             log.warning("webhook \(config.name): outbox over max_outbox_size (\(config.maxOutboxSize) bytes): \(dropped) oldest events dropped")
             metrics.webhookEvents(config.name, outcome: "dropped", count: dropped)
         }
-        let directory = self.directory, position = cursor
-        loop.queueWork({
-            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
-            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
-        }, done: {})
+        return removed
     }
+
+    /// Writes the cursor, then removes the files wholly before it: one write at a time, the last
+    /// cursor always written last (two writes in parallel could leave an older one on disk).
+    private func persistCursor(removing files: [Int]) {
+        unlinkAfterCursor += files
+        cursorDirty = true
+        guard !cursorWriting else { return }
+        cursorWriting = true
+        cursorDirty = false
+        let directory = self.directory, position = cursor, removed = unlinkAfterCursor
+        unlinkAfterCursor = []
+        loop.queueWork({
+            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
+            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
+        }, done: { [self] in
+            cursorWriting = false
+            if cursorDirty { return persistCursor(removing: []) }
+            metrics.webhookOutbox(config.name, bytes: totalBytes)
+            if closed {
+                let waiters = closeWaiters
+                closeWaiters = []
+                for w in waiters { w() }
+            }
+        })
+    }
+    private var cursorDirty = false
+    private var unlinkAfterCursor: [Int] = []
+    /// The batch of the POST in flight: where it starts and how many events it has.
+    private var inFlight: (segment: Int, offset: Int, events: Int)?
 
     // MARK: Sending
 
@@ -239,18 +277,27 @@ final class Webhook {
             guard !closed else { return }
             guard batch.events > 0 else {
                 sending = false
+                // Its file was dropped for the bound while it was read: go on from the new cursor.
+                if cursor.segment != segment.number || cursor.offset != start { return schedule() }
                 log.error("webhook \(config.name): cannot read \(path) at \(start): \(batch.failure ?? "no complete event")")
                 return retryLater("the outbox could not be read")
             }
+            inFlight = (segment.number, start, batch.events)
             var headers = ["Content-Type: application/json", "User-Agent: Tern"]
             for name in config.headers.keys.sorted() { headers.append("\(name): \(config.headers[name]!)") }
             client.post(url: config.url, body: batch.body, headers: headers,
                         timeoutMilliseconds: Int(config.timeout * 1000)) { [self] result in
                 sending = false
+                inFlight = nil
                 guard !closed else { return }
+                if case .success(let response) = result, (200..<300).contains(response.status) {
+                    return acknowledged(batch, from: (segment.number, start))
+                }
+                if cursor.segment != segment.number || cursor.offset != start {
+                    // Its file was dropped for the bound meanwhile: not sent, so dropped now.
+                    metrics.webhookEvents(config.name, outcome: "dropped", count: batch.events)
+                }
                 switch result {
-                case .success(let response) where (200..<300).contains(response.status):
-                    acknowledged(batch, from: (segment.number, start))
                 case .success(let response):
                     let text = String(decoding: response.body.prefix(200), as: UTF8.self)
                     retryLater("HTTP \(response.status) \(angleQuoted(text))")
@@ -277,24 +324,8 @@ final class Webhook {
         let finished = segments.filter { $0.number < cursor.segment || ($0.number == cursor.segment && cursor.offset >= $0.size && $0.number != segments.last!.number) }
         segments.removeAll { s in finished.contains { $0.number == s.number } }
         if segments.first.map({ $0.number > cursor.segment }) == true { cursor = (segments[0].number, 0, 0) }
-        let directory = self.directory, position = cursor, removed = finished.map(\.number)
-        sending = true  // the cursor is written before the next batch is read
-        cursorWriting = true
-        loop.queueWork({
-            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
-            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
-        }, done: { [self] in
-            sending = false
-            cursorWriting = false
-            if closed {
-                let waiters = closeWaiters
-                closeWaiters = []
-                for w in waiters { w() }
-                return
-            }
-            metrics.webhookOutbox(config.name, bytes: totalBytes)
-            schedule()
-        })
+        persistCursor(removing: finished.map(\.number))
+        schedule()
     }
 
     private func retryLater(_ why: String) {
