@@ -6,6 +6,8 @@
 # instructions per message (inclusive of callees when INCLUSIVE=yes) changed most.
 # Valgrind cannot read Swift's debug info, so each binary is copied with strip --strip-debug.
 # TERN_SHAPING_RULES=N adds N [[shaping]] rules (see bench/peers/tern/start).
+# WEBHOOK_FOR=new: the first binary's run (label "new") has a [[events.webhook]] receiving every event
+# (bench/lib/hook_receiver.py): `bench/callgrind.sh BIN BIN` then shows what the events cost.
 # Needs root (unshare), valgrind, smtp-source, smtp-sink. Every wait is bounded.
 set -eu
 [ "${1:-}" ] || { echo "usage: $0 BIN [BASE_BIN]" >&2; exit 2; }
@@ -38,6 +40,10 @@ CONF
     i=$((i + 1))
   done
   [ "${TERN_SHAPING_RULES:-0}" -gt 0 ] && printf '[[shaping]]\nname = "bench"\ndomains = ["example.net"]\nmax_connections = 20\nmax_message_rate = "100000/s"\n' >> "$w/tern.toml"
+  if [ "${WEBHOOK_FOR:-}" = "$1" ]; then
+    printf '[[events.webhook]]\nurl = "http://127.0.0.1:9099/hook"\nbatch_size = 100\n' >> "$w/tern.toml"
+    timeout 600 python3 "$(dirname "$(readlink -f "$0")")/lib/hook_receiver.py" 127.0.0.1 9099 "$w/hook.count" > /dev/null 2>&1 &
+  fi
   timeout 600 smtp-sink -c -u nobody 127.0.0.1:2526 256 > "$w/sink.out" 2>&1 & local sink=$!
   timeout 600 valgrind --tool=callgrind --callgrind-out-file="$w/cg.out" "$w/tern" serve --config "$w/tern.toml" \
     > "$w/tern.log" 2> "$w/valgrind.log" & local relay=$!

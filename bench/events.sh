@@ -18,7 +18,4 @@ BENCH=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 : "${RESULTS_DIR:=$BENCH/results/events-$(date +%Y%m%d-%H%M%S)}"
 : "${EVENT_PEERS:=tern-relay tern-relay-webhook postfix}"
 export RUNS COOLDOWN RESULTS_DIR
-INTAKE_PEERS="$EVENT_PEERS" SCENARIOS="sink relay" CASES="$N:4096:$CONC" "$BENCH/run.sh"
-# Every event reached the receiver (two per message: reception and delivery), in the last run.
-for d in "$RESULTS_DIR"/runs/*tern-relay-webhook*; do :; done
-echo "events counted by the receiver in the last tern-relay-webhook run: $(cat /tmp/mtabench/*/hook.count 2>/dev/null | tail -1 || echo '?')"
+INTAKE_PEERS="$EVENT_PEERS" SCENARIOS="sink relay" CASES="$N:4096:$CONC" exec "$BENCH/run.sh"

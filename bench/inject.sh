@@ -9,9 +9,9 @@
 # in a private network namespace. Cases, each into a fresh spool:
 #   http-1            N requests of one message to one recipient (bench/lib/inject_load.py)
 #   smtp-1            N messages to one recipient with Postfix's smtp-source
-#   http-100          N/100 requests of one message to 100 recipients (raw content: one message)
-#   http-100-personal N/100 requests to 100 recipients with a substitution: 100 messages each
-#   smtp-100          N/100 messages to 100 recipients with smtp-source -r 100
+#   http-100          N/20 requests of one message to 100 recipients (raw content: one message)
+#   http-100-personal N/20 requests to 100 recipients with a substitution: 100 messages each
+#   smtp-100          N/20 messages to 100 recipients with smtp-source -r 100
 #   http-ceiling      the generator into a null HTTP server (inject_load.py serve): its own ceiling
 # Tern's CPU is read from /proc/PID/stat before and after each case. Prints medians of messages/s,
 # recipients/s and CPU per message and per recipient; rows in bench/results/inject-<time>/inject.tsv.
@@ -60,6 +60,7 @@ listen = ""
 [http]
 listen = "127.0.0.1:8080"
 tokens_file = "$W/tokens"
+max_connections = 64
 CONF
   "$TERN_BIN" serve --config "$W/tern.toml" > "$W/tern.log" 2>&1 &
   echo $! > "$W/pid"
@@ -71,7 +72,7 @@ stop_tern() { kill -TERM "$(cat "$W/pid")"; wait "$(cat "$W/pid")" 2>/dev/null |
 
 # one CASE RUN: runs the case against a fresh Tern and appends its row.
 one() {
-  local case=$1 run=$2 per=$((N / 100)) msgs rcpts before after t0 t1
+  local case=$1 run=$2 per=$((N / 20)) msgs rcpts before after t0 t1
   start_tern
   local pid; pid=$(cat "$W/pid")
   before=$(cpu_of "$pid"); t0=$(date +%s.%N)

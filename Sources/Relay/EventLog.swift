@@ -84,10 +84,24 @@ struct EventLine {
         bytes.append(contentsOf: "\(ms / 1000).\(frac < 100 ? (frac < 10 ? "00" : "0") : "")\(frac)".utf8)
     }
 
+    /// The bytes a string's fast path cannot copy as they are: controls, DEL and above, '"', '\\'.
+    private static let needsEscape: [Bool] = (0..<256).map { $0 < 0x20 || $0 >= 0x7F || $0 == 0x22 || $0 == 0x5C }
+
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
     private mutating func string(_ s: String) {
         bytes.append(UInt8(ascii: "\""))
+        // Most values (queue ids, addresses, replies) are printable ASCII with nothing to escape:
+        // their bytes as they are, without looking at each scalar.
+        let plain = s.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
+            for b in utf8 where Self.needsEscape[Int(b)] { return false }
+            bytes.append(contentsOf: utf8)
+            return true
+        }
+        if plain == true {
+            bytes.append(UInt8(ascii: "\""))
+            return
+        }
         var scalars = s.unicodeScalars.makeIterator()
         while let u = scalars.next() {
             let v = u.value

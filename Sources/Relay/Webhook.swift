@@ -511,21 +511,30 @@ struct OutboxBatch {
 
     static func make(_ bytes: ArraySlice<UInt8>, maxEvents: Int) -> OutboxBatch {
         var batch = OutboxBatch()
-        batch.body.reserveCapacity(bytes.count + 2)
-        batch.body.append(UInt8(ascii: "["))
-        var lineStart = bytes.startIndex
-        var i = bytes.startIndex
-        while i < bytes.endIndex && batch.events < maxEvents {
-            if bytes[i] == 10 {
-                if batch.events > 0 { batch.body.append(UInt8(ascii: ",")) }
-                batch.body += bytes[lineStart..<i]
+        // Up to the newline that ends the last whole event taken.
+        var taken = 0
+        bytes.withUnsafeBytes { buffer in
+            guard let base = buffer.baseAddress else { return }
+            while taken < buffer.count && batch.events < maxEvents,
+                  let newline = memchr(base + taken, 10, buffer.count - taken) {
+                taken = base.distance(to: UnsafeRawPointer(newline)) + 1
                 batch.events += 1
-                lineStart = i + 1
             }
-            i += 1
         }
-        batch.body.append(UInt8(ascii: "]"))
-        batch.bytes = lineStart - bytes.startIndex
+        batch.bytes = taken
+        batch.body.reserveCapacity(taken + 2)
+        batch.body.append(UInt8(ascii: "["))
+        batch.body.append(contentsOf: bytes.prefix(taken))
+        // Each event's newline becomes the comma after it, the last one the closing bracket (an event
+        // never holds a raw newline: JSON escapes it).
+        batch.body.withUnsafeMutableBytes { body in
+            var at = 1
+            while at < body.count, let newline = memchr(body.baseAddress! + at, 10, body.count - at) {
+                newline.storeBytes(of: UInt8(ascii: ","), as: UInt8.self)
+                at = body.baseAddress!.distance(to: newline) + 1
+            }
+        }
+        if batch.events > 0 { batch.body[batch.body.count - 1] = UInt8(ascii: "]") } else { batch.body.append(UInt8(ascii: "]")) }
         return batch
     }
 }
