@@ -84,9 +84,6 @@ struct EventLine {
         bytes.append(contentsOf: "\(ms / 1000).\(frac < 100 ? (frac < 10 ? "00" : "0") : "")\(frac)".utf8)
     }
 
-    /// The bytes a string's fast path cannot copy as they are: controls, DEL and above, '"', '\\'.
-    private static let needsEscape: [Bool] = (0..<256).map { $0 < 0x20 || $0 >= 0x7F || $0 == 0x22 || $0 == 0x5C }
-
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
     private mutating func string(_ s: String) {
@@ -94,7 +91,8 @@ struct EventLine {
         // Most values (queue ids, addresses, replies) are printable ASCII with nothing to escape:
         // their bytes as they are, without looking at each scalar.
         let plain = s.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
-            for b in utf8 where Self.needsEscape[Int(b)] { return false }
+            // One unsigned compare for the printable range (0x20-0x7E), then the two to escape.
+            for b in utf8 where b &- 0x20 >= 0x5F || b == 0x22 || b == 0x5C { return false }
             bytes.append(contentsOf: utf8)
             return true
         }
@@ -145,6 +143,9 @@ final class EventBus {
 
     /// SIGUSR1.
     func reopen() { file?.reopen() }
+
+    /// The webhooks write what is pending now: a 250 will wait for it.
+    func flushNow() { for hook in webhooks { hook.flushNow() } }
 
     /// `done` runs once every event emitted so far is in the webhooks' outboxes on disk: at once when
     /// there are no webhooks (the file is a log, not a store) or nothing waits.

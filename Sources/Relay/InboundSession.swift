@@ -507,6 +507,11 @@ final class InboundSession {
         let wireReady = machine.lastMessageIsWireReady
         writer.envelope.tlsOptional = machine.lastMessageTLSOptional
         writer.envelope.messageID = machine.lastMessageID
+        // The reception events go to the webhooks' outboxes while the message goes to the spool (two
+        // writes in parallel, not one after the other); 250 waits for both. A commit that fails is
+        // followed by a rejection event for the same queue id.
+        server.receptionEvents(writer.envelope, size: writer.receivedBytes)
+        server.events?.flushNow()
         writer.commit { queueID, error in
             let env = writer.envelope
             if let queueID {
@@ -516,14 +521,25 @@ final class InboundSession {
                            ["size": .stringConvertible(env.size), "nrcpt": .stringConvertible(env.recipients.count)],
                            text: "\(queueID): queued as \(queueID), size=\(env.size), nrcpt=\(env.recipients.count)")
                 server.sessions[sessionID]?.messagesQueued += 1
-                server.receptionEvents(env)
                 server.delivery?.enqueue(env, due: env.arrival, message: writer.committedBytes,
                                          wireReady: wireReady && !writer.convertedToSevenBit)
-            } else if let error = error as? DKIMSigningFailure {
-                server.log.error("\(writer.id): \(error)", metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
             } else {
-                server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
-                                 metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
+                if let error = error as? DKIMSigningFailure {
+                    server.log.error("\(writer.id): \(error)", metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
+                } else {
+                    server.log.error("\(writer.id): spool write failed: \(error.map { "\($0)" } ?? "unknown error")",
+                                     metadata: ["qid": "\(writer.id)", "session": "\(sessionID)"])
+                }
+                if let events = server.events {  // after its reception events: the message was not queued
+                    var line = EventLine(type: "rejection", time: server.loop.clock.wallSeconds())
+                    line.add("queue_id", writer.id.rawValue)
+                    line.add("sender", env.sender)
+                    line.add("command", "DATA")
+                    line.add("reply", "451 4.3.0")
+                    line.add("reason", error is DKIMSigningFailure ? "dkim" : "spool")
+                    line.add("client", env.client.ip)
+                    events.emit(line)
+                }
             }
             let answer = {
                 // The session may be gone (client disconnected while we committed): the message is

@@ -68,8 +68,12 @@ final class MessageWriter {
         append(firstBytes)
     }
 
+    /// Bytes handed over (the Received field and the data as received, before any signature).
+    private(set) var receivedBytes = 0
+
     func append(_ bytes: [UInt8]) {
         guard !aborted, !bytes.isEmpty else { return }
+        receivedBytes += bytes.count
         pending.append(bytes)
         pendingBytes += bytes.count
         heldBytes += bytes.capacity

@@ -356,8 +356,9 @@ public final class SMTPServer {
         return byRecipient.max() ?? 0
     }
 
-    /// One reception event per recipient of a message just queued (over SMTP or HTTP).
-    func receptionEvents(_ env: Envelope) {
+    /// One reception event per recipient of a message being queued (over SMTP or HTTP). `size`: the
+    /// bytes received (the envelope's size is known only once it is on disk, signature included).
+    func receptionEvents(_ env: Envelope, size: Int? = nil) {
         guard let events else { return }
         let now = loop.clock.wallSeconds()
         for r in env.recipients {
@@ -366,7 +367,7 @@ public final class SMTPServer {
             line.add("message_id", env.messageID)
             line.add("sender", env.sender)
             line.add("recipient", r.address)
-            line.add("size", env.size)
+            line.add("size", size ?? env.size)
             line.add("client", env.client.ip)
             line.add("helo", env.client.helo)
             line.add("protocol", env.client.protocolName)

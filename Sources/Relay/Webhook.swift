@@ -89,7 +89,7 @@ final class Webhook {
     /// Reads the outbox's directory (creating it) and drops a last line cut short by a crash. At start-up,
     /// before the loop runs: a problem here is a start-up error.
     func load() throws {
-        switch OutboxState.load(directory) {
+        switch OutboxState.load(directory, segmentSize: segmentSize) {
         case .failure(let error):
             throw ConfigError(key: "events.webhook", message: "\(config.name): \(directory): \(error.message)")
         case .success(let state):
@@ -122,22 +122,39 @@ final class Webhook {
         pending += line
         pendingLines += 1
         emitted += 1
-        flush()
+        // Written when someone waits for it (a 250, a removal), when a file's worth is pending, or
+        // after `flushDelay`: fewer, larger writes and syncs than one per event.
+        if pending.count >= segmentSize { flush() } else { armFlush() }
     }
 
     /// `done` runs once every event emitted so far is on disk (at once when none waits).
     func whenSynced(_ done: @escaping () -> Void) {
         guard synced < emitted else { return done() }
         syncWaiters.append((emitted, done))
+        flush()
+    }
+
+    /// Writes what is pending now (its events will be waited for soon).
+    func flushNow() { flush() }
+
+    /// Events no one waits for are written within this many milliseconds.
+    static let flushDelay: UInt64 = 20
+    private var flushTimer: UVRuntime.Timer?
+
+    private func armFlush() {
+        guard loaded, !writing, flushTimer == nil || flushTimer?.isActive == false else { return }
+        if flushTimer == nil { flushTimer = UVRuntime.Timer(loop: loop) }
+        flushTimer?.start(afterMilliseconds: Self.flushDelay) { [weak self] in self?.flush() }
     }
 
     private func flush() {
         guard loaded, !writing, !pending.isEmpty else { return }
+        flushTimer?.stop()
         writing = true
         // At most a file's worth at a time (whole lines), so that the bound holds within one file.
         var take = pending.count
         if take > segmentSize, let cut = pending[..<segmentSize].lastIndex(of: 10) { take = cut + 1 }
-        let bytes = Array(pending[..<take]), directory = self.directory
+        let bytes = Array(pending[..<take]), directory = self.directory, segmentSize = self.segmentSize
         let lines = take == pending.count ? pendingLines : bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
         pending.removeFirst(take)
         pendingLines -= lines
@@ -145,19 +162,18 @@ final class Webhook {
         var fd = self.fd
         let roll = segment.size > 0 && segment.size + bytes.count > segmentSize
         // Room is made before the write: the files never hold more than max_outbox_size.
-        let dropped = enforceBound(incoming: bytes.count)
+        let dropped = enforceBound(rolling: roll)
         var failure: String?
         loop.queueWork({
             for n in dropped { unlink(OutboxState.segmentPath(directory, n)) }
             if roll || fd < 0 {
                 if fd >= 0 { Glibc.close(fd) }
                 if roll { segment = Segment(number: segment.number + 1, size: 0, lines: 0) }
-                fd = OutboxState.openSegment(directory, segment.number)
+                fd = OutboxState.openSegment(directory, segment.number, preallocate: segmentSize)
                 if fd < 0 { failure = String(cString: strerror(errno)); return }
                 OutboxState.syncDirectory(directory)
             }
-            failure = SuppressionStore.writeAll(fd, bytes)
-            if failure != nil { _ = ftruncate(fd, off_t(segment.size)) }
+            failure = OutboxState.write(fd, bytes, at: segment.size)
         }, done: { [self] in
             writing = false
             self.fd = fd
@@ -178,18 +194,20 @@ final class Webhook {
             for waiter in ready { waiter.done() }
             if !dropped.isEmpty { persistCursor(removing: []) }
             metrics.webhookOutbox(config.name, bytes: totalBytes)
-            flush()
+            if !syncWaiters.isEmpty || pending.count >= segmentSize { flush() } else if !pending.isEmpty { armFlush() }
             schedule()
         })
     }
 
     /// Past max_outbox_size the oldest files go (never the one appended to). Events of a POST in
     /// flight from a file that goes are not counted as dropped: they are sent, or dropped, when it ends.
-    /// Returns the files to remove (before the write of `incoming` bytes).
-    private func enforceBound(incoming: Int) -> [Int] {
+    /// Returns the files to remove before the next write (`rolling`: it starts a new file). Files are
+    /// counted whole (each is written full of zeros when it is made).
+    private func enforceBound(rolling: Bool) -> [Int] {
         var dropped = 0
         var removed: [Int] = []
-        while segments.count > 1 && segments.reduce(0, { $0 + $1.size }) + incoming > config.maxOutboxSize {
+        func onDisk() -> Int { segments.reduce(0) { $0 + max($1.size, segmentSize) } + (rolling ? segmentSize : 0) }
+        while segments.count > 1 && onDisk() > config.maxOutboxSize {
             let oldest = segments.removeFirst()
             removed.append(oldest.number)
             if oldest.number >= cursor.segment {
@@ -352,6 +370,7 @@ final class Webhook {
     func close(then done: @escaping () -> Void = {}) {
         closed = true
         timer.close()
+        flushTimer?.close()
         if fd >= 0 {
             let fd = self.fd
             self.fd = -1
@@ -376,8 +395,35 @@ struct OutboxState {
         return directory + "/" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".jsonl"
     }
 
-    static func openSegment(_ directory: String, _ number: Int) -> Int32 {
-        Glibc.open(segmentPath(directory, number), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    /// Opens a file of events for writing, first filled with zeros to `preallocate` bytes and synced:
+    /// events are then written over the zeros, so a sync after each write changes no metadata (the
+    /// file's size and blocks stay the same) and costs no journal commit of the file system.
+    static func openSegment(_ directory: String, _ number: Int, preallocate: Int) -> Int32 {
+        let fd = Glibc.open(segmentPath(directory, number), O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return fd }
+        let size = Int(lseek(fd, 0, SEEK_END))
+        if size >= 0 && size < preallocate {
+            let zeros = [UInt8](repeating: 0, count: preallocate - size)
+            if write(fd, zeros, at: size) != nil {
+                Glibc.close(fd)
+                return -1
+            }
+        }
+        return fd
+    }
+
+    /// Writes every byte at `offset`, then syncs the data; why not, if it failed.
+    static func write(_ fd: Int32, _ bytes: [UInt8], at offset: Int) -> String? {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, bytes.count - done, off_t(offset + done)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return String(cString: strerror(errno))
+            }
+            done += n
+        }
+        return fdatasync(fd) == 0 ? nil : String(cString: strerror(errno))
     }
 
     static func syncDirectory(_ directory: String) {
@@ -404,7 +450,7 @@ struct OutboxState {
         return (s, o)
     }
 
-    static func load(_ directory: String) -> Result<OutboxState, OutboxError> {
+    static func load(_ directory: String, segmentSize: Int) -> Result<OutboxState, OutboxError> {
         var made = ""
         for part in directory.split(separator: "/") {
             made += "/" + part
@@ -430,13 +476,17 @@ struct OutboxState {
         for n in numbers {
             let path = segmentPath(directory, n)
             guard var bytes = readAll(path) else { continue }
-            // A line cut short by a crash: dropped from the file.
-            if let lastNewline = bytes.lastIndex(of: 10), lastNewline + 1 < bytes.count {
-                truncate(path, off_t(lastNewline + 1))
-                bytes.removeSubrange((lastNewline + 1)...)
-            } else if !bytes.isEmpty && bytes.last != 10 {
-                truncate(path, 0)
-                bytes = []
+            // The events end at the first zero byte (the rest of the file is its preallocation; an
+            // event never holds a NUL: JSON escapes it). A line cut short by a crash is zeroed.
+            if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
+            let end = (bytes.lastIndex(of: 10) ?? -1) + 1
+            if end < bytes.count {
+                let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
+                if fd >= 0 {
+                    _ = write(fd, [UInt8](repeating: 0, count: bytes.count - end), at: end)
+                    Glibc.close(fd)
+                }
+                bytes.removeSubrange(end...)
             }
             let lines = bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
             if n == cursor.segment {
@@ -455,7 +505,7 @@ struct OutboxState {
         } else if segments[0].number > cursor.segment {
             cursor = (segments[0].number, 0, 0)
         }
-        let fd = openSegment(directory, segments.last!.number)
+        let fd = openSegment(directory, segments.last!.number, preallocate: segmentSize)
         guard fd >= 0 else { return .failure(OutboxError(message: "cannot open: \(String(cString: strerror(errno)))")) }
         syncDirectory(directory)
         return .success(OutboxState(segments: segments, cursor: cursor, fd: fd))

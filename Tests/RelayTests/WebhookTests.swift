@@ -31,7 +31,7 @@ import UVRuntime
         write(dir + "/00000002.jsonl", "{\"x\":1}\n{\"x\":2}\n{\"x\":3}\n")
         write(dir + "/00000003.jsonl", "{\"y\":1}\n{\"y\":2")
         write(dir + "/cursor", "2 8\n")
-        guard case .success(let state) = OutboxState.load(dir) else {
+        guard case .success(let state) = OutboxState.load(dir, segmentSize: 4096) else {
             Issue.record("not loaded")
             return
         }
@@ -40,7 +40,13 @@ import UVRuntime
         #expect(state.segments.map(\.lines) == [3, 1])
         #expect(state.cursor.segment == 2 && state.cursor.offset == 8 && state.cursor.linesBefore == 1)
         #expect(!FileManager.default.fileExists(atPath: dir + "/00000001.jsonl"), "wholly sent: removed")
-        #expect(try String(contentsOfFile: dir + "/00000003.jsonl", encoding: .utf8) == "{\"y\":1}\n", "the torn line is cut")
+        // The torn line is zeroed, and the file appended to is filled with zeros to a file's size.
+        let third = try Data(contentsOf: URL(fileURLWithPath: dir + "/00000003.jsonl"))
+        #expect(third.count == 4096 && Array(third.prefix(8)) == Array("{\"y\":1}\n".utf8) && third.dropFirst(8).allSatisfy { $0 == 0 })
+        // Loaded again: the same events, not the zeros.
+        guard case .success(let again) = OutboxState.load(dir, segmentSize: 4096) else { return }
+        close(again.fd)
+        #expect(again.segments.map(\.size) == [24, 8] && again.segments.map(\.lines) == [3, 1])
         #expect(OutboxState.parseCursor("3 0\n")! == (3, 0))
         #expect(OutboxState.parseCursor("x 1") == nil && OutboxState.parseCursor("0 5") == nil)
     }

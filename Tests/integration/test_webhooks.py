@@ -244,9 +244,14 @@ def outbox_events(directory: Path) -> list[dict]:
     """The events in the outbox's segment files (NNNNNNNN.jsonl), oldest file first."""
     out = []
     for segment in sorted(directory.glob("*.jsonl")):
-        text = segment.read_text()
+        text = data_of(segment).decode()
         out += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     return out
+
+
+def data_of(segment: Path) -> bytes:
+    """A segment file's events: up to its first NUL (files are made full of zeros, then written over)."""
+    return segment.read_bytes().split(b"\0", 1)[0]
 
 
 class MetricWatch:
@@ -521,7 +526,7 @@ def test_acknowledged_events_are_not_sent_again_after_a_sigkill(hook_server, hoo
             cursor = (outbox / "cursor").read_text().split()
         except FileNotFoundError:
             return False
-        return bool(segments) and cursor == [str(int(segments[-1].name[:-6])), str(segments[-1].stat().st_size)]
+        return bool(segments) and cursor == [str(int(segments[-1].name[:-6])), str(len(data_of(segments[-1])))]
 
     wait_until(cursor_at_end, WAIT, "the cursor file at the end of the outbox",
                lambda: f"cursor {(outbox / 'cursor').read_text() if (outbox / 'cursor').exists() else None!r}, "
@@ -530,7 +535,8 @@ def test_acknowledged_events_are_not_sent_again_after_a_sigkill(hook_server, hoo
     assert before == len(expected)
     tern.kill()
     last = sorted(outbox.glob("*.jsonl"))[-1]
-    with last.open("ab") as f:
+    with last.open("r+b") as f:
+        f.seek(len(data_of(last)))
         f.write(b'{"type":"delivery","time":1765000000.000,"queue_id":"0661')  # a write cut short
     tern.start()
     (later,) = send_many(tern, [(SENDER, ["later@five.test"], make_message(subject="later", sender=SENDER), "")])
