@@ -139,6 +139,9 @@ final class Webhook {
 
     /// Events no one waits for are written within this many milliseconds.
     static let flushDelay: UInt64 = 20
+    /// Milliseconds between the starts of two writes, at least.
+    static let minWriteInterval: UInt64 = 5
+    private var lastWriteStart: UInt64 = 0
     private var flushTimer: UVRuntime.Timer?
 
     private func armFlush() {
@@ -149,6 +152,17 @@ final class Webhook {
 
     private func flush() {
         guard loaded, !writing, !pending.isEmpty else { return }
+        // One write (and sync) every `minWriteInterval` at most: under load each carries the events of
+        // that many milliseconds, instead of one write per turn of the loop.
+        let now = loop.nowMilliseconds
+        if now < lastWriteStart + Self.minWriteInterval && pending.count < segmentSize {
+            if flushTimer == nil { flushTimer = UVRuntime.Timer(loop: loop) }
+            if flushTimer?.isActive != true {
+                flushTimer?.start(afterMilliseconds: lastWriteStart + Self.minWriteInterval - now) { [weak self] in self?.flush() }
+            }
+            return
+        }
+        lastWriteStart = now
         flushTimer?.stop()
         writing = true
         // At most a file's worth at a time (whole lines), so that the bound holds within one file.
@@ -342,9 +356,22 @@ final class Webhook {
         let finished = segments.filter { $0.number < cursor.segment || ($0.number == cursor.segment && cursor.offset >= $0.size && $0.number != segments.last!.number) }
         segments.removeAll { s in finished.contains { $0.number == s.number } }
         if segments.first.map({ $0.number > cursor.segment }) == true { cursor = (segments[0].number, 0, 0) }
-        persistCursor(removing: finished.map(\.number))
+        // The cursor is written at most once a second (a crash sends up to a second of acknowledged
+        // events again, as at-least-once allows), unless a file is done with.
+        if finished.isEmpty {
+            if cursorTimer == nil { cursorTimer = UVRuntime.Timer(loop: loop) }
+            if cursorTimer?.isActive != true {
+                cursorTimer?.start(afterMilliseconds: Self.cursorInterval) { [weak self] in self?.persistCursor(removing: []) }
+            }
+        } else {
+            cursorTimer?.stop()
+            persistCursor(removing: finished.map(\.number))
+        }
         schedule()
     }
+
+    static let cursorInterval: UInt64 = 1000
+    private var cursorTimer: UVRuntime.Timer?
 
     private func retryLater(_ why: String) {
         metrics.webhookFailure(config.name)
@@ -368,6 +395,9 @@ final class Webhook {
     /// Stops sending; `done` runs once a cursor write under way is on disk (so that a stop does not
     /// send the last batch again after the restart).
     func close(then done: @escaping () -> Void = {}) {
+        // An acknowledgement not written yet is written now.
+        if cursorTimer?.isActive == true { persistCursor(removing: []) }
+        cursorTimer?.close()
         closed = true
         timer.close()
         flushTimer?.close()
