@@ -150,16 +150,22 @@ struct InjectionRequest: Equatable {
     var estimatedBytes: Int {
         let personal = recipients.contains { !$0.substitutions.isEmpty } || !substitutions.isEmpty
         let longestValue = (recipients.flatMap { $0.substitutions.values } + substitutions.values).map(\.utf8.count).max() ?? 0
+        /// Bytes of `texts` once each "{{" in them holds the longest value.
+        func rendered(_ texts: [String]) -> Int {
+            texts.reduce(0) { total, text in
+                let holes = personal ? text.utf8.count - text.replacingOccurrences(of: "{{", with: "{").utf8.count : 0
+                return total + text.utf8.count + holes * longestValue
+            }
+        }
         let one: Int
         switch content {
         case .raw(let text):
-            one = text.utf8.count * 2 + 1024 + (personal ? longestValue * text.utf8.count / 4 : 0)
+            one = rendered([text]) * 2 + 1024  // line breaks may become CRLF
             if !personal { return one }
         case .built(let p):
-            let text = p.subject.utf8.count + (p.textBody?.utf8.count ?? 0) + (p.htmlBody?.utf8.count ?? 0)
-                + p.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count }
-            one = text * 3 + p.attachments.reduce(0) { $0 + $1.data.count * 4 / 3 + 512 } + 2048
-                + (personal ? longestValue * text / 4 : 0)
+            // Quoted-printable or base64: at most 3 bytes a byte of text, 4/3 of an attachment.
+            one = rendered([p.subject, p.textBody ?? "", p.htmlBody ?? ""] + p.headers.map(\.value)) * 3
+                + p.attachments.reduce(0) { $0 + $1.data.count * 4 / 3 + 512 } + 2048
         }
         return one.multipliedReportingOverflow(by: recipients.count).overflow ? Int.max : one * recipients.count
     }

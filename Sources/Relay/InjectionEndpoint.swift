@@ -81,10 +81,27 @@ final class InjectionEndpoint {
             return answer(response)
         }
         mailInFlight += estimate
+        requestsInFlight += 1
         inject(parsed, user: user, client: client) { [self] response in
             mailInFlight -= estimate
+            requestsInFlight -= 1
             answer(response)
+            if requestsInFlight == 0 {
+                let waiters = idleWaiters
+                idleWaiters = []
+                for w in waiters { w() }
+            }
         }
+    }
+
+    /// Requests being written to the spool: a stop waits for them (their messages are queued, and
+    /// their reception events written, before the process exits).
+    private(set) var requestsInFlight = 0
+    private var idleWaiters: [() -> Void] = []
+
+    func whenIdle(_ done: @escaping () -> Void) {
+        if requestsInFlight == 0 { return done() }
+        idleWaiters.append(done)
     }
 
     /// Mail one request may make (its messages together), and all requests being written at once.

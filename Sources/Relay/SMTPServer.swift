@@ -311,8 +311,7 @@ public final class SMTPServer {
         listeners = []
         admin?.close()
         admin = nil
-        injection?.close()
-        injection = nil
+        injection?.close()  // kept until its requests in flight are written (finishStopping)
         delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }
@@ -379,6 +378,9 @@ public final class SMTPServer {
     var graceTimer: Timer?
 
     func finishStopping() {
+        if let injection, injection.requestsInFlight > 0 {
+            return injection.whenIdle { [weak self] in self?.finishStopping() }
+        }
         graceTimer?.close()
         graceTimer = nil
         journal.close()

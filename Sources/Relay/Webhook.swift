@@ -59,6 +59,7 @@ final class Webhook {
     private var synced = 0
     private var syncWaiters: [(upTo: Int, done: () -> Void)] = []
     static let maxPending = 16 << 20
+    private var overflowing = false
 
     // Sending.
     private var sending = false
@@ -116,9 +117,14 @@ final class Webhook {
 
     func emit(_ line: [UInt8]) {
         guard pending.count < Self.maxPending, !closed else {
+            if !closed && !overflowing {
+                overflowing = true
+                log.error("webhook \(config.name): \(Self.maxPending) bytes of events wait for the disk; events are dropped until they are written")
+            }
             metrics.webhookEvents(config.name, outcome: "dropped", count: 1)
             return
         }
+        overflowing = false
         pending += line
         pendingLines += 1
         emitted += 1
@@ -145,22 +151,27 @@ final class Webhook {
     private var flushTimer: UVRuntime.Timer?
 
     private func armFlush() {
-        guard loaded, !writing, flushTimer == nil || flushTimer?.isActive == false else { return }
-        if flushTimer == nil { flushTimer = UVRuntime.Timer(loop: loop) }
-        flushTimer?.start(afterMilliseconds: Self.flushDelay) { [weak self] in self?.flush() }
+        guard loaded, !writing else { return }
+        flush(within: Self.flushDelay)
     }
+
+    /// Makes sure a flush happens within `milliseconds` (the timer is moved earlier, never later).
+    private func flush(within milliseconds: UInt64) {
+        if flushTimer == nil { flushTimer = UVRuntime.Timer(loop: loop) }
+        let due = loop.nowMilliseconds + milliseconds
+        if flushTimer?.isActive == true && flushDue <= due { return }
+        flushDue = due
+        flushTimer?.start(afterMilliseconds: milliseconds) { [weak self] in self?.flush() }
+    }
+    private var flushDue: UInt64 = 0
 
     private func flush() {
         guard loaded, !writing, !pending.isEmpty else { return }
         // One write (and sync) every `minWriteInterval` at most: under load each carries the events of
         // that many milliseconds, instead of one write per turn of the loop.
         let now = loop.nowMilliseconds
-        if now < lastWriteStart + Self.minWriteInterval && pending.count < segmentSize {
-            if flushTimer == nil { flushTimer = UVRuntime.Timer(loop: loop) }
-            if flushTimer?.isActive != true {
-                flushTimer?.start(afterMilliseconds: lastWriteStart + Self.minWriteInterval - now) { [weak self] in self?.flush() }
-            }
-            return
+        if now < lastWriteStart + Self.minWriteInterval && pending.count < segmentSize && !closed {
+            return flush(within: lastWriteStart + Self.minWriteInterval - now)
         }
         lastWriteStart = now
         flushTimer?.stop()
@@ -208,6 +219,7 @@ final class Webhook {
             for waiter in ready { waiter.done() }
             if !dropped.isEmpty { persistCursor(removing: []) }
             metrics.webhookOutbox(config.name, bytes: totalBytes)
+            if closed { return finishClose() }
             if !syncWaiters.isEmpty || pending.count >= segmentSize { flush() } else if !pending.isEmpty { armFlush() }
             schedule()
         })
@@ -253,18 +265,20 @@ final class Webhook {
         cursorDirty = false
         let directory = self.directory, position = cursor, removed = unlinkAfterCursor
         unlinkAfterCursor = []
+        var failure: String?
         loop.queueWork({
-            OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
-            for n in removed { unlink(OutboxState.segmentPath(directory, n)) }
+            failure = OutboxState.writeCursor(directory, segment: position.segment, offset: position.offset)
+            // Files before the cursor go only once the cursor past them is on disk.
+            if failure == nil { for n in removed { unlink(OutboxState.segmentPath(directory, n)) } }
         }, done: { [self] in
             cursorWriting = false
+            if let failure {
+                log.error("webhook \(config.name): writing \(directory)/cursor failed: \(failure); events sent already may be sent again after a restart")
+                unlinkAfterCursor += removed
+            }
             if cursorDirty { return persistCursor(removing: []) }
             metrics.webhookOutbox(config.name, bytes: totalBytes)
-            if closed {
-                let waiters = closeWaiters
-                closeWaiters = []
-                for w in waiters { w() }
-            }
+            if closed { finishClose() }
         })
     }
     private var cursorDirty = false
@@ -306,11 +320,18 @@ final class Webhook {
         let start = cursor.offset, end = segment.size, limit = config.batchSize
         var batch = OutboxBatch()
         loop.queueWork({ batch = OutboxBatch.read(path, from: start, to: end, maxEvents: limit) }, done: { [self] in
-            guard !closed else { return }
+            guard !closed else {
+                sending = false
+                return finishClose()
+            }
+            // Its file was dropped for the bound while it was read (its events were counted as
+            // dropped then): not sent; the next batch from the new cursor.
+            if cursor.segment != segment.number || cursor.offset != start {
+                sending = false
+                return send()
+            }
             guard batch.events > 0 else {
                 sending = false
-                // Its file was dropped for the bound while it was read: go on from the new cursor.
-                if cursor.segment != segment.number || cursor.offset != start { return schedule() }
                 log.error("webhook \(config.name): cannot read \(path) at \(start): \(batch.failure ?? "no complete event")")
                 return retryLater("the outbox could not be read")
             }
@@ -321,10 +342,10 @@ final class Webhook {
                         timeoutMilliseconds: Int(config.timeout * 1000)) { [self] result in
                 sending = false
                 inFlight = nil
-                guard !closed else { return }
                 if case .success(let response) = result, (200..<300).contains(response.status) {
                     return acknowledged(batch, from: (segment.number, start))
                 }
+                guard !closed else { return finishClose() }
                 if cursor.segment != segment.number || cursor.offset != start {
                     // Its file was dropped for the bound meanwhile: not sent, so dropped now.
                     metrics.webhookEvents(config.name, outcome: "dropped", count: batch.events)
@@ -358,7 +379,7 @@ final class Webhook {
         if segments.first.map({ $0.number > cursor.segment }) == true { cursor = (segments[0].number, 0, 0) }
         // The cursor is written at most once a second (a crash sends up to a second of acknowledged
         // events again, as at-least-once allows), unless a file is done with.
-        if finished.isEmpty {
+        if finished.isEmpty && !closed {
             if cursorTimer == nil { cursorTimer = UVRuntime.Timer(loop: loop) }
             if cursorTimer?.isActive != true {
                 cursorTimer?.start(afterMilliseconds: Self.cursorInterval) { [weak self] in self?.persistCursor(removing: []) }
@@ -392,21 +413,33 @@ final class Webhook {
         }
     }
 
-    /// Stops sending; `done` runs once a cursor write under way is on disk (so that a stop does not
-    /// send the last batch again after the restart).
+    /// Stops: what is pending is written, a POST in flight is waited for (at most `timeout`; a 2xx
+    /// moves the cursor) and the cursor written; then `done` (so that a stop loses no event and sends
+    /// no batch again after the restart).
     func close(then done: @escaping () -> Void = {}) {
-        // An acknowledgement not written yet is written now.
-        if cursorTimer?.isActive == true { persistCursor(removing: []) }
-        cursorTimer?.close()
+        closeWaiters.append(done)
+        guard !closed else { return }
         closed = true
         timer.close()
         flushTimer?.close()
+        if cursorTimer?.isActive == true { persistCursor(removing: []) }  // an acknowledgement not written yet
+        cursorTimer?.close()
+        finishClose()
+    }
+
+    /// Called whenever something a close waits for ends: the fd is closed and the waiters told when
+    /// nothing is written, sent or pending any more.
+    private func finishClose() {
+        guard closed else { return }
+        if !pending.isEmpty && !writing { flush() }
+        guard !writing, !sending, !cursorWriting, pending.isEmpty, !closeWaiters.isEmpty else { return }
         if fd >= 0 {
-            let fd = self.fd
-            self.fd = -1
             Glibc.close(fd)
+            fd = -1
         }
-        if cursorWriting { closeWaiters.append(done) } else { done() }
+        let waiters = closeWaiters
+        closeWaiters = []
+        for w in waiters { w() }
     }
 }
 
@@ -465,13 +498,14 @@ struct OutboxState {
     }
 
     /// "SEGMENT OFFSET\n", written whole to a new file, synced, and renamed over the old.
-    static func writeCursor(_ directory: String, segment: Int, offset: Int) {
+    static func writeCursor(_ directory: String, segment: Int, offset: Int) -> String? {
         let tmp = directory + "/cursor.tmp"
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        let failed = SuppressionStore.writeAll(fd, Array("\(segment) \(offset)\n".utf8)) != nil
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        let failure = SuppressionStore.writeAll(fd, Array("\(segment) \(offset)\n".utf8))
         Glibc.close(fd)
-        if !failed { rename(tmp, directory + "/cursor") }
+        if let failure { return failure }
+        return rename(tmp, directory + "/cursor") == 0 ? nil : String(cString: strerror(errno))
     }
 
     static func parseCursor(_ text: String) -> (Int, Int)? {
@@ -505,19 +539,21 @@ struct OutboxState {
         var segments: [Webhook.Segment] = []
         for n in numbers {
             let path = segmentPath(directory, n)
-            guard var bytes = readAll(path) else { continue }
+            guard let raw = readAll(path) else { continue }
             // The events end at the first zero byte (the rest of the file is its preallocation; an
-            // event never holds a NUL: JSON escapes it). A line cut short by a crash is zeroed.
+            // event never holds a NUL: JSON escapes it). What follows the last whole line is zeroed:
+            // a line cut short by a crash, and any page of an unsynced write that a power loss kept.
+            var bytes = raw
             if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
             let end = (bytes.lastIndex(of: 10) ?? -1) + 1
-            if end < bytes.count {
+            if raw[end...].contains(where: { $0 != 0 }) {
                 let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
                 if fd >= 0 {
-                    _ = write(fd, [UInt8](repeating: 0, count: bytes.count - end), at: end)
+                    _ = write(fd, [UInt8](repeating: 0, count: raw.count - end), at: end)
                     Glibc.close(fd)
                 }
-                bytes.removeSubrange(end...)
             }
+            bytes.removeSubrange(end...)
             let lines = bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
             if n == cursor.segment {
                 let offset = min(cursor.offset, bytes.count)

@@ -194,7 +194,7 @@ private func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
     guard needle.count <= haystack.count else { return false }
     var i = 0
     while i + needle.count <= haystack.count {
-        if haystack[i] == needle[0] && Array(haystack[i..<(i + needle.count)]) == needle { return true }
+        if haystack[i] == needle[0] && haystack[i..<(i + needle.count)].elementsEqual(needle) { return true }
         i += 1
     }
     return false

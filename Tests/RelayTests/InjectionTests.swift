@@ -65,6 +65,19 @@ import Testing
         #expect(bodyID == "<made@h>")
     }
 
+    @Test func theEstimateCountsEveryHoleFilledWithTheLongestValue() throws {
+        let long = String(repeating: "v", count: 1000)
+        let holes = String(repeating: "{{x}}", count: 1000)
+        let r = try parse(#"{"envelope_sender":"a@x.test","recipients":[{"email":"b@y.test","substitutions":{"x":""# + long
+                          + #""}},{"email":"c@y.test"}],"content":"Subject: s\n\n"# + holes + #""}"#)
+        // 1000 holes of 1000 bytes each, line breaks doubled, for each of the two recipients.
+        #expect(r.estimatedBytes >= 2 * 2 * 1000 * 1000)
+        let made = r.messages(date: "D", newMessageID: { "<i@h>" }, boundarySeed: 1).reduce(0) { $0 + $1.bytes.count }
+        #expect(made <= r.estimatedBytes, "the estimate is an upper bound of what is made")
+        let plain = try parse(#"{"envelope_sender":"a@x.test","recipients":[{"email":"b@y.test"},{"email":"c@y.test"}],"content":"Subject: s\n\n"# + holes + #""}"#)
+        #expect(plain.estimatedBytes < 20_000, "without substitutions one message for all, no holes filled")
+    }
+
     @Test func oneMessageForAllUnlessPersonalOrBuilt() throws {
         let raw = try parse(#"{"envelope_sender":"a@x.test","recipients":[{"email":"b@y.test"},{"email":"c@y.test"}],"content":"Subject: s\n\nhi"}"#)
         var n = 0
