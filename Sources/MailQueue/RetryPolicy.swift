@@ -39,3 +39,29 @@ public struct RetryPolicy: Sendable, Equatable {
         return arrival + maxLifetime <= next ? nil : next
     }
 }
+
+/// A wait that doubles after each failure, from `initial` up to `maximum`: a dead destination's
+/// suspension (Shaper), a webhook's retries. Pure: the caller keeps the current wait and gives the
+/// randomness for the jitter.
+public struct Backoff: Sendable, Equatable {
+    public var initial: Double
+    public var maximum: Double
+    /// The wait is scaled by a factor in [1 - jitter, 1 + jitter).
+    public var jitter: Double
+
+    public init(initial: Double, maximum: Double, jitter: Double = 0) {
+        self.initial = initial
+        self.maximum = maximum
+        self.jitter = jitter
+    }
+
+    /// The wait after one more failure (`previous` 0: the first failure).
+    public func next(after previous: Double) -> Double {
+        Swift.min(Swift.max(previous * 2, initial), maximum)
+    }
+
+    /// `wait` with its jitter; `random` in 0..<1.
+    public func jittered(_ wait: Double, random: Double) -> Double {
+        wait * (1 + jitter * (2 * Swift.min(Swift.max(random, 0), 1) - 1))
+    }
+}

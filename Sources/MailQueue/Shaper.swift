@@ -525,7 +525,7 @@ public struct Shaper: Sendable, ShapingAdmission {
         if s.probing {
             // The probe failed: suspended again, twice as long.
             s.probing = false
-            s.deadInterval = Swift.min(Swift.max(s.deadInterval * 2, dead.initial), dead.maximum)
+            s.deadInterval = Backoff(initial: dead.initial, maximum: dead.maximum).next(after: s.deadInterval)
             suspend(&s, lane, until: now + s.deadInterval, reason: reason, now: now)
         } else if !s.dead && s.failures >= Swift.max(dead.failures, 1) {
             s.dead = true

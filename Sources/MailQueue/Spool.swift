@@ -560,7 +560,7 @@ public final class Spool: @unchecked Sendable {
     }
 
     /// Names in a directory (no "." or "..").
-    static func entries(_ directory: String) throws -> [String] {
+    public static func entries(_ directory: String) throws -> [String] {
         guard let dir = opendir(directory) else { throw SpoolError("opendir", path: directory, errno: errno) }
         defer { closedir(dir) }
         var names: [String] = []
@@ -573,7 +573,7 @@ public final class Spool: @unchecked Sendable {
         return names
     }
 
-    static func readFile(_ file: String) throws -> [UInt8] {
+    public static func readFile(_ file: String) throws -> [UInt8] {
         let fd = try retrying("open", file) { open(file, O_RDONLY | O_CLOEXEC) }
         defer { _ = close(fd) }
         var bytes: [UInt8] = []
@@ -593,7 +593,7 @@ public final class Spool: @unchecked Sendable {
     }
 
     /// mkdir -p, mode 0700 for what it creates.
-    static func makeDirectories(_ directory: String) throws {
+    public static func makeDirectories(_ directory: String) throws {
         var prefix = directory.hasPrefix("/") ? "" : "."
         for component in directory.split(separator: "/") {
             prefix += "/" + component

@@ -66,7 +66,7 @@ final class InjectionEndpoint {
         do {
             parsed = try InjectionRequest.parse(request.body)
         } catch let error as InjectionError {
-            return answer(Self.json(["error": error.description, "field": error.field], status: 400))
+            return answer(HTTPResponse.json(["error": error.description, "field": error.field], status: 400))
         } catch {
             return answer(Self.error(400, "\(error)"))
         }
@@ -187,7 +187,7 @@ final class InjectionEndpoint {
             writers.append(writer)
         }
         guard !writers.isEmpty else {
-            return answer(Self.json(Answer(queueIDs: [], rejected: rejected)))
+            return answer(HTTPResponse.json(Answer(queueIDs: [], rejected: rejected)))
         }
         commitAll(writers) { [self] failure in
             if let failure {
@@ -203,7 +203,7 @@ final class InjectionEndpoint {
                 server.receptionEvents(env)
                 server.delivery?.enqueue(env, due: env.arrival, message: w.committedBytes, wireReady: false)
             }
-            let response = Self.json(Answer(queueIDs: writers.map(\.id.rawValue), rejected: rejected))
+            let response = HTTPResponse.json(Answer(queueIDs: writers.map(\.id.rawValue), rejected: rejected))
             // 200 once the reception events are in the webhooks' outboxes on disk, as the messages are.
             guard let events = server.events else { return answer(response) }
             events.whenSynced { answer(response) }
@@ -239,29 +239,6 @@ final class InjectionEndpoint {
     }
 
     static func error(_ status: Int, _ message: String) -> HTTPResponse {
-        json(["error": message], status: status)
-    }
-
-    static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let body = (try? encoder.encode(value)).map { terminalSafeJSON(Array($0)) + [10] } ?? Array("{}\n".utf8)
-        let reason: String
-        switch status {
-        case 200: reason = "OK"
-        case 400: reason = "Bad Request"
-        case 401: reason = "Unauthorized"
-        case 404: reason = "Not Found"
-        case 405: reason = "Method Not Allowed"
-        case 408: reason = "Request Timeout"
-        case 413: reason = "Content Too Large"
-        case 431: reason = "Request Header Fields Too Large"
-        case 500: reason = "Internal Server Error"
-        case 501: reason = "Not Implemented"
-        case 503: reason = "Service Unavailable"
-        case 505: reason = "HTTP Version Not Supported"
-        default: reason = "Error"
-        }
-        return HTTPResponse(status: status, reason: reason, headers: [HTTPHeader("Content-Type", "application/json")], body: body)
+        HTTPResponse.json(["error": message], status: status)
     }
 }

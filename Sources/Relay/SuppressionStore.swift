@@ -125,10 +125,14 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
     // MARK: Files
 
     /// Writes every byte (a short write goes on), then syncs the data unless `sync` is false.
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], sync: Bool = true) -> String? {
+    /// `at`: with pwrite at that offset of the file, instead of at its current position.
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], at position: Int? = nil, sync: Bool = true) -> String? {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            let n = bytes.withUnsafeBytes { b in
+                position.map { pwrite(fd, b.baseAddress! + offset, b.count - offset, off_t($0 + offset)) }
+                    ?? write(fd, b.baseAddress! + offset, b.count - offset)
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 return String(cString: strerror(errno))

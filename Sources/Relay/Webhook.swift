@@ -22,6 +22,7 @@
 
 import Glibc
 import Logging
+import MailQueue
 import UVRuntime
 
 final class Webhook {
@@ -198,7 +199,7 @@ final class Webhook {
                 if fd < 0 { failure = String(cString: strerror(errno)); return }
                 OutboxState.syncDirectory(directory)
             }
-            failure = OutboxState.write(fd, bytes, at: segment.size)
+            failure = SuppressionStore.writeAll(fd, bytes, at: segment.size)
         }, done: { [self] in
             writing = false
             self.fd = fd
@@ -394,10 +395,13 @@ final class Webhook {
     static let cursorInterval: UInt64 = 1000
     private var cursorTimer: UVRuntime.Timer?
 
+    /// Retries of a failed POST: 1 s doubling to 5 minutes, ±20 %.
+    static let backoff = Backoff(initial: 1, maximum: 300, jitter: 0.2)
+
     private func retryLater(_ why: String) {
         metrics.webhookFailure(config.name)
-        backoff = min(300, max(1, backoff * 2))
-        let delay = backoff * Double.random(in: 0.8...1.2)
+        backoff = Self.backoff.next(after: backoff)
+        let delay = Self.backoff.jittered(backoff, random: Double.random(in: 0..<1))
         if failingSince == nil {
             failingSince = loop.clock.wallSeconds()
             log.warning("webhook \(config.name): POST to \(config.url) failed: \(why); \(unsent) events wait in the outbox, retrying with backoff")
@@ -467,26 +471,12 @@ struct OutboxState {
         let size = Int(lseek(fd, 0, SEEK_END))
         if size >= 0 && size < preallocate {
             let zeros = [UInt8](repeating: 0, count: preallocate - size)
-            if write(fd, zeros, at: size) != nil {
+            if SuppressionStore.writeAll(fd, zeros, at: size) != nil {
                 Glibc.close(fd)
                 return -1
             }
         }
         return fd
-    }
-
-    /// Writes every byte at `offset`, then syncs the data; why not, if it failed.
-    static func write(_ fd: Int32, _ bytes: [UInt8], at offset: Int) -> String? {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, bytes.count - done, off_t(offset + done)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return String(cString: strerror(errno))
-            }
-            done += n
-        }
-        return fdatasync(fd) == 0 ? nil : String(cString: strerror(errno))
     }
 
     static func syncDirectory(_ directory: String) {
@@ -515,23 +505,14 @@ struct OutboxState {
     }
 
     static func load(_ directory: String, segmentSize: Int) -> Result<OutboxState, OutboxError> {
-        var made = ""
-        for part in directory.split(separator: "/") {
-            made += "/" + part
-            if mkdir(made, 0o700) != 0 && errno != EEXIST {
-                return .failure(OutboxError(message: "cannot create \(made): \(String(cString: strerror(errno)))"))
-            }
+        let names: [String]
+        do {
+            try Spool.makeDirectories(directory)
+            names = try Spool.entries(directory)
+        } catch {
+            return .failure(OutboxError(message: "\(error)"))
         }
-        guard let dir = opendir(directory) else {
-            return .failure(OutboxError(message: "cannot read: \(String(cString: strerror(errno)))"))
-        }
-        var numbers: [Int] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasSuffix(".jsonl"), let n = Int(name.dropLast(6)), n > 0 { numbers.append(n) }
-        }
-        closedir(dir)
-        numbers.sort()
+        let numbers = names.compactMap { $0.hasSuffix(".jsonl") ? Int($0.dropLast(6)) : nil }.filter { $0 > 0 }.sorted()
         var cursor = (segment: numbers.first ?? 1, offset: 0, linesBefore: 0)
         if let text = try? String(contentsOfFile: directory + "/cursor", encoding: .utf8), let (s, o) = parseCursor(text) {
             cursor = (s, o, 0)
@@ -539,7 +520,7 @@ struct OutboxState {
         var segments: [Webhook.Segment] = []
         for n in numbers {
             let path = segmentPath(directory, n)
-            guard let raw = readAll(path) else { continue }
+            guard let raw = try? Spool.readFile(path) else { continue }
             // The events end at the first zero byte (the rest of the file is its preallocation; an
             // event never holds a NUL: JSON escapes it). What follows the last whole line is zeroed:
             // a line cut short by a crash, and any page of an unsynced write that a power loss kept.
@@ -549,7 +530,7 @@ struct OutboxState {
             if raw[end...].contains(where: { $0 != 0 }) {
                 let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
                 if fd >= 0 {
-                    _ = write(fd, [UInt8](repeating: 0, count: raw.count - end), at: end)
+                    _ = SuppressionStore.writeAll(fd, [UInt8](repeating: 0, count: raw.count - end), at: end)
                     Glibc.close(fd)
                 }
             }
@@ -577,20 +558,6 @@ struct OutboxState {
         return .success(OutboxState(segments: segments, cursor: cursor, fd: fd))
     }
 
-    static func readAll(_ path: String) -> [UInt8]? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            out += buffer[..<n]
-        }
-        return out
-    }
 }
 
 /// A batch read from the outbox: the POST's body (a JSON array) and what it covers.

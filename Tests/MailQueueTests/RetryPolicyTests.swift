@@ -73,3 +73,27 @@ import Randomness
         #expect(RetryPolicy(schedule: [1], maxLifetime: 1, jitter: .nan).jitter == 0)
     }
 }
+
+@Suite struct BackoffTests {
+    @Test func doublesFromInitialToMaximum() {
+        let b = Backoff(initial: 1, maximum: 300)
+        var wait = 0.0
+        var waits: [Double] = []
+        for _ in 0..<11 {
+            wait = b.next(after: wait)
+            waits.append(wait)
+        }
+        #expect(waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300])
+        // A maximum below the initial wait wins (a config may say so).
+        #expect(Backoff(initial: 60, maximum: 30).next(after: 0) == 30)
+    }
+
+    @Test func jitterStaysWithinItsBand() {
+        let b = Backoff(initial: 1, maximum: 300, jitter: 0.2)
+        #expect(b.jittered(10, random: 0) == 8)
+        #expect(b.jittered(10, random: 0.5) == 10)
+        #expect(b.jittered(10, random: 0.999) < 12 && b.jittered(10, random: 0.999) > 11.9)
+        #expect(b.jittered(10, random: 7) == 12, "out of range: clamped")
+        #expect(Backoff(initial: 1, maximum: 2).jittered(10, random: 0.9) == 10, "no jitter")
+    }
+}

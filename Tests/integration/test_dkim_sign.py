@@ -432,3 +432,23 @@ def test_eight_bit_mail_is_signed_in_its_seven_bit_form(signing_relay, keys, sta
     assert len(verify_all(plain, records)) == 2
     _, rest = split_received(re.sub(rb"(?ims)^DKIM-Signature:.*?(?=^\S)", b"", plain, count=2))
     assert rest == msg
+
+
+def test_injected_mail_is_signed_as_an_authenticated_users(signing_relay, keys, tmp_path):
+    """The injection API's mail is the relay's own users' mail: signed (issue 19's same policy as SMTP)."""
+    from test_inject import Injector, make_token
+    _, records, _ = keys
+    start, hop = signing_relay
+    tokens = tmp_path / "tokens"
+    token = make_token(tokens)
+    port = free_port()
+    tern = start(extra_tables={"http": {"listen": f"127.0.0.1:{port}", "tokens_file": str(tokens)}})
+    tern.wait_log(f"injection API (POST /api/inject) on 127.0.0.1:{port}", timeout=10)
+    inj = Injector(tern, port, token, tokens, tmp_path / "none.jsonl")
+    inj.ok({"envelope_sender": SENDER, "recipients": [{"email": "rcpt@x.test", "name": "Ré"}],
+            "content": {"from": {"email": "author@example.com", "name": "Author"}, "subject": "signed",
+                        "text_body": "Grüße\n", "html_body": "<p>hi</p>"}})
+    (t,) = hop.wait_for(1, timeout=30, on_timeout=lambda: tern.stderr()[-3000:])
+    tags = verify_all(t.content, records)
+    assert sorted(x["s"] for x in tags) == ["ed1", "rsa1"], tags
+    assert all(x["d"] == "example.com" for x in tags), tags

@@ -124,6 +124,7 @@ def injector(hops, start_tern, dns, hop_port, tmp_path):
         dl = dict(DELIVERY_DEFAULTS, port=hop_port)
         dl.update(delivery or {})
         tables = {"dns": {"servers": [f"127.0.0.1:{dns.port}"]}, "events": {"file": str(events_file)}, "http": h}
+        tables.update(kw.pop("extra_tables", {}))
         tern = start_tern(delivery=dl, extra_tables=tables, **kw)
         tern.wait_log(f"injection API (POST /api/inject) on 127.0.0.1:{http_port}", timeout=10)
         return Injector(tern, http_port, token, tokens_file, events_file)
@@ -481,8 +482,9 @@ def test_a_suppressed_recipient_is_rejected_and_the_other_delivered(injector, ho
 
 
 def test_a_message_answered_200_survives_kill_9(injector, hops):
-    # No next hop yet: the first tern cannot deliver it (connection refused, deferred).
-    inj = injector()
+    # No next hop yet: the first tern cannot deliver it (connection refused, deferred). The [priority]
+    # rules apply to injected mail as to SMTP mail.
+    inj = injector(extra_tables={"priority": {"sender_domains": {"sender.test": 5}}})
     tern = inj.tern
     raw = raw_message("durable", "ann@five.test", "must survive kill -9\r\n")
     (qid,) = inj.ok({"envelope_sender": SENDER, "recipients": [{"email": "ann@five.test"}],
@@ -494,7 +496,8 @@ def test_a_message_answered_200_survives_kill_9(injector, hops):
     tern.wait_recovered()
     status, listing = tern.admin_get("/queue")
     assert status == 200
-    assert qid in [m.get("id") for m in json.loads(listing)["messages"]], listing
+    (listed,) = [m for m in json.loads(listing)["messages"] if m.get("id") == qid]
+    assert listed["priority"] == 5, listed
     hop = hops(HOP_IP)
     (t,) = hop.wait_for(1, WAIT, lambda: diagnostics(tern, hop))
     received, rest = split_received(t.content)

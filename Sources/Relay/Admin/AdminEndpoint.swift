@@ -342,36 +342,13 @@ public final class AdminEndpoint {
     // MARK: JSON
 
     static func json<T: Encodable>(_ value: T, status: Int = 200) -> HTTPResponse {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Client text (HELO, sender, replies) must not reach an operator's terminal raw.
-        let body = (try? encoder.encode(value)).map { terminalSafeJSON(Array($0)) + [10] } ?? Array("{}\n".utf8)
-        return HTTPResponse(status: status, reason: reason(status),
-                            headers: [HTTPHeader("Content-Type", "application/json")], body: body)
+        HTTPResponse.json(value, status: status)
     }
 
     static func json(_ error: AdminError) -> HTTPResponse {
         json(["error": error.message], status: error.status)
     }
 
-    static func reason(_ status: Int) -> String {
-        switch status {
-        case 200: return "OK"
-        case 202: return "Accepted"
-        case 400: return "Bad Request"
-        case 404: return "Not Found"
-        case 403: return "Forbidden"
-        case 405: return "Method Not Allowed"
-        case 409: return "Conflict"
-        case 408: return "Request Timeout"
-        case 413: return "Content Too Large"
-        case 431: return "Request Header Fields Too Large"
-        case 501: return "Not Implemented"
-        case 505: return "HTTP Version Not Supported"
-        case 503: return "Service Unavailable"
-        default: return status >= 500 ? "Internal Server Error" : "Error"
-        }
-    }
 }
 
 extension SMTPServer {
