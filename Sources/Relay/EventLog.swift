@@ -32,24 +32,27 @@ struct EventLine {
 
     init(type: String, time: Double) {
         self.type = type
-        bytes.reserveCapacity(256)
+        bytes.reserveCapacity(384)
         bytes.append(UInt8(ascii: "{"))
-        key("type")
+        name("type")
         string(type)
-        member("time")
+        bytes.append(UInt8(ascii: ","))
+        name("time")
         number(time)
     }
 
-    mutating func add(_ name: String, _ value: String?) {
+    mutating func add(_ name: StaticString, _ value: String?) {
         guard let value else { return }
-        member(name)
+        bytes.append(UInt8(ascii: ","))
+        self.name(name)
         string(value)
     }
 
-    mutating func add(_ name: String, _ value: Int?) {
+    mutating func add(_ name: StaticString, _ value: Int?) {
         guard let value else { return }
-        member(name)
-        bytes.append(contentsOf: String(value).utf8)
+        bytes.append(UInt8(ascii: ","))
+        self.name(name)
+        integer(value)
     }
 
     /// An address added to the suppression list (by a hard bounce, or by the postmaster).
@@ -65,23 +68,58 @@ struct EventLine {
     }
 
     /// The line, with its "}\n".
-    func finished() -> [UInt8] { bytes + [UInt8(ascii: "}"), 10] }
-
-    private mutating func member(_ name: String) {
-        bytes.append(UInt8(ascii: ","))
-        key(name)
+    func finished() -> [UInt8] {
+        var line = self
+        return line.finish()
     }
 
-    private mutating func key(_ name: String) {
-        string(name)
+    /// The line, with its "}\n", taken out of this value (no copy).
+    mutating func finish() -> [UInt8] {
+        bytes.append(UInt8(ascii: "}"))
+        bytes.append(10)
+        defer { bytes = [] }
+        return bytes
+    }
+
+    /// A member's name and its colon: names are ours (plain ASCII), written as they are.
+    private mutating func name(_ name: StaticString) {
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        bytes.append(UInt8(ascii: "\""))
         bytes.append(UInt8(ascii: ":"))
     }
 
     /// Milliseconds, as "1765000000.123".
     private mutating func number(_ seconds: Double) {
         let ms = Int((max(0, seconds) * 1000).rounded())
+        integer(ms / 1000)
+        bytes.append(UInt8(ascii: "."))
         let frac = ms % 1000
-        bytes.append(contentsOf: "\(ms / 1000).\(frac < 100 ? (frac < 10 ? "00" : "0") : "")\(frac)".utf8)
+        bytes.append(0x30 + UInt8(frac / 100))
+        bytes.append(0x30 + UInt8(frac / 10 % 10))
+        bytes.append(0x30 + UInt8(frac % 10))
+    }
+
+    /// Decimal digits, without going through a String.
+    private mutating func integer(_ value: Int) {
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        var n = value.magnitude
+        var digits = 1
+        var rest = n
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: digits))
+        bytes.withUnsafeMutableBufferPointer { out in
+            var i = start + digits - 1
+            repeat {
+                out[i] = 0x30 + UInt8(n % 10)
+                n /= 10
+                i -= 1
+            } while n > 0
+        }
     }
 
     private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
@@ -135,10 +173,11 @@ final class EventBus {
         self.webhooks = webhooks
     }
 
-    func emit(_ line: EventLine) {
-        let bytes = line.finished()
+    func emit(_ line: consuming EventLine) {
+        let type = line.type
+        let bytes = line.finish()
         file?.emit(bytes)
-        for hook in webhooks where hook.wants(line.type) { hook.emit(bytes) }
+        for hook in webhooks where hook.wants(type) { hook.emit(bytes) }
     }
 
     /// SIGUSR1.

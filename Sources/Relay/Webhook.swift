@@ -79,12 +79,14 @@ final class Webhook {
         self.log = log
         self.metrics = metrics
         wanted = Set(config.events)
+        wantsAll = wanted.isSuperset(of: EventsConfig.types)
         directory = spoolPath + "/outbox/" + config.name
         segmentSize = min(4 << 20, max(4096, config.maxOutboxSize / 8))
         timer = UVRuntime.Timer(loop: loop)
     }
 
-    func wants(_ type: String) -> Bool { wanted.contains(type) }
+    func wants(_ type: String) -> Bool { wantsAll || wanted.contains(type) }
+    private let wantsAll: Bool
 
     // MARK: Loading (once, at start)
 
@@ -180,10 +182,18 @@ final class Webhook {
         // At most a file's worth at a time (whole lines), so that the bound holds within one file.
         var take = pending.count
         if take > segmentSize, let cut = pending[..<segmentSize].lastIndex(of: 10) { take = cut + 1 }
-        let bytes = Array(pending[..<take]), directory = self.directory, segmentSize = self.segmentSize
-        let lines = take == pending.count ? pendingLines : bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
-        pending.removeFirst(take)
+        let bytes: [UInt8], lines: Int
+        if take == pending.count {
+            (bytes, lines) = (pending, pendingLines)
+            pending = []
+            pending.reserveCapacity(bytes.count)
+        } else {
+            bytes = Array(pending[..<take])
+            lines = bytes.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+            pending.removeFirst(take)
+        }
         pendingLines -= lines
+        let directory = self.directory, segmentSize = self.segmentSize
         var segment = segments.last!
         var fd = self.fd
         let roll = segment.size > 0 && segment.size + bytes.count > segmentSize
@@ -209,6 +219,7 @@ final class Webhook {
                 log.error("webhook \(config.name): writing the outbox failed: \(failure); \(count) events dropped")
                 metrics.webhookEvents(config.name, outcome: "dropped", count: count)
             } else {
+                remember(bytes, segment: segment.number, at: segment.size)
                 segment.size += bytes.count
                 segment.lines += count
                 if roll { segments.append(segment) } else { segments[segments.count - 1] = segment }
@@ -284,6 +295,30 @@ final class Webhook {
     }
     private var cursorDirty = false
     private var unlinkAfterCursor: [Int] = []
+    /// The newest synced events of the file appended to (its bytes from `start`), so that a webhook
+    /// that keeps up sends them without reading the file back. At most `maxRecent` bytes.
+    private var recent: (segment: Int, start: Int, bytes: [UInt8])?
+    static let maxRecent = 1 << 20
+
+    /// Keeps `bytes`, just written at `offset` of file `segment`, after what is kept if they follow it
+    /// (less what was sent already), else instead of it.
+    private func remember(_ bytes: [UInt8], segment: Int, at offset: Int) {
+        if var r = recent, r.segment == segment, r.start + r.bytes.count == offset {
+            recent = nil  // the one reference: appended to in place
+            if cursor.segment == segment && cursor.offset > r.start {
+                let sent = min(cursor.offset, offset) - r.start
+                r.bytes.removeFirst(sent)
+                r.start += sent
+            }
+            if r.bytes.count + bytes.count <= Self.maxRecent {
+                r.bytes += bytes
+                recent = r
+                return
+            }
+        }
+        recent = bytes.count <= Self.maxRecent ? (segment, offset, bytes) : nil
+    }
+
     /// The batch of the POST in flight: where it starts and how many events it has.
     private var inFlight: (segment: Int, offset: Int, events: Int)?
 
@@ -317,49 +352,59 @@ final class Webhook {
         }
         guard let segment = segments.first(where: { $0.number == cursor.segment }), cursor.offset < segment.size else { return }
         sending = true
-        let path = OutboxState.segmentPath(directory, segment.number)
         let start = cursor.offset, end = segment.size, limit = config.batchSize
+        // A webhook that keeps up sends what was just written, from memory; one that is behind reads
+        // the file.
+        if let r = recent, r.segment == segment.number, start >= r.start, start < r.start + r.bytes.count {
+            return post(OutboxBatch.make(r.bytes[(start - r.start)...], maxEvents: limit), segment: segment.number, start: start)
+        }
+        let path = OutboxState.segmentPath(directory, segment.number)
         var batch = OutboxBatch()
         loop.queueWork({ batch = OutboxBatch.read(path, from: start, to: end, maxEvents: limit) }, done: { [self] in
-            guard !closed else {
-                sending = false
-                return finishClose()
-            }
-            // Its file was dropped for the bound while it was read (its events were counted as
-            // dropped then): not sent; the next batch from the new cursor.
-            if cursor.segment != segment.number || cursor.offset != start {
-                sending = false
-                return send()
-            }
-            guard batch.events > 0 else {
-                sending = false
-                log.error("webhook \(config.name): cannot read \(path) at \(start): \(batch.failure ?? "no complete event")")
-                return retryLater("the outbox could not be read")
-            }
-            inFlight = (segment.number, start, batch.events)
-            var headers = ["Content-Type: application/json", "User-Agent: Tern"]
-            for name in config.headers.keys.sorted() { headers.append("\(name): \(config.headers[name]!)") }
-            client.post(url: config.url, body: batch.body, headers: headers,
-                        timeoutMilliseconds: Int(config.timeout * 1000)) { [self] result in
-                sending = false
-                inFlight = nil
-                if case .success(let response) = result, (200..<300).contains(response.status) {
-                    return acknowledged(batch, from: (segment.number, start))
-                }
-                guard !closed else { return finishClose() }
-                if cursor.segment != segment.number || cursor.offset != start {
-                    // Its file was dropped for the bound meanwhile: not sent, so dropped now.
-                    metrics.webhookEvents(config.name, outcome: "dropped", count: batch.events)
-                }
-                switch result {
-                case .success(let response):
-                    let text = String(decoding: response.body.prefix(200), as: UTF8.self)
-                    retryLater("HTTP \(response.status) \(angleQuoted(text))")
-                case .failure(let failure):
-                    retryLater(failure.description)
-                }
-            }
+            post(batch, segment: segment.number, start: start, path: path)
         })
+    }
+
+    /// The batch at `start` of file `number`: POSTed, unless things changed while it was read.
+    private func post(_ batch: OutboxBatch, segment number: Int, start: Int, path: String? = nil) {
+        guard !closed else {
+            sending = false
+            return finishClose()
+        }
+        // Its file was dropped for the bound while it was read (its events were counted as
+        // dropped then): not sent; the next batch from the new cursor.
+        if cursor.segment != number || cursor.offset != start {
+            sending = false
+            return send()
+        }
+        guard batch.events > 0 else {
+            sending = false
+            log.error("webhook \(config.name): cannot read \(path ?? OutboxState.segmentPath(directory, number)) at \(start): \(batch.failure ?? "no complete event")")
+            return retryLater("the outbox could not be read")
+        }
+        inFlight = (number, start, batch.events)
+        var headers = ["Content-Type: application/json", "User-Agent: Tern"]
+        for name in config.headers.keys.sorted() { headers.append("\(name): \(config.headers[name]!)") }
+        client.post(url: config.url, body: batch.body, headers: headers,
+                    timeoutMilliseconds: Int(config.timeout * 1000)) { [self] result in
+            sending = false
+            inFlight = nil
+            if case .success(let response) = result, (200..<300).contains(response.status) {
+                return acknowledged(batch, from: (number, start))
+            }
+            guard !closed else { return finishClose() }
+            if cursor.segment != number || cursor.offset != start {
+                // Its file was dropped for the bound meanwhile: not sent, so dropped now.
+                metrics.webhookEvents(config.name, outcome: "dropped", count: batch.events)
+            }
+            switch result {
+            case .success(let response):
+                let text = String(decoding: response.body.prefix(200), as: UTF8.self)
+                retryLater("HTTP \(response.status) \(angleQuoted(text))")
+            case .failure(let failure):
+                retryLater(failure.description)
+            }
+        }
     }
 
     private func acknowledged(_ batch: OutboxBatch, from position: (segment: Int, offset: Int)) {
@@ -578,46 +623,50 @@ struct OutboxBatch {
         }
         defer { Glibc.close(fd) }
         // Events are a few hundred bytes; read more as needed.
-        var chunk = min(end - start, max(65536, maxEvents * 1024))
+        var chunk = min(end - start, max(16384, maxEvents * 512))
         while true {
-            var bytes = [UInt8](repeating: 0, count: chunk)
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, chunk, off_t(start)) }
+            var n = 0
+            // Read one byte in: the array's "[" goes before the events (the body is made in place).
+            var buffer = [UInt8](unsafeUninitializedCapacity: chunk + 1) { b, count in
+                n = pread(fd, b.baseAddress! + 1, chunk, off_t(start))
+                count = n > 0 ? n + 1 : 0
+            }
             guard n > 0 else {
                 batch.failure = n < 0 ? String(cString: strerror(errno)) : "the file is shorter than expected"
                 return batch
             }
-            batch = make(bytes[..<n], maxEvents: maxEvents)
+            batch = make(inPlace: &buffer, maxEvents: maxEvents)
             if batch.events > 0 || n < chunk || chunk >= end - start { return batch }
             chunk = min(end - start, chunk * 4)  // one event longer than the chunk
         }
     }
 
     static func make(_ bytes: ArraySlice<UInt8>, maxEvents: Int) -> OutboxBatch {
+        var buffer = [0] + bytes
+        return make(inPlace: &buffer, maxEvents: maxEvents)
+    }
+
+    /// `buffer`: a byte to spare, then the events' lines; it becomes the body.
+    static func make(inPlace buffer: inout [UInt8], maxEvents: Int) -> OutboxBatch {
         var batch = OutboxBatch()
-        // Up to the newline that ends the last whole event taken.
-        var taken = 0
-        bytes.withUnsafeBytes { buffer in
-            guard let base = buffer.baseAddress else { return }
-            while taken < buffer.count && batch.events < maxEvents,
-                  let newline = memchr(base + taken, 10, buffer.count - taken) {
-                taken = base.distance(to: UnsafeRawPointer(newline)) + 1
+        // Up to the newline that ends the last whole event taken. Each event's newline becomes the
+        // comma after it, the last one the closing bracket (an event never holds a raw newline: JSON
+        // escapes it).
+        var taken = 1
+        buffer.withUnsafeMutableBytes { body in
+            let base = body.baseAddress!
+            while taken < body.count && batch.events < maxEvents,
+                  let newline = memchr(base + taken, 10, body.count - taken) {
+                newline.storeBytes(of: UInt8(ascii: ","), as: UInt8.self)
+                taken = base.distance(to: newline) + 1
                 batch.events += 1
             }
         }
-        batch.bytes = taken
-        batch.body.reserveCapacity(taken + 2)
-        batch.body.append(UInt8(ascii: "["))
-        batch.body.append(contentsOf: bytes.prefix(taken))
-        // Each event's newline becomes the comma after it, the last one the closing bracket (an event
-        // never holds a raw newline: JSON escapes it).
-        batch.body.withUnsafeMutableBytes { body in
-            var at = 1
-            while at < body.count, let newline = memchr(body.baseAddress! + at, 10, body.count - at) {
-                newline.storeBytes(of: UInt8(ascii: ","), as: UInt8.self)
-                at = body.baseAddress!.distance(to: newline) + 1
-            }
-        }
-        if batch.events > 0 { batch.body[batch.body.count - 1] = UInt8(ascii: "]") } else { batch.body.append(UInt8(ascii: "]")) }
+        batch.bytes = taken - 1
+        buffer.removeSubrange(taken...)
+        buffer[0] = UInt8(ascii: "[")
+        if batch.events > 0 { buffer[taken - 1] = UInt8(ascii: "]") } else { buffer.append(UInt8(ascii: "]")) }
+        batch.body = buffer
         return batch
     }
 }

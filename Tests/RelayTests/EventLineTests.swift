@@ -27,4 +27,20 @@ import Testing
         #expect(String(decoding: EventLine(type: "t", time: 5.25).finished(), as: UTF8.self) == "{\"type\":\"t\",\"time\":5.250}\n")
         #expect(String(decoding: EventLine(type: "t", time: 0).finished(), as: UTF8.self) == "{\"type\":\"t\",\"time\":0.000}\n")
     }
+
+    @Test func integersInDecimal() {
+        for value in [0, 7, 10, 99, 100, 4211, -1, -305, Int.max, Int.min] {
+            var line = EventLine(type: "t", time: 0)
+            line.add("size", value)
+            #expect(String(decoding: line.finished(), as: UTF8.self) == "{\"type\":\"t\",\"time\":0.000,\"size\":\(value)}\n")
+        }
+    }
+
+    /// `finish` takes the bytes out (no copy); `finished` leaves the line as it was.
+    @Test func finishTakesTheLine() {
+        var line = EventLine(type: "t", time: 1.5)
+        let copy = line.finished()
+        #expect(line.finish() == copy)
+        #expect(line.bytes.isEmpty)
+    }
 }
