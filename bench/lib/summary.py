@@ -23,13 +23,15 @@ WHAT = {
     "tern-relay-dkim": "tern-relay signing every message: DKIM RSA-2048 (bench/dkim.sh)",
     "tern-relay-dkim-ed25519": "tern-relay signing every message: DKIM Ed25519",
     "tern-relay-dkim-both": "tern-relay signing every message twice: RSA-2048 and Ed25519",
+    "tern-relay-webhook": "tern-relay with a webhook receiving every event through the durable outbox (bench/events.sh)",
     "postfix-dkim": "the harness's Postfix with OpenDKIM as a milter, RSA-2048",
     "postfix-dkim-ed25519": "the same Postfix + OpenDKIM signing with Ed25519",
     "exim4": "the harness's Exim relay (queues, delivers to smtp-sink)",
     "opensmtpd-bl": "the harness's OpenSMTPD relay (queues, delivers to smtp-sink)",
 }
 DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "tern-relay-rules", "exim4", "opensmtpd-bl",
-            "tern-relay-dkim", "tern-relay-dkim-ed25519", "tern-relay-dkim-both", "postfix-dkim", "postfix-dkim-ed25519")
+            "tern-relay-dkim", "tern-relay-dkim-ed25519", "tern-relay-dkim-both", "postfix-dkim", "postfix-dkim-ed25519",
+            "tern-relay-webhook")
 # (numerator, denominator, label) for the ratio table
 PAIRS = [
     ("tern", "postfix", "Tern intake-only / stock Postfix relay (the issue's comparison)"),
@@ -44,6 +46,7 @@ PAIRS = [
     ("tern-relay-dkim-ed25519", "tern-relay", "Tern signing Ed25519 / not signing"),
     ("tern-relay-dkim-both", "tern-relay", "Tern signing RSA-2048 and Ed25519 / not signing"),
     ("postfix-dkim", "postfix", "Postfix + OpenDKIM RSA-2048 / Postfix"),
+    ("tern-relay-webhook", "tern-relay", "Tern relay with every event POSTed to a webhook / without events"),
     ("tern-relay", "exim4", "Tern relay / Exim relay"),
     ("tern-relay", "opensmtpd-bl", "Tern relay / OpenSMTPD relay"),
 ]
