@@ -13,6 +13,7 @@ PACKAGES=(
     python3 python3-pytest python3-aiosmtpd python3-prometheus-client
     python3-dkim  # dkimpy: the independent DKIM verifier of the tests
     iproute2 util-linux
+    haproxy  # a real load balancer in front of the listeners (PROXY protocol, issue 20)
     systemd  # only systemd-analyze, to verify etc/systemd/tern.service; nothing is started
 )
 

@@ -267,6 +267,8 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
     /// Loopback and unprivileged, as etc/tern.toml (the built-in default); production lists its own.
     public var listen: [String] = ["127.0.0.1:2525"]
     public var relayNetworks: [CIDR] = [CIDR.loopbackV4, CIDR.loopbackV6]
+    /// Load balancers (HAProxy) whose connections start with a PROXY header naming the client.
+    public var proxyProtocolFrom: [CIDR] = []
     public var acceptDomains: [String] = []
     public var maxMessageSize: Int = 52_428_800
     /// Bytes of message data all sessions may hold in memory together before they stop reading
@@ -306,6 +308,7 @@ public struct ServerConfig: Sendable, Equatable, ConfigSection {
         try r.check("listen", Set(listen.compactMap { try? ListenAddress(parsing: $0) }).count == listen.count,
                     "lists the same address twice")
         try r.read("relay_networks", into: &relayNetworks, Decode.list(Decode.cidr))
+        try r.read("proxy_protocol_from", into: &proxyProtocolFrom, Decode.list(Decode.cidr))
         try r.read("accept_domains", into: &acceptDomains, Decode.list(Decode.domain))
         try r.read("max_message_size", into: &maxMessageSize, Decode.positiveInt)
         try r.read("max_buffered_data", into: &maxBufferedData, Decode.int(atLeast: 1_048_576,

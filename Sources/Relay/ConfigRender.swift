@@ -23,6 +23,7 @@ extension TernConfig {
         out.table("server")
         out.key("listen", strings: s.listen)
         out.key("relay_networks", strings: s.relayNetworks.map(\.description))
+        out.key("proxy_protocol_from", strings: s.proxyProtocolFrom.map(\.description))
         out.key("accept_domains", strings: s.acceptDomains)
         out.key("max_message_size", s.maxMessageSize)
         out.key("max_buffered_data", s.maxBufferedData)

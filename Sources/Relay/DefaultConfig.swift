@@ -35,6 +35,12 @@ enum DefaultConfig {
 listen = ["127.0.0.1:2525"]
 # Clients in these networks may relay to any domain (CIDR blocks or plain IPs).
 relay_networks = ["127.0.0.0/8", "::1/128"]
+# Load balancers (HAProxy's send-proxy or send-proxy-v2) whose connections
+# start with a PROXY header, v1 or v2, naming the real client: that address is
+# then the client for relay_networks, the limits, the Received field and the
+# logs. These peers must send one within 5 s; a PROXY header from anyone else,
+# or a malformed one, closes the connection with a log line.
+proxy_protocol_from = []
 # Recipient domains accepted from any client; others only from relay_networks.
 accept_domains = []
 # Largest message accepted, in bytes (advertised with SIZE, RFC 1870).

@@ -60,6 +60,13 @@ final class InboundSession {
     /// Inside pumpInput (which performs actions, which may resume reading, which pumps).
     @exclusivity(unchecked) private var pumping = false
 
+    /// The proxy (in proxy_protocol_from) that named this client in its PROXY header.
+    var proxy: String?
+    /// The client's bytes that came with the PROXY header: its input once the greeting is out.
+    var earlyInput: [UInt8] = []
+    /// The client sent something already (a PROXY header is refused only as its first bytes).
+    private var sawInput = false
+
     init(id: UInt64, server: SMTPServer, connection: TCPConnection, clientIP: String, machine: ServerSession) {
         self.id = id
         self.server = server
@@ -106,10 +113,20 @@ final class InboundSession {
 
     private func greet() {
         guard !closed else { return }
-        sessionLog.fields("connect", ["client": .string(clientName)], text: "connect from \(clientName)")
+        if let proxy {
+            sessionLog.fields("connect", ["client": .string(clientName), "proxy": .string(proxy)],
+                              text: "connect from \(clientName) via proxy \(proxy)")
+        } else {
+            sessionLog.fields("connect", ["client": .string(clientName)], text: "connect from \(clientName)")
+        }
         perform(machine.greeting())
         resumeReading()
         armTimer()
+        if !earlyInput.isEmpty {
+            let early = earlyInput
+            earlyInput = []
+            connection.deliver(early)
+        }
     }
 
     /// One read from the socket: plaintext (none when a TLS read carried only part of a record or
@@ -124,6 +141,17 @@ final class InboundSession {
             receiving = false
             flush()
             pumpInput()
+        }
+        if bytes.count > 0 && !sawInput {
+            sawInput = true
+            // A PROXY header as the client's first bytes: from a peer not in proxy_protocol_from, or a
+            // second one behind the proxy. Either way a forged client address: refused.
+            if connection.tls == nil && ProxyHeader.looksLikeHeader(bytes) {
+                server.logProxyRefused(clientIP, proxy == nil ? "not in proxy_protocol_from" : "a second PROXY header behind proxy \(proxy!)")
+                closed = true
+                connection.close()
+                return
+            }
         }
         if bytes.count > 0 { perform(machine.receive(bytes)) }
         noteInput(linesBefore: linesBefore, handshakeDone: handshakeDone)

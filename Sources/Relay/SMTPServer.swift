@@ -74,6 +74,8 @@ public final class SMTPServer {
     /// Message data all sessions hold in memory, against `server.max_buffered_data`.
     var dataBudget: DataBudget
     var connectionsPerIP: [String: Int] = [:]
+    /// Connections from proxy_protocol_from whose PROXY header is still being read.
+    var proxyHeadersPending: [ObjectIdentifier: TCPConnection] = [:]
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
     var serverConfiguration: ServerConfiguration
@@ -203,9 +205,18 @@ public final class SMTPServer {
             return
         }
         let ip = unmapped(peer.ip)
+        if config.server.proxyProtocolFrom.contains(where: { $0.contains(ip) }) {
+            return readProxyHeader(connection, proxy: ip, role: role)
+        }
+        admit(connection, ip: ip, role: role)
+    }
+
+    /// A session for `connection` from client `ip` (for a proxy's connection, the client its PROXY
+    /// header names), unless a limit refuses it. `early`: the client's bytes that came with the header.
+    func admit(_ connection: TCPConnection, ip: String, role: ListenerRole, proxy: String? = nil, early: [UInt8] = []) {
         let limits = config.server
         let perIP = connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP
-        if stopping || sessions.count >= limits.maxConnections || perIP {
+        if stopping || sessions.count + proxyHeadersPending.count >= limits.maxConnections || perIP {
             metrics.connectionsRefused += 1
             relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
             let (reply, reason) = stopping
@@ -229,6 +240,8 @@ public final class SMTPServer {
         nextSessionID += 1
         let session = InboundSession(id: id, server: self, connection: connection, clientIP: ip, machine: machine)
         session.role = role
+        session.proxy = proxy
+        session.earlyInput = early
         if role == .submissions {
             do {
                 guard let context = submissionTLSContext else { throw TLSError("no certificate loaded") }
@@ -315,6 +328,7 @@ public final class SMTPServer {
         delivery?.stop()
         log.notice("stopping: \(sessions.count) sessions open")
         for session in Array(sessions.values) { session.shutDown(force: false) }
+        for connection in Array(proxyHeadersPending.values) { connection.close() }  // no session yet
         if sessions.isEmpty {
             finishStopping()
             return

@@ -266,6 +266,15 @@ public final class TCPConnection: UVHandleOwner {
         close()
     }
 
+    /// Bytes read from the socket before their reader was set (by whoever read a header first: a PROXY
+    /// header's reader), handled as a read now: through TLS once it started, to `onRead`.
+    public func deliver(_ bytes: [UInt8]) {
+        guard state == .open, !bytes.isEmpty else { return }
+        bytes.withUnsafeBytes { raw in
+            if let tls { receive(raw, through: tls) } else { onRead?(raw) }
+        }
+    }
+
     private func didRead(count: Int, buffer: UnsafeMutablePointer<CChar>?) {
         if count > 0 {
             // While closing gracefully, input is drained and dropped: closing a socket with unread

@@ -22,6 +22,7 @@ import Testing
         c.hostname = "mx.example.org"
         c.server.listen = ["127.0.0.1:2600", "[::1]:2600"]
         c.server.relayNetworks = [try CIDR(parsing: "10.0.0.0/8"), try CIDR(parsing: "2001:db8::/32")]
+        c.server.proxyProtocolFrom = [try CIDR(parsing: "10.1.0.0/24")]
         c.server.acceptDomains = ["example.org", "example.net"]
         c.server.maxMessageSize = 1234
         c.server.maxBufferedData = 4_194_304
