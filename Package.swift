@@ -31,6 +31,9 @@ let package = Package(
                        providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CISAL", path: "Modules/CISAL", pkgConfig: "libisal",
                        providers: [.apt(["libisal-dev"])]),
+        // No pkgConfig: hiredis.pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM refuses with a warning.
+        .systemLibrary(name: "CRedis", path: "Modules/CRedis",
+                       providers: [.apt(["libhiredis-dev"])]),
 
         // The version, and the git commit the binary was built from (generated before each build).
         .target(name: "BuildInfo", plugins: ["BuildInfoPlugin"]),
@@ -46,8 +49,9 @@ let package = Package(
         // DKIM (RFC 6376, RFC 8463) without I/O or cryptography: canonicalization, header selection, the
         // DKIM-Signature field, the data to sign. The hash and the signature are passed in (UVRuntime's).
         .target(name: "DKIM", swiftSettings: [.swiftLanguageMode(.v6)]),
-        // The only Swift code that touches libuv, c-ares, OpenSSL, ISA-L and libcurl. Knows nothing of SMTP.
-        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL", "CCurl"]),
+        // The only Swift code that touches libuv, c-ares, OpenSSL, ISA-L, libcurl and hiredis. Knows
+        // nothing of SMTP.
+        .target(name: "UVRuntime", dependencies: ["CLibUV", "CCAres", "COpenSSL", "CISAL", "CCurl", "CRedis"]),
         // The glue: config, listeners, inbound sessions.
         .target(name: "Relay", dependencies: [
             "SMTPProtocol", "MailQueue", "UVRuntime", "BuildInfo", "Randomness", "DKIM",

@@ -8,12 +8,12 @@
 set -euo pipefail
 
 PACKAGES=(
-    libuv1-dev libc-ares-dev libssl-dev zlib1g-dev libisal-dev libcurl4-openssl-dev openssl ca-certificates pkg-config
+    libuv1-dev libc-ares-dev libssl-dev zlib1g-dev libisal-dev libcurl4-openssl-dev libhiredis-dev openssl ca-certificates pkg-config
     swaks libnet-ssleay-perl dnsmasq-base postfix
     python3 python3-pytest python3-aiosmtpd python3-prometheus-client
     python3-dkim  # dkimpy: the independent DKIM verifier of the tests
     iproute2 util-linux
-    haproxy  # a real load balancer in front of the listeners (PROXY protocol, issue 20)
+    haproxy redis-server  # a load balancer and the shared state of a cluster (issue 20); started by tests only
     systemd  # only systemd-analyze, to verify etc/systemd/tern.service; nothing is started
 )
 

@@ -22,7 +22,7 @@ import UVRuntime
     }
 
     func write(_ path: String, _ text: String) {
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
     }
 
     @Test func loadingDropsSentFilesAndATornLineAndCountsFromTheCursor() throws {

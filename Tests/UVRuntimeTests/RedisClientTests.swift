@@ -1,0 +1,212 @@
+import Foundation
+import Testing
+@testable import UVRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct RedisTestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A redis-server of Debian's on a free loopback port (or a unix socket), no persistence, for one test.
+final class RedisServer {
+    let port: Int
+    let socketPath: String
+    private var process: Process?
+
+    init() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-redis-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        socketPath = dir.appendingPathComponent("redis.sock").path
+        port = Int(redisFreePort())
+        try start()
+    }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        process.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--unixsocket", socketPath, "--daemonize", "no", "--logfile", ""]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning, !redisPortTaken(UInt16(port)), Date() < deadline { usleep(10_000) }
+        guard process.isRunning, redisPortTaken(UInt16(port)) else { throw RedisTestFailure("redis-server did not start") }
+    }
+
+    func signal(_ sig: Int32) {
+        if let process, process.isRunning { kill(process.processIdentifier, sig) }
+    }
+
+    func stop() {
+        guard let process else { return }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGCONT)
+            kill(process.processIdentifier, SIGKILL)
+        }
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    deinit { stop() }
+}
+
+func redisFreePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return UInt16(bigEndian: addr.sin_port)
+}
+
+func redisPortTaken(_ port: UInt16) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = port.bigEndian
+    return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+}
+
+/// RedisClient against a real Redis: answers, pipelining, scripts, a server that goes away, stalls
+/// and comes back.
+@Suite(.serialized) struct RedisClientTests {
+    init() { ignoreSIGPIPE() }
+
+    func connected(_ loop: EventLoop, _ address: RedisClient.Address, timeout: UInt64 = 500) throws -> RedisClient {
+        let client = RedisClient(loop: loop, address: address, timeoutMilliseconds: timeout)
+        client.start()
+        #expect(run(loop) { client.isConnected })
+        return client
+    }
+
+    @Test func answersOfEveryKind() throws {
+        let server = try RedisServer()
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let client = try connected(loop, .tcp(host: "127.0.0.1", port: server.port))
+        defer { client.close() }
+        var answers: [RedisReply] = []
+        let binary: [UInt8] = [0, 1, 2, 13, 10, 255]
+        client.command([Array("SET".utf8), Array("k".utf8), binary]) { answers.append((try? $0.get()) ?? .null) }
+        client.command(["GET", "k"]) { answers.append((try? $0.get()) ?? .null) }
+        client.command(["GET", "missing"]) { answers.append((try? $0.get()) ?? .null) }
+        client.command(["INCRBY", "n", "41"]) { answers.append((try? $0.get()) ?? .null) }
+        client.command(["RPUSH", "l", "a", "b"]) { _ in }
+        client.command(["LRANGE", "l", "0", "-1"]) { answers.append((try? $0.get()) ?? .null) }
+        client.command(["NOSUCHCOMMAND"]) { answers.append((try? $0.get()) ?? .null) }
+        #expect(run(loop) { answers.count == 6 })
+        #expect(answers[0] == .status("OK"))
+        #expect(answers[1] == .string(binary))
+        #expect(answers[2] == .null)
+        #expect(answers[3] == .integer(41))
+        #expect(answers[4] == .array([.string(Array("a".utf8)), .string(Array("b".utf8))]))
+        if case .error(let e) = answers[5] { #expect(e.hasPrefix("ERR")) } else { Issue.record("not an error: \(answers[5])") }
+    }
+
+    /// A thousand commands issued in one turn of the loop: answered in order (pipelined, one write).
+    @Test func pipelinedInOrder() throws {
+        let server = try RedisServer()
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let client = try connected(loop, .unix(server.socketPath))
+        defer { client.close() }
+        var values: [Int64] = []
+        for _ in 0..<1000 { client.command(["INCR", "counter"]) { values.append((try? $0.get())?.integer ?? -1) } }
+        #expect(run(loop) { values.count == 1000 })
+        #expect(values == Array(1...1000))
+    }
+
+    /// EVALSHA of a script the server does not have: EVAL once, then EVALSHA finds it.
+    @Test func scriptsLoadThemselves() throws {
+        let server = try RedisServer()
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let client = try connected(loop, .tcp(host: "127.0.0.1", port: server.port))
+        defer { client.close() }
+        let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        var sha: RedisReply?
+        client.command(["SCRIPT", "LOAD", script.source]) { sha = try? $0.get() }
+        #expect(run(loop) { sha != nil })
+        #expect(sha == .string(Array(script.sha1.utf8)))  // the SHA-1 computed here is Redis's
+        client.command(["SCRIPT", "FLUSH"]) { _ in }
+        var results: [RedisReply] = []
+        client.eval(script, keys: ["s"], args: ["5"]) { results.append((try? $0.get()) ?? .null) }
+        #expect(run(loop) { results.count == 1 })
+        client.eval(script, keys: ["s"], args: ["2"]) { results.append((try? $0.get()) ?? .null) }
+        #expect(run(loop) { results.count == 2 })
+        #expect(results == [.integer(5), .integer(7)])
+    }
+
+    /// A server killed: what waits fails, the state says lost; restarted: the client is back by itself.
+    @Test func reconnectsAfterTheServerReturns() throws {
+        let server = try RedisServer()
+        let loop = try EventLoop()
+        defer { loop.close() }
+        var states: [Bool] = []
+        let client = RedisClient(loop: loop, address: .tcp(host: "127.0.0.1", port: server.port), timeoutMilliseconds: 500)
+        client.onStateChange = { up, _ in states.append(up) }
+        defer { client.close() }
+        client.start()
+        #expect(run(loop) { client.isConnected })
+        server.stop()
+        var failure: String?
+        client.command(["BLPOP", "nothing", "0"]) { if case .failure(let f) = $0 { failure = f.description } }
+        #expect(run(loop) { failure != nil && !client.isConnected })
+        var refused: RedisFailure?
+        client.command(["PING"]) { if case .failure(let f) = $0 { refused = f } }
+        #expect(refused?.description == "not connected")  // at once, not queued
+        try server.start()
+        #expect(run(loop, timeoutMs: 10_000) { client.isConnected })
+        var pong: RedisReply?
+        client.command(["PING"]) { pong = try? $0.get() }
+        #expect(run(loop) { pong != nil })
+        #expect(pong == .status("PONG"))
+        #expect(states.first == true && states.contains(false) && states.last == true)
+    }
+
+    /// A server that stops answering (SIGSTOP): the command fails after the timeout, not later.
+    @Test func aStalledServerTimesOut() throws {
+        let server = try RedisServer()
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let client = try connected(loop, .tcp(host: "127.0.0.1", port: server.port), timeout: 300)
+        defer { client.close() }
+        server.signal(SIGSTOP)
+        defer { server.signal(SIGCONT) }
+        loop.updateTime()
+        let sent = loop.nowMilliseconds
+        var failedAt: UInt64?
+        var why = ""
+        client.command(["PING"]) {
+            if case .failure(let f) = $0 { failedAt = loop.nowMilliseconds; why = f.description }
+        }
+        #expect(run(loop, timeoutMs: 3000) { failedAt != nil })
+        let waited = (failedAt ?? 0) - sent
+        #expect(waited >= 300 && waited < 1500, "failed after \(waited) ms: \(why)")
+        #expect(!client.isConnected)
+    }
+
+    @Test func nothingListening() throws {
+        let loop = try EventLoop()
+        defer { loop.close() }
+        let client = RedisClient(loop: loop, address: .tcp(host: "127.0.0.1", port: Int(redisFreePort())), timeoutMilliseconds: 300)
+        var lost: String?
+        client.onStateChange = { up, why in if !up { lost = why } }
+        client.start()
+        #expect(run(loop) { lost != nil })
+        #expect(!client.isConnected)
+        client.close()
+    }
+}
