@@ -437,6 +437,12 @@ public struct DeliveryCore: Sendable {
         return g
     }
 
+    /// A suspension, throttle or resume another node of a cluster decided (Shaper.applyShared).
+    public mutating func applySharedShaping(_ event: ShapingEvent, now: Double) {
+        shaper.applyShared(event, now: now)
+        wakeChanged()
+    }
+
     /// Shaping's changes of state since the last call, each to be logged once.
     public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
 

@@ -650,6 +650,42 @@ public struct Shaper: Sendable, ShapingAdmission {
         return g
     }
 
+    // MARK: - Shared with other nodes
+
+    /// A suspension, throttle or postmaster's resume that another node decided (a cluster shares them,
+    /// issue 20): the same state here, with its own event for this node's log. A lane-level one goes
+    /// to the lane of the same source name; one for a rule this node does not have, or already over,
+    /// changes nothing.
+    public mutating func applyShared(_ event: ShapingEvent, now: Double) {
+        see(now)
+        func known(_ g: ShapingGroup) -> Bool { g.kind == .domain || (g.kind == .rule && ruleIndex[g.name] != nil) }
+        switch event {
+        case .suspended(let g, nil, let until, let reason):
+            guard until > now, known(g) else { return }
+            suspend(g.name, until: until, reason: reason, now: now)
+        case .suspended(let g, let source?, let until, let reason):
+            guard until > now, known(g) else { return }
+            let lane = ShapingLane(group: g, source: source)
+            var s = lanes[lane] ?? LaneState()
+            suspend(&s, lane, until: until, reason: reason, now: now)
+            lanes[lane] = s
+        case .throttled(let g, let source, let rule, let rate, let connections, let until):
+            guard until > now, known(g) else { return }
+            let lane = ShapingLane(group: g, source: source)
+            var s = lanes[lane] ?? LaneState()
+            s.throttle = Throttle(rule: rule, until: Swift.max(s.throttle?.until ?? now, until), rate: rate, connections: connections)
+            lanes[lane] = s
+            events.append(.throttled(g, source: source, rule: rule, rate: rate, connections: connections, until: until))
+            expiries.push(Expiry(time: until, lane: lane))
+            changed.insert(g)
+        case .resumed(let g, nil, "postmaster"):
+            guard known(g) else { return }
+            resume(g.name, now: now)
+        default:
+            break
+        }
+    }
+
     // MARK: - Time
 
     /// Ends the suspensions and throttles due by `now` (their events), even for groups with no mail.

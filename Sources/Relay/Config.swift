@@ -87,6 +87,8 @@ public struct TernConfig: Sendable, Equatable {
     public var events = EventsConfig()
     /// [http]: the injection API's listener and its tokens.
     public var http = HTTPConfig()
+    /// [cluster]: the Redis that nodes share their limits, suppression and state through.
+    public var cluster = ClusterConfig()
 
     public init(hostname: String = TernConfig.systemHostname(), server: ServerConfig = ServerConfig(),
                 spool: SpoolConfig = SpoolConfig(), aliases: [String: [String]] = [:]) {
@@ -110,6 +112,7 @@ public struct TernConfig: Sendable, Equatable {
             AnySection(\.auth),
             AnySection(\.admin),
             AnySection(\.http),
+            AnySection(\.cluster),
             AnySection(\.egress),
             AnySection(name: "aliases", read: readAliases),
             AnySection(name: "dkim", read: readDKIM),

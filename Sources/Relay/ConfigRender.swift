@@ -108,6 +108,7 @@ extension TernConfig {
         renderSuppression(&out)
         renderEvents(&out)
         renderHTTP(&out)
+        renderCluster(&out)
 
         out.table("priority")
         for (name, levels) in [("sender_domains", priority.senderDomains),

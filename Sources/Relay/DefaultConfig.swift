@@ -347,6 +347,19 @@ max_connections = 16
 # How long a request may take to arrive, from its first byte (then 408).
 request_timeout = "30s"
 
+[cluster]
+# Several Tern nodes (behind HAProxy, say) sharing through one Redis what a
+# mailbox provider must see as one sender's: the suppression list, suspensions
+# and throttles; each node keeps its own spool. Redis down: every node goes on
+# alone (logged once, counted) and rejoins by itself. The Redis server:
+# "host:port", "[v6]:port" or a unix socket's path. "" (the default): off.
+redis = ""
+# This node's name, unique in the cluster (letters, digits, '-', '.', '_').
+# "" (the default): the machine's host name.
+node = ""
+# A Redis command not answered within this counts Redis as down (10ms to 60s).
+timeout = "500ms"
+
 [priority]
 # RFC 6710 priority levels, -9 (lowest) to 9 (highest), by envelope sender
 # domain; a message with none listed has priority 0.

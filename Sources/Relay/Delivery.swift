@@ -81,6 +81,8 @@ public final class DeliveryManager {
     /// The relay's suppression list: a hard bounce of a class in [suppression] auto_classes adds its
     /// recipient (SuppressionStore.swift).
     var suppression: SuppressionStore?
+    /// The cluster this node shares its shaping decisions with (issue 20).
+    var cluster: Cluster?
     /// [events] file (EventLog.swift); nil when off.
     var events: EventBus?
 

@@ -105,16 +105,26 @@ extension DeliveryManager {
         core.replySeen(connection.lane.lane, code: reply.code, enhanced: reply.enhanced, text: text, now: now)
     }
 
+    /// A suspension, throttle or postmaster's resume from another node of the cluster.
+    func applySharedShaping(_ event: ShapingEvent, from node: String) {
+        core.applySharedShaping(event, now: now)
+        logShapingEvents(from: node)
+        pump()
+    }
+
     // MARK: - Events and the state file
 
     /// Shaping's changes of state, each logged once (reasons quote next hops' replies: the logger
     /// makes them one safe line), and the state saved.
-    func logShapingEvents() {
+    func logShapingEvents(from node: String? = nil) {
+        let origin = node.map { " (from cluster node \($0))" } ?? ""
         for event in core.takeShapingEvents() {
             switch event {
-            case .suspended, .throttled: log.warning("\(event.logText)")
-            case .resumed, .throttleEnded: log.info("\(event.logText)")
+            case .suspended, .throttled: log.warning("\(event.logText)\(origin)")
+            case .resumed, .throttleEnded: log.info("\(event.logText)\(origin)")
             }
+            // This node's decisions go to the others; theirs, applied here, do not go back.
+            if node == nil { cluster?.shareShaping(event) }
         }
         shapingState.dirty = true
         saveShapingState()

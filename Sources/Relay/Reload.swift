@@ -79,6 +79,8 @@ extension SMTPServer {
         // The tokens come with the files (`install`), read again on every SIGHUP; the listener stays.
         if next.http != old.http { outcome.needRestart.append("http") }
         next.http = old.http
+        if next.cluster != old.cluster { outcome.needRestart.append("cluster") }
+        next.cluster = old.cluster
 
         if next.server != old.server { outcome.applied.append("server") }
         if next.aliases != old.aliases { outcome.applied.append("aliases") }

@@ -76,6 +76,8 @@ public final class SMTPServer {
     var connectionsPerIP: [String: Int] = [:]
     /// Connections from proxy_protocol_from whose PROXY header is still being read.
     var proxyHeadersPending: [ObjectIdentifier: TCPConnection] = [:]
+    /// [cluster]: the Redis this node shares its state through (issue 20).
+    private(set) var cluster: Cluster?
     var nextSessionID: UInt64 = 1
     var idGenerator = QueueIDGenerator()
     var serverConfiguration: ServerConfiguration
@@ -151,6 +153,9 @@ public final class SMTPServer {
             // A message leaves the spool only once its events are in the webhooks' outboxes.
             if let events, !events.webhooks.isEmpty { delivery?.remover.gate = { events.whenSynced($0) } }
         }
+        if config.cluster.enabled {
+            cluster = Cluster(config: config.cluster, loop: loop, log: log, metrics: relayMetrics)
+        }
         try openAdminEndpoint()
         if !config.http.listen.isEmpty {
             do {
@@ -197,6 +202,7 @@ public final class SMTPServer {
             try injection.start()
             log.info("injection API (POST /api/inject) on \(injection.localAddress)")
         }
+        cluster?.start(server: self)
     }
 
     func accepted(_ connection: TCPConnection, role: ListenerRole = .relay) {
@@ -399,6 +405,7 @@ public final class SMTPServer {
         graceTimer = nil
         journal.close()
         resolver.close()
+        cluster?.close()
         let done = onStopped
         onStopped = nil
         // The last events reach the outboxes' files before the process may exit.

@@ -69,7 +69,9 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
     @discardableResult
     func add(_ entry: SuppressionEntry, then done: ((String?) -> Void)? = nil) -> Bool {
         guard list.add(entry) else { return false }
-        append(SuppressionRecord.add(entry).line, then: done)
+        let record = SuppressionRecord.add(entry)
+        append(record.line, then: done)
+        onLocalChange?(record)
         return true
     }
 
@@ -78,7 +80,27 @@ final class SuppressionStore: RecipientCheck, @unchecked Sendable {
     func remove(address: String, scope: String, then done: ((String?) -> Void)? = nil) -> Bool {
         let address = SuppressionList.normalized(address), scope = SuppressionList.normalized(scope)
         guard list.remove(address: address, scope: scope) else { return false }
-        append(SuppressionRecord.remove(address: address, scope: scope).line, then: done)
+        let record = SuppressionRecord.remove(address: address, scope: scope)
+        append(record.line, then: done)
+        onLocalChange?(record)
+        return true
+    }
+
+    /// Told of each change made here (not of those `applyShared` makes): the cluster shares it.
+    var onLocalChange: ((SuppressionRecord) -> Void)?
+
+    /// A change another node made: applied (and written here, the local copy being the fallback) when
+    /// it changes something. True when it did.
+    @discardableResult
+    func applyShared(_ record: SuppressionRecord) -> Bool {
+        switch record {
+        case .add(let e):
+            if let old = list.entry(address: e.address, scope: e.scope), old == e { return false }
+            guard list.add(e) else { return false }
+        case .remove(let address, let scope):
+            guard list.remove(address: address, scope: scope) else { return false }
+        }
+        append(record.line, then: nil)
         return true
     }
 

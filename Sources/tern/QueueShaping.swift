@@ -16,8 +16,20 @@ struct QueueDestinations: ParsableCommand {
             + "[[shaping]] rule with mx names shares the rule's row.")
     @OptionGroup var endpoint: AdminOptions
     @Flag(help: "Print the endpoint's JSON.") var json = false
+    @Flag(help: "First the nodes of the cluster ([cluster]): each one's queue and heartbeat, and whether Redis answers.")
+    var cluster = false
 
     func run() throws {
+        if cluster {
+            let response = try endpoint.call("GET", "/cluster")
+            if json {
+                print(String(decoding: terminalSafeJSON(response.body), as: UTF8.self), terminator: "")
+                return
+            }
+            let view = endpoint.decode(ClusterView.self, response)
+            print(ClusterFormat.table(view, now: Date().timeIntervalSince1970), terminator: "")
+            print("")
+        }
         let response = try endpoint.call("GET", "/queue/destinations")
         if json {
             // Escaped again here: the endpoint may be an older relay's.

@@ -359,3 +359,46 @@ import Foundation
 private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapshot {
     try JSONDecoder().decode(ShapingSnapshot.self, from: JSONEncoder().encode(s))
 }
+
+/// Shaper.applyShared: another node's suspensions, throttles and resumes hold here too (issue 20).
+@Suite struct ShaperSharedTests {
+    @Test func anotherNodesDecisionsHoldHere() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        // The postmaster's suspension of a rule (every source).
+        s.applyShared(.suspended(.rule("r"), source: nil, until: t0 + 600, reason: "from n1"), now: t0)
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 1, commit: true) == .blocked(until: t0 + 600))
+        #expect(s.takeEvents() == [.suspended(.rule("r"), source: nil, until: t0 + 600, reason: "from n1")])
+        // Its resume.
+        s.applyShared(.resumed(.rule("r"), source: nil, why: "postmaster"), now: t0 + 2)
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 2, commit: true) == .open(source: ""))
+        // Automation's lane suspension (a dead destination, a [[backoff]] rule) of a domain.
+        let lane = ShapingLane(group: .domain("b.example"), source: "")
+        s.applyShared(.suspended(lane.group, source: "", until: t0 + 300, reason: "dead"), now: t0 + 3)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0 + 4, commit: true) == .blocked(until: t0 + 300))
+        s.tick(now: t0 + 300)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0 + 300, commit: true) == .open(source: ""))
+    }
+
+    @Test func aThrottleLowersTheLimitsUntilItEnds() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 10)]))
+        _ = s.takeEvents()
+        s.applyShared(.throttled(.rule("r"), source: "", rule: "slow", rate: nil, connections: 1, until: t0 + 100), now: t0)
+        #expect(s.takeEvents() == [.throttled(.rule("r"), source: "", rule: "slow", rate: nil, connections: 1, until: t0 + 100)])
+        // One connection open: a second waits for the throttle to end.
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0 + 1, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 1, now: t0 + 1, commit: false) == .blocked(until: t0 + 100))
+        s.tick(now: t0 + 100)
+        #expect(s.takeEvents() == [.throttleEnded(.rule("r"), source: "", rule: "slow")])
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 1, now: t0 + 100, commit: false) == .open(source: ""))
+    }
+
+    @Test func overOrUnknownChangesNothing() {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"])]))
+        s.applyShared(.suspended(.rule("r"), source: nil, until: t0 - 1, reason: "over"), now: t0)
+        s.applyShared(.suspended(.rule("not-here"), source: nil, until: t0 + 600, reason: "unknown rule"), now: t0)
+        s.applyShared(.throttled(.rule("not-here"), source: "", rule: "x", rate: nil, connections: 1, until: t0 + 60), now: t0)
+        s.applyShared(.resumed(.rule("r"), source: nil, why: "probe succeeded"), now: t0)  // a node's own, not shared
+        #expect(s.takeEvents().isEmpty)
+        #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+    }
+}

@@ -438,6 +438,11 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         m.webhookEvents("crm", outcome: "sent", count: 2)
         m.webhookFailure("crm")
         m.webhookOutbox("crm", bytes: 10)
+        // The cluster families appear with [cluster].
+        m.clusterRedisUp(true)
+        m.clusterNodes(3)
+        m.clusterRedisFailure()
+        m.clusterChangesApplied("suppression")
         let f = Self.families(m.exposition())
         #expect(f.count == RelayMetrics.help.count + 1, "every family in the table, and tern_build_info")
         for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }

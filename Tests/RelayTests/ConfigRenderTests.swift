@@ -82,6 +82,9 @@ import Testing
         c.http.maxBodySize = 2048
         c.http.maxConnections = 7
         c.http.requestTimeout = 9
+        c.cluster.redis = "/run/redis/redis.sock"
+        c.cluster.node = "mta-1.east"
+        c.cluster.timeout = 0.25
         c.bounce.rules = [BounceRule(bounceClass: "LocalBlock", replies: [#"^550 5\.7\.1 .*rbl\.example"#, "a\"quote"])]
         c.routes.security = ["corp.example": RouteSecurity(tls: .require)]
         c.tls.certificate = "/etc/tern/cert.pem"

@@ -105,6 +105,11 @@ public final class AdminEndpoint {
             answer(Self.json(delivery.postmasterSuspend(request)))
         case .suppression(let ask):
             suppression(ask, body: request.body, answer)
+        case .cluster:
+            guard let cluster = server.cluster else {
+                return answer(Self.json(AdminError(404, "this node is in no cluster ([cluster] redis is not set)")))
+            }
+            answer(Self.json(cluster.view))
         case .resume(let destination):
             guard let delivery = server.delivery else { return answer(Self.json(Self.deliveryOff)) }
             answer(Self.json(delivery.postmasterResume(destination)))

@@ -38,6 +38,8 @@ public enum AdminRoute: Equatable, Sendable {
     case resume(destination: String)
     /// The suppression list: list, show, add, remove, import.
     case suppression(SuppressionRequest)
+    /// GET /cluster: the nodes of the cluster ([cluster], issue 20).
+    case cluster
 
     public static func parse(method: String, target: String) throws -> AdminRoute {
         let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
@@ -68,6 +70,8 @@ public enum AdminRoute: Equatable, Sendable {
             return try only("GET") { try noQuery(); return .ready }
         case 1 where segments[0] == "metrics":
             return try only("GET") { try noQuery(); return .metrics }
+        case 1 where segments[0] == "cluster":
+            return try only("GET") { try noQuery(); return .cluster }
         case 1 where segments[0] == "suppression":
             return .suppression(try SuppressionRequest.parse(method: method, action: nil, query: query))
         case 2 where segments[0] == "suppression":

@@ -80,6 +80,8 @@ public final class RelayMetrics {
     private var bounceClasses: [String: CoreMetrics.Counter] = [:]
     private var webhookCounters: [String: CoreMetrics.Counter] = [:]
     private var webhookGauges: [String: CoreMetrics.Gauge] = [:]
+    private var clusterGauges: [String: CoreMetrics.Gauge] = [:]
+    private var clusterCounters: [String: CoreMetrics.Counter] = [:]
 
     /// Seconds: from a minute-fast relay to mail that waited days on retries.
     static let delayBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400,
@@ -117,6 +119,10 @@ public final class RelayMetrics {
         "tern_webhook_events_total": "Events of each [[events.webhook]] by outcome: sent (acknowledged with a 2xx), dropped (past max_outbox_size).",
         "tern_webhook_failures_total": "POSTs to each webhook that failed (refused, timed out, not 2xx); the batch is sent again.",
         "tern_webhook_outbox_bytes": "Bytes of events in each webhook's outbox (spool/outbox/NAME), sent or not yet removed.",
+        "tern_cluster_redis_up": "1 while the [cluster] Redis answers, 0 while this node goes on alone.",
+        "tern_cluster_redis_failures_total": "Times the [cluster] Redis became unreachable (refused, or no answer within [cluster] timeout).",
+        "tern_cluster_nodes": "Nodes of the cluster alive at the last heartbeat, this one included.",
+        "tern_cluster_changes_applied_total": "Changes made by other nodes and applied here, by kind: suppression, shaping.",
         "tern_bounce_class_total": "Failed recipients by bounce class (etc/bounce-classes.toml and [[bounce.rule]]) and status: deferred (per attempt), bounced, expired.",
         "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
         "tern_delivery_delay_seconds": "Seconds from arrival to delivery, per delivered recipient.",
@@ -260,6 +266,31 @@ public final class RelayMetrics {
                                                                dimensions: [("webhook", webhook)], factory: factory)
         webhookGauges[webhook] = gauge
         gauge.record(bytes)
+    }
+
+    // MARK: The cluster (issue 20): families appear once [cluster] is on.
+
+    private func clusterGauge(_ name: String) -> CoreMetrics.Gauge {
+        if let g = clusterGauges[name] { return g }
+        let g = CoreMetrics.Gauge(label: name, factory: factory)
+        clusterGauges[name] = g
+        return g
+    }
+
+    func clusterRedisUp(_ up: Bool) { clusterGauge("tern_cluster_redis_up").record(up ? 1 : 0) }
+    func clusterNodes(_ n: Int) { clusterGauge("tern_cluster_nodes").record(n) }
+
+    func clusterRedisFailure() {
+        let counter = clusterCounters["failures"] ?? CoreMetrics.Counter(label: "tern_cluster_redis_failures_total", factory: factory)
+        clusterCounters["failures"] = counter
+        counter.increment()
+    }
+
+    func clusterChangesApplied(_ kind: String) {
+        let counter = clusterCounters[kind] ?? CoreMetrics.Counter(label: "tern_cluster_changes_applied_total",
+                                                                  dimensions: [("kind", kind)], factory: factory)
+        clusterCounters[kind] = counter
+        counter.increment()
     }
 
     func bounceClassified(_ bounceClass: String, status: String) {

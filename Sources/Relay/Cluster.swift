@@ -1,0 +1,351 @@
+// Cluster.swift: this node's part in a cluster of Tern nodes sharing one Redis ([cluster], issue 20).
+// Each node keeps its own spool; what a mailbox provider must see as one sender's goes through Redis:
+//
+//   tern:nodes               sorted set: node name -> when its heartbeat expires (ms); the nodes seen
+//   tern:node:NAME           the node's heartbeat, JSON (ClusterNodeInfo), expiring after 3 s
+//   tern:suppression         stream of suppression changes (field r: a SuppressionRecord line)
+//   tern:shaping             stream of suspensions, throttles and postmaster resumes (field e: JSON)
+//
+// Every second a heartbeat (and the list of nodes alive); every 250 ms the streams are read from the
+// last entry seen, and other nodes' changes applied here: a suppression added on one node is refused
+// by every node within a second, a suspension holds on every node at once. The local suppression
+// list stays the fallback (each change applied is written to it too).
+//
+// Redis down (refused, or no answer within [cluster] timeout): said once in the log, counted in
+// tern_cluster_redis_up and tern_cluster_redis_failures_total; the node goes on alone (nothing is
+// refused for it) and rejoins by itself when Redis answers again, reading the streams from where it
+// stopped. Changes made meanwhile are sent when it is back (at most `maxBacklog` of them).
+
+import BuildInfo
+import SMTPProtocol
+import Foundation
+import Logging
+import MailQueue
+import UVRuntime
+
+/// One node's heartbeat, as GET /cluster shows it.
+public struct ClusterNodeInfo: Codable, Equatable, Sendable {
+    public var node: String
+    /// Unix seconds of the heartbeat.
+    public var time: Double
+    public var version: String
+    /// Messages in this node's queue, held ones among them, and SMTP sessions open.
+    public var queued: Int
+    public var held: Int
+    public var sessions: Int
+}
+
+/// GET /cluster.
+public struct ClusterView: Codable, Equatable, Sendable {
+    public var node: String
+    public var redis: String
+    public var redisUp: Bool
+    public var nodes: [ClusterNodeInfo]
+
+    enum CodingKeys: String, CodingKey {
+        case node, redis, nodes
+        case redisUp = "redis_up"
+    }
+}
+
+/// A shaping change as it travels between nodes.
+struct SharedShapingEvent: Codable, Equatable {
+    var kind: String  // suspended, throttled, resumed
+    var group: ShapingGroup
+    var source: String?
+    var until: Double?
+    var reason: String?
+    var rule: String?
+    var rateCount: Int?
+    var ratePeriod: Double?
+    var connections: Int?
+
+    init?(_ event: ShapingEvent) {
+        switch event {
+        case .suspended(let g, let source, let until, let reason):
+            self.init(kind: "suspended", group: g, source: source, until: until, reason: reason)
+        case .throttled(let g, let source, let rule, let rate, let connections, let until):
+            self.init(kind: "throttled", group: g, source: source, until: until, rule: rule,
+                      rateCount: rate?.count, ratePeriod: rate?.period, connections: connections)
+        case .resumed(let g, nil, "postmaster"):
+            self.init(kind: "resumed", group: g)
+        default:
+            return nil
+        }
+    }
+
+    init(kind: String, group: ShapingGroup, source: String? = nil, until: Double? = nil, reason: String? = nil,
+         rule: String? = nil, rateCount: Int? = nil, ratePeriod: Double? = nil, connections: Int? = nil) {
+        self.kind = kind
+        self.group = group
+        self.source = source
+        self.until = until
+        self.reason = reason
+        self.rule = rule
+        self.rateCount = rateCount
+        self.ratePeriod = ratePeriod
+        self.connections = connections
+    }
+
+    var event: ShapingEvent? {
+        switch kind {
+        case "suspended":
+            guard let until else { return nil }
+            return .suspended(group, source: source, until: until, reason: reason ?? "")
+        case "throttled":
+            guard let until, let source, let rule else { return nil }
+            let rate = rateCount.flatMap { c in ratePeriod.map { Rate(count: c, period: $0) } }
+            return .throttled(group, source: source, rule: rule, rate: rate, connections: connections, until: until)
+        case "resumed":
+            return .resumed(group, source: nil, why: "postmaster")
+        default:
+            return nil
+        }
+    }
+}
+
+final class Cluster {
+    let config: ClusterConfig
+    let node: String
+    private let loop: EventLoop
+    private let redis: RedisClient
+    private let log: Logger
+    private let metrics: RelayMetrics
+    private weak var server: SMTPServer?
+
+    private var heartbeatTimer: UVRuntime.Timer?
+    private var pollTimer: UVRuntime.Timer?
+    private var polling = false
+    private(set) var nodes: [ClusterNodeInfo] = []
+    /// Nodes alive at the last heartbeat (this one included); kept while Redis is down.
+    private(set) var nodeCount = 1
+    private var downSince: Double?
+    /// The last entry read of each stream.
+    private var lastSuppression = "0-0"
+    private var lastShaping = "0-0"
+    /// Changes made here while Redis could not take them, sent when it is back.
+    private var backlog: [[String]] = []
+    static let maxBacklog = 100_000
+    private var backlogDropped = 0
+
+    static let heartbeatMilliseconds: UInt64 = 1000
+    static let heartbeatTTL = 3000
+    static let pollMilliseconds: UInt64 = 250
+    static let suppressionStream = "tern:suppression"
+    static let shapingStream = "tern:shaping"
+
+    init(config: ClusterConfig, loop: EventLoop, log: Logger, metrics: RelayMetrics) {
+        self.config = config
+        node = config.nodeName
+        self.loop = loop
+        self.log = log
+        self.metrics = metrics
+        let address: RedisClient.Address
+        if config.redis.hasPrefix("/") {
+            address = .unix(config.redis)
+        } else if let parsed = try? ListenAddress(parsing: config.redis) {
+            address = .tcp(host: parsed.host, port: Int(parsed.port))
+        } else {
+            address = .unix(config.redis)  // refused by the config reader already
+        }
+        redis = RedisClient(loop: loop, address: address, timeoutMilliseconds: UInt64(config.timeout * 1000))
+    }
+
+    var redisUp: Bool { redis.isConnected }
+
+    func start(server: SMTPServer) {
+        self.server = server
+        metrics.clusterRedisUp(false)
+        redis.onStateChange = { [weak self] up, why in self?.redisChanged(up: up, why: why) }
+        redis.start()
+        let heartbeat = UVRuntime.Timer(loop: loop)
+        heartbeat.start(afterMilliseconds: Self.heartbeatMilliseconds, repeatMilliseconds: Self.heartbeatMilliseconds) { [weak self] in
+            self?.heartbeat()
+        }
+        heartbeatTimer = heartbeat
+        let poll = UVRuntime.Timer(loop: loop)
+        poll.start(afterMilliseconds: Self.pollMilliseconds, repeatMilliseconds: Self.pollMilliseconds) { [weak self] in
+            self?.poll()
+        }
+        pollTimer = poll
+        server.suppression.onLocalChange = { [weak self] record in self?.shareSuppression(record) }
+        server.delivery?.cluster = self
+        log.info("cluster: node \(node), Redis at \(config.redis)")
+    }
+
+    func close() {
+        heartbeatTimer?.close()
+        pollTimer?.close()
+        heartbeatTimer = nil
+        pollTimer = nil
+        redis.close()
+    }
+
+    var view: ClusterView {
+        ClusterView(node: node, redis: config.redis, redisUp: redis.isConnected, nodes: nodes)
+    }
+
+    // MARK: Redis up and down
+
+    private func redisChanged(up: Bool, why: String?) {
+        metrics.clusterRedisUp(up)
+        let now = loop.clock.wallSeconds()
+        if up {
+            if let since = downSince {
+                log.notice("cluster: Redis at \(config.redis) answers again after \(formatDuration((now - since).rounded())); shared state again")
+            } else {
+                log.info("cluster: connected to Redis at \(config.redis)")
+            }
+            downSince = nil
+            heartbeat()
+            sendBacklog()
+        } else if downSince == nil {
+            downSince = now
+            metrics.clusterRedisFailure()
+            log.error("cluster: Redis at \(config.redis) unreachable (\(why ?? "no answer")): going on alone (\(nodeCount) nodes last seen) until it answers again")
+        }
+    }
+
+    // MARK: Heartbeat
+
+    private func heartbeat() {
+        guard redis.isConnected, let server else { return }
+        let info = ClusterNodeInfo(node: node, time: loop.clock.wallSeconds(), version: BuildInfo.version,
+                                   queued: server.delivery?.core.inMemory ?? 0,
+                                   held: server.delivery?.core.held.count ?? 0, sessions: server.sessions.count)
+        let nowMs = Int(loop.clock.wallSeconds() * 1000)
+        let json = (try? JSONEncoder().encode(info)).map { Array($0) } ?? []
+        redis.command([Array("SET".utf8), Array("tern:node:\(node)".utf8), json, Array("PX".utf8),
+                       Array(String(Self.heartbeatTTL).utf8)]) { _ in }
+        redis.command(["ZADD", "tern:nodes", String(nowMs + Self.heartbeatTTL), node]) { _ in }
+        redis.command(["ZREMRANGEBYSCORE", "tern:nodes", "-inf", String(nowMs)]) { _ in }
+        redis.command(["ZRANGE", "tern:nodes", "0", "-1"]) { [weak self] result in
+            guard let self, case .success(.array(let names)) = result else { return }
+            let keys = names.compactMap(\.text).map { "tern:node:\($0)" }
+            guard !keys.isEmpty else { return }
+            redis.command(["MGET"] + keys) { [weak self] result in
+                guard let self, case .success(.array(let values)) = result else { return }
+                let decoder = JSONDecoder()
+                nodes = values.compactMap { v in
+                    guard case .string(let b) = v else { return nil }
+                    return try? decoder.decode(ClusterNodeInfo.self, from: Data(b))
+                }.sorted { $0.node < $1.node }
+                nodeCount = max(1, nodes.count)
+                metrics.clusterNodes(nodeCount)
+            }
+        }
+    }
+
+    // MARK: Sharing
+
+    func shareSuppression(_ record: SuppressionRecord) {
+        send(["XADD", Self.suppressionStream, "MAXLEN", "~", "2000000", "*", "node", node,
+              "r", String(decoding: record.line.dropLast(), as: UTF8.self)])
+    }
+
+    func shareShaping(_ event: ShapingEvent) {
+        guard let shared = SharedShapingEvent(event), let json = try? JSONEncoder().encode(shared) else { return }
+        send(["XADD", Self.shapingStream, "MAXLEN", "~", "100000", "*", "node", node,
+              "e", String(decoding: json, as: UTF8.self)])
+    }
+
+    private func send(_ command: [String]) {
+        guard redis.isConnected else {
+            if backlog.count < Self.maxBacklog { backlog.append(command) } else { backlogDropped += 1 }
+            return
+        }
+        redis.command(command) { [weak self] result in
+            guard let self, case .failure = result else { return }
+            // Lost with the connection: again when it is back.
+            if backlog.count < Self.maxBacklog { backlog.append(command) } else { backlogDropped += 1 }
+        }
+    }
+
+    private func sendBacklog() {
+        let waiting = backlog
+        backlog = []
+        if backlogDropped > 0 {
+            log.warning("cluster: \(backlogDropped) changes made while Redis was down were not shared (more than \(Self.maxBacklog))")
+            backlogDropped = 0
+        }
+        for command in waiting { send(command) }
+    }
+
+    // MARK: Reading the others' changes
+
+    private func poll() {
+        guard redis.isConnected, !polling else { return }
+        polling = true
+        redis.command(["XREAD", "COUNT", "1000", "STREAMS", Self.suppressionStream, Self.shapingStream,
+                       lastSuppression, lastShaping]) { [weak self] result in
+            guard let self else { return }
+            polling = false
+            guard case .success(.array(let streams)) = result else { return }
+            var more = false
+            for stream in streams {
+                guard case .array(let pair) = stream, pair.count == 2, let name = pair[0].text,
+                      case .array(let entries) = pair[1] else { continue }
+                if entries.count >= 1000 { more = true }
+                for entry in entries {
+                    guard case .array(let idAndFields) = entry, idAndFields.count == 2, let id = idAndFields[0].text,
+                          case .array(let fields) = idAndFields[1] else { continue }
+                    var values: [String: [UInt8]] = [:]
+                    var i = 0
+                    while i + 1 < fields.count {
+                        if let key = fields[i].text, case .string(let v) = fields[i + 1] { values[key] = v }
+                        i += 2
+                    }
+                    if name == Self.suppressionStream {
+                        lastSuppression = id
+                    } else {
+                        lastShaping = id
+                    }
+                    let from = values["node"].map { String(decoding: $0, as: UTF8.self) } ?? "?"
+                    guard from != node else { continue }
+                    apply(stream: name, values, from: from)
+                }
+            }
+            if more { poll() }
+        }
+    }
+
+    private func apply(stream: String, _ values: [String: [UInt8]], from: String) {
+        if stream == Self.suppressionStream {
+            guard let line = values["r"], let record = SuppressionRecord.parse(line[...]) else { return }
+            if server?.suppression.applyShared(record) == true {
+                metrics.clusterChangesApplied("suppression")
+                switch record {
+                case .add(let e): log.info("suppression: \(e.address)\(e.scope.isEmpty ? "" : " (for \(e.scope))") added by cluster node \(from)")
+                case .remove(let a, let s): log.info("suppression: \(a)\(s.isEmpty ? "" : " (for \(s))") removed by cluster node \(from)")
+                }
+            }
+        } else {
+            guard let json = values["e"], let shared = try? JSONDecoder().decode(SharedShapingEvent.self, from: Data(json)),
+                  let event = shared.event, let delivery = server?.delivery else { return }
+            metrics.clusterChangesApplied("shaping")
+            delivery.applySharedShaping(event, from: from)
+        }
+    }
+}
+
+/// `tern queue destinations --cluster`: one line per node. Node names are checked when configured,
+/// but another node's heartbeat is read from Redis: printed escaped all the same.
+public enum ClusterFormat {
+    public static func table(_ view: ClusterView, now: Double) -> String {
+        var out = "cluster: node \(terminalSafe(view.node)), Redis at \(terminalSafe(view.redis)) "
+            + (view.redisUp ? "answering" : "NOT answering: this node goes on alone") + "\n"
+        let header = ["NODE", "QUEUED", "HELD", "SESSIONS", "HEARTBEAT", "VERSION"]
+        var rows = [header]
+        for n in view.nodes {
+            rows.append([terminalSafe(n.node), String(n.queued), String(n.held), String(n.sessions),
+                         "\(max(0, Int((now - n.time).rounded())))s ago", terminalSafe(n.version)])
+        }
+        if view.nodes.isEmpty { return out + "(no heartbeat seen yet)\n" }
+        let widths = (0..<header.count).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        for row in rows {
+            out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        return out
+    }
+}
