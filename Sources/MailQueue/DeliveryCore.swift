@@ -443,6 +443,26 @@ public struct DeliveryCore: Sendable {
         wakeChanged()
     }
 
+    // Limits shared by a cluster (Shaper's `Sharing`): the driver fetches leases and permits.
+
+    public mutating func setSharing(_ sharing: Shaper.Sharing) {
+        shaper.setSharing(sharing)
+        wakeChanged()
+    }
+
+    public var hasSharedWants: Bool { shaper.hasSharedWants }
+    public mutating func takeSharedWants() -> Set<Shaper.SharedWant> { shaper.takeSharedWants() }
+    public mutating func takeSharedReleases() -> [ShapingLane: Int] { shaper.takeSharedReleases() }
+
+    public mutating func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
+        shaper.grantShared(want, count: count, until: until)
+        wakeChanged()
+    }
+
+    public func configuredLimits(_ group: ShapingGroup) -> (connections: Int?, connectionRate: Rate?, messageRate: Rate?) {
+        shaper.configuredLimits(group)
+    }
+
     /// Shaping's changes of state since the last call, each to be logged once.
     public mutating func takeShapingEvents() -> [ShapingEvent] { shaper.takeEvents() }
 
@@ -980,6 +1000,14 @@ public struct DeliveryCore: Sendable {
     }
 
     /// Each message with an attempt in flight, with its priority.
+    /// Messages in the queue: with a queued job, in flight, or held (a message both queued for one
+    /// destination and in flight to another counts twice). Cheap: in-flight ones are few.
+    public var messagesInQueue: Int {
+        var inFlight = 0
+        for life in lives.values { if case .live(let m) = life, m.inFlight > 0 { inFlight += 1 } }
+        return scheduler.queuedMessages + inFlight + held.count
+    }
+
     public func forEachInFlight(_ body: (QueueID, Int) -> Void) {
         for (id, life) in lives {
             if case .live(let m) = life, m.inFlight > 0 { body(id, m.envelope.priority) }

@@ -469,6 +469,9 @@ public struct Scheduler: Sendable {
     }
 
     /// Each queued message once, with its priority and whether any of its jobs was tried before.
+    /// Messages with a queued job (waiting, due or deferred).
+    public var queuedMessages: Int { firstJobOfMessage.count }
+
     public func forEachQueuedMessage(_ body: (QueueID, Int, Bool) -> Void) {
         for (id, first) in firstJobOfMessage {
             var retry = false

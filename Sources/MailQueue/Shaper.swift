@@ -308,6 +308,8 @@ public struct Shaper: Sendable, ShapingAdmission {
         var connections: Int?
         var connectionRate: Rate?
         var messageRate: Rate?
+        /// A rule's limits held by a cluster: a lease and permits from it are needed as well.
+        var shared = false
     }
 
     private func effective(_ lane: ShapingLane, _ state: LaneState?) -> Effective {
@@ -316,6 +318,13 @@ public struct Shaper: Sendable, ShapingAdmission {
         var e = Effective(connections: r.maxConnections ?? d.maxConnections,
                           connectionRate: r.maxConnectionRate ?? d.maxConnectionRate,
                           messageRate: r.maxMessageRate ?? d.maxMessageRate)
+        if lane.group.kind == .rule {
+            switch sharing {
+            case .alone: break
+            case .shared: e.shared = true
+            case .fallback(let nodes): e.divide(by: nodes)
+            }
+        }
         if let t = state?.throttle {
             if let c = t.connections { e.connections = min(e.connections ?? c, c) }
             if let rate = t.rate, rate.interval > (e.messageRate?.interval ?? 0) { e.messageRate = rate }
@@ -377,6 +386,8 @@ public struct Shaper: Sendable, ShapingAdmission {
             // A throttle that lowered the limit ends at a known time.
             return (false, s?.throttle?.until)
         }
+        // The cluster's lease and permits: asked for, and the gate woken when they come.
+        if e.shared && !sharedAllows(lane, e, connections: connections, now: now) { return (false, nil) }
         var wake = -Double.infinity
         if e.connectionRate != nil, let tat = s?.connectionTAT, tat - Rate.tolerance > now { wake = tat - Rate.tolerance }
         if e.messageRate != nil, let tat = s?.messageTAT, tat - Rate.tolerance > now {
@@ -389,6 +400,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     private mutating func open(_ lane: ShapingLane, now: Double) {
         var s = lanes[lane] ?? LaneState()
         let e = effective(lane, s)
+        if e.shared { consumeShared(lane, e) }
         s.connections += 1
         s.inFlight += 1  // its first message
         if let r = e.connectionRate { s.connectionTAT = Swift.max(s.connectionTAT, now) + r.interval }
@@ -461,7 +473,24 @@ public struct Shaper: Sendable, ShapingAdmission {
         guard let i = found else { return .go }
         let r = lane.group.kind == .rule ? ruleIndex[lane.group.name] : nil
         let maxMessages = r.flatMap { policy.rules[$0].maxMessagesPerConnection } ?? policy.defaults.maxMessagesPerConnection
-        let rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
+        var rate = r.flatMap { policy.rules[$0].maxMessageRate } ?? policy.defaults.maxMessageRate
+        if sharing != .alone && lane.group.kind == .rule {
+            switch sharing {
+            case .fallback(let nodes):
+                if let r = rate, nodes > 1 { rate = Rate(count: r.count, period: r.period * Double(nodes)) }
+            case .shared where rate != nil && lanes.values[i].suspendedUntil <= now:
+                // One of the cluster's permits for each message (and the local spacing as well).
+                guard hasPermit(lane, .message, now: now) else {
+                    wants.insert(SharedWant(lane: lane, kind: .message))
+                    return .wait(until: nil)
+                }
+                let answer = Self.admit(&lanes.values[i], sent: sent, maxMessages: maxMessages, rate: rate, now: now)
+                if answer == .go { allowances[lane]?.messages -= 1 }
+                return answer
+            default:
+                break
+            }
+        }
         return Self.admit(&lanes.values[i], sent: sent, maxMessages: maxMessages, rate: rate, now: now)
     }
 
@@ -482,6 +511,11 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func connectionClosed(_ lane: ShapingLane) {
         guard var s = lanes[lane] else { return }
         s.connections = Swift.max(0, s.connections - 1)
+        // Its lease goes back to the cluster (a connection opened before the cluster answered has none).
+        if let a = allowances[lane], a.leases > s.connections {
+            allowances[lane]?.leases -= 1
+            releases[lane, default: 0] += 1
+        }
         // Its message, if any, stays in flight until it is attempted or given up (`notAttempted`).
         // A probe that closed without a verdict: the next connection probes again.
         if s.probing { s.probing = false }
@@ -648,6 +682,134 @@ public struct Shaper: Sendable, ShapingAdmission {
         events.append(.resumed(g, source: nil, why: "postmaster"))
         changed.insert(g)
         return g
+    }
+
+    // MARK: - Limits shared by a cluster (issue 20)
+
+    /// Where a rule's rates and connection count come from.
+    public enum Sharing: Sendable, Equatable {
+        /// This node's own limits (no [cluster]).
+        case alone
+        /// The cluster's: before a connection opens it needs a lease, and every message (the first
+        /// one with the connection) a permit, which the driver fetches from Redis.
+        case shared
+        /// Redis unreachable: this node's share of the limits, divided by the nodes last seen.
+        case fallback(nodes: Int)
+    }
+
+    public enum SharedKind: String, Sendable { case message, connection, lease }
+
+    /// What a lane waits for from the cluster.
+    public struct SharedWant: Hashable, Sendable {
+        public var lane: ShapingLane
+        public var kind: SharedKind
+        public init(lane: ShapingLane, kind: SharedKind) {
+            self.lane = lane
+            self.kind = kind
+        }
+    }
+
+    /// Permits (each usable until its batch's time) and leases a lane holds.
+    struct Allowance: Sendable {
+        var messages = 0
+        var messagesUntil = -Double.infinity
+        var connections = 0
+        var connectionsUntil = -Double.infinity
+        var leases = 0
+    }
+
+    public private(set) var sharing: Sharing = .alone
+    private var allowances: [ShapingLane: Allowance] = [:]
+    private var wants: Set<SharedWant> = []
+    private var releases: [ShapingLane: Int] = [:]
+
+    /// The driver says where limits come from: the cluster (Redis answers), this node's share (it does
+    /// not), or this node alone. Leaving `.shared` forgets every permit and lease (Redis's leases
+    /// expire by themselves); every rule's gate is woken, its limits having changed.
+    public mutating func setSharing(_ new: Sharing) {
+        guard new != sharing else { return }
+        if sharing == .shared {
+            allowances = [:]
+            wants = []
+            releases = [:]
+        }
+        sharing = new
+        for name in ruleIndex.keys { changed.insert(.rule(name)) }
+    }
+
+    /// Leases and permits lanes wait for since the last call (each once until it is granted).
+    public mutating func takeSharedWants() -> Set<SharedWant> {
+        guard !wants.isEmpty else { return [] }
+        defer { wants.removeAll() }
+        return wants
+    }
+
+    public var hasSharedWants: Bool { !wants.isEmpty || !releases.isEmpty }
+
+    /// Leases to give back (connections closed), per lane.
+    public mutating func takeSharedReleases() -> [ShapingLane: Int] {
+        guard !releases.isEmpty else { return [:] }
+        defer { releases.removeAll() }
+        return releases
+    }
+
+    /// The cluster granted `count` permits usable until `until`, or `count` leases: the lane's gate
+    /// is woken. Ignored unless limits are shared (an answer that comes after Redis went down).
+    public mutating func grantShared(_ want: SharedWant, count: Int, until: Double) {
+        guard sharing == .shared, count > 0 else { return }
+        var a = allowances[want.lane] ?? Allowance()
+        switch want.kind {
+        case .message:
+            a.messages = (a.messagesUntil > lastNow ? a.messages : 0) + count
+            a.messagesUntil = until
+        case .connection:
+            a.connections = (a.connectionsUntil > lastNow ? a.connections : 0) + count
+            a.connectionsUntil = until
+        case .lease:
+            a.leases += count
+        }
+        allowances[want.lane] = a
+        changed.insert(want.lane.group)
+    }
+
+    /// A rule's limits as configured (for the cluster's keys): connections, connection rate, message rate.
+    public func configuredLimits(_ group: ShapingGroup) -> (connections: Int?, connectionRate: Rate?, messageRate: Rate?) {
+        let r = rule(of: group), d = policy.defaults
+        return (r.maxConnections ?? d.maxConnections, r.maxConnectionRate ?? d.maxConnectionRate,
+                r.maxMessageRate ?? d.maxMessageRate)
+    }
+
+    private func hasPermit(_ lane: ShapingLane, _ kind: SharedKind, now: Double) -> Bool {
+        guard let a = allowances[lane] else { return false }
+        switch kind {
+        case .message: return a.messages > 0 && a.messagesUntil > now
+        case .connection: return a.connections > 0 && a.connectionsUntil > now
+        case .lease: return true
+        }
+    }
+
+    private mutating func sharedAllows(_ lane: ShapingLane, _ e: Effective, connections: Int, now: Double) -> Bool {
+        var ok = true
+        if e.connections != nil, (allowances[lane]?.leases ?? 0) <= connections {
+            wants.insert(SharedWant(lane: lane, kind: .lease))
+            ok = false
+        }
+        if e.connectionRate != nil, !hasPermit(lane, .connection, now: now) {
+            wants.insert(SharedWant(lane: lane, kind: .connection))
+            ok = false
+        }
+        // A connection carries its first message.
+        if e.messageRate != nil, !hasPermit(lane, .message, now: now) {
+            wants.insert(SharedWant(lane: lane, kind: .message))
+            ok = false
+        }
+        return ok
+    }
+
+    private mutating func consumeShared(_ lane: ShapingLane, _ e: Effective) {
+        guard allowances[lane] != nil else { return }
+        if e.connectionRate != nil { allowances[lane]!.connections -= 1 }
+        if e.messageRate != nil { allowances[lane]!.messages -= 1 }
     }
 
     // MARK: - Shared with other nodes
@@ -1066,4 +1228,15 @@ final class Pattern: @unchecked Sendable {
     }
 
     func matches(_ line: String) -> Bool { line.contains(regex) }
+}
+
+extension Shaper.Effective {
+    /// This node's share of a cluster's limits while Redis is down: connections and rates divided by
+    /// the nodes last seen (at least one connection, a rate's period stretched).
+    mutating func divide(by nodes: Int) {
+        guard nodes > 1 else { return }
+        if let c = connections { connections = Swift.max(1, c / nodes) }
+        if let r = connectionRate { connectionRate = Rate(count: r.count, period: r.period * Double(nodes)) }
+        if let r = messageRate { messageRate = Rate(count: r.count, period: r.period * Double(nodes)) }
+    }
 }

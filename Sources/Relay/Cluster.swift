@@ -29,10 +29,22 @@ public struct ClusterNodeInfo: Codable, Equatable, Sendable {
     /// Unix seconds of the heartbeat.
     public var time: Double
     public var version: String
-    /// Messages in this node's queue, held ones among them, and SMTP sessions open.
-    public var queued: Int
-    public var held: Int
+    /// Messages in this node's queue, held ones among them (nil: delivery is off, the queue is not
+    /// in memory), and SMTP sessions open.
+    public var queued: Int?
+    public var held: Int?
     public var sessions: Int
+
+    /// nil written as null: every node's object has the same keys.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(node, forKey: .node)
+        try c.encode(time, forKey: .time)
+        try c.encode(version, forKey: .version)
+        try c.encode(queued, forKey: .queued)
+        try c.encode(held, forKey: .held)
+        try c.encode(sessions, forKey: .sessions)
+    }
 }
 
 /// GET /cluster.
@@ -107,11 +119,17 @@ struct SharedShapingEvent: Codable, Equatable {
 final class Cluster {
     let config: ClusterConfig
     let node: String
-    private let loop: EventLoop
-    private let redis: RedisClient
-    private let log: Logger
-    private let metrics: RelayMetrics
-    private weak var server: SMTPServer?
+    let loop: EventLoop
+    let redis: RedisClient
+    let log: Logger
+    let metrics: RelayMetrics
+    weak var server: SMTPServer?
+    // Shared limits (ClusterLimits.swift): leases held per lane, wants being asked, their retries.
+    var leases: [ShapingLane: [String]] = [:]
+    var asking: Set<Shaper.SharedWant> = []
+    var retryTimers: [Shaper.SharedWant: UVRuntime.Timer] = [:]
+    var leaseNumber = 0
+    private var renewTimer: UVRuntime.Timer?
 
     private var heartbeatTimer: UVRuntime.Timer?
     private var pollTimer: UVRuntime.Timer?
@@ -170,14 +188,25 @@ final class Cluster {
         pollTimer = poll
         server.suppression.onLocalChange = { [weak self] record in self?.shareSuppression(record) }
         server.delivery?.cluster = self
+        server.delivery?.setSharing(sharing)
+        let renew = UVRuntime.Timer(loop: loop)
+        renew.start(afterMilliseconds: Self.renewMilliseconds, repeatMilliseconds: Self.renewMilliseconds) { [weak self] in
+            self?.renewLeases()
+        }
+        renewTimer = renew
         log.info("cluster: node \(node), Redis at \(config.redis)")
     }
 
     func close() {
         heartbeatTimer?.close()
         pollTimer?.close()
+        renewTimer?.close()
+        for timer in retryTimers.values { timer.close() }
+        retryTimers = [:]
         heartbeatTimer = nil
         pollTimer = nil
+        renewTimer = nil
+        redis.onStateChange = nil  // a stop is not an outage
         redis.close()
     }
 
@@ -199,11 +228,13 @@ final class Cluster {
             downSince = nil
             heartbeat()
             sendBacklog()
+            sharingChanged()
         } else if downSince == nil {
             downSince = now
             metrics.clusterRedisFailure()
-            log.error("cluster: Redis at \(config.redis) unreachable (\(why ?? "no answer")): going on alone (\(nodeCount) nodes last seen) until it answers again")
+            log.error("cluster: Redis at \(config.redis) unreachable (\(why ?? "no answer")): going on alone with its share of the rules' limits (1/\(nodeCount), \(nodeCount) nodes last seen) until it answers again")
         }
+        if !up { sharingChanged() }
     }
 
     // MARK: Heartbeat
@@ -211,8 +242,8 @@ final class Cluster {
     private func heartbeat() {
         guard redis.isConnected, let server else { return }
         let info = ClusterNodeInfo(node: node, time: loop.clock.wallSeconds(), version: BuildInfo.version,
-                                   queued: server.delivery?.core.inMemory ?? 0,
-                                   held: server.delivery?.core.held.count ?? 0, sessions: server.sessions.count)
+                                   queued: server.delivery?.core.messagesInQueue,
+                                   held: server.delivery?.core.held.count, sessions: server.sessions.count)
         let nowMs = Int(loop.clock.wallSeconds() * 1000)
         let json = (try? JSONEncoder().encode(info)).map { Array($0) } ?? []
         redis.command([Array("SET".utf8), Array("tern:node:\(node)".utf8), json, Array("PX".utf8),
@@ -337,7 +368,7 @@ public enum ClusterFormat {
         let header = ["NODE", "QUEUED", "HELD", "SESSIONS", "HEARTBEAT", "VERSION"]
         var rows = [header]
         for n in view.nodes {
-            rows.append([terminalSafe(n.node), String(n.queued), String(n.held), String(n.sessions),
+            rows.append([terminalSafe(n.node), n.queued.map(String.init) ?? "-", n.held.map(String.init) ?? "-", String(n.sessions),
                          "\(max(0, Int((now - n.time).rounded())))s ago", terminalSafe(n.version)])
         }
         if view.nodes.isEmpty { return out + "(no heartbeat seen yet)\n" }

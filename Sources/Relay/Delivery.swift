@@ -195,6 +195,7 @@ public final class DeliveryManager {
     /// After a step: shaping's changes of state are logged (once each) and saved, the timer set.
     func armTimer() {
         if core.hasShapingEvents { logShapingEvents() }
+        if let cluster, core.hasSharedWants { cluster.serviceShared(self) }
         guard let due = core.nextDueTime else {
             timer.stop()
             timerDue = nil

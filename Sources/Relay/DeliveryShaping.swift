@@ -112,6 +112,18 @@ extension DeliveryManager {
         pump()
     }
 
+    /// Where the rules' limits come from now (a cluster's Redis up or down).
+    func setSharing(_ sharing: Shaper.Sharing) {
+        core.setSharing(sharing)
+        pump()
+    }
+
+    /// Leases or permits the cluster granted: the lanes waiting for them go on.
+    func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
+        core.grantShared(want, count: count, until: until)
+        pump()
+    }
+
     // MARK: - Events and the state file
 
     /// Shaping's changes of state, each logged once (reasons quote next hops' replies: the logger

@@ -249,9 +249,8 @@ public final class RedisClient {
     }
 
     static func errorText(_ ac: UnsafePointer<redisAsyncContext>) -> String {
-        let text = withUnsafeBytes(of: ac.pointee.errstr) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
+        // The async context's errstr points into its redisContext's buffer (hiredis 0.14).
+        let text = ac.pointee.errstr.map { String(cString: $0) } ?? ""
         return text.isEmpty ? "error \(ac.pointee.err)" : text
     }
 

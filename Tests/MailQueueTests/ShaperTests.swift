@@ -402,3 +402,74 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(s.admitConnection(group: .rule("r"), pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
     }
 }
+
+/// Shaper's shared limits: a rule's connections need the cluster's leases and its messages its permits;
+/// with Redis down, this node's share (issue 20).
+@Suite struct ShaperClusterLimitTests {
+    let lane = ShapingLane(group: .rule("r"), source: "")
+    func shaper() -> Shaper {
+        var s = Shaper(policy: policy(rules: [ShapingRule(name: "r", domains: ["a.example"], maxConnections: 6,
+                                                          maxMessageRate: Rate(count: 30, period: 1))]))
+        s.setSharing(.shared)
+        _ = s.takeChangedGroups()
+        return s
+    }
+
+    @Test func aConnectionWaitsForALeaseAndAPermit() {
+        var s = shaper()
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .blocked(until: nil))
+        #expect(s.takeSharedWants() == [.init(lane: lane, kind: .lease), .init(lane: lane, kind: .message)])
+        s.grantShared(.init(lane: lane, kind: .lease), count: 1, until: .infinity)
+        #expect(s.takeChangedGroups() == [lane.group], "a grant wakes the gate")
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .blocked(until: nil))
+        #expect(s.takeSharedWants() == [.init(lane: lane, kind: .message)], "the lease is held; the permit is still wanted")
+        s.grantShared(.init(lane: lane, kind: .message), count: 2, until: t0 + 0.05)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        // A second connection needs a second lease.
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 1, now: t0, commit: false) == .blocked(until: nil))
+        #expect(s.takeSharedWants() == [.init(lane: lane, kind: .lease)])
+        // Messages: one permit left; then wait for more.
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 0.04) == .go)
+        #expect(s.admitMessage(on: lane, sent: 2, now: t0 + 0.05) == .wait(until: nil))
+        #expect(s.takeSharedWants() == [.init(lane: lane, kind: .message)])
+        // Permits not used in time are gone.
+        s.grantShared(.init(lane: lane, kind: .message), count: 5, until: t0 + 0.1)
+        #expect(s.admitMessage(on: lane, sent: 2, now: t0 + 0.2) == .wait(until: nil))
+    }
+
+    @Test func aClosedConnectionGivesItsLeaseBack() {
+        var s = shaper()
+        s.grantShared(.init(lane: lane, kind: .lease), count: 1, until: .infinity)
+        s.grantShared(.init(lane: lane, kind: .message), count: 1, until: t0 + 1)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.takeSharedReleases().isEmpty)
+        s.connectionClosed(lane)
+        #expect(s.takeSharedReleases() == [lane: 1])
+        #expect(s.takeSharedReleases().isEmpty)
+    }
+
+    @Test func redisDownMeansThisNodesShare() {
+        var s = shaper()
+        s.grantShared(.init(lane: lane, kind: .lease), count: 5, until: .infinity)
+        s.setSharing(.fallback(nodes: 3))
+        #expect(s.takeChangedGroups().contains(lane.group))
+        // 6 connections / 3 nodes = 2; 30/s / 3 = one message every 0.1 s (local spacing).
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 1, now: t0 + 1, commit: true) == .open(source: ""))
+        #expect(s.admitMessage(on: lane, sent: 1, now: t0 + 1.05) == .wait(until: t0 + 1.1 - Rate.tolerance))
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 2, now: t0 + 2, commit: true) == .blocked(until: nil))
+        #expect(s.takeSharedWants().isEmpty, "nothing is asked of the cluster while Redis is down")
+        // Back: the leases held before were forgotten (Redis's expired): new ones are needed.
+        s.setSharing(.shared)
+        s.connectionClosed(lane)
+        #expect(s.takeSharedReleases().isEmpty, "no lease is given back for a connection opened without one")
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 1, now: t0 + 3, commit: true) == .blocked(until: nil))
+    }
+
+    @Test func destinationsWithoutARuleKeepTheirOwnLimits() {
+        var s = shaper()
+        let other = ShapingGroup.domain("b.example")
+        #expect(s.admitConnection(group: other, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.takeSharedWants().isEmpty)
+    }
+}

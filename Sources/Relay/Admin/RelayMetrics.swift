@@ -122,6 +122,7 @@ public final class RelayMetrics {
         "tern_cluster_redis_up": "1 while the [cluster] Redis answers, 0 while this node goes on alone.",
         "tern_cluster_redis_failures_total": "Times the [cluster] Redis became unreachable (refused, or no answer within [cluster] timeout).",
         "tern_cluster_nodes": "Nodes of the cluster alive at the last heartbeat, this one included.",
+        "tern_cluster_limit_requests_total": "Requests to the cluster's Redis for connection leases and rate permits (one round trip each).",
         "tern_cluster_changes_applied_total": "Changes made by other nodes and applied here, by kind: suppression, shaping.",
         "tern_bounce_class_total": "Failed recipients by bounce class (etc/bounce-classes.toml and [[bounce.rule]]) and status: deferred (per attempt), bounced, expired.",
         "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
@@ -279,6 +280,12 @@ public final class RelayMetrics {
 
     func clusterRedisUp(_ up: Bool) { clusterGauge("tern_cluster_redis_up").record(up ? 1 : 0) }
     func clusterNodes(_ n: Int) { clusterGauge("tern_cluster_nodes").record(n) }
+
+    func clusterRequest() {
+        let counter = clusterCounters["requests"] ?? CoreMetrics.Counter(label: "tern_cluster_limit_requests_total", factory: factory)
+        clusterCounters["requests"] = counter
+        counter.increment()
+    }
 
     func clusterRedisFailure() {
         let counter = clusterCounters["failures"] ?? CoreMetrics.Counter(label: "tern_cluster_redis_failures_total", factory: factory)

@@ -1,0 +1,182 @@
+// ClusterLimits.swift: the shaping rules' limits held by the cluster (issue 20). The decisions are the
+// Shaper's (`Sharing`: a rule's connection needs a lease, each message a permit); here they are fetched
+// from Redis, with two Lua scripts called by EVALSHA:
+//
+//   permits   GCRA on the rule × source's key (its theoretical arrival time, µs, Redis's clock):
+//             a batch of permits per round trip, as many as fit in the burst tolerance (20 ms of the
+//             rate, at least one interval): at 50/s one or two a trip, at 10,000/s about 200. Permits
+//             not used within the batch's time (tolerance + 20 ms) are dropped, not handed back: a
+//             permit used late would let the cluster exceed the rate; one dropped only lowers it.
+//   leases    a sorted set per rule × source: member "node:n", score its expiry (ms, Redis's clock);
+//             taken while fewer than max_connections are alive, renewed every `renewMilliseconds`
+//             while the connection lives, removed when it closes. A node that dies gives its leases
+//             back within `leaseMilliseconds`.
+//
+// Only [[shaping]] rules are shared (a destination no rule matches keeps [delivery]'s per-node limits:
+// one Redis key per destination domain would grow without bound). Redis down: the Shaper falls back to
+// this node's share, the limits divided by the nodes last seen; when Redis answers again, shared.
+
+import Logging
+import MailQueue
+import UVRuntime
+
+extension Cluster {
+    static let permitScript = RedisScript("""
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local interval = tonumber(ARGV[1])
+        local tolerance = tonumber(ARGV[2])
+        local wanted = tonumber(ARGV[3])
+        local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if tat < now then tat = now end
+        local room = math.floor((now + tolerance - tat) / interval) + 1
+        if room < 0 then room = 0 end
+        local granted = math.min(wanted, room)
+        if granted > 0 then
+          tat = tat + granted * interval
+          redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+        end
+        local wait = tat - tolerance - now
+        if wait < 0 then wait = 0 end
+        return {granted, math.floor(wait)}
+        """)
+
+    static let leaseScript = RedisScript("""
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local ttl = tonumber(ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+        redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+        redis.call('PEXPIRE', KEYS[1], ttl * 2)
+        return 1
+        """)
+
+    /// Renews the members still held; returns how many were gone (expired and taken back).
+    static let renewScript = RedisScript("""
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local ttl = tonumber(ARGV[1])
+        local lost = 0
+        for i = 2, #ARGV do
+          if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+            redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+          else
+            lost = lost + 1
+          end
+        end
+        redis.call('PEXPIRE', KEYS[1], ttl * 2)
+        return lost
+        """)
+
+    static let leaseMilliseconds = 10_000
+    static let renewMilliseconds: UInt64 = 3000
+    /// Milliseconds a lease or permit request waits before it is asked again, when none was free.
+    static let leaseRetryMilliseconds: UInt64 = 50
+
+    static func key(_ kind: String, _ lane: ShapingLane) -> String {
+        "tern:\(kind):\(lane.group.name):\(lane.source)"
+    }
+
+    /// The Shaper's mode for the state of Redis.
+    var sharing: Shaper.Sharing { redis.isConnected ? .shared : .fallback(nodes: nodeCount) }
+
+    /// After a step of the delivery driver: what lanes wait for is asked of Redis (each once until it
+    /// is answered), and the leases of closed connections go back.
+    func serviceShared(_ delivery: DeliveryManager) {
+        for (lane, count) in delivery.core.takeSharedReleases() {
+            for _ in 0..<count {
+                guard var held = leases[lane], !held.isEmpty else { break }
+                let member = held.removeLast()
+                leases[lane] = held
+                if redis.isConnected { redis.command(["ZREM", Self.key("lease", lane), member]) { _ in } }
+            }
+        }
+        for want in delivery.core.takeSharedWants() where !asking.contains(want) {
+            ask(want, delivery)
+        }
+    }
+
+    private func ask(_ want: Shaper.SharedWant, _ delivery: DeliveryManager) {
+        guard redis.isConnected else { return }
+        let limits = delivery.core.configuredLimits(want.lane.group)
+        asking.insert(want)
+        metrics.clusterRequest()
+        switch want.kind {
+        case .lease:
+            guard let max = limits.connections else { return asking.remove(want).map { _ in } ?? () }
+            leaseNumber += 1
+            let member = "\(node):\(leaseNumber)"
+            redis.eval(Self.leaseScript, keys: [Self.key("lease", want.lane)],
+                       args: [String(Self.leaseMilliseconds), String(max), member]) { [weak self, weak delivery] result in
+                guard let self, let delivery else { return }
+                guard case .success(.integer(1)) = result else { return self.retry(want, delivery, after: Self.leaseRetryMilliseconds) }
+                asking.remove(want)
+                leases[want.lane, default: []].append(member)
+                delivery.grantShared(want, count: 1, until: .infinity)
+            }
+        case .message, .connection:
+            guard let rate = want.kind == .message ? limits.messageRate : limits.connectionRate else {
+                asking.remove(want)
+                return
+            }
+            let interval = max(1, Int((rate.interval * 1_000_000).rounded()))
+            let tolerance = max(interval, 20_000)
+            let batch = max(1, tolerance / interval)
+            let kind = want.kind == .message ? "rate-m" : "rate-c"
+            redis.eval(Self.permitScript, keys: [Self.key(kind, want.lane)],
+                       args: [String(interval), String(tolerance), String(batch)]) { [weak self, weak delivery] result in
+                guard let self, let delivery else { return }
+                guard case .success(.array(let answer)) = result, answer.count == 2,
+                      let granted = answer[0].integer, let wait = answer[1].integer else {
+                    asking.remove(want)
+                    return  // Redis went: the Shaper falls back; a new want if it comes back
+                }
+                if granted > 0 {
+                    asking.remove(want)
+                    delivery.grantShared(want, count: Int(granted), until: delivery.now + Double(tolerance) / 1_000_000 + 0.02)
+                } else {
+                    retry(want, delivery, after: UInt64(max(1, wait / 1000)))
+                }
+            }
+        }
+    }
+
+    /// Asks again after `milliseconds` (none was free): one timer per want.
+    private func retry(_ want: Shaper.SharedWant, _ delivery: DeliveryManager, after milliseconds: UInt64) {
+        let timer = UVRuntime.Timer(loop: loop)
+        retryTimers[want] = timer
+        timer.start(afterMilliseconds: milliseconds) { [weak self, weak delivery] in
+            guard let self else { return }
+            retryTimers[want]?.close()
+            retryTimers[want] = nil
+            asking.remove(want)
+            guard let delivery, redis.isConnected else { return }
+            ask(want, delivery)
+        }
+    }
+
+    /// Every `renewMilliseconds`: the leases of live connections are renewed (one script per lane).
+    func renewLeases() {
+        guard redis.isConnected else { return }
+        for (lane, members) in leases where !members.isEmpty {
+            redis.eval(Self.renewScript, keys: [Self.key("lease", lane)],
+                       args: [String(Self.leaseMilliseconds)] + members) { [weak self] result in
+                guard let self, case .success(.integer(let lost)) = result, lost > 0 else { return }
+                log.warning("cluster: \(lost) connection lease(s) of \(lane) expired before they were renewed; the cluster may briefly count fewer connections than are open")
+            }
+        }
+    }
+
+    /// Redis up or down: the Shaper's limits follow, and what was held or asked is forgotten when down.
+    func sharingChanged() {
+        guard let delivery = server?.delivery else { return }
+        if !redis.isConnected {
+            leases = [:]
+            asking = []
+            for timer in retryTimers.values { timer.close() }
+            retryTimers = [:]
+        }
+        delivery.setSharing(sharing)
+    }
+}
