@@ -24,6 +24,8 @@ WHAT = {
     "tern-relay-dkim-ed25519": "tern-relay signing every message: DKIM Ed25519",
     "tern-relay-dkim-both": "tern-relay signing every message twice: RSA-2048 and Ed25519",
     "tern-relay-webhook": "tern-relay with a webhook receiving every event through the durable outbox (bench/events.sh)",
+    "tern-relay-limited": "tern-relay with one [[shaping]] rule for the mail (20,000/s, 200 connections; not reached)",
+    "tern-relay-cluster": "tern-relay-limited in a cluster: the rule's limits from a Redis (leases, permits) (bench/cluster.sh)",
     "postfix-dkim": "the harness's Postfix with OpenDKIM as a milter, RSA-2048",
     "postfix-dkim-ed25519": "the same Postfix + OpenDKIM signing with Ed25519",
     "exim4": "the harness's Exim relay (queues, delivers to smtp-sink)",
@@ -31,7 +33,7 @@ WHAT = {
 }
 DELIVERS = ("postfix", "tern-relay", "tern-relay-base", "tern-relay-rules", "exim4", "opensmtpd-bl",
             "tern-relay-dkim", "tern-relay-dkim-ed25519", "tern-relay-dkim-both", "postfix-dkim", "postfix-dkim-ed25519",
-            "tern-relay-webhook")
+            "tern-relay-webhook", "tern-relay-limited", "tern-relay-cluster")
 # (numerator, denominator, label) for the ratio table
 PAIRS = [
     ("tern", "postfix", "Tern intake-only / stock Postfix relay (the issue's comparison)"),
@@ -47,6 +49,7 @@ PAIRS = [
     ("tern-relay-dkim-both", "tern-relay", "Tern signing RSA-2048 and Ed25519 / not signing"),
     ("postfix-dkim", "postfix", "Postfix + OpenDKIM RSA-2048 / Postfix"),
     ("tern-relay-webhook", "tern-relay", "Tern relay with every event POSTed to a webhook / without events"),
+    ("tern-relay-cluster", "tern-relay-limited", "Tern with a rule's limits held by Redis / the same node alone"),
     ("tern-relay", "exim4", "Tern relay / Exim relay"),
     ("tern-relay", "opensmtpd-bl", "Tern relay / OpenSMTPD relay"),
 ]
