@@ -453,6 +453,7 @@ public struct DeliveryCore: Sendable {
     public var hasSharedWants: Bool { shaper.hasSharedWants }
     public mutating func takeSharedWants() -> Set<Shaper.SharedWant> { shaper.takeSharedWants() }
     public mutating func takeSharedReleases() -> [ShapingLane: Int] { shaper.takeSharedReleases() }
+    public mutating func takeIdleLeases() -> [ShapingLane: Int] { shaper.takeIdleLeases() }
 
     public mutating func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
         shaper.grantShared(want, count: count, until: until)

@@ -753,6 +753,18 @@ public struct Shaper: Sendable, ShapingAdmission {
         return releases
     }
 
+    /// Leases held beyond the lane's open connections (granted when its mail had gone meanwhile), to
+    /// give back: the driver asks every few seconds, so an unused lease is not kept from other nodes.
+    public mutating func takeIdleLeases() -> [ShapingLane: Int] {
+        var idle: [ShapingLane: Int] = [:]
+        for (lane, a) in allowances where a.leases > (lanes[lane]?.connections ?? 0) {
+            let extra = a.leases - (lanes[lane]?.connections ?? 0)
+            idle[lane] = extra
+            allowances[lane]?.leases -= extra
+        }
+        return idle
+    }
+
     /// The cluster granted `count` permits usable until `until`, or `count` leases: the lane's gate
     /// is woken. Ignored unless limits are shared (an answer that comes after Redis went down).
     public mutating func grantShared(_ want: SharedWant, count: Int, until: Double) {

@@ -84,16 +84,21 @@ extension Cluster {
     /// After a step of the delivery driver: what lanes wait for is asked of Redis (each once until it
     /// is answered), and the leases of closed connections go back.
     func serviceShared(_ delivery: DeliveryManager) {
-        for (lane, count) in delivery.core.takeSharedReleases() {
+        giveBack(delivery.core.takeSharedReleases())
+        for want in delivery.core.takeSharedWants() where !asking.contains(want) {
+            ask(want, delivery)
+        }
+    }
+
+    /// Leases of closed connections (or never used) go back to Redis.
+    private func giveBack(_ released: [ShapingLane: Int]) {
+        for (lane, count) in released {
             for _ in 0..<count {
                 guard var held = leases[lane], !held.isEmpty else { break }
                 let member = held.removeLast()
                 leases[lane] = held
                 if redis.isConnected { redis.command(["ZREM", Self.key("lease", lane), member]) { _ in } }
             }
-        }
-        for want in delivery.core.takeSharedWants() where !asking.contains(want) {
-            ask(want, delivery)
         }
     }
 
@@ -104,7 +109,10 @@ extension Cluster {
         metrics.clusterRequest()
         switch want.kind {
         case .lease:
-            guard let max = limits.connections else { return asking.remove(want).map { _ in } ?? () }
+            guard let max = limits.connections else {
+                asking.remove(want)
+                return
+            }
             leaseNumber += 1
             let member = "\(node):\(leaseNumber)"
             redis.eval(Self.leaseScript, keys: [Self.key("lease", want.lane)],
@@ -112,6 +120,11 @@ extension Cluster {
                 guard let self, let delivery else { return }
                 guard case .success(.integer(1)) = result else { return self.retry(want, delivery, after: Self.leaseRetryMilliseconds) }
                 asking.remove(want)
+                guard delivery.core.shaper.sharing == .shared else {
+                    // Limits stopped being shared meanwhile: the lease is not kept.
+                    redis.command(["ZREM", Self.key("lease", want.lane), member]) { _ in }
+                    return
+                }
                 leases[want.lane, default: []].append(member)
                 delivery.grantShared(want, count: 1, until: .infinity)
             }
@@ -159,6 +172,7 @@ extension Cluster {
     /// Every `renewMilliseconds`: the leases of live connections are renewed (one script per lane).
     func renewLeases() {
         guard redis.isConnected else { return }
+        if let delivery = server?.delivery { giveBack(delivery.core.takeIdleLeases()) }
         for (lane, members) in leases where !members.isEmpty {
             redis.eval(Self.renewScript, keys: [Self.key("lease", lane)],
                        args: [String(Self.leaseMilliseconds)] + members) { [weak self] result in

@@ -448,6 +448,18 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(s.takeSharedReleases().isEmpty)
     }
 
+    @Test func leasesNotUsedGoBack() {
+        var s = shaper()
+        s.grantShared(.init(lane: lane, kind: .lease), count: 2, until: .infinity)
+        s.grantShared(.init(lane: lane, kind: .message), count: 1, until: t0 + 1)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        #expect(s.takeIdleLeases() == [lane: 1], "one connection open, two leases held")
+        #expect(s.takeIdleLeases().isEmpty)
+        s.connectionClosed(lane)
+        #expect(s.takeSharedReleases() == [lane: 1])
+        #expect(s.takeIdleLeases().isEmpty)
+    }
+
     @Test func redisDownMeansThisNodesShare() {
         var s = shaper()
         s.grantShared(.init(lane: lane, kind: .lease), count: 5, until: .infinity)
