@@ -599,6 +599,16 @@ public struct Shaper: Sendable, ShapingAdmission {
         changed.insert(lane.group)
     }
 
+    /// Lowers a lane's limits until `until` (a throttle running longer is kept), with its event.
+    private mutating func throttle(_ s: inout LaneState, _ lane: ShapingLane, rule: String, rate: Rate?,
+                                   connections: Int?, until: Double, now: Double) {
+        let until = Swift.max(s.throttle?.until ?? now, until)
+        s.throttle = Throttle(rule: rule, until: until, rate: rate, connections: connections)
+        events.append(.throttled(lane.group, source: lane.source, rule: rule, rate: rate, connections: connections, until: until))
+        expiries.push(Expiry(time: until, lane: lane))
+        changed.insert(lane.group)
+    }
+
     // MARK: - Replies that say slow down
 
     /// A reply from a next hop of the lane ("421", "4.7.0", "Try again later"). Call it for every
@@ -621,12 +631,7 @@ public struct Shaper: Sendable, ShapingAdmission {
                 case .suspend:
                     suspend(&s, lane, until: now + rule.duration, reason: "\(rule.name): \(line)", now: now)
                 case .throttle(let rate, let connections):
-                    let until = Swift.max(s.throttle?.until ?? now, now + rule.duration)
-                    s.throttle = Throttle(rule: rule.name, until: until, rate: rate, connections: connections)
-                    events.append(.throttled(lane.group, source: lane.source, rule: rule.name, rate: rate,
-                                             connections: connections, until: until))
-                    expiries.push(Expiry(time: until, lane: lane))
-                    changed.insert(lane.group)
+                    throttle(&s, lane, rule: rule.name, rate: rate, connections: connections, until: now + rule.duration, now: now)
                 }
             }
             s.hits[i] = hits.isEmpty ? nil : hits
@@ -847,11 +852,8 @@ public struct Shaper: Sendable, ShapingAdmission {
             guard until > now, known(g) else { return }
             let lane = ShapingLane(group: g, source: source)
             var s = lanes[lane] ?? LaneState()
-            s.throttle = Throttle(rule: rule, until: Swift.max(s.throttle?.until ?? now, until), rate: rate, connections: connections)
+            throttle(&s, lane, rule: rule, rate: rate, connections: connections, until: until, now: now)
             lanes[lane] = s
-            events.append(.throttled(g, source: source, rule: rule, rate: rate, connections: connections, until: until))
-            expiries.push(Expiry(time: until, lane: lane))
-            changed.insert(g)
         case .resumed(let g, nil, "postmaster"):
             guard known(g) else { return }
             resume(g.name, now: now)

@@ -246,3 +246,15 @@ extension Substring {
         return s
     }
 }
+
+extension Rate {
+    /// How a cluster hands out this rate's permits (issue 20): the GCRA's interval and burst tolerance
+    /// in microseconds (20 ms of the rate, at least one interval), the permits one round trip to Redis
+    /// asks for (as many as the tolerance holds), and the seconds they may wait before use (the
+    /// tolerance and 20 ms more; unused ones are dropped: a late one could push the cluster over).
+    public var sharedPermits: (intervalMicros: Int, toleranceMicros: Int, batch: Int, lifetime: Double) {
+        let interval = Swift.max(1, Int((self.interval * 1_000_000).rounded()))
+        let tolerance = Swift.max(interval, 20_000)
+        return (interval, tolerance, Swift.max(1, tolerance / interval), Double(tolerance) / 1_000_000 + 0.02)
+    }
+}

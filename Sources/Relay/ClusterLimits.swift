@@ -133,12 +133,10 @@ extension Cluster {
                 asking.remove(want)
                 return
             }
-            let interval = max(1, Int((rate.interval * 1_000_000).rounded()))
-            let tolerance = max(interval, 20_000)
-            let batch = max(1, tolerance / interval)
+            let permits = rate.sharedPermits
             let kind = want.kind == .message ? "rate-m" : "rate-c"
             redis.eval(Self.permitScript, keys: [Self.key(kind, want.lane)],
-                       args: [String(interval), String(tolerance), String(batch)]) { [weak self, weak delivery] result in
+                       args: [String(permits.intervalMicros), String(permits.toleranceMicros), String(permits.batch)]) { [weak self, weak delivery] result in
                 guard let self, let delivery else { return }
                 guard case .success(.array(let answer)) = result, answer.count == 2,
                       let granted = answer[0].integer, let wait = answer[1].integer else {
@@ -147,7 +145,7 @@ extension Cluster {
                 }
                 if granted > 0 {
                     asking.remove(want)
-                    delivery.grantShared(want, count: Int(granted), until: delivery.now + Double(tolerance) / 1_000_000 + 0.02)
+                    delivery.grantShared(want, count: Int(granted), until: delivery.now + permits.lifetime)
                 } else {
                     retry(want, delivery, after: UInt64(max(1, wait / 1000)))
                 }

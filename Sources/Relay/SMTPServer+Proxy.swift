@@ -4,7 +4,6 @@
 // one else may: a header from elsewhere, or a malformed one, closes the connection with a log line.
 
 import Logging
-import SMTPProtocol
 import UVRuntime
 
 extension SMTPServer {
@@ -15,18 +14,9 @@ extension SMTPServer {
     /// names (the proxy itself for a health check). What follows the header in the same reads is the
     /// client's: handed to the session.
     func readProxyHeader(_ connection: TCPConnection, proxy: String, role: ListenerRole) {
+        // The proxy's own address is not counted per IP: every client behind it shares it.
+        if refusedAtConnect(connection, ip: proxy, perIP: false) { return }
         let key = ObjectIdentifier(connection)
-        if stopping || sessions.count + proxyHeadersPending.count >= config.server.maxConnections {
-            let reply = stopping
-                ? Reply(421, "4.3.2", "\(config.hostname) Service shutting down, try again later")
-                : Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later")
-            metrics.connectionsRefused += 1
-            relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
-            logConnectionRefused(ip: proxy, reply: reply, reason: stopping ? "shutting_down" : "too_many_connections")
-            connection.write(reply.wireBytes)
-            connection.closeAfterWrites()
-            return
-        }
         proxyHeadersPending[key] = connection
         var buffer: [UInt8] = []
         let timer = Timer(loop: loop)

@@ -220,22 +220,8 @@ public final class SMTPServer {
     /// A session for `connection` from client `ip` (for a proxy's connection, the client its PROXY
     /// header names), unless a limit refuses it. `early`: the client's bytes that came with the header.
     func admit(_ connection: TCPConnection, ip: String, role: ListenerRole, proxy: String? = nil, early: [UInt8] = []) {
+        if refusedAtConnect(connection, ip: ip, perIP: true) { return }
         let limits = config.server
-        let perIP = connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP
-        if stopping || sessions.count + proxyHeadersPending.count >= limits.maxConnections || perIP {
-            metrics.connectionsRefused += 1
-            relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
-            let (reply, reason) = stopping
-                ? (Reply(421, "4.3.2", "\(config.hostname) Service shutting down, try again later"), "shutting_down")
-                : sessions.count >= limits.maxConnections
-                ? (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later"), "too_many_connections")
-                : (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections from your address, try again later"),
-                   "too_many_connections_per_ip")
-            logConnectionRefused(ip: ip, reply: reply, reason: reason)
-            connection.write(reply.wireBytes)
-            connection.closeAfterWrites()
-            return
-        }
         connection.setNoDelay(true)
         let trusted = limits.relayNetworks.contains { $0.contains(ip) }
         let loopback = CIDR.loopbackV4.contains(ip) || CIDR.loopbackV6.contains(ip)
@@ -265,6 +251,27 @@ public final class SMTPServer {
         metrics.sessionsOpened += 1
         relayMetrics.sessionOpened()
         session.start()
+    }
+
+    /// 421 and a close while stopping, at max_connections (PROXY headers being read count), or with
+    /// `perIP` at max_connections_per_ip for `ip`. True when the connection was refused.
+    func refusedAtConnect(_ connection: TCPConnection, ip: String, perIP: Bool) -> Bool {
+        let limits = config.server
+        let full = sessions.count + proxyHeadersPending.count >= limits.maxConnections
+        let overPerIP = perIP && connectionsPerIP[ip, default: 0] >= limits.maxConnectionsPerIP
+        guard stopping || full || overPerIP else { return false }
+        metrics.connectionsRefused += 1
+        relayMetrics.connectionRefused(stopping ? .shuttingDown : .tooManyConnections)
+        let (reply, reason) = stopping
+            ? (Reply(421, "4.3.2", "\(config.hostname) Service shutting down, try again later"), "shutting_down")
+            : full
+            ? (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections, try again later"), "too_many_connections")
+            : (Reply(421, "4.7.0", "\(config.hostname) Error: too many connections from your address, try again later"),
+               "too_many_connections_per_ip")
+        logConnectionRefused(ip: ip, reply: reply, reason: reason)
+        connection.write(reply.wireBytes)
+        connection.closeAfterWrites()
+        return true
     }
 
     /// "NOQUEUE: reject: CONNECT from unknown[192.0.2.1]: 421 4.7.0 … too many connections …", as

@@ -485,3 +485,16 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(s.takeSharedWants().isEmpty)
     }
 }
+
+@Suite struct SharedPermitBatchTests {
+    @Test func batchesHoldTwentyMillisecondsOfTheRate() {
+        let slow = Rate(count: 50, period: 1).sharedPermits
+        #expect(slow.intervalMicros == 20_000 && slow.toleranceMicros == 20_000 && slow.batch == 1)
+        #expect(abs(slow.lifetime - 0.04) < 1e-9)
+        let fast = Rate(count: 20_000, period: 1).sharedPermits
+        #expect(fast.intervalMicros == 50 && fast.toleranceMicros == 20_000 && fast.batch == 400)
+        // Slower than one a 20 ms: one permit a trip, the tolerance one interval.
+        let perMinute = Rate(count: 1, period: 60).sharedPermits
+        #expect(perMinute.intervalMicros == 60_000_000 && perMinute.toleranceMicros == 60_000_000 && perMinute.batch == 1)
+    }
+}

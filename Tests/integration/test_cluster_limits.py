@@ -33,7 +33,7 @@ import pytest
 
 from conftest import TERN_BIN, SMTPConn, assert_reply, free_port, make_message, port_free_on, queue_id_of, wait_until
 from delivery_helpers import NextHop
-from test_cluster import Redis, cluster_table, node_names
+from test_cluster import Redis, cluster_table, node_names, redis  # noqa: F401 (redis: the fixture)
 
 DOMAIN = "example.net"
 RULE = "wide"
@@ -54,13 +54,6 @@ RECEIVED_BY = re.compile(rb"^Received: from .*?\r\n\tby (\S+) \(Tern\) with \S+ 
 # --------------------------------------------------------------------------------------------
 # Fixtures: Redis, the sink, HAProxy, the nodes. Requested in this order, they stop in the reverse one:
 # the nodes first (start_tern), then HAProxy, the sink, Redis.
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = Redis(tmp_path / "redis")
-    yield server.start()
-    server.kill()
 
 
 @pytest.fixture
@@ -258,23 +251,28 @@ class Load:
         sent = 0
         try:
             while sent < self.per_thread:
-                with SMTPConn(tern.port, timeout=30) as c:
-                    c.greeting()
-                    c.ehlo("load.test")
-                    for _ in range(min(self.per_connection, self.per_thread - sent)):
-                        tag = f"{name}-{k}-{sent}"
-                        rcpt = f"{tag}@{DOMAIN}"
-                        msg = make_message(subject=tag, msgid=f"<{tag}@load.test>", sender=SENDER, to=rcpt)
-                        assert_reply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250, "2.1.0")
-                        assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
-                        qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
-                        with self.lock:
-                            self.acked[tag] = (name, qid)
-                        sent += 1
-                    c.cmd("QUIT")
+                count = min(self.per_connection, self.per_thread - sent)
+                self._session(name, tern, [f"{name}-{k}-{sent + i}" for i in range(count)])
+                sent += count
         except (OSError, EOFError, AssertionError) as e:
             with self.lock:
                 self.errors[name].append(f"thread {k} after {sent}: {e!r}")
+
+    def _session(self, name: str, tern, tags: list[str]) -> None:
+        """One session to `tern` sending a message per tag (recipient TAG@DOMAIN, Message-ID
+        <TAG@load.test>), each recorded in `acked` once it got 250."""
+        with SMTPConn(tern.port, timeout=30) as c:
+            c.greeting()
+            c.ehlo("load.test")
+            for tag in tags:
+                rcpt = f"{tag}@{DOMAIN}"
+                msg = make_message(subject=tag, msgid=f"<{tag}@load.test>", sender=SENDER, to=rcpt)
+                assert_reply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250, "2.1.0")
+                assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
+                qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
+                with self.lock:
+                    self.acked[tag] = (name, qid)
+            c.cmd("QUIT")
 
     def top_up(self, name: str, tern, backlog, stop: threading.Event, low: int = 150, batch: int = 25,
                cap: int = 1000) -> threading.Thread:
@@ -287,20 +285,8 @@ class Load:
                     if backlog() >= low:
                         time.sleep(0.05)
                         continue
-                    with SMTPConn(tern.port, timeout=30) as c:
-                        c.greeting()
-                        c.ehlo("load.test")
-                        for _ in range(batch):
-                            tag = f"{name}-f-{sent}"
-                            rcpt = f"{tag}@{DOMAIN}"
-                            msg = make_message(subject=tag, msgid=f"<{tag}@load.test>", sender=SENDER, to=rcpt)
-                            assert_reply(c.cmd(f"MAIL FROM:<{SENDER}>"), 250, "2.1.0")
-                            assert_reply(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
-                            qid = queue_id_of(assert_reply(c.data(msg), 250, "2.0.0"))
-                            with self.lock:
-                                self.acked[tag] = (name, qid)
-                            sent += 1
-                        c.cmd("QUIT")
+                    self._session(name, tern, [f"{name}-f-{sent + i}" for i in range(batch)])
+                    sent += batch
             except (OSError, EOFError, AssertionError) as e:
                 with self.lock:
                     self.errors[name].append(f"top-up after {sent}: {e!r}")

@@ -46,17 +46,24 @@ def relay_attempt(c: SMTPConn) -> int:
     return c.cmd("RCPT TO:<b@elsewhere.example>").code
 
 
+def relay_one_as_trusted(c: SMTPConn, relay) -> str:
+    """Relays a message to a foreign domain (allowed: Tern sees TRUSTED) and checks that the spooled
+    Received field names TRUSTED; returns the queue id."""
+    assert relay_attempt(c) == 250
+    reply = c.data(make_message(subject="proxied"))
+    assert_reply(reply, 250)
+    qid = queue_id_of(reply)
+    c.cmd("QUIT")
+    received, _ = split_received(read_journal(relay.spool)[qid][1])
+    check_received(received, queue_id=qid, ip=TRUSTED, rcpt="b@elsewhere.example")
+    return qid
+
+
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
 def test_the_header_names_the_client_for_relay_control_received_and_logs(relay, header):
     with SMTPConn(relay.port, source=PROXY) as c:
         c.send(header(TRUSTED))
-        assert relay_attempt(c) == 250
-        reply = c.data(make_message(subject="proxied"))
-        assert_reply(reply, 250)
-        qid = queue_id_of(reply)
-        c.cmd("QUIT")
-    received, _ = split_received(read_journal(relay.spool)[qid][1])
-    check_received(received, queue_id=qid, ip=TRUSTED, rcpt="b@elsewhere.example")
+        qid = relay_one_as_trusted(c, relay)
     line = relay.wait_log(f"connect from unknown[{TRUSTED}] via proxy {PROXY}")
     assert line
     relay.wait_log(f"{qid}: client=unknown[{TRUSTED}]")
@@ -207,13 +214,7 @@ backend tern
 def test_through_haproxy_send_proxy_v2(relay, haproxy):
     port = haproxy(relay.port)
     with SMTPConn(port, source=TRUSTED) as c:
-        assert relay_attempt(c) == 250
-        reply = c.data(make_message(subject="through haproxy"))
-        assert_reply(reply, 250)
-        qid = queue_id_of(reply)
-        c.cmd("QUIT")
-    received, _ = split_received(read_journal(relay.spool)[qid][1])
-    check_received(received, queue_id=qid, ip=TRUSTED, rcpt="b@elsewhere.example")
+        relay_one_as_trusted(c, relay)
     relay.wait_log(f"connect from unknown[{TRUSTED}] via proxy {PROXY}")
     with SMTPConn(port, source=STRANGER) as c:
         assert relay_attempt(c) == 554
