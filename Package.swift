@@ -74,8 +74,10 @@ let package = Package(
         .testTarget(name: "SMTPProtocolTests", dependencies: ["SMTPProtocol", "Randomness"]),
         .testTarget(name: "MailQueueTests", dependencies: ["MailQueue", "Randomness", "CZlib"]),
         .testTarget(name: "DKIMTests", dependencies: ["DKIM", "UVRuntime", "Randomness"], exclude: ["dkimpy_check.py"]),
-        .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime", "Randomness"]),
-        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo", "Randomness", "DKIM"]),
+        .testTarget(name: "UVRuntimeTests", dependencies: ["UVRuntime", "Randomness", "RedisTestSupport"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "BuildInfo", "Randomness", "DKIM", "RedisTestSupport"]),
+        // Debian's redis-server started for a test (RedisClient's and the cluster scripts' tests).
+        .target(name: "RedisTestSupport", path: "Tests/RedisTestSupport"),
         .testTarget(name: "BlastTests", dependencies: ["Blast", "Randomness"]),
     ],
     swiftLanguageModes: [.v5]

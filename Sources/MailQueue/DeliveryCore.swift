@@ -454,6 +454,8 @@ public struct DeliveryCore: Sendable {
     public mutating func takeSharedWants() -> Set<Shaper.SharedWant> { shaper.takeSharedWants() }
     public mutating func takeSharedReleases() -> [ShapingLane: Int] { shaper.takeSharedReleases() }
     public mutating func takeIdleLeases() -> [ShapingLane: Int] { shaper.takeIdleLeases() }
+    public mutating func shed(_ lane: ShapingLane, count: Int) { shaper.shed(lane, count: count) }
+    public mutating func takeShed(_ lane: ShapingLane) -> Bool { shaper.takeShed(lane) }
 
     public mutating func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
         shaper.grantShared(want, count: count, until: until)

@@ -727,6 +727,9 @@ public struct Shaper: Sendable, ShapingAdmission {
     private var allowances: [ShapingLane: Allowance] = [:]
     private var wants: Set<SharedWant> = []
     private var releases: [ShapingLane: Int] = [:]
+    /// Connections each lane is to close after their current message: above this node's share of the
+    /// cluster's leases while another node waits (LeaseShare).
+    private var shedding: [ShapingLane: Int] = [:]
 
     /// The driver says where limits come from: the cluster (Redis answers), this node's share (it does
     /// not), or this node alone. Leaving `.shared` forgets every permit and lease (Redis's leases
@@ -737,6 +740,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             allowances = [:]
             wants = []
             releases = [:]
+            shedding = [:]
         }
         sharing = new
         for name in ruleIndex.keys { changed.insert(.rule(name)) }
@@ -768,6 +772,30 @@ public struct Shaper: Sendable, ShapingAdmission {
             allowances[lane]?.leases -= extra
         }
         return idle
+    }
+
+    /// `count` of the lane's connections are to close after their current message (this node holds more
+    /// than its share of the cluster's leases while another node waits): at most its open connections.
+    public mutating func shed(_ lane: ShapingLane, count: Int) {
+        guard sharing == .shared else { return }
+        let open = lanes[lane]?.connections ?? 0
+        let n = Swift.min(count, open)
+        shedding[lane] = n > 0 ? n : nil
+    }
+
+    /// Whether a connection of the lane that finished a message should close (one of those `shed`
+    /// asked for) rather than carry another.
+    public mutating func takeShed(_ lane: ShapingLane) -> Bool {
+        guard !shedding.isEmpty, let n = shedding[lane] else { return false }
+        shedding[lane] = n > 1 ? n - 1 : nil
+        return true
+    }
+
+    /// Per lane holding the cluster's leases: leases held, connections open (GET /cluster).
+    public func sharedUse() -> [ShapingLane: (leases: Int, connections: Int)] {
+        var use: [ShapingLane: (leases: Int, connections: Int)] = [:]
+        for (lane, a) in allowances where a.leases > 0 { use[lane] = (a.leases, lanes[lane]?.connections ?? 0) }
+        return use
     }
 
     /// The cluster granted `count` permits usable until `until`, or `count` leases: the lane's gate

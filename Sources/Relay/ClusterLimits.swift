@@ -41,24 +41,51 @@ extension Cluster {
         return {granted, math.floor(wait)}
         """)
 
+    /// Takes a lease for ARGV[3] when one is free and no node waits ahead of ARGV[4]: the nodes
+    /// refused wait in a queue (KEYS[2], by when they first asked, in µs; KEYS[3], when they last asked,
+    /// forgotten after ARGV[5] ms of silence), so a freed lease goes to the node waiting longest, not to
+    /// the one that just gave it back. Answers {1, 0} granted, {0, nodes ahead} refused.
     static let leaseScript = RedisScript("""
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local ttl = tonumber(ARGV[1])
+        local node = ARGV[4]
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+        for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))) do
+          redis.call('ZREM', KEYS[2], gone)
+          redis.call('ZREM', KEYS[3], gone)
+        end
+        local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+        local ahead = redis.call('ZRANK', KEYS[2], node)
+        if not ahead then ahead = redis.call('ZCARD', KEYS[2]) end
+        if free <= ahead then
+          redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), node)
+          redis.call('ZADD', KEYS[3], now, node)
+          redis.call('PEXPIRE', KEYS[2], ttl * 2)
+          redis.call('PEXPIRE', KEYS[3], ttl * 2)
+          return {0, ahead}
+        end
         redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
         redis.call('PEXPIRE', KEYS[1], ttl * 2)
-        return 1
+        redis.call('ZREM', KEYS[2], node)
+        redis.call('ZREM', KEYS[3], node)
+        return {1, 0}
         """)
 
-    /// Renews the members still held; returns how many were gone (expired and taken back).
+    /// Renews the members still held (ARGV[3...]); answers {how many were gone (expired and taken
+    /// back), Redis's time in seconds, {node, leases held, ...} for every node, {nodes waiting}}: what
+    /// LeaseShare needs to tell whether this node holds more than its share.
     static let renewScript = RedisScript("""
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local ttl = tonumber(ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[2]))) do
+          redis.call('ZREM', KEYS[2], gone)
+          redis.call('ZREM', KEYS[3], gone)
+        end
         local lost = 0
-        for i = 2, #ARGV do
+        for i = 3, #ARGV do
           if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
             redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
           else
@@ -66,13 +93,32 @@ extension Cluster {
           end
         end
         redis.call('PEXPIRE', KEYS[1], ttl * 2)
-        return lost
+        local held = {}
+        for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+          local n = string.match(member, '^(.*):[^:]*$') or member
+          held[n] = (held[n] or 0) + 1
+        end
+        local flat = {}
+        for n, c in pairs(held) do
+          flat[#flat + 1] = n
+          flat[#flat + 1] = c
+        end
+        return {lost, tonumber(t[1]), flat, redis.call('ZRANGE', KEYS[2], 0, -1)}
         """)
 
     static let leaseMilliseconds = 10_000
-    static let renewMilliseconds: UInt64 = 3000
-    /// Milliseconds a lease or permit request waits before it is asked again, when none was free.
+    /// Leases are renewed (and the shares looked at) every second.
+    static let renewMilliseconds: UInt64 = 1000
+    /// Milliseconds a lease or permit request waits before it is asked again, when none was free: the
+    /// first in the queue this, each node behind it this much more (at most `leaseRetryMaxMilliseconds`).
     static let leaseRetryMilliseconds: UInt64 = 50
+    static let leaseRetryMaxMilliseconds: UInt64 = 250
+    /// A waiting node that has not asked for this long is out of the queue.
+    static let waiterMilliseconds = 1000
+
+    static func leaseKeys(_ lane: ShapingLane) -> [String] {
+        [key("lease", lane), key("lease-wait", lane), key("lease-seen", lane)]
+    }
 
     static func key(_ kind: String, _ lane: ShapingLane) -> String {
         "tern:\(kind):\(lane.group.name):\(lane.source)"
@@ -115,10 +161,19 @@ extension Cluster {
             }
             leaseNumber += 1
             let member = "\(node):\(leaseNumber)"
-            redis.eval(Self.leaseScript, keys: [Self.key("lease", want.lane)],
-                       args: [String(Self.leaseMilliseconds), String(max), member]) { [weak self, weak delivery] result in
+            redis.eval(Self.leaseScript, keys: Self.leaseKeys(want.lane),
+                       args: [String(Self.leaseMilliseconds), String(max), member, node,
+                              String(Self.waiterMilliseconds)]) { [weak self, weak delivery] result in
                 guard let self, let delivery else { return }
-                guard case .success(.integer(1)) = result else { return self.retry(want, delivery, after: Self.leaseRetryMilliseconds) }
+                guard case .success(.array(let answer)) = result, answer.count == 2,
+                      let granted = answer[0].integer, let ahead = answer[1].integer else {
+                    asking.remove(want)
+                    return  // Redis went: the Shaper falls back; a new want if it comes back
+                }
+                guard granted == 1 else {
+                    let wait = Self.leaseRetryMilliseconds * UInt64(Swift.max(0, Swift.min(ahead, 8)) + 1)
+                    return retry(want, delivery, after: Swift.min(wait, Self.leaseRetryMaxMilliseconds))
+                }
                 asking.remove(want)
                 guard delivery.core.shaper.sharing == .shared else {
                     // Limits stopped being shared meanwhile: the lease is not kept.
@@ -167,15 +222,28 @@ extension Cluster {
         }
     }
 
-    /// Every `renewMilliseconds`: the leases of live connections are renewed (one script per lane).
+    /// Every `renewMilliseconds`: the leases of live connections are renewed (one script per lane),
+    /// and a lane holding more than this node's share while another node waits closes the extra
+    /// connections (LeaseShare).
     func renewLeases() {
-        guard redis.isConnected else { return }
-        if let delivery = server?.delivery { giveBack(delivery.core.takeIdleLeases()) }
+        guard redis.isConnected, let delivery = server?.delivery else { return }
+        giveBack(delivery.core.takeIdleLeases())
         for (lane, members) in leases where !members.isEmpty {
-            redis.eval(Self.renewScript, keys: [Self.key("lease", lane)],
-                       args: [String(Self.leaseMilliseconds)] + members) { [weak self] result in
-                guard let self, case .success(.integer(let lost)) = result, lost > 0 else { return }
-                log.warning("cluster: \(lost) connection lease(s) of \(lane) expired before they were renewed; the cluster may briefly count fewer connections than are open")
+            redis.eval(Self.renewScript, keys: Self.leaseKeys(lane),
+                       args: [String(Self.leaseMilliseconds), String(Self.waiterMilliseconds)] + members) { [weak self, weak delivery] result in
+                guard let self, let delivery, case .success(.array(let answer)) = result,
+                      let renewal = LeaseRenewal(answer) else { return }
+                if renewal.lost > 0 {
+                    log.warning("cluster: \(renewal.lost) connection lease(s) of \(lane) expired before they were renewed; the cluster may briefly count fewer connections than are open")
+                }
+                guard let max = delivery.core.configuredLimits(lane.group).connections else { return }
+                let excess = LeaseShare.excess(node: node, max: max, held: renewal.held, waiting: renewal.waiting,
+                                               time: renewal.time)
+                if excess > 0 {
+                    metrics.clusterConnectionsShed(excess)
+                    log.debug("cluster: \(lane): this node holds \(renewal.held[node] ?? 0) of \(max) connections while another node waits for its share: closing \(excess)")
+                    delivery.shed(lane, count: excess)
+                }
             }
         }
     }
@@ -190,5 +258,32 @@ extension Cluster {
             retryTimers = [:]
         }
         delivery.setSharing(sharing)
+    }
+}
+
+/// The renewal script's answer.
+struct LeaseRenewal: Equatable {
+    var lost: Int
+    var time: Int
+    var held: [String: Int]
+    var waiting: Set<String>
+
+    init(lost: Int, time: Int, held: [String: Int], waiting: Set<String>) {
+        self.lost = lost
+        self.time = time
+        self.held = held
+        self.waiting = waiting
+    }
+
+    init?(_ answer: [RedisReply]) {
+        guard answer.count == 4, let lost = answer[0].integer, let time = answer[1].integer,
+              case .array(let flat) = answer[2], case .array(let waiting) = answer[3] else { return nil }
+        var held: [String: Int] = [:]
+        var i = 0
+        while i + 1 < flat.count {
+            if let node = flat[i].text, let count = flat[i + 1].integer { held[node] = Int(count) }
+            i += 2
+        }
+        self.init(lost: Int(lost), time: Int(time), held: held, waiting: Set(waiting.compactMap(\.text)))
     }
 }

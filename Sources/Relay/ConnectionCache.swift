@@ -93,6 +93,16 @@ struct ConnectionCache {
         return lanes.isEmpty
     }
 
+    /// Up to `max` idle connections of a shaping lane (any destination), the longest idle first.
+    mutating func take(lane: ShapingLane, max: Int) -> [OutboundConnection] {
+        var taken: [OutboundConnection] = []
+        for (ticket, connection) in order where taken.count < max {
+            if connection.idleTicket == ticket && connection.lane.lane == lane { taken.append(connection) }
+        }
+        for connection in taken { remove(connection) }
+        return taken
+    }
+
     mutating func takeAll() -> [OutboundConnection] {
         var all: [OutboundConnection] = []
         while let c = takeOldest() { all.append(c) }

@@ -512,6 +512,12 @@ public final class DeliveryManager {
             connection.finish()
             return
         }
+        // Above this node's share of a cluster's connections while another node waits (LeaseShare).
+        if core.takeShed(connection.lane.lane) {
+            log.debug("closing a connection to \(connection.destination): this node holds more than its share of \(connection.lane.lane)'s connections while another node waits")
+            connection.finish()
+            return
+        }
         guard let job = core.next(on: connection.lane, sent: connection.sent, now: now) else {
             parkOrFinish(connection)
             return

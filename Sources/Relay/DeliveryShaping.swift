@@ -118,6 +118,14 @@ extension DeliveryManager {
         pump()
     }
 
+    /// The cluster's renewal found this node above its share of a rule's connections while another
+    /// node waits: `count` connections go, idle ones at once, busy ones after their current message.
+    func shed(_ lane: ShapingLane, count: Int) {
+        let idle = idleConnections.take(lane: lane, max: count)
+        for connection in idle { connection.finish() }
+        if count > idle.count { core.shed(lane, count: count - idle.count) }
+    }
+
     /// Leases or permits the cluster granted: the lanes waiting for them go on.
     func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
         core.grantShared(want, count: count, until: until)

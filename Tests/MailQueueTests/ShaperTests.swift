@@ -460,6 +460,38 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(s.takeIdleLeases().isEmpty)
     }
 
+    @Test func connectionsAboveTheShareCloseOneEach() {
+        var s = shaper()
+        s.grantShared(.init(lane: lane, kind: .lease), count: 3, until: .infinity)
+        s.grantShared(.init(lane: lane, kind: .message), count: 3, until: t0 + 1)
+        for open in 0..<3 {
+            #expect(s.admitConnection(group: lane.group, pool: nil, connections: open, now: t0 + Double(open) * 0.1,
+                                      commit: true) == .open(source: ""))
+        }
+        var closes: [Bool] = [s.takeShed(lane)]  // nothing asked yet
+        s.shed(lane, count: 5)  // more than are open: at most the three
+        for _ in 0..<4 { closes.append(s.takeShed(lane)) }
+        closes.append(s.takeShed(ShapingLane(group: .rule("other"), source: "")))
+        #expect(closes == [false, true, true, true, false, false])
+        // Not shared (Redis down): nothing to shed, and what was asked is forgotten.
+        s.shed(lane, count: 1)
+        s.setSharing(.fallback(nodes: 3))
+        let afterFallback = s.takeShed(lane)
+        s.shed(lane, count: 1)
+        let whileFallback = s.takeShed(lane)
+        #expect(!afterFallback && !whileFallback)
+    }
+
+    @Test func sharedUseReportsLeasesAndConnections() {
+        var s = shaper()
+        #expect(s.sharedUse().isEmpty)
+        s.grantShared(.init(lane: lane, kind: .lease), count: 2, until: .infinity)
+        s.grantShared(.init(lane: lane, kind: .message), count: 1, until: t0 + 1)
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .open(source: ""))
+        let use = s.sharedUse()
+        #expect(use.count == 1 && use[lane]?.leases == 2 && use[lane]?.connections == 1)
+    }
+
     @Test func redisDownMeansThisNodesShare() {
         var s = shaper()
         s.grantShared(.init(lane: lane, kind: .lease), count: 5, until: .infinity)
@@ -496,5 +528,49 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         // Slower than one a 20 ms: one permit a trip, the tolerance one interval.
         let perMinute = Rate(count: 1, period: 60).sharedPermits
         #expect(perMinute.intervalMicros == 60_000_000 && perMinute.toleranceMicros == 60_000_000 && perMinute.batch == 1)
+    }
+}
+
+/// How a rule's cluster-wide connections are shared between nodes (LeaseShare).
+@Suite struct LeaseShareTests {
+    @Test func sharesDivideTheLimitAndTurnTheRemainder() {
+        let three: Set<String> = ["a", "b", "c"]
+        #expect(LeaseShare.shares(max: 6, held: [:], waiting: three, time: 0) == ["a": 2, "b": 2, "c": 2])
+        // 7 over three: one node has one more, a different one each slice.
+        var extra: [String] = []
+        for slice in 0..<3 {
+            let s = LeaseShare.shares(max: 7, held: [:], waiting: three, time: slice * LeaseShare.slice)
+            #expect(s.values.reduce(0, +) == 7 && s.values.min() == 2)
+            extra += s.filter { $0.value == 3 }.keys
+        }
+        #expect(Set(extra) == three, "each node has the extra connection in turn: \(extra)")
+        // Fewer connections than nodes: each node its turn at the one.
+        var turns: [String] = []
+        for slice in 0..<3 {
+            let s = LeaseShare.shares(max: 1, held: ["a": 1], waiting: ["b", "c"], time: slice * LeaseShare.slice)
+            turns += s.filter { $0.value == 1 }.keys
+        }
+        #expect(turns.sorted() == ["a", "b", "c"])
+        // Nodes that neither hold nor wait have no share; no node: nothing.
+        #expect(LeaseShare.shares(max: 6, held: ["a": 0, "b": 2], waiting: [], time: 0) == ["b": 6])
+        #expect(LeaseShare.shares(max: 6, held: [:], waiting: [], time: 0).isEmpty)
+    }
+
+    @Test func aNodeAboveItsShareGivesWayOnlyToANodeBelowIts() {
+        // n1 and n2 hold all six, n3 waits with none: each gives one back.
+        let held = ["n1": 3, "n2": 3]
+        #expect(LeaseShare.excess(node: "n1", max: 6, held: held, waiting: ["n3"], time: 0) == 1)
+        #expect(LeaseShare.excess(node: "n2", max: 6, held: held, waiting: ["n3", "n1"], time: 0) == 1)
+        #expect(LeaseShare.excess(node: "n3", max: 6, held: held, waiting: ["n3"], time: 0) == 0)
+        // No one waits: nobody is asked to give anything back, however uneven.
+        #expect(LeaseShare.excess(node: "n1", max: 6, held: ["n1": 5, "n2": 1], waiting: [], time: 0) == 0)
+        // Only nodes holding their share wait (they want more): no one closes for them.
+        #expect(LeaseShare.excess(node: "n1", max: 6, held: ["n1": 2, "n2": 2, "n3": 2], waiting: ["n2", "n3"], time: 0) == 0)
+        // The waiter is this node itself: nothing.
+        #expect(LeaseShare.excess(node: "n1", max: 6, held: ["n1": 6], waiting: ["n1"], time: 0) == 0)
+        // One connection, three nodes: the holder gives it up when it is another's turn.
+        let turnOfA = (0..<3).first { LeaseShare.shares(max: 1, held: [:], waiting: ["a", "b", "c"], time: $0 * LeaseShare.slice)["a"] == 1 }!
+        #expect(LeaseShare.excess(node: "a", max: 1, held: ["a": 1], waiting: ["b", "c"], time: turnOfA * LeaseShare.slice) == 0)
+        #expect(LeaseShare.excess(node: "a", max: 1, held: ["a": 1], waiting: ["b", "c"], time: (turnOfA + 1) * LeaseShare.slice) == 1)
     }
 }

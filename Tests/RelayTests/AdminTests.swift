@@ -444,6 +444,7 @@ private func entry(id: QueueID = id1, sender: String = "alice@example.org", arri
         m.clusterRedisFailure()
         m.clusterChangesApplied("suppression")
         m.clusterRequest()
+        m.clusterConnectionsShed(2)
         let f = Self.families(m.exposition())
         #expect(f.count == RelayMetrics.help.count + 1, "every family in the table, and tern_build_info")
         for (name, family) in f { #expect(!family.help.isEmpty, "\(name) has no HELP") }

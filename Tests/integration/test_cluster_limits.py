@@ -629,3 +629,66 @@ def test_a_node_killed_gives_its_leases_back_and_delivers_its_mail_after_its_res
     counts = per_second(arrivals.times())
     assert max(counts.values()) <= RATE + 2, show(counts)
     assert hop.max_open <= CONNS, hop.max_open
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Fairness: a node that comes late with mail gets its share of the connections
+
+
+def test_a_node_that_comes_late_gets_its_share_of_the_connections(redis, sink, start_tern):
+    """n1 and n2 hold all 6 connections with their backlogs (busy connections are reused, so without
+    fairness a lease would rarely come free); then n3 gets mail. Within a few seconds n1 and n2 close
+    the connections above their share (6/3) after their current message, the lease queue gives the
+    freed ones to n3, and each node delivers about a third."""
+    hop = sink(delay=0.08)  # ~12 messages a second a connection: the 6 connections bind, with the rate
+    nodes = start_nodes(start_tern, redis, hop, rule(max_message_rate=f"{RATE}/s", max_connections=CONNS))
+    arrivals = Arrivals(hop)
+    load = Load(nodes, threads=0, per_thread=0)
+    stop = threading.Event()
+
+    def backlog(name: str):
+        def count() -> int:
+            at_sink = message_ids(arrivals)
+            return sum(1 for tag, (node, _) in load.acked_now().items() if node == name and tag not in at_sink)
+        return count
+
+    def held() -> collections.Counter:
+        return collections.Counter(m.rsplit(":", 1)[0] for m in lease_members(redis))
+
+    try:
+        for name, t in zip(NAMES[:2], nodes[:2]):
+            load.top_up(name, t, backlog(name), stop, low=100, cap=900)
+        wait_until(lambda: sum(held().values()) == CONNS and arrivals.count() >= 100, 20,
+                   "n1 and n2 holding every connection and delivering",
+                   lambda: f"leases {held()}, {arrivals.count()} at the sink\n" + diagnostics(nodes, hop))
+        before = held()
+        assert set(before) <= {"n1", "n2"}, before
+        late = time.time()
+        load.top_up("n3", nodes[2], backlog("n3"), stop, low=100, cap=900)
+        most_n3 = 0
+        while time.time() < late + 10:
+            most_n3 = max(most_n3, held()["n3"])
+            time.sleep(0.1)
+    finally:
+        stop.set()
+    load.join(30)
+    assert not load.errors, dict(load.errors)
+
+    window = [a for a in arrivals.all() if late + 4 <= a[0] < late + 10]
+    by_node = collections.Counter(a[1] for a in window)
+    shed = [t.metric("tern_cluster_connections_shed_total") or 0 for t in nodes]
+    print(f"\nfairness: leases before n3 {dict(before)}; most leases n3 held {most_n3}; deliveries "
+          f"{late + 4:.0f}..{late + 10:.0f}: {dict(by_node)}; connections shed {shed}; per second "
+          f"{show(per_second([a[0] for a in arrivals.all()]))}")
+    assert most_n3 >= CONNS // 3, f"n3 never held its share of the connections (at most {most_n3})"
+    for name in NAMES:
+        assert by_node[name] >= 0.2 * len(window), f"{name} delivered {by_node[name]} of {len(window)}: {dict(by_node)}"
+    assert shed[0] + shed[1] > 0, f"n1 and n2 closed no connection for n3: {shed}"
+    assert arrivals.max_open_between(late - 5, late + 10) <= CONNS, "more connections than the rule's limit"
+
+    # Everything accepted is delivered, once.
+    acked = load.acked_now()
+    wait_until(lambda: set(acked) <= set(message_ids(arrivals)), 60, "every accepted message at the sink",
+               lambda: f"{len(set(acked) - set(message_ids(arrivals)))} missing\n" + diagnostics(nodes, hop))
+    duplicates = {m: n for m, n in message_ids(arrivals).items() if n > 1}
+    assert not duplicates, duplicates

@@ -123,6 +123,7 @@ public final class RelayMetrics {
         "tern_cluster_redis_failures_total": "Times the [cluster] Redis became unreachable (refused, or no answer within [cluster] timeout).",
         "tern_cluster_nodes": "Nodes of the cluster alive at the last heartbeat, this one included.",
         "tern_cluster_limit_requests_total": "Requests to the cluster's Redis for connection leases and rate permits (one round trip each).",
+        "tern_cluster_connections_shed_total": "Connections closed after their message because this node held more than its share of a rule's cluster-wide connections while another node waited.",
         "tern_cluster_changes_applied_total": "Changes made by other nodes and applied here, by kind: suppression, shaping.",
         "tern_bounce_class_total": "Failed recipients by bounce class (etc/bounce-classes.toml and [[bounce.rule]]) and status: deferred (per attempt), bounced, expired.",
         "tern_message_bytes_out_total": "Bytes of messages delivered, counted once per delivery.",
@@ -285,6 +286,12 @@ public final class RelayMetrics {
         let counter = clusterCounters["requests"] ?? CoreMetrics.Counter(label: "tern_cluster_limit_requests_total", factory: factory)
         clusterCounters["requests"] = counter
         counter.increment()
+    }
+
+    func clusterConnectionsShed(_ n: Int) {
+        let counter = clusterCounters["shed"] ?? CoreMetrics.Counter(label: "tern_cluster_connections_shed_total", factory: factory)
+        clusterCounters["shed"] = counter
+        counter.increment(by: n)
     }
 
     func clusterRedisFailure() {
