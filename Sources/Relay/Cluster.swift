@@ -34,6 +34,20 @@ public struct ClusterNodeInfo: Codable, Equatable, Sendable {
     public var queued: Int?
     public var held: Int?
     public var sessions: Int
+    /// This node's use of the rules' shared limits (empty without shaping rules in use; missing from a
+    /// node of an older version).
+    public var limits: [ClusterLimitUse]?
+
+    public init(node: String, time: Double, version: String, queued: Int?, held: Int?, sessions: Int,
+                limits: [ClusterLimitUse]? = nil) {
+        self.node = node
+        self.time = time
+        self.version = version
+        self.queued = queued
+        self.held = held
+        self.sessions = sessions
+        self.limits = limits
+    }
 
     /// nil written as null: every node's object has the same keys.
     public func encode(to encoder: Encoder) throws {
@@ -44,6 +58,81 @@ public struct ClusterNodeInfo: Codable, Equatable, Sendable {
         try c.encode(queued, forKey: .queued)
         try c.encode(held, forKey: .held)
         try c.encode(sessions, forKey: .sessions)
+        try c.encode(limits ?? [], forKey: .limits)
+    }
+}
+
+/// One node's use of one rule × source's shared limits.
+public struct ClusterLimitUse: Codable, Equatable, Sendable {
+    public var rule: String
+    public var source: String
+    /// The rule's max_connections (nil: none), connection leases this node holds, its connections open.
+    public var maxConnections: Int?
+    public var leases: Int
+    public var connections: Int
+    /// Whether this node is waiting for a lease (in the rule's queue).
+    public var waiting: Bool
+    /// The rule's max_message_rate ("50/s"; nil: none) and the message permits this node took in the
+    /// last 60 seconds.
+    public var messageRate: String?
+    public var permitsLastMinute: Int
+
+    public init(rule: String, source: String, maxConnections: Int?, leases: Int, connections: Int, waiting: Bool,
+                messageRate: String?, permitsLastMinute: Int) {
+        self.rule = rule
+        self.source = source
+        self.maxConnections = maxConnections
+        self.leases = leases
+        self.connections = connections
+        self.waiting = waiting
+        self.messageRate = messageRate
+        self.permitsLastMinute = permitsLastMinute
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case rule, source, leases, connections, waiting
+        case maxConnections = "max_connections"
+        case messageRate = "max_message_rate"
+        case permitsLastMinute = "permits_last_minute"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(rule, forKey: .rule)
+        try c.encode(source, forKey: .source)
+        try c.encode(maxConnections, forKey: .maxConnections)
+        try c.encode(leases, forKey: .leases)
+        try c.encode(connections, forKey: .connections)
+        try c.encode(waiting, forKey: .waiting)
+        try c.encode(messageRate, forKey: .messageRate)
+        try c.encode(permitsLastMinute, forKey: .permitsLastMinute)
+    }
+}
+
+/// Permits taken in each of the last 60 seconds (a ring of counts), for the cluster view.
+struct MinuteCount {
+    private var counts = [Int](repeating: 0, count: 60)
+    private var second = 0
+
+    mutating func add(_ n: Int, at time: Double) {
+        advance(to: time)
+        counts[second % 60] += n
+    }
+
+    mutating func total(at time: Double) -> Int {
+        advance(to: time)
+        return counts.reduce(0, +)
+    }
+
+    private mutating func advance(to time: Double) {
+        let now = Int(time)
+        guard now > second else { return }
+        if now - second >= 60 {
+            counts = [Int](repeating: 0, count: 60)
+        } else {
+            for s in (second + 1)...now { counts[s % 60] = 0 }
+        }
+        second = now
     }
 }
 
@@ -129,6 +218,8 @@ final class Cluster {
     var asking: Set<Shaper.SharedWant> = []
     var retryTimers: [Shaper.SharedWant: UVRuntime.Timer] = [:]
     var leaseNumber = 0
+    /// Message permits taken per lane (the cluster view's last minute).
+    var permitsTaken: [ShapingLane: MinuteCount] = [:]
     private var renewTimer: UVRuntime.Timer?
 
     private var heartbeatTimer: UVRuntime.Timer?
@@ -243,7 +334,8 @@ final class Cluster {
         guard redis.isConnected, let server else { return }
         let info = ClusterNodeInfo(node: node, time: loop.clock.wallSeconds(), version: BuildInfo.version,
                                    queued: server.delivery?.core.messagesInQueue,
-                                   held: server.delivery?.core.held.count, sessions: server.sessions.count)
+                                   held: server.delivery?.core.held.count, sessions: server.sessions.count,
+                                   limits: limitUse())
         let nowMs = Int(loop.clock.wallSeconds() * 1000)
         let json = (try? JSONEncoder().encode(info)).map { Array($0) } ?? []
         redis.command([Array("SET".utf8), Array("tern:node:\(node)".utf8), json, Array("PX".utf8),
@@ -372,7 +464,35 @@ public enum ClusterFormat {
                          "\(max(0, Int((now - n.time).rounded())))s ago", terminalSafe(n.version)])
         }
         if view.nodes.isEmpty { return out + "(no heartbeat seen yet)\n" }
-        let widths = (0..<header.count).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        out += columns(rows)
+        // The shared limits: each node's use of each rule, and the cluster's total.
+        var byLimit: [String: [(node: String, use: ClusterLimitUse)]] = [:]
+        for n in view.nodes {
+            for use in n.limits ?? [] { byLimit["\(use.rule)\u{0}\(use.source)", default: []].append((n.node, use)) }
+        }
+        guard !byLimit.isEmpty else { return out }
+        var limitRows = [["RULE", "SOURCE", "NODE", "LEASES", "CONNECTIONS", "WAITING", "PERMITS/MIN"]]
+        for key in byLimit.keys.sorted() {
+            let uses = byLimit[key]!.sorted { $0.node < $1.node }
+            let first = uses[0].use
+            func cap(_ n: Int, _ use: ClusterLimitUse) -> String { use.maxConnections.map { "\(n)/\($0)" } ?? String(n) }
+            for (name, use) in uses {
+                limitRows.append([terminalSafe(use.rule), use.source.isEmpty ? "-" : terminalSafe(use.source), terminalSafe(name),
+                                  cap(use.leases, use), String(use.connections), use.waiting ? "yes" : "no",
+                                  String(use.permitsLastMinute)])
+            }
+            limitRows.append([terminalSafe(first.rule), first.source.isEmpty ? "-" : terminalSafe(first.source), "(cluster)",
+                              cap(uses.map(\.use.leases).reduce(0, +), first), String(uses.map(\.use.connections).reduce(0, +)),
+                              String(uses.filter(\.use.waiting).count),
+                              String(uses.map(\.use.permitsLastMinute).reduce(0, +))
+                                + (first.messageRate.map { " (max \(terminalSafe($0)))" } ?? "")])
+        }
+        return out + "\nshared limits:\n" + columns(limitRows)
+    }
+
+    private static func columns(_ rows: [[String]]) -> String {
+        let widths = (0..<rows[0].count).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        var out = ""
         for row in rows {
             out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
                 .trimmingCharacters(in: .whitespaces) + "\n"

@@ -200,6 +200,7 @@ extension Cluster {
                 }
                 if granted > 0 {
                     asking.remove(want)
+                    if want.kind == .message { permitsTaken[want.lane, default: MinuteCount()].add(Int(granted), at: delivery.now) }
                     delivery.grantShared(want, count: Int(granted), until: delivery.now + permits.lifetime)
                 } else {
                     retry(want, delivery, after: UInt64(max(1, wait / 1000)))
@@ -246,6 +247,27 @@ extension Cluster {
                 }
             }
         }
+    }
+
+    /// This node's use of the shared limits, for its heartbeat: every lane holding leases, waiting for
+    /// one, or that took permits in the last minute.
+    func limitUse() -> [ClusterLimitUse] {
+        guard let delivery = server?.delivery else { return [] }
+        let now = delivery.now
+        let held = delivery.core.shaper.sharedUse()
+        var lanes = Set(held.keys).union(permitsTaken.keys)
+        for want in asking where want.kind == .lease { lanes.insert(want.lane) }
+        var out: [ClusterLimitUse] = []
+        for lane in lanes where lane.group.kind == .rule {
+            let limits = delivery.core.configuredLimits(lane.group)
+            let permits = permitsTaken[lane]?.total(at: now) ?? 0
+            if permits == 0 { permitsTaken[lane] = nil }
+            out.append(ClusterLimitUse(rule: lane.group.name, source: lane.source, maxConnections: limits.connections,
+                                       leases: held[lane]?.leases ?? 0, connections: held[lane]?.connections ?? 0,
+                                       waiting: asking.contains(.init(lane: lane, kind: .lease)),
+                                       messageRate: limits.messageRate.map { "\($0)" }, permitsLastMinute: permits))
+        }
+        return out.sorted { ($0.rule, $0.source) < ($1.rule, $1.source) }
     }
 
     /// Redis up or down: the Shaper's limits follow, and what was held or asked is forgotten when down.

@@ -53,6 +53,51 @@ import Testing
         #expect(lines.contains(["n1", "12", "1", "3", "1s", "ago", "0.1.0"]))
         #expect(text.contains("3s ago"))
         #expect(!text.contains("\u{1B}"))
+        #expect(!text.contains("shared limits"), "no rule shared: no section")
+    }
+
+    @Test func tableShowsTheSharedLimitsPerNodeAndInTotal() throws {
+        func use(_ leases: Int, _ connections: Int, waiting: Bool, permits: Int) -> ClusterLimitUse {
+            ClusterLimitUse(rule: "wide", source: "", maxConnections: 6, leases: leases, connections: connections,
+                            waiting: waiting, messageRate: "50/s", permitsLastMinute: permits)
+        }
+        let view = ClusterView(node: "n1", redis: "127.0.0.1:6379", redisUp: true, nodes: [
+            ClusterNodeInfo(node: "n1", time: 1000, version: "0.1.0", queued: 12, held: 0, sessions: 3, limits: [use(3, 3, waiting: false, permits: 1000)]),
+            ClusterNodeInfo(node: "n2", time: 1000, version: "0.1.0", queued: 40, held: 0, sessions: 0, limits: [use(2, 2, waiting: true, permits: 900)]),
+            ClusterNodeInfo(node: "n3", time: 1000, version: "0.1.0", queued: 0, held: 0, sessions: 0, limits: [
+                ClusterLimitUse(rule: "x\u{1B}", source: "ip1", maxConnections: nil, leases: 0, connections: 0, waiting: false,
+                                messageRate: "10/s", permitsLastMinute: 7)]),
+            ClusterNodeInfo(node: "old", time: 1000, version: "0.0.9", queued: 0, held: 0, sessions: 0),  // no limits: an older node
+        ])
+        let text = ClusterFormat.table(view, now: 1001)
+        let lines = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        #expect(lines.contains(["wide", "-", "n1", "3/6", "3", "no", "1000"]))
+        #expect(lines.contains(["wide", "-", "n2", "2/6", "2", "yes", "900"]))
+        #expect(lines.contains(["wide", "-", "(cluster)", "5/6", "5", "1", "1900", "(max", "50/s)"]))
+        #expect(lines.contains(["x\\u{1B}", "ip1", "n3", "0", "0", "no", "7"]))
+        #expect(!text.contains("\u{1B}"))
+        // The JSON of GET /cluster: every key present, null where there is no limit; an older node's
+        // heartbeat without limits is read all the same.
+        let json = String(decoding: try JSONEncoder().encode(view.nodes[2]), as: UTF8.self)
+        #expect(json.contains("\"max_connections\":null") && json.contains("\"permits_last_minute\":7"))
+        let old = try JSONDecoder().decode(ClusterNodeInfo.self, from: Data(#"{"node":"o","time":1,"version":"v","queued":null,"held":null,"sessions":0}"#.utf8))
+        #expect(old.limits == nil)
+        let back = try JSONDecoder().decode(ClusterNodeInfo.self, from: JSONEncoder().encode(view.nodes[0]))
+        #expect(back == view.nodes[0])
+    }
+
+    @Test func minuteCountForgetsWhatIsOlderThanAMinute() {
+        var c = MinuteCount()
+        c.add(5, at: 1000.2)
+        c.add(3, at: 1000.9)
+        c.add(2, at: 1030)
+        #expect(c.total(at: 1030.5) == 10)
+        #expect(c.total(at: 1059.9) == 10)
+        #expect(c.total(at: 1060) == 2, "the second 1000 is over")
+        #expect(c.total(at: 1089) == 2)
+        #expect(c.total(at: 1090) == 0)
+        c.add(1, at: 5000)
+        #expect(c.total(at: 5000) == 1, "after a long gap, only the new one")
     }
 
     @Test func route() throws {

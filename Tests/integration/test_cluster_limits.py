@@ -33,7 +33,7 @@ import pytest
 
 from conftest import TERN_BIN, SMTPConn, assert_reply, free_port, make_message, port_free_on, queue_id_of, wait_until
 from delivery_helpers import NextHop
-from test_cluster import Redis, cluster_table, node_names, redis  # noqa: F401 (redis: the fixture)
+from test_cluster import Redis, cluster_table, node_names, queue_cli, redis, view  # noqa: F401 (redis: the fixture)
 
 DOMAIN = "example.net"
 RULE = "wide"
@@ -669,6 +669,19 @@ def test_a_node_that_comes_late_gets_its_share_of_the_connections(redis, sink, s
         while time.time() < late + 10:
             most_n3 = max(most_n3, held()["n3"])
             time.sleep(0.1)
+        # The cluster view (every node's heartbeat, a second old at most): each node's leases, whether it
+        # waits, the permits it took; never more leases than the limit in total.
+        uses = {n["node"]: n["limits"] for n in view(nodes[0])["nodes"]}
+        assert set(uses) == set(NAMES), uses
+        for name, limits in uses.items():
+            assert [(u["rule"], u["source"], u["max_connections"], u["max_message_rate"]) for u in limits] == \
+                [(RULE, "", CONNS, "50/s")], (name, limits)
+            assert limits[0]["permits_last_minute"] > 0, (name, limits)
+        assert 0 < sum(u[0]["leases"] for u in uses.values()) <= CONNS, uses
+        table = queue_cli(nodes[1], "destinations", "--cluster").stdout
+        assert "shared limits:" in table, table
+        total = [line.split() for line in table.splitlines() if "(cluster)" in line]
+        assert len(total) == 1 and total[0][:2] == [RULE, "-"] and total[0][3].endswith(f"/{CONNS}"), table
     finally:
         stop.set()
     load.join(30)
