@@ -5,11 +5,17 @@
 //   tern:node:NAME           the node's heartbeat, JSON (ClusterNodeInfo), expiring after 3 s
 //   tern:suppression         stream of suppression changes (field r: a SuppressionRecord line)
 //   tern:shaping             stream of suspensions, throttles and postmaster resumes (field e: JSON)
+//   tern:epoch               a random value set by the first node: a new or emptied Redis has another
 //
 // Every second a heartbeat (and the list of nodes alive); every 250 ms the streams are read from the
 // last entry seen, and other nodes' changes applied here: a suppression added on one node is refused
 // by every node within a second, a suspension holds on every node at once. The local suppression
 // list stays the fallback (each change applied is written to it too).
+//
+// Where each stream was read to is kept in the spool (cluster.state), so a restart reads only what it
+// missed; when tern:epoch is not the one kept (a new or emptied Redis, or a first join) the streams are
+// read from their start and the node shares the suppression entries it has (a new cluster starts from
+// the union of its nodes' lists).
 //
 // Redis down (refused, or no answer within [cluster] timeout): said once in the log, counted in
 // tern_cluster_redis_up and tern_cluster_redis_failures_total; the node goes on alone (nothing is
@@ -229,9 +235,18 @@ final class Cluster {
     /// Nodes alive at the last heartbeat (this one included); kept while Redis is down.
     private(set) var nodeCount = 1
     private var downSince: Double?
-    /// The last entry read of each stream.
+    /// The last entry read of each stream, kept in the spool (cluster.state); not read before they are
+    /// checked against Redis (`checkPositions`).
     private var lastSuppression = "0-0"
     private var lastShaping = "0-0"
+    private var positionsChecked = false
+    private var state = ClusterState()
+    private var stateDirty = false
+    private var stateWriting = false
+    private var statePath: String?
+    /// Suppression entries this node had before it first joined this Redis, being shared a chunk at a time.
+    private var listToShare: ArraySlice<SuppressionEntry> = []
+    static let listShareChunk = 2000
     /// Changes made here while Redis could not take them, sent when it is back.
     private var backlog: [[String]] = []
     static let maxBacklog = 100_000
@@ -242,6 +257,7 @@ final class Cluster {
     static let pollMilliseconds: UInt64 = 250
     static let suppressionStream = "tern:suppression"
     static let shapingStream = "tern:shaping"
+    static let epochKey = "tern:epoch"
 
     init(config: ClusterConfig, loop: EventLoop, log: Logger, metrics: RelayMetrics) {
         self.config = config
@@ -264,6 +280,18 @@ final class Cluster {
 
     func start(server: SMTPServer) {
         self.server = server
+        let path = ClusterState.path(spool: server.spool.path)
+        statePath = path
+        do {
+            if let saved = try ClusterState.read(path), saved.redis == config.redis {
+                state = saved
+                lastSuppression = saved.suppression
+                lastShaping = saved.shaping
+            }
+        } catch {
+            log.warning("cluster: cannot read \(path), reading the streams from their start: \(error)")
+        }
+        state.redis = config.redis
         metrics.clusterRedisUp(false)
         redis.onStateChange = { [weak self] up, why in self?.redisChanged(up: up, why: why) }
         redis.start()
@@ -289,6 +317,9 @@ final class Cluster {
     }
 
     func close() {
+        if stateDirty, let statePath {  // at stop, on the loop: a small file, once
+            do { try ClusterState.write(state, to: statePath) } catch { log.error("cluster: cannot write \(statePath): \(error)") }
+        }
         heartbeatTimer?.close()
         pollTimer?.close()
         renewTimer?.close()
@@ -320,17 +351,91 @@ final class Cluster {
             heartbeat()
             sendBacklog()
             sharingChanged()
+            checkPositions()
         } else if downSince == nil {
             downSince = now
             metrics.clusterRedisFailure()
             log.error("cluster: Redis at \(config.redis) unreachable (\(why ?? "no answer")): going on alone with its share of the rules' limits (1/\(nodeCount), \(nodeCount) nodes last seen) until it answers again")
         }
-        if !up { sharingChanged() }
+        if !up {
+            positionsChecked = false
+            sharingChanged()
+        }
+    }
+
+    // MARK: Where the streams were read to
+
+    /// After each connect: the Redis is the one the kept positions are for if its tern:epoch (a random
+    /// value the first node sets, living and dying with the streams) is the one kept. Otherwise (a new
+    /// or emptied Redis, or a first join) the streams are read from their start and the local
+    /// suppression list is shared.
+    private func checkPositions() {
+        let candidate = (0..<4).map { _ in String(UInt32.random(in: 0...UInt32.max), radix: 16) }.joined()
+        redis.command(["SET", Self.epochKey, candidate, "NX"]) { _ in }
+        redis.command(["GET", Self.epochKey]) { [weak self] result in
+            guard let self, case .success(let value) = result, let epoch = value.text else { return }  // again at the next connect
+            if epoch != state.epoch {
+                if !state.epoch.isEmpty {
+                    log.notice("cluster: Redis at \(config.redis) is not the one this node read from before (its \(Self.epochKey) changed: a new or emptied Redis): reading the streams from their start and sharing this node's suppression list")
+                }
+                state.epoch = epoch
+                lastSuppression = "0-0"
+                lastShaping = "0-0"
+                state.listShared = false
+                listToShare = []
+                noteState()
+            }
+            positionsChecked = true
+            if !state.listShared, listToShare.isEmpty, let list = server?.suppression.list {
+                listToShare = list.entries[...]
+                if listToShare.isEmpty {
+                    state.listShared = true
+                    noteState()
+                }
+            }
+            poll()
+        }
+    }
+
+    /// A chunk of the list to share each poll, until it is all sent.
+    private func shareListChunk() {
+        guard !listToShare.isEmpty else { return }
+        let chunk = listToShare.prefix(Self.listShareChunk)
+        for entry in chunk { shareSuppression(.add(entry)) }
+        listToShare = listToShare.dropFirst(chunk.count)
+        if listToShare.isEmpty {
+            state.listShared = true
+            noteState()
+            log.info("cluster: shared the \(server?.suppression.list.count ?? 0) suppression entries this node had before it joined")
+        }
+    }
+
+    private func noteState() {
+        state.suppression = lastSuppression
+        state.shaping = lastShaping
+        stateDirty = true
+    }
+
+    /// Written on the thread pool, at most once a heartbeat.
+    private func saveState() {
+        guard stateDirty, !stateWriting, let statePath else { return }
+        stateDirty = false
+        stateWriting = true
+        let snapshot = state
+        var failure: Error?
+        loop.queueWork({
+            do { try ClusterState.write(snapshot, to: statePath) } catch { failure = error }
+        }, done: { [weak self] in
+            guard let self else { return }
+            stateWriting = false
+            if let failure { log.error("cluster: cannot write \(statePath): \(failure)") }
+        })
     }
 
     // MARK: Heartbeat
 
     private func heartbeat() {
+        saveState()
         guard redis.isConnected, let server else { return }
         let info = ClusterNodeInfo(node: node, time: loop.clock.wallSeconds(), version: BuildInfo.version,
                                    queued: server.delivery?.core.messagesInQueue,
@@ -397,7 +502,8 @@ final class Cluster {
     // MARK: Reading the others' changes
 
     private func poll() {
-        guard redis.isConnected, !polling else { return }
+        guard redis.isConnected, positionsChecked, !polling else { return }
+        shareListChunk()
         polling = true
         redis.command(["XREAD", "COUNT", "1000", "STREAMS", Self.suppressionStream, Self.shapingStream,
                        lastSuppression, lastShaping]) { [weak self] result in
@@ -423,11 +529,14 @@ final class Cluster {
                     } else {
                         lastShaping = id
                     }
+                    stateDirty = true
                     let from = values["node"].map { String(decoding: $0, as: UTF8.self) } ?? "?"
                     guard from != node else { continue }
                     apply(stream: name, values, from: from)
                 }
             }
+            state.suppression = lastSuppression
+            state.shaping = lastShaping
             if more { poll() }
         }
     }
@@ -498,5 +607,34 @@ public enum ClusterFormat {
                 .trimmingCharacters(in: .whitespaces) + "\n"
         }
         return out
+    }
+}
+
+/// What the node keeps in its spool of its part in the cluster (cluster.state, JSON, replaced
+/// atomically): the Redis it was for, where it read each stream to, whether it shared its list there.
+struct ClusterState: Codable, Equatable {
+    var redis = ""
+    var epoch = ""
+    var suppression = "0-0"
+    var shaping = "0-0"
+    var listShared = false
+
+    enum CodingKeys: String, CodingKey {
+        case redis, epoch, suppression, shaping
+        case listShared = "list_shared"
+    }
+
+    static let name = "cluster.state"
+    static func path(spool: String) -> String { "\(spool)/\(name)" }
+
+    /// Nil when there is none. Blocking (small: read once at start).
+    static func read(_ path: String) throws -> ClusterState? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        return try JSONDecoder().decode(ClusterState.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    /// Blocking: the thread pool's (or once at stop).
+    static func write(_ state: ClusterState, to path: String) throws {
+        try JSONEncoder().encode(state).write(to: URL(fileURLWithPath: path), options: .atomic)
     }
 }

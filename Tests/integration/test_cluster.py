@@ -534,3 +534,69 @@ def test_a_node_started_while_redis_is_down_joins_when_it_answers_and_stops_with
     t.stop()
     lines = [l for l in t.stderr().splitlines() if "unreachable" in l]
     assert len(lines) == 1, lines
+
+
+# --------------------------------------------------------------------------------------------
+# Where each node read the streams to (its spool's cluster.state); the list it had before it joined
+
+
+def cluster_state(tern) -> dict:
+    path = tern.spool / "cluster.state"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_a_restarted_node_reads_only_the_changes_it_missed(redis, start_tern):
+    n1, n2 = [start_tern(extra_tables={"cluster": cluster_table(redis, name)}) for name in ("n1", "n2")]
+    wait_formed([n1, n2], ["n1", "n2"])
+    suppress(n1, "add", "before@six.test")
+    n2.wait_log("suppression: before@six.test added by cluster node n1", timeout=SHARE)
+    wait_until(lambda: cluster_state(n2).get("suppression", "0-0") != "0-0", 5,
+               "n2's position in tern:suppression kept in its spool", lambda: cluster_state(n2))
+    state = cluster_state(n2)
+    assert state["redis"] == redis.address and state["list_shared"] is True, state
+
+    n2.stop()
+    suppress(n1, "add", "during@six.test")
+    n2.start()
+    wait_refused(n2, "during@six.test", "n2 after its restart, for the change it missed")
+    n2.wait_log("suppression: during@six.test added by cluster node n1", timeout=SHARE)
+    time.sleep(1.0)  # a read from the stream's start would have come by now
+    assert n2.stderr().count("before@six.test added by cluster node n1") == 1, n2.stderr()[-3000:]
+    assert refused(n2, "before@six.test")
+
+    # A new Redis (this one restarted empty): the streams end before the kept positions, so they are
+    # read from their start, and each node's list goes to the new Redis: a node joining later finds it.
+    redis.kill()
+    redis.start()
+    for t in (n1, n2):
+        t.wait_log("is not the one this node read from before (its tern:epoch changed: a new or emptied Redis)", timeout=10)
+    n3 = start_tern(extra_tables={"cluster": cluster_table(redis, "n3")})
+    wait_refused(n3, "before@six.test", "n3, joined to the new Redis")
+    wait_refused(n3, "during@six.test", "n3, joined to the new Redis")
+    assert not refused(n3, "never@six.test")
+
+
+def test_a_node_shares_the_list_it_had_before_it_joined(redis, start_tern):
+    n1 = start_tern()  # alone at first
+    suppress(n1, "add", "old@seven.test", "--reason", "from before the cluster")
+    suppress(n1, "add", "older@seven.test")
+    n1.stop()
+    n1.config_path.write_text(n1.config_path.read_text()
+                              + f'\n[cluster]\nredis = "{redis.address}"\nnode = "n1"\n')
+    n1.start()
+    n1.wait_log("cluster: shared the 2 suppression entries this node had before it joined", timeout=10)
+    n2 = start_tern(extra_tables={"cluster": cluster_table(redis, "n2")})
+    wait_formed([n1, n2], ["n1", "n2"])
+    wait_refused(n2, "old@seven.test", "n2, for n1's entry from before it joined")
+    wait_refused(n2, "older@seven.test", "n2, for n1's entry from before it joined")
+    shown = json.loads(suppress(n2, "list", "old@seven.test", "--json").stdout)
+    assert shown["reason"] == "from before the cluster", shown
+    assert redis.call("XLEN", "tern:suppression") == 2
+
+    # Shared once: a restart does not send the list again.
+    n1.stop()
+    n1.start()
+    wait_formed([n1, n2], ["n1", "n2"])
+    time.sleep(1.0)
+    assert redis.call("XLEN", "tern:suppression") == 2
+    assert n1.stderr().count("suppression entries this node had before it joined") == 1
