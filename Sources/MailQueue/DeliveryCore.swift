@@ -455,6 +455,11 @@ public struct DeliveryCore: Sendable {
     public mutating func takeSharedReleases() -> [ShapingLane: Int] { shaper.takeSharedReleases() }
     public mutating func takeIdleLeases() -> [ShapingLane: Int] { shaper.takeIdleLeases() }
     public mutating func shed(_ lane: ShapingLane, count: Int) { shaper.shed(lane, count: count) }
+
+    public mutating func recheckShared(_ lane: ShapingLane) {
+        shaper.recheckShared(lane)
+        wakeChanged()
+    }
     public mutating func takeShed(_ lane: ShapingLane) -> Bool { shaper.takeShed(lane) }
 
     public mutating func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {

@@ -774,6 +774,12 @@ public struct Shaper: Sendable, ShapingAdmission {
         return idle
     }
 
+    /// The cluster refused a lease or permit a while ago: the lane's gate is woken to be checked again,
+    /// which asks again only if mail still waits for it (a lane whose mail went asks no more).
+    public mutating func recheckShared(_ lane: ShapingLane) {
+        changed.insert(lane.group)
+    }
+
     /// `count` of the lane's connections are to close after their current message (this node holds more
     /// than its share of the cluster's leases while another node waits): at most its open connections.
     public mutating func shed(_ lane: ShapingLane, count: Int) {

@@ -209,7 +209,8 @@ extension Cluster {
         }
     }
 
-    /// Asks again after `milliseconds` (none was free): one timer per want.
+    /// After `milliseconds` (none was free) the lane is checked again: it asks again only if its mail
+    /// still waits (a node whose mail went leaves the lease queue). One timer per want.
     private func retry(_ want: Shaper.SharedWant, _ delivery: DeliveryManager, after milliseconds: UInt64) {
         let timer = UVRuntime.Timer(loop: loop)
         retryTimers[want] = timer
@@ -219,7 +220,7 @@ extension Cluster {
             retryTimers[want] = nil
             asking.remove(want)
             guard let delivery, redis.isConnected else { return }
-            ask(want, delivery)
+            delivery.recheckShared(want.lane)
         }
     }
 

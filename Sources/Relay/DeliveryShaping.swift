@@ -126,6 +126,12 @@ extension DeliveryManager {
         if count > idle.count { core.shed(lane, count: count - idle.count) }
     }
 
+    /// A lease or permit the cluster refused: asked again if the lane still wants it.
+    func recheckShared(_ lane: ShapingLane) {
+        core.recheckShared(lane)
+        pump()
+    }
+
     /// Leases or permits the cluster granted: the lanes waiting for them go on.
     func grantShared(_ want: Shaper.SharedWant, count: Int, until: Double) {
         core.grantShared(want, count: count, until: until)

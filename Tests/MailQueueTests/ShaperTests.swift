@@ -482,6 +482,18 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(!afterFallback && !whileFallback)
     }
 
+    @Test func aRefusedWantIsAskedAgainOnlyWhileMailWaits() {
+        var s = shaper()
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0, commit: true) == .blocked(until: nil))
+        #expect(s.takeSharedWants().contains(.init(lane: lane, kind: .lease)))
+        // Refused: after a while the lane is woken to be checked again (the scheduler's gate).
+        s.recheckShared(lane)
+        #expect(s.takeChangedGroups() == [lane.group])
+        #expect(s.takeSharedWants().isEmpty, "nothing asks by itself: only a check of a lane with mail does")
+        #expect(s.admitConnection(group: lane.group, pool: nil, connections: 0, now: t0 + 0.05, commit: true) == .blocked(until: nil))
+        #expect(s.takeSharedWants().contains(.init(lane: lane, kind: .lease)))
+    }
+
     @Test func sharedUseReportsLeasesAndConnections() {
         var s = shaper()
         #expect(s.sharedUse().isEmpty)
