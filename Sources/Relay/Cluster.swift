@@ -244,9 +244,10 @@ final class Cluster {
     private var stateDirty = false
     private var stateWriting = false
     private var statePath: String?
-    /// Suppression entries this node had before it first joined this Redis, being shared a chunk at a time.
-    private var listToShare: ArraySlice<SuppressionEntry> = []
-    static let listShareChunk = 2000
+    /// Where sharing this node's suppression list with a Redis it joined has reached (nil: not sharing):
+    /// a page a poll, made from the list as it is (never a copy of a million entries at once).
+    private var listShareOffset: Int?
+    static let listShareChunk = 5000
     /// Changes made here while Redis could not take them, sent when it is back.
     private var backlog: [[String]] = []
     static let maxBacklog = 100_000
@@ -382,31 +383,27 @@ final class Cluster {
                 lastSuppression = "0-0"
                 lastShaping = "0-0"
                 state.listShared = false
-                listToShare = []
+                listShareOffset = nil  // from the start, for this Redis
                 noteState()
             }
             positionsChecked = true
-            if !state.listShared, listToShare.isEmpty, let list = server?.suppression.list {
-                listToShare = list.entries[...]
-                if listToShare.isEmpty {
-                    state.listShared = true
-                    noteState()
-                }
-            }
+            if !state.listShared, listShareOffset == nil { listShareOffset = 0 }
             poll()
         }
     }
 
-    /// A chunk of the list to share each poll, until it is all sent.
+    /// A page of the list to share each poll, until it is all sent.
     private func shareListChunk() {
-        guard !listToShare.isEmpty else { return }
-        let chunk = listToShare.prefix(Self.listShareChunk)
-        for entry in chunk { shareSuppression(.add(entry)) }
-        listToShare = listToShare.dropFirst(chunk.count)
-        if listToShare.isEmpty {
-            state.listShared = true
-            noteState()
-            log.info("cluster: shared the \(server?.suppression.list.count ?? 0) suppression entries this node had before it joined")
+        guard let offset = listShareOffset, let list = server?.suppression.list else { return }
+        let page = list.entries(from: offset, limit: Self.listShareChunk)
+        for entry in page { shareSuppression(.add(entry)) }
+        listShareOffset = offset + page.count
+        guard page.count < Self.listShareChunk else { return }
+        listShareOffset = nil
+        state.listShared = true
+        noteState()
+        if offset + page.count > 0 {
+            log.info("cluster: shared the \(offset + page.count) suppression entries this node had before it joined")
         }
     }
 

@@ -581,22 +581,28 @@ def test_a_node_shares_the_list_it_had_before_it_joined(redis, start_tern):
     suppress(n1, "add", "old@seven.test", "--reason", "from before the cluster")
     suppress(n1, "add", "older@seven.test")
     n1.stop()
+    # And a list larger than one page of sharing (5,000 entries a poll), in the file's own format.
+    bulk = 12_000
+    with open(n1.spool / "suppression.list", "a") as f:
+        for i in range(bulk):
+            f.write(f"+\t\tbulk{i}@eight.test\t{int(time.time())}\tmanual\tbulk\n")
     n1.config_path.write_text(n1.config_path.read_text()
                               + f'\n[cluster]\nredis = "{redis.address}"\nnode = "n1"\n')
     n1.start()
-    n1.wait_log("cluster: shared the 2 suppression entries this node had before it joined", timeout=10)
+    n1.wait_log(f"cluster: shared the {bulk + 2} suppression entries this node had before it joined", timeout=15)
     n2 = start_tern(extra_tables={"cluster": cluster_table(redis, "n2")})
     wait_formed([n1, n2], ["n1", "n2"])
     wait_refused(n2, "old@seven.test", "n2, for n1's entry from before it joined")
     wait_refused(n2, "older@seven.test", "n2, for n1's entry from before it joined")
+    wait_refused(n2, f"bulk{bulk - 1}@eight.test", "n2, for the last entry of n1's large list")
     shown = json.loads(suppress(n2, "list", "old@seven.test", "--json").stdout)
     assert shown["reason"] == "from before the cluster", shown
-    assert redis.call("XLEN", "tern:suppression") == 2
+    assert redis.call("XLEN", "tern:suppression") == bulk + 2
 
     # Shared once: a restart does not send the list again.
     n1.stop()
     n1.start()
     wait_formed([n1, n2], ["n1", "n2"])
     time.sleep(1.0)
-    assert redis.call("XLEN", "tern:suppression") == 2
+    assert redis.call("XLEN", "tern:suppression") == bulk + 2
     assert n1.stderr().count("suppression entries this node had before it joined") == 1
