@@ -14,6 +14,15 @@ import COpenSSL
 import Glibc
 #endif
 
+/// Called first thing in the process: OpenSSL is not to clean itself up in an atexit handler. At exit
+/// libuv's own shutdown waits for its thread pool, and a pool thread may be in the middle of OpenSSL
+/// work (an scrypt hash, a TLS context being loaded); with OpenSSL's locks already freed by its
+/// atexit cleanup that thread crashed (SIGSEGV at every stop during such work). The kernel frees the
+/// memory anyway.
+public func keepOpenSSLUntilExit() {
+    _ = OPENSSL_init_crypto(UInt64(OPENSSL_INIT_NO_ATEXIT), nil)
+}
+
 /// "192.0.2.1" or "2001:db8::1" (not a host name).
 func isNumericIP(_ text: String) -> Bool {
     var storage = in6_addr()

@@ -18,6 +18,11 @@ struct Tern: ParsableCommand {
         version: BuildInfo.versionLine,
         subcommands: [Serve.self, Sink.self, BlastCommand.self, Trace.self, CheckConfig.self, Passwd.self, Queue.self, Health.self,
                       DKIMCommand.self, Suppress.self, Token.self])
+
+    static func main() {
+        keepOpenSSLUntilExit()  // before anything touches OpenSSL (see its comment)
+        main(nil)
+    }
 }
 
 struct Serve: ParsableCommand {

@@ -73,3 +73,18 @@ def test_spool_that_cannot_be_created(tmp_path):
     err = p.stderr.decode()
     # Refused before anything is created, by the check `tern check-config` makes too.
     assert "spool.path" in err and f"{blocker} is not a directory" in err, err
+
+
+def test_a_stop_while_the_thread_pool_uses_openssl_exits_cleanly(start_tern, certs, users_file):
+    """With [auth] users_file, Tern builds a dummy scrypt hash on the thread pool at start-up (32 MiB,
+    a fraction of a second). A stop at that moment used to end in SIGSEGV: exit() ran OpenSSL's atexit
+    cleanup, then libuv's shutdown waited for the pool thread, whose scrypt found OpenSSL's locks freed.
+    Each stop here lands while that hash is being built; every one must exit 0."""
+    codes = []
+    for _ in range(5):
+        t = start_tern(server={"relay_networks": ["127.0.0.1/32"]},
+                       extra_tables={"tls": {"certificate": str(certs["cert"]), "key": str(certs["key"])},
+                                     "auth": {"users_file": str(users_file)}})
+        t.proc.terminate()
+        codes.append(t.proc.wait(timeout=30))
+    assert codes == [0] * 5, f"exit codes {codes} (-11: SIGSEGV)"
