@@ -454,7 +454,9 @@ public struct DeliveryCore: Sendable {
     public mutating func takeSharedWants() -> Set<Shaper.SharedWant> { shaper.takeSharedWants() }
     public mutating func takeSharedReleases() -> [ShapingLane: Int] { shaper.takeSharedReleases() }
     public mutating func takeIdleLeases() -> [ShapingLane: Int] { shaper.takeIdleLeases() }
-    public mutating func shed(_ lane: ShapingLane, count: Int) { shaper.shed(lane, count: count) }
+    @discardableResult
+    public mutating func shed(_ lane: ShapingLane, count: Int) -> Int { shaper.shed(lane, count: count) }
+    public mutating func closingIdle(_ lane: ShapingLane, count: Int) { shaper.closingIdle(lane, count: count) }
 
     public mutating func recheckShared(_ lane: ShapingLane) {
         shaper.recheckShared(lane)

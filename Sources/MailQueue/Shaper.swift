@@ -511,6 +511,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func connectionClosed(_ lane: ShapingLane) {
         guard var s = lanes[lane] else { return }
         s.connections = Swift.max(0, s.connections - 1)
+        if !closingToShed.isEmpty, let c = closingToShed[lane] { closingToShed[lane] = c > 1 ? c - 1 : nil }
         // Its lease goes back to the cluster (a connection opened before the cluster answered has none).
         if let a = allowances[lane], a.leases > s.connections {
             allowances[lane]?.leases -= 1
@@ -728,8 +729,10 @@ public struct Shaper: Sendable, ShapingAdmission {
     private var wants: Set<SharedWant> = []
     private var releases: [ShapingLane: Int] = [:]
     /// Connections each lane is to close after their current message: above this node's share of the
-    /// cluster's leases while another node waits (LeaseShare).
+    /// cluster's leases while another node waits (LeaseShare); and those told to close for it that
+    /// have not closed yet (their leases still count in Redis: the next renewal must not ask again).
     private var shedding: [ShapingLane: Int] = [:]
+    private var closingToShed: [ShapingLane: Int] = [:]
 
     /// The driver says where limits come from: the cluster (Redis answers), this node's share (it does
     /// not), or this node alone. Leaving `.shared` forgets every permit and lease (Redis's leases
@@ -741,6 +744,7 @@ public struct Shaper: Sendable, ShapingAdmission {
             wants = []
             releases = [:]
             shedding = [:]
+            closingToShed = [:]
         }
         sharing = new
         for name in ruleIndex.keys { changed.insert(.rule(name)) }
@@ -780,13 +784,26 @@ public struct Shaper: Sendable, ShapingAdmission {
         changed.insert(lane.group)
     }
 
-    /// `count` of the lane's connections are to close after their current message (this node holds more
-    /// than its share of the cluster's leases while another node waits): at most its open connections.
-    public mutating func shed(_ lane: ShapingLane, count: Int) {
-        guard sharing == .shared else { return }
+    /// This node holds `excess` leases of the lane above its share while another node waits: the
+    /// connections to close for it, besides those already closing for it (at most the open ones). The
+    /// driver closes idle ones at once (`closingIdle`); the rest close after their current message
+    /// (`takeShed`). 0: any earlier ask not carried out yet is dropped.
+    @discardableResult
+    public mutating func shed(_ lane: ShapingLane, count excess: Int) -> Int {
+        guard sharing == .shared else { return 0 }
+        let closing = closingToShed[lane] ?? 0
         let open = lanes[lane]?.connections ?? 0
-        let n = Swift.min(count, open)
+        let n = Swift.max(0, Swift.min(excess - closing, open - closing))
         shedding[lane] = n > 0 ? n : nil
+        return n
+    }
+
+    /// The driver closed `count` idle connections of the lane for `shed`.
+    public mutating func closingIdle(_ lane: ShapingLane, count: Int) {
+        guard count > 0 else { return }
+        let left = (shedding[lane] ?? 0) - count
+        shedding[lane] = left > 0 ? left : nil
+        closingToShed[lane, default: 0] += count
     }
 
     /// Whether a connection of the lane that finished a message should close (one of those `shed`
@@ -794,6 +811,7 @@ public struct Shaper: Sendable, ShapingAdmission {
     public mutating func takeShed(_ lane: ShapingLane) -> Bool {
         guard !shedding.isEmpty, let n = shedding[lane] else { return false }
         shedding[lane] = n > 1 ? n - 1 : nil
+        closingToShed[lane, default: 0] += 1
         return true
     }
 

@@ -224,6 +224,8 @@ final class Cluster {
     var asking: Set<Shaper.SharedWant> = []
     var retryTimers: [Shaper.SharedWant: UVRuntime.Timer] = [:]
     var leaseNumber = 0
+    /// The last lease or permit request got an error reply (logged once until one succeeds).
+    var lastAnswerWasError = false
     /// Message permits taken per lane (the cluster view's last minute).
     var permitsTaken: [ShapingLane: MinuteCount] = [:]
     private var renewTimer: UVRuntime.Timer?
@@ -240,13 +242,22 @@ final class Cluster {
     private var lastSuppression = "0-0"
     private var lastShaping = "0-0"
     private var positionsChecked = false
+    private var checkingPositions = false
+    /// The streams were read up to their end since the last connect: this node's list may be shared
+    /// (after the removals other nodes made, so none is brought back).
+    private var caughtUp = false
     private var state = ClusterState()
     private var stateDirty = false
     private var stateWriting = false
     private var statePath: String?
-    /// Where sharing this node's suppression list with a Redis it joined has reached (nil: not sharing):
-    /// a page a poll, made from the list as it is (never a copy of a million entries at once).
+    /// Sharing this node's suppression list with a Redis it joined: the list as it was before the
+    /// streams were read (a value: its storage is copied only if the live list changes meanwhile, so
+    /// entries read from other nodes are not sent back, and a removal cannot shift an entry past the
+    /// offset unshared), and how far it went. Sent once the streams are caught up, a page a poll,
+    /// skipping what another node removed; never a million entries made at once.
     private var listShareOffset: Int?
+    private var listToShare: SuppressionList?
+    private var listSharedCount = 0
     static let listShareChunk = 5000
     /// Changes made here while Redis could not take them, sent when it is back.
     private var backlog: [[String]] = []
@@ -360,6 +371,8 @@ final class Cluster {
         }
         if !up {
             positionsChecked = false
+            checkingPositions = false
+            caughtUp = false
             sharingChanged()
         }
     }
@@ -371,10 +384,16 @@ final class Cluster {
     /// or emptied Redis, or a first join) the streams are read from their start and the local
     /// suppression list is shared.
     private func checkPositions() {
+        guard !checkingPositions else { return }
+        checkingPositions = true
         let candidate = (0..<4).map { _ in String(UInt32.random(in: 0...UInt32.max), radix: 16) }.joined()
         redis.command(["SET", Self.epochKey, candidate, "NX"]) { _ in }
         redis.command(["GET", Self.epochKey]) { [weak self] result in
-            guard let self, case .success(let value) = result, let epoch = value.text else { return }  // again at the next connect
+            guard let self else { return }
+            checkingPositions = false
+            // No epoch (Redis went, or answered -LOADING while it reloads): asked again at the next
+            // heartbeat; the streams are not read meanwhile.
+            guard case .success(let value) = result, let epoch = value.text else { return }
             if epoch != state.epoch {
                 if !state.epoch.isEmpty {
                     log.notice("cluster: Redis at \(config.redis) is not the one this node read from before (its \(Self.epochKey) changed: a new or emptied Redis): reading the streams from their start and sharing this node's suppression list")
@@ -384,27 +403,39 @@ final class Cluster {
                 lastShaping = "0-0"
                 state.listShared = false
                 listShareOffset = nil  // from the start, for this Redis
+                listToShare = nil
                 noteState()
             }
             positionsChecked = true
-            if !state.listShared, listShareOffset == nil { listShareOffset = 0 }
+            if !state.listShared, listShareOffset == nil {
+                // The list as it is now, before anything is read from the streams: what this node had.
+                listShareOffset = 0
+                listSharedCount = 0
+                listToShare = server?.suppression.list
+            }
             poll()
         }
     }
 
     /// A page of the list to share each poll, until it is all sent.
     private func shareListChunk() {
-        guard let offset = listShareOffset, let list = server?.suppression.list else { return }
+        guard caughtUp, let offset = listShareOffset, let list = listToShare, let live = server?.suppression.list else { return }
         let page = list.entries(from: offset, limit: Self.listShareChunk)
-        for entry in page { shareSuppression(.add(entry)) }
+        // Not one another node removed meanwhile (read from the stream before sharing began).
+        for entry in page where live.entry(address: entry.address, scope: entry.scope) != nil {
+            shareSuppression(.add(entry))
+            listSharedCount += 1
+        }
         listShareOffset = offset + page.count
         guard page.count < Self.listShareChunk else { return }
         listShareOffset = nil
+        listToShare = nil
         state.listShared = true
         noteState()
-        if offset + page.count > 0 {
-            log.info("cluster: shared the \(offset + page.count) suppression entries this node had before it joined")
+        if listSharedCount > 0 {
+            log.info("cluster: shared the \(listSharedCount) suppression entries this node had before it joined")
         }
+        listSharedCount = 0
     }
 
     private func noteState() {
@@ -434,6 +465,7 @@ final class Cluster {
     private func heartbeat() {
         saveState()
         guard redis.isConnected, let server else { return }
+        if !positionsChecked { checkPositions() }
         let info = ClusterNodeInfo(node: node, time: loop.clock.wallSeconds(), version: BuildInfo.version,
                                    queued: server.delivery?.core.messagesInQueue,
                                    held: server.delivery?.core.held.count, sessions: server.sessions.count,
@@ -506,6 +538,7 @@ final class Cluster {
                        lastSuppression, lastShaping]) { [weak self] result in
             guard let self else { return }
             polling = false
+            if case .success(.null) = result { caughtUp = true }  // nothing new in either stream
             guard case .success(.array(let streams)) = result else { return }
             var more = false
             for stream in streams {
@@ -534,7 +567,11 @@ final class Cluster {
             }
             state.suppression = lastSuppression
             state.shaping = lastShaping
-            if more { poll() }
+            if more {
+                poll()
+            } else {
+                caughtUp = true
+            }
         }
     }
 
@@ -588,9 +625,10 @@ public enum ClusterFormat {
                                   String(use.permitsLastMinute)])
             }
             limitRows.append([terminalSafe(first.rule), first.source.isEmpty ? "-" : terminalSafe(first.source), "(cluster)",
-                              cap(uses.map(\.use.leases).reduce(0, +), first), String(uses.map(\.use.connections).reduce(0, +)),
+                              // &+: the numbers come from other nodes' heartbeats; a wild one must not trap.
+                              cap(uses.map(\.use.leases).reduce(0, &+), first), String(uses.map(\.use.connections).reduce(0, &+)),
                               String(uses.filter(\.use.waiting).count),
-                              String(uses.map(\.use.permitsLastMinute).reduce(0, +))
+                              String(uses.map(\.use.permitsLastMinute).reduce(0, &+))
                                 + (first.messageRate.map { " (max \(terminalSafe($0)))" } ?? "")])
         }
         return out + "\nshared limits:\n" + columns(limitRows)

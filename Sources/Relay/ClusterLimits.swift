@@ -165,16 +165,20 @@ extension Cluster {
                        args: [String(Self.leaseMilliseconds), String(max), member, node,
                               String(Self.waiterMilliseconds)]) { [weak self, weak delivery] result in
                 guard let self, let delivery else { return }
-                guard case .success(.array(let answer)) = result, answer.count == 2,
-                      let granted = answer[0].integer, let ahead = answer[1].integer else {
+                guard case .success(let reply) = result else {
                     asking.remove(want)
                     return  // Redis went: the Shaper falls back; a new want if it comes back
+                }
+                guard case .array(let answer) = reply, answer.count == 2,
+                      let granted = answer[0].integer, let ahead = answer[1].integer else {
+                    return answeredWithError(reply, want, delivery)
                 }
                 guard granted == 1 else {
                     let wait = Self.leaseRetryMilliseconds * UInt64(Swift.max(0, Swift.min(ahead, 8)) + 1)
                     return retry(want, delivery, after: Swift.min(wait, Self.leaseRetryMaxMilliseconds))
                 }
                 asking.remove(want)
+                lastAnswerWasError = false
                 guard delivery.core.shaper.sharing == .shared else {
                     // Limits stopped being shared meanwhile: the lease is not kept.
                     redis.command(["ZREM", Self.key("lease", want.lane), member]) { _ in }
@@ -193,11 +197,15 @@ extension Cluster {
             redis.eval(Self.permitScript, keys: [Self.key(kind, want.lane)],
                        args: [String(permits.intervalMicros), String(permits.toleranceMicros), String(permits.batch)]) { [weak self, weak delivery] result in
                 guard let self, let delivery else { return }
-                guard case .success(.array(let answer)) = result, answer.count == 2,
-                      let granted = answer[0].integer, let wait = answer[1].integer else {
+                guard case .success(let reply) = result else {
                     asking.remove(want)
                     return  // Redis went: the Shaper falls back; a new want if it comes back
                 }
+                guard case .array(let answer) = reply, answer.count == 2,
+                      let granted = answer[0].integer, let wait = answer[1].integer else {
+                    return answeredWithError(reply, want, delivery)
+                }
+                lastAnswerWasError = false
                 if granted > 0 {
                     asking.remove(want)
                     if want.kind == .message { permitsTaken[want.lane, default: MinuteCount()].add(Int(granted), at: delivery.now) }
@@ -208,6 +216,21 @@ extension Cluster {
             }
         }
     }
+
+    /// Redis answered but not with the script's answer (-LOADING while it reloads its data, -BUSY,
+    /// -OOM, -MISCONF): still connected, so the lane asks again after `errorRetryMilliseconds`, and the
+    /// first such answer in a row is logged.
+    private func answeredWithError(_ reply: RedisReply, _ want: Shaper.SharedWant, _ delivery: DeliveryManager) {
+        if !lastAnswerWasError {
+            lastAnswerWasError = true
+            var text = "an answer of another kind"
+            if case .error(let e) = reply { text = String(e.prefix(200)) }  // the log line escapes it
+            log.warning("cluster: Redis answered a \(want.kind.rawValue) request for \(want.lane) with \(text); asking again every \(Self.errorRetryMilliseconds) ms")
+        }
+        retry(want, delivery, after: Self.errorRetryMilliseconds)
+    }
+
+    static let errorRetryMilliseconds: UInt64 = 250
 
     /// After `milliseconds` (none was free) the lane is checked again: it asks again only if its mail
     /// still waits (a node whose mail went leaves the lease queue). One timer per want.
@@ -239,13 +262,17 @@ extension Cluster {
                     log.warning("cluster: \(renewal.lost) connection lease(s) of \(lane) expired before they were renewed; the cluster may briefly count fewer connections than are open")
                 }
                 guard let max = delivery.core.configuredLimits(lane.group).connections else { return }
-                let excess = LeaseShare.excess(node: node, max: max, held: renewal.held, waiting: renewal.waiting,
+                // This node's own count is the leases it renewed: members of an earlier run of it (a
+                // restart, a Redis outage) stay in Redis until they expire but are no connections here.
+                var held = renewal.held
+                held[node] = Swift.max(0, members.count - renewal.lost)
+                let excess = LeaseShare.excess(node: node, max: max, held: held, waiting: renewal.waiting,
                                                time: renewal.time)
                 if excess > 0 {
                     metrics.clusterConnectionsShed(excess)
-                    log.debug("cluster: \(lane): this node holds \(renewal.held[node] ?? 0) of \(max) connections while another node waits for its share: closing \(excess)")
-                    delivery.shed(lane, count: excess)
+                    log.debug("cluster: \(lane): this node holds \(held[node] ?? 0) of \(max) connections while another node waits for its share: closing \(excess)")
                 }
+                delivery.shed(lane, count: excess)  // 0: an earlier ask not carried out yet is dropped
             }
         }
     }

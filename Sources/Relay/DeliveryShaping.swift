@@ -119,11 +119,14 @@ extension DeliveryManager {
     }
 
     /// The cluster's renewal found this node above its share of a rule's connections while another
-    /// node waits: `count` connections go, idle ones at once, busy ones after their current message.
+    /// node waits: `count` connections go (those already closing for it count), idle ones at once,
+    /// busy ones after their current message. 0: any earlier ask not carried out yet is forgotten.
     func shed(_ lane: ShapingLane, count: Int) {
-        let idle = idleConnections.take(lane: lane, max: count)
+        let more = core.shed(lane, count: count)  // besides those already closing for it
+        guard more > 0 else { return }
+        let idle = idleConnections.take(lane: lane, max: more)
+        core.closingIdle(lane, count: idle.count)
         for connection in idle { connection.finish() }
-        if count > idle.count { core.shed(lane, count: count - idle.count) }
     }
 
     /// A lease or permit the cluster refused: asked again if the lane still wants it.

@@ -460,7 +460,8 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(s.takeIdleLeases().isEmpty)
     }
 
-    @Test func connectionsAboveTheShareCloseOneEach() {
+    /// Three connections open on the lane, each with its lease.
+    func threeOpen() -> Shaper {
         var s = shaper()
         s.grantShared(.init(lane: lane, kind: .lease), count: 3, until: .infinity)
         s.grantShared(.init(lane: lane, kind: .message), count: 3, until: t0 + 1)
@@ -468,11 +469,22 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
             #expect(s.admitConnection(group: lane.group, pool: nil, connections: open, now: t0 + Double(open) * 0.1,
                                       commit: true) == .open(source: ""))
         }
+        return s
+    }
+
+    @Test func connectionsAboveTheShareCloseOneEach() {
+        var s = threeOpen()
         var closes: [Bool] = [s.takeShed(lane)]  // nothing asked yet
         s.shed(lane, count: 5)  // more than are open: at most the three
         for _ in 0..<4 { closes.append(s.takeShed(lane)) }
         closes.append(s.takeShed(ShapingLane(group: .rule("other"), source: "")))
         #expect(closes == [false, true, true, true, false, false])
+        // A later renewal that finds the share kept asks for none: what was asked and not done is dropped.
+        s = threeOpen()
+        s.shed(lane, count: 2)
+        s.shed(lane, count: 0)
+        let afterNone = s.takeShed(lane)
+        #expect(!afterNone)
         // Not shared (Redis down): nothing to shed, and what was asked is forgotten.
         s.shed(lane, count: 1)
         s.setSharing(.fallback(nodes: 3))
@@ -480,6 +492,24 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         s.shed(lane, count: 1)
         let whileFallback = s.takeShed(lane)
         #expect(!afterFallback && !whileFallback)
+    }
+
+    @Test func connectionsAlreadyClosingForTheShareAreNotAskedAgain() {
+        var s = threeOpen()
+        var answers: [Int] = [s.shed(lane, count: 1)]
+        let first = s.takeShed(lane)  // a busy one finishes its message and closes
+        // The next renewal comes before it has closed (its lease still in Redis): nothing more.
+        answers.append(s.shed(lane, count: 1))
+        s.connectionClosed(lane)
+        // Closed, and the next renewal still finds one too many: one more.
+        answers.append(s.shed(lane, count: 1))
+        #expect(first && answers == [1, 0, 1])
+        // Idle ones closed by the driver count as closing too; the marks left are for busy ones.
+        let more = s.shed(lane, count: 2)
+        s.closingIdle(lane, count: 1)
+        let marks = [s.takeShed(lane), s.takeShed(lane)]
+        #expect(more == 2 && marks == [true, false])
+        #expect(s.shed(lane, count: 2) == 0, "both already closing")
     }
 
     @Test func aRefusedWantIsAskedAgainOnlyWhileMailWaits() {

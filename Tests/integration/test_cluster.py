@@ -606,3 +606,41 @@ def test_a_node_shares_the_list_it_had_before_it_joined(redis, start_tern):
     time.sleep(1.0)
     assert redis.call("XLEN", "tern:suppression") == bulk + 2
     assert n1.stderr().count("suppression entries this node had before it joined") == 1
+
+
+def test_an_error_answer_to_the_epoch_is_asked_again(redis, start_tern):
+    """A Redis still loading its data answers -LOADING, yet is connected: the epoch check (which must
+    come before the streams are read) is asked again at each heartbeat, not only at the next connect.
+    Here tern:epoch holds a hash until it is deleted."""
+    n1 = start_tern(extra_tables={"cluster": cluster_table(redis, "n1")})
+    wait_formed([n1], ["n1"])
+    redis.call("DEL", "tern:epoch")
+    redis.call("HSET", "tern:epoch", "not", "a string")
+    n2 = start_tern(extra_tables={"cluster": cluster_table(redis, "n2")})
+    wait_formed([n1, n2], ["n1", "n2"])
+    suppress(n1, "add", "late@nine.test")
+    time.sleep(2.0)
+    assert not refused(n2, "late@nine.test"), "n2 read the streams before its epoch was checked"
+    redis.call("DEL", "tern:epoch")
+    wait_refused(n2, "late@nine.test", "n2 once tern:epoch can be read")
+    wait_until(lambda: cluster_state(n2).get("epoch"), 5, "the epoch in n2's cluster.state", lambda: cluster_state(n2))
+
+
+def test_a_joining_node_does_not_bring_back_an_entry_another_removed(redis, start_tern):
+    """A node that joins (here: its cluster.state gone, as after an upgrade from a version without it)
+    shares its list only after reading the streams: an entry another node removed while it was away
+    is removed here first, and not sent back to the cluster."""
+    n1, n2 = [start_tern(extra_tables={"cluster": cluster_table(redis, name)}) for name in ("n1", "n2")]
+    wait_formed([n1, n2], ["n1", "n2"])
+    suppress(n1, "add", "back@ten.test")
+    suppress(n1, "add", "stays@ten.test")
+    wait_refused(n2, "back@ten.test", "n2 after n1's add")
+    n1.stop()
+    suppress(n2, "remove", "back@ten.test")
+    (n1.spool / "cluster.state").unlink()
+    n1.start()
+    n1.wait_log("cluster: shared the 1 suppression entries this node had before it joined", timeout=10)
+    assert not refused(n1, "back@ten.test") and refused(n1, "stays@ten.test")
+    time.sleep(1.0)
+    assert not refused(n2, "back@ten.test"), "the removed entry came back"
+    assert refused(n2, "stays@ten.test")

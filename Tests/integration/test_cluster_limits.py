@@ -705,3 +705,27 @@ def test_a_node_that_comes_late_gets_its_share_of_the_connections(redis, sink, s
                lambda: f"{len(set(acked) - set(message_ids(arrivals)))} missing\n" + diagnostics(nodes, hop))
     duplicates = {m: n for m, n in message_ids(arrivals).items() if n > 1}
     assert not duplicates, duplicates
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Redis answers with an error (connected all the same): the lease is asked again, no stall
+
+
+def test_an_error_answer_from_redis_is_asked_again_and_mail_goes_once_it_answers(redis, sink, start_tern):
+    """A Redis that answers -LOADING (reloading its data), -BUSY or -OOM is still connected: limits stay
+    shared, so a request answered with an error must be asked again. Here the lease key holds a string,
+    so the lease script fails with WRONGTYPE until the key is deleted."""
+    hop = sink()
+    nodes = start_nodes(start_tern, redis, hop, rule(max_connections=CONNS))
+    arrivals = Arrivals(hop)
+    redis.call("SET", LEASE_KEY, "not a sorted set")
+    load = Load(nodes[:1], threads=1, per_thread=3, per_connection=3).start()
+    load.join(30)
+    assert not load.errors and len(load.acked_now()) == 3, (dict(load.errors), load.acked_now())
+    nodes[0].wait_log(f"cluster: Redis answered a lease request for {RULE} with", timeout=10)
+    time.sleep(1.0)
+    assert arrivals.count() == 0, "delivered without a lease"
+    assert nodes[0].stderr().count("cluster: Redis answered a lease request") == 1, "logged once, not per retry"
+    redis.call("DEL", LEASE_KEY)
+    wait_until(lambda: arrivals.count() >= 3, 10, "the three messages at the sink once Redis answers",
+               lambda: diagnostics(nodes, hop))
