@@ -31,6 +31,13 @@ public enum LeaseShare {
         return shares
     }
 
+    /// Milliseconds a node refused a lease waits before it asks again, with `ahead` nodes before it in
+    /// the queue: the first 50, each place further back 50 more, at most 250 (the nearer the front, the
+    /// sooner a freed lease is taken; the further back, the fewer round trips for nothing).
+    public static func retryMilliseconds(ahead: Int) -> UInt64 {
+        UInt64(50 * (Swift.min(Swift.max(ahead, 0), 4) + 1))
+    }
+
     /// How many of its connections `node` should close: those above its share, when another node waits
     /// with fewer than its own share (no one waiting: nothing is taken from anyone).
     public static func excess(node: String, max: Int, held: [String: Int], waiting: Set<String>, time: Int) -> Int {

@@ -109,10 +109,6 @@ extension Cluster {
     static let leaseMilliseconds = 10_000
     /// Leases are renewed (and the shares looked at) every second.
     static let renewMilliseconds: UInt64 = 1000
-    /// Milliseconds a lease or permit request waits before it is asked again, when none was free: the
-    /// first in the queue this, each node behind it this much more (at most `leaseRetryMaxMilliseconds`).
-    static let leaseRetryMilliseconds: UInt64 = 50
-    static let leaseRetryMaxMilliseconds: UInt64 = 250
     /// A waiting node that has not asked for this long is out of the queue.
     static let waiterMilliseconds = 1000
 
@@ -164,21 +160,9 @@ extension Cluster {
             redis.eval(Self.leaseScript, keys: Self.leaseKeys(want.lane),
                        args: [String(Self.leaseMilliseconds), String(max), member, node,
                               String(Self.waiterMilliseconds)]) { [weak self, weak delivery] result in
-                guard let self, let delivery else { return }
-                guard case .success(let reply) = result else {
-                    asking.remove(want)
-                    return  // Redis went: the Shaper falls back; a new want if it comes back
-                }
-                guard case .array(let answer) = reply, answer.count == 2,
-                      let granted = answer[0].integer, let ahead = answer[1].integer else {
-                    return answeredWithError(reply, want, delivery)
-                }
-                guard granted == 1 else {
-                    let wait = Self.leaseRetryMilliseconds * UInt64(Swift.max(0, Swift.min(ahead, 8)) + 1)
-                    return retry(want, delivery, after: Swift.min(wait, Self.leaseRetryMaxMilliseconds))
-                }
+                guard let self, let delivery, let (granted, ahead) = answer(result, want, delivery) else { return }
+                guard granted == 1 else { return retry(want, delivery, after: LeaseShare.retryMilliseconds(ahead: Int(ahead))) }
                 asking.remove(want)
-                lastAnswerWasError = false
                 guard delivery.core.shaper.sharing == .shared else {
                     // Limits stopped being shared meanwhile: the lease is not kept.
                     redis.command(["ZREM", Self.key("lease", want.lane), member]) { _ in }
@@ -196,16 +180,7 @@ extension Cluster {
             let kind = want.kind == .message ? "rate-m" : "rate-c"
             redis.eval(Self.permitScript, keys: [Self.key(kind, want.lane)],
                        args: [String(permits.intervalMicros), String(permits.toleranceMicros), String(permits.batch)]) { [weak self, weak delivery] result in
-                guard let self, let delivery else { return }
-                guard case .success(let reply) = result else {
-                    asking.remove(want)
-                    return  // Redis went: the Shaper falls back; a new want if it comes back
-                }
-                guard case .array(let answer) = reply, answer.count == 2,
-                      let granted = answer[0].integer, let wait = answer[1].integer else {
-                    return answeredWithError(reply, want, delivery)
-                }
-                lastAnswerWasError = false
+                guard let self, let delivery, let (granted, wait) = answer(result, want, delivery) else { return }
                 if granted > 0 {
                     asking.remove(want)
                     if want.kind == .message { permitsTaken[want.lane, default: MinuteCount()].add(Int(granted), at: delivery.now) }
@@ -217,10 +192,20 @@ extension Cluster {
         }
     }
 
-    /// Redis answered but not with the script's answer (-LOADING while it reloads its data, -BUSY,
-    /// -OOM, -MISCONF): still connected, so the lane asks again after `errorRetryMilliseconds`, and the
-    /// first such answer in a row is logged.
-    private func answeredWithError(_ reply: RedisReply, _ want: Shaper.SharedWant, _ delivery: DeliveryManager) {
+    /// The two integers both scripts answer; nil when there are none, the want then dealt with: Redis
+    /// went (forgotten: the Shaper falls back, and asks anew when it is back), or it answered something
+    /// else (-LOADING while it reloads its data, -BUSY, -OOM, -MISCONF): still connected, so the lane
+    /// asks again after `errorRetryMilliseconds`, the first such answer in a row logged.
+    private func answer(_ result: Result<RedisReply, RedisFailure>, _ want: Shaper.SharedWant,
+                        _ delivery: DeliveryManager) -> (Int64, Int64)? {
+        guard case .success(let reply) = result else {
+            asking.remove(want)
+            return nil
+        }
+        if case .array(let pair) = reply, pair.count == 2, let a = pair[0].integer, let b = pair[1].integer {
+            lastAnswerWasError = false
+            return (a, b)
+        }
         if !lastAnswerWasError {
             lastAnswerWasError = true
             var text = "an answer of another kind"
@@ -228,6 +213,7 @@ extension Cluster {
             log.warning("cluster: Redis answered a \(want.kind.rawValue) request for \(want.lane) with \(text); asking again every \(Self.errorRetryMilliseconds) ms")
         }
         retry(want, delivery, after: Self.errorRetryMilliseconds)
+        return nil
     }
 
     static let errorRetryMilliseconds: UInt64 = 250

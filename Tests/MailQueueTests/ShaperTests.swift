@@ -598,6 +598,11 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(LeaseShare.shares(max: 6, held: [:], waiting: [], time: 0).isEmpty)
     }
 
+    @Test func aWaiterNearerTheFrontAsksSooner() {
+        #expect((0..<7).map { LeaseShare.retryMilliseconds(ahead: $0) } == [50, 100, 150, 200, 250, 250, 250])
+        #expect(LeaseShare.retryMilliseconds(ahead: -1) == 50)
+    }
+
     @Test func aNodeAboveItsShareGivesWayOnlyToANodeBelowIts() {
         // n1 and n2 hold all six, n3 waits with none: each gives one back.
         let held = ["n1": 3, "n2": 3]

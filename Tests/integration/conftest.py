@@ -92,6 +92,18 @@ def toml_document(top: dict, tables: dict[str, dict | list[dict]]) -> str:
 _PORTS_GIVEN: set[int] = set()
 
 
+def stop_process(p: subprocess.Popen | None, timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=5)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, never the same one twice in this run: bind(0) may hand back a port it
     just gave (a server's SMTP and admin ports the same one, then EADDRINUSE at start-up)."""
@@ -779,13 +791,7 @@ class Tern:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

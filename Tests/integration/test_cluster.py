@@ -173,20 +173,21 @@ def wait_formed(nodes, names: list[str], timeout: float = FORMED) -> None:
                lambda: "\n".join(f"{t.admin_port}: {view(t)}" for t in nodes))
 
 
-def queue_cli(tern, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(TERN_BIN), "queue", *args, "--admin", f"127.0.0.1:{tern.admin_port}"],
+def admin_cli(tern, command: str, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
+    """`tern COMMAND ARGS --admin` against the node's admin endpoint; its exit status checked."""
+    p = subprocess.run([str(TERN_BIN), command, *args, "--admin", f"127.0.0.1:{tern.admin_port}"],
                        capture_output=True, text=True, timeout=30)
     if expect is not None:
-        assert p.returncode == expect, f"tern queue {' '.join(args)}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+        assert p.returncode == expect, f"tern {command} {' '.join(args)}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
     return p
+
+
+def queue_cli(tern, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
+    return admin_cli(tern, "queue", *args, expect=expect)
 
 
 def suppress(tern, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(TERN_BIN), "suppress", *args, "--admin", f"127.0.0.1:{tern.admin_port}"],
-                       capture_output=True, text=True, timeout=30)
-    if expect is not None:
-        assert p.returncode == expect, f"tern suppress {' '.join(args)}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return p
+    return admin_cli(tern, "suppress", *args, expect=expect)
 
 
 def rcpt_code(tern, rcpt: str, sender: str = "x@sender.test"):

@@ -31,7 +31,8 @@ import time
 
 import pytest
 
-from conftest import TERN_BIN, SMTPConn, assert_reply, free_port, make_message, port_free_on, queue_id_of, wait_until
+from conftest import (TERN_BIN, SMTPConn, assert_reply, free_port, make_message, port_free_on, queue_id_of, stop_process,
+                      wait_until)
 from delivery_helpers import NextHop
 from test_cluster import Redis, cluster_table, node_names, queue_cli, redis, view  # noqa: F401 (redis: the fixture)
 
@@ -116,13 +117,7 @@ backend tern
 
     yield start
     for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        stop_process(p, timeout=10)
 
 
 def rule(**limits) -> dict:

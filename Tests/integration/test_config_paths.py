@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, TERN_BIN, SMTPConn, assert_reply, free_port, wait_until
+from conftest import HOSTNAME, TERN_BIN, SMTPConn, assert_reply, free_port, stop_process, wait_until
 
 
 
@@ -20,13 +20,7 @@ def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+    stop_process(p, timeout=10)
 
 
 def wait_greeting(p: subprocess.Popen, port: int, log: Path) -> SMTPConn:
