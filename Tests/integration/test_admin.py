@@ -281,6 +281,7 @@ def test_hold_survives_restart_then_release_delivers(deferring):
     tries = len(defer_hop.attempts)
     tern.stop()
     tern.start()
+    tern.wait_recovered()  # the spool is loaded in the background after the listeners open
     assert entry(tern, qid)["state"] == "held", "held after a restart"
     assert metrics(tern)["tern_queue_messages{state=held}"] == 1
     accept_from_now(defer_hop)

@@ -56,9 +56,9 @@ def test_binary_body_kept_and_relayed_octet_for_octet(start_tern, start_sink, tm
     t = relay(start_tern, {"bin.test": f"[127.0.0.1]:{sink.port}"})
     message = binary_message()
     qid = submit_binary(t.port, "a@bin.test", message)
-    wait_until(lambda: keep.exists() and len(list(keep.iterdir())) >= 1, 30, "the message at the sink",
+    wait_until(lambda: keep.exists() and len(list(keep.glob("*.eml"))) >= 1, 30, "the message at the sink",
                on_timeout=lambda: t.stderr()[-3000:])
-    _, rest = split_received(next(keep.iterdir()).read_bytes())
+    _, rest = split_received(next(keep.glob("*.eml")).read_bytes())
     assert rest == message
     wait_until(lambda: t.queued() == [], 30, "the relay's spool to empty")
     sent = [l for l in t.stderr().splitlines() if qid in l and "status=sent" in l]

@@ -311,7 +311,7 @@ def test_every_node_sees_the_others_heartbeats(redis, start_tern):
 
     # A node that stops leaves the list once its heartbeat expires (3 s).
     nodes[2].stop()
-    wait_formed(nodes[:2], ["n1", "n2"], timeout=6.0)
+    wait_formed(nodes[:2], ["n1", "n2"], timeout=FORMED)
     assert redis.call("GET", "tern:node:n3") is None
 
 
@@ -344,7 +344,7 @@ def test_the_heartbeat_counts_the_messages_queued_on_the_node(redis, provider, p
 
     def n2_seen_from_n1() -> dict:
         return next(n for n in view(n1)["nodes"] if n["node"] == "n2")
-    wait_until(lambda: n2_seen_from_n1()["queued"] == 2, 3.0, "n1 seeing n2's 2 queued messages in its heartbeat",
+    wait_until(lambda: n2_seen_from_n1()["queued"] == 2, FORMED, "n1 seeing n2's 2 queued messages in its heartbeat",
                lambda: f"n1's view: {view(n1)}\nn2's own view: {view(n2)}\nn2's tern_queue_messages: "
                        f"{n2.metric('tern_queue_messages')}")
     table = queue_cli(n1, "destinations", "--cluster").stdout
@@ -492,11 +492,12 @@ def test_with_redis_down_each_node_goes_on_alone_and_shares_again_once_it_is_bac
     redis.start()  # the same port, empty
     back = time.monotonic()
     for t in (n1, n2):
-        line = t.wait_log(f"cluster: Redis at {redis.address} answers again after ", timeout=6)
+        # Reconnects back off up to 5 s: within that and a loaded machine's slack.
+        line = t.wait_log(f"cluster: Redis at {redis.address} answers again after ", timeout=15)
         assert line.endswith("; shared state again"), line
         wait_until(lambda: view(t)["redis_up"] is True, 1, "redis_up true again", lambda: view(t))
         assert t.metric("tern_cluster_redis_up") == 1
-    assert time.monotonic() - back < 6
+    assert time.monotonic() - back < 10
     # n1's change, kept while Redis was down, reaches n2.
     wait_refused(n2, "late@five.test", "n2 once Redis is back")
     n2.wait_log("suppression: late@five.test added by cluster node n1", timeout=SHARE)
@@ -526,7 +527,7 @@ def test_a_node_started_while_redis_is_down_joins_when_it_answers_and_stops_with
     assert "(no heartbeat seen yet)" in out, out
 
     idle_redis.start()
-    t.wait_log(f"cluster: Redis at {idle_redis.address} answers again after ", timeout=6)
+    t.wait_log(f"cluster: Redis at {idle_redis.address} answers again after ", timeout=15)
     wait_until(lambda: node_names(t) == ["early"], 3, "the node's own heartbeat", lambda: view(t))
     assert view(t)["redis_up"] is True and t.metric("tern_cluster_redis_up") == 1
     assert len([l for l in t.stderr().splitlines() if "unreachable" in l]) == 1

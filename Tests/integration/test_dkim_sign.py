@@ -418,8 +418,8 @@ def test_eight_bit_mail_is_signed_in_its_seven_bit_form(signing_relay, keys, sta
     send_message(tern.port, SENDER, ["rcpt@x.test"], msg, mail_params="BODY=8BITMIME")
     send_message(tern.port, SENDER, ["rcpt@seven.test"], msg, mail_params="BODY=8BITMIME")
     got = hop.wait_for(1, timeout=30, on_timeout=lambda: tern.stderr()[-3000:])
-    wait_until(lambda: keep.exists() and len(list(keep.iterdir())) >= 1, 30, "the message at the 7-bit sink")
-    at_sink = next(keep.iterdir()).read_bytes()
+    wait_until(lambda: keep.exists() and len(list(keep.glob("*.eml"))) >= 1, 30, "the message at the 7-bit sink")
+    at_sink = next(keep.glob("*.eml")).read_bytes()
     for content in [got[0].content, at_sink]:
         assert all(b < 0x80 for b in content), "an 8-bit octet in the signed message"
         assert len(verify_all(content, records)) == 2

@@ -133,7 +133,8 @@ def test_a_flood_of_large_messages_stays_within_the_budget(start_tern, request):
     after = scrape(tern.admin_port)
     assert after["tern_buffered_data_bytes"] == 0 and after["tern_sessions_waiting_for_buffer"] == 0, after
     # One line for the operator, not one per stop (at most one a minute).
-    assert tern.stderr().count("reached server.max_buffered_data") == 1, tern.stderr()[-3000:]
+    said = tern.stderr().count("reached server.max_buffered_data")
+    assert 1 <= said <= 1 + int(elapsed // 60), tern.stderr()[-3000:]
 
 
 def test_a_session_stopped_by_the_budget_does_not_time_out(start_tern):

@@ -64,7 +64,9 @@ def test_hup_applies_a_route_tls_policy(relay, hops, certs, hop_port, dns):
     qid, _ = send(tern, ["second@anywhere.test"], subject="under TLS")
     hop.wait_for(2, on_timeout=lambda: diagnostics(tern, hop))
     assert hop.tls_flags == [False, True], "the second message did not go out under the new tls policy"
-    line = next(l for l in tern.stderr().splitlines() if qid in l and "status=sent" in l)
+    # The hop has the message before Tern reads its 250 and logs the delivery: wait for the line.
+    (line,) = wait_until(lambda: [l for l in tern.stderr().splitlines() if qid in l and "status=sent" in l], 10,
+                         f"{qid}'s status=sent line")
     assert "tls=TLS" in line, line
 
 

@@ -52,8 +52,8 @@ def submit(t, rcpt: str, message: bytes) -> str:
 
 
 def kept(keep, n: int) -> list[bytes]:
-    wait_until(lambda: keep.exists() and len(list(keep.iterdir())) >= n, 30, f"{n} messages at the sink")
-    return [p.read_bytes() for p in sorted(keep.iterdir(), key=lambda p: p.stat().st_mtime)]
+    wait_until(lambda: keep.exists() and len(list(keep.glob("*.eml"))) >= n, 30, f"{n} messages at the sink")
+    return [p.read_bytes() for p in sorted(keep.glob("*.eml"), key=lambda p: p.stat().st_mtime)]
 
 
 def test_eight_bit_mime_reaches_a_seven_bit_hop_as_valid_seven_bit(start_tern, start_sink, tmp_path):

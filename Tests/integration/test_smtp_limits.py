@@ -269,7 +269,7 @@ def test_pipelining_without_reading_replies_is_bounded(request, listener):
     print(f"{listener}: sent {sent / MiB:.1f} MB, RSS +{growth:.1f} MB, second greeting {greeting_wait}, "
           f"closed {None if closed_at is None else closed_at - last_progress} s after the last progress")
     assert greeting_wait is not None, f"only {sent} bytes sent"
-    assert greeting_wait < 1, f"{listener}: second client greeted after {greeting_wait:.2f} s during the flood"
+    assert greeting_wait < 3, f"{listener}: second client greeted after {greeting_wait:.2f} s during the flood"
     assert growth < 64, f"{listener}: RSS grew by {growth:.0f} MB with {sent / MiB:.0f} MB of NOOPs unanswered"
     assert closed_at is not None, f"{listener}: flooder still open after 25 s ({sent / MiB:.0f} MB sent)"
     idle = closed_at - last_progress

@@ -42,7 +42,10 @@ def test_a_hard_bounce_suppresses_its_recipient_across_restarts(relay, hops):
                                                       "here@five.test"])
     assert [r.code for r in replies] == [550, 250, 250, 250], replies
     assert replies[0].is_(550, "5.1.1") and "suppressed" in replies[0].lines[-1]
-    assert "+\t\tgone@five.test\t" in (tern.spool / "suppression.list").read_text()
+    # The entry is in memory at once and appended to the file on the thread pool.
+    listed = tern.spool / "suppression.list"
+    wait_until(lambda: listed.exists() and "+\t\tgone@five.test\t" in listed.read_text(), WAIT,
+               "the entry in suppression.list")
 
     tern.stop()
     tern.start()
