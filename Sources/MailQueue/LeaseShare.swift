@@ -39,8 +39,14 @@ public enum LeaseShare {
     }
 
     /// How many of its connections `node` should close: those above its share, when another node waits
-    /// with fewer than its own share (no one waiting: nothing is taken from anyone).
-    public static func excess(node: String, max: Int, held: [String: Int], waiting: Set<String>, time: Int) -> Int {
+    /// with fewer than its own share (no one waiting: nothing is taken from anyone). `held` is what Redis
+    /// counts; `mine`, when given, is this node's own count (the leases it renewed): members of an
+    /// earlier run of it (a restart, a Redis outage) stay in Redis until they expire but are no
+    /// connections here, and must not make it close live ones.
+    public static func excess(node: String, mine: Int? = nil, max: Int, held: [String: Int], waiting: Set<String>,
+                              time: Int) -> Int {
+        var held = held
+        if let mine { held[node] = mine }
         let shares = shares(max: max, held: held, waiting: waiting, time: time)
         let mine = held[node] ?? 0
         guard let share = shares[node], mine > share else { return 0 }

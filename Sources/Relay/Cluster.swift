@@ -249,6 +249,7 @@ final class Cluster {
     private var state = ClusterState()
     private var stateDirty = false
     private var stateWriting = false
+    private let stateWriter = StateFileWriter<ClusterState>()
     private var statePath: String?
     /// Sharing this node's suppression list with a Redis it joined: the list as it was before the
     /// streams were read (a value: its storage is copied only if the live list changes meanwhile, so
@@ -295,7 +296,7 @@ final class Cluster {
         let path = ClusterState.path(spool: server.spool.path)
         statePath = path
         do {
-            if let saved = try ClusterState.read(path), saved.redis == config.redis {
+            if let saved = try StateFile.read(ClusterState.self, at: path), saved.redis == config.redis {
                 state = saved
                 lastSuppression = saved.suppression
                 lastShaping = saved.shaping
@@ -329,8 +330,12 @@ final class Cluster {
     }
 
     func close() {
-        if stateDirty, let statePath {  // at stop, on the loop: a small file, once
-            do { try ClusterState.write(state, to: statePath) } catch { log.error("cluster: cannot write \(statePath): \(error)") }
+        if stateDirty, let statePath {  // at stop, on the loop: a small file, once; a pool write running late is dropped
+            do {
+                try stateWriter.write(state, generation: stateWriter.nextGeneration(), to: statePath)
+            } catch {
+                log.error("cluster: cannot write \(statePath): \(error)")
+            }
         }
         heartbeatTimer?.close()
         pollTimer?.close()
@@ -450,9 +455,11 @@ final class Cluster {
         stateDirty = false
         stateWriting = true
         let snapshot = state
+        let writer = stateWriter
+        let generation = writer.nextGeneration()
         var failure: Error?
         loop.queueWork({
-            do { try ClusterState.write(snapshot, to: statePath) } catch { failure = error }
+            do { try writer.write(snapshot, generation: generation, to: statePath) } catch { failure = error }
         }, done: { [weak self] in
             guard let self else { return }
             stateWriting = false
@@ -559,14 +566,12 @@ final class Cluster {
                     } else {
                         lastShaping = id
                     }
-                    stateDirty = true
                     let from = values["node"].map { String(decoding: $0, as: UTF8.self) } ?? "?"
                     guard from != node else { continue }
                     apply(stream: name, values, from: from)
                 }
             }
-            state.suppression = lastSuppression
-            state.shaping = lastShaping
+            noteState()
             if more {
                 poll()
             } else {
@@ -645,8 +650,8 @@ public enum ClusterFormat {
     }
 }
 
-/// What the node keeps in its spool of its part in the cluster (cluster.state, JSON, replaced
-/// atomically): the Redis it was for, where it read each stream to, whether it shared its list there.
+/// What the node keeps in its spool of its part in the cluster (cluster.state, a StateFile): the
+/// Redis it was for, where it read each stream to, whether it shared its list there.
 struct ClusterState: Codable, Equatable {
     var redis = ""
     var epoch = ""
@@ -661,15 +666,4 @@ struct ClusterState: Codable, Equatable {
 
     static let name = "cluster.state"
     static func path(spool: String) -> String { "\(spool)/\(name)" }
-
-    /// Nil when there is none. Blocking (small: read once at start).
-    static func read(_ path: String) throws -> ClusterState? {
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        return try JSONDecoder().decode(ClusterState.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-    }
-
-    /// Blocking: the thread pool's (or once at stop).
-    static func write(_ state: ClusterState, to path: String) throws {
-        try JSONEncoder().encode(state).write(to: URL(fileURLWithPath: path), options: .atomic)
-    }
 }

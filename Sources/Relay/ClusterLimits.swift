@@ -248,15 +248,12 @@ extension Cluster {
                     log.warning("cluster: \(renewal.lost) connection lease(s) of \(lane) expired before they were renewed; the cluster may briefly count fewer connections than are open")
                 }
                 guard let max = delivery.core.configuredLimits(lane.group).connections else { return }
-                // This node's own count is the leases it renewed: members of an earlier run of it (a
-                // restart, a Redis outage) stay in Redis until they expire but are no connections here.
-                var held = renewal.held
-                held[node] = Swift.max(0, members.count - renewal.lost)
-                let excess = LeaseShare.excess(node: node, max: max, held: held, waiting: renewal.waiting,
-                                               time: renewal.time)
+                let mine = Swift.max(0, members.count - renewal.lost)  // the leases it renewed
+                let excess = LeaseShare.excess(node: node, mine: mine, max: max, held: renewal.held,
+                                               waiting: renewal.waiting, time: renewal.time)
                 if excess > 0 {
                     metrics.clusterConnectionsShed(excess)
-                    log.debug("cluster: \(lane): this node holds \(held[node] ?? 0) of \(max) connections while another node waits for its share: closing \(excess)")
+                    log.debug("cluster: \(lane): this node holds \(mine) of \(max) connections while another node waits for its share: closing \(excess)")
                 }
                 delivery.shed(lane, count: excess)  // 0: an earlier ask not carried out yet is dropped
             }

@@ -133,7 +133,7 @@ public final class DeliveryManager {
         let statePath = ShapingStateFile.path(spool: spool.path)
         var restored: Result<ShapingSnapshot?, Error> = .success(nil)
         loop.queueWork({
-            restored = Result { try ShapingStateFile.read(statePath) }
+            restored = Result { try StateFile.read(ShapingSnapshot.self, at: statePath) }
             do {
                 for id in try spool.list() {
                     do { envelopes.append(try spool.load(id)) } catch { problems.append("\(id): \(error)") }

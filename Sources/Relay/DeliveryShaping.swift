@@ -220,7 +220,7 @@ extension DeliveryManager {
 }
 
 /// The shaping state's file in the spool: suspensions, throttles, dead destinations and rate times,
-/// JSON, replaced atomically (written to a temporary name, then renamed).
+/// JSON (StateFile), written at most once a second.
 struct ShapingStateFile {
     static let name = "shaping.state"
     static let minimumInterval = 1.0
@@ -231,49 +231,7 @@ struct ShapingStateFile {
     /// Waits out the minimum interval between writes.
     var timer: UVRuntime.Timer?
     /// Orders the writes: the newest snapshot is the one that stays.
-    let writer = ShapingStateWriter()
+    let writer = StateFileWriter<ShapingSnapshot>()
 
     static func path(spool: String) -> String { "\(spool)/\(name)" }
-
-    /// Nil when there is none (a first start). Blocking: call from the thread pool.
-    static func read(_ path: String) throws -> ShapingSnapshot? {
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        return try JSONDecoder().decode(ShapingSnapshot.self, from: data)
-    }
-
-    /// Blocking: call from the thread pool (or once at shutdown).
-    static func write(_ snapshot: ShapingSnapshot, to path: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        try encoder.encode(snapshot).write(to: URL(fileURLWithPath: path), options: .atomic)
-    }
-}
-
-/// The state file's writes, one at a time, the newest winning: each snapshot is numbered when it is
-/// taken (on the loop), and a write older than one already written is dropped. So the shutdown's
-/// final write is never replaced by a pool write that ran late.
-final class ShapingStateWriter: @unchecked Sendable {
-    // `numbered` is the loop's alone; `written` is guarded by the lock (pool threads and the loop).
-    private let lock = NSLock()
-    private var numbered: UInt64 = 0
-    private var written: UInt64 = 0
-
-    /// The number of a snapshot taken now (loop thread).
-    func nextGeneration() -> UInt64 {
-        numbered += 1
-        return numbered
-    }
-
-    /// Writes the snapshot unless a newer one was written; false when dropped. Blocking.
-    @discardableResult
-    func write(_ snapshot: ShapingSnapshot, generation: UInt64, to path: String,
-               using write: (ShapingSnapshot, String) throws -> Void = ShapingStateFile.write(_:to:)) throws -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        guard generation > written else { return false }
-        try write(snapshot, path)
-        written = generation
-        return true
-    }
 }

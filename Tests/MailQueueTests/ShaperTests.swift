@@ -620,4 +620,12 @@ private func JSONDecoder_roundTrip(_ s: ShapingSnapshot) throws -> ShapingSnapsh
         #expect(LeaseShare.excess(node: "a", max: 1, held: ["a": 1], waiting: ["b", "c"], time: turnOfA * LeaseShare.slice) == 0)
         #expect(LeaseShare.excess(node: "a", max: 1, held: ["a": 1], waiting: ["b", "c"], time: (turnOfA + 1) * LeaseShare.slice) == 1)
     }
+
+    @Test func aNodeCountsTheLeasesItRenewedNotAnEarlierRunsLeftInRedis() {
+        // Redis still lists 4 of n1's members (2 from before its restart, expiring); n1 renewed 2.
+        let held = ["n1": 4, "n2": 0]
+        #expect(LeaseShare.excess(node: "n1", max: 4, held: held, waiting: ["n2"], time: 0) == 2)
+        #expect(LeaseShare.excess(node: "n1", mine: 2, max: 4, held: held, waiting: ["n2"], time: 0) == 0)
+        #expect(LeaseShare.excess(node: "n1", mine: 3, max: 4, held: held, waiting: ["n2"], time: 0) == 1)
+    }
 }

@@ -91,13 +91,13 @@ import Testing
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = ClusterState.path(spool: dir.path)
-        #expect(try ClusterState.read(path) == nil, "a first start has none")
+        #expect(try StateFile.read(ClusterState.self, at: path) == nil, "a first start has none")
         let state = ClusterState(redis: "127.0.0.1:6379", epoch: "5f3a", suppression: "1700000000000-3", shaping: "0-0", listShared: true)
-        try ClusterState.write(state, to: path)
-        #expect(try ClusterState.read(path) == state)
+        try StateFile.write(state, to: path)
+        #expect(try StateFile.read(ClusterState.self, at: path) == state)
         #expect(try String(contentsOfFile: path, encoding: .utf8).contains("\"list_shared\":true"))
         try Data("{not json".utf8).write(to: URL(fileURLWithPath: path))
-        #expect(throws: (any Error).self) { try ClusterState.read(path) }
+        #expect(throws: (any Error).self) { try StateFile.read(ClusterState.self, at: path) }
     }
 
     @Test func minuteCountForgetsWhatIsOlderThanAMinute() {

@@ -3,9 +3,9 @@ import Foundation
 import Testing
 @testable import Relay
 
-/// spool/shaping.state: the newest snapshot is the one that stays, whatever order the writes run in
+/// The spool's state files (shaping.state, cluster.state): the newest snapshot is the one that stays, whatever order the writes run in
 /// (the shutdown's final write on the loop, an earlier one on the thread pool finishing late).
-@Suite struct ShapingStateWriterTests {
+@Suite struct StateFileWriterTests {
     private func snapshot(_ savedAt: Double) -> ShapingSnapshot {
         var s = ShapingSnapshot(savedAt: savedAt)
         s.groups = [.init(group: .domain("a.example"), until: savedAt + 600, reason: "postmaster")]
@@ -17,16 +17,16 @@ import Testing
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = ShapingStateFile.path(spool: dir.path)
-        let writer = ShapingStateWriter()
+        let writer = StateFileWriter<ShapingSnapshot>()
         let poolWrite = writer.nextGeneration()  // taken first, its write queued on the pool
         let finalWrite = writer.nextGeneration()  // shutdown
         #expect(try writer.write(snapshot(200), generation: finalWrite, to: path))
         #expect(try !writer.write(snapshot(100), generation: poolWrite, to: path), "the pool's write ran after the final one")
-        #expect(try ShapingStateFile.read(path) == snapshot(200))
+        #expect(try StateFile.read(ShapingSnapshot.self, at: path) == snapshot(200))
     }
 
     @Test func aFailedWriteDoesNotCountAsWritten() throws {
-        let writer = ShapingStateWriter()
+        let writer = StateFileWriter<ShapingSnapshot>()
         struct DiskFull: Error {}
         var files: [Double] = []
         let first = writer.nextGeneration(), second = writer.nextGeneration()
